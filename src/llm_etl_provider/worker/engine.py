@@ -1,0 +1,309 @@
+"""The enrichment engine: read, prompt, call the LLM concurrently, validate, and write in input order.
+
+Records are dispatched to the server concurrently but written in input order, so that a checkpoint is
+simply "the first N records are written": a restarted worker cuts its outputs back to the checkpoint and
+redoes at most one checkpoint interval, writing nothing twice. Memory stays flat: at most ``max_pending``
+records are held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from llm_etl_provider.worker.checkpoint import Checkpoint, CheckpointState
+from llm_etl_provider.worker.clients import ChatRequest, Completion, LLMClient
+from llm_etl_provider.worker.errors import (
+    ConfigurationError,
+    DeadLetterThresholdError,
+    LLMCallError,
+    LLMRejectedError,
+    ServerUnavailableError,
+    TransientLLMError,
+)
+from llm_etl_provider.worker.records import InputRecord, RecordReader
+from llm_etl_provider.worker.retry import RetryPolicy
+from llm_etl_provider.worker.sinks import OutputSink
+from llm_etl_provider.worker.stats import RunStats
+from llm_etl_provider.worker.tasks import InvalidOutputError, MissingFieldError, TaskSpec
+
+# Reasons that mean the server itself may be gone, rather than this one record being a problem.
+_SERVER_GONE_REASONS = frozenset({"connect_error", "connection_error"})
+DEFAULT_CONCURRENCY = 4
+MAX_AUTO_CONCURRENCY = 64
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """How the engine runs.
+
+    :param concurrency: requests in flight at once; None asks the server for its parallel slots
+    :param max_pending: records held for in-order writing (in flight or done); default 4 x concurrency
+    :param retry: the retry policy for transient failures and invalid answers
+    :param retry_temperature: the sampling temperature for a retry after an invalid answer (a deterministic
+        retry would repeat the same answer)
+    :param checkpoint_every: records between checkpoints
+    :param progress_interval: seconds between progress lines
+    :param max_dead_letter_ratio: the share of dead letters above which the run fails (once all is written)
+    :param ready_timeout: seconds to wait for the server to become ready
+    """
+
+    concurrency: int | None = None
+    max_pending: int | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    retry_temperature: float = 0.7
+    checkpoint_every: int = 100
+    progress_interval: float = 10.0
+    max_dead_letter_ratio: float = 0.1
+    ready_timeout: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.concurrency is not None and self.concurrency < 1:
+            raise ConfigurationError("concurrency must be at least 1")
+        if self.checkpoint_every < 1:
+            raise ConfigurationError("the checkpoint interval must be at least 1 record")
+        if not 0.0 <= self.max_dead_letter_ratio <= 1.0:
+            raise ConfigurationError("the dead-letter ratio must lie between 0 and 1")
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What became of one record: a result line or a dead-letter line."""
+
+    line: dict[str, Any]
+    reason: str | None = None
+    latency: float | None = None
+    completion: Completion | None = None
+    retries: int = 0
+
+
+class Engine:
+    """Enrich every record of a reader through an LLM client into a sink.
+
+    :param task: the enrichment task
+    :param client: the LLM client
+    :param reader: the input records
+    :param sink: where results and dead letters go
+    :param settings: concurrency, retries, checkpoints, thresholds
+    :param checkpoint: where to save progress; None for no resumability
+    :param log: receives progress and summary lines (counts only)
+    """
+
+    def __init__(
+        self,
+        task: TaskSpec,
+        client: LLMClient,
+        reader: RecordReader,
+        sink: OutputSink,
+        settings: EngineSettings,
+        *,
+        checkpoint: Checkpoint | None = None,
+        log: Callable[[str], None] = print,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.task = task
+        self.client = client
+        self.reader = reader
+        self.sink = sink
+        self.settings = settings
+        self.checkpoint = checkpoint
+        self.log = log
+        self.sleep = sleep
+        self.stats = RunStats()
+        self.concurrency = settings.concurrency or DEFAULT_CONCURRENCY
+        self.summary: dict[str, Any] | None = None
+
+    async def run(self) -> dict[str, Any]:
+        """Process every record; return the summary, or raise a :class:`WorkerError`."""
+        await self.client.wait_ready(self.settings.ready_timeout)
+        if self.settings.concurrency is None:
+            slots = await self.client.parallel_slots()
+            self.concurrency = min(2 * slots, MAX_AUTO_CONCURRENCY) if slots else DEFAULT_CONCURRENCY
+        state = self.checkpoint.load() if self.checkpoint is not None else None
+        self.stats.total = self.reader.count()
+        records_done = 0
+        if self.checkpoint is not None and state is not None:
+            records_done = state.records_done
+            self.stats.restore(state.counts, records_done)
+            self.log(f"resuming after {records_done} records from checkpoint {self.checkpoint.path}")
+        self.log(
+            f"start task={self.task.name} model={self.client.model} api={self.client.api} "
+            f"concurrency={self.concurrency} records={self.stats.total}"
+        )
+        self.sink.open(state.sink if state else None)
+        ticker = asyncio.create_task(self._tick())
+        try:
+            await self._pipeline(itertools.islice(self.reader, records_done, None))
+            self._save_checkpoint()
+        finally:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+            self.sink.close()
+        self.stats.skipped_blank_lines = self.reader.stats.blank_lines
+        self.log(self.stats.progress_line())
+        summary = self.summary = self.stats.summary()
+        self.log("summary " + json.dumps(summary, sort_keys=True))
+        ratio = self.stats.dead_letters / self.stats.done if self.stats.done else 0.0
+        if ratio > self.settings.max_dead_letter_ratio:
+            raise DeadLetterThresholdError(
+                f"{self.stats.dead_letters} of {self.stats.done} records went to the dead letters "
+                f"({ratio:.1%} > {self.settings.max_dead_letter_ratio:.1%}): "
+                + ", ".join(f"{reason}={n}" for reason, n in sorted(self.stats.by_reason.items()))
+            )
+        return summary
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.progress_interval)
+            self.log(self.stats.progress_line())
+
+    async def _pipeline(self, records: itertools.islice[InputRecord]) -> None:
+        window = self.settings.max_pending or 4 * self.concurrency
+        pending: asyncio.Queue[asyncio.Task[Outcome] | None] = asyncio.Queue(maxsize=max(window - 1, 1))
+        slots = asyncio.Semaphore(self.concurrency)
+
+        async def dispatch() -> None:
+            for record in records:
+                await slots.acquire()
+                task = asyncio.create_task(self._process(record))
+                task.add_done_callback(lambda _: slots.release())
+                try:
+                    await pending.put(task)
+                except asyncio.CancelledError:
+                    task.cancel()
+                    raise
+            await pending.put(None)
+
+        producer = asyncio.create_task(dispatch())
+        try:
+            while (task := await pending.get()) is not None:
+                outcome = await task
+                if outcome.reason in _SERVER_GONE_REASONS and not await self.client.is_ready():
+                    raise ServerUnavailableError(
+                        f"the LLM server at {self.client.base_url} stopped answering at input line "
+                        f"{outcome.line['line']}; {self.stats.done} records were written before it"
+                    )
+                self._write(outcome)
+                if self.stats.done % self.settings.checkpoint_every == 0:
+                    self._save_checkpoint()
+            await producer
+        finally:
+            producer.cancel()
+            while not pending.empty():
+                leftover = pending.get_nowait()
+                if leftover is not None:
+                    leftover.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await producer
+
+    def _write(self, outcome: Outcome) -> None:
+        stats = self.stats
+        stats.retries += outcome.retries
+        if outcome.completion is not None:
+            stats.prompt_tokens += outcome.completion.prompt_tokens or 0
+            stats.completion_tokens += outcome.completion.completion_tokens or 0
+            stats.cached_tokens += outcome.completion.cached_tokens or 0
+        if outcome.reason is None:
+            self.sink.write_result(outcome.line)
+            stats.results += 1
+            if outcome.latency is not None:
+                stats.latency.add(outcome.latency)
+        else:
+            self.sink.write_dead_letter(outcome.line)
+            stats.dead_letters += 1
+            stats.by_reason[outcome.reason] += 1
+
+    def _save_checkpoint(self) -> None:
+        if self.checkpoint is None:
+            return
+        self.checkpoint.save(
+            CheckpointState(
+                records_done=self.stats.done, sink=self.sink.position(), counts=self.stats.counts()
+            )
+        )
+
+    async def _process(self, record: InputRecord) -> Outcome:
+        if record.fields is None:
+            return self._dead_letter(record, record.error or "malformed_input", record.detail, attempts=0)
+        try:
+            user = self.task.template.render(record.fields)
+        except MissingFieldError as exc:
+            return self._dead_letter(record, "missing_field", str(exc), attempts=0)
+        request = ChatRequest(
+            system=self.task.system_prompt,
+            user=user,
+            schema=self.task.schema,
+            schema_name=self.task.name,
+            max_tokens=self.task.max_tokens,
+        )
+        policy = self.settings.retry
+        failure: LLMCallError | InvalidOutputError | None = None
+        completion: Completion | None = None
+        for attempt in range(1, policy.max_attempts + 1):
+            if attempt > 1:
+                await self.sleep(policy.delay(attempt - 1))
+            started = time.monotonic()
+            try:
+                completion = await self.client.complete(request)
+            except LLMRejectedError as exc:
+                return self._dead_letter(record, "llm_rejected", exc.detail, attempts=attempt)
+            except TransientLLMError as exc:
+                failure = exc
+                continue
+            latency = time.monotonic() - started
+            try:
+                if completion.finish_reason == "length":
+                    raise InvalidOutputError(f"the answer was cut at max_tokens ({self.task.max_tokens})")
+                enrichment = self.task.parse(completion.content, record.fields)
+            except InvalidOutputError as exc:
+                failure = exc
+                if request.temperature < self.settings.retry_temperature:
+                    request = dataclasses.replace(request, temperature=self.settings.retry_temperature)
+                continue
+            return Outcome(
+                line={
+                    "id": record.record_id,
+                    "line": record.line,
+                    "task": self.task.name,
+                    "enrichment": enrichment,
+                    "meta": {
+                        "model": self.client.model,
+                        "latency_s": round(latency, 4),
+                        "prompt_tokens": completion.prompt_tokens,
+                        "completion_tokens": completion.completion_tokens,
+                        "attempts": attempt,
+                    },
+                },
+                latency=latency,
+                completion=completion,
+                retries=attempt - 1,
+            )
+        assert failure is not None
+        reason = failure.reason if isinstance(failure, LLMCallError) else InvalidOutputError.reason
+        outcome = self._dead_letter(record, reason, failure.detail, attempts=policy.max_attempts)
+        outcome.completion = completion
+        return outcome
+
+    def _dead_letter(self, record: InputRecord, reason: str, detail: str, *, attempts: int) -> Outcome:
+        return Outcome(
+            line={
+                "id": record.record_id,
+                "line": record.line,
+                "task": self.task.name,
+                "reason": reason,
+                "detail": detail,
+                "attempts": attempts,
+                "record": record.fields,
+                "raw": record.raw,
+            },
+            reason=reason,
+            retries=max(attempts - 1, 0),
+        )

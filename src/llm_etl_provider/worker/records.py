@@ -1,0 +1,273 @@
+"""Stream input records from JSONL or CSV files, plain or gzip-compressed, in constant memory."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Literal
+
+from llm_etl_provider.worker.errors import ConfigurationError
+
+InputFormat = Literal["jsonl", "csv"]
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_UTF8_BOM = b"\xef\xbb\xbf"
+_SUFFIX_FORMATS: dict[str, InputFormat] = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".csv": "csv",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class InputRecord:
+    """One record of the input, or the reason it could not be read.
+
+    :param line: the 1-based line of the input file where the record starts
+    :param fields: the record's fields, or None when the record is malformed
+    :param record_id: the value of the id field, when there is one
+    :param error: a reason code when the record is malformed (``malformed_json``, ``invalid_utf8`` ...)
+    :param detail: what was wrong, without record content
+    :param raw: the undecodable text of a malformed record, kept for its dead letter
+    """
+
+    line: int
+    fields: dict[str, Any] | None
+    record_id: str | int | None = None
+    error: str | None = None
+    detail: str = ""
+    raw: str | None = None
+
+
+@dataclass(slots=True)
+class ReadStats:
+    """What the reader skipped rather than turned into a record."""
+
+    blank_lines: int = 0
+    blank_line_numbers: list[int] = field(default_factory=list)
+
+    def note_blank(self, line: int) -> None:
+        self.blank_lines += 1
+        if len(self.blank_line_numbers) < 100:
+            self.blank_line_numbers.append(line)
+
+
+def detect_format(path: Path, declared: str = "auto") -> InputFormat:
+    """Return the input format: the declared one, or the one the file name implies."""
+    if declared in ("jsonl", "csv"):
+        return declared  # type: ignore[return-value]
+    if declared != "auto":
+        raise ConfigurationError(f"unknown input format {declared!r}: use jsonl, csv or auto")
+    suffixes = [s.lower() for s in path.suffixes if s.lower() != ".gz"]
+    if suffixes and suffixes[-1] in _SUFFIX_FORMATS:
+        return _SUFFIX_FORMATS[suffixes[-1]]
+    raise ConfigurationError(
+        f"{path}: cannot tell the input format from the file name; pass --input-format jsonl or csv"
+    )
+
+
+def _open_binary(path: Path) -> IO[bytes]:
+    try:
+        raw = path.open("rb")
+    except OSError as exc:
+        raise ConfigurationError(f"{path}: cannot open the input: {exc.strerror}") from None
+    if raw.peek(2)[:2] == _GZIP_MAGIC:
+        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+    return raw
+
+
+def _valid_id(value: Any) -> bool:
+    if isinstance(value, bool) or value is None:
+        return False
+    if isinstance(value, str):
+        return value.strip() != ""
+    return isinstance(value, int)
+
+
+class RecordReader:
+    """Iterate over the records of one input file.
+
+    Blank lines are skipped and counted in :attr:`stats`; every other line becomes exactly one
+    :class:`InputRecord`, malformed or not, so that each can be accounted for downstream.
+
+    :param path: the input file (JSONL or CSV, optionally gzip-compressed, detected by content)
+    :param input_format: ``jsonl``, ``csv`` or ``auto`` (from the file name)
+    :param id_field: the field that identifies a record
+    :param max_record_bytes: records larger than this go to the dead letters unread
+    """
+
+    def __init__(
+        self, path: Path, *, input_format: str = "auto", id_field: str = "id", max_record_bytes: int = 1 << 20
+    ) -> None:
+        self.path = path
+        self.format = detect_format(path, input_format)
+        self.id_field = id_field
+        self.max_record_bytes = max_record_bytes
+        self.stats = ReadStats()
+
+    def __iter__(self) -> Iterator[InputRecord]:
+        stream = _open_binary(self.path)
+        try:
+            if self.format == "jsonl":
+                yield from self._jsonl(stream)
+            else:
+                yield from self._csv(stream)
+        except (EOFError, gzip.BadGzipFile, OSError) as exc:
+            raise ConfigurationError(f"{self.path}: the input cannot be read to its end: {exc}") from None
+        finally:
+            stream.close()
+
+    def count(self) -> int:
+        """Count the records without parsing them (for progress and ETA)."""
+        rows = sum(1 for _ in self._raw_records())
+        return rows if self.format == "jsonl" else max(0, rows - 1)  # less the CSV header
+
+    def _raw_records(self) -> Iterator[int]:
+        stream = _open_binary(self.path)
+        try:
+            if self.format == "jsonl":
+                for number, line in self._lines(stream):
+                    if line is None or line.strip():
+                        yield number
+            else:
+                for row_start, row, _ in self._csv_rows(stream):
+                    if row:
+                        yield row_start
+        finally:
+            stream.close()
+
+    def _lines(self, stream: IO[bytes]) -> Iterator[tuple[int, bytes | None]]:
+        """Yield (line number, line) with None for lines over the size limit, which are skipped unread."""
+        limit = self.max_record_bytes
+        number = 0
+        while chunk := stream.readline(limit + 1):
+            number += 1
+            if len(chunk) > limit and not chunk.endswith(b"\n"):
+                while (rest := stream.readline(1 << 16)) and not rest.endswith(b"\n"):
+                    pass
+                yield number, None
+            else:
+                yield number, chunk
+
+    def _jsonl(self, stream: IO[bytes]) -> Iterator[InputRecord]:
+        for number, line in self._lines(stream):
+            if line is None:
+                yield self._malformed(number, "record_too_large", f"over {self.max_record_bytes} bytes")
+                continue
+            if number == 1 and line.startswith(_UTF8_BOM):
+                line = line[len(_UTF8_BOM) :]
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield self._malformed(
+                    number,
+                    "invalid_utf8",
+                    f"invalid UTF-8 at byte {exc.start}",
+                    line.decode("utf-8", "replace"),
+                )
+                continue
+            if not text.strip():
+                self.stats.note_blank(number)
+                continue
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as exc:
+                yield self._malformed(number, "malformed_json", f"{exc.msg} at column {exc.colno}", text)
+                continue
+            if not isinstance(value, dict):
+                yield self._malformed(
+                    number, "not_an_object", f"a JSON {type(value).__name__}, not an object", text
+                )
+                continue
+            yield self._record(number, value)
+
+    def _csv_rows(self, stream: IO[bytes]) -> Iterator[tuple[int, list[str], str | None]]:
+        """Yield (first line, row, error) for each CSV row, the header included."""
+        text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
+        csv.field_size_limit(self.max_record_bytes)
+        reader = csv.reader(text)
+        previous_end = 0
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                yield previous_end + 1, [], str(exc)
+                previous_end = reader.line_num
+                continue
+            yield previous_end + 1, row, None
+            previous_end = reader.line_num
+
+    def _csv(self, stream: IO[bytes]) -> Iterator[InputRecord]:
+        header: list[str] | None = None
+        for number, row, error in self._csv_rows(stream):
+            if error is not None:
+                if header is None:
+                    raise ConfigurationError(
+                        f"{self.path}:{number}: the CSV header cannot be parsed: {error}"
+                    )
+                reason = "record_too_large" if "field larger than field limit" in error else "malformed_csv"
+                yield self._malformed(number, reason, error)
+                continue
+            if header is None:
+                header = self._csv_header(number, row)
+                continue
+            if not row:
+                self.stats.note_blank(number)
+                continue
+            if any(_has_surrogates(cell) for cell in row):
+                raw = ",".join(row).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                yield self._malformed(number, "invalid_utf8", "invalid UTF-8 in the row", raw)
+                continue
+            if len(row) != len(header):
+                yield self._malformed(
+                    number,
+                    "ragged_row",
+                    f"{len(row)} fields where the header has {len(header)}",
+                    ",".join(row),
+                )
+                continue
+            yield self._record(number, dict(zip(header, row, strict=True)))
+
+    def _csv_header(self, number: int, row: list[str]) -> list[str]:
+        if not row or all(not name.strip() for name in row):
+            raise ConfigurationError(f"{self.path}:{number}: the CSV file has no header row")
+        if any(_has_surrogates(name) for name in row):
+            raise ConfigurationError(f"{self.path}:{number}: the CSV header is not valid UTF-8")
+        seen: set[str] = set()
+        for name in row:
+            if name in seen:
+                raise ConfigurationError(f"{self.path}:{number}: the CSV header names column {name!r} twice")
+            seen.add(name)
+        return row
+
+    def _record(self, number: int, fields: dict[str, Any]) -> InputRecord:
+        record_id = fields.get(self.id_field)
+        if not _valid_id(record_id):
+            problem = "is missing" if record_id in (None, "") else "is not a string or an integer"
+            return InputRecord(
+                line=number,
+                fields=None,
+                error="missing_id",
+                detail=f"id field {self.id_field!r} {problem}",
+                raw=json.dumps(fields, ensure_ascii=False),
+            )
+        return InputRecord(line=number, fields=fields, record_id=record_id)
+
+    def _malformed(self, number: int, reason: str, detail: str, raw: str | None = None) -> InputRecord:
+        return InputRecord(line=number, fields=None, error=reason, detail=detail, raw=raw)
+
+
+def _has_surrogates(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False

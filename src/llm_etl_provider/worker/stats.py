@@ -1,0 +1,136 @@
+"""Run counters, progress lines and the final summary: counts and rates only, never record content."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class LatencyHistogram:
+    """Latencies in logarithmic buckets 2% wide: percentiles within 2%, in memory that does not grow."""
+
+    _GROWTH = math.log(1.02)
+
+    def __init__(self) -> None:
+        self._buckets: Counter[int] = Counter()
+        self.count = 0
+
+    def add(self, seconds: float) -> None:
+        self._buckets[int(math.log(max(seconds, 1e-4)) / self._GROWTH)] += 1
+        self.count += 1
+
+    def percentile(self, fraction: float) -> float | None:
+        """Return the latency below which ``fraction`` of the samples fall, in seconds."""
+        if not self.count:
+            return None
+        rank = max(1, math.ceil(fraction * self.count))
+        seen = 0
+        for bucket in sorted(self._buckets):
+            seen += self._buckets[bucket]
+            if seen >= rank:
+                return math.exp((bucket + 0.5) * self._GROWTH)
+        raise AssertionError("unreachable: ranks stop at the sample count")
+
+
+@dataclass
+class RunStats:
+    """What the run has done so far (cumulative across restarts where a checkpoint carried the counts)."""
+
+    total: int | None = None
+    results: int = 0
+    dead_letters: int = 0
+    by_reason: Counter[str] = field(default_factory=Counter)
+    skipped_blank_lines: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    retries: int = 0
+    resumed_from: int = 0
+    resumed_tokens: int = 0
+    resumed_completion_tokens: int = 0
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def done(self) -> int:
+        return self.results + self.dead_letters
+
+    def counts(self) -> dict[str, Any]:
+        """The counters a checkpoint carries."""
+        return {
+            "results": self.results,
+            "dead_letters": self.dead_letters,
+            "by_reason": dict(self.by_reason),
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cached_tokens": self.cached_tokens,
+            "retries": self.retries,
+        }
+
+    def restore(self, counts: dict[str, Any], records_done: int) -> None:
+        self.results = int(counts.get("results", 0))
+        self.dead_letters = int(counts.get("dead_letters", 0))
+        self.by_reason = Counter(counts.get("by_reason", {}))
+        self.prompt_tokens = int(counts.get("prompt_tokens", 0))
+        self.completion_tokens = int(counts.get("completion_tokens", 0))
+        self.cached_tokens = int(counts.get("cached_tokens", 0))
+        self.retries = int(counts.get("retries", 0))
+        self.resumed_from = records_done
+        self.resumed_tokens = self.prompt_tokens + self.completion_tokens
+        self.resumed_completion_tokens = self.completion_tokens
+
+    def elapsed(self) -> float:
+        return max(time.monotonic() - self.started, 1e-9)
+
+    def rate(self) -> float:
+        """Records per second done by this process."""
+        return (self.done - self.resumed_from) / self.elapsed()
+
+    def progress_line(self) -> str:
+        rate = self.rate()
+        parts = [f"progress records={self.done}"]
+        if self.total:
+            parts[0] += f"/{self.total} ({100 * self.done / self.total:.1f}%)"
+        parts += [f"results={self.results}", f"dead_letters={self.dead_letters}", f"rate={rate:.2f}/s"]
+        if self.total and rate > 0:
+            parts.append(f"eta={_duration((self.total - self.done) / rate)}")
+        return " ".join(parts)
+
+    def summary(self) -> dict[str, Any]:
+        elapsed = self.elapsed()
+        p50, p95 = self.latency.percentile(0.5), self.latency.percentile(0.95)
+        processed = self.done - self.resumed_from
+        return {
+            "records": self.done,
+            "results": self.results,
+            "dead_letters": self.dead_letters,
+            "dead_letter_reasons": dict(sorted(self.by_reason.items())),
+            "skipped_blank_lines": self.skipped_blank_lines,
+            "resumed_from": self.resumed_from,
+            "elapsed_s": round(elapsed, 3),
+            "records_per_s": round(processed / elapsed, 3),
+            "tokens_per_s": round(
+                (self.prompt_tokens + self.completion_tokens - self.resumed_tokens) / elapsed, 1
+            ),
+            "completion_tokens_per_s": round(
+                (self.completion_tokens - self.resumed_completion_tokens) / elapsed, 1
+            ),
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cached_prompt_tokens": self.cached_tokens,
+            "retries": self.retries,
+            "latency_p50_s": round(p50, 3) if p50 is not None else None,
+            "latency_p95_s": round(p95, 3) if p95 is not None else None,
+        }
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
