@@ -9,7 +9,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, cast
 
 from llm_etl_provider.worker.errors import ConfigurationError
 
@@ -77,9 +77,10 @@ def _open_binary(path: Path) -> IO[bytes]:
         raw = path.open("rb")
     except OSError as exc:
         raise ConfigurationError(f"{path}: cannot open the input: {exc.strerror}") from None
-    if raw.peek(2)[:2] == _GZIP_MAGIC:
-        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
-    return raw
+    if raw.peek(2)[:2] != _GZIP_MAGIC:
+        return raw
+    raw.close()
+    return cast(IO[bytes], gzip.open(path, "rb"))
 
 
 def _valid_id(value: Any) -> bool:
@@ -189,21 +190,21 @@ class RecordReader:
 
     def _csv_rows(self, stream: IO[bytes]) -> Iterator[tuple[int, list[str], str | None]]:
         """Yield (first line, row, error) for each CSV row, the header included."""
-        text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
         csv.field_size_limit(self.max_record_bytes)
-        reader = csv.reader(text)
-        previous_end = 0
-        while True:
-            try:
-                row = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as exc:
-                yield previous_end + 1, [], str(exc)
+        with io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="") as text:
+            reader = csv.reader(text)
+            previous_end = 0
+            while True:
+                try:
+                    row = next(reader)
+                except StopIteration:
+                    return
+                except csv.Error as exc:
+                    yield previous_end + 1, [], str(exc)
+                    previous_end = reader.line_num
+                    continue
+                yield previous_end + 1, row, None
                 previous_end = reader.line_num
-                continue
-            yield previous_end + 1, row, None
-            previous_end = reader.line_num
 
     def _csv(self, stream: IO[bytes]) -> Iterator[InputRecord]:
         header: list[str] | None = None
@@ -217,7 +218,10 @@ class RecordReader:
                 yield self._malformed(number, reason, error)
                 continue
             if header is None:
-                header = self._csv_header(number, row)
+                if row:
+                    header = self._csv_header(number, row)
+                else:
+                    self.stats.note_blank(number)
                 continue
             if not row:
                 self.stats.note_blank(number)

@@ -1,0 +1,302 @@
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from pathlib import Path
+
+import httpx
+import pytest
+
+from llm_etl_provider.worker.checkpoint import Checkpoint, run_fingerprint
+from llm_etl_provider.worker.clients import make_client
+from llm_etl_provider.worker.engine import Engine, EngineSettings
+from llm_etl_provider.worker.errors import (
+    ConfigurationError,
+    DeadLetterThresholdError,
+    ServerUnavailableError,
+)
+from llm_etl_provider.worker.records import RecordReader
+from llm_etl_provider.worker.retry import RetryPolicy
+from llm_etl_provider.worker.sinks import JsonlFileSink
+from llm_etl_provider.worker.tasks import build_task
+from tests.unit.worker.fakes import FakeLLMServer
+
+
+class Crash(BaseException):
+    """Stands in for SIGKILL: nothing after it runs, no cleanup is owed."""
+
+
+def write_input(path: Path, n: int, extra: bytes = b"") -> Path:
+    lines = [
+        json.dumps({"id": f"r{i}", "text": f"{'bad' if i % 3 == 0 else 'good'} drug {i}"}) for i in range(n)
+    ]
+    path.write_bytes("\n".join(lines).encode() + b"\n" + extra)
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+async def no_sleep(_: float) -> None:
+    await asyncio.sleep(0)
+
+
+def run_engine(
+    tmp_path: Path,
+    server: FakeLLMServer,
+    input_path: Path,
+    *,
+    settings: EngineSettings | None = None,
+    checkpoint: bool = False,
+    sink_cls=JsonlFileSink,
+    task=None,
+):
+    task = task or build_task("sentiment")
+    logs: list[str] = []
+
+    async def go():
+        async with httpx.AsyncClient(transport=server.transport()) as http:
+            engine = Engine(
+                task,
+                make_client(server.api, http, "http://llm", "smollm2"),  # type: ignore[arg-type]
+                RecordReader(input_path),
+                sink_cls(tmp_path / "results.jsonl", tmp_path / "dead.jsonl"),
+                settings or EngineSettings(retry=RetryPolicy(max_attempts=3), progress_interval=0.01),
+                checkpoint=Checkpoint(
+                    tmp_path / "ckpt.json", run_fingerprint(input_path, task.fingerprint, "id")
+                )
+                if checkpoint
+                else None,
+                log=logs.append,
+                sleep=no_sleep,
+            )
+            return await engine.run(), engine
+
+    summary, engine = asyncio.run(go())
+    return summary, engine, logs
+
+
+def test_every_record_is_written_once_in_input_order_with_metadata(tmp_path):
+    server = FakeLLMServer(slots=3)
+    summary, engine, logs = run_engine(tmp_path, server, write_input(tmp_path / "in.jsonl", 50))
+    results = read_jsonl(tmp_path / "results.jsonl")
+    assert [r["id"] for r in results] == [f"r{i}" for i in range(50)]
+    assert results[0]["enrichment"] == {"sentiment": "negative"}
+    assert results[1]["enrichment"] == {"sentiment": "positive"}
+    assert results[1]["meta"]["model"] == "smollm2"
+    assert results[1]["meta"]["prompt_tokens"] == 40
+    assert results[1]["meta"]["attempts"] == 1
+    assert (tmp_path / "dead.jsonl").read_text() == ""
+    assert engine.concurrency == 6  # twice llama.cpp's slot count
+    assert summary["records"] == summary["results"] == 50
+    assert summary["prompt_tokens"] == 2000
+    assert summary["cached_prompt_tokens"] == 1500
+    assert summary["latency_p50_s"] is not None
+    assert any(line.startswith("summary ") for line in logs)
+
+
+def test_concurrency_is_bounded(tmp_path):
+    server = FakeLLMServer(slots=None)
+    in_flight = 0
+    peak = 0
+    original = server.handle
+
+    async def slow_handle(request):
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.002)
+        in_flight -= 1
+        return original(request)
+
+    server.transport = lambda: httpx.MockTransport(slow_handle)  # type: ignore[method-assign]
+    settings = EngineSettings(concurrency=5, progress_interval=60)
+    run_engine(tmp_path, server, write_input(tmp_path / "in.jsonl", 60), settings=settings)
+    assert peak == 5
+    assert len(read_jsonl(tmp_path / "results.jsonl")) == 60
+
+
+def test_transient_faults_are_retried_and_counted(tmp_path):
+    server = FakeLLMServer()
+    server.faults["good drug 1"] += ["503", "reset"]
+    server.faults["good drug 2"] += ["timeout", "not_json"]
+    summary, _, _ = run_engine(tmp_path, server, write_input(tmp_path / "in.jsonl", 5))
+    results = read_jsonl(tmp_path / "results.jsonl")
+    assert [r["meta"]["attempts"] for r in results] == [1, 3, 3, 1, 1]
+    assert summary["retries"] == 4
+
+
+def test_records_that_keep_failing_go_to_the_dead_letters_with_reasons(tmp_path):
+    server = FakeLLMServer()
+    server.faults["good drug 1"] += ["500"] * 3
+    server.faults["good drug 2"] += ["400"]
+    server.faults["good drug 4"] += ["invalid"] * 3
+    server.faults["good drug 5"] += ["cut"] * 3
+    settings = EngineSettings(retry=RetryPolicy(max_attempts=3), max_dead_letter_ratio=1.0)
+    summary, _, _ = run_engine(tmp_path, server, write_input(tmp_path / "in.jsonl", 7), settings=settings)
+    dead = {d["id"]: d for d in read_jsonl(tmp_path / "dead.jsonl")}
+    assert {k: (v["reason"], v["attempts"]) for k, v in dead.items()} == {
+        "r1": ("server_error", 3),
+        "r2": ("llm_rejected", 1),  # a 4xx is never retried
+        "r4": ("invalid_output", 3),
+        "r5": ("invalid_output", 3),
+    }
+    assert "max_tokens" in dead["r5"]["detail"]
+    assert dead["r1"]["record"] == {
+        "id": "r1",
+        "text": "good drug 1",
+    }  # nothing lost: the input travels along
+    assert [r["id"] for r in read_jsonl(tmp_path / "results.jsonl")] == ["r0", "r3", "r6"]
+    assert summary["dead_letter_reasons"] == {"invalid_output": 2, "llm_rejected": 1, "server_error": 1}
+
+
+def test_a_retry_after_an_invalid_answer_raises_the_temperature(tmp_path):
+    server = FakeLLMServer()
+    server.faults["good drug 1"].append("invalid")
+    run_engine(tmp_path, server, write_input(tmp_path / "in.jsonl", 2))
+    temperatures = [
+        b["temperature"] for b in server.chat_bodies if b["messages"][1]["content"] == "good drug 1"
+    ]
+    assert temperatures == [0.0, 0.7]
+
+
+def test_malformed_input_lines_are_dead_lettered_in_place(tmp_path):
+    path = write_input(
+        tmp_path / "in.jsonl", 3, extra=b'{"id": "x", "text": \n\n{"text": "no id"}\n{"id": "y"}\n'
+    )
+    settings = EngineSettings(max_dead_letter_ratio=1.0)
+    summary, _, _ = run_engine(tmp_path, FakeLLMServer(), path, settings=settings)
+    dead = read_jsonl(tmp_path / "dead.jsonl")
+    assert [(d["line"], d["reason"]) for d in dead] == [
+        (4, "malformed_json"),
+        (6, "missing_id"),
+        (7, "missing_field"),
+    ]
+    assert dead[0]["raw"] == '{"id": "x", "text": \n'
+    assert summary["skipped_blank_lines"] == 1
+    assert summary["records"] == 6
+
+
+def test_too_many_dead_letters_fail_the_run_after_writing_everything(tmp_path):
+    server = FakeLLMServer()
+    for i in range(1, 10, 3):
+        server.faults[f"good drug {i}"] += ["400"]
+    settings = EngineSettings(max_dead_letter_ratio=0.2)
+    with pytest.raises(DeadLetterThresholdError, match=r"3 of 10 records .*30\.0% > 20\.0%.*llm_rejected=3"):
+        run_engine(tmp_path, server, write_input(tmp_path / "in.jsonl", 10), settings=settings)
+    assert len(read_jsonl(tmp_path / "results.jsonl")) + len(read_jsonl(tmp_path / "dead.jsonl")) == 10
+
+
+def test_a_server_that_goes_away_stops_the_run_instead_of_dead_lettering_everything(tmp_path):
+    server = FakeLLMServer()
+    original = server.handle
+    calls = 0
+
+    def handle(request):
+        nonlocal calls
+        if request.method == "POST":
+            calls += 1
+            if calls > 4:
+                server.down = True
+        return original(request)
+
+    server.transport = lambda: httpx.MockTransport(handle)  # type: ignore[method-assign]
+    settings = EngineSettings(concurrency=1, retry=RetryPolicy(max_attempts=2))
+    with pytest.raises(ServerUnavailableError, match="stopped answering at input line 5"):
+        run_engine(tmp_path, server, write_input(tmp_path / "in.jsonl", 10), settings=settings)
+    assert len(read_jsonl(tmp_path / "results.jsonl")) == 4
+    assert read_jsonl(tmp_path / "dead.jsonl") == []
+
+
+class CrashingSink(JsonlFileSink):
+    crash_after: int = 10**9
+    writes = 0
+
+    def _count(self):
+        type(self).writes += 1
+        if type(self).writes > self.crash_after:
+            raise Crash
+
+    def write_result(self, line):
+        self._count()
+        super().write_result(line)
+
+    def write_dead_letter(self, line):
+        self._count()
+        super().write_dead_letter(line)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
+def test_a_crash_and_restart_redoes_at_most_one_checkpoint_and_duplicates_nothing(tmp_path, seed):
+    n, every = 97, 10
+    path = write_input(tmp_path / "in.jsonl", n, extra=b"not json\n")
+    crash_after = random.Random(seed).randrange(1, n)
+    CrashingSink.writes, CrashingSink.crash_after = 0, crash_after
+    settings = EngineSettings(checkpoint_every=every, max_dead_letter_ratio=1.0, concurrency=4)
+    server = FakeLLMServer()
+    with pytest.raises(Crash):
+        run_engine(tmp_path, server, path, settings=settings, checkpoint=True, sink_cls=CrashingSink)
+    calls_before = len(server.chat_bodies)
+    CrashingSink.crash_after = 10**9
+    summary, _, logs = run_engine(
+        tmp_path, server, path, settings=settings, checkpoint=True, sink_cls=CrashingSink
+    )
+    ids = [r["id"] for r in read_jsonl(tmp_path / "results.jsonl")] + [
+        d["line"] for d in read_jsonl(tmp_path / "dead.jsonl")
+    ]
+    assert ids == [f"r{i}" for i in range(n)] + [n + 1]
+    resumed = crash_after // every * every
+    assert summary["resumed_from"] == resumed
+    assert any(f"resuming after {resumed} records" in line for line in logs) == (resumed > 0)
+    assert crash_after - resumed < every  # redone: at most one checkpoint interval
+    assert len(server.chat_bodies) - calls_before == n - resumed
+    assert summary["records"] == n + 1
+    assert summary["results"] == n
+
+
+def test_a_finished_run_restarted_with_its_checkpoint_does_nothing(tmp_path):
+    path = write_input(tmp_path / "in.jsonl", 12)
+    server = FakeLLMServer()
+    run_engine(tmp_path, server, path, checkpoint=True)
+    before = (tmp_path / "results.jsonl").read_bytes()
+    calls = len(server.chat_bodies)
+    summary, _, _ = run_engine(tmp_path, server, path, checkpoint=True)
+    assert (tmp_path / "results.jsonl").read_bytes() == before
+    assert len(server.chat_bodies) == calls
+    assert summary["results"] == 12
+
+
+def test_a_checkpoint_of_another_input_is_refused(tmp_path):
+    run_engine(tmp_path, FakeLLMServer(), write_input(tmp_path / "in.jsonl", 4), checkpoint=True)
+    with pytest.raises(ConfigurationError, match="belongs to another input"):
+        run_engine(tmp_path, FakeLLMServer(), write_input(tmp_path / "in.jsonl", 5), checkpoint=True)
+
+
+def test_ollama_api_end_to_end(tmp_path):
+    summary, _, _ = run_engine(
+        tmp_path, FakeLLMServer("ollama", models=("smollm2:latest",)), write_input(tmp_path / "in.jsonl", 6)
+    )
+    assert summary["results"] == 6
+    assert summary["completion_tokens"] == 42
+
+
+def test_progress_lines_carry_counts_never_content(tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_text(
+        "".join(json.dumps({"id": f"p{i}", "text": f"CANARY-{i} good"}) + "\n" for i in range(30))
+    )
+    server = FakeLLMServer()
+    original = server.handle
+
+    async def slow(request):
+        await asyncio.sleep(0.003)
+        return original(request)
+
+    server.transport = lambda: httpx.MockTransport(slow)  # type: ignore[method-assign]
+    _, _, logs = run_engine(tmp_path, server, path)
+    progress = [line for line in logs if line.startswith("progress ")]
+    assert progress
+    assert "records=30/30 (100.0%)" in progress[-1]
+    assert not any("CANARY" in line for line in logs)

@@ -1,0 +1,163 @@
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from llm_etl_provider.worker.errors import ConfigurationError
+from llm_etl_provider.worker.records import RecordReader, detect_format
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def read_all(path: Path, **kwargs) -> tuple[list, RecordReader]:
+    reader = RecordReader(path, **kwargs)
+    return list(reader), reader
+
+
+def test_jsonl_records_keep_their_line_numbers_and_ids(tmp_path):
+    path = write(tmp_path / "in.jsonl", b'{"id": "a", "text": "x"}\n\n{"id": 2, "text": "y"}\n')
+    records, reader = read_all(path)
+    assert [(r.line, r.record_id, r.error) for r in records] == [(1, "a", None), (3, 2, None)]
+    assert reader.stats.blank_lines == 1
+    assert reader.count() == 2
+
+
+def test_bom_crlf_and_trailing_whitespace_are_accepted(tmp_path):
+    path = write(
+        tmp_path / "in.jsonl", b'\xef\xbb\xbf{"id": "a", "text": "x"}\r\n{"id": "b", "text": "y"}  \r\n'
+    )
+    records, _ = read_all(path)
+    assert [r.record_id for r in records] == ["a", "b"]
+    assert all(r.error is None for r in records)
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        (b'{"id": "a", "text": ', "malformed_json"),
+        (b'["not", "an", "object"]', "not_an_object"),
+        (b'{"id": "a", "text": "\xff\xfe"}', "invalid_utf8"),
+        (b'{"text": "no id"}', "missing_id"),
+        (b'{"id": "", "text": "empty id"}', "missing_id"),
+        (b'{"id": true, "text": "bool id"}', "missing_id"),
+        (b'{"id": {"x": 1}, "text": "object id"}', "missing_id"),
+    ],
+)
+def test_malformed_lines_become_records_with_a_reason(tmp_path, line, reason):
+    path = write(
+        tmp_path / "in.jsonl", b'{"id": "ok", "text": "x"}\n' + line + b'\n{"id": "ok2", "text": "y"}\n'
+    )
+    records, _ = read_all(path)
+    assert [r.error for r in records] == [None, reason, None]
+    bad = records[1]
+    assert bad.line == 2
+    assert bad.fields is None
+    assert bad.detail
+
+
+def test_error_details_do_not_echo_record_content(tmp_path):
+    path = write(tmp_path / "in.jsonl", b'{"id": "a", "text": "CANARY-SECRET" oops}\n')
+    (record,) = RecordReader(path)
+    assert "CANARY" not in record.detail
+    assert "CANARY" in (record.raw or "")  # kept for the dead letter, which is an output, not a log
+
+
+def test_oversized_record_is_skipped_unread_and_the_next_line_still_parses(tmp_path):
+    big = b'{"id": "big", "text": "' + b"x" * 5_000_000 + b'"}\n'
+    path = write(tmp_path / "in.jsonl", big + b'{"id": "after", "text": "y"}\n')
+    records, reader = read_all(path, max_record_bytes=1 << 20)
+    assert [(r.line, r.error) for r in records] == [(1, "record_too_large"), (2, None)]
+    assert records[0].raw is None
+    assert reader.count() == 2
+
+
+def test_a_line_exactly_at_the_limit_is_accepted(tmp_path):
+    line = b'{"id": "a", "text": "' + b"x" * 100 + b'"}'
+    path = write(tmp_path / "in.jsonl", line + b"\n")
+    records, _ = read_all(path, max_record_bytes=len(line) + 1)
+    assert records[0].error is None
+
+
+def test_gzip_is_detected_by_content_not_name(tmp_path):
+    path = write(
+        tmp_path / "in.jsonl", gzip.compress(b'{"id": "a", "text": "x"}\n{"id": "b", "text": "y"}\n')
+    )
+    records, reader = read_all(path)
+    assert [r.record_id for r in records] == ["a", "b"]
+    assert reader.count() == 2
+
+
+def test_truncated_gzip_fails_the_run_naming_the_file(tmp_path):
+    data = gzip.compress(b"".join(b'{"id": "%d", "text": "x"}\n' % i for i in range(1000)))
+    path = write(tmp_path / "cut.jsonl.gz", data[: len(data) // 2])
+    with pytest.raises(ConfigurationError, match=r"cut\.jsonl\.gz"):
+        list(RecordReader(path))
+
+
+def test_csv_rows_with_quoted_newlines_keep_their_first_line(tmp_path):
+    path = write(tmp_path / "in.csv", b'id,review\r\na,"first\nsecond"\r\nb,plain\r\n')
+    records, reader = read_all(path)
+    assert [(r.line, r.record_id, r.fields) for r in records] == [
+        (2, "a", {"id": "a", "review": "first\nsecond"}),
+        (4, "b", {"id": "b", "review": "plain"}),
+    ]
+    assert reader.count() == 2
+
+
+def test_csv_ragged_rows_and_bad_utf8_are_dead_letter_records(tmp_path):
+    path = write(tmp_path / "in.csv", b"\xef\xbb\xbfid,review\na,ok\nb,too,many\nc,\xff\n\nd,fine\n")
+    records, reader = read_all(path)
+    assert [(r.line, r.error) for r in records] == [
+        (2, None),
+        (3, "ragged_row"),
+        (4, "invalid_utf8"),
+        (6, None),
+    ]
+    assert reader.stats.blank_lines == 1
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b",\n1,2\n", r"in\.csv:1: the CSV file has no header row"),
+        (b"\nid,id\n1,2\n", r"in\.csv:2: the CSV header names column 'id' twice"),
+    ],
+)
+def test_unusable_csv_headers_fail_with_file_and_line(tmp_path, data, message):
+    path = write(tmp_path / "in.csv", data)
+    with pytest.raises(ConfigurationError, match=message):
+        list(RecordReader(path))
+
+
+@pytest.mark.parametrize("name", ["in.csv", "in.jsonl"])
+def test_an_empty_file_has_no_records(tmp_path, name):
+    records, reader = read_all(write(tmp_path / name, b""))
+    assert records == []
+    assert reader.count() == 0
+
+
+def test_formats_come_from_the_name_or_the_declaration(tmp_path):
+    assert detect_format(Path("a.jsonl.gz")) == "jsonl"
+    assert detect_format(Path("a.CSV")) == "csv"
+    assert detect_format(Path("a.txt"), "csv") == "csv"
+    with pytest.raises(ConfigurationError, match="--input-format"):
+        detect_format(Path("a.txt"))
+    with pytest.raises(ConfigurationError, match="unknown input format"):
+        detect_format(Path("a.jsonl"), "xml")
+
+
+def test_missing_input_is_a_configuration_error(tmp_path):
+    with pytest.raises(ConfigurationError, match="cannot open"):
+        list(RecordReader(tmp_path / "absent.jsonl"))
+
+
+def test_custom_id_field(tmp_path):
+    path = write(tmp_path / "in.jsonl", json.dumps({"uid": 7, "text": "x"}).encode() + b"\n")
+    (record,) = RecordReader(path, id_field="uid")
+    assert record.record_id == 7

@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from llm_etl_provider.worker.errors import ConfigurationError
+from llm_etl_provider.worker.tasks import (
+    TASK_NAMES,
+    InvalidOutputError,
+    MissingFieldError,
+    PromptTemplate,
+    build_task,
+)
+
+CUSTOM_SCHEMA = {
+    "type": "object",
+    "properties": {"summary": {"type": "string", "maxLength": 80}},
+    "required": ["summary"],
+}
+
+
+def test_template_renders_fields_and_literal_braces():
+    template = PromptTemplate("Drug {drug}: {review} {{not a field}}")
+    assert template.fields == ("drug", "review")
+    assert template.render({"drug": "X", "review": "good", "other": 1}) == "Drug X: good {not a field}"
+
+
+def test_template_renders_non_strings_as_json():
+    assert PromptTemplate("{n} {tags}").render({"n": 3, "tags": ["a"]}) == '3 ["a"]'
+
+
+@pytest.mark.parametrize("value", [None, "", "   "])
+def test_missing_or_empty_field_is_reported_by_name(value):
+    with pytest.raises(MissingFieldError, match="'review'"):
+        PromptTemplate("{review}").render({"review": value})
+
+
+@pytest.mark.parametrize("template", ["{x.__class__}", "{x[0]}", "{x!r}", "{x:>10}", "{0}", "no fields", "{"])
+def test_templates_that_reach_into_objects_or_use_no_field_are_refused(template):
+    with pytest.raises(ConfigurationError):
+        PromptTemplate(template)
+
+
+@pytest.mark.parametrize("name", [n for n in TASK_NAMES if n != "custom"])
+def test_catalogue_tasks_have_valid_object_schemas(name):
+    task = build_task(name, template="{review}")
+    assert task.schema["type"] == "object"
+    assert task.system_prompt
+    assert task.max_tokens > 0
+
+
+def test_sentiment_accepts_its_labels_and_rejects_others_without_echoing_them():
+    task = build_task("sentiment")
+    assert task.parse('{"sentiment": "neutral"}', {}) == {"sentiment": "neutral"}
+    with pytest.raises(InvalidOutputError) as info:
+        task.parse('{"sentiment": "CANARY-ecstatic"}', {})
+    assert "$.sentiment" in info.value.detail
+    assert "CANARY" not in info.value.detail
+
+
+def test_answers_that_are_not_json_are_invalid():
+    with pytest.raises(InvalidOutputError, match="not JSON"):
+        build_task("sentiment").parse('{"sentiment": "posi', {})
+
+
+def test_tags_are_limited_to_the_given_categories():
+    task = build_task("tags", categories=["pain", "sleep", "pain", " "])
+    assert task.schema["properties"]["tags"]["items"]["enum"] == ["pain", "sleep"]
+    assert "pain, sleep" in task.system_prompt
+    with pytest.raises(InvalidOutputError, match=r"\$\.tags\[0\]"):
+        task.parse('{"tags": ["cost"]}', {})
+
+
+def test_entities_get_spans_in_the_source_text_or_null_when_invented():
+    task = build_task("entities", template="{review}")
+    answer = task.parse(
+        json.dumps(
+            {"entities": [{"text": "Ibuprofen", "type": "drug"}, {"text": "aspirin", "type": "drug"}]}
+        ),
+        {"review": "I took ibuprofen for my headache."},
+    )
+    assert answer["entities"][0] | {} == {"text": "Ibuprofen", "type": "drug", "start": 7, "end": 16}
+    assert answer["entities"][1]["start"] is None
+
+
+def test_custom_task_needs_prompt_template_and_schema():
+    with pytest.raises(ConfigurationError, match="--system-prompt, --template and --schema"):
+        build_task("custom", template="{text}", schema=CUSTOM_SCHEMA)
+    task = build_task("custom", template="{text}", system_prompt="Summarise.", schema=CUSTOM_SCHEMA)
+    assert task.parse('{"summary": "short"}', {}) == {"summary": "short"}
+
+
+@pytest.mark.parametrize(
+    ("schema", "message"),
+    [
+        ({"type": "object", "properties": {"a": {"type": "nonsense"}}}, "not valid"),
+        ({"type": "array"}, "JSON object"),
+    ],
+)
+def test_custom_schemas_are_checked(schema, message):
+    with pytest.raises(ConfigurationError, match=message):
+        build_task("custom", template="{text}", system_prompt="x", schema=schema)
+
+
+def test_catalogue_tasks_refuse_a_schema_and_unknown_tasks_are_named():
+    with pytest.raises(ConfigurationError, match="fixed schema"):
+        build_task("sentiment", schema=CUSTOM_SCHEMA)
+    with pytest.raises(ConfigurationError, match="unknown task 'summarise'"):
+        build_task("summarise")
+
+
+def test_fingerprint_changes_with_what_decides_the_output():
+    base = build_task("tags", template="{review}")
+    assert base.fingerprint == build_task("tags", template="{review}").fingerprint
+    assert base.fingerprint != build_task("tags", template="{text}").fingerprint
+    assert base.fingerprint != build_task("tags", template="{review}", categories=["a"]).fingerprint
