@@ -135,11 +135,33 @@ class TaskSpec:
             value = json.loads(content)
         except json.JSONDecodeError as exc:
             raise InvalidOutputError(f"the answer is not JSON ({exc.msg} at column {exc.colno})") from None
+        value = drop_repeated_items(value, self.schema)
         error = next(iter(sorted(self._validator.iter_errors(value), key=lambda e: list(e.path))), None)
         if error is not None:
             where = "$" + "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
             raise InvalidOutputError(f"the answer does not match the schema at {where} ({error.validator})")
         return self.postprocess(value, record) if self.postprocess else value
+
+
+def drop_repeated_items(value: Any, schema: dict[str, Any]) -> Any:
+    """Drop repeats from arrays whose schema says ``uniqueItems``, recursively.
+
+    Grammar-constrained decoding cannot enforce ``uniqueItems``, and small models repeat themselves; a repeat in
+    a set-valued field carries no information, so it is dropped rather than failing the record.
+    """
+    if isinstance(value, dict):
+        properties = schema.get("properties", {})
+        return {k: drop_repeated_items(v, properties[k]) if k in properties else v for k, v in value.items()}
+    if isinstance(value, list):
+        items = schema.get("items")
+        value = [drop_repeated_items(v, items) for v in value] if isinstance(items, dict) else value
+        if schema.get("uniqueItems"):
+            unique: list[Any] = []
+            for item in value:
+                if item not in unique:
+                    unique.append(item)
+            return unique
+    return value
 
 
 def _string_list(values: Sequence[str], what: str) -> list[str]:

@@ -115,3 +115,27 @@ def test_fingerprint_changes_with_what_decides_the_output():
     assert base.fingerprint == build_task("tags", template="{review}").fingerprint
     assert base.fingerprint != build_task("tags", template="{text}").fingerprint
     assert base.fingerprint != build_task("tags", template="{review}", categories=["a"]).fingerprint
+
+
+def test_repeats_in_set_valued_fields_are_dropped_before_validation():
+    task = build_task("tags", categories=["pain", "sleep"])
+    assert task.parse('{"tags": ["pain", "sleep", "pain", "pain"]}', {}) == {"tags": ["pain", "sleep"]}
+    nested = build_task(
+        "custom",
+        template="{text}",
+        system_prompt="x",
+        schema={
+            "type": "object",
+            "properties": {
+                "groups": {
+                    "type": "array",
+                    "items": {"type": "array", "items": {"type": "integer"}, "uniqueItems": True},
+                },
+                "plain": {"type": "array"},
+            },
+        },
+    )
+    assert nested.parse('{"groups": [[1, 1, 2]], "plain": [1, 1]}', {}) == {
+        "groups": [[1, 2]],
+        "plain": [1, 1],
+    }
