@@ -1,10 +1,11 @@
-"""``llm-etl``: the project's command line (local LLM server; more commands arrive with the transport)."""
+"""``llm-etl``: the project's command line: a local LLM server, the bundled model, the demo."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def _local_server(args: argparse.Namespace) -> int:
@@ -39,6 +40,12 @@ def _model_path(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from llm_etl_provider.local.demo import run_demo
+
+    return run_demo(args.output, input_path=args.input, parallel=args.parallel)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llm-etl", description="llm-etl-provider tools")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -48,13 +55,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     server.add_argument("--port", type=int, required=True)
     server.add_argument("--parallel", type=int, default=4, help="request slots (continuous batching)")
-    server.add_argument("--threads", type=int, help="CPU threads (default: all cores but one)")
+    server.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     server.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for readiness")
     server.add_argument("--stop", action="store_true", help="stop the server started on this port")
     server.set_defaults(handler=_local_server)
 
     model = commands.add_parser("model-path", help="print the bundled GGUF model's path (sha256 checked)")
     model.set_defaults(handler=_model_path)
+
+    demo = commands.add_parser("demo", help="enrich the drug-review sample with the bundled model and report")
+    demo.add_argument("--output", type=Path, default=Path("out/demo"))
+    demo.add_argument("--input", type=Path, default=Path("examples/drug_reviews_sample.jsonl"))
+    demo.add_argument("--parallel", type=int, default=4, help="llama-server slots")
+    demo.set_defaults(handler=_demo)
     return parser
 
 

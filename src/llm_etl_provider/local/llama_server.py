@@ -104,8 +104,11 @@ class LlamaServer:
 
     :param port: the TCP port; 0 picks a free one
     :param parallel: request slots served at once (continuous batching)
-    :param threads: CPU threads for generation; default: all cores but one
+    :param threads: CPU threads; default: all cores (use 1 on a machine shared with other busy processes:
+        llama.cpp's threads spin-wait, and a second busy process then slows it 10-30x)
     :param ctx_per_slot: context tokens per slot
+    :param cache_ram_mib: llama.cpp's host prompt cache (None: its default; 0 disables it, so that a benchmark
+        that replays the same prompts does not measure cache hits)
     :param model_path: a GGUF file; default: the bundled SmolLM2
     :param log_path: where the server's output goes; default: the cache's run folder
     """
@@ -116,6 +119,7 @@ class LlamaServer:
     ctx_per_slot: int = 2048
     model_path: Path | None = None
     log_path: Path | None = None
+    cache_ram_mib: int | None = None
     model_name: str = MODEL_NAME
     process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _log_handle: IO[bytes] | None = field(default=None, init=False, repr=False)
@@ -131,7 +135,8 @@ class LlamaServer:
         return f"http://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
-        threads = self.threads or max(1, (os.cpu_count() or 2) - 1)
+        threads = self.threads or os.cpu_count() or 1
+        cache = ["--cache-ram", str(self.cache_ram_mib)] if self.cache_ram_mib is not None else []
         return [
             str(find_llama_server()),
             "--model", str(self.model_path or bundled_model()),
@@ -144,6 +149,7 @@ class LlamaServer:
             "--threads-batch", str(threads),
             "--metrics",
             "--no-webui",
+            *cache,
         ]  # fmt: skip
 
     def start(self, *, detach: bool = False) -> None:

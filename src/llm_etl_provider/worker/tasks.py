@@ -146,8 +146,8 @@ class TaskSpec:
 def drop_repeated_items(value: Any, schema: dict[str, Any]) -> Any:
     """Drop repeats from arrays whose schema says ``uniqueItems``, recursively.
 
-    Grammar-constrained decoding cannot enforce ``uniqueItems``, and small models repeat themselves; a repeat in
-    a set-valued field carries no information, so it is dropped rather than failing the record.
+    Grammar-constrained decoding cannot enforce ``uniqueItems``, and small models repeat themselves; a
+    repeat in a set-valued field carries no information, so it is dropped rather than failing the record.
     """
     if isinstance(value, dict):
         properties = schema.get("properties", {})

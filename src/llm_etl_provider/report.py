@@ -1,0 +1,99 @@
+"""A short readable report of a run: counts, label distribution, agreement, throughput, latency."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+def _lines(path: Path) -> Iterator[dict[str, Any]]:
+    if not path.exists():
+        return
+    with path.open(encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                yield json.loads(line)
+
+
+def _labels(enrichment: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """Yield (field, label) for an enrichment's categorical parts: scalars, lists of them, typed objects."""
+    for name, value in enrichment.items():
+        if isinstance(value, bool | str | int):
+            yield name, str(value).lower() if isinstance(value, bool) else str(value)
+        elif isinstance(value, list):
+            for item in value:
+                if isinstance(item, str):
+                    yield name, item
+                elif isinstance(item, dict) and isinstance(item.get("type"), str):
+                    yield f"{name}.type", item["type"]
+
+
+def build_report(
+    results_path: Path,
+    dead_letter_path: Path,
+    summary: dict[str, Any],
+    *,
+    reference: dict[Any, str] | None = None,
+    reference_field: str = "sentiment",
+) -> str:
+    """Return a Markdown report of a run.
+
+    :param results_path: the results JSONL
+    :param dead_letter_path: the dead-letter JSONL
+    :param summary: the worker's summary
+    :param reference: known labels by record id, to measure agreement with ``reference_field``
+    :param reference_field: the enrichment field compared with the reference labels
+    """
+    distributions: dict[str, Counter[str]] = {}
+    agreement: Counter[tuple[str, str]] = Counter()
+    results = 0
+    for line in _lines(results_path):
+        results += 1
+        enrichment = line.get("enrichment") or {}
+        for name, label in _labels(enrichment):
+            distributions.setdefault(name, Counter())[label] += 1
+        if reference is not None and line.get("id") in reference:
+            agreement[(reference[line["id"]], str(enrichment.get(reference_field)))] += 1
+    reasons = Counter(line.get("reason", "unknown") for line in _lines(dead_letter_path))
+
+    out = ["# Enrichment report", ""]
+    out += [
+        f"- records: {summary.get('records', results + sum(reasons.values()))}",
+        f"- results: {results}",
+        f"- dead letters: {sum(reasons.values())}"
+        + (f" ({', '.join(f'{r}: {n}' for r, n in sorted(reasons.items()))})" if reasons else ""),
+        f"- blank lines skipped: {summary.get('skipped_blank_lines', 0)}",
+        "",
+        "## Throughput",
+        "",
+        f"- {summary.get('records_per_s', 0)} records/s, {summary.get('tokens_per_s', 0)} tokens/s "
+        f"over {summary.get('elapsed_s', 0)} s",
+        f"- latency p50 {summary.get('latency_p50_s')} s, p95 {summary.get('latency_p95_s')} s",
+        f"- tokens: {summary.get('prompt_tokens', 0)} prompt "
+        f"({summary.get('cached_prompt_tokens', 0)} from the prompt cache), "
+        f"{summary.get('completion_tokens', 0)} completion; retries: {summary.get('retries', 0)}",
+    ]
+    for name, counts in distributions.items():
+        out += ["", f"## Distribution of `{name}`", "", "| label | records | share |", "|---|---:|---:|"]
+        total = sum(counts.values())
+        out += [f"| {label} | {n} | {n / total:.1%} |" for label, n in counts.most_common()]
+    if agreement:
+        total = sum(agreement.values())
+        agreed = sum(n for (expected, got), n in agreement.items() if expected == got)
+        labels = sorted({k for pair in agreement for k in pair})
+        out += [
+            "",
+            f"## Agreement of `{reference_field}` with the reference labels",
+            "",
+            f"{agreed} of {total} agree ({agreed / total:.1%}). Rows: reference; columns: model.",
+            "",
+            "| reference \\ model | " + " | ".join(labels) + " |",
+            "|---|" + "---:|" * len(labels),
+        ]
+        out += [
+            f"| {ref} | " + " | ".join(str(agreement[(ref, got)]) for got in labels) + " |" for ref in labels
+        ]
+    return "\n".join(out) + "\n"
