@@ -71,13 +71,13 @@ def test_sentiment_on_drug_reviews(tmp_path, llama_server):
     ],
 )
 def test_catalogue_tasks_give_schema_valid_results(tmp_path, llama_server, task, extra):
-    sample = head(SAMPLE, 6, tmp_path / "in.jsonl")
+    sample = head(SAMPLE, 4, tmp_path / "in.jsonl")
     done = worker("--task", task, "--input", sample, "--template", "Drug: {drug}\nReview: {review}", *extra,
                   *common(tmp_path, llama_server.url))  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     results, dead = read_jsonl(tmp_path / "results.jsonl"), read_jsonl(tmp_path / "dead.jsonl")
-    assert len(results) + len(dead) == 6
-    assert len(results) >= 5
+    assert len(results) + len(dead) == 4
+    assert len(results) >= 3
     assert all(r["task"] == task for r in results)
 
 
