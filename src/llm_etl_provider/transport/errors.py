@@ -1,14 +1,14 @@
 """Errors of the sealed log transport. Each names the shard and the frame; none holds record content.
 
-    TransportError                 the frame stream cannot be trusted; nothing is published
-     ├── MalformedFrameError       a frame line is cut or garbled, or its content does not decode
-     ├── FrameAuthenticationError  the wrong key, another run's or shard's frame, or an altered line
-     ├── FrameGapError             frames are missing (dropped lines)
-     ├── DuplicateFrameError       a frame appears twice
-     ├── FrameOrderError           frames are out of order, or come after the trailer
-     ├── RotatedLogError           the log starts past frame 0: the kubelet rotated it
-     ├── MissingTrailerError       the stream ends without its trailer: cut, or the worker did not finish
-     └── TrailerMismatchError      the trailer's counts or checksum disagree with the frames read
+TransportError                 the frame stream cannot be trusted; nothing is published
+ ├── MalformedFrameError       a frame line is cut or garbled, or its content does not decode
+ ├── FrameAuthenticationError  the wrong key, another run's or shard's frame, or an altered line
+ ├── FrameGapError             frames are missing (dropped lines)
+ ├── DuplicateFrameError       a frame appears twice
+ ├── FrameOrderError           frames are out of order, or come after the trailer
+ ├── RotatedLogError           the log starts past frame 0: the kubelet rotated it
+ ├── MissingTrailerError       the stream ends without its trailer: cut, or the worker did not finish
+ └── TrailerMismatchError      the trailer's counts or checksum disagree with the frames read
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Sealed log frames: results carried over a container log without loss going unnoticed and without leaking.
 
-The worker turns its output into one logical plaintext stream of tagged lines (``R`` result, ``D`` dead letter,
-each ``tag + JSON + "\\n"``), cuts it into chunks, compresses each chunk (zlib) and seals it with AES-256-GCM.
-Each sealed chunk is one log line, well under the 8 KiB at which CRI-O splits lines::
+The worker turns its output into one logical plaintext stream of tagged lines (``R`` result, ``D`` dead
+letter, each ``tag + JSON + "\\n"``), cuts it into chunks, compresses each chunk (zlib) and seals it with
+AES-256-GCM. Each sealed chunk is one log line, well under the 8 KiB at which CRI-O splits lines::
 
     LLMETL1 <run_id> <shard> <seq> <kind> <base64url(nonce + ciphertext + tag)>
 
@@ -10,7 +10,8 @@ Each sealed chunk is one log line, well under the 8 KiB at which CRI-O splits li
 the frame count and the chained plaintext checksum. The associated data binds every frame to the format
 version, run, shard, sequence number and kind, so a frame of another run or shard, a moved frame or an edited
 header fails authentication. The checksum chains each frame's plaintext into the last
-(``chain = sha256(chain + plaintext)``), so a writer can resume from a checkpoint without rereading its output.
+(``chain = sha256(chain + plaintext)``), so a writer can resume from a checkpoint without rereading its
+output.
 
 Anything before the magic on a line (the Kubernetes log timestamp) is ignored, and lines without the magic
 (progress, warnings) are skipped by the reader.
@@ -55,7 +56,9 @@ _TAG_BYTES = 16
 _GENESIS = bytes(32)
 _RUN_ID = re.compile(r"[A-Za-z0-9._:+\-]{1,200}")
 _FRAME_LINE = re.compile(
-    rb"^(?:\S+ )?" + FORMAT.encode() + rb" (?P<run>\S+) (?P<shard>\d+) (?P<seq>\d+) (?P<kind>[DT]) (?P<body>[A-Za-z0-9_\-]+=*)$"
+    rb"^(?:\S+ )?"
+    + FORMAT.encode()
+    + rb" (?P<run>\S+) (?P<shard>\d+) (?P<seq>\d+) (?P<kind>[DT]) (?P<body>[A-Za-z0-9_\-]+=*)$"
 )
 
 
@@ -177,7 +180,9 @@ class FrameWriter:
         seq = self.state.frames
         nonce = os.urandom(_NONCE_BYTES)
         sealed = self._aead.encrypt(nonce, payload, associated_data(self.run_id, self.shard, seq, kind))
-        line = f"{FORMAT} {self.run_id} {self.shard} {seq} {kind} ".encode() + _b64encode(nonce + sealed) + b"\n"
+        line = (
+            f"{FORMAT} {self.run_id} {self.shard} {seq} {kind} ".encode() + _b64encode(nonce + sealed) + b"\n"
+        )
         self.emit(line)
         if kind == KIND_DATA:
             self.state.frames += 1
@@ -334,7 +339,9 @@ class FrameReader:
             wrong["incomplete_line_bytes"] = (0, len(self._partial))
         if wrong:
             details = ", ".join(f"{k}: trailer {t}, read {r}" for k, (t, r) in wrong.items())
-            raise TrailerMismatchError(f"{self.where}: the trailer disagrees with the frames read ({details})")
+            raise TrailerMismatchError(
+                f"{self.where}: the trailer disagrees with the frames read ({details})"
+            )
         self._trailer = Trailer(
             run_id=run_id,
             shard=shard,
@@ -351,8 +358,8 @@ class FrameReader:
         if self._trailer is None:
             if self.frames == 0 and self.run_id is None:
                 raise MissingTrailerError(
-                    f"{self.where}: the log holds no frame at all ({self.skipped_lines} other lines): the worker "
-                    "did not run with --output log, or failed before writing"
+                    f"{self.where}: the log holds no frame at all ({self.skipped_lines} other lines): "
+                    "the worker did not run with --output log, or failed before writing"
                 )
             raise MissingTrailerError(
                 f"{self.where}: the log ends after frame {self.frames - 1} without a trailer: the worker did "

@@ -17,16 +17,19 @@ from typing import Any
 
 import httpx
 
+from llm_etl_provider.transport.frames import validate_run_id
+from llm_etl_provider.transport.keys import KEY_ENV, KeyError_, load_key
 from llm_etl_provider.worker.checkpoint import Checkpoint, run_fingerprint
 from llm_etl_provider.worker.clients import make_client
 from llm_etl_provider.worker.engine import Engine, EngineSettings
 from llm_etl_provider.worker.errors import EXIT_FAILURE, EXIT_OK, ConfigurationError, WorkerError
 from llm_etl_provider.worker.records import RecordReader
 from llm_etl_provider.worker.retry import RetryPolicy
-from llm_etl_provider.worker.sinks import JsonlFileSink
+from llm_etl_provider.worker.sinks import JsonlFileSink, LogFrameSink, OutputSink
 from llm_etl_provider.worker.tasks import TASK_NAMES, TaskSpec, build_task
 
 API_KEY_ENV = "LLM_ETL_API_KEY"
+RUN_ID_ENV = "LLM_ETL_RUN_ID"
 
 
 def _positive_int(text: str) -> int:
@@ -64,8 +67,20 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--input", required=True, type=Path, help="JSONL or CSV file, plain or gzip")
     io.add_argument("--input-format", default="auto", choices=["auto", "jsonl", "csv"])
     io.add_argument("--id-field", default="id", help="the field that identifies a record (default: id)")
-    io.add_argument("--output", required=True, type=Path, help="results file (JSONL)")
-    io.add_argument("--dead-letter", required=True, type=Path, help="dead-letter file (JSONL)")
+    io.add_argument(
+        "--output",
+        required=True,
+        help="results file (JSONL), or 'log' for sealed frames on stdout (results and dead letters together)",
+    )
+    io.add_argument("--dead-letter", type=Path, help="dead-letter file (JSONL); not used with --output log")
+    io.add_argument("--key-file", type=Path, help=f"--output log: the run's key file (default: ${KEY_ENV})")
+    io.add_argument("--run-id", default=os.environ.get(RUN_ID_ENV, "run"), help="--output log: the run id")
+    io.add_argument("--shard", type=int, default=0, help="--output log: the shard number")
+    io.add_argument(
+        "--spool",
+        type=Path,
+        help="--output log: keep frames here for a resume (default: the checkpoint + .frames)",
+    )
     io.add_argument("--checkpoint", type=Path, help="checkpoint file; a restart with it resumes the run")
     io.add_argument("--checkpoint-every", type=_positive_int, default=100, help="records between checkpoints")
     io.add_argument(
@@ -126,6 +141,24 @@ def task_from_args(args: argparse.Namespace) -> TaskSpec:
     )
 
 
+def make_sink(args: argparse.Namespace) -> OutputSink:
+    if args.output != "log":
+        if args.dead_letter is None:
+            raise ConfigurationError("--dead-letter is required unless --output log")
+        return JsonlFileSink(Path(args.output), args.dead_letter)
+    if args.dead_letter is not None:
+        raise ConfigurationError("--output log carries the dead letters in its frames: drop --dead-letter")
+    try:
+        key = load_key(args.key_file)
+        run_id = validate_run_id(args.run_id)
+    except (KeyError_, ValueError) as exc:
+        raise ConfigurationError(str(exc)) from None
+    spool = args.spool or (
+        args.checkpoint.with_name(args.checkpoint.name + ".frames") if args.checkpoint else None
+    )
+    return LogFrameSink(key, run_id, args.shard, sys.stdout.buffer, spool_path=spool)
+
+
 def _log(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
@@ -140,9 +173,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         id_field=args.id_field,
         max_record_bytes=args.max_record_bytes,
     )
-    sink = JsonlFileSink(args.output, args.dead_letter)
+    sink = make_sink(args)
     checkpoint = (
-        Checkpoint(args.checkpoint, run_fingerprint(args.input, task.fingerprint, args.id_field))
+        Checkpoint(
+            args.checkpoint,
+            {
+                **run_fingerprint(args.input, task.fingerprint, args.id_field),
+                "output": args.output,
+                "run_id": args.run_id,
+                "shard": args.shard,
+            },
+        )
         if args.checkpoint
         else None
     )

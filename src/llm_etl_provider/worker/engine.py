@@ -142,14 +142,19 @@ class Engine:
         try:
             await self._pipeline(itertools.islice(self.reader, records_done, None))
             self._save_checkpoint()
+            self.stats.skipped_blank_lines = self.reader.stats.blank_lines
+            summary = self.summary = {
+                "task": self.task.name,
+                "model": self.client.model,
+                **self.stats.summary(),
+            }
+            self.sink.finish(summary)
         finally:
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
             self.sink.close()
-        self.stats.skipped_blank_lines = self.reader.stats.blank_lines
         self.log(self.stats.progress_line())
-        summary = self.summary = self.stats.summary()
         self.log("summary " + json.dumps(summary, sort_keys=True))
         ratio = self.stats.dead_letters / self.stats.done if self.stats.done else 0.0
         if ratio > self.settings.max_dead_letter_ratio:

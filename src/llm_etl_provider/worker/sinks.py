@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from llm_etl_provider.transport.frames import FrameWriter, WriterState
 from llm_etl_provider.worker.errors import ConfigurationError
 
 
@@ -25,8 +27,11 @@ class OutputSink(Protocol):
     def position(self) -> dict[str, Any]:
         """Make everything written so far durable and return the position to resume from."""
 
+    def finish(self, summary: dict[str, Any]) -> None:
+        """Mark the output complete (only after every record is written)."""
+
     def close(self) -> None:
-        """Flush and release the destination."""
+        """Flush and release the destination (complete or not)."""
 
 
 def dump_line(value: dict[str, Any]) -> bytes:
@@ -85,7 +90,92 @@ class JsonlFileSink:
             os.fsync(handle.fileno())
         return {"results_bytes": self._results.tell(), "dead_letter_bytes": self._dead_letters.tell()}
 
+    def finish(self, summary: dict[str, Any]) -> None:
+        self.position()
+
     def close(self) -> None:
         for handle in (self._results, self._dead_letters):
             if handle is not None:
                 handle.close()
+
+
+class LogFrameSink:
+    """Results and dead letters as sealed frames on a byte stream: the container's stdout, read as its log.
+
+    With a spool file (on a volume that outlives the container), every frame is also kept there; a restarted
+    worker replays the spooled frames up to its checkpoint and goes on, so the new container's log alone holds
+    the whole stream.
+
+    :param key: the run's 256-bit key
+    :param run_id: the run the frames are bound to
+    :param shard: the shard number
+    :param out: where frame lines go (binary)
+    :param spool_path: where frames are kept for a resume; None when the run does not checkpoint
+    """
+
+    def __init__(
+        self, key: bytes, run_id: str, shard: int, out: IO[bytes], *, spool_path: Path | None = None
+    ):
+        self._key = key
+        self.run_id = run_id
+        self.shard = shard
+        self.out = out
+        self.spool_path = spool_path
+        self._spool: IO[bytes] | None = None
+        self._writer: FrameWriter | None = None
+
+    def open(self, resume_from: dict[str, Any] | None) -> None:
+        state: WriterState | None = None
+        if self.spool_path is not None:
+            self.spool_path.parent.mkdir(parents=True, exist_ok=True)
+            self._spool = self.spool_path.open("a+b")
+            offset = resume_from["spool_bytes"] if resume_from else 0
+            if os.fstat(self._spool.fileno()).st_size < offset:
+                raise ConfigurationError(
+                    f"{self.spool_path} is shorter than its checkpoint says: "
+                    "delete the checkpoint to start over"
+                )
+            self._spool.truncate(offset)
+            self._spool.seek(0)
+            while chunk := self._spool.read(1 << 16):
+                self.out.write(chunk)
+            self.out.flush()
+        elif resume_from is not None:
+            raise ConfigurationError("resuming a log-output run needs its frame spool (--spool)")
+        if resume_from is not None:
+            state = WriterState(**resume_from["writer"])
+        self._writer = FrameWriter(self._key, self.run_id, self.shard, self._emit, state=state)
+
+    def _emit(self, line: bytes) -> None:
+        self.out.write(line)
+        self.out.flush()
+        if self._spool is not None:
+            self._spool.write(line)
+
+    def _frames(self) -> FrameWriter:
+        assert self._writer is not None, "open() the sink first"
+        return self._writer
+
+    def write_result(self, line: dict[str, Any]) -> None:
+        self._frames().add("result", dump_line(line)[:-1])
+
+    def write_dead_letter(self, line: dict[str, Any]) -> None:
+        self._frames().add("dead_letter", dump_line(line)[:-1])
+
+    def position(self) -> dict[str, Any]:
+        writer = self._frames()
+        writer.flush()
+        spool_bytes = 0
+        if self._spool is not None:
+            self._spool.flush()
+            os.fsync(self._spool.fileno())
+            spool_bytes = self._spool.tell()
+        return {"writer": asdict(writer.state), "spool_bytes": spool_bytes}
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        self._frames().finish(summary)
+
+    def close(self) -> None:
+        self.out.flush()
+        if self._spool is not None:
+            self._spool.close()

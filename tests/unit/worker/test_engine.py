@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import random
 from pathlib import Path
@@ -8,6 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from llm_etl_provider.transport.extract import extract
+from llm_etl_provider.transport.keys import new_key
 from llm_etl_provider.worker.checkpoint import Checkpoint, run_fingerprint
 from llm_etl_provider.worker.clients import make_client
 from llm_etl_provider.worker.engine import Engine, EngineSettings
@@ -18,7 +21,7 @@ from llm_etl_provider.worker.errors import (
 )
 from llm_etl_provider.worker.records import RecordReader
 from llm_etl_provider.worker.retry import RetryPolicy
-from llm_etl_provider.worker.sinks import JsonlFileSink
+from llm_etl_provider.worker.sinks import JsonlFileSink, LogFrameSink
 from llm_etl_provider.worker.tasks import build_task
 from tests.unit.worker.fakes import FakeLLMServer
 
@@ -300,3 +303,71 @@ def test_progress_lines_carry_counts_never_content(tmp_path):
     assert progress
     assert "records=30/30 (100.0%)" in progress[-1]
     assert not any("CANARY" in line for line in logs)
+
+
+def run_log_engine(tmp_path, server, input_path, out, *, key, crash_after=None, checkpoint=True):
+    task = build_task("sentiment")
+
+    class Sink(LogFrameSink):
+        writes = 0
+
+        def write_result(self, line):
+            Sink.writes += 1
+            if crash_after is not None and Sink.writes > crash_after:
+                raise Crash
+            super().write_result(line)
+
+    async def go():
+        async with httpx.AsyncClient(transport=server.transport()) as http:
+            engine = Engine(
+                task,
+                make_client("openai", http, "http://llm", "smollm2"),
+                RecordReader(input_path),
+                Sink(key, "run-9", 1, out, spool_path=tmp_path / "frames.spool"),
+                EngineSettings(checkpoint_every=7, concurrency=3),
+                checkpoint=Checkpoint(
+                    tmp_path / "ckpt.json", run_fingerprint(input_path, task.fingerprint, "id")
+                )
+                if checkpoint
+                else None,
+                log=lambda _: None,
+                sleep=no_sleep,
+            )
+            return await engine.run()
+
+    return asyncio.run(go())
+
+
+def test_log_output_is_sealed_and_extracts_to_every_record(tmp_path):
+    key = new_key()
+    out = io.BytesIO()
+    summary = run_log_engine(tmp_path, FakeLLMServer(), write_input(tmp_path / "in.jsonl", 30), out, key=key)
+    assert b"good drug" not in out.getvalue()
+    manifest = extract(io.BytesIO(out.getvalue()), key, tmp_path / "published", run_id="run-9", shard=1)
+    assert manifest["results"] == summary["results"] == 30
+    assert manifest["task"] == "sentiment"
+    ids = [
+        json.loads(line)["id"] for line in (tmp_path / "published" / "results.jsonl").read_text().splitlines()
+    ]
+    assert ids == [f"r{i}" for i in range(30)]
+
+
+@pytest.mark.parametrize("crash_after", [3, 15, 29])
+def test_a_restarted_log_worker_replays_its_spool_so_the_new_log_alone_is_complete(tmp_path, crash_after):
+    key = new_key()
+    path = write_input(tmp_path / "in.jsonl", 30)
+    server = FakeLLMServer()
+    with pytest.raises(Crash):
+        run_log_engine(tmp_path, server, path, io.BytesIO(), key=key, crash_after=crash_after)
+    calls = len(server.chat_bodies)
+    second_container_log = io.BytesIO()
+    summary = run_log_engine(tmp_path, server, path, second_container_log, key=key)
+    resumed = crash_after // 7 * 7
+    assert summary["resumed_from"] == resumed
+    assert len(server.chat_bodies) - calls == 30 - resumed
+    manifest = extract(io.BytesIO(second_container_log.getvalue()), key, tmp_path / "published")
+    assert manifest["results"] == 30
+    ids = [
+        json.loads(line)["id"] for line in (tmp_path / "published" / "results.jsonl").read_text().splitlines()
+    ]
+    assert ids == [f"r{i}" for i in range(30)]

@@ -1,0 +1,171 @@
+"""Extraction: verify a frame stream and publish its results to object storage, all or nothing.
+
+The stream is read once, in constant memory: frames are checked and opened as they come and their lines are
+written to ``results.jsonl`` and ``dead_letter.jsonl`` under a temporary prefix. Only when the trailer
+has confirmed every count and the checksum are the files moved into place, followed by ``manifest.json``
+and, last, ``_SUCCESS``. Any failure removes the temporary prefix: a reader that waits for ``_SUCCESS``
+never sees a partial output. Extracting the same stream again leaves the published output as it is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from os import PathLike
+from typing import IO, Any
+
+from upath import UPath
+
+from llm_etl_provider.transport.frames import FrameReader, Stream
+
+RESULTS = "results.jsonl"
+DEAD_LETTERS = "dead_letter.jsonl"
+MANIFEST = "manifest.json"
+SUCCESS = "_SUCCESS"
+MANIFEST_FORMAT = "llm-etl-manifest/1"
+
+
+@dataclass
+class _OutputFile:
+    handle: IO[bytes]
+    digest: Any = field(default_factory=hashlib.sha256)
+    lines: int = 0
+    size: int = 0
+
+    def write(self, line: bytes) -> None:
+        data = line + b"\n"
+        self.handle.write(data)
+        self.digest.update(data)
+        self.lines += 1
+        self.size += len(data)
+
+    def describe(self) -> dict[str, Any]:
+        return {"lines": self.lines, "bytes": self.size, "sha256": self.digest.hexdigest()}
+
+
+def as_upath(location: str | PathLike[str] | UPath) -> UPath:
+    """Accept a URI, a local path, or a path object (Airflow's ObjectStoragePath is a UPath)."""
+    return location if isinstance(location, UPath) else UPath(location)
+
+
+def extract(
+    lines: Iterable[bytes],
+    key: bytes,
+    output: str | PathLike[str] | UPath,
+    *,
+    run_id: str | None = None,
+    shard: int | None = None,
+    source: str = "",
+    progress: Callable[[str], None] | None = None,
+    progress_every: float = 10.0,
+) -> dict[str, Any]:
+    """Verify the frame stream in ``lines`` and publish it under ``output``; return the manifest.
+
+    :param lines: the log, line by line (frames and other lines, timestamps allowed)
+    :param key: the run's key
+    :param output: the folder to publish into: a local path or any fsspec URI (``s3://``, ``memory://`` ...)
+    :param run_id: the run the frames must belong to; None takes the stream's own
+    :param shard: the shard the frames must belong to; None takes the stream's own
+    :param source: where the stream came from, for the manifest (no record content)
+    :param progress: receives a progress line (counts and rates) every ``progress_every`` seconds
+    :raises TransportError: the stream cannot be trusted; nothing was published
+    """
+    destination = as_upath(output)
+    destination.mkdir(parents=True, exist_ok=True)
+    staging = destination / f"_tmp-{uuid.uuid4().hex}"
+    staging.mkdir(parents=True, exist_ok=True)
+    reader = FrameReader(key, run_id=run_id, shard=shard)
+    started = time.monotonic()
+    last_report = started
+    stream_bytes = 0
+    try:
+        with (
+            (staging / RESULTS).open("wb") as results_handle,
+            (staging / DEAD_LETTERS).open("wb") as dead_handle,
+        ):
+            files: dict[Stream, _OutputFile] = {
+                "result": _OutputFile(results_handle),
+                "dead_letter": _OutputFile(dead_handle),
+            }
+            for line in lines:
+                stream_bytes += len(line)
+                for stream, item in reader.feed(line):
+                    files[stream].write(item)
+                if progress is not None and time.monotonic() - last_report >= progress_every:
+                    last_report = time.monotonic()
+                    progress(_progress_line(reader, stream_bytes, last_report - started))
+            trailer = reader.finish()
+        elapsed = time.monotonic() - started
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "run_id": trailer.run_id,
+            "shard": trailer.shard,
+            "task": trailer.summary.get("task"),
+            "model": trailer.summary.get("model"),
+            "records": trailer.results + trailer.dead_letters,
+            "results": trailer.results,
+            "dead_letters": trailer.dead_letters,
+            "frames": trailer.frames,
+            "plaintext_bytes": trailer.plaintext_bytes,
+            "plaintext_chain_sha256": trailer.plaintext_chain_sha256,
+            "files": {RESULTS: files["result"].describe(), DEAD_LETTERS: files["dead_letter"].describe()},
+            "worker_summary": trailer.summary,
+            "extract": {
+                "source": source,
+                "log_bytes": stream_bytes,
+                "skipped_log_lines": reader.skipped_lines,
+                "seconds": round(elapsed, 3),
+                "mb_per_s": round(stream_bytes / 1e6 / elapsed, 2) if elapsed > 0 else None,
+            },
+        }
+        published = _already_published(destination, manifest)
+        if published is not None:
+            return published
+        _publish(destination, staging, manifest)
+        return manifest
+    finally:
+        _remove(staging)
+
+
+def _progress_line(reader: FrameReader, stream_bytes: int, elapsed: float) -> str:
+    return (
+        f"extract frames={reader.frames} results={reader.results} dead_letters={reader.dead_letters} "
+        f"log_mb={stream_bytes / 1e6:.1f} rate_mb_s={stream_bytes / 1e6 / max(elapsed, 1e-9):.1f}"
+    )
+
+
+def _already_published(destination: UPath, manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """Return the published manifest when the same stream was published before, else None."""
+    if not (destination / SUCCESS).exists():
+        return None
+    try:
+        existing: dict[str, Any] = json.loads((destination / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    same = all(existing.get(k) == manifest[k] for k in ("run_id", "shard", "plaintext_chain_sha256", "files"))
+    return existing if same else None
+
+
+def _publish(destination: UPath, staging: UPath, manifest: dict[str, Any]) -> None:
+    manifest["published_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    success = destination / SUCCESS
+    if success.exists():
+        success.unlink()  # readers must not trust the old output while it is being replaced
+    fs = destination.fs
+    for name in (RESULTS, DEAD_LETTERS):
+        target = destination / name
+        if target.exists():
+            target.unlink()
+        fs.mv((staging / name).path, target.path)
+    (destination / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    success.write_text("")
+
+
+def _remove(path: UPath) -> None:
+    if path.exists():
+        path.fs.rm(path.path, recursive=True)

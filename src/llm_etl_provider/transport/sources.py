@@ -1,0 +1,70 @@
+"""Where frame streams come from: a local log file, or a pod's container log streamed from the Kubernetes API.
+
+Both yield lines in constant memory: a line longer than ``max_line`` (frames are under 8 KiB) is cut into
+pieces, which the reader then rejects if they carry the frame magic or skips if they do not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+MAX_LINE = 1 << 16
+
+
+def split_lines(chunks: Iterable[bytes], max_line: int = MAX_LINE) -> Iterator[bytes]:
+    """Re-cut a stream of byte chunks into lines (newline kept), none longer than ``max_line``."""
+    buffer = bytearray()
+    for chunk in chunks:
+        buffer += chunk
+        while True:
+            end = buffer.find(b"\n", 0, max_line)
+            if end >= 0:
+                cut = end + 1
+            elif len(buffer) >= max_line:
+                cut = max_line
+            else:
+                break
+            yield bytes(buffer[:cut])
+            del buffer[:cut]  # cheap: bytearray drops from the front without copying the rest
+    if buffer:
+        yield bytes(buffer)
+
+
+def file_lines(path: Path, chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
+    """Yield the lines of a local log file."""
+    with path.open("rb") as handle:
+        yield from split_lines(iter(lambda: handle.read(chunk_bytes), b""))
+
+
+def pod_log_lines(
+    pod: str,
+    namespace: str,
+    *,
+    container: str = "base",
+    core_api: Any = None,
+    chunk_bytes: int = 1 << 16,
+) -> Iterator[bytes]:
+    """Stream a container's log through the Kubernetes API, without loading it whole.
+
+    :param pod: the pod's name
+    :param namespace: its namespace
+    :param container: the container whose log holds the frames
+    :param core_api: a ``kubernetes.client.CoreV1Api``; default: one from the kubeconfig or in-cluster config
+    """
+    if core_api is None:
+        from kubernetes import client, config
+
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config()
+        core_api = client.CoreV1Api()
+    response = core_api.read_namespaced_pod_log(
+        pod, namespace, container=container, follow=False, _preload_content=False
+    )
+    try:
+        yield from split_lines(response.stream(chunk_bytes))
+    finally:
+        response.release_conn()

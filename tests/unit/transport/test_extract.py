@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+from upath import UPath
+
+from llm_etl_provider.transport.errors import FrameGapError, MissingTrailerError
+from llm_etl_provider.transport.extract import extract
+from llm_etl_provider.transport.frames import FrameWriter
+from llm_etl_provider.transport.keys import new_key
+from llm_etl_provider.transport.sources import file_lines, split_lines
+
+KEY = new_key()
+
+
+def frame_log(n_results=25, n_dead=3, run_id="run-7"):
+    lines: list[bytes] = [b"start task=sentiment\n"]
+    writer = FrameWriter(KEY, run_id, 2, lines.append, chunk_bytes=200)
+    for i in range(n_results):
+        writer.add("result", json.dumps({"id": f"r{i}", "enrichment": {"sentiment": "positive"}}).encode())
+        if i < n_dead:
+            writer.add("dead_letter", json.dumps({"id": f"d{i}", "reason": "invalid_output"}).encode())
+    writer.finish({"task": "sentiment", "model": "smollm2", "records_per_s": 3.2})
+    lines.append(b"summary {}\n")
+    return lines
+
+
+def listing(path):
+    return sorted(p.name for p in UPath(path).iterdir())
+
+
+def test_publishes_results_dead_letters_manifest_and_success(tmp_path):
+    manifest = extract(frame_log(), KEY, tmp_path / "out", source="test")
+    out = tmp_path / "out"
+    assert listing(out) == ["_SUCCESS", "dead_letter.jsonl", "manifest.json", "results.jsonl"]
+    results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in results] == [f"r{i}" for i in range(25)]
+    assert len((out / "dead_letter.jsonl").read_text().splitlines()) == 3
+    saved = json.loads((out / "manifest.json").read_text())
+    assert saved == manifest
+    assert (manifest["run_id"], manifest["shard"], manifest["task"], manifest["model"]) == (
+        "run-7",
+        2,
+        "sentiment",
+        "smollm2",
+    )
+    assert (manifest["records"], manifest["results"], manifest["dead_letters"]) == (28, 25, 3)
+    assert manifest["files"]["results.jsonl"]["lines"] == 25
+    assert manifest["extract"]["skipped_log_lines"] == 2
+    assert manifest["worker_summary"]["records_per_s"] == 3.2
+
+
+def test_works_on_any_fsspec_store():
+    root = f"memory://extract-{uuid.uuid4().hex}/out"
+    manifest = extract(frame_log(), KEY, root)
+    assert listing(root) == ["_SUCCESS", "dead_letter.jsonl", "manifest.json", "results.jsonl"]
+    assert manifest["results"] == 25
+
+
+@pytest.mark.parametrize(
+    ("damage", "error"),
+    [
+        (lambda lines: lines[:4] + lines[5:], FrameGapError),
+        (lambda lines: lines[:-2], MissingTrailerError),
+    ],
+)
+def test_a_bad_stream_publishes_nothing_and_leaves_no_staging(tmp_path, damage, error):
+    with pytest.raises(error):
+        extract(damage(frame_log()), KEY, tmp_path / "out")
+    assert listing(tmp_path / "out") == []
+
+
+def test_a_failed_extraction_keeps_the_previous_good_output(tmp_path):
+    extract(frame_log(), KEY, tmp_path / "out")
+    before = (tmp_path / "out" / "manifest.json").read_text()
+    with pytest.raises(FrameGapError):
+        extract(frame_log()[:3] + frame_log()[5:], KEY, tmp_path / "out")
+    assert (tmp_path / "out" / "manifest.json").read_text() == before
+    assert (tmp_path / "out" / "_SUCCESS").exists()
+
+
+def test_extracting_again_is_idempotent(tmp_path):
+    log = frame_log()
+    first = extract(log, KEY, tmp_path / "out")
+    stamp = (tmp_path / "out" / "results.jsonl").stat().st_mtime_ns
+    again = extract(log, KEY, tmp_path / "out")
+    assert again == first
+    assert (tmp_path / "out" / "results.jsonl").stat().st_mtime_ns == stamp
+    assert listing(tmp_path / "out") == ["_SUCCESS", "dead_letter.jsonl", "manifest.json", "results.jsonl"]
+
+
+def test_another_run_replaces_the_output_whole(tmp_path):
+    extract(frame_log(n_results=5, run_id="run-a"), KEY, tmp_path / "out")
+    manifest = extract(frame_log(n_results=9, n_dead=0, run_id="run-b"), KEY, tmp_path / "out")
+    assert manifest["run_id"] == "run-b"
+    assert len((tmp_path / "out" / "results.jsonl").read_text().splitlines()) == 9
+    assert (tmp_path / "out" / "dead_letter.jsonl").read_text() == ""
+
+
+def test_file_lines_and_split_lines_bound_the_line_length(tmp_path):
+    path = tmp_path / "log"
+    path.write_bytes(b"a\n" + b"x" * 200 + b"\nlast")
+    assert list(file_lines(path, chunk_bytes=7)) == [b"a\n", b"x" * 200 + b"\n", b"last"]
+    assert list(split_lines([b"y" * 25 + b"\n"], max_line=10)) == [b"y" * 10, b"y" * 10, b"y" * 5 + b"\n"]
