@@ -47,11 +47,11 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _new_key(args: argparse.Namespace) -> int:
-    from llm_etl_provider.transport.keys import KeyError_, write_key_file
+    from llm_etl_provider.transport.keys import FrameKeyError, write_key_file
 
     try:
         write_key_file(args.path, overwrite=args.force)
-    except KeyError_ as exc:
+    except FrameKeyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote a new 256-bit key to {args.path} (mode 0600)")
@@ -61,12 +61,12 @@ def _new_key(args: argparse.Namespace) -> int:
 def _extract(args: argparse.Namespace) -> int:
     from llm_etl_provider.transport.errors import TransportError
     from llm_etl_provider.transport.extract import extract
-    from llm_etl_provider.transport.keys import KeyError_, load_key
+    from llm_etl_provider.transport.keys import FrameKeyError, load_key
     from llm_etl_provider.transport.sources import file_lines, pod_log_lines
 
     try:
         key = load_key(args.key_file)
-    except KeyError_ as exc:
+    except FrameKeyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.namespace:

@@ -17,7 +17,7 @@ KEY_ENV = "LLM_ETL_KEY"
 KEY_BYTES = 32
 
 
-class KeyError_(ValueError):
+class FrameKeyError(ValueError):
     """The key is missing or unusable (the message never contains the key)."""
 
 
@@ -35,9 +35,9 @@ def decode_key(data: bytes, source: str) -> bytes:
     try:
         key = base64.b64decode(data.strip(), validate=True)
     except (binascii.Error, ValueError):
-        raise KeyError_(f"the key in {source} is neither 32 raw bytes nor base64 text") from None
+        raise FrameKeyError(f"the key in {source} is neither 32 raw bytes nor base64 text") from None
     if len(key) != KEY_BYTES:
-        raise KeyError_(f"the key in {source} is {len(key) * 8} bits; a 256-bit key is needed")
+        raise FrameKeyError(f"the key in {source} is {len(key) * 8} bits; a 256-bit key is needed")
     return key
 
 
@@ -47,7 +47,7 @@ def write_key_file(path: Path, key: bytes | None = None, *, overwrite: bool = Fa
     try:
         descriptor = os.open(path, flags, 0o600)
     except FileExistsError:
-        raise KeyError_(f"{path} exists already; remove it or choose another path") from None
+        raise FrameKeyError(f"{path} exists already; remove it or choose another path") from None
     with os.fdopen(descriptor, "w") as handle:
         os.fchmod(handle.fileno(), 0o600)
         handle.write(encode_key(key or new_key()) + "\n")
@@ -59,9 +59,9 @@ def load_key(path: Path | None = None) -> bytes:
         try:
             data = path.read_bytes()
         except OSError as exc:
-            raise KeyError_(f"cannot read the key file {path}: {exc.strerror}") from None
+            raise FrameKeyError(f"cannot read the key file {path}: {exc.strerror}") from None
         return decode_key(data, str(path))
     value = os.environ.get(KEY_ENV)
     if not value:
-        raise KeyError_(f"no key: give a key file or set ${KEY_ENV}")
+        raise FrameKeyError(f"no key: give a key file or set ${KEY_ENV}")
     return decode_key(value.encode(), f"${KEY_ENV}")

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 
 from llm_etl_provider.transport.frames import validate_run_id
-from llm_etl_provider.transport.keys import KEY_ENV, KeyError_, load_key
+from llm_etl_provider.transport.keys import KEY_ENV, FrameKeyError, load_key
 from llm_etl_provider.worker.checkpoint import Checkpoint, run_fingerprint
 from llm_etl_provider.worker.clients import make_client
 from llm_etl_provider.worker.engine import Engine, EngineSettings
@@ -151,7 +151,7 @@ def make_sink(args: argparse.Namespace) -> OutputSink:
     try:
         key = load_key(args.key_file)
         run_id = validate_run_id(args.run_id)
-    except (KeyError_, ValueError) as exc:
+    except (FrameKeyError, ValueError) as exc:
         raise ConfigurationError(str(exc)) from None
     spool = args.spool or (
         args.checkpoint.with_name(args.checkpoint.name + ".frames") if args.checkpoint else None

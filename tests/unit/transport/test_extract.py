@@ -10,7 +10,7 @@ from llm_etl_provider.transport.errors import FrameGapError, MissingTrailerError
 from llm_etl_provider.transport.extract import extract
 from llm_etl_provider.transport.frames import FrameWriter
 from llm_etl_provider.transport.keys import new_key
-from llm_etl_provider.transport.sources import file_lines, split_lines
+from llm_etl_provider.transport.sources import file_lines, pod_log_lines, split_lines
 
 KEY = new_key()
 
@@ -104,3 +104,40 @@ def test_file_lines_and_split_lines_bound_the_line_length(tmp_path):
     path.write_bytes(b"a\n" + b"x" * 200 + b"\nlast")
     assert list(file_lines(path, chunk_bytes=7)) == [b"a\n", b"x" * 200 + b"\n", b"last"]
     assert list(split_lines([b"y" * 25 + b"\n"], max_line=10)) == [b"y" * 10, b"y" * 10, b"y" * 5 + b"\n"]
+
+
+class FakeLogResponse:
+    def __init__(self, data: bytes, chunk: int) -> None:
+        self.data, self.chunk, self.released, self.streamed_with = data, chunk, False, None
+
+    def stream(self, amount):
+        self.streamed_with = amount
+        for start in range(0, len(self.data), self.chunk):
+            yield self.data[start : start + self.chunk]
+
+    def release_conn(self):
+        self.released = True
+
+
+class FakeCoreApi:
+    def __init__(self, data: bytes) -> None:
+        self.response = FakeLogResponse(data, chunk=333)
+        self.calls: list[tuple] = []
+
+    def read_namespaced_pod_log(self, name, namespace, **kwargs):
+        self.calls.append((name, namespace, kwargs))
+        return self.response
+
+
+def test_pod_logs_are_streamed_not_preloaded_and_extract(tmp_path):
+    api = FakeCoreApi(b"".join(frame_log()))
+    manifest = extract(pod_log_lines("llm-job-1", "etl", core_api=api), KEY, tmp_path / "out")
+    assert manifest["results"] == 25
+    name, namespace, kwargs = api.calls[0]
+    assert (name, namespace, kwargs["container"], kwargs["_preload_content"]) == (
+        "llm-job-1",
+        "etl",
+        "base",
+        False,
+    )
+    assert api.response.released

@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from llm_etl_provider.transport.keys import KEY_ENV, KeyError_, load_key, write_key_file
+from llm_etl_provider.transport.keys import KEY_ENV, FrameKeyError, load_key, write_key_file
 
 
 def test_key_files_are_owner_only_base64_and_not_overwritten(tmp_path):
@@ -15,7 +15,7 @@ def test_key_files_are_owner_only_base64_and_not_overwritten(tmp_path):
     key = load_key(path)
     assert len(key) == 32
     assert base64.b64decode(path.read_text()) == key
-    with pytest.raises(KeyError_, match="exists already"):
+    with pytest.raises(FrameKeyError, match="exists already"):
         write_key_file(path)
     write_key_file(path, overwrite=True)
     assert load_key(path) != key
@@ -33,14 +33,14 @@ def test_raw_key_files_and_the_environment_work(tmp_path, monkeypatch):
 def test_bad_keys_are_refused_without_showing_them(tmp_path, content):
     path = tmp_path / "bad.key"
     path.write_bytes(content)
-    with pytest.raises(KeyError_) as info:
+    with pytest.raises(FrameKeyError) as info:
         load_key(path)
     assert content.decode(errors="replace") not in str(info.value)
 
 
 def test_no_key_at_all_says_where_to_put_one(monkeypatch, tmp_path):
     monkeypatch.delenv(KEY_ENV, raising=False)
-    with pytest.raises(KeyError_, match=KEY_ENV):
+    with pytest.raises(FrameKeyError, match=KEY_ENV):
         load_key()
-    with pytest.raises(KeyError_, match="cannot read"):
+    with pytest.raises(FrameKeyError, match="cannot read"):
         load_key(tmp_path / "absent")
