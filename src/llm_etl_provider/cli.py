@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,7 +44,7 @@ def _model_path(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from llm_etl_provider.local.demo import run_demo
 
-    return run_demo(args.output, input_path=args.input, parallel=args.parallel)
+    return run_demo(args.output, input_path=args.input, parallel=args.parallel, limit=args.limit)
 
 
 def _new_key(args: argparse.Namespace) -> int:
@@ -96,6 +97,62 @@ def _extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_model(args: argparse.Namespace) -> int:
+    from llm_etl_provider.worker.errors import WorkerError
+    from llm_etl_provider.worker.model_loader import download, verify
+
+    try:
+        if args.verify:
+            verify(args.dest, args.sha256)
+        elif (url := args.url or os.environ.get(args.url_env or "", "")) and args.sha256:
+            download(url, args.dest, args.sha256)
+        else:
+            print("error: give --url (or --url-env) and --sha256 to download, or --verify", file=sys.stderr)
+            return 2
+    except WorkerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+def _render_pod(args: argparse.Namespace) -> int:
+    import yaml
+
+    from llm_etl_provider.exceptions import PodSpecError
+    from llm_etl_provider.pod.builder import ModelSpec, PodParams, ServerSpec, build_pod, network_policy
+
+    try:
+        pod = build_pod(
+            PodParams(
+                worker_args=("--task", args.task, "--template", args.template),
+                model=ModelSpec(
+                    name=args.model,
+                    source=args.model_source,
+                    path=args.model_path,
+                    sha256=args.model_sha256,
+                    url_secret=args.model_url_secret,
+                    claim=args.model_claim,
+                    image=args.model_image,
+                ),
+                server=ServerSpec(backend=args.backend, parallel=args.parallel, gpus=args.gpus),
+                input_secret="llm-etl-RUN-shard-0",  # noqa: S106 - a Secret's name, not a value
+                key_secret="llm-etl-RUN-key",  # noqa: S106 - a Secret's name, not a value
+                run_id=args.run_id,
+            )
+        )
+    except PodSpecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    pod["metadata"]["name"] = "llm-etl-RUN-shard-0"
+    documents = [pod, network_policy(args.namespace)]
+    if args.model_source == "pull":
+        documents.append(network_policy(args.namespace, allow_model_pull=True))
+    if args.namespace:
+        pod["metadata"]["namespace"] = args.namespace
+    print(yaml.safe_dump_all(documents, sort_keys=False), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llm-etl", description="llm-etl-provider tools")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -132,10 +189,36 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--shard", type=int, help="refuse frames of any other shard")
     extract.set_defaults(handler=_extract)
 
+    load = commands.add_parser("load-model", help="the pod's model loader: download and check, or verify")
+    load.add_argument("--dest", type=Path, required=True, help="where the model goes (in the model volume)")
+    load.add_argument("--url", help="HTTP(S) URL to download (e.g. a presigned object-storage URL)")
+    load.add_argument("--url-env", help="the environment variable holding the URL (kept out of the pod spec)")
+    load.add_argument("--sha256", help="the model file's expected sha256")
+    load.add_argument("--verify", action="store_true", help="only check the model already in place")
+    load.set_defaults(handler=_load_model)
+
+    render = commands.add_parser("render-pod", help="print the enrichment pod and NetworkPolicy as YAML")
+    render.add_argument("--backend", default="ollama", choices=["ollama", "llamacpp", "vllm"])
+    render.add_argument("--model", default="llama3.2:3b", help="the model name the server serves")
+    render.add_argument("--model-source", default="pull", choices=["pull", "pvc", "object", "image"])
+    render.add_argument("--model-path", default="model.gguf", help="the model's path in its volume")
+    render.add_argument("--model-sha256", help="sha256 of the model file")
+    render.add_argument("--model-url-secret", help="object source: a Secret whose key `url` holds the URL")
+    render.add_argument("--model-claim", help="pvc source: the PersistentVolumeClaim")
+    render.add_argument("--model-image", help="image source: the OCI image reference")
+    render.add_argument("--parallel", type=int, default=4)
+    render.add_argument("--gpus", type=int, default=1)
+    render.add_argument("--task", default="sentiment")
+    render.add_argument("--template", default="{text}")
+    render.add_argument("--run-id", default="manual__2026-01-01T00:00:00+00:00")
+    render.add_argument("--namespace")
+    render.set_defaults(handler=_render_pod)
+
     demo = commands.add_parser("demo", help="enrich the drug-review sample with the bundled model and report")
     demo.add_argument("--output", type=Path, default=Path("out/demo"))
     demo.add_argument("--input", type=Path, default=Path("examples/drug_reviews_sample.jsonl"))
     demo.add_argument("--parallel", type=int, default=4, help="llama-server slots")
+    demo.add_argument("--limit", type=int, help="only the first N records (all 600 take ~12 min on 2 cores)")
     demo.set_defaults(handler=_demo)
     return parser
 

@@ -14,13 +14,23 @@ SAMPLE = Path("examples/drug_reviews_sample.jsonl")
 
 
 def run_demo(
-    output: Path, *, input_path: Path = SAMPLE, parallel: int = 4, threads: int | None = None
+    output: Path,
+    *,
+    input_path: Path = SAMPLE,
+    parallel: int = 4,
+    threads: int | None = None,
+    limit: int | None = None,
 ) -> int:
     """Enrich ``input_path`` into ``output``, print and write the report, and return the exit code."""
     if not input_path.is_file():
         print(f"error: {input_path} not found: run the demo from the repository root", file=sys.stderr)
         return 2
     output.mkdir(parents=True, exist_ok=True)
+    if limit is not None:
+        with input_path.open(encoding="utf-8") as source:
+            head = [line for _, line in zip(range(limit), source, strict=False)]
+        input_path = output / "input.jsonl"
+        input_path.write_text("".join(head), encoding="utf-8")
     results, dead, summary_path = (
         output / "results.jsonl",
         output / "dead_letter.jsonl",

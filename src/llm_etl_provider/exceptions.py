@@ -1,0 +1,17 @@
+"""Errors raised on the Airflow side of llm-etl-provider (the worker has its own, in ``worker.errors``)."""
+
+from __future__ import annotations
+
+from airflow.sdk.exceptions import AirflowException
+
+
+class LLMConnectionError(AirflowException):
+    """The LLM connection is missing a field or holds an unusable value."""
+
+
+class PodSpecError(AirflowException):
+    """The pod cannot be built from the given parameters."""
+
+
+class StagingError(AirflowException):
+    """The input cannot be staged: unreadable, empty, or a record too large for a shard."""

@@ -1,0 +1,62 @@
+"""Provider metadata for Airflow's provider discovery (the ``apache_airflow_provider`` entry point)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def get_provider_info() -> dict[str, Any]:
+    return {
+        "package-name": "llm-etl-provider",
+        "name": "LLM ETL",
+        "description": "Enrich records with a local LLM inside your own Kubernetes cluster: "
+        "no data egress, no API keys.",
+        "integrations": [
+            {
+                "integration-name": "LLM ETL",
+                "external-doc-url": "https://github.com/llm-etl-provider/llm-etl-provider",
+                "tags": ["ai"],
+            }
+        ],
+        "hooks": [
+            {"integration-name": "LLM ETL", "python-modules": ["llm_etl_provider.hooks.llm_server"]},
+        ],
+        "connection-types": [
+            {
+                "connection-type": "llm_etl",
+                "hook-class-name": "llm_etl_provider.hooks.llm_server.LLMServerHook",
+                "hook-name": "LLM server (Ollama or OpenAI-compatible)",
+                "ui-field-behaviour": {
+                    "hidden-fields": ["schema", "login", "port"],
+                    "relabeling": {"host": "Base URL", "password": "API key (optional)"},
+                    "placeholders": {
+                        "host": "http://127.0.0.1:11434 (the server's root, reachable from the worker)",
+                        "password": "only for servers that require a bearer key; local servers do not",
+                    },
+                },
+                "conn-fields": {
+                    "api": {
+                        "label": "API style",
+                        "description": "ollama: Ollama's /api/chat; openai: any OpenAI-compatible server "
+                        "(llama.cpp, vLLM, SGLang, Modular MAX, Ollama's /v1)",
+                        "schema": {"type": "string", "enum": ["ollama", "openai"], "default": "ollama"},
+                    },
+                    "model": {
+                        "label": "Model",
+                        "description": "the model name the server serves, e.g. llama3.2:3b",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                    "response_format": {
+                        "label": "Response format (openai)",
+                        "description": "json_schema (OpenAI's shape) or json_object "
+                        "(llama-cpp-python's server)",
+                        "schema": {
+                            "type": "string",
+                            "enum": ["json_schema", "json_object"],
+                            "default": "json_schema",
+                        },
+                    },
+                },
+            }
+        ],
+    }

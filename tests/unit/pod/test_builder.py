@@ -1,0 +1,204 @@
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from llm_etl_provider.exceptions import PodSpecError
+from llm_etl_provider.pod.builder import (
+    KEY_FILE,
+    LABEL_MODEL_SOURCE,
+    LABEL_RUN,
+    SUPPORTED_SOURCES,
+    ModelSpec,
+    PodParams,
+    ServerSpec,
+    build_pod,
+    label_value,
+    network_policy,
+)
+
+SHA = "b" * 64
+
+
+def model_for(source: str) -> ModelSpec:
+    return ModelSpec(
+        name="llama3.2:3b",
+        source=source,  # type: ignore[arg-type]
+        path="llama.gguf",
+        sha256=SHA if source in ("object", "image") else None,
+        url_secret="model-url" if source == "object" else None,
+        claim="models-cache" if source == "pvc" else None,
+        image="registry.local/models/llama:3b" if source == "image" else None,
+    )
+
+
+def params(backend="ollama", source="pull", gpus=1, **kwargs) -> PodParams:
+    return PodParams(
+        worker_args=("--task", "sentiment", "--template", "{review}"),
+        model=model_for(source),
+        server=ServerSpec(backend=backend, gpus=gpus),
+        input_secret="llm-etl-abc-shard-3",
+        key_secret="llm-etl-abc-key",
+        run_id="scheduled__2026-11-24T00:00:00+00:00",
+        shard=3,
+        **kwargs,
+    )
+
+
+ALL_PODS = [
+    (backend, source, gpus)
+    for backend, sources in SUPPORTED_SOURCES.items()
+    for source, gpus in itertools.product(sources, (0, 1))
+]
+
+
+def containers(pod):
+    spec = pod["spec"]
+    return {c["name"]: c for c in [*spec["initContainers"], *spec["containers"]]}
+
+
+@pytest.mark.parametrize(("backend", "source", "gpus"), ALL_PODS)
+def test_every_pod_keeps_the_contract(backend, source, gpus):
+    pod = build_pod(params(backend, source, gpus))
+    spec = pod["spec"]
+    assert spec["containers"][0]["name"] == "base"
+    assert [c["name"] for c in spec["initContainers"]] == ["model-loader", "llm-server"]
+    loader, server = spec["initContainers"]
+    assert "restartPolicy" not in loader
+    assert server["restartPolicy"] == "Always"
+    assert "exec" in server["startupProbe"]
+    assert spec["restartPolicy"] == "Never"
+    assert spec["automountServiceAccountToken"] is False
+    assert spec["activeDeadlineSeconds"] == 3600
+    assert pod["metadata"]["labels"][LABEL_MODEL_SOURCE] == source
+    assert ("nvidia.com/gpu" in server["resources"]["limits"]) == bool(gpus)
+
+
+@pytest.mark.parametrize(("backend", "source", "gpus"), ALL_PODS)
+def test_every_pod_meets_the_restricted_pod_security_standard(backend, source, gpus):
+    pod = build_pod(params(backend, source, gpus))
+    spec = pod["spec"]
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    for name, container in containers(pod).items():
+        context = container["securityContext"]
+        assert context["allowPrivilegeEscalation"] is False, name
+        assert context["capabilities"]["drop"] == ["ALL"], name
+        assert context["readOnlyRootFilesystem"] is True, name
+        assert context["seccompProfile"]["type"] == "RuntimeDefault", name
+        assert "limits" in container["resources"], name
+    for volume in spec["volumes"]:
+        assert not {"hostPath", "hostNetwork"} & set(volume), volume
+    assert not any(spec.get(name) for name in ("hostNetwork", "hostPID", "hostIPC"))
+
+
+def test_the_worker_reads_its_shard_and_key_from_secrets_and_writes_sealed_frames():
+    pod = build_pod(params())
+    worker = pod["spec"]["containers"][0]
+    args = worker["args"]
+    assert args[:4] == ["--task", "sentiment", "--template", "{review}"]
+    flags = dict(zip(args[4::2], args[5::2], strict=False))
+    assert flags["--output"] == "log"
+    assert flags["--key-file"] == KEY_FILE
+    assert flags["--run-id"] == "scheduled__2026-11-24T00:00:00+00:00"
+    assert flags["--shard"] == "3"
+    assert flags["--llm-url"] == "http://127.0.0.1:11434"
+    assert flags["--api"] == "ollama"
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["input"]["secret"]["secretName"] == "llm-etl-abc-shard-3"
+    assert volumes["run-key"]["secret"]["secretName"] == "llm-etl-abc-key"
+
+
+def test_no_secret_value_is_in_the_pod_spec():
+    pod = build_pod(params("llamacpp", "object"))
+    text = repr(pod)
+    assert "model-url" in text  # only the Secret's name
+    loader = containers(pod)["model-loader"]
+    env = {e["name"]: e for e in loader["env"]}
+    assert env["LLM_ETL_MODEL_URL"]["valueFrom"]["secretKeyRef"] == {"name": "model-url", "key": "url"}
+
+
+def test_servers_listen_on_localhost_only():
+    for backend in SUPPORTED_SOURCES:
+        source = SUPPORTED_SOURCES[backend][0]
+        server = containers(build_pod(params(backend, source)))["llm-server"]
+        listen = " ".join(server.get("args", [])) + " ".join(e.get("value", "") for e in server["env"])
+        assert "127.0.0.1" in listen
+        assert "0.0.0.0" not in listen
+
+
+@pytest.mark.parametrize(
+    ("backend", "source", "message"),
+    [
+        ("ollama", "object", "cannot use model source 'object'"),
+        ("vllm", "pull", "cannot use model source 'pull'"),
+        ("gpt", "pull", "unknown backend"),
+    ],
+)
+def test_unsupported_combinations_are_refused(backend, source, message):
+    model = ModelSpec(name="m", source=source)
+    with pytest.raises(PodSpecError, match=message):
+        build_pod(
+            PodParams(
+                worker_args=(),
+                model=model,
+                server=ServerSpec(backend=backend),
+                input_secret="i",
+                key_secret="k",
+                run_id="r",
+            )
+        )
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        (ModelSpec(name="m", source="object", sha256=SHA), "needs url_secret"),
+        (ModelSpec(name="m", source="object", url_secret="u", sha256="ABC"), "64 lowercase hex"),
+        (ModelSpec(name="m", source="pvc"), "needs claim"),
+        (ModelSpec(name="m", source="pvc", claim="c", path="../etc/passwd"), "relative to the model volume"),
+    ],
+)
+def test_incomplete_model_sources_are_refused(model, message):
+    with pytest.raises(PodSpecError, match=message):
+        build_pod(
+            PodParams(
+                worker_args=(),
+                model=model,
+                server=ServerSpec(backend="llamacpp"),
+                input_secret="i",
+                key_secret="k",
+                run_id="r",
+            )
+        )
+
+
+def test_run_ids_become_valid_unique_label_values():
+    value = label_value("scheduled__2026-11-24T00:00:00+00:00")
+    assert len(value) <= 63
+    assert value != label_value("scheduled__2026-11-24T00:00:00+00:01")
+    assert label_value("simple-run") == "simple-run"
+    assert build_pod(params())["metadata"]["labels"][LABEL_RUN] == value
+
+
+def test_gpu_scheduling_is_a_parameter():
+    pod = build_pod(
+        params(
+            node_selector={"nvidia.com/gpu.present": "true"},
+            tolerations=({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},),
+        )
+    )
+    assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert pod["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
+
+
+def test_network_policies_deny_everything_but_model_pulls():
+    deny = network_policy("etl")
+    assert deny["metadata"]["namespace"] == "etl"
+    assert deny["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert deny["spec"]["ingress"] == []
+    assert deny["spec"]["egress"] == []
+    pull = network_policy("etl", allow_model_pull=True)
+    assert pull["spec"]["podSelector"]["matchLabels"][LABEL_MODEL_SOURCE] == "pull"
+    assert {p["port"] for rule in pull["spec"]["egress"] for p in rule["ports"]} == {53, 443}

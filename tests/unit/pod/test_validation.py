@@ -1,0 +1,47 @@
+"""Every pod the operator can render passes kubernetes-validate in strict mode, K8s 1.29 to 1.37."""
+
+from __future__ import annotations
+
+import kubernetes_validate
+import pytest
+
+from llm_etl_provider.pod.builder import SUPPORTED_SOURCES, build_pod, network_policy
+from tests.unit.pod.test_builder import ALL_PODS, params
+
+VERSIONS = [f"1.{minor}.0" for minor in range(29, 38)]
+
+
+# OCI image volumes (the `image` model source) are beta and on by default from 1.33; other pods from 1.29.
+CASES = [
+    (backend, source, gpus, version)
+    for backend, source, gpus in ALL_PODS
+    for version in VERSIONS
+    if source != "image" or int(version.split(".")[1]) >= 33
+]
+
+
+@pytest.mark.parametrize(("backend", "source", "gpus", "version"), CASES)
+def test_pods_validate_strictly(backend, source, gpus, version):
+    pod = build_pod(params(backend, source, gpus))
+    pod["metadata"]["name"] = "llm-etl-run-shard-0"
+    kubernetes_validate.validate(pod, version, strict=True)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("allow_model_pull", [False, True])
+def test_network_policies_validate_strictly(version, allow_model_pull):
+    kubernetes_validate.validate(
+        network_policy("etl", allow_model_pull=allow_model_pull), version, strict=True
+    )
+
+
+def test_validation_is_not_vacuous():
+    pod = build_pod(params())
+    pod["spec"]["initContainers"][1]["restartPolicy"] = "Sometimes"
+    pod["spec"]["containers"][0]["bogusField"] = 1
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(pod, "1.33.0", strict=True)
+
+
+def test_every_backend_has_a_source():
+    assert all(SUPPORTED_SOURCES.values())
