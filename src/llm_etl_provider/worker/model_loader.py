@@ -25,6 +25,10 @@ class ModelLoadError(WorkerError):
     exit_code = 5
 
 
+def _pause(seconds: float) -> None:
+    time.sleep(seconds)
+
+
 def _log(line: str) -> None:
     print(f"model-loader: {line}", file=sys.stderr, flush=True)
 
@@ -93,7 +97,7 @@ def download(
                 ) from None
             delay = policy.delay(attempt)
             _log(f"attempt {attempt} failed ({type(exc).__name__}); retrying in {delay:.1f} s")
-            time.sleep(delay)
+            _pause(delay)
     actual = _sha256(partial)
     if actual != sha256:
         partial.unlink()

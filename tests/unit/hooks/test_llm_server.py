@@ -6,7 +6,6 @@ import httpx
 import pytest
 
 from llm_etl_provider.exceptions import LLMConnectionError
-from llm_etl_provider.hooks import llm_server
 from llm_etl_provider.hooks.llm_server import LLMServerHook
 
 
@@ -61,7 +60,7 @@ def serve(monkeypatch, handler):
         with httpx.Client(transport=httpx.MockTransport(handler)) as client:
             return client.get(url, headers=kwargs.get("headers"))
 
-    monkeypatch.setattr(llm_server.httpx, "get", get)
+    monkeypatch.setattr(httpx, "get", get)
     return calls
 
 

@@ -2,11 +2,19 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 
 import pytest
 from upath import UPath
 
-from llm_etl_provider.transport.errors import FrameGapError, MissingTrailerError
+from llm_etl_provider.transport.errors import (
+    DuplicateFrameError,
+    FrameAuthenticationError,
+    FrameGapError,
+    MalformedFrameError,
+    MissingTrailerError,
+    RotatedLogError,
+)
 from llm_etl_provider.transport.extract import extract
 from llm_etl_provider.transport.frames import FrameWriter
 from llm_etl_provider.transport.keys import new_key
@@ -59,16 +67,35 @@ def test_works_on_any_fsspec_store():
     assert manifest["results"] == 25
 
 
-@pytest.mark.parametrize(
-    ("damage", "error"),
-    [
-        (lambda lines: lines[:4] + lines[5:], FrameGapError),
-        (lambda lines: lines[:-2], MissingTrailerError),
-    ],
-)
-def test_a_bad_stream_publishes_nothing_and_leaves_no_staging(tmp_path, damage, error):
+def flip_a_byte(lines):
+    frame = bytearray(lines[5])
+    frame[len(frame) // 2] ^= 0x01
+    return [*lines[:5], bytes(frame), *lines[6:]]
+
+
+DAMAGE: dict[
+    str, tuple[Callable[[list[bytes]], list[bytes]], type[Exception] | tuple[type[Exception], ...]]
+] = {
+    "dropped frame": (lambda lines: lines[:4] + lines[5:], FrameGapError),
+    "duplicated frame": (lambda lines: lines[:5] + lines[4:], DuplicateFrameError),
+    "reordered frames": (lambda lines: [*lines[:3], lines[4], lines[3], *lines[5:]], FrameGapError),
+    "flipped byte": (flip_a_byte, (FrameAuthenticationError, MalformedFrameError)),
+    "missing trailer": (lambda lines: lines[:-2], MissingTrailerError),
+    "cut at the kubelet's rotation point": (lambda lines: lines[6:], RotatedLogError),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_damaged_stream_publishes_nothing_and_leaves_no_staging(tmp_path, damage):
+    spoil, error = DAMAGE[damage]
     with pytest.raises(error):
-        extract(damage(frame_log()), KEY, tmp_path / "out")
+        extract(spoil(frame_log()), KEY, tmp_path / "out")
+    assert listing(tmp_path / "out") == []
+
+
+def test_the_wrong_key_publishes_nothing(tmp_path):
+    with pytest.raises(FrameAuthenticationError):
+        extract(frame_log(), new_key(), tmp_path / "out")
     assert listing(tmp_path / "out") == []
 
 

@@ -25,8 +25,8 @@ def serve(monkeypatch, handler):
         ):
             yield response
 
-    monkeypatch.setattr(model_loader.httpx, "stream", stream)
-    monkeypatch.setattr(model_loader.time, "sleep", lambda _: None)
+    monkeypatch.setattr(httpx, "stream", stream)
+    monkeypatch.setattr(model_loader, "_pause", lambda _: None)
 
 
 def test_download_checks_the_checksum_and_renames_into_place(tmp_path, monkeypatch, capsys):
@@ -71,7 +71,12 @@ def test_transient_failures_resume_with_a_range_request(tmp_path, monkeypatch):
 
 def test_client_errors_are_not_retried(tmp_path, monkeypatch):
     calls = []
-    serve(monkeypatch, lambda r: calls.append(r) or httpx.Response(403))
+
+    def forbidden(request):
+        calls.append(request)
+        return httpx.Response(403)
+
+    serve(monkeypatch, forbidden)
     with pytest.raises(ModelLoadError, match="answered HTTP 403"):
         download(URL, tmp_path / "m.gguf", SHA)
     assert len(calls) == 1
