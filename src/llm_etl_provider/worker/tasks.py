@@ -285,7 +285,7 @@ def build_task(
                 "properties": {
                     "entities": {
                         "type": "array",
-                        "maxItems": 32,
+                        "maxItems": 16,
                         "items": {
                             "type": "object",
                             "properties": {
