@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument(
         "--max-record-bytes", type=_positive_int, default=1 << 20, help="larger records are dead-lettered"
     )
+    io.add_argument("--line-offset", type=int, default=0, help="added to reported line numbers (for shards)")
     io.add_argument("--summary", type=Path, help="also write the final summary to this JSON file")
 
     llm = parser.add_argument_group("LLM server")
@@ -172,6 +173,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         input_format=args.input_format,
         id_field=args.id_field,
         max_record_bytes=args.max_record_bytes,
+        line_offset=args.line_offset,
     )
     sink = make_sink(args)
     checkpoint = (

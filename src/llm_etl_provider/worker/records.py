@@ -101,15 +101,23 @@ class RecordReader:
     :param input_format: ``jsonl``, ``csv`` or ``auto`` (from the file name)
     :param id_field: the field that identifies a record
     :param max_record_bytes: records larger than this go to the dead letters unread
+    :param line_offset: added to every reported line number (a shard's lines are a slice of a larger input)
     """
 
     def __init__(
-        self, path: Path, *, input_format: str = "auto", id_field: str = "id", max_record_bytes: int = 1 << 20
+        self,
+        path: Path,
+        *,
+        input_format: str = "auto",
+        id_field: str = "id",
+        max_record_bytes: int = 1 << 20,
+        line_offset: int = 0,
     ) -> None:
         self.path = path
         self.format = detect_format(path, input_format)
         self.id_field = id_field
         self.max_record_bytes = max_record_bytes
+        self.line_offset = line_offset
         self.stats = ReadStats()
 
     def __iter__(self) -> Iterator[InputRecord]:
@@ -146,7 +154,7 @@ class RecordReader:
     def _lines(self, stream: IO[bytes]) -> Iterator[tuple[int, bytes | None]]:
         """Yield (line number, line) with None for lines over the size limit, which are skipped unread."""
         limit = self.max_record_bytes
-        number = 0
+        number = self.line_offset
         while chunk := stream.readline(limit + 1):
             number += 1
             if len(chunk) > limit and not chunk.endswith(b"\n"):
@@ -161,7 +169,7 @@ class RecordReader:
             if line is None:
                 yield self._malformed(number, "record_too_large", f"over {self.max_record_bytes} bytes")
                 continue
-            if number == 1 and line.startswith(_UTF8_BOM):
+            if number == self.line_offset + 1 and line.startswith(_UTF8_BOM):
                 line = line[len(_UTF8_BOM) :]
             try:
                 text = line.decode("utf-8")
@@ -193,7 +201,7 @@ class RecordReader:
         csv.field_size_limit(self.max_record_bytes)
         with io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="") as text:
             reader = csv.reader(text)
-            previous_end = 0
+            previous_end = self.line_offset
             while True:
                 try:
                     row = next(reader)
@@ -201,10 +209,10 @@ class RecordReader:
                     return
                 except csv.Error as exc:
                     yield previous_end + 1, [], str(exc)
-                    previous_end = reader.line_num
+                    previous_end = self.line_offset + reader.line_num
                     continue
                 yield previous_end + 1, row, None
-                previous_end = reader.line_num
+                previous_end = self.line_offset + reader.line_num
 
     def _csv(self, stream: IO[bytes]) -> Iterator[InputRecord]:
         header: list[str] | None = None

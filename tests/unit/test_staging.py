@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+import gzip
+import json
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llm_etl_provider.staging import StagingInputError, plan_shards, read_shard
+from llm_etl_provider.worker.records import RecordReader
+
+
+def records_of(path, **kwargs):
+    return [(r.line, r.record_id, r.error, r.fields) for r in RecordReader(path, **kwargs)]
+
+
+def staged_records(tmp_path, source, fmt, **kwargs):
+    """Run the worker's reader over every shard, as the pods would, with each shard's line offset."""
+    out = []
+    shards = list(plan_shards(source, **kwargs))
+    for shard in shards:
+        path = tmp_path / f"shard-{shard.index}.{fmt}.gz"
+        path.write_bytes(shard.data)
+        reader = RecordReader(path, input_format=fmt, line_offset=shard.line_offset,
+                              max_record_bytes=kwargs.get("max_record_bytes", 1 << 20))  # fmt: skip
+        out += [(r.line, r.record_id, r.error, r.fields) for r in reader]
+    return out, shards
+
+
+lines = st.lists(
+    st.one_of(
+        st.builds(
+            lambda i, t: json.dumps({"id": i, "text": t}), st.integers(0, 10**6), st.text(max_size=400)
+        ),
+        st.sampled_from(["", "   ", "{broken", "[1, 2]", '{"text": "no id"}']),
+    ),
+    max_size=300,
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=lines, limit=st.sampled_from([2_000, 6_000, 50_000]))
+def test_jsonl_shards_reproduce_every_record_at_its_input_line(tmp_path_factory, rows, limit):
+    tmp_path = tmp_path_factory.mktemp("stage")
+    source = tmp_path / "in.jsonl"
+    source.write_text("\n".join(rows) + ("\n" if rows else ""))
+    got, shards = staged_records(
+        tmp_path, source, "jsonl", max_shard_bytes=limit, max_record_bytes=limit // 2
+    )
+    assert got == records_of(source, max_record_bytes=limit // 2)
+    assert all(len(s.data) <= limit for s in shards)
+    assert sum(s.records for s in shards) == sum(1 for r in rows if r.strip())
+    assert [s.index for s in shards] == list(range(len(shards)))
+
+
+def test_incompressible_input_makes_many_shards_each_under_the_limit(tmp_path):
+    rng = random.Random(3)
+    source = tmp_path / "in.jsonl"
+    source.write_text(
+        "".join(json.dumps({"id": i, "text": rng.randbytes(900).hex()}) + "\n" for i in range(400))
+    )
+    got, shards = staged_records(tmp_path, source, "jsonl", max_shard_bytes=40_000, max_record_bytes=8_000)
+    assert len(shards) > 10
+    assert all(len(s.data) <= 40_000 for s in shards)
+    assert [g[1] for g in got] == list(range(400))
+
+
+def test_an_oversized_record_is_cut_and_dead_lettered_by_the_worker_at_its_line(tmp_path):
+    source = tmp_path / "in.jsonl"
+    source.write_text(
+        '{"id": 1, "text": "a"}\n'
+        + json.dumps({"id": 2, "text": "x" * 50_000})
+        + '\n{"id": 3, "text": "c"}\n'
+    )
+    got, shards = staged_records(tmp_path, source, "jsonl", max_shard_bytes=20_000, max_record_bytes=10_000)
+    assert [(line, error) for line, _, error, _ in got] == [(1, None), (2, "record_too_large"), (3, None)]
+    assert all(len(s.data) <= 20_000 for s in shards)
+
+
+def test_csv_shards_repeat_the_header_and_never_split_a_quoted_row(tmp_path):
+    rng = random.Random(5)
+    rows = ["id,note"] + [
+        f'{i},"{rng.randbytes(20).hex()}\nline two, with a comma"'
+        if i % 3 == 0
+        else f"{i},{rng.randbytes(20).hex()}"
+        for i in range(300)
+    ]
+    source = tmp_path / "in.csv"
+    source.write_text("\n".join(rows) + "\n")
+    got, shards = staged_records(tmp_path, source, "csv", max_shard_bytes=2_000, max_record_bytes=500)
+    assert len(shards) > 3
+    assert got == records_of(source)
+    for shard in shards:
+        assert read_shard(shard.data).startswith(b"id,note\n")
+
+
+def test_gzip_input_with_a_bom(tmp_path):
+    source = tmp_path / "in.jsonl.gz"
+    source.write_bytes(gzip.compress(b'\xef\xbb\xbf{"id": "a", "text": "x"}\n{"id": "b", "text": "y"}\n'))
+    got, shards = staged_records(tmp_path, source, "jsonl")
+    assert [g[1] for g in got] == ["a", "b"]
+    assert len(shards) == 1
+
+
+def test_an_empty_input_has_no_shards(tmp_path):
+    source = tmp_path / "in.jsonl"
+    source.write_text("")
+    assert list(plan_shards(source)) == []
+
+
+def test_a_truncated_gzip_input_fails_naming_the_file(tmp_path):
+    data = gzip.compress(b"".join(b'{"id": %d}\n' % i for i in range(5000)))
+    source = tmp_path / "cut.jsonl.gz"
+    source.write_bytes(data[: len(data) // 2])
+    with pytest.raises(StagingInputError, match=r"cut\.jsonl\.gz"):
+        list(plan_shards(source))
+
+
+def test_limits_that_cannot_hold_a_record_are_refused(tmp_path):
+    source = tmp_path / "in.jsonl"
+    source.write_text("{}\n")
+    with pytest.raises(ValueError, match="at most half"):
+        list(plan_shards(source, max_shard_bytes=1000, max_record_bytes=800))
