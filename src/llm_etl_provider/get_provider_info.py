@@ -21,6 +21,9 @@ def get_provider_info() -> dict[str, Any]:
         "hooks": [
             {"integration-name": "LLM ETL", "python-modules": ["llm_etl_provider.hooks.llm_server"]},
         ],
+        "operators": [
+            {"integration-name": "LLM ETL", "python-modules": ["llm_etl_provider.operators.enrichment"]},
+        ],
         "connection-types": [
             {
                 "connection-type": "llm_etl",

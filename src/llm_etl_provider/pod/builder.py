@@ -125,6 +125,7 @@ class PodParams:
     :param key_secret: the Secret holding the run's frame key (key ``key``)
     :param run_id: the run (bound into every frame)
     :param shard: the shard number
+    :param input_format: the shard's format (``jsonl`` or ``csv``; the Secret's key is ``input.<format>.gz``)
     :param worker_image: the worker's image
     :param node_selector: where GPU pods may run
     :param tolerations: tolerations for GPU node taints
@@ -138,6 +139,7 @@ class PodParams:
     key_secret: str
     run_id: str
     shard: int = 0
+    input_format: str = "jsonl"
     server: ServerSpec = field(default_factory=ServerSpec)
     worker_image: str = DEFAULT_WORKER_IMAGE
     node_selector: dict[str, str] = field(default_factory=dict)
@@ -184,6 +186,8 @@ def _check(params: PodParams) -> None:
         raise PodSpecError(f"the model path {model.path!r} must be relative to the model volume")
     if server.parallel < 1 or server.gpus < 0:
         raise PodSpecError("parallel must be at least 1 and gpus at least 0")
+    if params.input_format not in ("jsonl", "csv"):
+        raise PodSpecError(f"input format {params.input_format!r} is not jsonl or csv")
     if params.active_deadline_seconds < 60:
         raise PodSpecError("active_deadline_seconds below 60 s leaves no time to load a model")
 
@@ -318,7 +322,7 @@ def build_pod(params: PodParams) -> dict[str, Any]:
     worker["command"] = ["llm-etl-worker"]
     worker["args"] = [
         *params.worker_args,
-        "--input", f"{INPUT_DIR}/input.jsonl.gz", "--input-format", "jsonl",
+        "--input", f"{INPUT_DIR}/input.{params.input_format}.gz", "--input-format", params.input_format,
         "--output", "log", "--key-file", KEY_FILE, "--run-id", params.run_id, "--shard", str(params.shard),
         "--checkpoint", "/work/checkpoint.json",
         "--llm-url", params.server.url, "--api", params.server.defaults.api, "--model", params.model.name,

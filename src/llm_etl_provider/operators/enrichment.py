@@ -1,0 +1,203 @@
+"""LLMEnrichmentOperator: one shard, one pod, the worker beside a local LLM server, through KPO."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+from airflow.providers.cncf.kubernetes.pod_generator import PodGenerator
+from airflow.providers.cncf.kubernetes.utils.pod_manager import PodManager
+
+from llm_etl_provider.pod.builder import (
+    DEFAULT_WORKER_IMAGE,
+    ModelSpec,
+    PodParams,
+    ServerSpec,
+    build_pod,
+)
+from llm_etl_provider.transport.frames import FORMAT
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+    from kubernetes.client import models as k8s
+
+
+class FrameFilteringPodManager(PodManager):
+    """Copy the worker's progress lines into the Airflow task log, but never its sealed result frames."""
+
+    def _log_message(self, message: str, *args: Any, **kwargs: Any) -> None:
+        if message.lstrip().startswith(FORMAT + " "):
+            return
+        super()._log_message(message, *args, **kwargs)
+
+
+class LLMEnrichmentOperator(KubernetesPodOperator):
+    """Enrich one shard of staged records in a pod: model loader, local LLM server (native sidecar), worker.
+
+    The pod is kept when it ends (``on_finish_action="keep_pod"``) so that ExtractResultsOperator can read
+    the sealed frames from its log; CleanupOperator deletes it. Map it over the shards from
+    StageInputOperator with ``.partial(...).expand(shard=...)``.
+
+    :param shard: the shard descriptor from StageInputOperator (templated)
+    :param key_secret: the Secret with the run's frame key (templated)
+    :param task: ``sentiment``, ``tags``, ``moderation``, ``entities`` or ``custom`` (templated)
+    :param template: the user prompt over record fields, e.g. ``{review}`` (templated)
+    :param system_prompt: the system prompt (custom tasks, or to override the catalogue's) (templated)
+    :param schema: the output JSON schema of a custom task, as a JSON string (templated)
+    :param categories: categories for ``tags``
+    :param entity_types: entity types for ``entities``
+    :param id_field: the field that identifies a record
+    :param concurrency: requests in flight; None: from the server's slots
+    :param model: the model the server serves, e.g. ``llama3.2:3b`` (templated)
+    :param backend: ``ollama``, ``llamacpp`` or ``vllm``
+    :param model_source: ``pull``, ``pvc``, ``object`` or ``image``
+    :param model_path: the model's path inside its volume (GGUF file or directory)
+    :param model_sha256: the model file's sha256 (``object``; checked for ``pvc``/``image`` when given)
+    :param model_url_secret: a Secret whose key ``url`` holds the download URL (``object``)
+    :param model_claim: the PersistentVolumeClaim holding the model (``pvc``)
+    :param model_image: the OCI image holding the model (``image``)
+    :param server_image: the LLM server's image (default per backend)
+    :param parallel: requests the server serves at once
+    :param gpus: ``nvidia.com/gpu`` for the server (0 for CPU)
+    :param worker_image: the worker's image
+    :param gpu_node_selector: node selector for GPU nodes
+    :param gpu_tolerations: tolerations for GPU node taints
+    :param ttl_seconds: the pod's hard limit (``activeDeadlineSeconds``), the run's TTL
+    :param max_record_bytes: records over this size are dead-lettered (as staged)
+    """
+
+    template_fields: Sequence[str] = (
+        *KubernetesPodOperator.template_fields,
+        "shard",
+        "key_secret",
+        "task",
+        "template",
+        "system_prompt",
+        "schema",
+        "model",
+    )
+
+    def __init__(
+        self,
+        *,
+        shard: dict[str, Any] | str,
+        key_secret: str,
+        model: str,
+        task: str = "sentiment",
+        template: str = "{text}",
+        system_prompt: str | None = None,
+        schema: str | None = None,
+        categories: Sequence[str] | None = None,
+        entity_types: Sequence[str] | None = None,
+        id_field: str = "id",
+        concurrency: int | None = None,
+        backend: str = "ollama",
+        model_source: str = "pull",
+        model_path: str = "model.gguf",
+        model_sha256: str | None = None,
+        model_url_secret: str | None = None,
+        model_claim: str | None = None,
+        model_image: str | None = None,
+        server_image: str | None = None,
+        parallel: int = 4,
+        gpus: int = 1,
+        worker_image: str = DEFAULT_WORKER_IMAGE,
+        gpu_node_selector: dict[str, str] | None = None,
+        gpu_tolerations: Sequence[dict[str, Any]] | None = None,
+        ttl_seconds: int = 3600,
+        max_record_bytes: int = 256 * 1024,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("name", "llm-etl-enrich")
+        kwargs.setdefault("on_finish_action", "keep_pod")
+        kwargs.setdefault("startup_timeout_seconds", 1800)  # the model loads while the pod is Pending
+        kwargs.setdefault("init_container_logs", ["model-loader"])  # never the sidecar: it ends with the pod
+        kwargs.setdefault("do_xcom_push", False)
+        super().__init__(**kwargs)
+        self.shard = shard
+        self.key_secret = key_secret
+        self.model = model
+        self.task = task
+        self.template = template
+        self.system_prompt = system_prompt
+        self.schema = schema
+        self.categories = list(categories or [])
+        self.entity_types = list(entity_types or [])
+        self.id_field = id_field
+        self.concurrency = concurrency
+        self.backend = backend
+        self.model_source = model_source
+        self.model_path = model_path
+        self.model_sha256 = model_sha256
+        self.model_url_secret = model_url_secret
+        self.model_claim = model_claim
+        self.model_image = model_image
+        self.server_image = server_image
+        self.parallel = parallel
+        self.gpus = gpus
+        self.worker_image = worker_image
+        self.gpu_node_selector = dict(gpu_node_selector or {})
+        self.gpu_tolerations = [dict(t) for t in gpu_tolerations or []]
+        self.ttl_seconds = ttl_seconds
+        self.max_record_bytes = max_record_bytes
+
+    def worker_args(self) -> list[str]:
+        """The task's ``llm-etl-worker`` arguments."""
+        args = ["--task", self.task, "--template", self.template, "--id-field", self.id_field]
+        args += ["--max-record-bytes", str(self.max_record_bytes)]
+        if self.system_prompt:
+            args += ["--system-prompt", self.system_prompt]
+        if self.schema:
+            args += ["--schema", self.schema]
+        if self.categories:
+            args += ["--categories", ",".join(self.categories)]
+        if self.entity_types:
+            args += ["--entity-types", ",".join(self.entity_types)]
+        if self.concurrency:
+            args += ["--concurrency", str(self.concurrency)]
+        return args
+
+    def pod_params(self, run_id: str) -> PodParams:
+        shard = self.shard
+        if not isinstance(shard, dict):
+            raise TypeError(
+                f"shard must be a StageInputOperator shard descriptor, not {type(shard).__name__}"
+            )
+        return PodParams(
+            worker_args=(*self.worker_args(), "--line-offset", str(shard.get("line_offset", 0))),
+            model=ModelSpec(
+                name=self.model,
+                source=self.model_source,  # type: ignore[arg-type]
+                path=self.model_path,
+                sha256=self.model_sha256,
+                url_secret=self.model_url_secret,
+                claim=self.model_claim,
+                image=self.model_image,
+            ),
+            server=ServerSpec(
+                backend=self.backend,  # type: ignore[arg-type]
+                image=self.server_image,
+                parallel=self.parallel,
+                gpus=self.gpus,
+            ),
+            input_secret=shard["secret"],
+            key_secret=self.key_secret,
+            run_id=run_id,
+            shard=int(shard["index"]),
+            input_format=shard.get("input_format", "jsonl"),
+            worker_image=self.worker_image,
+            node_selector=self.gpu_node_selector,
+            tolerations=tuple(self.gpu_tolerations),
+            active_deadline_seconds=self.ttl_seconds,
+        )
+
+    def build_pod_request_obj(self, context: Context | None = None, *, dry_run: bool = False) -> k8s.V1Pod:
+        run_id = str(context["run_id"]) if context is not None else "dry-run"
+        self.full_pod_spec = PodGenerator.deserialize_model_dict(build_pod(self.pod_params(run_id)))
+        return super().build_pod_request_obj(context, dry_run=dry_run)
+
+    @cached_property
+    def pod_manager(self) -> PodManager:
+        return FrameFilteringPodManager(kube_client=self.client, callbacks=self.callbacks)

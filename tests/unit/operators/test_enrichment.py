@@ -1,0 +1,120 @@
+"""The pod KubernetesPodOperator would submit, through ``build_pod_request_obj`` (no cluster needed)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from airflow.providers.cncf.kubernetes.utils.pod_manager import PodManager
+from kubernetes.client import ApiClient
+
+from llm_etl_provider.operators.enrichment import FrameFilteringPodManager, LLMEnrichmentOperator
+from llm_etl_provider.pod.builder import LABEL_RUN, label_value
+
+SHARD = {
+    "index": 2,
+    "secret": "llm-etl-run-shard-2",
+    "line_offset": 1200,
+    "records": 300,
+    "input_format": "jsonl",
+}
+
+
+def operator(**kwargs):
+    return LLMEnrichmentOperator(
+        task_id="enrich",
+        shard=kwargs.pop("shard", SHARD),
+        key_secret="llm-etl-run-key",
+        model="llama3.2:3b",
+        namespace="etl",
+        template="{review}",
+        **kwargs,
+    )
+
+
+def submitted(op, run_id="manual__2026-11-24T01:00:00+00:00"):
+    ti = SimpleNamespace(dag_id="llm_enrichment", task_id=op.task_id, map_index=2, try_number=1)
+    pod = op.build_pod_request_obj({"run_id": run_id, "ti": ti, "dag": SimpleNamespace()}, dry_run=True)
+    return ApiClient().sanitize_for_serialization(pod)
+
+
+def test_template_fields_are_pinned():
+    assert set(LLMEnrichmentOperator.template_fields) >= {
+        "shard", "key_secret", "task", "template", "system_prompt", "schema", "model", "image", "env_vars",
+    }  # fmt: skip
+
+
+def test_kpo_submits_our_pod_unchanged_where_it_matters():
+    pod = submitted(operator())
+    spec = pod["spec"]
+    assert [c["name"] for c in spec["containers"]] == ["base"]
+    assert [c["name"] for c in spec["initContainers"]] == ["model-loader", "llm-server"]
+    assert spec["initContainers"][1]["restartPolicy"] == "Always"
+    assert spec["restartPolicy"] == "Never"
+    assert spec["automountServiceAccountToken"] is False
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["activeDeadlineSeconds"] == 3600
+    base = spec["containers"][0]
+    assert base["securityContext"]["readOnlyRootFilesystem"] is True
+    assert base["image"] == "ghcr.io/llm-etl-provider/worker:0.1.0"
+    args = base["args"]
+    assert args[args.index("--line-offset") + 1] == "1200"
+    assert args[args.index("--shard") + 1] == "2"
+    assert args[args.index("--run-id") + 1] == "manual__2026-11-24T01:00:00+00:00"
+    assert pod["metadata"]["namespace"] == "etl"
+    assert pod["metadata"]["name"].startswith("llm-etl-enrich")
+    assert pod["metadata"]["labels"][LABEL_RUN] == label_value("manual__2026-11-24T01:00:00+00:00")
+    assert pod["metadata"]["labels"]["map_index"] == "2"
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["input"]["secret"]["secretName"] == "llm-etl-run-shard-2"
+    assert volumes["run-key"]["secret"]["secretName"] == "llm-etl-run-key"
+    assert len(spec["volumes"]) == len(volumes)  # KPO concatenates volumes: none may be doubled
+
+
+def test_defaults_keep_the_pod_for_extraction_and_allow_for_model_loading():
+    op = operator()
+    assert op.on_finish_action.value == "keep_pod"
+    assert op.startup_timeout_seconds >= 600
+    assert op.init_container_logs == ["model-loader"]
+    assert op.do_xcom_push is False
+
+
+def test_custom_task_arguments_reach_the_worker():
+    op = operator(
+        task="custom",
+        system_prompt="Summarise.",
+        schema='{"type": "object"}',
+        concurrency=6,
+        backend="llamacpp",
+        model_source="object",
+        model_url_secret="model-url",
+        model_sha256="c" * 64,
+        gpus=0,
+    )
+    base = submitted(op)["spec"]["containers"][0]
+    args = base["args"]
+    assert args[args.index("--system-prompt") + 1] == "Summarise."
+    assert args[args.index("--schema") + 1] == '{"type": "object"}'
+    assert args[args.index("--concurrency") + 1] == "6"
+    assert args[args.index("--api") + 1] == "openai"
+
+
+def test_a_shard_that_is_not_a_descriptor_is_refused():
+    with pytest.raises(TypeError, match="shard descriptor"):
+        submitted(operator(shard="shard-2"))
+
+
+def test_result_frames_never_reach_the_task_log(monkeypatch):
+    logged = []
+    monkeypatch.setattr(PodManager, "_log_message", lambda self, message, *a, **k: logged.append(message))
+    manager = FrameFilteringPodManager.__new__(FrameFilteringPodManager)
+    manager._log_message("LLMETL1 run 0 3 D AAAA", "base", True, None)
+    manager._log_message("progress records=10/20", "base", True, None)
+    assert logged == ["progress records=10/20"]
+
+
+@pytest.mark.parametrize("version", ["1.29.0", "1.33.0", "1.37.0"])
+def test_the_submitted_pod_validates_strictly(version):
+    import kubernetes_validate
+
+    kubernetes_validate.validate(submitted(operator()), version, strict=True)
