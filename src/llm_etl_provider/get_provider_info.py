@@ -22,7 +22,14 @@ def get_provider_info() -> dict[str, Any]:
             {"integration-name": "LLM ETL", "python-modules": ["llm_etl_provider.hooks.llm_server"]},
         ],
         "operators": [
-            {"integration-name": "LLM ETL", "python-modules": ["llm_etl_provider.operators.enrichment"]},
+            {
+                "integration-name": "LLM ETL",
+                "python-modules": [
+                    "llm_etl_provider.operators.stage",
+                    "llm_etl_provider.operators.enrichment",
+                    "llm_etl_provider.operators.cleanup",
+                ],
+            },
         ],
         "connection-types": [
             {

@@ -1,0 +1,186 @@
+"""StageInputOperator: validate and shard the input, and hand each shard and the run's key to the pods."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator, ObjectStoragePath
+
+from llm_etl_provider.exceptions import StagingError
+from llm_etl_provider.run_resources import KEY_FILE_NAME, run_prefix, secret_manifest
+from llm_etl_provider.staging import DEFAULT_RECORD_BYTES, DEFAULT_SHARD_BYTES, StagingInputError, plan_shards
+from llm_etl_provider.transport.keys import encode_key, new_key, write_key_file
+from llm_etl_provider.worker.errors import ConfigurationError
+from llm_etl_provider.worker.records import RecordReader, detect_format
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+
+class StageInputOperator(BaseOperator):
+    """Read the input from object storage, split it into Secret-sized shards, and stage them with a new key.
+
+    In ``kubernetes`` mode each shard becomes an immutable Secret (key ``input.<format>.gz``) and the run's
+    256-bit frame key another (key ``key``), all labelled with the run for cleanup and the sweeper. In
+    ``local`` mode they are files under ``local_dir``. Returns (with ``multiple_outputs``) ``shards``, a list
+    of shard descriptors to map the enrichment over, ``key_secret`` and ``prefix``.
+
+    :param input_path: the input file: any ObjectStoragePath URI or local path (templated)
+    :param input_format: ``jsonl``, ``csv`` or ``auto`` (from the name)
+    :param namespace: where the Secrets go (templated)
+    :param kubernetes_conn_id: the Kubernetes connection
+    :param execution_mode: ``kubernetes`` or ``local``
+    :param local_dir: where local mode stages its files (templated)
+    :param max_shard_bytes: the compressed size limit of a shard (a Secret holds at most 1 MiB)
+    :param max_record_bytes: records over this size are passed on cut, to be dead-lettered by the worker
+    """
+
+    template_fields: Sequence[str] = ("input_path", "namespace", "local_dir")
+
+    def __init__(
+        self,
+        *,
+        input_path: str,
+        input_format: str = "auto",
+        namespace: str = "default",
+        kubernetes_conn_id: str = "kubernetes_default",
+        execution_mode: str = "kubernetes",
+        local_dir: str | None = None,
+        max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+        max_record_bytes: int = DEFAULT_RECORD_BYTES,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("multiple_outputs", True)
+        super().__init__(**kwargs)
+        if execution_mode not in ("kubernetes", "local"):
+            raise ValueError(f"execution_mode must be 'kubernetes' or 'local', not {execution_mode!r}")
+        self.input_path = input_path
+        self.input_format = input_format
+        self.namespace = namespace
+        self.kubernetes_conn_id = kubernetes_conn_id
+        self.execution_mode = execution_mode
+        self.local_dir = local_dir
+        self.max_shard_bytes = max_shard_bytes
+        self.max_record_bytes = max_record_bytes
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        run_id = str(context["run_id"])
+        prefix = run_prefix(self.dag_id, run_id)
+        source = ObjectStoragePath(self.input_path)
+        with tempfile.TemporaryDirectory(prefix="llm-etl-stage-") as scratch:
+            local = Path(scratch) / (source.name or "input")
+            try:
+                with source.open("rb") as reader, local.open("wb") as writer:  # type: ignore[no-untyped-call]
+                    shutil.copyfileobj(reader, writer, 1 << 20)
+            except (OSError, ValueError) as exc:
+                raise StagingError(f"cannot read the input {self.input_path}: {exc}") from None
+            try:
+                fmt = detect_format(local, self.input_format)
+                malformed = self._validate(local, fmt)
+                shards = list(
+                    plan_shards(
+                        local,
+                        input_format=fmt,
+                        max_shard_bytes=self.max_shard_bytes,
+                        max_record_bytes=self.max_record_bytes,
+                    )
+                )
+            except (ConfigurationError, StagingInputError) as exc:
+                raise StagingError(str(exc).replace(str(local), self.input_path)) from None
+        records = sum(s.records for s in shards)
+        if not shards:
+            self.log.warning("the input %s holds no records: nothing to enrich", self.input_path)
+        key = new_key()
+        descriptors = [
+            {
+                "index": s.index,
+                "secret": f"{prefix}-shard-{s.index}",
+                "records": s.records,
+                "line_offset": s.line_offset,
+                "first_line": s.first_line,
+                "input_format": s.input_format,
+                "bytes": len(s.data),
+            }
+            for s in shards
+        ]
+        if self.execution_mode == "kubernetes":
+            self._create_secrets(run_id, prefix, key, shards)
+        else:
+            self._write_local(prefix, key, shards, descriptors)
+        self.log.info(
+            "staged %d records of %s in %d shards (%d bytes compressed), run prefix %s",
+            records, self.input_path, len(shards), sum(len(s.data) for s in shards), prefix,
+        )  # fmt: skip
+        return {
+            "shards": descriptors,
+            "key_secret": f"{prefix}-key",
+            "prefix": prefix,
+            "records": records,
+            "malformed": malformed,
+        }
+
+    def _validate(self, local: Path, fmt: str) -> dict[str, list[int]]:
+        """Read the input as the worker will; fail on an unusable whole, report malformed records by line."""
+        reader = RecordReader(local, input_format=fmt, max_record_bytes=self.max_record_bytes)
+        malformed: dict[str, list[int]] = {}
+        for record in reader:
+            if record.error is not None:
+                lines = malformed.setdefault(record.error, [])
+                if len(lines) < 20:
+                    lines.append(record.line)
+        for reason, lines in malformed.items():
+            self.log.warning(
+                "%s: records at lines %s%s are %s and will go to the dead letters",
+                self.input_path, ", ".join(map(str, lines)), " and more" if len(lines) == 20 else "", reason,
+            )  # fmt: skip
+        return malformed
+
+    def _create_secrets(self, run_id: str, prefix: str, key: bytes, shards: list[Any]) -> None:
+        from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
+        from kubernetes.client.exceptions import ApiException
+
+        api = KubernetesHook(conn_id=self.kubernetes_conn_id).core_v1_client
+        manifests = [
+            secret_manifest(f"{prefix}-key", run_id, {KEY_FILE_NAME: encode_key(key).encode()}, kind="key")
+        ] + [
+            secret_manifest(
+                f"{prefix}-shard-{s.index}",
+                run_id,
+                {f"input.{s.input_format}.gz": s.data},
+                kind="shard",
+                shard=s.index,
+            )
+            for s in shards
+        ]
+        for manifest in manifests:
+            name = manifest["metadata"]["name"]
+            try:
+                api.create_namespaced_secret(self.namespace, manifest)
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise StagingError(
+                        f"cannot create Secret {self.namespace}/{name}: HTTP {exc.status}"
+                    ) from None
+                # A retried task: the Secrets are immutable, so replace them whole (new key, same shards).
+                api.delete_namespaced_secret(name, self.namespace)
+                api.create_namespaced_secret(self.namespace, manifest)
+
+    def _write_local(
+        self, prefix: str, key: bytes, shards: list[Any], descriptors: list[dict[str, Any]]
+    ) -> None:
+        if not self.local_dir:
+            raise StagingError("local mode needs local_dir")
+        root = Path(self.local_dir) / prefix
+        if root.exists():
+            shutil.rmtree(root)
+        root.mkdir(parents=True, mode=0o700)
+        write_key_file(root / "key", key)
+        for shard, descriptor in zip(shards, descriptors, strict=True):
+            path = root / f"shard-{shard.index}" / f"input.{shard.input_format}.gz"
+            path.parent.mkdir(mode=0o700)
+            path.write_bytes(shard.data)
+            descriptor["path"] = str(path)

@@ -1,0 +1,72 @@
+"""An in-memory stand-in for CoreV1Api's Secret and pod calls, for operator unit tests."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+
+
+def _matches(labels: dict[str, str], selector: str) -> bool:
+    for term in filter(None, selector.split(",")):
+        key, _, value = term.partition("=")
+        if labels.get(key) != value:
+            return False
+    return True
+
+
+class FakeCoreV1:
+    def __init__(self) -> None:
+        self.objects: dict[str, dict[tuple[str, str], dict[str, Any]]] = {"secrets": {}, "pods": {}}
+        self.deleted: list[tuple[str, str]] = []
+
+    def _create(
+        self, kind: str, namespace: str, body: dict[str, Any], created: datetime | None = None
+    ) -> None:
+        key = (namespace, body["metadata"]["name"])
+        if key in self.objects[kind]:
+            raise ApiException(status=409, reason="AlreadyExists")
+        self.objects[kind][key] = {**body, "created": created or datetime.now(UTC)}
+
+    def _list(self, kind: str, namespace: str, label_selector: str = "") -> SimpleNamespace:
+        items = [
+            SimpleNamespace(
+                metadata=SimpleNamespace(
+                    name=name, labels=obj["metadata"].get("labels", {}), creation_timestamp=obj["created"]
+                )
+            )
+            for (ns, name), obj in sorted(self.objects[kind].items())
+            if ns == namespace and _matches(obj["metadata"].get("labels", {}), label_selector)
+        ]
+        return SimpleNamespace(items=items)
+
+    def _delete(self, kind: str, name: str, namespace: str, **_: Any) -> None:
+        if self.objects[kind].pop((namespace, name), None) is None:
+            raise ApiException(status=404, reason="NotFound")
+        self.deleted.append((kind, name))
+
+    def create_namespaced_secret(self, namespace: str, body: dict[str, Any]) -> None:
+        self._create("secrets", namespace, body)
+
+    def list_namespaced_secret(self, namespace: str, label_selector: str = "") -> SimpleNamespace:
+        return self._list("secrets", namespace, label_selector)
+
+    def delete_namespaced_secret(self, name: str, namespace: str, **kwargs: Any) -> None:
+        self._delete("secrets", name, namespace, **kwargs)
+
+    def add_pod(
+        self, namespace: str, name: str, labels: dict[str, str], created: datetime | None = None
+    ) -> None:
+        self._create("pods", namespace, {"metadata": {"name": name, "labels": labels}}, created)
+
+    def list_namespaced_pod(self, namespace: str, label_selector: str = "") -> SimpleNamespace:
+        return self._list("pods", namespace, label_selector)
+
+    def delete_namespaced_pod(self, name: str, namespace: str, **kwargs: Any) -> None:
+        self._delete("pods", name, namespace, **kwargs)
+
+    def secret_bytes(self, namespace: str, name: str, key: str) -> bytes:
+        return base64.b64decode(self.objects["secrets"][(namespace, name)]["data"][key])

@@ -1,0 +1,148 @@
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
+from airflow.sdk import DAG
+
+from llm_etl_provider.exceptions import StagingError
+from llm_etl_provider.operators.cleanup import CleanupOperator, SweepExpiredOperator
+from llm_etl_provider.operators.stage import StageInputOperator
+from llm_etl_provider.pod.builder import LABEL_RUN, label_value
+from llm_etl_provider.run_resources import MANAGED_BY, run_prefix
+from llm_etl_provider.transport.keys import decode_key
+from tests.unit.operators.fake_core_v1 import FakeCoreV1
+
+RUN = "manual__2026-11-24T02:00:00+00:00"
+
+
+@pytest.fixture
+def api(monkeypatch):
+    fake = FakeCoreV1()
+    monkeypatch.setattr(KubernetesHook, "core_v1_client", property(lambda self: fake))
+    return fake
+
+
+def write_input(path, n=300, size=900):
+    rng = random.Random(n)
+    rows = (json.dumps({"id": f"r{i}", "text": rng.randbytes(size // 2).hex()}) for i in range(n))
+    path.write_text("".join(row + "\n" for row in rows))
+    return path
+
+
+def stage(**kwargs):
+    with DAG("llm_enrichment", schedule=None):
+        return StageInputOperator(task_id="stage", **kwargs)
+
+
+def test_stage_creates_immutable_labelled_shard_secrets_and_a_key(tmp_path, api):
+    source = write_input(tmp_path / "reviews.jsonl")
+    op = stage(input_path=str(source), namespace="etl", max_shard_bytes=20_000, max_record_bytes=5_000)
+    out = op.execute({"run_id": RUN})
+    prefix = run_prefix("llm_enrichment", RUN)
+    assert out["key_secret"] == f"{prefix}-key"
+    assert out["records"] == 300
+    shards = out["shards"]
+    assert len(shards) > 1
+    assert sum(s["records"] for s in shards) == 300
+    assert shards[0]["line_offset"] == 0
+    assert shards[1]["line_offset"] == shards[0]["records"]  # no blank lines: one line per record
+    names = sorted(name for _, name in api.objects["secrets"])
+    assert names == sorted([f"{prefix}-key"] + [s["secret"] for s in shards])
+    for (_, _), secret in api.objects["secrets"].items():
+        assert secret["immutable"] is True
+        assert secret["metadata"]["labels"][LABEL_RUN] == label_value(RUN)
+        assert secret["metadata"]["labels"].items() >= MANAGED_BY.items()
+    assert len(decode_key(api.secret_bytes("etl", f"{prefix}-key", "key"), "test")) == 32
+    first = gzip.decompress(api.secret_bytes("etl", shards[0]["secret"], "input.jsonl.gz"))
+    assert first.startswith(b'{"id": "r0"')
+    assert len(json.dumps(out)) < 10_000  # a small XCom: names and counts, never records
+
+
+def test_a_retried_stage_replaces_its_secrets(tmp_path, api):
+    source = write_input(tmp_path / "reviews.jsonl", n=10)
+    stage(input_path=str(source), namespace="etl").execute({"run_id": RUN})
+    prefix = run_prefix("llm_enrichment", RUN)
+    first_key = api.secret_bytes("etl", f"{prefix}-key", "key")
+    stage(input_path=str(source), namespace="etl").execute({"run_id": RUN})
+    assert api.secret_bytes("etl", f"{prefix}-key", "key") != first_key
+    assert len(api.objects["secrets"]) == 2
+
+
+def test_local_mode_stages_files_with_an_owner_only_key(tmp_path):
+    source = write_input(tmp_path / "reviews.jsonl", n=20)
+    op = stage(input_path=str(source), execution_mode="local", local_dir=str(tmp_path / "staging"))
+    out = op.execute({"run_id": RUN})
+    root = tmp_path / "staging" / out["prefix"]
+    assert (root / "key").stat().st_mode & 0o777 == 0o600
+    (shard,) = out["shards"]
+    assert gzip.decompress((root / "shard-0" / "input.jsonl.gz").read_bytes()) == source.read_bytes()
+    assert shard["path"] == str(root / "shard-0" / "input.jsonl.gz")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("absent.jsonl", None, "cannot read the input"),
+        ("data.txt", b"x", "cannot tell the input format"),
+        ("bad.csv", b"id,id\n1,2\n", "names column 'id' twice"),
+    ],
+)
+def test_unusable_inputs_fail_the_stage_with_a_clear_error(tmp_path, api, name, content, message):
+    source = tmp_path / name
+    if content is not None:
+        source.write_bytes(content)
+    with pytest.raises(StagingError, match=message) as info:
+        stage(input_path=str(source)).execute({"run_id": RUN})
+    assert "llm-etl-stage-" not in str(info.value)  # names the user's file, not our scratch copy
+    assert api.objects["secrets"] == {}
+
+
+def test_cleanup_deletes_exactly_the_runs_pods_and_secrets(tmp_path, api):
+    source = write_input(tmp_path / "reviews.jsonl", n=10)
+    stage(input_path=str(source), namespace="etl").execute({"run_id": RUN})
+    ours = {**MANAGED_BY, LABEL_RUN: label_value(RUN)}
+    api.add_pod("etl", "llm-etl-enrich-a", ours)
+    api.add_pod("etl", "llm-etl-enrich-other", {**MANAGED_BY, LABEL_RUN: "another-run"})
+    api.add_pod("etl", "unrelated", {LABEL_RUN: label_value(RUN)})
+    with DAG("llm_enrichment", schedule=None):
+        cleanup = CleanupOperator(task_id="cleanup", namespace="etl")
+    assert cleanup.execute({"run_id": RUN}) == {"pods": 1, "secrets": 2}
+    assert api.objects["secrets"] == {}
+    assert sorted(name for _, name in api.objects["pods"]) == ["llm-etl-enrich-other", "unrelated"]
+    assert cleanup.execute({"run_id": RUN}) == {"pods": 0, "secrets": 0}  # idempotent
+
+
+def test_the_sweeper_deletes_only_managed_resources_past_the_ttl(api):
+    old = datetime.now(UTC) - timedelta(hours=2)
+    api.add_pod("etl", "old-ours", {**MANAGED_BY, LABEL_RUN: "r1"}, created=old)
+    api.add_pod("etl", "new-ours", {**MANAGED_BY, LABEL_RUN: "r2"})
+    api.add_pod("etl", "old-theirs", {"app": "x"}, created=old)
+    with DAG("llm_etl_sweeper", schedule=None):
+        sweeper = SweepExpiredOperator(task_id="sweep", namespace="etl", ttl_seconds=3600)
+    assert sweeper.execute({}) == {"pods": 1, "secrets": 0}
+    assert sorted(name for _, name in api.objects["pods"]) == ["new-ours", "old-theirs"]
+
+
+def test_stage_reports_malformed_records_by_line_without_content(tmp_path, api):
+    source = tmp_path / "reviews.jsonl"
+    source.write_text('{"id": 1, "text": "ok"}\n{"id": 2, "text": "CANARY-4711\n\n{"text": "no id"}\n')
+    out = stage(input_path=str(source), namespace="etl").execute({"run_id": RUN})
+    assert out["records"] == 3
+    assert out["malformed"] == {"malformed_json": [2], "missing_id": [4]}
+    assert "CANARY" not in json.dumps(out)
+
+
+def test_local_cleanup_removes_the_staging(tmp_path):
+    source = write_input(tmp_path / "reviews.jsonl", n=5)
+    out = stage(input_path=str(source), execution_mode="local", local_dir=str(tmp_path / "s")).execute(
+        {"run_id": RUN}
+    )
+    with DAG("llm_enrichment", schedule=None):
+        cleanup = CleanupOperator(task_id="cleanup", execution_mode="local", local_dir=str(tmp_path / "s"))
+    assert cleanup.execute({"run_id": RUN}) == {"local_dirs": 1}
+    assert not (tmp_path / "s" / out["prefix"]).exists()
