@@ -15,3 +15,7 @@ class PodSpecError(AirflowException):
 
 class StagingError(AirflowException):
     """The input cannot be staged: unreadable, empty, or a record too large for a shard."""
+
+
+class ExtractionError(AirflowException):
+    """A shard's results cannot be extracted; nothing was published for it."""

@@ -27,6 +27,7 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": [
                     "llm_etl_provider.operators.stage",
                     "llm_etl_provider.operators.enrichment",
+                    "llm_etl_provider.operators.extract",
                     "llm_etl_provider.operators.cleanup",
                 ],
             },

@@ -48,15 +48,18 @@ class _OutputFile:
         return {"lines": self.lines, "bytes": self.size, "sha256": self.digest.hexdigest()}
 
 
-def as_upath(location: str | PathLike[str] | UPath) -> UPath:
-    """Accept a URI, a local path, or a path object (Airflow's ObjectStoragePath is a UPath)."""
-    return location if isinstance(location, UPath) else UPath(location)
+def as_upath(location: str | PathLike[str] | Any) -> Any:
+    """Accept a URI, a local path, or a storage path object: a UPath, or Airflow's ObjectStoragePath, which
+    proxies one and carries its connection's credentials (so it must not be rebuilt from its string)."""
+    if hasattr(location, "fs") and hasattr(location, "open"):
+        return location
+    return UPath(location)
 
 
 def extract(
     lines: Iterable[bytes],
     key: bytes,
-    output: str | PathLike[str] | UPath,
+    output: str | PathLike[str] | Any,
     *,
     run_id: str | None = None,
     shard: int | None = None,
@@ -139,7 +142,7 @@ def _progress_line(reader: FrameReader, stream_bytes: int, elapsed: float) -> st
     )
 
 
-def _already_published(destination: UPath, manifest: dict[str, Any]) -> dict[str, Any] | None:
+def _already_published(destination: Any, manifest: dict[str, Any]) -> dict[str, Any] | None:
     """Return the published manifest when the same stream was published before, else None."""
     if not (destination / SUCCESS).exists():
         return None
@@ -151,7 +154,7 @@ def _already_published(destination: UPath, manifest: dict[str, Any]) -> dict[str
     return existing if same else None
 
 
-def _publish(destination: UPath, staging: UPath, manifest: dict[str, Any]) -> None:
+def _publish(destination: Any, staging: Any, manifest: dict[str, Any]) -> None:
     manifest["published_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     success = destination / SUCCESS
     if success.exists():
@@ -166,6 +169,6 @@ def _publish(destination: UPath, staging: UPath, manifest: dict[str, Any]) -> No
     success.write_text("")
 
 
-def _remove(path: UPath) -> None:
+def _remove(path: Any) -> None:
     if path.exists():
         path.fs.rm(path.path, recursive=True)

@@ -36,7 +36,8 @@ class FakeCoreV1:
             SimpleNamespace(
                 metadata=SimpleNamespace(
                     name=name, labels=obj["metadata"].get("labels", {}), creation_timestamp=obj["created"]
-                )
+                ),
+                status=SimpleNamespace(phase=obj.get("phase")),
             )
             for (ns, name), obj in sorted(self.objects[kind].items())
             if ns == namespace and _matches(obj["metadata"].get("labels", {}), label_selector)
@@ -58,9 +59,36 @@ class FakeCoreV1:
         self._delete("secrets", name, namespace, **kwargs)
 
     def add_pod(
-        self, namespace: str, name: str, labels: dict[str, str], created: datetime | None = None
+        self,
+        namespace: str,
+        name: str,
+        labels: dict[str, str],
+        created: datetime | None = None,
+        phase: str = "Succeeded",
+        log: bytes = b"",
     ) -> None:
         self._create("pods", namespace, {"metadata": {"name": name, "labels": labels}}, created)
+        self.objects["pods"][(namespace, name)].update(phase=phase, log=log)
+
+    def read_namespaced_secret(self, name: str, namespace: str) -> SimpleNamespace:
+        try:
+            return SimpleNamespace(data=self.objects["secrets"][(namespace, name)]["data"])
+        except KeyError:
+            raise ApiException(status=404, reason="NotFound") from None
+
+    def read_namespaced_pod_log(self, name: str, namespace: str, **kwargs: Any) -> Any:
+        assert kwargs["_preload_content"] is False
+        data = self.objects["pods"][(namespace, name)]["log"]
+
+        class Response:
+            def stream(self, amount: int) -> Any:
+                for start in range(0, len(data), 1000):
+                    yield data[start : start + 1000]
+
+            def release_conn(self) -> None:
+                pass
+
+        return Response()
 
     def list_namespaced_pod(self, namespace: str, label_selector: str = "") -> SimpleNamespace:
         return self._list("pods", namespace, label_selector)

@@ -1,0 +1,132 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
+from airflow.sdk import DAG
+
+from llm_etl_provider.exceptions import ExtractionError
+from llm_etl_provider.operators.extract import ExtractResultsOperator
+from llm_etl_provider.operators.stage import StageInputOperator
+from llm_etl_provider.pod.builder import LABEL_RUN, LABEL_SHARD, label_value
+from llm_etl_provider.run_resources import MANAGED_BY
+from llm_etl_provider.transport.frames import FrameWriter
+from llm_etl_provider.transport.keys import decode_key, load_key
+from tests.unit.operators.fake_core_v1 import FakeCoreV1
+
+RUN = "manual__2026-11-24T03:00:00+00:00"
+
+
+def frames(key, n=20, shard=0, run_id=RUN):
+    lines = [b"2026-11-24T03:00:01.000000000Z start task=sentiment\n"]
+    writer = FrameWriter(
+        key, run_id, shard, lambda line: lines.append(b"2026-11-24T03:00:02.5Z " + line), chunk_bytes=300
+    )
+    for i in range(n):
+        writer.add("result", json.dumps({"id": f"r{i}", "enrichment": {"sentiment": "positive"}}).encode())
+    writer.add("dead_letter", json.dumps({"id": "bad", "reason": "malformed_json"}).encode())
+    writer.finish({"task": "sentiment", "model": "m", "records_per_s": 2.0})
+    return b"".join(lines)
+
+
+def staged(tmp_path, api=None, mode="kubernetes"):
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"id": f"r{i}", "text": "x"}) + "\n" for i in range(21)))
+    with DAG("llm_enrichment", schedule=None):
+        stage = StageInputOperator(
+            task_id="stage",
+            input_path=str(source),
+            namespace="etl",
+            execution_mode=mode,
+            local_dir=str(tmp_path / "s"),
+        )
+        extract = ExtractResultsOperator(
+            task_id="extract",
+            output_path=str(tmp_path / "out"),
+            shard={},
+            namespace="etl",
+            execution_mode=mode,
+            local_dir=str(tmp_path / "s"),
+        )
+    out = stage.execute({"run_id": RUN})
+    extract.shard = out["shards"][0]
+    extract.key_secret = out["key_secret"]
+    return out, extract
+
+
+@pytest.fixture
+def api(monkeypatch):
+    fake = FakeCoreV1()
+    monkeypatch.setattr(KubernetesHook, "core_v1_client", property(lambda self: fake))
+    return fake
+
+
+def pod_labels(shard=0):
+    return {**MANAGED_BY, LABEL_RUN: label_value(RUN), LABEL_SHARD: str(shard)}
+
+
+def test_extracts_the_pod_log_with_the_run_key_and_publishes(tmp_path, api):
+    out, op = staged(tmp_path, api)
+    key = decode_key(api.secret_bytes("etl", out["key_secret"], "key"), "test")
+    api.add_pod("etl", "llm-etl-enrich-abc", pod_labels(), log=frames(key))
+    api.add_pod("etl", "llm-etl-enrich-other-shard", pod_labels(1), log=b"")
+    summary = op.execute({"run_id": RUN})
+    assert summary["records"] == 21
+    assert summary["results"] == 20
+    assert summary["dead_letters"] == 1
+    assert summary["expected_records"] == 21
+    published = tmp_path / "out" / "shard-00000"
+    assert (published / "_SUCCESS").exists()
+    manifest = json.loads((published / "manifest.json").read_text())
+    assert manifest["extract"]["source"] == "pod etl/llm-etl-enrich-abc container base"
+
+
+def test_a_tampered_log_fails_and_publishes_nothing(tmp_path, api):
+    out, op = staged(tmp_path, api)
+    key = decode_key(api.secret_bytes("etl", out["key_secret"], "key"), "test")
+    log = frames(key).splitlines(keepends=True)
+    api.add_pod("etl", "llm-etl-enrich-abc", pod_labels(), log=b"".join(log[:3] + log[4:]))
+    with pytest.raises(ExtractionError, match=r"shard 0: nothing was published: .*missing before frame"):
+        op.execute({"run_id": RUN})
+    assert not (tmp_path / "out" / "shard-00000" / "_SUCCESS").exists()
+
+
+def test_frames_of_another_run_are_refused(tmp_path, api):
+    out, op = staged(tmp_path, api)
+    key = decode_key(api.secret_bytes("etl", out["key_secret"], "key"), "test")
+    api.add_pod("etl", "llm-etl-enrich-abc", pod_labels(), log=frames(key, run_id="scheduled__other"))
+    with pytest.raises(ExtractionError, match="belongs to run 'scheduled__other'"):
+        op.execute({"run_id": RUN})
+
+
+def test_no_succeeded_pod_is_a_clear_error(tmp_path, api):
+    _, op = staged(tmp_path, api)
+    api.add_pod("etl", "llm-etl-enrich-abc", pod_labels(), phase="Failed")
+    with pytest.raises(ExtractionError, match="expected one succeeded pod, found llm-etl-enrich-abc=Failed"):
+        op.execute({"run_id": RUN})
+
+
+def test_a_missing_key_secret_is_a_clear_error(tmp_path, api):
+    _, op = staged(tmp_path, api)
+    op.key_secret = "gone"
+    with pytest.raises(ExtractionError, match="cannot read the run's key Secret gone: HTTP 404"):
+        op.execute({"run_id": RUN})
+
+
+def test_local_mode_reads_the_local_log(tmp_path):
+    out, op = staged(tmp_path, mode="local")
+    root = tmp_path / "s" / out["prefix"]
+    (root / "shard-0" / "container.log").write_bytes(frames(load_key(root / "key")))
+    assert op.execute({"run_id": RUN})["results"] == 20
+    assert (tmp_path / "out" / "shard-00000" / "results.jsonl").read_text().count("\n") == 20
+
+
+def test_template_fields_are_pinned():
+    assert ExtractResultsOperator.template_fields == (
+        "output_path",
+        "shard",
+        "key_secret",
+        "namespace",
+        "local_dir",
+    )
