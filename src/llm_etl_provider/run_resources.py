@@ -17,6 +17,11 @@ def run_prefix(dag_id: str, run_id: str) -> str:
     return "llm-etl-" + hashlib.sha256(f"{dag_id}\0{run_id}".encode()).hexdigest()[:12]
 
 
+def key_secret_name(dag_id: str, run_id: str) -> str:
+    """The Secret holding a run's frame key."""
+    return f"{run_prefix(dag_id, run_id)}-key"
+
+
 def run_selector(run_id: str) -> str:
     """The label selector of everything a run created."""
     return f"{LABEL_RUN}={label_value(run_id)}"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
@@ -17,6 +19,7 @@ from llm_etl_provider.pod.builder import (
     ServerSpec,
     build_pod,
 )
+from llm_etl_provider.run_resources import key_secret_name, run_prefix
 from llm_etl_provider.transport.frames import FORMAT
 
 if TYPE_CHECKING:
@@ -41,7 +44,7 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
     StageInputOperator with ``.partial(...).expand(shard=...)``.
 
     :param shard: the shard descriptor from StageInputOperator (templated)
-    :param key_secret: the Secret with the run's frame key (templated)
+    :param key_secret: the Secret with the run's frame key (templated; default: StageInputOperator's)
     :param task: ``sentiment``, ``tags``, ``moderation``, ``entities`` or ``custom`` (templated)
     :param template: the user prompt over record fields, e.g. ``{review}`` (templated)
     :param system_prompt: the system prompt (custom tasks, or to override the catalogue's) (templated)
@@ -66,6 +69,10 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
     :param gpu_tolerations: tolerations for GPU node taints
     :param ttl_seconds: the pod's hard limit (``activeDeadlineSeconds``), the run's TTL
     :param max_record_bytes: records over this size are dead-lettered (as staged)
+    :param execution_mode: ``kubernetes``, or ``local``: the same pod's loader, server and worker as local
+        processes (llama.cpp's server with a local GGUF), its log written to the local staging folder
+    :param local_dir: local mode's staging folder (templated)
+    :param local_model_file: local mode's GGUF file (default: the bundled SmolLM2)
     """
 
     template_fields: Sequence[str] = (
@@ -77,18 +84,21 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
         "system_prompt",
         "schema",
         "model",
+        "backend",
+        "concurrency",
+        "local_dir",
     )
 
     def __init__(
         self,
         *,
         shard: dict[str, Any] | str,
-        key_secret: str,
         model: str,
+        key_secret: str | None = None,
         task: str = "sentiment",
         template: str = "{text}",
         system_prompt: str | None = None,
-        schema: str | None = None,
+        schema: str | dict[str, Any] | None = None,
         categories: Sequence[str] | None = None,
         entity_types: Sequence[str] | None = None,
         id_field: str = "id",
@@ -108,6 +118,9 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
         gpu_tolerations: Sequence[dict[str, Any]] | None = None,
         ttl_seconds: int = 3600,
         max_record_bytes: int = 256 * 1024,
+        execution_mode: str = "kubernetes",
+        local_dir: str | None = None,
+        local_model_file: str | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("name", "llm-etl-enrich")
@@ -142,6 +155,11 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
         self.gpu_tolerations = [dict(t) for t in gpu_tolerations or []]
         self.ttl_seconds = ttl_seconds
         self.max_record_bytes = max_record_bytes
+        if execution_mode not in ("kubernetes", "local"):
+            raise ValueError(f"execution_mode must be 'kubernetes' or 'local', not {execution_mode!r}")
+        self.execution_mode = execution_mode
+        self.local_dir = local_dir
+        self.local_model_file = local_model_file
 
     def worker_args(self) -> list[str]:
         """The task's ``llm-etl-worker`` arguments."""
@@ -150,7 +168,8 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
         if self.system_prompt:
             args += ["--system-prompt", self.system_prompt]
         if self.schema:
-            args += ["--schema", self.schema]
+            schema = self.schema if isinstance(self.schema, str) else json.dumps(self.schema)
+            args += ["--schema", schema]
         if self.categories:
             args += ["--categories", ",".join(self.categories)]
         if self.entity_types:
@@ -183,7 +202,7 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
                 gpus=self.gpus,
             ),
             input_secret=shard["secret"],
-            key_secret=self.key_secret,
+            key_secret=self.key_secret or key_secret_name(self.dag_id, run_id),
             run_id=run_id,
             shard=int(shard["index"]),
             input_format=shard.get("input_format", "jsonl"),
@@ -191,6 +210,21 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
             node_selector=self.gpu_node_selector,
             tolerations=tuple(self.gpu_tolerations),
             active_deadline_seconds=self.ttl_seconds,
+        )
+
+    def execute(self, context: Context) -> Any:
+        if self.execution_mode == "kubernetes":
+            return super().execute(context)
+        from llm_etl_provider.local.runner import run_shard_locally
+
+        run_id = str(context["run_id"])
+        return run_shard_locally(
+            build_pod(self.pod_params(run_id)),
+            staging=Path(self.local_dir or ".") / run_prefix(self.dag_id, run_id),
+            shard=int(self.pod_params(run_id).shard),
+            model_file=Path(self.local_model_file) if self.local_model_file else None,
+            parallel=self.parallel,
+            log=self.log.info,
         )
 
     def build_pod_request_obj(self, context: Context | None = None, *, dry_run: bool = False) -> k8s.V1Pod:

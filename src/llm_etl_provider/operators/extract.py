@@ -10,7 +10,13 @@ from airflow.sdk import BaseOperator, ObjectStoragePath
 
 from llm_etl_provider.exceptions import ExtractionError
 from llm_etl_provider.pod.builder import LABEL_SHARD
-from llm_etl_provider.run_resources import KEY_FILE_NAME, MANAGED_BY, run_prefix, run_selector
+from llm_etl_provider.run_resources import (
+    KEY_FILE_NAME,
+    MANAGED_BY,
+    key_secret_name,
+    run_prefix,
+    run_selector,
+)
 from llm_etl_provider.transport.errors import TransportError
 from llm_etl_provider.transport.extract import extract
 from llm_etl_provider.transport.keys import FrameKeyError, decode_key, load_key
@@ -31,7 +37,7 @@ class ExtractResultsOperator(BaseOperator):
 
     :param output_path: the run's output folder, any ObjectStoragePath URI (templated)
     :param shard: the shard descriptor from StageInputOperator (templated)
-    :param key_secret: the Secret holding the run's key (templated)
+    :param key_secret: the Secret holding the run's key (templated; default: StageInputOperator's)
     :param namespace: the run's namespace (templated)
     :param kubernetes_conn_id: the Kubernetes connection
     :param container: the container whose log holds the frames
@@ -46,7 +52,7 @@ class ExtractResultsOperator(BaseOperator):
         *,
         output_path: str,
         shard: dict[str, Any] | str,
-        key_secret: str = "",
+        key_secret: str | None = None,
         namespace: str = "default",
         kubernetes_conn_id: str = "kubernetes_default",
         container: str = "base",
@@ -114,12 +120,13 @@ class ExtractResultsOperator(BaseOperator):
         from kubernetes.client.exceptions import ApiException
 
         api = KubernetesHook(conn_id=self.kubernetes_conn_id).core_v1_client
+        key_secret = self.key_secret or key_secret_name(self.dag_id, run_id)
         try:
-            secret = api.read_namespaced_secret(self.key_secret, self.namespace)
-            key = decode_key(_secret_value(secret.data, KEY_FILE_NAME), f"Secret {self.key_secret}")
+            secret = api.read_namespaced_secret(key_secret, self.namespace)
+            key = decode_key(_secret_value(secret.data, KEY_FILE_NAME), f"Secret {key_secret}")
         except ApiException as exc:
             raise ExtractionError(
-                f"cannot read the run's key Secret {self.key_secret}: HTTP {exc.status}"
+                f"cannot read the run's key Secret {key_secret}: HTTP {exc.status}"
             ) from None
         except FrameKeyError as exc:
             raise ExtractionError(str(exc)) from None

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator, ObjectStoragePath
 
 from llm_etl_provider.exceptions import StagingError
-from llm_etl_provider.run_resources import KEY_FILE_NAME, run_prefix, secret_manifest
+from llm_etl_provider.run_resources import KEY_FILE_NAME, key_secret_name, run_prefix, secret_manifest
 from llm_etl_provider.staging import DEFAULT_RECORD_BYTES, DEFAULT_SHARD_BYTES, StagingInputError, plan_shards
 from llm_etl_provider.transport.keys import encode_key, new_key, write_key_file
 from llm_etl_provider.worker.errors import ConfigurationError
@@ -26,8 +26,9 @@ class StageInputOperator(BaseOperator):
 
     In ``kubernetes`` mode each shard becomes an immutable Secret (key ``input.<format>.gz``) and the run's
     256-bit frame key another (key ``key``), all labelled with the run for cleanup and the sweeper. In
-    ``local`` mode they are files under ``local_dir``. Returns (with ``multiple_outputs``) ``shards``, a list
-    of shard descriptors to map the enrichment over, ``key_secret`` and ``prefix``.
+    ``local`` mode they are files under ``local_dir``. Returns the shard descriptors (index, Secret name,
+    record count, line offset, format) to map the enrichment and the extraction over; the key's Secret is
+    ``key_secret_name(dag_id, run_id)``.
 
     :param input_path: the input file: any ObjectStoragePath URI or local path (templated)
     :param input_format: ``jsonl``, ``csv`` or ``auto`` (from the name)
@@ -39,7 +40,7 @@ class StageInputOperator(BaseOperator):
     :param max_record_bytes: records over this size are passed on cut, to be dead-lettered by the worker
     """
 
-    template_fields: Sequence[str] = ("input_path", "namespace", "local_dir")
+    template_fields: Sequence[str] = ("input_path", "namespace", "local_dir", "max_shard_bytes")
 
     def __init__(
         self,
@@ -54,7 +55,6 @@ class StageInputOperator(BaseOperator):
         max_record_bytes: int = DEFAULT_RECORD_BYTES,
         **kwargs: Any,
     ) -> None:
-        kwargs.setdefault("multiple_outputs", True)
         super().__init__(**kwargs)
         if execution_mode not in ("kubernetes", "local"):
             raise ValueError(f"execution_mode must be 'kubernetes' or 'local', not {execution_mode!r}")
@@ -67,7 +67,7 @@ class StageInputOperator(BaseOperator):
         self.max_shard_bytes = max_shard_bytes
         self.max_record_bytes = max_record_bytes
 
-    def execute(self, context: Context) -> dict[str, Any]:
+    def execute(self, context: Context) -> list[dict[str, Any]]:
         run_id = str(context["run_id"])
         prefix = run_prefix(self.dag_id, run_id)
         source = ObjectStoragePath(self.input_path)
@@ -104,6 +104,7 @@ class StageInputOperator(BaseOperator):
                 "first_line": s.first_line,
                 "input_format": s.input_format,
                 "bytes": len(s.data),
+                "malformed": malformed if s.index == 0 else {},
             }
             for s in shards
         ]
@@ -115,13 +116,7 @@ class StageInputOperator(BaseOperator):
             "staged %d records of %s in %d shards (%d bytes compressed), run prefix %s",
             records, self.input_path, len(shards), sum(len(s.data) for s in shards), prefix,
         )  # fmt: skip
-        return {
-            "shards": descriptors,
-            "key_secret": f"{prefix}-key",
-            "prefix": prefix,
-            "records": records,
-            "malformed": malformed,
-        }
+        return descriptors
 
     def _validate(self, local: Path, fmt: str) -> dict[str, list[int]]:
         """Read the input as the worker will; fail on an unusable whole, report malformed records by line."""
@@ -145,7 +140,12 @@ class StageInputOperator(BaseOperator):
 
         api = KubernetesHook(conn_id=self.kubernetes_conn_id).core_v1_client
         manifests = [
-            secret_manifest(f"{prefix}-key", run_id, {KEY_FILE_NAME: encode_key(key).encode()}, kind="key")
+            secret_manifest(
+                key_secret_name(self.dag_id, run_id),
+                run_id,
+                {KEY_FILE_NAME: encode_key(key).encode()},
+                kind="key",
+            )
         ] + [
             secret_manifest(
                 f"{prefix}-shard-{s.index}",

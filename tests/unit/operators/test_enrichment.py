@@ -6,10 +6,12 @@ from types import SimpleNamespace
 
 import pytest
 from airflow.providers.cncf.kubernetes.utils.pod_manager import PodManager
+from airflow.sdk import DAG
 from kubernetes.client import ApiClient
 
 from llm_etl_provider.operators.enrichment import FrameFilteringPodManager, LLMEnrichmentOperator
 from llm_etl_provider.pod.builder import LABEL_RUN, label_value
+from llm_etl_provider.run_resources import key_secret_name
 
 SHARD = {
     "index": 2,
@@ -21,18 +23,21 @@ SHARD = {
 
 
 def operator(**kwargs):
-    return LLMEnrichmentOperator(
-        task_id="enrich",
-        shard=kwargs.pop("shard", SHARD),
-        key_secret="llm-etl-run-key",
-        model="llama3.2:3b",
-        namespace="etl",
-        template="{review}",
-        **kwargs,
-    )
+    with DAG("llm_enrichment", schedule=None):
+        return LLMEnrichmentOperator(
+            task_id="enrich",
+            shard=kwargs.pop("shard", SHARD),
+            model="llama3.2:3b",
+            namespace="etl",
+            template="{review}",
+            **kwargs,
+        )
 
 
-def submitted(op, run_id="manual__2026-11-24T01:00:00+00:00"):
+RUN_ID = "manual__2026-11-24T01:00:00+00:00"
+
+
+def submitted(op, run_id=RUN_ID):
     ti = SimpleNamespace(dag_id="llm_enrichment", task_id=op.task_id, map_index=2, try_number=1)
     pod = op.build_pod_request_obj({"run_id": run_id, "ti": ti, "dag": SimpleNamespace()}, dry_run=True)
     return ApiClient().sanitize_for_serialization(pod)
@@ -41,6 +46,7 @@ def submitted(op, run_id="manual__2026-11-24T01:00:00+00:00"):
 def test_template_fields_are_pinned():
     assert set(LLMEnrichmentOperator.template_fields) >= {
         "shard", "key_secret", "task", "template", "system_prompt", "schema", "model", "image", "env_vars",
+        "backend", "concurrency", "local_dir",
     }  # fmt: skip
 
 
@@ -67,7 +73,7 @@ def test_kpo_submits_our_pod_unchanged_where_it_matters():
     assert pod["metadata"]["labels"]["map_index"] == "2"
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes["input"]["secret"]["secretName"] == "llm-etl-run-shard-2"
-    assert volumes["run-key"]["secret"]["secretName"] == "llm-etl-run-key"
+    assert volumes["run-key"]["secret"]["secretName"] == key_secret_name("llm_enrichment", RUN_ID)
     assert len(spec["volumes"]) == len(volumes)  # KPO concatenates volumes: none may be doubled
 
 

@@ -10,7 +10,7 @@ from llm_etl_provider.exceptions import ExtractionError
 from llm_etl_provider.operators.extract import ExtractResultsOperator
 from llm_etl_provider.operators.stage import StageInputOperator
 from llm_etl_provider.pod.builder import LABEL_RUN, LABEL_SHARD, label_value
-from llm_etl_provider.run_resources import MANAGED_BY
+from llm_etl_provider.run_resources import MANAGED_BY, key_secret_name, run_prefix
 from llm_etl_provider.transport.frames import FrameWriter
 from llm_etl_provider.transport.keys import decode_key, load_key
 from tests.unit.operators.fake_core_v1 import FakeCoreV1
@@ -49,10 +49,9 @@ def staged(tmp_path, api=None, mode="kubernetes"):
             execution_mode=mode,
             local_dir=str(tmp_path / "s"),
         )
-    out = stage.execute({"run_id": RUN})
-    extract.shard = out["shards"][0]
-    extract.key_secret = out["key_secret"]
-    return out, extract
+    shards = stage.execute({"run_id": RUN})
+    extract.shard = shards[0]
+    return key_secret_name("llm_enrichment", RUN), extract
 
 
 @pytest.fixture
@@ -67,8 +66,8 @@ def pod_labels(shard=0):
 
 
 def test_extracts_the_pod_log_with_the_run_key_and_publishes(tmp_path, api):
-    out, op = staged(tmp_path, api)
-    key = decode_key(api.secret_bytes("etl", out["key_secret"], "key"), "test")
+    key_secret, op = staged(tmp_path, api)
+    key = decode_key(api.secret_bytes("etl", key_secret, "key"), "test")
     api.add_pod("etl", "llm-etl-enrich-abc", pod_labels(), log=frames(key))
     api.add_pod("etl", "llm-etl-enrich-other-shard", pod_labels(1), log=b"")
     summary = op.execute({"run_id": RUN})
@@ -83,8 +82,8 @@ def test_extracts_the_pod_log_with_the_run_key_and_publishes(tmp_path, api):
 
 
 def test_a_tampered_log_fails_and_publishes_nothing(tmp_path, api):
-    out, op = staged(tmp_path, api)
-    key = decode_key(api.secret_bytes("etl", out["key_secret"], "key"), "test")
+    key_secret, op = staged(tmp_path, api)
+    key = decode_key(api.secret_bytes("etl", key_secret, "key"), "test")
     log = frames(key).splitlines(keepends=True)
     api.add_pod("etl", "llm-etl-enrich-abc", pod_labels(), log=b"".join(log[:3] + log[4:]))
     with pytest.raises(ExtractionError, match=r"shard 0: nothing was published: .*missing before frame"):
@@ -93,8 +92,8 @@ def test_a_tampered_log_fails_and_publishes_nothing(tmp_path, api):
 
 
 def test_frames_of_another_run_are_refused(tmp_path, api):
-    out, op = staged(tmp_path, api)
-    key = decode_key(api.secret_bytes("etl", out["key_secret"], "key"), "test")
+    key_secret, op = staged(tmp_path, api)
+    key = decode_key(api.secret_bytes("etl", key_secret, "key"), "test")
     api.add_pod("etl", "llm-etl-enrich-abc", pod_labels(), log=frames(key, run_id="scheduled__other"))
     with pytest.raises(ExtractionError, match="belongs to run 'scheduled__other'"):
         op.execute({"run_id": RUN})
@@ -115,8 +114,8 @@ def test_a_missing_key_secret_is_a_clear_error(tmp_path, api):
 
 
 def test_local_mode_reads_the_local_log(tmp_path):
-    out, op = staged(tmp_path, mode="local")
-    root = tmp_path / "s" / out["prefix"]
+    _, op = staged(tmp_path, mode="local")
+    root = tmp_path / "s" / run_prefix("llm_enrichment", RUN)
     (root / "shard-0" / "container.log").write_bytes(frames(load_key(root / "key")))
     assert op.execute({"run_id": RUN})["results"] == 20
     assert (tmp_path / "out" / "shard-00000" / "results.jsonl").read_text().count("\n") == 20

@@ -42,11 +42,8 @@ def stage(**kwargs):
 def test_stage_creates_immutable_labelled_shard_secrets_and_a_key(tmp_path, api):
     source = write_input(tmp_path / "reviews.jsonl")
     op = stage(input_path=str(source), namespace="etl", max_shard_bytes=20_000, max_record_bytes=5_000)
-    out = op.execute({"run_id": RUN})
+    shards = op.execute({"run_id": RUN})
     prefix = run_prefix("llm_enrichment", RUN)
-    assert out["key_secret"] == f"{prefix}-key"
-    assert out["records"] == 300
-    shards = out["shards"]
     assert len(shards) > 1
     assert sum(s["records"] for s in shards) == 300
     assert shards[0]["line_offset"] == 0
@@ -60,7 +57,7 @@ def test_stage_creates_immutable_labelled_shard_secrets_and_a_key(tmp_path, api)
     assert len(decode_key(api.secret_bytes("etl", f"{prefix}-key", "key"), "test")) == 32
     first = gzip.decompress(api.secret_bytes("etl", shards[0]["secret"], "input.jsonl.gz"))
     assert first.startswith(b'{"id": "r0"')
-    assert len(json.dumps(out)) < 10_000  # a small XCom: names and counts, never records
+    assert len(json.dumps(shards)) < 10_000  # a small XCom: names and counts, never records
 
 
 def test_a_retried_stage_replaces_its_secrets(tmp_path, api):
@@ -76,10 +73,9 @@ def test_a_retried_stage_replaces_its_secrets(tmp_path, api):
 def test_local_mode_stages_files_with_an_owner_only_key(tmp_path):
     source = write_input(tmp_path / "reviews.jsonl", n=20)
     op = stage(input_path=str(source), execution_mode="local", local_dir=str(tmp_path / "staging"))
-    out = op.execute({"run_id": RUN})
-    root = tmp_path / "staging" / out["prefix"]
+    (shard,) = op.execute({"run_id": RUN})
+    root = tmp_path / "staging" / run_prefix("llm_enrichment", RUN)
     assert (root / "key").stat().st_mode & 0o777 == 0o600
-    (shard,) = out["shards"]
     assert gzip.decompress((root / "shard-0" / "input.jsonl.gz").read_bytes()) == source.read_bytes()
     assert shard["path"] == str(root / "shard-0" / "input.jsonl.gz")
 
@@ -131,18 +127,18 @@ def test_the_sweeper_deletes_only_managed_resources_past_the_ttl(api):
 def test_stage_reports_malformed_records_by_line_without_content(tmp_path, api):
     source = tmp_path / "reviews.jsonl"
     source.write_text('{"id": 1, "text": "ok"}\n{"id": 2, "text": "CANARY-4711\n\n{"text": "no id"}\n')
-    out = stage(input_path=str(source), namespace="etl").execute({"run_id": RUN})
-    assert out["records"] == 3
-    assert out["malformed"] == {"malformed_json": [2], "missing_id": [4]}
-    assert "CANARY" not in json.dumps(out)
+    (shard,) = stage(input_path=str(source), namespace="etl").execute({"run_id": RUN})
+    assert shard["records"] == 3
+    assert shard["malformed"] == {"malformed_json": [2], "missing_id": [4]}
+    assert "CANARY" not in json.dumps(shard)
 
 
 def test_local_cleanup_removes_the_staging(tmp_path):
     source = write_input(tmp_path / "reviews.jsonl", n=5)
-    out = stage(input_path=str(source), execution_mode="local", local_dir=str(tmp_path / "s")).execute(
+    stage(input_path=str(source), execution_mode="local", local_dir=str(tmp_path / "s")).execute(
         {"run_id": RUN}
     )
     with DAG("llm_enrichment", schedule=None):
         cleanup = CleanupOperator(task_id="cleanup", execution_mode="local", local_dir=str(tmp_path / "s"))
     assert cleanup.execute({"run_id": RUN}) == {"local_dirs": 1}
-    assert not (tmp_path / "s" / out["prefix"]).exists()
+    assert not (tmp_path / "s" / run_prefix("llm_enrichment", RUN)).exists()

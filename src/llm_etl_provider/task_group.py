@@ -1,0 +1,66 @@
+"""The four operators wired into one reusable task group: stage → enrich (per shard) → extract → cleanup."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import TaskGroup
+
+from llm_etl_provider.operators.cleanup import CleanupOperator
+from llm_etl_provider.operators.enrichment import LLMEnrichmentOperator
+from llm_etl_provider.operators.extract import ExtractResultsOperator
+from llm_etl_provider.operators.stage import StageInputOperator
+from llm_etl_provider.staging import DEFAULT_SHARD_BYTES
+
+
+def llm_enrichment_task_group(
+    *,
+    input_path: str,
+    output_path: str,
+    model: str,
+    group_id: str = "llm_enrichment",
+    namespace: str = "default",
+    kubernetes_conn_id: str = "kubernetes_default",
+    execution_mode: str = "kubernetes",
+    local_dir: str | None = None,
+    input_format: str = "auto",
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    **enrichment: Any,
+) -> TaskGroup:
+    """Add the enrichment pipeline to the DAG being defined and return its task group.
+
+    ``enrichment`` goes to :class:`LLMEnrichmentOperator` (task, template, backend, model source, GPUs ...).
+    The cleanup is the group's teardown: it runs after success, failure and a killed run alike.
+    """
+    common: dict[str, Any] = {
+        "namespace": namespace,
+        "execution_mode": execution_mode,
+        "local_dir": local_dir,
+    }
+    with TaskGroup(group_id) as group:
+        stage = StageInputOperator(
+            task_id="stage",
+            input_path=input_path,
+            input_format=input_format,
+            kubernetes_conn_id=kubernetes_conn_id,
+            max_shard_bytes=max_shard_bytes,
+            **common,
+        )
+        shards = stage.output
+        enrich = LLMEnrichmentOperator.partial(
+            task_id="enrich",
+            model=model,
+            kubernetes_conn_id=kubernetes_conn_id,
+            **common,
+            **enrichment,
+        ).expand(shard=shards)
+        extract = ExtractResultsOperator.partial(
+            task_id="extract",
+            output_path=output_path,
+            kubernetes_conn_id=kubernetes_conn_id,
+            **common,
+        ).expand(shard=shards)
+        cleanup = CleanupOperator(task_id="cleanup", kubernetes_conn_id=kubernetes_conn_id, **common)
+        enrich >> extract >> cleanup
+        cleanup.as_teardown(setups=stage)
+    return group
