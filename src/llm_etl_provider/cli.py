@@ -44,7 +44,7 @@ def _model_path(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from llm_etl_provider.local.demo import run_demo
 
-    return run_demo(args.output, input_path=args.input, parallel=args.parallel, limit=args.limit)
+    return run_demo(args.output, input_path=args.input, limit=args.limit)
 
 
 def _new_key(args: argparse.Namespace) -> int:
@@ -214,10 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--namespace")
     render.set_defaults(handler=_render_pod)
 
-    demo = commands.add_parser("demo", help="enrich the drug-review sample with the bundled model and report")
+    demo = commands.add_parser(
+        "demo", help="run the example DAG locally (dag.test) on the drug-review sample with the bundled model"
+    )
     demo.add_argument("--output", type=Path, default=Path("out/demo"))
     demo.add_argument("--input", type=Path, default=Path("examples/drug_reviews_sample.jsonl"))
-    demo.add_argument("--parallel", type=int, default=4, help="llama-server slots")
     demo.add_argument("--limit", type=int, help="only the first N records (all 600 take ~12 min on 2 cores)")
     demo.set_defaults(handler=_demo)
     return parser

@@ -4,18 +4,37 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from llm_etl_provider.worker.stats import LatencyHistogram
 
-def _lines(path: Path) -> Iterator[dict[str, Any]]:
-    if not path.exists():
-        return
-    with path.open(encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                yield json.loads(line)
+
+def _lines(paths: Path | Sequence[Path]) -> Iterator[dict[str, Any]]:
+    for path in [paths] if isinstance(paths, Path) else paths:
+        if not path.exists():
+            continue
+        with path.open(encoding="utf-8") as handle:
+            for line in handle:
+                if line.strip():
+                    yield json.loads(line)
+
+
+def merge_summaries(summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Add up the worker summaries of several shards (run one after another or side by side)."""
+    total: dict[str, Any] = {}
+    counts = ("records", "results", "dead_letters", "skipped_blank_lines")
+    for key in (*counts, "prompt_tokens", "completion_tokens", "cached_prompt_tokens", "retries"):
+        total[key] = sum(int(s.get(key) or 0) for s in summaries)
+    elapsed = sum(float(s.get("elapsed_s") or 0) for s in summaries)
+    total["elapsed_s"] = round(elapsed, 3)
+    total["records_per_s"] = round(total["records"] / elapsed, 3) if elapsed else 0
+    total["tokens_per_s"] = (
+        round((total["prompt_tokens"] + total["completion_tokens"]) / elapsed, 1) if elapsed else 0
+    )
+    total["shards"] = len(summaries)
+    return total
 
 
 def _labels(enrichment: dict[str, Any]) -> Iterator[tuple[str, str]]:
@@ -32,8 +51,8 @@ def _labels(enrichment: dict[str, Any]) -> Iterator[tuple[str, str]]:
 
 
 def build_report(
-    results_path: Path,
-    dead_letter_path: Path,
+    results_path: Path | Sequence[Path],
+    dead_letter_path: Path | Sequence[Path],
     summary: dict[str, Any],
     *,
     reference: dict[Any, str] | None = None,
@@ -41,17 +60,20 @@ def build_report(
 ) -> str:
     """Return a Markdown report of a run.
 
-    :param results_path: the results JSONL
-    :param dead_letter_path: the dead-letter JSONL
-    :param summary: the worker's summary
+    :param results_path: the results JSONL (or one per shard)
+    :param dead_letter_path: the dead-letter JSONL (or one per shard)
+    :param summary: the worker's summary (see :func:`merge_summaries` for several shards)
     :param reference: known labels by record id, to measure agreement with ``reference_field``
     :param reference_field: the enrichment field compared with the reference labels
     """
     distributions: dict[str, Counter[str]] = {}
     agreement: Counter[tuple[str, str]] = Counter()
     results = 0
+    latency = LatencyHistogram()
     for line in _lines(results_path):
         results += 1
+        if isinstance(seconds := (line.get("meta") or {}).get("latency_s"), int | float):
+            latency.add(seconds)
         enrichment = line.get("enrichment") or {}
         for name, label in _labels(enrichment):
             distributions.setdefault(name, Counter())[label] += 1
@@ -71,7 +93,9 @@ def build_report(
         "",
         f"- {summary.get('records_per_s', 0)} records/s, {summary.get('tokens_per_s', 0)} tokens/s "
         f"over {summary.get('elapsed_s', 0)} s",
-        f"- latency p50 {summary.get('latency_p50_s')} s, p95 {summary.get('latency_p95_s')} s",
+        f"- latency p50 {_seconds(latency.percentile(0.5), summary.get('latency_p50_s'))} s, "
+        f"p95 {_seconds(latency.percentile(0.95), summary.get('latency_p95_s'))} s"
+        + (f" over {summary['shards']} shards" if summary.get("shards", 1) > 1 else ""),
         f"- tokens: {summary.get('prompt_tokens', 0)} prompt "
         f"({summary.get('cached_prompt_tokens', 0)} from the prompt cache), "
         f"{summary.get('completion_tokens', 0)} completion; retries: {summary.get('retries', 0)}",
@@ -97,3 +121,7 @@ def build_report(
             f"| {ref} | " + " | ".join(str(agreement[(ref, got)]) for got in labels) + " |" for ref in labels
         ]
     return "\n".join(out) + "\n"
+
+
+def _seconds(measured: float | None, reported: Any) -> Any:
+    return round(measured, 3) if measured is not None else reported

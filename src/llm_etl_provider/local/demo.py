@@ -1,29 +1,56 @@
-"""The demo: enrich the drug-review sample with the real SmolLM2 model served by llama-server, and report."""
+"""The demo: the example DAG in local execution mode, run with ``dag.test()``, then a readable report.
+
+stage → enrich (the bundled SmolLM2 served by llama.cpp's server, the worker writing sealed frames) → extract
+(verified, published under the output folder) → cleanup, on the drug-review sample. Airflow keeps its home and
+SQLite database under the output folder, so the demo touches nothing else.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import subprocess
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
-from llm_etl_provider.local.llama_server import MODEL_NAME, LlamaServer
-from llm_etl_provider.report import build_report
+from llm_etl_provider.report import build_report, merge_summaries
 
 SAMPLE = Path("examples/drug_reviews_sample.jsonl")
+DAG_FILE = Path("dags/llm_enrichment.py")
 
 
-def run_demo(
-    output: Path,
-    *,
-    input_path: Path = SAMPLE,
-    parallel: int = 4,
-    threads: int | None = None,
-    limit: int | None = None,
-) -> int:
-    """Enrich ``input_path`` into ``output``, print and write the report, and return the exit code."""
-    if not input_path.is_file():
-        print(f"error: {input_path} not found: run the demo from the repository root", file=sys.stderr)
+def _prepare_airflow(output: Path) -> None:
+    """Point Airflow at a home, database, DAGs folder and execution mode of the demo's own (before import)."""
+    home = (output / "airflow-home").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(DAG_FILE.parent.resolve()),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+            "LLM_ETL_EXECUTION_MODE": "local",
+            "LLM_ETL_LOCAL_DIR": str((output / "staging").resolve()),
+        }
+    )
+
+
+def _load_dag() -> Any:
+    spec = importlib.util.spec_from_file_location("llm_enrichment", DAG_FILE)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.llm_enrichment()
+
+
+def run_demo(output: Path, *, input_path: Path = SAMPLE, limit: int | None = None) -> int:
+    """Run the example DAG locally over ``input_path``; print and write the report; return an exit code."""
+    if not input_path.is_file() or not DAG_FILE.is_file():
+        print(
+            "error: run the demo from the repository root (examples/ and dags/ are needed)", file=sys.stderr
+        )
         return 2
     output.mkdir(parents=True, exist_ok=True)
     if limit is not None:
@@ -31,36 +58,39 @@ def run_demo(
             head = [line for _, line in zip(range(limit), source, strict=False)]
         input_path = output / "input.jsonl"
         input_path.write_text("".join(head), encoding="utf-8")
-    results, dead, summary_path = (
-        output / "results.jsonl",
-        output / "dead_letter.jsonl",
-        output / "summary.json",
+    _prepare_airflow(output)
+    from airflow.utils.db import initdb
+
+    initdb()
+    dag = _load_dag()
+    published = output / "published"
+    run = dag.test(
+        run_conf={
+            "input_path": str(input_path.resolve()),
+            "output_path": str(published.resolve()),
+            "model": "smollm2",
+            "template": "{review}",
+            "task": "sentiment",
+        }
     )
-    with LlamaServer(parallel=parallel, threads=threads, log_path=output / "llama-server.log") as server:
-        print(f"llama-server ready at {server.url} with {MODEL_NAME}, {parallel} slots", file=sys.stderr)
-        done = subprocess.run(
-            [
-                sys.executable, "-m", "llm_etl_provider.worker.cli",
-                "--task", "sentiment",
-                "--input", str(input_path),
-                "--template", "{review}",
-                "--output", str(results),
-                "--dead-letter", str(dead),
-                "--summary", str(summary_path),
-                "--llm-url", server.url,
-                "--model", MODEL_NAME,
-            ],
-            check=False,
-        )  # fmt: skip
-    if not summary_path.exists():
-        return done.returncode or 1
+    if run.state != "success":
+        print(f"error: the DAG run ended {run.state}; see the task logs above", file=sys.stderr)
+        return 1
+    run_dir = max(published.iterdir(), key=lambda p: p.stat().st_mtime)
+    shards = sorted(run_dir.glob("shard-*"))
+    manifests = [json.loads((shard / "manifest.json").read_text()) for shard in shards]
     reference = {}
     with input_path.open(encoding="utf-8") as handle:
         for line in handle:
             record = json.loads(line)
-            reference[record["id"]] = record["rating_label"]
-    report = build_report(results, dead, json.loads(summary_path.read_text()), reference=reference)
-    (output / "report.md").write_text(report)
+            reference[record["id"]] = record.get("rating_label")
+    report = build_report(
+        [shard / "results.jsonl" for shard in shards],
+        [shard / "dead_letter.jsonl" for shard in shards],
+        merge_summaries([m["worker_summary"] for m in manifests]),
+        reference=reference,
+    )
+    (run_dir / "report.md").write_text(report)
     print(report)
-    print(f"outputs in {output}/: results.jsonl, dead_letter.jsonl, summary.json, report.md", file=sys.stderr)
-    return done.returncode
+    print(f"published: {run_dir}/ (shard-*/: results, dead letters, manifest, _SUCCESS; report.md)")
+    return 0
