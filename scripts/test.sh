@@ -7,4 +7,5 @@ bash scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
-exec .venv/bin/pytest -W error "${@:-tests}"
+# Warnings are errors (pyproject.toml), but for one documented third-party deprecation inside Airflow.
+exec .venv/bin/pytest "${@:-tests}"

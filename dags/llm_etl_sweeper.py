@@ -1,0 +1,30 @@
+"""Maintenance: delete llm-etl pods and Secrets older than their TTL (runs that never reached cleanup)."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+
+from airflow.sdk import dag
+
+from llm_etl_provider.operators.cleanup import SweepExpiredOperator
+
+
+@dag(
+    dag_id="llm_etl_sweeper",
+    schedule=os.environ.get("LLM_ETL_SWEEP_SCHEDULE", "*/15 * * * *"),
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    tags=["llm-etl", "maintenance"],
+    is_paused_upon_creation=os.environ.get("LLM_ETL_EXECUTION_MODE") == "local",
+)
+def llm_etl_sweeper() -> None:
+    SweepExpiredOperator(
+        task_id="sweep",
+        namespace=os.environ.get("LLM_ETL_NAMESPACE", "llm-etl"),
+        ttl_seconds=int(os.environ.get("LLM_ETL_TTL_SECONDS", "3600")),
+    )
+
+
+llm_etl_sweeper()
