@@ -13,6 +13,8 @@ DAGS = Path(__file__).resolve().parents[2] / "dags"
 def load(name: str, monkeypatch, mode: str):
     monkeypatch.setenv("LLM_ETL_EXECUTION_MODE", mode)
     spec = importlib.util.spec_from_file_location(name, DAGS / f"{name}.py")
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return getattr(module, name)()
