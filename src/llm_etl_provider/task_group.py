@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow.sdk import TaskGroup
+from airflow.sdk import Asset, TaskGroup
 
 from llm_etl_provider.operators.cleanup import CleanupOperator
 from llm_etl_provider.operators.enrichment import LLMEnrichmentOperator
@@ -25,12 +25,15 @@ def llm_enrichment_task_group(
     local_dir: str | None = None,
     input_format: str = "auto",
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    results_asset: Asset | None = None,
     **enrichment: Any,
 ) -> TaskGroup:
     """Add the enrichment pipeline to the DAG being defined and return its task group.
 
     ``enrichment`` goes to :class:`LLMEnrichmentOperator` (task, template, backend, model source, GPUs ...).
-    The cleanup is the group's teardown: it runs after success, failure and a killed run alike.
+    The cleanup is the group's teardown: it runs after success, failure and a killed run alike. The
+    extraction updates ``results_asset`` (default: an Asset named ``<group_id>_results``), so other DAGs
+    can be scheduled on fresh results.
     """
     common: dict[str, Any] = {
         "namespace": namespace,
@@ -57,6 +60,7 @@ def llm_enrichment_task_group(
         extract = ExtractResultsOperator.partial(
             task_id="extract",
             output_path=output_path,
+            outlets=[results_asset or Asset(name=f"{group_id}_results")],
             kubernetes_conn_id=kubernetes_conn_id,
             **common,
         ).expand(shard=shards)

@@ -32,6 +32,8 @@ def test_enrichment_dag_shape(monkeypatch, mode):
     expected = {"input_path", "output_path", "task", "template", "model", "backend", "shard_bytes"}
     assert set(dag.params) >= expected | {"concurrency", "system_prompt", "schema"}
     assert dag.get_task("llm_enrichment.enrich").partial_kwargs["execution_mode"] == mode
+    (asset,) = dag.get_task("llm_enrichment.extract").partial_kwargs["outlets"]
+    assert asset.name == "llm_enrichment_results"
 
 
 def test_sweeper_dag(monkeypatch):
