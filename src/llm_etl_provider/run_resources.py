@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from pathlib import Path
 from typing import Any
 
 from llm_etl_provider.pod.builder import LABEL_RUN, label_value
@@ -22,9 +23,27 @@ def key_secret_name(dag_id: str, run_id: str) -> str:
     return f"{run_prefix(dag_id, run_id)}-key"
 
 
+MANAGED_SELECTOR = ",".join(f"{k}={v}" for k, v in MANAGED_BY.items())
+
+
 def run_selector(run_id: str) -> str:
-    """The label selector of everything a run created."""
-    return f"{LABEL_RUN}={label_value(run_id)}"
+    """The label selector of everything a run created (and nothing llm-etl-provider did not create)."""
+    return f"{MANAGED_SELECTOR},{LABEL_RUN}={label_value(run_id)}"
+
+
+EXECUTION_MODES = ("kubernetes", "local")
+
+
+def checked_execution_mode(mode: str) -> str:
+    """Return ``mode`` if the operators know it: a typo must fail when the DAG is parsed, not at run time."""
+    if mode not in EXECUTION_MODES:
+        raise ValueError(f"execution_mode must be 'kubernetes' or 'local', not {mode!r}")
+    return mode
+
+
+def local_run_dir(local_dir: str | None, dag_id: str, run_id: str) -> Path:
+    """Local execution mode's staging folder of one run: its shards, key and worker logs."""
+    return Path(local_dir or ".") / run_prefix(dag_id, run_id)
 
 
 def secret_manifest(

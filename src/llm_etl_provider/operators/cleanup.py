@@ -5,17 +5,19 @@ from __future__ import annotations
 import shutil
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
-from llm_etl_provider.run_resources import MANAGED_BY, run_prefix, run_selector
+from llm_etl_provider.run_resources import (
+    MANAGED_SELECTOR,
+    checked_execution_mode,
+    local_run_dir,
+    run_selector,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
-
-_MANAGED_SELECTOR = ",".join(f"{k}={v}" for k, v in MANAGED_BY.items())
 
 
 def _delete_all(
@@ -71,13 +73,13 @@ class CleanupOperator(BaseOperator):
         super().__init__(**kwargs)
         self.namespace = namespace
         self.kubernetes_conn_id = kubernetes_conn_id
-        self.execution_mode = execution_mode
+        self.execution_mode = checked_execution_mode(execution_mode)
         self.local_dir = local_dir
 
     def execute(self, context: Context) -> dict[str, int]:
         run_id = str(context["run_id"])
         if self.execution_mode == "local":
-            root = Path(self.local_dir or ".") / run_prefix(self.dag_id, run_id)
+            root = local_run_dir(self.local_dir, self.dag_id, run_id)
             existed = root.exists()
             shutil.rmtree(root, ignore_errors=True)
             self.log.info("removed local staging %s", root if existed else "(none)")
@@ -85,7 +87,7 @@ class CleanupOperator(BaseOperator):
         from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
 
         api = KubernetesHook(conn_id=self.kubernetes_conn_id).core_v1_client
-        deleted = _delete_all(api, self.namespace, f"{_MANAGED_SELECTOR},{run_selector(run_id)}")
+        deleted = _delete_all(api, self.namespace, run_selector(run_id))
         self.log.info(
             "deleted %(pods)d pods and %(secrets)d Secrets of run %(run)s", {**deleted, "run": run_id}
         )
@@ -121,7 +123,7 @@ class SweepExpiredOperator(BaseOperator):
 
         api = KubernetesHook(conn_id=self.kubernetes_conn_id).core_v1_client
         cutoff = datetime.now(UTC) - timedelta(seconds=self.ttl_seconds)
-        deleted = _delete_all(api, self.namespace, _MANAGED_SELECTOR, older_than=cutoff)
+        deleted = _delete_all(api, self.namespace, MANAGED_SELECTOR, older_than=cutoff)
         self.log.info(
             "swept %(pods)d pods and %(secrets)d Secrets older than %(ttl)d s",
             {**deleted, "ttl": self.ttl_seconds},

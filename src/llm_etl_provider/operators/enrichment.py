@@ -19,7 +19,7 @@ from llm_etl_provider.pod.builder import (
     ServerSpec,
     build_pod,
 )
-from llm_etl_provider.run_resources import key_secret_name, run_prefix
+from llm_etl_provider.run_resources import checked_execution_mode, key_secret_name, local_run_dir
 from llm_etl_provider.transport.frames import FORMAT
 
 if TYPE_CHECKING:
@@ -155,9 +155,7 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
         self.gpu_tolerations = [dict(t) for t in gpu_tolerations or []]
         self.ttl_seconds = ttl_seconds
         self.max_record_bytes = max_record_bytes
-        if execution_mode not in ("kubernetes", "local"):
-            raise ValueError(f"execution_mode must be 'kubernetes' or 'local', not {execution_mode!r}")
-        self.execution_mode = execution_mode
+        self.execution_mode = checked_execution_mode(execution_mode)
         self.local_dir = local_dir
         self.local_model_file = local_model_file
 
@@ -218,10 +216,11 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
         from llm_etl_provider.local.runner import run_shard_locally
 
         run_id = str(context["run_id"])
+        params = self.pod_params(run_id)
         return run_shard_locally(
-            build_pod(self.pod_params(run_id)),
-            staging=Path(self.local_dir or ".") / run_prefix(self.dag_id, run_id),
-            shard=int(self.pod_params(run_id).shard),
+            build_pod(params),
+            staging=local_run_dir(self.local_dir, self.dag_id, run_id),
+            shard=params.shard,
             model_file=Path(self.local_model_file) if self.local_model_file else None,
             parallel=self.parallel,
             log=self.log.info,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, ObjectStoragePath
@@ -12,9 +11,9 @@ from llm_etl_provider.exceptions import ExtractionError
 from llm_etl_provider.pod.builder import LABEL_SHARD
 from llm_etl_provider.run_resources import (
     KEY_FILE_NAME,
-    MANAGED_BY,
+    checked_execution_mode,
     key_secret_name,
-    run_prefix,
+    local_run_dir,
     run_selector,
 )
 from llm_etl_provider.transport.errors import TransportError
@@ -67,7 +66,7 @@ class ExtractResultsOperator(BaseOperator):
         self.namespace = namespace
         self.kubernetes_conn_id = kubernetes_conn_id
         self.container = container
-        self.execution_mode = execution_mode
+        self.execution_mode = checked_execution_mode(execution_mode)
         self.local_dir = local_dir
 
     def execute(self, context: Context) -> dict[str, Any]:
@@ -105,7 +104,7 @@ class ExtractResultsOperator(BaseOperator):
         }
 
     def _local_source(self, run_id: str, index: int) -> tuple[bytes, Iterator[bytes], str]:
-        root = Path(self.local_dir or ".") / run_prefix(self.dag_id, run_id)
+        root = local_run_dir(self.local_dir, self.dag_id, run_id)
         log = root / f"shard-{index}" / "container.log"
         if not log.is_file():
             raise ExtractionError(f"shard {index}: no worker log at {log}: did the enrichment run?")
@@ -130,9 +129,7 @@ class ExtractResultsOperator(BaseOperator):
             ) from None
         except FrameKeyError as exc:
             raise ExtractionError(str(exc)) from None
-        selector = ",".join(
-            [*(f"{k}={v}" for k, v in MANAGED_BY.items()), run_selector(run_id), f"{LABEL_SHARD}={index}"]
-        )
+        selector = f"{run_selector(run_id)},{LABEL_SHARD}={index}"
         pods = [p for p in api.list_namespaced_pod(self.namespace, label_selector=selector).items]
         finished = [p for p in pods if p.status is not None and p.status.phase == "Succeeded"]
         if len(finished) != 1:

@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator, ObjectStoragePath
 
 from llm_etl_provider.exceptions import StagingError
-from llm_etl_provider.run_resources import KEY_FILE_NAME, key_secret_name, run_prefix, secret_manifest
+from llm_etl_provider.run_resources import (
+    KEY_FILE_NAME,
+    checked_execution_mode,
+    key_secret_name,
+    local_run_dir,
+    run_prefix,
+    secret_manifest,
+)
 from llm_etl_provider.staging import DEFAULT_RECORD_BYTES, DEFAULT_SHARD_BYTES, StagingInputError, plan_shards
 from llm_etl_provider.transport.keys import encode_key, new_key, write_key_file
 from llm_etl_provider.worker.errors import ConfigurationError
@@ -56,13 +63,11 @@ class StageInputOperator(BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if execution_mode not in ("kubernetes", "local"):
-            raise ValueError(f"execution_mode must be 'kubernetes' or 'local', not {execution_mode!r}")
         self.input_path = input_path
         self.input_format = input_format
         self.namespace = namespace
         self.kubernetes_conn_id = kubernetes_conn_id
-        self.execution_mode = execution_mode
+        self.execution_mode = checked_execution_mode(execution_mode)
         self.local_dir = local_dir
         self.max_shard_bytes = max_shard_bytes
         self.max_record_bytes = max_record_bytes
@@ -111,7 +116,7 @@ class StageInputOperator(BaseOperator):
         if self.execution_mode == "kubernetes":
             self._create_secrets(run_id, prefix, key, shards)
         else:
-            self._write_local(prefix, key, shards, descriptors)
+            self._write_local(run_id, key, shards, descriptors)
         self.log.info(
             "staged %d records of %s in %d shards (%d bytes compressed), run prefix %s",
             records, self.input_path, len(shards), sum(len(s.data) for s in shards), prefix,
@@ -170,11 +175,11 @@ class StageInputOperator(BaseOperator):
                 api.create_namespaced_secret(self.namespace, manifest)
 
     def _write_local(
-        self, prefix: str, key: bytes, shards: list[Any], descriptors: list[dict[str, Any]]
+        self, run_id: str, key: bytes, shards: list[Any], descriptors: list[dict[str, Any]]
     ) -> None:
         if not self.local_dir:
             raise StagingError("local mode needs local_dir")
-        root = Path(self.local_dir) / prefix
+        root = local_run_dir(self.local_dir, self.dag_id, run_id)
         if root.exists():
             shutil.rmtree(root)
         root.mkdir(parents=True, mode=0o700)

@@ -233,9 +233,7 @@ def _server_container(params: PodParams, container: dict[str, Any]) -> None:
         "limits": limits,
     }
     if model.source in ("pvc", "image"):
-        for mount in container["volumeMounts"]:
-            if mount["name"] == "models":
-                mount["readOnly"] = True
+        _read_only_models(container)
 
 
 def _loader_container(params: PodParams, container: dict[str, Any]) -> None:
