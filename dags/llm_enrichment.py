@@ -3,6 +3,11 @@
 Trigger it from the UI with Params, or let it run on ``$LLM_ETL_SCHEDULE`` (a cron expression; default none).
 With ``LLM_ETL_EXECUTION_MODE=local`` the same operators run without Kubernetes: the bundled SmolLM2 model
 served by llama.cpp's server and the worker as local processes (the README's demo runs it so).
+
+Where the cluster keeps its models is the deployment's business, so it comes from the environment:
+``LLM_ETL_MODEL_SOURCE`` (``pull``, ``pvc``, ``object``, ``image``), ``LLM_ETL_MODEL_URL_SECRET``,
+``LLM_ETL_MODEL_SHA256``, ``LLM_ETL_MODEL_CLAIM``, ``LLM_ETL_MODEL_IMAGE``, ``LLM_ETL_MODEL_PATH``,
+``LLM_ETL_GPUS`` (default 1) and ``LLM_ETL_DEFERRABLE`` (``true``: the pods are watched by the triggerer).
 """
 
 from __future__ import annotations
@@ -36,7 +41,16 @@ if EXECUTION_MODE == "local":
         "model": "smollm2",
     }
 else:
-    MODEL_SETTINGS = {"backend": "{{ params.backend }}", "model_source": "pull", "gpus": 1}
+    MODEL_SETTINGS = {
+        "backend": "{{ params.backend }}",
+        "model_source": os.environ.get("LLM_ETL_MODEL_SOURCE", "pull"),
+        "gpus": int(os.environ.get("LLM_ETL_GPUS", "1")),
+    }
+    for setting in ("url_secret", "sha256", "claim", "image", "path"):
+        if value := os.environ.get(f"LLM_ETL_MODEL_{setting.upper()}"):
+            MODEL_SETTINGS[f"model_{setting}"] = value
+    if deferrable := os.environ.get("LLM_ETL_DEFERRABLE"):
+        MODEL_SETTINGS["deferrable"] = deferrable.lower() == "true"
     DEFAULTS = {
         "input": "s3://aws_default@llm-etl/input/drug_reviews_sample.jsonl",
         "output": "s3://aws_default@llm-etl/output",
@@ -62,7 +76,15 @@ else:
         "model": Param(DEFAULTS["model"], type="string"),
         "backend": Param("ollama", enum=["ollama", "llamacpp", "vllm"], title="LLM server"),
         "shard_bytes": Param(
-            700_000, type="integer", minimum=10_000, maximum=900_000, title="Shard size (bytes)"
+            700_000, type="integer", minimum=500, maximum=900_000, title="Shard size (compressed bytes)"
+        ),
+        "record_bytes": Param(
+            262_144,
+            type="integer",
+            minimum=100,
+            maximum=450_000,
+            title="Largest record (bytes)",
+            description="Larger records go to the dead letters; at most half the shard size",
         ),
         "concurrency": Param(
             None, type=["null", "integer"], minimum=1, title="Requests in flight (empty: auto)"
@@ -84,6 +106,7 @@ def llm_enrichment() -> None:
         schema="{{ params.schema }}",
         concurrency="{{ params.concurrency }}",
         max_shard_bytes="{{ params.shard_bytes }}",
+        max_record_bytes="{{ params.record_bytes }}",
         namespace=NAMESPACE,
         execution_mode=EXECUTION_MODE,
         local_dir=LOCAL_DIR,

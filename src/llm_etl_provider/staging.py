@@ -118,6 +118,17 @@ class _ShardBuilder:
         return self._close() if self.units else None
 
 
+def check_sizes(max_shard_bytes: int, max_record_bytes: int) -> None:
+    """Refuse shard and record limits that cannot work together or with a Secret."""
+    if max_shard_bytes > SECRET_LIMIT:
+        raise StagingInputError(f"max_shard_bytes {max_shard_bytes} is over a Secret's {SECRET_LIMIT} bytes")
+    if max_record_bytes < 1 or max_record_bytes * 2 > max_shard_bytes:
+        raise StagingInputError(
+            f"max_record_bytes {max_record_bytes} must be between 1 and half of max_shard_bytes "
+            f"{max_shard_bytes}, so that any record fits a shard"
+        )
+
+
 def plan_shards(
     path: Path,
     *,
@@ -126,10 +137,7 @@ def plan_shards(
     max_record_bytes: int = DEFAULT_RECORD_BYTES,
 ) -> Iterator[Shard]:
     """Split ``path`` into shards, in input order, reading it once in constant memory."""
-    if max_record_bytes * 2 > max_shard_bytes:
-        raise ValueError(
-            "max_record_bytes must be at most half of max_shard_bytes, so any record fits a shard"
-        )
+    check_sizes(max_shard_bytes, max_record_bytes)
     fmt = detect_format(path, input_format)
     with path.open("rb") as probe:
         compressed = probe.read(2) == b"\x1f\x8b"

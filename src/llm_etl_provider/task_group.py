@@ -10,7 +10,7 @@ from llm_etl_provider.operators.cleanup import CleanupOperator
 from llm_etl_provider.operators.enrichment import LLMEnrichmentOperator
 from llm_etl_provider.operators.extract import ExtractResultsOperator
 from llm_etl_provider.operators.stage import StageInputOperator
-from llm_etl_provider.staging import DEFAULT_SHARD_BYTES
+from llm_etl_provider.staging import DEFAULT_RECORD_BYTES, DEFAULT_SHARD_BYTES
 
 
 def llm_enrichment_task_group(
@@ -24,13 +24,15 @@ def llm_enrichment_task_group(
     execution_mode: str = "kubernetes",
     local_dir: str | None = None,
     input_format: str = "auto",
-    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    max_shard_bytes: int | str = DEFAULT_SHARD_BYTES,
+    max_record_bytes: int | str = DEFAULT_RECORD_BYTES,
     results_asset: Asset | None = None,
     **enrichment: Any,
 ) -> TaskGroup:
     """Add the enrichment pipeline to the DAG being defined and return its task group.
 
     ``enrichment`` goes to :class:`LLMEnrichmentOperator` (task, template, backend, model source, GPUs ...).
+    ``max_record_bytes`` goes to both the staging and the worker, which must agree on it.
     The cleanup is the group's teardown: it runs after success, failure and a killed run alike. The
     extraction updates ``results_asset`` (default: an Asset named ``<group_id>_results``), so other DAGs
     can be scheduled on fresh results.
@@ -47,12 +49,14 @@ def llm_enrichment_task_group(
             input_format=input_format,
             kubernetes_conn_id=kubernetes_conn_id,
             max_shard_bytes=max_shard_bytes,
+            max_record_bytes=max_record_bytes,
             **common,
         )
         shards = stage.output
         enrich = LLMEnrichmentOperator.partial(
             task_id="enrich",
             model=model,
+            max_record_bytes=max_record_bytes,
             kubernetes_conn_id=kubernetes_conn_id,
             **common,
             **enrichment,

@@ -121,5 +121,7 @@ def test_a_truncated_gzip_input_fails_naming_the_file(tmp_path):
 def test_limits_that_cannot_hold_a_record_are_refused(tmp_path):
     source = tmp_path / "in.jsonl"
     source.write_text("{}\n")
-    with pytest.raises(ValueError, match="at most half"):
+    with pytest.raises(StagingInputError, match="half of max_shard_bytes 1000"):
         list(plan_shards(source, max_shard_bytes=1000, max_record_bytes=800))
+    with pytest.raises(StagingInputError, match="over a Secret's 1048576 bytes"):
+        list(plan_shards(source, max_shard_bytes=2 << 20, max_record_bytes=800))

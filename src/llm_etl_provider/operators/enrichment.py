@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import datetime
 import json
+import math
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import tenacity
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.providers.cncf.kubernetes.pod_generator import PodGenerator
 from airflow.providers.cncf.kubernetes.utils.pod_manager import PodManager
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
 
 from llm_etl_provider.pod.builder import (
     DEFAULT_WORKER_IMAGE,
@@ -20,7 +25,8 @@ from llm_etl_provider.pod.builder import (
     build_pod,
 )
 from llm_etl_provider.run_resources import checked_execution_mode, key_secret_name, local_run_dir
-from llm_etl_provider.transport.frames import FORMAT
+from llm_etl_provider.staging import DEFAULT_RECORD_BYTES
+from llm_etl_provider.transport.frames import carries_frame
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -31,7 +37,7 @@ class FrameFilteringPodManager(PodManager):
     """Copy the worker's progress lines into the Airflow task log, but never its sealed result frames."""
 
     def _log_message(self, message: str, *args: Any, **kwargs: Any) -> None:
-        if message.lstrip().startswith(FORMAT + " "):
+        if carries_frame(message):
             return
         super()._log_message(message, *args, **kwargs)
 
@@ -86,6 +92,7 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
         "model",
         "backend",
         "concurrency",
+        "max_record_bytes",
         "local_dir",
     )
 
@@ -117,7 +124,7 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
         gpu_node_selector: dict[str, str] | None = None,
         gpu_tolerations: Sequence[dict[str, Any]] | None = None,
         ttl_seconds: int = 3600,
-        max_record_bytes: int = 256 * 1024,
+        max_record_bytes: int | str = DEFAULT_RECORD_BYTES,
         execution_mode: str = "kubernetes",
         local_dir: str | None = None,
         local_model_file: str | None = None,
@@ -230,6 +237,37 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
         run_id = str(context["run_id"]) if context is not None else "dry-run"
         self.full_pod_spec = PodGenerator.deserialize_model_dict(build_pod(self.pod_params(run_id)))
         return super().build_pod_request_obj(context, dry_run=dry_run)
+
+    @tenacity.retry(
+        stop=tenacity.stop_after_attempt(3),
+        wait=tenacity.wait_exponential(max=15),
+        retry=tenacity.retry_if_exception_type((HTTPError, ApiException)),
+        reraise=True,
+    )
+    def _write_logs(self, pod: k8s.V1Pod, follow: bool = False, since_time: Any = None) -> None:
+        """Copy the worker's log to the task log after a deferral, without the frames.
+
+        KPO's own version (the deferrable path) logs every line of the base container itself, not through
+        the pod manager, so the frame filter must be applied here too.
+        """
+        since_seconds = None
+        if isinstance(since_time, str):  # the trigger's event carries it serialized
+            since_time = datetime.datetime.fromisoformat(since_time.replace("Z", "+00:00"))
+        if isinstance(since_time, datetime.datetime):
+            since_seconds = math.ceil((datetime.datetime.now(tz=datetime.UTC) - since_time).total_seconds())
+        logs = self.client.read_namespaced_pod_log(
+            name=pod.metadata.name,
+            namespace=pod.metadata.namespace,
+            container=self.base_container_name,
+            follow=follow,
+            timestamps=False,
+            since_seconds=since_seconds,
+            _preload_content=False,
+        )
+        for raw_line in logs:
+            line = raw_line.decode("utf-8", errors="backslashreplace").rstrip("\n")
+            if line and not carries_frame(line):
+                self.log.info("[%s] %s", self.base_container_name, line)
 
     @cached_property
     def pod_manager(self) -> PodManager:

@@ -19,7 +19,13 @@ from llm_etl_provider.run_resources import (
     run_prefix,
     secret_manifest,
 )
-from llm_etl_provider.staging import DEFAULT_RECORD_BYTES, DEFAULT_SHARD_BYTES, StagingInputError, plan_shards
+from llm_etl_provider.staging import (
+    DEFAULT_RECORD_BYTES,
+    DEFAULT_SHARD_BYTES,
+    StagingInputError,
+    check_sizes,
+    plan_shards,
+)
 from llm_etl_provider.transport.keys import encode_key, new_key, write_key_file
 from llm_etl_provider.worker.errors import ConfigurationError
 from llm_etl_provider.worker.records import RecordReader, detect_format
@@ -47,7 +53,13 @@ class StageInputOperator(BaseOperator):
     :param max_record_bytes: records over this size are passed on cut, to be dead-lettered by the worker
     """
 
-    template_fields: Sequence[str] = ("input_path", "namespace", "local_dir", "max_shard_bytes")
+    template_fields: Sequence[str] = (
+        "input_path",
+        "namespace",
+        "local_dir",
+        "max_shard_bytes",
+        "max_record_bytes",
+    )
 
     def __init__(
         self,
@@ -58,8 +70,8 @@ class StageInputOperator(BaseOperator):
         kubernetes_conn_id: str = "kubernetes_default",
         execution_mode: str = "kubernetes",
         local_dir: str | None = None,
-        max_shard_bytes: int = DEFAULT_SHARD_BYTES,
-        max_record_bytes: int = DEFAULT_RECORD_BYTES,
+        max_shard_bytes: int | str = DEFAULT_SHARD_BYTES,
+        max_record_bytes: int | str = DEFAULT_RECORD_BYTES,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -75,6 +87,10 @@ class StageInputOperator(BaseOperator):
     def execute(self, context: Context) -> list[dict[str, Any]]:
         run_id = str(context["run_id"])
         prefix = run_prefix(self.dag_id, run_id)
+        try:
+            check_sizes(int(self.max_shard_bytes), int(self.max_record_bytes))
+        except StagingInputError as exc:
+            raise StagingError(str(exc)) from None
         source = ObjectStoragePath(self.input_path)
         with tempfile.TemporaryDirectory(prefix="llm-etl-stage-") as scratch:
             local = Path(scratch) / (source.name or "input")
@@ -90,8 +106,8 @@ class StageInputOperator(BaseOperator):
                     plan_shards(
                         local,
                         input_format=fmt,
-                        max_shard_bytes=self.max_shard_bytes,
-                        max_record_bytes=self.max_record_bytes,
+                        max_shard_bytes=int(self.max_shard_bytes),
+                        max_record_bytes=int(self.max_record_bytes),
                     )
                 )
             except (ConfigurationError, StagingInputError) as exc:
@@ -125,7 +141,7 @@ class StageInputOperator(BaseOperator):
 
     def _validate(self, local: Path, fmt: str) -> dict[str, list[int]]:
         """Read the input as the worker will; fail on an unusable whole, report malformed records by line."""
-        reader = RecordReader(local, input_format=fmt, max_record_bytes=self.max_record_bytes)
+        reader = RecordReader(local, input_format=fmt, max_record_bytes=int(self.max_record_bytes))
         malformed: dict[str, list[int]] = {}
         for record in reader:
             if record.error is not None:

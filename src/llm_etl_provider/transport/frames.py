@@ -62,6 +62,11 @@ _FRAME_LINE = re.compile(
 )
 
 
+def carries_frame(text: str) -> bool:
+    """Whether a log line holds a frame, or a piece of one: such lines stay out of task logs."""
+    return FORMAT in text
+
+
 def validate_run_id(run_id: str) -> str:
     if not _RUN_ID.fullmatch(run_id):
         raise ValueError(

@@ -124,6 +124,13 @@ def test_the_sweeper_deletes_only_managed_resources_past_the_ttl(api):
     assert sorted(name for _, name in api.objects["pods"]) == ["new-ours", "old-theirs"]
 
 
+def test_limits_are_checked_before_the_input_is_read(tmp_path, api):
+    op = stage(input_path=str(tmp_path / "missing.jsonl"), max_shard_bytes=10_000, max_record_bytes=6_000)
+    with pytest.raises(StagingError, match="max_record_bytes 6000 must be between 1 and half"):
+        op.execute({"run_id": "r1"})
+    assert api.objects["secrets"] == {}
+
+
 def test_stage_reports_malformed_records_by_line_without_content(tmp_path, api):
     source = tmp_path / "reviews.jsonl"
     source.write_text('{"id": 1, "text": "ok"}\n{"id": 2, "text": "CANARY-4711\n\n{"text": "no id"}\n')
