@@ -8,12 +8,16 @@ Where the cluster keeps its models is the deployment's business, so it comes fro
 ``LLM_ETL_MODEL_SOURCE`` (``pull``, ``pvc``, ``object``, ``image``), ``LLM_ETL_MODEL_URL_SECRET``,
 ``LLM_ETL_MODEL_SHA256``, ``LLM_ETL_MODEL_CLAIM``, ``LLM_ETL_MODEL_IMAGE``, ``LLM_ETL_MODEL_PATH``,
 ``LLM_ETL_GPUS`` (default 1) and ``LLM_ETL_DEFERRABLE`` (``true``: the pods are watched by the triggerer).
+In local mode, ``LLM_ETL_LLM_CONN_ID`` names an ``llm_etl`` connection whose server (e.g. the Ollama of
+docker-compose.yaml) does the enrichment instead of the bundled model. ``LLM_ETL_DEFAULT_INPUT``,
+``LLM_ETL_DEFAULT_OUTPUT`` and ``LLM_ETL_DEFAULT_MODEL`` set the Params' defaults.
 """
 
 from __future__ import annotations
 
 import os
 from datetime import datetime
+from typing import Any
 
 from airflow.sdk import Param, dag
 
@@ -27,13 +31,14 @@ if EXECUTION_MODE == "local":
     from llm_etl_provider.local.llama_server import MODEL_FILE, MODEL_SHA256
 
     # The bundled GGUF is "a checksummed file": the local loader verifies it as the pod's loader would.
-    MODEL_SETTINGS = {
+    MODEL_SETTINGS: dict[str, Any] = {
         "backend": "llamacpp",
         "model_source": "object",
         "model_url_secret": "local",
         "model_sha256": MODEL_SHA256,
         "model_path": MODEL_FILE,
         "gpus": 0,
+        "llm_conn_id": os.environ.get("LLM_ETL_LLM_CONN_ID") or None,
     }
     DEFAULTS = {
         "input": "examples/drug_reviews_sample.jsonl",
@@ -56,6 +61,9 @@ else:
         "output": "s3://aws_default@llm-etl/output",
         "model": "llama3.2:3b",
     }
+
+
+DEFAULTS = {key: os.environ.get(f"LLM_ETL_DEFAULT_{key.upper()}") or value for key, value in DEFAULTS.items()}
 
 
 @dag(

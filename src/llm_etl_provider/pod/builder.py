@@ -30,6 +30,8 @@ NETWORK_POLICY_TEMPLATE = "network-policy.yaml"
 DEFAULT_WORKER_IMAGE = "ghcr.io/llm-etl-provider/worker:0.1.0"
 INPUT_DIR = "/var/run/llm-etl/input"
 KEY_FILE = "/var/run/llm-etl/key/key"
+MODEL_URL_DIR = "/var/run/llm-etl/model-url"
+HEARTBEAT_FILE = "/work/heartbeat"
 LABEL_RUN = "llm-etl.io/run"
 LABEL_SHARD = "llm-etl.io/shard"
 LABEL_MODEL_SOURCE = "llm-etl.io/model-source"
@@ -263,13 +265,9 @@ def _loader_container(params: PodParams, container: dict[str, Any]) -> None:
     container["image"] = params.worker_image
     container["command"] = ["llm-etl", "load-model", "--dest", model_file]
     if model.source == "object":
-        container["args"] = ["--url-env", "LLM_ETL_MODEL_URL", "--sha256", str(model.sha256)]
-        container["env"].append(
-            {
-                "name": "LLM_ETL_MODEL_URL",
-                "valueFrom": {"secretKeyRef": {"name": model.url_secret, "key": "url"}},
-            }
-        )
+        # The URL (often presigned: a credential) comes as a file from its Secret, never in the environment.
+        container["args"] = ["--url-file", f"{MODEL_URL_DIR}/url", "--sha256", str(model.sha256)]
+        container["volumeMounts"].append({"name": "model-url", "mountPath": MODEL_URL_DIR, "readOnly": True})
     else:
         container["args"] = ["--verify", *(["--sha256", model.sha256] if model.sha256 else [])]
         _read_only_models(container)
@@ -322,9 +320,24 @@ def build_pod(params: PodParams) -> dict[str, Any]:
         *params.worker_args,
         "--input", f"{INPUT_DIR}/input.{params.input_format}.gz", "--input-format", params.input_format,
         "--output", "log", "--key-file", KEY_FILE, "--run-id", params.run_id, "--shard", str(params.shard),
-        "--checkpoint", "/work/checkpoint.json",
+        "--checkpoint", "/work/checkpoint.json", "--heartbeat", HEARTBEAT_FILE,
         "--llm-url", params.server.url, "--api", params.server.defaults.api, "--model", params.model.name,
     ]  # fmt: skip
+    # A batch container has no Service to be ready for; the probes read the worker's heartbeat so that a hung
+    # worker is ended by the kubelet (liveness) long before the pod's deadline.
+    check = ["llm-etl", "check-heartbeat", HEARTBEAT_FILE, "--max-age"]
+    worker["readinessProbe"] = {"exec": {"command": [*check, "60"]}, "periodSeconds": 10, "timeoutSeconds": 5}
+    worker["livenessProbe"] = {
+        "exec": {"command": [*check, "300"]},
+        "initialDelaySeconds": 30,
+        "periodSeconds": 30,
+        "timeoutSeconds": 10,
+        "failureThreshold": 3,
+    }
+    if params.model.source == "object":
+        spec["volumes"].append(
+            {"name": "model-url", "secret": {"secretName": params.model.url_secret, "defaultMode": 0o440}}
+        )
     spec["volumes"] += [
         _models_volume(params.model),
         {"name": "input", "secret": {"secretName": params.input_secret, "defaultMode": 0o440}},

@@ -23,6 +23,7 @@ from llm_etl_provider.worker.checkpoint import Checkpoint, run_fingerprint
 from llm_etl_provider.worker.clients import make_client
 from llm_etl_provider.worker.engine import Engine, EngineSettings
 from llm_etl_provider.worker.errors import EXIT_FAILURE, EXIT_OK, ConfigurationError, WorkerError
+from llm_etl_provider.worker.heartbeat import beat
 from llm_etl_provider.worker.records import RecordReader
 from llm_etl_provider.worker.retry import RetryPolicy
 from llm_etl_provider.worker.sinks import JsonlFileSink, LogFrameSink, OutputSink
@@ -82,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="--output log: keep frames here for a resume (default: the checkpoint + .frames)",
     )
     io.add_argument("--checkpoint", type=Path, help="checkpoint file; a restart with it resumes the run")
+    io.add_argument(
+        "--heartbeat", type=Path, help="a file touched every 10 s while the worker runs (for liveness probes)"
+    )
     io.add_argument("--checkpoint-every", type=_positive_int, default=100, help="records between checkpoints")
     io.add_argument(
         "--max-record-bytes", type=_positive_int, default=1 << 20, help="larger records are dead-lettered"
@@ -211,9 +215,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             keep_alive=args.keep_alive,
         )
         engine = Engine(task, client, reader, sink, settings, checkpoint=checkpoint, log=_log)
+        heartbeat = asyncio.create_task(beat(args.heartbeat)) if args.heartbeat else None
         try:
             return await engine.run()
         finally:
+            if heartbeat is not None:
+                heartbeat.cancel()
             if args.summary and engine.summary is not None:
                 args.summary.write_text(json.dumps(engine.summary, indent=2, sort_keys=True) + "\n")
 

@@ -115,8 +115,21 @@ def test_no_secret_value_is_in_the_pod_spec():
     text = repr(pod)
     assert "model-url" in text  # only the Secret's name
     loader = containers(pod)["model-loader"]
-    env = {e["name"]: e for e in loader["env"]}
-    assert env["LLM_ETL_MODEL_URL"]["valueFrom"]["secretKeyRef"] == {"name": "model-url", "key": "url"}
+    assert all("valueFrom" not in e for c in containers(pod).values() for e in c.get("env", []))
+    mounts = {m["name"]: m for m in loader["volumeMounts"]}
+    assert mounts["model-url"]["readOnly"] is True
+    assert loader["args"][:2] == ["--url-file", f"{mounts['model-url']['mountPath']}/url"]
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["model-url"]["secret"] == {"secretName": "model-url", "defaultMode": 0o440}
+
+
+def test_the_worker_is_probed_through_its_heartbeat():
+    worker = build_pod(params())["spec"]["containers"][0]
+    args = worker["args"]
+    heartbeat = args[args.index("--heartbeat") + 1]
+    for probe in ("readinessProbe", "livenessProbe"):
+        command = worker[probe]["exec"]["command"]
+        assert command[:3] == ["llm-etl", "check-heartbeat", heartbeat]
 
 
 def test_servers_listen_on_localhost_only():

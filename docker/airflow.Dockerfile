@@ -1,0 +1,14 @@
+# Airflow with llm-etl-provider, for docker-compose.yaml. AIRFLOW_VERSION matches the version locked in uv.lock.
+ARG AIRFLOW_VERSION=3.3.2
+FROM apache/airflow:${AIRFLOW_VERSION}-python3.11
+ARG AIRFLOW_VERSION
+
+COPY --chown=airflow:0 pyproject.toml README.md /opt/llm-etl-provider/
+COPY --chown=airflow:0 src /opt/llm-etl-provider/src
+COPY --chown=airflow:0 pod_templates /opt/llm-etl-provider/pod_templates
+
+# Pinning apache-airflow keeps pip from upgrading the image's Airflow; amazon[s3fs] serves s3:// paths (MinIO).
+RUN pip install --no-cache-dir \
+        "apache-airflow==${AIRFLOW_VERSION}" \
+        "apache-airflow-providers-amazon[s3fs]" \
+        /opt/llm-etl-provider

@@ -1,0 +1,83 @@
+"""checkov (Kubernetes framework, offline) finds nothing to fail in any pod the operator can render.
+
+The pods are rendered as a production deployment would submit them: every image pinned by digest (CKV_K8S_43;
+the defaults carry tags because the worker image's digest exists only once you build it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llm_etl_provider.local.llama_server import cache_dir
+from llm_etl_provider.pod.builder import BACKENDS, DEFAULT_WORKER_IMAGE, build_pod, network_policy
+from tests.unit.pod.test_builder import ALL_PODS, params
+
+REQUIREMENTS = Path(__file__).resolve().parents[3] / "tools" / "checkov-requirements.txt"
+
+
+def checkov() -> Path:
+    """The checkov that scripts/setup.sh installs from the hash-locked tools/checkov-requirements.txt."""
+    version = re.search(r"^checkov==(\S+)", REQUIREMENTS.read_text(), re.MULTILINE)
+    assert version is not None
+    path = Path(
+        os.environ.get("LLM_ETL_CHECKOV") or cache_dir() / f"checkov-{version[1]}" / "bin" / "checkov"
+    )
+    if not path.is_file():
+        pytest.fail(f"checkov is not installed at {path}: run scripts/setup.sh")
+    return path
+
+
+def pinned(image: str) -> str:
+    # The digest's value does not matter to the check, only that the reference is immutable.
+    return f"{image}@sha256:{hashlib.sha256(image.encode()).hexdigest()}"
+
+
+def test_every_pod_and_network_policy_passes_checkov(tmp_path):
+    for backend, source, gpus in ALL_PODS:
+        pod_params = params(backend, source, gpus, worker_image=pinned(DEFAULT_WORKER_IMAGE))
+        server = dataclasses.replace(pod_params.server, image=pinned(BACKENDS[backend].image))
+        pod = build_pod(dataclasses.replace(pod_params, server=server))
+        pod["metadata"]["namespace"] = "llm-etl"
+        (tmp_path / f"pod-{backend}-{source}-{gpus}.yaml").write_text(yaml.safe_dump(pod))
+    for allow_model_pull in (False, True):
+        policy = network_policy("llm-etl", allow_model_pull=allow_model_pull)
+        (tmp_path / f"policy-{allow_model_pull}.yaml").write_text(yaml.safe_dump(policy))
+    done = subprocess.run(
+        [checkov(), "--framework", "kubernetes", "--skip-download", "-d", tmp_path, "-o", "json", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    report = json.loads(done.stdout)
+    failed = [
+        f"{check['check_id']} {check['resource']} ({check['file_path']})"
+        for check in report["results"]["failed_checks"]
+    ]
+    assert failed == []
+    assert report["summary"]["passed"] > 20 * len(ALL_PODS)  # it did check the pods
+    assert report["summary"]["parsing_errors"] == 0
+
+
+def test_checkov_does_fail_a_pod_that_breaks_the_rules(tmp_path):
+    pod = build_pod(params())  # tags, no namespace: the checks this module's pods pass by pinning
+    pod["spec"]["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = True
+    (tmp_path / "pod.yaml").write_text(yaml.safe_dump(pod))
+    done = subprocess.run(
+        [checkov(), "--framework", "kubernetes", "--skip-download", "-d", tmp_path, "-o", "json", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    failed = {check["check_id"] for check in json.loads(done.stdout)["results"]["failed_checks"]}
+    assert {"CKV_K8S_20", "CKV_K8S_43", "CKV_K8S_21"} <= failed
