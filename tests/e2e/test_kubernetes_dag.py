@@ -8,95 +8,21 @@ from the pod log over the API. Nothing may remain in the cluster afterwards.
 
 from __future__ import annotations
 
-import base64
-import functools
-import http.server
-import importlib.util
 import json
-import shutil
-import sys
-import threading
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from llm_etl_provider.local.llama_server import MODEL_FILE, MODEL_SHA256, bundled_model, find_llama_server
-from tests.e2e.fake_kubernetes import FakeCluster
-
-REPO = Path(__file__).resolve().parents[2]
-SAMPLE = REPO / "examples" / "drug_reviews_sample.jsonl"
-NAMESPACE = "llm-etl"
-MODEL_URL_SECRET = "llm-etl-model-url"
-
-
-@pytest.fixture(scope="module")
-def model_url() -> Iterator[str]:
-    """The bundled GGUF served over HTTP, as a presigned object-storage URL would serve it."""
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(bundled_model().parent))
-    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/{MODEL_FILE}"
-    server.shutdown()
-    server.server_close()
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory, model_url) -> Iterator[FakeCluster]:
-    curl = shutil.which("curl")
-    assert curl, "the llm-server's startup probe runs curl (scripts/setup.sh installs it)"
-    commands = {
-        "llm-etl": [sys.executable, "-m", "llm_etl_provider.cli"],
-        "llm-etl-worker": [sys.executable, "-m", "llm_etl_provider.worker.cli"],
-        "/app/llama-server": [str(find_llama_server())],
-        "curl": [curl],
-    }
-    with FakeCluster(tmp_path_factory.mktemp("node"), commands, namespace=NAMESPACE) as fake:
-        fake.store.create(
-            "secrets",
-            NAMESPACE,
-            {
-                "metadata": {"name": MODEL_URL_SECRET},
-                "data": {"url": base64.b64encode(model_url.encode()).decode()},
-            },
-        )
-        yield fake
-
-
-def load_dag(monkeypatch: pytest.MonkeyPatch, cluster: FakeCluster, *, deferrable: bool):
-    settings = {
-        "AIRFLOW_CONN_KUBERNETES_DEFAULT": cluster.airflow_connection(),
-        "LLM_ETL_EXECUTION_MODE": "kubernetes",
-        "LLM_ETL_NAMESPACE": NAMESPACE,
-        "LLM_ETL_MODEL_SOURCE": "object",
-        "LLM_ETL_MODEL_URL_SECRET": MODEL_URL_SECRET,
-        "LLM_ETL_MODEL_SHA256": MODEL_SHA256,
-        "LLM_ETL_GPUS": "0",
-        "LLM_ETL_DEFERRABLE": str(deferrable).lower(),
-    }
-    for name, value in settings.items():
-        monkeypatch.setenv(name, value)
-    from airflow.utils.db import initdb
-
-    initdb()
-    spec = importlib.util.spec_from_file_location("llm_enrichment", REPO / "dags" / "llm_enrichment.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.llm_enrichment()
+from tests.e2e.conftest import MODEL_URL_SECRET, NAMESPACE, SAMPLE, forget_events
 
 
 @pytest.mark.parametrize("deferrable", [False, True], ids=["sync", "deferrable"])
 def test_two_shards_through_kpo_are_enriched_by_the_model_and_nothing_remains(
-    tmp_path, monkeypatch, capfd, cluster, deferrable
+    tmp_path, capfd, cluster, kubernetes_dag, deferrable
 ):
     short = [line for line in SAMPLE.read_text().splitlines(keepends=True) if len(line) < 400][:4]
     source = tmp_path / "reviews.jsonl"
     source.write_text("".join(short))
-    dag = load_dag(monkeypatch, cluster, deferrable=deferrable)
+    dag = kubernetes_dag(deferrable=deferrable)
     assert dag.get_task("llm_enrichment.enrich").partial_kwargs["deferrable"] is deferrable
 
     run = dag.test(
@@ -142,6 +68,75 @@ def test_two_shards_through_kpo_are_enriched_by_the_model_and_nothing_remains(
             "Started container base",
         }
     assert cluster.wait_until_empty() == {"secrets": [MODEL_URL_SECRET]}
-    for name in pods:  # forget this run's events, so the next run counts its own pods
-        for event in cluster.store.list("events", NAMESPACE, field_selector=f"involvedObject.name={name}"):
-            cluster.store.delete("events", NAMESPACE, event["metadata"]["name"])
+    forget_events(cluster, pods)
+
+
+def test_a_failing_shard_fails_the_run_and_the_teardown_still_removes_everything(
+    tmp_path, cluster, kubernetes_dag
+):
+    source = tmp_path / "reviews.jsonl"
+    source.write_text("".join(SAMPLE.read_text().splitlines(keepends=True)[:2]))
+    dag = kubernetes_dag(deferrable=False)
+
+    # No record has this field: the worker dead-letters them all and exits 4 (the dead-letter threshold).
+    run = dag.test(
+        run_conf={
+            "input_path": str(source),
+            "output_path": str(tmp_path / "out"),
+            "model": "smollm2",
+            "backend": "llamacpp",
+            "template": "{no_such_field}",
+        }
+    )
+
+    assert run.state == "failed"
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        states = {
+            ti.task_id.split(".")[-1]: ti.state
+            for ti in session.query(TaskInstance).filter_by(dag_id=dag.dag_id, run_id=run.run_id)
+        }
+    assert states == {
+        "stage": "success",
+        "enrich": "failed",
+        "extract": "upstream_failed",
+        "cleanup": "success",
+    }
+    assert not list((tmp_path / "out").rglob("_SUCCESS"))  # nothing published
+    failed = [p for p in cluster.store.list("events", NAMESPACE) if p["reason"] == "Started"]
+    assert failed  # the pod did run before it failed
+    assert cluster.wait_until_empty() == {"secrets": [MODEL_URL_SECRET]}
+    forget_events(cluster, {e["involvedObject"]["name"] for e in failed})
+
+
+def test_the_sweeper_removes_what_outlived_the_ttl_and_nothing_else(cluster, monkeypatch):
+    from datetime import UTC, datetime, timedelta
+
+    from airflow.sdk import DAG
+
+    from llm_etl_provider.operators.cleanup import SweepExpiredOperator
+    from llm_etl_provider.run_resources import MANAGED_BY
+
+    monkeypatch.setenv("AIRFLOW_CONN_KUBERNETES_DEFAULT", cluster.airflow_connection())
+    managed = {"metadata": {"labels": {**MANAGED_BY, "llm-etl.io/run": "abandoned"}}}
+    for name in ("abandoned-key", "fresh-key"):
+        cluster.store.create(
+            "secrets", NAMESPACE, {**managed, "metadata": {**managed["metadata"], "name": name}}
+        )
+    cluster.store.create(
+        "secrets", NAMESPACE, {"metadata": {"name": "someone-elses", "labels": {"app": "other"}}}
+    )
+    two_hours_ago = (datetime.now(UTC) - timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    for name in ("abandoned-key", "someone-elses"):
+        cluster.store.update(
+            "secrets", NAMESPACE, name, lambda s: s["metadata"].update(creationTimestamp=two_hours_ago)
+        )
+    with DAG("llm_etl_sweeper", schedule=None):
+        sweeper = SweepExpiredOperator(task_id="sweep", namespace=NAMESPACE, ttl_seconds=3600)
+    assert sweeper.execute({}) == {"pods": 0, "secrets": 1}
+    left = sorted(s["metadata"]["name"] for s in cluster.store.list("secrets", NAMESPACE))
+    assert left == ["fresh-key", MODEL_URL_SECRET, "someone-elses"]
+    for name in ("fresh-key", "someone-elses"):
+        cluster.store.delete("secrets", NAMESPACE, name)

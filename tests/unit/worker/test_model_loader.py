@@ -104,7 +104,12 @@ def test_the_cli_reads_the_url_from_a_mounted_secret_file(tmp_path, monkeypatch,
     from llm_etl_provider.cli import main
 
     requested = []
-    serve(monkeypatch, lambda r: requested.append(str(r.url)) or httpx.Response(200, content=MODEL))
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        requested.append(str(request.url))
+        return httpx.Response(200, content=MODEL)
+
+    serve(monkeypatch, answer)
     url_file = tmp_path / "model-url" / "url"
     url_file.parent.mkdir()
     url_file.write_text(URL + "\n")  # kubectl create secret --from-file keeps a trailing newline

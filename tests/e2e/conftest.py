@@ -1,0 +1,97 @@
+"""Shared e2e fixtures: a fake Kubernetes cluster whose kubelet runs the real loader, llama-server and worker,
+an HTTP "object store" for the bundled model, and the example DAG configured for that cluster."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import http.server
+import importlib.util
+import shutil
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llm_etl_provider.local.llama_server import MODEL_FILE, MODEL_SHA256, bundled_model, find_llama_server
+from tests.e2e.fake_kubernetes import FakeCluster
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLE = REPO / "examples" / "drug_reviews_sample.jsonl"
+NAMESPACE = "llm-etl"
+MODEL_URL_SECRET = "llm-etl-model-url"
+
+
+@pytest.fixture(scope="module")
+def model_url() -> Iterator[str]:
+    """The bundled GGUF served over HTTP, as a presigned object-storage URL would serve it."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(bundled_model().parent))
+    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/{MODEL_FILE}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, model_url) -> Iterator[FakeCluster]:
+    curl = shutil.which("curl")
+    assert curl, "the llm-server's startup probe runs curl (scripts/setup.sh installs it)"
+    commands = {
+        "llm-etl": [sys.executable, "-m", "llm_etl_provider.cli"],
+        "llm-etl-worker": [sys.executable, "-m", "llm_etl_provider.worker.cli"],
+        "/app/llama-server": [str(find_llama_server())],
+        "curl": [curl],
+    }
+    with FakeCluster(tmp_path_factory.mktemp("node"), commands, namespace=NAMESPACE) as fake:
+        fake.store.create(
+            "secrets",
+            NAMESPACE,
+            {
+                "metadata": {"name": MODEL_URL_SECRET},
+                "data": {"url": base64.b64encode(model_url.encode()).decode()},
+            },
+        )
+        yield fake
+
+
+def _load_dag(monkeypatch: pytest.MonkeyPatch, cluster: FakeCluster, *, deferrable: bool) -> Any:
+    settings = {
+        "AIRFLOW_CONN_KUBERNETES_DEFAULT": cluster.airflow_connection(),
+        "LLM_ETL_EXECUTION_MODE": "kubernetes",
+        "LLM_ETL_NAMESPACE": NAMESPACE,
+        "LLM_ETL_MODEL_SOURCE": "object",
+        "LLM_ETL_MODEL_URL_SECRET": MODEL_URL_SECRET,
+        "LLM_ETL_MODEL_SHA256": MODEL_SHA256,
+        "LLM_ETL_GPUS": "0",
+        "LLM_ETL_DEFERRABLE": str(deferrable).lower(),
+    }
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    from airflow.utils.db import initdb
+
+    initdb()
+    spec = importlib.util.spec_from_file_location("llm_enrichment", REPO / "dags" / "llm_enrichment.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.llm_enrichment()
+
+
+@pytest.fixture
+def kubernetes_dag(monkeypatch: pytest.MonkeyPatch, cluster: FakeCluster) -> Callable[..., Any]:
+    """The example DAG in Kubernetes mode against the fake cluster: ``kubernetes_dag(deferrable=True)``."""
+    return functools.partial(_load_dag, monkeypatch, cluster)
+
+
+def forget_events(cluster: FakeCluster, pods: set[str]) -> None:
+    """Drop the events of ``pods``, so that the next run in the module counts its own."""
+    for name in pods:
+        for event in cluster.store.list("events", NAMESPACE, field_selector=f"involvedObject.name={name}"):
+            cluster.store.delete("events", NAMESPACE, event["metadata"]["name"])
