@@ -97,6 +97,7 @@ class Store:
             "events": {},
         }
         self._version = 0
+        self.created_pods: list[dict[str, Any]] = []  # every pod as submitted, kept after deletion
         self.on_pod_created: Callable[[dict[str, Any]], None] = lambda pod: None
         self.on_pod_deleted: Callable[[dict[str, Any]], None] = lambda pod: None
 
@@ -124,6 +125,8 @@ class Store:
             self._objects[kind][key] = obj
             self.changed.notify_all()
             result = copy.deepcopy(obj)
+            if kind == "pods":
+                self.created_pods.append(copy.deepcopy(obj))
         if kind == "pods":
             self.on_pod_created(result)
         return result

@@ -1,0 +1,85 @@
+"""Patient data stays in the results: canaries planted in the input never reach what Airflow or the cluster shows.
+
+Checked, on a successful and on a failing run through KPO and the fake cluster: the task logs (progress lines
+and exception messages included), XCom, the rendered template fields, every pod spec and its environment,
+the cluster's events, and the extraction's error text. The published results are the one place they belong.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from airflow.models.renderedtifields import RenderedTaskInstanceFields
+from airflow.models.xcom import XComModel
+from airflow.utils.session import create_session
+
+from tests.e2e.conftest import MODEL_URL_SECRET, NAMESPACE, SAMPLE, forget_events
+
+CANARY = "CANARY-PT-7f3a9c"
+
+
+def planted(tmp_path, count: int = 2):
+    """Reviews with a canary in the text, in the record id (often a patient identifier) and in a field the
+    prompt does not use."""
+    lines = [json.loads(line) for line in SAMPLE.read_text().splitlines() if len(line) < 400][:count]
+    for n, record in enumerate(lines):
+        record["review"] = f"Patient {CANARY}-name-{n} writes: {record['review']}"
+        record["mrn"] = f"{CANARY}-mrn-{n}"
+        record["id"] = f"{CANARY}-id-{n}"
+    source = tmp_path / "reviews.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return source
+
+
+def airflow_surfaces(dag_id: str, run_id: str) -> str:
+    """Everything Airflow stored about the run that a user or operator can read."""
+    with create_session() as session:
+        xcoms = session.query(XComModel).filter_by(dag_id=dag_id, run_id=run_id).all()
+        rendered = session.query(RenderedTaskInstanceFields).filter_by(dag_id=dag_id, run_id=run_id).all()
+        assert xcoms, "the run pushed no XCom at all"
+        return json.dumps(
+            {
+                "xcom": [str(x.value) for x in xcoms],
+                "rendered": [json.dumps(r.rendered_fields, default=str) for r in rendered],
+            }
+        )
+
+
+def cluster_surfaces(cluster: Any) -> str:
+    return json.dumps(
+        {"pods": cluster.store.created_pods, "events": cluster.store.list("events", NAMESPACE)}, default=str
+    )
+
+
+@pytest.mark.parametrize("outcome", ["success", "failed"])
+def test_canaries_appear_only_in_the_published_results(tmp_path, capfd, cluster, kubernetes_dag, outcome):
+    source = planted(tmp_path)
+    dag = kubernetes_dag(deferrable=False)
+    cluster.store.created_pods.clear()
+    run = dag.test(
+        run_conf={
+            "input_path": str(source),
+            "output_path": str(tmp_path / "out"),
+            "model": "smollm2",
+            "backend": "llamacpp",
+            # the failing run's template names a field no record has: every record is dead-lettered
+            "template": "{review}" if outcome == "success" else "{review} {no_such_field}",
+        }
+    )
+    assert run.state == outcome
+    task_log = "".join(capfd.readouterr())
+    assert "[base]" in task_log  # the worker's lines did reach the task log
+    assert CANARY not in task_log
+    assert CANARY not in airflow_surfaces(dag.dag_id, run.run_id)
+    assert CANARY not in cluster_surfaces(cluster)
+    published = list((tmp_path / "out").rglob("results.jsonl"))
+    if outcome == "success":
+        (results,) = published
+        ids = [json.loads(line)["id"] for line in results.read_text().splitlines()]
+        assert ids == [f"{CANARY}-id-0", f"{CANARY}-id-1"]  # where it belongs: the checks above can fail
+    else:
+        assert published == []
+    assert cluster.wait_until_empty() == {"secrets": [MODEL_URL_SECRET]}
+    forget_events(cluster, {p["metadata"]["name"] for p in cluster.store.created_pods})
