@@ -1,0 +1,73 @@
+"""A task killed mid-run (what Airflow does on a timeout, a mark-failed or a scheduler kill): KPO's on_kill
+deletes the running pod, and the teardown removes the run's Secrets and key; nothing is left."""
+
+from __future__ import annotations
+
+import threading
+import time
+from types import SimpleNamespace
+
+from airflow.sdk import DAG
+
+from llm_etl_provider.local.llama_server import MODEL_SHA256
+from llm_etl_provider.operators.cleanup import CleanupOperator
+from llm_etl_provider.operators.enrichment import LLMEnrichmentOperator
+from llm_etl_provider.operators.stage import StageInputOperator
+from tests.e2e.conftest import MODEL_URL_SECRET, NAMESPACE, SAMPLE, forget_events
+
+RUN_ID = "manual__2026-11-24T05:00:00+00:00"
+
+
+def context(task_id: str) -> dict[str, object]:
+    ti = SimpleNamespace(
+        dag_id="llm_enrichment", task_id=task_id, run_id=RUN_ID, map_index=0, try_number=1,
+        xcom_push=lambda **_: None,
+    )  # fmt: skip
+    return {"ti": ti, "task_instance": ti, "run_id": RUN_ID, "dag": SimpleNamespace(dag_id="llm_enrichment")}
+
+
+def test_killing_the_enrichment_mid_run_then_the_teardown_leaves_nothing(tmp_path, cluster, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_KUBERNETES_DEFAULT", cluster.airflow_connection())
+    source = tmp_path / "reviews.jsonl"
+    source.write_text("".join(SAMPLE.read_text().splitlines(keepends=True)[:40]))  # minutes of work
+    with DAG("llm_enrichment", schedule=None):
+        stage = StageInputOperator(task_id="stage", input_path=str(source), namespace=NAMESPACE)
+        (shard,) = stage.execute(context("stage"))
+        enrich = LLMEnrichmentOperator(
+            task_id="enrich", shard=shard, model="smollm2", template="{review}", namespace=NAMESPACE,
+            backend="llamacpp", model_source="object", model_url_secret=MODEL_URL_SECRET,
+            model_sha256=MODEL_SHA256, gpus=0,
+        )  # fmt: skip
+        cleanup = CleanupOperator(task_id="cleanup", namespace=NAMESPACE)
+    outcome: dict[str, BaseException | None] = {}
+
+    def run_enrichment() -> None:
+        try:
+            enrich.execute(context("enrich"))
+            outcome["error"] = None
+        except BaseException as exc:  # noqa: BLE001 - the killed task's error is the point
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run_enrichment)
+    worker.start()
+    deadline = time.monotonic() + 120
+    while not any(p.endswith("/base") for p in cluster.kubelet.running_processes()):
+        assert time.monotonic() < deadline, "the worker never started"
+        assert worker.is_alive(), outcome
+        time.sleep(0.2)
+    time.sleep(2)  # mid-run: the worker is enriching
+    killed_at = time.monotonic()
+    enrich.on_kill()
+    while (left := cluster.leftovers())["pods"] or left["processes"]:  # on_kill deleted the pod
+        assert time.monotonic() - killed_at < 30, left
+        time.sleep(0.2)
+    assert left["secrets"]  # the shard and the key wait for the teardown
+    worker.join(timeout=120)
+    print(f"killed task ended {time.monotonic() - killed_at:.1f} s after on_kill: {outcome['error']!r:.300}")
+    assert not worker.is_alive()
+    assert outcome["error"] is not None  # the killed task did not report success
+    pods = {p["metadata"]["name"] for p in cluster.store.created_pods}
+
+    cleanup.execute(context("cleanup"))
+    assert cluster.wait_until_empty() == {"secrets": [MODEL_URL_SECRET]}
+    forget_events(cluster, pods)
