@@ -45,7 +45,7 @@ def test_killing_the_enrichment_mid_run_then_the_teardown_leaves_nothing(tmp_pat
         try:
             enrich.execute(context("enrich"))
             outcome["error"] = None
-        except BaseException as exc:  # noqa: BLE001 - the killed task's error is the point
+        except BaseException as exc:  # the killed task's error is the point
             outcome["error"] = exc
 
     worker = threading.Thread(target=run_enrichment)

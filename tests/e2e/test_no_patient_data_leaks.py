@@ -1,4 +1,4 @@
-"""Patient data stays in the results: canaries planted in the input never reach what Airflow or the cluster shows.
+"""Patient data stays in the results: canaries planted in the input never reach what Airflow or K8s shows.
 
 Checked, on a successful and on a failing run through KPO and the fake cluster: the task logs (progress lines
 and exception messages included), XCom, the rendered template fields, every pod spec and its environment,
