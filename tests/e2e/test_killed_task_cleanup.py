@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from types import SimpleNamespace
+from typing import Any
 
 from airflow.sdk import DAG
 
@@ -18,7 +19,7 @@ from tests.e2e.conftest import MODEL_URL_SECRET, NAMESPACE, SAMPLE, forget_event
 RUN_ID = "manual__2026-11-24T05:00:00+00:00"
 
 
-def context(task_id: str) -> dict[str, object]:
+def context(task_id: str) -> Any:  # the parts of a task Context that KPO reads
     ti = SimpleNamespace(
         dag_id="llm_enrichment", task_id=task_id, run_id=RUN_ID, map_index=0, try_number=1,
         xcom_push=lambda **_: None,
