@@ -86,6 +86,14 @@ DEFAULTS = {key: os.environ.get(f"LLM_ETL_DEFAULT_{key.upper()}") or value for k
         "shard_bytes": Param(
             700_000, type="integer", minimum=500, maximum=900_000, title="Shard size (compressed bytes)"
         ),
+        "max_dead_letter_ratio": Param(
+            0.1,
+            type="number",
+            minimum=0,
+            maximum=1,
+            title="Dead letters that fail a shard (share)",
+            description="A shard with more dead letters than this fails; 1: never for bad records",
+        ),
         "record_bytes": Param(
             262_144,
             type="integer",
@@ -115,6 +123,7 @@ def llm_enrichment() -> None:
         concurrency="{{ params.concurrency }}",
         max_shard_bytes="{{ params.shard_bytes }}",
         max_record_bytes="{{ params.record_bytes }}",
+        max_dead_letter_ratio="{{ params.max_dead_letter_ratio }}",
         namespace=NAMESPACE,
         execution_mode=EXECUTION_MODE,
         local_dir=LOCAL_DIR,

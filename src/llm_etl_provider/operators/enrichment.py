@@ -75,6 +75,8 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
     :param gpu_tolerations: tolerations for GPU node taints
     :param ttl_seconds: the pod's hard limit (``activeDeadlineSeconds``), the run's TTL
     :param max_record_bytes: records over this size are dead-lettered (as staged)
+    :param max_dead_letter_ratio: the share of dead letters above which the shard fails (templated; default
+        0.1; 1 never fails for bad records)
     :param execution_mode: ``kubernetes``, or ``local``: the same pod's loader, server and worker as local
         processes (llama.cpp's server with a local GGUF), its log written to the local staging folder
     :param local_dir: local mode's staging folder (templated)
@@ -95,6 +97,7 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
         "backend",
         "concurrency",
         "max_record_bytes",
+        "max_dead_letter_ratio",
         "local_dir",
     )
 
@@ -127,6 +130,7 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
         gpu_tolerations: Sequence[dict[str, Any]] | None = None,
         ttl_seconds: int = 3600,
         max_record_bytes: int | str = DEFAULT_RECORD_BYTES,
+        max_dead_letter_ratio: float | str = 0.1,
         execution_mode: str = "kubernetes",
         local_dir: str | None = None,
         local_model_file: str | None = None,
@@ -165,6 +169,7 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
         self.gpu_tolerations = [dict(t) for t in gpu_tolerations or []]
         self.ttl_seconds = ttl_seconds
         self.max_record_bytes = max_record_bytes
+        self.max_dead_letter_ratio = max_dead_letter_ratio
         self.execution_mode = checked_execution_mode(execution_mode)
         self.local_dir = local_dir
         self.local_model_file = local_model_file
@@ -178,6 +183,7 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
         """The task's ``llm-etl-worker`` arguments."""
         args = ["--task", self.task, "--template", self.template, "--id-field", self.id_field]
         args += ["--max-record-bytes", str(self.max_record_bytes)]
+        args += ["--max-dead-letter-ratio", str(self.max_dead_letter_ratio)]
         if self.system_prompt:
             args += ["--system-prompt", self.system_prompt]
         if self.schema:

@@ -96,6 +96,7 @@ class ExtractResultsOperator(BaseOperator):
             "records": manifest["records"],
             "results": manifest["results"],
             "dead_letters": manifest["dead_letters"],
+            "skipped_blank_lines": manifest["skipped_blank_lines"],
             "expected_records": self.shard.get("records"),
             "summary": {
                 k: manifest["worker_summary"].get(k)

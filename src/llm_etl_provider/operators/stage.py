@@ -33,6 +33,8 @@ from llm_etl_provider.worker.records import RecordReader, detect_format
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+FORMAT_PROBE_RECORDS = 100  # not one readable record among the first 100: the input is not what it claims
+
 
 class StageInputOperator(BaseOperator):
     """Read the input from object storage, split it into Secret-sized shards, and stage them with a new key.
@@ -113,8 +115,6 @@ class StageInputOperator(BaseOperator):
             except (ConfigurationError, StagingInputError) as exc:
                 raise StagingError(str(exc).replace(str(local), self.input_path)) from None
         records = sum(s.records for s in shards)
-        if not shards:
-            self.log.warning("the input %s holds no records: nothing to enrich", self.input_path)
         key = new_key()
         descriptors = [
             {
@@ -140,14 +140,34 @@ class StageInputOperator(BaseOperator):
         return descriptors
 
     def _validate(self, local: Path, fmt: str) -> dict[str, list[int]]:
-        """Read the input as the worker will; fail on an unusable whole, report malformed records by line."""
+        """Read the input as the worker will; fail on an unusable whole, report malformed records by line.
+
+        Unusable: no record at all, or not one readable record among the first ones (a file that is not the
+        declared format, or not text).
+        """
         reader = RecordReader(local, input_format=fmt, max_record_bytes=int(self.max_record_bytes))
         malformed: dict[str, list[int]] = {}
-        for record in reader:
-            if record.error is not None:
-                lines = malformed.setdefault(record.error, [])
-                if len(lines) < 20:
-                    lines.append(record.line)
+        readable = 0
+        first_bad: tuple[int, str] | None = None
+        for count, record in enumerate(reader, 1):
+            if record.error is None:
+                readable += 1
+                continue
+            first_bad = first_bad or (record.line, record.error)
+            if not readable and count == FORMAT_PROBE_RECORDS:
+                break
+            lines = malformed.setdefault(record.error, [])
+            if len(lines) < 20:
+                lines.append(record.line)
+        if not readable:
+            if first_bad is None:
+                blank = reader.stats.blank_lines
+                raise StagingError(f"{self.input_path} is empty ({blank} blank lines): no record to enrich")
+            line, reason = first_bad
+            raise StagingError(
+                f"{self.input_path} does not look like {fmt.upper()}: no readable record from line {line} "
+                f"on ({reason} at line {line})"
+            )
         for reason, lines in malformed.items():
             self.log.warning(
                 "%s: records at lines %s%s are %s and will go to the dead letters",

@@ -113,6 +113,8 @@ def extract(
             "records": trailer.results + trailer.dead_letters,
             "results": trailer.results,
             "dead_letters": trailer.dead_letters,
+            # blank input lines hold no record: counted, so that every input line is accounted for
+            "skipped_blank_lines": int(trailer.summary.get("skipped_blank_lines", 0)),
             "frames": trailer.frames,
             "plaintext_bytes": trailer.plaintext_bytes,
             "plaintext_chain_sha256": trailer.plaintext_chain_sha256,

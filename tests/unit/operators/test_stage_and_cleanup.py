@@ -86,6 +86,15 @@ def test_local_mode_stages_files_with_an_owner_only_key(tmp_path):
         ("absent.jsonl", None, "cannot read the input"),
         ("data.txt", b"x", "cannot tell the input format"),
         ("bad.csv", b"id,id\n1,2\n", "names column 'id' twice"),
+        ("empty.jsonl", b"", r"empty.jsonl is empty \(0 blank lines\)"),
+        ("blank.jsonl", b"\n  \n\n", r"blank.jsonl is empty \(3 blank lines\)"),
+        ("table.jsonl", b"id,text\n1,a\n2,b\n", r"does not look like JSONL: .* \(malformed_json at line 1\)"),
+        (
+            "scan.jsonl",
+            b"%PDF-1.7\n\x00\xff\xfe\n",
+            r"does not look like JSONL: no readable record from line 1",
+        ),
+        ("rows.csv", b"id,text\n1,a,b\n2,c,d\n", r"does not look like CSV: .* \(ragged_row at line 2\)"),
     ],
 )
 def test_unusable_inputs_fail_the_stage_with_a_clear_error(tmp_path, api, name, content, message):
