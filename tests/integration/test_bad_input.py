@@ -6,6 +6,7 @@ blank line. The run fails only where the input as a whole is unusable, with an e
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -38,12 +39,12 @@ def run_pipeline(tmp_path: Path, monkeypatch, server, name: str, data: bytes, **
         )
         for shard in shards:
             LLMEnrichmentOperator(
-                task_id="enrich", shard=shard, model=server.model_name, template="{review}",
+                task_id=f"enrich_{shard['index']}", shard=shard, model=server.model_name, template="{review}",
                 llm_conn_id="llm_test", max_dead_letter_ratio=1, **local,
             ).execute({"run_id": "r1"})  # fmt: skip
-            ExtractResultsOperator(task_id="extract", shard=shard, output_path=str(out), **local).execute(
-                {"run_id": "r1"}
-            )
+            ExtractResultsOperator(
+                task_id=f"extract_{shard['index']}", shard=shard, output_path=str(out), **local
+            ).execute({"run_id": "r1"})
     results = [
         json.loads(line) for p in sorted(out.rglob("results.jsonl")) for line in p.read_text().splitlines()
     ]
@@ -126,3 +127,27 @@ def test_an_unusable_input_fails_the_stage_naming_file_and_line(
     with pytest.raises(StagingError, match=message):
         run_pipeline(tmp_path, monkeypatch, llama_server, name, data)
     assert not (tmp_path / "out").exists()
+
+
+def test_duplicate_ids_within_and_across_shards_are_dead_lettered_after_the_first(
+    tmp_path, monkeypatch, llama_server
+):
+    ids = ["a", "b", "a", "c", "b", "a"]
+    # incompressible text, so that the small shards hold about two records each
+    texts = [hashlib.sha256(bytes([n])).hexdigest()[:40] for n in range(len(ids))]
+    data = "".join(
+        json.dumps({"id": i, "review": t}) + "\n" for i, t in zip(ids, texts, strict=True)
+    ).encode()
+    outcome = run_pipeline(
+        tmp_path, monkeypatch, llama_server, "reviews.jsonl", data, max_shard_bytes=200, max_record_bytes=100
+    )
+    assert len(outcome["shards"]) >= 2  # the repeats cross shard boundaries
+    assert accounted(outcome) == {
+        1: "result",
+        2: "result",
+        3: "duplicate_id",
+        4: "result",
+        5: "duplicate_id",
+        6: "duplicate_id",
+    }
+    assert sorted(r["id"] for r in outcome["results"]) == ["a", "b", "c"]

@@ -197,6 +197,13 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
             args += ["--concurrency", str(self.concurrency)]
         return args
 
+    @staticmethod
+    def _shard_args(shard: dict[str, Any]) -> list[str]:
+        args = ["--line-offset", str(shard.get("line_offset", 0))]
+        if duplicates := shard.get("duplicates"):
+            args += ["--duplicate-lines", ",".join(map(str, duplicates))]
+        return args
+
     def pod_params(self, run_id: str) -> PodParams:
         shard = self.shard
         if not isinstance(shard, dict):
@@ -204,7 +211,7 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
                 f"shard must be a StageInputOperator shard descriptor, not {type(shard).__name__}"
             )
         return PodParams(
-            worker_args=(*self.worker_args(), "--line-offset", str(shard.get("line_offset", 0))),
+            worker_args=(*self.worker_args(), *self._shard_args(shard)),
             model=ModelSpec(
                 name=self.model,
                 source=self.model_source,  # type: ignore[arg-type]

@@ -103,7 +103,7 @@ class StageInputOperator(BaseOperator):
                 raise StagingError(f"cannot read the input {self.input_path}: {exc}") from None
             try:
                 fmt = detect_format(local, self.input_format)
-                malformed = self._validate(local, fmt)
+                malformed, duplicates = self._validate(local, fmt)
                 shards = list(
                     plan_shards(
                         local,
@@ -126,6 +126,8 @@ class StageInputOperator(BaseOperator):
                 "input_format": s.input_format,
                 "bytes": len(s.data),
                 "malformed": malformed if s.index == 0 else {},
+                # ids repeated across shards: each shard's worker dead-letters these lines as duplicate_id
+                "duplicates": [n for n in duplicates if _in_shard(n, s, shards)],
             }
             for s in shards
         ]
@@ -139,14 +141,15 @@ class StageInputOperator(BaseOperator):
         )  # fmt: skip
         return descriptors
 
-    def _validate(self, local: Path, fmt: str) -> dict[str, list[int]]:
+    def _validate(self, local: Path, fmt: str) -> tuple[dict[str, list[int]], list[int]]:
         """Read the input as the worker will; fail on an unusable whole, report malformed records by line.
 
         Unusable: no record at all, or not one readable record among the first ones (a file that is not the
-        declared format, or not text).
+        declared format, or not text). Also returns the lines of every record whose id an earlier record has.
         """
         reader = RecordReader(local, input_format=fmt, max_record_bytes=int(self.max_record_bytes))
         malformed: dict[str, list[int]] = {}
+        duplicates: list[int] = []
         readable = 0
         first_bad: tuple[int, str] | None = None
         for count, record in enumerate(reader, 1):
@@ -154,6 +157,8 @@ class StageInputOperator(BaseOperator):
                 readable += 1
                 continue
             first_bad = first_bad or (record.line, record.error)
+            if record.error == "duplicate_id":
+                duplicates.append(record.line)
             if not readable and count == FORMAT_PROBE_RECORDS:
                 break
             lines = malformed.setdefault(record.error, [])
@@ -173,7 +178,7 @@ class StageInputOperator(BaseOperator):
                 "%s: records at lines %s%s are %s and will go to the dead letters",
                 self.input_path, ", ".join(map(str, lines)), " and more" if len(lines) == 20 else "", reason,
             )  # fmt: skip
-        return malformed
+        return malformed, duplicates
 
     def _create_secrets(self, run_id: str, prefix: str, key: bytes, shards: list[Any]) -> None:
         from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
@@ -225,3 +230,8 @@ class StageInputOperator(BaseOperator):
             path.parent.mkdir(mode=0o700)
             path.write_bytes(shard.data)
             descriptor["path"] = str(path)
+
+
+def _in_shard(line: int, shard: Any, shards: list[Any]) -> bool:
+    following = shards[shard.index + 1].first_line if shard.index + 1 < len(shards) else None
+    return shard.first_line <= line and (following is None or line < following)

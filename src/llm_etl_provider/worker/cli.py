@@ -91,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-record-bytes", type=_positive_int, default=1 << 20, help="larger records are dead-lettered"
     )
     io.add_argument("--line-offset", type=int, default=0, help="added to reported line numbers (for shards)")
+    io.add_argument(
+        "--duplicate-lines",
+        type=_line_numbers,
+        default=(),
+        help="comma-separated input lines whose id an earlier shard already holds (dead-lettered)",
+    )
     io.add_argument("--summary", type=Path, help="also write the final summary to this JSON file")
 
     llm = parser.add_argument_group("LLM server")
@@ -164,6 +170,13 @@ def make_sink(args: argparse.Namespace) -> OutputSink:
     return LogFrameSink(key, run_id, args.shard, sys.stdout.buffer, spool_path=spool)
 
 
+def _line_numbers(value: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(n) for n in value.split(",") if n.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected comma-separated line numbers") from None
+
+
 def _log(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
@@ -178,6 +191,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         id_field=args.id_field,
         max_record_bytes=args.max_record_bytes,
         line_offset=args.line_offset,
+        duplicate_lines=args.duplicate_lines,
     )
     sink = make_sink(args)
     checkpoint = (

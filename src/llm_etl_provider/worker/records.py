@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal, cast
@@ -102,6 +103,9 @@ class RecordReader:
     :param id_field: the field that identifies a record
     :param max_record_bytes: records larger than this go to the dead letters unread
     :param line_offset: added to every reported line number (a shard's lines are a slice of a larger input)
+    :param duplicate_lines: input line numbers known to repeat an earlier record's id (found by the stage in
+        an earlier shard); a record whose id this reader saw before is a duplicate too. Duplicates become
+        ``duplicate_id`` errors. The reader keeps an 8-byte hash and a line number per id.
     """
 
     def __init__(
@@ -112,15 +116,19 @@ class RecordReader:
         id_field: str = "id",
         max_record_bytes: int = 1 << 20,
         line_offset: int = 0,
+        duplicate_lines: Collection[int] = (),
     ) -> None:
         self.path = path
         self.format = detect_format(path, input_format)
         self.id_field = id_field
         self.max_record_bytes = max_record_bytes
         self.line_offset = line_offset
+        self.duplicate_lines = frozenset(duplicate_lines)
         self.stats = ReadStats()
+        self._first_line_of_id: dict[bytes, int] = {}
 
     def __iter__(self) -> Iterator[InputRecord]:
+        self._first_line_of_id.clear()
         stream = _open_binary(self.path)
         try:
             if self.format == "jsonl":
@@ -269,6 +277,18 @@ class RecordReader:
                 fields=None,
                 error="missing_id",
                 detail=f"id field {self.id_field!r} {problem}",
+                raw=json.dumps(fields, ensure_ascii=False),
+            )
+        key = hashlib.blake2b(str(record_id).encode("utf-8", "surrogatepass"), digest_size=8).digest()
+        first = self._first_line_of_id.setdefault(key, number)
+        if first != number or number in self.duplicate_lines:
+            where = f"the record at input line {first}" if first != number else "a record in an earlier shard"
+            return InputRecord(
+                line=number,
+                fields=None,
+                record_id=record_id,
+                error="duplicate_id",
+                detail=f"{where} has the same id",
                 raw=json.dumps(fields, ensure_ascii=False),
             )
         return InputRecord(line=number, fields=fields, record_id=record_id)

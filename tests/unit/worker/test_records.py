@@ -161,3 +161,24 @@ def test_custom_id_field(tmp_path):
     path = write(tmp_path / "in.jsonl", json.dumps({"uid": 7, "text": "x"}).encode() + b"\n")
     (record,) = RecordReader(path, id_field="uid")
     assert record.record_id == 7
+
+
+def test_a_repeated_id_is_a_duplicate_of_its_first_line(tmp_path):
+    path = tmp_path / "in.jsonl"
+    rows = [{"id": "a"}, {"id": "b"}, {"id": "a"}, {"id": 7}, {"id": "7"}, {"id": "c"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    records = list(RecordReader(path, line_offset=100))
+    assert [r.error for r in records] == [None, None, "duplicate_id", None, "duplicate_id", None]
+    assert records[2].detail == "the record at input line 101 has the same id"
+    assert records[2].record_id == "a"  # the dead letter still names it
+    assert json.loads(records[2].raw or "") == {"id": "a"}
+    again = list(RecordReader(path, line_offset=100))  # a second pass (a resumed run) sees the same
+    assert [r.error for r in again] == [r.error for r in records]
+
+
+def test_lines_the_stage_found_repeated_in_an_earlier_shard_are_duplicates(tmp_path):
+    path = tmp_path / "in.csv"
+    path.write_text("id,text\nx,1\ny,2\nz,3\n")
+    records = list(RecordReader(path, line_offset=40, duplicate_lines={43}))
+    assert [(r.line, r.error) for r in records] == [(42, None), (43, "duplicate_id"), (44, None)]
+    assert records[1].detail == "a record in an earlier shard has the same id"
