@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import Asset, TaskGroup
@@ -42,6 +43,10 @@ def llm_enrichment_task_group(
         "execution_mode": execution_mode,
         "local_dir": local_dir,
     }
+    # A preempted GPU node or a lost pod fails the try; the shard then runs again in a new pod. The
+    # extraction is idempotent, so a retry after an API hiccup publishes the same files.
+    enrichment.setdefault("retries", 2)
+    enrichment.setdefault("retry_delay", timedelta(seconds=30))
     with TaskGroup(group_id) as group:
         stage = StageInputOperator(
             task_id="stage",
@@ -64,6 +69,7 @@ def llm_enrichment_task_group(
         extract = ExtractResultsOperator.partial(
             task_id="extract",
             output_path=output_path,
+            retries=2,
             outlets=[results_asset or Asset(name=f"{group_id}_results")],
             kubernetes_conn_id=kubernetes_conn_id,
             **common,

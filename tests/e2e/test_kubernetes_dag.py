@@ -140,3 +140,63 @@ def test_the_sweeper_removes_what_outlived_the_ttl_and_nothing_else(cluster, mon
     assert left == ["fresh-key", MODEL_URL_SECRET, "someone-elses"]
     for name in ("fresh-key", "someone-elses"):
         cluster.store.delete("secrets", NAMESPACE, name)
+
+
+def test_a_pod_lost_mid_run_is_retried_and_every_record_is_published_once(tmp_path, cluster, kubernetes_dag):
+    import threading
+    import time
+    from datetime import timedelta
+
+    import httpx
+
+    short = [line for line in SAMPLE.read_text().splitlines(keepends=True) if len(line) < 400][:6]
+    source = tmp_path / "reviews.jsonl"
+    source.write_text("".join(short))
+    dag = kubernetes_dag(deferrable=False)
+    dag.get_task("llm_enrichment.enrich").partial_kwargs["retry_delay"] = timedelta(seconds=1)
+    cluster.store.created_pods.clear()
+    lost: list[str] = []
+    stop = threading.Event()
+
+    def preempt_the_first_pod_mid_run() -> None:
+        """Delete the first pod through the API once its worker has run 2 s, as a node drain would."""
+        while not stop.is_set() and not lost:
+            for runner in list(cluster.kubelet.pods.values()):
+                base = runner.processes.get("base")
+                if (
+                    base is not None
+                    and base.process.poll() is None
+                    and time.time() - base.started_at.timestamp() > 2
+                ):
+                    httpx.delete(
+                        f"{cluster.url}/api/v1/namespaces/{NAMESPACE}/pods/{runner.name}"
+                    ).raise_for_status()
+                    lost.append(runner.name)
+                    break
+            time.sleep(0.1)
+
+    preempter = threading.Thread(target=preempt_the_first_pod_mid_run, daemon=True)
+    preempter.start()
+    try:
+        run = dag.test(
+            run_conf={
+                "input_path": str(source),
+                "output_path": str(tmp_path / "out"),
+                "model": "smollm2",
+                "backend": "llamacpp",
+                "template": "{review}",
+            }
+        )
+    finally:
+        stop.set()
+        preempter.join()
+
+    assert run.state == "success"
+    assert len(lost) == 1
+    pods = {p["metadata"]["name"] for p in cluster.store.created_pods}
+    assert len(pods) == 2  # the lost pod and the retry's
+    (results,) = list((tmp_path / "out").rglob("results.jsonl"))
+    ids = [json.loads(line)["id"] for line in results.read_text().splitlines()]
+    assert sorted(ids) == sorted(json.loads(line)["id"] for line in short)  # none missing, none twice
+    assert cluster.wait_until_empty() == {"secrets": [MODEL_URL_SECRET]}
+    forget_events(cluster, pods)
