@@ -7,7 +7,9 @@ served by llama.cpp's server and the worker as local processes (the README's dem
 Where the cluster keeps its models is the deployment's business, so it comes from the environment:
 ``LLM_ETL_MODEL_SOURCE`` (``pull``, ``pvc``, ``object``, ``image``), ``LLM_ETL_MODEL_URL_SECRET``,
 ``LLM_ETL_MODEL_SHA256``, ``LLM_ETL_MODEL_CLAIM``, ``LLM_ETL_MODEL_IMAGE``, ``LLM_ETL_MODEL_PATH``,
-``LLM_ETL_GPUS`` (default 1) and ``LLM_ETL_DEFERRABLE`` (``true``: the pods are watched by the triggerer).
+``LLM_ETL_GPUS`` (default 1), ``LLM_ETL_DEFERRABLE`` (``true``: the pods are watched by the triggerer),
+``LLM_ETL_WORK_CLAIM_SIZE`` (e.g. ``1Gi``: checkpoints on a volume that survives a lost pod),
+``LLM_ETL_WORK_STORAGE_CLASS`` and ``LLM_ETL_CHECKPOINT_EVERY``.
 In local mode, ``LLM_ETL_LLM_CONN_ID`` names an ``llm_etl`` connection whose server (e.g. the Ollama of
 docker-compose.yaml) does the enrichment instead of the bundled model. ``LLM_ETL_DEFAULT_INPUT``,
 ``LLM_ETL_DEFAULT_OUTPUT`` and ``LLM_ETL_DEFAULT_MODEL`` set the Params' defaults.
@@ -54,6 +56,11 @@ else:
     for setting in ("url_secret", "sha256", "claim", "image", "path"):
         if value := os.environ.get(f"LLM_ETL_MODEL_{setting.upper()}"):
             MODEL_SETTINGS[f"model_{setting}"] = value
+    if work_claim_size := os.environ.get("LLM_ETL_WORK_CLAIM_SIZE"):
+        MODEL_SETTINGS["work_claim_size"] = work_claim_size
+        MODEL_SETTINGS["work_storage_class"] = os.environ.get("LLM_ETL_WORK_STORAGE_CLASS") or None
+    if checkpoint_every := os.environ.get("LLM_ETL_CHECKPOINT_EVERY"):
+        MODEL_SETTINGS["checkpoint_every"] = int(checkpoint_every)
     if deferrable := os.environ.get("LLM_ETL_DEFERRABLE"):
         MODEL_SETTINGS["deferrable"] = deferrable.lower() == "true"
     DEFAULTS = {

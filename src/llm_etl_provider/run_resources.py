@@ -1,4 +1,4 @@
-"""Names, labels and manifests of what one enrichment run creates in Kubernetes (Secrets), without Airflow."""
+"""Names, labels and manifests of what one enrichment run creates in Kubernetes, without Airflow."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from llm_etl_provider.pod.builder import LABEL_RUN, label_value
+from llm_etl_provider.pod.builder import LABEL_RUN, LABEL_SHARD, label_value
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "llm-etl-provider"}
 KEY_FILE_NAME = "key"  # the key Secret's data key, so the mounted file is ./key
@@ -64,4 +64,26 @@ def secret_manifest(
             "annotations": {"llm-etl.io/run-id": run_id},
         },
         "data": {key: base64.b64encode(value).decode() for key, value in data.items()},
+    }
+
+
+def work_claim_manifest(
+    name: str, run_id: str, shard: int, size: str, storage_class: str | None = None
+) -> dict[str, Any]:
+    """A shard's work volume that outlives its pod: the worker's checkpoint and frame spool, so that a retry
+    in a new pod (after a preemption) resumes where the lost pod stopped."""
+    labels = {
+        **MANAGED_BY,
+        LABEL_RUN: label_value(run_id),
+        "llm-etl.io/kind": "work",
+        LABEL_SHARD: str(shard),
+    }
+    spec: dict[str, Any] = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}}
+    if storage_class:
+        spec["storageClassName"] = storage_class
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name, "labels": labels, "annotations": {"llm-etl.io/run-id": run_id}},
+        "spec": spec,
     }

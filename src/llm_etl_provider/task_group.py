@@ -28,12 +28,15 @@ def llm_enrichment_task_group(
     max_shard_bytes: int | str = DEFAULT_SHARD_BYTES,
     max_record_bytes: int | str = DEFAULT_RECORD_BYTES,
     results_asset: Asset | None = None,
+    work_claim_size: str | None = None,
+    work_storage_class: str | None = None,
     **enrichment: Any,
 ) -> TaskGroup:
     """Add the enrichment pipeline to the DAG being defined and return its task group.
 
     ``enrichment`` goes to :class:`LLMEnrichmentOperator` (task, template, backend, model source, GPUs ...).
-    ``max_record_bytes`` goes to both the staging and the worker, which must agree on it.
+    ``max_record_bytes`` goes to both the staging and the worker, which must agree on it. With
+    ``work_claim_size`` each shard's checkpoint survives its pod, so a retry after a lost pod resumes.
     The cleanup is the group's teardown: it runs after success, failure and a killed run alike. The
     extraction updates ``results_asset`` (default: an Asset named ``<group_id>_results``), so other DAGs
     can be scheduled on fresh results.
@@ -55,6 +58,8 @@ def llm_enrichment_task_group(
             kubernetes_conn_id=kubernetes_conn_id,
             max_shard_bytes=max_shard_bytes,
             max_record_bytes=max_record_bytes,
+            work_claim_size=work_claim_size,
+            work_storage_class=work_storage_class,
             **common,
         )
         shards = stage.output

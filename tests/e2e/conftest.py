@@ -60,7 +60,9 @@ def cluster(tmp_path_factory, model_url) -> Iterator[FakeCluster]:
         yield fake
 
 
-def _load_dag(monkeypatch: pytest.MonkeyPatch, cluster: FakeCluster, *, deferrable: bool) -> Any:
+def _load_dag(
+    monkeypatch: pytest.MonkeyPatch, cluster: FakeCluster, *, deferrable: bool, **environment: str
+) -> Any:
     settings = {
         "AIRFLOW_CONN_KUBERNETES_DEFAULT": cluster.airflow_connection(),
         "LLM_ETL_EXECUTION_MODE": "kubernetes",
@@ -70,6 +72,7 @@ def _load_dag(monkeypatch: pytest.MonkeyPatch, cluster: FakeCluster, *, deferrab
         "LLM_ETL_MODEL_SHA256": MODEL_SHA256,
         "LLM_ETL_GPUS": "0",
         "LLM_ETL_DEFERRABLE": str(deferrable).lower(),
+        **environment,
     }
     for name, value in settings.items():
         monkeypatch.setenv(name, value)

@@ -135,14 +135,16 @@ def test_the_sweeper_removes_what_outlived_the_ttl_and_nothing_else(cluster, mon
         )
     with DAG("llm_etl_sweeper", schedule=None):
         sweeper = SweepExpiredOperator(task_id="sweep", namespace=NAMESPACE, ttl_seconds=3600)
-    assert sweeper.execute({}) == {"pods": 0, "secrets": 1}
+    assert sweeper.execute({}) == {"pods": 0, "secrets": 1, "claims": 0}
     left = sorted(s["metadata"]["name"] for s in cluster.store.list("secrets", NAMESPACE))
     assert left == ["fresh-key", MODEL_URL_SECRET, "someone-elses"]
     for name in ("fresh-key", "someone-elses"):
         cluster.store.delete("secrets", NAMESPACE, name)
 
 
-def test_a_pod_lost_mid_run_is_retried_and_every_record_is_published_once(tmp_path, cluster, kubernetes_dag):
+def test_a_pod_lost_mid_run_resumes_in_a_new_pod_and_every_record_is_published_once(
+    tmp_path, cluster, kubernetes_dag
+):
     import threading
     import time
     from datetime import timedelta
@@ -152,22 +154,26 @@ def test_a_pod_lost_mid_run_is_retried_and_every_record_is_published_once(tmp_pa
     short = [line for line in SAMPLE.read_text().splitlines(keepends=True) if len(line) < 400][:6]
     source = tmp_path / "reviews.jsonl"
     source.write_text("".join(short))
-    dag = kubernetes_dag(deferrable=False)
+    # Checkpoints on a work claim that outlives the pod, one record apart: the retry redoes at most one.
+    dag = kubernetes_dag(deferrable=False, LLM_ETL_WORK_CLAIM_SIZE="1Gi", LLM_ETL_CHECKPOINT_EVERY="1")
     dag.get_task("llm_enrichment.enrich").partial_kwargs["retry_delay"] = timedelta(seconds=1)
     cluster.store.created_pods.clear()
     lost: list[str] = []
     stop = threading.Event()
 
+    def checkpointed(runner) -> int:
+        try:
+            checkpoint = json.loads((runner.volumes["work"] / "checkpoint.json").read_text())
+            return int(checkpoint["state"]["records_done"])
+        except (OSError, ValueError, KeyError, AttributeError):
+            return 0
+
     def preempt_the_first_pod_mid_run() -> None:
-        """Delete the first pod through the API once its worker has run 2 s, as a node drain would."""
+        """Delete the first pod through the API once it checkpointed 2 records, as a node drain would."""
         while not stop.is_set() and not lost:
             for runner in list(cluster.kubelet.pods.values()):
                 base = runner.processes.get("base")
-                if (
-                    base is not None
-                    and base.process.poll() is None
-                    and time.time() - base.started_at.timestamp() > 2
-                ):
+                if base is not None and base.process.poll() is None and checkpointed(runner) >= 2:
                     httpx.delete(
                         f"{cluster.url}/api/v1/namespaces/{NAMESPACE}/pods/{runner.name}"
                     ).raise_for_status()

@@ -23,13 +23,18 @@ if TYPE_CHECKING:
 def _delete_all(
     api: Any, namespace: str, selector: str, *, older_than: datetime | None = None
 ) -> dict[str, int]:
-    """Delete the pods and Secrets matching ``selector`` (created before ``older_than``, when given)."""
+    """Delete the pods, Secrets and work claims matching ``selector`` (created before ``older_than``)."""
     from kubernetes.client.exceptions import ApiException
 
-    deleted = {"pods": 0, "secrets": 0}
+    deleted = {"pods": 0, "secrets": 0, "claims": 0}
     kinds = (
         ("pods", api.list_namespaced_pod, api.delete_namespaced_pod),
         ("secrets", api.list_namespaced_secret, api.delete_namespaced_secret),
+        (
+            "claims",
+            api.list_namespaced_persistent_volume_claim,
+            api.delete_namespaced_persistent_volume_claim,
+        ),
     )
     for kind, list_them, delete in kinds:
         for item in list_them(namespace, label_selector=selector).items:
@@ -89,7 +94,8 @@ class CleanupOperator(BaseOperator):
         api = KubernetesHook(conn_id=self.kubernetes_conn_id).core_v1_client
         deleted = _delete_all(api, self.namespace, run_selector(run_id))
         self.log.info(
-            "deleted %(pods)d pods and %(secrets)d Secrets of run %(run)s", {**deleted, "run": run_id}
+            "deleted %(pods)d pods, %(secrets)d Secrets and %(claims)d work claims of run %(run)s",
+            {**deleted, "run": run_id},
         )
         return deleted
 
@@ -125,7 +131,7 @@ class SweepExpiredOperator(BaseOperator):
         cutoff = datetime.now(UTC) - timedelta(seconds=self.ttl_seconds)
         deleted = _delete_all(api, self.namespace, MANAGED_SELECTOR, older_than=cutoff)
         self.log.info(
-            "swept %(pods)d pods and %(secrets)d Secrets older than %(ttl)d s",
+            "swept %(pods)d pods, %(secrets)d Secrets and %(claims)d work claims older than %(ttl)d s",
             {**deleted, "ttl": self.ttl_seconds},
         )
         return deleted

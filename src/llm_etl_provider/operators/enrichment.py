@@ -75,6 +75,8 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
     :param gpu_tolerations: tolerations for GPU node taints
     :param ttl_seconds: the pod's hard limit (``activeDeadlineSeconds``), the run's TTL
     :param max_record_bytes: records over this size are dead-lettered (as staged)
+    :param checkpoint_every: records between the worker's checkpoints (default 100): with a shard work claim
+        (StageInputOperator's ``work_claim_size``) a retry after a lost pod redoes at most this many
     :param max_dead_letter_ratio: the share of dead letters above which the shard fails (templated; default
         0.1; 1 never fails for bad records)
     :param execution_mode: ``kubernetes``, or ``local``: the same pod's loader, server and worker as local
@@ -131,6 +133,7 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
         ttl_seconds: int = 3600,
         max_record_bytes: int | str = DEFAULT_RECORD_BYTES,
         max_dead_letter_ratio: float | str = 0.1,
+        checkpoint_every: int | None = None,
         execution_mode: str = "kubernetes",
         local_dir: str | None = None,
         local_model_file: str | None = None,
@@ -170,6 +173,7 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
         self.ttl_seconds = ttl_seconds
         self.max_record_bytes = max_record_bytes
         self.max_dead_letter_ratio = max_dead_letter_ratio
+        self.checkpoint_every = checkpoint_every
         self.execution_mode = checked_execution_mode(execution_mode)
         self.local_dir = local_dir
         self.local_model_file = local_model_file
@@ -195,6 +199,8 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
             args += ["--entity-types", ",".join(self.entity_types)]
         if self.concurrency:
             args += ["--concurrency", str(self.concurrency)]
+        if self.checkpoint_every:
+            args += ["--checkpoint-every", str(self.checkpoint_every)]
         return args
 
     @staticmethod
@@ -236,6 +242,7 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
             node_selector=self.gpu_node_selector,
             tolerations=tuple(self.gpu_tolerations),
             active_deadline_seconds=self.ttl_seconds,
+            work_claim=shard.get("work_claim"),
         )
 
     def execute(self, context: Context) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from llm_etl_provider.run_resources import (
     local_run_dir,
     run_prefix,
     secret_manifest,
+    work_claim_manifest,
 )
 from llm_etl_provider.staging import (
     DEFAULT_RECORD_BYTES,
@@ -53,6 +55,10 @@ class StageInputOperator(BaseOperator):
     :param local_dir: where local mode stages its files (templated)
     :param max_shard_bytes: the compressed size limit of a shard (a Secret holds at most 1 MiB)
     :param max_record_bytes: records over this size are passed on cut, to be dead-lettered by the worker
+    :param work_claim_size: e.g. ``1Gi``: give each shard a PersistentVolumeClaim for the worker's checkpoint
+        and frame spool, so that a retry after a lost pod (a preempted node) resumes instead of starting over.
+        The retry's pod then has to run where the volume can attach (its zone). None: an emptyDir.
+    :param work_storage_class: the claims' StorageClass (default: the cluster's)
     """
 
     template_fields: Sequence[str] = (
@@ -61,6 +67,8 @@ class StageInputOperator(BaseOperator):
         "local_dir",
         "max_shard_bytes",
         "max_record_bytes",
+        "work_claim_size",
+        "work_storage_class",
     )
 
     def __init__(
@@ -74,6 +82,8 @@ class StageInputOperator(BaseOperator):
         local_dir: str | None = None,
         max_shard_bytes: int | str = DEFAULT_SHARD_BYTES,
         max_record_bytes: int | str = DEFAULT_RECORD_BYTES,
+        work_claim_size: str | None = None,
+        work_storage_class: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -85,6 +95,8 @@ class StageInputOperator(BaseOperator):
         self.local_dir = local_dir
         self.max_shard_bytes = max_shard_bytes
         self.max_record_bytes = max_record_bytes
+        self.work_claim_size = work_claim_size or None
+        self.work_storage_class = work_storage_class or None
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
         run_id = str(context["run_id"])
@@ -133,6 +145,8 @@ class StageInputOperator(BaseOperator):
         ]
         if self.execution_mode == "kubernetes":
             self._create_secrets(run_id, prefix, key, shards)
+            if self.work_claim_size:
+                self._create_work_claims(run_id, prefix, key, descriptors)
         else:
             self._write_local(run_id, key, shards, descriptors)
         self.log.info(
@@ -214,6 +228,28 @@ class StageInputOperator(BaseOperator):
                 # A retried task: the Secrets are immutable, so replace them whole (new key, same shards).
                 api.delete_namespaced_secret(name, self.namespace)
                 api.create_namespaced_secret(self.namespace, manifest)
+
+    def _create_work_claims(
+        self, run_id: str, prefix: str, key: bytes, descriptors: list[dict[str, Any]]
+    ) -> None:
+        from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
+        from kubernetes.client.exceptions import ApiException
+
+        api = KubernetesHook(conn_id=self.kubernetes_conn_id).core_v1_client
+        # Named after the key: a retried stage makes a new key, and a spool sealed with the old one is junk.
+        key_id = hashlib.sha256(key).hexdigest()[:8]
+        for descriptor in descriptors:
+            name = f"{prefix}-shard-{descriptor['index']}-work-{key_id}"
+            manifest = work_claim_manifest(
+                name, run_id, descriptor["index"], str(self.work_claim_size), self.work_storage_class
+            )
+            try:
+                api.create_namespaced_persistent_volume_claim(self.namespace, manifest)
+            except ApiException as exc:
+                raise StagingError(
+                    f"cannot create the work claim {self.namespace}/{name}: HTTP {exc.status}"
+                ) from None
+            descriptor["work_claim"] = name
 
     def _write_local(
         self, run_id: str, key: bytes, shards: list[Any], descriptors: list[dict[str, Any]]

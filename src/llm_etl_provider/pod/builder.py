@@ -148,6 +148,7 @@ class PodParams:
     tolerations: tuple[dict[str, Any], ...] = ()
     active_deadline_seconds: int = 3600
     labels: dict[str, str] = field(default_factory=dict)
+    work_claim: str | None = None
 
 
 def load_template(name: str) -> dict[str, Any]:
@@ -334,6 +335,11 @@ def build_pod(params: PodParams) -> dict[str, Any]:
         "timeoutSeconds": 10,
         "failureThreshold": 3,
     }
+    if params.work_claim:  # the checkpoint and spool survive the pod: a retry resumes
+        for volume in spec["volumes"]:
+            if volume["name"] == "work":
+                volume.clear()
+                volume.update(name="work", persistentVolumeClaim={"claimName": params.work_claim})
     if params.model.source == "object":
         spec["volumes"].append(
             {"name": "model-url", "secret": {"secretName": params.model.url_secret, "defaultMode": 0o440}}

@@ -78,11 +78,14 @@ class Checkpoint:
 
 
 def run_fingerprint(input_path: Path, task_fingerprint: str, id_field: str) -> dict[str, Any]:
-    """Identify a run by its input (path, size, first MiB) and its task, so a checkpoint fits only its run."""
+    """Identify a run by its input's content (size, first MiB) and task: a checkpoint fits only its run.
+
+    Not by the input's path: a pod's Secret files resolve to a folder named after the moment they were
+    mounted, so the same shard has another real path in the retry's pod.
+    """
     with input_path.open("rb") as handle:
         head = hashlib.sha256(handle.read(1 << 20)).hexdigest()
     return {
-        "input": str(input_path.resolve()),
         "input_size": input_path.stat().st_size,
         "input_head_sha256": head,
         "task": task_fingerprint,

@@ -1,6 +1,7 @@
 """The fake cluster's HTTP API: the core/v1 routes KubernetesPodOperator and this provider call.
 
 Pods (list with label and field selectors, create, read, merge/strategic-merge patch, graceful delete),
+PersistentVolumeClaims (bound at once to a folder of the node, removed with the claim),
 pod logs (``container``, ``follow`` as a chunked stream until the container ends, ``timestamps``,
 ``sinceSeconds``, ``sinceTime``, ``tailLines``), events (list and watch) and Secrets (create, read, list,
 delete). Errors are ``Status`` objects with the API server's codes and reasons.
@@ -22,7 +23,12 @@ from starlette.routing import Route
 from tests.e2e.fake_kubernetes.kubelet import Kubelet
 from tests.e2e.fake_kubernetes.store import ApiError, Store, merge_patch, rfc3339
 
-KINDS = {"pods": "Pod", "secrets": "Secret", "events": "Event"}
+KINDS = {
+    "pods": "Pod",
+    "secrets": "Secret",
+    "events": "Event",
+    "persistentvolumeclaims": "PersistentVolumeClaim",
+}
 MERGE_PATCHES = ("application/merge-patch+json", "application/strategic-merge-patch+json")
 
 
@@ -123,6 +129,8 @@ def build_app(store: Store, kubelet: Kubelet) -> Starlette:
         try:
             if kind != "pods":
                 store.delete(kind, namespace, name)
+                if kind == "persistentvolumeclaims":
+                    kubelet.release_claim(namespace, name)
                 return JSONResponse({"kind": "Status", "apiVersion": "v1", "status": "Success"})
 
             def terminating(pod: dict[str, Any]) -> None:

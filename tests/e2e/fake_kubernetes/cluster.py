@@ -98,8 +98,9 @@ class FakeCluster:
         return {
             "pods": [p["metadata"]["name"] for p in self.store.list("pods", None)],
             "secrets": [s["metadata"]["name"] for s in self.store.list("secrets", None)],
+            "claims": [c["metadata"]["name"] for c in self.store.list("persistentvolumeclaims", None)],
             "processes": self.kubelet.running_processes(),
-            "node_files": sorted(str(p.relative_to(root)) for p in root.rglob("*")) if root.exists() else [],
+            "node_files": sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()),
         }
 
     def wait_until_empty(self, timeout: float = 30) -> dict[str, list[str]]:

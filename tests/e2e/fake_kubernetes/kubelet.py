@@ -282,14 +282,27 @@ class PodRunner(threading.Thread):
                 path.mkdir(parents=True)
                 self._mount_secret(volume["secret"], path)
             elif "persistentVolumeClaim" in volume:
-                claim = volume["persistentVolumeClaim"]["claimName"]
-                path = self._configured(self.config.claims, claim, "persistentvolumeclaim")
+                path = self._claim(volume["persistentVolumeClaim"]["claimName"])
             elif "image" in volume:
                 reference = volume["image"]["reference"]
                 path = self._configured(self.config.image_volumes, reference, "image")
             else:
                 raise ValueError(f"volume {name}: only emptyDir, secret, PVC and image volumes are faked")
             self.volumes[name] = path
+
+    def _claim(self, name: str) -> Path:
+        """A claim from the cluster's configuration (a pre-filled volume), or one created through the API."""
+        while name not in self.config.claims:
+            try:
+                self.store.get("persistentvolumeclaims", self.namespace, name)
+            except ApiError:
+                self._event("FailedMount", f'persistentvolumeclaim "{name}" not found', "Warning")
+                self._wait(2)
+                continue
+            path = claim_dir(self.config.root, self.namespace, name)
+            path.mkdir(parents=True, exist_ok=True)
+            return path
+        return self.config.claims[name]
 
     def _configured(self, table: dict[str, Path], key: str, what: str) -> Path:
         while key not in table:
@@ -572,6 +585,10 @@ class PodRunner(threading.Thread):
         return process is None or process.finished_at is not None
 
 
+def claim_dir(root: Path, namespace: str, name: str) -> Path:
+    return root / "claims" / namespace / name
+
+
 class Kubelet:
     """The node: one :class:`PodRunner` per pod created through the API."""
 
@@ -602,6 +619,10 @@ class Kubelet:
             self.store.delete("pods", namespace, name)
             return
         runner.delete()
+
+    def release_claim(self, namespace: str, name: str) -> None:
+        """A deleted claim's volume goes with it."""
+        shutil.rmtree(claim_dir(self.config.root, namespace, name), ignore_errors=True)
 
     def running_processes(self) -> list[str]:
         """Containers whose process is still alive, as ``pod/container``."""

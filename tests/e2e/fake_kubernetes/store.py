@@ -95,6 +95,7 @@ class Store:
             "pods": {},
             "secrets": {},
             "events": {},
+            "persistentvolumeclaims": {},
         }
         self._version = 0
         self.created_pods: list[dict[str, Any]] = []  # every pod as submitted, kept after deletion
@@ -116,6 +117,8 @@ class Store:
             key = (namespace, meta["name"])
             if key in self._objects[kind]:
                 raise ApiError(409, "AlreadyExists", f'{kind} "{meta["name"]}" already exists')
+            if kind == "persistentvolumeclaims":
+                obj["status"] = {"phase": "Bound"}  # a provisioner that binds at once
             meta.update(
                 namespace=namespace,
                 uid=str(uuid.uuid4()),

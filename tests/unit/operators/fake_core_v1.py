@@ -20,7 +20,11 @@ def _matches(labels: dict[str, str], selector: str) -> bool:
 
 class FakeCoreV1:
     def __init__(self) -> None:
-        self.objects: dict[str, dict[tuple[str, str], dict[str, Any]]] = {"secrets": {}, "pods": {}}
+        self.objects: dict[str, dict[tuple[str, str], dict[str, Any]]] = {
+            "secrets": {},
+            "pods": {},
+            "claims": {},
+        }
         self.deleted: list[tuple[str, str]] = []
 
     def _create(
@@ -95,6 +99,17 @@ class FakeCoreV1:
 
     def delete_namespaced_pod(self, name: str, namespace: str, **kwargs: Any) -> None:
         self._delete("pods", name, namespace, **kwargs)
+
+    def create_namespaced_persistent_volume_claim(self, namespace: str, body: dict[str, Any]) -> None:
+        self._create("claims", namespace, body)
+
+    def list_namespaced_persistent_volume_claim(
+        self, namespace: str, label_selector: str = ""
+    ) -> SimpleNamespace:
+        return self._list("claims", namespace, label_selector)
+
+    def delete_namespaced_persistent_volume_claim(self, name: str, namespace: str, **kwargs: Any) -> None:
+        self._delete("claims", name, namespace, **kwargs)
 
     def secret_bytes(self, namespace: str, name: str, key: str) -> bytes:
         return base64.b64decode(self.objects["secrets"][(namespace, name)]["data"][key])

@@ -116,10 +116,10 @@ def test_cleanup_deletes_exactly_the_runs_pods_and_secrets(tmp_path, api):
     api.add_pod("etl", "unrelated", {LABEL_RUN: label_value(RUN)})
     with DAG("llm_enrichment", schedule=None):
         cleanup = CleanupOperator(task_id="cleanup", namespace="etl")
-    assert cleanup.execute({"run_id": RUN}) == {"pods": 1, "secrets": 2}
+    assert cleanup.execute({"run_id": RUN}) == {"pods": 1, "secrets": 2, "claims": 0}
     assert api.objects["secrets"] == {}
     assert sorted(name for _, name in api.objects["pods"]) == ["llm-etl-enrich-other", "unrelated"]
-    assert cleanup.execute({"run_id": RUN}) == {"pods": 0, "secrets": 0}  # idempotent
+    assert cleanup.execute({"run_id": RUN}) == {"pods": 0, "secrets": 0, "claims": 0}  # idempotent
 
 
 def test_the_sweeper_deletes_only_managed_resources_past_the_ttl(api):
@@ -129,7 +129,7 @@ def test_the_sweeper_deletes_only_managed_resources_past_the_ttl(api):
     api.add_pod("etl", "old-theirs", {"app": "x"}, created=old)
     with DAG("llm_etl_sweeper", schedule=None):
         sweeper = SweepExpiredOperator(task_id="sweep", namespace="etl", ttl_seconds=3600)
-    assert sweeper.execute({}) == {"pods": 1, "secrets": 0}
+    assert sweeper.execute({}) == {"pods": 1, "secrets": 0, "claims": 0}
     assert sorted(name for _, name in api.objects["pods"]) == ["new-ours", "old-theirs"]
 
 
