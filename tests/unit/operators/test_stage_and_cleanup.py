@@ -158,3 +158,23 @@ def test_local_cleanup_removes_the_staging(tmp_path):
         cleanup = CleanupOperator(task_id="cleanup", execution_mode="local", local_dir=str(tmp_path / "s"))
     assert cleanup.execute({"run_id": RUN}) == {"local_dirs": 1}
     assert not (tmp_path / "s" / run_prefix("llm_enrichment", RUN)).exists()
+
+
+def test_work_claims_are_made_per_shard_named_after_the_key_and_cleaned_up(tmp_path, api):
+    source = write_input(tmp_path / "in.jsonl")
+    op = stage(input_path=str(source), namespace="etl", max_shard_bytes=20_000, max_record_bytes=5_000,
+               work_claim_size="1Gi", work_storage_class="fast")  # fmt: skip
+    shards = op.execute({"run_id": RUN})
+    claims = api.objects["claims"]
+    assert len(claims) == len(shards) > 1
+    for shard in shards:
+        claim = claims[("etl", shard["work_claim"])]
+        assert claim["spec"]["resources"]["requests"]["storage"] == "1Gi"
+        assert claim["spec"]["storageClassName"] == "fast"
+        assert claim["metadata"]["labels"]["llm-etl.io/shard"] == str(shard["index"])
+    again = op.execute({"run_id": RUN})  # a retried stage: a new key, so new claims
+    assert {s["work_claim"] for s in again}.isdisjoint(s["work_claim"] for s in shards)
+    with DAG("llm_enrichment", schedule=None):
+        cleanup = CleanupOperator(task_id="cleanup", namespace="etl")
+    assert cleanup.execute({"run_id": RUN})["claims"] == 2 * len(shards)
+    assert api.objects["claims"] == {}

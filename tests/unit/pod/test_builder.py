@@ -215,3 +215,15 @@ def test_network_policies_deny_everything_but_model_pulls():
     pull = network_policy("etl", allow_model_pull=True)
     assert pull["spec"]["podSelector"]["matchLabels"][LABEL_MODEL_SOURCE] == "pull"
     assert {p["port"] for rule in pull["spec"]["egress"] for p in rule["ports"]} == {53, 443}
+
+
+def test_a_work_claim_replaces_the_work_emptydir():
+    import dataclasses
+
+    pod = build_pod(dataclasses.replace(params(), work_claim="llm-etl-abc-shard-3-work-1234"))
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["work"] == {
+        "name": "work",
+        "persistentVolumeClaim": {"claimName": "llm-etl-abc-shard-3-work-1234"},
+    }
+    assert "emptyDir" in {v["name"]: v for v in build_pod(params())["spec"]["volumes"]}["work"]
