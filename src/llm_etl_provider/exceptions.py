@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from airflow.sdk.exceptions import AirflowException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 
 class LLMConnectionError(AirflowException):
@@ -19,3 +19,8 @@ class StagingError(AirflowException):
 
 class ExtractionError(AirflowException):
     """A shard's results cannot be extracted; nothing was published for it."""
+
+
+class FrameStreamRejectedError(ExtractionError, AirflowFailException):
+    """The pod log's frame stream failed verification (cut, rotated, tampered, another run's): a retry would
+    read the same log, so the task fails without one."""

@@ -75,6 +75,7 @@ def llm_enrichment_task_group(
             task_id="extract",
             output_path=output_path,
             retries=2,
+            retry_delay=timedelta(seconds=30),
             outlets=[results_asset or Asset(name=f"{group_id}_results")],
             kubernetes_conn_id=kubernetes_conn_id,
             **common,

@@ -4,6 +4,7 @@ an HTTP "object store" for the bundled model, and the example DAG configured for
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import http.server
 import importlib.util
@@ -38,8 +39,9 @@ def model_url() -> Iterator[str]:
     server.server_close()
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory, model_url) -> Iterator[FakeCluster]:
+@contextlib.contextmanager
+def provider_cluster(root: Path, model_url: str, **options: Any) -> Iterator[FakeCluster]:
+    """A fake cluster that runs the provider's pods (loader, llama-server, worker) and holds the model URL."""
     curl = shutil.which("curl")
     assert curl, "the llm-server's startup probe runs curl (scripts/setup.sh installs it)"
     commands = {
@@ -48,7 +50,7 @@ def cluster(tmp_path_factory, model_url) -> Iterator[FakeCluster]:
         "/app/llama-server": [str(find_llama_server())],
         "curl": [curl],
     }
-    with FakeCluster(tmp_path_factory.mktemp("node"), commands, namespace=NAMESPACE) as fake:
+    with FakeCluster(root, commands, namespace=NAMESPACE, **options) as fake:
         fake.store.create(
             "secrets",
             NAMESPACE,
@@ -57,6 +59,12 @@ def cluster(tmp_path_factory, model_url) -> Iterator[FakeCluster]:
                 "data": {"url": base64.b64encode(model_url.encode()).decode()},
             },
         )
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, model_url) -> Iterator[FakeCluster]:
+    with provider_cluster(tmp_path_factory.mktemp("node"), model_url) as fake:
         yield fake
 
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, ObjectStoragePath
 
-from llm_etl_provider.exceptions import ExtractionError
+from llm_etl_provider.exceptions import ExtractionError, FrameStreamRejectedError
 from llm_etl_provider.pod.builder import LABEL_SHARD
 from llm_etl_provider.run_resources import (
     KEY_FILE_NAME,
@@ -85,7 +85,7 @@ class ExtractResultsOperator(BaseOperator):
                 lines, key, destination, run_id=run_id, shard=index, source=source, progress=self.log.info
             )
         except TransportError as exc:
-            raise ExtractionError(f"shard {index}: nothing was published: {exc}") from None
+            raise FrameStreamRejectedError(f"shard {index}: nothing was published: {exc}") from None
         self.log.info(
             "shard %d: published %d results and %d dead letters to %s",
             index, manifest["results"], manifest["dead_letters"], destination,

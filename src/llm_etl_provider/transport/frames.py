@@ -361,10 +361,11 @@ class FrameReader:
     def finish(self) -> Trailer:
         """Return the trailer once the stream has ended; raise if it never came."""
         if self._trailer is None:
-            if self.frames == 0 and self.run_id is None:
+            if self.frames == 0:
                 raise MissingTrailerError(
-                    f"{self.where}: the log holds no frame at all ({self.skipped_lines} other lines): "
-                    "the worker did not run with --output log, or failed before writing"
+                    f"{self.where}: the log holds no frame at all ({self.skipped_lines} other lines): the "
+                    "worker did not run with --output log, failed before writing, or the kubelet rotated "
+                    "the container log and its frames are gone"
                 )
             raise MissingTrailerError(
                 f"{self.where}: the log ends after frame {self.frames - 1} without a trailer: the worker did "

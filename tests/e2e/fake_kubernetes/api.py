@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -178,7 +179,8 @@ def build_app(store: Store, kubelet: Kubelet) -> Starlette:
             since = datetime.fromisoformat(since_time.replace("Z", "+00:00"))
         tail = _int(request, "tailLines")
         path = runner.log_path(container)
-        with path.open("rb") as log:
+        log = path.open("rb")
+        try:
             lines = log.readlines()
             if lines and not lines[-1].endswith(b"\n"):
                 log.seek(-len(lines.pop()), 1)
@@ -197,10 +199,17 @@ def build_app(store: Store, kubelet: Kubelet) -> Starlette:
                     lines.append(line)
                 if line:
                     log.seek(-len(line), 1)
-                if not lines:
-                    if done:
-                        return
+                if lines:
+                    continue
+                if path.exists() and path.stat().st_ino != os.fstat(log.fileno()).st_ino:
+                    log.close()  # rotated: go on with the new file, as the kubelet's follower does
+                    log = path.open("rb")
+                elif done:
+                    return
+                else:
                     await asyncio.sleep(0.1)
+        finally:
+            log.close()
 
     objects = "/api/v1/namespaces/{namespace}/{kind:str}"
 

@@ -29,13 +29,18 @@ class FakeCluster:
         namespace: str = "default",
         claims: dict[str, Path] | None = None,
         image_volumes: dict[str, Path] | None = None,
+        max_log_bytes: int | None = None,
     ) -> None:
         self.namespace = namespace
         self.store = Store()
         self.kubelet = Kubelet(
             self.store,
             KubeletConfig(
-                root=root, commands=commands, claims=claims or {}, image_volumes=image_volumes or {}
+                root=root,
+                commands=commands,
+                claims=claims or {},
+                image_volumes=image_volumes or {},
+                max_log_bytes=max_log_bytes,
             ),
         )
         self._socket = socket.socket()

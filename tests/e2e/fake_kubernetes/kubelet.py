@@ -50,6 +50,7 @@ class KubeletConfig:
     claims: dict[str, Path] = field(default_factory=dict)
     image_volumes: dict[str, Path] = field(default_factory=dict)
     max_grace_seconds: float = 10.0
+    max_log_bytes: int | None = None  # rotate a container's log past this size, as containerLogMaxSize does
 
 
 class PodStopped(Exception):
@@ -92,8 +93,17 @@ def loopback_ports(pod: dict[str, Any]) -> set[int]:
 class ContainerProcess:
     """One running container: its process and the threads that copy its output into its log."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], cwd: Path, log_path: Path) -> None:
+    def __init__(
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: Path,
+        log_path: Path,
+        max_log_bytes: int | None = None,
+    ) -> None:
         self.log_path = log_path
+        self.max_log_bytes = max_log_bytes
+        self.rotations = 0
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = log_path.open("ab", buffering=0)
         self._lock = threading.Lock()
@@ -122,7 +132,16 @@ class ContainerProcess:
             tag = b"F" if line.endswith(b"\n") else b"P"
             with self._lock:
                 self._log.write(b"%s %s %s %s\n" % (stamp, name.encode(), tag, line.rstrip(b"\n")))
+                if self.max_log_bytes is not None and self._log.tell() > self.max_log_bytes:
+                    self._rotate()
         stream.close()
+
+    def _rotate(self) -> None:
+        """Keep one rotated file, as the kubelet does by default; the API serves the current one only."""
+        self._log.close()
+        self.log_path.replace(self.log_path.with_name(self.log_path.name + ".1"))
+        self._log = self.log_path.open("ab", buffering=0)
+        self.rotations += 1
 
     def wait(self, timeout: float | None = None) -> int | None:
         try:
@@ -392,7 +411,9 @@ class PodRunner(threading.Thread):
         ]
         root = self.pod_dir / "containers" / name
         root.mkdir(parents=True, exist_ok=True)
-        process = ContainerProcess(argv, self._environment(container, mounts), root, self.log_path(name))
+        process = ContainerProcess(
+            argv, self._environment(container, mounts), root, self.log_path(name), self.config.max_log_bytes
+        )
         self.processes[name] = process
         self._set_container(
             name, {"running": {"startedAt": rfc3339(process.started_at)}}, started=True, ready=ready

@@ -1,0 +1,45 @@
+"""A pod log the kubelet rotated mid-run (containerLogMaxSize): the extraction refuses the cut stream,
+publishes nothing and does not retry; the run fails and its teardown still removes everything."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.e2e.conftest import MODEL_URL_SECRET, SAMPLE, provider_cluster
+from tests.e2e.fake_kubernetes import FakeCluster
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, model_url) -> Iterator[FakeCluster]:
+    # A few hundred bytes: the worker's first frames are rotated away before the pod ends.
+    with provider_cluster(tmp_path_factory.mktemp("node"), model_url, max_log_bytes=400) as fake:
+        yield fake
+
+
+def test_a_rotated_pod_log_fails_the_extraction_and_publishes_nothing(
+    tmp_path, capfd, cluster, kubernetes_dag
+):
+    source = tmp_path / "reviews.jsonl"
+    source.write_text("".join(SAMPLE.read_text().splitlines(keepends=True)[:4]))
+    dag = kubernetes_dag(deferrable=False)
+
+    run = dag.test(
+        run_conf={
+            "input_path": str(source),
+            "output_path": str(tmp_path / "out"),
+            "model": "smollm2",
+            "backend": "llamacpp",
+            "template": "{review}",
+        }
+    )
+
+    assert run.state == "failed"
+    task_log = "".join(capfd.readouterr())
+    assert "nothing was published" in task_log
+    assert "rotated" in task_log  # the error says what most likely happened
+    refused = [line for line in task_log.splitlines() if line.startswith("llm_etl_provider.exceptions.")]
+    assert len(refused) == 1, refused  # refused once: no retry of a log that cannot change
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.jsonl"))
+    assert cluster.wait_until_empty() == {"secrets": [MODEL_URL_SECRET]}
