@@ -8,13 +8,17 @@ import contextlib
 import functools
 import http.server
 import importlib.util
+import json
 import shutil
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from llm_etl_provider.local.llama_server import MODEL_FILE, MODEL_SHA256, bundled_model, find_llama_server
@@ -106,3 +110,49 @@ def forget_events(cluster: FakeCluster, pods: set[str]) -> None:
     for name in pods:
         for event in cluster.store.list("events", NAMESPACE, field_selector=f"involvedObject.name={name}"):
             cluster.store.delete("events", NAMESPACE, event["metadata"]["name"])
+
+
+def resumable_dag(kubernetes_dag: Callable[..., Any]) -> Any:
+    """The example DAG with checkpoints on work claims, one record apart, and a 1 s retry delay."""
+    dag = kubernetes_dag(deferrable=False, LLM_ETL_WORK_CLAIM_SIZE="1Gi", LLM_ETL_CHECKPOINT_EVERY="1")
+    dag.get_task("llm_enrichment.enrich").partial_kwargs["retry_delay"] = timedelta(seconds=1)
+    return dag
+
+
+def _checkpointed(runner: Any) -> int:
+    try:
+        checkpoint = json.loads((runner.volumes["work"] / "checkpoint.json").read_text())
+        return int(checkpoint["state"]["records_done"])
+    except (OSError, ValueError, KeyError, AttributeError):
+        return 0
+
+
+@contextlib.contextmanager
+def preempted_mid_run(cluster: FakeCluster, after_checkpoints: int) -> Iterator[list[str]]:
+    """Delete the first pod through the API once its worker checkpointed ``after_checkpoints`` records, as
+    a node drain or a spot preemption would; yield the list of pods so lost."""
+    lost: list[str] = []
+    stop = threading.Event()
+
+    def preempt() -> None:
+        while not stop.is_set() and not lost:
+            for runner in list(cluster.kubelet.pods.values()):
+                base = runner.processes.get("base")
+                if (
+                    base is not None
+                    and base.process.poll() is None
+                    and _checkpointed(runner) >= after_checkpoints
+                ):
+                    url = f"{cluster.url}/api/v1/namespaces/{NAMESPACE}/pods/{runner.name}"
+                    httpx.delete(url).raise_for_status()
+                    lost.append(runner.name)
+                    break
+            time.sleep(0.1)
+
+    preempter = threading.Thread(target=preempt, daemon=True)
+    preempter.start()
+    try:
+        yield lost
+    finally:
+        stop.set()
+        preempter.join()

@@ -1,8 +1,10 @@
 """A task killed mid-run (what Airflow does on a timeout, a mark-failed or a scheduler kill): KPO's on_kill
-deletes the running pod, and the teardown removes the run's Secrets and key; nothing is left."""
+deletes the running pod, and the teardown removes the run's Secrets and key; nothing is left, and the
+records' content (canaries) shows nowhere on the way."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from types import SimpleNamespace
@@ -15,6 +17,7 @@ from llm_etl_provider.operators.cleanup import CleanupOperator
 from llm_etl_provider.operators.enrichment import LLMEnrichmentOperator
 from llm_etl_provider.operators.stage import StageInputOperator
 from tests.e2e.conftest import MODEL_URL_SECRET, NAMESPACE, SAMPLE, forget_events
+from tests.e2e.test_no_patient_data_leaks import CANARY
 
 RUN_ID = "manual__2026-11-24T05:00:00+00:00"
 
@@ -27,10 +30,15 @@ def context(task_id: str) -> Any:  # the parts of a task Context that KPO reads
     return {"ti": ti, "task_instance": ti, "run_id": RUN_ID, "dag": SimpleNamespace(dag_id="llm_enrichment")}
 
 
-def test_killing_the_enrichment_mid_run_then_the_teardown_leaves_nothing(tmp_path, cluster, monkeypatch):
+def test_killing_the_enrichment_mid_run_then_the_teardown_leaves_nothing(
+    tmp_path, capfd, cluster, monkeypatch
+):
     monkeypatch.setenv("AIRFLOW_CONN_KUBERNETES_DEFAULT", cluster.airflow_connection())
     source = tmp_path / "reviews.jsonl"
-    source.write_text("".join(SAMPLE.read_text().splitlines(keepends=True)[:40]))  # minutes of work
+    records = [json.loads(line) for line in SAMPLE.read_text().splitlines()[:40]]  # minutes of work
+    for n, record in enumerate(records):
+        record.update(id=f"{CANARY}-id-{n}", review=f"{CANARY} says: {record['review']}")
+    source.write_text("".join(json.dumps(r) + "\n" for r in records))
     with DAG("llm_enrichment", schedule=None):
         stage = StageInputOperator(task_id="stage", input_path=str(source), namespace=NAMESPACE)
         (shard,) = stage.execute(context("stage"))
@@ -71,4 +79,6 @@ def test_killing_the_enrichment_mid_run_then_the_teardown_leaves_nothing(tmp_pat
 
     cleanup.execute(context("cleanup"))
     assert cluster.wait_until_empty() == {"secrets": [MODEL_URL_SECRET]}
+    assert CANARY not in "".join(capfd.readouterr()) + str(outcome["error"])
+    assert CANARY not in json.dumps([cluster.store.created_pods, cluster.store.list("events", NAMESPACE)])
     forget_events(cluster, pods)

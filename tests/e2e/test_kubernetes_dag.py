@@ -12,7 +12,14 @@ import json
 
 import pytest
 
-from tests.e2e.conftest import MODEL_URL_SECRET, NAMESPACE, SAMPLE, forget_events
+from tests.e2e.conftest import (
+    MODEL_URL_SECRET,
+    NAMESPACE,
+    SAMPLE,
+    forget_events,
+    preempted_mid_run,
+    resumable_dag,
+)
 
 
 @pytest.mark.parametrize("deferrable", [False, True], ids=["sync", "deferrable"])
@@ -145,45 +152,13 @@ def test_the_sweeper_removes_what_outlived_the_ttl_and_nothing_else(cluster, mon
 def test_a_pod_lost_mid_run_resumes_in_a_new_pod_and_every_record_is_published_once(
     tmp_path, cluster, kubernetes_dag
 ):
-    import threading
-    import time
-    from datetime import timedelta
-
-    import httpx
-
     short = [line for line in SAMPLE.read_text().splitlines(keepends=True) if len(line) < 400][:6]
     source = tmp_path / "reviews.jsonl"
     source.write_text("".join(short))
     # Checkpoints on a work claim that outlives the pod, one record apart: the retry redoes at most one.
-    dag = kubernetes_dag(deferrable=False, LLM_ETL_WORK_CLAIM_SIZE="1Gi", LLM_ETL_CHECKPOINT_EVERY="1")
-    dag.get_task("llm_enrichment.enrich").partial_kwargs["retry_delay"] = timedelta(seconds=1)
+    dag = resumable_dag(kubernetes_dag)
     cluster.store.created_pods.clear()
-    lost: list[str] = []
-    stop = threading.Event()
-
-    def checkpointed(runner) -> int:
-        try:
-            checkpoint = json.loads((runner.volumes["work"] / "checkpoint.json").read_text())
-            return int(checkpoint["state"]["records_done"])
-        except (OSError, ValueError, KeyError, AttributeError):
-            return 0
-
-    def preempt_the_first_pod_mid_run() -> None:
-        """Delete the first pod through the API once it checkpointed 2 records, as a node drain would."""
-        while not stop.is_set() and not lost:
-            for runner in list(cluster.kubelet.pods.values()):
-                base = runner.processes.get("base")
-                if base is not None and base.process.poll() is None and checkpointed(runner) >= 2:
-                    httpx.delete(
-                        f"{cluster.url}/api/v1/namespaces/{NAMESPACE}/pods/{runner.name}"
-                    ).raise_for_status()
-                    lost.append(runner.name)
-                    break
-            time.sleep(0.1)
-
-    preempter = threading.Thread(target=preempt_the_first_pod_mid_run, daemon=True)
-    preempter.start()
-    try:
+    with preempted_mid_run(cluster, after_checkpoints=2) as lost:
         run = dag.test(
             run_conf={
                 "input_path": str(source),
@@ -193,9 +168,6 @@ def test_a_pod_lost_mid_run_resumes_in_a_new_pod_and_every_record_is_published_o
                 "template": "{review}",
             }
         )
-    finally:
-        stop.set()
-        preempter.join()
 
     assert run.state == "success"
     assert len(lost) == 1

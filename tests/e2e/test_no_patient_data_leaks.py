@@ -1,8 +1,8 @@
 """Patient data stays in the results: canaries planted in the input never reach what Airflow or K8s shows.
 
-Checked, on a successful and on a failing run through KPO and the fake cluster: the task logs (progress lines
-and exception messages included), XCom, the rendered template fields, every pod spec and its environment,
-the cluster's events, and the extraction's error text. The published results are the one place they belong.
+Checked on a successful run, a failing run and a run whose pod is lost mid-run and resumed by the retry:
+the task logs (progress lines and exception messages included), XCom, the rendered template fields, every
+pod spec and its environment, and the cluster's events. The published results are the one place they belong.
 """
 
 from __future__ import annotations
@@ -15,12 +15,19 @@ from airflow.models.renderedtifields import RenderedTaskInstanceFields
 from airflow.models.xcom import XComModel
 from airflow.utils.session import create_session
 
-from tests.e2e.conftest import MODEL_URL_SECRET, NAMESPACE, SAMPLE, forget_events
+from tests.e2e.conftest import (
+    MODEL_URL_SECRET,
+    NAMESPACE,
+    SAMPLE,
+    forget_events,
+    preempted_mid_run,
+    resumable_dag,
+)
 
 CANARY = "CANARY-PT-7f3a9c"
 
 
-def planted(tmp_path, count: int = 2):
+def planted(tmp_path, count: int):
     """Reviews with a canary in the text, in the record id (often a patient identifier) and in a field the
     prompt does not use."""
     lines = [json.loads(line) for line in SAMPLE.read_text().splitlines() if len(line) < 400][:count]
@@ -53,32 +60,37 @@ def cluster_surfaces(cluster: Any) -> str:
     )
 
 
-@pytest.mark.parametrize("outcome", ["success", "failed"])
-def test_canaries_appear_only_in_the_published_results(tmp_path, capfd, cluster, kubernetes_dag, outcome):
-    source = planted(tmp_path)
-    dag = kubernetes_dag(deferrable=False)
+@pytest.mark.parametrize("case", ["success", "failed", "retried"])
+def test_canaries_appear_only_in_the_published_results(tmp_path, capfd, cluster, kubernetes_dag, case):
+    count = 4 if case == "retried" else 2
+    source = planted(tmp_path, count)
+    dag = resumable_dag(kubernetes_dag) if case == "retried" else kubernetes_dag(deferrable=False)
     cluster.store.created_pods.clear()
-    run = dag.test(
-        run_conf={
-            "input_path": str(source),
-            "output_path": str(tmp_path / "out"),
-            "model": "smollm2",
-            "backend": "llamacpp",
-            # the failing run's template names a field no record has: every record is dead-lettered
-            "template": "{review}" if outcome == "success" else "{review} {no_such_field}",
-        }
-    )
-    assert run.state == outcome
+    with preempted_mid_run(cluster, after_checkpoints=2 if case == "retried" else 10**6) as lost:
+        run = dag.test(
+            run_conf={
+                "input_path": str(source),
+                "output_path": str(tmp_path / "out"),
+                "model": "smollm2",
+                "backend": "llamacpp",
+                # the failing run's template names a field no record has: every record is dead-lettered
+                "template": "{review} {no_such_field}" if case == "failed" else "{review}",
+            }
+        )
+    assert run.state == ("failed" if case == "failed" else "success")
+    assert len(lost) == (case == "retried")
     task_log = "".join(capfd.readouterr())
     assert "[base]" in task_log  # the worker's lines did reach the task log
     assert CANARY not in task_log
     assert CANARY not in airflow_surfaces(dag.dag_id, run.run_id)
     assert CANARY not in cluster_surfaces(cluster)
     published = list((tmp_path / "out").rglob("results.jsonl"))
-    if outcome == "success":
+    if case != "failed":
         (results,) = published
         ids = [json.loads(line)["id"] for line in results.read_text().splitlines()]
-        assert ids == [f"{CANARY}-id-0", f"{CANARY}-id-1"]  # where it belongs: the checks above can fail
+        assert ids == [
+            f"{CANARY}-id-{n}" for n in range(count)
+        ]  # where it belongs: the checks above can fail
     else:
         assert published == []
     assert cluster.wait_until_empty() == {"secrets": [MODEL_URL_SECRET]}
