@@ -105,6 +105,19 @@ def kubernetes_dag(monkeypatch: pytest.MonkeyPatch, cluster: FakeCluster) -> Cal
     return functools.partial(_load_dag, monkeypatch, cluster)
 
 
+def run_example(dag: Any, source: Path, output: Path, *, template: str = "{review}", **conf: Any) -> Any:
+    """Trigger the example DAG over ``source`` with the model the fake cluster serves (llama.cpp, SmolLM2)."""
+    run_conf = {
+        "input_path": str(source),
+        "output_path": str(output),
+        "model": "smollm2",
+        "backend": "llamacpp",
+        "template": template,
+        **conf,
+    }
+    return dag.test(run_conf=run_conf)
+
+
 def forget_events(cluster: FakeCluster, pods: set[str]) -> None:
     """Drop the events of ``pods``, so that the next run in the module counts its own."""
     for name in pods:

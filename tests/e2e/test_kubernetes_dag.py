@@ -19,6 +19,7 @@ from tests.e2e.conftest import (
     forget_events,
     preempted_mid_run,
     resumable_dag,
+    run_example,
 )
 
 
@@ -32,16 +33,12 @@ def test_two_shards_through_kpo_are_enriched_by_the_model_and_nothing_remains(
     dag = kubernetes_dag(deferrable=deferrable)
     assert dag.get_task("llm_enrichment.enrich").partial_kwargs["deferrable"] is deferrable
 
-    run = dag.test(
-        run_conf={
-            "input_path": str(source),
-            "output_path": str(tmp_path / "out"),
-            "model": "smollm2",
-            "backend": "llamacpp",
-            "template": "{review}",
-            "shard_bytes": 800,  # two shards of two records each
-            "record_bytes": 400,
-        }
+    run = run_example(
+        dag,
+        source,
+        tmp_path / "out",
+        shard_bytes=800,
+        record_bytes=400,  # two shards of two records each
     )
 
     assert run.state == "success"
@@ -86,15 +83,7 @@ def test_a_failing_shard_fails_the_run_and_the_teardown_still_removes_everything
     dag = kubernetes_dag(deferrable=False)
 
     # No record has this field: the worker dead-letters them all and exits 4 (the dead-letter threshold).
-    run = dag.test(
-        run_conf={
-            "input_path": str(source),
-            "output_path": str(tmp_path / "out"),
-            "model": "smollm2",
-            "backend": "llamacpp",
-            "template": "{no_such_field}",
-        }
-    )
+    run = run_example(dag, source, tmp_path / "out", template="{no_such_field}")
 
     assert run.state == "failed"
     from airflow.models.taskinstance import TaskInstance
@@ -159,15 +148,7 @@ def test_a_pod_lost_mid_run_resumes_in_a_new_pod_and_every_record_is_published_o
     dag = resumable_dag(kubernetes_dag)
     cluster.store.created_pods.clear()
     with preempted_mid_run(cluster, after_checkpoints=2) as lost:
-        run = dag.test(
-            run_conf={
-                "input_path": str(source),
-                "output_path": str(tmp_path / "out"),
-                "model": "smollm2",
-                "backend": "llamacpp",
-                "template": "{review}",
-            }
-        )
+        run = run_example(dag, source, tmp_path / "out")
 
     assert run.state == "success"
     assert len(lost) == 1

@@ -8,6 +8,7 @@ pod spec and its environment, and the cluster's events. The published results ar
 from __future__ import annotations
 
 import json
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from tests.e2e.conftest import (
     forget_events,
     preempted_mid_run,
     resumable_dag,
+    run_example,
 )
 
 CANARY = "CANARY-PT-7f3a9c"
@@ -66,17 +68,13 @@ def test_canaries_appear_only_in_the_published_results(tmp_path, capfd, cluster,
     source = planted(tmp_path, count)
     dag = resumable_dag(kubernetes_dag) if case == "retried" else kubernetes_dag(deferrable=False)
     cluster.store.created_pods.clear()
-    with preempted_mid_run(cluster, after_checkpoints=2 if case == "retried" else 10**6) as lost:
-        run = dag.test(
-            run_conf={
-                "input_path": str(source),
-                "output_path": str(tmp_path / "out"),
-                "model": "smollm2",
-                "backend": "llamacpp",
-                # the failing run's template names a field no record has: every record is dead-lettered
-                "template": "{review} {no_such_field}" if case == "failed" else "{review}",
-            }
-        )
+    preemption: AbstractContextManager[list[str]] = (
+        preempted_mid_run(cluster, after_checkpoints=2) if case == "retried" else nullcontext([])
+    )
+    with preemption as lost:
+        # the failing run's template names a field no record has: every record is dead-lettered
+        template = "{review} {no_such_field}" if case == "failed" else "{review}"
+        run = run_example(dag, source, tmp_path / "out", template=template)
     assert run.state == ("failed" if case == "failed" else "success")
     assert len(lost) == (case == "retried")
     task_log = "".join(capfd.readouterr())

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.conftest import MODEL_URL_SECRET, SAMPLE, provider_cluster
+from tests.e2e.conftest import MODEL_URL_SECRET, SAMPLE, provider_cluster, run_example
 from tests.e2e.fake_kubernetes import FakeCluster
 
 
@@ -25,15 +25,7 @@ def test_a_rotated_pod_log_fails_the_extraction_and_publishes_nothing(
     source.write_text("".join(SAMPLE.read_text().splitlines(keepends=True)[:4]))
     dag = kubernetes_dag(deferrable=False)
 
-    run = dag.test(
-        run_conf={
-            "input_path": str(source),
-            "output_path": str(tmp_path / "out"),
-            "model": "smollm2",
-            "backend": "llamacpp",
-            "template": "{review}",
-        }
-    )
+    run = run_example(dag, source, tmp_path / "out")
 
     assert run.state == "failed"
     task_log = "".join(capfd.readouterr())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import shutil
 import tempfile
@@ -128,6 +129,7 @@ class StageInputOperator(BaseOperator):
                 raise StagingError(str(exc).replace(str(local), self.input_path)) from None
         records = sum(s.records for s in shards)
         key = new_key()
+        repeated = _duplicates_by_shard(duplicates, shards)
         descriptors = [
             {
                 "index": s.index,
@@ -139,14 +141,17 @@ class StageInputOperator(BaseOperator):
                 "bytes": len(s.data),
                 "malformed": malformed if s.index == 0 else {},
                 # ids repeated across shards: each shard's worker dead-letters these lines as duplicate_id
-                "duplicates": [n for n in duplicates if _in_shard(n, s, shards)],
+                "duplicates": repeated[s.index],
             }
             for s in shards
         ]
         if self.execution_mode == "kubernetes":
-            self._create_secrets(run_id, prefix, key, shards)
+            from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
+
+            api = KubernetesHook(conn_id=self.kubernetes_conn_id).core_v1_client
+            self._create_secrets(api, run_id, prefix, key, shards)
             if self.work_claim_size:
-                self._create_work_claims(run_id, prefix, key, descriptors)
+                self._create_work_claims(api, run_id, prefix, key, descriptors)
         else:
             self._write_local(run_id, key, shards, descriptors)
         self.log.info(
@@ -194,11 +199,9 @@ class StageInputOperator(BaseOperator):
             )  # fmt: skip
         return malformed, duplicates
 
-    def _create_secrets(self, run_id: str, prefix: str, key: bytes, shards: list[Any]) -> None:
-        from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
+    def _create_secrets(self, api: Any, run_id: str, prefix: str, key: bytes, shards: list[Any]) -> None:
         from kubernetes.client.exceptions import ApiException
 
-        api = KubernetesHook(conn_id=self.kubernetes_conn_id).core_v1_client
         manifests = [
             secret_manifest(
                 key_secret_name(self.dag_id, run_id),
@@ -230,12 +233,10 @@ class StageInputOperator(BaseOperator):
                 api.create_namespaced_secret(self.namespace, manifest)
 
     def _create_work_claims(
-        self, run_id: str, prefix: str, key: bytes, descriptors: list[dict[str, Any]]
+        self, api: Any, run_id: str, prefix: str, key: bytes, descriptors: list[dict[str, Any]]
     ) -> None:
-        from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
         from kubernetes.client.exceptions import ApiException
 
-        api = KubernetesHook(conn_id=self.kubernetes_conn_id).core_v1_client
         # Named after the key: a retried stage makes a new key, and a spool sealed with the old one is junk.
         key_id = hashlib.sha256(key).hexdigest()[:8]
         for descriptor in descriptors:
@@ -268,6 +269,10 @@ class StageInputOperator(BaseOperator):
             descriptor["path"] = str(path)
 
 
-def _in_shard(line: int, shard: Any, shards: list[Any]) -> bool:
-    following = shards[shard.index + 1].first_line if shard.index + 1 < len(shards) else None
-    return shard.first_line <= line and (following is None or line < following)
+def _duplicates_by_shard(lines: list[int], shards: list[Any]) -> list[list[int]]:
+    """Group input lines by the shard that holds them (shards are contiguous, in input order)."""
+    starts = [shard.first_line for shard in shards]
+    grouped: list[list[int]] = [[] for _ in shards]
+    for line in lines:
+        grouped[bisect.bisect_right(starts, line) - 1].append(line)
+    return grouped

@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -41,6 +42,19 @@ def pinned(image: str) -> str:
     return f"{image}@sha256:{hashlib.sha256(image.encode()).hexdigest()}"
 
 
+def run_checkov(folder: Path) -> dict[str, Any]:
+    """checkov's JSON report on the manifests in ``folder`` (offline: no policy download)."""
+    done = subprocess.run(
+        [checkov(), "--framework", "kubernetes", "--skip-download", "-d", folder, "-o", "json", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    report: dict[str, Any] = json.loads(done.stdout)
+    return report
+
+
 def test_every_pod_and_network_policy_passes_checkov(tmp_path):
     for backend, source, gpus in ALL_PODS:
         pod_params = params(backend, source, gpus, worker_image=pinned(DEFAULT_WORKER_IMAGE))
@@ -51,14 +65,7 @@ def test_every_pod_and_network_policy_passes_checkov(tmp_path):
     for allow_model_pull in (False, True):
         policy = network_policy("llm-etl", allow_model_pull=allow_model_pull)
         (tmp_path / f"policy-{allow_model_pull}.yaml").write_text(yaml.safe_dump(policy))
-    done = subprocess.run(
-        [checkov(), "--framework", "kubernetes", "--skip-download", "-d", tmp_path, "-o", "json", "--quiet"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    report = json.loads(done.stdout)
+    report = run_checkov(tmp_path)
     failed = [
         f"{check['check_id']} {check['resource']} ({check['file_path']})"
         for check in report["results"]["failed_checks"]
@@ -72,12 +79,5 @@ def test_checkov_does_fail_a_pod_that_breaks_the_rules(tmp_path):
     pod = build_pod(params())  # tags, no namespace: the checks this module's pods pass by pinning
     pod["spec"]["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = True
     (tmp_path / "pod.yaml").write_text(yaml.safe_dump(pod))
-    done = subprocess.run(
-        [checkov(), "--framework", "kubernetes", "--skip-download", "-d", tmp_path, "-o", "json", "--quiet"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    failed = {check["check_id"] for check in json.loads(done.stdout)["results"]["failed_checks"]}
+    failed = {check["check_id"] for check in run_checkov(tmp_path)["results"]["failed_checks"]}
     assert {"CKV_K8S_20", "CKV_K8S_43", "CKV_K8S_21"} <= failed
