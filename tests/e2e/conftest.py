@@ -143,7 +143,10 @@ def _checkpointed(runner: Any) -> int:
 @contextlib.contextmanager
 def preempted_mid_run(cluster: FakeCluster, after_checkpoints: int) -> Iterator[list[str]]:
     """Delete the first pod through the API once its worker checkpointed ``after_checkpoints`` records, as
-    a node drain or a spot preemption would; yield the list of pods so lost."""
+    a node drain or a spot preemption would; yield the list of pods so lost.
+
+    Run the DAG with ``concurrency=1``: records in flight together finish together, and a worker that
+    checkpoints its whole shard at once exits before it can be preempted."""
     lost: list[str] = []
     stop = threading.Event()
 

@@ -148,7 +148,7 @@ def test_a_pod_lost_mid_run_resumes_in_a_new_pod_and_every_record_is_published_o
     dag = resumable_dag(kubernetes_dag)
     cluster.store.created_pods.clear()
     with preempted_mid_run(cluster, after_checkpoints=2) as lost:
-        run = run_example(dag, source, tmp_path / "out")
+        run = run_example(dag, source, tmp_path / "out", concurrency=1)
 
     assert run.state == "success"
     assert len(lost) == 1

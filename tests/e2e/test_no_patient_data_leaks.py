@@ -74,7 +74,8 @@ def test_canaries_appear_only_in_the_published_results(tmp_path, capfd, cluster,
     with preemption as lost:
         # the failing run's template names a field no record has: every record is dead-lettered
         template = "{review} {no_such_field}" if case == "failed" else "{review}"
-        run = run_example(dag, source, tmp_path / "out", template=template)
+        conf = {"concurrency": 1} if case == "retried" else {}
+        run = run_example(dag, source, tmp_path / "out", template=template, **conf)
     assert run.state == ("failed" if case == "failed" else "success")
     assert len(lost) == (case == "retried")
     task_log = "".join(capfd.readouterr())
