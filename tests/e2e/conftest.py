@@ -72,10 +72,9 @@ def cluster(tmp_path_factory, model_url) -> Iterator[FakeCluster]:
         yield fake
 
 
-def _load_dag(
-    monkeypatch: pytest.MonkeyPatch, cluster: FakeCluster, *, deferrable: bool, **environment: str
-) -> Any:
-    settings = {
+def kubernetes_settings(cluster: FakeCluster, *, deferrable: bool, **environment: str) -> dict[str, str]:
+    """The environment that points the example DAG at ``cluster`` and the model it serves."""
+    return {
         "AIRFLOW_CONN_KUBERNETES_DEFAULT": cluster.airflow_connection(),
         "LLM_ETL_EXECUTION_MODE": "kubernetes",
         "LLM_ETL_NAMESPACE": NAMESPACE,
@@ -86,6 +85,12 @@ def _load_dag(
         "LLM_ETL_DEFERRABLE": str(deferrable).lower(),
         **environment,
     }
+
+
+def _load_dag(
+    monkeypatch: pytest.MonkeyPatch, cluster: FakeCluster, *, deferrable: bool, **environment: str
+) -> Any:
+    settings = kubernetes_settings(cluster, deferrable=deferrable, **environment)
     for name, value in settings.items():
         monkeypatch.setenv(name, value)
     from airflow.utils.db import initdb
@@ -107,7 +112,12 @@ def kubernetes_dag(monkeypatch: pytest.MonkeyPatch, cluster: FakeCluster) -> Cal
 
 def run_example(dag: Any, source: Path, output: Path, *, template: str = "{review}", **conf: Any) -> Any:
     """Trigger the example DAG over ``source`` with the model the fake cluster serves (llama.cpp, SmolLM2)."""
-    run_conf = {
+    return dag.test(run_conf=example_conf(source, output, template=template, **conf))
+
+
+def example_conf(source: Path, output: Path, *, template: str = "{review}", **conf: Any) -> dict[str, Any]:
+    """The example DAG's Params for ``source`` and the model the fake cluster serves."""
+    return {
         "input_path": str(source),
         "output_path": str(output),
         "model": "smollm2",
@@ -115,7 +125,6 @@ def run_example(dag: Any, source: Path, output: Path, *, template: str = "{revie
         "template": template,
         **conf,
     }
-    return dag.test(run_conf=run_conf)
 
 
 def forget_events(cluster: FakeCluster, pods: set[str]) -> None:

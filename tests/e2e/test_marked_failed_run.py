@@ -1,0 +1,64 @@
+"""A DAG run marked failed mid-run, as a user does from the UI, under a real Airflow deployment.
+
+Airflow fails the running enrichment (its supervisor kills the task, or the triggerer drops the deferred
+one), skips what has not started and leaves the teardown to run: the cleanup must then remove the pod, the
+shard Secrets and the key. Nothing is left in the fake cluster, and no record shows in any log on the way.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.e2e.airflow_stack import AirflowStack
+from tests.e2e.conftest import (
+    MODEL_URL_SECRET,
+    REPO,
+    example_conf,
+    forget_events,
+    kubernetes_settings,
+)
+from tests.e2e.test_no_patient_data_leaks import CANARY, cluster_surfaces, planted
+
+DAG_ID = "llm_enrichment"
+
+
+@pytest.mark.parametrize("deferrable", [False, True], ids=["sync", "deferrable"])
+def test_a_dag_run_marked_failed_mid_run_leaves_nothing_in_the_cluster(tmp_path, cluster, deferrable):
+    source = planted(tmp_path, 40)  # minutes of work: the run is marked failed long before it ends
+    cluster.store.created_pods.clear()
+    settings = kubernetes_settings(cluster, deferrable=deferrable)
+    with AirflowStack(tmp_path / "airflow", REPO / "dags", settings, triggerer=deferrable) as airflow:
+        run_id = airflow.trigger(DAG_ID, example_conf(source, tmp_path / "out"))
+        airflow.wait_for(
+            lambda: any(p.endswith("/base") for p in cluster.kubelet.running_processes()),
+            300,
+            "the worker to start enriching",
+        )
+        time.sleep(3)  # mid-run
+        assert airflow.task_states(DAG_ID, run_id)["llm_enrichment.enrich[0]"] in ("running", "deferred")
+        airflow.mark_failed(DAG_ID, run_id)
+        run_state = airflow.wait_for(
+            lambda: (state := airflow.dag_run_state(DAG_ID, run_id)) not in ("queued", "running") and state,
+            300,
+            "the run to end",
+        )
+        states = airflow.task_states(DAG_ID, run_id)
+        logs = airflow.logs()
+
+    # Airflow keeps a run with a pending teardown running, then derives its state from the leaves: extract
+    # was skipped, so the run ends "success" (apache/airflow#45530); the failed enrichment is the record.
+    assert run_state == "success"
+    assert states == {
+        "llm_enrichment.stage": "success",
+        "llm_enrichment.enrich[0]": "failed",
+        "llm_enrichment.extract": "skipped",  # never expanded: its shard never finished
+        "llm_enrichment.cleanup": "success",
+    }, logs[-3000:]
+    assert "deleted 1 pods, 2 Secrets" in logs  # the teardown found and removed the run's objects
+    assert cluster.wait_until_empty() == {"secrets": [MODEL_URL_SECRET]}
+    assert not list((tmp_path / "out").rglob("results.jsonl"))
+    assert CANARY not in logs
+    assert CANARY not in cluster_surfaces(cluster)
+    forget_events(cluster, {p["metadata"]["name"] for p in cluster.store.created_pods})
