@@ -150,27 +150,25 @@ def _checkpointed(runner: Any) -> int:
 
 
 @contextlib.contextmanager
-def preempted_mid_run(cluster: FakeCluster, after_checkpoints: int) -> Iterator[list[str]]:
+def preempted_mid_run(cluster: FakeCluster, after_checkpoints: int) -> Iterator[dict[str, int]]:
     """Delete the first pod through the API once its worker checkpointed ``after_checkpoints`` records, as
-    a node drain or a spot preemption would; yield the list of pods so lost.
+    a node drain or a spot preemption would; yield ``{pod: records checkpointed when it was deleted}``.
 
     Run the DAG with ``concurrency=1``: records in flight together finish together, and a worker that
     checkpoints its whole shard at once exits before it can be preempted."""
-    lost: list[str] = []
+    lost: dict[str, int] = {}
     stop = threading.Event()
 
     def preempt() -> None:
         while not stop.is_set() and not lost:
             for runner in list(cluster.kubelet.pods.values()):
                 base = runner.processes.get("base")
-                if (
-                    base is not None
-                    and base.process.poll() is None
-                    and _checkpointed(runner) >= after_checkpoints
-                ):
+                if base is None or base.process.poll() is not None:
+                    continue
+                if (checkpointed := _checkpointed(runner)) >= after_checkpoints:
                     url = f"{cluster.url}/api/v1/namespaces/{NAMESPACE}/pods/{runner.name}"
                     httpx.delete(url).raise_for_status()
-                    lost.append(runner.name)
+                    lost[runner.name] = checkpointed
                     break
             time.sleep(0.1)
 

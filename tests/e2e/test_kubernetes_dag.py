@@ -157,5 +157,9 @@ def test_a_pod_lost_mid_run_resumes_in_a_new_pod_and_every_record_is_published_o
     (results,) = list((tmp_path / "out").rglob("results.jsonl"))
     ids = [json.loads(line)["id"] for line in results.read_text().splitlines()]
     assert sorted(ids) == sorted(json.loads(line)["id"] for line in short)  # none missing, none twice
+    manifest = json.loads((results.parent / "manifest.json").read_text())
+    (checkpointed,) = lost.values()
+    # the retry started from the lost pod's last checkpoint: it redid only the record in flight
+    assert manifest["worker_summary"]["resumed_from"] >= checkpointed >= 2
     assert cluster.wait_until_empty() == {"secrets": [MODEL_URL_SECRET]}
     forget_events(cluster, pods)

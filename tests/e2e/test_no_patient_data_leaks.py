@@ -68,8 +68,8 @@ def test_canaries_appear_only_in_the_published_results(tmp_path, capfd, cluster,
     source = planted(tmp_path, count)
     dag = resumable_dag(kubernetes_dag) if case == "retried" else kubernetes_dag(deferrable=False)
     cluster.store.created_pods.clear()
-    preemption: AbstractContextManager[list[str]] = (
-        preempted_mid_run(cluster, after_checkpoints=2) if case == "retried" else nullcontext([])
+    preemption: AbstractContextManager[dict[str, int]] = (
+        preempted_mid_run(cluster, after_checkpoints=2) if case == "retried" else nullcontext({})
     )
     with preemption as lost:
         # the failing run's template names a field no record has: every record is dead-lettered
