@@ -12,6 +12,7 @@ import json
 
 import pytest
 
+from llm_etl_provider.transport.frames import FORMAT
 from tests.e2e.conftest import (
     MODEL_URL_SECRET,
     NAMESPACE,
@@ -44,7 +45,7 @@ def test_two_shards_through_kpo_are_enriched_by_the_model_and_nothing_remains(
     assert run.state == "success"
     task_log = "".join(capfd.readouterr())
     assert "[base] start task=sentiment" in task_log  # the worker's progress reaches the task log ...
-    assert "LLMETL1" not in task_log  # ... its sealed frames never do
+    assert FORMAT not in task_log  # ... its sealed frames never do
     shard_dirs = sorted((tmp_path / "out").glob("*/shard-*"))
     assert [d.name for d in shard_dirs] == ["shard-00000", "shard-00001"]
     ids = []

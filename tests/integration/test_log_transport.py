@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 
+from llm_etl_provider.transport.frames import FORMAT
 from tests.integration.conftest import BIN, SAMPLE
 
 
@@ -27,7 +28,7 @@ def test_worker_log_output_extracts_to_object_storage(tmp_path, llama_server):
         done = subprocess.run(command, stdout=stdout, stderr=subprocess.PIPE, text=True, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     raw = log.read_bytes()
-    assert raw.startswith(b"LLMETL1 manual__2026-11-24T01:00:00+00:00 3 0 D ")
+    assert raw.startswith(f"{FORMAT} manual__2026-11-24T01:00:00+00:00 3 0 R ".encode())  # results first
     first_review = json.loads(sample.read_text().splitlines()[0])["review"]
     assert first_review[:40].encode() not in raw  # sealed: no record content in the log
     assert "progress" in done.stderr  # diagnostics stay on stderr

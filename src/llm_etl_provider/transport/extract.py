@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from os import PathLike
@@ -21,13 +22,14 @@ from typing import IO, Any
 
 from upath import UPath
 
-from llm_etl_provider.transport.frames import FrameReader, Stream
+from llm_etl_provider.transport.frames import FrameReader
 
 RESULTS = "results.jsonl"
 DEAD_LETTERS = "dead_letter.jsonl"
 MANIFEST = "manifest.json"
 SUCCESS = "_SUCCESS"
 MANIFEST_FORMAT = "llm-etl-manifest/1"
+DEFAULT_THREADS = 1 if (os.cpu_count() or 1) > 1 else 0
 
 
 @dataclass
@@ -37,12 +39,13 @@ class _OutputFile:
     lines: int = 0
     size: int = 0
 
-    def write(self, line: bytes) -> None:
-        data = line + b"\n"
-        self.handle.write(data)
-        self.digest.update(data)
-        self.lines += 1
-        self.size += len(data)
+    def write(self, lines: bytes, count: int) -> None:
+        """Append ``count`` newline-terminated lines."""
+        if lines:
+            self.handle.write(lines)
+            self.digest.update(lines)
+            self.lines += count
+            self.size += len(lines)
 
     def describe(self) -> dict[str, Any]:
         return {"lines": self.lines, "bytes": self.size, "sha256": self.digest.hexdigest()}
@@ -66,6 +69,7 @@ def extract(
     source: str = "",
     progress: Callable[[str], None] | None = None,
     progress_every: float = 10.0,
+    threads: int = DEFAULT_THREADS,
 ) -> dict[str, Any]:
     """Verify the frame stream in ``lines`` and publish it under ``output``; return the manifest.
 
@@ -76,6 +80,7 @@ def extract(
     :param shard: the shard the frames must belong to; None takes the stream's own
     :param source: where the stream came from, for the manifest (no record content)
     :param progress: receives a progress line (counts and rates) every ``progress_every`` seconds
+    :param threads: threads that open (decrypt, decompress) frames beside the reading and writing
     :raises TransportError: the stream cannot be trusted; nothing was published
     """
     destination = as_upath(output)
@@ -91,14 +96,17 @@ def extract(
             (staging / RESULTS).open("wb") as results_handle,
             (staging / DEAD_LETTERS).open("wb") as dead_handle,
         ):
-            files: dict[Stream, _OutputFile] = {
-                "result": _OutputFile(results_handle),
-                "dead_letter": _OutputFile(dead_handle),
-            }
-            for line in lines:
-                stream_bytes += len(line)
-                for stream, item in reader.feed(line):
-                    files[stream].write(item)
+            results, dead_letters = _OutputFile(results_handle), _OutputFile(dead_handle)
+
+            def counted(lines: Iterable[bytes]) -> Iterator[bytes]:
+                nonlocal stream_bytes
+                for line in lines:
+                    stream_bytes += len(line)
+                    yield line
+
+            for completed in reader.read(counted(lines), threads=threads):
+                results.write(completed.results, completed.result_count)
+                dead_letters.write(completed.dead_letters, completed.dead_letter_count)
                 if progress is not None and time.monotonic() - last_report >= progress_every:
                     last_report = time.monotonic()
                     progress(_progress_line(reader, stream_bytes, last_report - started))
@@ -118,7 +126,7 @@ def extract(
             "frames": trailer.frames,
             "plaintext_bytes": trailer.plaintext_bytes,
             "plaintext_chain_sha256": trailer.plaintext_chain_sha256,
-            "files": {RESULTS: files["result"].describe(), DEAD_LETTERS: files["dead_letter"].describe()},
+            "files": {RESULTS: results.describe(), DEAD_LETTERS: dead_letters.describe()},
             "worker_summary": trailer.summary,
             "extract": {
                 "source": source,

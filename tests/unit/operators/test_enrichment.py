@@ -12,6 +12,7 @@ from kubernetes.client import ApiClient
 from llm_etl_provider.operators.enrichment import FrameFilteringPodManager, LLMEnrichmentOperator
 from llm_etl_provider.pod.builder import LABEL_RUN, label_value
 from llm_etl_provider.run_resources import key_secret_name
+from llm_etl_provider.transport.frames import FORMAT
 
 SHARD = {
     "index": 2,
@@ -114,7 +115,7 @@ def test_result_frames_never_reach_the_task_log(monkeypatch):
     logged = []
     monkeypatch.setattr(PodManager, "_log_message", lambda self, message, *a, **k: logged.append(message))
     manager = FrameFilteringPodManager.__new__(FrameFilteringPodManager)
-    manager._log_message("LLMETL1 run 0 3 D AAAA", "base", True, None)
+    manager._log_message(f"{FORMAT} run 0 3 R AAAA", "base", True, None)
     manager._log_message("progress records=10/20", "base", True, None)
     assert logged == ["progress records=10/20"]
 

@@ -85,12 +85,38 @@ DAMAGE: dict[
 }
 
 
+@pytest.mark.parametrize("threads", [0, 2], ids=["inline", "threads"])
 @pytest.mark.parametrize("damage", list(DAMAGE))
-def test_a_damaged_stream_publishes_nothing_and_leaves_no_staging(tmp_path, damage):
+def test_a_damaged_stream_publishes_nothing_and_leaves_no_staging(tmp_path, damage, threads):
     spoil, error = DAMAGE[damage]
     with pytest.raises(error):
-        extract(spoil(frame_log()), KEY, tmp_path / "out")
+        extract(spoil(frame_log()), KEY, tmp_path / "out", threads=threads)
     assert listing(tmp_path / "out") == []
+
+
+@pytest.mark.parametrize("threads", [0, 2], ids=["inline", "threads"])
+@pytest.mark.parametrize(
+    ("bad", "missing"), [(4, 6), (40, 80)], ids=["in the batch being filled", "in a batch being opened"]
+)
+def test_the_first_failure_in_the_stream_is_the_one_reported(tmp_path, threads, bad, missing):
+    lines = frame_log(n_results=1500, n_dead=200)
+    frame = bytearray(lines[bad + 1])  # line 0 is the worker's start line
+    frame[len(frame) // 2] ^= 0x01
+    lines[bad + 1] = bytes(frame)  # frame `bad` does not authenticate ...
+    del lines[
+        missing + 1
+    ]  # ... and a later frame is missing: found first by the reader, but later in the log
+    with pytest.raises(FrameAuthenticationError, match=f"frame {bad} does not authenticate"):
+        extract(lines, KEY, tmp_path / "out", threads=threads)
+    assert listing(tmp_path / "out") == []
+
+
+def test_threads_publish_what_the_inline_reader_publishes(tmp_path):
+    log = frame_log(n_results=1500, n_dead=200)
+    inline = extract(log, KEY, tmp_path / "inline", threads=0)
+    threaded = extract(log, KEY, tmp_path / "threads", threads=2)
+    assert inline["files"] == threaded["files"]
+    assert inline["frames"] > 5 * 32  # more batches than the threads hold ahead
 
 
 def test_the_wrong_key_publishes_nothing(tmp_path):

@@ -33,9 +33,20 @@ def write_stream(items, *, key=KEY, run_id="run-1", shard=0, chunk_bytes=24_000,
 
 
 def read_stream(lines, *, key=KEY, **kwargs):
+    """The lines read back as (stream, line) items: the results in order, then the dead letters in order."""
     reader = FrameReader(key, **kwargs)
-    items = [item for line in lines for item in reader.feed(line)]
+    completed = [reader.feed(line) for line in lines]
+    for c in completed:
+        assert c.results.count(b"\n") == c.result_count
+        assert c.dead_letters.count(b"\n") == c.dead_letter_count
+    results = b"".join(c.results for c in completed).split(b"\n")[:-1]
+    dead_letters = b"".join(c.dead_letters for c in completed).split(b"\n")[:-1]
+    items = [("result", item) for item in results] + [("dead_letter", item) for item in dead_letters]
     return items, reader.finish()
+
+
+def by_stream(items):
+    return sorted(items, key=lambda item: item[0] != "result")  # stable: order within a stream kept
 
 
 json_lines = st.lists(
@@ -55,7 +66,7 @@ def test_round_trip_keeps_every_line_in_order(items, chunk_bytes):
     lines = write_stream(items, chunk_bytes=chunk_bytes)
     assert all(len(line) <= MAX_LINE_BYTES for line in lines)
     got, trailer = read_stream(lines)
-    assert got == items
+    assert got == by_stream(items)
     assert trailer.results == sum(1 for s, _ in items if s == "result")
     assert trailer.dead_letters == len(items) - trailer.results
 
@@ -218,3 +229,20 @@ def test_no_frame_holds_plaintext():
 def test_run_ids_that_cannot_be_framed_are_refused(run_id):
     with pytest.raises(ValueError, match="run id"):
         FrameWriter(KEY, run_id, 0, lambda _: None)
+
+
+@pytest.mark.parametrize("stream", ["result", "dead_letter"])
+def test_a_stream_that_ends_in_a_cut_line_is_rejected(stream):
+    lines: list[bytes] = []
+    writer = FrameWriter(KEY, "run-1", 0, lines.append)
+    writer.add(stream, b'{"id": 1}')
+    writer._buffers[stream] += b'{"id": 2'  # what only a faulty writer holding the key could seal
+    writer.finish()
+    with pytest.raises(TrailerMismatchError, match="_end: trailer a whole line, read a cut line"):
+        read_stream(lines)
+
+
+def test_a_frame_of_an_unknown_kind_is_rejected():
+    (frame, trailer) = write_stream([("result", b"{}")])
+    with pytest.raises(MalformedFrameError, match="holds a cut or garbled frame"):
+        read_stream([frame.replace(b" 0 R ", b" 0 X "), trailer])
