@@ -133,6 +133,20 @@ class AirflowStack:
             for ti in instances
         }
 
+    def stored_surfaces(self, dag_id: str, run_id: str) -> dict[str, list[Any]]:
+        """The run's XCom values and rendered template fields, as the UI shows them."""
+        run = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances"
+        entries = self.api("GET", f"{run}/~/xcomEntries")["xcom_entries"]
+        values = [
+            self.api(
+                "GET", f"{run}/{entry['task_id']}/xcomEntries/{entry['key']}",
+                params={"map_index": entry["map_index"], "stringify": True},
+            )["value"]
+            for entry in entries
+        ]  # fmt: skip
+        instances = self.api("GET", run)["task_instances"]
+        return {"xcom": values, "rendered": [ti.get("rendered_fields") for ti in instances]}
+
     def mark_failed(self, dag_id: str, run_id: str) -> None:
         """What a user does with the UI's "Mark as failed" on a running DAG run."""
         self.api("PATCH", f"/dags/{dag_id}/dagRuns/{run_id}", json={"state": "failed"})

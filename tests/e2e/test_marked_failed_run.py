@@ -7,6 +7,7 @@ shard Secrets and the key. Nothing is left in the fake cluster, and no record sh
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -46,6 +47,7 @@ def test_a_dag_run_marked_failed_mid_run_leaves_nothing_in_the_cluster(tmp_path,
         )
         states = airflow.task_states(DAG_ID, run_id)
         logs = airflow.logs()
+        stored = airflow.stored_surfaces(DAG_ID, run_id)
 
     # Airflow keeps a run with a pending teardown running, then derives its state from the leaves: extract
     # was skipped, so the run ends "success" (apache/airflow#45530); the failed enrichment is the record.
@@ -60,5 +62,7 @@ def test_a_dag_run_marked_failed_mid_run_leaves_nothing_in_the_cluster(tmp_path,
     assert cluster.wait_until_empty() == {"secrets": [MODEL_URL_SECRET]}
     assert not list((tmp_path / "out").rglob("results.jsonl"))
     assert CANARY not in logs
+    assert stored["xcom"]  # the stage's shard descriptors at least
+    assert CANARY not in json.dumps(stored)
     assert CANARY not in cluster_surfaces(cluster)
     forget_events(cluster, {p["metadata"]["name"] for p in cluster.store.created_pods})

@@ -1,5 +1,6 @@
 """A pod log the kubelet rotated mid-run (containerLogMaxSize): the extraction refuses the cut stream,
-publishes nothing and does not retry; the run fails and its teardown still removes everything."""
+publishes nothing and does not retry; the run fails and its teardown still removes everything. The error
+names no record (canaries planted in the input)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.conftest import MODEL_URL_SECRET, SAMPLE, provider_cluster, run_example
+from tests.e2e.conftest import MODEL_URL_SECRET, provider_cluster, run_example
 from tests.e2e.fake_kubernetes import FakeCluster
+from tests.e2e.test_no_patient_data_leaks import CANARY, airflow_surfaces, planted
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +23,7 @@ def cluster(tmp_path_factory, model_url) -> Iterator[FakeCluster]:
 def test_a_rotated_pod_log_fails_the_extraction_and_publishes_nothing(
     tmp_path, capfd, cluster, kubernetes_dag
 ):
-    source = tmp_path / "reviews.jsonl"
-    source.write_text("".join(SAMPLE.read_text().splitlines(keepends=True)[:4]))
+    source = planted(tmp_path, 4)
     dag = kubernetes_dag(deferrable=False)
 
     run = run_example(dag, source, tmp_path / "out")
@@ -34,4 +35,6 @@ def test_a_rotated_pod_log_fails_the_extraction_and_publishes_nothing(
     refused = [line for line in task_log.splitlines() if line.startswith("llm_etl_provider.exceptions.")]
     assert len(refused) == 1, refused  # refused once: no retry of a log that cannot change
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.jsonl"))
+    assert CANARY not in task_log  # the extract error text included
+    assert CANARY not in airflow_surfaces(dag.dag_id, run.run_id)
     assert cluster.wait_until_empty() == {"secrets": [MODEL_URL_SECRET]}

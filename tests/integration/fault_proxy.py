@@ -1,9 +1,10 @@
 """A proxy in front of the real llama-server that injects the faults an LLM server shows in production.
 
-Chat completions get a fault drawn from a seeded schedule: HTTP 500, 503 (queue full), a connection reset,
-a stall past the client's timeout, a truncated body, a body that is not JSON, or an answer that breaks the
-task's schema; the rest pass through to the real model. Other routes (health, slots, models) always pass.
-Every completion request is recorded with its prompt and the fault it got.
+Chat completions get a fault from a seeded schedule: HTTP 500, 503 (queue full), a connection reset, a
+stall past the client's timeout, a truncated body, a body that is not JSON, or an answer that breaks the
+task's schema. The first requests get every kind once, in a seeded order; after that each request gets a
+random fault with probability ``rate`` and the rest pass through to the real model. Other routes (health,
+slots, models) always pass. Every completion request is recorded with its prompt and the fault it got.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class FaultProxy:
         self.stall_seconds = stall_seconds
         self.always = always or {}  # prompt substring -> fault, for records that must always fail
         self._random = random.Random(seed)
+        self._deck = self._random.sample(faults, len(faults))  # every kind is met, whatever the rate
         self._lock = threading.Lock()
         self.requests: list[tuple[str, str]] = []  # (prompt, fault or "pass")
         handler = type("Handler", (_Handler,), {"proxy": self})
@@ -64,6 +66,8 @@ class FaultProxy:
     def choose(self, prompt: str) -> str:
         with self._lock:
             fault = next((f for text, f in self.always.items() if text in prompt), None)
+            if fault is None and self._deck:
+                fault = self._deck.pop()
             if fault is None:
                 fault = self._random.choice(self.faults) if self._random.random() < self.rate else "pass"
             self.requests.append((prompt, fault))
@@ -78,6 +82,11 @@ class FaultProxy:
         """Completion requests whose prompt holds ``text``."""
         with self._lock:
             return sum(text in prompt for prompt, _ in self.requests)
+
+    def faults_for(self, text: str) -> int:
+        """Faults injected into completion requests whose prompt holds ``text``."""
+        with self._lock:
+            return sum(text in prompt and fault != "pass" for prompt, fault in self.requests)
 
     def injected(self) -> Counter[str]:
         with self._lock:

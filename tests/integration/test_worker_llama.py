@@ -117,7 +117,9 @@ def test_ollama_api_through_a_fake_ollama_backed_by_the_real_model(tmp_path, lla
     assert all(r["stream"] is False and r["keep_alive"] == "10m" for r in ollama.requests)
 
 
-@pytest.mark.parametrize("seed", [11, 23])
+@pytest.mark.parametrize(
+    "seed", [2, 23, 29]
+)  # killed after 7, 15 and 23 results: between checkpoints and on one
 def test_sigkill_and_restart_redoes_at_most_one_checkpoint(tmp_path, llama_server, seed):
     sample = head(SAMPLE, 40, tmp_path / "in.jsonl")
     args = [

@@ -17,6 +17,7 @@ from llm_etl_provider.pod.builder import (
     label_value,
     network_policy,
 )
+from tests.unit.pod.pss import restricted_violations
 
 SHA = "b" * 64
 
@@ -75,22 +76,77 @@ def test_every_pod_keeps_the_contract(backend, source, gpus):
     assert ("nvidia.com/gpu" in server["resources"]["limits"]) == bool(gpus)
 
 
-@pytest.mark.parametrize(("backend", "source", "gpus"), ALL_PODS)
-def test_every_pod_meets_the_restricted_pod_security_standard(backend, source, gpus):
-    pod = build_pod(params(backend, source, gpus))
-    spec = pod["spec"]
-    assert spec["securityContext"]["runAsNonRoot"] is True
-    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-    for name, container in containers(pod).items():
-        context = container["securityContext"]
-        assert context["allowPrivilegeEscalation"] is False, name
-        assert context["capabilities"]["drop"] == ["ALL"], name
-        assert context["readOnlyRootFilesystem"] is True, name
-        assert context["seccompProfile"]["type"] == "RuntimeDefault", name
-        assert "limits" in container["resources"], name
-    for volume in spec["volumes"]:
-        assert not {"hostPath", "hostNetwork"} & set(volume), volume
-    assert not any(spec.get(name) for name in ("hostNetwork", "hostPID", "hostIPC"))
+def every_pod_variant():
+    """Every pod the operator can render: each backend, model source and GPU count, and the options."""
+    for backend, source, gpus in ALL_PODS:
+        yield f"{backend}-{source}-gpu{gpus}", params(backend, source, gpus)
+    yield "work-claim", params(work_claim="llm-etl-abc-work-3")
+    yield (
+        "gpu-node-placement",
+        params(
+            node_selector={"nvidia.com/gpu.present": "true"},
+            tolerations=({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},),
+        ),
+    )
+
+
+VARIANTS = dict(every_pod_variant())
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_pod_meets_the_restricted_pod_security_standard(variant):
+    pod = build_pod(VARIANTS[variant])
+    minor = 33 if "-image-" in variant else 29  # image volumes: restricted-allowed, and beta, from 1.33
+    assert restricted_violations(pod, minor) == []
+    for container in containers(pod).values():  # stricter than the standard asks
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True, container["name"]
+        assert "limits" in container["resources"], container["name"]
+
+
+@pytest.mark.parametrize(
+    ("spoil", "violation"),
+    [
+        (lambda pod: pod["spec"].update(hostNetwork=True), "hostNetwork is set"),
+        (
+            lambda pod: pod["spec"]["volumes"].append({"name": "h", "hostPath": {"path": "/"}}),
+            "restricted type",
+        ),
+        (lambda pod: pod["spec"]["containers"][0]["securityContext"].update(privileged=True), "privileged"),
+        (lambda pod: pod["spec"]["containers"][0]["securityContext"].update(runAsUser=0), "runAsUser 0"),
+        (
+            lambda pod: pod["spec"]["containers"][0].update(ports=[{"containerPort": 1, "hostPort": 80}]),
+            "hostPort",
+        ),
+        (
+            lambda pod: pod["spec"]["initContainers"][1]["securityContext"]["capabilities"].update(
+                add=["SYS_ADMIN"]
+            ),
+            "capabilities added",
+        ),
+        (
+            lambda pod: pod["spec"]["initContainers"][0]["securityContext"].update(
+                allowPrivilegeEscalation=True
+            ),
+            "allowPrivilegeEscalation",
+        ),
+        (
+            lambda pod: pod["spec"]["containers"][0]["securityContext"].update(
+                seccompProfile={"type": "Unconfined"}
+            ),
+            "seccompProfile Unconfined",
+        ),
+    ],
+)
+def test_the_pod_security_check_finds_violations(spoil, violation):
+    pod = build_pod(params())
+    spoil(pod)
+    assert any(violation in found for found in restricted_violations(pod)), restricted_violations(pod)
+
+
+def test_image_volumes_are_restricted_before_kubernetes_1_33():
+    pod = build_pod(params("llamacpp", "image"))
+    assert restricted_violations(pod, 33) == []
+    assert any("restricted type ['image']" in v for v in restricted_violations(pod, 32))
 
 
 def test_the_worker_reads_its_shard_and_key_from_secrets_and_writes_sealed_frames():

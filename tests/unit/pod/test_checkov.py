@@ -20,7 +20,7 @@ import yaml
 
 from llm_etl_provider.local.llama_server import cache_dir
 from llm_etl_provider.pod.builder import BACKENDS, DEFAULT_WORKER_IMAGE, build_pod, network_policy
-from tests.unit.pod.test_builder import ALL_PODS, params
+from tests.unit.pod.test_builder import VARIANTS, params
 
 REQUIREMENTS = Path(__file__).resolve().parents[3] / "tools" / "checkov-requirements.txt"
 
@@ -56,12 +56,16 @@ def run_checkov(folder: Path) -> dict[str, Any]:
 
 
 def test_every_pod_and_network_policy_passes_checkov(tmp_path):
-    for backend, source, gpus in ALL_PODS:
-        pod_params = params(backend, source, gpus, worker_image=pinned(DEFAULT_WORKER_IMAGE))
-        server = dataclasses.replace(pod_params.server, image=pinned(BACKENDS[backend].image))
-        pod = build_pod(dataclasses.replace(pod_params, server=server))
+    for variant, pod_params in VARIANTS.items():
+        server = dataclasses.replace(
+            pod_params.server, image=pinned(BACKENDS[pod_params.server.backend].image)
+        )
+        pinned_params = dataclasses.replace(
+            pod_params, server=server, worker_image=pinned(DEFAULT_WORKER_IMAGE)
+        )
+        pod = build_pod(pinned_params)
         pod["metadata"]["namespace"] = "llm-etl"
-        (tmp_path / f"pod-{backend}-{source}-{gpus}.yaml").write_text(yaml.safe_dump(pod))
+        (tmp_path / f"pod-{variant}.yaml").write_text(yaml.safe_dump(pod))
     for allow_model_pull in (False, True):
         policy = network_policy("llm-etl", allow_model_pull=allow_model_pull)
         (tmp_path / f"policy-{allow_model_pull}.yaml").write_text(yaml.safe_dump(policy))
@@ -71,7 +75,7 @@ def test_every_pod_and_network_policy_passes_checkov(tmp_path):
         for check in report["results"]["failed_checks"]
     ]
     assert failed == []
-    assert report["summary"]["passed"] > 20 * len(ALL_PODS)  # it did check the pods
+    assert report["summary"]["passed"] > 20 * len(VARIANTS)  # it did check the pods
     assert report["summary"]["parsing_errors"] == 0
 
 

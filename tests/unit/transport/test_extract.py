@@ -81,6 +81,18 @@ DAMAGE: dict[
     "reordered frames": (lambda lines: [*lines[:3], lines[4], lines[3], *lines[5:]], FrameGapError),
     "flipped byte": (flip_a_byte, (FrameAuthenticationError, MalformedFrameError)),
     "missing trailer": (lambda lines: lines[:-2], MissingTrailerError),
+    "frame split across two lines": (
+        lambda lines: [*lines[:5], lines[5][:60] + b"\n", lines[5][60:], *lines[6:]],
+        (FrameAuthenticationError, MalformedFrameError),
+    ),
+    "frame replayed from another run": (
+        lambda lines: [*lines[:5], frame_log(run_id="run-8")[5], *lines[6:]],
+        FrameAuthenticationError,
+    ),
+    "frame replayed under this run's name": (
+        lambda lines: [*lines[:5], frame_log(run_id="run-8")[5].replace(b" run-8 ", b" run-7 "), *lines[6:]],
+        FrameAuthenticationError,
+    ),
     "cut at the kubelet's rotation point": (lambda lines: lines[6:], RotatedLogError),
 }
 
