@@ -23,11 +23,13 @@ def test_faults_are_retried_within_bounds_then_dead_lettered(tmp_path, llama_ser
     records = [json.loads(line) for line in sample.read_text().splitlines()]
     doomed = records[3]  # this record's every attempt gets HTTP 500
     with FaultProxy(
-        llama_server.url, rate=0.4, seed=seed, stall_seconds=6, always={doomed["review"]: "error_500"}
+        llama_server.url, rate=0.4, seed=seed, stall_seconds=24, always={doomed["review"]: "error_500"}
     ) as proxy:
+        # The timeout leaves a real answer time on 2 loaded cores (a tighter one times out real answers, and
+        # the server keeps working on what its clients gave up on); the stall outlasts it.
         done = worker(
-            "--task", "sentiment", "--input", sample, "--template", "{review}",
-            "--request-timeout", "4", "--max-attempts", str(MAX_ATTEMPTS), "--max-dead-letter-ratio", "1",
+            "--task", "sentiment", "--input", sample, "--template", "{review}", "--concurrency", "4",
+            "--request-timeout", "20", "--max-attempts", str(MAX_ATTEMPTS), "--max-dead-letter-ratio", "1",
             *common(tmp_path, proxy.url),
         )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -45,10 +47,12 @@ def test_faults_are_retried_within_bounds_then_dead_lettered(tmp_path, llama_ser
     assert doomed_letter["attempts"] == MAX_ATTEMPTS
     assert {d["reason"] for d in dead} <= TRANSIENT_REASONS
     assert set(proxy.injected()) == set(FAULTS)  # the run met every kind of fault
-    for record in results + dead:  # each record was retried after each fault, and only then
-        text = next(r["review"] for r in records if r["id"] == record["id"])
-        attempts = record["meta"]["attempts"] if "meta" in record else record["attempts"]
-        assert attempts == proxy.attempts_for(text) == 1 + proxy.faults_for(text) - (record in dead), record
+    review = {r["id"]: r["review"] for r in records}
+    for result in results:  # every fault was followed by a retry; the count is what the server saw
+        text = review[result["id"]]
+        assert result["meta"]["attempts"] == proxy.attempts_for(text) >= 1 + proxy.faults_for(text), result
+    for letter in dead:  # given up only after the last attempt (a slow real answer may time out too)
+        assert letter["attempts"] == proxy.attempts_for(review[letter["id"]]) == MAX_ATTEMPTS, letter
     assert any(r["meta"]["attempts"] > 1 for r in results)  # faults were survived, not only dead-lettered
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["records"] == len(records)
