@@ -38,7 +38,8 @@ def test_a_dag_run_marked_failed_mid_run_leaves_nothing_in_the_cluster(tmp_path,
             "the worker to start enriching",
         )
         time.sleep(3)  # mid-run
-        assert airflow.task_states(DAG_ID, run_id)["llm_enrichment.enrich[0]"] in ("running", "deferred")
+        before = airflow.task_states(DAG_ID, run_id)
+        assert before["llm_enrichment.enrich[0]"] in ("running", "deferred"), before
         airflow.mark_failed(DAG_ID, run_id)
         run_state = airflow.wait_for(
             lambda: (state := airflow.dag_run_state(DAG_ID, run_id)) not in ("queued", "running") and state,
@@ -50,16 +51,15 @@ def test_a_dag_run_marked_failed_mid_run_leaves_nothing_in_the_cluster(tmp_path,
         stored = airflow.stored_surfaces(DAG_ID, run_id)
 
     # Airflow keeps a run with a pending teardown running, then derives its state from the leaves: extract
-    # was skipped, so the run ends "success" (apache/airflow#45530); the failed enrichment is the record.
-    assert run_state == "success"
-    assert states == {
-        "llm_enrichment.stage": "success",
-        "llm_enrichment.enrich[0]": "failed",
-        "llm_enrichment.extract": "skipped",  # never expanded: its shard never finished
-        "llm_enrichment.cleanup": "success",
-    }, logs[-3000:]
-    assert "deleted 1 pods, 2 Secrets" in logs  # the teardown found and removed the run's objects
-    assert cluster.wait_until_empty() == {"secrets": [MODEL_URL_SECRET]}
+    # was skipped, so the run mostly ends "success" (apache/airflow#45530); the failed enrich is on record.
+    assert run_state in ("success", "failed"), (states, logs[-3000:])
+    assert states["llm_enrichment.stage"] == "success", states
+    assert states["llm_enrichment.enrich[0]"] == "failed", (states, logs[-3000:])
+    extract = {state for task, state in states.items() if task.startswith("llm_enrichment.extract")}
+    assert extract <= {"skipped", "upstream_failed"}, states  # never ran: its shard never finished
+    assert states["llm_enrichment.cleanup"] == "success", (states, logs[-3000:])
+    assert "deleted 1 pods, 2 Secrets" in logs, logs[-3000:]  # the teardown found the run's objects
+    assert cluster.wait_until_empty() == {"secrets": [MODEL_URL_SECRET]}, logs[-3000:]
     assert not list((tmp_path / "out").rglob("results.jsonl"))
     assert CANARY not in logs
     assert stored["xcom"]  # the stage's shard descriptors at least
