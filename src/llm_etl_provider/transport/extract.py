@@ -14,7 +14,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from os import PathLike
@@ -90,26 +90,18 @@ def extract(
     reader = FrameReader(key, run_id=run_id, shard=shard)
     started = time.monotonic()
     last_report = started
-    stream_bytes = 0
     try:
         with (
             (staging / RESULTS).open("wb") as results_handle,
             (staging / DEAD_LETTERS).open("wb") as dead_handle,
         ):
             results, dead_letters = _OutputFile(results_handle), _OutputFile(dead_handle)
-
-            def counted(lines: Iterable[bytes]) -> Iterator[bytes]:
-                nonlocal stream_bytes
-                for line in lines:
-                    stream_bytes += len(line)
-                    yield line
-
-            for completed in reader.read(counted(lines), threads=threads):
+            for completed in reader.read(lines, threads=threads):
                 results.write(completed.results, completed.result_count)
                 dead_letters.write(completed.dead_letters, completed.dead_letter_count)
                 if progress is not None and time.monotonic() - last_report >= progress_every:
                     last_report = time.monotonic()
-                    progress(_progress_line(reader, stream_bytes, last_report - started))
+                    progress(_progress_line(reader, last_report - started))
             trailer = reader.finish()
         elapsed = time.monotonic() - started
         manifest = {
@@ -130,10 +122,10 @@ def extract(
             "worker_summary": trailer.summary,
             "extract": {
                 "source": source,
-                "log_bytes": stream_bytes,
+                "log_bytes": reader.log_bytes,
                 "skipped_log_lines": reader.skipped_lines,
                 "seconds": round(elapsed, 3),
-                "mb_per_s": round(stream_bytes / 1e6 / elapsed, 2) if elapsed > 0 else None,
+                "mb_per_s": round(reader.log_bytes / 1e6 / elapsed, 2) if elapsed > 0 else None,
             },
         }
         published = _already_published(destination, manifest)
@@ -145,10 +137,10 @@ def extract(
         _remove(staging)
 
 
-def _progress_line(reader: FrameReader, stream_bytes: int, elapsed: float) -> str:
+def _progress_line(reader: FrameReader, elapsed: float) -> str:
     return (
         f"extract frames={reader.frames} results={reader.results} dead_letters={reader.dead_letters} "
-        f"log_mb={stream_bytes / 1e6:.1f} rate_mb_s={stream_bytes / 1e6 / max(elapsed, 1e-9):.1f}"
+        f"log_mb={reader.log_bytes / 1e6:.1f} rate_mb_s={reader.log_bytes / 1e6 / max(elapsed, 1e-9):.1f}"
     )
 
 

@@ -217,7 +217,8 @@ class _Frame(NamedTuple):
 
 
 class FrameLines(NamedTuple):
-    """The output lines completed by one log line, per stream: newline-terminated JSON lines, in order."""
+    """What one log line adds to each output stream (JSON lines; a frame may end inside a line, which the
+    next frame of its stream goes on with), and how many lines that completes."""
 
     results: bytes
     result_count: int
@@ -256,7 +257,7 @@ class FrameReader:
 
     Reading a frame takes three steps: :meth:`parse` checks its header in stream order, :meth:`open`
     authenticates and decompresses it (no shared state: threads may open frames ahead of the reader, see
-    :meth:`read`), and :meth:`accept` chains and splits it, again in stream order.
+    :meth:`read`), and :meth:`accept` chains and counts it, again in stream order.
 
     :param key: the run's key
     :param run_id: the run the frames must belong to; None accepts the first frame's run
@@ -270,6 +271,7 @@ class FrameReader:
         self.run_id = run_id
         self.shard = shard
         self.frames = 0
+        self.log_bytes = 0
         self.skipped_lines = 0
         self.results = 0
         self.dead_letters = 0
@@ -286,7 +288,7 @@ class FrameReader:
         return f"shard {self.shard if self.shard is not None else '?'}"
 
     def feed(self, line: bytes) -> FrameLines:
-        """Read one log line; return the output lines it completed, per stream and in order."""
+        """Read one log line; return what it adds to each output stream."""
         frame = self.parse(line)
         if frame is None:
             return _NO_LINES
@@ -337,6 +339,7 @@ class FrameReader:
 
     def parse(self, line: bytes) -> _Frame | None:
         """Check a line's frame header in stream order; None for a line that holds no frame."""
+        self.log_bytes += len(line)
         stripped = line.rstrip(b"\r\n")
         match = _FRAME_HEADER.match(stripped)
         if match is None:
@@ -385,7 +388,7 @@ class FrameReader:
             raise MalformedFrameError(f"{self.where}: frame {frame.seq} does not decompress") from None
 
     def accept(self, frame: _Frame, plaintext: bytes) -> FrameLines:
-        """Take an opened frame in stream order: chain it and return the output lines it completed."""
+        """Take an opened frame in stream order: chain it and return what it adds to its stream."""
         if frame.kind == KIND_TRAILER:
             self._read_trailer(plaintext, frame.run_id, frame.shard)
             return _NO_LINES
