@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import csv
 import gzip
-import hashlib
 import io
 import json
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal, cast
+from typing import IO, Any, Literal, TypeGuard, cast
 
 from llm_etl_provider.worker.errors import ConfigurationError
+from llm_etl_provider.worker.id_index import IdIndex
 
 InputFormat = Literal["jsonl", "csv"]
 
@@ -84,7 +84,7 @@ def _open_binary(path: Path) -> IO[bytes]:
     return cast(IO[bytes], gzip.open(path, "rb"))
 
 
-def _valid_id(value: Any) -> bool:
+def _valid_id(value: Any) -> TypeGuard[str | int]:
     if isinstance(value, bool) or value is None:
         return False
     if isinstance(value, str):
@@ -105,7 +105,7 @@ class RecordReader:
     :param line_offset: added to every reported line number (a shard's lines are a slice of a larger input)
     :param duplicate_lines: input line numbers known to repeat an earlier record's id (found by the stage in
         an earlier shard); a record whose id this reader saw before is a duplicate too. Duplicates become
-        ``duplicate_id`` errors. The reader keeps an 8-byte hash and a line number per id.
+        ``duplicate_id`` errors. The reader keeps a 64-bit hash and a line number per id (:class:`IdIndex`).
     """
 
     def __init__(
@@ -125,10 +125,10 @@ class RecordReader:
         self.line_offset = line_offset
         self.duplicate_lines = frozenset(duplicate_lines)
         self.stats = ReadStats()
-        self._first_line_of_id: dict[bytes, int] = {}
+        self._first_lines = IdIndex()
 
     def __iter__(self) -> Iterator[InputRecord]:
-        self._first_line_of_id.clear()
+        self._first_lines.clear()
         stream = _open_binary(self.path)
         try:
             if self.format == "jsonl":
@@ -279,8 +279,7 @@ class RecordReader:
                 detail=f"id field {self.id_field!r} {problem}",
                 raw=json.dumps(fields, ensure_ascii=False),
             )
-        key = hashlib.blake2b(str(record_id).encode("utf-8", "surrogatepass"), digest_size=8).digest()
-        first = self._first_line_of_id.setdefault(key, number)
+        first = self._first_lines.first_line(record_id, number)
         if first != number or number in self.duplicate_lines:
             where = f"the record at input line {first}" if first != number else "a record in an earlier shard"
             return InputRecord(
