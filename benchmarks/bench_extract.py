@@ -1,17 +1,15 @@
 """Benchmark: extraction throughput (MB/s of frame log) and peak memory on a large generated frame stream.
 
-Generates a sealed log of about ``--log-mb`` megabytes (records of review-like text, progress lines
+Generates a sealed log of about ``--log-mb`` megabytes (the sample's drug reviews, progress lines
 between frames, Kubernetes timestamps on every line), then extracts it to a local folder in a child process
 and reports the log MB/s and the child's peak RSS. Run it on an otherwise idle machine.
 
-    .venv/bin/python benchmarks/bench_extract.py [--log-mb 1024] [--workdir /tmp]
+    .venv/bin/python -m benchmarks.bench_extract [--log-mb 1024] [--workdir /tmp]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import random
 import resource
 import subprocess
 import sys
@@ -19,74 +17,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.common import arguments, print_table, sample_records, save
 from llm_etl_provider.transport.frames import FrameWriter
 from llm_etl_provider.transport.keys import new_key, write_key_file
 
-WORDS = [
-    "the",
-    "pain",
-    "was",
-    "gone",
-    "after",
-    "two",
-    "weeks",
-    "but",
-    "I",
-    "had",
-    "headaches",
-    "and",
-    "nausea",
-    "every",
-    "morning",
-    "my",
-    "doctor",
-    "changed",
-    "the",
-    "dose",
-    "to",
-    "20",
-    "mg",
-    "and",
-    "now",
-    "I",
-    "sleep",
-    "better",
-    "although",
-    "the",
-    "weight",
-    "gain",
-    "is",
-    "a",
-    "problem",
-    "I",
-    "would",
-    "recommend",
-    "it",
-    "to",
-    "anyone",
-    "with",
-    "anxiety",
-    "or",
-    "depression",
-    "side",
-    "effects",
-    "were",
-    "mild",
-    "at",
-    "first",
-    "then",
-    "severe",
-    "dizziness",
-    "made",
-    "me",
-    "stop",
-]
 
-
-def generate(path: Path, key: bytes, log_mb: int, seed: int = 7) -> dict[str, int]:
+def generate(path: Path, key: bytes, log_mb: int) -> dict[str, int]:
     """Write a frame log of about ``log_mb`` MB; return its counts."""
-    rng = random.Random(seed)
-    pool = [" ".join(rng.choice(WORDS) for _ in range(rng.randrange(40, 300))) for _ in range(512)]
+    pool = [record["review"] for record in sample_records(600)]
     target = log_mb * 1_000_000
     records = 0
     with path.open("wb") as handle:
@@ -134,19 +72,17 @@ log, key_file, out = sys.argv[1:4]
 started = time.monotonic()
 manifest = extract(file_lines(Path(log)), load_key(Path(key_file)), out)
 elapsed = time.monotonic() - started
+usage = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({"seconds": elapsed, "results": manifest["results"],
-                  "dead_letters": manifest["dead_letters"],
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "dead_letters": manifest["dead_letters"], "cpu_seconds": usage.ru_utime + usage.ru_stime,
+                  "peak_rss_mb": usage.ru_maxrss / 1024}))
 """
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = arguments(__doc__)
     parser.add_argument("--log-mb", type=int, default=1024, help="size of the generated frame log")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
-    parser.add_argument("--json", type=Path, help="write the results here too")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
@@ -174,17 +110,18 @@ def main() -> int:
         "published_mb": round(results_bytes / 1e6, 1),
         "extract_seconds": round(child["seconds"], 2),
         "log_mb_per_s": round(generated["log_bytes"] / 1e6 / child["seconds"], 1),
+        "cpu_cores": round(child["cpu_seconds"] / child["seconds"], 2),
         "peak_rss_mb": round(child["peak_rss_mb"], 1),
         "benchmark_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
     print(json.dumps(report, indent=2))
-    print(
-        f"\n| log MB | frames | records | seconds | MB/s | peak RSS MB |\n|---:|---:|---:|---:|---:|---:|\n"
-        f"| {report['log_mb']} | {report['frames']} | {report['records']} | {report['extract_seconds']} "
-        f"| {report['log_mb_per_s']} | {report['peak_rss_mb']} |"
-    )
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    print_table(
+        ["log MB", "frames", "records", "seconds", "MB/s", "CPU cores busy", "peak RSS MB"],
+        [[report[name] for name in ("log_mb", "frames", "records", "extract_seconds", "log_mb_per_s",
+                                    "cpu_cores", "peak_rss_mb")]],
+        text_columns=0,
+    )  # fmt: skip
+    save(args.json, report)
     return 0
 
 

@@ -6,12 +6,11 @@ valid sentiment: the LLM costs nothing, so what is measured is the worker itself
 validation, sealing, checkpoints). Reports each run's peak RSS (the worker process alone, from ``wait4``),
 records/s and the frame log's size, and checks every record came back.
 
-    .venv/bin/python benchmarks/bench_memory.py [--sizes 100,100000] [--json out.json]
+    .venv/bin/python -m benchmarks.bench_memory [--sizes 100,100000] [--json out.json]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import socket
@@ -29,13 +28,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from benchmarks.common import WORKER, arguments, print_table, save, write_records
 from llm_etl_provider.transport.extract import extract
 from llm_etl_provider.transport.keys import load_key, new_key, write_key_file
 from llm_etl_provider.transport.sources import file_lines
-
-REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "examples" / "drug_reviews_sample.jsonl"
-WORKER = Path(sys.executable).parent / "llm-etl-worker"
 
 
 async def chat(request: Request) -> JSONResponse:
@@ -68,17 +64,8 @@ def start_instant_server() -> str:
     return f"http://127.0.0.1:{port}"
 
 
-def write_input(path: Path, records: int) -> None:
-    reviews = [json.loads(line) for line in SAMPLE.read_text().splitlines()]
-    with path.open("w") as handle:
-        for n in range(records):
-            review = reviews[n % len(reviews)]
-            handle.write(json.dumps({"id": f"rec-{n}", "review": review["review"]}) + "\n")
-
-
 def run_worker(work: Path, records: int, url: str) -> dict[str, Any]:
-    source = work / f"input-{records}.jsonl"
-    write_input(source, records)
+    source = write_records(work / f"input-{records}.jsonl", records)
     key_file = work / f"key-{records}"
     write_key_file(key_file, new_key())
     log = work / f"frames-{records}.log"
@@ -110,11 +97,8 @@ def run_worker(work: Path, records: int, url: str) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = arguments(__doc__)
     parser.add_argument("--sizes", default="100,100000", help="comma-separated record counts")
-    parser.add_argument("--json", type=Path, help="write the results here too")
     args = parser.parse_args()
     url = start_instant_server()
     runs = []
@@ -122,17 +106,18 @@ def main() -> int:
         for size in (int(s) for s in args.sizes.split(",")):
             runs.append(run_worker(Path(tmp), size, url))
             print(json.dumps(runs[-1]), file=sys.stderr)
-    print("\n| records | input MB | frame log MB | seconds | records/s | worker peak RSS MB |")
-    print("|---:|---:|---:|---:|---:|---:|")
-    for run in runs:
-        print(
-            f"| {run['records']:,} | {run['input_mb']} | {run['frame_log_mb']} | {run['seconds']} "
-            f"| {run['records_per_s']} | {run['peak_rss_mb']} |"
-        )
+    print_table(
+        ["records", "input MB", "frame log MB", "seconds", "records/s", "worker peak RSS MB"],
+        [
+            [f"{run['records']:,}", run["input_mb"], run["frame_log_mb"], run["seconds"],
+             run["records_per_s"], run["peak_rss_mb"]]
+            for run in runs
+        ],
+        text_columns=0,
+    )  # fmt: skip
     growth = runs[-1]["peak_rss_mb"] / runs[0]["peak_rss_mb"]
     print(f"\npeak RSS, largest ÷ smallest input: {growth:.2f}")
-    if args.json:
-        args.json.write_text(json.dumps({"runs": runs, "rss_growth": round(growth, 3)}, indent=2) + "\n")
+    save(args.json, {"runs": runs, "rss_growth": round(growth, 3)})
     return 0
 
 

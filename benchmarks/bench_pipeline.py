@@ -6,43 +6,30 @@ the sample's 600, reviews repeat under new ids. Reads each task instance's durat
 and reports them with their share of the run's wall-clock time. Run it from the repository root on an
 otherwise idle machine.
 
-    .venv/bin/python benchmarks/bench_pipeline.py [--records 1000] [--json out.json]
+    .venv/bin/python -m benchmarks.bench_pipeline [--records 1000] [--json out.json]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-from llm_etl_provider.local.demo import SAMPLE, run_demo
+from benchmarks.common import arguments, print_table, save, write_records
+from llm_etl_provider.local.demo import run_demo
 
 AIRFLOW_SIDE = ("stage", "extract", "cleanup")
 
 
-def write_input(path: Path, records: int) -> None:
-    reviews = [json.loads(line) for line in SAMPLE.read_text().splitlines()]
-    with path.open("w") as handle:
-        for n in range(records):
-            review = dict(reviews[n % len(reviews)])
-            review["id"] = f"{review['id']}-{n // len(reviews)}"
-            handle.write(json.dumps(review) + "\n")
-
-
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = arguments(__doc__)
     parser.add_argument("--records", type=int, default=1000)
-    parser.add_argument("--json", type=Path, help="write the results here too")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        source = work / "input.jsonl"
-        write_input(source, args.records)
+        source = write_records(work / "input.jsonl", args.records)
         if run_demo(work / "out", input_path=source) != 0:
             return 1
         from airflow.models import DagRun, TaskInstance
@@ -70,12 +57,12 @@ def main() -> int:
         "airflow_side_seconds": round(airflow_side, 2),
         "airflow_side_share": round(airflow_side / total, 4),
     }
-    print(f"\n| task | instances | seconds | share of the run ({total:.0f} s) |\n|---|---:|---:|---:|")
-    for task, s in seconds.items():
-        print(f"| {task} | {shards[task]} | {s:.1f} | {s / total:.2%} |")
-    print(f"| stage + extract + cleanup | | {airflow_side:.1f} | {airflow_side / total:.2%} |")
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    print_table(
+        ["task", "instances", "seconds", f"share of the run ({total:.0f} s)"],
+        [[task, shards[task], f"{s:.1f}", f"{s / total:.2%}"] for task, s in seconds.items()]
+        + [["stage + extract + cleanup", "", f"{airflow_side:.1f}", f"{airflow_side / total:.2%}"]],
+    )
+    save(args.json, report)
     print(json.dumps(report), file=sys.stderr)
     return 0
 

@@ -6,12 +6,11 @@ host prompt cache off, and reports from the worker's summary: prompt tokens per 
 server took from its slot cache (the shared system prompt), completion tokens per record and records/s. Run
 it on an otherwise idle machine.
 
-    .venv/bin/python benchmarks/bench_tokens.py [--records 16] [--json out.json]
+    .venv/bin/python -m benchmarks.bench_tokens [--records 16] [--json out.json]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -19,11 +18,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import WORKER, arguments, print_table, save, write_records
 from llm_etl_provider.local.llama_server import MODEL_NAME, LlamaServer
 
-REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "examples" / "drug_reviews_sample.jsonl"
-WORKER = Path(sys.executable).parent / "llm-etl-worker"
 CUSTOM_SCHEMA = {
     "type": "object",
     "properties": {
@@ -73,32 +70,27 @@ def run_task(task: str, extra: list[str], source: Path, url: str, work: Path) ->
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = arguments(__doc__)
     parser.add_argument("--records", type=int, default=16)
-    parser.add_argument("--json", type=Path, help="write the results here too")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp, LlamaServer(parallel=4, cache_ram_mib=0) as server:
         work = Path(tmp)
-        source = work / "input.jsonl"
-        source.write_text("".join(SAMPLE.read_text().splitlines(keepends=True)[: args.records]))
+        source = write_records(work / "input.jsonl", args.records)
         for task, extra in TASKS.items():
             rows.append(run_task(task, extra, source, server.url, work))
             print(json.dumps(rows[-1]), file=sys.stderr)
-    print(
-        "\n| task | prompt tokens/record | from the slot cache | hit share | completion tokens/record "
-        "| records/s | dead letters |\n|---|---:|---:|---:|---:|---:|---:|"
-    )
-    for row in rows:
-        print(
-            f"| {row['task']} | {row['prompt_tokens_per_record']} | {row['cached_prompt_tokens_per_record']} "
-            f"| {row['prompt_cache_hit_share']:.0%} | {row['completion_tokens_per_record']} "
-            f"| {row['records_per_s']} | {row['dead_letters']} |"
-        )
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    print_table(
+        ["task", "prompt tokens/record", "from the slot cache", "hit share", "completion tokens/record",
+         "records/s", "dead letters"],
+        [
+            [row["task"], row["prompt_tokens_per_record"], row["cached_prompt_tokens_per_record"],
+             f"{row['prompt_cache_hit_share']:.0%}", row["completion_tokens_per_record"],
+             row["records_per_s"], row["dead_letters"]]
+            for row in rows
+        ],
+    )  # fmt: skip
+    save(args.json, rows)
     return 0
 
 

@@ -8,12 +8,11 @@ Measures, on one server and the same prompts (the sentiment task over the drug-r
 Run it on an otherwise idle machine: it records the CPU load that is not its own and warns when there is some,
 because a second busy process slows llama-server 10-30x on 2 cores. Compare ratios within one run only.
 
-    .venv/bin/python benchmarks/bench_worker.py [--records 100] [--parallel 4] [--threads N] [--json out.json]
+    .venv/bin/python -m benchmarks.bench_worker [--records 100] [--parallel 4] [--threads N] [--json out.json]
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -29,12 +28,11 @@ from typing import Any
 
 import httpx
 
+from benchmarks.common import arguments, print_table, sample_records, save, write_records
 from llm_etl_provider.local.llama_server import MODEL_NAME, LlamaServer
 from llm_etl_provider.worker.clients import ChatRequest, OpenAIClient
 from llm_etl_provider.worker.tasks import build_task
 
-REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "examples" / "drug_reviews_sample.jsonl"
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -93,22 +91,19 @@ def idle_check(seconds: float = 3.0) -> float:
     return meter.foreign_cores
 
 
-def load_requests(records: int) -> tuple[list[ChatRequest], list[str]]:
+def load_requests(records: int) -> list[ChatRequest]:
+    """The worker's sentiment requests for the first ``records`` sample records."""
     task = build_task("sentiment", template="{review}")
-    lines = SAMPLE.read_text().splitlines()[:records]
-    requests = []
-    for line in lines:
-        record = json.loads(line)
-        requests.append(
-            ChatRequest(
-                system=task.system_prompt,
-                user=task.template.render(record),
-                schema=task.schema,
-                schema_name=task.name,
-                max_tokens=task.max_tokens,
-            )
+    return [
+        ChatRequest(
+            system=task.system_prompt,
+            user=task.template.render(record),
+            schema=task.schema,
+            schema_name=task.name,
+            max_tokens=task.max_tokens,
         )
-    return requests, lines
+        for record in sample_records(records)
+    ]
 
 
 async def raw_load(url: str, requests: list[ChatRequest], concurrency: int) -> dict[str, Any]:
@@ -195,14 +190,11 @@ def measure(label: str, action: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = arguments(__doc__)
     parser.add_argument("--records", type=int, default=100)
     parser.add_argument("--parallel", type=int, default=4, help="llama-server slots")
     parser.add_argument("--threads", type=int, help="llama-server threads (default: all cores)")
     parser.add_argument("--sweep", default="1,2,4,8", help="raw load-generator concurrencies")
-    parser.add_argument("--json", type=Path, help="write the results here too")
     args = parser.parse_args()
 
     foreign_before = idle_check()
@@ -211,17 +203,16 @@ def main() -> int:
             f"warning: {foreign_before:.2f} cores busy with other work; numbers will be noisy",
             file=sys.stderr,
         )
-    requests, lines = load_requests(args.records)
+    requests = load_requests(args.records)
     with (
         tempfile.TemporaryDirectory() as tmp,
         LlamaServer(parallel=args.parallel, threads=args.threads, cache_ram_mib=0) as server,
     ):
         workdir = Path(tmp)
-        input_path = workdir / "input.jsonl"
-        input_path.write_text("\n".join(lines) + "\n")
+        input_path = write_records(workdir / "input.jsonl", args.records)
         # Warm up on other records: the model's pages load and the slots hold the shared system prompt, but no
         # measured prompt is cached (the host prompt cache is off, so replays across runs do not hit it).
-        warm_up, _ = load_requests(args.records + 8)
+        warm_up = load_requests(args.records + 8)
         asyncio.run(raw_load(server.url, warm_up[-8:], 4))
         print(
             f"llama-server {server.url}: {args.parallel} slots, {len(requests)} records per run",
@@ -269,17 +260,19 @@ def main() -> int:
         "ratios": ratios,
     }
     print(json.dumps(report, indent=2))
-    print("\n| measurement | records/s |\n|---|---:|")
-    for c, r in raw.items():
-        print(f"| raw load generator, concurrency {c} | {r['records_per_s']:.2f} |")
-    default_c, default_rate = worker_default["concurrency"], worker_default["records_per_s"]
-    print(f"| worker, default (concurrency {default_c}) | {default_rate:.2f} |")
-    print(f"| worker, concurrency 1 | {worker_serial['records_per_s']:.2f} |")
+    print_table(
+        ["measurement", "records/s"],
+        [[f"raw load generator, concurrency {c}", f"{r['records_per_s']:.2f}"] for c, r in raw.items()]
+        + [
+            [f"worker, default (concurrency {worker_default['concurrency']})",
+             f"{worker_default['records_per_s']:.2f}"],
+            ["worker, concurrency 1", f"{worker_serial['records_per_s']:.2f}"],
+        ],
+    )  # fmt: skip
     for name, value in ratios.items():
         print(f"\n{name}: {value}", end="")
     print()
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    save(args.json, report)
     return 0
 
 
