@@ -40,6 +40,7 @@ class Shard:
     :param data: the shard file, gzip-compressed (JSONL or CSV, as the input)
     :param records: the non-blank lines (JSONL) or rows (CSV) it holds
     :param first_line: the input line its first record line comes from
+    :param last_line: the input line its last line or CSV row starts at
     :param line_offset: what the worker adds to a shard line number to get the input line number
     :param input_format: ``jsonl`` or ``csv``
     """
@@ -48,6 +49,7 @@ class Shard:
     data: bytes
     records: int
     first_line: int
+    last_line: int
     line_offset: int
     input_format: str
 
@@ -168,6 +170,7 @@ def _shard(closed: _Closed, index: int, fmt: str) -> Shard:
         data=data,
         records=sum(1 for _, record in units if record),
         first_line=first,
+        last_line=units[-1][0],
         line_offset=first - 1 if fmt == "jsonl" else first - 2,  # CSV shards start with the header line
         input_format=fmt,
     )

@@ -6,7 +6,7 @@ import bisect
 import hashlib
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +25,7 @@ from llm_etl_provider.run_resources import (
 from llm_etl_provider.staging import (
     DEFAULT_RECORD_BYTES,
     DEFAULT_SHARD_BYTES,
+    Shard,
     StagingInputError,
     check_sizes,
     plan_shards,
@@ -117,47 +118,80 @@ class StageInputOperator(BaseOperator):
             try:
                 fmt = detect_format(local, self.input_format)
                 malformed, duplicates = self._validate(local, fmt)
-                shards = list(
-                    plan_shards(
-                        local,
-                        input_format=fmt,
-                        max_shard_bytes=int(self.max_shard_bytes),
-                        max_record_bytes=int(self.max_record_bytes),
-                    )
+                shards = plan_shards(
+                    local,
+                    input_format=fmt,
+                    max_shard_bytes=int(self.max_shard_bytes),
+                    max_record_bytes=int(self.max_record_bytes),
                 )
+                descriptors = self._stage(run_id, prefix, shards, malformed, duplicates)
             except (ConfigurationError, StagingInputError) as exc:
                 raise StagingError(str(exc).replace(str(local), self.input_path)) from None
-        records = sum(s.records for s in shards)
+        self.log.info(
+            "staged %d records of %s in %d shards (%d bytes compressed), run prefix %s",
+            sum(d["records"] for d in descriptors), self.input_path, len(descriptors),
+            sum(d["bytes"] for d in descriptors), prefix,
+        )  # fmt: skip
+        return descriptors
+
+    def _stage(
+        self,
+        run_id: str,
+        prefix: str,
+        shards: Iterable[Shard],
+        malformed: dict[str, list[int]],
+        duplicates: list[int],
+    ) -> list[dict[str, Any]]:
+        """Stage a new key, then each shard as it is cut: no more than one shard is held in memory."""
         key = new_key()
-        repeated = _duplicates_by_shard(duplicates, shards)
-        descriptors = [
-            {
-                "index": s.index,
-                "secret": f"{prefix}-shard-{s.index}",
-                "records": s.records,
-                "line_offset": s.line_offset,
-                "first_line": s.first_line,
-                "input_format": s.input_format,
-                "bytes": len(s.data),
-                "malformed": malformed if s.index == 0 else {},
-                # ids repeated across shards: each shard's worker dead-letters these lines as duplicate_id
-                "duplicates": repeated[s.index],
-            }
-            for s in shards
-        ]
         if self.execution_mode == "kubernetes":
             from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
 
             api = KubernetesHook(conn_id=self.kubernetes_conn_id).core_v1_client
-            self._create_secrets(api, run_id, prefix, key, shards)
-            if self.work_claim_size:
-                self._create_work_claims(api, run_id, prefix, key, descriptors)
+            self._create_secret(
+                api,
+                secret_manifest(
+                    key_secret_name(self.dag_id, run_id),
+                    run_id,
+                    {KEY_FILE_NAME: encode_key(key).encode()},
+                    kind="key",
+                ),
+            )
         else:
-            self._write_local(run_id, key, shards, descriptors)
-        self.log.info(
-            "staged %d records of %s in %d shards (%d bytes compressed), run prefix %s",
-            records, self.input_path, len(shards), sum(len(s.data) for s in shards), prefix,
-        )  # fmt: skip
+            local_root = self._local_root(run_id, key)
+        descriptors = []
+        for shard in shards:
+            descriptor: dict[str, Any] = {
+                "index": shard.index,
+                "secret": f"{prefix}-shard-{shard.index}",
+                "records": shard.records,
+                "line_offset": shard.line_offset,
+                "first_line": shard.first_line,
+                "input_format": shard.input_format,
+                "bytes": len(shard.data),
+                "malformed": malformed if shard.index == 0 else {},
+                # ids repeated across shards: each shard's worker dead-letters these lines as duplicate_id
+                "duplicates": duplicates[_lines_within(duplicates, shard.first_line, shard.last_line)],
+            }
+            if self.execution_mode == "kubernetes":
+                self._create_secret(
+                    api,
+                    secret_manifest(
+                        descriptor["secret"],
+                        run_id,
+                        {f"input.{shard.input_format}.gz": shard.data},
+                        kind="shard",
+                        shard=shard.index,
+                    ),
+                )
+                if self.work_claim_size:
+                    descriptor["work_claim"] = self._create_work_claim(api, run_id, prefix, key, shard.index)
+            else:
+                path = local_root / f"shard-{shard.index}" / f"input.{shard.input_format}.gz"
+                path.parent.mkdir(mode=0o700)
+                path.write_bytes(shard.data)
+                descriptor["path"] = str(path)
+            descriptors.append(descriptor)
         return descriptors
 
     def _validate(self, local: Path, fmt: str) -> tuple[dict[str, list[int]], list[int]]:
@@ -199,62 +233,39 @@ class StageInputOperator(BaseOperator):
             )  # fmt: skip
         return malformed, duplicates
 
-    def _create_secrets(self, api: Any, run_id: str, prefix: str, key: bytes, shards: list[Any]) -> None:
+    def _create_secret(self, api: Any, manifest: dict[str, Any]) -> None:
         from kubernetes.client.exceptions import ApiException
 
-        manifests = [
-            secret_manifest(
-                key_secret_name(self.dag_id, run_id),
-                run_id,
-                {KEY_FILE_NAME: encode_key(key).encode()},
-                kind="key",
-            )
-        ] + [
-            secret_manifest(
-                f"{prefix}-shard-{s.index}",
-                run_id,
-                {f"input.{s.input_format}.gz": s.data},
-                kind="shard",
-                shard=s.index,
-            )
-            for s in shards
-        ]
-        for manifest in manifests:
-            name = manifest["metadata"]["name"]
-            try:
-                api.create_namespaced_secret(self.namespace, manifest)
-            except ApiException as exc:
-                if exc.status != 409:
-                    raise StagingError(
-                        f"cannot create Secret {self.namespace}/{name}: HTTP {exc.status}"
-                    ) from None
-                # A retried task: the Secrets are immutable, so replace them whole (new key, same shards).
-                api.delete_namespaced_secret(name, self.namespace)
-                api.create_namespaced_secret(self.namespace, manifest)
+        name = manifest["metadata"]["name"]
+        try:
+            api.create_namespaced_secret(self.namespace, manifest)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise StagingError(
+                    f"cannot create Secret {self.namespace}/{name}: HTTP {exc.status}"
+                ) from None
+            # A retried task: the Secrets are immutable, so replace them whole (new key, same shards).
+            api.delete_namespaced_secret(name, self.namespace)
+            api.create_namespaced_secret(self.namespace, manifest)
 
-    def _create_work_claims(
-        self, api: Any, run_id: str, prefix: str, key: bytes, descriptors: list[dict[str, Any]]
-    ) -> None:
+    def _create_work_claim(self, api: Any, run_id: str, prefix: str, key: bytes, index: int) -> str:
         from kubernetes.client.exceptions import ApiException
 
         # Named after the key: a retried stage makes a new key, and a spool sealed with the old one is junk.
-        key_id = hashlib.sha256(key).hexdigest()[:8]
-        for descriptor in descriptors:
-            name = f"{prefix}-shard-{descriptor['index']}-work-{key_id}"
-            manifest = work_claim_manifest(
-                name, run_id, descriptor["index"], str(self.work_claim_size), self.work_storage_class
-            )
-            try:
-                api.create_namespaced_persistent_volume_claim(self.namespace, manifest)
-            except ApiException as exc:
-                raise StagingError(
-                    f"cannot create the work claim {self.namespace}/{name}: HTTP {exc.status}"
-                ) from None
-            descriptor["work_claim"] = name
+        name = f"{prefix}-shard-{index}-work-{hashlib.sha256(key).hexdigest()[:8]}"
+        manifest = work_claim_manifest(
+            name, run_id, index, str(self.work_claim_size), self.work_storage_class
+        )
+        try:
+            api.create_namespaced_persistent_volume_claim(self.namespace, manifest)
+        except ApiException as exc:
+            raise StagingError(
+                f"cannot create the work claim {self.namespace}/{name}: HTTP {exc.status}"
+            ) from None
+        return name
 
-    def _write_local(
-        self, run_id: str, key: bytes, shards: list[Any], descriptors: list[dict[str, Any]]
-    ) -> None:
+    def _local_root(self, run_id: str, key: bytes) -> Path:
+        """The run's local staging folder, made anew with the key in it."""
         if not self.local_dir:
             raise StagingError("local mode needs local_dir")
         root = local_run_dir(self.local_dir, self.dag_id, run_id)
@@ -262,17 +273,9 @@ class StageInputOperator(BaseOperator):
             shutil.rmtree(root)
         root.mkdir(parents=True, mode=0o700)
         write_key_file(root / "key", key)
-        for shard, descriptor in zip(shards, descriptors, strict=True):
-            path = root / f"shard-{shard.index}" / f"input.{shard.input_format}.gz"
-            path.parent.mkdir(mode=0o700)
-            path.write_bytes(shard.data)
-            descriptor["path"] = str(path)
+        return root
 
 
-def _duplicates_by_shard(lines: list[int], shards: list[Any]) -> list[list[int]]:
-    """Group input lines by the shard that holds them (shards are contiguous, in input order)."""
-    starts = [shard.first_line for shard in shards]
-    grouped: list[list[int]] = [[] for _ in shards]
-    for line in lines:
-        grouped[bisect.bisect_right(starts, line) - 1].append(line)
-    return grouped
+def _lines_within(lines: list[int], first: int, last: int) -> slice:
+    """The part of the sorted ``lines`` from ``first`` to ``last``."""
+    return slice(bisect.bisect_left(lines, first), bisect.bisect_right(lines, last))

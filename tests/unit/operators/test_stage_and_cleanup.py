@@ -178,3 +178,31 @@ def test_work_claims_are_made_per_shard_named_after_the_key_and_cleaned_up(tmp_p
         cleanup = CleanupOperator(task_id="cleanup", namespace="etl")
     assert cleanup.execute({"run_id": RUN})["claims"] == 2 * len(shards)
     assert api.objects["claims"] == {}
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_each_shard_carries_the_lines_that_repeat_an_earlier_id(tmp_path, api, fmt):
+    rng = random.Random(5)
+    ids = [f"r{rng.randrange(200)}" for _ in range(400)]  # about half repeat an id seen before
+    if fmt == "jsonl":
+        source = tmp_path / "reviews.jsonl"
+        lines = [json.dumps({"id": i, "text": rng.randbytes(200).hex()}) for i in ids]
+        first_record_line = 1
+    else:
+        source = tmp_path / "reviews.csv"
+        lines = ["id,text"] + [f'{i},"{rng.randbytes(200).hex()}\n{i}"' for i in ids]  # rows span two lines
+        first_record_line = 2
+    source.write_text("\n".join(lines) + "\n")
+    seen: set[str] = set()
+    expected = []
+    for n, record_id in enumerate(ids):
+        if record_id in seen:
+            expected.append(first_record_line + (n if fmt == "jsonl" else 2 * n))
+        seen.add(record_id)
+    op = stage(input_path=str(source), namespace="etl", max_shard_bytes=20_000, max_record_bytes=5_000)
+    shards = op.execute({"run_id": RUN})
+    assert len(shards) > 3
+    assert [line for shard in shards for line in shard["duplicates"]] == expected
+    for shard, following in zip(shards, shards[1:] + [None], strict=True):
+        end = following["first_line"] if following else float("inf")
+        assert all(shard["first_line"] <= line < end for line in shard["duplicates"])
