@@ -110,15 +110,17 @@ def main() -> int:
         "published_mb": round(results_bytes / 1e6, 1),
         "extract_seconds": round(child["seconds"], 2),
         "log_mb_per_s": round(generated["log_bytes"] / 1e6 / child["seconds"], 1),
+        "published_mb_per_s": round(results_bytes / 1e6 / child["seconds"], 1),
         "cpu_cores": round(child["cpu_seconds"] / child["seconds"], 2),
         "peak_rss_mb": round(child["peak_rss_mb"], 1),
         "benchmark_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
     print(json.dumps(report, indent=2))
     print_table(
-        ["log MB", "frames", "records", "seconds", "MB/s", "CPU cores busy", "peak RSS MB"],
-        [[report[name] for name in ("log_mb", "frames", "records", "extract_seconds", "log_mb_per_s",
-                                    "cpu_cores", "peak_rss_mb")]],
+        ["log MB", "frames", "records", "published MB", "seconds", "log MB/s", "published MB/s",
+         "CPU cores busy", "peak RSS MB"],
+        [[report[name] for name in ("log_mb", "frames", "records", "published_mb", "extract_seconds",
+                                    "log_mb_per_s", "published_mb_per_s", "cpu_cores", "peak_rss_mb")]],
         text_columns=0,
     )  # fmt: skip
     save(args.json, report)
