@@ -3,9 +3,10 @@
 A shard is a contiguous slice of the input's physical lines, gzip-compressed, at most ``max_shard_bytes``
 (a Secret holds 1 MiB). JSONL shards keep blank lines so that a shard's line ``j`` is the input's line
 ``j + line_offset``; CSV shards repeat the header and cut only between rows (quoted fields may span lines).
-A line longer than ``max_record_bytes`` is cut to ``max_record_bytes + 1`` bytes: the worker, run with the
-same limit, sends it to the dead letters as ``record_too_large`` under its own line number, and the shard
-stays small. No record content ever goes to a log or an error message.
+A JSONL line longer than ``max_record_bytes`` is cut to ``max_record_bytes + 1`` bytes: the worker, run with
+the same limit, sends it to the dead letters as ``record_too_large`` under its own line number, and the shard
+stays small. A CSV line that long fails the staging instead: cut, it could leave a quote open and swallow the
+rows after it. No record content ever goes to a log or an error message.
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ class Shard:
     :param data: the shard file, gzip-compressed (JSONL or CSV, as the input)
     :param records: the non-blank lines (JSONL) or rows (CSV) it holds
     :param first_line: the input line its first record line comes from
-    :param last_line: the input line its last line or CSV row starts at
     :param line_offset: what the worker adds to a shard line number to get the input line number
     :param input_format: ``jsonl`` or ``csv``
     """
@@ -49,7 +49,6 @@ class Shard:
     data: bytes
     records: int
     first_line: int
-    last_line: int
     line_offset: int
     input_format: str
 
@@ -170,7 +169,6 @@ def _shard(closed: _Closed, index: int, fmt: str) -> Shard:
         data=data,
         records=sum(1 for _, record in units if record),
         first_line=first,
-        last_line=units[-1][0],
         line_offset=first - 1 if fmt == "jsonl" else first - 2,  # CSV shards start with the header line
         input_format=fmt,
     )
@@ -194,6 +192,11 @@ def _csv_units(
         for number, raw in raw_lines:
             if number == 1 and raw.startswith(_UTF8_BOM):
                 raw = raw[len(_UTF8_BOM) :]
+            if len(raw.rstrip(b"\r\n")) > max_record_bytes:
+                raise StagingInputError(
+                    f"{path}:{number}: a CSV line over max_record_bytes ({max_record_bytes} bytes) cannot be "
+                    "cut without breaking its row: raise max_record_bytes (at most half of max_shard_bytes)"
+                )
             consumed.append((number, raw))
             yield raw.decode("utf-8", "surrogateescape")
 

@@ -125,3 +125,12 @@ def test_limits_that_cannot_hold_a_record_are_refused(tmp_path):
         list(plan_shards(source, max_shard_bytes=1000, max_record_bytes=800))
     with pytest.raises(StagingInputError, match="over a Secret's 1048576 bytes"):
         list(plan_shards(source, max_shard_bytes=2 << 20, max_record_bytes=800))
+
+
+def test_a_csv_line_over_the_record_limit_fails_the_staging_rather_than_being_cut(tmp_path):
+    source = tmp_path / "in.csv"
+    # each field is under the limit, the row is not: cut, its open quote would swallow the rows after it
+    source.write_text(f'id,a,b\n1,{"x" * 70},"{"y" * 70}"\n2,p,q\n')
+    with pytest.raises(StagingInputError, match=r"in.csv:2: a CSV line over max_record_bytes \(100 bytes\)"):
+        list(plan_shards(source, max_shard_bytes=1000, max_record_bytes=100))
+    assert [s.records for s in plan_shards(source, max_shard_bytes=1000, max_record_bytes=200)] == [2]

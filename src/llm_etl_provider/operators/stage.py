@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import itertools
 import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -142,7 +143,13 @@ class StageInputOperator(BaseOperator):
         malformed: dict[str, list[int]],
         duplicates: list[int],
     ) -> list[dict[str, Any]]:
-        """Stage a new key, then each shard as it is cut: no more than one shard is held in memory."""
+        """Stage a new key, then each shard as it is cut: the stage holds two shards, not the whole input.
+
+        The first two shards are cut before anything is staged, so that an input the sharding refuses (a CSV
+        header it cannot repeat, a CSV line it would have to cut) leaves nothing behind in most cases.
+        """
+        pairs = _with_next(shards)
+        first = next(pairs, None)
         key = new_key()
         if self.execution_mode == "kubernetes":
             from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
@@ -160,7 +167,9 @@ class StageInputOperator(BaseOperator):
         else:
             local_root = self._local_root(run_id, key)
         descriptors = []
-        for shard in shards:
+        for shard, next_shard in itertools.chain([first] if first else [], pairs):
+            # a shard holds the input lines from its first line to the next shard's
+            end = next_shard.first_line if next_shard else None
             descriptor: dict[str, Any] = {
                 "index": shard.index,
                 "secret": f"{prefix}-shard-{shard.index}",
@@ -171,7 +180,7 @@ class StageInputOperator(BaseOperator):
                 "bytes": len(shard.data),
                 "malformed": malformed if shard.index == 0 else {},
                 # ids repeated across shards: each shard's worker dead-letters these lines as duplicate_id
-                "duplicates": duplicates[_lines_within(duplicates, shard.first_line, shard.last_line)],
+                "duplicates": duplicates[_lines_within(duplicates, shard.first_line, end)],
             }
             if self.execution_mode == "kubernetes":
                 self._create_secret(
@@ -276,6 +285,18 @@ class StageInputOperator(BaseOperator):
         return root
 
 
-def _lines_within(lines: list[int], first: int, last: int) -> slice:
-    """The part of the sorted ``lines`` from ``first`` to ``last``."""
-    return slice(bisect.bisect_left(lines, first), bisect.bisect_right(lines, last))
+def _with_next(shards: Iterable[Shard]) -> Iterator[tuple[Shard, Shard | None]]:
+    """Pair each shard with the one after it (None for the last), cutting one shard ahead."""
+    iterator = iter(shards)
+    current = next(iterator, None)
+    while current is not None:
+        following = next(iterator, None)
+        yield current, following
+        current = following
+
+
+def _lines_within(lines: list[int], first: int, end: int | None) -> slice:
+    """The part of the sorted ``lines`` from ``first`` up to ``end`` (excluded; None: to the last)."""
+    return slice(
+        bisect.bisect_left(lines, first), len(lines) if end is None else bisect.bisect_left(lines, end)
+    )

@@ -28,7 +28,7 @@ class IdIndex:
 
     def clear(self) -> None:
         self._hashes = array("Q", bytes(8 * _MIN_SLOTS))
-        self._lines = array("Q", bytes(8 * _MIN_SLOTS))
+        self._lines = array("q", bytes(8 * _MIN_SLOTS))  # signed: a line offset may be negative
         self._size = 0
 
     def __len__(self) -> int:
@@ -61,7 +61,7 @@ class IdIndex:
         slots = len(old_hashes) * 2
         mask = slots - 1
         hashes = array("Q", bytes(8 * slots))
-        lines = array("Q", bytes(8 * slots))
+        lines = array("q", bytes(8 * slots))
         for key, line in zip(old_hashes, old_lines, strict=True):
             if key:
                 slot = key & mask

@@ -177,7 +177,7 @@ class RecordReader:
             if line is None:
                 yield self._malformed(number, "record_too_large", f"over {self.max_record_bytes} bytes")
                 continue
-            if number == self.line_offset + 1 and line.startswith(_UTF8_BOM):
+            if number == 1 and line.startswith(_UTF8_BOM):  # the input's start, not a later shard's
                 line = line[len(_UTF8_BOM) :]
             try:
                 text = line.decode("utf-8")

@@ -95,6 +95,13 @@ def test_local_mode_stages_files_with_an_owner_only_key(tmp_path):
             r"does not look like JSONL: no readable record from line 1",
         ),
         ("rows.csv", b"id,text\n1,a,b\n2,c,d\n", r"does not look like CSV: .* \(ragged_row at line 2\)"),
+        # refused by the sharding, after the validation passed: still before anything is staged
+        ("header.csv", b'id,"te\nxt"\n1,a\n', r"header.csv:1: a CSV header spanning lines cannot be"),
+        (
+            "wide.csv",  # each field under the 256 KiB record limit, the row over it
+            b"id,a,b\n1," + b"x" * 150_000 + b"," + b"y" * 150_000 + b"\n",
+            r"wide.csv:2: a CSV line over",
+        ),
     ],
 )
 def test_unusable_inputs_fail_the_stage_with_a_clear_error(tmp_path, api, name, content, message):

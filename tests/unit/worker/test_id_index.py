@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import random
 
-from llm_etl_provider.worker.id_index import IdIndex, id_hash
+from llm_etl_provider.worker.id_index import _MIN_SLOTS, IdIndex, id_hash
 
 
 def test_each_id_keeps_the_line_it_was_first_seen_at():
@@ -35,7 +35,7 @@ def test_a_hundred_thousand_ids_through_many_growths_all_found_in_a_few_dozen_by
 
 def test_ids_that_land_in_the_last_slot_are_told_apart_on_a_chain_that_wraps_around():
     index = IdIndex()
-    slots = 1024
+    slots = _MIN_SLOTS
     same_slot: list[str] = []
     candidate = 0
     while len(same_slot) < 5:  # five ids whose hashes share their low bits: one chain, past the end
@@ -55,3 +55,9 @@ def test_clear_forgets_every_id():
     index.clear()
     assert len(index) == 0
     assert index.first_line(5, 42) == 42
+
+
+def test_lines_below_one_are_kept_as_they_are():
+    index = IdIndex()
+    assert index.first_line("a", -3) == -3
+    assert index.first_line("a", 5) == -3

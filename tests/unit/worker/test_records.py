@@ -37,6 +37,14 @@ def test_bom_crlf_and_trailing_whitespace_are_accepted(tmp_path):
     assert all(r.error is None for r in records)
 
 
+def test_a_bom_is_only_stripped_at_the_input_s_start_not_where_a_later_shard_begins(tmp_path):
+    # a BOM mid-file (concatenated files) is malformed JSON to the stage's validation; the worker of the
+    # shard that begins there must see the same, or a record the stage counted as malformed is enriched
+    path = write(tmp_path / "in.jsonl", b'\xef\xbb\xbf{"id": "a", "text": "x"}\n')
+    assert [r.error for r in RecordReader(path)] == [None]
+    assert [(r.line, r.error) for r in RecordReader(path, line_offset=9)] == [(10, "malformed_json")]
+
+
 @pytest.mark.parametrize(
     ("line", "reason"),
     [
