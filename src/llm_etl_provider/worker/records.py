@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import io
 import json
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
@@ -207,20 +206,28 @@ class RecordReader:
     def _csv_rows(self, stream: IO[bytes]) -> Iterator[tuple[int, list[str], str | None]]:
         """Yield (first line, row, error) for each CSV row, the header included."""
         csv.field_size_limit(self.max_record_bytes)
-        with io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="") as text:
-            reader = csv.reader(text)
-            previous_end = self.line_offset
-            while True:
-                try:
-                    row = next(reader)
-                except StopIteration:
-                    return
-                except csv.Error as exc:
-                    yield previous_end + 1, [], str(exc)
-                    previous_end = self.line_offset + reader.line_num
-                    continue
-                yield previous_end + 1, row, None
+
+        def text() -> Iterator[str]:
+            # Lines end at "\n" only, as the stage cuts them: a lone "\r" is a quoted field's content (or
+            # an unquoted field's error), never a line of its own that would shift every line number after it.
+            for number, raw in enumerate(stream, self.line_offset + 1):
+                if number == 1 and raw.startswith(_UTF8_BOM):
+                    raw = raw[len(_UTF8_BOM) :]
+                yield raw.decode("utf-8", "surrogateescape")
+
+        reader = csv.reader(text())
+        previous_end = self.line_offset
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                yield previous_end + 1, [], str(exc)
                 previous_end = self.line_offset + reader.line_num
+                continue
+            yield previous_end + 1, row, None
+            previous_end = self.line_offset + reader.line_num
 
     def _csv(self, stream: IO[bytes]) -> Iterator[InputRecord]:
         header: list[str] | None = None

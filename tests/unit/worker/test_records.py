@@ -190,3 +190,12 @@ def test_lines_the_stage_found_repeated_in_an_earlier_shard_are_duplicates(tmp_p
     records = list(RecordReader(path, line_offset=40, duplicate_lines={43}))
     assert [(r.line, r.error) for r in records] == [(42, None), (43, "duplicate_id"), (44, None)]
     assert records[1].detail == "a record in an earlier shard has the same id"
+
+
+def test_a_lone_carriage_return_does_not_end_a_csv_line(tmp_path):
+    # the stage cuts lines at "\n" only; were "\r" a line end here, every later line number would shift
+    path = write(tmp_path / "in.csv", b'id,text\n1,"a\rb"\n2,c\r\n3,x\ry\n4,d\n')
+    records, _ = read_all(path, input_format="csv")
+    assert [(r.line, r.error) for r in records] == [(2, None), (3, None), (4, "malformed_csv"), (5, None)]
+    assert records[0].fields == {"id": "1", "text": "a\rb"}
+    assert records[1].fields == {"id": "2", "text": "c"}
