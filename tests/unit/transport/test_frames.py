@@ -246,3 +246,11 @@ def test_a_frame_of_an_unknown_kind_is_rejected():
     (frame, trailer) = write_stream([("result", b"{}")])
     with pytest.raises(MalformedFrameError, match="holds a cut or garbled frame"):
         read_stream([frame.replace(b" 0 R ", b" 0 X "), trailer])
+
+
+def test_an_authenticated_frame_that_does_not_inflate_is_malformed():
+    key, log = new_key(), []
+    writer = FrameWriter(key, "run-1", 0, log.append)
+    writer._seal("R", b"sealed with the right key, but not zlib")
+    with pytest.raises(MalformedFrameError, match="shard 0: frame 0 does not decompress"):
+        FrameReader(key).feed(log[0])

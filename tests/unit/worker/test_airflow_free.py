@@ -86,7 +86,13 @@ def test_frames_written_and_read_with_only_the_worker_image_dependencies():
         "opened = [reader.feed(line) for line in log]\n"
         "trailer = reader.finish()\n"
         "print(b''.join(o.results for o in opened).decode().strip(), trailer.results, trailer.dead_letters)\n"
+        "bad = []\n"
+        "frames.FrameWriter(key, 'run-1', 0, bad.append)._seal('R', b'not zlib')\n"
+        "try:\n"
+        "    frames.FrameReader(key).feed(bad[0])\n"
+        "except frames.MalformedFrameError as exc:\n"
+        "    print(exc)\n"
     )
     done = subprocess.run([sys.executable, "-c", roundtrip], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ['{"id":', "1}", "1", "1"]
+    assert done.stdout.splitlines() == ['{"id": 1} 1 1', "shard 0: frame 0 does not decompress"]
