@@ -249,7 +249,8 @@ def test_a_frame_of_an_unknown_kind_is_rejected():
 
 
 def test_an_authenticated_frame_that_does_not_inflate_is_malformed():
-    key, log = new_key(), []
+    key = new_key()
+    log: list[bytes] = []
     writer = FrameWriter(key, "run-1", 0, log.append)
     writer._seal("R", b"sealed with the right key, but not zlib")
     with pytest.raises(MalformedFrameError, match="shard 0: frame 0 does not decompress"):
