@@ -42,31 +42,32 @@ class IdIndex:
     def first_line(self, record_id: str | int, line: int) -> int:
         """Return the line where ``record_id`` was first seen; a new id is recorded as seen at ``line``."""
         key = id_hash(record_id)
-        hashes = self._hashes
-        mask = len(hashes) - 1
-        slot = key & mask
-        while (found := hashes[slot]) != 0:
-            if found == key:
-                return self._lines[slot]
-            slot = (slot + 1) & mask
-        hashes[slot] = key
+        slot = _slot(self._hashes, key)
+        if self._hashes[slot]:
+            return self._lines[slot]
+        self._hashes[slot] = key
         self._lines[slot] = line
         self._size += 1
-        if self._size * 4 > len(hashes) * 3:
+        if self._size * 4 > len(self._hashes) * 3:
             self._grow()
         return line
 
     def _grow(self) -> None:
-        old_hashes, old_lines = self._hashes, self._lines
-        slots = len(old_hashes) * 2
-        mask = slots - 1
+        slots = len(self._hashes) * 2
         hashes = array("Q", bytes(8 * slots))
         lines = array("q", bytes(8 * slots))
-        for key, line in zip(old_hashes, old_lines, strict=True):
+        for key, line in zip(self._hashes, self._lines, strict=True):
             if key:
-                slot = key & mask
-                while hashes[slot]:
-                    slot = (slot + 1) & mask
+                slot = _slot(hashes, key)
                 hashes[slot] = key
                 lines[slot] = line
         self._hashes, self._lines = hashes, lines
+
+
+def _slot(hashes: array[int], key: int) -> int:
+    """The slot holding ``key``, or the empty one where it goes (linear probing; the table is never full)."""
+    mask = len(hashes) - 1
+    slot = key & mask
+    while (found := hashes[slot]) and found != key:
+        slot = (slot + 1) & mask
+    return slot
