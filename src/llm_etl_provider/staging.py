@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, cast
 
-from llm_etl_provider.worker.records import _UTF8_BOM, detect_format
+from llm_etl_provider.worker.records import detect_format, without_bom
 
 SECRET_LIMIT = 1 << 20
 DEFAULT_SHARD_BYTES = (
@@ -176,8 +176,7 @@ def _shard(closed: _Closed, index: int, fmt: str) -> Shard:
 
 def _jsonl_units(stream: IO[bytes], max_record_bytes: int) -> Iterator[tuple[int, bytes, bool]]:
     for number, line in enumerate(_physical_lines(stream, max_record_bytes), start=1):
-        if number == 1 and line.startswith(_UTF8_BOM):
-            line = line[len(_UTF8_BOM) :]
+        line = without_bom(number, line)
         yield number, line, bool(line.strip())
 
 
@@ -190,8 +189,7 @@ def _csv_units(
 
     def text() -> Iterator[str]:
         for number, raw in raw_lines:
-            if number == 1 and raw.startswith(_UTF8_BOM):
-                raw = raw[len(_UTF8_BOM) :]
+            raw = without_bom(number, raw)
             if len(raw.rstrip(b"\r\n")) > max_record_bytes:
                 raise StagingInputError(
                     f"{path}:{number}: a CSV line over max_record_bytes ({max_record_bytes} bytes) cannot be "

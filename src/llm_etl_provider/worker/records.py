@@ -72,6 +72,12 @@ def detect_format(path: Path, declared: str = "auto") -> InputFormat:
     )
 
 
+def without_bom(line_number: int, line: bytes) -> bytes:
+    """The line without a UTF-8 BOM if it is the input's first; a BOM further on (a later shard's start, a
+    concatenated file) stays, for the stage and the worker to read the line alike."""
+    return line[len(_UTF8_BOM) :] if line_number == 1 and line.startswith(_UTF8_BOM) else line
+
+
 def _open_binary(path: Path) -> IO[bytes]:
     try:
         raw = path.open("rb")
@@ -176,8 +182,7 @@ class RecordReader:
             if line is None:
                 yield self._malformed(number, "record_too_large", f"over {self.max_record_bytes} bytes")
                 continue
-            if number == 1 and line.startswith(_UTF8_BOM):  # the input's start, not a later shard's
-                line = line[len(_UTF8_BOM) :]
+            line = without_bom(number, line)
             try:
                 text = line.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -211,9 +216,7 @@ class RecordReader:
             # Lines end at "\n" only, as the stage cuts them: a lone "\r" is a quoted field's content (or
             # an unquoted field's error), never a line of its own that would shift every line number after it.
             for number, raw in enumerate(stream, self.line_offset + 1):
-                if number == 1 and raw.startswith(_UTF8_BOM):
-                    raw = raw[len(_UTF8_BOM) :]
-                yield raw.decode("utf-8", "surrogateescape")
+                yield without_bom(number, raw).decode("utf-8", "surrogateescape")
 
         reader = csv.reader(text())
         previous_end = self.line_offset
