@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.common import arguments, print_table, save, write_records
@@ -34,9 +35,8 @@ print(json.dumps({"seconds": elapsed, "shards": len(shards), "records": sum(s["r
 """
 
 
-def timed(action: object) -> float:
+def timed(action: Callable[[], object]) -> float:
     started = time.monotonic()
-    assert callable(action)
     action()
     return time.monotonic() - started
 
