@@ -108,7 +108,13 @@ class AirflowStack:
         return "".join(f"==> {path} <==\n{path.read_text(errors='replace')}\n" for path in files)
 
     def api(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self.client.request(method, path, **kwargs)
+        for _ in range(5):
+            response = self.client.request(method, path, **kwargs)
+            # SQLite lets one process write at a time: the api-server's write can meet the scheduler's or
+            # the dag-processor's and fail with "database is locked", answered as a 500 "Database error".
+            if response.status_code != 500 or '"reason":"Database error"' not in response.text:
+                break
+            time.sleep(1)
         assert response.is_success, f"{method} {path}: {response.status_code} {response.text}"
         return response.json()
 
