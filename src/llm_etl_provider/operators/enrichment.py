@@ -45,9 +45,10 @@ class FrameFilteringPodManager(PodManager):
 class LLMEnrichmentOperator(KubernetesPodOperator):
     """Enrich one shard of staged records in a pod: model loader, local LLM server (native sidecar), worker.
 
-    The pod is kept when it ends (``on_finish_action="keep_pod"``) so that ExtractResultsOperator can read
-    the sealed frames from its log; CleanupOperator deletes it. Map it over the shards from
-    StageInputOperator with ``.partial(...).expand(shard=...)``.
+    A pod that ended is kept (``on_finish_action="delete_active_pod"``) so that ExtractResultsOperator can
+    read the sealed frames from its log; CleanupOperator deletes it. A try that fails while its pod still
+    runs deletes the pod, so that it neither holds a GPU nor works the shard beside the retry's pod. Map it
+    over the shards from StageInputOperator with ``.partial(...).expand(shard=...)``.
 
     :param shard: the shard descriptor from StageInputOperator (templated)
     :param key_secret: the Secret with the run's frame key (templated; default: StageInputOperator's)
@@ -141,7 +142,7 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("name", "llm-etl-enrich")
-        kwargs.setdefault("on_finish_action", "keep_pod")
+        kwargs.setdefault("on_finish_action", "delete_active_pod")
         kwargs.setdefault("startup_timeout_seconds", 1800)  # the model loads while the pod is Pending
         kwargs.setdefault("init_container_logs", ["model-loader"])  # never the sidecar: it ends with the pod
         kwargs.setdefault("do_xcom_push", False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, ObjectStoragePath
@@ -133,14 +134,29 @@ class ExtractResultsOperator(BaseOperator):
         selector = f"{run_selector(run_id)},{LABEL_SHARD}={index}"
         pods = [p for p in api.list_namespaced_pod(self.namespace, label_selector=selector).items]
         finished = [p for p in pods if p.status is not None and p.status.phase == "Succeeded"]
-        if len(finished) != 1:
+        if not finished:
             phases = (
                 ", ".join(f"{p.metadata.name}={p.status.phase if p.status else '?'}" for p in pods) or "none"
             )
-            raise ExtractionError(f"shard {index}: expected one succeeded pod, found {phases}")
-        name = finished[0].metadata.name
+            raise ExtractionError(f"shard {index}: expected a succeeded pod, found {phases}")
+        # Two pods succeed when a try fails after its pod ended (KPO keeps a finished pod) and the retry
+        # enriches the shard again: each log holds the whole shard; the latest try is the one on record.
+        latest = max(finished, key=_try_order)
+        if len(finished) > 1:
+            self.log.warning(
+                "shard %d: %d pods succeeded (%s); reading the latest try's, %s",
+                index, len(finished), ", ".join(p.metadata.name for p in finished), latest.metadata.name,
+            )  # fmt: skip
+        name = latest.metadata.name
         lines = pod_log_lines(name, self.namespace, container=self.container, core_api=api)
         return key, lines, f"pod {self.namespace}/{name} container {self.container}"
+
+
+def _try_order(pod: Any) -> tuple[int, datetime]:
+    """Order pods by KPO's ``try_number`` label, then by creation."""
+    try_number = (pod.metadata.labels or {}).get("try_number", "")
+    created = pod.metadata.creation_timestamp or datetime.min.replace(tzinfo=UTC)
+    return (int(try_number) if try_number.isdigit() else 0, created)
 
 
 def _secret_value(data: dict[str, str] | None, key: str) -> bytes:

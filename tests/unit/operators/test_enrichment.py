@@ -8,6 +8,7 @@ import pytest
 from airflow.providers.cncf.kubernetes.utils.pod_manager import PodManager
 from airflow.sdk import DAG
 from kubernetes.client import ApiClient
+from kubernetes.client import models as k8s
 
 from llm_etl_provider.operators.enrichment import FrameFilteringPodManager, LLMEnrichmentOperator
 from llm_etl_provider.pod.builder import LABEL_RUN, label_value
@@ -80,10 +81,22 @@ def test_kpo_submits_our_pod_unchanged_where_it_matters():
 
 def test_defaults_keep_the_pod_for_extraction_and_allow_for_model_loading():
     op = operator()
-    assert op.on_finish_action.value == "keep_pod"
+    assert op.on_finish_action.value == "delete_active_pod"
     assert op.startup_timeout_seconds >= 600
     assert op.init_container_logs == ["model-loader"]
     assert op.do_xcom_push is False
+
+
+@pytest.mark.parametrize(
+    ("phase", "deleted"), [("Pending", True), ("Running", True), ("Succeeded", False), ("Failed", False)]
+)
+def test_a_failed_try_deletes_its_pod_only_while_it_still_runs(phase, deleted):
+    op = operator()
+    removed: list[k8s.V1Pod] = []
+    op.__dict__["pod_manager"] = SimpleNamespace(delete_pod=removed.append)
+    pod = k8s.V1Pod(metadata=k8s.V1ObjectMeta(name="llm-etl-enrich-abc"), status=k8s.V1PodStatus(phase=phase))
+    assert op.process_pod_deletion(pod) is deleted
+    assert removed == ([pod] if deleted else [])
 
 
 def test_custom_task_arguments_reach_the_worker():

@@ -102,8 +102,29 @@ def test_frames_of_another_run_are_refused(tmp_path, api):
 def test_no_succeeded_pod_is_a_clear_error(tmp_path, api):
     _, op = staged(tmp_path, api)
     api.add_pod("etl", "llm-etl-enrich-abc", pod_labels(), phase="Failed")
-    with pytest.raises(ExtractionError, match="expected one succeeded pod, found llm-etl-enrich-abc=Failed"):
+    with pytest.raises(ExtractionError, match="expected a succeeded pod, found llm-etl-enrich-abc=Failed"):
         op.execute({"run_id": RUN})
+
+
+def test_a_failed_tries_pod_is_passed_over(tmp_path, api):
+    key_secret, op = staged(tmp_path, api)
+    key = decode_key(api.secret_bytes("etl", key_secret, "key"), "test")
+    api.add_pod("etl", "llm-etl-enrich-try1", {**pod_labels(), "try_number": "1"}, phase="Failed")
+    api.add_pod("etl", "llm-etl-enrich-try2", {**pod_labels(), "try_number": "2"}, log=frames(key))
+    assert op.execute({"run_id": RUN})["results"] == 20
+
+
+@pytest.mark.parametrize("order", [(1, 2, 10), (10, 2, 1)], ids=["oldest-first", "newest-first"])
+def test_of_several_succeeded_pods_the_latest_try_is_read(tmp_path, api, order):
+    key_secret, op = staged(tmp_path, api)
+    key = decode_key(api.secret_bytes("etl", key_secret, "key"), "test")
+    for try_number in order:  # only try 10's log is whole: reading another fails the extraction
+        log = frames(key) if try_number == 10 else frames(key)[:-200]
+        labels = {**pod_labels(), "try_number": str(try_number)}
+        api.add_pod("etl", f"llm-etl-enrich-try{try_number}", labels, log=log)
+    assert op.execute({"run_id": RUN})["results"] == 20
+    manifest = json.loads((tmp_path / "out" / "shard-00000" / "manifest.json").read_text())
+    assert manifest["extract"]["source"] == "pod etl/llm-etl-enrich-try10 container base"
 
 
 def test_a_missing_key_secret_is_a_clear_error(tmp_path, api):
