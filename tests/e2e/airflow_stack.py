@@ -4,9 +4,12 @@ as the UI drives it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -34,6 +37,7 @@ class AirflowStack:
         self, home: Path, dags_folder: Path, env: dict[str, str], *, triggerer: bool = False
     ) -> None:
         self.home = home
+        self.database = home / "airflow.db"
         self.components = ["api-server", "scheduler", "dag-processor"] + (["triggerer"] if triggerer else [])
         port = _free_port()
         self.url = f"http://127.0.0.1:{port}"
@@ -44,7 +48,8 @@ class AirflowStack:
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__CORE__PARALLELISM": "4",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            # a writer waits up to 60 s for another's lock (pysqlite's default, 5 s, is short on 2 busy cores)
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.database}?timeout=60",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(port),
@@ -62,6 +67,9 @@ class AirflowStack:
         self.home.mkdir(parents=True, exist_ok=True)
         airflow = [sys.executable, "-m", "airflow"]
         subprocess.run([*airflow, "db", "migrate"], env=self.env, check=True, capture_output=True)
+        # Write-ahead logging lets the components read while one of them writes (the mode stays with the file)
+        with contextlib.closing(sqlite3.connect(self.database)) as database:
+            database.execute("PRAGMA journal_mode=WAL")
         for component in self.components:
             with (self.home / f"{component}.log").open("wb") as log:
                 self.processes.append(
@@ -106,6 +114,14 @@ class AirflowStack:
         """The components' output and every task log, concatenated."""
         files = sorted(self.home.glob("*.log")) + sorted((self.home / "logs").rglob("*.log"))
         return "".join(f"==> {path} <==\n{path.read_text(errors='replace')}\n" for path in files)
+
+    def logs_showing(self, pattern: str, timeout: float = 30) -> str:
+        """The logs once ``pattern`` shows in them, or after ``timeout``: a task's supervisor can report its
+        state before it has written the task's last log lines."""
+        deadline = time.monotonic() + timeout
+        while not re.search(pattern, logs := self.logs()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        return logs
 
     def api(self, method: str, path: str, **kwargs: Any) -> Any:
         for _ in range(5):

@@ -150,9 +150,10 @@ def _checkpointed(runner: Any) -> int:
 
 
 @contextlib.contextmanager
-def preempted_mid_run(cluster: FakeCluster, after_checkpoints: int) -> Iterator[dict[str, int]]:
-    """Delete the first pod through the API once its worker checkpointed ``after_checkpoints`` records, as
-    a node drain or a spot preemption would; yield ``{pod: records checkpointed when it was deleted}``.
+def preempted_mid_run(cluster: FakeCluster, after_checkpoints: int, records: int) -> Iterator[dict[str, int]]:
+    """Delete the first pod through the API once its worker checkpointed ``after_checkpoints`` of its
+    ``records`` records but not all of them, as a node drain or a spot preemption would; yield ``{pod: records
+    checkpointed when it was deleted}``.
 
     Run the DAG with ``concurrency=1``: records in flight together finish together, and a worker that
     checkpoints its whole shard at once exits before it can be preempted."""
@@ -165,7 +166,7 @@ def preempted_mid_run(cluster: FakeCluster, after_checkpoints: int) -> Iterator[
                 base = runner.processes.get("base")
                 if base is None or base.process.poll() is not None:
                     continue
-                if (checkpointed := _checkpointed(runner)) >= after_checkpoints:
+                if after_checkpoints <= (checkpointed := _checkpointed(runner)) < records:
                     url = f"{cluster.url}/api/v1/namespaces/{NAMESPACE}/pods/{runner.name}"
                     httpx.delete(url).raise_for_status()
                     lost[runner.name] = checkpointed

@@ -148,7 +148,7 @@ def test_a_pod_lost_mid_run_resumes_in_a_new_pod_and_every_record_is_published_o
     # Checkpoints on a work claim that outlives the pod, one record apart: the retry redoes at most one.
     dag = resumable_dag(kubernetes_dag)
     cluster.store.created_pods.clear()
-    with preempted_mid_run(cluster, after_checkpoints=2) as lost:
+    with preempted_mid_run(cluster, after_checkpoints=2, records=len(short)) as lost:
         run = run_example(dag, source, tmp_path / "out", concurrency=1)
 
     assert run.state == "success"

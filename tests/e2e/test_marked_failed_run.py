@@ -25,6 +25,9 @@ from tests.e2e.conftest import (
 from tests.e2e.test_no_patient_data_leaks import CANARY, cluster_surfaces, planted
 
 DAG_ID = "llm_enrichment"
+# The pod is KPO's to delete on a kill too (its on_kill, or its trigger's cleanup when deferred), racing the
+# teardown; the shard Secret and the key are only ever the teardown's.
+TEARDOWN_DELETED = r"deleted [01] pods, 2 Secrets"
 
 
 @pytest.mark.parametrize("deferrable", [False, True], ids=["sync", "deferrable"])
@@ -49,7 +52,7 @@ def test_a_dag_run_marked_failed_mid_run_leaves_nothing_in_the_cluster(tmp_path,
             "the run to end",
         )
         states = airflow.task_states(DAG_ID, run_id)
-        logs = airflow.logs()
+        logs = airflow.logs_showing(TEARDOWN_DELETED)
         stored = airflow.stored_surfaces(DAG_ID, run_id)
 
     # Airflow keeps a run with a pending teardown running, then derives its state from the leaves: extract
@@ -60,9 +63,7 @@ def test_a_dag_run_marked_failed_mid_run_leaves_nothing_in_the_cluster(tmp_path,
     extract = {state for task, state in states.items() if task.startswith("llm_enrichment.extract")}
     assert extract <= {"skipped", "upstream_failed"}, states  # never ran: its shard never finished
     assert states["llm_enrichment.cleanup"] == "success", (states, logs[-3000:])
-    # The pod is KPO's to delete on a kill (its on_kill, or its trigger's cleanup when deferred), racing the
-    # teardown; the shard Secret and the key are only ever the teardown's.
-    assert re.search(r"deleted [01] pods, 2 Secrets", logs), logs[-3000:]
+    assert re.search(TEARDOWN_DELETED, logs), logs[-3000:]
     assert cluster.wait_until_empty() == {"secrets": [MODEL_URL_SECRET]}, logs[-3000:]
     assert not list((tmp_path / "out").rglob("results.jsonl"))
     assert CANARY not in logs

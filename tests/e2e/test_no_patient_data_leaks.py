@@ -69,7 +69,9 @@ def test_canaries_appear_only_in_the_published_results(tmp_path, capfd, cluster,
     dag = resumable_dag(kubernetes_dag) if case == "retried" else kubernetes_dag(deferrable=False)
     cluster.store.created_pods.clear()
     preemption: AbstractContextManager[dict[str, int]] = (
-        preempted_mid_run(cluster, after_checkpoints=2) if case == "retried" else nullcontext({})
+        preempted_mid_run(cluster, after_checkpoints=2, records=count)
+        if case == "retried"
+        else nullcontext({})
     )
     with preemption as lost:
         # the failing run's template names a field no record has: every record is dead-lettered

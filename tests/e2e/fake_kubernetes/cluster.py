@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import threading
 import time
@@ -105,7 +106,11 @@ class FakeCluster:
             "secrets": [s["metadata"]["name"] for s in self.store.list("secrets", None)],
             "claims": [c["metadata"]["name"] for c in self.store.list("persistentvolumeclaims", None)],
             "processes": self.kubelet.running_processes(),
-            "node_files": sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()),
+            "node_files": sorted(  # os.walk, unlike rglob, passes over a folder deleted while it walks
+                str(Path(folder, name).relative_to(root))
+                for folder, _, names in os.walk(root)
+                for name in names
+            ),
         }
 
     def wait_until_empty(self, timeout: float = 30) -> dict[str, list[str]]:

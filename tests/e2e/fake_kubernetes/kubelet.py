@@ -369,19 +369,20 @@ class PodRunner(threading.Thread):
                 self._finish("Failed", message=f"init container {container['name']} exited with {code}")
                 return False
 
-        def initialized(pod: dict[str, Any]) -> None:
-            pod["status"]["phase"] = "Running"
-            self._set_condition(pod, "Initialized", True)
-
-        self._update(initialized)
+        self._update(lambda pod: self._set_condition(pod, "Initialized", True))
         return True
 
     def _run_containers(self) -> None:
-        started = []
+        def running(pod: dict[str, Any]) -> None:
+            pod["status"]["phase"] = "Running"
+
+        started: list[tuple[str, ContainerProcess]] = []
         for container in self.spec["containers"]:
             process = self._start(container, ready=True)
             if process is None:
                 return
+            if not started:  # as a kubelet: Running once a main container runs, so its log can be read
+                self._update(running)
             started.append((container["name"], process))
 
         def ready(pod: dict[str, Any]) -> None:
@@ -652,7 +653,7 @@ class Kubelet:
         return [
             f"{runner.name}/{name}"
             for runner in runners
-            for name, process in runner.processes.items()
+            for name, process in list(runner.processes.items())  # the runner's thread adds to it
             if process.process.poll() is None
         ]
 
