@@ -189,6 +189,8 @@ class PodRunner(threading.Thread):
         self.ports = {port: _free_port() for port in loopback_ports(pod)}
         self.processes: dict[str, ContainerProcess] = {}
         self.deleting = threading.Event()
+        self._removal = threading.Lock()  # a delete and the runner's end may meet: one of them removes
+        self._ended = False
         self.started = time.monotonic()
         self.on_removed = on_removed
 
@@ -247,8 +249,10 @@ class PodRunner(threading.Thread):
                 self._finish("Failed", reason="KubeletError", message=f"fake kubelet: {exc!r}")
         finally:
             self._stop_all(self._grace())
-            if self.deleting.is_set():
-                self._remove()
+            with self._removal:
+                self._ended = True
+                if self.deleting.is_set():
+                    self._remove()
 
     def _grace(self) -> float:
         return min(float(self.spec.get("terminationGracePeriodSeconds", 30)), self.config.max_grace_seconds)
@@ -514,7 +518,8 @@ class PodRunner(threading.Thread):
                 self._terminated(container["name"], process, code)
 
     def _stop_all(self, grace: float) -> None:
-        for process in self.processes.values():
+        # as a kubelet: the main containers first, then the sidecars in reverse order of their start
+        for process in reversed(list(self.processes.values())):
             process.stop(grace)
 
     def _finish(self, phase: str, reason: str | None = None, message: str | None = None) -> None:
@@ -589,9 +594,10 @@ class PodRunner(threading.Thread):
 
     def delete(self) -> None:
         """Graceful deletion: stop the containers (the runner thread does), then remove the pod."""
-        self.deleting.set()
-        if not self.is_alive():
-            self._remove()
+        with self._removal:
+            self.deleting.set()
+            if self._ended:
+                self._remove()
 
     def _remove(self) -> None:
         self.on_removed(self)
