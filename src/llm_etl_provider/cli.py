@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -121,10 +122,22 @@ def _check_heartbeat(args: argparse.Namespace) -> int:
     return 0
 
 
+def _exit_on_sigterm() -> None:
+    """Exit on SIGTERM as the signal would: as PID 1 in its container, a process that does not handle it
+    ignores it, and the kubelet waits out the pod's grace period before it kills it."""
+
+    def stop(signum: int, frame: object) -> None:
+        print("error: stopped by SIGTERM", file=sys.stderr)
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def _load_model(args: argparse.Namespace) -> int:
     from llm_etl_provider.worker.errors import WorkerError
     from llm_etl_provider.worker.model_loader import download, verify
 
+    _exit_on_sigterm()
     try:
         if args.verify:
             verify(args.dest, args.sha256)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import time
@@ -17,6 +18,7 @@ from llm_etl_provider.worker.errors import (
     EXIT_CONFIGURATION,
     EXIT_DEAD_LETTER_THRESHOLD,
     EXIT_SERVER_UNAVAILABLE,
+    EXIT_STOPPED,
 )
 from llm_etl_provider.worker.tasks import build_task
 from tests.integration.conftest import BIN, SAMPLE, worker
@@ -150,6 +152,39 @@ def test_sigkill_and_restart_redoes_at_most_one_checkpoint(tmp_path, llama_serve
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["resumed_from"] == checkpoint
     assert 0 <= written_before_restart - checkpoint <= 5  # what the restart cut back and redid
+
+
+def test_sigterm_stops_at_once_and_checkpoints_every_record_written(tmp_path, llama_server):
+    sample = head(SAMPLE, 12, tmp_path / "in.jsonl")
+    args = [
+        str(BIN / "llm-etl-worker"), "--task", "sentiment", "--input", str(sample), "--template", "{review}",
+        "--checkpoint", str(tmp_path / "ckpt.json"), *common(tmp_path, llama_server.url),
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        [*args, "--progress-interval", "0.2"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    assert process.stderr is not None
+    seen: list[str] = []  # the results file is flushed at checkpoints: the progress lines say what is written
+    while not re.search(r" results=([3-9]|1[01]) ", line := process.stderr.readline()):
+        assert line, "".join(seen)[-3000:]
+        seen.append(line)
+    stopped_at = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    stderr = "".join(seen) + process.communicate(timeout=30)[1]
+    assert process.returncode == EXIT_STOPPED, stderr[-3000:]
+    assert time.monotonic() - stopped_at < 5  # requests in flight are dropped, not awaited
+    assert "stopped by SIGTERM" in stderr
+    results = tmp_path / "results.jsonl"
+    written = len(read_jsonl(results))
+    assert written >= 3
+    # the default interval is 100 records: this checkpoint is the stop's own
+    assert json.loads((tmp_path / "ckpt.json").read_text())["state"]["records_done"] == written
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "summary.json").read_text())["resumed_from"] == written
+    ids = [r["id"] for r in read_jsonl(results)] + [d["id"] for d in read_jsonl(tmp_path / "dead.jsonl")]
+    assert sorted(ids) == sorted(json.loads(line)["id"] for line in sample.read_text().splitlines())
+    assert len(ids) == len(set(ids))
 
 
 def test_exit_codes(tmp_path, llama_server):

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from llm_etl_provider.local.llama_server import MODEL_SHA256, LlamaServer, bundled_model
 from llm_etl_provider.worker.cli import API_KEY_ENV
-from llm_etl_provider.worker.errors import EXIT_DEAD_LETTER_THRESHOLD, EXIT_SERVER_UNAVAILABLE
+from llm_etl_provider.worker.errors import EXIT_DEAD_LETTER_THRESHOLD, EXIT_SERVER_UNAVAILABLE, EXIT_STOPPED
 
 if TYPE_CHECKING:
     from llm_etl_provider.hooks.llm_server import LLMServer
@@ -34,6 +34,7 @@ _EXIT_MEANINGS = {
     2: "bad configuration or unusable input",
     EXIT_SERVER_UNAVAILABLE: "the LLM server was unavailable",
     EXIT_DEAD_LETTER_THRESHOLD: "more dead letters than the threshold allows",
+    EXIT_STOPPED: "stopped by SIGTERM; a retry resumes from its checkpoint",
 }
 
 

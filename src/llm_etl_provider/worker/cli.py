@@ -1,7 +1,8 @@
 """``llm-etl-worker``: enrich a file of records through a local LLM server.
 
 Exit codes: 0 done, 1 unexpected failure, 2 configuration or unusable input, 3 LLM server unavailable,
-4 dead-letter threshold exceeded (all outputs are written). Progress and the summary go to stderr.
+4 dead-letter threshold exceeded (all outputs are written), 143 stopped by SIGTERM (what was written is
+checkpointed). Progress and the summary go to stderr.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +24,13 @@ from llm_etl_provider.transport.keys import KEY_ENV, FrameKeyError, load_key
 from llm_etl_provider.worker.checkpoint import Checkpoint, run_fingerprint
 from llm_etl_provider.worker.clients import make_client
 from llm_etl_provider.worker.engine import Engine, EngineSettings
-from llm_etl_provider.worker.errors import EXIT_FAILURE, EXIT_OK, ConfigurationError, WorkerError
+from llm_etl_provider.worker.errors import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_STOPPED,
+    ConfigurationError,
+    WorkerError,
+)
 from llm_etl_provider.worker.heartbeat import beat
 from llm_etl_provider.worker.records import RecordReader
 from llm_etl_provider.worker.retry import RetryPolicy
@@ -182,6 +190,11 @@ def _log(line: str) -> None:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
+    # In its container the worker is PID 1, which ignores SIGTERM without a handler: the kubelet would wait
+    # out the grace period and SIGKILL it. Stopping cancels the run, which checkpoints what it has written.
+    current = asyncio.current_task()
+    assert current is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, current.cancel)
     task = task_from_args(args)
     if not args.input.is_file():
         raise ConfigurationError(f"{args.input}: no such input file")
@@ -249,6 +262,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _log("error: interrupted")
         return EXIT_FAILURE
+    except asyncio.CancelledError:
+        _log("error: stopped by SIGTERM")
+        return EXIT_STOPPED
     return EXIT_OK
 
 

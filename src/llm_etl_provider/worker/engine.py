@@ -140,7 +140,16 @@ class Engine:
         self.sink.open(state.sink if state else None)
         ticker = asyncio.create_task(self._tick())
         try:
-            await self._pipeline(itertools.islice(self.reader, records_done, None))
+            try:
+                await self._pipeline(itertools.islice(self.reader, records_done, None))
+            except asyncio.CancelledError:
+                # Stopped (SIGTERM: the pod deleted, its node drained): checkpoint what is written, so that a
+                # restart redoes only the records that were in flight.
+                self._save_checkpoint()
+                self.log(
+                    f"stopped after {self.stats.done} records" + (", checkpointed" if self.checkpoint else "")
+                )
+                raise
             self._save_checkpoint()
             self.stats.skipped_blank_lines = self.reader.stats.blank_lines
             summary = self.summary = {

@@ -24,6 +24,7 @@ EXIT_FAILURE = 1
 EXIT_CONFIGURATION = 2
 EXIT_SERVER_UNAVAILABLE = 3
 EXIT_DEAD_LETTER_THRESHOLD = 4
+EXIT_STOPPED = 143  # 128 + SIGTERM, as a shell reports a process the signal ended
 
 
 class WorkerError(Exception):

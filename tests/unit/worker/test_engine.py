@@ -259,6 +259,41 @@ def test_a_crash_and_restart_redoes_at_most_one_checkpoint_and_duplicates_nothin
     assert summary["results"] == n
 
 
+class StoppingSink(JsonlFileSink):
+    """Cancels the run after a number of writes, as the worker's SIGTERM handler does."""
+
+    stop_after = 10**9
+    writes = 0
+
+    def write_result(self, line):
+        type(self).writes += 1
+        if type(self).writes == self.stop_after:
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()
+        super().write_result(line)
+
+
+def test_a_stopped_run_checkpoints_what_it_wrote_and_a_restart_redoes_none_of_it(tmp_path):
+    n = 37
+    path = write_input(tmp_path / "in.jsonl", n)
+    StoppingSink.writes, StoppingSink.stop_after = 0, 11
+    settings = EngineSettings(checkpoint_every=100, concurrency=4)  # no regular checkpoint before the stop
+    server = FakeLLMServer()
+    with pytest.raises(asyncio.CancelledError):
+        run_engine(tmp_path, server, path, settings=settings, checkpoint=True, sink_cls=StoppingSink)
+    written = len(read_jsonl(tmp_path / "results.jsonl"))
+    assert written >= 11
+    calls_before = len(server.chat_bodies)
+    StoppingSink.stop_after = 0
+    summary, _, _ = run_engine(
+        tmp_path, server, path, settings=settings, checkpoint=True, sink_cls=StoppingSink
+    )
+    assert summary["resumed_from"] == written  # every record written before the stop is kept
+    assert len(server.chat_bodies) - calls_before == n - written
+    assert [r["id"] for r in read_jsonl(tmp_path / "results.jsonl")] == [f"r{i}" for i in range(n)]
+
+
 def test_a_finished_run_restarted_with_its_checkpoint_does_nothing(tmp_path):
     path = write_input(tmp_path / "in.jsonl", 12)
     server = FakeLLMServer()
