@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import arguments, print_table, sample_records, save
+from benchmarks.common import arguments, measure_in_child, print_table, sample_records, save
 from llm_etl_provider.transport.frames import FrameWriter
 from llm_etl_provider.transport.keys import new_key, write_key_file
 
@@ -62,20 +61,15 @@ def generate(path: Path, key: bytes, log_mb: int) -> dict[str, int]:
     return {"records": records, "log_bytes": path.stat().st_size, "frames": writer.state.frames}
 
 
-CHILD = """
-import json, resource, sys, time
+EXTRACT = """
 from pathlib import Path
 from llm_etl_provider.transport.extract import extract
 from llm_etl_provider.transport.keys import load_key
 from llm_etl_provider.transport.sources import file_lines
-log, key_file, out = sys.argv[1:4]
-started = time.monotonic()
-manifest = extract(file_lines(Path(log)), load_key(Path(key_file)), out)
-elapsed = time.monotonic() - started
-usage = resource.getrusage(resource.RUSAGE_SELF)
-print(json.dumps({"seconds": elapsed, "results": manifest["results"],
-                  "dead_letters": manifest["dead_letters"], "cpu_seconds": usage.ru_utime + usage.ru_stime,
-                  "peak_rss_mb": usage.ru_maxrss / 1024}))
+
+def run(log, key_file, out):
+    manifest = extract(file_lines(Path(log)), load_key(Path(key_file)), out)
+    return {"results": manifest["results"], "dead_letters": manifest["dead_letters"]}
 """
 
 
@@ -96,11 +90,7 @@ def main() -> int:
             f"generated {generated['log_bytes'] / 1e6:.0f} MB of frames in {generate_s:.0f} s",
             file=sys.stderr,
         )
-        done = subprocess.run(
-            [sys.executable, "-c", CHILD, str(work / "frames.log"), str(work / "key"), str(work / "out")],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
-        child = json.loads(done.stdout)
+        child = measure_in_child(EXTRACT, str(work / "frames.log"), str(work / "key"), str(work / "out"))
         assert child["results"] + child["dead_letters"] == generated["records"]
         results_bytes = (work / "out" / "results.jsonl").stat().st_size
     report = {

@@ -10,28 +10,22 @@ Run it on an otherwise idle machine.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks.common import arguments, print_table, save, write_records
+from benchmarks.common import arguments, measure_in_child, print_table, save, write_records
 from llm_etl_provider.staging import plan_shards
 from llm_etl_provider.worker.records import RecordReader
 
-CHILD = """
-import json, resource, sys, time
+STAGE = """
 from llm_etl_provider.operators.stage import StageInputOperator
-source, staging = sys.argv[1:3]
-stage = StageInputOperator(task_id="stage", input_path=source, execution_mode="local", local_dir=staging)
-started = time.monotonic()
-shards = stage.execute({"run_id": "bench"})
-elapsed = time.monotonic() - started
-print(json.dumps({"seconds": elapsed, "shards": len(shards), "records": sum(s["records"] for s in shards),
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+def run(source, staging):
+    stage = StageInputOperator(task_id="stage", input_path=source, execution_mode="local", local_dir=staging)
+    shards = stage.execute({"run_id": "bench"})
+    return {"shards": len(shards), "records": sum(s["records"] for s in shards)}
 """
 
 
@@ -43,11 +37,7 @@ def timed(action: Callable[[], object]) -> float:
 
 def measure(work: Path, records: int) -> dict[str, float | int]:
     source = write_records(work / f"input-{records}.jsonl", records)
-    done = subprocess.run(
-        [sys.executable, "-c", CHILD, str(source), str(work / f"staging-{records}")],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    stage = json.loads(done.stdout.splitlines()[-1])
+    stage = measure_in_child(STAGE, str(source), str(work / f"staging-{records}"))
     assert stage["records"] == records, stage
     return {
         "records": records,

@@ -1,9 +1,11 @@
-"""What the benchmarks share: the sample, the worker's command, inputs of any size and the report's form."""
+"""What the benchmarks share: the sample, the worker's command, inputs of any size, measuring in a child
+process and the report's form."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from itertools import count, islice
@@ -33,6 +35,34 @@ def write_records(path: Path, records: int) -> Path:
         for record in sample_records(records):
             handle.write(json.dumps(record) + "\n")
     return path
+
+
+CHILD_TEMPLATE = """
+import json, resource, sys, time
+{code}
+def cpu_seconds():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+started, cpu_started = time.monotonic(), cpu_seconds()
+result = run(*sys.argv[1:])
+seconds, cpu = time.monotonic() - started, cpu_seconds() - cpu_started
+peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({{**result, "seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": peak_rss_mb}}))
+"""
+
+
+def measure_in_child(code: str, *args: str) -> dict[str, Any]:
+    """Run ``code``'s ``run(*args)`` in a fresh Python, so that its peak RSS is its own.
+
+    Returns what ``run`` returned (a dict) with its ``seconds`` and ``cpu_seconds``, and the child's
+    ``peak_rss_mb`` (Python and its imports included).
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD_TEMPLATE.format(code=code), *args],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    result: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    return result
 
 
 def arguments(doc: str | None) -> argparse.ArgumentParser:

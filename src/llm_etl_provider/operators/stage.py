@@ -7,7 +7,7 @@ import hashlib
 import itertools
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -150,22 +150,7 @@ class StageInputOperator(BaseOperator):
         """
         pairs = _with_next(shards)
         first = next(pairs, None)
-        key = new_key()
-        if self.execution_mode == "kubernetes":
-            from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
-
-            api = KubernetesHook(conn_id=self.kubernetes_conn_id).core_v1_client
-            self._create_secret(
-                api,
-                secret_manifest(
-                    key_secret_name(self.dag_id, run_id),
-                    run_id,
-                    {KEY_FILE_NAME: encode_key(key).encode()},
-                    kind="key",
-                ),
-            )
-        else:
-            local_root = self._local_root(run_id, key)
+        stage_shard = self._stage_key(run_id, prefix, new_key())
         descriptors = []
         for shard, next_shard in itertools.chain([first] if first else [], pairs):
             # a shard holds the input lines from its first line to the next shard's
@@ -182,26 +167,45 @@ class StageInputOperator(BaseOperator):
                 # ids repeated across shards: each shard's worker dead-letters these lines as duplicate_id
                 "duplicates": duplicates[_lines_within(duplicates, shard.first_line, end)],
             }
-            if self.execution_mode == "kubernetes":
-                self._create_secret(
-                    api,
-                    secret_manifest(
-                        descriptor["secret"],
-                        run_id,
-                        {f"input.{shard.input_format}.gz": shard.data},
-                        kind="shard",
-                        shard=shard.index,
-                    ),
-                )
-                if self.work_claim_size:
-                    descriptor["work_claim"] = self._create_work_claim(api, run_id, prefix, key, shard.index)
-            else:
-                path = local_root / f"shard-{shard.index}" / f"input.{shard.input_format}.gz"
+            stage_shard(shard, descriptor)
+            descriptors.append(descriptor)
+        return descriptors
+
+    def _stage_key(self, run_id: str, prefix: str, key: bytes) -> Callable[[Shard, dict[str, Any]], None]:
+        """Stage the run's key where its pods (or local runs) read it; return what stages each shard there.
+
+        A shard goes to a Secret (and gets a work claim when asked) in ``kubernetes`` mode, to a file under
+        the run's folder in ``local`` mode; either adds where it went to the shard's descriptor.
+        """
+        if self.execution_mode == "local":
+            root = self._local_root(run_id, key)
+
+            def write_file(shard: Shard, descriptor: dict[str, Any]) -> None:
+                path = root / f"shard-{shard.index}" / f"input.{shard.input_format}.gz"
                 path.parent.mkdir(mode=0o700)
                 path.write_bytes(shard.data)
                 descriptor["path"] = str(path)
-            descriptors.append(descriptor)
-        return descriptors
+
+            return write_file
+
+        from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
+
+        api = KubernetesHook(conn_id=self.kubernetes_conn_id).core_v1_client
+        key_data = {KEY_FILE_NAME: encode_key(key).encode()}
+        self._create_secret(
+            api, secret_manifest(key_secret_name(self.dag_id, run_id), run_id, key_data, kind="key")
+        )
+
+        def create_secret(shard: Shard, descriptor: dict[str, Any]) -> None:
+            shard_data = {f"input.{shard.input_format}.gz": shard.data}
+            self._create_secret(
+                api,
+                secret_manifest(descriptor["secret"], run_id, shard_data, kind="shard", shard=shard.index),
+            )
+            if self.work_claim_size:
+                descriptor["work_claim"] = self._create_work_claim(api, run_id, prefix, key, shard.index)
+
+        return create_secret
 
     def _validate(self, local: Path, fmt: str) -> tuple[dict[str, list[int]], list[int]]:
         """Read the input as the worker will; fail on an unusable whole, report malformed records by line.
