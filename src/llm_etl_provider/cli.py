@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 
@@ -122,33 +123,39 @@ def _check_heartbeat(args: argparse.Namespace) -> int:
     return 0
 
 
-def _exit_on_sigterm() -> None:
+@contextlib.contextmanager
+def _exit_on_sigterm() -> Iterator[None]:
     """Exit on SIGTERM as the signal would: as PID 1 in its container, a process that does not handle it
     ignores it, and the kubelet waits out the pod's grace period before it kills it."""
 
     def stop(signum: int, frame: object) -> None:
-        print("error: stopped by SIGTERM", file=sys.stderr)
+        # not print(): a signal arriving during a print to stderr would make it a reentrant call
+        os.write(2, b"error: stopped by SIGTERM\n")
         raise SystemExit(128 + signum)
 
-    signal.signal(signal.SIGTERM, stop)
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _load_model(args: argparse.Namespace) -> int:
     from llm_etl_provider.worker.errors import WorkerError
     from llm_etl_provider.worker.model_loader import download, verify
 
-    _exit_on_sigterm()
     try:
-        if args.verify:
-            verify(args.dest, args.sha256)
-        elif (url := _model_url(args)) and args.sha256:
-            download(url, args.dest, args.sha256)
-        else:
-            print(
-                "error: give --url-file, --url-env or --url, and --sha256, to download; or --verify",
-                file=sys.stderr,
-            )
-            return 2
+        with _exit_on_sigterm():
+            if args.verify:
+                verify(args.dest, args.sha256)
+            elif (url := _model_url(args)) and args.sha256:
+                download(url, args.dest, args.sha256)
+            else:
+                print(
+                    "error: give --url-file, --url-env or --url, and --sha256, to download; or --verify",
+                    file=sys.stderr,
+                )
+                return 2
     except WorkerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import signal
 
 import httpx
 import pytest
@@ -114,7 +115,9 @@ def test_the_cli_reads_the_url_from_a_mounted_secret_file(tmp_path, monkeypatch,
     url_file.parent.mkdir()
     url_file.write_text(URL + "\n")  # kubectl create secret --from-file keeps a trailing newline
     dest = tmp_path / "m.gguf"
+    handler = signal.getsignal(signal.SIGTERM)
     assert main(["load-model", "--dest", str(dest), "--url-file", str(url_file), "--sha256", SHA]) == 0
+    assert signal.getsignal(signal.SIGTERM) is handler  # exit-on-SIGTERM lasts as long as the load only
     assert requested == [URL]
     assert dest.read_bytes() == MODEL
     with pytest.raises(SystemExit, match="cannot read the model URL file"):
