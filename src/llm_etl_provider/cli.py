@@ -128,10 +128,12 @@ def _exit_on_sigterm() -> Iterator[None]:
     """Exit on SIGTERM as the signal would: as PID 1 in its container, a process that does not handle it
     ignores it, and the kubelet waits out the pod's grace period before it kills it."""
 
+    from llm_etl_provider.worker.errors import EXIT_STOPPED
+
     def stop(signum: int, frame: object) -> None:
         # not print(): a signal arriving during a print to stderr would make it a reentrant call
         os.write(2, b"error: stopped by SIGTERM\n")
-        raise SystemExit(128 + signum)
+        raise SystemExit(EXIT_STOPPED)
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:

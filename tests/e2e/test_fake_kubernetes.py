@@ -168,15 +168,11 @@ def test_a_pod_runs_init_sidecar_and_base_with_secrets_ports_and_logs(api, clust
 def test_follow_streams_the_log_while_the_container_runs(api, cluster):
     api.create_namespaced_secret(NS, secret("token", {"token": b"t"}))
     api.create_namespaced_pod(NS, pod("follow", lines=100))
-    wait_for_phase(api, "follow", {"Running", "Succeeded"})
-    deadline = time.monotonic() + 30
-    # the pod runs from its sidecar's start; the base container's log exists once base has started
-    while not any(
-        s.name == "base" and (s.state.running or s.state.terminated)
-        for s in api.read_namespaced_pod("follow", NS).status.container_statuses or []
-    ):
-        assert time.monotonic() < deadline, "base never started"
-        time.sleep(0.1)
+    running = wait_for_phase(api, "follow", {"Running", "Succeeded"})
+    # as a kubelet: Running once a main container runs, so base's log can be read from then on
+    (base,) = running.status.container_statuses
+    assert base.name == "base"
+    assert base.state.running or base.state.terminated, base
     response = api.read_namespaced_pod_log(
         "follow", NS, container="base", follow=True, timestamps=True, _preload_content=False
     )
