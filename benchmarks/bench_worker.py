@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 
 from benchmarks.common import arguments, print_table, sample_records, save, write_records
-from llm_etl_provider.local.llama_server import MODEL_NAME, LlamaServer
+from llm_etl_provider.dev.llama_server import MODEL_NAME, LlamaServer
 from llm_etl_provider.worker.clients import ChatRequest, OpenAIClient
 from llm_etl_provider.worker.tasks import build_task
 

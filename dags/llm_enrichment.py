@@ -23,6 +23,9 @@ from typing import Any
 
 from airflow.sdk import Param, dag
 
+from llm_etl_provider.contract.invocation import DEFAULT_MAX_RECORD_BYTES, TASK_NAMES, setting_default
+from llm_etl_provider.pod.builder import BACKENDS
+from llm_etl_provider.staging import DEFAULT_SHARD_BYTES
 from llm_etl_provider.task_group import llm_enrichment_task_group
 
 EXECUTION_MODE = os.environ.get("LLM_ETL_EXECUTION_MODE", "kubernetes")
@@ -30,18 +33,8 @@ LOCAL_DIR = os.environ.get("LLM_ETL_LOCAL_DIR", "/tmp/llm-etl-staging")  # noqa:
 NAMESPACE = os.environ.get("LLM_ETL_NAMESPACE", "llm-etl")
 
 if EXECUTION_MODE == "local":
-    from llm_etl_provider.local.llama_server import MODEL_FILE, MODEL_SHA256
-
-    # The bundled GGUF is "a checksummed file": the local loader verifies it as the pod's loader would.
-    MODEL_SETTINGS: dict[str, Any] = {
-        "backend": "llamacpp",
-        "model_source": "object",
-        "model_url_secret": "local",
-        "model_sha256": MODEL_SHA256,
-        "model_path": MODEL_FILE,
-        "gpus": 0,
-        "llm_conn_id": os.environ.get("LLM_ETL_LLM_CONN_ID") or None,
-    }
+    # The bundled GGUF, checked by its sha256 and served by llama.cpp's server, or a connection's server.
+    MODEL_SETTINGS: dict[str, Any] = {"llm_conn_id": os.environ.get("LLM_ETL_LLM_CONN_ID") or None}
     DEFAULTS = {
         "input": "examples/drug_reviews_sample.jsonl",
         "output": "out/llm_enrichment",
@@ -86,15 +79,19 @@ DEFAULTS = {key: os.environ.get(f"LLM_ETL_DEFAULT_{key.upper()}") or value for k
             DEFAULTS["input"], type="string", title="Input", description="JSONL or CSV, any URI"
         ),
         "output_path": Param(DEFAULTS["output"], type="string", title="Output folder (any URI)"),
-        "task": Param("sentiment", enum=["sentiment", "tags", "moderation", "entities", "custom"]),
+        "task": Param("sentiment", enum=list(TASK_NAMES)),
         "template": Param("{review}", type="string", title="Prompt template over record fields"),
         "model": Param(DEFAULTS["model"], type="string"),
-        "backend": Param("ollama", enum=["ollama", "llamacpp", "vllm"], title="LLM server"),
+        "backend": Param("ollama", enum=list(BACKENDS), title="LLM server"),
         "shard_bytes": Param(
-            700_000, type="integer", minimum=500, maximum=900_000, title="Shard size (compressed bytes)"
+            DEFAULT_SHARD_BYTES,
+            type="integer",
+            minimum=500,
+            maximum=900_000,
+            title="Shard size (compressed bytes)",
         ),
         "max_dead_letter_ratio": Param(
-            0.1,
+            setting_default("max_dead_letter_ratio"),
             type="number",
             minimum=0,
             maximum=1,
@@ -102,7 +99,7 @@ DEFAULTS = {key: os.environ.get(f"LLM_ETL_DEFAULT_{key.upper()}") or value for k
             description="A shard with more dead letters than this fails; 1: never for bad records",
         ),
         "record_bytes": Param(
-            262_144,
+            DEFAULT_MAX_RECORD_BYTES,
             type="integer",
             minimum=100,
             maximum=450_000,

@@ -5,7 +5,6 @@ ARG AIRFLOW_VERSION
 
 COPY --chown=airflow:0 pyproject.toml README.md /opt/llm-etl-provider/
 COPY --chown=airflow:0 src /opt/llm-etl-provider/src
-COPY --chown=airflow:0 pod_templates /opt/llm-etl-provider/pod_templates
 
 # Pinning apache-airflow keeps pip from upgrading the image's Airflow; amazon[s3fs] serves s3:// paths (MinIO).
 RUN pip install --no-cache-dir \

@@ -4,7 +4,6 @@ FROM python:3.11-slim
 
 COPY pyproject.toml README.md /src/
 COPY src /src/src
-COPY pod_templates /src/pod_templates
 
 RUN pip install --no-cache-dir --no-deps /src \
     && pip install --no-cache-dir "httpx==0.28.1" "jsonschema==4.26.0" "cryptography==50.0.2" \

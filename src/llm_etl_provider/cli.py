@@ -1,18 +1,19 @@
-"""``llm-etl``: the project's command line: local LLM server, bundled model, keys, extraction, demo."""
+"""``llm-etl``: the project's command line: keys, extraction, the pod's manifests and commands, and the
+developer tools (local LLM server, bundled model, demo). Importing it imports no Airflow: the worker's image
+runs its pod commands."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+
+from llm_etl_provider.worker.pod_commands import add_pod_commands
 
 
 def _local_server(args: argparse.Namespace) -> int:
-    from llm_etl_provider.local.llama_server import LocalServerError, start_detached, stop_detached
+    from llm_etl_provider.dev.llama_server import LocalServerError, start_detached, stop_detached
 
     if args.stop:
         stopped = stop_detached(args.port)
@@ -33,7 +34,7 @@ def _local_server(args: argparse.Namespace) -> int:
 
 
 def _model_path(args: argparse.Namespace) -> int:
-    from llm_etl_provider.local.llama_server import LocalServerError, bundled_model
+    from llm_etl_provider.dev.llama_server import LocalServerError, bundled_model
 
     try:
         print(bundled_model())
@@ -44,13 +45,14 @@ def _model_path(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from llm_etl_provider.local.demo import run_demo
+    from llm_etl_provider.dev.demo import run_demo
 
     return run_demo(args.output, input_path=args.input, limit=args.limit)
 
 
 def _new_key(args: argparse.Namespace) -> int:
-    from llm_etl_provider.transport.keys import FrameKeyError, write_key_file
+    from llm_etl_provider.transport.errors import FrameKeyError
+    from llm_etl_provider.transport.keys import write_key_file
 
     try:
         write_key_file(args.path, overwrite=args.force)
@@ -62,9 +64,9 @@ def _new_key(args: argparse.Namespace) -> int:
 
 
 def _extract(args: argparse.Namespace) -> int:
-    from llm_etl_provider.transport.errors import TransportError
+    from llm_etl_provider.transport.errors import FrameKeyError, TransportError
     from llm_etl_provider.transport.extract import extract
-    from llm_etl_provider.transport.keys import FrameKeyError, load_key
+    from llm_etl_provider.transport.keys import load_key
     from llm_etl_provider.transport.sources import file_lines, pod_log_lines
 
     try:
@@ -99,81 +101,33 @@ def _extract(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_url(args: argparse.Namespace) -> str:
-    if args.url_file:
-        try:
-            return str(args.url_file.read_text().strip())
-        except OSError as exc:
-            raise SystemExit(
-                f"error: cannot read the model URL file {args.url_file}: {exc.strerror}"
-            ) from None
-    return str(args.url or os.environ.get(args.url_env or "", ""))
-
-
-def _check_heartbeat(args: argparse.Namespace) -> int:
-    from llm_etl_provider.worker.heartbeat import heartbeat_age
-
-    age = heartbeat_age(args.file)
-    if age is None:
-        print(f"no heartbeat yet at {args.file}", file=sys.stderr)
-        return 1
-    if age > args.max_age:
-        print(f"the worker's last heartbeat is {age:.0f} s old (limit {args.max_age:.0f} s)", file=sys.stderr)
-        return 1
-    return 0
-
-
-@contextlib.contextmanager
-def _exit_on_sigterm() -> Iterator[None]:
-    """Exit on SIGTERM as the signal would: as PID 1 in its container, a process that does not handle it
-    ignores it, and the kubelet waits out the pod's grace period before it kills it."""
-
-    from llm_etl_provider.worker.errors import EXIT_STOPPED
-
-    def stop(signum: int, frame: object) -> None:
-        # not print(): a signal arriving during a print to stderr would make it a reentrant call
-        os.write(2, b"error: stopped by SIGTERM\n")
-        raise SystemExit(EXIT_STOPPED)
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _load_model(args: argparse.Namespace) -> int:
-    from llm_etl_provider.worker.errors import WorkerError
-    from llm_etl_provider.worker.model_loader import download, verify
-
-    try:
-        with _exit_on_sigterm():
-            if args.verify:
-                verify(args.dest, args.sha256)
-            elif (url := _model_url(args)) and args.sha256:
-                download(url, args.dest, args.sha256)
-            else:
-                print(
-                    "error: give --url-file, --url-env or --url, and --sha256, to download; or --verify",
-                    file=sys.stderr,
-                )
-                return 2
-    except WorkerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    return 0
-
-
 def _render_pod(args: argparse.Namespace) -> int:
     import yaml
 
+    from llm_etl_provider.contract.layout import shard_secret_name
+    from llm_etl_provider.contract.shard import ShardDescriptor
     from llm_etl_provider.exceptions import PodSpecError
-    from llm_etl_provider.pod.builder import ModelSpec, PodParams, ServerSpec, build_pod, network_policy
+    from llm_etl_provider.pod.builder import (
+        ModelSpec,
+        PodParams,
+        ServerSpec,
+        build_pod,
+        network_policy,
+        pod_invocation,
+    )
 
+    server = ServerSpec(backend=args.backend, parallel=args.parallel, gpus=args.gpus)
+    shard = ShardDescriptor(index=0, records=0, line_offset=0, input_format="jsonl")
     try:
         pod = build_pod(
             PodParams(
-                worker_args=("--task", args.task, "--template", args.template),
+                invocation=pod_invocation(
+                    {"task": args.task, "template": args.template},
+                    run_id=args.run_id,
+                    shard=shard,
+                    server=server,
+                    model=args.model,
+                ),
                 model=ModelSpec(
                     name=args.model,
                     source=args.model_source,
@@ -183,16 +137,15 @@ def _render_pod(args: argparse.Namespace) -> int:
                     claim=args.model_claim,
                     image=args.model_image,
                 ),
-                server=ServerSpec(backend=args.backend, parallel=args.parallel, gpus=args.gpus),
-                input_secret="llm-etl-RUN-shard-0",  # noqa: S106 - a Secret's name, not a value
+                server=server,
+                input_secret=shard_secret_name("llm-etl-RUN", shard.index),
                 key_secret="llm-etl-RUN-key",  # noqa: S106 - a Secret's name, not a value
-                run_id=args.run_id,
             )
         )
     except PodSpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    pod["metadata"]["name"] = "llm-etl-RUN-shard-0"
+    pod["metadata"]["name"] = shard_secret_name("llm-etl-RUN", shard.index)
     documents = [pod, network_policy(args.namespace)]
     if args.model_source == "pull":
         documents.append(network_policy(args.namespace, allow_model_pull=True))
@@ -238,21 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--shard", type=int, help="refuse frames of any other shard")
     extract.set_defaults(handler=_extract)
 
-    load = commands.add_parser("load-model", help="the pod's model loader: download and check, or verify")
-    load.add_argument("--dest", type=Path, required=True, help="where the model goes (in the model volume)")
-    load.add_argument("--url", help="HTTP(S) URL to download (e.g. a presigned object-storage URL)")
-    load.add_argument("--url-env", help="the environment variable holding the URL (kept out of the pod spec)")
-    load.add_argument("--url-file", type=Path, help="a file holding the URL (a mounted Secret)")
-    load.add_argument("--sha256", help="the model file's expected sha256")
-    load.add_argument("--verify", action="store_true", help="only check the model already in place")
-    load.set_defaults(handler=_load_model)
-
-    heartbeat = commands.add_parser(
-        "check-heartbeat", help="the worker's probe: exit 1 when its heartbeat file is missing or stale"
-    )
-    heartbeat.add_argument("file", type=Path)
-    heartbeat.add_argument("--max-age", type=float, default=120.0, help="seconds (default 120)")
-    heartbeat.set_defaults(handler=_check_heartbeat)
+    add_pod_commands(commands)
 
     render = commands.add_parser("render-pod", help="print the enrichment pod and NetworkPolicy as YAML")
     render.add_argument("--backend", default="ollama", choices=["ollama", "llamacpp", "vllm"])

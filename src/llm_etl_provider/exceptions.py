@@ -1,8 +1,23 @@
-"""Errors raised on the Airflow side of llm-etl-provider (the worker has its own, in ``worker.errors``)."""
+"""Errors raised on the Airflow side of llm-etl-provider.
+
+The worker and the transport have trees of their own (``worker.errors``, ``transport.errors``)::
+
+    AirflowException
+     ├── LLMConnectionError          the LLM connection is missing a field or holds an unusable value
+     ├── PodSpecError                the pod cannot be built from the given parameters
+     ├── StagingError                the input cannot be staged (unreadable, empty, not what it claims)
+     ├── ExtractionError             a shard's results cannot be extracted; nothing was published for it
+     │    └── FrameStreamRejectedError (+ AirflowFailException)   the frame stream failed verification
+     ├── LocalRunError               a local step of a shard (model check, server start) failed
+     └── WorkerExitError             the worker exited with an error code another try may not meet
+          └── WorkerRefusedError (+ AirflowFailException)   a code a retry would meet again
+"""
 
 from __future__ import annotations
 
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from llm_etl_provider.contract.codes import ExitCode
 
 
 class LLMConnectionError(AirflowException):
@@ -24,3 +39,26 @@ class ExtractionError(AirflowException):
 class FrameStreamRejectedError(ExtractionError, AirflowFailException):
     """The pod log's frame stream failed verification (cut, rotated, tampered, another run's): a retry would
     read the same log, so the task fails without one."""
+
+
+class LocalRunError(AirflowException):
+    """A local step of a shard failed (the model check, the LLM server's start)."""
+
+
+class WorkerExitError(AirflowException):
+    """The worker exited with an error code; another try may end otherwise."""
+
+
+class WorkerRefusedError(WorkerExitError, AirflowFailException):
+    """The worker exited with a code that another try would meet again (bad settings or input, too many dead
+    letters): the task fails without a retry."""
+
+
+def worker_exit_error(code: int, where: str) -> WorkerExitError:
+    """The error for a worker that exited with ``code``: fail at once unless a retry may help."""
+    message = f"{where}: the worker exited with code {code} ({ExitCode.describe(code)})"
+    try:
+        retryable = ExitCode(code).retryable
+    except ValueError:
+        retryable = True
+    return WorkerExitError(message) if retryable else WorkerRefusedError(message)

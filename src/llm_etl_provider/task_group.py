@@ -7,11 +7,12 @@ from typing import Any
 
 from airflow.sdk import Asset, TaskGroup
 
+from llm_etl_provider.contract.invocation import DEFAULT_MAX_RECORD_BYTES
 from llm_etl_provider.operators.cleanup import CleanupOperator
 from llm_etl_provider.operators.enrichment import LLMEnrichmentOperator
 from llm_etl_provider.operators.extract import ExtractResultsOperator
 from llm_etl_provider.operators.stage import StageInputOperator
-from llm_etl_provider.staging import DEFAULT_RECORD_BYTES, DEFAULT_SHARD_BYTES
+from llm_etl_provider.staging import DEFAULT_SHARD_BYTES
 
 
 def llm_enrichment_task_group(
@@ -26,7 +27,7 @@ def llm_enrichment_task_group(
     local_dir: str | None = None,
     input_format: str = "auto",
     max_shard_bytes: int | str = DEFAULT_SHARD_BYTES,
-    max_record_bytes: int | str = DEFAULT_RECORD_BYTES,
+    max_record_bytes: int | str = DEFAULT_MAX_RECORD_BYTES,
     results_asset: Asset | None = None,
     work_claim_size: str | None = None,
     work_storage_class: str | None = None,
@@ -35,7 +36,7 @@ def llm_enrichment_task_group(
     """Add the enrichment pipeline to the DAG being defined and return its task group.
 
     ``enrichment`` goes to :class:`LLMEnrichmentOperator` (task, template, backend, model source, GPUs ...).
-    ``max_record_bytes`` goes to both the staging and the worker, which must agree on it. With
+    ``max_record_bytes`` goes to both the staging and the worker (one value: they read records alike). With
     ``work_claim_size`` each shard's checkpoint survives its pod, so a retry after a lost pod resumes.
     The cleanup is the group's teardown: it runs after success, failure and a killed run alike. The
     extraction updates ``results_asset`` (default: an Asset named ``<group_id>_results``), so other DAGs

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from llm_etl_provider.local.llama_server import MODEL_FILE, MODEL_SHA256, bundled_model, find_llama_server
+from llm_etl_provider.dev.llama_server import MODEL_FILE, MODEL_SHA256, bundled_model, find_llama_server
 from tests.e2e.fake_kubernetes import FakeCluster
 
 REPO = Path(__file__).resolve().parents[2]

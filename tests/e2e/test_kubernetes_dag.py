@@ -113,8 +113,8 @@ def test_the_sweeper_removes_what_outlived_the_ttl_and_nothing_else(cluster, mon
 
     from airflow.sdk import DAG
 
+    from llm_etl_provider.contract.layout import MANAGED_BY
     from llm_etl_provider.operators.cleanup import SweepExpiredOperator
-    from llm_etl_provider.run_resources import MANAGED_BY
 
     monkeypatch.setenv("AIRFLOW_CONN_KUBERNETES_DEFAULT", cluster.airflow_connection())
     managed = {"metadata": {"labels": {**MANAGED_BY, "llm-etl.io/run": "abandoned"}}}

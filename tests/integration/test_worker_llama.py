@@ -14,12 +14,7 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator
 
-from llm_etl_provider.worker.errors import (
-    EXIT_CONFIGURATION,
-    EXIT_DEAD_LETTER_THRESHOLD,
-    EXIT_SERVER_UNAVAILABLE,
-    EXIT_STOPPED,
-)
+from llm_etl_provider.contract.codes import ExitCode
 from llm_etl_provider.worker.tasks import build_task
 from tests.integration.conftest import BIN, SAMPLE, worker
 from tests.integration.fake_ollama import FakeOllama
@@ -171,7 +166,7 @@ def test_sigterm_stops_at_once_and_checkpoints_every_record_written(tmp_path, ll
     stopped_at = time.monotonic()
     process.send_signal(signal.SIGTERM)
     stderr = "".join(seen) + process.communicate(timeout=30)[1]
-    assert process.returncode == EXIT_STOPPED, stderr[-3000:]
+    assert process.returncode == ExitCode.STOPPED, stderr[-3000:]
     assert time.monotonic() - stopped_at < 5  # requests in flight are dropped, not awaited
     assert "stopped by SIGTERM" in stderr
     results = tmp_path / "results.jsonl"
@@ -191,14 +186,14 @@ def test_exit_codes(tmp_path, llama_server):
     sample = head(SAMPLE, 3, tmp_path / "in.jsonl")
     unreachable = worker("--task", "sentiment", "--input", sample, "--ready-timeout", "1",
                          *common(tmp_path, "http://127.0.0.1:9"))  # fmt: skip
-    assert unreachable.returncode == EXIT_SERVER_UNAVAILABLE
+    assert unreachable.returncode == ExitCode.SERVER_UNAVAILABLE
     assert "was not ready after 1 s" in unreachable.stderr
 
     config = worker("--task", "custom", "--input", sample, *common(tmp_path, llama_server.url))
-    assert config.returncode == EXIT_CONFIGURATION
+    assert config.returncode == ExitCode.CONFIGURATION
     assert "needs --system-prompt, --template and --schema" in config.stderr
 
     cut = worker("--task", "sentiment", "--input", sample, "--template", "{review}", "--max-tokens", "2",
                  "--max-attempts", "2", *common(tmp_path, llama_server.url))  # fmt: skip
-    assert cut.returncode == EXIT_DEAD_LETTER_THRESHOLD, cut.stderr[-2000:]
+    assert cut.returncode == ExitCode.DEAD_LETTER_THRESHOLD, cut.stderr[-2000:]
     assert [d["reason"] for d in read_jsonl(tmp_path / "dead.jsonl")] == ["invalid_output"] * 3

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import httpx
 from airflow.sdk import BaseHook
 
+from llm_etl_provider.contract.invocation import (
+    API_STYLES,
+    RESPONSE_FORMATS,
+    ApiStyle,
+    ResponseFormat,
+    WorkerInvocation,
+)
 from llm_etl_provider.exceptions import LLMConnectionError
-
-API_STYLES = ("ollama", "openai")
-RESPONSE_FORMATS = ("json_schema", "json_object")
 
 
 @dataclass(frozen=True)
@@ -20,9 +25,9 @@ class LLMServer:
     """Where the worker finds the LLM and how to talk to it (never holds the API key's value in ``repr``)."""
 
     base_url: str
-    api: str
+    api: ApiStyle
     model: str
-    response_format: str = "json_schema"
+    response_format: ResponseFormat = "json_schema"
     api_key: str | None = None
 
     def __repr__(self) -> str:
@@ -31,14 +36,15 @@ class LLMServer:
             f"response_format={self.response_format!r}, api_key={'***' if self.api_key else None})"
         )
 
-    def worker_args(self) -> list[str]:
-        """The ``llm-etl-worker`` arguments for this server (the key travels in the environment, not here)."""
-        return [
-            "--llm-url", self.base_url,
-            "--api", self.api,
-            "--model", self.model,
-            "--response-format", self.response_format,
-        ]  # fmt: skip
+    def serve(self, invocation: WorkerInvocation) -> WorkerInvocation:
+        """``invocation`` enriching through this server (the key travels in the environment, not in it)."""
+        return dataclasses.replace(
+            invocation,
+            llm_url=self.base_url,
+            api=self.api,
+            model=self.model,
+            response_format=self.response_format,
+        )
 
     @property
     def models_path(self) -> str:
@@ -89,9 +95,9 @@ class LLMServerHook(BaseHook):
             raise LLMConnectionError(f"connection {self.llm_conn_id!r} names no model, and none was given")
         return LLMServer(
             base_url=host.rstrip("/"),
-            api=api,
+            api=cast(ApiStyle, api),
             model=chosen,
-            response_format=response_format,
+            response_format=cast(ResponseFormat, response_format),
             api_key=conn.password or None,
         )
 

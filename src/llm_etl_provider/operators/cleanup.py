@@ -2,53 +2,18 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
-from llm_etl_provider.run_resources import (
-    MANAGED_SELECTOR,
-    checked_execution_mode,
-    local_run_dir,
-    run_selector,
-)
+from llm_etl_provider.backends import checked_execution_mode, run_backend
+from llm_etl_provider.backends.kubernetes import core_v1, delete_managed
+from llm_etl_provider.contract.layout import MANAGED_SELECTOR
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
-
-
-def _delete_all(
-    api: Any, namespace: str, selector: str, *, older_than: datetime | None = None
-) -> dict[str, int]:
-    """Delete the pods, Secrets and work claims matching ``selector`` (created before ``older_than``)."""
-    from kubernetes.client.exceptions import ApiException
-
-    deleted = {"pods": 0, "secrets": 0, "claims": 0}
-    kinds = (
-        ("pods", api.list_namespaced_pod, api.delete_namespaced_pod),
-        ("secrets", api.list_namespaced_secret, api.delete_namespaced_secret),
-        (
-            "claims",
-            api.list_namespaced_persistent_volume_claim,
-            api.delete_namespaced_persistent_volume_claim,
-        ),
-    )
-    for kind, list_them, delete in kinds:
-        for item in list_them(namespace, label_selector=selector).items:
-            created = item.metadata.creation_timestamp
-            if older_than is not None and (created is None or created > older_than):
-                continue
-            try:
-                delete(item.metadata.name, namespace, grace_period_seconds=0)
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
-                continue
-            deleted[kind] += 1
-    return deleted
 
 
 class CleanupOperator(BaseOperator):
@@ -83,19 +48,18 @@ class CleanupOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, int]:
         run_id = str(context["run_id"])
-        if self.execution_mode == "local":
-            root = local_run_dir(self.local_dir, self.dag_id, run_id)
-            existed = root.exists()
-            shutil.rmtree(root, ignore_errors=True)
-            self.log.info("removed local staging %s", root if existed else "(none)")
-            return {"local_dirs": int(existed)}
-        from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
-
-        api = KubernetesHook(conn_id=self.kubernetes_conn_id).core_v1_client
-        deleted = _delete_all(api, self.namespace, run_selector(run_id))
+        backend = run_backend(
+            self.execution_mode,
+            dag_id=self.dag_id,
+            run_id=run_id,
+            namespace=self.namespace,
+            kubernetes_conn_id=self.kubernetes_conn_id,
+            local_dir=self.local_dir,
+            log=self.log,
+        )
+        deleted = backend.cleanup()
         self.log.info(
-            "deleted %(pods)d pods, %(secrets)d Secrets and %(claims)d work claims of run %(run)s",
-            {**deleted, "run": run_id},
+            "deleted of run %s: %s", run_id, ", ".join(f"{n} {kind}" for kind, n in deleted.items())
         )
         return deleted
 
@@ -125,11 +89,10 @@ class SweepExpiredOperator(BaseOperator):
         self.kubernetes_conn_id = kubernetes_conn_id
 
     def execute(self, context: Context) -> dict[str, int]:
-        from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
-
-        api = KubernetesHook(conn_id=self.kubernetes_conn_id).core_v1_client
         cutoff = datetime.now(UTC) - timedelta(seconds=self.ttl_seconds)
-        deleted = _delete_all(api, self.namespace, MANAGED_SELECTOR, older_than=cutoff)
+        deleted = delete_managed(
+            core_v1(self.kubernetes_conn_id), self.namespace, MANAGED_SELECTOR, older_than=cutoff
+        )
         self.log.info(
             "swept %(pods)d pods, %(secrets)d Secrets and %(claims)d work claims older than %(ttl)d s",
             {**deleted, "ttl": self.ttl_seconds},

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime
-import json
+import inspect
 import math
 from collections.abc import Sequence
 from functools import cached_property
@@ -14,23 +14,40 @@ import tenacity
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.providers.cncf.kubernetes.pod_generator import PodGenerator
 from airflow.providers.cncf.kubernetes.utils.pod_manager import PodManager
+from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
+from llm_etl_provider.backends import LocalServing, checked_execution_mode, run_backend
+from llm_etl_provider.contract import layout
+from llm_etl_provider.contract.invocation import WORKER_SETTINGS, setting_default
+from llm_etl_provider.contract.shard import ShardDescriptor
+from llm_etl_provider.exceptions import worker_exit_error
 from llm_etl_provider.pod.builder import (
     DEFAULT_WORKER_IMAGE,
     ModelSpec,
     PodParams,
     ServerSpec,
     build_pod,
+    pod_invocation,
 )
-from llm_etl_provider.run_resources import checked_execution_mode, key_secret_name, local_run_dir
-from llm_etl_provider.staging import DEFAULT_RECORD_BYTES
 from llm_etl_provider.transport.frames import carries_frame
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
     from kubernetes.client import models as k8s
+
+
+def with_keywords(signature: inspect.Signature, defaults: dict[str, Any]) -> inspect.Signature:
+    """``signature`` with keyword-only parameters added before its ``**kwargs``."""
+    parameters = list(signature.parameters.values())
+    variadic = [p for p in parameters if p.kind is inspect.Parameter.VAR_KEYWORD]
+    named = [p for p in parameters if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    added = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default)
+        for name, default in defaults.items()
+    ]
+    return signature.replace(parameters=[*named, *added, *variadic])
 
 
 class FrameFilteringPodManager(PodManager):
@@ -47,21 +64,21 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
 
     A pod that ended is kept (``on_finish_action="delete_active_pod"``) so that ExtractResultsOperator can
     read the sealed frames from its log; CleanupOperator deletes it. A try that fails while its pod still
-    runs deletes the pod, so that it neither holds a GPU nor works the shard beside the retry's pod. Map it
-    over the shards from StageInputOperator with ``.partial(...).expand(shard=...)``.
+    runs deletes the pod, so that it neither holds a GPU nor works the shard beside the retry's pod. A worker
+    that exits with a code a retry would meet again (bad settings or input, too many dead letters) fails the
+    task without a retry. Map it over the shards from StageInputOperator with
+    ``.partial(...).expand(shard=...)``.
+
+    The worker's settings are keyword arguments named as in
+    :data:`~llm_etl_provider.contract.invocation.WORKER_SETTINGS` (``task``, ``template``, ``system_prompt``,
+    ``schema``, ``categories``, ``entity_types``, ``max_tokens``, ``id_field``, ``concurrency``,
+    ``max_record_bytes``, ``max_dead_letter_ratio``, ``checkpoint_every``, ``temperature``, ``max_attempts``,
+    ``request_timeout``), all templated, with the worker's defaults and help (``llm-etl-worker --help``).
 
     :param shard: the shard descriptor from StageInputOperator (templated)
-    :param key_secret: the Secret with the run's frame key (templated; default: StageInputOperator's)
-    :param task: ``sentiment``, ``tags``, ``moderation``, ``entities`` or ``custom`` (templated)
-    :param template: the user prompt over record fields, e.g. ``{review}`` (templated)
-    :param system_prompt: the system prompt (custom tasks, or to override the catalogue's) (templated)
-    :param schema: the output JSON schema of a custom task, as a JSON string (templated)
-    :param categories: categories for ``tags``
-    :param entity_types: entity types for ``entities``
-    :param id_field: the field that identifies a record
-    :param concurrency: requests in flight; None: from the server's slots
     :param model: the model the server serves, e.g. ``llama3.2:3b`` (templated)
-    :param backend: ``ollama``, ``llamacpp`` or ``vllm``
+    :param key_secret: the Secret with the run's frame key (templated; default: StageInputOperator's)
+    :param backend: ``ollama``, ``llamacpp`` or ``vllm`` (templated)
     :param model_source: ``pull``, ``pvc``, ``object`` or ``image``
     :param model_path: the model's path inside its volume (GGUF file or directory)
     :param model_sha256: the model file's sha256 (``object``; checked for ``pvc``/``image`` when given)
@@ -75,33 +92,22 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
     :param gpu_node_selector: node selector for GPU nodes
     :param gpu_tolerations: tolerations for GPU node taints
     :param ttl_seconds: the pod's hard limit (``activeDeadlineSeconds``), the run's TTL
-    :param max_record_bytes: records over this size are dead-lettered (as staged)
-    :param checkpoint_every: records between the worker's checkpoints (default 100): with a shard work claim
-        (StageInputOperator's ``work_claim_size``) a retry after a lost pod redoes at most this many
-    :param max_dead_letter_ratio: the share of dead letters above which the shard fails (templated; default
-        0.1; 1 never fails for bad records)
-    :param execution_mode: ``kubernetes``, or ``local``: the same pod's loader, server and worker as local
+    :param execution_mode: ``kubernetes``, or ``local``: the pod's loader, server and worker as local
         processes (llama.cpp's server with a local GGUF), its log written to the local staging folder
-    :param local_dir: local mode's staging folder (templated)
-    :param local_model_file: local mode's GGUF file (default: the bundled SmolLM2)
-    :param llm_conn_id: local mode only: enrich through the server of this ``llm_etl`` connection (e.g. an
-        Ollama beside Airflow) instead of loading the model and starting llama.cpp's server
+    :param local_dir: local execution's staging folder (templated)
+    :param local_model_file: local execution's GGUF file (default: the bundled SmolLM2)
+    :param llm_conn_id: local execution only: enrich through the server of this ``llm_etl`` connection (e.g.
+        an Ollama beside Airflow) instead of loading the model and starting llama.cpp's server
     """
 
     template_fields: Sequence[str] = (
         *KubernetesPodOperator.template_fields,
         "shard",
         "key_secret",
-        "task",
-        "template",
-        "system_prompt",
-        "schema",
         "model",
         "backend",
-        "concurrency",
-        "max_record_bytes",
-        "max_dead_letter_ratio",
         "local_dir",
+        *WORKER_SETTINGS,
     )
 
     def __init__(
@@ -110,14 +116,6 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
         shard: dict[str, Any] | str,
         model: str,
         key_secret: str | None = None,
-        task: str = "sentiment",
-        template: str = "{text}",
-        system_prompt: str | None = None,
-        schema: str | dict[str, Any] | None = None,
-        categories: Sequence[str] | None = None,
-        entity_types: Sequence[str] | None = None,
-        id_field: str = "id",
-        concurrency: int | None = None,
         backend: str = "ollama",
         model_source: str = "pull",
         model_path: str = "model.gguf",
@@ -132,32 +130,25 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
         gpu_node_selector: dict[str, str] | None = None,
         gpu_tolerations: Sequence[dict[str, Any]] | None = None,
         ttl_seconds: int = 3600,
-        max_record_bytes: int | str = DEFAULT_RECORD_BYTES,
-        max_dead_letter_ratio: float | str = 0.1,
-        checkpoint_every: int | None = None,
         execution_mode: str = "kubernetes",
         local_dir: str | None = None,
         local_model_file: str | None = None,
         llm_conn_id: str | None = None,
         **kwargs: Any,
     ) -> None:
+        settings = {name: kwargs.pop(name) for name in WORKER_SETTINGS if name in kwargs}
         kwargs.setdefault("name", "llm-etl-enrich")
         kwargs.setdefault("on_finish_action", "delete_active_pod")
         kwargs.setdefault("startup_timeout_seconds", 1800)  # the model loads while the pod is Pending
-        kwargs.setdefault("init_container_logs", ["model-loader"])  # never the sidecar: it ends with the pod
+        kwargs.setdefault("init_container_logs", [layout.LOADER_CONTAINER])  # never the sidecar: it ends last
         kwargs.setdefault("do_xcom_push", False)
+        kwargs.setdefault("base_container_name", layout.WORKER_CONTAINER)
         super().__init__(**kwargs)
+        for name in WORKER_SETTINGS:
+            setattr(self, name, settings.get(name, setting_default(name)))
         self.shard = shard
         self.key_secret = key_secret
         self.model = model
-        self.task = task
-        self.template = template
-        self.system_prompt = system_prompt
-        self.schema = schema
-        self.categories = list(categories or [])
-        self.entity_types = list(entity_types or [])
-        self.id_field = id_field
-        self.concurrency = concurrency
         self.backend = backend
         self.model_source = model_source
         self.model_path = model_path
@@ -172,9 +163,6 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
         self.gpu_node_selector = dict(gpu_node_selector or {})
         self.gpu_tolerations = [dict(t) for t in gpu_tolerations or []]
         self.ttl_seconds = ttl_seconds
-        self.max_record_bytes = max_record_bytes
-        self.max_dead_letter_ratio = max_dead_letter_ratio
-        self.checkpoint_every = checkpoint_every
         self.execution_mode = checked_execution_mode(execution_mode)
         self.local_dir = local_dir
         self.local_model_file = local_model_file
@@ -184,41 +172,23 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
                 "llm_conn_id is for the local execution mode: in Kubernetes the pod serves its own model"
             )
 
-    def worker_args(self) -> list[str]:
-        """The task's ``llm-etl-worker`` arguments."""
-        args = ["--task", self.task, "--template", self.template, "--id-field", self.id_field]
-        args += ["--max-record-bytes", str(self.max_record_bytes)]
-        args += ["--max-dead-letter-ratio", str(self.max_dead_letter_ratio)]
-        if self.system_prompt:
-            args += ["--system-prompt", self.system_prompt]
-        if self.schema:
-            schema = self.schema if isinstance(self.schema, str) else json.dumps(self.schema)
-            args += ["--schema", schema]
-        if self.categories:
-            args += ["--categories", ",".join(self.categories)]
-        if self.entity_types:
-            args += ["--entity-types", ",".join(self.entity_types)]
-        if self.concurrency:
-            args += ["--concurrency", str(self.concurrency)]
-        if self.checkpoint_every:
-            args += ["--checkpoint-every", str(self.checkpoint_every)]
-        return args
-
-    @staticmethod
-    def _shard_args(shard: dict[str, Any]) -> list[str]:
-        args = ["--line-offset", str(shard.get("line_offset", 0))]
-        if duplicates := shard.get("duplicates"):
-            args += ["--duplicate-lines", ",".join(map(str, duplicates))]
-        return args
+    # The worker's settings are keyword arguments of their own (so that .partial() accepts them), declared
+    # once in the contract: the signature Airflow inspects lists them after the operator's own.
+    __init__.__signature__ = with_keywords(  # type: ignore[attr-defined]
+        inspect.signature(__init__), {name: setting_default(name) for name in WORKER_SETTINGS}
+    )
 
     def pod_params(self, run_id: str) -> PodParams:
-        shard = self.shard
-        if not isinstance(shard, dict):
-            raise TypeError(
-                f"shard must be a StageInputOperator shard descriptor, not {type(shard).__name__}"
-            )
+        shard = ShardDescriptor.from_xcom(self.shard)
+        server = ServerSpec(
+            backend=self.backend,  # type: ignore[arg-type]
+            image=self.server_image,
+            parallel=self.parallel,
+            gpus=self.gpus,
+        )
+        settings = {name: getattr(self, name) for name in WORKER_SETTINGS}
         return PodParams(
-            worker_args=(*self.worker_args(), *self._shard_args(shard)),
+            invocation=pod_invocation(settings, run_id=run_id, shard=shard, server=server, model=self.model),
             model=ModelSpec(
                 name=self.model,
                 source=self.model_source,  # type: ignore[arg-type]
@@ -228,50 +198,67 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
                 claim=self.model_claim,
                 image=self.model_image,
             ),
-            server=ServerSpec(
-                backend=self.backend,  # type: ignore[arg-type]
-                image=self.server_image,
-                parallel=self.parallel,
-                gpus=self.gpus,
-            ),
-            input_secret=shard["secret"],
-            key_secret=self.key_secret or key_secret_name(self.dag_id, run_id),
-            run_id=run_id,
-            shard=int(shard["index"]),
-            input_format=shard.get("input_format", "jsonl"),
+            server=server,
+            input_secret=shard.secret or "",
+            key_secret=self.key_secret or layout.key_secret_name(self.dag_id, run_id),
             worker_image=self.worker_image,
             node_selector=self.gpu_node_selector,
             tolerations=tuple(self.gpu_tolerations),
             active_deadline_seconds=self.ttl_seconds,
-            work_claim=shard.get("work_claim"),
+            work_claim=shard.work_claim,
         )
 
     def execute(self, context: Context) -> Any:
-        if self.execution_mode == "kubernetes":
-            return super().execute(context)
-        from llm_etl_provider.local.runner import run_shard_locally
-
         run_id = str(context["run_id"])
-        params = self.pod_params(run_id)
+        backend = run_backend(
+            self.execution_mode,
+            dag_id=self.dag_id,
+            run_id=run_id,
+            namespace=self.namespace or "default",
+            kubernetes_conn_id=self.kubernetes_conn_id or "kubernetes_default",
+            local_dir=self.local_dir,
+            log=self.log,
+        )
         server = None
         if self.llm_conn_id:
             from llm_etl_provider.hooks.llm_server import LLMServerHook
 
             server = LLMServerHook(self.llm_conn_id).get_server(model=self.model or None)
-        return run_shard_locally(
-            build_pod(params),
-            staging=local_run_dir(self.local_dir, self.dag_id, run_id),
-            shard=params.shard,
+        serving = LocalServing(
             model_file=Path(self.local_model_file) if self.local_model_file else None,
             parallel=self.parallel,
             server=server,
-            log=self.log.info,
+        )
+        params = self.pod_params(run_id)
+        return backend.enrich(
+            params.invocation,
+            ShardDescriptor.from_xcom(self.shard),
+            submit_pod=lambda: super(LLMEnrichmentOperator, self).execute(context),
+            serving=serving,
         )
 
     def build_pod_request_obj(self, context: Context | None = None, *, dry_run: bool = False) -> k8s.V1Pod:
         run_id = str(context["run_id"]) if context is not None else "dry-run"
         self.full_pod_spec = PodGenerator.deserialize_model_dict(build_pod(self.pod_params(run_id)))
         return super().build_pod_request_obj(context, dry_run=dry_run)
+
+    def cleanup(
+        self,
+        pod: k8s.V1Pod,
+        remote_pod: k8s.V1Pod,
+        xcom_result: dict[str, Any] | None = None,
+        context: Context | None = None,
+    ) -> None:
+        """KPO's cleanup, with the worker's exit code turned into the task's outcome."""
+        try:
+            super().cleanup(pod, remote_pod, xcom_result, context)
+        except AirflowSkipException:
+            raise
+        except AirflowException as exc:
+            code = _exit_code(remote_pod, self.base_container_name)
+            if code is None:
+                raise
+            raise worker_exit_error(code, f"pod {remote_pod.metadata.name}") from exc
 
     @tenacity.retry(
         stop=tenacity.stop_after_attempt(3),
@@ -307,3 +294,12 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
     @cached_property
     def pod_manager(self) -> PodManager:
         return FrameFilteringPodManager(kube_client=self.client, callbacks=self.callbacks)
+
+
+def _exit_code(pod: k8s.V1Pod | None, container: str) -> int | None:
+    """The exit code of ``container`` in ``pod``, once it has ended."""
+    statuses = (pod.status.container_statuses if pod is not None and pod.status else None) or []
+    for status in statuses:
+        if status.name == container and status.state is not None and status.state.terminated is not None:
+            return int(status.state.terminated.exit_code)
+    return None

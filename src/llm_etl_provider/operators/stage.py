@@ -3,26 +3,19 @@
 from __future__ import annotations
 
 import bisect
-import hashlib
 import itertools
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, ObjectStoragePath
 
+from llm_etl_provider.backends import RunBackend, checked_execution_mode, run_backend
+from llm_etl_provider.contract.layout import run_prefix
+from llm_etl_provider.contract.shard import ShardDescriptor, validate_run_id
 from llm_etl_provider.exceptions import StagingError
-from llm_etl_provider.run_resources import (
-    KEY_FILE_NAME,
-    checked_execution_mode,
-    key_secret_name,
-    local_run_dir,
-    run_prefix,
-    secret_manifest,
-    work_claim_manifest,
-)
 from llm_etl_provider.staging import (
     DEFAULT_RECORD_BYTES,
     DEFAULT_SHARD_BYTES,
@@ -31,7 +24,7 @@ from llm_etl_provider.staging import (
     check_sizes,
     plan_shards,
 )
-from llm_etl_provider.transport.keys import encode_key, new_key, write_key_file
+from llm_etl_provider.transport.keys import new_key
 from llm_etl_provider.worker.errors import ConfigurationError
 from llm_etl_provider.worker.records import RecordReader, detect_format
 
@@ -46,9 +39,10 @@ class StageInputOperator(BaseOperator):
 
     In ``kubernetes`` mode each shard becomes an immutable Secret (key ``input.<format>.gz``) and the run's
     256-bit frame key another (key ``key``), all labelled with the run for cleanup and the sweeper. In
-    ``local`` mode they are files under ``local_dir``. Returns the shard descriptors (index, Secret name,
-    record count, line offset, format) to map the enrichment and the extraction over; the key's Secret is
-    ``key_secret_name(dag_id, run_id)``.
+    ``local`` mode they are files under ``local_dir``. Returns the shard descriptors
+    (:class:`~llm_etl_provider.contract.shard.ShardDescriptor`, as dicts) to map the enrichment and the
+    extraction over; the key's Secret is ``key_secret_name(dag_id, run_id)``. A run id that frames cannot
+    carry fails the task before anything is staged.
 
     :param input_path: the input file: any ObjectStoragePath URI or local path (templated)
     :param input_format: ``jsonl``, ``csv`` or ``auto`` (from the name)
@@ -105,9 +99,21 @@ class StageInputOperator(BaseOperator):
         run_id = str(context["run_id"])
         prefix = run_prefix(self.dag_id, run_id)
         try:
+            validate_run_id(run_id)  # the worker binds it into every frame: refuse it before anything exists
             check_sizes(int(self.max_shard_bytes), int(self.max_record_bytes))
-        except StagingInputError as exc:
+        except (ValueError, StagingInputError) as exc:
             raise StagingError(str(exc)) from None
+        backend = run_backend(
+            self.execution_mode,
+            dag_id=self.dag_id,
+            run_id=run_id,
+            namespace=self.namespace,
+            kubernetes_conn_id=self.kubernetes_conn_id,
+            local_dir=self.local_dir,
+            log=self.log,
+            work_claim_size=self.work_claim_size,
+            work_storage_class=self.work_storage_class,
+        )
         source = ObjectStoragePath(self.input_path)
         with tempfile.TemporaryDirectory(prefix="llm-etl-stage-") as scratch:
             local = Path(scratch) / (source.name or "input")
@@ -125,7 +131,7 @@ class StageInputOperator(BaseOperator):
                     max_shard_bytes=int(self.max_shard_bytes),
                     max_record_bytes=int(self.max_record_bytes),
                 )
-                descriptors = self._stage(run_id, prefix, shards, malformed, duplicates)
+                descriptors = self._stage(backend, shards, malformed, duplicates)
             except (ConfigurationError, StagingInputError) as exc:
                 raise StagingError(str(exc).replace(str(local), self.input_path)) from None
         self.log.info(
@@ -137,8 +143,7 @@ class StageInputOperator(BaseOperator):
 
     def _stage(
         self,
-        run_id: str,
-        prefix: str,
+        backend: RunBackend,
         shards: Iterable[Shard],
         malformed: dict[str, list[int]],
         duplicates: list[int],
@@ -150,62 +155,26 @@ class StageInputOperator(BaseOperator):
         """
         pairs = _with_next(shards)
         first = next(pairs, None)
-        stage_shard = self._stage_key(run_id, prefix, new_key())
+        key = new_key()
+        backend.stage_key(key)
         descriptors = []
         for shard, next_shard in itertools.chain([first] if first else [], pairs):
             # a shard holds the input lines from its first line to the next shard's
             end = next_shard.first_line if next_shard else None
-            descriptor: dict[str, Any] = {
-                "index": shard.index,
-                "secret": f"{prefix}-shard-{shard.index}",
-                "records": shard.records,
-                "line_offset": shard.line_offset,
-                "first_line": shard.first_line,
-                "input_format": shard.input_format,
-                "bytes": len(shard.data),
-                "malformed": malformed if shard.index == 0 else {},
+            descriptor = ShardDescriptor(
+                index=shard.index,
+                records=shard.records,
+                line_offset=shard.line_offset,
+                input_format=shard.input_format,
+                first_line=shard.first_line,
+                bytes=len(shard.data),
+                malformed=malformed if shard.index == 0 else {},
                 # ids repeated across shards: each shard's worker dead-letters these lines as duplicate_id
-                "duplicates": duplicates[_lines_within(duplicates, shard.first_line, end)],
-            }
-            stage_shard(shard, descriptor)
-            descriptors.append(descriptor)
-        return descriptors
-
-    def _stage_key(self, run_id: str, prefix: str, key: bytes) -> Callable[[Shard, dict[str, Any]], None]:
-        """Stage the run's key where its pods (or local runs) read it; return what stages each shard there.
-
-        A shard goes to a Secret (and gets a work claim when asked) in ``kubernetes`` mode, to a file under
-        the run's folder in ``local`` mode; either adds where it went to the shard's descriptor.
-        """
-        if self.execution_mode == "local":
-            root = self._local_root(run_id, key)
-
-            def write_file(shard: Shard, descriptor: dict[str, Any]) -> None:
-                path = root / f"shard-{shard.index}" / f"input.{shard.input_format}.gz"
-                path.parent.mkdir(mode=0o700)
-                path.write_bytes(shard.data)
-                descriptor["path"] = str(path)
-
-            return write_file
-
-        from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
-
-        api = KubernetesHook(conn_id=self.kubernetes_conn_id).core_v1_client
-        key_data = {KEY_FILE_NAME: encode_key(key).encode()}
-        self._create_secret(
-            api, secret_manifest(key_secret_name(self.dag_id, run_id), run_id, key_data, kind="key")
-        )
-
-        def create_secret(shard: Shard, descriptor: dict[str, Any]) -> None:
-            shard_data = {f"input.{shard.input_format}.gz": shard.data}
-            self._create_secret(
-                api,
-                secret_manifest(descriptor["secret"], run_id, shard_data, kind="shard", shard=shard.index),
+                duplicates=tuple(duplicates[_lines_within(duplicates, shard.first_line, end)]),
+                **backend.stage_shard(shard, key),
             )
-            if self.work_claim_size:
-                descriptor["work_claim"] = self._create_work_claim(api, run_id, prefix, key, shard.index)
-
-        return create_secret
+            descriptors.append(descriptor.to_xcom())
+        return descriptors
 
     def _validate(self, local: Path, fmt: str) -> tuple[dict[str, list[int]], list[int]]:
         """Read the input as the worker will; fail on an unusable whole, report malformed records by line.
@@ -245,48 +214,6 @@ class StageInputOperator(BaseOperator):
                 self.input_path, ", ".join(map(str, lines)), " and more" if len(lines) == 20 else "", reason,
             )  # fmt: skip
         return malformed, duplicates
-
-    def _create_secret(self, api: Any, manifest: dict[str, Any]) -> None:
-        from kubernetes.client.exceptions import ApiException
-
-        name = manifest["metadata"]["name"]
-        try:
-            api.create_namespaced_secret(self.namespace, manifest)
-        except ApiException as exc:
-            if exc.status != 409:
-                raise StagingError(
-                    f"cannot create Secret {self.namespace}/{name}: HTTP {exc.status}"
-                ) from None
-            # A retried task: the Secrets are immutable, so replace them whole (new key, same shards).
-            api.delete_namespaced_secret(name, self.namespace)
-            api.create_namespaced_secret(self.namespace, manifest)
-
-    def _create_work_claim(self, api: Any, run_id: str, prefix: str, key: bytes, index: int) -> str:
-        from kubernetes.client.exceptions import ApiException
-
-        # Named after the key: a retried stage makes a new key, and a spool sealed with the old one is junk.
-        name = f"{prefix}-shard-{index}-work-{hashlib.sha256(key).hexdigest()[:8]}"
-        manifest = work_claim_manifest(
-            name, run_id, index, str(self.work_claim_size), self.work_storage_class
-        )
-        try:
-            api.create_namespaced_persistent_volume_claim(self.namespace, manifest)
-        except ApiException as exc:
-            raise StagingError(
-                f"cannot create the work claim {self.namespace}/{name}: HTTP {exc.status}"
-            ) from None
-        return name
-
-    def _local_root(self, run_id: str, key: bytes) -> Path:
-        """The run's local staging folder, made anew with the key in it."""
-        if not self.local_dir:
-            raise StagingError("local mode needs local_dir")
-        root = local_run_dir(self.local_dir, self.dag_id, run_id)
-        if root.exists():
-            shutil.rmtree(root)
-        root.mkdir(parents=True, mode=0o700)
-        write_key_file(root / "key", key)
-        return root
 
 
 def _with_next(shards: Iterable[Shard]) -> Iterator[tuple[Shard, Shard | None]]:

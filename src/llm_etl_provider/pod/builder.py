@@ -1,17 +1,17 @@
-"""Build the enrichment pod and its NetworkPolicy from the templates in ``pod_templates/`` and parameters.
+"""Build the enrichment pod and its NetworkPolicy from the packaged templates (``pod/templates``).
 
 Pure functions from parameters to Kubernetes manifests (plain dicts in the API's camelCase): no cluster, no
-Airflow. The operator turns the pod into a ``V1Pod`` and hands it to KubernetesPodOperator;
-``llm-etl render-pod`` prints the same manifests.
+Airflow. The pod's names and paths come from :mod:`llm_etl_provider.contract.layout`, the worker's argv from
+its :class:`~llm_etl_provider.contract.invocation.WorkerInvocation`. The operator turns the pod into a
+``V1Pod`` and hands it to KubernetesPodOperator; ``llm-etl render-pod`` prints the same manifests.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import re
-import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -19,30 +19,25 @@ from typing import Any, Literal
 
 import yaml
 
+from llm_etl_provider.contract import layout
+from llm_etl_provider.contract.invocation import LOG_OUTPUT, ApiStyle, WorkerInvocation, coerce_settings
+from llm_etl_provider.contract.shard import ShardDescriptor
 from llm_etl_provider.exceptions import PodSpecError
 
 Backend = Literal["ollama", "llamacpp", "vllm"]
 ModelSource = Literal["pull", "pvc", "object", "image"]
 
-TEMPLATE_DIR = Path(__file__).resolve().parents[3] / "pod_templates"
 POD_TEMPLATE = "llm-enrichment-pod.yaml"
 NETWORK_POLICY_TEMPLATE = "network-policy.yaml"
 DEFAULT_WORKER_IMAGE = "ghcr.io/llm-etl-provider/worker:0.1.0"
-INPUT_DIR = "/var/run/llm-etl/input"
-KEY_FILE = "/var/run/llm-etl/key/key"
-MODEL_URL_DIR = "/var/run/llm-etl/model-url"
-HEARTBEAT_FILE = "/work/heartbeat"
-LABEL_RUN = "llm-etl.io/run"
-LABEL_SHARD = "llm-etl.io/shard"
-LABEL_MODEL_SOURCE = "llm-etl.io/model-source"
-_LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
+MODELS_SIZE_LIMIT = "64Gi"
 
 
 @dataclass(frozen=True)
 class BackendDefaults:
     image: str
     port: int
-    api: str
+    api: ApiStyle
     health_path: str
 
 
@@ -120,28 +115,23 @@ class ServerSpec:
 class PodParams:
     """Everything that varies between enrichment pods.
 
-    :param worker_args: the task's ``llm-etl-worker`` arguments (task, template, schema ...)
+    :param invocation: the worker's invocation in the pod (:func:`pod_invocation`): task, shard, run, paths
     :param model: the model and its source
     :param server: the LLM server
-    :param input_secret: the Secret holding this shard's input (key ``input.jsonl.gz``)
-    :param key_secret: the Secret holding the run's frame key (key ``key``)
-    :param run_id: the run (bound into every frame)
-    :param shard: the shard number
-    :param input_format: the shard's format (``jsonl`` or ``csv``; the Secret's key is ``input.<format>.gz``)
+    :param input_secret: the Secret holding this shard's input (data key ``input.<format>.gz``)
+    :param key_secret: the Secret holding the run's frame key (data key ``key``)
     :param worker_image: the worker's image
     :param node_selector: where GPU pods may run
     :param tolerations: tolerations for GPU node taints
     :param active_deadline_seconds: the pod's hard time limit (the run's TTL)
     :param labels: extra pod labels
+    :param work_claim: a PersistentVolumeClaim for the checkpoint and spool, so that a retry resumes
     """
 
-    worker_args: tuple[str, ...]
+    invocation: WorkerInvocation
     model: ModelSpec
     input_secret: str
     key_secret: str
-    run_id: str
-    shard: int = 0
-    input_format: str = "jsonl"
     server: ServerSpec = field(default_factory=ServerSpec)
     worker_image: str = DEFAULT_WORKER_IMAGE
     node_selector: dict[str, str] = field(default_factory=dict)
@@ -151,23 +141,40 @@ class PodParams:
     work_claim: str | None = None
 
 
+def pod_invocation(
+    settings: Mapping[str, Any], *, run_id: str, shard: ShardDescriptor, server: ServerSpec, model: str
+) -> WorkerInvocation:
+    """The worker's invocation in the pod: the DAG author's settings, this shard, the pod's paths and server.
+
+    Raises :class:`PodSpecError` when a setting does not parse.
+    """
+    try:
+        chosen = coerce_settings(settings)
+    except ValueError as exc:
+        raise PodSpecError(str(exc)) from None
+    return WorkerInvocation(
+        **chosen,
+        input=Path(layout.input_file(shard.input_format)),
+        input_format=shard.input_format,
+        output=LOG_OUTPUT,
+        key_file=Path(layout.KEY_FILE),
+        run_id=run_id,
+        shard=shard.index,
+        checkpoint=Path(layout.CHECKPOINT_FILE),
+        heartbeat=Path(layout.HEARTBEAT_FILE),
+        line_offset=shard.line_offset,
+        duplicate_lines=shard.duplicates,
+        llm_url=server.url,
+        api=server.defaults.api,
+        model=model,
+    )
+
+
 def load_template(name: str) -> dict[str, Any]:
-    """Load a template from ``pod_templates/`` (the repository's, or the copy packaged with the provider)."""
-    path = TEMPLATE_DIR / name
-    if path.is_file():
-        text = path.read_text()
-    else:
-        text = resources.files("llm_etl_provider.pod").joinpath("templates", name).read_text()
+    """Load one of the templates packaged with the provider (``llm_etl_provider/pod/templates``)."""
+    text = resources.files("llm_etl_provider.pod").joinpath("templates", name).read_text()
     data: dict[str, Any] = json.loads(json.dumps(yaml.safe_load(text)))  # YAML anchors share objects: unshare
     return data
-
-
-def label_value(value: str) -> str:
-    """Make a string a valid label value (63 characters, alphanumeric ends) without losing uniqueness."""
-    if _LABEL_VALUE.match(value):
-        return value
-    cleaned = re.sub(r"[^A-Za-z0-9_.-]", "-", value).strip("-_.")[:50].strip("-_.")
-    return f"{cleaned}-{hashlib.sha256(value.encode()).hexdigest()[:10]}".strip("-")
 
 
 def _check(params: PodParams) -> None:
@@ -189,8 +196,8 @@ def _check(params: PodParams) -> None:
         raise PodSpecError(f"the model path {model.path!r} must be relative to the model volume")
     if server.parallel < 1 or server.gpus < 0:
         raise PodSpecError("parallel must be at least 1 and gpus at least 0")
-    if params.input_format not in ("jsonl", "csv"):
-        raise PodSpecError(f"input format {params.input_format!r} is not jsonl or csv")
+    if params.invocation.input_format not in ("jsonl", "csv"):
+        raise PodSpecError(f"input format {params.invocation.input_format!r} is not jsonl or csv")
     if params.active_deadline_seconds < 60:
         raise PodSpecError("active_deadline_seconds below 60 s leaves no time to load a model")
 
@@ -199,12 +206,12 @@ def _server_container(params: PodParams, container: dict[str, Any]) -> None:
     server, model = params.server, params.model
     defaults = server.defaults
     container["image"] = server.image or defaults.image
-    model_file = f"/models/{model.path}"
+    model_file = f"{layout.MODELS_DIR}/{model.path}"
     if server.backend == "ollama":
         container["command"] = ["/bin/ollama", "serve"]
         container["env"] += [
             {"name": "OLLAMA_HOST", "value": f"127.0.0.1:{defaults.port}"},
-            {"name": "OLLAMA_MODELS", "value": "/models"},
+            {"name": "OLLAMA_MODELS", "value": layout.MODELS_DIR},
             {"name": "OLLAMA_NUM_PARALLEL", "value": str(server.parallel)},
             {"name": "OLLAMA_KEEP_ALIVE", "value": "-1"},
         ]
@@ -241,12 +248,12 @@ def _server_container(params: PodParams, container: dict[str, Any]) -> None:
 
 def _loader_container(params: PodParams, container: dict[str, Any]) -> None:
     server, model = params.server, params.model
-    model_file = f"/models/{model.path}"
+    model_file = f"{layout.MODELS_DIR}/{model.path}"
     if server.backend == "ollama":
         container["image"] = server.image or server.defaults.image
         container["env"] += [
             {"name": "OLLAMA_HOST", "value": "127.0.0.1:11435"},
-            {"name": "OLLAMA_MODELS", "value": "/models"},
+            {"name": "OLLAMA_MODELS", "value": layout.MODELS_DIR},
             {"name": "LLM_ETL_MODEL", "value": model.name},
         ]
         action = (
@@ -267,8 +274,10 @@ def _loader_container(params: PodParams, container: dict[str, Any]) -> None:
     container["command"] = ["llm-etl", "load-model", "--dest", model_file]
     if model.source == "object":
         # The URL (often presigned: a credential) comes as a file from its Secret, never in the environment.
-        container["args"] = ["--url-file", f"{MODEL_URL_DIR}/url", "--sha256", str(model.sha256)]
-        container["volumeMounts"].append({"name": "model-url", "mountPath": MODEL_URL_DIR, "readOnly": True})
+        container["args"] = ["--url-file", layout.MODEL_URL_FILE, "--sha256", str(model.sha256)]
+        container["volumeMounts"].append(
+            {"name": layout.MODEL_URL_VOLUME, "mountPath": layout.MODEL_URL_DIR, "readOnly": True}
+        )
     else:
         container["args"] = ["--verify", *(["--sha256", model.sha256] if model.sha256 else [])]
         _read_only_models(container)
@@ -276,40 +285,42 @@ def _loader_container(params: PodParams, container: dict[str, Any]) -> None:
 
 def _read_only_models(container: dict[str, Any]) -> None:
     for mount in container["volumeMounts"]:
-        if mount["name"] == "models":
+        if mount["name"] == layout.MODELS_VOLUME:
             mount["readOnly"] = True
 
 
 def _models_volume(model: ModelSpec) -> dict[str, Any]:
+    name = layout.MODELS_VOLUME
     if model.source == "pvc":
-        return {"name": "models", "persistentVolumeClaim": {"claimName": model.claim, "readOnly": True}}
+        return {"name": name, "persistentVolumeClaim": {"claimName": model.claim, "readOnly": True}}
     if model.source == "image":
-        return {"name": "models", "image": {"reference": model.image, "pullPolicy": "IfNotPresent"}}
-    return {"name": "models", "emptyDir": {"sizeLimit": "64Gi"}}
+        return {"name": name, "image": {"reference": model.image, "pullPolicy": "IfNotPresent"}}
+    return {"name": name, "emptyDir": {"sizeLimit": MODELS_SIZE_LIMIT}}
 
 
 def build_pod(params: PodParams) -> dict[str, Any]:
     """Return the enrichment pod manifest for one shard."""
     _check(params)
+    invocation = params.invocation
     pod = copy.deepcopy(load_template(POD_TEMPLATE))
     spec = pod["spec"]
-    run_label = label_value(params.run_id)
     pod["metadata"]["labels"].update(
         {
-            LABEL_RUN: run_label,
-            LABEL_SHARD: str(params.shard),
-            LABEL_MODEL_SOURCE: params.model.source,
+            layout.LABEL_RUN: layout.label_value(invocation.run_id),
+            layout.LABEL_SHARD: str(invocation.shard),
+            layout.LABEL_MODEL_SOURCE: params.model.source,
             **params.labels,
         }
     )
-    pod["metadata"].setdefault("annotations", {})["llm-etl.io/run-id"] = params.run_id
+    pod["metadata"].setdefault("annotations", {})[layout.ANNOTATION_RUN_ID] = invocation.run_id
     spec["activeDeadlineSeconds"] = params.active_deadline_seconds
     if params.node_selector:
         spec["nodeSelector"] = dict(params.node_selector)
     if params.tolerations:
         spec["tolerations"] = [dict(t) for t in params.tolerations]
     loader, server = (
-        next(c for c in spec["initContainers"] if c["name"] == n) for n in ("model-loader", "llm-server")
+        next(c for c in spec["initContainers"] if c["name"] == name)
+        for name in (layout.LOADER_CONTAINER, layout.SERVER_CONTAINER)
     )
     _loader_container(params, loader)
     _server_container(params, server)
@@ -317,16 +328,10 @@ def build_pod(params: PodParams) -> dict[str, Any]:
     worker = spec["containers"][0]
     worker["image"] = params.worker_image
     worker["command"] = ["llm-etl-worker"]
-    worker["args"] = [
-        *params.worker_args,
-        "--input", f"{INPUT_DIR}/input.{params.input_format}.gz", "--input-format", params.input_format,
-        "--output", "log", "--key-file", KEY_FILE, "--run-id", params.run_id, "--shard", str(params.shard),
-        "--checkpoint", "/work/checkpoint.json", "--heartbeat", HEARTBEAT_FILE,
-        "--llm-url", params.server.url, "--api", params.server.defaults.api, "--model", params.model.name,
-    ]  # fmt: skip
+    worker["args"] = invocation.to_argv()
     # A batch container has no Service to be ready for; the probes read the worker's heartbeat so that a hung
     # worker is ended by the kubelet (liveness) long before the pod's deadline.
-    check = ["llm-etl", "check-heartbeat", HEARTBEAT_FILE, "--max-age"]
+    check = ["llm-etl", "check-heartbeat", str(invocation.heartbeat), "--max-age"]
     worker["readinessProbe"] = {"exec": {"command": [*check, "60"]}, "periodSeconds": 10, "timeoutSeconds": 5}
     worker["livenessProbe"] = {
         "exec": {"command": [*check, "300"]},
@@ -337,17 +342,20 @@ def build_pod(params: PodParams) -> dict[str, Any]:
     }
     if params.work_claim:  # the checkpoint and spool survive the pod: a retry resumes
         for volume in spec["volumes"]:
-            if volume["name"] == "work":
+            if volume["name"] == layout.WORK_VOLUME:
                 volume.clear()
-                volume.update(name="work", persistentVolumeClaim={"claimName": params.work_claim})
+                volume.update(name=layout.WORK_VOLUME, persistentVolumeClaim={"claimName": params.work_claim})
     if params.model.source == "object":
         spec["volumes"].append(
-            {"name": "model-url", "secret": {"secretName": params.model.url_secret, "defaultMode": 0o440}}
+            {
+                "name": layout.MODEL_URL_VOLUME,
+                "secret": {"secretName": params.model.url_secret, "defaultMode": 0o440},
+            }
         )
     spec["volumes"] += [
         _models_volume(params.model),
-        {"name": "input", "secret": {"secretName": params.input_secret, "defaultMode": 0o440}},
-        {"name": "run-key", "secret": {"secretName": params.key_secret, "defaultMode": 0o440}},
+        {"name": layout.INPUT_VOLUME, "secret": {"secretName": params.input_secret, "defaultMode": 0o440}},
+        {"name": layout.KEY_VOLUME, "secret": {"secretName": params.key_secret, "defaultMode": 0o440}},
     ]
     for container in [*spec["initContainers"], *spec["containers"]]:
         _put_first(container, ("name", "image", "command", "args"))
@@ -370,7 +378,7 @@ def network_policy(namespace: str | None = None, *, allow_model_pull: bool = Fal
         policy["metadata"]["namespace"] = namespace
     if allow_model_pull:
         policy["metadata"]["name"] = "llm-etl-allow-model-pull"
-        policy["spec"]["podSelector"]["matchLabels"][LABEL_MODEL_SOURCE] = "pull"
+        policy["spec"]["podSelector"]["matchLabels"][layout.LABEL_MODEL_SOURCE] = "pull"
         policy["spec"]["policyTypes"] = ["Egress"]
         del policy["spec"]["ingress"]
         policy["spec"]["egress"] = [
@@ -378,9 +386,3 @@ def network_policy(namespace: str | None = None, *, allow_model_pull: bool = Fal
             {"ports": [{"protocol": "TCP", "port": 443}]},
         ]
     return policy
-
-
-def worker_command_line(pod: dict[str, Any]) -> str:
-    """The worker's command line, for logs and docs."""
-    worker = pod["spec"]["containers"][0]
-    return shlex.join([*worker["command"], *worker["args"]])

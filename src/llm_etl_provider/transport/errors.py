@@ -1,6 +1,7 @@
-"""Errors of the sealed log transport. Each names the shard and the frame; none holds record content.
+"""Errors of the sealed log transport. Each names the shard and the frame; none holds record content or a key.
 
-TransportError                 the frame stream cannot be trusted; nothing is published
+TransportError                 the frame stream cannot be trusted, or opened; nothing is published
+ ├── FrameKeyError             the run's key is missing or unusable (also a ValueError)
  ├── MalformedFrameError       a frame line is cut or garbled, or its content does not decode
  ├── FrameAuthenticationError  the wrong key, another run's or shard's frame, or an altered line
  ├── FrameGapError             frames are missing (dropped lines)
@@ -15,7 +16,11 @@ from __future__ import annotations
 
 
 class TransportError(Exception):
-    """The frame stream cannot be trusted; nothing is published."""
+    """The frame stream cannot be trusted, or opened; nothing is published."""
+
+
+class FrameKeyError(TransportError, ValueError):
+    """The key is missing or unusable (the message never contains the key)."""
 
 
 class MalformedFrameError(TransportError):

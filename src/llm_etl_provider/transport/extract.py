@@ -22,6 +22,7 @@ from typing import IO, Any
 
 from upath import UPath
 
+from llm_etl_provider.transport.errors import TrailerMismatchError
 from llm_etl_provider.transport.frames import FrameReader
 
 RESULTS = "results.jsonl"
@@ -66,6 +67,7 @@ def extract(
     *,
     run_id: str | None = None,
     shard: int | None = None,
+    expected_records: int | None = None,
     source: str = "",
     progress: Callable[[str], None] | None = None,
     progress_every: float = 10.0,
@@ -78,6 +80,8 @@ def extract(
     :param output: the folder to publish into: a local path or any fsspec URI (``s3://``, ``memory://`` ...)
     :param run_id: the run the frames must belong to; None takes the stream's own
     :param shard: the shard the frames must belong to; None takes the stream's own
+    :param expected_records: the records the stage counted in the shard; a stream holding another number is
+        not this shard's (None: not checked)
     :param source: where the stream came from, for the manifest (no record content)
     :param progress: receives a progress line (counts and rates) every ``progress_every`` seconds
     :param threads: threads that open (decrypt, decompress) frames beside the reading and writing
@@ -103,6 +107,11 @@ def extract(
                     last_report = time.monotonic()
                     progress(_progress_line(reader, last_report - started))
             trailer = reader.finish()
+        if expected_records is not None and trailer.results + trailer.dead_letters != expected_records:
+            raise TrailerMismatchError(
+                f"{reader.where}: the stream accounts for {trailer.results + trailer.dead_letters} records, "
+                f"the stage staged {expected_records}: not this shard's stream"
+            )
         elapsed = time.monotonic() - started
         manifest = {
             "format": MANIFEST_FORMAT,

@@ -36,6 +36,7 @@ from typing import Any, Literal, NamedTuple
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from llm_etl_provider.contract.shard import validate_run_id
 from llm_etl_provider.transport.errors import (
     DuplicateFrameError,
     FrameAuthenticationError,
@@ -66,7 +67,6 @@ _KIND_OF: dict[Stream, str] = {"result": KIND_RESULTS, "dead_letter": KIND_DEAD_
 _NONCE_BYTES = 12
 _TAG_BYTES = 16
 _GENESIS = bytes(32)
-_RUN_ID = re.compile(r"[A-Za-z0-9._:+\-]{1,200}")
 _MAGIC = FORMAT.encode()
 # the header only: the body is checked by the strict base64 decoding (regex over 8 KB lines was slow)
 _FRAME_HEADER = re.compile(
@@ -77,14 +77,6 @@ _FRAME_HEADER = re.compile(
 def carries_frame(text: str) -> bool:
     """Whether a log line holds a frame, or a piece of one: such lines stay out of task logs."""
     return FORMAT in text
-
-
-def validate_run_id(run_id: str) -> str:
-    if not _RUN_ID.fullmatch(run_id):
-        raise ValueError(
-            f"run id {run_id!r} is not usable in a frame: use 1-200 letters, digits and . _ : + -"
-        )
-    return run_id
 
 
 def associated_data(run_id: str, shard: int, seq: int, kind: str) -> bytes:
@@ -420,8 +412,7 @@ class FrameReader:
         if self._parsed == 0 and seq > 0:
             raise RotatedLogError(
                 f"{self.where}: the log starts at frame {seq}, not 0: the kubelet rotated the container log "
-                "(10 MiB by default) and the first frames are gone; use the direct object-storage mode or "
-                "smaller shards"
+                "(10 MiB by default) and the first frames are gone; use smaller shards (max_shard_bytes)"
             )
         if seq == self._parsed - 1 and body == self._last_body:
             raise DuplicateFrameError(f"{self.where}: frame {seq} appears twice")

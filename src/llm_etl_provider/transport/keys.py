@@ -13,12 +13,10 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from llm_etl_provider.transport.errors import FrameKeyError
+
 KEY_ENV = "LLM_ETL_KEY"
 KEY_BYTES = 32
-
-
-class FrameKeyError(ValueError):
-    """The key is missing or unusable (the message never contains the key)."""
 
 
 def new_key() -> bytes:

@@ -12,14 +12,13 @@ import asyncio
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 
+from llm_etl_provider.contract.codes import DeadLetterReason as Reason
+from llm_etl_provider.contract.invocation import ApiStyle, ResponseFormat
 from llm_etl_provider.worker.errors import LLMRejectedError, ServerUnavailableError, TransientLLMError
-
-ApiStyle = Literal["openai", "ollama"]
-ResponseFormat = Literal["json_schema", "json_object"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,30 +95,36 @@ class LLMClient(ABC):
         try:
             body = response.json()
         except ValueError:
-            raise TransientLLMError("bad_response", "the response body is not JSON") from None
+            raise TransientLLMError(Reason.BAD_RESPONSE, "the response body is not JSON") from None
         if not isinstance(body, dict):
-            raise TransientLLMError("bad_response", "the response body is not a JSON object")
+            raise TransientLLMError(Reason.BAD_RESPONSE, "the response body is not a JSON object")
         try:
             return self.parse_response(body)
         except (KeyError, IndexError, TypeError, AttributeError):
-            raise TransientLLMError("bad_response", "the response lacks the answer's fields") from None
+            raise TransientLLMError(Reason.BAD_RESPONSE, "the response lacks the answer's fields") from None
 
     async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = await self.http.request(method, self.base_url + path, **kwargs)
         except httpx.TimeoutException as exc:
-            raise TransientLLMError("timeout", f"{type(exc).__name__} after the request timeout") from None
+            raise TransientLLMError(
+                Reason.TIMEOUT, f"{type(exc).__name__} after the request timeout"
+            ) from None
         except httpx.ConnectError as exc:
-            raise TransientLLMError("connect_error", f"cannot connect to {self.base_url}: {exc}") from None
+            raise TransientLLMError(
+                Reason.CONNECT_ERROR, f"cannot connect to {self.base_url}: {exc}"
+            ) from None
         except httpx.TransportError as exc:
-            raise TransientLLMError("connection_error", f"{type(exc).__name__}: {exc}") from None
+            raise TransientLLMError(Reason.CONNECTION_ERROR, f"{type(exc).__name__}: {exc}") from None
         if response.status_code >= 500:
             raise TransientLLMError(
-                "server_error", f"HTTP {response.status_code} {_error_message(response)}".strip()
+                Reason.SERVER_ERROR,
+                f"HTTP {response.status_code} {_error_message(response)}".strip(),
             )
         if response.status_code >= 400:
             raise LLMRejectedError(
-                "rejected", f"HTTP {response.status_code} {_error_message(response)}".strip()
+                Reason.LLM_REJECTED,
+                f"HTTP {response.status_code} {_error_message(response)}".strip(),
             )
         return response
 
@@ -275,7 +280,7 @@ class OllamaClient(LLMClient):
         try:
             names = {m["name"] for m in response.json()["models"]}
         except (ValueError, KeyError, TypeError):
-            raise TransientLLMError("bad_response", "/api/tags did not list models") from None
+            raise TransientLLMError(Reason.BAD_RESPONSE, "/api/tags did not list models") from None
         wanted = self.model if ":" in self.model else f"{self.model}:latest"
         if self.model not in names and wanted not in names:
             raise ServerUnavailableError(

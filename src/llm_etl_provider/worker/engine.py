@@ -18,13 +18,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from llm_etl_provider.contract.codes import DeadLetterReason
 from llm_etl_provider.worker.checkpoint import Checkpoint, CheckpointState
 from llm_etl_provider.worker.clients import ChatRequest, Completion, LLMClient
 from llm_etl_provider.worker.errors import (
     ConfigurationError,
     DeadLetterThresholdError,
-    LLMCallError,
+    InvalidOutputError,
     LLMRejectedError,
+    MissingFieldError,
+    RecordError,
     ServerUnavailableError,
     TransientLLMError,
 )
@@ -32,10 +35,10 @@ from llm_etl_provider.worker.records import InputRecord, RecordReader
 from llm_etl_provider.worker.retry import RetryPolicy
 from llm_etl_provider.worker.sinks import OutputSink
 from llm_etl_provider.worker.stats import RunStats
-from llm_etl_provider.worker.tasks import InvalidOutputError, MissingFieldError, TaskSpec
+from llm_etl_provider.worker.tasks import TaskSpec
 
 # Reasons that mean the server itself may be gone, rather than this one record being a problem.
-_SERVER_GONE_REASONS = frozenset({"connect_error", "connection_error"})
+_SERVER_GONE_REASONS = frozenset({DeadLetterReason.CONNECT_ERROR, DeadLetterReason.CONNECTION_ERROR})
 DEFAULT_CONCURRENCY = 4
 MAX_AUTO_CONCURRENCY = 64
 
@@ -47,6 +50,7 @@ class EngineSettings:
     :param concurrency: requests in flight at once; None asks the server for its parallel slots
     :param max_pending: records held for in-order writing (in flight or done); default 4 x concurrency
     :param retry: the retry policy for transient failures and invalid answers
+    :param temperature: the sampling temperature of a record's first attempt
     :param retry_temperature: the sampling temperature for a retry after an invalid answer (a deterministic
         retry would repeat the same answer)
     :param checkpoint_every: records between checkpoints
@@ -58,6 +62,7 @@ class EngineSettings:
     concurrency: int | None = None
     max_pending: int | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    temperature: float = 0.0
     retry_temperature: float = 0.7
     checkpoint_every: int = 100
     progress_interval: float = 10.0
@@ -246,20 +251,22 @@ class Engine:
 
     async def _process(self, record: InputRecord) -> Outcome:
         if record.fields is None:
-            return self._dead_letter(record, record.error or "malformed_input", record.detail, attempts=0)
+            assert record.error is not None, "a record without fields carries its reason"
+            return self._dead_letter(record, record.error, record.detail, attempts=0)
         try:
             user = self.task.template.render(record.fields)
         except MissingFieldError as exc:
-            return self._dead_letter(record, "missing_field", str(exc), attempts=0)
+            return self._dead_letter(record, exc.reason, exc.detail, attempts=0)
         request = ChatRequest(
             system=self.task.system_prompt,
             user=user,
             schema=self.task.schema,
             schema_name=self.task.name,
             max_tokens=self.task.max_tokens,
+            temperature=self.settings.temperature,
         )
         policy = self.settings.retry
-        failure: LLMCallError | InvalidOutputError | None = None
+        failure: RecordError | None = None
         completion: Completion | None = None
         for attempt in range(1, policy.max_attempts + 1):
             if attempt > 1:
@@ -268,7 +275,7 @@ class Engine:
             try:
                 completion = await self.client.complete(request)
             except LLMRejectedError as exc:
-                return self._dead_letter(record, "llm_rejected", exc.detail, attempts=attempt)
+                return self._dead_letter(record, exc.reason, exc.detail, attempts=attempt)
             except TransientLLMError as exc:
                 failure = exc
                 continue
@@ -301,8 +308,7 @@ class Engine:
                 retries=attempt - 1,
             )
         assert failure is not None
-        reason = failure.reason if isinstance(failure, LLMCallError) else InvalidOutputError.reason
-        outcome = self._dead_letter(record, reason, failure.detail, attempts=policy.max_attempts)
+        outcome = self._dead_letter(record, failure.reason, failure.detail, attempts=policy.max_attempts)
         outcome.completion = completion
         return outcome
 

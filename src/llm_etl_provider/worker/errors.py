@@ -1,63 +1,73 @@
-"""Errors of the in-pod worker, and the exit codes they map to.
+"""Errors of the in-pod worker and its model loader, and the exit codes they map to.
 
-Run-level errors stop the worker; each carries the process exit code the pod (and so Airflow) sees::
+Run-level errors stop the process; each carries the :class:`~llm_etl_provider.contract.codes.ExitCode` the pod
+(and so Airflow) sees::
 
     WorkerError                      exit 1   unexpected failure of the run
      ├── ConfigurationError          exit 2   bad arguments, template, schema, checkpoint or unreadable input
      ├── ServerUnavailableError      exit 3   the LLM server never became ready, or went away mid-run
-     └── DeadLetterThresholdError    exit 4   the run finished, but too many records went to the dead letters
+     ├── DeadLetterThresholdError    exit 4   the run finished, but too many records went to the dead letters
+     └── ModelLoadError              exit 5   the model loader cannot fetch the model, or its sha256 differs
 
 Record-level errors never stop the run: the engine retries what is transient and sends the rest to the
-dead-letter stream with a reason code::
+dead-letter stream with a :class:`~llm_etl_provider.contract.codes.DeadLetterReason`::
 
-    LLMCallError                              one call to the LLM server failed
-     ├── TransientLLMError                    connect error, timeout, 5xx (503 queue full), unreadable body
-     └── LLMRejectedError                     any other 4xx: the server will refuse this request every time
+    RecordError                               one record cannot be enriched (yet)
+     ├── LLMCallError                         one call to the LLM server failed
+     │    ├── TransientLLMError               connect error, timeout, 5xx (503 queue full), unreadable body
+     │    └── LLMRejectedError                any other 4xx: the server will refuse this request every time
+     ├── InvalidOutputError                   the answer is not JSON or does not match the task's schema
+     └── MissingFieldError                    a field the prompt template needs is missing or empty
 
 Messages name what was wrong and where (file, line, record id) and never include record content.
 """
 
 from __future__ import annotations
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_CONFIGURATION = 2
-EXIT_SERVER_UNAVAILABLE = 3
-EXIT_DEAD_LETTER_THRESHOLD = 4
-EXIT_STOPPED = 143  # 128 + SIGTERM, as a shell reports a process the signal ended
+from llm_etl_provider.contract.codes import DeadLetterReason, ExitCode
 
 
 class WorkerError(Exception):
     """The run failed."""
 
-    exit_code = EXIT_FAILURE
+    exit_code = ExitCode.FAILURE
 
 
 class ConfigurationError(WorkerError):
     """The arguments, the task definition, the checkpoint or the input as a whole are unusable."""
 
-    exit_code = EXIT_CONFIGURATION
+    exit_code = ExitCode.CONFIGURATION
 
 
 class ServerUnavailableError(WorkerError):
     """The LLM server did not become ready in time, or stopped answering during the run."""
 
-    exit_code = EXIT_SERVER_UNAVAILABLE
+    exit_code = ExitCode.SERVER_UNAVAILABLE
 
 
 class DeadLetterThresholdError(WorkerError):
     """More records went to the dead letters than the configured threshold allows."""
 
-    exit_code = EXIT_DEAD_LETTER_THRESHOLD
+    exit_code = ExitCode.DEAD_LETTER_THRESHOLD
 
 
-class LLMCallError(Exception):
-    """One call to the LLM server failed."""
+class ModelLoadError(WorkerError):
+    """The model could not be fetched, or its checksum does not match."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    exit_code = ExitCode.MODEL_LOAD
+
+
+class RecordError(Exception):
+    """One record cannot be enriched; ``reason`` is its dead letter's reason."""
+
+    def __init__(self, reason: DeadLetterReason, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+class LLMCallError(RecordError):
+    """One call to the LLM server failed."""
 
 
 class TransientLLMError(LLMCallError):
@@ -66,3 +76,18 @@ class TransientLLMError(LLMCallError):
 
 class LLMRejectedError(LLMCallError):
     """The server refused the request (a 4xx other than a transient one); repeating it will not help."""
+
+
+class InvalidOutputError(RecordError):
+    """The model's answer is not JSON, or does not match the task's schema."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(DeadLetterReason.INVALID_OUTPUT, detail)
+
+
+class MissingFieldError(RecordError):
+    """A field the template needs is missing or empty in the record."""
+
+    def __init__(self, field_name: str) -> None:
+        super().__init__(DeadLetterReason.MISSING_FIELD, f"field {field_name!r} is missing or empty")
+        self.field_name = field_name

@@ -15,14 +15,8 @@ from pathlib import Path
 
 import httpx
 
-from llm_etl_provider.worker.errors import ConfigurationError, WorkerError
+from llm_etl_provider.worker.errors import ConfigurationError, ModelLoadError
 from llm_etl_provider.worker.retry import RetryPolicy
-
-
-class ModelLoadError(WorkerError):
-    """The model could not be fetched, or its checksum does not match."""
-
-    exit_code = 5
 
 
 def _pause(seconds: float) -> None:

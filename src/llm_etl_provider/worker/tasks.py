@@ -12,9 +12,8 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-from llm_etl_provider.worker.errors import ConfigurationError
-
-TASK_NAMES = ("sentiment", "tags", "moderation", "entities", "custom")
+from llm_etl_provider.contract.invocation import TASK_NAMES
+from llm_etl_provider.worker.errors import ConfigurationError, InvalidOutputError, MissingFieldError
 
 DEFAULT_TEMPLATE = "{text}"
 DEFAULT_CATEGORIES = (
@@ -40,24 +39,6 @@ MODERATION_CATEGORIES = (
     "medical-misinformation",
     "spam",
 )
-
-
-class MissingFieldError(Exception):
-    """A field the template needs is missing or empty in the record."""
-
-    def __init__(self, field_name: str) -> None:
-        super().__init__(f"field {field_name!r} is missing or empty")
-        self.field_name = field_name
-
-
-class InvalidOutputError(Exception):
-    """The model's answer is not JSON, or does not match the task's schema."""
-
-    reason = "invalid_output"
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
-        self.detail = detail
 
 
 class PromptTemplate:

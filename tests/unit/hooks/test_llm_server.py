@@ -1,12 +1,25 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import httpx
 import pytest
 
+from llm_etl_provider.contract.invocation import WorkerInvocation
 from llm_etl_provider.exceptions import LLMConnectionError
 from llm_etl_provider.hooks.llm_server import LLMServerHook
+
+INVOCATION = WorkerInvocation(
+    task="sentiment", input=Path("in.jsonl"), output="log", llm_url="http://pod:1", api="openai", model="pod"
+)
+
+
+def worker_args(server) -> list[str]:
+    """The server's flags in the worker's argv once the server serves the invocation."""
+    argv = server.serve(INVOCATION).to_argv()
+    flags = ("--llm-url", "--api", "--model", "--response-format")
+    return [item for i in range(0, len(argv), 2) if argv[i] in flags for item in argv[i : i + 2]]
 
 
 def set_conn(monkeypatch, conn_id="llm_etl_default", **fields):
@@ -16,7 +29,7 @@ def set_conn(monkeypatch, conn_id="llm_etl_default", **fields):
 def test_connection_maps_to_worker_settings(monkeypatch):
     set_conn(monkeypatch, host="http://ollama.local:11434/", extra={"api": "ollama", "model": "llama3.2:3b"})
     server = LLMServerHook().get_server()
-    assert server.worker_args() == [
+    assert worker_args(server) == [
         "--llm-url", "http://ollama.local:11434", "--api", "ollama", "--model", "llama3.2:3b",
         "--response-format", "json_schema",
     ]  # fmt: skip
@@ -33,7 +46,7 @@ def test_the_api_key_never_shows_in_repr_or_arguments(monkeypatch):
     server = LLMServerHook().get_server()
     assert server.api_key == "sk-SECRET"
     assert "SECRET" not in repr(server)
-    assert "SECRET" not in " ".join(server.worker_args())
+    assert "SECRET" not in " ".join(server.serve(INVOCATION).to_argv())
 
 
 @pytest.mark.parametrize(

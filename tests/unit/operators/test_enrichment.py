@@ -10,9 +10,8 @@ from airflow.sdk import DAG
 from kubernetes.client import ApiClient
 from kubernetes.client import models as k8s
 
+from llm_etl_provider.contract.layout import LABEL_RUN, key_secret_name, label_value
 from llm_etl_provider.operators.enrichment import FrameFilteringPodManager, LLMEnrichmentOperator
-from llm_etl_provider.pod.builder import LABEL_RUN, label_value
-from llm_etl_provider.run_resources import key_secret_name
 from llm_etl_provider.transport.frames import FORMAT
 
 SHARD = {

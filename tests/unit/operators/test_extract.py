@@ -6,11 +6,18 @@ import pytest
 from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
 from airflow.sdk import DAG
 
+from llm_etl_provider.contract.layout import (
+    LABEL_RUN,
+    LABEL_SHARD,
+    MANAGED_BY,
+    key_secret_name,
+    label_value,
+    run_prefix,
+    shard_folder,
+)
 from llm_etl_provider.exceptions import ExtractionError
 from llm_etl_provider.operators.extract import ExtractResultsOperator
 from llm_etl_provider.operators.stage import StageInputOperator
-from llm_etl_provider.pod.builder import LABEL_RUN, LABEL_SHARD, label_value
-from llm_etl_provider.run_resources import MANAGED_BY, key_secret_name, run_prefix
 from llm_etl_provider.transport.frames import FrameWriter
 from llm_etl_provider.transport.keys import decode_key, load_key
 from tests.unit.operators.fake_core_v1 import FakeCoreV1
@@ -137,7 +144,7 @@ def test_a_missing_key_secret_is_a_clear_error(tmp_path, api):
 def test_local_mode_reads_the_local_log(tmp_path):
     _, op = staged(tmp_path, mode="local")
     root = tmp_path / "s" / run_prefix("llm_enrichment", RUN)
-    (root / "shard-0" / "container.log").write_bytes(frames(load_key(root / "key")))
+    (root / shard_folder(0) / "container.log").write_bytes(frames(load_key(root / "key")))
     assert op.execute({"run_id": RUN})["results"] == 20
     assert (tmp_path / "out" / "shard-00000" / "results.jsonl").read_text().count("\n") == 20
 

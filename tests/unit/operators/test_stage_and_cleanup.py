@@ -9,11 +9,10 @@ import pytest
 from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
 from airflow.sdk import DAG
 
+from llm_etl_provider.contract.layout import LABEL_RUN, MANAGED_BY, label_value, run_prefix, shard_folder
 from llm_etl_provider.exceptions import StagingError
 from llm_etl_provider.operators.cleanup import CleanupOperator, SweepExpiredOperator
 from llm_etl_provider.operators.stage import StageInputOperator
-from llm_etl_provider.pod.builder import LABEL_RUN, label_value
-from llm_etl_provider.run_resources import MANAGED_BY, run_prefix
 from llm_etl_provider.transport.keys import decode_key
 from tests.unit.operators.fake_core_v1 import FakeCoreV1
 
@@ -76,8 +75,8 @@ def test_local_mode_stages_files_with_an_owner_only_key(tmp_path):
     (shard,) = op.execute({"run_id": RUN})
     root = tmp_path / "staging" / run_prefix("llm_enrichment", RUN)
     assert (root / "key").stat().st_mode & 0o777 == 0o600
-    assert gzip.decompress((root / "shard-0" / "input.jsonl.gz").read_bytes()) == source.read_bytes()
-    assert shard["path"] == str(root / "shard-0" / "input.jsonl.gz")
+    assert gzip.decompress((root / shard_folder(0) / "input.jsonl.gz").read_bytes()) == source.read_bytes()
+    assert shard["path"] == str(root / shard_folder(0) / "input.jsonl.gz")
 
 
 @pytest.mark.parametrize(

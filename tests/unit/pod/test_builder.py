@@ -1,21 +1,22 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
 
+from llm_etl_provider.contract.invocation import WorkerInvocation
+from llm_etl_provider.contract.layout import KEY_FILE, LABEL_MODEL_SOURCE, LABEL_RUN, label_value
+from llm_etl_provider.contract.shard import ShardDescriptor
 from llm_etl_provider.exceptions import PodSpecError
 from llm_etl_provider.pod.builder import (
-    KEY_FILE,
-    LABEL_MODEL_SOURCE,
-    LABEL_RUN,
     SUPPORTED_SOURCES,
     ModelSpec,
     PodParams,
     ServerSpec,
     build_pod,
-    label_value,
     network_policy,
+    pod_invocation,
 )
 from tests.unit.pod.pss import restricted_violations
 
@@ -35,15 +36,32 @@ def model_for(source: str) -> ModelSpec:
 
 
 def params(backend="ollama", source="pull", gpus=1, **kwargs) -> PodParams:
+    server = ServerSpec(backend=backend, gpus=gpus)
+    invocation = pod_invocation(
+        {"task": "sentiment", "template": "{review}"},
+        run_id="scheduled__2026-11-24T00:00:00+00:00",
+        shard=ShardDescriptor(index=3, records=10, line_offset=0, input_format="jsonl"),
+        server=server,
+        model="llama3.2:3b",
+    )
     return PodParams(
-        worker_args=("--task", "sentiment", "--template", "{review}"),
+        invocation=invocation,
         model=model_for(source),
-        server=ServerSpec(backend=backend, gpus=gpus),
+        server=server,
         input_secret="llm-etl-abc-shard-3",
         key_secret="llm-etl-abc-key",
-        run_id="scheduled__2026-11-24T00:00:00+00:00",
-        shard=3,
         **kwargs,
+    )
+
+
+def bare_invocation() -> WorkerInvocation:
+    return WorkerInvocation(
+        task="sentiment",
+        input=Path("in.jsonl"),
+        output="log",
+        llm_url="http://127.0.0.1:1",
+        model="m",
+        run_id="r",
     )
 
 
@@ -210,12 +228,11 @@ def test_unsupported_combinations_are_refused(backend, source, message):
     with pytest.raises(PodSpecError, match=message):
         build_pod(
             PodParams(
-                worker_args=(),
+                invocation=bare_invocation(),
                 model=model,
                 server=ServerSpec(backend=backend),
                 input_secret="i",
                 key_secret="k",
-                run_id="r",
             )
         )
 
@@ -233,12 +250,11 @@ def test_incomplete_model_sources_are_refused(model, message):
     with pytest.raises(PodSpecError, match=message):
         build_pod(
             PodParams(
-                worker_args=(),
+                invocation=bare_invocation(),
                 model=model,
                 server=ServerSpec(backend="llamacpp"),
                 input_secret="i",
                 key_secret="k",
-                run_id="r",
             )
         )
 

@@ -75,7 +75,7 @@ def test_ollama_request_sends_format_keep_alive_and_options():
         ("timeout", TransientLLMError, "timeout"),
         ("not_json", TransientLLMError, "bad_response"),
         ("no_choices", TransientLLMError, "bad_response"),
-        ("400", LLMRejectedError, "rejected"),
+        ("400", LLMRejectedError, "llm_rejected"),
     ],
 )
 def test_failures_map_to_transient_or_rejected(fault, error, reason):

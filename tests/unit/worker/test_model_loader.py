@@ -8,8 +8,8 @@ import httpx
 import pytest
 
 from llm_etl_provider.worker import model_loader
-from llm_etl_provider.worker.errors import ConfigurationError
-from llm_etl_provider.worker.model_loader import ModelLoadError, download, verify
+from llm_etl_provider.worker.errors import ConfigurationError, ModelLoadError
+from llm_etl_provider.worker.model_loader import download, verify
 from llm_etl_provider.worker.retry import RetryPolicy
 
 MODEL = b"GGUF" + bytes(range(256)) * 400

@@ -4,14 +4,9 @@ import json
 
 import pytest
 
-from llm_etl_provider.worker.errors import ConfigurationError
-from llm_etl_provider.worker.tasks import (
-    TASK_NAMES,
-    InvalidOutputError,
-    MissingFieldError,
-    PromptTemplate,
-    build_task,
-)
+from llm_etl_provider.contract.invocation import TASK_NAMES
+from llm_etl_provider.worker.errors import ConfigurationError, InvalidOutputError, MissingFieldError
+from llm_etl_provider.worker.tasks import PromptTemplate, build_task
 
 CUSTOM_SCHEMA = {
     "type": "object",

@@ -4,8 +4,8 @@ import stat
 
 import pytest
 
-from llm_etl_provider.local import llama_server
-from llm_etl_provider.local.llama_server import (
+from llm_etl_provider.dev import llama_server
+from llm_etl_provider.dev.llama_server import (
     MODEL_FILE,
     LlamaServer,
     LocalServerError,

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import json
 
-from llm_etl_provider.report import build_report
+from llm_etl_provider.dev.report import build_report
 
 
 def write_jsonl(path, rows):

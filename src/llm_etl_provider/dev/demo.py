@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from llm_etl_provider.report import build_report, merge_summaries
+from llm_etl_provider.dev.report import build_report, merge_summaries
 
 SAMPLE = Path("examples/drug_reviews_sample.jsonl")
 DAG_FILE = Path("dags/llm_enrichment.py")

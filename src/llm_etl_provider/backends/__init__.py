@@ -1,0 +1,121 @@
+"""Where a run's shards are staged, enriched and read back: a Kubernetes cluster, or local processes.
+
+Each operator chooses its backend once, with :func:`run_backend`, and calls it; none branches on the mode.
+Both backends run the same worker invocation, the same sealed transport and the same extraction.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from llm_etl_provider.contract.invocation import WorkerInvocation
+    from llm_etl_provider.contract.shard import ShardDescriptor
+    from llm_etl_provider.hooks.llm_server import LLMServer
+    from llm_etl_provider.staging import Shard
+
+EXECUTION_MODES = ("kubernetes", "local")
+
+
+class TaskLog(Protocol):
+    """The task's logger (Airflow's, or any ``logging.Logger``)."""
+
+    def info(self, msg: Any, /, *args: Any, **kwargs: Any) -> Any: ...
+
+    def warning(self, msg: Any, /, *args: Any, **kwargs: Any) -> Any: ...
+
+
+def checked_execution_mode(mode: str) -> str:
+    """Return ``mode`` if a backend serves it: a typo must fail when the DAG is parsed, not at run time."""
+    if mode not in EXECUTION_MODES:
+        raise ValueError(f"execution_mode must be 'kubernetes' or 'local', not {mode!r}")
+    return mode
+
+
+@dataclass(frozen=True)
+class FrameSource:
+    """A shard's sealed frame stream and the key that opens it."""
+
+    key: bytes
+    lines: Iterator[bytes]
+    description: str  # where it comes from, for messages and the manifest (no record content)
+
+
+@dataclass(frozen=True)
+class LocalServing:
+    """How local execution serves the model: the bundled (or given) GGUF with llama.cpp's server, or the
+    server of an ``llm_etl`` connection. Kubernetes pods serve their own model and ignore this."""
+
+    model_file: Path | None = None
+    parallel: int = 4
+    server: LLMServer | None = None
+
+
+class RunBackend(ABC):
+    """One run's resources in one place: its key, its staged shards, its enrichment and its frame streams."""
+
+    @abstractmethod
+    def stage_key(self, key: bytes) -> None:
+        """Stage the run's new frame key, replacing a key an earlier try staged."""
+
+    @abstractmethod
+    def stage_shard(self, shard: Shard, key: bytes) -> dict[str, Any]:
+        """Stage one shard; return where it went, as shard descriptor fields (secret, path, work_claim)."""
+
+    @abstractmethod
+    def enrich(
+        self,
+        invocation: WorkerInvocation,
+        shard: ShardDescriptor,
+        *,
+        submit_pod: Callable[[], Any],
+        serving: LocalServing,
+    ) -> Any:
+        """Enrich one shard with the worker's pod invocation; raise a WorkerExitError on a worker failure.
+
+        ``submit_pod`` runs the pod through KubernetesPodOperator (whose spec holds the same invocation).
+        """
+
+    @abstractmethod
+    def frame_source(self, index: int) -> FrameSource:
+        """The frame stream of shard ``index``, once its enrichment has ended."""
+
+    @abstractmethod
+    def cleanup(self) -> dict[str, int]:
+        """Delete everything the run staged or left; return counts by kind."""
+
+
+def run_backend(
+    mode: str,
+    *,
+    dag_id: str,
+    run_id: str,
+    namespace: str,
+    kubernetes_conn_id: str,
+    local_dir: str | None,
+    log: TaskLog,
+    key_secret: str | None = None,
+    work_claim_size: str | None = None,
+    work_storage_class: str | None = None,
+) -> RunBackend:
+    """The backend of ``mode`` for one DAG run (``key_secret`` and the work claims: Kubernetes only)."""
+    if checked_execution_mode(mode) == "local":
+        from llm_etl_provider.backends.local import LocalBackend
+
+        return LocalBackend(local_dir, dag_id=dag_id, run_id=run_id, log=log)
+    from llm_etl_provider.backends.kubernetes import KubernetesBackend
+
+    return KubernetesBackend(
+        namespace,
+        kubernetes_conn_id,
+        dag_id=dag_id,
+        run_id=run_id,
+        log=log,
+        key_secret=key_secret,
+        work_claim_size=work_claim_size,
+        work_storage_class=work_storage_class,
+    )

@@ -1,0 +1,242 @@
+"""The Kubernetes backend: shards and the key as immutable run-labelled Secrets, one pod per shard through
+KubernetesPodOperator, frames read from the pod's log, and everything deleted by the run's labels."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Callable
+from datetime import UTC, datetime
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from llm_etl_provider.backends import FrameSource, LocalServing, RunBackend, TaskLog
+from llm_etl_provider.contract import layout
+from llm_etl_provider.exceptions import ExtractionError, StagingError
+from llm_etl_provider.transport.errors import FrameKeyError
+from llm_etl_provider.transport.keys import decode_key, encode_key
+from llm_etl_provider.transport.sources import pod_log_lines
+
+if TYPE_CHECKING:
+    from llm_etl_provider.contract.invocation import WorkerInvocation
+    from llm_etl_provider.contract.shard import ShardDescriptor
+    from llm_etl_provider.staging import Shard
+
+
+def _run_labels(run_id: str, kind: str, shard: int | None = None) -> dict[str, str]:
+    labels = {**layout.MANAGED_BY, layout.LABEL_RUN: layout.label_value(run_id), layout.LABEL_KIND: kind}
+    if shard is not None:
+        labels[layout.LABEL_SHARD] = str(shard)
+    return labels
+
+
+def secret_manifest(
+    name: str, run_id: str, data: dict[str, bytes], *, kind: str, shard: int | None = None
+) -> dict[str, Any]:
+    """An immutable Opaque Secret labelled with its run (the sweeper finds it by label and age)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "immutable": True,
+        "metadata": {
+            "name": name,
+            "labels": _run_labels(run_id, kind, shard),
+            "annotations": {layout.ANNOTATION_RUN_ID: run_id},
+        },
+        "data": {key: base64.b64encode(value).decode() for key, value in data.items()},
+    }
+
+
+def work_claim_manifest(
+    name: str, run_id: str, shard: int, size: str, storage_class: str | None = None
+) -> dict[str, Any]:
+    """A shard's work volume that outlives its pod: the worker's checkpoint and frame spool, so that a retry
+    in a new pod (after a preemption) resumes where the lost pod stopped."""
+    spec: dict[str, Any] = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}}
+    if storage_class:
+        spec["storageClassName"] = storage_class
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {
+            "name": name,
+            "labels": _run_labels(run_id, "work", shard),
+            "annotations": {layout.ANNOTATION_RUN_ID: run_id},
+        },
+        "spec": spec,
+    }
+
+
+def delete_managed(
+    api: Any, namespace: str, selector: str, *, older_than: datetime | None = None
+) -> dict[str, int]:
+    """Delete the pods, Secrets and work claims matching ``selector`` (created before ``older_than``)."""
+    from kubernetes.client.exceptions import ApiException
+
+    deleted = {"pods": 0, "secrets": 0, "claims": 0}
+    kinds = (
+        ("pods", api.list_namespaced_pod, api.delete_namespaced_pod),
+        ("secrets", api.list_namespaced_secret, api.delete_namespaced_secret),
+        (
+            "claims",
+            api.list_namespaced_persistent_volume_claim,
+            api.delete_namespaced_persistent_volume_claim,
+        ),
+    )
+    for kind, list_them, delete in kinds:
+        for item in list_them(namespace, label_selector=selector).items:
+            created = item.metadata.creation_timestamp
+            if older_than is not None and (created is None or created > older_than):
+                continue
+            try:
+                delete(item.metadata.name, namespace, grace_period_seconds=0)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+                continue
+            deleted[kind] += 1
+    return deleted
+
+
+def core_v1(kubernetes_conn_id: str) -> Any:
+    from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
+
+    return KubernetesHook(conn_id=kubernetes_conn_id).core_v1_client
+
+
+class KubernetesBackend(RunBackend):
+    """A run in a namespace of a cluster.
+
+    :param namespace: the run's namespace
+    :param kubernetes_conn_id: the Kubernetes connection
+    :param key_secret: the Secret with the run's key (default: the stage's name for it)
+    :param work_claim_size: give each shard a work claim of this size (e.g. ``1Gi``); None: an emptyDir
+    :param work_storage_class: the claims' StorageClass (default: the cluster's)
+    """
+
+    def __init__(
+        self,
+        namespace: str,
+        kubernetes_conn_id: str,
+        *,
+        dag_id: str,
+        run_id: str,
+        log: TaskLog,
+        key_secret: str | None = None,
+        work_claim_size: str | None = None,
+        work_storage_class: str | None = None,
+    ) -> None:
+        self.namespace = namespace
+        self.kubernetes_conn_id = kubernetes_conn_id
+        self.run_id = run_id
+        self.prefix = layout.run_prefix(dag_id, run_id)
+        self.key_secret = key_secret or layout.key_secret_name(dag_id, run_id)
+        self.log = log
+        self.work_claim_size = work_claim_size
+        self.work_storage_class = work_storage_class
+
+    @cached_property
+    def api(self) -> Any:
+        return core_v1(self.kubernetes_conn_id)
+
+    def stage_key(self, key: bytes) -> None:
+        data = {layout.KEY_FILE_NAME: encode_key(key).encode()}
+        self._create_secret(secret_manifest(self.key_secret, self.run_id, data, kind="key"))
+
+    def stage_shard(self, shard: Shard, key: bytes) -> dict[str, Any]:
+        name = layout.shard_secret_name(self.prefix, shard.index)
+        data = {layout.input_file_name(shard.input_format): shard.data}
+        self._create_secret(secret_manifest(name, self.run_id, data, kind="shard", shard=shard.index))
+        where: dict[str, Any] = {"secret": name}
+        if self.work_claim_size:
+            where["work_claim"] = self._create_work_claim(shard.index, key)
+        return where
+
+    def enrich(
+        self,
+        invocation: WorkerInvocation,
+        shard: ShardDescriptor,
+        *,
+        submit_pod: Callable[[], Any],
+        serving: LocalServing,
+    ) -> Any:
+        return submit_pod()
+
+    def frame_source(self, index: int) -> FrameSource:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            secret = self.api.read_namespaced_secret(self.key_secret, self.namespace)
+            key = decode_key(_secret_value(secret.data, layout.KEY_FILE_NAME), f"Secret {self.key_secret}")
+        except ApiException as exc:
+            raise ExtractionError(
+                f"cannot read the run's key Secret {self.key_secret}: HTTP {exc.status}"
+            ) from None
+        except FrameKeyError as exc:
+            raise ExtractionError(str(exc)) from None
+        selector = f"{layout.run_selector(self.run_id)},{layout.LABEL_SHARD}={index}"
+        pods = list(self.api.list_namespaced_pod(self.namespace, label_selector=selector).items)
+        finished = [p for p in pods if p.status is not None and p.status.phase == "Succeeded"]
+        if not finished:
+            phases = (
+                ", ".join(f"{p.metadata.name}={p.status.phase if p.status else '?'}" for p in pods) or "none"
+            )
+            raise ExtractionError(f"shard {index}: expected a succeeded pod, found {phases}")
+        # Two pods succeed when a try fails after its pod ended (KPO keeps a finished pod) and the retry
+        # enriches the shard again: each log holds the whole shard; the latest try is the one on record.
+        latest = max(finished, key=_try_order)
+        if len(finished) > 1:
+            self.log.warning(
+                "shard %d: %d pods succeeded (%s); reading the latest try's, %s",
+                index, len(finished), ", ".join(p.metadata.name for p in finished), latest.metadata.name,
+            )  # fmt: skip
+        name, container = latest.metadata.name, layout.WORKER_CONTAINER
+        lines = pod_log_lines(name, self.namespace, container=container, core_api=self.api)
+        return FrameSource(key, lines, f"pod {self.namespace}/{name} container {container}")
+
+    def cleanup(self) -> dict[str, int]:
+        return delete_managed(self.api, self.namespace, layout.run_selector(self.run_id))
+
+    def _create_secret(self, manifest: dict[str, Any]) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        name = manifest["metadata"]["name"]
+        try:
+            self.api.create_namespaced_secret(self.namespace, manifest)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise StagingError(
+                    f"cannot create Secret {self.namespace}/{name}: HTTP {exc.status}"
+                ) from None
+            # A retried task: the Secrets are immutable, so replace them whole (new key, same shards).
+            self.api.delete_namespaced_secret(name, self.namespace)
+            self.api.create_namespaced_secret(self.namespace, manifest)
+
+    def _create_work_claim(self, index: int, key: bytes) -> str:
+        from kubernetes.client.exceptions import ApiException
+
+        name = layout.work_claim_name(self.prefix, index, hashlib.sha256(key).hexdigest())
+        manifest = work_claim_manifest(
+            name, self.run_id, index, str(self.work_claim_size), self.work_storage_class
+        )
+        try:
+            self.api.create_namespaced_persistent_volume_claim(self.namespace, manifest)
+        except ApiException as exc:
+            raise StagingError(
+                f"cannot create the work claim {self.namespace}/{name}: HTTP {exc.status}"
+            ) from None
+        return name
+
+
+def _try_order(pod: Any) -> tuple[int, datetime]:
+    """Order pods by KPO's ``try_number`` label, then by creation."""
+    try_number = (pod.metadata.labels or {}).get("try_number", "")
+    created = pod.metadata.creation_timestamp or datetime.min.replace(tzinfo=UTC)
+    return (int(try_number) if try_number.isdigit() else 0, created)
+
+
+def _secret_value(data: dict[str, str] | None, key: str) -> bytes:
+    if not data or key not in data:
+        raise FrameKeyError(f"the key Secret has no {key!r} entry")
+    return base64.b64decode(data[key])

@@ -1,0 +1,175 @@
+"""The local backend: a run's shards and key as files, each shard's pod as local processes.
+
+The model loader checks the model, llama.cpp's server serves it on 127.0.0.1, and the worker runs with the
+pod's own invocation, its paths and server swapped for local ones. Given a server from an ``llm_etl``
+connection instead (e.g. Ollama beside Airflow in docker-compose), the worker talks to that server and no
+model is loaded. The worker's stdout (the sealed frames) becomes the shard's ``container.log``, which the
+extraction reads exactly as it reads a pod's log in Kubernetes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llm_etl_provider.backends import FrameSource, LocalServing, RunBackend, TaskLog
+from llm_etl_provider.contract import layout
+from llm_etl_provider.contract.invocation import API_KEY_ENV, WorkerInvocation
+from llm_etl_provider.exceptions import ExtractionError, LocalRunError, worker_exit_error
+from llm_etl_provider.transport.errors import FrameKeyError
+from llm_etl_provider.transport.keys import load_key, write_key_file
+from llm_etl_provider.transport.sources import file_lines
+
+if TYPE_CHECKING:
+    from llm_etl_provider.contract.shard import ShardDescriptor
+    from llm_etl_provider.staging import Shard
+
+
+class LocalBackend(RunBackend):
+    """A run under a local folder: ``<local_dir>/<run prefix>/`` holds its key and a folder per shard.
+
+    :param local_dir: the folder that holds the runs' folders
+    """
+
+    def __init__(self, local_dir: str | None, *, dag_id: str, run_id: str, log: TaskLog) -> None:
+        if not local_dir:
+            raise LocalRunError("local execution needs local_dir")
+        self.root = Path(local_dir) / layout.run_prefix(dag_id, run_id)
+        self.log = log
+
+    def shard_dir(self, index: int) -> Path:
+        return self.root / layout.shard_folder(index)
+
+    @property
+    def key_file(self) -> Path:
+        return self.root / layout.KEY_FILE_NAME
+
+    def stage_key(self, key: bytes) -> None:
+        if self.root.exists():
+            shutil.rmtree(self.root)
+        self.root.mkdir(parents=True, mode=0o700)
+        write_key_file(self.key_file, key)
+
+    def stage_shard(self, shard: Shard, key: bytes) -> dict[str, Any]:
+        path = self.shard_dir(shard.index) / layout.input_file_name(shard.input_format)
+        path.parent.mkdir(mode=0o700)
+        path.write_bytes(shard.data)
+        return {"path": str(path)}
+
+    def enrich(
+        self,
+        invocation: WorkerInvocation,
+        shard: ShardDescriptor,
+        *,
+        submit_pod: Callable[[], Any],
+        serving: LocalServing,
+    ) -> Any:
+        folder = self.shard_dir(shard.index)
+        staged = folder / layout.input_file_name(shard.input_format)
+        if not staged.is_file():
+            raise LocalRunError(f"shard {shard.index}: no staged input at {staged}: did the stage run?")
+        environment = dict(os.environ)
+        with self._serving(invocation, folder, serving, environment) as served:
+            local = dataclasses.replace(
+                served,
+                input=staged,
+                key_file=self.key_file,
+                checkpoint=folder / layout.CHECKPOINT_FILE_NAME,
+                heartbeat=None,
+            )
+            code = self._run_worker(local, folder, environment)
+        if code != 0:
+            raise worker_exit_error(code, f"shard {shard.index}")
+        return {"shard": shard.index, "exit_code": code}
+
+    @contextlib.contextmanager
+    def _serving(
+        self, invocation: WorkerInvocation, folder: Path, serving: LocalServing, environment: dict[str, str]
+    ) -> Iterator[WorkerInvocation]:
+        """Serve the model as the pod's loader and sidecar would; yield the invocation that uses it."""
+        if serving.server is not None:
+            remote = serving.server
+            self.log.info(
+                "%s: enriching through the %s server at %s", folder.name, remote.api, remote.base_url
+            )
+            if remote.api_key:
+                environment[API_KEY_ENV] = remote.api_key
+            yield remote.serve(invocation)
+            return
+        from llm_etl_provider.dev.llama_server import (
+            MODEL_SHA256,
+            LlamaServer,
+            LocalServerError,
+            bundled_model,
+        )
+
+        try:
+            model = serving.model_file or bundled_model()
+        except LocalServerError as exc:
+            raise LocalRunError(f"{folder.name}: {exc}") from None
+        check = ["--sha256", MODEL_SHA256] if serving.model_file is None else []
+        loader = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "llm_etl_provider.cli",
+                "load-model",
+                "--verify",
+                "--dest",
+                str(model),
+                *check,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if loader.returncode != 0:
+            raise LocalRunError(f"{folder.name}: the model loader failed: {loader.stderr.strip()[-500:]}")
+        try:
+            with LlamaServer(
+                parallel=serving.parallel, model_path=model, model_name=invocation.model,
+                log_path=folder / layout.SERVER_LOG_NAME,
+            ) as server:  # fmt: skip
+                self.log.info("%s: llama-server ready at %s with %s", folder.name, server.url, model.name)
+                yield dataclasses.replace(invocation, llm_url=server.url, api="openai")
+        except LocalServerError as exc:
+            raise LocalRunError(f"{folder.name}: {exc}") from None
+
+    def _run_worker(self, invocation: WorkerInvocation, folder: Path, environment: dict[str, str]) -> int:
+        with (
+            (folder / layout.CONTAINER_LOG_NAME).open("wb") as container_log,
+            subprocess.Popen(
+                [sys.executable, "-m", "llm_etl_provider.worker.cli", *invocation.to_argv()],
+                stdout=container_log,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=environment,
+            ) as process,
+        ):
+            assert process.stderr is not None
+            for line in process.stderr:  # progress and summary lines: counts only
+                self.log.info("%s: %s", folder.name, line.rstrip())
+            return process.wait()
+
+    def frame_source(self, index: int) -> FrameSource:
+        log = self.shard_dir(index) / layout.CONTAINER_LOG_NAME
+        if not log.is_file():
+            raise ExtractionError(f"shard {index}: no worker log at {log}: did the enrichment run?")
+        try:
+            key = load_key(self.key_file)
+        except FrameKeyError as exc:
+            raise ExtractionError(str(exc)) from None
+        return FrameSource(key, file_lines(log), f"file {log}")
+
+    def cleanup(self) -> dict[str, int]:
+        existed = self.root.exists()
+        shutil.rmtree(self.root, ignore_errors=True)
+        self.log.info("removed local staging %s", self.root if existed else "(none)")
+        return {"local_dirs": int(existed)}

@@ -1,0 +1,71 @@
+"""The worker's exit codes and dead-letter reasons: what the pod reports and what every reader of it maps.
+
+The worker exits with an :class:`ExitCode`; the operators map each to an Airflow outcome (retry, or fail at
+once where a retry would meet the same input) through :attr:`ExitCode.retryable`. Every record that does not
+become a result becomes a dead letter with a :class:`DeadLetterReason`.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    """How the worker (or the pod's model loader) ended."""
+
+    OK = 0
+    FAILURE = 1
+    CONFIGURATION = 2
+    SERVER_UNAVAILABLE = 3
+    DEAD_LETTER_THRESHOLD = 4
+    MODEL_LOAD = 5
+    STOPPED = 143  # 128 + SIGTERM, as a shell reports a process the signal ended
+
+    @property
+    def meaning(self) -> str:
+        return _MEANINGS[self]
+
+    @property
+    def retryable(self) -> bool:
+        """Whether another try may end otherwise: not when the input or the settings are the cause."""
+        return self not in (ExitCode.CONFIGURATION, ExitCode.DEAD_LETTER_THRESHOLD)
+
+    @classmethod
+    def describe(cls, code: int) -> str:
+        """``code``'s meaning, for any integer (a crash may exit with a code of its own)."""
+        try:
+            return cls(code).meaning
+        except ValueError:
+            return "an unexpected failure"
+
+
+_MEANINGS = {
+    ExitCode.OK: "done",
+    ExitCode.FAILURE: "unexpected failure",
+    ExitCode.CONFIGURATION: "bad configuration or unusable input",
+    ExitCode.SERVER_UNAVAILABLE: "the LLM server was not ready in time, or went away mid-run",
+    ExitCode.DEAD_LETTER_THRESHOLD: "more dead letters than the threshold allows (all outputs are written)",
+    ExitCode.MODEL_LOAD: "the model could not be fetched, or its checksum does not match",
+    ExitCode.STOPPED: "stopped by SIGTERM; what was written is checkpointed",
+}
+
+
+class DeadLetterReason(enum.StrEnum):
+    """Why a record went to the dead letters (the ``reason`` of its line)."""
+
+    MALFORMED_JSON = "malformed_json"
+    NOT_AN_OBJECT = "not_an_object"
+    INVALID_UTF8 = "invalid_utf8"
+    RECORD_TOO_LARGE = "record_too_large"
+    RAGGED_ROW = "ragged_row"
+    MALFORMED_CSV = "malformed_csv"
+    MISSING_ID = "missing_id"
+    DUPLICATE_ID = "duplicate_id"
+    MISSING_FIELD = "missing_field"
+    INVALID_OUTPUT = "invalid_output"
+    LLM_REJECTED = "llm_rejected"
+    SERVER_ERROR = "server_error"
+    TIMEOUT = "timeout"
+    CONNECT_ERROR = "connect_error"
+    CONNECTION_ERROR = "connection_error"
+    BAD_RESPONSE = "bad_response"

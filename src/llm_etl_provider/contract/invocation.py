@@ -1,0 +1,270 @@
+"""The worker's invocation: every ``llm-etl-worker`` flag with its type, default and help, written once.
+
+The pod's argv is built from a :class:`WorkerInvocation` (:meth:`~WorkerInvocation.to_argv`) and the worker's
+parser is derived from the same fields (:func:`build_parser`), so that no flag is spelt, typed or defaulted
+twice. The fields marked as settings (:data:`WORKER_SETTINGS`) are what a DAG author chooses through
+``LLMEnrichmentOperator``; the pod, or local execution, fills in the rest (paths, run, shard, server).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+TASK_NAMES = ("sentiment", "tags", "moderation", "entities", "custom")
+INPUT_FORMATS = ("auto", "jsonl", "csv")
+ApiStyle = Literal["openai", "ollama"]
+ResponseFormat = Literal["json_schema", "json_object"]
+API_STYLES: tuple[str, ...] = get_args(ApiStyle)
+RESPONSE_FORMATS: tuple[str, ...] = get_args(ResponseFormat)
+LOG_OUTPUT = "log"  # --output log: sealed frames on stdout
+DEFAULT_MAX_RECORD_BYTES = 256 * 1024
+API_KEY_ENV = "LLM_ETL_API_KEY"  # an optional bearer key for the LLM server, never an argument
+RUN_ID_ENV = "LLM_ETL_RUN_ID"
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def share(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError("must lie between 0 and 1")
+    return value
+
+
+def concurrency(text: str) -> int | None:
+    return None if text == "auto" else positive_int(text)
+
+
+def name_list(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def line_numbers(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(n) for n in text.split(",") if n.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected comma-separated line numbers") from None
+
+
+def _joined(values: Sequence[Any]) -> str:
+    return ",".join(map(str, values))
+
+
+@dataclass(frozen=True)
+class Flag:
+    """How one field of the invocation appears on the command line."""
+
+    help: str
+    group: str
+    parse: Callable[[str], Any] = str
+    show: Callable[[Any], str] = str
+    choices: tuple[str, ...] | None = None
+    setting: bool = False
+    setting_default: Any = None  # where the worker has no default, the operator's
+
+
+def _flag(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, **spec: Any) -> Any:
+    return field(default=default, default_factory=factory, metadata={"flag": Flag(**spec)})
+
+
+_TASK, _IO, _LLM = "task", "input and output", "LLM server"
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerInvocation:
+    """One run of ``llm-etl-worker``. Each field is the flag of its name (``llm_url``: ``--llm-url``)."""
+
+    task: str = _flag(
+        group=_TASK, choices=TASK_NAMES, setting=True, setting_default="sentiment", help="the enrichment task"
+    )
+    template: str | None = _flag(
+        None,
+        group=_TASK,
+        setting=True,
+        help="user prompt over record fields, e.g. '{review}' (default '{text}')",
+    )
+    system_prompt: str | None = _flag(
+        None, group=_TASK, setting=True, help="system prompt (required for custom; overrides the catalogue's)"
+    )
+    schema: str | None = _flag(
+        None, group=_TASK, setting=True, help="output JSON schema for custom: a file path or inline JSON"
+    )
+    categories: tuple[str, ...] | None = _flag(
+        None, group=_TASK, parse=name_list, show=_joined, setting=True,
+        help="tags: comma-separated categories to choose from",
+    )  # fmt: skip
+    entity_types: tuple[str, ...] | None = _flag(
+        None, group=_TASK, parse=name_list, show=_joined, setting=True,
+        help="entities: comma-separated entity types",
+    )  # fmt: skip
+    max_tokens: int | None = _flag(
+        None, group=_TASK, parse=positive_int, setting=True, help="answer length limit (default per task)"
+    )
+
+    input: Path = _flag(group=_IO, parse=Path, help="JSONL or CSV file, plain or gzip")
+    input_format: str = _flag("auto", group=_IO, choices=INPUT_FORMATS, help="the input's format")
+    id_field: str = _flag("id", group=_IO, setting=True, help="the field that identifies a record")
+    output: str = _flag(
+        group=_IO,
+        help=f"results file (JSONL), or '{LOG_OUTPUT}': sealed frames on stdout (results, dead letters)",
+    )
+    dead_letter: Path | None = _flag(
+        None, group=_IO, parse=Path, help=f"dead-letter file (JSONL); not used with --output {LOG_OUTPUT}"
+    )
+    key_file: Path | None = _flag(
+        None, group=_IO, parse=Path, help="--output log: the run's key file (default: $LLM_ETL_KEY)"
+    )
+    run_id: str = _flag(
+        factory=lambda: os.environ.get(RUN_ID_ENV, "run"),
+        group=_IO,
+        help=f"--output log: the run id (default: ${RUN_ID_ENV}, else 'run')",
+    )
+    shard: int = _flag(0, group=_IO, parse=int, help="--output log: the shard number")
+    spool: Path | None = _flag(
+        None, group=_IO, parse=Path,
+        help="--output log: keep frames here for a resume (default: the checkpoint + .frames)",
+    )  # fmt: skip
+    checkpoint: Path | None = _flag(
+        None, group=_IO, parse=Path, help="checkpoint file; a restart with it resumes the run"
+    )
+    heartbeat: Path | None = _flag(
+        None, group=_IO, parse=Path,
+        help="a file touched every 10 s while the worker runs (for liveness probes)",
+    )  # fmt: skip
+    checkpoint_every: int = _flag(
+        100, group=_IO, parse=positive_int, setting=True, help="records between checkpoints"
+    )
+    max_record_bytes: int = _flag(
+        DEFAULT_MAX_RECORD_BYTES, group=_IO, parse=positive_int, setting=True,
+        help="larger records are dead-lettered",
+    )  # fmt: skip
+    line_offset: int = _flag(0, group=_IO, parse=int, help="added to reported line numbers (for shards)")
+    duplicate_lines: tuple[int, ...] = _flag(
+        (), group=_IO, parse=line_numbers, show=_joined,
+        help="comma-separated input lines whose id an earlier shard already holds (dead-lettered)",
+    )  # fmt: skip
+    summary: Path | None = _flag(
+        None, group=_IO, parse=Path, help="also write the final summary to this JSON file"
+    )
+
+    llm_url: str = _flag(group=_LLM, help="server root, e.g. http://127.0.0.1:11434")
+    api: ApiStyle = _flag("openai", group=_LLM, choices=API_STYLES, help="the server's API")
+    model: str = _flag(group=_LLM, help="the model the server serves")
+    response_format: ResponseFormat = _flag(
+        "json_schema", group=_LLM, choices=RESPONSE_FORMATS,
+        help="openai: how to send the schema (json_object for llama-cpp-python's server)",
+    )  # fmt: skip
+    keep_alive: str = _flag("10m", group=_LLM, help="ollama: how long the model stays loaded")
+    temperature: float = _flag(
+        0.0, group=_LLM, parse=float, setting=True, help="sampling temperature of a first attempt"
+    )
+    concurrency: int | None = _flag(
+        None, group=_LLM, parse=concurrency, setting=True, help="requests in flight, or auto (default)"
+    )
+    request_timeout: float = _flag(120.0, group=_LLM, parse=float, setting=True, help="seconds per request")
+    ready_timeout: float = _flag(300.0, group=_LLM, parse=float, help="seconds to wait for the server")
+    max_attempts: int = _flag(
+        4, group=_LLM, parse=positive_int, setting=True, help="attempts per record, retries included"
+    )
+    max_dead_letter_ratio: float = _flag(
+        0.1, group=_LLM, parse=share, setting=True, help="fail the run above this share of dead letters"
+    )
+    progress_interval: float = _flag(10.0, group=_LLM, parse=float, help="seconds between progress lines")
+
+    def to_argv(self) -> list[str]:
+        """The command-line arguments that :func:`parse_argv` turns back into this invocation."""
+        argv: list[str] = []
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if value is None or value == ():
+                continue
+            argv += [flag_name(item.name), _spec(item).show(value)]
+        return argv
+
+
+def _spec(item: dataclasses.Field[Any]) -> Flag:
+    spec: Flag = item.metadata["flag"]
+    return spec
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+_FIELDS = {item.name: item for item in dataclasses.fields(WorkerInvocation)}
+WORKER_SETTINGS: tuple[str, ...] = tuple(name for name, item in _FIELDS.items() if _spec(item).setting)
+
+
+def setting_default(name: str) -> Any:
+    """The default of a worker setting: the worker's, or for a flag the worker requires, the operator's."""
+    item = _FIELDS[name]
+    if item.default_factory is not dataclasses.MISSING:
+        return item.default_factory()
+    return _spec(item).setting_default if item.default is dataclasses.MISSING else item.default
+
+
+def coerce_settings(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Turn settings as an operator holds them (templated text, lists, a schema dict) into field values.
+
+    Raises ValueError naming the setting when a value does not parse.
+    """
+    coerced: dict[str, Any] = {}
+    for name, value in values.items():
+        if name not in WORKER_SETTINGS:
+            raise ValueError(f"{name!r} is not a worker setting; choose from {', '.join(WORKER_SETTINGS)}")
+        spec, optional = _spec(_FIELDS[name]), setting_default(name) is None
+        if optional and (value is None or (isinstance(value, str) and value.strip() in ("", "None"))):
+            coerced[name] = None
+            continue
+        if name == "schema" and not isinstance(value, str):
+            value = json.dumps(value)
+        elif isinstance(value, list | tuple):
+            value = _joined(value)
+        elif not isinstance(value, str):
+            value = str(value)
+        try:
+            coerced[name] = spec.parse(value)
+        except (ValueError, argparse.ArgumentTypeError) as exc:
+            raise ValueError(f"{name} {value!r} is not usable: {exc}") from None
+        if spec.choices and coerced[name] not in spec.choices:
+            raise ValueError(f"{name} must be one of {', '.join(spec.choices)}, not {value!r}")
+    return coerced
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The worker's command-line parser, derived from :class:`WorkerInvocation`."""
+    parser = argparse.ArgumentParser(
+        prog="llm-etl-worker",
+        description="Enrich records with a local LLM server. Progress and the summary go to stderr.",
+    )
+    groups: dict[str, Any] = {}
+    for item in dataclasses.fields(WorkerInvocation):
+        spec = _spec(item)
+        if spec.group not in groups:
+            groups[spec.group] = parser.add_argument_group(spec.group)
+        options: dict[str, Any] = {"dest": item.name, "type": spec.parse, "help": spec.help}
+        if spec.choices:
+            options["choices"] = spec.choices
+        if item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING:
+            options["required"] = True
+        else:
+            options["default"] = setting_default(item.name)
+        groups[spec.group].add_argument(flag_name(item.name), **options)
+    return parser
+
+
+def parse_argv(argv: Sequence[str] | None = None) -> WorkerInvocation:
+    """Parse ``llm-etl-worker`` arguments (exit 2 with a usage message on bad ones, as argparse does)."""
+    return WorkerInvocation(**vars(build_parser().parse_args(argv)))

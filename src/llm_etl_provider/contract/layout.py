@@ -1,0 +1,101 @@
+"""The enrichment pod's layout and the names of what a run creates, written once.
+
+The pod template (``llm_etl_provider/pod/templates``) spells the same container names, volumes, mount paths
+and labels in YAML; ``tests/unit/pod/test_layout.py`` proves that the two agree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+# Containers: containers[0] is the worker, named as KubernetesPodOperator's base container.
+WORKER_CONTAINER = "base"
+LOADER_CONTAINER = "model-loader"
+SERVER_CONTAINER = "llm-server"
+
+# Volumes and where they are mounted.
+INPUT_VOLUME, INPUT_DIR = "input", "/var/run/llm-etl/input"
+KEY_VOLUME, KEY_DIR = "run-key", "/var/run/llm-etl/key"
+MODEL_URL_VOLUME, MODEL_URL_DIR = "model-url", "/var/run/llm-etl/model-url"
+WORK_VOLUME, WORK_DIR = "work", "/work"
+MODELS_VOLUME, MODELS_DIR = "models", "/models"
+TMP_VOLUME, TMP_DIR = "tmp", "/tmp"  # noqa: S108 - an emptyDir in the pod
+
+# Files. A Secret's data key is the name of the file it mounts as.
+KEY_FILE_NAME = "key"
+MODEL_URL_FILE_NAME = "url"
+CHECKPOINT_FILE_NAME = "checkpoint.json"
+HEARTBEAT_FILE_NAME = "heartbeat"
+CONTAINER_LOG_NAME = "container.log"  # local execution: the worker's stdout, as a pod's log
+SERVER_LOG_NAME = "llm-server.log"
+
+KEY_FILE = f"{KEY_DIR}/{KEY_FILE_NAME}"
+MODEL_URL_FILE = f"{MODEL_URL_DIR}/{MODEL_URL_FILE_NAME}"
+CHECKPOINT_FILE = f"{WORK_DIR}/{CHECKPOINT_FILE_NAME}"
+HEARTBEAT_FILE = f"{WORK_DIR}/{HEARTBEAT_FILE_NAME}"
+
+
+def input_file_name(input_format: str) -> str:
+    """A staged shard's file name (and its Secret's data key): the shard, gzip-compressed."""
+    return f"input.{input_format}.gz"
+
+
+def input_file(input_format: str) -> str:
+    return f"{INPUT_DIR}/{input_file_name(input_format)}"
+
+
+# Labels and annotations.
+MANAGED_BY = {"app.kubernetes.io/managed-by": "llm-etl-provider"}
+POD_LABELS = {
+    "app.kubernetes.io/name": "llm-etl",
+    "app.kubernetes.io/component": "enrichment",
+    **MANAGED_BY,
+}
+LABEL_RUN = "llm-etl.io/run"
+LABEL_SHARD = "llm-etl.io/shard"
+LABEL_KIND = "llm-etl.io/kind"
+LABEL_MODEL_SOURCE = "llm-etl.io/model-source"
+ANNOTATION_RUN_ID = "llm-etl.io/run-id"
+MANAGED_SELECTOR = ",".join(f"{k}={v}" for k, v in MANAGED_BY.items())
+
+_LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
+
+
+def label_value(value: str) -> str:
+    """Make a string a valid label value (63 characters, alphanumeric ends) without losing uniqueness."""
+    if _LABEL_VALUE.match(value):
+        return value
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]", "-", value).strip("-_.")[:50].strip("-_.")
+    return f"{cleaned}-{hashlib.sha256(value.encode()).hexdigest()[:10]}".strip("-")
+
+
+def run_selector(run_id: str) -> str:
+    """The label selector of everything a run created (and nothing llm-etl-provider did not create)."""
+    return f"{MANAGED_SELECTOR},{LABEL_RUN}={label_value(run_id)}"
+
+
+# Names of what a run creates.
+def run_prefix(dag_id: str, run_id: str) -> str:
+    """A short DNS-safe prefix unique to a DAG run, for the run's Secret and pod names."""
+    return "llm-etl-" + hashlib.sha256(f"{dag_id}\0{run_id}".encode()).hexdigest()[:12]
+
+
+def key_secret_name(dag_id: str, run_id: str) -> str:
+    """The Secret holding a run's frame key."""
+    return f"{run_prefix(dag_id, run_id)}-key"
+
+
+def shard_secret_name(prefix: str, index: int) -> str:
+    return f"{prefix}-shard-{index}"
+
+
+def work_claim_name(prefix: str, index: int, key_digest: str) -> str:
+    """A shard's work claim, named after the run's key: a retried stage makes a new key, and a spool sealed
+    with the old one is junk."""
+    return f"{prefix}-shard-{index}-work-{key_digest[:8]}"
+
+
+def shard_folder(index: int) -> str:
+    """A shard's folder: in the published output, and in local execution's staging."""
+    return f"shard-{index:05d}"

@@ -1,0 +1,75 @@
+"""The shard descriptor the stage hands to each shard's enrichment and extraction, and the run-id rule."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+_RUN_ID = re.compile(r"[A-Za-z0-9._:+\-]{1,200}")
+
+
+def validate_run_id(run_id: str) -> str:
+    """Return ``run_id`` if frames can carry it; raise ValueError otherwise."""
+    if not _RUN_ID.fullmatch(run_id):
+        raise ValueError(
+            f"run id {run_id!r} is not usable in a frame: use 1-200 letters, digits and . _ : + -"
+        )
+    return run_id
+
+
+@dataclass(frozen=True)
+class ShardDescriptor:
+    """One staged shard. It travels through XCom as a plain dict (:meth:`to_xcom`, :meth:`from_xcom`).
+
+    :param index: 0-based shard number
+    :param records: the records the stage counted in it (extraction checks the stream holds as many)
+    :param line_offset: what the worker adds to a shard line number to get the input line number
+    :param input_format: ``jsonl`` or ``csv``
+    :param first_line: the input line its first record line comes from
+    :param bytes: its compressed size
+    :param secret: the Secret holding it (Kubernetes)
+    :param path: the file holding it (local execution)
+    :param work_claim: the PersistentVolumeClaim for its checkpoint and spool, if any
+    :param duplicates: its input lines whose id an earlier shard holds (dead-lettered as duplicate_id)
+    :param malformed: reason -> first input lines of malformed records (shard 0 reports the input's)
+    """
+
+    index: int
+    records: int
+    line_offset: int
+    input_format: str
+    first_line: int = 1
+    bytes: int = 0
+    secret: str | None = None
+    path: str | None = None
+    work_claim: str | None = None
+    duplicates: tuple[int, ...] = ()
+    malformed: dict[str, list[int]] = field(default_factory=dict)
+
+    def to_xcom(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["duplicates"] = list(self.duplicates)
+        return data
+
+    @classmethod
+    def from_xcom(cls, value: Any) -> ShardDescriptor:
+        """Read a descriptor from XCom; raise TypeError for anything else."""
+        if isinstance(value, ShardDescriptor):
+            return value
+        names = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(value, dict) or not {"index", "records", "line_offset", "input_format"} <= set(
+            value
+        ):
+            raise TypeError(
+                f"shard must be a StageInputOperator shard descriptor, not {type(value).__name__}"
+            )
+        unknown = set(value) - names
+        if unknown:
+            raise TypeError(f"the shard descriptor has unknown fields: {', '.join(sorted(unknown))}")
+        data = dict(value)
+        data["duplicates"] = tuple(int(n) for n in data.get("duplicates") or ())
+        for name in ("index", "records", "line_offset"):
+            data[name] = int(data[name])
+        return cls(**data)
