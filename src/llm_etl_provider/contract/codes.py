@@ -43,10 +43,10 @@ _MEANINGS = {
     ExitCode.OK: "done",
     ExitCode.FAILURE: "unexpected failure",
     ExitCode.CONFIGURATION: "bad configuration or unusable input",
-    ExitCode.SERVER_UNAVAILABLE: "the LLM server was not ready in time, or went away mid-run",
+    ExitCode.SERVER_UNAVAILABLE: "the LLM server was not ready in time (`--ready-timeout`), or went away mid-run",
     ExitCode.DEAD_LETTER_THRESHOLD: "more dead letters than the threshold allows (all outputs are written)",
     ExitCode.MODEL_LOAD: "the model could not be fetched, or its checksum does not match",
-    ExitCode.STOPPED: "stopped by SIGTERM; what was written is checkpointed",
+    ExitCode.STOPPED: "stopped by SIGTERM (a pod deleted, a node drained); what was written is checkpointed",
 }
 
 
@@ -69,3 +69,27 @@ class DeadLetterReason(enum.StrEnum):
     CONNECT_ERROR = "connect_error"
     CONNECTION_ERROR = "connection_error"
     BAD_RESPONSE = "bad_response"
+
+    @property
+    def meaning(self) -> str:
+        return _REASONS[self]
+
+
+_REASONS = {
+    DeadLetterReason.MALFORMED_JSON: "the line is not JSON",
+    DeadLetterReason.NOT_AN_OBJECT: "the line is JSON, but not an object",
+    DeadLetterReason.INVALID_UTF8: "the line or row is not valid UTF-8",
+    DeadLetterReason.RECORD_TOO_LARGE: "the record is longer than `--max-record-bytes`",
+    DeadLetterReason.RAGGED_ROW: "the CSV row has another number of fields than the header",
+    DeadLetterReason.MALFORMED_CSV: "the CSV row cannot be parsed",
+    DeadLetterReason.MISSING_ID: "the id field is missing, empty, or not a string or an integer",
+    DeadLetterReason.DUPLICATE_ID: "an earlier record, in this shard or an earlier one, has the same id",
+    DeadLetterReason.MISSING_FIELD: "a field the prompt template needs is missing or empty",
+    DeadLetterReason.INVALID_OUTPUT: "every answer was cut, not JSON, or not valid against the task's schema",
+    DeadLetterReason.LLM_REJECTED: "the server refused the request (a 4xx); it is never retried",
+    DeadLetterReason.SERVER_ERROR: "the server answered 5xx (503: queue full) to every attempt",
+    DeadLetterReason.TIMEOUT: "no answer within `--request-timeout` to every attempt",
+    DeadLetterReason.CONNECT_ERROR: "the server could not be reached on every attempt",
+    DeadLetterReason.CONNECTION_ERROR: "the connection broke on every attempt",
+    DeadLetterReason.BAD_RESPONSE: "every response body was not JSON, or lacked the answer",
+}

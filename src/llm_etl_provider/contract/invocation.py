@@ -229,13 +229,13 @@ def coerce_settings(values: Mapping[str, Any]) -> dict[str, Any]:
             coerced[name] = None
             continue
         if name == "schema" and not isinstance(value, str):
-            value = json.dumps(value)
+            text = json.dumps(value)
         elif isinstance(value, list | tuple):
-            value = _joined(value)
-        elif not isinstance(value, str):
-            value = str(value)
+            text = _joined(value)
+        else:
+            text = str(value)
         try:
-            coerced[name] = spec.parse(value)
+            coerced[name] = spec.parse(text)
         except (ValueError, argparse.ArgumentTypeError) as exc:
             raise ValueError(f"{name} {value!r} is not usable: {exc}") from None
         if spec.choices and coerced[name] not in spec.choices:

@@ -7,10 +7,12 @@ from types import SimpleNamespace
 import pytest
 from airflow.providers.cncf.kubernetes.utils.pod_manager import PodManager
 from airflow.sdk import DAG
+from airflow.sdk.exceptions import AirflowFailException
 from kubernetes.client import ApiClient
 from kubernetes.client import models as k8s
 
 from llm_etl_provider.contract.layout import LABEL_RUN, key_secret_name, label_value
+from llm_etl_provider.exceptions import PodSpecError, WorkerExitError
 from llm_etl_provider.operators.enrichment import FrameFilteringPodManager, LLMEnrichmentOperator
 from llm_etl_provider.transport.frames import FORMAT
 
@@ -137,3 +139,50 @@ def test_the_submitted_pod_validates_strictly(version):
     import kubernetes_validate
 
     kubernetes_validate.validate(submitted(operator()), version, strict=True)
+
+
+def ended_pod(exit_code):
+    terminated = k8s.V1ContainerStateTerminated(exit_code=exit_code)
+    status = k8s.V1ContainerStatus(
+        name="base", state=k8s.V1ContainerState(terminated=terminated), image="", image_id="", ready=False,
+        restart_count=0,
+    )  # fmt: skip
+    return k8s.V1Pod(
+        metadata=k8s.V1ObjectMeta(name="llm-etl-enrich-abc", namespace="etl"),
+        status=k8s.V1PodStatus(phase="Failed", container_statuses=[status]),
+    )
+
+
+@pytest.mark.parametrize(
+    ("code", "retried"), [(1, True), (2, False), (3, True), (4, False), (143, True), (137, True)]
+)
+def test_the_workers_exit_code_decides_whether_the_task_is_retried(code, retried, monkeypatch):
+    op = operator()
+    monkeypatch.setattr(op, "patch_already_checked", lambda *args, **kwargs: None)
+    monkeypatch.setattr(op, "process_pod_deletion", lambda *args, **kwargs: False)
+    monkeypatch.setattr(op, "is_istio_enabled", lambda pod: False)
+    pod = ended_pod(code)
+    with pytest.raises(WorkerExitError, match=f"exited with code {code}") as info:
+        op.cleanup(pod, pod)
+    assert isinstance(info.value, AirflowFailException) is not retried
+
+
+def test_worker_settings_are_keyword_arguments_of_partial_and_reach_the_worker():
+    with DAG("llm_enrichment", schedule=None):
+        mapped = LLMEnrichmentOperator.partial(
+            task_id="enrich", model="m", task="tags", temperature=0.3, max_attempts=2, categories=["a", "b"]
+        ).expand(shard=[SHARD])
+        with pytest.raises(TypeError, match="unexpected keyword argument 'temprature'"):
+            LLMEnrichmentOperator.partial(task_id="typo", model="m", temprature=0.3)
+    assert mapped.partial_kwargs["temperature"] == 0.3
+    args = submitted(operator(task="tags", temperature=0.3, max_attempts=2, categories=["a", "b"]))["spec"][
+        "containers"
+    ][0]["args"]
+    flags = dict(zip(args[::2], args[1::2], strict=True))
+    assert (flags["--task"], flags["--temperature"], flags["--max-attempts"]) == ("tags", "0.3", "2")
+    assert flags["--categories"] == "a,b"
+
+
+def test_a_setting_that_does_not_parse_fails_before_a_pod_exists():
+    with pytest.raises(PodSpecError, match="concurrency 'lots' is not usable"):
+        submitted(operator(concurrency="lots"))

@@ -15,7 +15,7 @@ from llm_etl_provider.contract.layout import (
     run_prefix,
     shard_folder,
 )
-from llm_etl_provider.exceptions import ExtractionError
+from llm_etl_provider.exceptions import ExtractionError, FrameStreamRejectedError
 from llm_etl_provider.operators.extract import ExtractResultsOperator
 from llm_etl_provider.operators.stage import StageInputOperator
 from llm_etl_provider.transport.frames import FrameWriter
@@ -157,3 +157,12 @@ def test_template_fields_are_pinned():
         "namespace",
         "local_dir",
     )
+
+
+def test_a_stream_with_another_record_count_than_the_stage_staged_publishes_nothing(tmp_path, api):
+    key_secret, op = staged(tmp_path, api)
+    key = decode_key(api.secret_bytes("etl", key_secret, "key"), "test")
+    api.add_pod("etl", "llm-etl-enrich-abc", pod_labels(), log=frames(key, n=19))  # 20 records, not 21
+    with pytest.raises(FrameStreamRejectedError, match="accounts for 20 records, the stage staged 21"):
+        op.execute({"run_id": RUN})
+    assert not (tmp_path / "out" / "shard-00000" / "_SUCCESS").exists()

@@ -212,3 +212,10 @@ def test_each_shard_carries_the_lines_that_repeat_an_earlier_id(tmp_path, api, f
     for shard, following in zip(shards, shards[1:] + [None], strict=True):
         end = following["first_line"] if following else float("inf")
         assert all(shard["first_line"] <= line < end for line in shard["duplicates"])
+
+
+def test_a_run_id_frames_cannot_carry_fails_the_stage_before_anything_exists(tmp_path, api):
+    source = write_input(tmp_path / "reviews.jsonl", n=5)
+    with pytest.raises(StagingError, match="run id 'manual~1' is not usable in a frame"):
+        stage(input_path=str(source), namespace="etl").execute({"run_id": "manual~1"})
+    assert api.objects["secrets"] == {}

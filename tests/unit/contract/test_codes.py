@@ -1,0 +1,65 @@
+"""Exit codes and dead-letter reasons: the README's tables are the contract's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from llm_etl_provider.contract.codes import DeadLetterReason, ExitCode
+from llm_etl_provider.worker.errors import (
+    ConfigurationError,
+    DeadLetterThresholdError,
+    ModelLoadError,
+    ServerUnavailableError,
+    WorkerError,
+)
+
+README = (Path(__file__).parents[3] / "README.md").read_text()
+
+
+def table(header: str) -> list[list[str]]:
+    """The rows of the README table whose header row starts with ``header``."""
+    lines = README.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split(" | ")])
+    return rows
+
+
+def test_the_readme_lists_every_exit_code_with_its_meaning_and_outcome():
+    expected = [
+        [f"`{int(code)}`", code.meaning, "succeeds" if code == 0 else "retried" if code.retryable else ""]
+        for code in ExitCode
+    ]
+    rows = table("| exit |")
+    assert [row[:2] for row in rows] == [row[:2] for row in expected]
+    for code, row in zip(ExitCode, rows, strict=True):
+        assert row[2] == (
+            "succeeds" if code == 0 else "retried" if code.retryable else "fails at once, no retry"
+        )
+
+
+def test_the_readme_lists_every_dead_letter_reason_with_its_meaning():
+    assert table("| reason |") == [[f"`{reason}`", reason.meaning] for reason in DeadLetterReason]
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (WorkerError, 1),
+        (ConfigurationError, 2),
+        (ServerUnavailableError, 3),
+        (DeadLetterThresholdError, 4),
+        (ModelLoadError, 5),
+    ],
+)
+def test_each_run_error_exits_with_its_code(error, code):
+    assert error.exit_code == code
+
+
+def test_any_other_exit_code_is_an_unexpected_failure():
+    assert ExitCode.describe(-9) == "an unexpected failure"  # killed by SIGKILL, say

@@ -1,0 +1,165 @@
+"""The worker's invocation: one typed object builds the pod's argv and defines the worker's parser."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llm_etl_provider.contract.invocation import (
+    API_STYLES,
+    INPUT_FORMATS,
+    RESPONSE_FORMATS,
+    TASK_NAMES,
+    WORKER_SETTINGS,
+    WorkerInvocation,
+    build_parser,
+    coerce_settings,
+    parse_argv,
+    setting_default,
+)
+
+REQUIRED = {
+    "task": "sentiment",
+    "input": Path("in.jsonl"),
+    "output": "log",
+    "llm_url": "http://h:1",
+    "model": "m",
+}
+
+# Text the command line can carry (no NUL), not starting with "-" (argparse would take it for a flag).
+text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1).filter(
+    lambda s: not s.startswith("-")
+)
+names = st.lists(
+    st.text("abcdefgh xyz", min_size=1).map(str.strip).filter(lambda s: s and "," not in s), max_size=4
+).map(tuple)
+invocations = st.builds(
+    WorkerInvocation,
+    task=st.sampled_from(TASK_NAMES),
+    template=st.none() | text,
+    system_prompt=st.none() | text,
+    schema=st.none() | text,
+    categories=st.none() | names.filter(bool),
+    entity_types=st.none() | names.filter(bool),
+    max_tokens=st.none() | st.integers(1, 10_000),
+    input=text.map(Path),
+    input_format=st.sampled_from(INPUT_FORMATS),
+    id_field=text,
+    output=text,
+    dead_letter=st.none() | text.map(Path),
+    key_file=st.none() | text.map(Path),
+    run_id=text,
+    shard=st.integers(0, 10_000),
+    checkpoint=st.none() | text.map(Path),
+    checkpoint_every=st.integers(1, 10_000),
+    max_record_bytes=st.integers(1, 1 << 30),
+    line_offset=st.integers(0, 1 << 40),
+    duplicate_lines=st.lists(st.integers(1, 1 << 40), max_size=20).map(tuple),
+    llm_url=text,
+    api=st.sampled_from(API_STYLES),
+    model=text,
+    response_format=st.sampled_from(RESPONSE_FORMATS),
+    temperature=st.floats(0, 2, allow_nan=False),
+    concurrency=st.none() | st.integers(1, 512),
+    request_timeout=st.floats(0.1, 1e4, allow_nan=False),
+    max_attempts=st.integers(1, 20),
+    max_dead_letter_ratio=st.floats(0, 1, allow_nan=False),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(invocations)
+def test_the_argv_parses_back_into_the_same_invocation(invocation):
+    assert parse_argv(invocation.to_argv()) == invocation
+
+
+def test_every_field_is_a_flag_of_the_worker_with_the_same_default():
+    parser = build_parser()
+    actions = {action.dest: action for action in parser._actions if action.dest != "help"}
+    fields = {f.name: f for f in dataclasses.fields(WorkerInvocation)}
+    assert set(actions) == set(fields)
+    for name, action in actions.items():
+        assert action.option_strings == ["--" + name.replace("_", "-")]
+        if fields[name].default is not dataclasses.MISSING:
+            assert action.default == fields[name].default, name
+
+
+def test_required_flags_and_the_defaults_a_bare_invocation_gets():
+    with pytest.raises(SystemExit):
+        parse_argv(["--task", "sentiment"])
+    invocation = parse_argv(
+        ["--task", "tags", "--input", "in.csv", "--output", "log", "--llm-url", "http://h", "--model", "m"]
+    )
+    assert invocation.concurrency is None  # auto
+    assert invocation.checkpoint_every == 100
+    assert invocation.max_dead_letter_ratio == 0.1
+    assert invocation.max_record_bytes == setting_default("max_record_bytes")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--concurrency", "0"], "must be at least 1"),
+        (["--max-dead-letter-ratio", "1.5"], "must lie between 0 and 1"),
+        (["--duplicate-lines", "3,x"], "comma-separated line numbers"),
+        (["--api", "grpc"], "invalid choice"),
+    ],
+)
+def test_bad_values_are_refused_with_the_flag_named(argv, message, capsys):
+    base = ["--task", "tags", "--input", "i", "--output", "log", "--llm-url", "u", "--model", "m"]
+    with pytest.raises(SystemExit) as info:
+        parse_argv([*base, *argv])
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_settings_as_an_operator_holds_them_become_field_values():
+    values = coerce_settings(
+        {
+            "concurrency": "None",  # a templated empty Param
+            "schema": {"type": "object"},
+            "categories": ["a", "b"],
+            "max_dead_letter_ratio": "0.2",
+            "checkpoint_every": 7,
+        }
+    )
+    assert values == {
+        "concurrency": None,
+        "schema": '{"type": "object"}',
+        "categories": ("a", "b"),
+        "max_dead_letter_ratio": 0.2,
+        "checkpoint_every": 7,
+    }
+    assert WORKER_SETTINGS[:2] == ("task", "template")
+    assert setting_default("task") == "sentiment"
+
+
+@pytest.mark.parametrize(
+    ("settings_", "message"),
+    [
+        ({"concurrency": "many"}, "concurrency 'many' is not usable"),
+        ({"task": "summarise"}, "task must be one of"),
+        ({"input": "x"}, "'input' is not a worker setting"),
+        ({"max_dead_letter_ratio": 2}, "max_dead_letter_ratio 2 is not usable"),
+    ],
+)
+def test_bad_settings_are_refused(settings_, message):
+    with pytest.raises(ValueError, match=message):
+        coerce_settings(settings_)
+
+
+def test_the_worker_command_line_is_the_derived_parser():
+    helped = subprocess.run(
+        [sys.executable, "-m", "llm_etl_provider.worker.cli", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    for name in ("--task", "--duplicate-lines", "--max-dead-letter-ratio", "--temperature"):
+        assert name in helped.stdout
