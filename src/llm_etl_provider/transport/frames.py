@@ -56,7 +56,7 @@ except ImportError:  # the worker's image, which only writes frames
     import zlib as _inflater  # type: ignore[no-redef]
     from base64 import b64decode as _b64decode  # type: ignore[assignment]
 
-FORMAT = "LLMETL2"  # 1: one stream of tagged lines
+FORMAT = "LLMETL2"
 MAX_LINE_BYTES = 7900  # CRI-O splits lines at 8 KiB and containerd at 16 KiB; stay under both
 KIND_RESULTS = "R"
 KIND_DEAD_LETTERS = "D"
@@ -68,7 +68,7 @@ _NONCE_BYTES = 12
 _TAG_BYTES = 16
 _GENESIS = bytes(32)
 _MAGIC = FORMAT.encode()
-# the header only: the body is checked by the strict base64 decoding (regex over 8 KB lines was slow)
+# the header only: the strict base64 decoding checks the body (a regex over 8 KB lines is slow)
 _FRAME_HEADER = re.compile(
     rb"^(?:\S+ )?" + _MAGIC + rb" (?P<run>\S+) (?P<shard>\d+) (?P<seq>\d+) (?P<kind>[RDT]) (?=\S)"
 )
