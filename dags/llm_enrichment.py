@@ -23,7 +23,7 @@ from typing import Any
 
 from airflow.sdk import Param, dag
 
-from llm_etl_provider.contract.invocation import DEFAULT_MAX_RECORD_BYTES, TASK_NAMES, setting_default
+from llm_etl_provider.contract.invocation import DEFAULT_MAX_RECORD_BYTES, TASK_NAMES, default_of
 from llm_etl_provider.pod.builder import BACKENDS
 from llm_etl_provider.staging import DEFAULT_SHARD_BYTES
 from llm_etl_provider.task_group import llm_enrichment_task_group
@@ -91,7 +91,7 @@ DEFAULTS = {key: os.environ.get(f"LLM_ETL_DEFAULT_{key.upper()}") or value for k
             title="Shard size (compressed bytes)",
         ),
         "max_dead_letter_ratio": Param(
-            setting_default("max_dead_letter_ratio"),
+            default_of("max_dead_letter_ratio"),
             type="number",
             minimum=0,
             maximum=1,

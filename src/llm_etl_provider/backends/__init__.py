@@ -55,6 +55,22 @@ class LocalServing:
     server: LLMServer | None = None
 
 
+@dataclass(frozen=True)
+class ShardJob:
+    """One shard's enrichment: the worker's pod invocation, the shard, and how each backend runs it.
+
+    :param invocation: the worker's invocation in the pod
+    :param shard: the staged shard
+    :param submit_pod: runs the pod (whose spec holds the same invocation) through KubernetesPodOperator
+    :param serving: how local execution serves the model
+    """
+
+    invocation: WorkerInvocation
+    shard: ShardDescriptor
+    submit_pod: Callable[[], Any]
+    serving: LocalServing
+
+
 class RunBackend(ABC):
     """One run's resources in one place: its key, its staged shards, its enrichment and its frame streams."""
 
@@ -67,18 +83,8 @@ class RunBackend(ABC):
         """Stage one shard; return where it went, as shard descriptor fields (secret, path, work_claim)."""
 
     @abstractmethod
-    def enrich(
-        self,
-        invocation: WorkerInvocation,
-        shard: ShardDescriptor,
-        *,
-        submit_pod: Callable[[], Any],
-        serving: LocalServing,
-    ) -> Any:
-        """Enrich one shard with the worker's pod invocation; raise a WorkerExitError on a worker failure.
-
-        ``submit_pod`` runs the pod through KubernetesPodOperator (whose spec holds the same invocation).
-        """
+    def enrich(self, job: ShardJob) -> Any:
+        """Enrich one shard; raise a WorkerExitError when the worker fails."""
 
     @abstractmethod
     def frame_source(self, index: int) -> FrameSource:

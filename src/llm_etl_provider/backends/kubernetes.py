@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from llm_etl_provider.backends import FrameSource, LocalServing, RunBackend, TaskLog
+from llm_etl_provider.backends import FrameSource, RunBackend, ShardJob, TaskLog
 from llm_etl_provider.contract import layout
 from llm_etl_provider.exceptions import ExtractionError, StagingError
 from llm_etl_provider.transport.errors import FrameKeyError
@@ -18,8 +17,6 @@ from llm_etl_provider.transport.keys import decode_key, encode_key
 from llm_etl_provider.transport.sources import pod_log_lines
 
 if TYPE_CHECKING:
-    from llm_etl_provider.contract.invocation import WorkerInvocation
-    from llm_etl_provider.contract.shard import ShardDescriptor
     from llm_etl_provider.staging import Shard
 
 
@@ -153,15 +150,8 @@ class KubernetesBackend(RunBackend):
             where["work_claim"] = self._create_work_claim(shard.index, key)
         return where
 
-    def enrich(
-        self,
-        invocation: WorkerInvocation,
-        shard: ShardDescriptor,
-        *,
-        submit_pod: Callable[[], Any],
-        serving: LocalServing,
-    ) -> Any:
-        return submit_pod()
+    def enrich(self, job: ShardJob) -> Any:
+        return job.submit_pod()
 
     def frame_source(self, index: int) -> FrameSource:
         from kubernetes.client.exceptions import ApiException

@@ -15,11 +15,11 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llm_etl_provider.backends import FrameSource, LocalServing, RunBackend, TaskLog
+from llm_etl_provider.backends import FrameSource, LocalServing, RunBackend, ShardJob, TaskLog
 from llm_etl_provider.contract import layout
 from llm_etl_provider.contract.invocation import API_KEY_ENV, WorkerInvocation
 from llm_etl_provider.exceptions import ExtractionError, LocalRunError, worker_exit_error
@@ -28,7 +28,6 @@ from llm_etl_provider.transport.keys import load_key, write_key_file
 from llm_etl_provider.transport.sources import file_lines
 
 if TYPE_CHECKING:
-    from llm_etl_provider.contract.shard import ShardDescriptor
     from llm_etl_provider.staging import Shard
 
 
@@ -63,20 +62,14 @@ class LocalBackend(RunBackend):
         path.write_bytes(shard.data)
         return {"path": str(path)}
 
-    def enrich(
-        self,
-        invocation: WorkerInvocation,
-        shard: ShardDescriptor,
-        *,
-        submit_pod: Callable[[], Any],
-        serving: LocalServing,
-    ) -> Any:
+    def enrich(self, job: ShardJob) -> Any:
+        invocation, shard = job.invocation, job.shard
         folder = self.shard_dir(shard.index)
         staged = folder / layout.input_file_name(shard.input_format)
         if not staged.is_file():
             raise LocalRunError(f"shard {shard.index}: no staged input at {staged}: did the stage run?")
         environment = dict(os.environ)
-        with self._serving(invocation, folder, serving, environment) as served:
+        with self._serving(invocation, folder, job.serving, environment) as served:
             local = dataclasses.replace(
                 served,
                 input=staged,

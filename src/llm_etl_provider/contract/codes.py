@@ -43,7 +43,9 @@ _MEANINGS = {
     ExitCode.OK: "done",
     ExitCode.FAILURE: "unexpected failure",
     ExitCode.CONFIGURATION: "bad configuration or unusable input",
-    ExitCode.SERVER_UNAVAILABLE: "the LLM server was not ready in time (`--ready-timeout`), or went away mid-run",
+    ExitCode.SERVER_UNAVAILABLE: (
+        "the LLM server was not ready in time (`--ready-timeout`), or went away mid-run"
+    ),
     ExitCode.DEAD_LETTER_THRESHOLD: "more dead letters than the threshold allows (all outputs are written)",
     ExitCode.MODEL_LOAD: "the model could not be fetched, or its checksum does not match",
     ExitCode.STOPPED: "stopped by SIGTERM (a pod deleted, a node drained); what was written is checkpointed",

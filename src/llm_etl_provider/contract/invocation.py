@@ -72,7 +72,7 @@ class Flag:
     show: Callable[[Any], str] = str
     choices: tuple[str, ...] | None = None
     setting: bool = False
-    setting_default: Any = None  # where the worker has no default, the operator's
+    operator_default: Any = None  # where the worker has no default, the operator's
 
 
 def _flag(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, **spec: Any) -> Any:
@@ -87,7 +87,11 @@ class WorkerInvocation:
     """One run of ``llm-etl-worker``. Each field is the flag of its name (``llm_url``: ``--llm-url``)."""
 
     task: str = _flag(
-        group=_TASK, choices=TASK_NAMES, setting=True, setting_default="sentiment", help="the enrichment task"
+        group=_TASK,
+        choices=TASK_NAMES,
+        help="the enrichment task",
+        setting=True,
+        operator_default="sentiment",
     )
     template: str | None = _flag(
         None,
@@ -207,12 +211,12 @@ _FIELDS = {item.name: item for item in dataclasses.fields(WorkerInvocation)}
 WORKER_SETTINGS: tuple[str, ...] = tuple(name for name, item in _FIELDS.items() if _spec(item).setting)
 
 
-def setting_default(name: str) -> Any:
-    """The default of a worker setting: the worker's, or for a flag the worker requires, the operator's."""
+def default_of(name: str) -> Any:
+    """The default of a field: the worker's, or for a setting the worker requires, the operator's."""
     item = _FIELDS[name]
     if item.default_factory is not dataclasses.MISSING:
         return item.default_factory()
-    return _spec(item).setting_default if item.default is dataclasses.MISSING else item.default
+    return _spec(item).operator_default if item.default is dataclasses.MISSING else item.default
 
 
 def coerce_settings(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -224,7 +228,7 @@ def coerce_settings(values: Mapping[str, Any]) -> dict[str, Any]:
     for name, value in values.items():
         if name not in WORKER_SETTINGS:
             raise ValueError(f"{name!r} is not a worker setting; choose from {', '.join(WORKER_SETTINGS)}")
-        spec, optional = _spec(_FIELDS[name]), setting_default(name) is None
+        spec, optional = _spec(_FIELDS[name]), default_of(name) is None
         if optional and (value is None or (isinstance(value, str) and value.strip() in ("", "None"))):
             coerced[name] = None
             continue
@@ -260,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
         if item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING:
             options["required"] = True
         else:
-            options["default"] = setting_default(item.name)
+            options["default"] = default_of(item.name)
         groups[spec.group].add_argument(flag_name(item.name), **options)
     return parser
 

@@ -8,59 +8,29 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
-from llm_etl_provider.backends import checked_execution_mode, run_backend
 from llm_etl_provider.backends.kubernetes import core_v1, delete_managed
 from llm_etl_provider.contract.layout import MANAGED_SELECTOR
+from llm_etl_provider.operators.base import RunStepOperator, backend_for
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
-class CleanupOperator(BaseOperator):
-    """Delete the run's pods, shard Secrets and key (or its local staging files).
+class CleanupOperator(RunStepOperator):
+    """Delete the run's pods, shard Secrets, key and work claims (or its local staging files).
 
     Use it as the teardown of the run (``.as_teardown(setups=stage)``), so that it runs after success,
     failure and a killed or failed-marked run alike. Deleting the key Secret makes the run's frames unreadable
-    even where copies of the pod log survive.
-
-    :param namespace: the namespace of the run (templated)
-    :param kubernetes_conn_id: the Kubernetes connection
-    :param execution_mode: ``kubernetes`` or ``local``
-    :param local_dir: local mode's staging folder (templated)
+    even where copies of the pod log survive. Takes the run's ``namespace``, ``kubernetes_conn_id``,
+    ``execution_mode`` and ``local_dir`` (:class:`~llm_etl_provider.operators.base.RunStepOperator`).
     """
 
     template_fields: Sequence[str] = ("namespace", "local_dir")
 
-    def __init__(
-        self,
-        *,
-        namespace: str = "default",
-        kubernetes_conn_id: str = "kubernetes_default",
-        execution_mode: str = "kubernetes",
-        local_dir: str | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.namespace = namespace
-        self.kubernetes_conn_id = kubernetes_conn_id
-        self.execution_mode = checked_execution_mode(execution_mode)
-        self.local_dir = local_dir
-
     def execute(self, context: Context) -> dict[str, int]:
-        run_id = str(context["run_id"])
-        backend = run_backend(
-            self.execution_mode,
-            dag_id=self.dag_id,
-            run_id=run_id,
-            namespace=self.namespace,
-            kubernetes_conn_id=self.kubernetes_conn_id,
-            local_dir=self.local_dir,
-            log=self.log,
-        )
-        deleted = backend.cleanup()
-        self.log.info(
-            "deleted of run %s: %s", run_id, ", ".join(f"{n} {kind}" for kind, n in deleted.items())
-        )
+        deleted = backend_for(self, context).cleanup()
+        counts = ", ".join(f"{n} {kind}" for kind, n in deleted.items())
+        self.log.info("deleted of run %s: %s", context["run_id"], counts)
         return deleted
 
 

@@ -18,11 +18,12 @@ from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
-from llm_etl_provider.backends import LocalServing, checked_execution_mode, run_backend
+from llm_etl_provider.backends import LocalServing, ShardJob, checked_execution_mode
 from llm_etl_provider.contract import layout
-from llm_etl_provider.contract.invocation import WORKER_SETTINGS, setting_default
+from llm_etl_provider.contract.invocation import WORKER_SETTINGS, default_of
 from llm_etl_provider.contract.shard import ShardDescriptor
 from llm_etl_provider.exceptions import worker_exit_error
+from llm_etl_provider.operators.base import backend_for
 from llm_etl_provider.pod.builder import (
     DEFAULT_WORKER_IMAGE,
     ModelSpec,
@@ -145,7 +146,7 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
         kwargs.setdefault("base_container_name", layout.WORKER_CONTAINER)
         super().__init__(**kwargs)
         for name in WORKER_SETTINGS:
-            setattr(self, name, settings.get(name, setting_default(name)))
+            setattr(self, name, settings.get(name, default_of(name)))
         self.shard = shard
         self.key_secret = key_secret
         self.model = model
@@ -175,7 +176,7 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
     # The worker's settings are keyword arguments of their own (so that .partial() accepts them), declared
     # once in the contract: the signature Airflow inspects lists them after the operator's own.
     __init__.__signature__ = with_keywords(  # type: ignore[attr-defined]
-        inspect.signature(__init__), {name: setting_default(name) for name in WORKER_SETTINGS}
+        inspect.signature(__init__), {name: default_of(name) for name in WORKER_SETTINGS}
     )
 
     def pod_params(self, run_id: str) -> PodParams:
@@ -209,16 +210,7 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
         )
 
     def execute(self, context: Context) -> Any:
-        run_id = str(context["run_id"])
-        backend = run_backend(
-            self.execution_mode,
-            dag_id=self.dag_id,
-            run_id=run_id,
-            namespace=self.namespace or "default",
-            kubernetes_conn_id=self.kubernetes_conn_id or "kubernetes_default",
-            local_dir=self.local_dir,
-            log=self.log,
-        )
+        backend = backend_for(self, context)
         server = None
         if self.llm_conn_id:
             from llm_etl_provider.hooks.llm_server import LLMServerHook
@@ -229,12 +221,14 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
             parallel=self.parallel,
             server=server,
         )
-        params = self.pod_params(run_id)
+        params = self.pod_params(str(context["run_id"]))
         return backend.enrich(
-            params.invocation,
-            ShardDescriptor.from_xcom(self.shard),
-            submit_pod=lambda: super(LLMEnrichmentOperator, self).execute(context),
-            serving=serving,
+            ShardJob(
+                invocation=params.invocation,
+                shard=ShardDescriptor.from_xcom(self.shard),
+                submit_pod=lambda: super(LLMEnrichmentOperator, self).execute(context),
+                serving=serving,
+            )
         )
 
     def build_pod_request_obj(self, context: Context | None = None, *, dry_run: bool = False) -> k8s.V1Pod:

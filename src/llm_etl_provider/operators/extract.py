@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator, ObjectStoragePath
+from airflow.sdk import ObjectStoragePath
 
-from llm_etl_provider.backends import checked_execution_mode, run_backend
 from llm_etl_provider.contract.layout import shard_folder
 from llm_etl_provider.contract.shard import ShardDescriptor
 from llm_etl_provider.exceptions import FrameStreamRejectedError
+from llm_etl_provider.operators.base import RunStepOperator, backend_for
 from llm_etl_provider.transport.errors import TransportError
 from llm_etl_provider.transport.extract import extract
 
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
-class ExtractResultsOperator(BaseOperator):
+class ExtractResultsOperator(RunStepOperator):
     """Read a shard's frames from its pod's log (or the local log), verify them all, and publish.
 
     Publishes ``results.jsonl``, ``dead_letter.jsonl``, ``manifest.json`` and ``_SUCCESS`` under
@@ -30,10 +30,8 @@ class ExtractResultsOperator(BaseOperator):
     :param output_path: the run's output folder, any ObjectStoragePath URI (templated)
     :param shard: the shard descriptor from StageInputOperator (templated)
     :param key_secret: the Secret holding the run's key (templated; default: StageInputOperator's)
-    :param namespace: the run's namespace (templated)
-    :param kubernetes_conn_id: the Kubernetes connection
-    :param execution_mode: ``kubernetes`` or ``local``
-    :param local_dir: local mode's staging folder (templated)
+    and the run's ``namespace``, ``kubernetes_conn_id``, ``execution_mode`` and ``local_dir``
+    (:class:`~llm_etl_provider.operators.base.RunStepOperator`)
     """
 
     template_fields: Sequence[str] = ("output_path", "shard", "key_secret", "namespace", "local_dir")
@@ -44,36 +42,18 @@ class ExtractResultsOperator(BaseOperator):
         output_path: str,
         shard: dict[str, Any] | str,
         key_secret: str | None = None,
-        namespace: str = "default",
-        kubernetes_conn_id: str = "kubernetes_default",
-        execution_mode: str = "kubernetes",
-        local_dir: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.output_path = output_path
         self.shard = shard
         self.key_secret = key_secret
-        self.namespace = namespace
-        self.kubernetes_conn_id = kubernetes_conn_id
-        self.execution_mode = checked_execution_mode(execution_mode)
-        self.local_dir = local_dir
 
     def execute(self, context: Context) -> dict[str, Any]:
         shard = ShardDescriptor.from_xcom(self.shard)
         run_id = str(context["run_id"])
         destination = ObjectStoragePath(self.output_path) / shard_folder(shard.index)
-        backend = run_backend(
-            self.execution_mode,
-            dag_id=self.dag_id,
-            run_id=run_id,
-            namespace=self.namespace,
-            kubernetes_conn_id=self.kubernetes_conn_id,
-            local_dir=self.local_dir,
-            log=self.log,
-            key_secret=self.key_secret,
-        )
-        source = backend.frame_source(shard.index)
+        source = backend_for(self, context, key_secret=self.key_secret).frame_source(shard.index)
         try:
             manifest = extract(
                 source.lines,

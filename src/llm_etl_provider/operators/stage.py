@@ -10,14 +10,15 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator, ObjectStoragePath
+from airflow.sdk import ObjectStoragePath
 
-from llm_etl_provider.backends import RunBackend, checked_execution_mode, run_backend
+from llm_etl_provider.backends import RunBackend
+from llm_etl_provider.contract.invocation import DEFAULT_MAX_RECORD_BYTES
 from llm_etl_provider.contract.layout import run_prefix
 from llm_etl_provider.contract.shard import ShardDescriptor, validate_run_id
 from llm_etl_provider.exceptions import StagingError
+from llm_etl_provider.operators.base import RunStepOperator, backend_for
 from llm_etl_provider.staging import (
-    DEFAULT_RECORD_BYTES,
     DEFAULT_SHARD_BYTES,
     Shard,
     StagingInputError,
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 FORMAT_PROBE_RECORDS = 100  # not one readable record among the first 100: the input is not what it claims
 
 
-class StageInputOperator(BaseOperator):
+class StageInputOperator(RunStepOperator):
     """Read the input from object storage, split it into Secret-sized shards, and stage them with a new key.
 
     In ``kubernetes`` mode each shard becomes an immutable Secret (key ``input.<format>.gz``) and the run's
@@ -46,10 +47,8 @@ class StageInputOperator(BaseOperator):
 
     :param input_path: the input file: any ObjectStoragePath URI or local path (templated)
     :param input_format: ``jsonl``, ``csv`` or ``auto`` (from the name)
-    :param namespace: where the Secrets go (templated)
-    :param kubernetes_conn_id: the Kubernetes connection
-    :param execution_mode: ``kubernetes`` or ``local``
-    :param local_dir: where local mode stages its files (templated)
+    and the run's ``namespace``, ``kubernetes_conn_id``, ``execution_mode`` and ``local_dir``
+    (:class:`~llm_etl_provider.operators.base.RunStepOperator`)
     :param max_shard_bytes: the compressed size limit of a shard (a Secret holds at most 1 MiB)
     :param max_record_bytes: records over this size are passed on cut, to be dead-lettered by the worker
     :param work_claim_size: e.g. ``1Gi``: give each shard a PersistentVolumeClaim for the worker's checkpoint
@@ -73,12 +72,8 @@ class StageInputOperator(BaseOperator):
         *,
         input_path: str,
         input_format: str = "auto",
-        namespace: str = "default",
-        kubernetes_conn_id: str = "kubernetes_default",
-        execution_mode: str = "kubernetes",
-        local_dir: str | None = None,
         max_shard_bytes: int | str = DEFAULT_SHARD_BYTES,
-        max_record_bytes: int | str = DEFAULT_RECORD_BYTES,
+        max_record_bytes: int | str = DEFAULT_MAX_RECORD_BYTES,
         work_claim_size: str | None = None,
         work_storage_class: str | None = None,
         **kwargs: Any,
@@ -86,10 +81,6 @@ class StageInputOperator(BaseOperator):
         super().__init__(**kwargs)
         self.input_path = input_path
         self.input_format = input_format
-        self.namespace = namespace
-        self.kubernetes_conn_id = kubernetes_conn_id
-        self.execution_mode = checked_execution_mode(execution_mode)
-        self.local_dir = local_dir
         self.max_shard_bytes = max_shard_bytes
         self.max_record_bytes = max_record_bytes
         self.work_claim_size = work_claim_size or None
@@ -103,16 +94,8 @@ class StageInputOperator(BaseOperator):
             check_sizes(int(self.max_shard_bytes), int(self.max_record_bytes))
         except (ValueError, StagingInputError) as exc:
             raise StagingError(str(exc)) from None
-        backend = run_backend(
-            self.execution_mode,
-            dag_id=self.dag_id,
-            run_id=run_id,
-            namespace=self.namespace,
-            kubernetes_conn_id=self.kubernetes_conn_id,
-            local_dir=self.local_dir,
-            log=self.log,
-            work_claim_size=self.work_claim_size,
-            work_storage_class=self.work_storage_class,
+        backend = backend_for(
+            self, context, work_claim_size=self.work_claim_size, work_storage_class=self.work_storage_class
         )
         source = ObjectStoragePath(self.input_path)
         with tempfile.TemporaryDirectory(prefix="llm-etl-stage-") as scratch:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llm_etl_provider.contract.codes import DeadLetterReason
+from llm_etl_provider.contract.invocation import default_of
 from llm_etl_provider.worker.checkpoint import Checkpoint, CheckpointState
 from llm_etl_provider.worker.clients import ChatRequest, Completion, LLMClient
 from llm_etl_provider.worker.errors import (
@@ -59,15 +60,15 @@ class EngineSettings:
     :param ready_timeout: seconds to wait for the server to become ready
     """
 
-    concurrency: int | None = None
+    concurrency: int | None = default_of("concurrency")
     max_pending: int | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    temperature: float = 0.0
+    temperature: float = default_of("temperature")
     retry_temperature: float = 0.7
-    checkpoint_every: int = 100
-    progress_interval: float = 10.0
-    max_dead_letter_ratio: float = 0.1
-    ready_timeout: float = 300.0
+    checkpoint_every: int = default_of("checkpoint_every")
+    progress_interval: float = default_of("progress_interval")
+    max_dead_letter_ratio: float = default_of("max_dead_letter_ratio")
+    ready_timeout: float = default_of("ready_timeout")
 
     def __post_init__(self) -> None:
         if self.concurrency is not None and self.concurrency < 1:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from llm_etl_provider.contract.invocation import default_of
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -18,7 +20,7 @@ class RetryPolicy:
     :param max_delay: the cap of any wait, in seconds
     """
 
-    max_attempts: int = 4
+    max_attempts: int = default_of("max_attempts")
     base_delay: float = 0.5
     max_delay: float = 20.0
     rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)

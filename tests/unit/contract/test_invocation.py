@@ -21,7 +21,7 @@ from llm_etl_provider.contract.invocation import (
     build_parser,
     coerce_settings,
     parse_argv,
-    setting_default,
+    default_of,
 )
 
 REQUIRED = {
@@ -33,7 +33,7 @@ REQUIRED = {
 }
 
 # Text the command line can carry (no NUL), not starting with "-" (argparse would take it for a flag).
-text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1).filter(
+text = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), min_size=1).filter(
     lambda s: not s.startswith("-")
 )
 names = st.lists(
@@ -99,7 +99,7 @@ def test_required_flags_and_the_defaults_a_bare_invocation_gets():
     assert invocation.concurrency is None  # auto
     assert invocation.checkpoint_every == 100
     assert invocation.max_dead_letter_ratio == 0.1
-    assert invocation.max_record_bytes == setting_default("max_record_bytes")
+    assert invocation.max_record_bytes == default_of("max_record_bytes")
 
 
 @pytest.mark.parametrize(
@@ -137,7 +137,7 @@ def test_settings_as_an_operator_holds_them_become_field_values():
         "checkpoint_every": 7,
     }
     assert WORKER_SETTINGS[:2] == ("task", "template")
-    assert setting_default("task") == "sentiment"
+    assert default_of("task") == "sentiment"
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,73 @@
+"""What every operator of a run shares: where the run's resources are (a backend), chosen once."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+from airflow.sdk import BaseOperator
+
+from llm_etl_provider.backends import RunBackend, TaskLog, checked_execution_mode, run_backend
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+
+class RunScoped(Protocol):
+    """An operator that works on one run's resources."""
+
+    @property
+    def dag_id(self) -> str: ...
+
+    @property
+    def execution_mode(self) -> str: ...
+
+    @property
+    def namespace(self) -> str | None: ...
+
+    @property
+    def kubernetes_conn_id(self) -> str | None: ...
+
+    @property
+    def local_dir(self) -> str | None: ...
+
+    @property
+    def log(self) -> TaskLog: ...
+
+
+def backend_for(operator: RunScoped, context: Context, **options: Any) -> RunBackend:
+    """The backend of ``operator``'s execution mode for the run of ``context``."""
+    return run_backend(
+        operator.execution_mode,
+        dag_id=operator.dag_id,
+        run_id=str(context["run_id"]),
+        namespace=operator.namespace or "default",
+        kubernetes_conn_id=operator.kubernetes_conn_id or "kubernetes_default",
+        local_dir=operator.local_dir,
+        log=operator.log,
+        **options,
+    )
+
+
+class RunStepOperator(BaseOperator):
+    """A step of a run (stage, extract, cleanup) that reaches the run's resources through its backend.
+
+    :param namespace: the run's namespace (templated)
+    :param kubernetes_conn_id: the Kubernetes connection
+    :param execution_mode: ``kubernetes`` or ``local``
+    :param local_dir: local execution's staging folder (templated)
+    """
+
+    def __init__(
+        self,
+        *,
+        namespace: str = "default",
+        kubernetes_conn_id: str = "kubernetes_default",
+        execution_mode: str = "kubernetes",
+        local_dir: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.namespace = namespace
+        self.kubernetes_conn_id = kubernetes_conn_id
+        self.execution_mode = checked_execution_mode(execution_mode)
+        self.local_dir = local_dir
