@@ -20,8 +20,8 @@ from llm_etl_provider.contract.invocation import (
     WorkerInvocation,
     build_parser,
     coerce_settings,
-    parse_argv,
     default_of,
+    parse_argv,
 )
 
 REQUIRED = {
