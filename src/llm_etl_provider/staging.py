@@ -1,8 +1,11 @@
 """Split an input file into shards that each fit a Kubernetes Secret, keeping every line findable.
 
-A shard is a contiguous slice of the input's physical lines, gzip-compressed, at most ``max_shard_bytes``
-(a Secret holds 1 MiB). JSONL shards keep blank lines so that a shard's line ``j`` is the input's line
-``j + line_offset``; CSV shards repeat the header and cut only between rows (quoted fields may span lines).
+A shard is a contiguous slice of the input's units, gzip-compressed, at most ``max_shard_bytes`` (a Secret
+holds 1 MiB). The units are those of :mod:`llm_etl_provider.worker.tokenizer`, which the worker reads the
+shard with: JSONL physical lines, or CSV rows (quoted fields may span lines). A shard holds each unit's bytes
+unchanged, so that the worker finds the same records at the same input lines as a read of the whole input.
+JSONL shards keep blank lines so that a shard's line ``j`` is the input's line ``j + line_offset``; CSV
+shards repeat the header (the first also holds the blank lines before it) and cut only between rows.
 A JSONL line longer than ``max_record_bytes`` is cut to ``max_record_bytes + 1`` bytes: the worker, run with
 the same limit, sends it to the dead letters as ``record_too_large`` under its own line number, and the shard
 stays small. A CSV line that long fails the staging instead: cut, it could leave a quote open and swallow the
@@ -11,16 +14,20 @@ rows after it. No record content ever goes to a log or an error message.
 
 from __future__ import annotations
 
-import csv
-import gzip
-import io
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, cast
 
-from llm_etl_provider.worker.records import detect_format, without_bom
+from llm_etl_provider.worker.records import detect_format
+from llm_etl_provider.worker.tokenizer import (
+    CsvLineTooLong,
+    CsvRow,
+    UnreadableInput,
+    csv_rows,
+    jsonl_lines,
+    without_bom,
+)
 
 SECRET_LIMIT = 1 << 20
 DEFAULT_SHARD_BYTES = (
@@ -53,38 +60,30 @@ class Shard:
     input_format: str
 
 
-def _physical_lines(stream: IO[bytes], max_record_bytes: int) -> Iterator[bytes]:
-    """Yield lines (newline kept); a line over the limit is cut to ``limit + 1`` bytes plus a newline."""
-    while chunk := stream.readline(max_record_bytes + 1):
-        if len(chunk) > max_record_bytes and not chunk.endswith(b"\n"):
-            while (rest := stream.readline(1 << 16)) and not rest.endswith(b"\n"):
-                pass
-            yield chunk + b"\n"
-        else:
-            yield chunk if chunk.endswith(b"\n") else chunk + b"\n"
-
-
-_Closed = tuple[bytes, list[tuple[int, bool]]]  # a closed shard: its gzip data and (first line, is a record)
+_Closed = tuple[bytes, list[tuple[int, bool]], int]  # a closed shard: its gzip data, units, prefix lines
 
 
 class _ShardBuilder:
     """Compress units (lines or CSV rows) into shards that stay under the size limit, in one pass.
 
-    The size is tracked as an upper bound: what the compressor has emitted plus what it still buffers,
-    counted as if stored uncompressed. Only when that bound would pass the limit is the compressor flushed to
-    learn the exact size, and the shard closed if the next unit could still overflow it.
+    Each shard begins with a prefix: ``first_prefix`` for the first (a CSV input's lines up to its header),
+    ``prefix`` for the others (the CSV header again). The size is tracked as an upper bound: what the
+    compressor has emitted plus what it still buffers, counted as if stored uncompressed. Only when that bound
+    would pass the limit is the compressor flushed to learn the exact size, and the shard closed if the next
+    unit could still overflow it.
     """
 
-    def __init__(self, max_shard_bytes: int, header: bytes = b"") -> None:
+    def __init__(self, max_shard_bytes: int, first_prefix: bytes = b"", prefix: bytes = b"") -> None:
         self.max_shard_bytes = max_shard_bytes
-        self.header = header
-        self._start()
+        self.prefix = prefix
+        self._start(first_prefix)
 
-    def _start(self) -> None:
+    def _start(self, prefix: bytes) -> None:
         self._compressor = zlib.compressobj(6, zlib.DEFLATED, 31)  # wbits 31: a gzip container
-        self._chunks = [self._compressor.compress(self.header)]
+        self._chunks = [self._compressor.compress(prefix)]
         self._emitted = len(self._chunks[0])
-        self._buffered = len(self.header)
+        self._buffered = len(prefix)
+        self._prefix_lines = prefix.count(b"\n")
         self.units: list[tuple[int, bool]] = []  # (first input line, holds a record)
 
     @staticmethod
@@ -110,10 +109,9 @@ class _ShardBuilder:
         self._buffered = 0
 
     def _close(self) -> _Closed:
-        data = b"".join(self._chunks) + self._compressor.flush()
-        units = self.units
-        self._start()
-        return data, units
+        closed = b"".join(self._chunks) + self._compressor.flush(), self.units, self._prefix_lines
+        self._start(self.prefix)
+        return closed
 
     def finish(self) -> _Closed | None:
         return self._close() if self.units else None
@@ -140,95 +138,67 @@ def plan_shards(
     """Split ``path`` into shards, in input order, reading it once in constant memory."""
     check_sizes(max_shard_bytes, max_record_bytes)
     fmt = detect_format(path, input_format)
-    with path.open("rb") as probe:
-        compressed = probe.read(2) == b"\x1f\x8b"
-    with cast(IO[bytes], gzip.open(path, "rb")) if compressed else path.open("rb") as stream:
+    index = 0
+    try:
         if fmt == "jsonl":
             builder = _ShardBuilder(max_shard_bytes)
-            units = _jsonl_units(stream, max_record_bytes)
+            units: Iterator[tuple[int, bytes, bool]] = (
+                (line.line, line.raw, line.record)
+                for line in jsonl_lines(path, max_record_bytes=max_record_bytes)
+            )
         else:
-            header, units = _csv_units(path, stream, max_record_bytes)
-            builder = _ShardBuilder(max_shard_bytes, header)
-        index = 0
-        try:
-            for line, data, record in units:
-                if (closed := builder.add(line, data, record)) is not None:
-                    yield _shard(closed, index, fmt)
-                    index += 1
-        except (EOFError, gzip.BadGzipFile) as exc:
-            raise StagingInputError(f"{path}: the input cannot be read to its end: {exc}") from None
-        if (closed := builder.finish()) is not None:
-            yield _shard(closed, index, fmt)
+            rows = csv_rows(path, max_record_bytes=max_record_bytes, refuse_long_lines=True)
+            builder, units = _csv_units(path, max_shard_bytes, rows)
+        for line, data, record in units:
+            if (closed := builder.add(line, data, record)) is not None:
+                yield _shard(closed, index, fmt)
+                index += 1
+    except UnreadableInput as exc:
+        raise StagingInputError(str(exc)) from None
+    except CsvLineTooLong as exc:
+        raise StagingInputError(
+            f"{path}:{exc.line}: a CSV line over max_record_bytes ({max_record_bytes} bytes) cannot be "
+            "cut without breaking its row: raise max_record_bytes (at most half of max_shard_bytes)"
+        ) from None
+    if (closed := builder.finish()) is not None:
+        yield _shard(closed, index, fmt)
 
 
 def _shard(closed: _Closed, index: int, fmt: str) -> Shard:
-    data, units = closed
+    data, units, prefix_lines = closed
     first = units[0][0]
     return Shard(
         index=index,
         data=data,
         records=sum(1 for _, record in units if record),
         first_line=first,
-        line_offset=first - 1 if fmt == "jsonl" else first - 2,  # CSV shards start with the header line
+        line_offset=first - 1 - prefix_lines,  # the worker counts the prefix's lines too
         input_format=fmt,
     )
 
 
-def _jsonl_units(stream: IO[bytes], max_record_bytes: int) -> Iterator[tuple[int, bytes, bool]]:
-    for number, line in enumerate(_physical_lines(stream, max_record_bytes), start=1):
-        line = without_bom(number, line)
-        yield number, line, bool(line.strip())
-
-
 def _csv_units(
-    path: Path, stream: IO[bytes], max_record_bytes: int
-) -> tuple[bytes, Iterator[tuple[int, bytes, bool]]]:
-    """Return the header's bytes and the rows as (first line, raw bytes, is a record)."""
-    raw_lines = enumerate(_physical_lines(stream, max_record_bytes), start=1)
-    consumed: list[tuple[int, bytes]] = []
+    path: Path, max_shard_bytes: int, rows: Iterator[CsvRow]
+) -> tuple[_ShardBuilder, Iterator[tuple[int, bytes, bool]]]:
+    """Read up to the header; return the builder and the rows after it as (first line, raw bytes, record).
 
-    def text() -> Iterator[str]:
-        for number, raw in raw_lines:
-            raw = without_bom(number, raw)
-            if len(raw.rstrip(b"\r\n")) > max_record_bytes:
-                raise StagingInputError(
-                    f"{path}:{number}: a CSV line over max_record_bytes ({max_record_bytes} bytes) cannot be "
-                    "cut without breaking its row: raise max_record_bytes (at most half of max_shard_bytes)"
-                )
-            consumed.append((number, raw))
-            yield raw.decode("utf-8", "surrogateescape")
-
-    csv.field_size_limit(max_record_bytes + 2)
-    reader = csv.reader(text())
-    header_line, header = 0, b""
-    try:
-        for row in reader:
-            if row:
-                header_line, header = consumed[0][0], b"".join(raw for _, raw in consumed)
-                consumed.clear()
-                break
-            consumed.clear()
-    except csv.Error as exc:
-        raise StagingInputError(f"{path}: the CSV header cannot be parsed: {exc}") from None
-    if header and header.count(b"\n") > 1:
+    The first shard begins with the input's lines up to the header as they are (the worker of a shard at the
+    input's start strips the BOM, and counts the blank lines); the others repeat the header without the BOM.
+    """
+    before: list[bytes] = []
+    header = None
+    for row in rows:
+        before.append(row.raw)
+        if row.header:
+            header = row
+            break
+    if header is not None and header.error is not None:
+        raise StagingInputError(f"{path}: the CSV header cannot be parsed: {header.error}")
+    if header is not None and header.lines > 1:
         raise StagingInputError(
-            f"{path}:{header_line}: a CSV header spanning lines cannot be repeated per shard"
+            f"{path}:{header.line}: a CSV header spanning lines cannot be repeated per shard"
         )
-
-    def rows() -> Iterator[tuple[int, bytes, bool]]:
-        while True:
-            try:
-                row = next(reader)
-            except StopIteration:
-                break
-            except csv.Error:
-                row = ["malformed"]  # the worker reports it under its line number
-            yield consumed[0][0], b"".join(raw for _, raw in consumed), bool(row)
-            consumed.clear()
-
-    return header, rows()
-
-
-def read_shard(data: bytes) -> bytes:
-    """Decompress a shard (for checks and tests)."""
-    return gzip.GzipFile(fileobj=io.BytesIO(data)).read()
+    if header is None:  # blank lines only: nothing to stage
+        return _ShardBuilder(max_shard_bytes), iter(())
+    builder = _ShardBuilder(max_shard_bytes, b"".join(before), without_bom(header.line, header.raw))
+    return builder, ((row.line, row.raw, row.record) for row in rows)

@@ -1,22 +1,24 @@
-"""Stream input records from JSONL or CSV files, plain or gzip-compressed, in constant memory."""
+"""Stream input records from JSONL or CSV files, plain or gzip-compressed, in constant memory.
+
+Where lines and rows begin and end is the tokenizer's (:mod:`llm_etl_provider.worker.tokenizer`), which the
+stage cuts its shards with too; this module turns its units into records.
+"""
 
 from __future__ import annotations
 
-import csv
-import gzip
 import json
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal, TypeGuard, cast
+from typing import Any, Literal, TypeGuard
 
 from llm_etl_provider.worker.errors import ConfigurationError
 from llm_etl_provider.worker.id_index import IdIndex
+from llm_etl_provider.worker.tokenizer import CsvRow, JsonlLine, csv_rows, jsonl_lines
+from llm_etl_provider.worker.tokenizer import without_bom as without_bom
 
 InputFormat = Literal["jsonl", "csv"]
 
-_GZIP_MAGIC = b"\x1f\x8b"
-_UTF8_BOM = b"\xef\xbb\xbf"
 _SUFFIX_FORMATS: dict[str, InputFormat] = {
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
@@ -72,23 +74,6 @@ def detect_format(path: Path, declared: str = "auto") -> InputFormat:
     )
 
 
-def without_bom(line_number: int, line: bytes) -> bytes:
-    """The line without a UTF-8 BOM if it is the input's first; a BOM further on (a later shard's start, a
-    concatenated file) stays, for the stage and the worker to read the line alike."""
-    return line[len(_UTF8_BOM) :] if line_number == 1 and line.startswith(_UTF8_BOM) else line
-
-
-def _open_binary(path: Path) -> IO[bytes]:
-    try:
-        raw = path.open("rb")
-    except OSError as exc:
-        raise ConfigurationError(f"{path}: cannot open the input: {exc.strerror}") from None
-    if raw.peek(2)[:2] != _GZIP_MAGIC:
-        return raw
-    raw.close()
-    return cast(IO[bytes], gzip.open(path, "rb"))
-
-
 def _valid_id(value: Any) -> TypeGuard[str | int]:
     if isinstance(value, bool) or value is None:
         return False
@@ -134,67 +119,40 @@ class RecordReader:
 
     def __iter__(self) -> Iterator[InputRecord]:
         self._first_lines.clear()
-        stream = _open_binary(self.path)
-        try:
-            if self.format == "jsonl":
-                yield from self._jsonl(stream)
-            else:
-                yield from self._csv(stream)
-        except (EOFError, gzip.BadGzipFile, OSError) as exc:
-            raise ConfigurationError(f"{self.path}: the input cannot be read to its end: {exc}") from None
-        finally:
-            stream.close()
+        if self.format == "jsonl":
+            yield from self._jsonl()
+        else:
+            yield from self._csv()
 
     def count(self) -> int:
         """Count the records without parsing them (for progress and ETA)."""
-        rows = sum(1 for _ in self._raw_records())
-        return rows if self.format == "jsonl" else max(0, rows - 1)  # less the CSV header
+        units = self._jsonl_lines() if self.format == "jsonl" else self._csv_rows()
+        return sum(1 for unit in units if unit.record)
 
-    def _raw_records(self) -> Iterator[int]:
-        stream = _open_binary(self.path)
-        try:
-            if self.format == "jsonl":
-                for number, line in self._lines(stream):
-                    if line is None or line.strip():
-                        yield number
-            else:
-                for row_start, row, _ in self._csv_rows(stream):
-                    if row:
-                        yield row_start
-        finally:
-            stream.close()
+    def _jsonl_lines(self) -> Iterator[JsonlLine]:
+        return jsonl_lines(self.path, max_record_bytes=self.max_record_bytes, line_offset=self.line_offset)
 
-    def _lines(self, stream: IO[bytes]) -> Iterator[tuple[int, bytes | None]]:
-        """Yield (line number, line) with None for lines over the size limit, which are skipped unread."""
-        limit = self.max_record_bytes
-        number = self.line_offset
-        while chunk := stream.readline(limit + 1):
-            number += 1
-            if len(chunk) > limit and not chunk.endswith(b"\n"):
-                while (rest := stream.readline(1 << 16)) and not rest.endswith(b"\n"):
-                    pass
-                yield number, None
-            else:
-                yield number, chunk
+    def _csv_rows(self) -> Iterator[CsvRow]:
+        return csv_rows(self.path, max_record_bytes=self.max_record_bytes, line_offset=self.line_offset)
 
-    def _jsonl(self, stream: IO[bytes]) -> Iterator[InputRecord]:
-        for number, line in self._lines(stream):
-            if line is None:
+    def _jsonl(self) -> Iterator[InputRecord]:
+        for unit in self._jsonl_lines():
+            number = unit.line
+            if unit.data is None:
                 yield self._malformed(number, "record_too_large", f"over {self.max_record_bytes} bytes")
                 continue
-            line = without_bom(number, line)
+            if unit.blank:
+                self.stats.note_blank(number)
+                continue
             try:
-                text = line.decode("utf-8")
+                text = unit.data.decode("utf-8")
             except UnicodeDecodeError as exc:
                 yield self._malformed(
                     number,
                     "invalid_utf8",
                     f"invalid UTF-8 at byte {exc.start}",
-                    line.decode("utf-8", "replace"),
+                    unit.data.decode("utf-8", "replace"),
                 )
-                continue
-            if not text.strip():
-                self.stats.note_blank(number)
                 continue
             try:
                 value = json.loads(text)
@@ -208,48 +166,22 @@ class RecordReader:
                 continue
             yield self._record(number, value)
 
-    def _csv_rows(self, stream: IO[bytes]) -> Iterator[tuple[int, list[str], str | None]]:
-        """Yield (first line, row, error) for each CSV row, the header included."""
-        csv.field_size_limit(self.max_record_bytes)
-
-        def text() -> Iterator[str]:
-            # Lines end at "\n" only, as the stage cuts them: a lone "\r" is a quoted field's content (or
-            # an unquoted field's error), never a line of its own that would shift every line number after it.
-            for number, raw in enumerate(stream, self.line_offset + 1):
-                yield without_bom(number, raw).decode("utf-8", "surrogateescape")
-
-        reader = csv.reader(text())
-        previous_end = self.line_offset
-        while True:
-            try:
-                row = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as exc:
-                yield previous_end + 1, [], str(exc)
-                previous_end = self.line_offset + reader.line_num
-                continue
-            yield previous_end + 1, row, None
-            previous_end = self.line_offset + reader.line_num
-
-    def _csv(self, stream: IO[bytes]) -> Iterator[InputRecord]:
-        header: list[str] | None = None
-        for number, row, error in self._csv_rows(stream):
-            if error is not None:
-                if header is None:
+    def _csv(self) -> Iterator[InputRecord]:
+        header: list[str] = []
+        for unit in self._csv_rows():
+            number, row, error = unit.line, unit.row, unit.error
+            if unit.header:
+                if error is not None:
                     raise ConfigurationError(
                         f"{self.path}:{number}: the CSV header cannot be parsed: {error}"
                     )
+                header = self._csv_header(number, row)
+                continue
+            if error is not None:
                 reason = "record_too_large" if "field larger than field limit" in error else "malformed_csv"
                 yield self._malformed(number, reason, error)
                 continue
-            if header is None:
-                if row:
-                    header = self._csv_header(number, row)
-                else:
-                    self.stats.note_blank(number)
-                continue
-            if not row:
+            if unit.blank:  # every row before the header is blank
                 self.stats.note_blank(number)
                 continue
             if any(_has_surrogates(cell) for cell in row):
