@@ -51,7 +51,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _new_key(args: argparse.Namespace) -> int:
-    from llm_etl_provider.transport.errors import FrameKeyError
+    from llm_etl_provider.transport.exceptions import FrameKeyError
     from llm_etl_provider.transport.keys import write_key_file
 
     try:
@@ -64,7 +64,7 @@ def _new_key(args: argparse.Namespace) -> int:
 
 
 def _extract(args: argparse.Namespace) -> int:
-    from llm_etl_provider.transport.errors import FrameKeyError, TransportError
+    from llm_etl_provider.transport.exceptions import FrameKeyError, TransportError
     from llm_etl_provider.transport.extract import extract
     from llm_etl_provider.transport.keys import load_key
     from llm_etl_provider.transport.sources import file_lines, pod_log_lines

@@ -1,11 +1,12 @@
 """Errors raised on the Airflow side of llm-etl-provider.
 
-The worker and the transport have trees of their own (``worker.errors``, ``transport.errors``)::
+The worker and the transport have trees of their own (``worker.exceptions``, ``transport.exceptions``)::
 
     AirflowException
      ├── LLMConnectionError          the LLM connection is missing a field or holds an unusable value
      ├── PodSpecError                the pod cannot be built from the given parameters
      ├── StagingError                the input cannot be staged (unreadable, empty, not what it claims)
+     │    └── StagingInputError       the input cannot be split into shards (the sharding's own refusals)
      ├── ExtractionError             a shard's results cannot be extracted; nothing was published for it
      │    └── FrameStreamRejectedError (+ AirflowFailException)   the frame stream failed verification
      ├── LocalRunError               a local step of a shard (model check, server start) failed
@@ -30,6 +31,10 @@ class PodSpecError(AirflowException):
 
 class StagingError(AirflowException):
     """The input cannot be staged: unreadable, empty, or a record too large for a shard."""
+
+
+class StagingInputError(StagingError):
+    """The input cannot be split: unreadable, or a CSV header or line that a shard cannot keep."""
 
 
 class ExtractionError(AirflowException):

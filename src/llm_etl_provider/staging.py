@@ -19,11 +19,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from llm_etl_provider.exceptions import StagingInputError
+from llm_etl_provider.worker.exceptions import CsvLineTooLong, UnreadableInput
 from llm_etl_provider.worker.records import detect_format
 from llm_etl_provider.worker.tokenizer import (
-    CsvLineTooLong,
     CsvRow,
-    UnreadableInput,
     csv_rows,
     jsonl_lines,
     without_bom,
@@ -34,10 +34,6 @@ DEFAULT_SHARD_BYTES = (
     700_000  # compressed; leaves room for base64 in the API request and the Secret's metadata
 )
 DEFAULT_RECORD_BYTES = 256 * 1024
-
-
-class StagingInputError(ValueError):
-    """The input cannot be split: unreadable, not the declared format, or a header that cannot be kept."""
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llm_etl_provider.staging import StagingInputError, plan_shards
+from llm_etl_provider.exceptions import StagingInputError
+from llm_etl_provider.staging import plan_shards
 from llm_etl_provider.worker.records import RecordReader
 
 

@@ -92,7 +92,7 @@ class RunBackend(ABC):
 
     @abstractmethod
     def cleanup(self) -> dict[str, int]:
-        """Delete everything the run staged or left; return counts by kind."""
+        """Delete everything the run staged or left, log what; return counts by kind."""
 
 
 def run_backend(

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from llm_etl_provider.backends import FrameSource, RunBackend, ShardJob, TaskLog
 from llm_etl_provider.contract import layout
 from llm_etl_provider.exceptions import ExtractionError, StagingError
-from llm_etl_provider.transport.errors import FrameKeyError
+from llm_etl_provider.transport.exceptions import FrameKeyError
 from llm_etl_provider.transport.keys import decode_key, encode_key
 from llm_etl_provider.transport.sources import pod_log_lines
 
@@ -186,7 +186,12 @@ class KubernetesBackend(RunBackend):
         return FrameSource(key, lines, f"pod {self.namespace}/{name} container {container}")
 
     def cleanup(self) -> dict[str, int]:
-        return delete_managed(self.api, self.namespace, layout.run_selector(self.run_id))
+        deleted = delete_managed(self.api, self.namespace, layout.run_selector(self.run_id))
+        self.log.info(
+            "deleted %(pods)d pods, %(secrets)d Secrets and %(claims)d work claims of run %(run)s",
+            {**deleted, "run": self.run_id},
+        )
+        return deleted
 
     def _create_secret(self, manifest: dict[str, Any]) -> None:
         from kubernetes.client.exceptions import ApiException

@@ -23,7 +23,7 @@ from llm_etl_provider.backends import FrameSource, LocalServing, RunBackend, Sha
 from llm_etl_provider.contract import layout
 from llm_etl_provider.contract.invocation import API_KEY_ENV, WorkerInvocation
 from llm_etl_provider.exceptions import ExtractionError, LocalRunError, worker_exit_error
-from llm_etl_provider.transport.errors import FrameKeyError
+from llm_etl_provider.transport.exceptions import FrameKeyError
 from llm_etl_provider.transport.keys import load_key, write_key_file
 from llm_etl_provider.transport.sources import file_lines
 

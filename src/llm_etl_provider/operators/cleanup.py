@@ -28,10 +28,7 @@ class CleanupOperator(RunStepOperator):
     template_fields: Sequence[str] = ("namespace", "local_dir")
 
     def execute(self, context: Context) -> dict[str, int]:
-        deleted = backend_for(self, context).cleanup()
-        counts = ", ".join(f"{n} {kind}" for kind, n in deleted.items())
-        self.log.info("deleted of run %s: %s", context["run_id"], counts)
-        return deleted
+        return backend_for(self, context).cleanup()
 
 
 class SweepExpiredOperator(BaseOperator):

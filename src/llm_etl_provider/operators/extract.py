@@ -11,7 +11,7 @@ from llm_etl_provider.contract.layout import shard_folder
 from llm_etl_provider.contract.shard import ShardDescriptor
 from llm_etl_provider.exceptions import FrameStreamRejectedError
 from llm_etl_provider.operators.base import RunStepOperator, backend_for
-from llm_etl_provider.transport.errors import TransportError
+from llm_etl_provider.transport.exceptions import TransportError
 from llm_etl_provider.transport.extract import extract
 
 if TYPE_CHECKING:

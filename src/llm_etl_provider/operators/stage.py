@@ -13,20 +13,20 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import ObjectStoragePath
 
 from llm_etl_provider.backends import RunBackend
+from llm_etl_provider.contract.codes import DeadLetterReason
 from llm_etl_provider.contract.invocation import DEFAULT_MAX_RECORD_BYTES
 from llm_etl_provider.contract.layout import run_prefix
 from llm_etl_provider.contract.shard import ShardDescriptor, validate_run_id
-from llm_etl_provider.exceptions import StagingError
+from llm_etl_provider.exceptions import StagingError, StagingInputError
 from llm_etl_provider.operators.base import RunStepOperator, backend_for
 from llm_etl_provider.staging import (
     DEFAULT_SHARD_BYTES,
     Shard,
-    StagingInputError,
     check_sizes,
     plan_shards,
 )
 from llm_etl_provider.transport.keys import new_key
-from llm_etl_provider.worker.errors import ConfigurationError
+from llm_etl_provider.worker.exceptions import ConfigurationError
 from llm_etl_provider.worker.records import RecordReader, detect_format
 
 if TYPE_CHECKING:
@@ -175,7 +175,7 @@ class StageInputOperator(RunStepOperator):
                 readable += 1
                 continue
             first_bad = first_bad or (record.line, record.error)
-            if record.error == "duplicate_id":
+            if record.error == DeadLetterReason.DUPLICATE_ID:
                 duplicates.append(record.line)
             if not readable and count == FORMAT_PROBE_RECORDS:
                 break

@@ -22,7 +22,7 @@ from typing import IO, Any
 
 from upath import UPath
 
-from llm_etl_provider.transport.errors import TrailerMismatchError
+from llm_etl_provider.transport.exceptions import TrailerMismatchError
 from llm_etl_provider.transport.frames import FrameReader
 
 RESULTS = "results.jsonl"

@@ -37,7 +37,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from llm_etl_provider.contract.shard import validate_run_id
-from llm_etl_provider.transport.errors import (
+from llm_etl_provider.transport.exceptions import (
     DuplicateFrameError,
     FrameAuthenticationError,
     FrameGapError,
@@ -242,7 +242,7 @@ class Trailer:
 class FrameReader:
     """Verify and open a frame stream line by line, returning the output lines in order.
 
-    Every failure raises a :class:`~llm_etl_provider.transport.errors.TransportError` naming the shard and
+    Every failure raises a :class:`~llm_etl_provider.transport.exceptions.TransportError` naming the shard and
     frame: a gap (dropped frame), a duplicate, a reordering, a frame that does not authenticate (wrong key,
     another run or shard, altered), a log that starts past frame 0 (rotated), a missing trailer, or a trailer
     whose counts or checksum disagree with what was read.

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from llm_etl_provider.transport.errors import FrameKeyError
+from llm_etl_provider.transport.exceptions import FrameKeyError
 
 KEY_ENV = "LLM_ETL_KEY"
 KEY_BYTES = 32

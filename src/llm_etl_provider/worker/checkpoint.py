@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llm_etl_provider.worker.errors import ConfigurationError
+from llm_etl_provider.worker.exceptions import ConfigurationError
 
 CHECKPOINT_VERSION = 1
 

@@ -20,12 +20,12 @@ import httpx
 from llm_etl_provider.contract.codes import ExitCode
 from llm_etl_provider.contract.invocation import API_KEY_ENV, LOG_OUTPUT, WorkerInvocation, parse_argv
 from llm_etl_provider.contract.shard import validate_run_id
-from llm_etl_provider.transport.errors import FrameKeyError
+from llm_etl_provider.transport.exceptions import FrameKeyError
 from llm_etl_provider.transport.keys import load_key
 from llm_etl_provider.worker.checkpoint import Checkpoint, run_fingerprint
 from llm_etl_provider.worker.clients import make_client
 from llm_etl_provider.worker.engine import Engine, EngineSettings
-from llm_etl_provider.worker.errors import ConfigurationError, WorkerError
+from llm_etl_provider.worker.exceptions import ConfigurationError, WorkerError
 from llm_etl_provider.worker.heartbeat import beat
 from llm_etl_provider.worker.records import RecordReader
 from llm_etl_provider.worker.retry import RetryPolicy

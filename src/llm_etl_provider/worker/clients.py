@@ -18,7 +18,7 @@ import httpx
 
 from llm_etl_provider.contract.codes import DeadLetterReason as Reason
 from llm_etl_provider.contract.invocation import ApiStyle, ResponseFormat
-from llm_etl_provider.worker.errors import LLMRejectedError, ServerUnavailableError, TransientLLMError
+from llm_etl_provider.worker.exceptions import LLMRejectedError, ServerUnavailableError, TransientLLMError
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from llm_etl_provider.contract.codes import DeadLetterReason
 from llm_etl_provider.contract.invocation import default_of
 from llm_etl_provider.worker.checkpoint import Checkpoint, CheckpointState
 from llm_etl_provider.worker.clients import ChatRequest, Completion, LLMClient
-from llm_etl_provider.worker.errors import (
+from llm_etl_provider.worker.exceptions import (
     ConfigurationError,
     DeadLetterThresholdError,
     InvalidOutputError,
@@ -84,7 +84,7 @@ class Outcome:
     """What became of one record: a result line or a dead-letter line."""
 
     line: dict[str, Any]
-    reason: str | None = None
+    reason: DeadLetterReason | None = None
     latency: float | None = None
     completion: Completion | None = None
     retries: int = 0
@@ -313,7 +313,9 @@ class Engine:
         outcome.completion = completion
         return outcome
 
-    def _dead_letter(self, record: InputRecord, reason: str, detail: str, *, attempts: int) -> Outcome:
+    def _dead_letter(
+        self, record: InputRecord, reason: DeadLetterReason, detail: str, *, attempts: int
+    ) -> Outcome:
         return Outcome(
             line={
                 "id": record.record_id,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from llm_etl_provider.worker.errors import ConfigurationError, ModelLoadError
+from llm_etl_provider.worker.exceptions import ConfigurationError, ModelLoadError
 from llm_etl_provider.worker.retry import RetryPolicy
 
 

@@ -75,7 +75,7 @@ def _model_url(args: argparse.Namespace) -> str:
 
 
 def load_model(args: argparse.Namespace) -> int:
-    from llm_etl_provider.worker.errors import WorkerError
+    from llm_etl_provider.worker.exceptions import WorkerError
     from llm_etl_provider.worker.model_loader import download, verify
 
     try:

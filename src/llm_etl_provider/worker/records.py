@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeGuard
 
-from llm_etl_provider.worker.errors import ConfigurationError
+from llm_etl_provider.contract.codes import DeadLetterReason as Reason
+from llm_etl_provider.worker.exceptions import ConfigurationError
 from llm_etl_provider.worker.id_index import IdIndex
 from llm_etl_provider.worker.tokenizer import CsvRow, JsonlLine, csv_rows, jsonl_lines
 from llm_etl_provider.worker.tokenizer import without_bom as without_bom
@@ -42,7 +43,7 @@ class InputRecord:
     line: int
     fields: dict[str, Any] | None
     record_id: str | int | None = None
-    error: str | None = None
+    error: Reason | None = None
     detail: str = ""
     raw: str | None = None
 
@@ -139,7 +140,7 @@ class RecordReader:
         for unit in self._jsonl_lines():
             number = unit.line
             if unit.data is None:
-                yield self._malformed(number, "record_too_large", f"over {self.max_record_bytes} bytes")
+                yield self._malformed(number, Reason.RECORD_TOO_LARGE, f"over {self.max_record_bytes} bytes")
                 continue
             if unit.blank:
                 self.stats.note_blank(number)
@@ -149,7 +150,7 @@ class RecordReader:
             except UnicodeDecodeError as exc:
                 yield self._malformed(
                     number,
-                    "invalid_utf8",
+                    Reason.INVALID_UTF8,
                     f"invalid UTF-8 at byte {exc.start}",
                     unit.data.decode("utf-8", "replace"),
                 )
@@ -157,11 +158,11 @@ class RecordReader:
             try:
                 value = json.loads(text)
             except json.JSONDecodeError as exc:
-                yield self._malformed(number, "malformed_json", f"{exc.msg} at column {exc.colno}", text)
+                yield self._malformed(number, Reason.MALFORMED_JSON, f"{exc.msg} at column {exc.colno}", text)
                 continue
             if not isinstance(value, dict):
                 yield self._malformed(
-                    number, "not_an_object", f"a JSON {type(value).__name__}, not an object", text
+                    number, Reason.NOT_AN_OBJECT, f"a JSON {type(value).__name__}, not an object", text
                 )
                 continue
             yield self._record(number, value)
@@ -178,7 +179,11 @@ class RecordReader:
                 header = self._csv_header(number, row)
                 continue
             if error is not None:
-                reason = "record_too_large" if "field larger than field limit" in error else "malformed_csv"
+                reason = (
+                    Reason.RECORD_TOO_LARGE
+                    if "field larger than field limit" in error
+                    else Reason.MALFORMED_CSV
+                )
                 yield self._malformed(number, reason, error)
                 continue
             if unit.blank:  # every row before the header is blank
@@ -186,12 +191,12 @@ class RecordReader:
                 continue
             if any(_has_surrogates(cell) for cell in row):
                 raw = ",".join(row).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-                yield self._malformed(number, "invalid_utf8", "invalid UTF-8 in the row", raw)
+                yield self._malformed(number, Reason.INVALID_UTF8, "invalid UTF-8 in the row", raw)
                 continue
             if len(row) != len(header):
                 yield self._malformed(
                     number,
-                    "ragged_row",
+                    Reason.RAGGED_ROW,
                     f"{len(row)} fields where the header has {len(header)}",
                     ",".join(row),
                 )
@@ -217,7 +222,7 @@ class RecordReader:
             return InputRecord(
                 line=number,
                 fields=None,
-                error="missing_id",
+                error=Reason.MISSING_ID,
                 detail=f"id field {self.id_field!r} {problem}",
                 raw=json.dumps(fields, ensure_ascii=False),
             )
@@ -228,13 +233,13 @@ class RecordReader:
                 line=number,
                 fields=None,
                 record_id=record_id,
-                error="duplicate_id",
+                error=Reason.DUPLICATE_ID,
                 detail=f"{where} has the same id",
                 raw=json.dumps(fields, ensure_ascii=False),
             )
         return InputRecord(line=number, fields=fields, record_id=record_id)
 
-    def _malformed(self, number: int, reason: str, detail: str, raw: str | None = None) -> InputRecord:
+    def _malformed(self, number: int, reason: Reason, detail: str, raw: str | None = None) -> InputRecord:
         return InputRecord(line=number, fields=None, error=reason, detail=detail, raw=raw)
 
 

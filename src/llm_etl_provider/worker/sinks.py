@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from llm_etl_provider.transport.frames import FrameWriter, WriterState
-from llm_etl_provider.worker.errors import ConfigurationError
+from llm_etl_provider.worker.exceptions import ConfigurationError
 
 
 class OutputSink(Protocol):

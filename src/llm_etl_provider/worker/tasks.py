@@ -13,7 +13,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 from llm_etl_provider.contract.invocation import TASK_NAMES
-from llm_etl_provider.worker.errors import ConfigurationError, InvalidOutputError, MissingFieldError
+from llm_etl_provider.worker.exceptions import ConfigurationError, InvalidOutputError, MissingFieldError
 
 DEFAULT_TEMPLATE = "{text}"
 DEFAULT_CATEGORIES = (

@@ -27,23 +27,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
-from llm_etl_provider.worker.errors import ConfigurationError
+from llm_etl_provider.worker.exceptions import CsvLineTooLong, UnreadableInput
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _UTF8_BOM = b"\xef\xbb\xbf"
 _UNICODE_ONLY_SPACE = frozenset(b"\x1c\x1d\x1e\x1f")  # str.strip() removes these, bytes.strip() does not
-
-
-class UnreadableInput(ConfigurationError):
-    """The input cannot be opened, or read to its end (a truncated or corrupt gzip stream)."""
-
-
-class CsvLineTooLong(ValueError):
-    """A CSV line is over ``max_record_bytes``: it cannot be cut without breaking its row."""
-
-    def __init__(self, line: int) -> None:
-        super().__init__(f"CSV line {line} is over max_record_bytes")
-        self.line = line
 
 
 class JsonlLine(NamedTuple):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from llm_etl_provider.contract.codes import DeadLetterReason, ExitCode
-from llm_etl_provider.worker.errors import (
+from llm_etl_provider.worker.exceptions import (
     ConfigurationError,
     DeadLetterThresholdError,
     ModelLoadError,

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 from upath import UPath
 
-from llm_etl_provider.transport.errors import (
+from llm_etl_provider.transport.exceptions import (
     DuplicateFrameError,
     FrameAuthenticationError,
     FrameGapError,

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llm_etl_provider.transport.errors import (
+from llm_etl_provider.transport.exceptions import (
     DuplicateFrameError,
     FrameAuthenticationError,
     FrameGapError,

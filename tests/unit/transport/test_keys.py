@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from llm_etl_provider.transport.errors import FrameKeyError
+from llm_etl_provider.transport.exceptions import FrameKeyError
 from llm_etl_provider.transport.keys import KEY_ENV, load_key, write_key_file
 
 

@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from llm_etl_provider.worker.clients import ChatRequest, OllamaClient, OpenAIClient, make_client
-from llm_etl_provider.worker.errors import LLMRejectedError, ServerUnavailableError, TransientLLMError
+from llm_etl_provider.worker.exceptions import LLMRejectedError, ServerUnavailableError, TransientLLMError
 from tests.unit.worker.fakes import FakeLLMServer
 
 SCHEMA = {"type": "object", "properties": {"sentiment": {"type": "string"}}, "required": ["sentiment"]}

@@ -14,7 +14,7 @@ from llm_etl_provider.transport.keys import new_key
 from llm_etl_provider.worker.checkpoint import Checkpoint, run_fingerprint
 from llm_etl_provider.worker.clients import make_client
 from llm_etl_provider.worker.engine import Engine, EngineSettings
-from llm_etl_provider.worker.errors import (
+from llm_etl_provider.worker.exceptions import (
     ConfigurationError,
     DeadLetterThresholdError,
     ServerUnavailableError,

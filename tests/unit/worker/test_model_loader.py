@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from llm_etl_provider.worker import model_loader
-from llm_etl_provider.worker.errors import ConfigurationError, ModelLoadError
+from llm_etl_provider.worker.exceptions import ConfigurationError, ModelLoadError
 from llm_etl_provider.worker.model_loader import download, verify
 from llm_etl_provider.worker.retry import RetryPolicy
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from llm_etl_provider.worker.errors import ConfigurationError
+from llm_etl_provider.worker.exceptions import ConfigurationError
 from llm_etl_provider.worker.records import RecordReader, detect_format
 
 

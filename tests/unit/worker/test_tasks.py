@@ -5,7 +5,7 @@ import json
 import pytest
 
 from llm_etl_provider.contract.invocation import TASK_NAMES
-from llm_etl_provider.worker.errors import ConfigurationError, InvalidOutputError, MissingFieldError
+from llm_etl_provider.worker.exceptions import ConfigurationError, InvalidOutputError, MissingFieldError
 from llm_etl_provider.worker.tasks import PromptTemplate, build_task
 
 CUSTOM_SCHEMA = {

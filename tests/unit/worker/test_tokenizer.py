@@ -16,8 +16,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from llm_etl_provider.staging import Shard, StagingInputError, plan_shards
-from llm_etl_provider.worker.errors import ConfigurationError
+from llm_etl_provider.exceptions import StagingInputError
+from llm_etl_provider.staging import Shard, plan_shards
+from llm_etl_provider.worker.exceptions import ConfigurationError
 from llm_etl_provider.worker.records import InputRecord, RecordReader
 from llm_etl_provider.worker.tokenizer import csv_rows, jsonl_lines
 

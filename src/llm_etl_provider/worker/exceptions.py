@@ -4,7 +4,9 @@ Run-level errors stop the process; each carries the :class:`~llm_etl_provider.co
 (and so Airflow) sees::
 
     WorkerError                      exit 1   unexpected failure of the run
-     ├── ConfigurationError          exit 2   bad arguments, template, schema, checkpoint or unreadable input
+     ├── ConfigurationError          exit 2   bad arguments, template, schema, checkpoint or unusable input
+     │    ├── UnreadableInput                 the input cannot be opened, or read to its end (a cut gzip)
+     │    └── CsvLineTooLong                  a CSV line over max_record_bytes, which the stage refuses
      ├── ServerUnavailableError      exit 3   the LLM server never became ready, or went away mid-run
      ├── DeadLetterThresholdError    exit 4   the run finished, but too many records went to the dead letters
      └── ModelLoadError              exit 5   the model loader cannot fetch the model, or its sha256 differs
@@ -37,6 +39,18 @@ class ConfigurationError(WorkerError):
     """The arguments, the task definition, the checkpoint or the input as a whole are unusable."""
 
     exit_code = ExitCode.CONFIGURATION
+
+
+class UnreadableInput(ConfigurationError):
+    """The input cannot be opened, or read to its end (a truncated or corrupt gzip stream)."""
+
+
+class CsvLineTooLong(ConfigurationError):
+    """A CSV line is over ``max_record_bytes``: it cannot be cut without breaking its row."""
+
+    def __init__(self, line: int) -> None:
+        super().__init__(f"CSV line {line} is over max_record_bytes")
+        self.line = line
 
 
 class ServerUnavailableError(WorkerError):
