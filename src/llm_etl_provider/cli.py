@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from llm_etl_provider.contract.layout import WORKER_CONTAINER
 from llm_etl_provider.worker.pod_commands import add_pod_commands
 
 
@@ -186,7 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", required=True, help="a folder or URI: file://, s3://, gs://, memory:// ..."
     )
     extract.add_argument("--namespace", help="read the log of pod SOURCE in this namespace")
-    extract.add_argument("--container", default="base", help="the pod's container (default: base)")
+    extract.add_argument(
+        "--container", default=WORKER_CONTAINER, help=f"the pod's container (default: {WORKER_CONTAINER})"
+    )
     extract.add_argument("--run-id", help="refuse frames of any other run")
     extract.add_argument("--shard", type=int, help="refuse frames of any other shard")
     extract.set_defaults(handler=_extract)

@@ -10,6 +10,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from llm_etl_provider.contract.layout import WORKER_CONTAINER
+
 MAX_LINE = 1 << 16
 
 
@@ -42,7 +44,7 @@ def pod_log_lines(
     pod: str,
     namespace: str,
     *,
-    container: str = "base",
+    container: str = WORKER_CONTAINER,
     core_api: Any = None,
     chunk_bytes: int = 1 << 16,
 ) -> Iterator[bytes]:
