@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from llm_etl_provider.contract.invocation import DEFAULT_TEMPLATE, TASK_NAMES, default_of
 from llm_etl_provider.contract.layout import WORKER_CONTAINER
 from llm_etl_provider.worker.pod_commands import add_pod_commands
 
@@ -197,9 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_pod_commands(commands)
 
     render = commands.add_parser("render-pod", help="print the enrichment pod and NetworkPolicy as YAML")
-    render.add_argument("--backend", default="ollama", choices=["ollama", "llamacpp", "vllm"])
+    render.add_argument("--backend", default="ollama", help="ollama, llamacpp or vllm")
     render.add_argument("--model", default="llama3.2:3b", help="the model name the server serves")
-    render.add_argument("--model-source", default="pull", choices=["pull", "pvc", "object", "image"])
+    render.add_argument("--model-source", default="pull", help="pull, pvc, object or image")
     render.add_argument("--model-path", default="model.gguf", help="the model's path in its volume")
     render.add_argument("--model-sha256", help="sha256 of the model file")
     render.add_argument("--model-url-secret", help="object source: a Secret whose key `url` holds the URL")
@@ -207,8 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--model-image", help="image source: the OCI image reference")
     render.add_argument("--parallel", type=int, default=4)
     render.add_argument("--gpus", type=int, default=1)
-    render.add_argument("--task", default="sentiment")
-    render.add_argument("--template", default="{text}")
+    render.add_argument("--task", default=default_of("task"), choices=TASK_NAMES)
+    render.add_argument("--template", help=f"the prompt template (default: {DEFAULT_TEMPLATE})")
     render.add_argument("--run-id", default="manual__2026-01-01T00:00:00+00:00")
     render.add_argument("--namespace", default="llm-etl")
     render.set_defaults(handler=_render_pod)

@@ -60,8 +60,9 @@ class WorkerRefusedError(WorkerExitError, AirflowFailException):
 
 
 def worker_exit_error(code: int, where: str) -> WorkerExitError:
-    """The error for a worker that exited with ``code``: fail at once unless a retry may help."""
-    message = f"{where}: the worker exited with code {code} ({ExitCode.describe(code)})"
+    """The error for a worker (or model loader) that exited with ``code``: fail at once unless a retry may
+    help."""
+    message = f"{where} exited with code {code} ({ExitCode.describe(code)})"
     try:
         retryable = ExitCode(code).retryable
     except ValueError:

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from llm_etl_provider.contract.invocation import DEFAULT_MAX_RECORD_BYTES
 from llm_etl_provider.exceptions import StagingInputError
 from llm_etl_provider.worker.exceptions import CsvLineTooLong, UnreadableInput
 from llm_etl_provider.worker.records import detect_format
@@ -33,7 +34,6 @@ SECRET_LIMIT = 1 << 20
 DEFAULT_SHARD_BYTES = (
     700_000  # compressed; leaves room for base64 in the API request and the Secret's metadata
 )
-DEFAULT_RECORD_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ def plan_shards(
     *,
     input_format: str = "auto",
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
-    max_record_bytes: int = DEFAULT_RECORD_BYTES,
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
 ) -> Iterator[Shard]:
     """Split ``path`` into shards, in input order, reading it once in constant memory."""
     check_sizes(max_shard_bytes, max_record_bytes)

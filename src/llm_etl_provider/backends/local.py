@@ -26,6 +26,7 @@ from llm_etl_provider.exceptions import ExtractionError, LocalRunError, worker_e
 from llm_etl_provider.transport.exceptions import FrameKeyError
 from llm_etl_provider.transport.keys import load_key, write_key_file
 from llm_etl_provider.transport.sources import file_lines
+from llm_etl_provider.worker.pod_commands import load_model_args, load_model_command
 
 if TYPE_CHECKING:
     from llm_etl_provider.staging import Shard
@@ -65,7 +66,7 @@ class LocalBackend(RunBackend):
     def enrich(self, job: ShardJob) -> Any:
         invocation, shard = job.invocation, job.shard
         folder = self.shard_dir(shard.index)
-        staged = folder / layout.input_file_name(shard.input_format)
+        staged = Path(shard.path) if shard.path else folder / layout.input_file_name(shard.input_format)
         if not staged.is_file():
             raise LocalRunError(f"shard {shard.index}: no staged input at {staged}: did the stage run?")
         environment = dict(os.environ)
@@ -79,7 +80,7 @@ class LocalBackend(RunBackend):
             )
             code = self._run_worker(local, folder, environment)
         if code != 0:
-            raise worker_exit_error(code, f"shard {shard.index}")
+            raise worker_exit_error(code, f"shard {shard.index}: the worker")
         return {"shard": shard.index, "exit_code": code}
 
     @contextlib.contextmanager
@@ -107,18 +108,11 @@ class LocalBackend(RunBackend):
             model = serving.model_file or bundled_model()
         except LocalServerError as exc:
             raise LocalRunError(f"{folder.name}: {exc}") from None
-        check = ["--sha256", MODEL_SHA256] if serving.model_file is None else []
+        # the pod's loader command, run by this Python (its program may not be on PATH)
+        sha256 = MODEL_SHA256 if serving.model_file is None else None
+        load = load_model_command(str(model))[1:] + load_model_args(sha256=sha256)
         loader = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "llm_etl_provider.cli",
-                "load-model",
-                "--verify",
-                "--dest",
-                str(model),
-                *check,
-            ],
+            [sys.executable, "-m", "llm_etl_provider.cli", *load],
             capture_output=True,
             text=True,
             check=False,

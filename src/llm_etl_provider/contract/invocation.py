@@ -18,7 +18,10 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 TASK_NAMES = ("sentiment", "tags", "moderation", "entities", "custom")
-INPUT_FORMATS = ("auto", "jsonl", "csv")
+DEFAULT_TEMPLATE = "{text}"
+RecordFormat = Literal["jsonl", "csv"]
+RECORD_FORMATS: tuple[str, ...] = get_args(RecordFormat)
+INPUT_FORMATS = ("auto", *RECORD_FORMATS)
 ApiStyle = Literal["openai", "ollama"]
 ResponseFormat = Literal["json_schema", "json_object"]
 API_STYLES: tuple[str, ...] = get_args(ApiStyle)
@@ -26,6 +29,7 @@ RESPONSE_FORMATS: tuple[str, ...] = get_args(ResponseFormat)
 LOG_OUTPUT = "log"  # --output log: sealed frames on stdout
 DEFAULT_MAX_RECORD_BYTES = 256 * 1024
 API_KEY_ENV = "LLM_ETL_API_KEY"  # an optional bearer key for the LLM server, never an argument
+KEY_ENV = "LLM_ETL_KEY"  # the run's frame key, where no key file is given
 RUN_ID_ENV = "LLM_ETL_RUN_ID"
 
 
@@ -97,7 +101,7 @@ class WorkerInvocation:
         None,
         group=_TASK,
         setting=True,
-        help="user prompt over record fields, e.g. '{review}' (default '{text}')",
+        help=f"user prompt over record fields, e.g. '{{review}}' (default '{DEFAULT_TEMPLATE}')",
     )
     system_prompt: str | None = _flag(
         None, group=_TASK, setting=True, help="system prompt (required for custom; overrides the catalogue's)"
@@ -128,7 +132,7 @@ class WorkerInvocation:
         None, group=_IO, parse=Path, help=f"dead-letter file (JSONL); not used with --output {LOG_OUTPUT}"
     )
     key_file: Path | None = _flag(
-        None, group=_IO, parse=Path, help="--output log: the run's key file (default: $LLM_ETL_KEY)"
+        None, group=_IO, parse=Path, help=f"--output log: the run's key file (default: ${KEY_ENV})"
     )
     run_id: str = _flag(
         factory=lambda: os.environ.get(RUN_ID_ENV, "run"),
@@ -194,7 +198,11 @@ class WorkerInvocation:
             value = getattr(self, item.name)
             if value is None or value == ():
                 continue
-            argv += [flag_name(item.name), _spec(item).show(value)]
+            text = _spec(item).show(value)
+            # a value that starts with "-" would read as a flag of its own
+            argv += (
+                [f"{flag_name(item.name)}={text}"] if text.startswith("-") else [flag_name(item.name), text]
+            )
         return argv
 
 
@@ -222,15 +230,16 @@ def default_of(name: str) -> Any:
 def coerce_settings(values: Mapping[str, Any]) -> dict[str, Any]:
     """Turn settings as an operator holds them (templated text, lists, a schema dict) into field values.
 
-    Raises ValueError naming the setting when a value does not parse.
+    None, and the text an unset Param renders to (``""``, ``"None"``), stand for the setting's default. Raises
+    ValueError naming the setting when a value does not parse.
     """
     coerced: dict[str, Any] = {}
     for name, value in values.items():
         if name not in WORKER_SETTINGS:
             raise ValueError(f"{name!r} is not a worker setting; choose from {', '.join(WORKER_SETTINGS)}")
-        spec, optional = _spec(_FIELDS[name]), default_of(name) is None
-        if optional and (value is None or (isinstance(value, str) and value.strip() in ("", "None"))):
-            coerced[name] = None
+        spec = _spec(_FIELDS[name])
+        if value is None or (isinstance(value, str) and value.strip() in ("", "None")):  # an unset Param
+            coerced[name] = default_of(name)
             continue
         if name == "schema" and not isinstance(value, str):
             text = json.dumps(value)

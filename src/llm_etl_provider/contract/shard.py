@@ -65,11 +65,14 @@ class ShardDescriptor:
             raise TypeError(
                 f"shard must be a StageInputOperator shard descriptor, not {type(value).__name__}"
             )
-        unknown = set(value) - names
-        if unknown:
-            raise TypeError(f"the shard descriptor has unknown fields: {', '.join(sorted(unknown))}")
-        data = dict(value)
-        data["duplicates"] = tuple(int(n) for n in data.get("duplicates") or ())
-        for name in ("index", "records", "line_offset"):
-            data[name] = int(data[name])
+        # fields a newer stage may add are left for the newer tasks that read them
+        data = {name: item for name, item in value.items() if name in names}
+        try:
+            data["duplicates"] = tuple(int(n) for n in data.get("duplicates") or ())
+            for name in ("index", "records", "line_offset"):
+                data[name] = int(data[name])
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"the shard descriptor holds a non-integer index, count or line: {value!r}"
+            ) from None
         return cls(**data)

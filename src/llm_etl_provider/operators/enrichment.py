@@ -22,7 +22,7 @@ from llm_etl_provider.backends import LocalServing, ShardJob, checked_execution_
 from llm_etl_provider.contract import layout
 from llm_etl_provider.contract.invocation import WORKER_SETTINGS, default_of
 from llm_etl_provider.contract.shard import ShardDescriptor
-from llm_etl_provider.exceptions import worker_exit_error
+from llm_etl_provider.exceptions import PodSpecError, worker_exit_error
 from llm_etl_provider.operators.base import backend_for
 from llm_etl_provider.pod.builder import (
     DEFAULT_WORKER_IMAGE,
@@ -37,6 +37,15 @@ from llm_etl_provider.transport.frames import carries_frame
 if TYPE_CHECKING:
     from airflow.sdk import Context
     from kubernetes.client import models as k8s
+
+
+def _staged_secret(shard: ShardDescriptor) -> str:
+    if shard.secret is None:
+        raise PodSpecError(
+            f"shard {shard.index} was not staged in Kubernetes (no Secret): stage it with the same "
+            "execution_mode"
+        )
+    return shard.secret
 
 
 def with_keywords(signature: inspect.Signature, defaults: dict[str, Any]) -> inspect.Signature:
@@ -200,7 +209,7 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
                 image=self.model_image,
             ),
             server=server,
-            input_secret=shard.secret or "",
+            input_secret=_staged_secret(shard),
             key_secret=self.key_secret or layout.key_secret_name(self.dag_id, run_id),
             worker_image=self.worker_image,
             node_selector=self.gpu_node_selector,
@@ -249,10 +258,12 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
         except AirflowSkipException:
             raise
         except AirflowException as exc:
-            code = _exit_code(remote_pod, self.base_container_name)
-            if code is None:
-                raise
-            raise worker_exit_error(code, f"pod {remote_pod.metadata.name}") from exc
+            # the worker's code, or where the worker never ran, the model loader's
+            for container in (self.base_container_name, layout.LOADER_CONTAINER):
+                code = _exit_code(remote_pod, container)
+                if code:
+                    raise worker_exit_error(code, f"pod {remote_pod.metadata.name} {container}") from exc
+            raise
 
     @tenacity.retry(
         stop=tenacity.stop_after_attempt(3),
@@ -291,8 +302,12 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
 
 
 def _exit_code(pod: k8s.V1Pod | None, container: str) -> int | None:
-    """The exit code of ``container`` in ``pod``, once it has ended."""
-    statuses = (pod.status.container_statuses if pod is not None and pod.status else None) or []
+    """The exit code of ``container`` (init containers included) in ``pod``, once it has ended."""
+    status_of = pod.status if pod is not None else None
+    statuses = [
+        *((status_of.container_statuses or []) if status_of else []),
+        *((status_of.init_container_statuses or []) if status_of else []),
+    ]
     for status in statuses:
         if status.name == container and status.state is not None and status.state.terminated is not None:
             return int(status.state.terminated.exit_code)

@@ -20,9 +20,16 @@ from typing import Any, Literal
 import yaml
 
 from llm_etl_provider.contract import layout
-from llm_etl_provider.contract.invocation import LOG_OUTPUT, ApiStyle, WorkerInvocation, coerce_settings
+from llm_etl_provider.contract.invocation import (
+    LOG_OUTPUT,
+    RECORD_FORMATS,
+    ApiStyle,
+    WorkerInvocation,
+    coerce_settings,
+)
 from llm_etl_provider.contract.shard import ShardDescriptor
 from llm_etl_provider.exceptions import PodSpecError
+from llm_etl_provider.worker.pod_commands import check_heartbeat_command, load_model_args, load_model_command
 
 Backend = Literal["ollama", "llamacpp", "vllm"]
 ModelSource = Literal["pull", "pvc", "object", "image"]
@@ -196,7 +203,7 @@ def _check(params: PodParams) -> None:
         raise PodSpecError(f"the model path {model.path!r} must be relative to the model volume")
     if server.parallel < 1 or server.gpus < 0:
         raise PodSpecError("parallel must be at least 1 and gpus at least 0")
-    if params.invocation.input_format not in ("jsonl", "csv"):
+    if params.invocation.input_format not in RECORD_FORMATS:
         raise PodSpecError(f"input format {params.invocation.input_format!r} is not jsonl or csv")
     if params.active_deadline_seconds < 60:
         raise PodSpecError("active_deadline_seconds below 60 s leaves no time to load a model")
@@ -271,15 +278,15 @@ def _loader_container(params: PodParams, container: dict[str, Any]) -> None:
             _read_only_models(container)
         return
     container["image"] = params.worker_image
-    container["command"] = ["llm-etl", "load-model", "--dest", model_file]
+    container["command"] = load_model_command(model_file)
     if model.source == "object":
         # The URL (often presigned: a credential) comes as a file from its Secret, never in the environment.
-        container["args"] = ["--url-file", layout.MODEL_URL_FILE, "--sha256", str(model.sha256)]
+        container["args"] = load_model_args(url_file=layout.MODEL_URL_FILE, sha256=model.sha256)
         container["volumeMounts"].append(
             {"name": layout.MODEL_URL_VOLUME, "mountPath": layout.MODEL_URL_DIR, "readOnly": True}
         )
     else:
-        container["args"] = ["--verify", *(["--sha256", model.sha256] if model.sha256 else [])]
+        container["args"] = load_model_args(sha256=model.sha256)
         _read_only_models(container)
 
 
@@ -331,10 +338,14 @@ def build_pod(params: PodParams) -> dict[str, Any]:
     worker["args"] = invocation.to_argv()
     # A batch container has no Service to be ready for; the probes read the worker's heartbeat so that a hung
     # worker is ended by the kubelet (liveness) long before the pod's deadline.
-    check = ["llm-etl", "check-heartbeat", str(invocation.heartbeat), "--max-age"]
-    worker["readinessProbe"] = {"exec": {"command": [*check, "60"]}, "periodSeconds": 10, "timeoutSeconds": 5}
+    heartbeat = str(invocation.heartbeat)
+    worker["readinessProbe"] = {
+        "exec": {"command": check_heartbeat_command(heartbeat, 60)},
+        "periodSeconds": 10,
+        "timeoutSeconds": 5,
+    }
     worker["livenessProbe"] = {
-        "exec": {"command": [*check, "300"]},
+        "exec": {"command": check_heartbeat_command(heartbeat, 300)},
         "initialDelaySeconds": 30,
         "periodSeconds": 30,
         "timeoutSeconds": 10,

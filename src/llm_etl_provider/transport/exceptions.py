@@ -9,7 +9,8 @@ TransportError                 the frame stream cannot be trusted, or opened; no
  ├── FrameOrderError           frames are out of order, or come after the trailer
  ├── RotatedLogError           the log starts past frame 0: the kubelet rotated it
  ├── MissingTrailerError       the stream ends without its trailer: cut, or the worker did not finish
- └── TrailerMismatchError      the trailer's counts or checksum disagree with the frames read
+ └── TrailerMismatchError      the trailer's counts or checksum disagree with the frames read, or its
+                               record count with the shard's that the stage staged
 """
 
 from __future__ import annotations
@@ -52,4 +53,5 @@ class MissingTrailerError(TransportError):
 
 
 class TrailerMismatchError(TransportError):
-    """The trailer's counts or checksum disagree with the frames read."""
+    """The trailer's counts or checksum disagree with the frames read, or its record count with the staged
+    shard's."""

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from llm_etl_provider.contract.invocation import KEY_ENV
 from llm_etl_provider.transport.exceptions import FrameKeyError
 
-KEY_ENV = "LLM_ETL_KEY"
 KEY_BYTES = 32
 
 

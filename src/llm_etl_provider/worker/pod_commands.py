@@ -14,6 +14,23 @@ from typing import Any
 
 from llm_etl_provider.contract.codes import ExitCode
 
+PROGRAM = "llm-etl"
+
+
+def load_model_command(dest: str) -> list[str]:
+    """The model loader's command line up to its destination; :func:`load_model_args` gives the rest."""
+    return [PROGRAM, "load-model", "--dest", dest]
+
+
+def load_model_args(*, url_file: str | None = None, sha256: str | None = None) -> list[str]:
+    """Download from the URL in ``url_file`` and check ``sha256``; without a URL file, verify in place."""
+    checksum = ["--sha256", sha256] if sha256 else []
+    return ["--url-file", url_file, *checksum] if url_file else ["--verify", *checksum]
+
+
+def check_heartbeat_command(file: str, max_age: float) -> list[str]:
+    return [PROGRAM, "check-heartbeat", file, "--max-age", f"{max_age:g}"]
+
 
 def add_pod_commands(commands: Any) -> None:
     """Add ``load-model`` and ``check-heartbeat`` to an ``add_subparsers()`` object."""

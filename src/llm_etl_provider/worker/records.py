@@ -10,17 +10,15 @@ import json
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeGuard
+from typing import Any, TypeGuard
 
 from llm_etl_provider.contract.codes import DeadLetterReason as Reason
+from llm_etl_provider.contract.invocation import DEFAULT_MAX_RECORD_BYTES, RECORD_FORMATS, RecordFormat
 from llm_etl_provider.worker.exceptions import ConfigurationError
 from llm_etl_provider.worker.id_index import IdIndex
 from llm_etl_provider.worker.tokenizer import CsvRow, JsonlLine, csv_rows, jsonl_lines
-from llm_etl_provider.worker.tokenizer import without_bom as without_bom
 
-InputFormat = Literal["jsonl", "csv"]
-
-_SUFFIX_FORMATS: dict[str, InputFormat] = {
+_SUFFIX_FORMATS: dict[str, RecordFormat] = {
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
     ".json": "jsonl",
@@ -61,9 +59,9 @@ class ReadStats:
             self.blank_line_numbers.append(line)
 
 
-def detect_format(path: Path, declared: str = "auto") -> InputFormat:
+def detect_format(path: Path, declared: str = "auto") -> RecordFormat:
     """Return the input format: the declared one, or the one the file name implies."""
-    if declared in ("jsonl", "csv"):
+    if declared in RECORD_FORMATS:
         return declared  # type: ignore[return-value]
     if declared != "auto":
         raise ConfigurationError(f"unknown input format {declared!r}: use jsonl, csv or auto")
@@ -105,7 +103,7 @@ class RecordReader:
         *,
         input_format: str = "auto",
         id_field: str = "id",
-        max_record_bytes: int = 1 << 20,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
         line_offset: int = 0,
         duplicate_lines: Collection[int] = (),
     ) -> None:

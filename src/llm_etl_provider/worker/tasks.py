@@ -12,10 +12,9 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-from llm_etl_provider.contract.invocation import TASK_NAMES
+from llm_etl_provider.contract.invocation import DEFAULT_TEMPLATE, TASK_NAMES
 from llm_etl_provider.worker.exceptions import ConfigurationError, InvalidOutputError, MissingFieldError
 
-DEFAULT_TEMPLATE = "{text}"
 DEFAULT_CATEGORIES = (
     "effectiveness",
     "side effects",

@@ -6,6 +6,7 @@ import dataclasses
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -24,7 +25,7 @@ from llm_etl_provider.contract.invocation import (
     parse_argv,
 )
 
-REQUIRED = {
+REQUIRED: dict[str, Any] = {
     "task": "sentiment",
     "input": Path("in.jsonl"),
     "output": "log",
@@ -32,10 +33,8 @@ REQUIRED = {
     "model": "m",
 }
 
-# Text the command line can carry (no NUL), not starting with "-" (argparse would take it for a flag).
-text = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), min_size=1).filter(
-    lambda s: not s.startswith("-")
-)
+# Text the command line can carry (no NUL), a leading "-" included: such a value goes as --flag=value.
+text = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), min_size=1)
 names = st.lists(
     st.text("abcdefgh xyz", min_size=1).map(str.strip).filter(lambda s: s and "," not in s), max_size=4
 ).map(tuple)
@@ -77,6 +76,13 @@ invocations = st.builds(
 @given(invocations)
 def test_the_argv_parses_back_into_the_same_invocation(invocation):
     assert parse_argv(invocation.to_argv()) == invocation
+
+
+def test_a_value_that_looks_like_a_flag_stays_a_value():
+    invocation = WorkerInvocation(**REQUIRED, system_prompt="- answer tersely", template="--x")
+    argv = invocation.to_argv()
+    assert "--system-prompt=- answer tersely" in argv
+    assert parse_argv(argv) == invocation
 
 
 def test_every_field_is_a_flag_of_the_worker_with_the_same_default():
@@ -123,10 +129,11 @@ def test_settings_as_an_operator_holds_them_become_field_values():
     values = coerce_settings(
         {
             "concurrency": "None",  # a templated empty Param
+            "checkpoint_every": None,
+            "max_attempts": "",
             "schema": {"type": "object"},
             "categories": ["a", "b"],
             "max_dead_letter_ratio": "0.2",
-            "checkpoint_every": 7,
         }
     )
     assert values == {
@@ -134,7 +141,8 @@ def test_settings_as_an_operator_holds_them_become_field_values():
         "schema": '{"type": "object"}',
         "categories": ("a", "b"),
         "max_dead_letter_ratio": 0.2,
-        "checkpoint_every": 7,
+        "checkpoint_every": 100,
+        "max_attempts": 4,
     }
     assert WORKER_SETTINGS[:2] == ("task", "template")
     assert default_of("task") == "sentiment"

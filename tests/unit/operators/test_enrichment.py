@@ -7,12 +7,12 @@ from types import SimpleNamespace
 import pytest
 from airflow.providers.cncf.kubernetes.utils.pod_manager import PodManager
 from airflow.sdk import DAG
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from kubernetes.client import ApiClient
 from kubernetes.client import models as k8s
 
 from llm_etl_provider.contract.layout import LABEL_RUN, key_secret_name, label_value
-from llm_etl_provider.exceptions import PodSpecError, WorkerExitError
+from llm_etl_provider.exceptions import PodSpecError, WorkerExitError, WorkerRefusedError
 from llm_etl_provider.operators.enrichment import FrameFilteringPodManager, LLMEnrichmentOperator
 from llm_etl_provider.transport.frames import FORMAT
 
@@ -165,6 +165,22 @@ def test_the_workers_exit_code_decides_whether_the_task_is_retried(code, retried
     with pytest.raises(WorkerExitError, match=f"exited with code {code}") as info:
         op.cleanup(pod, pod)
     assert isinstance(info.value, AirflowFailException) is not retried
+
+
+def test_a_model_loader_that_failed_decides_when_the_worker_never_ran(monkeypatch):
+    op = operator()
+    monkeypatch.setattr(op, "patch_already_checked", lambda *args, **kwargs: None)
+    monkeypatch.setattr(op, "process_pod_deletion", lambda *args, **kwargs: False)
+    monkeypatch.setattr(op, "is_istio_enabled", lambda pod: False)
+    pod = ended_pod(2)
+    pod.status.init_container_statuses, pod.status.container_statuses = pod.status.container_statuses, []
+    pod.status.init_container_statuses[0].name = "model-loader"
+    with pytest.raises(WorkerRefusedError, match="model-loader exited with code 2"):
+        op.cleanup(pod, pod)
+    pod.status.init_container_statuses = []  # no code at all: KPO's own failure stands
+    with pytest.raises(AirflowException, match="returned a failure") as info:
+        op.cleanup(pod, pod)
+    assert not isinstance(info.value, WorkerExitError)
 
 
 def test_worker_settings_are_keyword_arguments_of_partial_and_reach_the_worker():

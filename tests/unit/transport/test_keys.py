@@ -5,8 +5,9 @@ import stat
 
 import pytest
 
+from llm_etl_provider.contract.invocation import KEY_ENV
 from llm_etl_provider.transport.exceptions import FrameKeyError
-from llm_etl_provider.transport.keys import KEY_ENV, load_key, write_key_file
+from llm_etl_provider.transport.keys import load_key, write_key_file
 
 
 def test_key_files_are_owner_only_base64_and_not_overwritten(tmp_path):
