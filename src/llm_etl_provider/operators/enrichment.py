@@ -20,7 +20,7 @@ from urllib3.exceptions import HTTPError
 
 from llm_etl_provider.backends import LocalServing, ShardJob, checked_execution_mode
 from llm_etl_provider.contract import layout
-from llm_etl_provider.contract.invocation import WORKER_SETTINGS, default_of
+from llm_etl_provider.contract.invocation import WORKER_SETTINGS, WorkerInvocation, default_of
 from llm_etl_provider.contract.shard import ShardDescriptor
 from llm_etl_provider.exceptions import PodSpecError, worker_exit_error
 from llm_etl_provider.operators.base import backend_for
@@ -188,17 +188,27 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
         inspect.signature(__init__), {name: default_of(name) for name in WORKER_SETTINGS}
     )
 
-    def pod_params(self, run_id: str) -> PodParams:
-        shard = ShardDescriptor.from_xcom(self.shard)
-        server = ServerSpec(
+    def server_spec(self) -> ServerSpec:
+        return ServerSpec(
             backend=self.backend,  # type: ignore[arg-type]
             image=self.server_image,
             parallel=self.parallel,
             gpus=self.gpus,
         )
+
+    def worker_invocation(self, run_id: str) -> WorkerInvocation:
+        """The worker's invocation in this shard's pod (local execution runs it with local paths)."""
         settings = {name: getattr(self, name) for name in WORKER_SETTINGS}
+        shard = ShardDescriptor.from_xcom(self.shard)
+        return pod_invocation(
+            settings, run_id=run_id, shard=shard, server=self.server_spec(), model=self.model
+        )
+
+    def pod_params(self, run_id: str) -> PodParams:
+        shard = ShardDescriptor.from_xcom(self.shard)
+        server = self.server_spec()
         return PodParams(
-            invocation=pod_invocation(settings, run_id=run_id, shard=shard, server=server, model=self.model),
+            invocation=self.worker_invocation(run_id),
             model=ModelSpec(
                 name=self.model,
                 source=self.model_source,  # type: ignore[arg-type]
@@ -230,10 +240,9 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
             parallel=self.parallel,
             server=server,
         )
-        params = self.pod_params(str(context["run_id"]))
         return backend.enrich(
             ShardJob(
-                invocation=params.invocation,
+                invocation=self.worker_invocation(str(context["run_id"])),
                 shard=ShardDescriptor.from_xcom(self.shard),
                 submit_pod=lambda: super(LLMEnrichmentOperator, self).execute(context),
                 serving=serving,
