@@ -61,7 +61,8 @@ class AirflowStack:
             **env,
         }
         self.processes: list[subprocess.Popen[bytes]] = []
-        self.client = httpx.Client(base_url=f"{self.url}/api/v2", timeout=30)
+        # longer than SQLite's busy timeout (60 s, above): a write waiting for the lock is answered, not cut
+        self.client = httpx.Client(base_url=f"{self.url}/api/v2", timeout=90)
 
     def __enter__(self) -> AirflowStack:
         self.home.mkdir(parents=True, exist_ok=True)
