@@ -78,7 +78,10 @@ class DeadLetterReason(enum.StrEnum):
 
 
 _REASONS = {
-    DeadLetterReason.MALFORMED_JSON: "the line is not JSON",
+    DeadLetterReason.MALFORMED_JSON: (
+        "the line is not strict JSON (RFC 8259): NaN or Infinity, a repeated key, a lone surrogate, "
+        "a number beyond a double or over 4,300 digits, nesting over 64 levels, or text after the value"
+    ),
     DeadLetterReason.NOT_AN_OBJECT: "the line is JSON, but not an object",
     DeadLetterReason.INVALID_UTF8: "the line or row is not valid UTF-8",
     DeadLetterReason.RECORD_TOO_LARGE: "the record is longer than `--max-record-bytes`",

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -162,7 +163,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except asyncio.CancelledError:
         _log("error: stopped by SIGTERM")
         return ExitCode.STOPPED
+    except Exception as exc:  # noqa: BLE001 - any other failure: one line, no traceback, no record value
+        _log(f"error: unexpected {type(exc).__name__} at {where(exc)}; what was written is checkpointed")
+        return ExitCode.FAILURE
     return ExitCode.OK
+
+
+def where(exc: BaseException) -> str:
+    """The innermost frame of this package that the error passed through, as ``module:line (function)``."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "llm_etl_provider" in f.filename]
+    if not frames:
+        return "an unknown place"
+    frame = frames[-1]
+    module = frame.filename.rsplit("llm_etl_provider", 1)[1].strip("/").removesuffix(".py").replace("/", ".")
+    return f"llm_etl_provider.{module}:{frame.lineno} ({frame.name})"
 
 
 if __name__ == "__main__":

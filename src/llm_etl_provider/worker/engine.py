@@ -156,6 +156,11 @@ class Engine:
                     f"stopped after {self.stats.done} records" + (", checkpointed" if self.checkpoint else "")
                 )
                 raise
+            except Exception:
+                # an unexpected failure ends the run at once; what is written stays written
+                with contextlib.suppress(Exception):
+                    self._save_checkpoint()
+                raise
             self._save_checkpoint()
             self.stats.skipped_blank_lines = self.reader.stats.blank_lines
             summary = self.summary = {
@@ -204,7 +209,7 @@ class Engine:
 
         producer = asyncio.create_task(dispatch())
         try:
-            while (task := await pending.get()) is not None:
+            while (task := await self._next(pending, producer)) is not None:
                 outcome = await task
                 if outcome.reason in _SERVER_GONE_REASONS and not await self.client.is_ready():
                     raise ServerUnavailableError(
@@ -223,6 +228,22 @@ class Engine:
                     leftover.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await producer
+
+    @staticmethod
+    async def _next(
+        pending: asyncio.Queue[asyncio.Task[Outcome] | None], producer: asyncio.Task[None]
+    ) -> asyncio.Task[Outcome] | None:
+        """The next dispatched record, or the reader's error as soon as it fails: it queues nothing more."""
+        if not pending.empty() or (producer.done() and producer.exception() is None):
+            return await pending.get()
+        getter = asyncio.ensure_future(pending.get())
+        await asyncio.wait({getter, producer}, return_when=asyncio.FIRST_COMPLETED)
+        if getter.done():
+            return getter.result()
+        getter.cancel()
+        error = producer.exception()
+        assert error is not None, "a reader that ended normally queued its end"
+        raise error
 
     def _write(self, outcome: Outcome) -> None:
         stats = self.stats

@@ -14,6 +14,7 @@ from typing import Any, TypeGuard
 
 from llm_etl_provider.contract.codes import DeadLetterReason as Reason
 from llm_etl_provider.contract.invocation import DEFAULT_MAX_RECORD_BYTES, RECORD_FORMATS, RecordFormat
+from llm_etl_provider.worker import strict_json
 from llm_etl_provider.worker.exceptions import ConfigurationError
 from llm_etl_provider.worker.id_index import IdIndex
 from llm_etl_provider.worker.tokenizer import CsvRow, JsonlLine, csv_rows, jsonl_lines
@@ -154,9 +155,9 @@ class RecordReader:
                 )
                 continue
             try:
-                value = json.loads(text)
-            except json.JSONDecodeError as exc:
-                yield self._malformed(number, Reason.MALFORMED_JSON, f"{exc.msg} at column {exc.colno}", text)
+                value = strict_json.loads(text)
+            except strict_json.JsonValueError as exc:
+                yield self._malformed(number, Reason.MALFORMED_JSON, str(exc), text)
                 continue
             if not isinstance(value, dict):
                 yield self._malformed(
@@ -206,11 +207,13 @@ class RecordReader:
             raise ConfigurationError(f"{self.path}:{number}: the CSV file has no header row")
         if any(_has_surrogates(name) for name in row):
             raise ConfigurationError(f"{self.path}:{number}: the CSV header is not valid UTF-8")
-        seen: set[str] = set()
-        for name in row:
-            if name in seen:
-                raise ConfigurationError(f"{self.path}:{number}: the CSV header names column {name!r} twice")
-            seen.add(name)
+        seen: dict[str, int] = {}
+        for column, name in enumerate(row, 1):
+            if name in seen:  # its name may be a cell of data (a file without a header): never in a message
+                raise ConfigurationError(
+                    f"{self.path}:{number}: the CSV header names columns {seen[name]} and {column} alike"
+                )
+            seen[name] = column
         return row
 
     def _record(self, number: int, fields: dict[str, Any]) -> InputRecord:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any, Protocol
 
 from llm_etl_provider.transport.frames import FrameWriter, WriterState
+from llm_etl_provider.worker import strict_json
 from llm_etl_provider.worker.exceptions import ConfigurationError
 
 
@@ -35,7 +35,7 @@ class OutputSink(Protocol):
 
 
 def dump_line(value: dict[str, Any]) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+    return strict_json.dumps_line(value)
 
 
 class JsonlFileSink:

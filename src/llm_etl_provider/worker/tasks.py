@@ -13,6 +13,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 from llm_etl_provider.contract.invocation import DEFAULT_TEMPLATE, TASK_NAMES
+from llm_etl_provider.worker import strict_json
 from llm_etl_provider.worker.exceptions import ConfigurationError, InvalidOutputError, MissingFieldError
 
 DEFAULT_CATEGORIES = (
@@ -112,9 +113,9 @@ class TaskSpec:
     def parse(self, content: str, record: Mapping[str, Any]) -> dict[str, Any]:
         """Parse and validate the model's answer, raising :class:`InvalidOutputError` without echoing it."""
         try:
-            value = json.loads(content)
-        except json.JSONDecodeError as exc:
-            raise InvalidOutputError(f"the answer is not JSON ({exc.msg} at column {exc.colno})") from None
+            value = strict_json.loads(content)
+        except strict_json.JsonValueError as exc:
+            raise InvalidOutputError(f"the answer is not JSON ({exc})") from None
         value = drop_repeated_items(value, self.schema)
         error = next(iter(sorted(self._validator.iter_errors(value), key=lambda e: list(e.path))), None)
         if error is not None:

@@ -84,7 +84,7 @@ def test_local_mode_stages_files_with_an_owner_only_key(tmp_path):
     [
         ("absent.jsonl", None, "cannot read the input"),
         ("data.txt", b"x", "cannot tell the input format"),
-        ("bad.csv", b"id,id\n1,2\n", "names column 'id' twice"),
+        ("bad.csv", b"id,id\n1,2\n", "names columns 1 and 2 alike"),
         ("empty.jsonl", b"", r"empty.jsonl is empty \(0 blank lines\)"),
         ("blank.jsonl", b"\n  \n\n", r"blank.jsonl is empty \(3 blank lines\)"),
         ("table.jsonl", b"id,text\n1,a\n2,b\n", r"does not look like JSONL: .* \(malformed_json at line 1\)"),

@@ -134,7 +134,7 @@ def test_csv_ragged_rows_and_bad_utf8_are_dead_letter_records(tmp_path):
     ("data", "message"),
     [
         (b",\n1,2\n", r"in\.csv:1: the CSV file has no header row"),
-        (b"\nid,id\n1,2\n", r"in\.csv:2: the CSV header names column 'id' twice"),
+        (b"\nid,id\n1,2\n", r"in\.csv:2: the CSV header names columns 1 and 2 alike"),
     ],
 )
 def test_unusable_csv_headers_fail_with_file_and_line(tmp_path, data, message):

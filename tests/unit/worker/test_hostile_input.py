@@ -1,0 +1,148 @@
+"""Hostile input: every line accounted for, no exception escapes, nothing hangs, no value leaks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llm_etl_provider.worker import cli
+from llm_etl_provider.worker.clients import make_client
+from llm_etl_provider.worker.engine import Engine, EngineSettings
+from llm_etl_provider.worker.exceptions import ConfigurationError, InvalidOutputError
+from llm_etl_provider.worker.records import RecordReader
+from llm_etl_provider.worker.sinks import JsonlFileSink, dump_line
+from llm_etl_provider.worker.tasks import build_task
+from tests.unit.worker.fakes import FakeLLMServer
+
+CANARY = "CANARY-7f3a"
+
+
+@pytest.mark.parametrize(
+    ("line", "detail"),
+    [
+        ('{"id": 1, "n": NaN}', "NaN is not JSON"),
+        ('{"id": 1, "n": -Infinity}', "-Infinity is not JSON"),
+        ('{"id": 1, "n": 1e999}', "beyond a double's range"),
+        ('{"id": 1, "n": ' + "9" * 5000 + "}", "cannot hold (ValueError)"),
+        ("[" * 100_000 + "]" * 100_000, "nested deeper than 64 levels"),
+        ('{"id": 1, "text": "\\ud800 ' + CANARY + '"}', "lone surrogate"),
+        ('{"id": 1, "id": 2}', "repeats a key"),
+        ('{"id": 1} ' + CANARY, "Extra data at column 11"),
+    ],
+)
+def test_json_the_worker_cannot_take_is_a_dead_letter_that_names_no_value(tmp_path, line, detail):
+    path = tmp_path / "in.jsonl"
+    path.write_text(line + '\n{"id": 2, "text": "fine"}\n')
+    first, second = RecordReader(path)
+    assert (first.error, second.error) == ("malformed_json", None)
+    assert detail in first.detail
+    assert CANARY not in first.detail
+    assert dump_line({"raw": first.raw}).endswith(b"\n")  # the dead letter itself is writable
+
+
+def test_nul_characters_are_data_and_written_as_strict_json(tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"id": 1, "text": "a\\u0000b"}\n')
+    (record,) = RecordReader(path)
+    assert record.fields == {"id": 1, "text": "a\x00b"}
+    assert json.loads(dump_line(record.fields)) == record.fields
+
+
+def test_nothing_that_is_not_strict_json_is_written():
+    with pytest.raises(ValueError, match="Out of range float"):
+        dump_line({"x": float("nan")})
+
+
+@pytest.mark.parametrize(
+    "answer", ['{"sentiment": NaN}', '{"sentiment": "positive", "sentiment": "negative"}']
+)
+def test_an_answer_that_is_not_strict_json_is_invalid_output(answer):
+    with pytest.raises(InvalidOutputError, match="not JSON"):
+        build_task("sentiment").parse(answer, {})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400).filter(lambda data: not data.startswith(b"\x1f\x8b")))  # not gzip
+def test_any_bytes_read_as_jsonl_give_a_record_or_a_counted_blank_for_every_line(data):
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "in.jsonl"
+        path.write_bytes(data)
+        reader = RecordReader(path, max_record_bytes=64)
+        records = list(reader)
+        for record in records:
+            if record.fields is not None:
+                dump_line(record.fields)  # what would be written is strict JSON
+        physical = data.count(b"\n") + (0 if data.endswith(b"\n") or not data else 1)
+        assert len(records) + reader.stats.blank_lines == physical
+        assert len({r.line for r in records}) == len(records)
+
+
+def test_a_csv_header_that_repeats_a_name_is_refused_without_naming_it(tmp_path):
+    path = tmp_path / "in.csv"
+    path.write_text(f"{CANARY},{CANARY}\n1,2\n")
+    with pytest.raises(ConfigurationError, match="names columns 1 and 2 alike") as info:
+        list(RecordReader(path))
+    assert CANARY not in str(info.value)
+
+
+class FailingReader(RecordReader):
+    """Reads three records, then fails as a reader bug would."""
+
+    def __iter__(self):
+        for count, record in enumerate(super().__iter__()):
+            if count == 3:
+                raise RuntimeError(CANARY)
+            yield record
+
+
+def test_a_reader_that_dies_ends_the_run_at_once_with_what_was_written_checkpointed(tmp_path):
+    from llm_etl_provider.worker.checkpoint import Checkpoint
+
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps({"id": i, "text": "good"}) + "\n" for i in range(10)))
+    server = FakeLLMServer()
+    task = build_task("sentiment")
+
+    async def go() -> None:
+        async with httpx.AsyncClient(transport=server.transport()) as http:
+            engine = Engine(
+                task,
+                make_client("openai", http, "http://llm", "m"),
+                FailingReader(path),
+                JsonlFileSink(tmp_path / "r.jsonl", tmp_path / "d.jsonl"),
+                EngineSettings(concurrency=1, progress_interval=60),
+                checkpoint=Checkpoint(tmp_path / "ckpt.json", {"run": 1}),
+                log=lambda line: None,
+            )
+            await asyncio.wait_for(engine.run(), timeout=10)  # never waits for records that cannot come
+
+    with pytest.raises(RuntimeError):
+        asyncio.run(go())
+    written = (tmp_path / "r.jsonl").read_text().splitlines()
+    assert len(written) == 3
+    assert json.loads((tmp_path / "ckpt.json").read_text())["state"]["records_done"] == 3
+
+
+def test_an_unexpected_failure_is_one_line_without_traceback_or_value(tmp_path, monkeypatch, capsys):
+    async def explode(self):
+        raise RuntimeError(CANARY)
+
+    monkeypatch.setattr(Engine, "run", explode)
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"id": 1, "text": "x"}\n')
+    argv = ["--task", "sentiment", "--input", str(path), "--output", str(tmp_path / "r.jsonl")]
+    argv += ["--dead-letter", str(tmp_path / "d.jsonl"), "--llm-url", "http://127.0.0.1:9", "--model", "m"]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "unexpected RuntimeError at llm_etl_provider.worker.cli:" in err
+    assert CANARY not in err
+    assert "Traceback" not in err
