@@ -30,6 +30,7 @@ DEAD_LETTERS = "dead_letter.jsonl"
 MANIFEST = "manifest.json"
 SUCCESS = "_SUCCESS"
 MANIFEST_FORMAT = "llm-etl-manifest/1"
+STAGING_PREFIX = "_tmp-"  # where an extraction writes before it publishes
 DEFAULT_THREADS = 1 if (os.cpu_count() or 1) > 1 else 0
 
 
@@ -89,7 +90,11 @@ def extract(
     """
     destination = as_upath(output)
     destination.mkdir(parents=True, exist_ok=True)
-    staging = destination / f"_tmp-{uuid.uuid4().hex}"
+    # An extraction killed before its cleanup (SIGKILL, a lost worker) left decrypted results behind; the
+    # shard's folder has one writer at a time (its extract task's tries), so any staging found is stale.
+    for stale in destination.glob(f"{STAGING_PREFIX}*"):
+        _remove(stale)
+    staging = destination / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
     staging.mkdir(parents=True, exist_ok=True)
     reader = FrameReader(key, run_id=run_id, shard=shard)
     started = time.monotonic()

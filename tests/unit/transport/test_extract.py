@@ -206,3 +206,11 @@ def test_pod_logs_are_streamed_not_preloaded_and_extract(tmp_path):
         False,
     )
     assert api.response.released
+
+
+def test_the_staging_a_killed_extraction_left_is_removed_by_the_next_one(tmp_path):
+    out = tmp_path / "out"
+    (out / "_tmp-0123abcd").mkdir(parents=True)
+    (out / "_tmp-0123abcd" / "results.jsonl").write_text('{"id": "decrypted"}\n')
+    extract(frame_log(), KEY, out, source="test")
+    assert listing(out) == ["_SUCCESS", "dead_letter.jsonl", "manifest.json", "results.jsonl"]
