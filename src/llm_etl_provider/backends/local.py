@@ -47,6 +47,9 @@ class LocalBackend(RunBackend):
     def shard_dir(self, index: int) -> Path:
         return self.root / layout.shard_folder(index)
 
+    def shard_input(self, index: int, input_format: str) -> Path:
+        return self.shard_dir(index) / layout.input_file_name(input_format)
+
     @property
     def key_file(self) -> Path:
         return self.root / layout.KEY_FILE_NAME
@@ -58,7 +61,7 @@ class LocalBackend(RunBackend):
         write_key_file(self.key_file, key)
 
     def stage_shard(self, shard: Shard, key: bytes) -> dict[str, Any]:
-        path = self.shard_dir(shard.index) / layout.input_file_name(shard.input_format)
+        path = self.shard_input(shard.index, shard.input_format)
         path.parent.mkdir(mode=0o700)
         path.write_bytes(shard.data)
         return {"path": str(path)}
@@ -66,7 +69,7 @@ class LocalBackend(RunBackend):
     def enrich(self, job: ShardJob) -> Any:
         invocation, shard = job.invocation, job.shard
         folder = self.shard_dir(shard.index)
-        staged = Path(shard.path) if shard.path else folder / layout.input_file_name(shard.input_format)
+        staged = Path(shard.path) if shard.path else self.shard_input(shard.index, shard.input_format)
         if not staged.is_file():
             raise LocalRunError(f"shard {shard.index}: no staged input at {staged}: did the stage run?")
         environment = dict(os.environ)

@@ -196,19 +196,16 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
             gpus=self.gpus,
         )
 
-    def worker_invocation(self, run_id: str) -> WorkerInvocation:
+    def worker_invocation(self, run_id: str, shard: ShardDescriptor, server: ServerSpec) -> WorkerInvocation:
         """The worker's invocation in this shard's pod (local execution runs it with local paths)."""
         settings = {name: getattr(self, name) for name in WORKER_SETTINGS}
-        shard = ShardDescriptor.from_xcom(self.shard)
-        return pod_invocation(
-            settings, run_id=run_id, shard=shard, server=self.server_spec(), model=self.model
-        )
+        return pod_invocation(settings, run_id=run_id, shard=shard, server=server, model=self.model)
 
     def pod_params(self, run_id: str) -> PodParams:
         shard = ShardDescriptor.from_xcom(self.shard)
         server = self.server_spec()
         return PodParams(
-            invocation=self.worker_invocation(run_id),
+            invocation=self.worker_invocation(run_id, shard, server),
             model=ModelSpec(
                 name=self.model,
                 source=self.model_source,  # type: ignore[arg-type]
@@ -240,10 +237,11 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
             parallel=self.parallel,
             server=server,
         )
+        shard = ShardDescriptor.from_xcom(self.shard)
         return backend.enrich(
             ShardJob(
-                invocation=self.worker_invocation(str(context["run_id"])),
-                shard=ShardDescriptor.from_xcom(self.shard),
+                invocation=self.worker_invocation(str(context["run_id"]), shard, self.server_spec()),
+                shard=shard,
                 submit_pod=lambda: super(LLMEnrichmentOperator, self).execute(context),
                 serving=serving,
             )
