@@ -79,8 +79,9 @@ class RunBackend(ABC):
         """Stage the run's new frame key, replacing a key an earlier try staged."""
 
     @abstractmethod
-    def stage_shard(self, shard: Shard, key: bytes) -> dict[str, Any]:
-        """Stage one shard; return where it went, as shard descriptor fields (secret, path, work_claim)."""
+    def stage_shard(self, shard: Shard, key: bytes, duplicates: bytes = b"") -> dict[str, Any]:
+        """Stage one shard, with its duplicates file if any; return where it went, as shard descriptor
+        fields (secret, path, work_claim)."""
 
     @abstractmethod
     def enrich(self, job: ShardJob) -> Any:

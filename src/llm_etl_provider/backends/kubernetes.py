@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from llm_etl_provider.backends import FrameSource, RunBackend, ShardJob, TaskLog
 from llm_etl_provider.contract import layout
-from llm_etl_provider.exceptions import ExtractionError, StagingError
+from llm_etl_provider.exceptions import ExtractionError, StagingError, StagingInputError
+from llm_etl_provider.staging import SECRET_LIMIT
 from llm_etl_provider.transport.exceptions import FrameKeyError
 from llm_etl_provider.transport.keys import decode_key, encode_key
 from llm_etl_provider.transport.sources import pod_log_lines
@@ -141,9 +142,16 @@ class KubernetesBackend(RunBackend):
         data = {layout.KEY_FILE_NAME: encode_key(key).encode()}
         self._create_secret(secret_manifest(self.key_secret, self.run_id, data, kind="key"))
 
-    def stage_shard(self, shard: Shard, key: bytes) -> dict[str, Any]:
+    def stage_shard(self, shard: Shard, key: bytes, duplicates: bytes = b"") -> dict[str, Any]:
         name = layout.shard_secret_name(self.prefix, shard.index)
         data = {layout.input_file_name(shard.input_format): shard.data}
+        if duplicates:
+            data[layout.DUPLICATES_FILE_NAME] = duplicates
+        if (size := sum(map(len, data.values()))) > SECRET_LIMIT:
+            raise StagingInputError(
+                f"shard {shard.index} and its list of duplicate lines take {size} bytes, over a Secret's "
+                f"{SECRET_LIMIT}: lower max_shard_bytes"
+            )
         self._create_secret(secret_manifest(name, self.run_id, data, kind="shard", shard=shard.index))
         where: dict[str, Any] = {"secret": name}
         if self.work_claim_size:

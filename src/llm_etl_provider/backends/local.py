@@ -60,10 +60,12 @@ class LocalBackend(RunBackend):
         self.root.mkdir(parents=True, mode=0o700)
         write_key_file(self.key_file, key)
 
-    def stage_shard(self, shard: Shard, key: bytes) -> dict[str, Any]:
+    def stage_shard(self, shard: Shard, key: bytes, duplicates: bytes = b"") -> dict[str, Any]:
         path = self.shard_input(shard.index, shard.input_format)
         path.parent.mkdir(mode=0o700)
         path.write_bytes(shard.data)
+        if duplicates:
+            (path.parent / layout.DUPLICATES_FILE_NAME).write_bytes(duplicates)
         return {"path": str(path)}
 
     def enrich(self, job: ShardJob) -> Any:
@@ -77,6 +79,7 @@ class LocalBackend(RunBackend):
             local = dataclasses.replace(
                 served,
                 input=staged,
+                duplicates=staged.parent / layout.DUPLICATES_FILE_NAME if shard.duplicates else None,
                 key_file=self.key_file,
                 checkpoint=folder / layout.CHECKPOINT_FILE_NAME,
                 heartbeat=None,

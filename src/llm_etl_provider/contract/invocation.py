@@ -55,13 +55,6 @@ def name_list(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
-def line_numbers(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(n) for n in text.split(",") if n.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError("expected comma-separated line numbers") from None
-
-
 def _joined(values: Sequence[Any]) -> str:
     return ",".join(map(str, values))
 
@@ -159,9 +152,9 @@ class WorkerInvocation:
         help="larger records are dead-lettered",
     )  # fmt: skip
     line_offset: int = _flag(0, group=_IO, parse=int, help="added to reported line numbers (for shards)")
-    duplicate_lines: tuple[int, ...] = _flag(
-        (), group=_IO, parse=line_numbers, show=_joined,
-        help="comma-separated input lines whose id an earlier shard already holds (dead-lettered)",
+    duplicates: Path | None = _flag(
+        None, group=_IO, parse=Path,
+        help="the stage's file of input lines whose id an earlier shard already holds (dead-lettered)",
     )  # fmt: skip
     summary: Path | None = _flag(
         None, group=_IO, parse=Path, help="also write the final summary to this JSON file"

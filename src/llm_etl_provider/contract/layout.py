@@ -29,11 +29,13 @@ CHECKPOINT_FILE_NAME = "checkpoint.json"
 HEARTBEAT_FILE_NAME = "heartbeat"
 CONTAINER_LOG_NAME = "container.log"  # local execution: the worker's stdout, as a pod's log
 SERVER_LOG_NAME = "llm-server.log"
+DUPLICATES_FILE_NAME = "duplicates.gz"  # beside the staged shard (contract.duplicates)
 
 KEY_FILE = f"{KEY_DIR}/{KEY_FILE_NAME}"
 MODEL_URL_FILE = f"{MODEL_URL_DIR}/{MODEL_URL_FILE_NAME}"
 CHECKPOINT_FILE = f"{WORK_DIR}/{CHECKPOINT_FILE_NAME}"
 HEARTBEAT_FILE = f"{WORK_DIR}/{HEARTBEAT_FILE_NAME}"
+DUPLICATES_FILE = f"{INPUT_DIR}/{DUPLICATES_FILE_NAME}"
 
 
 def input_file_name(input_format: str) -> str:

@@ -32,7 +32,8 @@ class ShardDescriptor:
     :param secret: the Secret holding it (Kubernetes)
     :param path: the file holding it (local execution)
     :param work_claim: the PersistentVolumeClaim for its checkpoint and spool, if any
-    :param duplicates: its input lines whose id an earlier shard holds (dead-lettered as duplicate_id)
+    :param duplicates: how many of its input lines repeat an id an earlier shard holds; their line numbers
+        are staged with the shard (:mod:`~llm_etl_provider.contract.duplicates`) for the worker
     :param malformed: reason -> first input lines of malformed records (shard 0 reports the input's)
     """
 
@@ -45,13 +46,11 @@ class ShardDescriptor:
     secret: str | None = None
     path: str | None = None
     work_claim: str | None = None
-    duplicates: tuple[int, ...] = ()
+    duplicates: int = 0
     malformed: dict[str, list[int]] = field(default_factory=dict)
 
     def to_xcom(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["duplicates"] = list(self.duplicates)
-        return data
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_xcom(cls, value: Any) -> ShardDescriptor:
@@ -68,11 +67,15 @@ class ShardDescriptor:
         # fields a newer stage may add are left for the newer tasks that read them
         data = {name: item for name, item in value.items() if name in names}
         try:
-            data["duplicates"] = tuple(int(n) for n in data.get("duplicates") or ())
-            for name in ("index", "records", "line_offset"):
-                data[name] = int(data[name])
+            for name in ("index", "records", "line_offset", "duplicates"):
+                if name in data:
+                    data[name] = _integer(data[name])
         except (TypeError, ValueError):
-            raise TypeError(
-                f"the shard descriptor holds a non-integer index, count or line: {value!r}"
-            ) from None
+            raise TypeError("the shard descriptor holds a non-integer index, count or line") from None
         return cls(**data)
+
+
+def _integer(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise TypeError(type(value).__name__)
+    return int(value)

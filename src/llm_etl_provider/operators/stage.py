@@ -14,6 +14,7 @@ from airflow.sdk import ObjectStoragePath
 
 from llm_etl_provider.backends import RunBackend
 from llm_etl_provider.contract.codes import DeadLetterReason
+from llm_etl_provider.contract.duplicates import encode_line_numbers
 from llm_etl_provider.contract.invocation import DEFAULT_MAX_RECORD_BYTES
 from llm_etl_provider.contract.layout import run_prefix
 from llm_etl_provider.contract.shard import ShardDescriptor, validate_run_id
@@ -144,6 +145,8 @@ class StageInputOperator(RunStepOperator):
         for shard, next_shard in itertools.chain([first] if first else [], pairs):
             # a shard holds the input lines from its first line to the next shard's
             end = next_shard.first_line if next_shard else None
+            # ids repeated across shards: each shard's worker dead-letters these lines as duplicate_id
+            repeated = duplicates[_lines_within(duplicates, shard.first_line, end)]
             descriptor = ShardDescriptor(
                 index=shard.index,
                 records=shard.records,
@@ -152,9 +155,8 @@ class StageInputOperator(RunStepOperator):
                 first_line=shard.first_line,
                 bytes=len(shard.data),
                 malformed=malformed if shard.index == 0 else {},
-                # ids repeated across shards: each shard's worker dead-letters these lines as duplicate_id
-                duplicates=tuple(duplicates[_lines_within(duplicates, shard.first_line, end)]),
-                **backend.stage_shard(shard, key),
+                duplicates=len(repeated),
+                **backend.stage_shard(shard, key, encode_line_numbers(repeated) if repeated else b""),
             )
             descriptors.append(descriptor.to_xcom())
         return descriptors

@@ -170,7 +170,7 @@ def pod_invocation(
         checkpoint=Path(layout.CHECKPOINT_FILE),
         heartbeat=Path(layout.HEARTBEAT_FILE),
         line_offset=shard.line_offset,
-        duplicate_lines=shard.duplicates,
+        duplicates=Path(layout.DUPLICATES_FILE) if shard.duplicates else None,
         llm_url=server.url,
         api=server.defaults.api,
         model=model,

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 
 from llm_etl_provider.contract.codes import ExitCode
+from llm_etl_provider.contract.duplicates import DuplicatesFileError, decode_line_numbers
 from llm_etl_provider.contract.invocation import API_KEY_ENV, LOG_OUTPUT, WorkerInvocation, parse_argv
 from llm_etl_provider.contract.shard import validate_run_id
 from llm_etl_provider.transport.exceptions import FrameKeyError
@@ -82,6 +83,18 @@ def make_sink(invocation: WorkerInvocation) -> OutputSink:
     return LogFrameSink(key, run_id, invocation.shard, sys.stdout.buffer, spool_path=spool)
 
 
+def read_duplicates(path: Path | None) -> list[int]:
+    """The input lines the stage found repeating an earlier shard's id (none without a duplicates file)."""
+    if path is None:
+        return []
+    try:
+        return decode_line_numbers(path.read_bytes())
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read the duplicates file {path}: {exc.strerror}") from None
+    except DuplicatesFileError as exc:
+        raise ConfigurationError(f"the duplicates file {path} is malformed: {exc}") from None
+
+
 def _log(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
@@ -101,7 +114,7 @@ async def run(invocation: WorkerInvocation) -> dict[str, Any]:
         id_field=invocation.id_field,
         max_record_bytes=invocation.max_record_bytes,
         line_offset=invocation.line_offset,
-        duplicate_lines=invocation.duplicate_lines,
+        duplicate_lines=read_duplicates(invocation.duplicates),
     )
     sink = make_sink(invocation)
     checkpoint = (

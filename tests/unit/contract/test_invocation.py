@@ -59,7 +59,7 @@ invocations = st.builds(
     checkpoint_every=st.integers(1, 10_000),
     max_record_bytes=st.integers(1, 1 << 30),
     line_offset=st.integers(0, 1 << 40),
-    duplicate_lines=st.lists(st.integers(1, 1 << 40), max_size=20).map(tuple),
+    duplicates=st.none() | text.map(Path),
     llm_url=text,
     api=st.sampled_from(API_STYLES),
     model=text,
@@ -113,7 +113,7 @@ def test_required_flags_and_the_defaults_a_bare_invocation_gets():
     [
         (["--concurrency", "0"], "must be at least 1"),
         (["--max-dead-letter-ratio", "1.5"], "must lie between 0 and 1"),
-        (["--duplicate-lines", "3,x"], "comma-separated line numbers"),
+        (["--checkpoint-every", "x"], "invalid positive_int value"),
         (["--api", "grpc"], "invalid choice"),
     ],
 )
@@ -169,5 +169,5 @@ def test_the_worker_command_line_is_the_derived_parser():
         text=True,
         check=True,
     )
-    for name in ("--task", "--duplicate-lines", "--max-dead-letter-ratio", "--temperature"):
+    for name in ("--task", "--duplicates", "--max-dead-letter-ratio", "--temperature"):
         assert name in helped.stdout

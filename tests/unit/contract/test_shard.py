@@ -9,7 +9,7 @@ from llm_etl_provider.contract.shard import ShardDescriptor, validate_run_id
 
 def test_a_descriptor_travels_through_xcom_as_json_and_back():
     shard = ShardDescriptor(
-        index=3, records=10, line_offset=200, input_format="csv", secret="s", duplicates=(204, 207),
+        index=3, records=10, line_offset=200, input_format="csv", secret="s", duplicates=2,
         malformed={"ragged_row": [201]},
     )  # fmt: skip
     assert ShardDescriptor.from_xcom(json.loads(json.dumps(shard.to_xcom()))) == shard
@@ -21,6 +21,10 @@ def test_a_descriptor_travels_through_xcom_as_json_and_back():
         ("shard-2", "shard descriptor, not str"),
         ({"index": 1}, "shard descriptor, not dict"),
         ({"index": 1, "records": None, "line_offset": 0, "input_format": "jsonl"}, "non-integer"),
+        (
+            {"index": 1, "records": 2, "line_offset": 0, "input_format": "jsonl", "duplicates": [3]},
+            "non-integer",
+        ),
     ],
 )
 def test_anything_else_is_refused(value, message):

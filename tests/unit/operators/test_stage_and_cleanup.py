@@ -9,7 +9,15 @@ import pytest
 from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
 from airflow.sdk import DAG
 
-from llm_etl_provider.contract.layout import LABEL_RUN, MANAGED_BY, label_value, run_prefix, shard_folder
+from llm_etl_provider.contract.duplicates import decode_line_numbers
+from llm_etl_provider.contract.layout import (
+    DUPLICATES_FILE_NAME,
+    LABEL_RUN,
+    MANAGED_BY,
+    label_value,
+    run_prefix,
+    shard_folder,
+)
 from llm_etl_provider.exceptions import StagingError
 from llm_etl_provider.operators.cleanup import CleanupOperator, SweepExpiredOperator
 from llm_etl_provider.operators.stage import StageInputOperator
@@ -208,10 +216,32 @@ def test_each_shard_carries_the_lines_that_repeat_an_earlier_id(tmp_path, api, f
     op = stage(input_path=str(source), namespace="etl", max_shard_bytes=20_000, max_record_bytes=5_000)
     shards = op.execute({"run_id": RUN})
     assert len(shards) > 3
-    assert [line for shard in shards for line in shard["duplicates"]] == expected
-    for shard, following in zip(shards, shards[1:] + [None], strict=True):
+    staged = [
+        decode_line_numbers(api.secret_bytes("etl", shard["secret"], DUPLICATES_FILE_NAME))
+        if shard["duplicates"]
+        else []
+        for shard in shards
+    ]
+    assert [line for lines in staged for line in lines] == expected
+    for shard, following, lines in zip(shards, shards[1:] + [None], staged, strict=True):
         end = following["first_line"] if following else float("inf")
-        assert all(shard["first_line"] <= line < end for line in shard["duplicates"])
+        assert all(shard["first_line"] <= line < end for line in lines)
+        assert shard["duplicates"] == len(lines)
+
+
+def test_duplicates_travel_with_the_shard_not_in_xcom(tmp_path, api):
+    """A file concatenated with itself: every line of the second copy repeats an id. The stage's XCom stays
+    small whatever their number (their line numbers once went into XCom and the pod's argv: E2BIG)."""
+    source = write_input(tmp_path / "twice.jsonl", n=20_000, size=20)
+    source.write_bytes(source.read_bytes() * 2)
+    op = stage(input_path=str(source), namespace="etl", max_shard_bytes=200_000, max_record_bytes=5_000)
+    shards = op.execute({"run_id": RUN})
+    assert sum(shard["duplicates"] for shard in shards) == 20_000
+    assert len(json.dumps(shards)) < 400 * len(shards)
+    last = shards[-1]
+    lines = decode_line_numbers(api.secret_bytes("etl", last["secret"], DUPLICATES_FILE_NAME))
+    assert lines[-1] == 40_000
+    assert len(api.secret_bytes("etl", last["secret"], DUPLICATES_FILE_NAME)) < 1_000  # runs of 1 compress
 
 
 def test_a_run_id_frames_cannot_carry_fails_the_stage_before_anything_exists(tmp_path, api):
