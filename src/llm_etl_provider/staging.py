@@ -34,6 +34,9 @@ SECRET_LIMIT = 1 << 20
 DEFAULT_SHARD_BYTES = (
     700_000  # compressed; leaves room for base64 in the API request and the Secret's metadata
 )
+# The stage's caps on one input (StageInputOperator's max_input_bytes and max_input_records)
+DEFAULT_MAX_INPUT_BYTES = 16 << 30  # decompressed
+DEFAULT_MAX_INPUT_RECORDS = 50_000_000
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from airflow.sdk import ObjectStoragePath
 
@@ -21,6 +20,8 @@ from llm_etl_provider.contract.shard import ShardDescriptor, validate_run_id
 from llm_etl_provider.exceptions import StagingError, StagingInputError
 from llm_etl_provider.operators.base import RunStepOperator, backend_for
 from llm_etl_provider.staging import (
+    DEFAULT_MAX_INPUT_BYTES,
+    DEFAULT_MAX_INPUT_RECORDS,
     DEFAULT_SHARD_BYTES,
     Shard,
     check_sizes,
@@ -28,7 +29,7 @@ from llm_etl_provider.staging import (
 )
 from llm_etl_provider.transport.keys import new_key
 from llm_etl_provider.worker.exceptions import ConfigurationError
-from llm_etl_provider.worker.records import RecordReader, detect_format
+from llm_etl_provider.worker.records import InputLimits, RecordReader, detect_format
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -52,6 +53,10 @@ class StageInputOperator(RunStepOperator):
     (:class:`~llm_etl_provider.operators.base.RunStepOperator`)
     :param max_shard_bytes: the compressed size limit of a shard (a Secret holds at most 1 MiB)
     :param max_record_bytes: records over this size are passed on cut, to be dead-lettered by the worker
+    :param max_input_bytes: refuse an input over this many bytes, decompressed (default 16 GiB)
+    :param max_input_records: refuse an input of more records (default 50 million). Blank lines are capped
+        too: 10,000, then 10 per record read so far (a gzip bomb of newlines is refused in milliseconds).
+        Each cap fails the task before anything is staged.
     :param work_claim_size: e.g. ``1Gi``: give each shard a PersistentVolumeClaim for the worker's checkpoint
         and frame spool, so that a retry after a lost pod (a preempted node) resumes instead of starting over.
         The retry's pod then has to run where the volume can attach (its zone). None: an emptyDir.
@@ -64,6 +69,8 @@ class StageInputOperator(RunStepOperator):
         "local_dir",
         "max_shard_bytes",
         "max_record_bytes",
+        "max_input_bytes",
+        "max_input_records",
         "work_claim_size",
         "work_storage_class",
     )
@@ -75,6 +82,8 @@ class StageInputOperator(RunStepOperator):
         input_format: str = "auto",
         max_shard_bytes: int | str = DEFAULT_SHARD_BYTES,
         max_record_bytes: int | str = DEFAULT_MAX_RECORD_BYTES,
+        max_input_bytes: int | str = DEFAULT_MAX_INPUT_BYTES,
+        max_input_records: int | str = DEFAULT_MAX_INPUT_RECORDS,
         work_claim_size: str | None = None,
         work_storage_class: str | None = None,
         **kwargs: Any,
@@ -84,6 +93,8 @@ class StageInputOperator(RunStepOperator):
         self.input_format = input_format
         self.max_shard_bytes = max_shard_bytes
         self.max_record_bytes = max_record_bytes
+        self.max_input_bytes = max_input_bytes
+        self.max_input_records = max_input_records
         self.work_claim_size = work_claim_size or None
         self.work_storage_class = work_storage_class or None
 
@@ -99,16 +110,18 @@ class StageInputOperator(RunStepOperator):
             self, context, work_claim_size=self.work_claim_size, work_storage_class=self.work_storage_class
         )
         source = ObjectStoragePath(self.input_path)
-        with tempfile.TemporaryDirectory(prefix="llm-etl-stage-") as scratch:
-            local = Path(scratch) / (source.name or "input")
+        limits = InputLimits(max_bytes=int(self.max_input_bytes), max_records=int(self.max_input_records))
+        # The stage reads the input twice (validation, then sharding) from a copy that has no name on local
+        # disk: the kernel frees it when the process ends, a SIGKILL included; nothing is left behind.
+        try:
+            fmt = detect_format(Path(self.input_path), self.input_format)
+        except ConfigurationError as exc:
+            raise StagingError(str(exc)) from None
+        with tempfile.TemporaryFile(prefix="llm-etl-stage-") as copy:
+            self._copy(source, copy, limits.max_bytes)
+            local = _reopenable(copy)
             try:
-                with source.open("rb") as reader, local.open("wb") as writer:  # type: ignore[no-untyped-call]
-                    shutil.copyfileobj(reader, writer, 1 << 20)
-            except (OSError, ValueError) as exc:
-                raise StagingError(f"cannot read the input {self.input_path}: {exc}") from None
-            try:
-                fmt = detect_format(local, self.input_format)
-                malformed, duplicates = self._validate(local, fmt)
+                malformed, duplicates = self._validate(local, fmt, limits)
                 shards = plan_shards(
                     local,
                     input_format=fmt,
@@ -124,6 +137,22 @@ class StageInputOperator(RunStepOperator):
             sum(d["bytes"] for d in descriptors), prefix,
         )  # fmt: skip
         return descriptors
+
+    def _copy(self, source: ObjectStoragePath, copy: BinaryIO, max_bytes: int) -> None:
+        """Copy the input as it is (compressed or not), refusing one over ``max_bytes``."""
+        copied = 0
+        try:
+            with source.open("rb") as reader:  # type: ignore[no-untyped-call]
+                while chunk := reader.read(1 << 20):
+                    copied += len(chunk)
+                    if copied > max_bytes:
+                        raise StagingError(
+                            f"{self.input_path}: the input is over max_input_bytes ({max_bytes})"
+                        )
+                    copy.write(chunk)
+        except (OSError, ValueError) as exc:
+            raise StagingError(f"cannot read the input {self.input_path}: {exc}") from None
+        copy.flush()
 
     def _stage(
         self,
@@ -161,13 +190,15 @@ class StageInputOperator(RunStepOperator):
             descriptors.append(descriptor.to_xcom())
         return descriptors
 
-    def _validate(self, local: Path, fmt: str) -> tuple[dict[str, list[int]], list[int]]:
+    def _validate(self, local: Path, fmt: str, limits: InputLimits) -> tuple[dict[str, list[int]], list[int]]:
         """Read the input as the worker will; fail on an unusable whole, report malformed records by line.
 
         Unusable: no record at all, or not one readable record among the first ones (a file that is not the
         declared format, or not text). Also returns the lines of every record whose id an earlier record has.
         """
-        reader = RecordReader(local, input_format=fmt, max_record_bytes=int(self.max_record_bytes))
+        reader = RecordReader(
+            local, input_format=fmt, max_record_bytes=int(self.max_record_bytes), limits=limits
+        )
         malformed: dict[str, list[int]] = {}
         duplicates: list[int] = []
         readable = 0
@@ -199,6 +230,14 @@ class StageInputOperator(RunStepOperator):
                 self.input_path, ", ".join(map(str, lines)), " and more" if len(lines) == 20 else "", reason,
             )  # fmt: skip
         return malformed, duplicates
+
+
+def _reopenable(copy: BinaryIO) -> Path:
+    """A path that opens the nameless file ``copy`` again, with an offset of its own (Linux's /proc)."""
+    path = Path(f"/proc/self/fd/{copy.fileno()}")
+    if not path.exists():
+        raise StagingError("the stage needs Linux's /proc to read its nameless copy of the input")
+    return path
 
 
 def _with_next(shards: Iterable[Shard]) -> Iterator[tuple[Shard, Shard | None]]:

@@ -6,6 +6,7 @@ Run-level errors stop the process; each carries the :class:`~llm_etl_provider.co
     WorkerError                      exit 1   unexpected failure of the run
      ├── ConfigurationError          exit 2   bad arguments, template, schema, checkpoint or unusable input
      │    ├── UnreadableInput                 the input cannot be opened, or read to its end (a cut gzip)
+     │    │    └── InputOverLimit                 the input passes a cap of the stage (bytes, records, blanks)
      │    └── CsvLineTooLong                  a CSV line over max_record_bytes, which the stage refuses
      ├── ServerUnavailableError      exit 3   the LLM server never became ready, or went away mid-run
      ├── DeadLetterThresholdError    exit 4   the run finished, but too many records went to the dead letters
@@ -43,6 +44,10 @@ class ConfigurationError(WorkerError):
 
 class UnreadableInput(ConfigurationError):
     """The input cannot be opened, or read to its end (a truncated or corrupt gzip stream)."""
+
+
+class InputOverLimit(UnreadableInput):
+    """The input passes one of the stage's caps (:class:`~llm_etl_provider.worker.records.InputLimits`)."""
 
 
 class CsvLineTooLong(ConfigurationError):

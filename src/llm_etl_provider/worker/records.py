@@ -15,7 +15,7 @@ from typing import Any, TypeGuard
 from llm_etl_provider.contract.codes import DeadLetterReason as Reason
 from llm_etl_provider.contract.invocation import DEFAULT_MAX_RECORD_BYTES, RECORD_FORMATS, RecordFormat
 from llm_etl_provider.worker import strict_json
-from llm_etl_provider.worker.exceptions import ConfigurationError
+from llm_etl_provider.worker.exceptions import ConfigurationError, InputOverLimit
 from llm_etl_provider.worker.id_index import IdIndex
 from llm_etl_provider.worker.tokenizer import CsvRow, JsonlLine, csv_rows, jsonl_lines
 
@@ -60,6 +60,34 @@ class ReadStats:
             self.blank_line_numbers.append(line)
 
 
+@dataclass(frozen=True, slots=True)
+class InputLimits:
+    """Caps on what one read of an input may hold, so that no input keeps the stage busy for hours.
+
+    :param max_bytes: the most bytes the input may hold, decompressed
+    :param max_records: the most records (non-blank lines, or CSV rows) it may hold
+    :param blank_lines_per_record: the most blank lines per record seen so far, beyond ``free_blank_lines``:
+        checked as they come, so that a gzip bomb of newlines is refused after a few thousand lines
+    :param free_blank_lines: blank lines allowed whatever the number of records
+    """
+
+    max_bytes: int
+    max_records: int
+    blank_lines_per_record: int = 10
+    free_blank_lines: int = 10_000
+
+    def check_records(self, path: Path, records: int) -> None:
+        if records > self.max_records:
+            raise InputOverLimit(f"{path}: the input holds more than {self.max_records} records")
+
+    def check_blank_lines(self, path: Path, blank_lines: int, records: int) -> None:
+        if blank_lines > self.free_blank_lines + self.blank_lines_per_record * records:
+            raise InputOverLimit(
+                f"{path}: {blank_lines} blank lines against {records} records, over "
+                f"{self.free_blank_lines} + {self.blank_lines_per_record} per record"
+            )
+
+
 def detect_format(path: Path, declared: str = "auto") -> RecordFormat:
     """Return the input format: the declared one, or the one the file name implies."""
     if declared in RECORD_FORMATS:
@@ -96,6 +124,7 @@ class RecordReader:
     :param duplicate_lines: input line numbers known to repeat an earlier record's id (found by the stage in
         an earlier shard); a record whose id this reader saw before is a duplicate too. Duplicates become
         ``duplicate_id`` errors. The reader keeps a 64-bit hash and a line number per id (:class:`IdIndex`).
+    :param limits: caps that end the read with :class:`InputOverLimit` (the stage's; the worker has none)
     """
 
     def __init__(
@@ -107,6 +136,7 @@ class RecordReader:
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
         line_offset: int = 0,
         duplicate_lines: Collection[int] = (),
+        limits: InputLimits | None = None,
     ) -> None:
         self.path = path
         self.format = detect_format(path, input_format)
@@ -114,15 +144,22 @@ class RecordReader:
         self.max_record_bytes = max_record_bytes
         self.line_offset = line_offset
         self.duplicate_lines = frozenset(duplicate_lines)
+        self.limits = limits
+        self._records = 0
         self.stats = ReadStats()
         self._first_lines = IdIndex()
 
     def __iter__(self) -> Iterator[InputRecord]:
         self._first_lines.clear()
-        if self.format == "jsonl":
-            yield from self._jsonl()
-        else:
-            yield from self._csv()
+        self._records = 0
+        records = self._jsonl() if self.format == "jsonl" else self._csv()
+        if self.limits is None:
+            yield from records
+            return
+        for record in records:
+            self._records += 1  # the blank-line cap is relative to it
+            self.limits.check_records(self.path, self._records)
+            yield record
 
     def count(self) -> int:
         """Count the records without parsing them (for progress and ETA)."""
@@ -130,10 +167,29 @@ class RecordReader:
         return sum(1 for unit in units if unit.record)
 
     def _jsonl_lines(self) -> Iterator[JsonlLine]:
-        return jsonl_lines(self.path, max_record_bytes=self.max_record_bytes, line_offset=self.line_offset)
+        return jsonl_lines(
+            self.path,
+            max_record_bytes=self.max_record_bytes,
+            line_offset=self.line_offset,
+            max_bytes=self._max_bytes,
+        )
 
     def _csv_rows(self) -> Iterator[CsvRow]:
-        return csv_rows(self.path, max_record_bytes=self.max_record_bytes, line_offset=self.line_offset)
+        return csv_rows(
+            self.path,
+            max_record_bytes=self.max_record_bytes,
+            line_offset=self.line_offset,
+            max_bytes=self._max_bytes,
+        )
+
+    @property
+    def _max_bytes(self) -> int | None:
+        return self.limits.max_bytes if self.limits else None
+
+    def _blank(self, line: int) -> None:
+        self.stats.note_blank(line)
+        if self.limits:
+            self.limits.check_blank_lines(self.path, self.stats.blank_lines, self._records)
 
     def _jsonl(self) -> Iterator[InputRecord]:
         for unit in self._jsonl_lines():
@@ -142,7 +198,7 @@ class RecordReader:
                 yield self._malformed(number, Reason.RECORD_TOO_LARGE, f"over {self.max_record_bytes} bytes")
                 continue
             if unit.blank:
-                self.stats.note_blank(number)
+                self._blank(number)
                 continue
             try:
                 text = unit.data.decode("utf-8")
@@ -186,7 +242,7 @@ class RecordReader:
                 yield self._malformed(number, reason, error)
                 continue
             if unit.blank:  # every row before the header is blank
-                self.stats.note_blank(number)
+                self._blank(number)
                 continue
             if any(_has_surrogates(cell) for cell in row):
                 raw = ",".join(row).encode("utf-8", "surrogateescape").decode("utf-8", "replace")

@@ -13,11 +13,14 @@ finds in it the same units, at the same input lines, as a read of the whole inpu
 - CSV rows: lines end at ``\\n`` only, quoted fields may span lines, a field over ``max_record_bytes``
   characters is an error (the csv module's field size limit is set here, nowhere else), the first row that is
   not blank is the header;
-- line numbers: a unit's line is its first input line, counted from ``line_offset + 1``.
+- line numbers: a unit's line is its first input line, counted from ``line_offset + 1``;
+- the byte cap: with ``max_bytes``, reading past that many bytes (decompressed) raises
+  :class:`InputOverLimit`, so that no input, a gzip bomb included, is read for longer than its cap allows.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import io
@@ -27,7 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
-from llm_etl_provider.worker.exceptions import CsvLineTooLong, UnreadableInput
+from llm_etl_provider.worker.exceptions import CsvLineTooLong, InputOverLimit, UnreadableInput
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _UTF8_BOM = b"\xef\xbb\xbf"
@@ -89,9 +92,11 @@ def without_bom(line_number: int, line: bytes) -> bytes:
     return line[len(_UTF8_BOM) :] if line_number == 1 and line.startswith(_UTF8_BOM) else line
 
 
-def jsonl_lines(path: Path, *, max_record_bytes: int, line_offset: int = 0) -> Iterator[JsonlLine]:
+def jsonl_lines(
+    path: Path, *, max_record_bytes: int, line_offset: int = 0, max_bytes: int | None = None
+) -> Iterator[JsonlLine]:
     """Yield the physical lines of a JSONL input, numbered from ``line_offset + 1``."""
-    with _opened(path) as stream:
+    with _opened(path, max_bytes) as stream:
         number = line_offset
         while chunk := stream.readline(max_record_bytes + 1):
             number += 1
@@ -105,7 +110,12 @@ def jsonl_lines(path: Path, *, max_record_bytes: int, line_offset: int = 0) -> I
 
 
 def csv_rows(
-    path: Path, *, max_record_bytes: int, line_offset: int = 0, refuse_long_lines: bool = False
+    path: Path,
+    *,
+    max_record_bytes: int,
+    line_offset: int = 0,
+    refuse_long_lines: bool = False,
+    max_bytes: int | None = None,
 ) -> Iterator[CsvRow]:
     """Yield the rows of a CSV input, the header and blank lines included, numbered from ``line_offset + 1``.
 
@@ -114,7 +124,7 @@ def csv_rows(
     before anything of it is parsed; otherwise lines are read whole. An input it does not refuse yields the
     same rows either way.
     """
-    with _opened(path) as stream:
+    with _opened(path, max_bytes) as stream:
         lines: Iterable[bytes] = (
             _short_lines(stream, max_record_bytes, line_offset) if refuse_long_lines else stream
         )
@@ -172,19 +182,38 @@ def _blank(data: bytes) -> bool:
         return False
 
 
+class _CappedStream(io.RawIOBase):
+    """Reads ``inner`` and raises InputOverLimit once more than ``limit`` bytes have been read."""
+
+    def __init__(self, inner: io.BufferedIOBase, limit: int, path: Path) -> None:
+        self.inner, self.limit, self.path, self.total = inner, limit, path, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        count = self.inner.readinto(buffer)
+        self.total += count
+        if self.total > self.limit:
+            raise InputOverLimit(f"{self.path}: the input is over {self.limit} bytes (decompressed)")
+        return count
+
+
 @contextmanager
-def _opened(path: Path) -> Iterator[io.BufferedIOBase]:
+def _opened(path: Path, max_bytes: int | None = None) -> Iterator[io.BufferedIOBase]:
     """Open the input, decompressing it if it is gzip; a failure to read it is an UnreadableInput."""
     try:
         raw = path.open("rb")
     except OSError as exc:
         raise UnreadableInput(f"{path}: cannot open the input: {exc.strerror}") from None
     try:
-        if raw.peek(2)[:2] == _GZIP_MAGIC:
-            with gzip.GzipFile(fileobj=raw, mode="rb") as unzipped:
-                yield unzipped
-        else:
-            yield raw
+        with contextlib.ExitStack() as stack:
+            stream: io.BufferedIOBase = raw
+            if raw.peek(2)[:2] == _GZIP_MAGIC:
+                stream = stack.enter_context(gzip.GzipFile(fileobj=raw, mode="rb"))
+            if max_bytes is not None:
+                stream = io.BufferedReader(_CappedStream(stream, max_bytes, path), 1 << 16)
+            yield stream
     except (EOFError, OSError, zlib.error) as exc:
         raise UnreadableInput(f"{path}: the input cannot be read to its end: {exc}") from None
     finally:

@@ -3,6 +3,9 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import tempfile
+import time
+import zlib
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -117,8 +120,79 @@ def test_unusable_inputs_fail_the_stage_with_a_clear_error(tmp_path, api, name, 
         source.write_bytes(content)
     with pytest.raises(StagingError, match=message) as info:
         stage(input_path=str(source)).execute({"run_id": RUN})
-    assert "llm-etl-stage-" not in str(info.value)  # names the user's file, not our scratch copy
+    assert str(source) in str(info.value) or name == "missing.jsonl"
+    assert "/proc/" not in str(info.value)  # names the user's file, not our scratch copy
     assert api.objects["secrets"] == {}
+
+
+def gzip_of_blank_lines(path, megabytes):
+    """A small gzip file that decompresses to ``megabytes`` MiB of newlines (a gzip bomb)."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+    block = b"\n" * (1 << 20)
+    path.write_bytes(b"".join(compressor.compress(block) for _ in range(megabytes)) + compressor.flush())
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "write", "caps", "message"),
+    [
+        (
+            "bomb.jsonl.gz",
+            lambda path: gzip_of_blank_lines(path, 512),
+            {},
+            r"10001 blank lines against 0 records, over 10000 \+ 10 per record",
+        ),
+        (
+            "records.jsonl",
+            lambda path: write_input(path, n=30, size=10),
+            {"max_input_records": 29},
+            "holds more than 29 records",
+        ),
+        (
+            "big.jsonl.gz",
+            lambda path: path.write_bytes(gzip.compress(write_input(path, n=300, size=100).read_bytes())),
+            {"max_input_bytes": 20_000},
+            r"over 20000 bytes \(decompressed\)",
+        ),
+        (
+            "raw.jsonl",
+            lambda path: write_input(path, n=300, size=100),
+            {"max_input_bytes": 20_000},
+            r"over max_input_bytes \(20000\)",
+        ),
+    ],
+)
+def test_inputs_past_the_caps_are_refused_before_anything_is_staged(
+    tmp_path, api, name, write, caps, message
+):
+    """A gzip bomb of 512 MiB of newlines once kept the stage counting blank lines for minutes (hours for a
+    larger one); the caps refuse it after 10,001 lines."""
+    source = tmp_path / name
+    write(source)
+    started = time.monotonic()
+    with pytest.raises(StagingError, match=message) as info:
+        stage(input_path=str(source), namespace="etl", **caps).execute({"run_id": RUN})
+    assert time.monotonic() - started < 20
+    assert str(source) in str(info.value)
+    assert api.objects["secrets"] == {}
+
+
+def test_the_stage_keeps_no_named_copy_of_the_input(tmp_path, api, monkeypatch):
+    """Its copy has no name from the start: a SIGKILLed stage leaves no plaintext on the worker's disk."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    seen_while_staging = []
+    real_create = api.create_namespaced_secret
+
+    def create_and_look(namespace, body, **kwargs):
+        seen_while_staging.append(sorted(p.name for p in scratch.rglob("*")))
+        return real_create(namespace, body, **kwargs)
+
+    monkeypatch.setattr(api, "create_namespaced_secret", create_and_look)
+    source = write_input(tmp_path / "reviews.jsonl", n=50)
+    stage(input_path=str(source), namespace="etl").execute({"run_id": RUN})
+    assert seen_while_staging == [[], []]  # the key and the one shard
 
 
 def test_cleanup_deletes_exactly_the_runs_pods_and_secrets(tmp_path, api):

@@ -2,12 +2,13 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from pathlib import Path
 
 import pytest
 
-from llm_etl_provider.worker.exceptions import ConfigurationError
-from llm_etl_provider.worker.records import RecordReader, detect_format
+from llm_etl_provider.worker.exceptions import ConfigurationError, InputOverLimit
+from llm_etl_provider.worker.records import InputLimits, RecordReader, detect_format
 
 
 def write(path: Path, data: bytes) -> Path:
@@ -199,3 +200,27 @@ def test_a_lone_carriage_return_does_not_end_a_csv_line(tmp_path):
     assert [(r.line, r.error) for r in records] == [(2, None), (3, None), (4, "malformed_csv"), (5, None)]
     assert records[0].fields == {"id": "1", "text": "a\rb"}
     assert records[1].fields == {"id": "2", "text": "c"}
+
+
+def test_the_byte_cap_stops_a_read_inside_one_endless_line(tmp_path):
+    """A gzip bomb of one line with no end: the reader skips an over-long line in chunks, so only a cap on the
+    bytes read stops it."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+    block = b"x" * (1 << 20)
+    path = tmp_path / "one-line.jsonl.gz"
+    path.write_bytes(b"".join(compressor.compress(block) for _ in range(64)) + compressor.flush())
+    reader = RecordReader(path, limits=InputLimits(max_bytes=4 << 20, max_records=10))
+    with pytest.raises(InputOverLimit, match=r"one-line.jsonl.gz: the input is over 4194304 bytes"):
+        list(reader)
+
+
+def test_without_limits_the_reader_reads_any_amount(tmp_path):
+    path = tmp_path / "blank.jsonl"
+    path.write_bytes(b"\n" * 20_001 + b'{"id": 1}\n')
+    records = list(RecordReader(path))
+    assert len(records) == 1
+    assert RecordReader(path).count() == 1
+    with pytest.raises(InputOverLimit, match="20001 blank lines against 0 records"):
+        list(
+            RecordReader(path, limits=InputLimits(max_bytes=1 << 30, max_records=10, free_blank_lines=20_000))
+        )
