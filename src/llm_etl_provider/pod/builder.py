@@ -42,17 +42,28 @@ MODELS_SIZE_LIMIT = "64Gi"
 
 @dataclass(frozen=True)
 class BackendDefaults:
+    """A server's image, port, API and health path, and the flags that would make it log prompts or answers
+    (refused in ``extra_args``: the server's log is a container log that KPO, the kubelet and log shippers
+    read, and it is not sealed)."""
+
     image: str
     port: int
     api: ApiStyle
     health_path: str
+    prompt_logging_flags: tuple[str, ...] = ()
 
 
 BACKENDS: dict[str, BackendDefaults] = {
     "ollama": BackendDefaults("docker.io/ollama/ollama:0.12.6", 11434, "ollama", "/api/version"),
-    "llamacpp": BackendDefaults("ghcr.io/ggml-org/llama.cpp:server-b6700", 8080, "openai", "/health"),
-    "vllm": BackendDefaults("docker.io/vllm/vllm-openai:v0.11.0", 8000, "openai", "/health"),
-}
+    "llamacpp": BackendDefaults(
+        "ghcr.io/ggml-org/llama.cpp:server-b6700", 8080, "openai", "/health",
+        ("-v", "--verbose", "--log-verbose", "-lv", "--verbosity", "--log-verbosity", "--verbose-prompt"),
+    ),
+    "vllm": BackendDefaults(
+        "docker.io/vllm/vllm-openai:v0.11.0", 8000, "openai", "/health",
+        ("--enable-log-requests", "--enable-log-outputs"),
+    ),
+}  # fmt: skip
 
 # Which model sources each server can use: Ollama pulls or reads its own model store; llama.cpp serves a GGUF
 # file; vLLM serves a model directory (a PVC or an OCI image volume).
@@ -108,6 +119,16 @@ class ServerSpec:
     cpu: str = "4"
     memory: str = "16Gi"
     extra_args: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        logging = [
+            arg for arg in self.extra_args if arg.split("=", 1)[0] in self.defaults.prompt_logging_flags
+        ]
+        if logging:
+            raise PodSpecError(
+                f"extra_args {' '.join(logging)} would make the {self.backend} server log prompts or answers "
+                "into its container log, which is not sealed: drop them"
+            )
 
     @property
     def defaults(self) -> BackendDefaults:

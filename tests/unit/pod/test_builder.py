@@ -299,3 +299,31 @@ def test_a_work_claim_replaces_the_work_emptydir():
         "persistentVolumeClaim": {"claimName": "llm-etl-abc-shard-3-work-1234"},
     }
     assert "emptyDir" in {v["name"]: v for v in build_pod(params())["spec"]["volumes"]}["work"]
+
+
+@pytest.mark.parametrize(
+    ("backend", "extra_args", "refused"),
+    [
+        ("llamacpp", ("--verbose",), "--verbose"),
+        ("llamacpp", ("--ctx-size", "4096", "-lv", "4"), "-lv"),
+        ("llamacpp", ("--log-verbosity=5",), "--log-verbosity=5"),
+        (
+            "vllm",
+            ("--enable-log-requests", "--enable-log-outputs"),
+            "--enable-log-requests --enable-log-outputs",
+        ),
+    ],
+)
+def test_server_flags_that_log_prompts_are_refused(backend, extra_args, refused):
+    """The sidecar's log is an unsealed container log: a flag that prints prompts would put records there."""
+    with pytest.raises(
+        PodSpecError, match=f"extra_args {refused} would make the {backend} server log prompts"
+    ):
+        ServerSpec(backend=backend, extra_args=extra_args)
+
+
+def test_other_server_flags_pass():
+    assert ServerSpec(backend="llamacpp", extra_args=("--ctx-size", "4096")).extra_args == (
+        "--ctx-size",
+        "4096",
+    )
