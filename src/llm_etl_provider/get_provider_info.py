@@ -32,6 +32,9 @@ def get_provider_info() -> dict[str, Any]:
                 ],
             },
         ],
+        "triggers": [
+            {"integration-name": "LLM ETL", "python-modules": ["llm_etl_provider.triggers.pod"]},
+        ],
         "connection-types": [
             {
                 "connection-type": "llm_etl",

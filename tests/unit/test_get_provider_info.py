@@ -34,7 +34,7 @@ def test_listed_modules_import():
     import importlib
 
     info = get_provider_info()
-    for group in ("hooks", "operators"):
+    for group in ("hooks", "operators", "triggers"):
         for entry in info.get(group, []):
             for module in entry["python-modules"]:
                 importlib.import_module(module)

@@ -8,11 +8,13 @@ import math
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import tenacity
+from airflow.providers.cncf.kubernetes.callbacks import KubernetesPodOperatorCallback
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.providers.cncf.kubernetes.pod_generator import PodGenerator
+from airflow.providers.cncf.kubernetes.triggers.pod import KubernetesPodTrigger
 from airflow.providers.cncf.kubernetes.utils.pod_manager import PodManager
 from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 from kubernetes.client.exceptions import ApiException
@@ -33,9 +35,11 @@ from llm_etl_provider.pod.builder import (
     pod_invocation,
 )
 from llm_etl_provider.transport.frames import carries_frame
+from llm_etl_provider.triggers.pod import FrameFilteringPodTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+    from airflow.triggers.base import BaseTrigger
     from kubernetes.client import models as k8s
 
 
@@ -61,12 +65,28 @@ def with_keywords(signature: inspect.Signature, defaults: dict[str, Any]) -> ins
 
 
 class FrameFilteringPodManager(PodManager):
-    """Copy the worker's progress lines into the Airflow task log, but never its sealed result frames."""
+    """Copy the worker's progress lines into the Airflow task log, and hand them to the DAG's callbacks, but
+    never its sealed result frames."""
+
+    def __init__(
+        self, kube_client: Any, callbacks: list[type[KubernetesPodOperatorCallback]] | None = None
+    ) -> None:
+        super().__init__(kube_client, callbacks=[_without_frames(c) for c in callbacks or ()])
 
     def _log_message(self, message: str, *args: Any, **kwargs: Any) -> None:
         if carries_frame(message):
             return
         super()._log_message(message, *args, **kwargs)
+
+
+def _without_frames(callback: type[KubernetesPodOperatorCallback]) -> type[KubernetesPodOperatorCallback]:
+    """The callback class, whose ``progress_callback`` is not called for a line that carries a frame."""
+
+    def progress_callback(*, line: str, **kwargs: Any) -> None:
+        if not carries_frame(line):
+            callback.progress_callback(line=line, **kwargs)
+
+    return type(callback.__name__, (callback,), {"progress_callback": staticmethod(progress_callback)})
 
 
 class LLMEnrichmentOperator(KubernetesPodOperator):
@@ -302,6 +322,12 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
             line = raw_line.decode("utf-8", errors="backslashreplace").rstrip("\n")
             if line and not carries_frame(line):
                 self.log.info("[%s] %s", self.base_container_name, line)
+
+    def defer(self, *, trigger: BaseTrigger, **kwargs: Any) -> NoReturn:
+        """Defer to a trigger whose periodic logs (``logging_interval``) leave out the frames."""
+        if type(trigger) is KubernetesPodTrigger:
+            trigger = FrameFilteringPodTrigger.from_trigger(trigger)
+        super().defer(trigger=trigger, **kwargs)
 
     @cached_property
     def pod_manager(self) -> PodManager:

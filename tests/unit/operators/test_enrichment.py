@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 from types import SimpleNamespace
 
 import pytest
+from airflow.providers.cncf.kubernetes.callbacks import KubernetesPodOperatorCallback
+from airflow.providers.cncf.kubernetes.hooks.kubernetes import AsyncKubernetesHook
 from airflow.providers.cncf.kubernetes.utils.pod_manager import PodManager
 from airflow.sdk import DAG
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferred
 from kubernetes.client import ApiClient
 from kubernetes.client import models as k8s
 
@@ -202,3 +206,54 @@ def test_worker_settings_are_keyword_arguments_of_partial_and_reach_the_worker()
 def test_a_setting_that_does_not_parse_fails_before_a_pod_exists():
     with pytest.raises(PodSpecError, match="concurrency 'lots' is not usable"):
         submitted(operator(concurrency="lots"))
+
+
+FRAME_LINE = f"{FORMAT} run 0 3 R AAAA"
+
+
+def timestamped(*messages: str) -> list[bytes]:
+    return [f"2026-11-27T10:00:0{n}.000000000Z {m}\n".encode() for n, m in enumerate(messages)]
+
+
+def log_pod() -> k8s.V1Pod:
+    return k8s.V1Pod(metadata=k8s.V1ObjectMeta(name="pod", namespace="etl"))
+
+
+def test_kpo_callbacks_never_receive_frames(monkeypatch):
+    """KPO hands every log line to the DAG's ``callbacks`` before logging it: frames are held back there."""
+    received = []
+
+    class Recorder(KubernetesPodOperatorCallback):
+        @staticmethod
+        def progress_callback(*, line, **kwargs):
+            received.append(line)
+
+    manager = FrameFilteringPodManager(kube_client=None, callbacks=[Recorder])
+    monkeypatch.setattr(
+        manager, "read_pod_logs", lambda **kwargs: timestamped("progress 1/2", FRAME_LINE, "progress 2/2")
+    )
+    monkeypatch.setattr(manager, "container_is_running", lambda pod, container_name: False)
+    manager.fetch_container_logs(log_pod(), "base", follow=False)
+    assert received == ["progress 1/2", "progress 2/2"]
+
+
+def test_the_deferrable_trigger_logs_no_frames(monkeypatch, capfd):
+    """With ``logging_interval`` the triggerer copies the worker's log into the task log every interval."""
+
+    async def read_logs(self, **kwargs):
+        return [line.decode() for line in timestamped("progress 1/2", FRAME_LINE, "progress 2/2")]
+
+    monkeypatch.setattr(AsyncKubernetesHook, "read_logs", read_logs)
+    op = operator(deferrable=True, logging_interval=30)
+    op.pod = log_pod()
+    with pytest.raises(TaskDeferred) as deferred:
+        op.invoke_defer_method()
+    trigger = deferred.value.trigger
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "llm_etl_provider.triggers.pod.FrameFilteringPodTrigger"
+    module, _, name = classpath.rpartition(".")
+    assert getattr(importlib.import_module(module), name)(**kwargs).logging_interval == 30
+    asyncio.run(trigger.pod_manager.fetch_container_logs_before_current_sec(log_pod(), "base"))
+    logged = "".join(capfd.readouterr())
+    assert "progress 2/2" in logged
+    assert FORMAT not in logged
