@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from llm_etl_provider.dev.report import build_report, merge_summaries
+from llm_etl_provider.worker.tasks import build_task
 
 SAMPLE = Path("examples/drug_reviews_sample.jsonl")
 DAG_FILE = Path("dags/llm_enrichment.py")
+DEMO_TASK = "sentiment"
 
 
 def _prepare_airflow(output: Path) -> None:
@@ -70,7 +72,7 @@ def run_demo(output: Path, *, input_path: Path = SAMPLE, limit: int | None = Non
             "output_path": str(published.resolve()),
             "model": "smollm2",
             "template": "{review}",
-            "task": "sentiment",
+            "task": DEMO_TASK,
         }
     )
     if run.state != "success":
@@ -88,6 +90,7 @@ def run_demo(output: Path, *, input_path: Path = SAMPLE, limit: int | None = Non
         [shard / "results.jsonl" for shard in shards],
         [shard / "dead_letter.jsonl" for shard in shards],
         merge_summaries([m["worker_summary"] for m in manifests]),
+        schema=build_task(DEMO_TASK).schema,
         reference=reference,
     )
     (run_dir / "report.md").write_text(report)

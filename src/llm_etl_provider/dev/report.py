@@ -37,17 +37,47 @@ def merge_summaries(summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return total
 
 
-def _labels(enrichment: dict[str, Any]) -> Iterator[tuple[str, str]]:
-    """Yield (field, label) for an enrichment's categorical parts: scalars, lists of them, typed objects."""
+def label_sets(schema: dict[str, Any]) -> dict[str, frozenset[str]]:
+    """The enrichment's categorical fields and their labels, from the task's output schema: enums and
+    booleans, lists of them, and the enum properties of listed objects (``entities.type``). Anything else may
+    be free text copied from a record, so the report never lists it."""
+    sets: dict[str, frozenset[str]] = {}
+
+    def labels(part: Any) -> frozenset[str] | None:
+        if not isinstance(part, dict):
+            return None
+        if isinstance(part.get("enum"), list):
+            return frozenset(_label(value) for value in part["enum"])
+        if part.get("type") == "boolean":
+            return frozenset(("true", "false"))
+        return None
+
+    for name, part in (schema.get("properties") or {}).items():
+        if (found := labels(part)) is not None:
+            sets[name] = found
+        elif isinstance(part, dict) and isinstance(items := part.get("items"), dict):
+            if (found := labels(items)) is not None:
+                sets[name] = found
+            for inner, inner_part in (items.get("properties") or {}).items():
+                if (found := labels(inner_part)) is not None:
+                    sets[f"{name}.{inner}"] = found
+    return sets
+
+
+def _label(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _labels(enrichment: dict[str, Any], sets: dict[str, frozenset[str]]) -> Iterator[tuple[str, str]]:
+    """Yield (field, label) for each label of the schema's label sets the enrichment holds."""
     for name, value in enrichment.items():
-        if isinstance(value, bool | str | int):
-            yield name, str(value).lower() if isinstance(value, bool) else str(value)
-        elif isinstance(value, list):
-            for item in value:
-                if isinstance(item, str):
-                    yield name, item
-                elif isinstance(item, dict) and isinstance(item.get("type"), str):
-                    yield f"{name}.type", item["type"]
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, dict):
+                for inner, inner_value in item.items():
+                    if (label := _label(inner_value)) in sets.get(f"{name}.{inner}", ()):
+                        yield f"{name}.{inner}", label
+            elif (label := _label(item)) in sets.get(name, ()):
+                yield name, label
 
 
 def build_report(
@@ -55,6 +85,7 @@ def build_report(
     dead_letter_path: Path | Sequence[Path],
     summary: dict[str, Any],
     *,
+    schema: dict[str, Any],
     reference: dict[Any, str] | None = None,
     reference_field: str = "sentiment",
 ) -> str:
@@ -63,9 +94,11 @@ def build_report(
     :param results_path: the results JSONL (or one per shard)
     :param dead_letter_path: the dead-letter JSONL (or one per shard)
     :param summary: the worker's summary (see :func:`merge_summaries` for several shards)
+    :param schema: the task's output schema: only its categorical labels are counted (:func:`label_sets`)
     :param reference: known labels by record id, to measure agreement with ``reference_field``
     :param reference_field: the enrichment field compared with the reference labels
     """
+    sets = label_sets(schema)
     distributions: dict[str, Counter[str]] = {}
     agreement: Counter[tuple[str, str]] = Counter()
     results = 0
@@ -75,10 +108,11 @@ def build_report(
         if isinstance(seconds := (line.get("meta") or {}).get("latency_s"), int | float):
             latency.add(seconds)
         enrichment = line.get("enrichment") or {}
-        for name, label in _labels(enrichment):
+        for name, label in _labels(enrichment, sets):
             distributions.setdefault(name, Counter())[label] += 1
-        if reference is not None and line.get("id") in reference:
-            agreement[(reference[line["id"]], str(enrichment.get(reference_field)))] += 1
+        got = _label(enrichment.get(reference_field))
+        if reference is not None and line.get("id") in reference and got in sets.get(reference_field, ()):
+            agreement[(str(reference[line["id"]]), got)] += 1
     reasons = Counter(line.get("reason", "unknown") for line in _lines(dead_letter_path))
 
     out = ["# Enrichment report", ""]

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import json
 
-from llm_etl_provider.dev.report import build_report
+from llm_etl_provider.dev.report import build_report, label_sets
+from llm_etl_provider.worker.tasks import build_task
 
 
 def write_jsonl(path, rows):
@@ -22,7 +23,11 @@ def test_report_counts_labels_agreement_and_dead_letters(tmp_path):
     dead = write_jsonl(tmp_path / "d.jsonl", [{"id": "d", "reason": "invalid_output"}])
     summary = {"records": 4, "records_per_s": 2.5, "latency_p50_s": 0.3, "latency_p95_s": 0.9}
     report = build_report(
-        results, dead, summary, reference={"a": "positive", "b": "negative", "c": "negative"}
+        results,
+        dead,
+        summary,
+        schema=build_task("sentiment").schema,
+        reference={"a": "positive", "b": "negative", "c": "negative"},
     )
     assert "- results: 3" in report
     assert "- dead letters: 1 (invalid_output: 1)" in report
@@ -43,9 +48,59 @@ def test_report_handles_lists_typed_entities_and_flags(tmp_path):
             {"id": 3, "enrichment": {"tags": ["pain", "sleep"]}},
         ],
     )
-    report = build_report(results, tmp_path / "missing.jsonl", {})
+    schema = {
+        "type": "object",
+        "properties": {
+            **build_task("moderation").schema["properties"],
+            **build_task("entities").schema["properties"],
+            **build_task("tags", categories=["pain", "sleep"]).schema["properties"],
+        },
+    }
+    report = build_report(results, tmp_path / "missing.jsonl", {}, schema=schema)
     assert "| false | 1 | 100.0% |" in report
     assert "## Distribution of `entities.type`" in report
     assert "| drug | 2 | 100.0% |" in report
     assert "| pain | 1 | 50.0% |" in report
     assert "- dead letters: 0" in report
+
+
+def test_free_text_of_a_custom_task_never_reaches_the_report(tmp_path):
+    """Only labels the schema enumerates are listed: free text (a summary, an entity's text, an open list of
+    keywords) may be a patient's words."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "summary": {"type": "string"},
+            "keywords": {"type": "array", "items": {"type": "string"}},
+            "urgent": {"type": "boolean"},
+            "people": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {"name": {"type": "string"}, "role": {"enum": ["patient", "carer"]}},
+                },
+            },
+        },
+    }
+    canary = "CANARY-PT-7f3a9c"
+    results = write_jsonl(
+        tmp_path / "r.jsonl",
+        [
+            {
+                "id": canary,
+                "enrichment": {
+                    "summary": f"{canary} has a headache",
+                    "keywords": [canary],
+                    "urgent": True,
+                    "people": [{"name": canary, "role": "patient"}],
+                },
+            }
+        ],
+    )
+    report = build_report(
+        results, tmp_path / "d.jsonl", {}, schema=schema, reference={canary: "x"}, reference_field="summary"
+    )
+    assert canary not in report
+    assert "| true | 1 | 100.0% |" in report
+    assert "## Distribution of `people.role`" in report
+    assert set(label_sets(schema)) == {"urgent", "people.role"}
