@@ -1,4 +1,6 @@
-"""Maintenance: delete llm-etl pods and Secrets older than their TTL (runs that never reached cleanup)."""
+"""Maintenance: delete llm-etl pods and Secrets older than their TTL (runs that never reached cleanup), and
+the decrypted staging that killed extractions left under the output folders (``LLM_ETL_SWEEP_OUTPUTS``,
+comma-separated; default: the enrichment DAG's ``LLM_ETL_DEFAULT_OUTPUT``)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ from datetime import datetime
 from airflow.sdk import dag
 
 from llm_etl_provider.operators.cleanup import SweepExpiredOperator
+
+OUTPUTS = os.environ.get("LLM_ETL_SWEEP_OUTPUTS") or os.environ.get("LLM_ETL_DEFAULT_OUTPUT") or ""
 
 
 @dag(
@@ -24,6 +28,7 @@ def llm_etl_sweeper() -> None:
         task_id="sweep",
         namespace=os.environ.get("LLM_ETL_NAMESPACE", "llm-etl"),
         ttl_seconds=int(os.environ.get("LLM_ETL_TTL_SECONDS", "3600")),
+        output_paths=[p.strip() for p in OUTPUTS.split(",") if p.strip()],
     )
 
 

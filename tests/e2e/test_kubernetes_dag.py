@@ -132,7 +132,7 @@ def test_the_sweeper_removes_what_outlived_the_ttl_and_nothing_else(cluster, mon
         )
     with DAG("llm_etl_sweeper", schedule=None):
         sweeper = SweepExpiredOperator(task_id="sweep", namespace=NAMESPACE, ttl_seconds=3600)
-    assert sweeper.execute({}) == {"pods": 0, "secrets": 1, "claims": 0}
+    assert sweeper.execute({}) == {"pods": 0, "secrets": 1, "claims": 0, "staging": 0}
     left = sorted(s["metadata"]["name"] for s in cluster.store.list("secrets", NAMESPACE))
     assert left == ["fresh-key", MODEL_URL_SECRET, "someone-elses"]
     for name in ("fresh-key", "someone-elses"):

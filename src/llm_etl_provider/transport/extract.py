@@ -30,7 +30,7 @@ DEAD_LETTERS = "dead_letter.jsonl"
 MANIFEST = "manifest.json"
 SUCCESS = "_SUCCESS"
 MANIFEST_FORMAT = "llm-etl-manifest/1"
-STAGING_PREFIX = "_tmp-"  # where an extraction writes before it publishes
+STAGING_PREFIX = "_tmp-"  # where an extraction writes before it publishes: _tmp-<unix time>-<uuid>
 DEFAULT_THREADS = 1 if (os.cpu_count() or 1) > 1 else 0
 
 
@@ -94,7 +94,7 @@ def extract(
     # shard's folder has one writer at a time (its extract task's tries), so any staging found is stale.
     for stale in destination.glob(f"{STAGING_PREFIX}*"):
         _remove(stale)
-    staging = destination / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
+    staging = destination / f"{STAGING_PREFIX}{int(time.time())}-{uuid.uuid4().hex}"
     staging.mkdir(parents=True, exist_ok=True)
     reader = FrameReader(key, run_id=run_id, shard=shard)
     started = time.monotonic()
@@ -183,6 +183,22 @@ def _publish(destination: Any, staging: Any, manifest: dict[str, Any]) -> None:
         fs.mv((staging / name).path, target.path)
     (destination / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     success.write_text("")
+
+
+def remove_stale_staging(root: str | PathLike[str] | Any, *, older_than: float) -> int:
+    """Remove the extraction staging folders anywhere under ``root`` that were made before ``older_than``
+    (a Unix time), or whose name does not say when; return how many. The extraction removes its own shard's;
+    this is for shards whose extraction was killed and never tried again."""
+    removed = 0
+    base = as_upath(root)
+    if not base.exists():
+        return 0
+    for staging in base.glob(f"**/{STAGING_PREFIX}*"):
+        made = staging.name[len(STAGING_PREFIX) :].split("-", 1)[0]
+        if not made.isdigit() or int(made) < older_than:
+            _remove(staging)
+            removed += 1
+    return removed
 
 
 def _remove(path: Any) -> None:

@@ -217,8 +217,26 @@ def test_the_sweeper_deletes_only_managed_resources_past_the_ttl(api):
     api.add_pod("etl", "old-theirs", {"app": "x"}, created=old)
     with DAG("llm_etl_sweeper", schedule=None):
         sweeper = SweepExpiredOperator(task_id="sweep", namespace="etl", ttl_seconds=3600)
-    assert sweeper.execute({}) == {"pods": 1, "secrets": 0, "claims": 0}
+    assert sweeper.execute({}) == {"pods": 1, "secrets": 0, "claims": 0, "staging": 0}
     assert sorted(name for _, name in api.objects["pods"]) == ["new-ours", "old-theirs"]
+
+
+def test_the_sweeper_removes_extraction_staging_past_the_ttl(tmp_path, api):
+    """A killed extraction leaves decrypted results under ``_tmp-*``; if its shard is never extracted again,
+    only the sweeper can remove them."""
+    now = int(time.time())
+    shard = tmp_path / "out" / "run-1" / shard_folder(0)
+    old, fresh, undated = shard / f"_tmp-{now - 7200}-aa", shard / f"_tmp-{now - 60}-bb", shard / "_tmp-cc"
+    for folder in (old, fresh, undated):
+        folder.mkdir(parents=True)
+        (folder / "results.jsonl").write_text('{"id": "decrypted"}\n')
+    (shard / "results.jsonl").write_text('{"id": "published"}\n')
+    with DAG("llm_etl_sweeper", schedule=None):
+        sweeper = SweepExpiredOperator(
+            task_id="sweep", namespace="etl", ttl_seconds=3600, output_paths=[str(tmp_path / "out")]
+        )
+    assert sweeper.execute({})["staging"] == 2
+    assert {p.name for p in shard.iterdir()} == {"results.jsonl", fresh.name}
 
 
 def test_limits_are_checked_before_the_input_is_read(tmp_path, api):
