@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llm_etl_provider.worker import cli
+from llm_etl_provider.worker import cli, strict_json
 from llm_etl_provider.worker.clients import make_client
 from llm_etl_provider.worker.engine import Engine, EngineSettings
 from llm_etl_provider.worker.exceptions import ConfigurationError, InvalidOutputError
@@ -146,3 +146,139 @@ def test_an_unexpected_failure_is_one_line_without_traceback_or_value(tmp_path, 
     assert "unexpected RuntimeError at llm_etl_provider.worker.cli:" in err
     assert CANARY not in err
     assert "Traceback" not in err
+
+
+async def no_wait(seconds: float) -> None:
+    await asyncio.sleep(0)
+
+
+def run_engine(tmp_path: Path, *, client_wrapper=None, sink=None, transport=None, reader=None, task=None):
+    """Run the engine over ten records with a 10 s bound; return the sink's files' lines."""
+    from llm_etl_provider.worker.checkpoint import Checkpoint
+
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps({"id": i, "text": f"good {CANARY}"}) + "\n" for i in range(10)))
+    results, dead = tmp_path / "r.jsonl", tmp_path / "d.jsonl"
+
+    async def go() -> None:
+        async with httpx.AsyncClient(transport=transport or FakeLLMServer().transport()) as http:
+            client = make_client("openai", http, "http://llm", "m")
+            engine = Engine(
+                task or build_task("sentiment"),
+                client_wrapper(client) if client_wrapper else client,
+                reader or RecordReader(path),
+                sink or JsonlFileSink(results, dead),
+                EngineSettings(concurrency=2, progress_interval=60, max_dead_letter_ratio=1.0),
+                checkpoint=Checkpoint(tmp_path / "ckpt.json", {"run": 1}),
+                log=lambda line: None,
+                sleep=no_wait,
+            )
+            await asyncio.wait_for(engine.run(), timeout=10)
+
+    asyncio.run(go())
+    return results.read_text().splitlines(), dead.read_text().splitlines()
+
+
+def test_a_client_that_dies_ends_the_run_at_once(tmp_path):
+    calls = []
+
+    def dying(client):
+        real = client.complete
+
+        async def complete(request):
+            calls.append(1)
+            if len(calls) == 4:
+                raise RuntimeError(CANARY)
+            return await real(request)
+
+        client.complete = complete
+        return client
+
+    with pytest.raises(RuntimeError):
+        run_engine(tmp_path, client_wrapper=dying)
+    assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 3
+    assert json.loads((tmp_path / "ckpt.json").read_text())["state"]["records_done"] == 3
+
+
+def test_a_writer_that_dies_ends_the_run_at_once(tmp_path):
+    class FullDisk(JsonlFileSink):
+        def write_result(self, line):
+            if line["id"] == 5:
+                raise OSError(28, "No space left on device")
+            super().write_result(line)
+
+    with pytest.raises(OSError, match="No space left"):
+        run_engine(tmp_path, sink=FullDisk(tmp_path / "r.jsonl", tmp_path / "d.jsonl"))
+    assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 5
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.text(max_size=60) | st.sampled_from(['{"sentiment": "positive"}', '{"sentiment": NaN}']),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_any_answer_of_the_model_is_a_result_or_a_dead_letter_in_strict_json(tmp_path_factory, answers):
+    """Whatever the server answers (any text, JSON or not), each record is one result or one dead letter, and
+    every written line is strict JSON."""
+    calls = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            return httpx.Response(200, json={"data": [{"id": "m"}]})
+        calls.append(1)
+        content = answers[len(calls) % len(answers)]
+        return httpx.Response(
+            200,
+            json={"choices": [{"message": {"content": content}, "finish_reason": "stop"}], "usage": {}},
+        )
+
+    tmp_path = tmp_path_factory.mktemp("fuzz")
+    results, dead = run_engine(tmp_path, transport=httpx.MockTransport(handle))
+    assert len(results) + len(dead) == 10
+    for line in results + dead:
+        strict_json.loads(line)
+    assert sorted(json.loads(line)["id"] for line in results + dead) == list(range(10))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400))
+def test_any_bytes_read_as_csv_give_rows_in_order_or_a_refusal_that_names_no_value(data):
+    """A CSV input: each row is a record or a counted blank line, in line order, or the whole input is refused
+    for its header; no other exception escapes, and a refusal quotes nothing of the input."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "in.csv"
+        path.write_bytes(data)
+        reader = RecordReader(path, max_record_bytes=64)
+        try:
+            records = list(reader)
+        except ConfigurationError as exc:
+            message = str(exc).removeprefix(str(path))
+            assert all(
+                len(cell) < 3 or cell.decode("utf-8", "replace") not in message for cell in data.split(b",")
+            )
+            return
+        lines = [r.line for r in records]
+        assert lines == sorted(set(lines))
+        for record in records:
+            if record.fields is not None:
+                dump_line(record.fields)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=300))
+def test_any_bytes_gzipped_read_as_jsonl_give_a_record_or_a_counted_blank_for_every_line(data):
+    import gzip
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "in.jsonl.gz"
+        path.write_bytes(gzip.compress(data))
+        reader = RecordReader(path, max_record_bytes=64)
+        records = list(reader)
+        physical = data.count(b"\n") + (0 if data.endswith(b"\n") or not data else 1)
+        assert len(records) + reader.stats.blank_lines == physical
