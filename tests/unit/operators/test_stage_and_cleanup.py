@@ -314,11 +314,11 @@ def test_each_shard_carries_the_lines_that_repeat_an_earlier_id(tmp_path, api, f
         else []
         for shard in shards
     ]
-    assert [line for lines in staged for line in lines] == expected
-    for shard, following, lines in zip(shards, shards[1:] + [None], staged, strict=True):
+    assert [line for repeated in staged for line in repeated] == expected
+    for shard, following, repeated in zip(shards, shards[1:] + [None], staged, strict=True):
         end = following["first_line"] if following else float("inf")
-        assert all(shard["first_line"] <= line < end for line in lines)
-        assert shard["duplicates"] == len(lines)
+        assert all(shard["first_line"] <= line < end for line in repeated)
+        assert shard["duplicates"] == len(repeated)
 
 
 def test_duplicates_travel_with_the_shard_not_in_xcom(tmp_path, api):
