@@ -29,6 +29,7 @@ from llm_etl_provider.worker.clients import make_client
 from llm_etl_provider.worker.engine import Engine, EngineSettings
 from llm_etl_provider.worker.exceptions import ConfigurationError, WorkerError
 from llm_etl_provider.worker.heartbeat import beat
+from llm_etl_provider.worker.http_lanes import HttpLanes
 from llm_etl_provider.worker.records import RecordReader
 from llm_etl_provider.worker.retry import RetryPolicy
 from llm_etl_provider.worker.sinks import JsonlFileSink, LogFrameSink, OutputSink
@@ -140,10 +141,10 @@ async def run(invocation: WorkerInvocation) -> dict[str, Any]:
         ready_timeout=invocation.ready_timeout,
     )
     headers = {"Authorization": f"Bearer {key}"} if (key := os.environ.get(API_KEY_ENV)) else {}
-    # The pool is sized for any concurrency the engine may pick; the engine's semaphore is the real bound.
-    limits = httpx.Limits(max_connections=128, max_keepalive_connections=128)
+    # One connection per request in flight (the engine's semaphore bounds them): httpx's own pool costs CPU
+    # in proportion to its connections for every request.
     timeout = httpx.Timeout(invocation.request_timeout, connect=10.0)
-    async with httpx.AsyncClient(limits=limits, timeout=timeout, headers=headers) as http:
+    async with HttpLanes(timeout=timeout, headers=headers) as http:
         client = make_client(
             invocation.api,
             http,

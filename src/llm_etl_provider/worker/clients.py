@@ -19,6 +19,9 @@ import httpx
 from llm_etl_provider.contract.codes import DeadLetterReason as Reason
 from llm_etl_provider.contract.invocation import ApiStyle, ResponseFormat
 from llm_etl_provider.worker.exceptions import LLMRejectedError, ServerUnavailableError, TransientLLMError
+from llm_etl_provider.worker.http_lanes import HttpLanes
+
+HttpClient = httpx.AsyncClient | HttpLanes
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,14 +62,15 @@ def _error_message(response: httpx.Response) -> str:
 class LLMClient(ABC):
     """A chat client for one LLM server and model.
 
-    :param http: the HTTP client to send requests with (its limits and timeouts apply)
+    :param http: the HTTP client to send requests with (its timeouts apply): :class:`HttpLanes` for many
+        requests in flight
     :param base_url: the server's root, e.g. ``http://127.0.0.1:11434`` (a trailing ``/v1`` is accepted)
     :param model: the model name the server knows
     """
 
     api: ApiStyle
 
-    def __init__(self, http: httpx.AsyncClient, base_url: str, model: str) -> None:
+    def __init__(self, http: HttpClient, base_url: str, model: str) -> None:
         self.http = http
         self.base_url = base_url.rstrip("/").removesuffix("/v1")
         self.model = model
@@ -171,7 +175,7 @@ class OpenAIClient(LLMClient):
 
     def __init__(
         self,
-        http: httpx.AsyncClient,
+        http: HttpClient,
         base_url: str,
         model: str,
         *,
@@ -236,7 +240,7 @@ class OllamaClient(LLMClient):
 
     def __init__(
         self,
-        http: httpx.AsyncClient,
+        http: HttpClient,
         base_url: str,
         model: str,
         *,
@@ -291,7 +295,7 @@ class OllamaClient(LLMClient):
 
 def make_client(
     api: ApiStyle,
-    http: httpx.AsyncClient,
+    http: HttpClient,
     base_url: str,
     model: str,
     *,
