@@ -106,8 +106,24 @@ DEFAULTS = {key: os.environ.get(f"LLM_ETL_DEFAULT_{key.upper()}") or value for k
             title="Largest record (bytes)",
             description="Larger records go to the dead letters; at most half the shard size",
         ),
+        "parallel": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            maximum=1024,
+            title="Server parallelism",
+            description=(
+                "Requests the LLM server serves at once (vLLM --max-num-seqs, llama.cpp --parallel, "
+                "OLLAMA_NUM_PARALLEL). Empty: 256 for vLLM, 32 for llama.cpp, 8 for Ollama on a GPU; 4 on CPU"
+            ),
+        ),
         "concurrency": Param(
-            None, type=["null", "integer"], minimum=1, title="Requests in flight (empty: auto)"
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            maximum=2048,
+            title="Requests in flight",
+            description="The worker's requests in flight. Empty: twice the server's parallelism",
         ),
         "system_prompt": Param(
             None, type=["null", "string"], format="multiline", title="System prompt (custom)"
@@ -125,6 +141,7 @@ def llm_enrichment() -> None:
         system_prompt="{{ params.system_prompt }}",
         schema="{{ params.schema }}",
         concurrency="{{ params.concurrency }}",
+        parallel="{{ params.parallel }}",
         max_shard_bytes="{{ params.shard_bytes }}",
         max_record_bytes="{{ params.record_bytes }}",
         max_dead_letter_ratio="{{ params.max_dead_letter_ratio }}",

@@ -206,7 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--model-url-secret", help="object source: a Secret whose key `url` holds the URL")
     render.add_argument("--model-claim", help="pvc source: the PersistentVolumeClaim")
     render.add_argument("--model-image", help="image source: the OCI image reference")
-    render.add_argument("--parallel", type=int, default=4)
+    render.add_argument(
+        "--parallel",
+        type=int,
+        help="requests the server serves at once (default: sized for the server and GPU)",
+    )
     render.add_argument("--gpus", type=int, default=1)
     render.add_argument("--task", default=default_of("task"), choices=TASK_NAMES)
     render.add_argument("--template", help=f"the prompt template (default: {DEFAULT_TEMPLATE})")

@@ -31,6 +31,9 @@ DEFAULT_MAX_RECORD_BYTES = 256 * 1024
 API_KEY_ENV = "LLM_ETL_API_KEY"  # an optional bearer key for the LLM server, never an argument
 KEY_ENV = "LLM_ETL_KEY"  # the run's frame key, where no key file is given
 RUN_ID_ENV = "LLM_ETL_RUN_ID"
+# Requests the worker keeps in flight per server slot (sequence): one served and one waiting, so that no slot
+# idles between an answer and the next request. The pod's worker runs at this times the server's parallelism.
+REQUESTS_PER_SLOT = 2
 
 
 def positive_int(text: str) -> int:

@@ -27,6 +27,7 @@ from llm_etl_provider.contract.shard import ShardDescriptor
 from llm_etl_provider.exceptions import PodSpecError, worker_exit_error
 from llm_etl_provider.operators.base import backend_for
 from llm_etl_provider.pod.builder import (
+    CPU_PARALLEL,
     DEFAULT_WORKER_IMAGE,
     ModelSpec,
     PodParams,
@@ -116,7 +117,8 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
     :param model_claim: the PersistentVolumeClaim holding the model (``pvc``)
     :param model_image: the OCI image holding the model (``image``)
     :param server_image: the LLM server's image (default per backend)
-    :param parallel: requests the server serves at once
+    :param parallel: requests the server serves at once (templated); None: sized for the server and its GPU
+        (:class:`~llm_etl_provider.pod.builder.ServerSpec`); the worker keeps twice as many in flight
     :param gpus: ``nvidia.com/gpu`` for the server (0 for CPU)
     :param worker_image: the worker's image
     :param gpu_node_selector: node selector for GPU nodes
@@ -136,6 +138,7 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
         "key_secret",
         "model",
         "backend",
+        "parallel",
         "local_dir",
         *WORKER_SETTINGS,
     )
@@ -154,7 +157,7 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
         model_claim: str | None = None,
         model_image: str | None = None,
         server_image: str | None = None,
-        parallel: int = 4,
+        parallel: int | str | None = None,
         gpus: int = 1,
         worker_image: str = DEFAULT_WORKER_IMAGE,
         gpu_node_selector: dict[str, str] | None = None,
@@ -212,7 +215,7 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
         return ServerSpec(
             backend=self.backend,  # type: ignore[arg-type]
             image=self.server_image,
-            parallel=self.parallel,
+            parallel=_optional_int(self.parallel, "parallel"),
             gpus=self.gpus,
         )
 
@@ -254,7 +257,7 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
             server = LLMServerHook(self.llm_conn_id).get_server(model=self.model or None)
         serving = LocalServing(
             model_file=Path(self.local_model_file) if self.local_model_file else None,
-            parallel=self.parallel,
+            parallel=_optional_int(self.parallel, "parallel") or CPU_PARALLEL,
             server=server,
         )
         shard = ShardDescriptor.from_xcom(self.shard)
@@ -332,6 +335,16 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
     @cached_property
     def pod_manager(self) -> PodManager:
         return FrameFilteringPodManager(kube_client=self.client, callbacks=self.callbacks)
+
+
+def _optional_int(value: Any, name: str) -> int | None:
+    """A templated integer setting: None, "" or "None" (an empty Param) is unset."""
+    if value is None or value in ("", "None"):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise PodSpecError(f"{name} must be an integer, not {value!r}") from None
 
 
 def _exit_code(pod: k8s.V1Pod | None, container: str) -> int | None:

@@ -9,6 +9,7 @@ its :class:`~llm_etl_provider.contract.invocation.WorkerInvocation`. The operato
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import re
 from collections.abc import Mapping
@@ -23,6 +24,7 @@ from llm_etl_provider.contract import layout
 from llm_etl_provider.contract.invocation import (
     LOG_OUTPUT,
     RECORD_FORMATS,
+    REQUESTS_PER_SLOT,
     ApiStyle,
     WorkerInvocation,
     coerce_settings,
@@ -50,20 +52,24 @@ class BackendDefaults:
     port: int
     api: ApiStyle
     health_path: str
+    gpu_parallel: int
     prompt_logging_flags: tuple[str, ...] = ()
 
 
 BACKENDS: dict[str, BackendDefaults] = {
-    "ollama": BackendDefaults("docker.io/ollama/ollama:0.12.6", 11434, "ollama", "/api/version"),
+    "ollama": BackendDefaults("docker.io/ollama/ollama:0.12.6", 11434, "ollama", "/api/version", 8),
     "llamacpp": BackendDefaults(
-        "ghcr.io/ggml-org/llama.cpp:server-b6700", 8080, "openai", "/health",
+        "ghcr.io/ggml-org/llama.cpp:server-cuda-b6700", 8080, "openai", "/health", 32,
         ("-v", "--verbose", "--log-verbose", "-lv", "--verbosity", "--log-verbosity", "--verbose-prompt"),
     ),
     "vllm": BackendDefaults(
-        "docker.io/vllm/vllm-openai:v0.11.0", 8000, "openai", "/health",
+        "docker.io/vllm/vllm-openai:v0.11.0", 8000, "openai", "/health", 256,
         ("--enable-log-requests", "--enable-log-outputs"),
     ),
 }  # fmt: skip
+CPU_PARALLEL = 4  # a server without a GPU
+LLAMACPP_CPU_IMAGE = "ghcr.io/ggml-org/llama.cpp:server-b6700"
+CTX_PER_SLOT = 2048  # llama.cpp's context per slot: a prompt of a few hundred tokens, an answer of up to 384
 
 # Which model sources each server can use: Ollama pulls or reads its own model store; llama.cpp serves a GGUF
 # file; vLLM serves a model directory (a PVC or an OCI image volume).
@@ -105,7 +111,10 @@ class ServerSpec:
 
     :param backend: ``ollama`` (default), ``llamacpp`` or ``vllm`` (the last two speak the OpenAI API)
     :param image: the server image; default per backend
-    :param parallel: requests served at once
+    :param parallel: requests served at once (vLLM ``--max-num-seqs``, llama.cpp ``--parallel``, Ollama
+        ``OLLAMA_NUM_PARALLEL``); None: with a GPU, 256 for vLLM, 32 for llama.cpp and 8 for Ollama, else 4.
+        The pod's worker keeps ``REQUESTS_PER_SLOT`` (2) times as many requests in flight unless its
+        ``concurrency`` is set
     :param gpus: ``nvidia.com/gpu`` limit (0 for CPU)
     :param cpu: CPU limit
     :param memory: memory limit
@@ -114,7 +123,7 @@ class ServerSpec:
 
     backend: Backend = "ollama"
     image: str | None = None
-    parallel: int = 4
+    parallel: int | None = None
     gpus: int = 1
     cpu: str = "4"
     memory: str = "16Gi"
@@ -133,6 +142,21 @@ class ServerSpec:
     @property
     def defaults(self) -> BackendDefaults:
         return BACKENDS[self.backend]
+
+    @property
+    def slots(self) -> int:
+        """The requests it serves at once."""
+        if self.parallel is not None:
+            return self.parallel
+        return self.defaults.gpu_parallel if self.gpus else CPU_PARALLEL
+
+    @property
+    def image_or_default(self) -> str:
+        if self.image:
+            return self.image
+        if self.backend == "llamacpp" and not self.gpus:
+            return LLAMACPP_CPU_IMAGE
+        return self.defaults.image
 
     @property
     def url(self) -> str:
@@ -222,7 +246,7 @@ def _check(params: PodParams) -> None:
         raise PodSpecError("the model's sha256 must be 64 lowercase hex digits")
     if model.path.startswith("/") or ".." in Path(model.path).parts:
         raise PodSpecError(f"the model path {model.path!r} must be relative to the model volume")
-    if server.parallel < 1 or server.gpus < 0:
+    if server.slots < 1 or server.gpus < 0:
         raise PodSpecError("parallel must be at least 1 and gpus at least 0")
     if params.invocation.input_format not in RECORD_FORMATS:
         raise PodSpecError(f"input format {params.invocation.input_format!r} is not jsonl or csv")
@@ -233,14 +257,14 @@ def _check(params: PodParams) -> None:
 def _server_container(params: PodParams, container: dict[str, Any]) -> None:
     server, model = params.server, params.model
     defaults = server.defaults
-    container["image"] = server.image or defaults.image
+    container["image"] = server.image_or_default
     model_file = f"{layout.MODELS_DIR}/{model.path}"
     if server.backend == "ollama":
         container["command"] = ["/bin/ollama", "serve"]
         container["env"] += [
             {"name": "OLLAMA_HOST", "value": f"127.0.0.1:{defaults.port}"},
             {"name": "OLLAMA_MODELS", "value": layout.MODELS_DIR},
-            {"name": "OLLAMA_NUM_PARALLEL", "value": str(server.parallel)},
+            {"name": "OLLAMA_NUM_PARALLEL", "value": str(server.slots)},
             {"name": "OLLAMA_KEEP_ALIVE", "value": "-1"},
         ]
         probe = ["/bin/ollama", "list"]
@@ -248,7 +272,7 @@ def _server_container(params: PodParams, container: dict[str, Any]) -> None:
         container["command"] = ["/app/llama-server"]
         container["args"] = [
             "--model", model_file, "--alias", model.name, "--host", "127.0.0.1", "--port", str(defaults.port),
-            "--parallel", str(server.parallel), "--no-webui",
+            "--parallel", str(server.slots), "--ctx-size", str(server.slots * CTX_PER_SLOT), "--no-webui",
             *(["--n-gpu-layers", "999"] if server.gpus else []),
         ]  # fmt: skip
         probe = ["curl", "-fsS", "-o", "/dev/null", f"{server.url}{defaults.health_path}"]
@@ -256,7 +280,7 @@ def _server_container(params: PodParams, container: dict[str, Any]) -> None:
         container["command"] = ["vllm", "serve", model_file]
         container["args"] = [
             "--served-model-name", model.name, "--host", "127.0.0.1", "--port", str(defaults.port),
-            "--max-num-seqs", str(server.parallel), "--download-dir", "/tmp/vllm",  # noqa: S108 - an emptyDir
+            "--max-num-seqs", str(server.slots), "--download-dir", "/tmp/vllm",  # noqa: S108 - an emptyDir
         ]  # fmt: skip
         probe = ["python3", "-c", f"import urllib.request; urllib.request.urlopen('{server.url}/health')"]
     container["args"] = [*container.get("args", []), *server.extra_args]
@@ -356,6 +380,8 @@ def build_pod(params: PodParams) -> dict[str, Any]:
     worker = spec["containers"][0]
     worker["image"] = params.worker_image
     worker["command"] = ["llm-etl-worker"]
+    if invocation.concurrency is None:  # the server's parallelism, known here: no need to find it
+        invocation = dataclasses.replace(invocation, concurrency=REQUESTS_PER_SLOT * params.server.slots)
     worker["args"] = invocation.to_argv()
     # A batch container has no Service to be ready for; the probes read the worker's heartbeat so that a hung
     # worker is ended by the kubelet (liveness) long before the pod's deadline.

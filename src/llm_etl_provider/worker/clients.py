@@ -124,11 +124,13 @@ class LLMClient(ABC):
             raise TransientLLMError(
                 Reason.SERVER_ERROR,
                 f"HTTP {response.status_code} {_error_message(response)}".strip(),
+                response.status_code,
             )
         if response.status_code >= 400:
             raise LLMRejectedError(
                 Reason.LLM_REJECTED,
                 f"HTTP {response.status_code} {_error_message(response)}".strip(),
+                response.status_code,
             )
         return response
 

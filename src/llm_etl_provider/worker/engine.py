@@ -19,9 +19,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llm_etl_provider.contract.codes import DeadLetterReason
-from llm_etl_provider.contract.invocation import default_of
+from llm_etl_provider.contract.invocation import REQUESTS_PER_SLOT, default_of
 from llm_etl_provider.worker.checkpoint import Checkpoint, CheckpointState
 from llm_etl_provider.worker.clients import ChatRequest, Completion, LLMClient
+from llm_etl_provider.worker.concurrency import (
+    MAX_CONCURRENCY,
+    PROBE_START,
+    ConcurrencyProbe,
+    InFlightLimit,
+)
 from llm_etl_provider.worker.exceptions import (
     ConfigurationError,
     DeadLetterThresholdError,
@@ -40,15 +46,14 @@ from llm_etl_provider.worker.tasks import TaskSpec
 
 # Reasons that mean the server itself may be gone, rather than this one record being a problem.
 _SERVER_GONE_REASONS = frozenset({DeadLetterReason.CONNECT_ERROR, DeadLetterReason.CONNECTION_ERROR})
-DEFAULT_CONCURRENCY = 4
-MAX_AUTO_CONCURRENCY = 64
 
 
 @dataclass(frozen=True)
 class EngineSettings:
     """How the engine runs.
 
-    :param concurrency: requests in flight at once; None asks the server for its parallel slots
+    :param concurrency: requests in flight at once; None: twice the server's parallel slots where it says
+        (llama.cpp), else found by a :class:`~llm_etl_provider.worker.concurrency.ConcurrencyProbe`
     :param max_pending: records held for in-order writing (in flight or done); default 4 x concurrency
     :param retry: the retry policy for transient failures and invalid answers
     :param temperature: the sampling temperature of a record's first attempt
@@ -123,15 +128,21 @@ class Engine:
         self.log = log
         self.sleep = sleep
         self.stats = RunStats()
-        self.concurrency = settings.concurrency or DEFAULT_CONCURRENCY
+        self.limit = InFlightLimit(settings.concurrency or PROBE_START, settings.max_pending)
+        self.probe: ConcurrencyProbe | None = None
+        self.concurrency_source = "flag"
         self.summary: dict[str, Any] | None = None
 
     async def run(self) -> dict[str, Any]:
         """Process every record; return the summary, or raise a :class:`WorkerError`."""
         await self.client.wait_ready(self.settings.ready_timeout)
         if self.settings.concurrency is None:
-            slots = await self.client.parallel_slots()
-            self.concurrency = min(2 * slots, MAX_AUTO_CONCURRENCY) if slots else DEFAULT_CONCURRENCY
+            if slots := await self.client.parallel_slots():
+                self.limit.set_limit(min(REQUESTS_PER_SLOT * slots, MAX_CONCURRENCY))
+                self.concurrency_source = "server slots"
+            else:
+                self.probe = ConcurrencyProbe(self.limit)
+                self.concurrency_source = "probe"
         state = self.checkpoint.load() if self.checkpoint is not None else None
         self.stats.total = self.reader.count()
         records_done = 0
@@ -141,7 +152,7 @@ class Engine:
             self.log(f"resuming after {records_done} records from checkpoint {self.checkpoint.path}")
         self.log(
             f"start task={self.task.name} model={self.client.model} api={self.client.api} "
-            f"concurrency={self.concurrency} records={self.stats.total}"
+            f"concurrency={self.limit.limit} ({self.concurrency_source}) records={self.stats.total}"
         )
         self.sink.open(state.sink if state else None)
         ticker = asyncio.create_task(self._tick())
@@ -166,6 +177,9 @@ class Engine:
             summary = self.summary = {
                 "task": self.task.name,
                 "model": self.client.model,
+                "concurrency": self.limit.limit,
+                "concurrency_source": self.concurrency_source,
+                **({"concurrency_levels": self.probe.levels} if self.probe else {}),
                 **self.stats.summary(),
             }
             self.sink.finish(summary)
@@ -191,21 +205,16 @@ class Engine:
             self.log(self.stats.progress_line())
 
     async def _pipeline(self, records: itertools.islice[InputRecord]) -> None:
-        window = self.settings.max_pending or 4 * self.concurrency
-        pending: asyncio.Queue[asyncio.Task[Outcome] | None] = asyncio.Queue(maxsize=max(window - 1, 1))
-        slots = asyncio.Semaphore(self.concurrency)
+        pending: asyncio.Queue[asyncio.Task[Outcome] | None] = asyncio.Queue()
+        limit = self.limit
 
         async def dispatch() -> None:
             for record in records:
-                await slots.acquire()
+                await limit.acquire()
                 task = asyncio.create_task(self._process(record))
-                task.add_done_callback(lambda _: slots.release())
-                try:
-                    await pending.put(task)
-                except asyncio.CancelledError:
-                    task.cancel()
-                    raise
-            await pending.put(None)
+                task.add_done_callback(lambda _: limit.request_done())
+                pending.put_nowait(task)
+            pending.put_nowait(None)
 
         producer = asyncio.create_task(dispatch())
         try:
@@ -217,6 +226,9 @@ class Engine:
                         f"{outcome.line['line']}; {self.stats.done} records were written before it"
                     )
                 self._write(outcome)
+                limit.written()
+                if self.probe is not None:
+                    self.probe.completed()
                 if self.stats.done % self.settings.checkpoint_every == 0:
                     self._save_checkpoint()
             await producer
@@ -299,6 +311,8 @@ class Engine:
             except LLMRejectedError as exc:
                 return self._dead_letter(record, exc.reason, exc.detail, attempts=attempt)
             except TransientLLMError as exc:
+                if exc.status == 503 and self.probe is not None:
+                    self.probe.overloaded()  # a full queue: vLLM, SGLang and llama.cpp answer 503
                 failure = exc
                 continue
             latency = time.monotonic() - started

@@ -86,7 +86,11 @@ class RecordError(Exception):
 
 
 class LLMCallError(RecordError):
-    """One call to the LLM server failed."""
+    """One call to the LLM server failed; ``status`` is the HTTP status where the server answered."""
+
+    def __init__(self, reason: DeadLetterReason, detail: str, status: int | None = None) -> None:
+        super().__init__(reason, detail)
+        self.status = status
 
 
 class TransientLLMError(LLMCallError):

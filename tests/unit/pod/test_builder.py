@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from pathlib import Path
 
@@ -327,3 +328,51 @@ def test_other_server_flags_pass():
         "--ctx-size",
         "4096",
     )
+
+
+def server_args(pod) -> list[str]:
+    server = next(c for c in pod["spec"]["initContainers"] if c["name"] == "llm-server")
+    return [*server.get("args", []), *(f"{e['name']}={e['value']}" for e in server.get("env", []))]
+
+
+def flag(args: list[str], name: str) -> str:
+    return args[args.index(name) + 1]
+
+
+@pytest.mark.parametrize(
+    ("backend", "source", "gpus", "slots", "setting"),
+    [
+        ("vllm", "pvc", 1, 256, "--max-num-seqs"),
+        ("llamacpp", "pvc", 1, 32, "--parallel"),
+        ("llamacpp", "pvc", 0, 4, "--parallel"),
+        ("ollama", "pull", 1, 8, "OLLAMA_NUM_PARALLEL"),
+        ("ollama", "pull", 0, 4, "OLLAMA_NUM_PARALLEL"),
+    ],
+)
+def test_the_server_and_the_worker_are_sized_from_one_setting(backend, source, gpus, slots, setting):
+    """One setting, ``parallel``, with GPU-sized defaults: the server serves that many requests at once and
+    the worker keeps twice as many in flight (vLLM started with --max-num-seqs 4 and the worker at 4)."""
+    pod = build_pod(params(backend, source, gpus))
+    args = server_args(pod)
+    served = (
+        flag(args, setting) if setting.startswith("--") else next(a for a in args if a.startswith(setting))
+    )
+    assert served in (str(slots), f"{setting}={slots}")
+    worker = pod["spec"]["containers"][0]["args"]
+    assert flag(worker, "--concurrency") == str(2 * slots)
+    if backend == "llamacpp":
+        assert flag(args, "--ctx-size") == str(slots * 2048)  # every slot gets a whole context
+        cuda = (
+            "server-cuda-"
+            in next(c for c in pod["spec"]["initContainers"] if c["name"] == "llm-server")["image"]
+        )
+        assert cuda == bool(gpus)  # the CPU build ignored --n-gpu-layers
+
+
+def test_a_chosen_parallelism_and_concurrency_are_kept():
+    server = ServerSpec(backend="vllm", parallel=64)
+    chosen = params("vllm", "pvc")
+    invocation = dataclasses.replace(chosen.invocation, concurrency=100)
+    pod = build_pod(dataclasses.replace(chosen, server=server, invocation=invocation))
+    assert flag(server_args(pod), "--max-num-seqs") == "64"
+    assert flag(pod["spec"]["containers"][0]["args"], "--concurrency") == "100"

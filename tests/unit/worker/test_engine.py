@@ -92,7 +92,8 @@ def test_every_record_is_written_once_in_input_order_with_metadata(tmp_path):
     assert results[1]["meta"]["prompt_tokens"] == 40
     assert results[1]["meta"]["attempts"] == 1
     assert (tmp_path / "dead.jsonl").read_text() == ""
-    assert engine.concurrency == 6  # twice llama.cpp's slot count
+    assert engine.limit.limit == 6  # twice llama.cpp's slot count
+    assert (summary["concurrency"], summary["concurrency_source"]) == (6, "server slots")
     assert summary["records"] == summary["results"] == 50
     assert summary["prompt_tokens"] == 2000
     assert summary["cached_prompt_tokens"] == 1500
@@ -406,3 +407,27 @@ def test_a_restarted_log_worker_replays_its_spool_so_the_new_log_alone_is_comple
         json.loads(line)["id"] for line in (tmp_path / "published" / "results.jsonl").read_text().splitlines()
     ]
     assert ids == [f"r{i}" for i in range(30)]
+
+
+def test_a_server_that_does_not_say_its_slots_is_probed(tmp_path):
+    """vLLM, Ollama, SGLang and MAX publish no slot count: the engine raises the requests in flight while
+    throughput grows, and reports the levels it tried."""
+    server = FakeLLMServer(slots=None)
+    original = server.handle
+    in_flight = 0
+
+    async def batching_handle(request):
+        # a server of 16 sequences: each request takes longer once more than 16 are in flight
+        nonlocal in_flight
+        in_flight += 1
+        await asyncio.sleep(0.05 * max(1, in_flight / 16))
+        in_flight -= 1
+        return original(request)
+
+    server.transport = lambda: httpx.MockTransport(batching_handle)  # type: ignore[method-assign]
+    settings = EngineSettings(progress_interval=60)
+    summary, _, _ = run_engine(tmp_path, server, write_input(tmp_path / "in.jsonl", 600), settings=settings)
+    assert summary["concurrency_source"] == "probe"
+    assert summary["concurrency_levels"][:2] == [8, 16]
+    assert summary["concurrency"] in (16, 32)
+    assert len(read_jsonl(tmp_path / "results.jsonl")) == 600
