@@ -303,7 +303,8 @@ class Engine:
         failure: RecordError | None = None
         completion: Completion | None = None
         for attempt in range(1, policy.max_attempts + 1):
-            if attempt > 1:
+            if isinstance(failure, TransientLLMError):
+                # a server in trouble gets time; an invalid answer is retried at once, at a higher temperature
                 await self.sleep(policy.delay(attempt - 1))
             started = time.monotonic()
             try:

@@ -431,3 +431,34 @@ def test_a_server_that_does_not_say_its_slots_is_probed(tmp_path):
     assert summary["concurrency_levels"][:2] == [8, 16]
     assert summary["concurrency"] in (16, 32)
     assert len(read_jsonl(tmp_path / "results.jsonl")) == 600
+
+
+def test_only_server_failures_wait_before_a_retry(tmp_path):
+    """A transient failure backs off; an invalid answer is asked again at once (waiting would only leave a
+    server slot idle: the retry differs by its temperature, not by the server's state)."""
+    server = FakeLLMServer(slots=2)
+    server.faults["x r0"] = ["503"]
+    server.faults["x r1"] = ["invalid"]
+    waits: list[float] = []
+
+    async def record_wait(seconds: float) -> None:
+        waits.append(seconds)
+
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"id": "r0", "text": "x r0"}\n{"id": "r1", "text": "x r1"}\n')
+
+    async def go() -> None:
+        async with httpx.AsyncClient(transport=server.transport()) as http:
+            await Engine(
+                build_task("sentiment"),
+                make_client("openai", http, "http://llm", "smollm2"),
+                RecordReader(path),
+                JsonlFileSink(tmp_path / "r.jsonl", tmp_path / "d.jsonl"),
+                EngineSettings(progress_interval=60),
+                log=lambda line: None,
+                sleep=record_wait,
+            ).run()
+
+    asyncio.run(go())
+    assert len(waits) == 1  # the 503's retry only
+    assert len(read_jsonl(tmp_path / "r.jsonl")) == 2
