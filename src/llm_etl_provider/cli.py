@@ -171,6 +171,15 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--stop", action="store_true", help="stop the server started on this port")
     server.set_defaults(handler=_local_server)
 
+    batching = commands.add_parser(
+        "batching-server",
+        help="serve an OpenAI-compatible stand-in for a GPU engine (continuous batching; runs until stopped)",
+    )
+    from llm_etl_provider.dev import batching_server
+
+    batching_server.add_arguments(batching)
+    batching.set_defaults(handler=batching_server.run)
+
     model = commands.add_parser("model-path", help="print the bundled GGUF model's path (sha256 checked)")
     model.set_defaults(handler=_model_path)
 
