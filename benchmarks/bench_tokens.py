@@ -74,7 +74,7 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=16)
     args = parser.parse_args()
     rows = []
-    with tempfile.TemporaryDirectory() as tmp, LlamaServer(parallel=4, cache_ram_mib=0) as server:
+    with tempfile.TemporaryDirectory() as tmp, LlamaServer(parallel=4) as server:
         work = Path(tmp)
         source = write_records(work / "input.jsonl", args.records)
         for task, extra in TASKS.items():

@@ -1,14 +1,20 @@
-"""Benchmark: the worker's throughput against the raw capacity of the same llama-server, in one run.
+"""Benchmark: the worker's throughput against the raw capacity of the same server, in one run.
 
 Measures, on one server and the same prompts (the sentiment task over the drug-review sample):
-- a raw load generator (the worker's exact request bodies, no validation or writing) at several concurrencies;
-- the worker at its default settings (``--concurrency auto``), end to end as a subprocess;
-- the worker at concurrency 1 (the seed design: one request at a time).
+- a raw load generator (the worker's exact request bodies, sent through the worker's own HTTP client, no
+  validation or writing) at several concurrencies;
+- the worker at its default settings (no concurrency flag), end to end as a subprocess, startup included;
+- ``--server llama`` (default): llama.cpp's llama-server with the bundled SmolLM2 on this machine's CPU, and
+  the worker at concurrency 1 (the seed design: one request at a time);
+- ``--server batching``: ``llm-etl batching-server``, a stand-in for a GPU engine (continuous batching,
+  ``--max-num-seqs`` sequences, llm-d-inference-sim's latency model for an 8B model on one H100), and the
+  worker at each concurrency of the sweep, with its CPU time per record.
 
 Run it on an otherwise idle machine: it records the CPU load that is not its own and warns when there is some,
 because a second busy process slows llama-server 10-30x on 2 cores. Compare ratios within one run only.
 
-    .venv/bin/python -m benchmarks.bench_worker [--records 100] [--parallel 4] [--threads N] [--json out.json]
+    .venv/bin/python -m benchmarks.bench_worker [--server llama|batching] [--records 100] [--parallel 4]
+        [--threads N] [--sweep 1,2,4,8] [--json out.json]
 """
 
 from __future__ import annotations
@@ -17,11 +23,13 @@ import asyncio
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,8 +37,10 @@ from typing import Any
 import httpx
 
 from benchmarks.common import arguments, print_table, sample_records, save, write_records
-from llm_etl_provider.dev.llama_server import MODEL_NAME, LlamaServer
+from llm_etl_provider.dev.batching_server import BatchingModel, BatchingServer
+from llm_etl_provider.dev.llama_server import LlamaServer
 from llm_etl_provider.worker.clients import ChatRequest, OpenAIClient
+from llm_etl_provider.worker.http_lanes import HttpLanes
 from llm_etl_provider.worker.tasks import build_task
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -106,11 +116,10 @@ def load_requests(records: int) -> list[ChatRequest]:
     ]
 
 
-async def raw_load(url: str, requests: list[ChatRequest], concurrency: int) -> dict[str, Any]:
+async def raw_load(url: str, model: str, requests: list[ChatRequest], concurrency: int) -> dict[str, Any]:
     """Send the worker's request bodies as fast as the concurrency allows; count answers, check nothing."""
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=300) as http:
-        client = OpenAIClient(http, url, MODEL_NAME)
+    async with HttpLanes(timeout=httpx.Timeout(300)) as http:
+        client = OpenAIClient(http, url, model)
         queue: asyncio.Queue[ChatRequest] = asyncio.Queue()
         for request in requests:
             queue.put_nowait(request)
@@ -131,6 +140,7 @@ async def raw_load(url: str, requests: list[ChatRequest], concurrency: int) -> d
         await asyncio.gather(*(drain() for _ in range(concurrency)))
         elapsed = time.monotonic() - started
     return {
+        "records": len(requests),
         "records_per_s": len(requests) / elapsed,
         "elapsed_s": elapsed,
         "failures": failures,
@@ -138,16 +148,17 @@ async def raw_load(url: str, requests: list[ChatRequest], concurrency: int) -> d
     }
 
 
-def run_worker(url: str, input_path: Path, concurrency: str, workdir: Path) -> dict[str, Any]:
+def run_worker(url: str, model: str, input_path: Path, concurrency: str, workdir: Path) -> dict[str, Any]:
+    """The worker end to end as a subprocess; ``concurrency`` "default" passes no flag."""
     summary_path = workdir / f"summary-{concurrency}.json"
     command = [
         sys.executable, "-m", "llm_etl_provider.worker.cli",
         "--task", "sentiment", "--input", str(input_path), "--template", "{review}",
         "--output", str(workdir / f"results-{concurrency}.jsonl"),
         "--dead-letter", str(workdir / f"dead-{concurrency}.jsonl"),
-        "--summary", str(summary_path),
-        "--llm-url", url, "--model", MODEL_NAME, "--concurrency", concurrency,
-        "--progress-interval", "3600",
+        "--summary", str(summary_path), "--max-dead-letter-ratio", "1",
+        "--llm-url", url, "--model", model, "--progress-interval", "3600",
+        *(["--concurrency", concurrency] if concurrency != "default" else []),
     ]  # fmt: skip
     started = time.monotonic()
     done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -156,16 +167,17 @@ def run_worker(url: str, input_path: Path, concurrency: str, workdir: Path) -> d
         raise RuntimeError(f"the worker failed ({done.returncode}):\n{done.stderr[-2000:]}")
     summary = json.loads(summary_path.read_text())
     records = summary["records"]
-    concurrency_used = next(
-        (int(part.split("=")[1]) for part in done.stderr.split() if part.startswith("concurrency=")), None
-    )
     return {
+        "records": records,
         "records_per_s": records / elapsed,
         "engine_records_per_s": summary["records_per_s"],
         "elapsed_s": elapsed,
         "results": summary["results"],
         "dead_letters": summary["dead_letters"],
-        "concurrency": concurrency_used,
+        "retries": summary["retries"],
+        "concurrency": summary.get("concurrency"),
+        "concurrency_source": summary.get("concurrency_source"),
+        "concurrency_levels": summary.get("concurrency_levels"),
         "latency_p50_s": summary["latency_p50_s"],
         "latency_p95_s": summary["latency_p95_s"],
         "completion_tokens": summary["completion_tokens"],
@@ -174,15 +186,27 @@ def run_worker(url: str, input_path: Path, concurrency: str, workdir: Path) -> d
     }
 
 
+def client_cpu_seconds() -> float:
+    """CPU time of this process and of its children that have ended (the worker's runs), not of the server,
+    which runs on as a child until the end."""
+    own, ended = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + ended.ru_utime + ended.ru_stime
+
+
 def measure(label: str, action: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     meter = LoadMeter()
+    cpu_before = client_cpu_seconds()
     with meter:
         result = action()
-    result["own_cpu_cores"] = round(meter.own_cores, 2)
+    result["own_cpu_cores"] = round(meter.own_cores, 2)  # the server included
     result["foreign_cpu_cores"] = round(meter.foreign_cores, 2)
+    # the client's CPU per record: the raw load generator's, or the worker's
+    result["client_cpu_ms_per_record"] = round(
+        1000 * (client_cpu_seconds() - cpu_before) / result["records"], 3
+    )
     print(
-        f"  {label:<28} {result['records_per_s']:6.2f} records/s "
-        f"(foreign CPU {meter.foreign_cores:.2f} cores)",
+        f"  {label:<28} {result['records_per_s']:6.2f} records/s, client CPU "
+        f"{result['client_cpu_ms_per_record']:.2f} ms/record (foreign CPU {meter.foreign_cores:.2f} cores)",
         file=sys.stderr,
         flush=True,
     )
@@ -191,11 +215,21 @@ def measure(label: str, action: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 
 def main() -> int:
     parser = arguments(__doc__)
-    parser.add_argument("--records", type=int, default=100)
-    parser.add_argument("--parallel", type=int, default=4, help="llama-server slots")
+    parser.add_argument("--server", choices=("llama", "batching"), default="llama")
+    parser.add_argument(
+        "--records", type=int, help="records per run (default: 100; batching: 16 per request)"
+    )
+    parser.add_argument("--parallel", type=int, help="server slots (default: llama 4, batching 256)")
     parser.add_argument("--threads", type=int, help="llama-server threads (default: all cores)")
-    parser.add_argument("--sweep", default="1,2,4,8", help="raw load-generator concurrencies")
+    parser.add_argument("--sweep", help="concurrencies (default: llama 1,2,4,8; batching 1,8,32,64,128,256)")
     args = parser.parse_args()
+    batching = args.server == "batching"
+    sweep = [int(c) for c in (args.sweep or ("1,8,32,64,128,256" if batching else "1,2,4,8")).split(",")]
+
+    def records_for(concurrency: int) -> int:
+        # batching: about ten seconds a run at any concurrency, so that the worker's start-up (0.3 s) is
+        # a small part of it
+        return args.records or (max(64, 48 * concurrency) if batching else 100)
 
     foreign_before = idle_check()
     if foreign_before > 0.1:
@@ -203,43 +237,50 @@ def main() -> int:
             f"warning: {foreign_before:.2f} cores busy with other work; numbers will be noisy",
             file=sys.stderr,
         )
-    requests = load_requests(args.records)
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        LlamaServer(parallel=args.parallel, threads=args.threads, cache_ram_mib=0) as server,
-    ):
+    largest = max(records_for(c) for c in sweep)
+    default_records = args.records or (12_000 if batching else 100)
+    with tempfile.TemporaryDirectory() as tmp, _server(args) as (url, model, slots):
         workdir = Path(tmp)
-        input_path = write_records(workdir / "input.jsonl", args.records)
         # Warm up on other records: the model's pages load and the slots hold the shared system prompt, but no
         # measured prompt is cached (the host prompt cache is off, so replays across runs do not hit it).
-        warm_up = load_requests(args.records + 8)
-        asyncio.run(raw_load(server.url, warm_up[-8:], 4))
-        print(
-            f"llama-server {server.url}: {args.parallel} slots, {len(requests)} records per run",
-            file=sys.stderr,
-        )
+        warm_up = load_requests(max(largest, default_records) + 8)
+        asyncio.run(raw_load(url, model, warm_up[-8:], 4))
+        print(f"{args.server} server {url}: {slots} slots", file=sys.stderr)
         raw: dict[int, dict[str, Any]] = {}
-        for c in (int(x) for x in args.sweep.split(",")):
+        worker: dict[int, dict[str, Any]] = {}
+        for c in sweep:
+            n = records_for(c)
             raw[c] = measure(
-                f"raw load, concurrency {c}", partial(asyncio.run, raw_load(server.url, requests, c))
+                f"raw load, concurrency {c}", partial(asyncio.run, raw_load(url, model, load_requests(n), c))
             )
+            if batching:
+                inputs = write_records(workdir / f"input-{n}.jsonl", n)
+                worker[c] = measure(
+                    f"worker, concurrency {c}", partial(run_worker, url, model, inputs, str(c), workdir)
+                )
+        default_input = write_records(workdir / "input-default.jsonl", default_records)
         worker_default = measure(
-            "worker, default (auto)", lambda: run_worker(server.url, input_path, "auto", workdir)
+            "worker, defaults", lambda: run_worker(url, model, default_input, "default", workdir)
         )
-        worker_serial = measure(
-            "worker, concurrency 1", lambda: run_worker(server.url, input_path, "1", workdir)
-        )
+        if not batching:
+            worker[1] = measure(
+                "worker, concurrency 1", lambda: run_worker(url, model, default_input, "1", workdir)
+            )
 
     best_c = max(raw, key=lambda c: raw[c]["records_per_s"])
     best = raw[best_c]["records_per_s"]
-    serial_raw = raw.get(1, {}).get("records_per_s")
-    ratios = {
+    ratios: dict[str, float | None] = {
         "worker_default / raw_best": round(worker_default["records_per_s"] / best, 3),
-        "worker_default / worker_concurrency_1": round(
-            worker_default["records_per_s"] / worker_serial["records_per_s"], 3
-        ),
-        "raw_best / raw_concurrency_1": round(best / serial_raw, 3) if serial_raw else None,
+        **{
+            f"worker / raw at {c}": round(worker[c]["records_per_s"] / raw[c]["records_per_s"], 3)
+            for c in worker
+            if c in raw
+        },
     }
+    if 1 in worker and not batching:
+        ratios["worker_default / worker_concurrency_1"] = round(
+            worker_default["records_per_s"] / worker[1]["records_per_s"], 3
+        )
     report = {
         "machine": {
             "cpus": os.cpu_count(),
@@ -248,32 +289,65 @@ def main() -> int:
             "foreign_cpu_cores_before": round(foreign_before, 2),
         },
         "setup": {
-            "records": len(requests),
-            "parallel": args.parallel,
+            "server": args.server,
+            "slots": slots,
             "threads": args.threads,
             "task": "sentiment",
+            "records": {str(c): records_for(c) for c in sweep} | {"default": default_records},
         },
         "raw": {str(c): r for c, r in raw.items()},
         "raw_best_concurrency": best_c,
+        "worker": {str(c): r for c, r in worker.items()},
         "worker_default": worker_default,
-        "worker_concurrency_1": worker_serial,
         "ratios": ratios,
     }
     print(json.dumps(report, indent=2))
+    rows = []
+    for c in sweep:
+        row = [f"{c}", f"{raw[c]['records_per_s']:.2f}", f"{raw[c]['client_cpu_ms_per_record']:.2f}"]
+        if c in worker:
+            w = worker[c]
+            row += [f"{w['records_per_s']:.2f}", f"{w['client_cpu_ms_per_record']:.2f}",
+                    f"{w['records_per_s'] / raw[c]['records_per_s']:.3f}"]  # fmt: skip
+        else:
+            row += ["", "", ""]
+        rows.append(row)
+    levels = worker_default.get("concurrency_levels")
+    rows.append(
+        [
+            f"worker defaults ({worker_default['concurrency']}, {worker_default['concurrency_source']}"
+            + (f": {'/'.join(map(str, levels))}" if levels else "")
+            + ")",
+            "",
+            "",
+            f"{worker_default['records_per_s']:.2f}",
+            f"{worker_default['client_cpu_ms_per_record']:.2f}",
+            f"{ratios['worker_default / raw_best']:.3f} of raw best",
+        ]
+    )
     print_table(
-        ["measurement", "records/s"],
-        [[f"raw load generator, concurrency {c}", f"{r['records_per_s']:.2f}"] for c, r in raw.items()]
-        + [
-            [f"worker, default (concurrency {worker_default['concurrency']})",
-             f"{worker_default['records_per_s']:.2f}"],
-            ["worker, concurrency 1", f"{worker_serial['records_per_s']:.2f}"],
-        ],
+        ["in flight", "raw records/s", "raw CPU ms/record", "worker records/s", "worker CPU ms/record",
+         "worker ÷ raw"],
+        rows,
     )  # fmt: skip
     for name, value in ratios.items():
         print(f"\n{name}: {value}", end="")
     print()
     save(args.json, report)
     return 0
+
+
+@contextmanager
+def _server(args: Any) -> Iterator[tuple[str, str, int]]:
+    """The server measured: its URL, model name and slots."""
+    if args.server == "batching":
+        model = BatchingModel(max_num_seqs=args.parallel or BatchingModel().max_num_seqs)
+        with BatchingServer(model) as server:
+            yield server.url, server.model_name, model.max_num_seqs
+    else:
+        slots = args.parallel or 4
+        with LlamaServer(parallel=slots, threads=args.threads) as llama:
+            yield llama.url, llama.model_name, slots
 
 
 if __name__ == "__main__":

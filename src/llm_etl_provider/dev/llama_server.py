@@ -100,8 +100,9 @@ class LlamaServer:
     :param threads: CPU threads; default: all cores (use 1 on a machine shared with other busy processes:
         llama.cpp's threads spin-wait, and a second busy process then slows it 10-30x)
     :param ctx_per_slot: context tokens per slot
-    :param cache_ram_mib: llama.cpp's host prompt cache (None: its default; 0 disables it, so that a benchmark
-        that replays the same prompts does not measure cache hits)
+    :param cache_ram_mib: llama.cpp's host prompt cache in MiB; default 0, off: an enrichment sends each prompt
+        once (a slot still reuses the shared system prompt), so the cache only costs the copies into it, and a
+        benchmark that replays the same prompts would measure its hits (None: llama.cpp's default)
     :param model_path: a GGUF file; default: the bundled SmolLM2
     :param log_path: where the server's output goes; default: the cache's run folder
     """
@@ -112,7 +113,7 @@ class LlamaServer:
     ctx_per_slot: int = 2048
     model_path: Path | None = None
     log_path: Path | None = None
-    cache_ram_mib: int | None = None
+    cache_ram_mib: int | None = 0
     model_name: str = MODEL_NAME
     process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _log_handle: IO[bytes] | None = field(default=None, init=False, repr=False)

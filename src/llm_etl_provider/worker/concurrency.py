@@ -62,8 +62,8 @@ class ConcurrencyProbe:
     The limit starts where it is set and doubles each time the records completed per second at the new level
     beat the best so far by ``gain``; at the first level that does not, it returns to the best level and
     holds. A queue-full answer (HTTP 503) halves the limit and holds, at most once per ``limit``
-    completions. Each level is measured over ``2 x level`` (at least 16) completions, after skipping the
-    ``level`` completions of requests sent before it.
+    completions. Each level is measured over ``level`` (at least 16) completions, after skipping half as
+    many, most of them of requests sent before it: about two round trips of the server per level.
 
     :param limit: the limit it sets
     :param maximum: the highest limit it tries
@@ -91,7 +91,7 @@ class ConcurrencyProbe:
         self._begin()
 
     def _begin(self) -> None:
-        self._skip = self.limit.limit
+        self._skip = self.limit.limit // 2
         self._counted = 0
         self._since = self.clock()
 
@@ -108,7 +108,7 @@ class ConcurrencyProbe:
             return
         self._counted += 1
         level = self.limit.limit
-        if self._counted < max(2 * level, 16):
+        if self._counted < max(level, 16):
             return
         rate = self._counted / max(self.clock() - self._since, 1e-9)
         if rate >= self._best_rate * self.gain and level < self.maximum:
