@@ -163,3 +163,21 @@ def test_the_example_dag_parses_with_the_compose_environment(services, monkeypat
     assert enrich.get("llm_conn_id") == ("llm_etl_default" if mode == "local" else None)
     assert dag.params["input_path"] == airflow_env(services)["LLM_ETL_DEFAULT_INPUT"]
     assert dag.params["model"] == airflow_env(services)["LLM_ETL_DEFAULT_MODEL"]
+
+
+def test_every_named_volume_of_airflow_mounts_where_the_image_makes_a_folder_airflow_owns(services):
+    """A new named volume takes the owner of the image's folder it mounts on; where the image has none it is
+    root's, and Airflow (uid 50000) could not write its passwords file or its staging there."""
+    dockerfile = (REPO / "docker" / "airflow.Dockerfile").read_text()
+    made = re.search(
+        r"RUN mkdir -p (?P<paths>[^\\\n]+)\\\s*&& chown airflow:0 (?P<owned>[^\\\n]+)", dockerfile
+    )
+    assert made, "the Dockerfile makes no folders for the volumes"
+    owned = set(made["paths"].split()) & set(made["owned"].split())
+    named = set(compose()["volumes"])
+    for name in AIRFLOW_SERVICES:
+        for volume in services[name]["volumes"]:
+            source, target = volume.split(":")[:2]
+            if source in named:
+                assert target in owned, f"{name}: volume {source} mounts on {target}, which the image lacks"
+    assert services["airflow-apiserver"]["user"].startswith("50000:")
