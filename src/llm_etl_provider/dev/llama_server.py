@@ -100,9 +100,9 @@ class LlamaServer:
     :param threads: CPU threads; default: all cores (use 1 on a machine shared with other busy processes:
         llama.cpp's threads spin-wait, and a second busy process then slows it 10-30x)
     :param ctx_per_slot: context tokens per slot
-    :param cache_ram_mib: llama.cpp's host prompt cache in MiB; default 0, off: an enrichment sends each prompt
-        once (a slot still reuses the shared system prompt), so the cache only costs the copies into it, and a
-        benchmark that replays the same prompts would measure its hits (None: llama.cpp's default)
+    :param cache_ram_mib: llama.cpp's host prompt cache in MiB; default 0, off: an enrichment sends each
+        prompt once (a slot still reuses the shared system prompt), so the cache only costs the copies into
+        it, and a benchmark that replays the same prompts would measure its hits (None: llama.cpp's default)
     :param model_path: a GGUF file; default: the bundled SmolLM2
     :param log_path: where the server's output goes; default: the cache's run folder
     """

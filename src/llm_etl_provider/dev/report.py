@@ -27,8 +27,19 @@ def merge_summaries(summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
     counts = ("records", "results", "dead_letters", "skipped_blank_lines")
     for key in (*counts, "prompt_tokens", "completion_tokens", "cached_prompt_tokens", "retries"):
         total[key] = sum(int(s.get(key) or 0) for s in summaries)
-    elapsed = sum(float(s.get("elapsed_s") or 0) for s in summaries)
+    # Shards run side by side (pods) or one after another (local): the run's time is the span from the first
+    # start to the last end, where the summaries say when; the sum of their times only for older summaries.
+    worker_seconds = sum(float(s.get("elapsed_s") or 0) for s in summaries)
+    spans = [(s.get("started_at"), s.get("ended_at")) for s in summaries]
+    timed = [
+        (float(a), float(b)) for a, b in spans if isinstance(a, int | float) and isinstance(b, int | float)
+    ]
+    if summaries and len(timed) == len(summaries):
+        elapsed = max(b for _, b in timed) - min(a for a, _ in timed)
+    else:
+        elapsed = worker_seconds
     total["elapsed_s"] = round(elapsed, 3)
+    total["worker_seconds"] = round(worker_seconds, 3)
     total["records_per_s"] = round(total["records"] / elapsed, 3) if elapsed else 0
     total["tokens_per_s"] = (
         round((total["prompt_tokens"] + total["completion_tokens"]) / elapsed, 1) if elapsed else 0

@@ -53,6 +53,7 @@ class RunStats:
     resumed_completion_tokens: int = 0
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     started: float = field(default_factory=time.monotonic)
+    started_at: float = field(default_factory=time.time)  # Unix time, for the span of several shards
 
     @property
     def done(self) -> int:
@@ -111,6 +112,8 @@ class RunStats:
             "skipped_blank_lines": self.skipped_blank_lines,
             "resumed_from": self.resumed_from,
             "elapsed_s": round(elapsed, 3),
+            "started_at": round(self.started_at, 3),
+            "ended_at": round(self.started_at + elapsed, 3),
             "records_per_s": round(processed / elapsed, 3),
             "tokens_per_s": round(
                 (self.prompt_tokens + self.completion_tokens - self.resumed_tokens) / elapsed, 1

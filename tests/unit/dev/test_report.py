@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import json
 
-from llm_etl_provider.dev.report import build_report, label_sets
+from llm_etl_provider.dev.report import build_report, label_sets, merge_summaries
 from llm_etl_provider.worker.tasks import build_task
 
 
@@ -104,3 +104,17 @@ def test_free_text_of_a_custom_task_never_reaches_the_report(tmp_path):
     assert "| true | 1 | 100.0% |" in report
     assert "## Distribution of `people.role`" in report
     assert set(label_sets(schema)) == {"urgent", "people.role"}
+
+
+def test_shards_side_by_side_count_the_run_s_span_not_the_sum_of_their_times():
+    """Three pods of 100 records, 10 s each, at once: 30 records/s, not the 10 that summed times gave."""
+    shards = [
+        {"records": 100, "elapsed_s": 10.0, "started_at": 1000.0 + n * 0.5, "ended_at": 1010.0 + n * 0.5}
+        for n in range(3)
+    ]
+    total = merge_summaries(shards)
+    assert total["elapsed_s"] == 11.0
+    assert total["records_per_s"] == round(300 / 11.0, 3)
+    assert total["worker_seconds"] == 30.0
+    one_after_another = [{"records": 100, "elapsed_s": 10.0} for _ in range(3)]  # older summaries: no times
+    assert merge_summaries(one_after_another)["records_per_s"] == 10.0
