@@ -54,6 +54,10 @@ else:
         MODEL_SETTINGS["work_storage_class"] = os.environ.get("LLM_ETL_WORK_STORAGE_CLASS") or None
     if checkpoint_every := os.environ.get("LLM_ETL_CHECKPOINT_EVERY"):
         MODEL_SETTINGS["checkpoint_every"] = int(checkpoint_every)
+    if gpu_pool := os.environ.get("LLM_ETL_GPU_POOL"):
+        # an Airflow pool with a slot per GPU: shards beyond the GPUs queue in Airflow, not as Pending pods
+        MODEL_SETTINGS["pool"] = gpu_pool
+        MODEL_SETTINGS["pool_slots"] = max(MODEL_SETTINGS["gpus"], 1)
     if deferrable := os.environ.get("LLM_ETL_DEFERRABLE"):
         MODEL_SETTINGS["deferrable"] = deferrable.lower() == "true"
     DEFAULTS = {

@@ -40,3 +40,13 @@ def test_sweeper_dag(monkeypatch):
     dag = load("llm_etl_sweeper", monkeypatch, "kubernetes")
     (task,) = dag.tasks
     assert task.ttl_seconds == 3600
+
+
+def test_shards_beyond_the_gpus_queue_in_an_airflow_pool(monkeypatch):
+    """More shards than GPUs became Pending pods that failed at the start-up timeout: with a pool of a slot
+    per GPU, the shards beyond them wait in Airflow."""
+    monkeypatch.setenv("LLM_ETL_GPU_POOL", "llm-etl-gpus")
+    monkeypatch.setenv("LLM_ETL_GPUS", "2")
+    enrich = load("llm_enrichment", monkeypatch, "kubernetes").get_task("llm_enrichment.enrich")
+    assert (enrich.partial_kwargs["pool"], enrich.partial_kwargs["pool_slots"]) == ("llm-etl-gpus", 2)
+    assert set(load("llm_enrichment", monkeypatch, "kubernetes").params) >= {"parallel", "concurrency"}
