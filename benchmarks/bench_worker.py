@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -37,11 +37,12 @@ from typing import Any
 import httpx
 
 from benchmarks.common import arguments, print_table, sample_records, save, write_records
+from llm_etl_provider.contract.invocation import REQUESTS_PER_SLOT
 from llm_etl_provider.dev.batching_server import BatchingModel, BatchingServer
 from llm_etl_provider.dev.llama_server import LlamaServer
 from llm_etl_provider.worker.clients import ChatRequest, OpenAIClient
 from llm_etl_provider.worker.http_lanes import HttpLanes
-from llm_etl_provider.worker.tasks import build_task
+from llm_etl_provider.worker.tasks import TaskSpec, build_task
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -101,9 +102,8 @@ def idle_check(seconds: float = 3.0) -> float:
     return meter.foreign_cores
 
 
-def load_requests(records: int) -> list[ChatRequest]:
-    """The worker's sentiment requests for the first ``records`` sample records."""
-    task = build_task("sentiment", template="{review}")
+def chat_requests(task: TaskSpec, records: Iterable[dict[str, Any]]) -> list[ChatRequest]:
+    """The worker's requests for ``records``, as its engine builds them (first attempts)."""
     return [
         ChatRequest(
             system=task.system_prompt,
@@ -112,8 +112,13 @@ def load_requests(records: int) -> list[ChatRequest]:
             schema_name=task.name,
             max_tokens=task.max_tokens,
         )
-        for record in sample_records(records)
+        for record in records
     ]
+
+
+def load_requests(records: int) -> list[ChatRequest]:
+    """The worker's sentiment requests for the first ``records`` sample records."""
+    return chat_requests(build_task("sentiment", template="{review}"), sample_records(records))
 
 
 async def raw_load(url: str, model: str, requests: list[ChatRequest], concurrency: int) -> dict[str, Any]:
@@ -221,15 +226,21 @@ def main() -> int:
     )
     parser.add_argument("--parallel", type=int, help="server slots (default: llama 4, batching 256)")
     parser.add_argument("--threads", type=int, help="llama-server threads (default: all cores)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="repeat every measurement, alternating; report each one's median",
+    )
     parser.add_argument("--sweep", help="concurrencies (default: llama 1,2,4,8; batching 1,8,32,64,128,256)")
     args = parser.parse_args()
     batching = args.server == "batching"
     sweep = [int(c) for c in (args.sweep or ("1,8,32,64,128,256" if batching else "1,2,4,8")).split(",")]
 
     def records_for(concurrency: int) -> int:
-        # batching: about ten seconds a run at any concurrency, so that the worker's start-up (0.3 s) is
-        # a small part of it
-        return args.records or (max(64, 48 * concurrency) if batching else 100)
+        # batching: 15-45 s a run at any concurrency, so that the worker's start-up (0.3-0.4 s) is a small
+        # part of it
+        return args.records or (max(96, 96 * concurrency) if batching else 100)
 
     foreign_before = idle_check()
     if foreign_before > 0.1:
@@ -238,7 +249,7 @@ def main() -> int:
             file=sys.stderr,
         )
     largest = max(records_for(c) for c in sweep)
-    default_records = args.records or (12_000 if batching else 100)
+    default_records = args.records or (24_000 if batching else 100)
     with tempfile.TemporaryDirectory() as tmp, _server(args) as (url, model, slots):
         workdir = Path(tmp)
         # Warm up on other records: the model's pages load and the slots hold the shared system prompt, but no
@@ -246,26 +257,56 @@ def main() -> int:
         warm_up = load_requests(max(largest, default_records) + 8)
         asyncio.run(raw_load(url, model, warm_up[-8:], 4))
         print(f"{args.server} server {url}: {slots} slots", file=sys.stderr)
-        raw: dict[int, dict[str, Any]] = {}
-        worker: dict[int, dict[str, Any]] = {}
-        for c in sweep:
-            n = records_for(c)
-            raw[c] = measure(
-                f"raw load, concurrency {c}", partial(asyncio.run, raw_load(url, model, load_requests(n), c))
-            )
-            if batching:
-                inputs = write_records(workdir / f"input-{n}.jsonl", n)
-                worker[c] = measure(
-                    f"worker, concurrency {c}", partial(run_worker, url, model, inputs, str(c), workdir)
-                )
+        runs: dict[str, list[dict[str, Any]]] = {}
+
+        def run(key: str, label: str, action: Callable[[], dict[str, Any]]) -> None:
+            runs.setdefault(key, []).append(measure(label, action))
+
         default_input = write_records(workdir / "input-default.jsonl", default_records)
-        worker_default = measure(
-            "worker, defaults", lambda: run_worker(url, model, default_input, "default", workdir)
-        )
-        if not batching:
-            worker[1] = measure(
-                "worker, concurrency 1", lambda: run_worker(url, model, default_input, "1", workdir)
+        for round_ in range(1, args.rounds + 1):
+            suffix = f", round {round_}" if args.rounds > 1 else ""
+            for c in sweep:
+                n = records_for(c)
+                run(
+                    f"raw {c}",
+                    f"raw load, concurrency {c}{suffix}",
+                    partial(asyncio.run, raw_load(url, model, load_requests(n), c)),
+                )
+                if batching:
+                    inputs = write_records(workdir / f"input-{n}.jsonl", n)
+                    run(
+                        f"worker {c}",
+                        f"worker, concurrency {c}{suffix}",
+                        partial(run_worker, url, model, inputs, str(c), workdir),
+                    )
+            run(
+                "worker default",
+                f"worker, defaults{suffix}",
+                partial(run_worker, url, model, default_input, "default", workdir),
             )
+            if batching:  # as the operator runs it in a pod: twice the server's parallelism, no probing
+                run(
+                    "worker pod",
+                    f"worker, pod ({REQUESTS_PER_SLOT} x {slots}){suffix}",
+                    partial(run_worker, url, model, default_input, str(REQUESTS_PER_SLOT * slots), workdir),
+                )
+            else:
+                run(
+                    "worker 1",
+                    f"worker, concurrency 1{suffix}",
+                    partial(run_worker, url, model, default_input, "1", workdir),
+                )
+
+    # each measurement's median run (of --rounds), with the rates of every round
+    median = {key: _median_run(results) for key, results in runs.items()}
+    raw = {c: median[f"raw {c}"] for c in sweep}
+    worker = {
+        int(key.split()[1]): result
+        for key, result in median.items()
+        if key.startswith("worker ") and key.split()[1].isdigit()
+    }
+    worker_default = median["worker default"]
+    worker_pod = median.get("worker pod")
 
     best_c = max(raw, key=lambda c: raw[c]["records_per_s"])
     best = raw[best_c]["records_per_s"]
@@ -277,6 +318,8 @@ def main() -> int:
             if c in raw
         },
     }
+    if worker_pod is not None:
+        ratios["worker_pod / raw_best"] = round(worker_pod["records_per_s"] / best, 3)
     if 1 in worker and not batching:
         ratios["worker_default / worker_concurrency_1"] = round(
             worker_default["records_per_s"] / worker[1]["records_per_s"], 3
@@ -299,6 +342,7 @@ def main() -> int:
         "raw_best_concurrency": best_c,
         "worker": {str(c): r for c, r in worker.items()},
         "worker_default": worker_default,
+        "worker_pod": worker_pod,
         "ratios": ratios,
     }
     print(json.dumps(report, indent=2))
@@ -325,6 +369,17 @@ def main() -> int:
             f"{ratios['worker_default / raw_best']:.3f} of raw best",
         ]
     )
+    if worker_pod is not None:
+        rows.append(
+            [
+                f"worker as in a pod ({worker_pod['concurrency']}: {REQUESTS_PER_SLOT} x {slots} slots)",
+                "",
+                "",
+                f"{worker_pod['records_per_s']:.2f}",
+                f"{worker_pod['client_cpu_ms_per_record']:.2f}",
+                f"{ratios['worker_pod / raw_best']:.3f} of raw best",
+            ]
+        )
     print_table(
         ["in flight", "raw records/s", "raw CPU ms/record", "worker records/s", "worker CPU ms/record",
          "worker ÷ raw"],
@@ -335,6 +390,11 @@ def main() -> int:
     print()
     save(args.json, report)
     return 0
+
+
+def _median_run(results: list[dict[str, Any]]) -> dict[str, Any]:
+    ordered = sorted(results, key=lambda r: r["records_per_s"])
+    return {**ordered[(len(ordered) - 1) // 2], "rounds_records_per_s": [r["records_per_s"] for r in results]}
 
 
 @contextmanager
