@@ -70,6 +70,110 @@ else:
 DEFAULTS = {key: os.environ.get(f"LLM_ETL_DEFAULT_{key.upper()}") or value for key, value in DEFAULTS.items()}
 
 
+# The trigger form: every Param titled and described; the LLM server's choice only where it applies (local
+# execution serves the bundled model with llama.cpp, or through a connection's server).
+PARAMS: dict[str, Param] = {
+    "input_path": Param(
+        DEFAULTS["input"],
+        type="string",
+        title="Input",
+        description="A JSONL or CSV file, plain or gzip, any URI",
+    ),
+    "output_path": Param(
+        DEFAULTS["output"],
+        type="string",
+        title="Output folder",
+        description="Any URI; each run publishes under <output>/<run id>/",
+    ),
+    "task": Param(
+        "sentiment",
+        enum=list(TASK_NAMES),
+        title="Task",
+        description="sentiment, tags, moderation, entities, or custom (give a system prompt and a schema)",
+    ),
+    "template": Param(
+        "{review}",
+        type="string",
+        title="Prompt template",
+        description="The user prompt, with record fields in braces, e.g. {review}",
+    ),
+    "model": Param(
+        DEFAULTS["model"],
+        type="string",
+        title="Model",
+        description="The model the LLM server serves, e.g. llama3.2:3b for Ollama",
+    ),
+    **(
+        {
+            "backend": Param(
+                "ollama",
+                enum=list(BACKENDS),
+                title="LLM server",
+                description="The server in each pod: ollama, llamacpp or vllm",
+            )
+        }
+        if EXECUTION_MODE != "local"
+        else {}
+    ),
+    "shard_bytes": Param(
+        DEFAULT_SHARD_BYTES,
+        type="integer",
+        minimum=500,
+        maximum=900_000,
+        title="Shard size (compressed bytes)",
+        description="The input is cut into shards of at most this size, one pod each",
+    ),
+    "max_dead_letter_ratio": Param(
+        default_of("max_dead_letter_ratio"),
+        type="number",
+        minimum=0,
+        maximum=1,
+        title="Dead letters that fail a shard (share)",
+        description="A shard with more dead letters than this fails; 1: never for bad records",
+    ),
+    "record_bytes": Param(
+        DEFAULT_MAX_RECORD_BYTES,
+        type="integer",
+        minimum=100,
+        maximum=450_000,
+        title="Largest record (bytes)",
+        description="Larger records go to the dead letters; at most half the shard size",
+    ),
+    "parallel": Param(
+        None,
+        type=["null", "integer"],
+        minimum=1,
+        maximum=1024,
+        title="Server parallelism",
+        description=(
+            "Requests the LLM server serves at once (vLLM --max-num-seqs, llama.cpp --parallel, "
+            "OLLAMA_NUM_PARALLEL). Empty: 256 for vLLM, 32 for llama.cpp, 8 for Ollama on a GPU; 4 on CPU"
+        ),
+    ),
+    "concurrency": Param(
+        None,
+        type=["null", "integer"],
+        minimum=1,
+        maximum=2048,
+        title="Requests in flight",
+        description="The worker's requests in flight. Empty: twice the server's parallelism",
+    ),
+    "system_prompt": Param(
+        None,
+        type=["null", "string"],
+        format="multiline",
+        title="System prompt (custom task)",
+        description="The custom task's instructions to the model; empty for the other tasks",
+    ),
+    "schema": Param(
+        None,
+        type=["null", "object"],
+        title="Output JSON schema (custom task)",
+        description="The JSON schema every answer must match; empty for the other tasks",
+    ),
+}
+
+
 @dag(
     dag_id="llm_enrichment",
     schedule=os.environ.get("LLM_ETL_SCHEDULE") or None,
@@ -78,62 +182,7 @@ DEFAULTS = {key: os.environ.get(f"LLM_ETL_DEFAULT_{key.upper()}") or value for k
     max_active_runs=2,
     render_template_as_native_obj=True,
     tags=["llm-etl"],
-    params={
-        "input_path": Param(
-            DEFAULTS["input"], type="string", title="Input", description="JSONL or CSV, any URI"
-        ),
-        "output_path": Param(DEFAULTS["output"], type="string", title="Output folder (any URI)"),
-        "task": Param("sentiment", enum=list(TASK_NAMES)),
-        "template": Param("{review}", type="string", title="Prompt template over record fields"),
-        "model": Param(DEFAULTS["model"], type="string"),
-        "backend": Param("ollama", enum=list(BACKENDS), title="LLM server"),
-        "shard_bytes": Param(
-            DEFAULT_SHARD_BYTES,
-            type="integer",
-            minimum=500,
-            maximum=900_000,
-            title="Shard size (compressed bytes)",
-        ),
-        "max_dead_letter_ratio": Param(
-            default_of("max_dead_letter_ratio"),
-            type="number",
-            minimum=0,
-            maximum=1,
-            title="Dead letters that fail a shard (share)",
-            description="A shard with more dead letters than this fails; 1: never for bad records",
-        ),
-        "record_bytes": Param(
-            DEFAULT_MAX_RECORD_BYTES,
-            type="integer",
-            minimum=100,
-            maximum=450_000,
-            title="Largest record (bytes)",
-            description="Larger records go to the dead letters; at most half the shard size",
-        ),
-        "parallel": Param(
-            None,
-            type=["null", "integer"],
-            minimum=1,
-            maximum=1024,
-            title="Server parallelism",
-            description=(
-                "Requests the LLM server serves at once (vLLM --max-num-seqs, llama.cpp --parallel, "
-                "OLLAMA_NUM_PARALLEL). Empty: 256 for vLLM, 32 for llama.cpp, 8 for Ollama on a GPU; 4 on CPU"
-            ),
-        ),
-        "concurrency": Param(
-            None,
-            type=["null", "integer"],
-            minimum=1,
-            maximum=2048,
-            title="Requests in flight",
-            description="The worker's requests in flight. Empty: twice the server's parallelism",
-        ),
-        "system_prompt": Param(
-            None, type=["null", "string"], format="multiline", title="System prompt (custom)"
-        ),
-        "schema": Param(None, type=["null", "object"], title="Output JSON schema (custom)"),
-    },
+    params=PARAMS,
 )
 def llm_enrichment() -> None:
     llm_enrichment_task_group(

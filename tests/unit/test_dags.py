@@ -50,3 +50,14 @@ def test_shards_beyond_the_gpus_queue_in_an_airflow_pool(monkeypatch):
     enrich = load("llm_enrichment", monkeypatch, "kubernetes").get_task("llm_enrichment.enrich")
     assert (enrich.partial_kwargs["pool"], enrich.partial_kwargs["pool_slots"]) == ("llm-etl-gpus", 2)
     assert set(load("llm_enrichment", monkeypatch, "kubernetes").params) >= {"parallel", "concurrency"}
+
+
+@pytest.mark.parametrize("mode", ["kubernetes", "local"])
+def test_every_param_is_titled_and_described_and_none_is_idle_in_the_mode(monkeypatch, mode):
+    params = load("llm_enrichment", monkeypatch, mode).params
+    for name in params:
+        schema = params.get_param(name).schema
+        assert schema.get("title"), f"{name} has no title"
+        assert schema.get("description"), f"{name} has no description"
+    # local execution serves the bundled model with llama.cpp: no choice of server to offer
+    assert ("backend" in params) == (mode == "kubernetes")
