@@ -29,6 +29,8 @@ class ShardDescriptor:
     :param input_format: ``jsonl`` or ``csv``
     :param first_line: the input line its first record line comes from
     :param bytes: its compressed size
+    :param input_sha256: the sha256 of its staged file: the worker reports the digest of what it read, and
+        extraction refuses a stream computed over anything else
     :param secret: the Secret holding it (Kubernetes)
     :param path: the file holding it (local execution)
     :param work_claim: the PersistentVolumeClaim for its checkpoint and spool, if any
@@ -43,6 +45,7 @@ class ShardDescriptor:
     input_format: str
     first_line: int = 1
     bytes: int = 0
+    input_sha256: str | None = None
     secret: str | None = None
     path: str | None = None
     work_claim: str | None = None

@@ -62,6 +62,7 @@ class ExtractResultsOperator(RunStepOperator):
                 run_id=run_id,
                 shard=shard.index,
                 expected_records=shard.records,
+                expected_input_sha256=shard.input_sha256,
                 source=source.description,
                 progress=self.log.info,
             )

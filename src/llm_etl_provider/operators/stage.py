@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import hashlib
 import itertools
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -183,6 +184,7 @@ class StageInputOperator(RunStepOperator):
                 input_format=shard.input_format,
                 first_line=shard.first_line,
                 bytes=len(shard.data),
+                input_sha256=hashlib.sha256(shard.data).hexdigest(),
                 malformed=malformed if shard.index == 0 else {},
                 duplicates=len(repeated),
                 **backend.stage_shard(shard, key, encode_line_numbers(repeated) if repeated else b""),

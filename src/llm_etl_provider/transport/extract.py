@@ -69,6 +69,7 @@ def extract(
     run_id: str | None = None,
     shard: int | None = None,
     expected_records: int | None = None,
+    expected_input_sha256: str | None = None,
     source: str = "",
     progress: Callable[[str], None] | None = None,
     progress_every: float = 10.0,
@@ -83,6 +84,8 @@ def extract(
     :param shard: the shard the frames must belong to; None takes the stream's own
     :param expected_records: the records the stage counted in the shard; a stream holding another number is
         not this shard's (None: not checked)
+    :param expected_input_sha256: the sha256 of the shard's staged input; a stream whose worker read another
+        input (its trailer's ``input_sha256``) is not this shard's (None: not checked)
     :param source: where the stream came from, for the manifest (no record content)
     :param progress: receives a progress line (counts and rates) every ``progress_every`` seconds
     :param threads: threads that open (decrypt, decompress) frames beside the reading and writing
@@ -112,6 +115,12 @@ def extract(
                     last_report = time.monotonic()
                     progress(_progress_line(reader, last_report - started))
             trailer = reader.finish()
+        read = trailer.summary.get("input_sha256")
+        if expected_input_sha256 is not None and read != expected_input_sha256:
+            raise TrailerMismatchError(
+                f"{reader.where}: the stream was computed over an input of sha256 {read or 'unknown'}, the "
+                f"stage staged {expected_input_sha256}: not this shard's stream"
+            )
         if expected_records is not None and trailer.results + trailer.dead_letters != expected_records:
             raise TrailerMismatchError(
                 f"{reader.where}: the stream accounts for {trailer.results + trailer.dead_letters} records, "

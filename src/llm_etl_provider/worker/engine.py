@@ -38,6 +38,7 @@ from llm_etl_provider.worker.exceptions import (
     ServerUnavailableError,
     TransientLLMError,
 )
+from llm_etl_provider.worker.model_loader import sha256_file
 from llm_etl_provider.worker.records import InputRecord, RecordReader
 from llm_etl_provider.worker.retry import RetryPolicy
 from llm_etl_provider.worker.sinks import OutputSink
@@ -145,6 +146,8 @@ class Engine:
                 self.concurrency_source = "probe"
         state = self.checkpoint.load() if self.checkpoint is not None else None
         self.stats.total = self.reader.count()
+        # the trailer carries what was read: extraction refuses a stream computed over another shard's input
+        input_sha256 = await asyncio.to_thread(sha256_file, self.reader.path)
         records_done = 0
         if self.checkpoint is not None and state is not None:
             records_done = state.records_done
@@ -177,6 +180,7 @@ class Engine:
             summary = self.summary = {
                 "task": self.task.name,
                 "model": self.client.model,
+                "input_sha256": input_sha256,
                 "concurrency": self.limit.limit,
                 "concurrency_source": self.concurrency_source,
                 **({"concurrency_levels": self.probe.levels} if self.probe else {}),

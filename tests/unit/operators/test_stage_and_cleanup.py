@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import random
 import tempfile
@@ -65,6 +66,9 @@ def test_stage_creates_immutable_labelled_shard_secrets_and_a_key(tmp_path, api)
         assert secret["metadata"]["labels"][LABEL_RUN] == label_value(RUN)
         assert secret["metadata"]["labels"].items() >= MANAGED_BY.items()
     assert len(decode_key(api.secret_bytes("etl", f"{prefix}-key", "key"), "test")) == 32
+    for shard in shards:  # the worker reports the digest of what it read; extraction compares the two
+        staged = api.secret_bytes("etl", shard["secret"], "input.jsonl.gz")
+        assert shard["input_sha256"] == hashlib.sha256(staged).hexdigest()
     first = gzip.decompress(api.secret_bytes("etl", shards[0]["secret"], "input.jsonl.gz"))
     assert first.startswith(b'{"id": "r0"')
     assert len(json.dumps(shards)) < 10_000  # a small XCom: names and counts, never records

@@ -14,6 +14,7 @@ from llm_etl_provider.transport.exceptions import (
     MalformedFrameError,
     MissingTrailerError,
     RotatedLogError,
+    TrailerMismatchError,
 )
 from llm_etl_provider.transport.extract import extract
 from llm_etl_provider.transport.frames import FrameWriter
@@ -23,14 +24,16 @@ from llm_etl_provider.transport.sources import file_lines, pod_log_lines, split_
 KEY = new_key()
 
 
-def frame_log(n_results=25, n_dead=3, run_id="run-7"):
+def frame_log(n_results=25, n_dead=3, run_id="run-7", input_sha256="a" * 64):
     lines: list[bytes] = [b"start task=sentiment\n"]
     writer = FrameWriter(KEY, run_id, 2, lines.append, chunk_bytes=200)
     for i in range(n_results):
         writer.add("result", json.dumps({"id": f"r{i}", "enrichment": {"sentiment": "positive"}}).encode())
         if i < n_dead:
             writer.add("dead_letter", json.dumps({"id": f"d{i}", "reason": "invalid_output"}).encode())
-    writer.finish({"task": "sentiment", "model": "smollm2", "records_per_s": 3.2})
+    writer.finish(
+        {"task": "sentiment", "model": "smollm2", "records_per_s": 3.2, "input_sha256": input_sha256}
+    )
     lines.append(b"summary {}\n")
     return lines
 
@@ -214,3 +217,14 @@ def test_the_staging_a_killed_extraction_left_is_removed_by_the_next_one(tmp_pat
     (out / "_tmp-0123abcd" / "results.jsonl").write_text('{"id": "decrypted"}\n')
     extract(frame_log(), KEY, out, source="test")
     assert listing(out) == ["_SUCCESS", "dead_letter.jsonl", "manifest.json", "results.jsonl"]
+
+
+@pytest.mark.parametrize("read", ["b" * 64, None])
+def test_a_stream_computed_over_another_input_publishes_nothing(tmp_path, read):
+    """A complete, authentic stream of the right run and shard, whose worker read another input (a pod that
+    mounted another shard's Secret, a stale try): not this shard's results."""
+    with pytest.raises(TrailerMismatchError, match="computed over an input of sha256"):
+        extract(frame_log(input_sha256=read), KEY, tmp_path / "out", expected_input_sha256="a" * 64)
+    assert not (tmp_path / "out" / "_SUCCESS").exists()
+    manifest = extract(frame_log(), KEY, tmp_path / "out", expected_input_sha256="a" * 64)
+    assert manifest["worker_summary"]["input_sha256"] == "a" * 64

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import json
 import random
@@ -83,7 +84,9 @@ def run_engine(
 
 def test_every_record_is_written_once_in_input_order_with_metadata(tmp_path):
     server = FakeLLMServer(slots=3)
-    summary, engine, logs = run_engine(tmp_path, server, write_input(tmp_path / "in.jsonl", 50))
+    input_path = write_input(tmp_path / "in.jsonl", 50)
+    summary, engine, logs = run_engine(tmp_path, server, input_path)
+    assert summary["input_sha256"] == hashlib.sha256(input_path.read_bytes()).hexdigest()
     results = read_jsonl(tmp_path / "results.jsonl")
     assert [r["id"] for r in results] == [f"r{i}" for i in range(50)]
     assert results[0]["enrichment"] == {"sentiment": "negative"}
