@@ -37,6 +37,9 @@ DEFAULT_SHARD_BYTES = (
 # The stage's caps on one input (StageInputOperator's max_input_bytes and max_input_records)
 DEFAULT_MAX_INPUT_BYTES = 16 << 30  # decompressed
 DEFAULT_MAX_INPUT_RECORDS = 50_000_000
+# The stage's caps on one run (max_shards, max_staged_bytes): Airflow's max_map_length; etcd's room
+DEFAULT_MAX_SHARDS = 1000
+DEFAULT_MAX_STAGED_BYTES = 512 << 20
 
 
 @dataclass(frozen=True)

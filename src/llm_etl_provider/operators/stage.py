@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import itertools
 import tempfile
@@ -23,6 +24,8 @@ from llm_etl_provider.operators.base import RunStepOperator, backend_for
 from llm_etl_provider.staging import (
     DEFAULT_MAX_INPUT_BYTES,
     DEFAULT_MAX_INPUT_RECORDS,
+    DEFAULT_MAX_SHARDS,
+    DEFAULT_MAX_STAGED_BYTES,
     DEFAULT_SHARD_BYTES,
     Shard,
     check_sizes,
@@ -58,6 +61,10 @@ class StageInputOperator(RunStepOperator):
     :param max_input_records: refuse an input of more records (default 50 million). Blank lines are capped
         too: 10,000, then 10 per record read so far (a gzip bomb of newlines is refused in milliseconds).
         Each cap fails the task before anything is staged.
+    :param max_shards: refuse an input that makes more shards (default 1,000: Airflow maps a task per shard,
+        and refuses mappings over its ``max_map_length``, 1,024 by default)
+    :param max_staged_bytes: refuse an input whose shards add up to more compressed bytes (default 512 MiB:
+        they are Secrets in etcd); both are counted in a first pass, before anything is created
     :param work_claim_size: e.g. ``1Gi``: give each shard a PersistentVolumeClaim for the worker's checkpoint
         and frame spool, so that a retry after a lost pod (a preempted node) resumes instead of starting over.
         The retry's pod then has to run where the volume can attach (its zone). None: an emptyDir.
@@ -72,6 +79,8 @@ class StageInputOperator(RunStepOperator):
         "max_record_bytes",
         "max_input_bytes",
         "max_input_records",
+        "max_shards",
+        "max_staged_bytes",
         "work_claim_size",
         "work_storage_class",
     )
@@ -85,6 +94,8 @@ class StageInputOperator(RunStepOperator):
         max_record_bytes: int | str = DEFAULT_MAX_RECORD_BYTES,
         max_input_bytes: int | str = DEFAULT_MAX_INPUT_BYTES,
         max_input_records: int | str = DEFAULT_MAX_INPUT_RECORDS,
+        max_shards: int | str = DEFAULT_MAX_SHARDS,
+        max_staged_bytes: int | str = DEFAULT_MAX_STAGED_BYTES,
         work_claim_size: str | None = None,
         work_storage_class: str | None = None,
         **kwargs: Any,
@@ -96,6 +107,8 @@ class StageInputOperator(RunStepOperator):
         self.max_record_bytes = max_record_bytes
         self.max_input_bytes = max_input_bytes
         self.max_input_records = max_input_records
+        self.max_shards = max_shards
+        self.max_staged_bytes = max_staged_bytes
         self.work_claim_size = work_claim_size or None
         self.work_storage_class = work_storage_class or None
 
@@ -123,13 +136,15 @@ class StageInputOperator(RunStepOperator):
             local = _reopenable(copy)
             try:
                 malformed, duplicates = self._validate(local, fmt, limits)
-                shards = plan_shards(
+                plan = functools.partial(
+                    plan_shards,
                     local,
                     input_format=fmt,
                     max_shard_bytes=int(self.max_shard_bytes),
                     max_record_bytes=int(self.max_record_bytes),
                 )
-                descriptors = self._stage(backend, shards, malformed, duplicates)
+                self._check_run_size(plan())
+                descriptors = self._stage(backend, plan(), malformed, duplicates)
             except (ConfigurationError, StagingInputError) as exc:
                 raise StagingError(str(exc).replace(str(local), self.input_path)) from None
         self.log.info(
@@ -138,6 +153,19 @@ class StageInputOperator(RunStepOperator):
             sum(d["bytes"] for d in descriptors), prefix,
         )  # fmt: skip
         return descriptors
+
+    def _check_run_size(self, shards: Iterable[Shard]) -> None:
+        """Count what the run would stage, before anything is: etcd holds every shard's Secret, and Airflow
+        maps a task per shard."""
+        staged = 0
+        for count, shard in enumerate(shards, 1):
+            staged += len(shard.data)
+            if count > int(self.max_shards) or staged > int(self.max_staged_bytes):
+                raise StagingError(
+                    f"{self.input_path} would stage more than {self.max_shards} shards or "
+                    f"{self.max_staged_bytes} bytes (max_shards, max_staged_bytes): split the input into "
+                    "several runs, or raise the caps if the cluster's etcd can hold it"
+                )
 
     def _copy(self, source: ObjectStoragePath, copy: BinaryIO, max_bytes: int) -> None:
         """Copy the input as it is (compressed or not), refusing one over ``max_bytes``."""

@@ -345,3 +345,21 @@ def test_a_run_id_frames_cannot_carry_fails_the_stage_before_anything_exists(tmp
     with pytest.raises(StagingError, match="run id 'manual~1' is not usable in a frame"):
         stage(input_path=str(source), namespace="etl").execute({"run_id": "manual~1"})
     assert api.objects["secrets"] == {}
+
+
+@pytest.mark.parametrize(
+    ("caps", "message"),
+    [
+        ({"max_shards": 3}, "more than 3 shards"),
+        ({"max_staged_bytes": 50_000}, "or 50000 bytes"),
+    ],
+)
+def test_a_run_past_its_caps_is_refused_before_anything_is_created(tmp_path, api, caps, message):
+    """About 1,000 shards were once written to etcd before Airflow's max_map_length refused the mapping."""
+    source = write_input(tmp_path / "reviews.jsonl", n=300)
+    op = stage(
+        input_path=str(source), namespace="etl", max_shard_bytes=20_000, max_record_bytes=5_000, **caps
+    )
+    with pytest.raises(StagingError, match=message):
+        op.execute({"run_id": RUN})
+    assert api.objects["secrets"] == {}
