@@ -46,7 +46,7 @@ else:
         "model_source": os.environ.get("LLM_ETL_MODEL_SOURCE", "pull"),
         "gpus": int(os.environ.get("LLM_ETL_GPUS", "1")),
     }
-    for setting in ("url_secret", "sha256", "claim", "image", "path"):
+    for setting in ("url_secret", "sha256", "claim", "image", "path", "size"):
         if value := os.environ.get(f"LLM_ETL_MODEL_{setting.upper()}"):
             MODEL_SETTINGS[f"model_{setting}"] = value
     if work_claim_size := os.environ.get("LLM_ETL_WORK_CLAIM_SIZE"):
@@ -54,6 +54,8 @@ else:
         MODEL_SETTINGS["work_storage_class"] = os.environ.get("LLM_ETL_WORK_STORAGE_CLASS") or None
     if checkpoint_every := os.environ.get("LLM_ETL_CHECKPOINT_EVERY"):
         MODEL_SETTINGS["checkpoint_every"] = int(checkpoint_every)
+    if worker_image := os.environ.get("LLM_ETL_WORKER_IMAGE"):
+        MODEL_SETTINGS["worker_image"] = worker_image
     if gpu_pool := os.environ.get("LLM_ETL_GPU_POOL"):
         # an Airflow pool with a slot per GPU: shards beyond the GPUs queue in Airflow, not as Pending pods
         MODEL_SETTINGS["pool"] = gpu_pool

@@ -110,6 +110,7 @@ def _render_pod(args: argparse.Namespace) -> int:
     from llm_etl_provider.contract.shard import ShardDescriptor
     from llm_etl_provider.exceptions import PodSpecError
     from llm_etl_provider.pod.builder import (
+        DEFAULT_MODEL_SIZE,
         ModelSpec,
         PodParams,
         ServerSpec,
@@ -138,6 +139,7 @@ def _render_pod(args: argparse.Namespace) -> int:
                     url_secret=args.model_url_secret,
                     claim=args.model_claim,
                     image=args.model_image,
+                    size=args.model_size or DEFAULT_MODEL_SIZE,
                 ),
                 server=server,
                 input_secret=shard_secret_name("llm-etl-RUN", shard.index),
@@ -215,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--model-url-secret", help="object source: a Secret whose key `url` holds the URL")
     render.add_argument("--model-claim", help="pvc source: the PersistentVolumeClaim")
     render.add_argument("--model-image", help="image source: the OCI image reference")
+    render.add_argument(
+        "--model-size", help="pull and object sources: room for the model (default: the pod builder's, 8Gi)"
+    )
     render.add_argument(
         "--parallel",
         type=int,

@@ -28,6 +28,7 @@ from llm_etl_provider.exceptions import PodSpecError, worker_exit_error
 from llm_etl_provider.operators.base import backend_for
 from llm_etl_provider.pod.builder import (
     CPU_PARALLEL,
+    DEFAULT_MODEL_SIZE,
     DEFAULT_WORKER_IMAGE,
     ModelSpec,
     PodParams,
@@ -116,6 +117,8 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
     :param model_url_secret: a Secret whose key ``url`` holds the download URL (``object``)
     :param model_claim: the PersistentVolumeClaim holding the model (``pvc``)
     :param model_image: the OCI image holding the model (``image``)
+    :param model_size: room for a model the pod downloads (``pull``, ``object``), e.g. ``16Gi``: its volume's
+        size limit and the server's ephemeral storage
     :param server_image: the LLM server's image (default per backend)
     :param parallel: requests the server serves at once (templated); None: sized for the server and its GPU
         (:class:`~llm_etl_provider.pod.builder.ServerSpec`); the worker keeps twice as many in flight
@@ -156,6 +159,7 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
         model_url_secret: str | None = None,
         model_claim: str | None = None,
         model_image: str | None = None,
+        model_size: str = DEFAULT_MODEL_SIZE,
         server_image: str | None = None,
         parallel: int | str | None = None,
         gpus: int = 1,
@@ -189,6 +193,7 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
         self.model_url_secret = model_url_secret
         self.model_claim = model_claim
         self.model_image = model_image
+        self.model_size = model_size
         self.server_image = server_image
         self.parallel = parallel
         self.gpus = gpus
@@ -237,6 +242,7 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
                 url_secret=self.model_url_secret,
                 claim=self.model_claim,
                 image=self.model_image,
+                size=self.model_size,
             ),
             server=server,
             input_secret=_staged_secret(shard),

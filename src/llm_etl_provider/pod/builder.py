@@ -39,7 +39,8 @@ ModelSource = Literal["pull", "pvc", "object", "image"]
 POD_TEMPLATE = "llm-enrichment-pod.yaml"
 NETWORK_POLICY_TEMPLATE = "network-policy.yaml"
 DEFAULT_WORKER_IMAGE = "ghcr.io/llm-etl-provider/worker:0.1.0"
-MODELS_SIZE_LIMIT = "64Gi"
+DEFAULT_MODEL_SIZE = "8Gi"  # an 8B model at 4 bits is ~4.7 GB
+SERVER_SCRATCH = "2Gi"  # the server's own writes (its /tmp, logs), beside a downloaded model
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,9 @@ class ModelSpec:
         credential, so it never appears in the pod spec
     :param claim: the PersistentVolumeClaim (``pvc``)
     :param image: the OCI image reference (``image``)
+    :param size: room for a model the pod downloads (``pull``, ``object``): the ``models`` volume's size
+        limit, added to the server's ephemeral-storage request and limit so that the kubelet neither
+        schedules the pod where the model does not fit nor evicts it while it loads
     """
 
     name: str
@@ -103,6 +107,7 @@ class ModelSpec:
     url_secret: str | None = None
     claim: str | None = None
     image: str | None = None
+    size: str = DEFAULT_MODEL_SIZE
 
 
 @dataclass(frozen=True)
@@ -250,6 +255,7 @@ def _check(params: PodParams) -> None:
         raise PodSpecError("parallel must be at least 1 and gpus at least 0")
     if params.invocation.input_format not in RECORD_FORMATS:
         raise PodSpecError(f"input format {params.invocation.input_format!r} is not jsonl or csv")
+    _sum_quantities(params.model.size)  # a size that is not a quantity fails here, not in the API server
     if params.active_deadline_seconds < 60:
         raise PodSpecError("active_deadline_seconds below 60 s leaves no time to load a model")
 
@@ -287,11 +293,20 @@ def _server_container(params: PodParams, container: dict[str, Any]) -> None:
     # The server listens on 127.0.0.1 only; the kubelet's HTTP probes target the pod IP, so probe from inside.
     for name in ("startupProbe", "readinessProbe", "livenessProbe"):
         container[name]["exec"] = {"command": list(probe)}
-    limits: dict[str, Any] = {"cpu": server.cpu, "memory": server.memory, "ephemeral-storage": "2Gi"}
+    downloaded = model.source in ("pull", "object")  # into the pod's emptyDir, which counts as its storage
+    limits: dict[str, Any] = {
+        "cpu": server.cpu,
+        "memory": server.memory,
+        "ephemeral-storage": _sum_quantities(SERVER_SCRATCH, model.size) if downloaded else SERVER_SCRATCH,
+    }
     if server.gpus:
         limits["nvidia.com/gpu"] = server.gpus
     container["resources"] = {
-        "requests": {"cpu": "1", "memory": "2Gi", "ephemeral-storage": "256Mi"},
+        "requests": {
+            "cpu": "1",
+            "memory": "2Gi",
+            "ephemeral-storage": _sum_quantities("256Mi", model.size) if downloaded else "256Mi",
+        },
         "limits": limits,
     }
     if model.source in ("pvc", "image"):
@@ -347,7 +362,18 @@ def _models_volume(model: ModelSpec) -> dict[str, Any]:
         return {"name": name, "persistentVolumeClaim": {"claimName": model.claim, "readOnly": True}}
     if model.source == "image":
         return {"name": name, "image": {"reference": model.image, "pullPolicy": "IfNotPresent"}}
-    return {"name": name, "emptyDir": {"sizeLimit": MODELS_SIZE_LIMIT}}
+    return {"name": name, "emptyDir": {"sizeLimit": model.size}}
+
+
+def _sum_quantities(*quantities: str) -> str:
+    """Kubernetes quantities added up, in MiB."""
+    from kubernetes.utils.quantity import parse_quantity
+
+    try:
+        total = sum(parse_quantity(q) for q in quantities)
+    except ValueError as exc:
+        raise PodSpecError(f"not a storage quantity: {exc}") from None
+    return f"{-(-int(total) // (1 << 20))}Mi"
 
 
 def build_pod(params: PodParams) -> dict[str, Any]:

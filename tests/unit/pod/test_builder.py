@@ -376,3 +376,22 @@ def test_a_chosen_parallelism_and_concurrency_are_kept():
     pod = build_pod(dataclasses.replace(chosen, server=server, invocation=invocation))
     assert flag(server_args(pod), "--max-num-seqs") == "64"
     assert flag(pod["spec"]["containers"][0]["args"], "--concurrency") == "100"
+
+
+@pytest.mark.parametrize("source", ["pull", "object"])
+def test_a_downloaded_model_fits_the_pod_s_ephemeral_storage(source):
+    """The models emptyDir allowed 64Gi while the containers' limits added up to ~2.3Gi: a model over that
+    was evicted while it loaded. Now the server's request and limit make room for the model's size."""
+    chosen = params("llamacpp" if source == "object" else "ollama", source)
+    pod = build_pod(dataclasses.replace(chosen, model=dataclasses.replace(chosen.model, size="16Gi")))
+    (models,) = [v for v in pod["spec"]["volumes"] if v["name"] == "models"]
+    assert models["emptyDir"]["sizeLimit"] == "16Gi"
+    server = containers(pod)["llm-server"]["resources"]
+    assert server["limits"]["ephemeral-storage"] == f"{16 * 1024 + 2048}Mi"
+    assert server["requests"]["ephemeral-storage"] == f"{16 * 1024 + 256}Mi"
+
+
+def test_a_model_size_that_is_not_a_quantity_is_refused():
+    chosen = params("ollama", "pull")
+    with pytest.raises(PodSpecError, match="not a storage quantity"):
+        build_pod(dataclasses.replace(chosen, model=dataclasses.replace(chosen.model, size="lots")))
