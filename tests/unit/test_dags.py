@@ -29,7 +29,7 @@ def test_enrichment_dag_shape(monkeypatch, mode):
     assert cleanup.is_teardown
     assert dag.get_task("llm_enrichment.stage").is_setup
     assert dag.get_task("llm_enrichment.stage").downstream_task_ids >= {"llm_enrichment.enrich"}
-    expected = {"input_path", "output_path", "task", "template", "model", "backend", "shard_bytes"}
+    expected = {"input_path", "output_path", "task", "template", "model", "shard_bytes"}
     assert set(dag.params) >= expected | {"concurrency", "system_prompt", "schema"}
     assert dag.get_task("llm_enrichment.enrich").partial_kwargs["execution_mode"] == mode
     (asset,) = dag.get_task("llm_enrichment.extract").partial_kwargs["outlets"]
@@ -56,8 +56,8 @@ def test_shards_beyond_the_gpus_queue_in_an_airflow_pool(monkeypatch):
 def test_every_param_is_titled_and_described_and_none_is_idle_in_the_mode(monkeypatch, mode):
     params = load("llm_enrichment", monkeypatch, mode).params
     for name in params:
-        schema = params.get_param(name).schema
-        assert schema.get("title"), f"{name} has no title"
-        assert schema.get("description"), f"{name} has no description"
+        param = params.get_param(name)
+        assert param.schema.get("title"), f"{name} has no title"
+        assert param.description, f"{name} has no description"
     # local execution serves the bundled model with llama.cpp: no choice of server to offer
     assert ("backend" in params) == (mode == "kubernetes")

@@ -25,7 +25,8 @@ from tests.unit.operators.fake_core_v1 import FakeCoreV1
 RUN = "manual__2026-11-24T03:00:00+00:00"
 
 
-def frames(key, n=20, shard=0, run_id=RUN):
+def frames(key, op, n=20, shard=0, run_id=RUN, input_sha256=None):
+    """The worker's log for ``op``'s staged shard: its trailer names the digest of the input it read."""
     lines = [b"2026-11-24T03:00:01.000000000Z start task=sentiment\n"]
     writer = FrameWriter(
         key, run_id, shard, lambda line: lines.append(b"2026-11-24T03:00:02.5Z " + line), chunk_bytes=300
@@ -33,7 +34,13 @@ def frames(key, n=20, shard=0, run_id=RUN):
     for i in range(n):
         writer.add("result", json.dumps({"id": f"r{i}", "enrichment": {"sentiment": "positive"}}).encode())
     writer.add("dead_letter", json.dumps({"id": "bad", "reason": "malformed_json"}).encode())
-    writer.finish({"task": "sentiment", "model": "m", "records_per_s": 2.0})
+    summary = {
+        "task": "sentiment",
+        "model": "m",
+        "records_per_s": 2.0,
+        "input_sha256": input_sha256 or op.shard["input_sha256"],
+    }
+    writer.finish(summary)
     return b"".join(lines)
 
 
@@ -75,7 +82,7 @@ def pod_labels(shard=0):
 def test_extracts_the_pod_log_with_the_run_key_and_publishes(tmp_path, api):
     key_secret, op = staged(tmp_path, api)
     key = decode_key(api.secret_bytes("etl", key_secret, "key"), "test")
-    api.add_pod("etl", "llm-etl-enrich-abc", pod_labels(), log=frames(key))
+    api.add_pod("etl", "llm-etl-enrich-abc", pod_labels(), log=frames(key, op))
     api.add_pod("etl", "llm-etl-enrich-other-shard", pod_labels(1), log=b"")
     summary = op.execute({"run_id": RUN})
     assert summary["records"] == 21
@@ -91,7 +98,7 @@ def test_extracts_the_pod_log_with_the_run_key_and_publishes(tmp_path, api):
 def test_a_tampered_log_fails_and_publishes_nothing(tmp_path, api):
     key_secret, op = staged(tmp_path, api)
     key = decode_key(api.secret_bytes("etl", key_secret, "key"), "test")
-    log = frames(key).splitlines(keepends=True)
+    log = frames(key, op).splitlines(keepends=True)
     api.add_pod("etl", "llm-etl-enrich-abc", pod_labels(), log=b"".join(log[:3] + log[4:]))
     with pytest.raises(ExtractionError, match=r"shard 0: nothing was published: .*missing before frame"):
         op.execute({"run_id": RUN})
@@ -101,7 +108,7 @@ def test_a_tampered_log_fails_and_publishes_nothing(tmp_path, api):
 def test_frames_of_another_run_are_refused(tmp_path, api):
     key_secret, op = staged(tmp_path, api)
     key = decode_key(api.secret_bytes("etl", key_secret, "key"), "test")
-    api.add_pod("etl", "llm-etl-enrich-abc", pod_labels(), log=frames(key, run_id="scheduled__other"))
+    api.add_pod("etl", "llm-etl-enrich-abc", pod_labels(), log=frames(key, op, run_id="scheduled__other"))
     with pytest.raises(ExtractionError, match="belongs to run 'scheduled__other'"):
         op.execute({"run_id": RUN})
 
@@ -117,7 +124,7 @@ def test_a_failed_tries_pod_is_passed_over(tmp_path, api):
     key_secret, op = staged(tmp_path, api)
     key = decode_key(api.secret_bytes("etl", key_secret, "key"), "test")
     api.add_pod("etl", "llm-etl-enrich-try1", {**pod_labels(), "try_number": "1"}, phase="Failed")
-    api.add_pod("etl", "llm-etl-enrich-try2", {**pod_labels(), "try_number": "2"}, log=frames(key))
+    api.add_pod("etl", "llm-etl-enrich-try2", {**pod_labels(), "try_number": "2"}, log=frames(key, op))
     assert op.execute({"run_id": RUN})["results"] == 20
 
 
@@ -126,7 +133,7 @@ def test_of_several_succeeded_pods_the_latest_try_is_read(tmp_path, api, order):
     key_secret, op = staged(tmp_path, api)
     key = decode_key(api.secret_bytes("etl", key_secret, "key"), "test")
     for try_number in order:  # only try 10's log is whole: reading another fails the extraction
-        log = frames(key) if try_number == 10 else frames(key)[:-200]
+        log = frames(key, op) if try_number == 10 else frames(key, op)[:-200]
         labels = {**pod_labels(), "try_number": str(try_number)}
         api.add_pod("etl", f"llm-etl-enrich-try{try_number}", labels, log=log)
     assert op.execute({"run_id": RUN})["results"] == 20
@@ -144,7 +151,7 @@ def test_a_missing_key_secret_is_a_clear_error(tmp_path, api):
 def test_local_mode_reads_the_local_log(tmp_path):
     _, op = staged(tmp_path, mode="local")
     root = tmp_path / "s" / run_prefix("llm_enrichment", RUN)
-    (root / shard_folder(0) / "container.log").write_bytes(frames(load_key(root / "key")))
+    (root / shard_folder(0) / "container.log").write_bytes(frames(load_key(root / "key"), op))
     assert op.execute({"run_id": RUN})["results"] == 20
     assert (tmp_path / "out" / "shard-00000" / "results.jsonl").read_text().count("\n") == 20
 
@@ -162,7 +169,17 @@ def test_template_fields_are_pinned():
 def test_a_stream_with_another_record_count_than_the_stage_staged_publishes_nothing(tmp_path, api):
     key_secret, op = staged(tmp_path, api)
     key = decode_key(api.secret_bytes("etl", key_secret, "key"), "test")
-    api.add_pod("etl", "llm-etl-enrich-abc", pod_labels(), log=frames(key, n=19))  # 20 records, not 21
+    api.add_pod("etl", "llm-etl-enrich-abc", pod_labels(), log=frames(key, op, n=19))  # 20 records, not 21
     with pytest.raises(FrameStreamRejectedError, match="accounts for 20 records, the stage staged 21"):
+        op.execute({"run_id": RUN})
+    assert not (tmp_path / "out" / "shard-00000" / "_SUCCESS").exists()
+
+
+def test_a_stream_computed_over_another_shard_s_input_publishes_nothing(tmp_path, api):
+    """A pod that mounted another shard's Secret writes a complete, authentic stream of this run and shard."""
+    key_secret, op = staged(tmp_path, api)
+    key = decode_key(api.secret_bytes("etl", key_secret, "key"), "test")
+    api.add_pod("etl", "llm-etl-enrich-abc", pod_labels(), log=frames(key, op, input_sha256="0" * 64))
+    with pytest.raises(FrameStreamRejectedError, match="computed over an input of sha256 0000"):
         op.execute({"run_id": RUN})
     assert not (tmp_path / "out" / "shard-00000" / "_SUCCESS").exists()
