@@ -44,10 +44,10 @@ for entry in (REPO / "src", REPO):
         sys.path.insert(0, str(entry))
 
 import httpx  # noqa: E402
-from benchmarks.bench_worker import LoadMeter  # noqa: E402
+from benchmarks.bench_worker import LoadMeter, chat_requests  # noqa: E402
 from benchmarks.common import print_table, save  # noqa: E402
 
-from llm_etl_provider.worker.clients import ChatRequest, OpenAIClient  # noqa: E402
+from llm_etl_provider.worker.clients import OpenAIClient  # noqa: E402
 from llm_etl_provider.worker.http_lanes import HttpLanes  # noqa: E402
 from llm_etl_provider.worker.tasks import TaskSpec, build_task  # noqa: E402
 
@@ -130,20 +130,6 @@ class Server:
 
 def read_records(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def chat_requests(task: TaskSpec, records: list[dict[str, Any]]) -> list[ChatRequest]:
-    """The worker's requests for ``records`` (as ``benchmarks.bench_worker.load_requests`` builds them)."""
-    return [
-        ChatRequest(
-            system=task.system_prompt,
-            user=task.template.render(record),
-            schema=task.schema,
-            schema_name=task.name,
-            max_tokens=task.max_tokens,
-        )
-        for record in records
-    ]
 
 
 async def raw_load(
