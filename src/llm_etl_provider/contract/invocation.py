@@ -223,6 +223,11 @@ def default_of(name: str) -> Any:
     return _spec(item).operator_default if item.default is dataclasses.MISSING else item.default
 
 
+def is_unset(value: Any) -> bool:
+    """Whether a templated setting is unset: None, or what an unset Param renders to (``""``, ``"None"``)."""
+    return value is None or (isinstance(value, str) and value.strip() in ("", "None"))
+
+
 def coerce_settings(values: Mapping[str, Any]) -> dict[str, Any]:
     """Turn settings as an operator holds them (templated text, lists, a schema dict) into field values.
 
@@ -234,7 +239,7 @@ def coerce_settings(values: Mapping[str, Any]) -> dict[str, Any]:
         if name not in WORKER_SETTINGS:
             raise ValueError(f"{name!r} is not a worker setting; choose from {', '.join(WORKER_SETTINGS)}")
         spec = _spec(_FIELDS[name])
-        if value is None or (isinstance(value, str) and value.strip() in ("", "None")):  # an unset Param
+        if is_unset(value):
             coerced[name] = default_of(name)
             continue
         if name == "schema" and not isinstance(value, str):

@@ -22,7 +22,7 @@ from urllib3.exceptions import HTTPError
 
 from llm_etl_provider.backends import LocalServing, ShardJob, checked_execution_mode
 from llm_etl_provider.contract import layout
-from llm_etl_provider.contract.invocation import WORKER_SETTINGS, WorkerInvocation, default_of
+from llm_etl_provider.contract.invocation import WORKER_SETTINGS, WorkerInvocation, default_of, is_unset
 from llm_etl_provider.contract.shard import ShardDescriptor
 from llm_etl_provider.exceptions import PodSpecError, worker_exit_error
 from llm_etl_provider.operators.base import backend_for
@@ -344,8 +344,8 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
 
 
 def _optional_int(value: Any, name: str) -> int | None:
-    """A templated integer setting: None, "" or "None" (an empty Param) is unset."""
-    if value is None or value in ("", "None"):
+    """A templated integer setting, or None where it is unset (:func:`is_unset`)."""
+    if is_unset(value):
         return None
     try:
         return int(value)
