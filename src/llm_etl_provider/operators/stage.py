@@ -5,7 +5,6 @@ from __future__ import annotations
 import bisect
 import functools
 import hashlib
-import itertools
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -192,15 +191,14 @@ class StageInputOperator(RunStepOperator):
     ) -> list[dict[str, Any]]:
         """Stage a new key, then each shard as it is cut: the stage holds two shards, not the whole input.
 
-        The first two shards are cut before anything is staged, so that an input the sharding refuses (a CSV
-        header it cannot repeat, a CSV line it would have to cut) leaves nothing behind in most cases.
+        The first pass (:meth:`_check_run_size`) has cut every shard already, so an input the sharding
+        refuses (a CSV header it cannot repeat, a CSV line it would have to cut) fails before anything is
+        staged.
         """
-        pairs = _with_next(shards)
-        first = next(pairs, None)
         key = new_key()
         backend.stage_key(key)
         descriptors = []
-        for shard, next_shard in itertools.chain([first] if first else [], pairs):
+        for shard, next_shard in _with_next(shards):
             # a shard holds the input lines from its first line to the next shard's
             end = next_shard.first_line if next_shard else None
             # ids repeated across shards: each shard's worker dead-letters these lines as duplicate_id
