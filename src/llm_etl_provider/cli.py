@@ -106,7 +106,7 @@ def _extract(args: argparse.Namespace) -> int:
 def _render_pod(args: argparse.Namespace) -> int:
     import yaml
 
-    from llm_etl_provider.contract.layout import shard_secret_name
+    from llm_etl_provider.contract.layout import key_secret_name, run_prefix, shard_secret_name
     from llm_etl_provider.contract.shard import ShardDescriptor
     from llm_etl_provider.exceptions import PodSpecError
     from llm_etl_provider.pod.builder import (
@@ -142,14 +142,14 @@ def _render_pod(args: argparse.Namespace) -> int:
                     size=args.model_size or DEFAULT_MODEL_SIZE,
                 ),
                 server=server,
-                input_secret=shard_secret_name("llm-etl-RUN", shard.index),
-                key_secret="llm-etl-RUN-key",  # noqa: S106 - a Secret's name, not a value
+                input_secret=shard_secret_name(run_prefix(args.dag_id, args.run_id), shard.index),
+                key_secret=key_secret_name(args.dag_id, args.run_id),
             )
         )
     except PodSpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    pod["metadata"]["name"] = shard_secret_name("llm-etl-RUN", shard.index)
+    pod["metadata"]["name"] = shard_secret_name(run_prefix(args.dag_id, args.run_id), shard.index)
     documents = [pod, network_policy(args.namespace)]
     if args.model_source == "pull":
         documents.append(network_policy(args.namespace, allow_model_pull=True))
@@ -157,6 +157,41 @@ def _render_pod(args: argparse.Namespace) -> int:
         pod["metadata"]["namespace"] = args.namespace
     print(yaml.safe_dump_all(documents, sort_keys=False), end="")
     return 0
+
+
+def _render_role(args: argparse.Namespace) -> int:
+    import yaml
+
+    from llm_etl_provider.pod.rbac import airflow_role
+
+    print(yaml.safe_dump(airflow_role(args.namespace), sort_keys=False), end="")
+    return 0
+
+
+def _dev_cluster(args: argparse.Namespace) -> int:
+    from llm_etl_provider.dev.cluster import DevCluster, DevClusterError
+
+    cluster = DevCluster(args.state or _dev_cluster_state())
+    try:
+        if args.action == "up":
+            cluster.up()
+            for name, value in cluster.environment().items():
+                print(f"{name}={value}")
+        elif args.action == "down":
+            cluster.down()
+        else:
+            print("up" if cluster.is_up() else "down")
+            return 0 if cluster.is_up() else 1
+    except DevClusterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _dev_cluster_state() -> Path:
+    from llm_etl_provider.dev.llama_server import cache_dir
+
+    return cache_dir() / "dev-cluster"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -228,9 +263,28 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--gpus", type=int, default=1)
     render.add_argument("--task", default=default_of("task"), choices=TASK_NAMES)
     render.add_argument("--template", help=f"the prompt template (default: {DEFAULT_TEMPLATE})")
+    render.add_argument("--dag-id", default="llm_enrichment", help="names the run's pods and Secrets")
     render.add_argument("--run-id", default="manual__2026-01-01T00:00:00+00:00")
     render.add_argument("--namespace", default="llm-etl")
     render.set_defaults(handler=_render_pod)
+
+    role = commands.add_parser(
+        "render-role", help="print the Role that Airflow's Kubernetes identity needs in the run namespace"
+    )
+    role.add_argument("--namespace", default="llm-etl")
+    role.set_defaults(handler=_render_role)
+
+    cluster = commands.add_parser(
+        "dev-cluster",
+        help="a real kube-apiserver, etcd and a node of local processes on 127.0.0.1, to try the provider on",
+    )
+    cluster.add_argument(
+        "action", choices=("up", "down", "status"), help="up prints KUBECONFIG, AIRFLOW_KUBECONFIG, NAMESPACE"
+    )
+    cluster.add_argument(
+        "--state", type=Path, help="its certificates, kubeconfigs, data and logs (default: cache)"
+    )
+    cluster.set_defaults(handler=_dev_cluster)
 
     demo = commands.add_parser(
         "demo", help="run the example DAG locally (dag.test) on the drug-review sample with the bundled model"

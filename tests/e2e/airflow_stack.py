@@ -1,15 +1,13 @@
 """A real Airflow deployment for the tests: api-server, scheduler (LocalExecutor), dag-processor and
-optionally a triggerer, as separate processes over one SQLite database, driven through the public REST API
-as the UI drives it."""
+optionally a triggerer, as separate processes over a PostgreSQL database of their own, driven through the
+public REST API as the UI drives it."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -19,6 +17,8 @@ from types import TracebackType
 from typing import Any
 
 import httpx
+
+from tests.e2e.postgres import PostgresServer
 
 
 def _free_port() -> int:
@@ -37,7 +37,7 @@ class AirflowStack:
         self, home: Path, dags_folder: Path, env: dict[str, str], *, triggerer: bool = False
     ) -> None:
         self.home = home
-        self.database = home / "airflow.db"
+        self.database = PostgresServer()
         self.components = ["api-server", "scheduler", "dag-processor"] + (["triggerer"] if triggerer else [])
         port = _free_port()
         self.url = f"http://127.0.0.1:{port}"
@@ -48,8 +48,7 @@ class AirflowStack:
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__CORE__PARALLELISM": "4",
-            # a writer waits up to 60 s for another's lock (pysqlite's default, 5 s, is short on 2 busy cores)
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.database}?timeout=60",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.database.url,
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(port),
@@ -61,25 +60,29 @@ class AirflowStack:
             **env,
         }
         self.processes: list[subprocess.Popen[bytes]] = []
-        # longer than SQLite's busy timeout (60 s, above): a write waiting for the lock is answered, not cut
-        self.client = httpx.Client(base_url=f"{self.url}/api/v2", timeout=90)
+        self.client = httpx.Client(base_url=f"{self.url}/api/v2", timeout=30)
 
     def __enter__(self) -> AirflowStack:
         self.home.mkdir(parents=True, exist_ok=True)
-        airflow = [sys.executable, "-m", "airflow"]
-        subprocess.run([*airflow, "db", "migrate"], env=self.env, check=True, capture_output=True)
-        # Write-ahead logging lets the components read while one of them writes (the mode stays with the file)
-        with contextlib.closing(sqlite3.connect(self.database)) as database:
-            database.execute("PRAGMA journal_mode=WAL")
-        for component in self.components:
-            with (self.home / f"{component}.log").open("wb") as log:
-                self.processes.append(
-                    subprocess.Popen(
-                        [*airflow, component], env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                        start_new_session=True,
-                    )
-                )  # fmt: skip
-        self.wait_for(self._healthy, 120, "the api-server to answer")
+        self.database.__enter__()
+        try:
+            airflow = [sys.executable, "-m", "airflow"]
+            migrate = subprocess.run(
+                [*airflow, "db", "migrate"], env=self.env, capture_output=True, check=False
+            )
+            assert migrate.returncode == 0, f"airflow db migrate failed: {migrate.stderr[-3000:]!r}"
+            for component in self.components:
+                with (self.home / f"{component}.log").open("wb") as log:
+                    self.processes.append(
+                        subprocess.Popen(
+                            [*airflow, component], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True,
+                        )
+                    )  # fmt: skip
+            self.wait_for(self._healthy, 120, "the api-server to answer")
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
         return self
 
     def __exit__(
@@ -94,6 +97,7 @@ class AirflowStack:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+        self.database.__exit__(kind, error, trace)
 
     def _healthy(self) -> bool:
         try:
@@ -125,13 +129,7 @@ class AirflowStack:
         return logs
 
     def api(self, method: str, path: str, **kwargs: Any) -> Any:
-        for _ in range(5):
-            response = self.client.request(method, path, **kwargs)
-            # SQLite lets one process write at a time: the api-server's write can meet the scheduler's or
-            # the dag-processor's and fail with "database is locked", answered as a 500 "Database error".
-            if response.status_code != 500 or '"reason":"Database error"' not in response.text:
-                break
-            time.sleep(1)
+        response = self.client.request(method, path, **kwargs)
         assert response.is_success, f"{method} {path}: {response.status_code} {response.text}"
         return response.json()
 

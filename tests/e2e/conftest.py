@@ -1,5 +1,5 @@
-"""Shared e2e fixtures: a fake Kubernetes cluster whose kubelet runs the real loader, llama-server and worker,
-an HTTP "object store" for the bundled model, and the example DAG configured for that cluster."""
+"""Shared e2e fixtures: a real Kubernetes control plane whose dev node runs the real loader, llama-server and
+worker, an HTTP "object store" for the bundled model, and the example DAG configured for that cluster."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ import functools
 import http.server
 import importlib.util
 import json
-import shutil
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,11 +16,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from llm_etl_provider.dev.llama_server import MODEL_FILE, MODEL_SHA256, bundled_model, find_llama_server
-from tests.e2e.fake_kubernetes import FakeCluster
+from llm_etl_provider.dev.cluster import NodeOptions
+from llm_etl_provider.dev.llama_server import MODEL_FILE, MODEL_SHA256, bundled_model
+from tests.e2e.cluster import ProviderCluster
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "examples" / "drug_reviews_sample.jsonl"
@@ -44,35 +42,26 @@ def model_url() -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def provider_cluster(root: Path, model_url: str, **options: Any) -> Iterator[FakeCluster]:
-    """A fake cluster that runs the provider's pods (loader, llama-server, worker) and holds the model URL."""
-    curl = shutil.which("curl")
-    assert curl, "the llm-server's startup probe runs curl (scripts/setup.sh installs it)"
-    commands = {
-        "llm-etl": [sys.executable, "-m", "llm_etl_provider.cli"],
-        "llm-etl-worker": [sys.executable, "-m", "llm_etl_provider.worker.cli"],
-        "/app/llama-server": [str(find_llama_server())],
-        "curl": [curl],
-    }
-    with FakeCluster(root, commands, namespace=NAMESPACE, **options) as fake:
-        fake.store.create(
-            "secrets",
-            NAMESPACE,
-            {
-                "metadata": {"name": MODEL_URL_SECRET},
-                "data": {"url": base64.b64encode(model_url.encode()).decode()},
-            },
-        )
-        yield fake
+def provider_cluster(state: Path, model_url: str, **node: Any) -> Iterator[ProviderCluster]:
+    """A development cluster (real kube-apiserver and etcd, the dev node) that runs the provider's pods
+    (loader, llama-server, worker) and holds the model URL in a Secret."""
+    with ProviderCluster(state, NAMESPACE, NodeOptions(**node)).running() as cluster:
+        secret = {
+            "metadata": {"name": MODEL_URL_SECRET},
+            "data": {"url": base64.b64encode(model_url.encode()).decode()},
+        }
+        cluster.admin.post(cluster.path("secrets"), secret)
+        cluster.remember_baseline()
+        yield cluster
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory, model_url) -> Iterator[FakeCluster]:
-    with provider_cluster(tmp_path_factory.mktemp("node"), model_url) as fake:
-        yield fake
+def cluster(tmp_path_factory, model_url) -> Iterator[ProviderCluster]:
+    with provider_cluster(tmp_path_factory.mktemp("cluster"), model_url) as running:
+        yield running
 
 
-def kubernetes_settings(cluster: FakeCluster, *, deferrable: bool, **environment: str) -> dict[str, str]:
+def kubernetes_settings(cluster: ProviderCluster, *, deferrable: bool, **environment: str) -> dict[str, str]:
     """The environment that points the example DAG at ``cluster`` and the model it serves."""
     return {
         "AIRFLOW_CONN_KUBERNETES_DEFAULT": cluster.airflow_connection(),
@@ -88,7 +77,7 @@ def kubernetes_settings(cluster: FakeCluster, *, deferrable: bool, **environment
 
 
 def _load_dag(
-    monkeypatch: pytest.MonkeyPatch, cluster: FakeCluster, *, deferrable: bool, **environment: str
+    monkeypatch: pytest.MonkeyPatch, cluster: ProviderCluster, *, deferrable: bool, **environment: str
 ) -> Any:
     settings = kubernetes_settings(cluster, deferrable=deferrable, **environment)
     for name, value in settings.items():
@@ -105,18 +94,18 @@ def _load_dag(
 
 
 @pytest.fixture
-def kubernetes_dag(monkeypatch: pytest.MonkeyPatch, cluster: FakeCluster) -> Callable[..., Any]:
-    """The example DAG in Kubernetes mode against the fake cluster: ``kubernetes_dag(deferrable=True)``."""
+def kubernetes_dag(monkeypatch: pytest.MonkeyPatch, cluster: ProviderCluster) -> Callable[..., Any]:
+    """The example DAG in Kubernetes mode against the dev cluster: ``kubernetes_dag(deferrable=True)``."""
     return functools.partial(_load_dag, monkeypatch, cluster)
 
 
 def run_example(dag: Any, source: Path, output: Path, *, template: str = "{review}", **conf: Any) -> Any:
-    """Trigger the example DAG over ``source`` with the model the fake cluster serves (llama.cpp, SmolLM2)."""
+    """Trigger the example DAG over ``source`` with the model the dev cluster serves (llama.cpp, SmolLM2)."""
     return dag.test(run_conf=example_conf(source, output, template=template, **conf))
 
 
 def example_conf(source: Path, output: Path, *, template: str = "{review}", **conf: Any) -> dict[str, Any]:
-    """The example DAG's Params for ``source`` and the model the fake cluster serves."""
+    """The example DAG's Params for ``source`` and the model the dev cluster serves."""
     return {
         "input_path": str(source),
         "output_path": str(output),
@@ -127,13 +116,6 @@ def example_conf(source: Path, output: Path, *, template: str = "{review}", **co
     }
 
 
-def forget_events(cluster: FakeCluster, pods: set[str]) -> None:
-    """Drop the events of ``pods``, so that the next run in the module counts its own."""
-    for name in pods:
-        for event in cluster.store.list("events", NAMESPACE, field_selector=f"involvedObject.name={name}"):
-            cluster.store.delete("events", NAMESPACE, event["metadata"]["name"])
-
-
 def resumable_dag(kubernetes_dag: Callable[..., Any]) -> Any:
     """The example DAG with checkpoints on work claims, one record apart, and a 1 s retry delay."""
     dag = kubernetes_dag(deferrable=False, LLM_ETL_WORK_CLAIM_SIZE="1Gi", LLM_ETL_CHECKPOINT_EVERY="1")
@@ -141,16 +123,18 @@ def resumable_dag(kubernetes_dag: Callable[..., Any]) -> Any:
     return dag
 
 
-def _checkpointed(runner: Any) -> int:
+def _checkpointed(cluster: ProviderCluster, pod: dict[str, Any]) -> int:
     try:
-        checkpoint = json.loads((runner.volumes["work"] / "checkpoint.json").read_text())
+        checkpoint = json.loads((cluster.volume(pod, "work") / "checkpoint.json").read_text())
         return int(checkpoint["state"]["records_done"])
-    except (OSError, ValueError, KeyError, AttributeError):
+    except (OSError, ValueError, KeyError):
         return 0
 
 
 @contextlib.contextmanager
-def preempted_mid_run(cluster: FakeCluster, after_checkpoints: int, records: int) -> Iterator[dict[str, int]]:
+def preempted_mid_run(
+    cluster: ProviderCluster, after_checkpoints: int, records: int
+) -> Iterator[dict[str, int]]:
     """Delete the first pod through the API once its worker checkpointed ``after_checkpoints`` of its
     ``records`` records but not all of them, as a node drain or a spot preemption would; yield ``{pod: records
     checkpointed when it was deleted}``.
@@ -162,14 +146,14 @@ def preempted_mid_run(cluster: FakeCluster, after_checkpoints: int, records: int
 
     def preempt() -> None:
         while not stop.is_set() and not lost:
-            for runner in list(cluster.kubelet.pods.values()):
-                base = runner.processes.get("base")
-                if base is None or base.process.poll() is not None:
-                    continue
-                if after_checkpoints <= (checkpointed := _checkpointed(runner)) < records:
-                    url = f"{cluster.url}/api/v1/namespaces/{NAMESPACE}/pods/{runner.name}"
-                    httpx.delete(url).raise_for_status()
-                    lost[runner.name] = checkpointed
+            running = {
+                entry.split("/")[0] for entry in cluster.running_containers() if entry.endswith("/base")
+            }
+            for pod in cluster.admin.get(cluster.path("pods"))["items"]:
+                name = pod["metadata"]["name"]
+                if name in running and after_checkpoints <= (done := _checkpointed(cluster, pod)) < records:
+                    cluster.admin.delete(cluster.path("pods", name))
+                    lost[name] = done
                     break
             time.sleep(0.1)
 

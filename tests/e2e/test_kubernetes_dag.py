@@ -1,6 +1,6 @@
-"""The example DAG through the real KubernetesPodOperator and Kubernetes client against the fake cluster.
+"""The example DAG through the real KubernetesPodOperator and Kubernetes client against a real API server.
 
-The kubelet runs each pod's containers as local processes: ``llm-etl load-model`` downloads the bundled
+The dev node runs each pod's containers as local processes: ``llm-etl load-model`` downloads the bundled
 SmolLM2 GGUF from a local HTTP "object store" and checks its sha256, llama.cpp's ``llama-server`` serves it
 as the native sidecar, and ``llm-etl-worker`` enriches the shard; the extraction reads the sealed frames
 from the pod log over the API. Nothing may remain in the cluster afterwards.
@@ -9,6 +9,7 @@ from the pod log over the API. Nothing may remain in the cluster afterwards.
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -17,7 +18,6 @@ from tests.e2e.conftest import (
     MODEL_URL_SECRET,
     NAMESPACE,
     SAMPLE,
-    forget_events,
     preempted_mid_run,
     resumable_dag,
     run_example,
@@ -60,9 +60,7 @@ def test_two_shards_through_kpo_are_enriched_by_the_model_and_nothing_remains(
     assert sorted(ids) == sorted(json.loads(line)["id"] for line in short)
 
     started = [
-        (e["involvedObject"]["name"], e["message"])
-        for e in cluster.store.list("events", NAMESPACE)
-        if e["reason"] == "Started"
+        (e["involvedObject"]["name"], e["message"]) for e in cluster.events() if e["reason"] == "Started"
     ]
     pods = {name for name, _ in started}
     assert len(pods) >= 2
@@ -72,8 +70,8 @@ def test_two_shards_through_kpo_are_enriched_by_the_model_and_nothing_remains(
             "Started container llm-server",
             "Started container base",
         }
-    assert cluster.wait_until_empty() == {"secrets": [MODEL_URL_SECRET]}
-    forget_events(cluster, pods)
+    assert cluster.wait_until_empty() == {}
+    cluster.forget_events(pods)
 
 
 def test_a_failing_shard_fails_the_run_and_the_teardown_still_removes_everything(
@@ -102,41 +100,31 @@ def test_a_failing_shard_fails_the_run_and_the_teardown_still_removes_everything
         "cleanup": "success",
     }
     assert not list((tmp_path / "out").rglob("_SUCCESS"))  # nothing published
-    failed = [p for p in cluster.store.list("events", NAMESPACE) if p["reason"] == "Started"]
+    failed = [p for p in cluster.events() if p["reason"] == "Started"]
     assert failed  # the pod did run before it failed
-    assert cluster.wait_until_empty() == {"secrets": [MODEL_URL_SECRET]}
-    forget_events(cluster, {e["involvedObject"]["name"] for e in failed})
+    assert cluster.wait_until_empty() == {}
+    cluster.forget_events({e["involvedObject"]["name"] for e in failed})
 
 
 def test_the_sweeper_removes_what_outlived_the_ttl_and_nothing_else(cluster, monkeypatch):
-    from datetime import UTC, datetime, timedelta
-
     from airflow.sdk import DAG
 
     from llm_etl_provider.contract.layout import MANAGED_BY
     from llm_etl_provider.operators.cleanup import SweepExpiredOperator
 
     monkeypatch.setenv("AIRFLOW_CONN_KUBERNETES_DEFAULT", cluster.airflow_connection())
-    managed = {"metadata": {"labels": {**MANAGED_BY, "llm-etl.io/run": "abandoned"}}}
-    for name in ("abandoned-key", "fresh-key"):
-        cluster.store.create(
-            "secrets", NAMESPACE, {**managed, "metadata": {**managed["metadata"], "name": name}}
-        )
-    cluster.store.create(
-        "secrets", NAMESPACE, {"metadata": {"name": "someone-elses", "labels": {"app": "other"}}}
-    )
-    two_hours_ago = (datetime.now(UTC) - timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    for name in ("abandoned-key", "someone-elses"):
-        cluster.store.update(
-            "secrets", NAMESPACE, name, lambda s: s["metadata"].update(creationTimestamp=two_hours_ago)
-        )
+    labels = {**MANAGED_BY, "llm-etl.io/run": "abandoned"}
+    # The API server stamps creationTimestamp (to the second): age comes from waiting between creations.
+    for name, secret_labels in (("abandoned-key", labels), ("someone-elses", {"app": "other"})):
+        cluster.admin.post(cluster.path("secrets"), {"metadata": {"name": name, "labels": secret_labels}})
+    time.sleep(3.5)
+    cluster.admin.post(cluster.path("secrets"), {"metadata": {"name": "fresh-key", "labels": labels}})
     with DAG("llm_etl_sweeper", schedule=None):
-        sweeper = SweepExpiredOperator(task_id="sweep", namespace=NAMESPACE, ttl_seconds=3600)
+        sweeper = SweepExpiredOperator(task_id="sweep", namespace=NAMESPACE, ttl_seconds=2)
     assert sweeper.execute({}) == {"pods": 0, "secrets": 1, "claims": 0, "staging": 0}
-    left = sorted(s["metadata"]["name"] for s in cluster.store.list("secrets", NAMESPACE))
-    assert left == ["fresh-key", MODEL_URL_SECRET, "someone-elses"]
+    assert cluster.names("secrets") == ["fresh-key", MODEL_URL_SECRET, "someone-elses"]
     for name in ("fresh-key", "someone-elses"):
-        cluster.store.delete("secrets", NAMESPACE, name)
+        cluster.admin.delete(cluster.path("secrets", name))
 
 
 def test_a_pod_lost_mid_run_resumes_in_a_new_pod_and_every_record_is_published_once(
@@ -147,13 +135,13 @@ def test_a_pod_lost_mid_run_resumes_in_a_new_pod_and_every_record_is_published_o
     source.write_text("".join(short))
     # Checkpoints on a work claim that outlives the pod, one record apart: the retry redoes at most one.
     dag = resumable_dag(kubernetes_dag)
-    cluster.store.created_pods.clear()
+    cluster.forget_pods()
     with preempted_mid_run(cluster, after_checkpoints=2, records=len(short)) as lost:
         run = run_example(dag, source, tmp_path / "out", concurrency=1)
 
     assert run.state == "success"
     assert len(lost) == 1
-    pods = {p["metadata"]["name"] for p in cluster.store.created_pods}
+    pods = {p["metadata"]["name"] for p in cluster.created_pods()}
     assert len(pods) == 2  # the lost pod and the retry's
     (results,) = list((tmp_path / "out").rglob("results.jsonl"))
     ids = [json.loads(line)["id"] for line in results.read_text().splitlines()]
@@ -162,5 +150,5 @@ def test_a_pod_lost_mid_run_resumes_in_a_new_pod_and_every_record_is_published_o
     (checkpointed,) = lost.values()
     # the retry started from the lost pod's last checkpoint: it redid only the record in flight
     assert manifest["worker_summary"]["resumed_from"] >= checkpointed >= 2
-    assert cluster.wait_until_empty() == {"secrets": [MODEL_URL_SECRET]}
-    forget_events(cluster, pods)
+    assert cluster.wait_until_empty() == {}
+    cluster.forget_events(pods)

@@ -2,7 +2,7 @@
 
 Airflow fails the running enrichment (its supervisor kills the task, or the triggerer drops the deferred
 one), skips what has not started and leaves the teardown to run: the cleanup must then remove the shard
-Secrets, the key and the pod if KPO's kill has not already. Nothing is left in the fake cluster, and no record
+Secrets, the key and the pod if KPO's kill has not already. Nothing is left in the cluster, and no record
 shows in any log on the way.
 """
 
@@ -16,10 +16,8 @@ import pytest
 
 from tests.e2e.airflow_stack import AirflowStack
 from tests.e2e.conftest import (
-    MODEL_URL_SECRET,
     REPO,
     example_conf,
-    forget_events,
     kubernetes_settings,
 )
 from tests.e2e.test_no_patient_data_leaks import CANARY, cluster_surfaces, planted
@@ -33,12 +31,12 @@ TEARDOWN_DELETED = r"deleted [01] pods, 2 Secrets"
 @pytest.mark.parametrize("deferrable", [False, True], ids=["sync", "deferrable"])
 def test_a_dag_run_marked_failed_mid_run_leaves_nothing_in_the_cluster(tmp_path, cluster, deferrable):
     source = planted(tmp_path, 40)  # minutes of work: the run is marked failed long before it ends
-    cluster.store.created_pods.clear()
+    cluster.forget_pods()
     settings = kubernetes_settings(cluster, deferrable=deferrable)
     with AirflowStack(tmp_path / "airflow", REPO / "dags", settings, triggerer=deferrable) as airflow:
         run_id = airflow.trigger(DAG_ID, example_conf(source, tmp_path / "out"))
         airflow.wait_for(
-            lambda: any(p.endswith("/base") for p in cluster.kubelet.running_processes()),
+            lambda: any(p.endswith("/base") for p in cluster.running_containers()),
             300,
             "the worker to start enriching",
         )
@@ -64,10 +62,10 @@ def test_a_dag_run_marked_failed_mid_run_leaves_nothing_in_the_cluster(tmp_path,
     assert extract <= {"skipped", "upstream_failed"}, states  # never ran: its shard never finished
     assert states["llm_enrichment.cleanup"] == "success", (states, logs[-3000:])
     assert re.search(TEARDOWN_DELETED, logs), logs[-3000:]
-    assert cluster.wait_until_empty() == {"secrets": [MODEL_URL_SECRET]}, logs[-3000:]
+    assert cluster.wait_until_empty() == {}, logs[-3000:]
     assert not list((tmp_path / "out").rglob("results.jsonl"))
     assert CANARY not in logs
     assert stored["xcom"]  # the stage's shard descriptors at least
     assert CANARY not in json.dumps(stored)
     assert CANARY not in cluster_surfaces(cluster)
-    forget_events(cluster, {p["metadata"]["name"] for p in cluster.store.created_pods})
+    cluster.forget_events({p["metadata"]["name"] for p in cluster.created_pods()})

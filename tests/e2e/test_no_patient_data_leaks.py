@@ -17,10 +17,7 @@ from airflow.models.xcom import XComModel
 from airflow.utils.session import create_session
 
 from tests.e2e.conftest import (
-    MODEL_URL_SECRET,
-    NAMESPACE,
     SAMPLE,
-    forget_events,
     preempted_mid_run,
     resumable_dag,
     run_example,
@@ -57,9 +54,7 @@ def airflow_surfaces(dag_id: str, run_id: str) -> str:
 
 
 def cluster_surfaces(cluster: Any) -> str:
-    return json.dumps(
-        {"pods": cluster.store.created_pods, "events": cluster.store.list("events", NAMESPACE)}, default=str
-    )
+    return json.dumps({"pods": cluster.created_pods(), "events": cluster.events()}, default=str)
 
 
 @pytest.mark.parametrize("case", ["success", "failed", "retried"])
@@ -67,7 +62,7 @@ def test_canaries_appear_only_in_the_published_results(tmp_path, capfd, cluster,
     count = 4 if case == "retried" else 2
     source = planted(tmp_path, count)
     dag = resumable_dag(kubernetes_dag) if case == "retried" else kubernetes_dag(deferrable=False)
-    cluster.store.created_pods.clear()
+    cluster.forget_pods()
     preemption: AbstractContextManager[dict[str, int]] = (
         preempted_mid_run(cluster, after_checkpoints=2, records=count)
         if case == "retried"
@@ -94,5 +89,5 @@ def test_canaries_appear_only_in_the_published_results(tmp_path, capfd, cluster,
         ]  # where it belongs: the checks above can fail
     else:
         assert published == []
-    assert cluster.wait_until_empty() == {"secrets": [MODEL_URL_SECRET]}
-    forget_events(cluster, {p["metadata"]["name"] for p in cluster.store.created_pods})
+    assert cluster.wait_until_empty() == {}
+    cluster.forget_events({p["metadata"]["name"] for p in cluster.created_pods()})

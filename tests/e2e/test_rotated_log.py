@@ -8,16 +8,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.conftest import MODEL_URL_SECRET, provider_cluster, run_example
-from tests.e2e.fake_kubernetes import FakeCluster
+from tests.e2e.cluster import ProviderCluster
+from tests.e2e.conftest import provider_cluster, run_example
 from tests.e2e.test_no_patient_data_leaks import CANARY, airflow_surfaces, planted
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory, model_url) -> Iterator[FakeCluster]:
+def cluster(tmp_path_factory, model_url) -> Iterator[ProviderCluster]:
     # A few hundred bytes: the worker's first frames are rotated away before the pod ends.
-    with provider_cluster(tmp_path_factory.mktemp("node"), model_url, max_log_bytes=400) as fake:
-        yield fake
+    with provider_cluster(tmp_path_factory.mktemp("cluster"), model_url, max_log_bytes=400) as running:
+        yield running
 
 
 def test_a_rotated_pod_log_fails_the_extraction_and_publishes_nothing(
@@ -37,4 +37,4 @@ def test_a_rotated_pod_log_fails_the_extraction_and_publishes_nothing(
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.jsonl"))
     assert CANARY not in task_log  # the extract error text included
     assert CANARY not in airflow_surfaces(dag.dag_id, run.run_id)
-    assert cluster.wait_until_empty() == {"secrets": [MODEL_URL_SECRET]}
+    assert cluster.wait_until_empty() == {}

@@ -1,0 +1,427 @@
+"""A real Kubernetes control plane on 127.0.0.1 to try the provider on: etcd, kube-apiserver and one node.
+
+``DevCluster(state).up()`` starts etcd and kube-apiserver (built from source by ``scripts/build-kube.sh``)
+with TLS, ``--authorization-mode=Node,RBAC`` and the default admission plugins (PodSecurity among them), then
+the node agent (:mod:`llm_etl_provider.dev.cluster.node`), and prepares the run namespace: labelled to enforce
+the restricted Pod Security Standard, with its ``default`` ServiceAccount and the Role of
+:mod:`llm_etl_provider.pod.rbac` bound to the ``airflow`` identity. ``down()`` stops them in reverse order.
+
+No kube-controller-manager runs, so what its controllers would do for this one namespace is done here once:
+the ``default`` ServiceAccount, the ``kube-root-ca.crt`` ConfigMap, and the removal of the node's
+``not-ready`` taint once it reports Ready (the node lifecycle controller). Namespaces are therefore never
+deleted, and ownerReferences are not garbage-collected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from llm_etl_provider.dev.cluster.api import ApiError, KubeApi
+from llm_etl_provider.dev.cluster.layout import NodeConfig
+from llm_etl_provider.dev.cluster.pki import CertificateAuthority, KeyPair, service_account_key
+from llm_etl_provider.dev.llama_server import bundled_model, cache_dir, find_llama_server, free_port
+from llm_etl_provider.pod.rbac import airflow_role, airflow_role_binding
+
+KUBE_BIN_ENV = "LLM_ETL_KUBE_BIN"
+NAMESPACE = "llm-etl"
+NODE_NAME = "llm-etl-dev-node"
+MODEL_CLAIM = "llm-etl-models"  # a claim the node fills with the bundled model, for LLM_ETL_MODEL_SOURCE=pvc
+AIRFLOW_USER = "llm-etl-airflow"
+SERVICE_RANGE = "10.0.0.0/24"
+API_SERVER_SERVICE_IP = "10.0.0.1"  # the first address of SERVICE_RANGE, in the API server's certificate
+START_TIMEOUT = 60.0
+
+
+class DevClusterError(RuntimeError):
+    """The development cluster could not start or stop; the message says why and where its logs are."""
+
+
+def find_kube_binaries() -> Path:
+    """The folder of ``kube-apiserver`` and ``etcd``: $LLM_ETL_KUBE_BIN, or scripts/build-kube.sh's cache."""
+    if explicit := os.environ.get(KUBE_BIN_ENV):
+        candidates = [Path(explicit)]
+    else:
+        candidates = sorted(cache_dir().glob("kube-*-etcd-*/bin"), reverse=True)
+    for folder in candidates:
+        if all(os.access(folder / name, os.X_OK) for name in ("kube-apiserver", "etcd")):
+            return folder
+    where = f"${KUBE_BIN_ENV}={os.environ[KUBE_BIN_ENV]}" if KUBE_BIN_ENV in os.environ else str(cache_dir())
+    raise DevClusterError(
+        f"kube-apiserver and etcd were not found in {where}: build them with scripts/build-kube.sh "
+        "(about 6 minutes, cached)"
+    )
+
+
+def default_commands() -> dict[str, list[str]]:
+    """What the node runs for each container's ``command[0]``: the provider's own programs, llama.cpp's
+    server, and curl (the server's startup probe)."""
+    curl = shutil.which("curl")
+    if curl is None:
+        raise DevClusterError("the dev node runs the llm-server's startup probe with curl: install curl")
+    return {
+        "llm-etl": [sys.executable, "-m", "llm_etl_provider.cli"],
+        "llm-etl-worker": [sys.executable, "-m", "llm_etl_provider.worker.cli"],
+        "/app/llama-server": [str(find_llama_server())],
+        "curl": [curl],
+    }
+
+
+@dataclass
+class NodeOptions:
+    """What the dev node maps onto this machine beyond its programs (see :class:`NodeConfig`)."""
+
+    commands: dict[str, list[str]] = field(default_factory=dict)  # added to default_commands()
+    claims: dict[str, Path] = field(default_factory=dict)
+    image_volumes: dict[str, Path] = field(default_factory=dict)
+    max_log_bytes: int | None = None
+    capacity: dict[str, str] | None = None
+
+
+class DevCluster:
+    """etcd, kube-apiserver and the node agent as processes, their state (certificates, kubeconfigs, data,
+    logs) in ``state``."""
+
+    def __init__(self, state: Path, *, namespace: str = NAMESPACE, node: NodeOptions | None = None) -> None:
+        self.state = state.resolve()
+        self.namespace = namespace
+        self.node_options = node or NodeOptions()
+        self.pki = self.state / "pki"
+        self.logs = self.state / "logs"
+        self.node_root = self.state / "node"
+        self.admin_kubeconfig = self.state / "admin.kubeconfig"
+        self.airflow_kubeconfig = self.state / "airflow.kubeconfig"
+        self._state_file = self.state / "cluster.json"
+        self._children: dict[int, subprocess.Popen[bytes]] = {}  # what this object started, to reap
+
+    # -- what up prints, and what the tests use ------------------------------------------------------
+
+    @property
+    def server(self) -> str:
+        return str(self._recorded()["server"])
+
+    def environment(self) -> dict[str, str]:
+        """``KUBECONFIG``, ``AIRFLOW_KUBECONFIG`` and ``NAMESPACE``, as ``up`` prints them."""
+        return {
+            "KUBECONFIG": str(self.admin_kubeconfig),
+            "AIRFLOW_KUBECONFIG": str(self.airflow_kubeconfig),
+            "NAMESPACE": self.namespace,
+        }
+
+    def admin(self) -> KubeApi:
+        """A client with the cluster-admin identity (close it after use)."""
+        pair = KeyPair(self.pki / "admin.crt", self.pki / "admin.key")
+        return KubeApi(self.server, self.pki / "ca.crt", pair.cert, pair.key)
+
+    def airflow_connection(self) -> str:
+        """An ``AIRFLOW_CONN_*`` value for a ``kubernetes`` connection as the ``airflow`` identity."""
+        config = yaml.safe_load(self.airflow_kubeconfig.read_text())
+        return json.dumps(
+            {"conn_type": "kubernetes", "extra": {"kube_config": config, "namespace": self.namespace}}
+        )
+
+    def is_up(self) -> bool:
+        return self._state_file.exists() and all(_alive(pid) for pid in self._recorded()["pids"].values())
+
+    def _recorded(self) -> dict[str, Any]:
+        try:
+            recorded: dict[str, Any] = json.loads(self._state_file.read_text())
+        except FileNotFoundError:
+            raise DevClusterError(f"no development cluster is up in {self.state}") from None
+        return recorded
+
+    # -- up ------------------------------------------------------------------------------------------
+
+    def up(self) -> None:
+        """Start everything and return once the API answers, the namespace is ready and the node is Ready."""
+        if self._state_file.exists():
+            if self.is_up():
+                return
+            self.down()
+        binaries = find_kube_binaries()
+        commands = {**default_commands(), **self.node_options.commands}
+        for folder in (self.pki, self.state / "etcd", self.node_root):
+            shutil.rmtree(folder, ignore_errors=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        ports = {name: free_port() for name in ("etcd", "etcd-peer", "apiserver", "kubelet")}
+        server = f"https://127.0.0.1:{ports['apiserver']}"
+        pids: dict[str, int] = {}
+        self._write_state(server, pids)
+        try:
+            self._certificates()
+            pids["etcd"] = self._spawn("etcd", [str(binaries / "etcd"), *self._etcd_flags(ports)])
+            self._write_state(server, pids)
+            self._wait_etcd(ports["etcd"])
+            pids["kube-apiserver"] = self._spawn(
+                "kube-apiserver", [str(binaries / "kube-apiserver"), *self._apiserver_flags(ports)]
+            )
+            self._write_state(server, pids)
+            with self.admin() as admin:
+                self._wait_ready(admin)
+                self._write_kubeconfigs(server)
+                self._prepare_namespace(admin)
+                node_config = self._node_config(server, ports["kubelet"], commands)
+                config_path = self.state / "node.json"
+                config_path.write_text(node_config.to_json())
+                pids["node"] = self._spawn(
+                    "node", [sys.executable, "-m", "llm_etl_provider.dev.cluster", str(config_path)]
+                )
+                self._write_state(server, pids)
+                self._wait_node(admin, pids["node"])
+        except BaseException:
+            self.down()
+            raise
+
+    def _write_state(self, server: str, pids: dict[str, int]) -> None:
+        self._state_file.write_text(json.dumps({"server": server, "namespace": self.namespace, "pids": pids}))
+
+    def _certificates(self) -> None:
+        ca = CertificateAuthority(self.pki)
+        hosts = ("127.0.0.1", "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+                 "kubernetes.default.svc.cluster.local", API_SERVER_SERVICE_IP)  # fmt: skip
+        ca.issue("apiserver", "kube-apiserver", server_hosts=hosts, client=False)
+        ca.issue(
+            "apiserver-kubelet-client", "kube-apiserver-kubelet-client", organizations=("system:masters",)
+        )
+        ca.issue("admin", "llm-etl-admin", organizations=("system:masters",))
+        ca.issue("airflow", AIRFLOW_USER)
+        ca.issue("node", f"system:node:{NODE_NAME}", organizations=("system:nodes",))
+        ca.issue("node-serving", f"system:node:{NODE_NAME}", server_hosts=("127.0.0.1",), client=False)
+        ca.issue("scheduler", "system:kube-scheduler")
+        # the name kube-controller-manager's pvc-protection controller runs as: RBAC binds its role to it
+        ca.issue("pvc-protection", "system:serviceaccount:kube-system:pvc-protection-controller")
+        service_account_key(self.pki)
+
+    def _etcd_flags(self, ports: dict[str, int]) -> list[str]:
+        client, peer = f"http://127.0.0.1:{ports['etcd']}", f"http://127.0.0.1:{ports['etcd-peer']}"
+        return [
+            "--name=dev", f"--data-dir={self.state / 'etcd'}",
+            f"--listen-client-urls={client}", f"--advertise-client-urls={client}",
+            f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=dev={peer}", "--initial-cluster-state=new",
+            "--unsafe-no-fsync",  # the data is thrown away with the cluster
+            "--log-level=warn",
+        ]  # fmt: skip
+
+    def _apiserver_flags(self, ports: dict[str, int]) -> list[str]:
+        pki = self.pki
+        return [
+            f"--etcd-servers=http://127.0.0.1:{ports['etcd']}",
+            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            f"--secure-port={ports['apiserver']}",
+            f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
+            f"--client-ca-file={pki / 'ca.crt'}",
+            f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+            f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+            f"--kubelet-certificate-authority={pki / 'ca.crt'}",
+            "--kubelet-preferred-address-types=InternalIP",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            f"--service-cluster-ip-range={SERVICE_RANGE}",
+            # the default reconciler refuses a loopback address for the `kubernetes` Service every few seconds
+            "--endpoint-reconciler-type=none",
+            "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction",  # added to the defaults, PodSecurity among them
+            # so that Pod Security, not the API server's own switch, is what refuses a privileged pod
+            "--allow-privileged=true",
+        ]  # fmt: skip
+
+    def _spawn(self, name: str, argv: list[str]) -> int:
+        log = (self.logs / f"{name}.log").open("ab")
+        process = subprocess.Popen(  # outlives `up`: its own session, stopped by `down`
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        log.close()
+        self._children[process.pid] = process
+        return process.pid
+
+    def _wait(self, what: str, check: Any, pid: int) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if not _alive(pid):
+                raise DevClusterError(f"{what} exited while starting; see {self.logs}")
+            with contextlib.suppress(httpx.HTTPError, ApiError, OSError):
+                if check():
+                    return
+            if time.monotonic() > deadline:
+                raise DevClusterError(f"{what} was not ready after {START_TIMEOUT:.0f} s; see {self.logs}")
+            time.sleep(0.2)
+
+    def _wait_etcd(self, port: int) -> None:
+        pid = self._recorded()["pids"]["etcd"]
+        self._wait("etcd", lambda: httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).is_success, pid)
+
+    def _wait_ready(self, admin: KubeApi) -> None:
+        pid = self._recorded()["pids"]["kube-apiserver"]
+        self._wait("kube-apiserver", admin.healthy, pid)
+
+    def _write_kubeconfigs(self, server: str) -> None:
+        for path, name in ((self.admin_kubeconfig, "admin"), (self.airflow_kubeconfig, "airflow")):
+            path.write_text(yaml.safe_dump(self._kubeconfig(server, name), sort_keys=False))
+            path.chmod(0o600)
+
+    def _kubeconfig(self, server: str, identity: str) -> dict[str, Any]:
+        return {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "llm-etl-dev",
+                    "cluster": {"server": server, "certificate-authority": str(self.pki / "ca.crt")},
+                }
+            ],
+            "users": [
+                {
+                    "name": identity,
+                    "user": {
+                        "client-certificate": str(self.pki / f"{identity}.crt"),
+                        "client-key": str(self.pki / f"{identity}.key"),
+                    },
+                }
+            ],
+            "contexts": [
+                {
+                    "name": f"{identity}@llm-etl-dev",
+                    "context": {"cluster": "llm-etl-dev", "user": identity, "namespace": self.namespace},
+                }
+            ],
+            "current-context": f"{identity}@llm-etl-dev",
+        }
+
+    def _prepare_namespace(self, admin: KubeApi) -> None:
+        namespace = self.namespace
+        admin.ensure(
+            "/api/v1/namespaces",
+            {
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {
+                    "name": namespace,
+                    "labels": {
+                        "pod-security.kubernetes.io/enforce": "restricted",
+                        "pod-security.kubernetes.io/enforce-version": "latest",
+                    },
+                },
+            },
+        )
+        base = f"/api/v1/namespaces/{namespace}"
+        # what kube-controller-manager's service-account and root-CA publisher controllers would create
+        admin.ensure(base + "/serviceaccounts", {"metadata": {"name": "default"}})
+        admin.ensure(
+            base + "/configmaps",
+            {"metadata": {"name": "kube-root-ca.crt"}, "data": {"ca.crt": (self.pki / "ca.crt").read_text()}},
+        )
+        rbac = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}"
+        admin.ensure(rbac + "/roles", airflow_role(namespace))
+        subject = {"kind": "User", "name": AIRFLOW_USER, "apiGroup": "rbac.authorization.k8s.io"}
+        admin.ensure(rbac + "/rolebindings", airflow_role_binding(namespace, subject))
+        models = {
+            "metadata": {"name": MODEL_CLAIM},
+            "spec": {"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": "1Gi"}}},
+        }
+        admin.ensure(base + "/persistentvolumeclaims", models)
+
+    def _node_config(self, server: str, kubelet_port: int, commands: dict[str, list[str]]) -> NodeConfig:
+        options = self.node_options
+        config = NodeConfig(
+            name=NODE_NAME,
+            root=self.node_root,
+            server=server,
+            ca=self.pki / "ca.crt",
+            node_cert=self.pki / "node.crt",
+            node_key=self.pki / "node.key",
+            scheduler_cert=self.pki / "scheduler.crt",
+            scheduler_key=self.pki / "scheduler.key",
+            controller_cert=self.pki / "pvc-protection.crt",
+            controller_key=self.pki / "pvc-protection.key",
+            serving_cert=self.pki / "node-serving.crt",
+            serving_key=self.pki / "node-serving.key",
+            kubelet_port=kubelet_port,
+            commands=commands,
+            claims={f"{self.namespace}/{MODEL_CLAIM}": bundled_model().parent, **options.claims},
+            image_volumes=options.image_volumes,
+            max_log_bytes=options.max_log_bytes,
+        )
+        if options.capacity is not None:
+            config.capacity = options.capacity
+        return config
+
+    def _wait_node(self, admin: KubeApi, pid: int) -> None:
+        def ready() -> bool:
+            node = admin.get(f"/api/v1/nodes/{NODE_NAME}")
+            conditions = {c["type"]: c["status"] for c in node.get("status", {}).get("conditions", [])}
+            if conditions.get("Ready") != "True":
+                return False
+            taints = node["spec"].get("taints", [])
+            kept = [t for t in taints if t["key"] != "node.kubernetes.io/not-ready"]
+            if kept != taints:  # the node lifecycle controller's part: a Ready node loses its not-ready taint
+                admin.patch(f"/api/v1/nodes/{NODE_NAME}", {"spec": {"taints": kept or None}})
+            return True
+
+        self._wait("the dev node", ready, pid)
+
+    # -- down ----------------------------------------------------------------------------------------
+
+    def down(self) -> None:
+        """Stop the node (its pods with it), then kube-apiserver, then etcd; keep only the logs."""
+        if not self._state_file.exists():
+            return
+        pids = self._recorded()["pids"]
+        for name in ("node", "kube-apiserver", "etcd"):  # the API server before etcd, or it hangs 10 s
+            if name in pids:
+                _stop(pids[name], timeout=60 if name == "node" else 20)
+                if (child := self._children.pop(pids[name], None)) is not None:
+                    child.wait()
+        for path in (self.pki, self.state / "etcd", self.node_root, self.state / "node.json"):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        for path in (self.admin_kubeconfig, self.airflow_kubeconfig, self._state_file):
+            path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)  # a child of this process: reap it if it ended
+        if waited:
+            return False
+    except ChildProcessError:
+        pass  # not our child (started by an earlier `up`)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(OSError):  # a zombie still answers kill(0)
+        if Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z"):
+            return False
+    return True
+
+
+def _stop(pid: int, *, timeout: float) -> None:
+    """SIGTERM, then SIGKILL after ``timeout`` seconds, to the process group that ``pid`` leads."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        while _alive(pid) and time.monotonic() < deadline + 5:
+            time.sleep(0.1)

@@ -1,0 +1,155 @@
+"""The development cluster's certificates: one CA, the API server's and the node's serving certificates, and a
+client certificate per identity (admin, Airflow, the node, the scheduler, the API server towards the node)."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+VALIDITY = datetime.timedelta(days=3650)
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    """A certificate and its private key, as PEM files."""
+
+    cert: Path
+    key: Path
+
+
+def _key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def _write_key(key: rsa.RSAPrivateKey, path: Path) -> None:
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    path.chmod(0o600)
+
+
+def _name(common_name: str, organizations: tuple[str, ...] = ()) -> x509.Name:
+    parts = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in organizations]
+    return x509.Name([*parts, x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+class CertificateAuthority:
+    """A self-signed CA that issues the cluster's certificates into ``folder``."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self._key = _key()
+        now = datetime.datetime.now(datetime.UTC)
+        subject = _name("llm-etl-dev-ca")
+        self._cert = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(self._key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + VALIDITY)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .sign(self._key, hashes.SHA256())
+        )
+        self.cert = folder / "ca.crt"
+        self.cert.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
+        _write_key(self._key, folder / "ca.key")
+
+    def issue(
+        self,
+        name: str,
+        common_name: str,
+        *,
+        organizations: tuple[str, ...] = (),
+        server_hosts: tuple[str, ...] = (),
+        client: bool = True,
+    ) -> KeyPair:
+        """Issue ``<name>.crt``/``<name>.key``: a client certificate (the API server maps CN to the user and
+        O to its groups), and a serving one for ``server_hosts`` (IP addresses or DNS names) when given."""
+        key = _key()
+        now = datetime.datetime.now(datetime.UTC)
+        usages = ([ExtendedKeyUsageOID.CLIENT_AUTH] if client else []) + (
+            [ExtendedKeyUsageOID.SERVER_AUTH] if server_hosts else []
+        )
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(_name(common_name, organizations))
+            .issuer_name(self._cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + VALIDITY)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=True,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        )
+        if server_hosts:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName(_alt_names(server_hosts)), critical=False
+            )
+        cert = builder.sign(self._key, hashes.SHA256())
+        pair = KeyPair(self.folder / f"{name}.crt", self.folder / f"{name}.key")
+        pair.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        _write_key(key, pair.key)
+        return pair
+
+
+def _alt_names(hosts: tuple[str, ...]) -> list[x509.GeneralName]:
+    names: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    return names
+
+
+def service_account_key(folder: Path) -> KeyPair:
+    """The key pair the API server signs and checks service-account tokens with (``sa.pub``, ``sa.key``)."""
+    key = _key()
+    pair = KeyPair(folder / "sa.pub", folder / "sa.key")
+    _write_key(key, pair.key)
+    pair.cert.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return pair

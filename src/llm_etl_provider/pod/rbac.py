@@ -1,0 +1,44 @@
+"""The Role that Airflow's Kubernetes identity needs in the run namespace, and nothing more.
+
+``llm-etl render-role`` prints it; the development cluster binds its ``airflow`` identity to exactly this."""
+
+from __future__ import annotations
+
+from typing import Any
+
+ROLE_NAME = "llm-etl-airflow"
+
+# (API group, resources, verbs): the operators' and KubernetesPodOperator's calls, sync and deferrable
+AIRFLOW_RULES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
+    ("", ("pods",), ("create", "get", "list", "watch", "patch", "delete")),
+    ("", ("pods/log",), ("get",)),
+    ("", ("events",), ("list", "watch")),
+    ("", ("secrets",), ("create", "get", "list", "delete")),
+    # the work claims (LLM_ETL_WORK_CLAIM_SIZE); cleanup and the sweeper look for them in every run
+    ("", ("persistentvolumeclaims",), ("create", "list", "delete")),
+)
+
+
+def airflow_role(namespace: str) -> dict[str, Any]:
+    """The Role, as a manifest."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": ROLE_NAME, "namespace": namespace},
+        "rules": [
+            {"apiGroups": [group], "resources": list(resources), "verbs": list(verbs)}
+            for group, resources, verbs in AIRFLOW_RULES
+        ],
+    }
+
+
+def airflow_role_binding(namespace: str, subject: dict[str, str]) -> dict[str, Any]:
+    """A RoleBinding of the Role to ``subject``: the ServiceAccount of Airflow's workers and triggerer, for
+    example, or the dev cluster's ``airflow`` user."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": ROLE_NAME, "namespace": namespace},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": ROLE_NAME},
+        "subjects": [subject],
+    }

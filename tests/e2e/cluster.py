@@ -1,0 +1,178 @@
+"""The e2e tests' view of the development cluster (a real kube-apiserver and etcd, and the dev node): what the
+API holds, what the node still runs, and the pods and events a run produced, seen through the admin identity.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from llm_etl_provider.dev.cluster import DevCluster, NodeOptions
+from llm_etl_provider.dev.cluster.api import ApiError, KubeApi
+from llm_etl_provider.dev.cluster.layout import CONTAINER_VARIABLE, claim_dir, pod_volume_dir
+
+
+class PodRecorder(threading.Thread):
+    """Every pod object the namespace has held while recording, as the API served it (spec and status)."""
+
+    def __init__(self, admin: KubeApi, namespace: str) -> None:
+        super().__init__(name="pod-recorder", daemon=True)
+        self.admin = admin
+        self.namespace = namespace
+        self.pods: dict[str, dict[str, Any]] = {}  # by uid, the latest version seen
+        self._stopping = threading.Event()
+
+    def run(self) -> None:
+        version = "0"
+        while not self._stopping.is_set():
+            try:
+                for event in self.admin.watch(
+                    f"/api/v1/namespaces/{self.namespace}/pods", version, timeout=2
+                ):
+                    pod = event["object"]
+                    version = pod["metadata"]["resourceVersion"]
+                    if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
+                        self.pods[pod["metadata"]["uid"]] = pod
+            except ApiError:
+                version = "0"  # expired (410 Gone): start again from the current objects
+            except (httpx.HTTPError, ValueError):
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join()
+
+
+class ProviderCluster:
+    """A :class:`DevCluster` that runs the provider's pods, with the checks the e2e tests make on it."""
+
+    def __init__(self, state: Path, namespace: str, node: NodeOptions) -> None:
+        self.dev = DevCluster(state, namespace=namespace, node=node)
+        self.namespace = namespace
+        self.admin: KubeApi
+        self.baseline: dict[str, list[str]] = {}  # what the cluster held before the tests: not a leftover
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[ProviderCluster]:
+        self.dev.up()
+        try:
+            with self.dev.admin() as admin:
+                self.admin = admin
+                self.recorder = PodRecorder(admin, self.namespace)
+                self.recorder.start()
+                try:
+                    yield self
+                finally:
+                    self.recorder.stop()
+        finally:
+            self.dev.down()
+
+    def airflow_connection(self) -> str:
+        return self.dev.airflow_connection()
+
+    # -- what the API holds --------------------------------------------------------------------------
+
+    def path(self, kind: str, name: str = "") -> str:
+        return f"/api/v1/namespaces/{self.namespace}/{kind}" + (f"/{name}" if name else "")
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(item["metadata"]["name"] for item in self.admin.get(self.path(kind))["items"])
+
+    def events(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self.admin.get(self.path("events"))["items"]
+        return items
+
+    def created_pods(self) -> list[dict[str, Any]]:
+        """The pods created since the last :meth:`forget_pods`, as last seen."""
+        return list(self.recorder.pods.values())
+
+    def forget_pods(self) -> None:
+        self.recorder.pods.clear()
+
+    def forget_events(self, pods: set[str]) -> None:
+        """Drop the events of ``pods``, so that the next run in the module counts its own."""
+        for event in self.events():
+            if event["involvedObject"]["name"] in pods:
+                with contextlib.suppress(ApiError):
+                    self.admin.delete(self.path("events", event["metadata"]["name"]))
+
+    # -- what the node runs --------------------------------------------------------------------------
+
+    def running_containers(self) -> list[str]:
+        """Processes the dev node started that are still alive, as ``pod/container``."""
+        marker = CONTAINER_VARIABLE.encode() + b"="
+        found = []
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                environ = Path(entry.path, "environ").read_bytes().split(b"\0")
+                stat = Path(entry.path, "stat").read_text()
+            except OSError:
+                continue
+            if stat.rsplit(") ", 1)[-1].startswith("Z"):
+                continue
+            found += [v[len(marker) :].decode() for v in environ if v.startswith(marker)]
+        return sorted(found)
+
+    def volume(self, pod: dict[str, Any], name: str) -> Path:
+        """Where the dev node keeps the pod's volume ``name`` (a claim's folder for a claim)."""
+        for volume in pod["spec"].get("volumes", []):
+            if volume["name"] == name and "persistentVolumeClaim" in volume:
+                return claim_dir(
+                    self.dev.node_root, self.namespace, volume["persistentVolumeClaim"]["claimName"]
+                )
+        return pod_volume_dir(self.dev.node_root, pod["metadata"]["uid"], name)
+
+    def remember_baseline(self) -> None:
+        """Take what the cluster holds now (the model's Secret and claim, say) as its empty state."""
+        self.baseline = self._holdings()
+
+    def leftovers(self) -> dict[str, list[str]]:
+        """What the cluster holds beyond its baseline: pods, Secrets, claims, live container processes and
+        node files."""
+        return {
+            kind: [name for name in names if name not in self.baseline.get(kind, [])]
+            for kind, names in self._holdings().items()
+        }
+
+    def _holdings(self) -> dict[str, list[str]]:
+        root = self.dev.node_root
+        return {
+            "pods": self.names("pods"),
+            "secrets": self.names("secrets"),
+            "claims": self.names("persistentvolumeclaims"),
+            "processes": self.running_containers(),
+            "node_files": sorted(  # os.walk, unlike rglob, passes over a folder deleted while it walks
+                str(Path(folder, name).relative_to(root))
+                for folder, _, names in os.walk(root)
+                for name in names
+            ),
+        }
+
+    def wait_until_empty(self, timeout: float = 30) -> dict[str, list[str]]:
+        """Wait for terminating pods to go (graceful deletion); return what is left after ``timeout``, beyond
+        the baseline."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = {kind: names for kind, names in self.leftovers().items() if names}
+            if not left or time.monotonic() > deadline:
+                return left
+            time.sleep(0.2)
+
+    def describe(self) -> str:
+        """The namespace's pods and events, for an assertion's message."""
+        pods = [
+            (p["metadata"]["name"], p["status"].get("phase"))
+            for p in self.admin.get(self.path("pods"))["items"]
+        ]
+        events = [(e["involvedObject"]["name"], e["reason"], e["message"]) for e in self.events()]
+        return json.dumps({"pods": pods, "events": events[-30:]})
