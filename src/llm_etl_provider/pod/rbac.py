@@ -10,7 +10,7 @@ ROLE_NAME = "llm-etl-airflow"
 
 # (API group, resources, verbs): the operators' and KubernetesPodOperator's calls, sync and deferrable
 AIRFLOW_RULES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
-    ("", ("pods",), ("create", "get", "list", "watch", "patch", "delete")),
+    ("", ("pods",), ("create", "get", "list", "patch", "delete")),
     ("", ("pods/log",), ("get",)),
     ("", ("events",), ("list", "watch")),
     ("", ("secrets",), ("create", "get", "list", "delete")),

@@ -22,8 +22,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from llm_etl_provider.dev.cluster.api import ApiError, KubeApi, rfc3339
 from llm_etl_provider.dev.cluster.kubelet_api import KubeletServer
 from llm_etl_provider.dev.cluster.layout import (
@@ -127,8 +125,8 @@ class NodeAgent:
                 if time.monotonic() - last_claims > 2:
                     self._reclaim_claims()
                     last_claims = time.monotonic()
-            except (ApiError, httpx.HTTPError) as exc:
-                print(f"dev node: {exc}", flush=True)
+            except Exception as exc:  # noqa: BLE001 - one bad round must not stop the node: say it, go on
+                print(f"dev node: {exc!r}", flush=True)
             self._stop.wait(RECONCILE_SECONDS)
 
     def _reconcile(self) -> None:

@@ -192,6 +192,7 @@ class PodRunner(threading.Thread):
         self.removed = threading.Event()
         self.started = time.monotonic()
         self._status_lock = threading.Lock()
+        self._push_lock = threading.Lock()
         self.stopping_sidecars = False
         self.abandoned = False  # the node is shutting down: leave the pod in the API
 
@@ -201,14 +202,18 @@ class PodRunner(threading.Thread):
     # -- status and events ---------------------------------------------------------------------------
 
     def _push(self) -> None:
-        with self._status_lock:
-            body = {"metadata": {"uid": self.uid}, "status": json.loads(json.dumps(self.status))}
-        try:
-            self.api.patch(self.path + "/status", body)
-        except ApiError as exc:
-            if exc.code in (404, 409):  # gone, or a pod of the same name that is not this one
-                raise PodStopped from None
-            raise
+        """Send the whole status. One push at a time, each with the status as it is when it is sent: two
+        threads (the pod's and a sidecar's watcher) pushing side by side could otherwise land an older
+        status after a newer one, and the API server accepts a terminal phase turned back to Running."""
+        with self._push_lock:
+            with self._status_lock:
+                body = {"metadata": {"uid": self.uid}, "status": json.loads(json.dumps(self.status))}
+            try:
+                self.api.patch(self.path + "/status", body)
+            except ApiError as exc:
+                if exc.code in (404, 409):  # gone, or a pod of the same name that is not this one
+                    raise PodStopped from None
+                raise
 
     def _container_status(self, name: str) -> dict[str, Any]:
         for key in ("initContainerStatuses", "containerStatuses"):
@@ -271,6 +276,7 @@ class PodRunner(threading.Thread):
         except PodStopped:
             pass
         except Exception as exc:  # noqa: BLE001 - the node must say what went wrong, not leave the pod Pending
+            print(f"dev node: pod {self.namespace}/{self.name}: {exc!r}", flush=True)
             self._stop_all(0)
             with contextlib.suppress(PodStopped, ApiError, httpx.HTTPError):
                 self._finish("Failed", reason="NodeAgentError", message=f"llm-etl dev node: {exc!r}")
@@ -529,8 +535,10 @@ class PodRunner(threading.Thread):
                     return
                 self._start(container)
                 self._set_container(name, self._container_status(name)["state"], ready=True)
-        except (PodStopped, ApiError, httpx.HTTPError):
+        except PodStopped:
             return
+        except (ApiError, httpx.HTTPError) as exc:
+            print(f"dev node: pod {self.namespace}/{self.name}, sidecar {name}: {exc!r}", flush=True)
 
     def _probe_until_started(
         self, container: dict[str, Any], probe: dict[str, Any], process: ContainerProcess
