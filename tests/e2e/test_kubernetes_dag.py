@@ -152,3 +152,33 @@ def test_a_pod_lost_mid_run_resumes_in_a_new_pod_and_every_record_is_published_o
     assert manifest["worker_summary"]["resumed_from"] >= checkpointed >= 2
     assert cluster.wait_until_empty() == {}
     cluster.forget_events(pods)
+
+
+def test_the_models_claim_of_the_dev_cluster_serves_the_example_dag_as_the_readme_says(
+    tmp_path, cluster, kubernetes_dag
+):
+    from llm_etl_provider.dev.cluster.control_plane import MODEL_CLAIM
+    from llm_etl_provider.dev.llama_server import MODEL_FILE
+
+    source = tmp_path / "reviews.jsonl"
+    source.write_text("".join(SAMPLE.read_text().splitlines(keepends=True)[:2]))
+    dag = kubernetes_dag(
+        deferrable=False,
+        LLM_ETL_MODEL_SOURCE="pvc",
+        LLM_ETL_MODEL_CLAIM=MODEL_CLAIM,
+        LLM_ETL_MODEL_PATH=MODEL_FILE,
+    )
+    cluster.forget_pods()
+    run = run_example(dag, source, tmp_path / "out")
+    assert run.state == "success"
+    (results,) = (tmp_path / "out").rglob("results.jsonl")
+    assert len(results.read_text().splitlines()) == 2
+    (pod,) = cluster.created_pods()
+    claims = [
+        v["persistentVolumeClaim"]["claimName"]
+        for v in pod["spec"]["volumes"]
+        if "persistentVolumeClaim" in v
+    ]
+    assert claims == [MODEL_CLAIM]  # the model came from the claim, not from a download
+    assert cluster.wait_until_empty() == {}
+    cluster.forget_events({pod["metadata"]["name"]})
