@@ -9,6 +9,8 @@ The worker and the transport have trees of their own (``worker.exceptions``, ``t
      │    └── StagingInputError       the input cannot be split into shards (the sharding's own refusals)
      ├── ExtractionError             a shard's results cannot be extracted; nothing was published for it
      │    └── FrameStreamRejectedError (+ AirflowFailException)   the frame stream failed verification
+     ├── ShardFailedError (+ AirflowFailException)   a shard ended failed; its output is published as such
+     ├── RunIncompleteError (+ AirflowFailException)  not every shard of a run succeeded
      ├── LocalRunError               a local step of a shard (model check, server start) failed
      └── WorkerExitError             the worker exited with an error code another try may not meet
           └── WorkerRefusedError (+ AirflowFailException)   a code a retry would meet again
@@ -44,6 +46,16 @@ class ExtractionError(AirflowException):
 class FrameStreamRejectedError(ExtractionError, AirflowFailException):
     """The pod log's frame stream failed verification (cut, rotated, tampered, another run's): a retry would
     read the same log, so the task fails without one."""
+
+
+class ShardFailedError(AirflowFailException):
+    """A shard's worker went over its dead-letter threshold: its results and dead letters are published,
+    without ``_SUCCESS``, its manifest saying it failed; a retry would meet the same records."""
+
+
+class RunIncompleteError(AirflowFailException):
+    """Not every shard of the run succeeded: the run's manifest says which, and the run gets no ``_SUCCESS``
+    (and no Asset event)."""
 
 
 class LocalRunError(AirflowException):

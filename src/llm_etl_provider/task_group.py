@@ -1,16 +1,18 @@
-"""The four operators wired into one reusable task group: stage → enrich (per shard) → extract → cleanup."""
+"""The operators in one reusable task group: stage → (enrich → extract) per shard → publish → cleanup."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 from typing import Any
 
-from airflow.sdk import Asset, TaskGroup
+from airflow.sdk import Asset, TaskGroup, task_group
+from airflow.task.trigger_rule import TriggerRule
 
 from llm_etl_provider.contract.invocation import DEFAULT_MAX_RECORD_BYTES
 from llm_etl_provider.operators.cleanup import CleanupOperator
 from llm_etl_provider.operators.enrichment import LLMEnrichmentOperator
 from llm_etl_provider.operators.extract import ExtractResultsOperator
+from llm_etl_provider.operators.publish import PublishRunOperator
 from llm_etl_provider.operators.stage import StageInputOperator
 from llm_etl_provider.staging import DEFAULT_SHARD_BYTES
 
@@ -35,12 +37,16 @@ def llm_enrichment_task_group(
 ) -> TaskGroup:
     """Add the enrichment pipeline to the DAG being defined and return its task group.
 
+    Each shard is a mapped group of its own, ``shard`` (``enrich``, then ``extract``): a shard publishes
+    as soon as its pod ends, and one shard's failure stops no other. A shard whose worker went over its
+    dead-letter threshold is still extracted and published, marked failed. ``publish`` then writes the run's
+    manifest over every shard and, when all succeeded, the run's ``_SUCCESS`` and one event of
+    ``results_asset`` (default: an Asset named ``<group_id>_results``), so other DAGs can be scheduled on
+    whole results. The cleanup is the group's teardown: it runs after success, failure and a killed run alike.
+
     ``enrichment`` goes to :class:`LLMEnrichmentOperator` (task, template, backend, model source, GPUs ...).
     ``max_record_bytes`` goes to both the staging and the worker (one value: they read records alike). With
     ``work_claim_size`` each shard's checkpoint survives its pod, so a retry after a lost pod resumes.
-    The cleanup is the group's teardown: it runs after success, failure and a killed run alike. The
-    extraction updates ``results_asset`` (default: an Asset named ``<group_id>_results``), so other DAGs
-    can be scheduled on fresh results.
     """
     common: dict[str, Any] = {
         "namespace": namespace,
@@ -63,25 +69,43 @@ def llm_enrichment_task_group(
             work_storage_class=work_storage_class,
             **common,
         )
-        shards = stage.output
-        enrich = LLMEnrichmentOperator.partial(
-            task_id="enrich",
-            model=model,
-            max_record_bytes=max_record_bytes,
-            kubernetes_conn_id=kubernetes_conn_id,
-            **common,
-            **enrichment,
-        ).expand(shard=shards)
-        extract = ExtractResultsOperator.partial(
-            task_id="extract",
+
+        @task_group(group_id="shard")
+        def enrich_then_extract(shard: Any) -> None:
+            enrich = LLMEnrichmentOperator(
+                task_id="enrich",
+                shard=shard,
+                model=model,
+                max_record_bytes=max_record_bytes,
+                kubernetes_conn_id=kubernetes_conn_id,
+                **common,
+                **enrichment,
+            )
+            extract = ExtractResultsOperator(
+                task_id="extract",
+                shard=shard,
+                output_path=output_path,
+                # a failed enrichment may have written its whole stream (over the dead-letter threshold):
+                # publish it, marked failed; a stream cut short is refused with nothing published
+                trigger_rule=TriggerRule.ALL_DONE,
+                retries=2,
+                retry_delay=timedelta(seconds=30),
+                kubernetes_conn_id=kubernetes_conn_id,
+                **common,
+            )
+            enrich >> extract
+
+        shards = enrich_then_extract.expand(shard=stage.output)
+        gpus = enrichment.get("gpus")
+        publish = PublishRunOperator(
+            task_id="publish",
             output_path=output_path,
-            retries=2,
-            retry_delay=timedelta(seconds=30),
+            shards=stage.output,
+            gpus_per_shard=gpus if isinstance(gpus, int) else None,
+            trigger_rule=TriggerRule.ALL_DONE,
             outlets=[results_asset or Asset(name=f"{group_id}_results")],
-            kubernetes_conn_id=kubernetes_conn_id,
-            **common,
-        ).expand(shard=shards)
+        )
         cleanup = CleanupOperator(task_id="cleanup", kubernetes_conn_id=kubernetes_conn_id, **common)
-        enrich >> extract >> cleanup
+        shards >> publish >> cleanup
         cleanup.as_teardown(setups=stage)
     return group

@@ -119,7 +119,7 @@ def example_conf(source: Path, output: Path, *, template: str = "{review}", **co
 def resumable_dag(kubernetes_dag: Callable[..., Any]) -> Any:
     """The example DAG with checkpoints on work claims, one record apart, and a 1 s retry delay."""
     dag = kubernetes_dag(deferrable=False, LLM_ETL_WORK_CLAIM_SIZE="1Gi", LLM_ETL_CHECKPOINT_EVERY="1")
-    dag.get_task("llm_enrichment.enrich").partial_kwargs["retry_delay"] = timedelta(seconds=1)
+    dag.get_task("llm_enrichment.shard.enrich").retry_delay = timedelta(seconds=1)
     return dag
 
 

@@ -32,7 +32,7 @@ def test_two_shards_through_kpo_are_enriched_by_the_model_and_nothing_remains(
     source = tmp_path / "reviews.jsonl"
     source.write_text("".join(short))
     dag = kubernetes_dag(deferrable=deferrable)
-    assert dag.get_task("llm_enrichment.enrich").partial_kwargs["deferrable"] is deferrable
+    assert dag.get_task("llm_enrichment.shard.enrich").deferrable is deferrable
 
     run = run_example(
         dag,
@@ -74,7 +74,7 @@ def test_two_shards_through_kpo_are_enriched_by_the_model_and_nothing_remains(
     cluster.forget_events(pods)
 
 
-def test_a_failing_shard_fails_the_run_and_the_teardown_still_removes_everything(
+def test_a_failing_shard_publishes_its_dead_letters_fails_the_run_and_the_teardown_removes_everything(
     tmp_path, cluster, kubernetes_dag
 ):
     source = tmp_path / "reviews.jsonl"
@@ -96,10 +96,19 @@ def test_a_failing_shard_fails_the_run_and_the_teardown_still_removes_everything
     assert states == {
         "stage": "success",
         "enrich": "failed",
-        "extract": "upstream_failed",
+        "extract": "failed",  # it published the failed shard's dead letters, then failed without a retry
+        "publish": "failed",  # the run's manifest is written, its _SUCCESS is not
         "cleanup": "success",
     }
-    assert not list((tmp_path / "out").rglob("_SUCCESS"))  # nothing published
+    assert not list((tmp_path / "out").rglob("_SUCCESS"))
+    (shard_dir,) = (tmp_path / "out").glob("*/shard-00000")
+    shard_manifest = json.loads((shard_dir / "manifest.json").read_text())
+    assert shard_manifest["state"] == "failed"
+    assert "2 of 2 records went to the dead letters" in shard_manifest["failure"]
+    assert len((shard_dir / "dead_letter.jsonl").read_text().splitlines()) == 2  # the reasons, published
+    run_manifest = json.loads((shard_dir.parent / "manifest.json").read_text())
+    assert run_manifest["state"] == "failed"
+    assert [s["state"] for s in run_manifest["shards"]] == ["failed"]
     failed = [p for p in cluster.events() if p["reason"] == "Started"]
     assert failed  # the pod did run before it failed
     assert cluster.wait_until_empty() == {}

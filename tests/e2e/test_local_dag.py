@@ -51,3 +51,45 @@ def test_the_dag_enriches_every_record_and_leaves_nothing_behind(tmp_path, local
     results = [json.loads(line) for line in (shard_dir / "results.jsonl").read_text().splitlines()]
     assert all(r["enrichment"]["sentiment"] in ("positive", "negative", "neutral") for r in results)
     assert list(staging.iterdir()) == []  # the teardown removed the shards and the key
+
+
+def test_one_shard_failing_stops_no_other_and_the_run_manifest_says_which(tmp_path, local_dag):
+    """A third of the input malformed: the shards holding it go over the dead-letter threshold and are
+    published marked failed (results and dead letters, no _SUCCESS); the other shards publish with their
+    _SUCCESS; the run's manifest lists every shard, and the run gets no _SUCCESS."""
+    dag, staging = local_dag
+    good = [line for line in SAMPLE.read_text().splitlines(keepends=True) if len(line) < 300][:6]
+    malformed = [f'{{"id": "bad-{n}", "review": "cut short\n' for n in range(3)]
+    source = tmp_path / "reviews.jsonl"
+    source.write_text("".join(good[:3] + malformed + good[3:]))
+    run = dag.test(
+        run_conf={
+            "input_path": str(source),
+            "output_path": str(tmp_path / "out"),
+            "model": "smollm2",
+            "template": "{review}",
+            "shard_bytes": 600,
+            "record_bytes": 300,
+        }
+    )
+    assert run.state == "failed"
+    (run_dir,) = (tmp_path / "out").iterdir()
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["state"] == "failed"
+    assert not (run_dir / "_SUCCESS").exists()
+    shards = manifest["shards"]
+    assert len(shards) >= 3
+    assert [s["shard"] for s in shards] == list(range(len(shards)))
+    assert {s["state"] for s in shards} == {"succeeded", "failed"}
+    ids: list[str] = []
+    for entry in shards:
+        folder = run_dir / f"shard-{entry['shard']:05d}"
+        shard_manifest = json.loads((folder / "manifest.json").read_text())
+        assert shard_manifest["state"] == entry["state"]
+        assert (folder / "_SUCCESS").exists() == (entry["state"] == "succeeded")
+        for name in ("results.jsonl", "dead_letter.jsonl"):
+            ids += [str(json.loads(line).get("id")) for line in (folder / name).read_text().splitlines()]
+    # every input line, once, in some shard's results or dead letters
+    assert sum(s["records"] for s in shards) == 9
+    assert len(ids) == 9
+    assert list(staging.iterdir()) == []

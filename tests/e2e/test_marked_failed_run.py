@@ -42,7 +42,7 @@ def test_a_dag_run_marked_failed_mid_run_leaves_nothing_in_the_cluster(tmp_path,
         )
         time.sleep(3)  # mid-run
         before = airflow.task_states(DAG_ID, run_id)
-        assert before["llm_enrichment.enrich[0]"] in ("running", "deferred"), before
+        assert before["llm_enrichment.shard.enrich[0]"] in ("running", "deferred"), before
         airflow.mark_failed(DAG_ID, run_id)
         run_state = airflow.wait_for(
             lambda: (state := airflow.dag_run_state(DAG_ID, run_id)) not in ("queued", "running") and state,
@@ -57,8 +57,8 @@ def test_a_dag_run_marked_failed_mid_run_leaves_nothing_in_the_cluster(tmp_path,
     # was skipped, so the run mostly ends "success" (apache/airflow#45530); the failed enrich is on record.
     assert run_state in ("success", "failed"), (states, logs[-3000:])
     assert states["llm_enrichment.stage"] == "success", states
-    assert states["llm_enrichment.enrich[0]"] == "failed", (states, logs[-3000:])
-    extract = {state for task, state in states.items() if task.startswith("llm_enrichment.extract")}
+    assert states["llm_enrichment.shard.enrich[0]"] == "failed", (states, logs[-3000:])
+    extract = {state for task, state in states.items() if task.startswith("llm_enrichment.shard.extract")}
     assert extract <= {"skipped", "upstream_failed"}, states  # never ran: its shard never finished
     assert states["llm_enrichment.cleanup"] == "success", (states, logs[-3000:])
     assert re.search(TEARDOWN_DELETED, logs), logs[-3000:]

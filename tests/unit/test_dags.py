@@ -24,16 +24,25 @@ def load(name: str, monkeypatch, mode: str):
 def test_enrichment_dag_shape(monkeypatch, mode):
     dag = load("llm_enrichment", monkeypatch, mode)
     ids = {t.task_id for t in dag.tasks}
-    assert ids == {f"llm_enrichment.{n}" for n in ("stage", "enrich", "extract", "cleanup")}
+    assert ids == {
+        f"llm_enrichment.{n}" for n in ("stage", "shard.enrich", "shard.extract", "publish", "cleanup")
+    }
     cleanup = dag.get_task("llm_enrichment.cleanup")
     assert cleanup.is_teardown
     assert dag.get_task("llm_enrichment.stage").is_setup
-    assert dag.get_task("llm_enrichment.stage").downstream_task_ids >= {"llm_enrichment.enrich"}
+    assert dag.get_task("llm_enrichment.stage").downstream_task_ids >= {"llm_enrichment.shard.enrich"}
+    # per shard: a shard's extraction waits for its own enrichment only, and runs after a failed one too
+    extract = dag.get_task("llm_enrichment.shard.extract")
+    assert extract.upstream_task_ids == {"llm_enrichment.stage", "llm_enrichment.shard.enrich"}
+    assert extract.trigger_rule == "all_done"
+    assert dag.get_task("llm_enrichment.publish").trigger_rule == "all_done"
+    assert dag.get_task("llm_enrichment.cleanup").upstream_task_ids >= {"llm_enrichment.publish"}
     expected = {"input_path", "output_path", "task", "template", "model", "shard_bytes"}
     assert set(dag.params) >= expected | {"concurrency", "system_prompt", "schema"}
-    assert dag.get_task("llm_enrichment.enrich").partial_kwargs["execution_mode"] == mode
-    (asset,) = dag.get_task("llm_enrichment.extract").partial_kwargs["outlets"]
+    assert dag.get_task("llm_enrichment.shard.enrich").execution_mode == mode
+    (asset,) = dag.get_task("llm_enrichment.publish").outlets  # one event per run, after every shard
     assert asset.name == "llm_enrichment_results"
+    assert not dag.get_task("llm_enrichment.shard.extract").outlets
 
 
 def test_sweeper_dag(monkeypatch):
@@ -47,8 +56,8 @@ def test_shards_beyond_the_gpus_queue_in_an_airflow_pool(monkeypatch):
     per GPU, the shards beyond them wait in Airflow."""
     monkeypatch.setenv("LLM_ETL_GPU_POOL", "llm-etl-gpus")
     monkeypatch.setenv("LLM_ETL_GPUS", "2")
-    enrich = load("llm_enrichment", monkeypatch, "kubernetes").get_task("llm_enrichment.enrich")
-    assert (enrich.partial_kwargs["pool"], enrich.partial_kwargs["pool_slots"]) == ("llm-etl-gpus", 2)
+    enrich = load("llm_enrichment", monkeypatch, "kubernetes").get_task("llm_enrichment.shard.enrich")
+    assert (enrich.pool, enrich.pool_slots) == ("llm-etl-gpus", 2)
     assert set(load("llm_enrichment", monkeypatch, "kubernetes").params) >= {"parallel", "concurrency"}
 
 

@@ -158,9 +158,9 @@ def test_the_example_dag_parses_with_the_compose_environment(services, monkeypat
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     dag = module.llm_enrichment()
-    enrich = dag.get_task("llm_enrichment.enrich").partial_kwargs
-    assert enrich["execution_mode"] == mode
-    assert enrich.get("llm_conn_id") == ("llm_etl_default" if mode == "local" else None)
+    enrich = dag.get_task("llm_enrichment.shard.enrich")
+    assert enrich.execution_mode == mode
+    assert enrich.llm_conn_id == ("llm_etl_default" if mode == "local" else None)
     assert dag.params["input_path"] == airflow_env(services)["LLM_ETL_DEFAULT_INPUT"]
     assert dag.params["model"] == airflow_env(services)["LLM_ETL_DEFAULT_MODEL"]
 

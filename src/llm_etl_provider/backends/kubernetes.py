@@ -175,18 +175,22 @@ class KubernetesBackend(RunBackend):
             raise ExtractionError(str(exc)) from None
         selector = f"{layout.run_selector(self.run_id)},{layout.LABEL_SHARD}={index}"
         pods = list(self.api.list_namespaced_pod(self.namespace, label_selector=selector).items)
-        finished = [p for p in pods if p.status is not None and p.status.phase == "Succeeded"]
-        if not finished:
+        ended = [p for p in pods if p.status is not None and p.status.phase in ("Succeeded", "Failed")]
+        succeeded = [p for p in ended if p.status.phase == "Succeeded"]
+        if not ended:
             phases = (
                 ", ".join(f"{p.metadata.name}={p.status.phase if p.status else '?'}" for p in pods) or "none"
             )
-            raise ExtractionError(f"shard {index}: expected a succeeded pod, found {phases}")
+            raise ExtractionError(f"shard {index}: expected an ended pod, found {phases}")
         # Two pods succeed when a try fails after its pod ended (KPO keeps a finished pod) and the retry
-        # enriches the shard again: each log holds the whole shard; the latest try is the one on record.
+        # enriches the shard again: each log holds the whole shard; the latest try is the one on record. A
+        # failed pod is read when no try succeeded: a worker over the dead-letter threshold wrote its whole
+        # stream (published as failed), and one that crashed left no trailer (refused, nothing published).
+        finished = succeeded or ended
         latest = max(finished, key=_try_order)
         if len(finished) > 1:
             self.log.warning(
-                "shard %d: %d pods succeeded (%s); reading the latest try's, %s",
+                "shard %d: %d pods ended (%s); reading the latest try's, %s",
                 index, len(finished), ", ".join(p.metadata.name for p in finished), latest.metadata.name,
             )  # fmt: skip
         name, container = latest.metadata.name, layout.WORKER_CONTAINER

@@ -9,10 +9,10 @@ from airflow.sdk import ObjectStoragePath
 
 from llm_etl_provider.contract.layout import shard_folder
 from llm_etl_provider.contract.shard import ShardDescriptor
-from llm_etl_provider.exceptions import FrameStreamRejectedError
+from llm_etl_provider.exceptions import FrameStreamRejectedError, ShardFailedError
 from llm_etl_provider.operators.base import RunStepOperator, backend_for
 from llm_etl_provider.transport.exceptions import TransportError
-from llm_etl_provider.transport.extract import extract
+from llm_etl_provider.transport.extract import FAILED, extract
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -23,9 +23,10 @@ class ExtractResultsOperator(RunStepOperator):
 
     Publishes ``results.jsonl``, ``dead_letter.jsonl``, ``manifest.json`` and ``_SUCCESS`` under
     ``<output_path>/shard-<index>/``, all or nothing (see ``llm_etl_provider.transport.extract``), and
-    returns a small summary for XCom. A gap, a duplicate, an altered or foreign frame, a rotated log, a
-    missing trailer or a record count other than the stage's fails the task with nothing published. The key
-    is read from the run's Secret and never logged.
+    returns a small summary for XCom. A shard whose worker went over its dead-letter threshold is published
+    without ``_SUCCESS``, its manifest saying it failed, and the task fails without a retry. A gap, a
+    duplicate, an altered or foreign frame, a rotated log, a missing trailer or a record count other than the
+    stage's fails the task with nothing published. The key is read from the run's Secret and never logged.
 
     :param output_path: the run's output folder, any ObjectStoragePath URI (templated)
     :param shard: the shard descriptor from StageInputOperator (templated)
@@ -72,6 +73,9 @@ class ExtractResultsOperator(RunStepOperator):
             "shard %d: published %d results and %d dead letters to %s",
             shard.index, manifest["results"], manifest["dead_letters"], destination,
         )  # fmt: skip
+        if manifest["state"] == FAILED:
+            # published for inspection, without _SUCCESS; the same stream would fail again: no retry
+            raise ShardFailedError(f"shard {shard.index} failed: {manifest['failure']}")
         return {
             "shard": shard.index,
             "output": str(destination),

@@ -3,8 +3,10 @@
 The stream is read once, in constant memory: frames are checked and opened as they come and their lines are
 written to ``results.jsonl`` and ``dead_letter.jsonl`` under a temporary prefix. Only when the trailer
 has confirmed every count and the checksum are the files moved into place, followed by ``manifest.json``
-and, last, ``_SUCCESS``. Any failure removes the temporary prefix: a reader that waits for ``_SUCCESS``
-never sees a partial output. Extracting the same stream again leaves the published output as it is.
+and, last, ``_SUCCESS``, which a shard whose worker went over its dead-letter threshold does not get (its
+manifest says ``"state": "failed"`` and why: its results and dead letters are published for inspection).
+Any failure removes the temporary prefix: a reader that waits for ``_SUCCESS`` never sees a partial output.
+Extracting the same stream again leaves the published output as it is.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ DEAD_LETTERS = "dead_letter.jsonl"
 MANIFEST = "manifest.json"
 SUCCESS = "_SUCCESS"
 MANIFEST_FORMAT = "llm-etl-manifest/1"
+SUCCEEDED = "succeeded"  # a shard's (and a run's) state in its manifest
+FAILED = "failed"
 STAGING_PREFIX = "_tmp-"  # where an extraction writes before it publishes: _tmp-<unix time>-<uuid>
 DEFAULT_THREADS = 1 if (os.cpu_count() or 1) > 1 else 0
 
@@ -131,6 +135,7 @@ def extract(
             "format": MANIFEST_FORMAT,
             "run_id": trailer.run_id,
             "shard": trailer.shard,
+            **_state(trailer.summary, trailer.results, trailer.dead_letters),
             "task": trailer.summary.get("task"),
             "model": trailer.summary.get("model"),
             "records": trailer.results + trailer.dead_letters,
@@ -160,6 +165,21 @@ def extract(
         _remove(staging)
 
 
+def _state(summary: dict[str, Any], results: int, dead_letters: int) -> dict[str, Any]:
+    """The shard's state, from the worker's sealed summary: a worker over its dead-letter threshold wrote
+    every record, but the shard failed, and its output is published without ``_SUCCESS``."""
+    if not summary.get("dead_letter_threshold_exceeded"):
+        return {"state": SUCCEEDED}
+    records = results + dead_letters
+    return {
+        "state": FAILED,
+        "failure": (
+            f"{dead_letters} of {records} records went to the dead letters, over the worker's "
+            f"max_dead_letter_ratio {summary.get('max_dead_letter_ratio')}"
+        ),
+    }
+
+
 def _progress_line(reader: FrameReader, elapsed: float) -> str:
     return (
         f"extract frames={reader.frames} results={reader.results} dead_letters={reader.dead_letters} "
@@ -169,7 +189,7 @@ def _progress_line(reader: FrameReader, elapsed: float) -> str:
 
 def _already_published(destination: Any, manifest: dict[str, Any]) -> dict[str, Any] | None:
     """Return the published manifest when the same stream was published before, else None."""
-    if not (destination / SUCCESS).exists():
+    if manifest["state"] == SUCCEEDED and not (destination / SUCCESS).exists():
         return None
     try:
         existing: dict[str, Any] = json.loads((destination / MANIFEST).read_text())
@@ -191,7 +211,8 @@ def _publish(destination: Any, staging: Any, manifest: dict[str, Any]) -> None:
             target.unlink()
         fs.mv((staging / name).path, target.path)
     (destination / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    success.write_text("")
+    if manifest["state"] == SUCCEEDED:
+        success.write_text("")
 
 
 def remove_stale_staging(root: str | PathLike[str] | Any, *, older_than: float) -> int:

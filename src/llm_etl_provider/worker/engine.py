@@ -177,6 +177,7 @@ class Engine:
                 raise
             self._save_checkpoint()
             self.stats.skipped_blank_lines = self.reader.stats.blank_lines
+            ratio = self.stats.dead_letters / self.stats.done if self.stats.done else 0.0
             summary = self.summary = {
                 "task": self.task.name,
                 "model": self.client.model,
@@ -185,6 +186,9 @@ class Engine:
                 "concurrency_source": self.concurrency_source,
                 **({"concurrency_levels": self.probe.levels} if self.probe else {}),
                 **self.stats.summary(),
+                # sealed into the trailer: extraction publishes a shard over the threshold as failed
+                "max_dead_letter_ratio": self.settings.max_dead_letter_ratio,
+                "dead_letter_threshold_exceeded": ratio > self.settings.max_dead_letter_ratio,
             }
             self.sink.finish(summary)
         finally:
@@ -194,8 +198,7 @@ class Engine:
             self.sink.close()
         self.log(self.stats.progress_line())
         self.log("summary " + json.dumps(summary, sort_keys=True))
-        ratio = self.stats.dead_letters / self.stats.done if self.stats.done else 0.0
-        if ratio > self.settings.max_dead_letter_ratio:
+        if summary["dead_letter_threshold_exceeded"]:
             raise DeadLetterThresholdError(
                 f"{self.stats.dead_letters} of {self.stats.done} records went to the dead letters "
                 f"({ratio:.1%} > {self.settings.max_dead_letter_ratio:.1%}): "

@@ -15,7 +15,7 @@ from llm_etl_provider.contract.layout import (
     run_prefix,
     shard_folder,
 )
-from llm_etl_provider.exceptions import ExtractionError, FrameStreamRejectedError
+from llm_etl_provider.exceptions import ExtractionError, FrameStreamRejectedError, ShardFailedError
 from llm_etl_provider.operators.extract import ExtractResultsOperator
 from llm_etl_provider.operators.stage import StageInputOperator
 from llm_etl_provider.transport.frames import FrameWriter
@@ -25,7 +25,7 @@ from tests.unit.operators.fake_core_v1 import FakeCoreV1
 RUN = "manual__2026-11-24T03:00:00+00:00"
 
 
-def frames(key, op, n=20, shard=0, run_id=RUN, input_sha256=None):
+def frames(key, op, n=20, shard=0, run_id=RUN, input_sha256=None, **outcome):
     """The worker's log for ``op``'s staged shard: its trailer names the digest of the input it read."""
     lines = [b"2026-11-24T03:00:01.000000000Z start task=sentiment\n"]
     writer = FrameWriter(
@@ -39,6 +39,7 @@ def frames(key, op, n=20, shard=0, run_id=RUN, input_sha256=None):
         "model": "m",
         "records_per_s": 2.0,
         "input_sha256": input_sha256 or op.shard["input_sha256"],
+        **outcome,
     }
     writer.finish(summary)
     return b"".join(lines)
@@ -113,11 +114,19 @@ def test_frames_of_another_run_are_refused(tmp_path, api):
         op.execute({"run_id": RUN})
 
 
-def test_no_succeeded_pod_is_a_clear_error(tmp_path, api):
+def test_no_ended_pod_is_a_clear_error(tmp_path, api):
     _, op = staged(tmp_path, api)
-    api.add_pod("etl", "llm-etl-enrich-abc", pod_labels(), phase="Failed")
-    with pytest.raises(ExtractionError, match="expected a succeeded pod, found llm-etl-enrich-abc=Failed"):
+    api.add_pod("etl", "llm-etl-enrich-abc", pod_labels(), phase="Running")
+    with pytest.raises(ExtractionError, match="expected an ended pod, found llm-etl-enrich-abc=Running"):
         op.execute({"run_id": RUN})
+
+
+def test_a_failed_pod_without_a_whole_stream_publishes_nothing(tmp_path, api):
+    _, op = staged(tmp_path, api)
+    api.add_pod("etl", "llm-etl-enrich-abc", pod_labels(), phase="Failed", log=b"crashed\n")
+    with pytest.raises(ExtractionError, match="shard 0: nothing was published"):
+        op.execute({"run_id": RUN})
+    assert not list((tmp_path / "out").rglob("*.jsonl"))
 
 
 def test_a_failed_tries_pod_is_passed_over(tmp_path, api):
@@ -183,3 +192,16 @@ def test_a_stream_computed_over_another_shard_s_input_publishes_nothing(tmp_path
     with pytest.raises(FrameStreamRejectedError, match="computed over an input of sha256 0000"):
         op.execute({"run_id": RUN})
     assert not (tmp_path / "out" / "shard-00000" / "_SUCCESS").exists()
+
+
+def test_a_failed_pod_over_the_dead_letter_threshold_is_published_as_failed_without_a_retry(tmp_path, api):
+    key_secret, op = staged(tmp_path, api)
+    key = decode_key(api.secret_bytes("etl", key_secret, "key"), "test")
+    log = frames(key, op, dead_letter_threshold_exceeded=True, max_dead_letter_ratio=0.0)
+    api.add_pod("etl", "llm-etl-enrich-abc", pod_labels(), phase="Failed", log=log)
+    with pytest.raises(ShardFailedError, match="shard 0 failed: 1 of 21 records went to the dead letters"):
+        op.execute({"run_id": RUN})
+    shard = tmp_path / "out" / shard_folder(0)
+    assert json.loads((shard / "manifest.json").read_text())["state"] == "failed"
+    assert len((shard / "results.jsonl").read_text().splitlines()) == 20
+    assert not (shard / "_SUCCESS").exists()

@@ -24,7 +24,7 @@ from llm_etl_provider.transport.sources import file_lines, pod_log_lines, split_
 KEY = new_key()
 
 
-def frame_log(n_results=25, n_dead=3, run_id="run-7", input_sha256="a" * 64):
+def frame_log(n_results=25, n_dead=3, run_id="run-7", input_sha256="a" * 64, **summary):
     lines: list[bytes] = [b"start task=sentiment\n"]
     writer = FrameWriter(KEY, run_id, 2, lines.append, chunk_bytes=200)
     for i in range(n_results):
@@ -32,7 +32,13 @@ def frame_log(n_results=25, n_dead=3, run_id="run-7", input_sha256="a" * 64):
         if i < n_dead:
             writer.add("dead_letter", json.dumps({"id": f"d{i}", "reason": "invalid_output"}).encode())
     writer.finish(
-        {"task": "sentiment", "model": "smollm2", "records_per_s": 3.2, "input_sha256": input_sha256}
+        {
+            "task": "sentiment",
+            "model": "smollm2",
+            "records_per_s": 3.2,
+            "input_sha256": input_sha256,
+            **summary,
+        }
     )
     lines.append(b"summary {}\n")
     return lines
@@ -228,3 +234,18 @@ def test_a_stream_computed_over_another_input_publishes_nothing(tmp_path, read):
     assert not (tmp_path / "out" / "_SUCCESS").exists()
     manifest = extract(frame_log(), KEY, tmp_path / "out", expected_input_sha256="a" * 64)
     assert manifest["worker_summary"]["input_sha256"] == "a" * 64
+
+
+def test_a_stream_over_the_dead_letter_threshold_is_published_as_failed_without_success(tmp_path):
+    """The worker's sealed summary says the shard went over its threshold: the results and dead letters are
+    published for inspection, the manifest says failed and why, and there is no _SUCCESS, also when the same
+    stream is extracted again."""
+    log = frame_log(n_results=4, n_dead=3, dead_letter_threshold_exceeded=True, max_dead_letter_ratio=0.1)
+    for _ in range(2):
+        manifest = extract(log, KEY, tmp_path / "out", source="test")
+        assert listing(tmp_path / "out") == ["dead_letter.jsonl", "manifest.json", "results.jsonl"]
+    assert manifest["state"] == "failed"
+    assert manifest["failure"] == (
+        "3 of 7 records went to the dead letters, over the worker's max_dead_letter_ratio 0.1"
+    )
+    assert extract(frame_log(), KEY, tmp_path / "ok", source="test")["state"] == "succeeded"

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import json
+
+from llm_etl_provider.transport.extract import extract
+from llm_etl_provider.transport.run_manifest import publish_run_manifest
+from tests.unit.transport.test_extract import KEY, frame_log
+
+
+def test_the_run_manifest_lists_every_planned_shard_and_success_needs_all_of_them(tmp_path):
+    extract(frame_log(), KEY, tmp_path / "shard-00000", source="test")
+    failed = frame_log(n_results=1, n_dead=1, dead_letter_threshold_exceeded=True, max_dead_letter_ratio=0)
+    extract(failed, KEY, tmp_path / "shard-00001", source="test")
+    # shard 2 was planned (the stage counted 5 records in it) but nothing was published for it
+
+    run = publish_run_manifest(tmp_path, [(0, 28), (1, 2), (2, 5)], run_id="run-7", gpus_per_shard=1)
+
+    assert json.loads((tmp_path / "manifest.json").read_text()) == run
+    assert not (tmp_path / "_SUCCESS").exists()
+    assert run["state"] == "failed"
+    assert [(s["shard"], s["state"]) for s in run["shards"]] == [
+        (0, "succeeded"),
+        (1, "failed"),
+        (2, "missing"),
+    ]
+    assert run["shard_states"] == {"failed": 1, "missing": 1, "succeeded": 1}
+    assert (run["records"], run["results"], run["dead_letters"]) == (35, 26, 4)
+    assert run["shards"][0]["files"]["results.jsonl"]["lines"] == 25
+    assert "gpu_seconds" in run
+
+
+def test_every_shard_succeeded_gives_the_run_its_success(tmp_path):
+    (tmp_path / "_SUCCESS").write_text("")  # an earlier publish's
+    extract(frame_log(), KEY, tmp_path / "shard-00000", source="test")
+    assert publish_run_manifest(tmp_path, [(0, 28)], run_id="run-7")["state"] == "succeeded"
+    assert (tmp_path / "_SUCCESS").exists()
+    extract(frame_log(), KEY, tmp_path / "shard-00001", source="test")
+    assert publish_run_manifest(tmp_path, [(0, 28), (1, 28), (2, 1)], run_id="run-7")["state"] == "failed"
+    assert not (tmp_path / "_SUCCESS").exists()  # the old _SUCCESS does not outlive a failed publish
