@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from airflow.sdk import Asset, TaskGroup, task_group
+from airflow.sdk import Asset, TaskGroup, task, task_group
 from airflow.task.trigger_rule import TriggerRule
 
 from llm_etl_provider.contract.invocation import DEFAULT_MAX_RECORD_BYTES
@@ -70,6 +70,15 @@ def llm_enrichment_task_group(
             **common,
         )
 
+        # Airflow wants every task right after a setup to need its success; the extraction and the run's
+        # publishing run after failures too, so they take the shards from this step instead of the stage.
+        @task(task_id="shards")
+        def planned_shards(shards: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            """The stage's shard descriptors, passed on."""
+            return shards
+
+        shards = planned_shards(stage.output)
+
         @task_group(group_id="shard")
         def enrich_then_extract(shard: Any) -> None:
             enrich = LLMEnrichmentOperator(
@@ -95,17 +104,17 @@ def llm_enrichment_task_group(
             )
             enrich >> extract
 
-        shards = enrich_then_extract.expand(shard=stage.output)
+        per_shard = enrich_then_extract.expand(shard=shards)
         gpus = enrichment.get("gpus")
         publish = PublishRunOperator(
             task_id="publish",
             output_path=output_path,
-            shards=stage.output,
+            shards=shards,
             gpus_per_shard=gpus if isinstance(gpus, int) else None,
             trigger_rule=TriggerRule.ALL_DONE,
             outlets=[results_asset or Asset(name=f"{group_id}_results")],
         )
         cleanup = CleanupOperator(task_id="cleanup", kubernetes_conn_id=kubernetes_conn_id, **common)
-        shards >> publish >> cleanup
+        per_shard >> publish >> cleanup
         cleanup.as_teardown(setups=stage)
     return group

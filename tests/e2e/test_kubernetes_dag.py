@@ -95,6 +95,7 @@ def test_a_failing_shard_publishes_its_dead_letters_fails_the_run_and_the_teardo
         }
     assert states == {
         "stage": "success",
+        "shards": "success",
         "enrich": "failed",
         "extract": "failed",  # it published the failed shard's dead letters, then failed without a retry
         "publish": "failed",  # the run's manifest is written, its _SUCCESS is not

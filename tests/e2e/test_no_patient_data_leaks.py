@@ -87,7 +87,10 @@ def test_canaries_appear_only_in_the_published_results(tmp_path, capfd, cluster,
         assert ids == [
             f"{CANARY}-id-{n}" for n in range(count)
         ]  # where it belongs: the checks above can fail
-    else:
-        assert published == []
+    else:  # the failed shard is published for inspection: no results, its dead letters, no _SUCCESS
+        (results,) = published
+        assert results.read_text() == ""
+        assert len((results.parent / "dead_letter.jsonl").read_text().splitlines()) == count
+        assert not list((tmp_path / "out").rglob("_SUCCESS"))
     assert cluster.wait_until_empty() == {}
     cluster.forget_events({p["metadata"]["name"] for p in cluster.created_pods()})

@@ -32,7 +32,8 @@ def test_a_rotated_pod_log_fails_the_extraction_and_publishes_nothing(
     task_log = "".join(capfd.readouterr())
     assert "nothing was published" in task_log
     assert "rotated" in task_log  # the error says what most likely happened
-    refused = [line for line in task_log.splitlines() if line.startswith("llm_etl_provider.exceptions.")]
+    rejected = "llm_etl_provider.exceptions.FrameStreamRejectedError"
+    refused = [line for line in task_log.splitlines() if line.startswith(rejected)]
     assert len(refused) == 1, refused  # refused once: no retry of a log that cannot change
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.jsonl"))
     assert CANARY not in task_log  # the extract error text included

@@ -24,16 +24,15 @@ def load(name: str, monkeypatch, mode: str):
 def test_enrichment_dag_shape(monkeypatch, mode):
     dag = load("llm_enrichment", monkeypatch, mode)
     ids = {t.task_id for t in dag.tasks}
-    assert ids == {
-        f"llm_enrichment.{n}" for n in ("stage", "shard.enrich", "shard.extract", "publish", "cleanup")
-    }
+    steps = ("stage", "shards", "shard.enrich", "shard.extract", "publish", "cleanup")
+    assert ids == {f"llm_enrichment.{n}" for n in steps}
     cleanup = dag.get_task("llm_enrichment.cleanup")
     assert cleanup.is_teardown
     assert dag.get_task("llm_enrichment.stage").is_setup
-    assert dag.get_task("llm_enrichment.stage").downstream_task_ids >= {"llm_enrichment.shard.enrich"}
+    assert dag.get_task("llm_enrichment.stage").downstream_task_ids >= {"llm_enrichment.shards"}
     # per shard: a shard's extraction waits for its own enrichment only, and runs after a failed one too
     extract = dag.get_task("llm_enrichment.shard.extract")
-    assert extract.upstream_task_ids == {"llm_enrichment.stage", "llm_enrichment.shard.enrich"}
+    assert extract.upstream_task_ids == {"llm_enrichment.shards", "llm_enrichment.shard.enrich"}
     assert extract.trigger_rule == "all_done"
     assert dag.get_task("llm_enrichment.publish").trigger_rule == "all_done"
     assert dag.get_task("llm_enrichment.cleanup").upstream_task_ids >= {"llm_enrichment.publish"}
