@@ -73,7 +73,7 @@ def llm_enrichment_task_group(
         # Airflow wants every task right after a setup to need its success; the extraction and the run's
         # publishing run after failures too, so they take the shards from this step instead of the stage.
         @task(task_id="shards")
-        def planned_shards(shards: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        def planned_shards(shards: Any) -> Any:
             """The stage's shard descriptors, passed on."""
             return shards
 
