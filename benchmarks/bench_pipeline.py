@@ -20,7 +20,7 @@ from pathlib import Path
 from benchmarks.common import arguments, print_table, save, write_records
 from llm_etl_provider.dev.demo import run_demo
 
-AIRFLOW_SIDE = ("stage", "extract", "cleanup")
+AIRFLOW_SIDE = ("stage", "shards", "extract", "publish", "cleanup")
 
 
 def main() -> int:
