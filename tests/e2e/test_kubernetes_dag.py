@@ -116,24 +116,43 @@ def test_a_failing_shard_publishes_its_dead_letters_fails_the_run_and_the_teardo
     cluster.forget_events({e["involvedObject"]["name"] for e in failed})
 
 
-def test_the_sweeper_removes_what_outlived_the_ttl_and_nothing_else(cluster, monkeypatch):
+def test_the_sweeper_removes_ended_and_expired_runs_and_never_a_live_one(cluster, monkeypatch):
+    from types import SimpleNamespace
+
     from airflow.sdk import DAG
 
-    from llm_etl_provider.contract.layout import MANAGED_BY
+    from llm_etl_provider.contract.layout import LABEL_RUN, MANAGED_BY, run_annotations
     from llm_etl_provider.operators.cleanup import SweepExpiredOperator
 
     monkeypatch.setenv("AIRFLOW_CONN_KUBERNETES_DEFAULT", cluster.airflow_connection())
-    labels = {**MANAGED_BY, "llm-etl.io/run": "abandoned"}
-    # The API server stamps creationTimestamp (to the second): age comes from waiting between creations.
-    for name, secret_labels in (("abandoned-key", labels), ("someone-elses", {"app": "other"})):
-        cluster.admin.post(cluster.path("secrets"), {"metadata": {"name": name, "labels": secret_labels}})
-    time.sleep(3.5)
-    cluster.admin.post(cluster.path("secrets"), {"metadata": {"name": "fresh-key", "labels": labels}})
+    future, past = time.time() + 3600, time.time() - 1
+    secrets = {
+        "live-key": run_annotations("llm_enrichment", "live", future),
+        "ended-key": run_annotations("llm_enrichment", "ended", future),
+        "theirs-key": run_annotations("elsewhere", "x", future),  # a run this Airflow does not know
+        "lost-key": run_annotations("elsewhere", "y", past),  # ... past its deadline
+        "legacy-key": None,  # made before runs recorded themselves: by age
+    }
+    for name, recorded in secrets.items():
+        labels = {**MANAGED_BY, LABEL_RUN: name}
+        cluster.admin.post(cluster.path("secrets"), {"metadata": {"name": name, "labels": labels,
+                                                                  "annotations": recorded}})  # fmt: skip
+    cluster.admin.post(
+        cluster.path("secrets"), {"metadata": {"name": "someone-elses", "labels": {"app": "x"}}}
+    )
+    time.sleep(3.5)  # every one of them is now older than the TTL below: age alone decides nothing
+    states = {("llm_enrichment", "live"): "running", ("llm_enrichment", "ended"): "success"}
+
+    def get_dagrun_state(dag_id: str, run_id: str) -> str:
+        return states[(dag_id, run_id)]  # an unknown run raises, as Airflow's API answers 404
+
     with DAG("llm_etl_sweeper", schedule=None):
         sweeper = SweepExpiredOperator(task_id="sweep", namespace=NAMESPACE, ttl_seconds=2)
-    assert sweeper.execute({}) == {"pods": 0, "secrets": 1, "claims": 0, "staging": 0}
-    assert cluster.names("secrets") == ["fresh-key", MODEL_URL_SECRET, "someone-elses"]
-    for name in ("fresh-key", "someone-elses"):
+    swept = sweeper.execute({"ti": SimpleNamespace(get_dagrun_state=get_dagrun_state)})  # type: ignore[typeddict-item]
+    assert swept == {"pods": 0, "secrets": 3, "claims": 0, "staging": 0}
+    left = cluster.names("secrets")
+    assert left == ["live-key", MODEL_URL_SECRET, "someone-elses", "theirs-key"]
+    for name in ("live-key", "someone-elses", "theirs-key"):
         cluster.admin.delete(cluster.path("secrets", name))
 
 

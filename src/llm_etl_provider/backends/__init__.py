@@ -108,6 +108,7 @@ def run_backend(
     key_secret: str | None = None,
     work_claim_size: str | None = None,
     work_storage_class: str | None = None,
+    run_deadline_seconds: float | None = None,
 ) -> RunBackend:
     """The backend of ``mode`` for one DAG run (``key_secret`` and the work claims: Kubernetes only)."""
     if checked_execution_mode(mode) == "local":
@@ -125,4 +126,5 @@ def run_backend(
         key_secret=key_secret,
         work_claim_size=work_claim_size,
         work_storage_class=work_storage_class,
+        **({} if run_deadline_seconds is None else {"run_deadline_seconds": run_deadline_seconds}),
     )

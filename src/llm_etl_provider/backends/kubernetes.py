@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import time
+from collections import defaultdict
+from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -29,9 +32,15 @@ def _run_labels(run_id: str, kind: str, shard: int | None = None) -> dict[str, s
 
 
 def secret_manifest(
-    name: str, run_id: str, data: dict[str, bytes], *, kind: str, shard: int | None = None
+    name: str,
+    run_id: str,
+    data: dict[str, bytes],
+    *,
+    kind: str,
+    shard: int | None = None,
+    annotations: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """An immutable Opaque Secret labelled with its run (the sweeper finds it by label and age)."""
+    """An immutable Opaque Secret labelled with its run and annotated with its DAG and deadline."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -40,14 +49,19 @@ def secret_manifest(
         "metadata": {
             "name": name,
             "labels": _run_labels(run_id, kind, shard),
-            "annotations": {layout.ANNOTATION_RUN_ID: run_id},
+            "annotations": annotations or {layout.ANNOTATION_RUN_ID: run_id},
         },
         "data": {key: base64.b64encode(value).decode() for key, value in data.items()},
     }
 
 
 def work_claim_manifest(
-    name: str, run_id: str, shard: int, size: str, storage_class: str | None = None
+    name: str,
+    run_id: str,
+    shard: int,
+    size: str,
+    storage_class: str | None = None,
+    annotations: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """A shard's work volume that outlives its pod: the worker's checkpoint and frame spool, so that a retry
     in a new pod (after a preemption) resumes where the lost pod stopped."""
@@ -60,7 +74,7 @@ def work_claim_manifest(
         "metadata": {
             "name": name,
             "labels": _run_labels(run_id, "work", shard),
-            "annotations": {layout.ANNOTATION_RUN_ID: run_id},
+            "annotations": annotations or {layout.ANNOTATION_RUN_ID: run_id},
         },
         "spec": spec,
     }
@@ -97,6 +111,73 @@ def delete_managed(
     return deleted
 
 
+ENDED_RUN_STATES = ("success", "failed")
+
+
+def sweep(
+    api: Any,
+    namespace: str,
+    run_state: Callable[[str, str], str | None],
+    *,
+    now: float,
+    unannotated_older_than: datetime,
+    log: TaskLog,
+) -> dict[str, int]:
+    """Delete what llm-etl runs left in ``namespace`` once their run has ended (``run_state(dag_id, run_id)``,
+    Airflow's word) or their recorded deadline (``llm-etl.io/expires-at``) has passed. A run this Airflow does
+    not know (``run_state`` gives None: another deployment's, or a deleted run) is left until its deadline.
+    Resources that carry no DAG or deadline (made before they did) go by age. Pods get their own grace period:
+    a running one is stopped, never killed outright."""
+    from kubernetes.client.exceptions import ApiException
+
+    kinds = {
+        "pods": (api.list_namespaced_pod, api.delete_namespaced_pod),
+        "secrets": (api.list_namespaced_secret, api.delete_namespaced_secret),
+        "claims": (
+            api.list_namespaced_persistent_volume_claim,
+            api.delete_namespaced_persistent_volume_claim,
+        ),
+    }
+    runs: dict[tuple[str | None, str | None], list[tuple[str, Any]]] = defaultdict(list)
+    for kind, (list_them, _) in kinds.items():
+        for item in list_them(namespace, label_selector=layout.MANAGED_SELECTOR).items:
+            annotations = item.metadata.annotations or {}
+            key = (annotations.get(layout.ANNOTATION_DAG_ID), annotations.get(layout.ANNOTATION_RUN_ID))
+            runs[key].append((kind, item))
+    deleted = {kind: 0 for kind in kinds}
+    for (dag_id, run_id), items in runs.items():
+        deadlines = [
+            int(item.metadata.annotations[layout.ANNOTATION_EXPIRES_AT])
+            for _, item in items
+            if (item.metadata.annotations or {}).get(layout.ANNOTATION_EXPIRES_AT, "").isdigit()
+        ]
+        if dag_id is not None and run_id is not None:
+            state = run_state(dag_id, run_id)
+            if state in ENDED_RUN_STATES:
+                why = f"its run ended ({state})"
+            elif deadlines and now > min(deadlines):
+                why = f"its deadline passed ({'unknown to Airflow' if state is None else state})"
+            else:
+                continue
+        else:
+            items = [
+                (k, i)
+                for k, i in items
+                if (c := i.metadata.creation_timestamp) and c < unannotated_older_than
+            ]
+            why = "it carries no run and is older than the TTL"
+        for kind, item in items:
+            try:  # pods keep their grace period: SIGTERM, and the worker checkpoints
+                kinds[kind][1](item.metadata.name, namespace)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+                continue
+            deleted[kind] += 1
+            log.info("swept %s %s: %s", kind[:-1], item.metadata.name, why)
+    return deleted
+
+
 def core_v1(kubernetes_conn_id: str) -> Any:
     from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
 
@@ -111,6 +192,8 @@ class KubernetesBackend(RunBackend):
     :param key_secret: the Secret with the run's key (default: the stage's name for it)
     :param work_claim_size: give each shard a work claim of this size (e.g. ``1Gi``); None: an emptyDir
     :param work_storage_class: the claims' StorageClass (default: the cluster's)
+    :param run_deadline_seconds: from the stage on, how long the run's resources may live before the sweeper
+        removes them whatever the run's state
     """
 
     def __init__(
@@ -124,10 +207,13 @@ class KubernetesBackend(RunBackend):
         key_secret: str | None = None,
         work_claim_size: str | None = None,
         work_storage_class: str | None = None,
+        run_deadline_seconds: float = layout.DEFAULT_RUN_DEADLINE_SECONDS,
     ) -> None:
         self.namespace = namespace
         self.kubernetes_conn_id = kubernetes_conn_id
         self.run_id = run_id
+        self.dag_id = dag_id
+        self.annotations = layout.run_annotations(dag_id, run_id, time.time() + run_deadline_seconds)
         self.prefix = layout.run_prefix(dag_id, run_id)
         self.key_secret = key_secret or layout.key_secret_name(dag_id, run_id)
         self.log = log
@@ -140,7 +226,10 @@ class KubernetesBackend(RunBackend):
 
     def stage_key(self, key: bytes) -> None:
         data = {layout.KEY_FILE_NAME: encode_key(key).encode()}
-        self._create_secret(secret_manifest(self.key_secret, self.run_id, data, kind="key"))
+        manifest = secret_manifest(
+            self.key_secret, self.run_id, data, kind="key", annotations=self.annotations
+        )
+        self._create_secret(manifest)
 
     def stage_shard(self, shard: Shard, key: bytes, duplicates: bytes = b"") -> dict[str, Any]:
         name = layout.shard_secret_name(self.prefix, shard.index)
@@ -152,7 +241,10 @@ class KubernetesBackend(RunBackend):
                 f"shard {shard.index} and its list of duplicate lines take {size} bytes, over a Secret's "
                 f"{SECRET_LIMIT}: lower max_shard_bytes"
             )
-        self._create_secret(secret_manifest(name, self.run_id, data, kind="shard", shard=shard.index))
+        manifest = secret_manifest(
+            name, self.run_id, data, kind="shard", shard=shard.index, annotations=self.annotations
+        )
+        self._create_secret(manifest)
         where: dict[str, Any] = {"secret": name}
         if self.work_claim_size:
             where["work_claim"] = self._create_work_claim(shard.index, key)
@@ -225,7 +317,7 @@ class KubernetesBackend(RunBackend):
 
         name = layout.work_claim_name(self.prefix, index, hashlib.sha256(key).hexdigest())
         manifest = work_claim_manifest(
-            name, self.run_id, index, str(self.work_claim_size), self.work_storage_class
+            name, self.run_id, index, str(self.work_claim_size), self.work_storage_class, self.annotations
         )
         try:
             self.api.create_namespaced_persistent_volume_claim(self.namespace, manifest)

@@ -59,6 +59,10 @@ LABEL_SHARD = "llm-etl.io/shard"
 LABEL_KIND = "llm-etl.io/kind"
 LABEL_MODEL_SOURCE = "llm-etl.io/model-source"
 ANNOTATION_RUN_ID = "llm-etl.io/run-id"
+ANNOTATION_DAG_ID = "llm-etl.io/dag-id"
+# Unix seconds after which the sweeper may remove what the run left, whatever Airflow says of the run
+ANNOTATION_EXPIRES_AT = "llm-etl.io/expires-at"
+DEFAULT_RUN_DEADLINE_SECONDS = 24 * 3600
 MANAGED_SELECTOR = ",".join(f"{k}={v}" for k, v in MANAGED_BY.items())
 
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
@@ -75,6 +79,14 @@ def label_value(value: str) -> str:
 def run_selector(run_id: str) -> str:
     """The label selector of everything a run created (and nothing llm-etl-provider did not create)."""
     return f"{MANAGED_SELECTOR},{LABEL_RUN}={label_value(run_id)}"
+
+
+def run_annotations(dag_id: str, run_id: str, expires_at: float | None = None) -> dict[str, str]:
+    """What the sweeper reads on a run's resources: whose run it is, and until when it may live."""
+    annotations = {ANNOTATION_DAG_ID: dag_id, ANNOTATION_RUN_ID: run_id}
+    if expires_at is not None:
+        annotations[ANNOTATION_EXPIRES_AT] = str(int(expires_at))
+    return annotations
 
 
 # Names of what a run creates.

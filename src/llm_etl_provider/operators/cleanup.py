@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, ObjectStoragePath
 
-from llm_etl_provider.backends.kubernetes import core_v1, delete_managed
-from llm_etl_provider.contract.layout import MANAGED_SELECTOR
+from llm_etl_provider.backends.kubernetes import core_v1, sweep
 from llm_etl_provider.operators.base import RunStepOperator, backend_for
 from llm_etl_provider.transport.extract import remove_stale_staging
 
@@ -33,10 +32,14 @@ class CleanupOperator(RunStepOperator):
 
 
 class SweepExpiredOperator(BaseOperator):
-    """Delete llm-etl pods and Secrets older than the TTL, whatever their run: the safety net for runs that
-    never reached their cleanup (a lost worker, a deleted DAG run). Schedule it from a small maintenance DAG.
+    """Delete what llm-etl runs left in a namespace once Airflow says their run ended, or once their recorded
+    deadline passed: the safety net for runs that never reached their cleanup (a lost worker, a deleted DAG
+    run). A live run's resources are never touched, however long it runs; a run this Airflow does not know
+    (another deployment's in the same namespace) is left until its deadline. Schedule it from a small
+    maintenance DAG.
 
-    :param ttl_seconds: how long a run's resources may live (default one hour)
+    :param ttl_seconds: resources made before runs recorded their DAG and deadline, and the extraction
+        staging under ``output_paths``, are removed once older than this (default one hour)
     :param namespace: the namespace to sweep (templated)
     :param kubernetes_conn_id: the Kubernetes connection
     :param output_paths: output folders (any ObjectStoragePath URI) under which to remove the decrypted
@@ -62,16 +65,29 @@ class SweepExpiredOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, int]:
         cutoff = datetime.now(UTC) - timedelta(seconds=self.ttl_seconds)
-        deleted = delete_managed(
-            core_v1(self.kubernetes_conn_id), self.namespace, MANAGED_SELECTOR, older_than=cutoff
+        ti = context["ti"]
+
+        def run_state(dag_id: str, run_id: str) -> str | None:
+            try:
+                return str(ti.get_dagrun_state(dag_id=dag_id, run_id=run_id))
+            except Exception:  # noqa: BLE001 - not found (or not answered): only the deadline decides
+                return None
+
+        deleted = sweep(
+            core_v1(self.kubernetes_conn_id),
+            self.namespace,
+            run_state,
+            now=datetime.now(UTC).timestamp(),
+            unannotated_older_than=cutoff,
+            log=self.log,
         )
         deleted["staging"] = sum(
             remove_stale_staging(ObjectStoragePath(path), older_than=cutoff.timestamp())
             for path in self.output_paths
         )
         self.log.info(
-            "swept %(pods)d pods, %(secrets)d Secrets, %(claims)d work claims and %(staging)d extraction "
-            "staging folders older than %(ttl)d s",
+            "swept %(pods)d pods, %(secrets)d Secrets, %(claims)d work claims of ended or expired runs and "
+            "%(staging)d extraction staging folders older than %(ttl)d s",
             {**deleted, "ttl": self.ttl_seconds},
         )
         return deleted

@@ -23,6 +23,7 @@ from urllib3.exceptions import HTTPError
 from llm_etl_provider.backends import LocalServing, ShardJob, checked_execution_mode
 from llm_etl_provider.contract import layout
 from llm_etl_provider.contract.invocation import WORKER_SETTINGS, WorkerInvocation, default_of, is_unset
+from llm_etl_provider.contract.layout import run_annotations
 from llm_etl_provider.contract.shard import ShardDescriptor
 from llm_etl_provider.exceptions import PodSpecError, worker_exit_error
 from llm_etl_provider.operators.base import backend_for
@@ -278,7 +279,9 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
 
     def build_pod_request_obj(self, context: Context | None = None, *, dry_run: bool = False) -> k8s.V1Pod:
         run_id = str(context["run_id"]) if context is not None else "dry-run"
-        self.full_pod_spec = PodGenerator.deserialize_model_dict(build_pod(self.pod_params(run_id)))
+        pod = build_pod(self.pod_params(run_id))
+        pod["metadata"].setdefault("annotations", {}).update(run_annotations(self.dag_id, run_id))
+        self.full_pod_spec = PodGenerator.deserialize_model_dict(pod)
         return super().build_pod_request_obj(context, dry_run=dry_run)
 
     def cleanup(

@@ -16,7 +16,7 @@ from llm_etl_provider.backends import RunBackend
 from llm_etl_provider.contract.codes import DeadLetterReason
 from llm_etl_provider.contract.duplicates import encode_line_numbers
 from llm_etl_provider.contract.invocation import DEFAULT_MAX_RECORD_BYTES
-from llm_etl_provider.contract.layout import run_prefix
+from llm_etl_provider.contract.layout import DEFAULT_RUN_DEADLINE_SECONDS, run_prefix
 from llm_etl_provider.contract.shard import ShardDescriptor, validate_run_id
 from llm_etl_provider.exceptions import StagingError, StagingInputError
 from llm_etl_provider.operators.base import RunStepOperator, backend_for
@@ -68,6 +68,8 @@ class StageInputOperator(RunStepOperator):
         and frame spool, so that a retry after a lost pod (a preempted node) resumes instead of starting over.
         The retry's pod then has to run where the volume can attach (its zone). None: an emptyDir.
     :param work_storage_class: the claims' StorageClass (default: the cluster's)
+    :param run_deadline_seconds: how long the run's Kubernetes resources may live: past it the sweeper
+        removes them even while Airflow still counts the run as running (default 24 hours)
     """
 
     template_fields: Sequence[str] = (
@@ -97,6 +99,7 @@ class StageInputOperator(RunStepOperator):
         max_staged_bytes: int | str = DEFAULT_MAX_STAGED_BYTES,
         work_claim_size: str | None = None,
         work_storage_class: str | None = None,
+        run_deadline_seconds: int = DEFAULT_RUN_DEADLINE_SECONDS,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -110,6 +113,7 @@ class StageInputOperator(RunStepOperator):
         self.max_staged_bytes = max_staged_bytes
         self.work_claim_size = work_claim_size or None
         self.work_storage_class = work_storage_class or None
+        self.run_deadline_seconds = run_deadline_seconds
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
         run_id = str(context["run_id"])
@@ -120,7 +124,11 @@ class StageInputOperator(RunStepOperator):
         except (ValueError, StagingInputError) as exc:
             raise StagingError(str(exc)) from None
         backend = backend_for(
-            self, context, work_claim_size=self.work_claim_size, work_storage_class=self.work_storage_class
+            self,
+            context,
+            work_claim_size=self.work_claim_size,
+            work_storage_class=self.work_storage_class,
+            run_deadline_seconds=self.run_deadline_seconds,
         )
         source = ObjectStoragePath(self.input_path)
         limits = InputLimits(max_bytes=int(self.max_input_bytes), max_records=int(self.max_input_records))

@@ -39,7 +39,10 @@ class FakeCoreV1:
         items = [
             SimpleNamespace(
                 metadata=SimpleNamespace(
-                    name=name, labels=obj["metadata"].get("labels", {}), creation_timestamp=obj["created"]
+                    name=name,
+                    labels=obj["metadata"].get("labels", {}),
+                    annotations=obj["metadata"].get("annotations"),
+                    creation_timestamp=obj["created"],
                 ),
                 status=SimpleNamespace(phase=obj.get("phase")),
             )
@@ -70,8 +73,10 @@ class FakeCoreV1:
         created: datetime | None = None,
         phase: str = "Succeeded",
         log: bytes = b"",
+        annotations: dict[str, str] | None = None,
     ) -> None:
-        self._create("pods", namespace, {"metadata": {"name": name, "labels": labels}}, created)
+        metadata = {"name": name, "labels": labels, "annotations": annotations}
+        self._create("pods", namespace, {"metadata": metadata}, created)
         self.objects["pods"][(namespace, name)].update(phase=phase, log=log)
 
     def read_namespaced_secret(self, name: str, namespace: str) -> SimpleNamespace:

@@ -67,6 +67,9 @@ def test_kpo_submits_our_pod_unchanged_where_it_matters():
     assert spec["automountServiceAccountToken"] is False
     assert spec["securityContext"]["runAsNonRoot"] is True
     assert spec["activeDeadlineSeconds"] == 3600
+    # the sweeper asks Airflow about the pod's run: without its DAG it would go by age, live or not
+    annotations = pod["metadata"]["annotations"]
+    assert (annotations["llm-etl.io/dag-id"], annotations["llm-etl.io/run-id"]) == ("llm_enrichment", RUN_ID)
     base = spec["containers"][0]
     assert base["securityContext"]["readOnlyRootFilesystem"] is True
     assert base["image"] == "ghcr.io/llm-etl-provider/worker:0.1.0"

@@ -8,6 +8,8 @@ import tempfile
 import time
 import zlib
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
@@ -15,10 +17,14 @@ from airflow.sdk import DAG
 
 from llm_etl_provider.contract.duplicates import decode_line_numbers
 from llm_etl_provider.contract.layout import (
+    ANNOTATION_DAG_ID,
+    ANNOTATION_EXPIRES_AT,
+    ANNOTATION_RUN_ID,
     DUPLICATES_FILE_NAME,
     LABEL_RUN,
     MANAGED_BY,
     label_value,
+    run_annotations,
     run_prefix,
     shard_folder,
 )
@@ -65,6 +71,10 @@ def test_stage_creates_immutable_labelled_shard_secrets_and_a_key(tmp_path, api)
         assert secret["immutable"] is True
         assert secret["metadata"]["labels"][LABEL_RUN] == label_value(RUN)
         assert secret["metadata"]["labels"].items() >= MANAGED_BY.items()
+        # whose run, and until when: the sweeper asks Airflow about this run, then looks at the deadline
+        annotations = secret["metadata"]["annotations"]
+        assert (annotations[ANNOTATION_DAG_ID], annotations[ANNOTATION_RUN_ID]) == ("llm_enrichment", RUN)
+        assert 23 * 3600 < int(annotations[ANNOTATION_EXPIRES_AT]) - time.time() <= 24 * 3600
     assert len(decode_key(api.secret_bytes("etl", f"{prefix}-key", "key"), "test")) == 32
     for shard in shards:  # the worker reports the digest of what it read; extraction compares the two
         staged = api.secret_bytes("etl", shard["secret"], "input.jsonl.gz")
@@ -214,15 +224,39 @@ def test_cleanup_deletes_exactly_the_runs_pods_and_secrets(tmp_path, api):
     assert cleanup.execute({"run_id": RUN}) == {"pods": 0, "secrets": 0, "claims": 0}  # idempotent
 
 
-def test_the_sweeper_deletes_only_managed_resources_past_the_ttl(api):
+def sweeping(states: dict[str, str]) -> Any:
+    """The part of a task's context the sweeper reads: Airflow's state of a run (unknown runs raise)."""
+
+    def get_dagrun_state(dag_id: str, run_id: str) -> str:
+        return states[f"{dag_id}/{run_id}"]
+
+    return {"ti": SimpleNamespace(get_dagrun_state=get_dagrun_state)}
+
+
+def test_the_sweeper_removes_only_ended_or_expired_runs_and_never_a_live_one(api):
+    """It deleted everything older than the TTL, whatever its run's state: a healthy run over an hour lost its
+    pods and Secrets. Now Airflow's state of the run decides, then the run's recorded deadline."""
     old = datetime.now(UTC) - timedelta(hours=2)
-    api.add_pod("etl", "old-ours", {**MANAGED_BY, LABEL_RUN: "r1"}, created=old)
-    api.add_pod("etl", "new-ours", {**MANAGED_BY, LABEL_RUN: "r2"})
-    api.add_pod("etl", "old-theirs", {"app": "x"}, created=old)
+    future, past = time.time() + 3600, time.time() - 60
+    runs = {
+        "live": run_annotations("dag", "live", future),  # two hours in: it must survive
+        "ended": run_annotations("dag", "ended", future),
+        "theirs": run_annotations("other", "x", future),  # another deployment's: not ours
+        "lost": run_annotations("gone", "y", past),  # unknown and past its deadline
+        "stuck": run_annotations("dag", "stuck", past),  # running past its deadline
+    }
+    for name, recorded in runs.items():
+        api.add_pod("etl", f"pod-{name}", {**MANAGED_BY, LABEL_RUN: name}, created=old, annotations=recorded)
+    api.add_pod("etl", "pod-legacy", {**MANAGED_BY, LABEL_RUN: "r1"}, created=old)  # no run recorded: by age
+    api.add_pod("etl", "pod-legacy-new", {**MANAGED_BY, LABEL_RUN: "r2"})
+    api.add_pod("etl", "pod-unmanaged", {"app": "x"}, created=old, annotations=runs["ended"])
     with DAG("llm_etl_sweeper", schedule=None):
         sweeper = SweepExpiredOperator(task_id="sweep", namespace="etl", ttl_seconds=3600)
-    assert sweeper.execute({}) == {"pods": 1, "secrets": 0, "claims": 0, "staging": 0}
-    assert sorted(name for _, name in api.objects["pods"]) == ["new-ours", "old-theirs"]
+    states = {"dag/live": "running", "dag/ended": "failed", "dag/stuck": "running"}
+    assert sweeper.execute(sweeping(states)) == {"pods": 4, "secrets": 0, "claims": 0, "staging": 0}
+    left = sorted(name for _, name in api.objects["pods"])
+    assert left == ["pod-legacy-new", "pod-live", "pod-theirs", "pod-unmanaged"]
+    assert ("pods", "pod-live") not in api.deleted
 
 
 def test_the_sweeper_removes_extraction_staging_past_the_ttl(tmp_path, api):
@@ -239,7 +273,7 @@ def test_the_sweeper_removes_extraction_staging_past_the_ttl(tmp_path, api):
         sweeper = SweepExpiredOperator(
             task_id="sweep", namespace="etl", ttl_seconds=3600, output_paths=[str(tmp_path / "out")]
         )
-    assert sweeper.execute({})["staging"] == 2
+    assert sweeper.execute(sweeping({}))["staging"] == 2
     assert {p.name for p in shard.iterdir()} == {"results.jsonl", fresh.name}
 
 
