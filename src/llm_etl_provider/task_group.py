@@ -58,6 +58,7 @@ def llm_enrichment_task_group(
     enrichment.setdefault("retries", 2)
     enrichment.setdefault("retry_delay", timedelta(seconds=30))
     with TaskGroup(group_id) as group:
+        common["scope"] = group.group_id  # the group's full id: two pipelines in one DAG never meet
         stage = StageInputOperator(
             task_id="stage",
             input_path=input_path,

@@ -109,12 +109,13 @@ def run_backend(
     work_claim_size: str | None = None,
     work_storage_class: str | None = None,
     run_deadline_seconds: float | None = None,
+    scope: str | None = None,
 ) -> RunBackend:
     """The backend of ``mode`` for one DAG run (``key_secret`` and the work claims: Kubernetes only)."""
     if checked_execution_mode(mode) == "local":
         from llm_etl_provider.backends.local import LocalBackend
 
-        return LocalBackend(local_dir, dag_id=dag_id, run_id=run_id, log=log)
+        return LocalBackend(local_dir, scope=scope or dag_id, run_id=run_id, log=log)
     from llm_etl_provider.backends.kubernetes import KubernetesBackend
 
     return KubernetesBackend(
@@ -126,5 +127,6 @@ def run_backend(
         key_secret=key_secret,
         work_claim_size=work_claim_size,
         work_storage_class=work_storage_class,
+        scope=scope,
         **({} if run_deadline_seconds is None else {"run_deadline_seconds": run_deadline_seconds}),
     )

@@ -24,8 +24,12 @@ if TYPE_CHECKING:
     from llm_etl_provider.staging import Shard
 
 
-def _run_labels(run_id: str, kind: str, shard: int | None = None) -> dict[str, str]:
+def _run_labels(
+    run_id: str, kind: str, shard: int | None = None, run_key: str | None = None
+) -> dict[str, str]:
     labels = {**layout.MANAGED_BY, layout.LABEL_RUN: layout.label_value(run_id), layout.LABEL_KIND: kind}
+    if run_key is not None:
+        labels[layout.LABEL_RUN_KEY] = run_key
     if shard is not None:
         labels[layout.LABEL_SHARD] = str(shard)
     return labels
@@ -39,6 +43,7 @@ def secret_manifest(
     kind: str,
     shard: int | None = None,
     annotations: dict[str, str] | None = None,
+    run_key: str | None = None,
 ) -> dict[str, Any]:
     """An immutable Opaque Secret labelled with its run and annotated with its DAG and deadline."""
     return {
@@ -48,7 +53,7 @@ def secret_manifest(
         "immutable": True,
         "metadata": {
             "name": name,
-            "labels": _run_labels(run_id, kind, shard),
+            "labels": _run_labels(run_id, kind, shard, run_key),
             "annotations": annotations or {layout.ANNOTATION_RUN_ID: run_id},
         },
         "data": {key: base64.b64encode(value).decode() for key, value in data.items()},
@@ -62,6 +67,7 @@ def work_claim_manifest(
     size: str,
     storage_class: str | None = None,
     annotations: dict[str, str] | None = None,
+    run_key: str | None = None,
 ) -> dict[str, Any]:
     """A shard's work volume that outlives its pod: the worker's checkpoint and frame spool, so that a retry
     in a new pod (after a preemption) resumes where the lost pod stopped."""
@@ -73,7 +79,7 @@ def work_claim_manifest(
         "kind": "PersistentVolumeClaim",
         "metadata": {
             "name": name,
-            "labels": _run_labels(run_id, "work", shard),
+            "labels": _run_labels(run_id, "work", shard, run_key),
             "annotations": annotations or {layout.ANNOTATION_RUN_ID: run_id},
         },
         "spec": spec,
@@ -208,14 +214,17 @@ class KubernetesBackend(RunBackend):
         work_claim_size: str | None = None,
         work_storage_class: str | None = None,
         run_deadline_seconds: float = layout.DEFAULT_RUN_DEADLINE_SECONDS,
+        scope: str | None = None,
     ) -> None:
         self.namespace = namespace
         self.kubernetes_conn_id = kubernetes_conn_id
         self.run_id = run_id
         self.dag_id = dag_id
         self.annotations = layout.run_annotations(dag_id, run_id, time.time() + run_deadline_seconds)
-        self.prefix = layout.run_prefix(dag_id, run_id)
-        self.key_secret = key_secret or layout.key_secret_name(dag_id, run_id)
+        self.scope = scope or dag_id
+        self.run_key = layout.run_key(self.scope, run_id)
+        self.prefix = layout.run_prefix(self.scope, run_id)
+        self.key_secret = key_secret or layout.key_secret_name(self.scope, run_id)
         self.log = log
         self.work_claim_size = work_claim_size
         self.work_storage_class = work_storage_class
@@ -227,7 +236,7 @@ class KubernetesBackend(RunBackend):
     def stage_key(self, key: bytes) -> None:
         data = {layout.KEY_FILE_NAME: encode_key(key).encode()}
         manifest = secret_manifest(
-            self.key_secret, self.run_id, data, kind="key", annotations=self.annotations
+            self.key_secret, self.run_id, data, kind="key", annotations=self.annotations, run_key=self.run_key
         )
         self._create_secret(manifest)
 
@@ -242,7 +251,13 @@ class KubernetesBackend(RunBackend):
                 f"{SECRET_LIMIT}: lower max_shard_bytes"
             )
         manifest = secret_manifest(
-            name, self.run_id, data, kind="shard", shard=shard.index, annotations=self.annotations
+            name,
+            self.run_id,
+            data,
+            kind="shard",
+            shard=shard.index,
+            annotations=self.annotations,
+            run_key=self.run_key,
         )
         self._create_secret(manifest)
         where: dict[str, Any] = {"secret": name}
@@ -265,7 +280,7 @@ class KubernetesBackend(RunBackend):
             ) from None
         except FrameKeyError as exc:
             raise ExtractionError(str(exc)) from None
-        selector = f"{layout.run_selector(self.run_id)},{layout.LABEL_SHARD}={index}"
+        selector = f"{layout.run_selector(self.scope, self.run_id)},{layout.LABEL_SHARD}={index}"
         pods = list(self.api.list_namespaced_pod(self.namespace, label_selector=selector).items)
         ended = [p for p in pods if p.status is not None and p.status.phase in ("Succeeded", "Failed")]
         succeeded = [p for p in ended if p.status.phase == "Succeeded"]
@@ -290,7 +305,7 @@ class KubernetesBackend(RunBackend):
         return FrameSource(key, lines, f"pod {self.namespace}/{name} container {container}")
 
     def cleanup(self) -> dict[str, int]:
-        deleted = delete_managed(self.api, self.namespace, layout.run_selector(self.run_id))
+        deleted = delete_managed(self.api, self.namespace, layout.run_selector(self.scope, self.run_id))
         self.log.info(
             "deleted %(pods)d pods, %(secrets)d Secrets and %(claims)d work claims of run %(run)s",
             {**deleted, "run": self.run_id},
@@ -317,7 +332,13 @@ class KubernetesBackend(RunBackend):
 
         name = layout.work_claim_name(self.prefix, index, hashlib.sha256(key).hexdigest())
         manifest = work_claim_manifest(
-            name, self.run_id, index, str(self.work_claim_size), self.work_storage_class, self.annotations
+            name,
+            self.run_id,
+            index,
+            str(self.work_claim_size),
+            self.work_storage_class,
+            self.annotations,
+            self.run_key,
         )
         try:
             self.api.create_namespaced_persistent_volume_claim(self.namespace, manifest)

@@ -38,10 +38,10 @@ class LocalBackend(RunBackend):
     :param local_dir: the folder that holds the runs' folders
     """
 
-    def __init__(self, local_dir: str | None, *, dag_id: str, run_id: str, log: TaskLog) -> None:
+    def __init__(self, local_dir: str | None, *, scope: str, run_id: str, log: TaskLog) -> None:
         if not local_dir:
             raise LocalRunError("local execution needs local_dir")
-        self.root = Path(local_dir) / layout.run_prefix(dag_id, run_id)
+        self.root = Path(local_dir) / layout.run_prefix(scope, run_id)
         self.log = log
 
     def shard_dir(self, index: int) -> Path:

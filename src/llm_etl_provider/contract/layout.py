@@ -54,7 +54,8 @@ POD_LABELS = {
     "app.kubernetes.io/component": "enrichment",
     **MANAGED_BY,
 }
-LABEL_RUN = "llm-etl.io/run"
+LABEL_RUN = "llm-etl.io/run"  # the run id, readable (cut and hashed where too long for a label)
+LABEL_RUN_KEY = "llm-etl.io/run-key"  # the pipeline's run, exactly: what selectors use (run_key)
 LABEL_SHARD = "llm-etl.io/shard"
 LABEL_KIND = "llm-etl.io/kind"
 LABEL_MODEL_SOURCE = "llm-etl.io/model-source"
@@ -76,9 +77,20 @@ def label_value(value: str) -> str:
     return f"{cleaned}-{hashlib.sha256(value.encode()).hexdigest()[:10]}".strip("-")
 
 
-def run_selector(run_id: str) -> str:
-    """The label selector of everything a run created (and nothing llm-etl-provider did not create)."""
-    return f"{MANAGED_SELECTOR},{LABEL_RUN}={label_value(run_id)}"
+def run_scope(dag_id: str, group_id: str | None = None) -> str:
+    """Whose runs: a DAG, and the task group of the pipeline within it, so that two DAGs with the same run id
+    or two pipelines in one DAG never name, select or delete each other's resources."""
+    return f"{dag_id}/{group_id}" if group_id else dag_id
+
+
+def run_key(scope: str, run_id: str) -> str:
+    """A short hash of the scope and the run: the ``llm-etl.io/run-key`` label, and the names' prefix."""
+    return hashlib.sha256(f"{scope}\0{run_id}".encode()).hexdigest()[:12]
+
+
+def run_selector(scope: str, run_id: str) -> str:
+    """The label selector of everything one run of one pipeline created (and nothing else)."""
+    return f"{MANAGED_SELECTOR},{LABEL_RUN_KEY}={run_key(scope, run_id)}"
 
 
 def run_annotations(dag_id: str, run_id: str, expires_at: float | None = None) -> dict[str, str]:
@@ -90,14 +102,14 @@ def run_annotations(dag_id: str, run_id: str, expires_at: float | None = None) -
 
 
 # Names of what a run creates.
-def run_prefix(dag_id: str, run_id: str) -> str:
-    """A short DNS-safe prefix unique to a DAG run, for the run's Secret and pod names."""
-    return "llm-etl-" + hashlib.sha256(f"{dag_id}\0{run_id}".encode()).hexdigest()[:12]
+def run_prefix(scope: str, run_id: str) -> str:
+    """A short DNS-safe prefix unique to a run of a pipeline (:func:`run_scope`), for its resources' names."""
+    return "llm-etl-" + run_key(scope, run_id)
 
 
-def key_secret_name(dag_id: str, run_id: str) -> str:
+def key_secret_name(scope: str, run_id: str) -> str:
     """The Secret holding a run's frame key."""
-    return f"{run_prefix(dag_id, run_id)}-key"
+    return f"{run_prefix(scope, run_id)}-key"
 
 
 def shard_secret_name(prefix: str, index: int) -> str:

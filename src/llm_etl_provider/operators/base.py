@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from airflow.sdk import BaseOperator
 
 from llm_etl_provider.backends import RunBackend, TaskLog, checked_execution_mode, run_backend
+from llm_etl_provider.contract import layout
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -31,6 +32,9 @@ class RunScoped(Protocol):
     def local_dir(self) -> str | None: ...
 
     @property
+    def scope(self) -> str | None: ...
+
+    @property
     def log(self) -> TaskLog: ...
 
 
@@ -43,6 +47,7 @@ def backend_for(operator: RunScoped, context: Context, **options: Any) -> RunBac
         namespace=operator.namespace or "default",
         kubernetes_conn_id=operator.kubernetes_conn_id or "kubernetes_default",
         local_dir=operator.local_dir,
+        scope=layout.run_scope(operator.dag_id, operator.scope),
         log=operator.log,
         **options,
     )
@@ -55,6 +60,8 @@ class RunStepOperator(BaseOperator):
     :param kubernetes_conn_id: the Kubernetes connection
     :param execution_mode: ``kubernetes`` or ``local``
     :param local_dir: local execution's staging folder (templated)
+    :param scope: the pipeline's task group in the DAG (:func:`~llm_etl_provider.contract.layout.run_scope`;
+        set by ``llm_enrichment_task_group``): the same for every step of one pipeline
     """
 
     def __init__(
@@ -64,9 +71,11 @@ class RunStepOperator(BaseOperator):
         kubernetes_conn_id: str = "kubernetes_default",
         execution_mode: str = "kubernetes",
         local_dir: str | None = None,
+        scope: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.scope = scope
         self.namespace = namespace
         self.kubernetes_conn_id = kubernetes_conn_id
         self.execution_mode = checked_execution_mode(execution_mode)

@@ -131,6 +131,8 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
     :param execution_mode: ``kubernetes``, or ``local``: the pod's loader, server and worker as local
         processes (llama.cpp's server with a local GGUF), its log written to the local staging folder
     :param local_dir: local execution's staging folder (templated)
+    :param scope: the pipeline's task group in the DAG (:func:`~llm_etl_provider.contract.layout.run_scope`;
+        set by ``llm_enrichment_task_group``): the same for every step of one pipeline
     :param local_model_file: local execution's GGUF file (default: the bundled SmolLM2)
     :param llm_conn_id: local execution only: enrich through the server of this ``llm_etl`` connection (e.g.
         an Ollama beside Airflow) instead of loading the model and starting llama.cpp's server
@@ -170,6 +172,7 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
         ttl_seconds: int = 3600,
         execution_mode: str = "kubernetes",
         local_dir: str | None = None,
+        scope: str | None = None,
         local_model_file: str | None = None,
         llm_conn_id: str | None = None,
         **kwargs: Any,
@@ -204,6 +207,7 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
         self.ttl_seconds = ttl_seconds
         self.execution_mode = checked_execution_mode(execution_mode)
         self.local_dir = local_dir
+        self.scope = scope
         self.local_model_file = local_model_file
         self.llm_conn_id = llm_conn_id
         if llm_conn_id and self.execution_mode != "local":
@@ -247,7 +251,7 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
             ),
             server=server,
             input_secret=_staged_secret(shard),
-            key_secret=self.key_secret or layout.key_secret_name(self.dag_id, run_id),
+            key_secret=self.key_secret or layout.key_secret_name(self.run_scope, run_id),
             worker_image=self.worker_image,
             node_selector=self.gpu_node_selector,
             tolerations=tuple(self.gpu_tolerations),
@@ -277,10 +281,15 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
             )
         )
 
+    @property
+    def run_scope(self) -> str:
+        return layout.run_scope(self.dag_id, self.scope)
+
     def build_pod_request_obj(self, context: Context | None = None, *, dry_run: bool = False) -> k8s.V1Pod:
         run_id = str(context["run_id"]) if context is not None else "dry-run"
         pod = build_pod(self.pod_params(run_id))
         pod["metadata"].setdefault("annotations", {}).update(run_annotations(self.dag_id, run_id))
+        pod["metadata"]["labels"][layout.LABEL_RUN_KEY] = layout.run_key(self.run_scope, run_id)
         self.full_pod_spec = PodGenerator.deserialize_model_dict(pod)
         return super().build_pod_request_obj(context, dry_run=dry_run)
 

@@ -15,7 +15,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskD
 from kubernetes.client import ApiClient
 from kubernetes.client import models as k8s
 
-from llm_etl_provider.contract.layout import LABEL_RUN, key_secret_name, label_value
+from llm_etl_provider.contract.layout import LABEL_RUN, key_secret_name, label_value, run_key
 from llm_etl_provider.exceptions import PodSpecError, WorkerExitError, WorkerRefusedError
 from llm_etl_provider.operators.enrichment import FrameFilteringPodManager, LLMEnrichmentOperator
 from llm_etl_provider.transport.frames import FORMAT
@@ -70,6 +70,8 @@ def test_kpo_submits_our_pod_unchanged_where_it_matters():
     # the sweeper asks Airflow about the pod's run: without its DAG it would go by age, live or not
     annotations = pod["metadata"]["annotations"]
     assert (annotations["llm-etl.io/dag-id"], annotations["llm-etl.io/run-id"]) == ("llm_enrichment", RUN_ID)
+    # what cleanup and extraction select on: this DAG's run, not another DAG's run of the same id
+    assert pod["metadata"]["labels"]["llm-etl.io/run-key"] == run_key("llm_enrichment", RUN_ID)
     base = spec["containers"][0]
     assert base["securityContext"]["readOnlyRootFilesystem"] is True
     assert base["image"] == "ghcr.io/llm-etl-provider/worker:0.1.0"

@@ -8,10 +8,12 @@ from airflow.sdk import DAG
 
 from llm_etl_provider.contract.layout import (
     LABEL_RUN,
+    LABEL_RUN_KEY,
     LABEL_SHARD,
     MANAGED_BY,
     key_secret_name,
     label_value,
+    run_key,
     run_prefix,
     shard_folder,
 )
@@ -76,8 +78,13 @@ def api(monkeypatch):
     return fake
 
 
-def pod_labels(shard=0):
-    return {**MANAGED_BY, LABEL_RUN: label_value(RUN), LABEL_SHARD: str(shard)}
+def pod_labels(shard=0, scope="llm_enrichment"):
+    return {
+        **MANAGED_BY,
+        LABEL_RUN: label_value(RUN),
+        LABEL_RUN_KEY: run_key(scope, RUN),
+        LABEL_SHARD: str(shard),
+    }
 
 
 def test_extracts_the_pod_log_with_the_run_key_and_publishes(tmp_path, api):
@@ -205,3 +212,11 @@ def test_a_failed_pod_over_the_dead_letter_threshold_is_published_as_failed_with
     assert json.loads((shard / "manifest.json").read_text())["state"] == "failed"
     assert len((shard / "results.jsonl").read_text().splitlines()) == 20
     assert not (shard / "_SUCCESS").exists()
+
+
+def test_a_pod_of_the_same_run_id_in_another_dag_is_not_read(tmp_path, api):
+    key_secret, op = staged(tmp_path, api)
+    key = decode_key(api.secret_bytes("etl", key_secret, "key"), "test")
+    api.add_pod("etl", "llm-etl-enrich-theirs", pod_labels(scope="another_dag"), log=frames(key, op))
+    with pytest.raises(ExtractionError, match="expected an ended pod, found none"):
+        op.execute({"run_id": RUN})

@@ -22,9 +22,12 @@ from llm_etl_provider.contract.layout import (
     ANNOTATION_RUN_ID,
     DUPLICATES_FILE_NAME,
     LABEL_RUN,
+    LABEL_RUN_KEY,
     MANAGED_BY,
+    key_secret_name,
     label_value,
     run_annotations,
+    run_key,
     run_prefix,
     shard_folder,
 )
@@ -212,15 +215,21 @@ def test_the_stage_keeps_no_named_copy_of_the_input(tmp_path, api, monkeypatch):
 def test_cleanup_deletes_exactly_the_runs_pods_and_secrets(tmp_path, api):
     source = write_input(tmp_path / "reviews.jsonl", n=10)
     stage(input_path=str(source), namespace="etl").execute({"run_id": RUN})
-    ours = {**MANAGED_BY, LABEL_RUN: label_value(RUN)}
+    ours = {**MANAGED_BY, LABEL_RUN: label_value(RUN), LABEL_RUN_KEY: run_key("llm_enrichment", RUN)}
     api.add_pod("etl", "llm-etl-enrich-a", ours)
     api.add_pod("etl", "llm-etl-enrich-other", {**MANAGED_BY, LABEL_RUN: "another-run"})
+    # the same run id in another DAG: not this run's
+    api.add_pod("etl", "llm-etl-enrich-b", {**ours, LABEL_RUN_KEY: run_key("another_dag", RUN)})
     api.add_pod("etl", "unrelated", {LABEL_RUN: label_value(RUN)})
     with DAG("llm_enrichment", schedule=None):
         cleanup = CleanupOperator(task_id="cleanup", namespace="etl")
     assert cleanup.execute({"run_id": RUN}) == {"pods": 1, "secrets": 2, "claims": 0}
     assert api.objects["secrets"] == {}
-    assert sorted(name for _, name in api.objects["pods"]) == ["llm-etl-enrich-other", "unrelated"]
+    assert sorted(name for _, name in api.objects["pods"]) == [
+        "llm-etl-enrich-b",
+        "llm-etl-enrich-other",
+        "unrelated",
+    ]
     assert cleanup.execute({"run_id": RUN}) == {"pods": 0, "secrets": 0, "claims": 0}  # idempotent
 
 
@@ -397,3 +406,23 @@ def test_a_run_past_its_caps_is_refused_before_anything_is_created(tmp_path, api
     with pytest.raises(StagingError, match=message):
         op.execute({"run_id": RUN})
     assert api.objects["secrets"] == {}
+
+
+def test_two_pipelines_in_one_dag_keep_apart_in_one_run(tmp_path, api):
+    """``llm_enrichment_task_group`` used twice in one DAG: the second stage replaced the first group's key
+    and shard Secrets, and the first group then published the second group's data as a success. Each
+    group's scope now names, labels and selects its own resources."""
+    first, second = write_input(tmp_path / "a.jsonl", n=10), write_input(tmp_path / "b.jsonl", n=20)
+    with DAG("llm_enrichment", schedule=None):
+        stages = [
+            StageInputOperator(task_id=f"{scope}.stage", input_path=str(source), namespace="etl", scope=scope)
+            for scope, source in (("reviews", first), ("notes", second))
+        ]
+        cleanup = CleanupOperator(task_id="reviews.cleanup", namespace="etl", scope="reviews")
+    staged = [stage.execute({"run_id": RUN}) for stage in stages]
+    assert [s[0]["records"] for s in staged] == [10, 20]
+    assert staged[0][0]["secret"] != staged[1][0]["secret"]
+    assert len(api.objects["secrets"]) == 4  # two keys, two shards: nothing replaced
+    assert cleanup.execute({"run_id": RUN}) == {"pods": 0, "secrets": 2, "claims": 0}
+    left = {name for _, name in api.objects["secrets"]}
+    assert left == {staged[1][0]["secret"], key_secret_name("llm_enrichment/notes", RUN)}
