@@ -150,6 +150,12 @@ class ProviderCluster:
             "pods": self.names("pods"),
             "secrets": self.names("secrets"),
             "claims": self.names("persistentvolumeclaims"),
+            "network_policies": sorted(
+                item["metadata"]["name"]
+                for item in self.admin.get(
+                    f"/apis/networking.k8s.io/v1/namespaces/{self.namespace}/networkpolicies"
+                )["items"]
+            ),
             "processes": self.running_containers(),
             "node_files": sorted(  # os.walk, unlike rglob, passes over a folder deleted while it walks
                 str(Path(folder, name).relative_to(root))

@@ -63,12 +63,14 @@ class ShardJob:
     :param shard: the staged shard
     :param submit_pod: runs the pod (whose spec holds the same invocation) through KubernetesPodOperator
     :param serving: how local execution serves the model
+    :param network_policy: Kubernetes: the pod's NetworkPolicy, created before the pod
     """
 
     invocation: WorkerInvocation
     shard: ShardDescriptor
     submit_pod: Callable[[], Any]
     serving: LocalServing
+    network_policy: dict[str, Any] | None = None
 
 
 class RunBackend(ABC):

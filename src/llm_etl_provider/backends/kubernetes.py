@@ -86,27 +86,30 @@ def work_claim_manifest(
     }
 
 
-def delete_managed(
-    api: Any, namespace: str, selector: str, *, older_than: datetime | None = None
-) -> dict[str, int]:
-    """Delete the pods, Secrets and work claims matching ``selector`` (created before ``older_than``)."""
-    from kubernetes.client.exceptions import ApiException
-
-    deleted = {"pods": 0, "secrets": 0, "claims": 0}
-    kinds = (
-        ("pods", api.list_namespaced_pod, api.delete_namespaced_pod),
-        ("secrets", api.list_namespaced_secret, api.delete_namespaced_secret),
-        (
-            "claims",
+def _managed_kinds(api: Any, networking: Any) -> dict[str, tuple[Any, Any]]:
+    """What a run creates, by kind: how to list and how to delete it."""
+    return {
+        "pods": (api.list_namespaced_pod, api.delete_namespaced_pod),
+        "secrets": (api.list_namespaced_secret, api.delete_namespaced_secret),
+        "claims": (
             api.list_namespaced_persistent_volume_claim,
             api.delete_namespaced_persistent_volume_claim,
         ),
-    )
-    for kind, list_them, delete in kinds:
+        "network_policies": (
+            networking.list_namespaced_network_policy,
+            networking.delete_namespaced_network_policy,
+        ),
+    }
+
+
+def delete_managed(api: Any, networking: Any, namespace: str, selector: str) -> dict[str, int]:
+    """Delete the pods, Secrets, work claims and NetworkPolicies matching ``selector``."""
+    from kubernetes.client.exceptions import ApiException
+
+    kinds = _managed_kinds(api, networking)
+    deleted = dict.fromkeys(kinds, 0)
+    for kind, (list_them, delete) in kinds.items():
         for item in list_them(namespace, label_selector=selector).items:
-            created = item.metadata.creation_timestamp
-            if older_than is not None and (created is None or created > older_than):
-                continue
             try:
                 delete(item.metadata.name, namespace, grace_period_seconds=0)
             except ApiException as exc:
@@ -122,6 +125,7 @@ ENDED_RUN_STATES = ("success", "failed")
 
 def sweep(
     api: Any,
+    networking: Any,
     namespace: str,
     run_state: Callable[[str, str], str | None],
     *,
@@ -136,14 +140,7 @@ def sweep(
     a running one is stopped, never killed outright."""
     from kubernetes.client.exceptions import ApiException
 
-    kinds = {
-        "pods": (api.list_namespaced_pod, api.delete_namespaced_pod),
-        "secrets": (api.list_namespaced_secret, api.delete_namespaced_secret),
-        "claims": (
-            api.list_namespaced_persistent_volume_claim,
-            api.delete_namespaced_persistent_volume_claim,
-        ),
-    }
+    kinds = _managed_kinds(api, networking)
     runs: dict[tuple[str | None, str | None], list[tuple[str, Any]]] = defaultdict(list)
     for kind, (list_them, _) in kinds.items():
         for item in list_them(namespace, label_selector=layout.MANAGED_SELECTOR).items:
@@ -180,7 +177,7 @@ def sweep(
                     raise
                 continue
             deleted[kind] += 1
-            log.info("swept %s %s: %s", kind[:-1], item.metadata.name, why)
+            log.info("swept %s %s: %s", kind, item.metadata.name, why)
     return deleted
 
 
@@ -188,6 +185,13 @@ def core_v1(kubernetes_conn_id: str) -> Any:
     from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
 
     return KubernetesHook(conn_id=kubernetes_conn_id).core_v1_client
+
+
+def networking_v1(kubernetes_conn_id: str) -> Any:
+    from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
+    from kubernetes import client
+
+    return client.NetworkingV1Api(KubernetesHook(conn_id=kubernetes_conn_id).api_client)
 
 
 class KubernetesBackend(RunBackend):
@@ -266,7 +270,22 @@ class KubernetesBackend(RunBackend):
         return where
 
     def enrich(self, job: ShardJob) -> Any:
+        if job.network_policy is not None:
+            from kubernetes.client.exceptions import ApiException
+
+            try:
+                self.networking.create_namespaced_network_policy(self.namespace, job.network_policy)
+            except ApiException as exc:
+                if exc.status != 409:  # an earlier try's: the same policy
+                    raise ExtractionError(
+                        f"cannot create the pod's NetworkPolicy {job.network_policy['metadata']['name']}: "
+                        f"HTTP {exc.status}"
+                    ) from None
         return job.submit_pod()
+
+    @cached_property
+    def networking(self) -> Any:
+        return networking_v1(self.kubernetes_conn_id)
 
     def frame_source(self, index: int) -> FrameSource:
         from kubernetes.client.exceptions import ApiException
@@ -305,9 +324,11 @@ class KubernetesBackend(RunBackend):
         return FrameSource(key, lines, f"pod {self.namespace}/{name} container {container}")
 
     def cleanup(self) -> dict[str, int]:
-        deleted = delete_managed(self.api, self.namespace, layout.run_selector(self.scope, self.run_id))
+        selector = layout.run_selector(self.scope, self.run_id)
+        deleted = delete_managed(self.api, self.networking, self.namespace, selector)
         self.log.info(
-            "deleted %(pods)d pods, %(secrets)d Secrets and %(claims)d work claims of run %(run)s",
+            "deleted %(pods)d pods, %(secrets)d Secrets, %(claims)d work claims and %(network_policies)d "
+            "NetworkPolicies of run %(run)s",
             {**deleted, "run": self.run_id},
         )
         return deleted

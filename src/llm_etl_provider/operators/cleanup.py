@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, ObjectStoragePath
 
-from llm_etl_provider.backends.kubernetes import core_v1, sweep
+from llm_etl_provider.backends.kubernetes import core_v1, networking_v1, sweep
 from llm_etl_provider.operators.base import RunStepOperator, backend_for
 from llm_etl_provider.transport.extract import remove_stale_staging
 
@@ -75,6 +75,7 @@ class SweepExpiredOperator(BaseOperator):
 
         deleted = sweep(
             core_v1(self.kubernetes_conn_id),
+            networking_v1(self.kubernetes_conn_id),
             self.namespace,
             run_state,
             now=datetime.now(UTC).timestamp(),
@@ -86,7 +87,8 @@ class SweepExpiredOperator(BaseOperator):
             for path in self.output_paths
         )
         self.log.info(
-            "swept %(pods)d pods, %(secrets)d Secrets, %(claims)d work claims of ended or expired runs and "
+            "swept %(pods)d pods, %(secrets)d Secrets, %(claims)d work claims, %(network_policies)d "
+            "NetworkPolicies of ended or expired runs and "
             "%(staging)d extraction staging folders older than %(ttl)d s",
             {**deleted, "ttl": self.ttl_seconds},
         )

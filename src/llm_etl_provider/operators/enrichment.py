@@ -36,6 +36,7 @@ from llm_etl_provider.pod.builder import (
     ServerSpec,
     build_pod,
     pod_invocation,
+    shard_network_policy,
 )
 from llm_etl_provider.transport.frames import carries_frame
 from llm_etl_provider.triggers.pod import FrameFilteringPodTrigger
@@ -278,7 +279,22 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
                 shard=shard,
                 submit_pod=lambda: super(LLMEnrichmentOperator, self).execute(context),
                 serving=serving,
+                network_policy=self.network_policy(str(context["run_id"]), shard),
             )
+        )
+
+    def network_policy(self, run_id: str, shard: ShardDescriptor) -> dict[str, Any]:
+        """The NetworkPolicy created with this shard's pod (Kubernetes)."""
+        name = f"{layout.shard_secret_name(layout.run_prefix(self.run_scope, run_id), shard.index)}-network"
+        selected = {
+            layout.LABEL_RUN_KEY: layout.run_key(self.run_scope, run_id),
+            layout.LABEL_SHARD: str(shard.index),
+        }
+        return shard_network_policy(
+            name,
+            {**layout.MANAGED_BY, **selected},
+            allow_model_pull=self.model_source == "pull",
+            annotations=run_annotations(self.dag_id, run_id),
         )
 
     @property

@@ -454,6 +454,13 @@ def _put_first(mapping: dict[str, Any], keys: tuple[str, ...]) -> None:
     mapping.update(first | rest)
 
 
+# What the `pull` model source needs (a registry over HTTPS, found through DNS); no other source needs any
+MODEL_PULL_EGRESS = (
+    {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
+    {"ports": [{"protocol": "TCP", "port": 443}]},
+)
+
+
 def network_policy(namespace: str | None = None, *, allow_model_pull: bool = False) -> dict[str, Any]:
     """Return the NetworkPolicy that isolates enrichment pods; ``allow_model_pull`` opens DNS and HTTPS egress
     for pods whose model source is ``pull`` only."""
@@ -465,8 +472,24 @@ def network_policy(namespace: str | None = None, *, allow_model_pull: bool = Fal
         policy["spec"]["podSelector"]["matchLabels"][layout.LABEL_MODEL_SOURCE] = "pull"
         policy["spec"]["policyTypes"] = ["Egress"]
         del policy["spec"]["ingress"]
-        policy["spec"]["egress"] = [
-            {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
-            {"ports": [{"protocol": "TCP", "port": 443}]},
-        ]
+        policy["spec"]["egress"] = [dict(rule) for rule in MODEL_PULL_EGRESS]
+    return policy
+
+
+def shard_network_policy(
+    name: str, pod_labels: dict[str, str], *, allow_model_pull: bool, annotations: dict[str, str]
+) -> dict[str, Any]:
+    """The NetworkPolicy created with one shard's pod, selecting it by its run key and shard: no ingress, and
+    no egress but what its model source needs (a policy applies to the whole pod: with ``pull`` the worker
+    could reach port 443 too, which is why ``pvc``, ``image`` and ``object`` are the sources to prefer)."""
+    policy = copy.deepcopy(load_template(NETWORK_POLICY_TEMPLATE))
+    selected = {key: pod_labels[key] for key in (layout.LABEL_RUN_KEY, layout.LABEL_SHARD)}
+    policy["metadata"] = {
+        "name": name,
+        "labels": {**policy["metadata"]["labels"], **selected, layout.LABEL_KIND: "network-policy"},
+        "annotations": annotations,
+    }
+    policy["spec"]["podSelector"]["matchLabels"].update(selected)
+    if allow_model_pull:
+        policy["spec"]["egress"] = [dict(rule) for rule in MODEL_PULL_EGRESS]
     return policy

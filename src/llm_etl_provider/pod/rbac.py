@@ -16,6 +16,8 @@ AIRFLOW_RULES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("", ("secrets",), ("create", "get", "list", "delete")),
     # the work claims (LLM_ETL_WORK_CLAIM_SIZE); cleanup and the sweeper look for them in every run
     ("", ("persistentvolumeclaims",), ("create", "list", "delete")),
+    # each shard's pod gets its own NetworkPolicy, removed with the run
+    ("networking.k8s.io", ("networkpolicies",), ("create", "list", "delete")),
 )
 
 

@@ -24,6 +24,7 @@ class FakeCoreV1:
             "secrets": {},
             "pods": {},
             "claims": {},
+            "network_policies": {},
         }
         self.deleted: list[tuple[str, str]] = []
 
@@ -118,3 +119,13 @@ class FakeCoreV1:
 
     def secret_bytes(self, namespace: str, name: str, key: str) -> bytes:
         return base64.b64decode(self.objects["secrets"][(namespace, name)]["data"][key])
+
+    # NetworkingV1Api's calls, on the same store (the backend takes this fake for both APIs)
+    def create_namespaced_network_policy(self, namespace: str, body: dict[str, Any]) -> None:
+        self._create("network_policies", namespace, body)
+
+    def list_namespaced_network_policy(self, namespace: str, label_selector: str = "") -> SimpleNamespace:
+        return self._list("network_policies", namespace, label_selector)
+
+    def delete_namespaced_network_policy(self, name: str, namespace: str, **kwargs: Any) -> None:
+        self._delete("network_policies", name, namespace, **kwargs)

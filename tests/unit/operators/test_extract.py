@@ -75,6 +75,8 @@ def staged(tmp_path, api=None, mode="kubernetes"):
 def api(monkeypatch):
     fake = FakeCoreV1()
     monkeypatch.setattr(KubernetesHook, "core_v1_client", property(lambda self: fake))
+    monkeypatch.setattr("llm_etl_provider.backends.kubernetes.networking_v1", lambda conn_id: fake)
+    monkeypatch.setattr("llm_etl_provider.operators.cleanup.networking_v1", lambda conn_id: fake)
     return fake
 
 

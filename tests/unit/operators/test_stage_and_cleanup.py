@@ -44,6 +44,8 @@ RUN = "manual__2026-11-24T02:00:00+00:00"
 def api(monkeypatch):
     fake = FakeCoreV1()
     monkeypatch.setattr(KubernetesHook, "core_v1_client", property(lambda self: fake))
+    monkeypatch.setattr("llm_etl_provider.backends.kubernetes.networking_v1", lambda conn_id: fake)
+    monkeypatch.setattr("llm_etl_provider.operators.cleanup.networking_v1", lambda conn_id: fake)
     return fake
 
 
@@ -223,14 +225,19 @@ def test_cleanup_deletes_exactly_the_runs_pods_and_secrets(tmp_path, api):
     api.add_pod("etl", "unrelated", {LABEL_RUN: label_value(RUN)})
     with DAG("llm_enrichment", schedule=None):
         cleanup = CleanupOperator(task_id="cleanup", namespace="etl")
-    assert cleanup.execute({"run_id": RUN}) == {"pods": 1, "secrets": 2, "claims": 0}
+    assert cleanup.execute({"run_id": RUN}) == {"pods": 1, "secrets": 2, "claims": 0, "network_policies": 0}
     assert api.objects["secrets"] == {}
     assert sorted(name for _, name in api.objects["pods"]) == [
         "llm-etl-enrich-b",
         "llm-etl-enrich-other",
         "unrelated",
     ]
-    assert cleanup.execute({"run_id": RUN}) == {"pods": 0, "secrets": 0, "claims": 0}  # idempotent
+    assert cleanup.execute({"run_id": RUN}) == {
+        "pods": 0,
+        "secrets": 0,
+        "claims": 0,
+        "network_policies": 0,
+    }  # idempotent
 
 
 def sweeping(states: dict[str, str]) -> Any:
@@ -262,7 +269,13 @@ def test_the_sweeper_removes_only_ended_or_expired_runs_and_never_a_live_one(api
     with DAG("llm_etl_sweeper", schedule=None):
         sweeper = SweepExpiredOperator(task_id="sweep", namespace="etl", ttl_seconds=3600)
     states = {"dag/live": "running", "dag/ended": "failed", "dag/stuck": "running"}
-    assert sweeper.execute(sweeping(states)) == {"pods": 4, "secrets": 0, "claims": 0, "staging": 0}
+    assert sweeper.execute(sweeping(states)) == {
+        "pods": 4,
+        "secrets": 0,
+        "claims": 0,
+        "network_policies": 0,
+        "staging": 0,
+    }
     left = sorted(name for _, name in api.objects["pods"])
     assert left == ["pod-legacy-new", "pod-live", "pod-theirs", "pod-unmanaged"]
     assert ("pods", "pod-live") not in api.deleted
@@ -423,6 +436,6 @@ def test_two_pipelines_in_one_dag_keep_apart_in_one_run(tmp_path, api):
     assert [s[0]["records"] for s in staged] == [10, 20]
     assert staged[0][0]["secret"] != staged[1][0]["secret"]
     assert len(api.objects["secrets"]) == 4  # two keys, two shards: nothing replaced
-    assert cleanup.execute({"run_id": RUN}) == {"pods": 0, "secrets": 2, "claims": 0}
+    assert cleanup.execute({"run_id": RUN}) == {"pods": 0, "secrets": 2, "claims": 0, "network_policies": 0}
     left = {name for _, name in api.objects["secrets"]}
     assert left == {staged[1][0]["secret"], key_secret_name("llm_enrichment/notes", RUN)}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import kubernetes_validate
 import pytest
 
-from llm_etl_provider.pod.builder import SUPPORTED_SOURCES, build_pod, network_policy
+from llm_etl_provider.pod.builder import SUPPORTED_SOURCES, build_pod, network_policy, shard_network_policy
 from tests.unit.pod.test_builder import VARIANTS, params
 
 VERSIONS = [f"1.{minor}.0" for minor in range(29, 38)]
@@ -33,6 +33,15 @@ def test_network_policies_validate_strictly(version, allow_model_pull):
     kubernetes_validate.validate(
         network_policy("etl", allow_model_pull=allow_model_pull), version, strict=True
     )
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("allow_model_pull", [False, True])
+def test_shard_network_policies_validate_strictly(version, allow_model_pull):
+    labels = {"llm-etl.io/run-key": "0123456789ab", "llm-etl.io/shard": "0"}
+    policy = shard_network_policy("llm-etl-abc-shard-0-network", labels, allow_model_pull=allow_model_pull,
+                                  annotations={"llm-etl.io/run-id": "r"})  # fmt: skip
+    kubernetes_validate.validate(policy, version, strict=True)
 
 
 def test_validation_is_not_vacuous():
