@@ -293,7 +293,8 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
         return shard_network_policy(
             name,
             {**layout.MANAGED_BY, **selected},
-            allow_model_pull=self.model_source == "pull",
+            # the loader of `pull` and `object` downloads the model (a registry, the object store): HTTPS
+            allow_model_download=self.model_source in ("pull", "object"),
             annotations=run_annotations(self.dag_id, run_id),
         )
 

@@ -477,11 +477,12 @@ def network_policy(namespace: str | None = None, *, allow_model_pull: bool = Fal
 
 
 def shard_network_policy(
-    name: str, pod_labels: dict[str, str], *, allow_model_pull: bool, annotations: dict[str, str]
+    name: str, pod_labels: dict[str, str], *, allow_model_download: bool, annotations: dict[str, str]
 ) -> dict[str, Any]:
     """The NetworkPolicy created with one shard's pod, selecting it by its run key and shard: no ingress, and
-    no egress but what its model source needs (a policy applies to the whole pod: with ``pull`` the worker
-    could reach port 443 too, which is why ``pvc``, ``image`` and ``object`` are the sources to prefer)."""
+    no egress but what its model source needs: DNS and HTTPS where the loader downloads the model (``pull``,
+    ``object``). A policy applies to the whole pod, so the worker could reach port 443 too: ``pvc`` and
+    ``image``, which need no network, are the sources to prefer."""
     policy = copy.deepcopy(load_template(NETWORK_POLICY_TEMPLATE))
     selected = {key: pod_labels[key] for key in (layout.LABEL_RUN_KEY, layout.LABEL_SHARD)}
     policy["metadata"] = {
@@ -490,6 +491,6 @@ def shard_network_policy(
         "annotations": annotations,
     }
     policy["spec"]["podSelector"]["matchLabels"].update(selected)
-    if allow_model_pull:
+    if allow_model_download:
         policy["spec"]["egress"] = [dict(rule) for rule in MODEL_PULL_EGRESS]
     return policy

@@ -293,13 +293,13 @@ def test_network_policies_deny_everything_but_model_pulls():
 
 def test_each_shard_gets_a_network_policy_selecting_its_own_pod():
     labels = {"llm-etl.io/run-key": "0123456789ab", "llm-etl.io/shard": "3", "other": "x"}
-    policy = shard_network_policy("p", labels, allow_model_pull=False, annotations={"a": "b"})
+    policy = shard_network_policy("p", labels, allow_model_download=False, annotations={"a": "b"})
     selector = policy["spec"]["podSelector"]["matchLabels"]
     assert selector.items() >= {"llm-etl.io/run-key": "0123456789ab", "llm-etl.io/shard": "3"}.items()
     assert "other" not in selector
     assert (policy["spec"]["ingress"], policy["spec"]["egress"]) == ([], [])
     assert policy["metadata"]["labels"]["llm-etl.io/run-key"] == "0123456789ab"  # cleanup finds it by run
-    pull = shard_network_policy("p", labels, allow_model_pull=True, annotations={})
+    pull = shard_network_policy("p", labels, allow_model_download=True, annotations={})
     assert {p["port"] for rule in pull["spec"]["egress"] for p in rule["ports"]} == {53, 443}
 
 
