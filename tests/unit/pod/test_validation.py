@@ -39,8 +39,9 @@ def test_network_policies_validate_strictly(version, allow_model_pull):
 @pytest.mark.parametrize("allow_model_pull", [False, True])
 def test_shard_network_policies_validate_strictly(version, allow_model_pull):
     labels = {"llm-etl.io/run-key": "0123456789ab", "llm-etl.io/shard": "0"}
-    policy = shard_network_policy("llm-etl-abc-shard-0-network", labels, allow_model_download=allow_model_pull,
-                                  annotations={"llm-etl.io/run-id": "r"})  # fmt: skip
+    policy = shard_network_policy(
+        "llm-etl-abc-shard-0-network", labels, allow_model_download=allow_model_pull, annotations={}
+    )
     kubernetes_validate.validate(policy, version, strict=True)
 
 
