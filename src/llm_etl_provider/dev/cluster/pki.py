@@ -42,6 +42,28 @@ def _name(common_name: str, organizations: tuple[str, ...] = ()) -> x509.Name:
     return x509.Name([*parts, x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
+def _builder(
+    subject: x509.Name, issuer: x509.Name, key: rsa.RSAPrivateKey, *, ca: bool
+) -> x509.CertificateBuilder:
+    """A certificate valid from five minutes ago for VALIDITY: a CA's (signs certificates) or a leaf's."""
+    now = datetime.datetime.now(datetime.UTC)
+    usage = x509.KeyUsage(
+        digital_signature=True, content_commitment=False, key_encipherment=not ca, data_encipherment=False,
+        key_agreement=False, key_cert_sign=ca, crl_sign=ca, encipher_only=False, decipher_only=False,
+    )  # fmt: skip
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(usage, critical=True)
+    )
+
+
 class CertificateAuthority:
     """A self-signed CA that issues the cluster's certificates into ``folder``."""
 
@@ -49,33 +71,8 @@ class CertificateAuthority:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self._key = _key()
-        now = datetime.datetime.now(datetime.UTC)
         subject = _name("llm-etl-dev-ca")
-        self._cert = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(self._key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + VALIDITY)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .sign(self._key, hashes.SHA256())
-        )
+        self._cert = _builder(subject, subject, self._key, ca=True).sign(self._key, hashes.SHA256())
         self.cert = folder / "ca.crt"
         self.cert.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
         _write_key(self._key, folder / "ca.key")
@@ -92,35 +89,11 @@ class CertificateAuthority:
         """Issue ``<name>.crt``/``<name>.key``: a client certificate (the API server maps CN to the user and
         O to its groups), and a serving one for ``server_hosts`` (IP addresses or DNS names) when given."""
         key = _key()
-        now = datetime.datetime.now(datetime.UTC)
         usages = ([ExtendedKeyUsageOID.CLIENT_AUTH] if client else []) + (
             [ExtendedKeyUsageOID.SERVER_AUTH] if server_hosts else []
         )
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(_name(common_name, organizations))
-            .issuer_name(self._cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + VALIDITY)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=True,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-        )
+        builder = _builder(_name(common_name, organizations), self._cert.subject, key, ca=False)
+        builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         if server_hosts:
             builder = builder.add_extension(
                 x509.SubjectAlternativeName(_alt_names(server_hosts)), critical=False
