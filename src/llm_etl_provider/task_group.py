@@ -114,6 +114,8 @@ def llm_enrichment_task_group(
             gpus_per_shard=gpus if isinstance(gpus, int) else None,
             trigger_rule=TriggerRule.ALL_DONE,
             outlets=[results_asset or Asset(name=f"{group_id}_results")],
+            kubernetes_conn_id=kubernetes_conn_id,
+            **common,
         )
         cleanup = CleanupOperator(task_id="cleanup", kubernetes_conn_id=kubernetes_conn_id, **common)
         per_shard >> publish >> cleanup

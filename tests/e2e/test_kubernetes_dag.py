@@ -58,6 +58,13 @@ def test_two_shards_through_kpo_are_enriched_by_the_model_and_nothing_remains(
         assert all(r["enrichment"]["sentiment"] in ("positive", "negative", "neutral") for r in results)
         ids += [r["id"] for r in results]
     assert sorted(ids) == sorted(json.loads(line)["id"] for line in short)
+    run_manifest = json.loads((shard_dirs[0].parent / "manifest.json").read_text())
+    assert run_manifest["state"] == "succeeded"
+    assert (shard_dirs[0].parent / "_SUCCESS").exists()
+    for entry in run_manifest["shards"]:  # measured from the pods' status before the cleanup removed them
+        assert entry["pods"] == 1
+        assert entry["pod_seconds"] > 0
+        assert entry["model_load_seconds"] is not None
 
     started = [
         (e["involvedObject"]["name"], e["message"]) for e in cluster.events() if e["reason"] == "Started"

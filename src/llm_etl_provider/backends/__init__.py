@@ -97,6 +97,11 @@ class RunBackend(ABC):
     def cleanup(self) -> dict[str, int]:
         """Delete everything the run staged or left, log what; return counts by kind."""
 
+    def pod_timings(self) -> dict[int, dict[str, Any]]:
+        """Each shard's pods, measured from their status: ``{shard: {"pods", "pod_seconds", ...}}``; none
+        where no pod ran (local execution)."""
+        return {}
+
 
 def run_backend(
     mode: str,

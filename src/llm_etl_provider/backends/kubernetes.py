@@ -333,6 +333,24 @@ class KubernetesBackend(RunBackend):
         )
         return deleted
 
+    def pod_timings(self) -> dict[int, dict[str, Any]]:
+        selector = layout.run_selector(self.scope, self.run_id)
+        by_shard: dict[int, list[Any]] = defaultdict(list)
+        for pod in self.api.list_namespaced_pod(self.namespace, label_selector=selector).items:
+            shard = (pod.metadata.labels or {}).get(layout.LABEL_SHARD, "")
+            if shard.isdigit() and pod.status is not None:
+                by_shard[int(shard)].append(pod)
+        timings = {}
+        for shard, pods in by_shard.items():
+            measured = [pod_timing(pod) for pod in sorted(pods, key=_try_order)]
+            # every try's pod held its GPU; the last try's loader and server are the shard's on record
+            timings[shard] = {
+                **measured[-1],
+                "pods": len(pods),
+                "pod_seconds": round(sum(m["pod_seconds"] or 0 for m in measured), 1),
+            }
+        return timings
+
     def _create_secret(self, manifest: dict[str, Any]) -> None:
         from kubernetes.client.exceptions import ApiException
 
@@ -368,6 +386,37 @@ class KubernetesBackend(RunBackend):
                 f"cannot create the work claim {self.namespace}/{name}: HTTP {exc.status}"
             ) from None
         return name
+
+
+def _seconds(start: datetime | None, end: datetime | None) -> float | None:
+    return round((end - start).total_seconds(), 1) if start is not None and end is not None else None
+
+
+def pod_timing(pod: Any) -> dict[str, float | None]:
+    """From one pod's status: its wall time (start to its last container's end), the model loader's time, and
+    how long the LLM server took to be ready (its start to the worker's)."""
+    status = pod.status
+    started: dict[str, datetime | None] = {}
+    finished: list[datetime] = []
+    for container in (status.init_container_statuses or []) + (status.container_statuses or []):
+        state = container.state
+        current = None if state is None else (state.terminated or state.running)
+        terminated = None if state is None else state.terminated
+        started[container.name] = None if current is None else current.started_at
+        if terminated is not None and terminated.finished_at is not None:
+            finished.append(terminated.finished_at)
+    loader = next(
+        (c.state.terminated for c in status.init_container_statuses or []
+         if c.name == layout.LOADER_CONTAINER and c.state is not None and c.state.terminated),
+        None,
+    )  # fmt: skip
+    return {
+        "pod_seconds": _seconds(status.start_time, max(finished)) if finished else None,
+        "model_load_seconds": _seconds(loader.started_at, loader.finished_at) if loader else None,
+        "server_start_seconds": _seconds(
+            started.get(layout.SERVER_CONTAINER), started.get(layout.WORKER_CONTAINER)
+        ),
+    }
 
 
 def _try_order(pod: Any) -> tuple[int, datetime]:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator, ObjectStoragePath, XComArg
+from airflow.sdk import ObjectStoragePath, XComArg
 
 from llm_etl_provider.contract.shard import ShardDescriptor
 from llm_etl_provider.exceptions import RunIncompleteError
+from llm_etl_provider.operators.base import RunStepOperator, backend_for
 from llm_etl_provider.transport.extract import SUCCEEDED
 from llm_etl_provider.transport.run_manifest import publish_run_manifest
 
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
-class PublishRunOperator(BaseOperator):
+class PublishRunOperator(RunStepOperator):
     """Write ``<output_path>/manifest.json`` over every shard the stage planned, once all their extractions
     have ended, and ``<output_path>/_SUCCESS`` when every shard succeeded; push the manifest to XCom.
 
@@ -26,9 +27,12 @@ class PublishRunOperator(BaseOperator):
     :param output_path: the run's output folder, any ObjectStoragePath URI (templated)
     :param shards: the shard descriptors from StageInputOperator (templated)
     :param gpus_per_shard: GPUs each shard's pod held, for the manifest's GPU-seconds (None: not reported)
+    and the run's ``namespace``, ``kubernetes_conn_id``, ``execution_mode``, ``local_dir`` and ``scope``
+    (:class:`~llm_etl_provider.operators.base.RunStepOperator`): each shard's pods are measured from their
+    status (wall time, model-load time), before the cleanup removes them
     """
 
-    template_fields: Sequence[str] = ("output_path", "shards")
+    template_fields: Sequence[str] = ("output_path", "shards", "namespace", "local_dir")
 
     def __init__(
         self,
@@ -54,6 +58,7 @@ class PublishRunOperator(BaseOperator):
             [(shard.index, shard.records) for shard in planned],
             run_id=str(context["run_id"]),
             gpus_per_shard=self.gpus_per_shard,
+            pod_timings=backend_for(self, context).pod_timings(),
         )
         states = ", ".join(f"{n} {state}" for state, n in manifest["shard_states"].items())
         self.log.info(

@@ -53,9 +53,12 @@ def publish_run_manifest(
     *,
     run_id: str,
     gpus_per_shard: int | None = None,
+    pod_timings: dict[int, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Write ``<output>/manifest.json`` for the shards ``[(index, records the stage counted), ...]`` and,
-    when every one succeeded, ``<output>/_SUCCESS``; return the manifest."""
+    when every one succeeded, ``<output>/_SUCCESS``; return the manifest. ``pod_timings`` (by shard: its pods'
+    wall time, model-load and server start-up time) go into the shards' entries, and GPU-seconds come from
+    the pods' wall time when there were pods, else from the workers' time."""
     root = as_upath(output)
     root.mkdir(parents=True, exist_ok=True)
     success = root / SUCCESS
@@ -69,7 +72,7 @@ def publish_run_manifest(
         if manifest is not None:
             models.add(manifest.get("model"))
             tasks.add(manifest.get("task"))
-        entries.append(_shard_entry(index, records, manifest))
+        entries.append({**_shard_entry(index, records, manifest), **(pod_timings or {}).get(index, {})})
     states = [entry["state"] for entry in entries]
     worker_seconds = sum(entry.get("worker_seconds") or 0 for entry in entries)
     run = {
@@ -88,8 +91,12 @@ def publish_run_manifest(
         "worker_seconds": round(worker_seconds, 3),
         "published_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    if pod_timings:
+        run["pod_seconds"] = round(sum(entry.get("pod_seconds") or 0 for entry in entries), 1)
+        run["model_load_seconds"] = round(sum(entry.get("model_load_seconds") or 0 for entry in entries), 1)
     if gpus_per_shard:
-        run["gpu_seconds"] = round(worker_seconds * gpus_per_shard, 3)
+        held = run["pod_seconds"] if pod_timings else worker_seconds
+        run["gpu_seconds"] = round(held * gpus_per_shard, 1)
     (root / MANIFEST).write_text(json.dumps(run, indent=2, sort_keys=True) + "\n")
     if run["state"] == SUCCEEDED:
         success.write_text("")

@@ -222,3 +222,30 @@ def test_a_pod_of_the_same_run_id_in_another_dag_is_not_read(tmp_path, api):
     api.add_pod("etl", "llm-etl-enrich-theirs", pod_labels(scope="another_dag"), log=frames(key, op))
     with pytest.raises(ExtractionError, match="expected an ended pod, found none"):
         op.execute({"run_id": RUN})
+
+
+def test_a_pods_timings_come_from_its_container_states():
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from llm_etl_provider.backends.kubernetes import pod_timing
+
+    def at(second):
+        return datetime(2026, 11, 27, 12, 0, second, tzinfo=UTC)
+
+    def container(name, start, end=None):
+        state = SimpleNamespace(running=None, terminated=None)
+        if end is None:
+            state.running = SimpleNamespace(started_at=at(start))
+        else:
+            state.terminated = SimpleNamespace(started_at=at(start), finished_at=at(end))
+        return SimpleNamespace(name=name, state=state)
+
+    pod = SimpleNamespace(
+        status=SimpleNamespace(
+            start_time=at(0),
+            init_container_statuses=[container("model-loader", 1, 13), container("llm-server", 13, 59)],
+            container_statuses=[container("base", 20, 58)],
+        )
+    )
+    assert pod_timing(pod) == {"pod_seconds": 59.0, "model_load_seconds": 12.0, "server_start_seconds": 7.0}

@@ -37,3 +37,12 @@ def test_every_shard_succeeded_gives_the_run_its_success(tmp_path):
     extract(frame_log(), KEY, tmp_path / "shard-00001", source="test")
     assert publish_run_manifest(tmp_path, [(0, 28), (1, 28), (2, 1)], run_id="run-7")["state"] == "failed"
     assert not (tmp_path / "_SUCCESS").exists()  # the old _SUCCESS does not outlive a failed publish
+
+
+def test_pod_timings_go_into_the_shards_and_gpu_seconds_count_every_pod(tmp_path):
+    extract(frame_log(), KEY, tmp_path / "shard-00000", source="test")
+    timings = {0: {"pods": 2, "pod_seconds": 90.0, "model_load_seconds": 20.0, "server_start_seconds": 3.0}}
+    run = publish_run_manifest(tmp_path, [(0, 28)], run_id="run-7", gpus_per_shard=2, pod_timings=timings)
+    (shard,) = run["shards"]
+    assert (shard["pods"], shard["pod_seconds"], shard["model_load_seconds"]) == (2, 90.0, 20.0)
+    assert (run["pod_seconds"], run["model_load_seconds"], run["gpu_seconds"]) == (90.0, 20.0, 180.0)
