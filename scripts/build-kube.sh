@@ -32,6 +32,10 @@ if ((cached)); then
     exit 0
 fi
 
+# Go's own installer puts the toolchain in /usr/local/go, which a non-login shell may not have on PATH
+if ! command -v go >/dev/null && [[ -x /usr/local/go/bin/go ]]; then
+    export PATH="/usr/local/go/bin:${PATH}"
+fi
 if ! command -v go >/dev/null; then
     echo "build-kube: 'go' (Go 1.${GO_MIN_MINOR} or newer) is required to build kube-apiserver and etcd;" \
         "install the Go toolchain and put it on PATH" >&2
