@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,13 +17,8 @@ from typing import Any
 
 import httpx
 
+from llm_etl_provider.dev.llama_server import free_port
 from tests.e2e.postgres import PostgresServer
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class AirflowStack:
@@ -39,7 +33,7 @@ class AirflowStack:
         self.home = home
         self.database = PostgresServer()
         self.components = ["api-server", "scheduler", "dag-processor"] + (["triggerer"] if triggerer else [])
-        port = _free_port()
+        port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.env = {
             **os.environ,

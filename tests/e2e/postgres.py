@@ -6,11 +6,12 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
 from types import TracebackType
+
+from llm_etl_provider.dev.llama_server import free_port
 
 DATABASE = "airflow"
 
@@ -26,19 +27,13 @@ def _bin_dir() -> Path:
     return Path(initdb).parent
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 class PostgresServer:
     """``with PostgresServer() as db: db.url``. The server refuses to run as root, so as root it runs as
     Debian's ``postgres`` user, in a folder of its own outside pytest's (owner-only) temporary folders."""
 
     def __init__(self) -> None:
         self.bin = _bin_dir()
-        self.port = _free_port()
+        self.port = free_port()
         self.folder = Path(tempfile.mkdtemp(prefix="llm-etl-postgres-"))
         self.data = self.folder / "data"
         self.as_user: list[str] = []

@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,8 @@ from dataclasses import dataclass
 from typing import Any, Self
 
 import httpx
+
+from llm_etl_provider.dev.llama_server import free_port
 
 MODEL_NAME = "batching-sim"
 CHARS_PER_TOKEN = 4
@@ -245,7 +246,7 @@ class BatchingServer:
 
     def __init__(self, model: BatchingModel | None = None, port: int | None = None) -> None:
         self.model = model or BatchingModel()
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.model_name = MODEL_NAME
         self.process: subprocess.Popen[bytes] | None = None
@@ -280,13 +281,6 @@ class BatchingServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ from llm_etl_provider.dev.cluster.layout import (
     pod_dir,
     pod_volume_dir,
 )
+from llm_etl_provider.dev.llama_server import free_port
 
 LOOPBACK_PORT = re.compile(r"(?P<host>127\.0\.0\.1|localhost|\[::1\]):(?P<port>\d+)")
 FOREVER = 3600 * 24 * 365
@@ -53,12 +54,6 @@ FOREVER = 3600 * 24 * 365
 
 class PodStopped(Exception):
     """The pod was deleted or ran past its deadline: stop working on it."""
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _all_containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
@@ -182,7 +177,7 @@ class PodRunner(threading.Thread):
         self.spec = pod["spec"]
         self.path = f"/api/v1/namespaces/{self.namespace}/pods/{self.name}"
         self.pod_dir = pod_dir(config.root, self.uid)
-        self.ports = {port: _free_port() for port in loopback_ports(self.spec)}
+        self.ports = {port: free_port() for port in loopback_ports(self.spec)}
         self.processes: dict[str, ContainerProcess] = {}
         self.restarts: dict[str, int] = {}
         self.volumes: dict[str, Path] = {}
