@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from llm_etl_provider.contract import layout
+
 if TYPE_CHECKING:
     from llm_etl_provider.contract.invocation import WorkerInvocation
     from llm_etl_provider.contract.shard import ShardDescriptor
@@ -115,7 +117,7 @@ def run_backend(
     key_secret: str | None = None,
     work_claim_size: str | None = None,
     work_storage_class: str | None = None,
-    run_deadline_seconds: float | None = None,
+    run_deadline_seconds: float = layout.DEFAULT_RUN_DEADLINE_SECONDS,
     scope: str | None = None,
 ) -> RunBackend:
     """The backend of ``mode`` for one DAG run (``key_secret`` and the work claims: Kubernetes only)."""
@@ -135,5 +137,5 @@ def run_backend(
         work_claim_size=work_claim_size,
         work_storage_class=work_storage_class,
         scope=scope,
-        **({} if run_deadline_seconds is None else {"run_deadline_seconds": run_deadline_seconds}),
+        run_deadline_seconds=run_deadline_seconds,
     )

@@ -24,12 +24,13 @@ if TYPE_CHECKING:
     from llm_etl_provider.staging import Shard
 
 
-def _run_labels(
-    run_id: str, kind: str, shard: int | None = None, run_key: str | None = None
-) -> dict[str, str]:
-    labels = {**layout.MANAGED_BY, layout.LABEL_RUN: layout.label_value(run_id), layout.LABEL_KIND: kind}
-    if run_key is not None:
-        labels[layout.LABEL_RUN_KEY] = run_key
+def _run_labels(run_id: str, run_key: str, kind: str, shard: int | None = None) -> dict[str, str]:
+    labels = {
+        **layout.MANAGED_BY,
+        layout.LABEL_RUN: layout.label_value(run_id),
+        layout.LABEL_RUN_KEY: run_key,
+        layout.LABEL_KIND: kind,
+    }
     if shard is not None:
         labels[layout.LABEL_SHARD] = str(shard)
     return labels
@@ -40,10 +41,10 @@ def secret_manifest(
     run_id: str,
     data: dict[str, bytes],
     *,
+    run_key: str,
+    annotations: dict[str, str],
     kind: str,
     shard: int | None = None,
-    annotations: dict[str, str] | None = None,
-    run_key: str | None = None,
 ) -> dict[str, Any]:
     """An immutable Opaque Secret labelled with its run and annotated with its DAG and deadline."""
     return {
@@ -53,8 +54,8 @@ def secret_manifest(
         "immutable": True,
         "metadata": {
             "name": name,
-            "labels": _run_labels(run_id, kind, shard, run_key),
-            "annotations": annotations or {layout.ANNOTATION_RUN_ID: run_id},
+            "labels": _run_labels(run_id, run_key, kind, shard),
+            "annotations": annotations,
         },
         "data": {key: base64.b64encode(value).decode() for key, value in data.items()},
     }
@@ -65,9 +66,10 @@ def work_claim_manifest(
     run_id: str,
     shard: int,
     size: str,
+    *,
+    run_key: str,
+    annotations: dict[str, str],
     storage_class: str | None = None,
-    annotations: dict[str, str] | None = None,
-    run_key: str | None = None,
 ) -> dict[str, Any]:
     """A shard's work volume that outlives its pod: the worker's checkpoint and frame spool, so that a retry
     in a new pod (after a preemption) resumes where the lost pod stopped."""
@@ -79,8 +81,8 @@ def work_claim_manifest(
         "kind": "PersistentVolumeClaim",
         "metadata": {
             "name": name,
-            "labels": _run_labels(run_id, "work", shard, run_key),
-            "annotations": annotations or {layout.ANNOTATION_RUN_ID: run_id},
+            "labels": _run_labels(run_id, run_key, "work", shard),
+            "annotations": annotations,
         },
         "spec": spec,
     }
@@ -102,21 +104,26 @@ def _managed_kinds(api: Any, networking: Any) -> dict[str, tuple[Any, Any]]:
     }
 
 
-def delete_managed(api: Any, networking: Any, namespace: str, selector: str) -> dict[str, int]:
-    """Delete the pods, Secrets, work claims and NetworkPolicies matching ``selector``."""
+def _delete(delete: Any, name: str, namespace: str, **options: Any) -> bool:
+    """Delete one object; False when it was gone already."""
     from kubernetes.client.exceptions import ApiException
 
+    try:
+        delete(name, namespace, **options)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+        return False
+    return True
+
+
+def delete_managed(api: Any, networking: Any, namespace: str, selector: str) -> dict[str, int]:
+    """Delete the pods, Secrets, work claims and NetworkPolicies matching ``selector``."""
     kinds = _managed_kinds(api, networking)
     deleted = dict.fromkeys(kinds, 0)
     for kind, (list_them, delete) in kinds.items():
         for item in list_them(namespace, label_selector=selector).items:
-            try:
-                delete(item.metadata.name, namespace, grace_period_seconds=0)
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
-                continue
-            deleted[kind] += 1
+            deleted[kind] += _delete(delete, item.metadata.name, namespace, grace_period_seconds=0)
     return deleted
 
 
@@ -138,8 +145,6 @@ def sweep(
     not know (``run_state`` gives None: another deployment's, or a deleted run) is left until its deadline.
     Resources that carry no DAG or deadline (made before they did) go by age. Pods get their own grace period:
     a running one is stopped, never killed outright."""
-    from kubernetes.client.exceptions import ApiException
-
     kinds = _managed_kinds(api, networking)
     runs: dict[tuple[str | None, str | None], list[tuple[str, Any]]] = defaultdict(list)
     for kind, (list_them, _) in kinds.items():
@@ -147,7 +152,7 @@ def sweep(
             annotations = item.metadata.annotations or {}
             key = (annotations.get(layout.ANNOTATION_DAG_ID), annotations.get(layout.ANNOTATION_RUN_ID))
             runs[key].append((kind, item))
-    deleted = {kind: 0 for kind in kinds}
+    deleted = dict.fromkeys(kinds, 0)
     for (dag_id, run_id), items in runs.items():
         deadlines = [
             int(item.metadata.annotations[layout.ANNOTATION_EXPIRES_AT])
@@ -170,14 +175,10 @@ def sweep(
             ]
             why = "it carries no run and is older than the TTL"
         for kind, item in items:
-            try:  # pods keep their grace period: SIGTERM, and the worker checkpoints
-                kinds[kind][1](item.metadata.name, namespace)
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
-                continue
-            deleted[kind] += 1
-            log.info("swept %s %s: %s", kind, item.metadata.name, why)
+            # pods keep their grace period: SIGTERM, and the worker checkpoints
+            if _delete(kinds[kind][1], item.metadata.name, namespace):
+                deleted[kind] += 1
+                log.info("swept %s %s: %s", kind, item.metadata.name, why)
     return deleted
 
 
@@ -223,7 +224,6 @@ class KubernetesBackend(RunBackend):
         self.namespace = namespace
         self.kubernetes_conn_id = kubernetes_conn_id
         self.run_id = run_id
-        self.dag_id = dag_id
         self.annotations = layout.run_annotations(dag_id, run_id, time.time() + run_deadline_seconds)
         self.scope = scope or dag_id
         self.run_key = layout.run_key(self.scope, run_id)
@@ -239,10 +239,7 @@ class KubernetesBackend(RunBackend):
 
     def stage_key(self, key: bytes) -> None:
         data = {layout.KEY_FILE_NAME: encode_key(key).encode()}
-        manifest = secret_manifest(
-            self.key_secret, self.run_id, data, kind="key", annotations=self.annotations, run_key=self.run_key
-        )
-        self._create_secret(manifest)
+        self._create_secret(self._secret(self.key_secret, data, kind="key"))
 
     def stage_shard(self, shard: Shard, key: bytes, duplicates: bytes = b"") -> dict[str, Any]:
         name = layout.shard_secret_name(self.prefix, shard.index)
@@ -254,16 +251,7 @@ class KubernetesBackend(RunBackend):
                 f"shard {shard.index} and its list of duplicate lines take {size} bytes, over a Secret's "
                 f"{SECRET_LIMIT}: lower max_shard_bytes"
             )
-        manifest = secret_manifest(
-            name,
-            self.run_id,
-            data,
-            kind="shard",
-            shard=shard.index,
-            annotations=self.annotations,
-            run_key=self.run_key,
-        )
-        self._create_secret(manifest)
+        self._create_secret(self._secret(name, data, kind="shard", shard=shard.index))
         where: dict[str, Any] = {"secret": name}
         if self.work_claim_size:
             where["work_claim"] = self._create_work_claim(shard.index, key)
@@ -351,6 +339,19 @@ class KubernetesBackend(RunBackend):
             }
         return timings
 
+    def _secret(
+        self, name: str, data: dict[str, bytes], *, kind: str, shard: int | None = None
+    ) -> dict[str, Any]:
+        return secret_manifest(
+            name,
+            self.run_id,
+            data,
+            run_key=self.run_key,
+            annotations=self.annotations,
+            kind=kind,
+            shard=shard,
+        )
+
     def _create_secret(self, manifest: dict[str, Any]) -> None:
         from kubernetes.client.exceptions import ApiException
 
@@ -375,9 +376,9 @@ class KubernetesBackend(RunBackend):
             self.run_id,
             index,
             str(self.work_claim_size),
-            self.work_storage_class,
-            self.annotations,
-            self.run_key,
+            run_key=self.run_key,
+            annotations=self.annotations,
+            storage_class=self.work_storage_class,
         )
         try:
             self.api.create_namespaced_persistent_volume_claim(self.namespace, manifest)
@@ -397,19 +398,15 @@ def pod_timing(pod: Any) -> dict[str, float | None]:
     how long the LLM server took to be ready (its start to the worker's)."""
     status = pod.status
     started: dict[str, datetime | None] = {}
-    finished: list[datetime] = []
+    ended: dict[str, Any] = {}  # the terminated states
     for container in (status.init_container_statuses or []) + (status.container_statuses or []):
         state = container.state
         current = None if state is None else (state.terminated or state.running)
-        terminated = None if state is None else state.terminated
         started[container.name] = None if current is None else current.started_at
-        if terminated is not None and terminated.finished_at is not None:
-            finished.append(terminated.finished_at)
-    loader = next(
-        (c.state.terminated for c in status.init_container_statuses or []
-         if c.name == layout.LOADER_CONTAINER and c.state is not None and c.state.terminated),
-        None,
-    )  # fmt: skip
+        if state is not None and state.terminated is not None:
+            ended[container.name] = state.terminated
+    finished = [t.finished_at for t in ended.values() if t.finished_at is not None]
+    loader = ended.get(layout.LOADER_CONTAINER)
     return {
         "pod_seconds": _seconds(status.start_time, max(finished)) if finished else None,
         "model_load_seconds": _seconds(loader.started_at, loader.finished_at) if loader else None,
