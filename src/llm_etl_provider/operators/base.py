@@ -32,7 +32,7 @@ class RunScoped(Protocol):
     def local_dir(self) -> str | None: ...
 
     @property
-    def scope(self) -> str | None: ...
+    def run_scope(self) -> str: ...
 
     @property
     def log(self) -> TaskLog: ...
@@ -47,7 +47,7 @@ def backend_for(operator: RunScoped, context: Context, **options: Any) -> RunBac
         namespace=operator.namespace or "default",
         kubernetes_conn_id=operator.kubernetes_conn_id or "kubernetes_default",
         local_dir=operator.local_dir,
-        scope=layout.run_scope(operator.dag_id, operator.scope),
+        scope=operator.run_scope,
         log=operator.log,
         **options,
     )
@@ -80,3 +80,8 @@ class RunStepOperator(BaseOperator):
         self.kubernetes_conn_id = kubernetes_conn_id
         self.execution_mode = checked_execution_mode(execution_mode)
         self.local_dir = local_dir
+
+    @property
+    def run_scope(self) -> str:
+        """Whose runs this step works on: its DAG and pipeline (``layout.run_scope``)."""
+        return layout.run_scope(self.dag_id, self.scope)

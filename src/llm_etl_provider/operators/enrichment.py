@@ -300,6 +300,7 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
 
     @property
     def run_scope(self) -> str:
+        """Whose runs this step works on (:meth:`RunStepOperator.run_scope`'s rule; KPO is its base)."""
         return layout.run_scope(self.dag_id, self.scope)
 
     def build_pod_request_obj(self, context: Context | None = None, *, dry_run: bool = False) -> k8s.V1Pod:

@@ -16,7 +16,7 @@ from llm_etl_provider.backends import RunBackend
 from llm_etl_provider.contract.codes import DeadLetterReason
 from llm_etl_provider.contract.duplicates import encode_line_numbers
 from llm_etl_provider.contract.invocation import DEFAULT_MAX_RECORD_BYTES
-from llm_etl_provider.contract.layout import DEFAULT_RUN_DEADLINE_SECONDS, run_prefix, run_scope
+from llm_etl_provider.contract.layout import DEFAULT_RUN_DEADLINE_SECONDS, run_prefix
 from llm_etl_provider.contract.shard import ShardDescriptor, validate_run_id
 from llm_etl_provider.exceptions import StagingError, StagingInputError
 from llm_etl_provider.operators.base import RunStepOperator, backend_for
@@ -117,7 +117,7 @@ class StageInputOperator(RunStepOperator):
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
         run_id = str(context["run_id"])
-        prefix = run_prefix(run_scope(self.dag_id, self.scope), run_id)
+        prefix = run_prefix(self.run_scope, run_id)
         try:
             validate_run_id(run_id)  # the worker binds it into every frame: refuse it before anything exists
             check_sizes(int(self.max_shard_bytes), int(self.max_record_bytes))
