@@ -20,6 +20,24 @@ from llm_etl_provider.dev.cluster.api import ApiError, KubeApi
 from llm_etl_provider.dev.cluster.layout import CONTAINER_VARIABLE, claim_dir, pod_volume_dir
 
 
+def running_containers() -> list[str]:
+    """Processes a dev node started that are still alive (not zombies), as ``pod/container``."""
+    marker = CONTAINER_VARIABLE.encode() + b"="
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = Path(entry.path, "environ").read_bytes().split(b"\0")
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        if stat.rsplit(") ", 1)[-1].startswith("Z"):
+            continue
+        found += [v[len(marker) :].decode() for v in environ if v.startswith(marker)]
+    return sorted(found)
+
+
 class PodRecorder(threading.Thread):
     """Every pod object the namespace has held while recording, as the API served it (spec and status)."""
 
@@ -107,21 +125,7 @@ class ProviderCluster:
     # -- what the node runs --------------------------------------------------------------------------
 
     def running_containers(self) -> list[str]:
-        """Processes the dev node started that are still alive, as ``pod/container``."""
-        marker = CONTAINER_VARIABLE.encode() + b"="
-        found = []
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                environ = Path(entry.path, "environ").read_bytes().split(b"\0")
-                stat = Path(entry.path, "stat").read_text()
-            except OSError:
-                continue
-            if stat.rsplit(") ", 1)[-1].startswith("Z"):
-                continue
-            found += [v[len(marker) :].decode() for v in environ if v.startswith(marker)]
-        return sorted(found)
+        return running_containers()
 
     def volume(self, pod: dict[str, Any], name: str) -> Path:
         """Where the dev node keeps the pod's volume ``name`` (a claim's folder for a claim)."""

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from kubernetes import client, config
 
 from llm_etl_provider.dev.cluster import DevCluster, NodeOptions
 from llm_etl_provider.dev.cluster.api import ApiError, KubeApi
-from llm_etl_provider.dev.cluster.layout import CONTAINER_VARIABLE
+from tests.e2e.cluster import running_containers
 
 NAMESPACE = "llm-etl"
 RESTRICTED = {
@@ -213,7 +212,7 @@ def test_deletion_sends_sigterm_waits_the_grace_period_and_then_removes_the_pod(
     assert admin.get(path)["metadata"]["deletionTimestamp"]  # graceful: the pod is still there, terminating
     until(lambda: not admin.get(f"/api/v1/namespaces/{NAMESPACE}/pods")["items"], 30)
     assert marker.read_text() == "bye\n"  # the container saw SIGTERM and could finish
-    assert not any(f"{CONTAINER_VARIABLE}=graceful/".encode() in _environ(pid) for pid in _pids())
+    assert not any(container.startswith("graceful/") for container in running_containers())
 
 
 def test_a_pod_past_its_deadline_is_stopped_and_failed(admin):
@@ -230,14 +229,3 @@ def test_a_pod_that_asks_for_a_gpu_waits_unschedulable(admin):
     assert scheduled["reason"] == "Unschedulable"
     assert "Insufficient nvidia.com/gpu" in scheduled["message"]
     assert "nodeName" not in pod["spec"]
-
-
-def _pids() -> list[int]:
-    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
-
-
-def _environ(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return b""
