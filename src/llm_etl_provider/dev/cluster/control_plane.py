@@ -163,13 +163,14 @@ class DevCluster:
             self._certificates()
             pids["etcd"] = self._spawn("etcd", [str(binaries / "etcd"), *self._etcd_flags(ports)])
             self._write_state(server, pids)
-            self._wait_etcd(ports["etcd"])
+            etcd_health = f"http://127.0.0.1:{ports['etcd']}/health"
+            self._wait("etcd", lambda: httpx.get(etcd_health, timeout=2).is_success, pids["etcd"])
             pids["kube-apiserver"] = self._spawn(
                 "kube-apiserver", [str(binaries / "kube-apiserver"), *self._apiserver_flags(ports)]
             )
             self._write_state(server, pids)
             with self.admin() as admin:
-                self._wait_ready(admin)
+                self._wait("kube-apiserver", admin.healthy, pids["kube-apiserver"])
                 self._write_kubeconfigs(server)
                 self._prepare_namespace(admin)
                 node_config = self._node_config(server, ports["kubelet"], commands)
@@ -259,14 +260,6 @@ class DevCluster:
             if time.monotonic() > deadline:
                 raise DevClusterError(f"{what} was not ready after {START_TIMEOUT:.0f} s; see {self.logs}")
             time.sleep(0.2)
-
-    def _wait_etcd(self, port: int) -> None:
-        pid = self._recorded()["pids"]["etcd"]
-        self._wait("etcd", lambda: httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).is_success, pid)
-
-    def _wait_ready(self, admin: KubeApi) -> None:
-        pid = self._recorded()["pids"]["kube-apiserver"]
-        self._wait("kube-apiserver", admin.healthy, pid)
 
     def _write_kubeconfigs(self, server: str) -> None:
         for path, name in ((self.admin_kubeconfig, "admin"), (self.airflow_kubeconfig, "airflow")):
