@@ -46,7 +46,7 @@ def test_the_server_log_the_container_log_and_the_task_log_hold_no_canary(tmp_pa
     assert enrich.execute({"run_id": "r1"})["exit_code"] == 0
     extract.execute({"run_id": "r1"})
     (server_log,) = (tmp_path / "staging").rglob("llm-server.log")
-    (container_log,) = (tmp_path / "staging").rglob("container.log")
+    (container_log,) = (tmp_path / "staging").rglob("container-try-*.log")
     assert "slot" in server_log.read_text(errors="replace")  # the server did log its work
     assert CANARY not in server_log.read_text(errors="replace")
     assert CANARY not in container_log.read_text(errors="replace")

@@ -45,6 +45,7 @@ class FrameSource:
     key: bytes
     lines: Iterator[bytes]
     description: str  # where it comes from, for messages and the manifest (no record content)
+    attempt: int | None = None  # the enrichment's try that wrote it: its trailer must say the same
 
 
 @dataclass(frozen=True)

@@ -309,7 +309,9 @@ class KubernetesBackend(RunBackend):
             )  # fmt: skip
         name, container = latest.metadata.name, layout.WORKER_CONTAINER
         lines = pod_log_lines(name, self.namespace, container=container, core_api=self.api)
-        return FrameSource(key, lines, f"pod {self.namespace}/{name} container {container}")
+        return FrameSource(
+            key, lines, f"pod {self.namespace}/{name} container {container}", attempt=_try_number(latest)
+        )
 
     def cleanup(self) -> dict[str, int]:
         selector = layout.run_selector(self.scope, self.run_id)
@@ -416,11 +418,16 @@ def pod_timing(pod: Any) -> dict[str, float | None]:
     }
 
 
+def _try_number(pod: Any) -> int | None:
+    """The try of the task that created ``pod``: KPO's ``try_number`` label."""
+    label = (pod.metadata.labels or {}).get("try_number", "")
+    return int(label) if label.isdigit() else None
+
+
 def _try_order(pod: Any) -> tuple[int, datetime]:
-    """Order pods by KPO's ``try_number`` label, then by creation."""
-    try_number = (pod.metadata.labels or {}).get("try_number", "")
+    """Order pods by their try, then by creation."""
     created = pod.metadata.creation_timestamp or datetime.min.replace(tzinfo=UTC)
-    return (int(try_number) if try_number.isdigit() else 0, created)
+    return (_try_number(pod) or 0, created)
 
 
 def _secret_value(data: dict[str, str] | None, key: str) -> bytes:

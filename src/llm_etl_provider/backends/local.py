@@ -3,8 +3,8 @@
 The model loader checks the model, llama.cpp's server serves it on 127.0.0.1, and the worker runs with the
 pod's own invocation, its paths and server swapped for local ones. Given a server from an ``llm_etl``
 connection instead (e.g. Ollama beside Airflow in docker-compose), the worker talks to that server and no
-model is loaded. The worker's stdout (the sealed frames) becomes the shard's ``container.log``, which the
-extraction reads exactly as it reads a pod's log in Kubernetes.
+model is loaded. The worker's stdout (the sealed frames) becomes the shard's ``container-try-<try>.log``,
+which the extraction reads (the latest try's) exactly as it reads a pod's log in Kubernetes.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -30,6 +31,13 @@ from llm_etl_provider.worker.pod_commands import load_model_args, load_model_com
 
 if TYPE_CHECKING:
     from llm_etl_provider.staging import Shard
+
+_CONTAINER_LOG = re.compile(r"container-try-([1-9][0-9]{0,5})\.log")
+
+
+def container_log_name(attempt: int) -> str:
+    """A try's worker stdout, as its pod's log would be (one log per try, like one pod per try)."""
+    return f"container-try-{attempt}.log"
 
 
 class LocalBackend(RunBackend):
@@ -137,7 +145,7 @@ class LocalBackend(RunBackend):
 
     def _run_worker(self, invocation: WorkerInvocation, folder: Path, environment: dict[str, str]) -> int:
         with (
-            (folder / layout.CONTAINER_LOG_NAME).open("wb") as container_log,
+            (folder / container_log_name(invocation.attempt)).open("wb") as container_log,
             subprocess.Popen(
                 [sys.executable, "-m", "llm_etl_provider.worker.cli", *invocation.to_argv()],
                 stdout=container_log,
@@ -152,14 +160,20 @@ class LocalBackend(RunBackend):
             return process.wait()
 
     def frame_source(self, index: int) -> FrameSource:
-        log = self.shard_dir(index) / layout.CONTAINER_LOG_NAME
-        if not log.is_file():
-            raise ExtractionError(f"shard {index}: no worker log at {log}: did the enrichment run?")
+        folder = self.shard_dir(index)
+        tries = {
+            int(match[1]): path
+            for path in (folder.iterdir() if folder.is_dir() else ())
+            if (match := _CONTAINER_LOG.fullmatch(path.name))
+        }
+        if not tries:
+            raise ExtractionError(f"shard {index}: no worker log in {folder}: did the enrichment run?")
+        attempt = max(tries)
         try:
             key = load_key(self.key_file)
         except FrameKeyError as exc:
             raise ExtractionError(str(exc)) from None
-        return FrameSource(key, file_lines(log), f"file {log}")
+        return FrameSource(key, file_lines(tries[attempt]), f"file {tries[attempt]}", attempt=attempt)
 
     def cleanup(self) -> dict[str, int]:
         existed = self.root.exists()

@@ -136,6 +136,10 @@ class WorkerInvocation:
         help=f"--output log: the run id (default: ${RUN_ID_ENV}, else 'run')",
     )
     shard: int = _flag(0, group=_IO, parse=int, help="--output log: the shard number")
+    attempt: int = _flag(
+        1, group=_IO, parse=positive_int,
+        help="--output log: the try of the shard's enrichment this run is (sealed in the trailer)",
+    )  # fmt: skip
     spool: Path | None = _flag(
         None, group=_IO, parse=Path,
         help="--output log: keep frames here for a resume (default: the checkpoint + .frames)",

@@ -27,7 +27,6 @@ KEY_FILE_NAME = "key"
 MODEL_URL_FILE_NAME = "url"
 CHECKPOINT_FILE_NAME = "checkpoint.json"
 HEARTBEAT_FILE_NAME = "heartbeat"
-CONTAINER_LOG_NAME = "container.log"  # local execution: the worker's stdout, as a pod's log
 SERVER_LOG_NAME = "llm-server.log"
 DUPLICATES_FILE_NAME = "duplicates.gz"  # beside the staged shard (contract.duplicates)
 

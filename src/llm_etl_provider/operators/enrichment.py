@@ -230,16 +230,21 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
             gpus=self.gpus,
         )
 
-    def worker_invocation(self, run_id: str, shard: ShardDescriptor, server: ServerSpec) -> WorkerInvocation:
-        """The worker's invocation in this shard's pod (local execution runs it with local paths)."""
+    def worker_invocation(
+        self, run_id: str, shard: ShardDescriptor, server: ServerSpec, attempt: int = 1
+    ) -> WorkerInvocation:
+        """The worker's invocation in this shard's pod, for this try of the task (local execution runs it
+        with local paths)."""
         settings = {name: getattr(self, name) for name in WORKER_SETTINGS}
-        return pod_invocation(settings, run_id=run_id, shard=shard, server=server, model=self.model)
+        return pod_invocation(
+            settings, run_id=run_id, shard=shard, server=server, model=self.model, attempt=attempt
+        )
 
-    def pod_params(self, run_id: str) -> PodParams:
+    def pod_params(self, run_id: str, attempt: int = 1) -> PodParams:
         shard = ShardDescriptor.from_xcom(self.shard)
         server = self.server_spec()
         return PodParams(
-            invocation=self.worker_invocation(run_id, shard, server),
+            invocation=self.worker_invocation(run_id, shard, server, attempt),
             model=ModelSpec(
                 name=self.model,
                 source=self.model_source,  # type: ignore[arg-type]
@@ -275,7 +280,9 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
         shard = ShardDescriptor.from_xcom(self.shard)
         return backend.enrich(
             ShardJob(
-                invocation=self.worker_invocation(str(context["run_id"]), shard, self.server_spec()),
+                invocation=self.worker_invocation(
+                    str(context["run_id"]), shard, self.server_spec(), context["ti"].try_number
+                ),
                 shard=shard,
                 submit_pod=lambda: super(LLMEnrichmentOperator, self).execute(context),
                 serving=serving,
@@ -305,7 +312,9 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
 
     def build_pod_request_obj(self, context: Context | None = None, *, dry_run: bool = False) -> k8s.V1Pod:
         run_id = str(context["run_id"]) if context is not None else "dry-run"
-        pod = build_pod(self.pod_params(run_id))
+        # the worker seals its try into the trailer; KPO labels the pod with the same try
+        attempt = context["ti"].try_number if context is not None else 1
+        pod = build_pod(self.pod_params(run_id, attempt))
         pod["metadata"].setdefault("annotations", {}).update(run_annotations(self.dag_id, run_id))
         pod["metadata"]["labels"][layout.LABEL_RUN_KEY] = layout.run_key(self.run_scope, run_id)
         self.full_pod_spec = PodGenerator.deserialize_model_dict(pod)

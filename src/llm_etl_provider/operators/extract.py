@@ -64,6 +64,7 @@ class ExtractResultsOperator(RunStepOperator):
                 shard=shard.index,
                 expected_records=shard.records,
                 expected_input_sha256=shard.input_sha256,
+                expected_attempt=source.attempt,
                 source=source.description,
                 progress=self.log.info,
             )

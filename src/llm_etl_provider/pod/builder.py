@@ -199,9 +199,16 @@ class PodParams:
 
 
 def pod_invocation(
-    settings: Mapping[str, Any], *, run_id: str, shard: ShardDescriptor, server: ServerSpec, model: str
+    settings: Mapping[str, Any],
+    *,
+    run_id: str,
+    shard: ShardDescriptor,
+    server: ServerSpec,
+    model: str,
+    attempt: int = 1,
 ) -> WorkerInvocation:
-    """The worker's invocation in the pod: the DAG author's settings, this shard, the pod's paths and server.
+    """The worker's invocation in the pod: the DAG author's settings, this shard and try, the pod's paths
+    and server.
 
     Raises :class:`PodSpecError` when a setting does not parse.
     """
@@ -217,6 +224,7 @@ def pod_invocation(
         key_file=Path(layout.KEY_FILE),
         run_id=run_id,
         shard=shard.index,
+        attempt=attempt,
         checkpoint=Path(layout.CHECKPOINT_FILE),
         heartbeat=Path(layout.HEARTBEAT_FILE),
         line_offset=shard.line_offset,

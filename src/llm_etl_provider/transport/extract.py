@@ -25,7 +25,7 @@ from typing import IO, Any
 from upath import UPath
 
 from llm_etl_provider.transport.exceptions import TrailerMismatchError
-from llm_etl_provider.transport.frames import FrameReader
+from llm_etl_provider.transport.frames import TRAILER_ATTEMPT, FrameReader
 
 RESULTS = "results.jsonl"
 DEAD_LETTERS = "dead_letter.jsonl"
@@ -74,6 +74,7 @@ def extract(
     shard: int | None = None,
     expected_records: int | None = None,
     expected_input_sha256: str | None = None,
+    expected_attempt: int | None = None,
     source: str = "",
     progress: Callable[[str], None] | None = None,
     progress_every: float = 10.0,
@@ -90,6 +91,8 @@ def extract(
         not this shard's (None: not checked)
     :param expected_input_sha256: the sha256 of the shard's staged input; a stream whose worker read another
         input (its trailer's ``input_sha256``) is not this shard's (None: not checked)
+    :param expected_attempt: the try whose pod (or local log) the stream was read from; a stream sealed by
+        another try (replayed, or left by an earlier pod) is refused (None: not checked)
     :param source: where the stream came from, for the manifest (no record content)
     :param progress: receives a progress line (counts and rates) every ``progress_every`` seconds
     :param threads: threads that open (decrypt, decompress) frames beside the reading and writing
@@ -125,6 +128,12 @@ def extract(
                 f"{reader.where}: the stream was computed over an input of sha256 {read or 'unknown'}, the "
                 f"stage staged {expected_input_sha256}: not this shard's stream"
             )
+        sealed_by = trailer.summary.get(TRAILER_ATTEMPT)
+        if expected_attempt is not None and sealed_by != expected_attempt:
+            raise TrailerMismatchError(
+                f"{reader.where}: the stream was sealed by try {sealed_by or 'unknown'} of the enrichment, "
+                f"it was read from try {expected_attempt}'s output: not this try's stream"
+            )
         if expected_records is not None and trailer.results + trailer.dead_letters != expected_records:
             raise TrailerMismatchError(
                 f"{reader.where}: the stream accounts for {trailer.results + trailer.dead_letters} records, "
@@ -135,6 +144,7 @@ def extract(
             "format": MANIFEST_FORMAT,
             "run_id": trailer.run_id,
             "shard": trailer.shard,
+            "attempt": sealed_by,
             **_state(trailer.summary, trailer.results, trailer.dead_letters),
             "task": trailer.summary.get("task"),
             "model": trailer.summary.get("model"),

@@ -61,6 +61,8 @@ MAX_LINE_BYTES = 7900  # CRI-O splits lines at 8 KiB and containerd at 16 KiB; s
 KIND_RESULTS = "R"
 KIND_DEAD_LETTERS = "D"
 KIND_TRAILER = "T"
+# the trailer summary's field naming the try of the shard's enrichment that wrote the stream
+TRAILER_ATTEMPT = "attempt"
 Stream = Literal["result", "dead_letter"]
 _KIND_OF: dict[Stream, str] = {"result": KIND_RESULTS, "dead_letter": KIND_DEAD_LETTERS}
 

@@ -81,7 +81,9 @@ def make_sink(invocation: WorkerInvocation) -> OutputSink:
         if invocation.checkpoint
         else None
     )
-    return LogFrameSink(key, run_id, invocation.shard, sys.stdout.buffer, spool_path=spool)
+    return LogFrameSink(
+        key, run_id, invocation.shard, sys.stdout.buffer, attempt=invocation.attempt, spool_path=spool
+    )
 
 
 def read_duplicates(path: Path | None) -> list[int]:

@@ -7,7 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from llm_etl_provider.transport.frames import FrameWriter, WriterState
+from llm_etl_provider.transport.frames import TRAILER_ATTEMPT, FrameWriter, WriterState
 from llm_etl_provider.worker import strict_json
 from llm_etl_provider.worker.exceptions import ConfigurationError
 
@@ -110,15 +110,25 @@ class LogFrameSink:
     :param run_id: the run the frames are bound to
     :param shard: the shard number
     :param out: where frame lines go (binary)
+    :param attempt: the try of the shard's enrichment, sealed into the trailer: extraction reads a stream
+        only from the try it was written by
     :param spool_path: where frames are kept for a resume; None when the run does not checkpoint
     """
 
     def __init__(
-        self, key: bytes, run_id: str, shard: int, out: IO[bytes], *, spool_path: Path | None = None
+        self,
+        key: bytes,
+        run_id: str,
+        shard: int,
+        out: IO[bytes],
+        *,
+        attempt: int = 1,
+        spool_path: Path | None = None,
     ):
         self._key = key
         self.run_id = run_id
         self.shard = shard
+        self.attempt = attempt
         self.out = out
         self.spool_path = spool_path
         self._spool: IO[bytes] | None = None
@@ -173,7 +183,7 @@ class LogFrameSink:
         return {"writer": asdict(writer.state), "spool_bytes": spool_bytes}
 
     def finish(self, summary: dict[str, Any]) -> None:
-        self._frames().finish(summary)
+        self._frames().finish({**summary, TRAILER_ATTEMPT: self.attempt})
 
     def close(self) -> None:
         self.out.flush()

@@ -44,8 +44,8 @@ def operator(**kwargs):
 RUN_ID = "manual__2026-11-24T01:00:00+00:00"
 
 
-def submitted(op, run_id=RUN_ID):
-    ti = SimpleNamespace(dag_id="llm_enrichment", task_id=op.task_id, map_index=2, try_number=1)
+def submitted(op, run_id=RUN_ID, try_number=1):
+    ti = SimpleNamespace(dag_id="llm_enrichment", task_id=op.task_id, map_index=2, try_number=try_number)
     pod = op.build_pod_request_obj({"run_id": run_id, "ti": ti, "dag": SimpleNamespace()}, dry_run=True)
     return ApiClient().sanitize_for_serialization(pod)
 
@@ -87,6 +87,12 @@ def test_kpo_submits_our_pod_unchanged_where_it_matters():
     assert volumes["input"]["secret"]["secretName"] == "llm-etl-run-shard-2"
     assert volumes["run-key"]["secret"]["secretName"] == key_secret_name("llm_enrichment", RUN_ID)
     assert len(spec["volumes"]) == len(volumes)  # KPO concatenates volumes: none may be doubled
+
+
+def test_the_worker_seals_the_try_that_kpo_labels_its_pod_with():
+    pod = submitted(operator(), try_number=3)
+    args = pod["spec"]["containers"][0]["args"]
+    assert args[args.index("--attempt") + 1] == pod["metadata"]["labels"]["try_number"] == "3"
 
 
 def test_defaults_keep_the_pod_for_extraction_and_allow_for_model_loading():

@@ -27,8 +27,9 @@ from tests.unit.operators.fake_core_v1 import FakeCoreV1
 RUN = "manual__2026-11-24T03:00:00+00:00"
 
 
-def frames(key, op, n=20, shard=0, run_id=RUN, input_sha256=None, **outcome):
-    """The worker's log for ``op``'s staged shard: its trailer names the digest of the input it read."""
+def frames(key, op, n=20, shard=0, run_id=RUN, input_sha256=None, attempt=None, **outcome):
+    """The worker's log for ``op``'s staged shard: its trailer names the digest of the input it read and,
+    given one, the try that wrote it."""
     lines = [b"2026-11-24T03:00:01.000000000Z start task=sentiment\n"]
     writer = FrameWriter(
         key, run_id, shard, lambda line: lines.append(b"2026-11-24T03:00:02.5Z " + line), chunk_bytes=300
@@ -41,6 +42,7 @@ def frames(key, op, n=20, shard=0, run_id=RUN, input_sha256=None, **outcome):
         "model": "m",
         "records_per_s": 2.0,
         "input_sha256": input_sha256 or op.shard["input_sha256"],
+        **({"attempt": attempt} if attempt is not None else {}),
         **outcome,
     }
     writer.finish(summary)
@@ -142,8 +144,24 @@ def test_a_failed_tries_pod_is_passed_over(tmp_path, api):
     key_secret, op = staged(tmp_path, api)
     key = decode_key(api.secret_bytes("etl", key_secret, "key"), "test")
     api.add_pod("etl", "llm-etl-enrich-try1", {**pod_labels(), "try_number": "1"}, phase="Failed")
-    api.add_pod("etl", "llm-etl-enrich-try2", {**pod_labels(), "try_number": "2"}, log=frames(key, op))
+    api.add_pod(
+        "etl", "llm-etl-enrich-try2", {**pod_labels(), "try_number": "2"}, log=frames(key, op, attempt=2)
+    )
     assert op.execute({"run_id": RUN})["results"] == 20
+
+
+def test_a_stream_sealed_by_another_try_than_its_pod_s_publishes_nothing(tmp_path, api):
+    """Try 2's pod replaying try 1's whole stream (same run, shard, key, input) is not try 2's stream."""
+    key_secret, op = staged(tmp_path, api)
+    key = decode_key(api.secret_bytes("etl", key_secret, "key"), "test")
+    api.add_pod(
+        "etl", "llm-etl-enrich-try2", {**pod_labels(), "try_number": "2"}, log=frames(key, op, attempt=1)
+    )
+    with pytest.raises(
+        FrameStreamRejectedError, match="sealed by try 1 of the enrichment, it was read from try 2"
+    ):
+        op.execute({"run_id": RUN})
+    assert not list((tmp_path / "out").rglob("*.jsonl"))
 
 
 @pytest.mark.parametrize("order", [(1, 2, 10), (10, 2, 1)], ids=["oldest-first", "newest-first"])
@@ -151,12 +169,14 @@ def test_of_several_succeeded_pods_the_latest_try_is_read(tmp_path, api, order):
     key_secret, op = staged(tmp_path, api)
     key = decode_key(api.secret_bytes("etl", key_secret, "key"), "test")
     for try_number in order:  # only try 10's log is whole: reading another fails the extraction
-        log = frames(key, op) if try_number == 10 else frames(key, op)[:-200]
+        log = frames(key, op, attempt=try_number)
+        log = log if try_number == 10 else log[:-200]
         labels = {**pod_labels(), "try_number": str(try_number)}
         api.add_pod("etl", f"llm-etl-enrich-try{try_number}", labels, log=log)
     assert op.execute({"run_id": RUN})["results"] == 20
     manifest = json.loads((tmp_path / "out" / "shard-00000" / "manifest.json").read_text())
     assert manifest["extract"]["source"] == "pod etl/llm-etl-enrich-try10 container base"
+    assert manifest["attempt"] == 10
 
 
 def test_a_missing_key_secret_is_a_clear_error(tmp_path, api):
@@ -169,9 +189,21 @@ def test_a_missing_key_secret_is_a_clear_error(tmp_path, api):
 def test_local_mode_reads_the_local_log(tmp_path):
     _, op = staged(tmp_path, mode="local")
     root = tmp_path / "s" / run_prefix("llm_enrichment", RUN)
-    (root / shard_folder(0) / "container.log").write_bytes(frames(load_key(root / "key"), op))
-    assert op.execute({"run_id": RUN})["results"] == 20
+    key = load_key(root / "key")
+    (root / shard_folder(0) / "container-try-1.log").write_bytes(frames(key, op, attempt=1)[:-200])
+    (root / shard_folder(0) / "container-try-2.log").write_bytes(frames(key, op, attempt=2))
+    assert op.execute({"run_id": RUN})["results"] == 20  # the latest try's log
     assert (tmp_path / "out" / "shard-00000" / "results.jsonl").read_text().count("\n") == 20
+
+
+def test_local_mode_refuses_a_log_sealed_by_another_try(tmp_path):
+    _, op = staged(tmp_path, mode="local")
+    root = tmp_path / "s" / run_prefix("llm_enrichment", RUN)
+    (root / shard_folder(0) / "container-try-3.log").write_bytes(
+        frames(load_key(root / "key"), op, attempt=2)
+    )
+    with pytest.raises(FrameStreamRejectedError, match=r"sealed by try 2 .* read from try 3"):
+        op.execute({"run_id": RUN})
 
 
 def test_template_fields_are_pinned():

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from llm_etl_provider.transport.exceptions import TrailerMismatchError
 from llm_etl_provider.transport.extract import extract
 from llm_etl_provider.transport.keys import new_key
 from llm_etl_provider.worker.checkpoint import Checkpoint, run_fingerprint
@@ -344,7 +345,7 @@ def test_progress_lines_carry_counts_never_content(tmp_path):
     assert not any("CANARY" in line for line in logs)
 
 
-def run_log_engine(tmp_path, server, input_path, out, *, key, crash_after=None, checkpoint=True):
+def run_log_engine(tmp_path, server, input_path, out, *, key, crash_after=None, checkpoint=True, attempt=1):
     task = build_task("sentiment")
 
     class Sink(LogFrameSink):
@@ -362,7 +363,7 @@ def run_log_engine(tmp_path, server, input_path, out, *, key, crash_after=None, 
                 task,
                 make_client("openai", http, "http://llm", "smollm2"),
                 RecordReader(input_path),
-                Sink(key, "run-9", 1, out, spool_path=tmp_path / "frames.spool"),
+                Sink(key, "run-9", 1, out, attempt=attempt, spool_path=tmp_path / "frames.spool"),
                 EngineSettings(checkpoint_every=7, concurrency=3),
                 checkpoint=Checkpoint(
                     tmp_path / "ckpt.json", run_fingerprint(input_path, task.fingerprint, "id")
@@ -400,12 +401,16 @@ def test_a_restarted_log_worker_replays_its_spool_so_the_new_log_alone_is_comple
         run_log_engine(tmp_path, server, path, io.BytesIO(), key=key, crash_after=crash_after)
     calls = len(server.chat_bodies)
     second_container_log = io.BytesIO()
-    summary = run_log_engine(tmp_path, server, path, second_container_log, key=key)
+    summary = run_log_engine(tmp_path, server, path, second_container_log, key=key, attempt=2)
     resumed = crash_after // 7 * 7
     assert summary["resumed_from"] == resumed
     assert len(server.chat_bodies) - calls == 30 - resumed
-    manifest = extract(io.BytesIO(second_container_log.getvalue()), key, tmp_path / "published")
-    assert manifest["results"] == 30
+    # the replayed frames of try 1 and the new ones of try 2: one stream, sealed by try 2
+    log = second_container_log.getvalue()
+    with pytest.raises(TrailerMismatchError, match="sealed by try 2"):
+        extract(io.BytesIO(log), key, tmp_path / "published", expected_attempt=1)
+    manifest = extract(io.BytesIO(log), key, tmp_path / "published", expected_attempt=2)
+    assert (manifest["results"], manifest["attempt"]) == (30, 2)
     ids = [
         json.loads(line)["id"] for line in (tmp_path / "published" / "results.jsonl").read_text().splitlines()
     ]
