@@ -18,6 +18,7 @@ from llm_etl_provider.exceptions import StagingError
 from llm_etl_provider.operators.enrichment import LLMEnrichmentOperator
 from llm_etl_provider.operators.extract import ExtractResultsOperator
 from llm_etl_provider.operators.stage import StageInputOperator
+from tests.task_context import task_context
 
 
 def review(n: int, text: str = "It helped my headaches a lot.") -> str:
@@ -41,7 +42,7 @@ def run_pipeline(tmp_path: Path, monkeypatch, server, name: str, data: bytes, **
             LLMEnrichmentOperator(
                 task_id=f"enrich_{shard['index']}", shard=shard, model=server.model_name, template="{review}",
                 llm_conn_id="llm_test", max_dead_letter_ratio=1, **local,
-            ).execute({"run_id": "r1"})  # fmt: skip
+            ).execute(task_context("r1"))  # fmt: skip
             ExtractResultsOperator(
                 task_id=f"extract_{shard['index']}", shard=shard, output_path=str(out), **local
             ).execute({"run_id": "r1"})

@@ -11,6 +11,7 @@ from llm_etl_provider.operators.enrichment import LLMEnrichmentOperator
 from llm_etl_provider.operators.extract import ExtractResultsOperator
 from llm_etl_provider.operators.stage import StageInputOperator
 from tests.integration.conftest import SAMPLE
+from tests.task_context import task_context
 
 
 def test_the_connection_server_enriches_the_shard_and_no_model_is_loaded(tmp_path, monkeypatch, llama_server):
@@ -42,7 +43,7 @@ def test_the_connection_server_enriches_the_shard_and_no_model_is_loaded(tmp_pat
         extract = ExtractResultsOperator(
             task_id="extract", shard=shard, output_path=str(tmp_path / "out"), **local
         )
-    assert enrich.execute({"run_id": "r1"}) == {"shard": 0, "exit_code": 0}
+    assert enrich.execute(task_context("r1")) == {"shard": 0, "exit_code": 0}
     assert not list((tmp_path / "staging").rglob("llm-server.log"))  # no llama-server of its own
     summary = extract.execute({"run_id": "r1"})
     assert summary["records"] == 3

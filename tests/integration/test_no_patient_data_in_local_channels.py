@@ -16,6 +16,7 @@ from llm_etl_provider.operators.enrichment import LLMEnrichmentOperator
 from llm_etl_provider.operators.extract import ExtractResultsOperator
 from llm_etl_provider.operators.stage import StageInputOperator
 from tests.integration.conftest import SAMPLE, worker
+from tests.task_context import task_context
 
 CANARY = "CANARY-PT-51d0e2"
 
@@ -43,7 +44,7 @@ def test_the_server_log_the_container_log_and_the_task_log_hold_no_canary(tmp_pa
         extract = ExtractResultsOperator(
             task_id="extract", shard=shard, output_path=str(tmp_path / "out"), **local
         )
-    assert enrich.execute({"run_id": "r1"})["exit_code"] == 0
+    assert enrich.execute(task_context("r1"))["exit_code"] == 0
     extract.execute({"run_id": "r1"})
     (server_log,) = (tmp_path / "staging").rglob("llm-server.log")
     (container_log,) = (tmp_path / "staging").rglob("container-try-*.log")
