@@ -9,7 +9,8 @@ Where the cluster keeps its models is the deployment's business, so it comes fro
 ``LLM_ETL_MODEL_SHA256``, ``LLM_ETL_MODEL_CLAIM``, ``LLM_ETL_MODEL_IMAGE``, ``LLM_ETL_MODEL_PATH``,
 ``LLM_ETL_GPUS`` (default 1), ``LLM_ETL_DEFERRABLE`` (``true``: the pods are watched by the triggerer),
 ``LLM_ETL_WORK_CLAIM_SIZE`` (e.g. ``1Gi``: checkpoints on a volume that survives a lost pod),
-``LLM_ETL_WORK_STORAGE_CLASS`` and ``LLM_ETL_CHECKPOINT_EVERY``.
+``LLM_ETL_WORK_STORAGE_CLASS`` and ``LLM_ETL_CHECKPOINT_EVERY``; ``LLM_ETL_TRANSPORT`` and ``LLM_ETL_PODS``
+set the defaults of the transport and the pod count.
 In local mode, ``LLM_ETL_LLM_CONN_ID`` names an ``llm_etl`` connection whose server (e.g. the Ollama of
 docker-compose.yaml) does the enrichment instead of the bundled model. ``LLM_ETL_DEFAULT_INPUT``,
 ``LLM_ETL_DEFAULT_OUTPUT`` and ``LLM_ETL_DEFAULT_MODEL`` set the Params' defaults.
@@ -24,8 +25,9 @@ from typing import Any
 from airflow.sdk import Param, dag
 
 from llm_etl_provider.contract.invocation import DEFAULT_MAX_RECORD_BYTES, TASK_NAMES, default_of
+from llm_etl_provider.contract.object_transport import DEFAULT_TRANSPORT, TRANSPORTS
 from llm_etl_provider.pod.builder import BACKENDS
-from llm_etl_provider.staging import DEFAULT_SHARD_BYTES
+from llm_etl_provider.staging import DEFAULT_MAX_SHARDS, DEFAULT_SHARD_BYTES
 from llm_etl_provider.task_group import llm_enrichment_task_group
 
 EXECUTION_MODE = os.environ.get("LLM_ETL_EXECUTION_MODE", "kubernetes")
@@ -117,13 +119,32 @@ PARAMS: dict[str, Param] = {
         if EXECUTION_MODE != "local"
         else {}
     ),
+    "transport": Param(
+        os.environ.get("LLM_ETL_TRANSPORT") or DEFAULT_TRANSPORT,
+        enum=list(TRANSPORTS),
+        title="Transport",
+        description=(
+            "log: shards in Kubernetes Secrets and results through the pods' logs, no egress (small runs); "
+            "object: each pod reads its byte range of the input from the store and writes its results "
+            "there (input and output on s3:// or gs://, uncompressed input; large runs)"
+        ),
+    ),
+    "pods": Param(
+        int(os.environ.get("LLM_ETL_PODS") or 1),
+        type="integer",
+        minimum=1,
+        maximum=DEFAULT_MAX_SHARDS,
+        title="Pods (object transport)",
+        description="How many pods, each with its GPUs and one model load, share the input; the log "
+        "transport cuts Secret-sized shards instead",
+    ),
     "shard_bytes": Param(
         DEFAULT_SHARD_BYTES,
         type="integer",
         minimum=500,
         maximum=900_000,
-        title="Shard size (compressed bytes)",
-        description="The input is cut into shards of at most this size, one pod each",
+        title="Shard size (log transport, compressed bytes)",
+        description="The log transport cuts the input into shards of at most this size, one pod each",
     ),
     "max_dead_letter_ratio": Param(
         default_of("max_dead_letter_ratio"),
@@ -198,6 +219,8 @@ def llm_enrichment() -> None:
         concurrency="{{ params.concurrency }}",
         parallel="{{ params.parallel }}",
         max_shard_bytes="{{ params.shard_bytes }}",
+        transport="{{ params.transport }}",
+        pods="{{ params.pods }}",
         max_record_bytes="{{ params.record_bytes }}",
         max_dead_letter_ratio="{{ params.max_dead_letter_ratio }}",
         namespace=NAMESPACE,

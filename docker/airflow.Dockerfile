@@ -15,8 +15,8 @@ RUN mkdir -p /opt/airflow/config /opt/airflow/staging \
     && chmod 0770 /opt/airflow/config /opt/airflow/staging
 USER airflow
 
-# Pinning apache-airflow keeps pip from upgrading the image's Airflow; amazon[s3fs] serves s3:// paths (MinIO).
+# Pinning apache-airflow keeps pip from upgrading the image's Airflow; the amazon extra serves s3:// paths (MinIO).
 RUN pip install --no-cache-dir \
         "apache-airflow==${AIRFLOW_VERSION}" \
         "apache-airflow-providers-amazon[s3fs]" \
-        /opt/llm-etl-provider
+        "/opt/llm-etl-provider[amazon]"

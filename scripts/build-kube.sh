@@ -32,31 +32,9 @@ if ((cached)); then
     exit 0
 fi
 
-# Go's own installer puts the toolchain in /usr/local/go, which a non-login shell may not have on PATH
-if ! command -v go >/dev/null && [[ -x /usr/local/go/bin/go ]]; then
-    export PATH="/usr/local/go/bin:${PATH}"
-fi
-if ! command -v go >/dev/null; then
-    echo "build-kube: 'go' (Go 1.${GO_MIN_MINOR} or newer) is required to build kube-apiserver and etcd;" \
-        "install the Go toolchain and put it on PATH" >&2
-    exit 1
-fi
-go_version="$(go env GOVERSION)"  # e.g. go1.26.8
-go_minor="$(sed -n 's/^go1\.\([0-9]*\).*/\1/p' <<<"${go_version}")"
-if [[ -z "${go_minor}" ]] || ((go_minor < GO_MIN_MINOR)); then
-    echo "build-kube: Go 1.${GO_MIN_MINOR} or newer is required (k8s.io/kubernetes v${KUBE_VERSION}), found" \
-        "${go_version}" >&2
-    exit 1
-fi
-
-work="$(mktemp -d)"
-trap 'chmod -R u+w "${work}" 2>/dev/null; rm -rf "${work}"' EXIT
-
-# A private module and build cache: the user's Go caches are neither used nor changed, and all of it goes away
-# with the temporary folder (about 0.7 GB of modules and 2 GB of build cache).
-export GOTOOLCHAIN=local GOWORK=off CGO_ENABLED=0 GOFLAGS="-modcacherw -buildvcs=false"
-export GOMODCACHE="${work}/gomod" GOCACHE="${work}/gocache" GOPATH="${work}/gopath"
-jobs="${LLM_ETL_BUILD_JOBS:-$(nproc)}"
+# Go 1.26 on PATH; private module and build caches in a temporary folder, removed on exit (about 0.7 GB of
+# modules and 2 GB of build cache)
+source "$(dirname "$0")/go-env.sh" build-kube "${GO_MIN_MINOR}"
 
 echo "build-kube: fetching k8s.io/kubernetes v${KUBE_VERSION}" >&2
 kube_mod="$(go mod download -json "k8s.io/kubernetes@v${KUBE_VERSION}" | sed -n 's/^\t"GoMod": "\(.*\)",$/\1/p')"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build SeaweedFS's `weed` (an Apache-2.0 S3-compatible object store) from its Go module, and cache the binary
-# outside the repo, as scripts/build-kube.sh does for kube-apiserver and etcd. Issue 17's first step: the
-# development cluster and the e2e tests are to start it as their S3 server; nothing calls this script yet.
+# outside the repo, as scripts/build-kube.sh does for kube-apiserver and etcd: the development cluster's and the
+# tests' S3 server (scripts/setup.sh calls this).
 #
 # Prints the bin folder on stdout; a cached build is reused. Nothing is downloaded but Go modules (about 3.7 GB
 # of them, in a temporary folder deleted afterwards), checked against the checksum database.
@@ -11,7 +11,7 @@
 # repeat: `go install ...@version` refuses modules with replace lines, so the build goes through a wrapper.
 set -euo pipefail
 
-SEAWEEDFS_VERSION="v0.0.0-20261109003541-7506e5f91cd6"  # its go.mod says `go 1.26.6`
+SEAWEEDFS_VERSION="v0.0.0-20261109003541-7506e5f91cd6"
 CACHE_DIR="${LLM_ETL_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/llm-etl-provider}"
 PREFIX="${CACHE_DIR}/seaweedfs-${SEAWEEDFS_VERSION}"
 BIN="${PREFIX}/bin"
@@ -20,15 +20,8 @@ if [[ -x "${BIN}/weed" ]]; then
     echo "${BIN}"
     exit 0
 fi
-if ! command -v go >/dev/null && [[ -x /usr/local/go/bin/go ]]; then
-    export PATH="/usr/local/go/bin:${PATH}"
-fi
-command -v go >/dev/null || { echo "build-seaweedfs: 'go' (1.26 or newer) is required" >&2; exit 1; }
-
-work="$(mktemp -d)"
-trap 'chmod -R u+w "${work}" 2>/dev/null; rm -rf "${work}"' EXIT
-export GOTOOLCHAIN=local GOWORK=off CGO_ENABLED=0 GOFLAGS="-modcacherw -buildvcs=false"
-export GOMODCACHE="${work}/gomod" GOCACHE="${work}/gocache" GOPATH="${work}/gopath"
+# Go 1.26 on PATH (its go.mod says `go 1.26.6`); private caches in a temporary folder, removed on exit
+source "$(dirname "$0")/go-env.sh" build-seaweedfs 26
 
 echo "build-seaweedfs: fetching github.com/seaweedfs/seaweedfs ${SEAWEEDFS_VERSION}" >&2
 module_mod="$(go mod download -json "github.com/seaweedfs/seaweedfs@${SEAWEEDFS_VERSION}" |
@@ -47,8 +40,8 @@ echo "build-seaweedfs: resolving modules" >&2
 out="${PREFIX}.tmp/bin"
 rm -rf "${PREFIX}.tmp"
 mkdir -p "${out}"
-echo "build-seaweedfs: building weed with ${LLM_ETL_BUILD_JOBS:-$(nproc)} jobs (a while; cached afterwards)" >&2
-(cd "${work}/wrap" && go build -p "${LLM_ETL_BUILD_JOBS:-$(nproc)}" -trimpath -ldflags "-s -w" \
+echo "build-seaweedfs: building weed with ${jobs} jobs (a while; cached afterwards)" >&2
+(cd "${work}/wrap" && go build -p "${jobs}" -trimpath -ldflags "-s -w" \
     -o "${out}/weed" github.com/seaweedfs/seaweedfs/weed)
 cp "${GOMODCACHE}/github.com/seaweedfs/seaweedfs@${SEAWEEDFS_VERSION}/LICENSE" "${PREFIX}.tmp/LICENSE.seaweedfs"
 cp "${work}/wrap/go.mod" "${PREFIX}.tmp/seaweedfs-build.go.mod"

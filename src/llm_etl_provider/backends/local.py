@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 from llm_etl_provider.backends import FrameSource, LocalServing, RunBackend, ShardJob, TaskLog
 from llm_etl_provider.contract import layout
-from llm_etl_provider.contract.invocation import API_KEY_ENV, WorkerInvocation
+from llm_etl_provider.contract.invocation import API_KEY_ENV, OBJECT_OUTPUT, WorkerInvocation
 from llm_etl_provider.exceptions import ExtractionError, LocalRunError, worker_exit_error
 from llm_etl_provider.transport.exceptions import FrameKeyError
 from llm_etl_provider.transport.keys import load_key, write_key_file
-from llm_etl_provider.transport.sources import file_lines
+from llm_etl_provider.transport.sources import file_lines, object_part_lines
 from llm_etl_provider.worker.pod_commands import load_model_args, load_model_command
 
 if TYPE_CHECKING:
@@ -76,6 +76,16 @@ class LocalBackend(RunBackend):
             (path.parent / layout.DUPLICATES_FILE_NAME).write_bytes(duplicates)
         return {"path": str(path)}
 
+    def stage_object_shard(self, index: int, transport: bytes, duplicates: bytes = b"") -> dict[str, Any]:
+        folder = self.shard_dir(index)
+        folder.mkdir(mode=0o700)
+        path = folder / layout.OBJECT_TRANSPORT_FILE_NAME
+        path.touch(mode=0o600)  # pre-signed URLs are credentials until they expire
+        path.write_bytes(transport)
+        if duplicates:
+            (folder / layout.DUPLICATES_FILE_NAME).write_bytes(duplicates)
+        return {"path": str(path)}
+
     def enrich(self, job: ShardJob) -> Any:
         invocation, shard = job.invocation, job.shard
         folder = self.shard_dir(shard.index)
@@ -83,13 +93,16 @@ class LocalBackend(RunBackend):
         if not staged.is_file():
             raise LocalRunError(f"shard {shard.index}: no staged input at {staged}: did the stage run?")
         environment = dict(os.environ)
+        by_object = shard.transport == OBJECT_OUTPUT
         with self._serving(invocation, folder, job.serving, environment) as served:
             local = dataclasses.replace(
                 served,
-                input=staged,
+                # the object transport: the range is downloaded beside the URLs; checkpoints are in the store
+                input=folder / layout.downloaded_input_name(shard.input_format) if by_object else staged,
+                object_transport=staged if by_object else None,
                 duplicates=staged.parent / layout.DUPLICATES_FILE_NAME if shard.duplicates else None,
                 key_file=self.key_file,
-                checkpoint=folder / layout.CHECKPOINT_FILE_NAME,
+                checkpoint=None if by_object else folder / layout.CHECKPOINT_FILE_NAME,
                 heartbeat=None,
             )
             code = self._run_worker(local, folder, environment)
@@ -159,7 +172,7 @@ class LocalBackend(RunBackend):
                 self.log.info("%s: %s", folder.name, line.rstrip())
             return process.wait()
 
-    def frame_source(self, index: int) -> FrameSource:
+    def frame_source(self, index: int, parts: Any = None) -> FrameSource:
         folder = self.shard_dir(index)
         tries = {
             int(match[1]): path
@@ -173,6 +186,9 @@ class LocalBackend(RunBackend):
             key = load_key(self.key_file)
         except FrameKeyError as exc:
             raise ExtractionError(str(exc)) from None
+        if parts is not None:
+            where = f"{parts} (try {attempt})"
+            return FrameSource(key, object_part_lines(parts), where, attempt=attempt)
         return FrameSource(key, file_lines(tries[attempt]), f"file {tries[attempt]}", attempt=attempt)
 
     def cleanup(self) -> dict[str, int]:

@@ -27,6 +27,7 @@ ResponseFormat = Literal["json_schema", "json_object"]
 API_STYLES: tuple[str, ...] = get_args(ApiStyle)
 RESPONSE_FORMATS: tuple[str, ...] = get_args(ResponseFormat)
 LOG_OUTPUT = "log"  # --output log: sealed frames on stdout
+OBJECT_OUTPUT = "object"  # --output object: sealed frames as part objects (contract.object_transport)
 DEFAULT_MAX_RECORD_BYTES = 256 * 1024
 API_KEY_ENV = "LLM_ETL_API_KEY"  # an optional bearer key for the LLM server, never an argument
 KEY_ENV = "LLM_ETL_KEY"  # the run's frame key, where no key file is given
@@ -122,11 +123,18 @@ class WorkerInvocation:
     id_field: str = _flag("id", group=_IO, setting=True, help="the field that identifies a record")
     output: str = _flag(
         group=_IO,
-        help=f"results file (JSONL), or '{LOG_OUTPUT}': sealed frames on stdout (results, dead letters)",
+        help=(
+            f"results file (JSONL), '{LOG_OUTPUT}': sealed frames on stdout (results, dead letters), or "
+            f"'{OBJECT_OUTPUT}': sealed frames as part objects (with --object-transport)"
+        ),
     )
     dead_letter: Path | None = _flag(
         None, group=_IO, parse=Path, help=f"dead-letter file (JSONL); not used with --output {LOG_OUTPUT}"
     )
+    object_transport: Path | None = _flag(
+        None, group=_IO, parse=Path,
+        help=f"--output {OBJECT_OUTPUT}: the shard's pre-signed URLs (--input: where its range goes)",
+    )  # fmt: skip
     key_file: Path | None = _flag(
         None, group=_IO, parse=Path, help=f"--output log: the run's key file (default: ${KEY_ENV})"
     )

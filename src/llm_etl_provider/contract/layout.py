@@ -29,12 +29,16 @@ CHECKPOINT_FILE_NAME = "checkpoint.json"
 HEARTBEAT_FILE_NAME = "heartbeat"
 SERVER_LOG_NAME = "llm-server.log"
 DUPLICATES_FILE_NAME = "duplicates.gz"  # beside the staged shard (contract.duplicates)
+OBJECT_TRANSPORT_FILE_NAME = (
+    "object.json"  # the object transport's pre-signed URLs (contract.object_transport)
+)
 
 KEY_FILE = f"{KEY_DIR}/{KEY_FILE_NAME}"
 MODEL_URL_FILE = f"{MODEL_URL_DIR}/{MODEL_URL_FILE_NAME}"
 CHECKPOINT_FILE = f"{WORK_DIR}/{CHECKPOINT_FILE_NAME}"
 HEARTBEAT_FILE = f"{WORK_DIR}/{HEARTBEAT_FILE_NAME}"
 DUPLICATES_FILE = f"{INPUT_DIR}/{DUPLICATES_FILE_NAME}"
+OBJECT_TRANSPORT_FILE = f"{INPUT_DIR}/{OBJECT_TRANSPORT_FILE_NAME}"
 
 
 def input_file_name(input_format: str) -> str:
@@ -44,6 +48,11 @@ def input_file_name(input_format: str) -> str:
 
 def input_file(input_format: str) -> str:
     return f"{INPUT_DIR}/{input_file_name(input_format)}"
+
+
+def downloaded_input_name(input_format: str) -> str:
+    """The object transport: the worker's range of the input (uncompressed), in its work folder."""
+    return f"input.{input_format}"
 
 
 # Labels and annotations.

@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from llm_etl_provider.contract.object_transport import DEFAULT_TRANSPORT
+
 _RUN_ID = re.compile(r"[A-Za-z0-9._:+\-]{1,200}")
 
 
@@ -37,6 +39,9 @@ class ShardDescriptor:
     :param duplicates: how many of its input lines repeat an id an earlier shard holds; their line numbers
         are staged with the shard (:mod:`~llm_etl_provider.contract.duplicates`) for the worker
     :param malformed: reason -> first input lines of malformed records (shard 0 reports the input's)
+    :param transport: ``log`` (its input in its Secret, its frames in its log) or ``object`` (its Secret holds
+        pre-signed URLs: :mod:`~llm_etl_provider.contract.object_transport`)
+    :param egress: the object transport: the store's ``[address, port]`` pairs its pod may connect to
     """
 
     index: int
@@ -51,6 +56,8 @@ class ShardDescriptor:
     work_claim: str | None = None
     duplicates: int = 0
     malformed: dict[str, list[int]] = field(default_factory=dict)
+    transport: str = DEFAULT_TRANSPORT
+    egress: list[list[Any]] = field(default_factory=list)
 
     def to_xcom(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator, ObjectStoragePath
 
 from llm_etl_provider.backends.kubernetes import core_v1, networking_v1, sweep
+from llm_etl_provider.contract.object_transport import TRANSPORT_FOLDER
 from llm_etl_provider.operators.base import RunStepOperator, backend_for
-from llm_etl_provider.transport.extract import remove_stale_staging
+from llm_etl_provider.transport.extract import remove_stale_staging, remove_tree
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -23,12 +24,26 @@ class CleanupOperator(RunStepOperator):
     failure and a killed or failed-marked run alike. Deleting the key Secret makes the run's frames unreadable
     even where copies of the pod log survive. Takes the run's ``namespace``, ``kubernetes_conn_id``,
     ``execution_mode`` and ``local_dir`` (:class:`~llm_etl_provider.operators.base.RunStepOperator`).
+
+    :param output_path: the run's output folder (templated): the object transport's part objects and
+        checkpoints under its ``_transport/`` are removed too (the results stay)
     """
 
-    template_fields: Sequence[str] = ("namespace", "local_dir")
+    template_fields: Sequence[str] = ("namespace", "local_dir", "output_path")
+
+    def __init__(self, *, output_path: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.output_path = output_path
 
     def execute(self, context: Context) -> dict[str, int]:
-        return backend_for(self, context).cleanup()
+        deleted = backend_for(self, context).cleanup()
+        if self.output_path:
+            transport = ObjectStoragePath(self.output_path) / TRANSPORT_FOLDER
+            deleted["transport_folders"] = int(transport.exists())
+            remove_tree(transport)
+            if deleted["transport_folders"]:
+                self.log.info("removed the object transport's parts and checkpoints under %s", transport)
+        return deleted
 
 
 class SweepExpiredOperator(BaseOperator):

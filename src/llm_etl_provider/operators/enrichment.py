@@ -22,7 +22,13 @@ from urllib3.exceptions import HTTPError
 
 from llm_etl_provider.backends import LocalServing, ShardJob, checked_execution_mode
 from llm_etl_provider.contract import layout
-from llm_etl_provider.contract.invocation import WORKER_SETTINGS, WorkerInvocation, default_of, is_unset
+from llm_etl_provider.contract.invocation import (
+    OBJECT_OUTPUT,
+    WORKER_SETTINGS,
+    WorkerInvocation,
+    default_of,
+    is_unset,
+)
 from llm_etl_provider.contract.layout import run_annotations
 from llm_etl_provider.contract.shard import ShardDescriptor
 from llm_etl_provider.exceptions import PodSpecError, worker_exit_error
@@ -263,6 +269,7 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
             tolerations=tuple(self.gpu_tolerations),
             active_deadline_seconds=self.ttl_seconds,
             work_claim=shard.work_claim,
+            input_bytes=shard.bytes if shard.transport == OBJECT_OUTPUT else 0,
         )
 
     def execute(self, context: Context) -> Any:
@@ -303,6 +310,8 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
             # the loader of `pull` and `object` downloads the model (a registry, the object store): HTTPS
             allow_model_download=self.model_source in ("pull", "object"),
             annotations=run_annotations(self.dag_id, run_id),
+            # the object transport: the store's endpoint only, as the stage resolved it
+            store_egress=[(str(address), int(port)) for address, port in shard.egress],
         )
 
     @property

@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import ObjectStoragePath
 
+from llm_etl_provider.contract.invocation import OBJECT_OUTPUT
 from llm_etl_provider.contract.layout import shard_folder
+from llm_etl_provider.contract.object_transport import TRANSPORT_FOLDER
 from llm_etl_provider.contract.shard import ShardDescriptor
 from llm_etl_provider.exceptions import FrameStreamRejectedError, ShardFailedError
 from llm_etl_provider.operators.base import RunStepOperator, backend_for
@@ -54,7 +56,17 @@ class ExtractResultsOperator(RunStepOperator):
         shard = ShardDescriptor.from_xcom(self.shard)
         run_id = str(context["run_id"])
         destination = ObjectStoragePath(self.output_path) / shard_folder(shard.index)
-        source = backend_for(self, context, key_secret=self.key_secret).frame_source(shard.index)
+        # the object transport's parts, under the run's output folder, as the stage signed them
+        parts = (
+            ObjectStoragePath(self.output_path) / TRANSPORT_FOLDER / shard_folder(shard.index)
+            if shard.transport == OBJECT_OUTPUT
+            else None
+        )
+        backend = backend_for(self, context, key_secret=self.key_secret)
+        try:
+            source = backend.frame_source(shard.index, parts)
+        except TransportError as exc:
+            raise FrameStreamRejectedError(f"shard {shard.index}: nothing was published: {exc}") from None
         try:
             manifest = extract(
                 source.lines,

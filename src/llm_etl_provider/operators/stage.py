@@ -15,10 +15,23 @@ from airflow.sdk import ObjectStoragePath
 from llm_etl_provider.backends import RunBackend
 from llm_etl_provider.contract.codes import DeadLetterReason
 from llm_etl_provider.contract.duplicates import encode_line_numbers
-from llm_etl_provider.contract.invocation import DEFAULT_MAX_RECORD_BYTES
-from llm_etl_provider.contract.layout import DEFAULT_RUN_DEADLINE_SECONDS, run_prefix
+from llm_etl_provider.contract.invocation import DEFAULT_MAX_RECORD_BYTES, OBJECT_OUTPUT, default_of
+from llm_etl_provider.contract.layout import DEFAULT_RUN_DEADLINE_SECONDS, run_prefix, shard_folder
+from llm_etl_provider.contract.object_transport import (
+    CHECKPOINT_OBJECT,
+    DEFAULT_TRANSPORT,
+    END_OBJECT,
+    TRANSPORT_FOLDER,
+    TRANSPORTS,
+    InputRange,
+    ObjectTransport,
+    part_name,
+    part_records_for,
+    parts_needed,
+)
 from llm_etl_provider.contract.shard import ShardDescriptor, validate_run_id
 from llm_etl_provider.exceptions import StagingError, StagingInputError
+from llm_etl_provider.hooks.object_store import ObjectStoreSigner, expiry_seconds, signer_for
 from llm_etl_provider.operators.base import RunStepOperator, backend_for
 from llm_etl_provider.staging import (
     DEFAULT_MAX_INPUT_BYTES,
@@ -26,8 +39,10 @@ from llm_etl_provider.staging import (
     DEFAULT_MAX_SHARDS,
     DEFAULT_MAX_STAGED_BYTES,
     DEFAULT_SHARD_BYTES,
+    ByteRange,
     Shard,
     check_sizes,
+    plan_ranges,
     plan_shards,
 )
 from llm_etl_provider.transport.keys import new_key
@@ -69,7 +84,19 @@ class StageInputOperator(RunStepOperator):
         The retry's pod then has to run where the volume can attach (its zone). None: an emptyDir.
     :param work_storage_class: the claims' StorageClass (default: the cluster's)
     :param run_deadline_seconds: how long the run's Kubernetes resources may live: past it the sweeper
-        removes them even while Airflow still counts the run as running (default 24 hours)
+        removes them even while Airflow still counts the run as running (default 24 hours); with the object
+        transport, also how long the pods' pre-signed URLs live (at most 7 days)
+    :param transport: ``log`` (default): shards in Secrets, frames in the pods' logs, no egress; ``object``:
+        nothing of the input in Kubernetes: each shard's Secret holds pre-signed URLs for its byte range of
+        the input and its part objects (:mod:`~llm_etl_provider.contract.object_transport`). The input must be
+        uncompressed, and it and ``output_path`` on ``s3://`` or ``gs://``.
+    :param pods: the object transport's shard count (a pod, and so a GPU and a model load, each): the input
+        is cut into that many line-aligned byte ranges of about equal size. The log transport cuts
+        Secret-sized shards instead (``max_shard_bytes``).
+    :param output_path: the run's output folder (templated); the object transport's parts go under its
+        ``_transport/`` folder, which the cleanup removes
+    :param checkpoint_every: records between the worker's checkpoints; with the object transport each writes
+        a part object (raised so that a shard needs at most 2,000 parts)
     """
 
     template_fields: Sequence[str] = (
@@ -84,6 +111,9 @@ class StageInputOperator(RunStepOperator):
         "max_staged_bytes",
         "work_claim_size",
         "work_storage_class",
+        "transport",
+        "pods",
+        "output_path",
     )
 
     def __init__(
@@ -100,6 +130,10 @@ class StageInputOperator(RunStepOperator):
         work_claim_size: str | None = None,
         work_storage_class: str | None = None,
         run_deadline_seconds: int = DEFAULT_RUN_DEADLINE_SECONDS,
+        transport: str = DEFAULT_TRANSPORT,
+        pods: int | str | None = None,
+        output_path: str | None = None,
+        checkpoint_every: int = default_of("checkpoint_every"),
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -114,6 +148,10 @@ class StageInputOperator(RunStepOperator):
         self.work_claim_size = work_claim_size or None
         self.work_storage_class = work_storage_class or None
         self.run_deadline_seconds = run_deadline_seconds
+        self.transport = transport
+        self.pods = pods
+        self.output_path = output_path
+        self.checkpoint_every = checkpoint_every
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
         run_id = str(context["run_id"])
@@ -123,6 +161,10 @@ class StageInputOperator(RunStepOperator):
             check_sizes(int(self.max_shard_bytes), int(self.max_record_bytes))
         except (ValueError, StagingInputError) as exc:
             raise StagingError(str(exc)) from None
+        if self.transport not in TRANSPORTS:
+            raise StagingError(f"transport must be one of {', '.join(TRANSPORTS)}, not {self.transport!r}")
+        # the object transport signs URLs for the input and the output: a store that cannot fails first
+        signers = self._signers() if self.transport == OBJECT_OUTPUT else None
         backend = backend_for(
             self,
             context,
@@ -142,7 +184,10 @@ class StageInputOperator(RunStepOperator):
             self._copy(source, copy, limits.max_bytes)
             local = _reopenable(copy)
             try:
-                malformed, duplicates = self._validate(local, fmt, limits)
+                if signers is not None:
+                    descriptors = self._stage_ranges(backend, local, fmt, limits, signers)
+                    return self._report(descriptors, prefix)
+                malformed, duplicates, _ = self._validate(local, fmt, limits)
                 plan = functools.partial(
                     plan_shards,
                     local,
@@ -154,11 +199,95 @@ class StageInputOperator(RunStepOperator):
                 descriptors = self._stage(backend, plan(), malformed, duplicates)
             except (ConfigurationError, StagingInputError) as exc:
                 raise StagingError(str(exc).replace(str(local), self.input_path)) from None
+        return self._report(descriptors, prefix)
+
+    def _report(self, descriptors: list[dict[str, Any]], prefix: str) -> list[dict[str, Any]]:
         self.log.info(
-            "staged %d records of %s in %d shards (%d bytes compressed), run prefix %s",
+            "staged %d records of %s in %d shards (%d bytes, transport %s), run prefix %s",
             sum(d["records"] for d in descriptors), self.input_path, len(descriptors),
-            sum(d["bytes"] for d in descriptors), prefix,
+            sum(d["bytes"] for d in descriptors), self.transport, prefix,
         )  # fmt: skip
+        return descriptors
+
+    def _signers(self) -> tuple[ObjectStoreSigner, ObjectStoreSigner]:
+        if not self.output_path:
+            raise StagingError(
+                "the object transport writes its parts under output_path: give it to the stage"
+            )
+        return signer_for(ObjectStoragePath(self.input_path)), signer_for(ObjectStoragePath(self.output_path))
+
+    def _stage_ranges(
+        self,
+        backend: RunBackend,
+        local: Path,
+        fmt: str,
+        limits: InputLimits,
+        signers: tuple[ObjectStoreSigner, ObjectStoreSigner],
+    ) -> list[dict[str, Any]]:
+        """The object transport: a byte range of the input per pod, and each shard's pre-signed URLs."""
+        with local.open("rb") as handle:
+            if handle.read(2) == b"\x1f\x8b":
+                raise StagingError(
+                    f"{self.input_path} is gzip-compressed: the object transport reads byte ranges of the "
+                    "input, which a gzip stream has not; store it uncompressed, or use transport=log"
+                )
+        pods = int(self.pods or 1)
+        if not 1 <= pods <= int(self.max_shards):
+            raise StagingError(f"pods must be between 1 and max_shards ({self.max_shards}), not {pods}")
+        ranges = plan_ranges(local, input_format=fmt, pods=pods, max_record_bytes=int(self.max_record_bytes))
+        malformed, duplicates, records = self._validate(
+            local, fmt, limits, boundaries=[r.first_line for r in ranges[1:]]
+        )
+        input_signer, output_signer = signers
+        source = ObjectStoragePath(self.input_path)
+        transport_root = ObjectStoragePath(str(self.output_path)) / TRANSPORT_FOLDER
+        expires = expiry_seconds(self.run_deadline_seconds)
+        egress = sorted({*input_signer.egress(), *output_signer.egress()})
+        key = new_key()
+        backend.stage_key(key)
+        descriptors = []
+        for byte_range, count in zip(ranges, records, strict=True):
+            folder = transport_root / shard_folder(byte_range.index)
+
+            def put(name: str, folder: ObjectStoragePath = folder) -> str:
+                target = folder / name
+                return output_signer.sign(target.bucket, target.key, "PUT", expires)
+
+            part_records = part_records_for(count, int(self.checkpoint_every))
+            checkpoint = folder / CHECKPOINT_OBJECT
+            document = ObjectTransport(
+                input=InputRange(
+                    url=input_signer.sign(source.bucket, source.key, "GET", expires),
+                    start=byte_range.start,
+                    end=byte_range.end,
+                    sha256=_range_sha256(local, byte_range),
+                    prefix=byte_range.prefix,
+                ),
+                parts=tuple(put(part_name(k)) for k in range(parts_needed(count, part_records))),
+                checkpoint_get=output_signer.sign(checkpoint.bucket, checkpoint.key, "GET", expires),
+                checkpoint_put=put(CHECKPOINT_OBJECT),
+                end_put=put(END_OBJECT),
+                part_records=part_records,
+            )
+            end = ranges[byte_range.index + 1].first_line if byte_range.index + 1 < len(ranges) else None
+            repeated = duplicates[_lines_within(duplicates, byte_range.first_line, end)]
+            descriptor = ShardDescriptor(
+                index=byte_range.index,
+                records=count,
+                line_offset=byte_range.line_offset,
+                input_format=fmt,
+                first_line=byte_range.first_line,
+                bytes=document.input.size,
+                input_sha256=document.input.sha256,
+                malformed=malformed if byte_range.index == 0 else {},
+                duplicates=len(repeated),
+                transport=OBJECT_OUTPUT,
+                egress=[[address, port] for address, port in egress],
+                **backend.stage_object_shard(
+                    byte_range.index, document.to_json(), encode_line_numbers(repeated) if repeated else b""
+                ),
+            )
+            descriptors.append(descriptor.to_xcom())
         return descriptors
 
     def _check_run_size(self, shards: Iterable[Shard]) -> None:
@@ -226,12 +355,16 @@ class StageInputOperator(RunStepOperator):
             descriptors.append(descriptor.to_xcom())
         return descriptors
 
-    def _validate(self, local: Path, fmt: str, limits: InputLimits) -> tuple[dict[str, list[int]], list[int]]:
+    def _validate(
+        self, local: Path, fmt: str, limits: InputLimits, boundaries: Sequence[int] = ()
+    ) -> tuple[dict[str, list[int]], list[int], list[int]]:
         """Read the input as the worker will; fail on an unusable whole, report malformed records by line.
 
         Unusable: no record at all, or not one readable record among the first ones (a file that is not the
-        declared format, or not text). Also returns the lines of every record whose id an earlier record has.
+        declared format, or not text). Also returns the lines of every record whose id an earlier record has,
+        and the records before, between and after the sorted input lines ``boundaries``.
         """
+        records = [0] * (len(boundaries) + 1)
         reader = RecordReader(
             local, input_format=fmt, max_record_bytes=int(self.max_record_bytes), limits=limits
         )
@@ -240,6 +373,7 @@ class StageInputOperator(RunStepOperator):
         readable = 0
         first_bad: tuple[int, str] | None = None
         for count, record in enumerate(reader, 1):
+            records[bisect.bisect_right(boundaries, record.line)] += 1
             if record.error is None:
                 readable += 1
                 continue
@@ -265,7 +399,19 @@ class StageInputOperator(RunStepOperator):
                 "%s: records at lines %s%s are %s and will go to the dead letters",
                 self.input_path, ", ".join(map(str, lines)), " and more" if len(lines) == 20 else "", reason,
             )  # fmt: skip
-        return malformed, duplicates
+        return malformed, duplicates, records
+
+
+def _range_sha256(local: Path, byte_range: ByteRange) -> str:
+    """The digest of what the range's worker reads: its prefix, then its bytes of the input."""
+    digest = hashlib.sha256(byte_range.prefix)
+    with local.open("rb") as handle:
+        handle.seek(byte_range.start)
+        remaining = byte_range.end - byte_range.start
+        while remaining and (chunk := handle.read(min(1 << 20, remaining))):
+            digest.update(chunk)
+            remaining -= len(chunk)
+    return digest.hexdigest()
 
 
 def _reopenable(copy: BinaryIO) -> Path:

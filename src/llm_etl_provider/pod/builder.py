@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import ipaddress
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -23,6 +24,7 @@ import yaml
 from llm_etl_provider.contract import layout
 from llm_etl_provider.contract.invocation import (
     LOG_OUTPUT,
+    OBJECT_OUTPUT,
     RECORD_FORMATS,
     REQUESTS_PER_SLOT,
     ApiStyle,
@@ -183,6 +185,8 @@ class PodParams:
     :param active_deadline_seconds: the pod's hard time limit (the run's TTL)
     :param labels: extra pod labels
     :param work_claim: a PersistentVolumeClaim for the checkpoint and spool, so that a retry resumes
+    :param input_bytes: the object transport: the range the worker downloads into its work folder, added to
+        that folder's size limit and to the worker's ephemeral storage
     """
 
     invocation: WorkerInvocation
@@ -196,6 +200,7 @@ class PodParams:
     active_deadline_seconds: int = 3600
     labels: dict[str, str] = field(default_factory=dict)
     work_claim: str | None = None
+    input_bytes: int = 0
 
 
 def pod_invocation(
@@ -216,16 +221,24 @@ def pod_invocation(
         chosen = coerce_settings(settings)
     except ValueError as exc:
         raise PodSpecError(str(exc)) from None
+    by_object = shard.transport == OBJECT_OUTPUT
     return WorkerInvocation(
         **chosen,
-        input=Path(layout.input_file(shard.input_format)),
+        # the object transport: the worker downloads its range into its work folder, and checkpoints in the
+        # store (a retried pod elsewhere resumes after the last part)
+        input=Path(
+            f"{layout.WORK_DIR}/{layout.downloaded_input_name(shard.input_format)}"
+            if by_object
+            else layout.input_file(shard.input_format)
+        ),
         input_format=shard.input_format,
-        output=LOG_OUTPUT,
+        output=OBJECT_OUTPUT if by_object else LOG_OUTPUT,
+        object_transport=Path(layout.OBJECT_TRANSPORT_FILE) if by_object else None,
         key_file=Path(layout.KEY_FILE),
         run_id=run_id,
         shard=shard.index,
         attempt=attempt,
-        checkpoint=Path(layout.CHECKPOINT_FILE),
+        checkpoint=None if by_object else Path(layout.CHECKPOINT_FILE),
         heartbeat=Path(layout.HEARTBEAT_FILE),
         line_offset=shard.line_offset,
         duplicates=Path(layout.DUPLICATES_FILE) if shard.duplicates else None,
@@ -432,6 +445,16 @@ def build_pod(params: PodParams) -> dict[str, Any]:
         "timeoutSeconds": 10,
         "failureThreshold": 3,
     }
+    if params.input_bytes:  # the object transport's download counts as the worker's storage
+        extra = f"{params.input_bytes}"
+        resources = worker["resources"]
+        for bound in ("requests", "limits"):
+            resources[bound]["ephemeral-storage"] = _sum_quantities(
+                resources[bound]["ephemeral-storage"], extra
+            )
+        for volume in spec["volumes"]:
+            if volume["name"] == layout.WORK_VOLUME:
+                volume["emptyDir"]["sizeLimit"] = _sum_quantities(volume["emptyDir"]["sizeLimit"], extra)
     if params.work_claim:  # the checkpoint and spool survive the pod: a retry resumes
         for volume in spec["volumes"]:
             if volume["name"] == layout.WORK_VOLUME:
@@ -485,12 +508,18 @@ def network_policy(namespace: str | None = None, *, allow_model_pull: bool = Fal
 
 
 def shard_network_policy(
-    name: str, pod_labels: dict[str, str], *, allow_model_download: bool, annotations: dict[str, str]
+    name: str,
+    pod_labels: dict[str, str],
+    *,
+    allow_model_download: bool,
+    annotations: dict[str, str],
+    store_egress: Sequence[tuple[str, int]] = (),
 ) -> dict[str, Any]:
     """The NetworkPolicy created with one shard's pod, selecting it by its run key and shard: no ingress, and
     no egress but what its model source needs: DNS and HTTPS where the loader downloads the model (``pull``,
     ``object``). A policy applies to the whole pod, so the worker could reach port 443 too: ``pvc`` and
-    ``image``, which need no network, are the sources to prefer."""
+    ``image``, which need no network, are the sources to prefer. With the object transport, ``store_egress``
+    (the store's addresses and port, as resolved by the stage) are allowed too, and nothing else."""
     policy = copy.deepcopy(load_template(NETWORK_POLICY_TEMPLATE))
     selected = {key: pod_labels[key] for key in (layout.LABEL_RUN_KEY, layout.LABEL_SHARD)}
     policy["metadata"] = {
@@ -499,6 +528,15 @@ def shard_network_policy(
         "annotations": annotations,
     }
     policy["spec"]["podSelector"]["matchLabels"].update(selected)
-    if allow_model_download:
-        policy["spec"]["egress"] = [dict(rule) for rule in MODEL_PULL_EGRESS]
+    egress = [dict(rule) for rule in MODEL_PULL_EGRESS] if allow_model_download else []
+    for address, port in store_egress:
+        prefix = 32 if ipaddress.ip_address(address).version == 4 else 128
+        egress.append(
+            {
+                "to": [{"ipBlock": {"cidr": f"{address}/{prefix}"}}],
+                "ports": [{"protocol": "TCP", "port": port}],
+            }
+        )
+    if egress:
+        policy["spec"]["egress"] = egress
     return policy

@@ -103,7 +103,7 @@ def extract(
     # An extraction killed before its cleanup (SIGKILL, a lost worker) left decrypted results behind; the
     # shard's folder has one writer at a time (its extract task's tries), so any staging found is stale.
     for stale in destination.glob(f"{STAGING_PREFIX}*"):
-        _remove(stale)
+        remove_tree(stale)
     staging = destination / f"{STAGING_PREFIX}{int(time.time())}-{uuid.uuid4().hex}"
     staging.mkdir(parents=True, exist_ok=True)
     reader = FrameReader(key, run_id=run_id, shard=shard)
@@ -172,7 +172,7 @@ def extract(
         _publish(destination, staging, manifest)
         return manifest
     finally:
-        _remove(staging)
+        remove_tree(staging)
 
 
 def _state(summary: dict[str, Any], results: int, dead_letters: int) -> dict[str, Any]:
@@ -236,11 +236,12 @@ def remove_stale_staging(root: str | PathLike[str] | Any, *, older_than: float) 
     for staging in base.glob(f"**/{STAGING_PREFIX}*"):
         made = staging.name[len(STAGING_PREFIX) :].split("-", 1)[0]
         if not made.isdigit() or int(made) < older_than:
-            _remove(staging)
+            remove_tree(staging)
             removed += 1
     return removed
 
 
-def _remove(path: Any) -> None:
+def remove_tree(path: Any) -> None:
+    """Remove ``path`` (a UPath or ObjectStoragePath) and everything under it, if it exists."""
     if path.exists():
         path.fs.rm(path.path, recursive=True)

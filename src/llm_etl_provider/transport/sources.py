@@ -1,6 +1,7 @@
-"""Where frame streams come from: a local log file, or a pod's container log streamed from the Kubernetes API.
+"""Where frame streams come from: a local log file, a pod's container log streamed from the Kubernetes API, or
+the object transport's part objects.
 
-Both yield lines in constant memory: a line longer than ``max_line`` (frames are under 8 KiB) is cut into
+All yield lines in constant memory: a line longer than ``max_line`` (frames are under 8 KiB) is cut into
 pieces, which the reader then rejects if they carry the frame magic or skips if they do not.
 """
 
@@ -11,6 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from llm_etl_provider.contract.layout import WORKER_CONTAINER
+from llm_etl_provider.contract.object_transport import (
+    END_OBJECT,
+    ObjectTransportError,
+    part_name,
+    read_end_marker,
+)
+from llm_etl_provider.transport.exceptions import MissingTrailerError
 
 MAX_LINE = 1 << 16
 
@@ -70,3 +78,28 @@ def pod_log_lines(
         yield from split_lines(response.stream(chunk_bytes))
     finally:
         response.release_conn()
+
+
+def object_part_lines(folder: Any, chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
+    """Yield the lines of a shard's part objects under ``folder`` (a UPath or ObjectStoragePath), as many as
+    its end marker says, in order. No end marker: the worker did not finish, and there is no whole stream."""
+    try:
+        parts = read_end_marker((folder / END_OBJECT).read_bytes())
+    except FileNotFoundError:
+        raise MissingTrailerError(
+            f"{folder}: no {END_OBJECT}: the worker did not finish its stream (no trailer was written)"
+        ) from None
+    except ObjectTransportError as exc:
+        raise MissingTrailerError(f"{folder}/{END_OBJECT}: {exc}") from None
+
+    def chunks() -> Iterator[bytes]:
+        for index in range(parts):
+            try:
+                with (folder / part_name(index)).open("rb") as handle:
+                    yield from iter(lambda: handle.read(chunk_bytes), b"")
+            except FileNotFoundError:
+                raise MissingTrailerError(
+                    f"{folder}: part {index} of {parts} is missing: the stream is not whole"
+                ) from None
+
+    yield from split_lines(chunks())

@@ -42,24 +42,36 @@ class Checkpoint:
     def load(self) -> CheckpointState | None:
         """Return the saved state, or None when there is no checkpoint yet."""
         try:
-            data = json.loads(self.path.read_text())
+            text = self.path.read_bytes()
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as exc:
+        except OSError as exc:
             raise ConfigurationError(
                 f"checkpoint {self.path} cannot be read ({exc}); delete it to start the run over"
             ) from None
-        if data.get("version") != CHECKPOINT_VERSION or data.get("fingerprint") != self.fingerprint:
+        return self.parse(text, f"checkpoint {self.path}")
+
+    def parse(self, text: bytes, where: str) -> CheckpointState:
+        """The state in a saved checkpoint; ConfigurationError if it is not this run's."""
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
             raise ConfigurationError(
-                f"checkpoint {self.path} belongs to another input, task or version; "
+                f"{where} cannot be read ({exc}); delete it to start the run over"
+            ) from None
+        if (
+            not isinstance(data, dict)
+            or data.get("version") != CHECKPOINT_VERSION
+            or data.get("fingerprint") != self.fingerprint
+        ):
+            raise ConfigurationError(
+                f"{where} belongs to another input, task or version; "
                 "delete it to start over, or give this run its own --checkpoint path"
             )
         try:
             return CheckpointState(**data["state"])
         except (KeyError, TypeError):
-            raise ConfigurationError(
-                f"checkpoint {self.path} is incomplete; delete it to start over"
-            ) from None
+            raise ConfigurationError(f"{where} is incomplete; delete it to start over") from None
 
     def save(self, state: CheckpointState) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,14 @@ import httpx
 
 from llm_etl_provider.contract.codes import ExitCode
 from llm_etl_provider.contract.duplicates import DuplicatesFileError, decode_line_numbers
-from llm_etl_provider.contract.invocation import API_KEY_ENV, LOG_OUTPUT, WorkerInvocation, parse_argv
+from llm_etl_provider.contract.invocation import (
+    API_KEY_ENV,
+    LOG_OUTPUT,
+    OBJECT_OUTPUT,
+    WorkerInvocation,
+    parse_argv,
+)
+from llm_etl_provider.contract.object_transport import ObjectTransport, ObjectTransportError
 from llm_etl_provider.contract.shard import validate_run_id
 from llm_etl_provider.transport.exceptions import FrameKeyError
 from llm_etl_provider.transport.keys import load_key
@@ -30,6 +37,8 @@ from llm_etl_provider.worker.engine import Engine, EngineSettings
 from llm_etl_provider.worker.exceptions import ConfigurationError, WorkerError
 from llm_etl_provider.worker.heartbeat import beat
 from llm_etl_provider.worker.http_lanes import HttpLanes
+from llm_etl_provider.worker.object_io import TIMEOUT as STORE_TIMEOUT
+from llm_etl_provider.worker.object_io import ObjectPartSink, RemoteCheckpoint, download_input
 from llm_etl_provider.worker.records import RecordReader
 from llm_etl_provider.worker.retry import RetryPolicy
 from llm_etl_provider.worker.sinks import JsonlFileSink, LogFrameSink, OutputSink
@@ -64,18 +73,43 @@ def task_from_invocation(invocation: WorkerInvocation) -> TaskSpec:
     )
 
 
-def make_sink(invocation: WorkerInvocation) -> OutputSink:
-    if invocation.output != LOG_OUTPUT:
+def read_object_transport(invocation: WorkerInvocation) -> ObjectTransport | None:
+    """The shard's pre-signed URLs, with ``--output object``; None otherwise."""
+    if invocation.output != OBJECT_OUTPUT:
+        if invocation.object_transport is not None:
+            raise ConfigurationError(f"--object-transport goes with --output {OBJECT_OUTPUT}")
+        return None
+    if invocation.object_transport is None:
+        raise ConfigurationError(f"--output {OBJECT_OUTPUT} needs --object-transport")
+    try:
+        return ObjectTransport.from_json(invocation.object_transport.read_bytes())
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read {invocation.object_transport}: {exc.strerror}") from None
+    except ObjectTransportError as exc:
+        raise ConfigurationError(f"{invocation.object_transport}: {exc}") from None
+
+
+def make_sink(
+    invocation: WorkerInvocation,
+    transport: ObjectTransport | None = None,
+    store: httpx.Client | None = None,
+) -> OutputSink:
+    if invocation.output not in (LOG_OUTPUT, OBJECT_OUTPUT):
         if invocation.dead_letter is None:
-            raise ConfigurationError("--dead-letter is required unless --output log")
+            raise ConfigurationError("--dead-letter is required unless --output log or object")
         return JsonlFileSink(Path(invocation.output), invocation.dead_letter)
     if invocation.dead_letter is not None:
-        raise ConfigurationError("--output log carries the dead letters in its frames: drop --dead-letter")
+        raise ConfigurationError(
+            f"--output {invocation.output} carries the dead letters in its frames: drop --dead-letter"
+        )
     try:
         key = load_key(invocation.key_file)
         run_id = validate_run_id(invocation.run_id)
     except (FrameKeyError, ValueError) as exc:
         raise ConfigurationError(str(exc)) from None
+    if transport is not None:
+        assert store is not None, "the object transport writes through a client"
+        return ObjectPartSink(key, run_id, invocation.shard, transport, store, attempt=invocation.attempt)
     spool = invocation.spool or (
         invocation.checkpoint.with_name(invocation.checkpoint.name + ".frames")
         if invocation.checkpoint
@@ -109,6 +143,16 @@ async def run(invocation: WorkerInvocation) -> dict[str, Any]:
     assert current is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, current.cancel)
     task = task_from_invocation(invocation)
+    transport = read_object_transport(invocation)
+    with httpx.Client(timeout=STORE_TIMEOUT) as store:
+        if transport is not None:
+            await asyncio.to_thread(download_input, transport, invocation.input, store)
+        return await _enrich(invocation, task, transport, store)
+
+
+async def _enrich(
+    invocation: WorkerInvocation, task: TaskSpec, transport: ObjectTransport | None, store: httpx.Client
+) -> dict[str, Any]:
     if not invocation.input.is_file():
         raise ConfigurationError(f"{invocation.input}: no such input file")
     reader = RecordReader(
@@ -119,25 +163,24 @@ async def run(invocation: WorkerInvocation) -> dict[str, Any]:
         line_offset=invocation.line_offset,
         duplicate_lines=read_duplicates(invocation.duplicates),
     )
-    sink = make_sink(invocation)
-    checkpoint = (
-        Checkpoint(
-            invocation.checkpoint,
-            {
-                **run_fingerprint(invocation.input, task.fingerprint, invocation.id_field),
-                "output": invocation.output,
-                "run_id": invocation.run_id,
-                "shard": invocation.shard,
-            },
-        )
-        if invocation.checkpoint
-        else None
-    )
+    sink = make_sink(invocation, transport, store)
+    fingerprint = {
+        **run_fingerprint(invocation.input, task.fingerprint, invocation.id_field),
+        "output": invocation.output,
+        "run_id": invocation.run_id,
+        "shard": invocation.shard,
+    }
+    checkpoint: Checkpoint | None = None
+    if transport is not None:  # in the store: a retried pod on another node resumes after the last part
+        checkpoint = RemoteCheckpoint(transport, store, fingerprint)
+    elif invocation.checkpoint:
+        checkpoint = Checkpoint(invocation.checkpoint, fingerprint)
     settings = EngineSettings(
         concurrency=invocation.concurrency,
         retry=RetryPolicy(max_attempts=invocation.max_attempts),
         temperature=invocation.temperature,
-        checkpoint_every=invocation.checkpoint_every,
+        # with the object transport a checkpoint writes a part: as often as the stage planned parts
+        checkpoint_every=transport.part_records if transport else invocation.checkpoint_every,
         progress_interval=invocation.progress_interval,
         max_dead_letter_ratio=invocation.max_dead_letter_ratio,
         ready_timeout=invocation.ready_timeout,

@@ -4,7 +4,9 @@
 with TLS, ``--authorization-mode=Node,RBAC`` and the default admission plugins (PodSecurity among them), then
 the node agent (:mod:`llm_etl_provider.dev.cluster.node`), and prepares the run namespace: labelled to enforce
 the restricted Pod Security Standard, with its ``default`` ServiceAccount and the Role of
-:mod:`llm_etl_provider.pod.rbac` bound to the ``airflow`` identity. ``down()`` stops them in reverse order.
+:mod:`llm_etl_provider.pod.rbac` bound to the ``airflow`` identity, and an S3 server (SeaweedFS, built by
+``scripts/build-seaweedfs.sh``; :mod:`llm_etl_provider.dev.object_store`) with a bucket ``llm-etl``.
+``down()`` stops them in reverse order.
 
 No kube-controller-manager runs, so what its controllers would do for this one namespace is done here once:
 the ``default`` ServiceAccount, the ``kube-root-ca.crt`` ConfigMap, and the removal of the node's
@@ -33,6 +35,7 @@ from llm_etl_provider.dev.cluster.api import ApiError, KubeApi
 from llm_etl_provider.dev.cluster.layout import NodeConfig
 from llm_etl_provider.dev.cluster.pki import CertificateAuthority, KeyPair, service_account_key
 from llm_etl_provider.dev.llama_server import bundled_model, cache_dir, find_llama_server, free_port
+from llm_etl_provider.dev.object_store import S3Account, create_bucket, find_weed, seaweedfs_command
 from llm_etl_provider.pod.rbac import airflow_role, airflow_role_binding
 
 KUBE_BIN_ENV = "LLM_ETL_KUBE_BIN"
@@ -101,6 +104,7 @@ class DevCluster:
         self.pki = self.state / "pki"
         self.logs = self.state / "logs"
         self.node_root = self.state / "node"
+        self.object_root = self.state / "s3"
         self.admin_kubeconfig = self.state / "admin.kubeconfig"
         self.airflow_kubeconfig = self.state / "airflow.kubeconfig"
         self._state_file = self.state / "cluster.json"
@@ -113,12 +117,18 @@ class DevCluster:
         return str(self._recorded()["server"])
 
     def environment(self) -> dict[str, str]:
-        """``KUBECONFIG``, ``AIRFLOW_KUBECONFIG`` and ``NAMESPACE``, as ``up`` prints them."""
+        """``KUBECONFIG``, ``AIRFLOW_KUBECONFIG``, ``NAMESPACE`` and the S3 server's ``AWS_*``, as ``up``
+        prints them."""
         return {
             "KUBECONFIG": str(self.admin_kubeconfig),
             "AIRFLOW_KUBECONFIG": str(self.airflow_kubeconfig),
             "NAMESPACE": self.namespace,
+            **self.s3().environment(),
         }
+
+    def s3(self) -> S3Account:
+        """The S3 server's endpoint and its one account."""
+        return S3Account(**self._recorded()["s3"])
 
     def admin(self) -> KubeApi:
         """A client with the cluster-admin identity (close it after use)."""
@@ -151,24 +161,29 @@ class DevCluster:
                 return
             self.down()
         binaries = find_kube_binaries()
+        weed = find_weed()
         commands = {**default_commands(), **self.node_options.commands}
-        for folder in (self.pki, self.state / "etcd", self.node_root):
+        for folder in (self.pki, self.state / "etcd", self.node_root, self.object_root):
             shutil.rmtree(folder, ignore_errors=True)
         self.logs.mkdir(parents=True, exist_ok=True)
         ports = {name: free_port() for name in ("etcd", "etcd-peer", "apiserver", "kubelet")}
         server = f"https://127.0.0.1:{ports['apiserver']}"
+        weed_argv, account = seaweedfs_command(weed, self.object_root)
         pids: dict[str, int] = {}
-        self._write_state(server, pids)
+        self._write_state(server, pids, account)
         try:
+            # the S3 server starts first: its gateway takes a few seconds, the API server's start overlaps
+            pids["s3"] = self._spawn("seaweedfs", weed_argv)
+            self._write_state(server, pids, account)
             self._certificates()
             pids["etcd"] = self._spawn("etcd", [str(binaries / "etcd"), *self._etcd_flags(ports)])
-            self._write_state(server, pids)
+            self._write_state(server, pids, account)
             etcd_health = f"http://127.0.0.1:{ports['etcd']}/health"
             self._wait("etcd", lambda: httpx.get(etcd_health, timeout=2).is_success, pids["etcd"])
             pids["kube-apiserver"] = self._spawn(
                 "kube-apiserver", [str(binaries / "kube-apiserver"), *self._apiserver_flags(ports)]
             )
-            self._write_state(server, pids)
+            self._write_state(server, pids, account)
             with self.admin() as admin:
                 self._wait("kube-apiserver", admin.healthy, pids["kube-apiserver"])
                 self._write_kubeconfigs(server)
@@ -179,14 +194,18 @@ class DevCluster:
                 pids["node"] = self._spawn(
                     "node", [sys.executable, "-m", "llm_etl_provider.dev.cluster", str(config_path)]
                 )
-                self._write_state(server, pids)
+                self._write_state(server, pids, account)
                 self._wait_node(admin, pids["node"])
+            create_bucket(account, lambda: _alive(pids["s3"]))
         except BaseException:
             self.down()
             raise
 
-    def _write_state(self, server: str, pids: dict[str, int]) -> None:
-        self._state_file.write_text(json.dumps({"server": server, "namespace": self.namespace, "pids": pids}))
+    def _write_state(self, server: str, pids: dict[str, int], account: S3Account) -> None:
+        self._state_file.touch(mode=0o600)  # it holds the S3 account's secret
+        self._state_file.write_text(
+            json.dumps({"server": server, "namespace": self.namespace, "pids": pids, "s3": account.to_json()})
+        )
 
     def _certificates(self) -> None:
         ca = CertificateAuthority(self.pki)
@@ -373,12 +392,18 @@ class DevCluster:
         if not self._state_file.exists():
             return
         pids = self._recorded()["pids"]
-        for name in ("node", "kube-apiserver", "etcd"):  # the API server before etcd, or it hangs 10 s
+        for name in ("node", "kube-apiserver", "etcd", "s3"):  # the API server before etcd, or it hangs 10 s
             if name in pids:
                 _stop(pids[name], timeout=60 if name == "node" else 20)
                 if (child := self._children.pop(pids[name], None)) is not None:
                     child.wait()
-        for path in (self.pki, self.state / "etcd", self.node_root, self.state / "node.json"):
+        for path in (
+            self.pki,
+            self.state / "etcd",
+            self.node_root,
+            self.object_root,
+            self.state / "node.json",
+        ):
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
             else:

@@ -1,0 +1,127 @@
+"""The ``object`` transport's contract between the stage, the worker and the extraction, written once.
+
+A shard's pod holds no credentials: its small Secret holds :class:`ObjectTransport`, pre-signed URLs that
+expire with the run's deadline. The worker GETs its byte range of the input (``Range``), prefixes it with the
+CSV header where the range does not start the input, checks the sha256 the stage computed, and reads it as
+it would read a staged shard. It writes its sealed frames (the log transport's format) as numbered part
+objects: one part at each checkpoint and one with the trailer; after each part it PUTs its checkpoint, which a
+retried pod GETs to resume after its last part. Last, it PUTs the end marker, which says how many parts the
+stream has; the extraction reads exactly those parts, in order, and verifies them as it verifies a log.
+
+Under the run's transport folder (``<output>/_transport/shard-<n>/``): ``part-<k>.frames``,
+``checkpoint.json``, ``end.json``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import asdict, dataclass
+
+from llm_etl_provider.contract.invocation import LOG_OUTPUT, OBJECT_OUTPUT
+
+TRANSPORTS = (LOG_OUTPUT, OBJECT_OUTPUT)  # a run's transport is its workers' --output
+DEFAULT_TRANSPORT = LOG_OUTPUT
+TRANSPORT_FOLDER = "_transport"  # under the run's output folder; removed by the cleanup
+CHECKPOINT_OBJECT = "checkpoint.json"
+END_OBJECT = "end.json"
+PART_SLACK = 16  # URLs beyond one part per checkpoint: a part for each stop (SIGTERM) and the trailer's
+MAX_PARTS = 2000  # what one Secret holds with room to spare (a pre-signed URL is ~0.5-1.5 KB)
+
+
+def part_name(index: int) -> str:
+    return f"part-{index:06d}.frames"
+
+
+def parts_needed(records: int, part_records: int) -> int:
+    """The part URLs a shard of ``records`` records gets: one per checkpoint, and :data:`PART_SLACK`."""
+    return -(-records // part_records) + PART_SLACK
+
+
+def part_records_for(records: int, checkpoint_every: int) -> int:
+    """Records per part: the checkpoint interval, raised so that a shard's URLs fit its Secret."""
+    return max(checkpoint_every, -(-records // (MAX_PARTS - PART_SLACK)), 1)
+
+
+class ObjectTransportError(ValueError):
+    """The object transport's document is malformed."""
+
+
+@dataclass(frozen=True)
+class InputRange:
+    """A shard's input: ``bytes=start-(end-1)`` of the object at ``url``, after ``prefix`` (a CSV header).
+
+    :param sha256: the digest of ``prefix`` + the range: what the worker must have read
+    """
+
+    url: str
+    start: int
+    end: int
+    sha256: str
+    prefix: bytes = b""
+
+    @property
+    def size(self) -> int:
+        return len(self.prefix) + self.end - self.start
+
+
+@dataclass(frozen=True)
+class ObjectTransport:
+    """What one shard's pod may do in the store, as pre-signed URLs.
+
+    :param input: its range of the input
+    :param parts: PUT URLs for its part objects, in order
+    :param checkpoint_get: GET URL of its checkpoint object (404 until the first checkpoint)
+    :param checkpoint_put: PUT URL of its checkpoint object
+    :param end_put: PUT URL of its end marker
+    :param part_records: records per part (the worker checkpoints, and so writes a part, this often)
+    """
+
+    input: InputRange
+    parts: tuple[str, ...]
+    checkpoint_get: str
+    checkpoint_put: str
+    end_put: str
+    part_records: int
+
+    def to_json(self) -> bytes:
+        document = asdict(self)
+        document["input"]["prefix"] = base64.b64encode(self.input.prefix).decode()
+        return json.dumps(document, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> ObjectTransport:
+        try:
+            document = json.loads(data)
+            source = dict(document["input"])
+            source["prefix"] = base64.b64decode(source.get("prefix", ""), validate=True)
+            transport = cls(
+                input=InputRange(**source),
+                parts=tuple(document["parts"]),
+                checkpoint_get=document["checkpoint_get"],
+                checkpoint_put=document["checkpoint_put"],
+                end_put=document["end_put"],
+                part_records=int(document["part_records"]),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ObjectTransportError(f"not an object transport document: {exc}") from None
+        planned = transport.input
+        if not transport.parts or transport.part_records < 1 or not 0 <= planned.start <= planned.end:
+            raise ObjectTransportError("the object transport document has no parts, or a bad range")
+        return transport
+
+
+def end_marker(parts: int, attempt: int) -> bytes:
+    """The end marker's body: how many parts the finished stream has, and which try wrote its trailer."""
+    return json.dumps({"parts": parts, "attempt": attempt}).encode()
+
+
+def read_end_marker(data: bytes) -> int:
+    """The part count of an end marker; ObjectTransportError if it is not one."""
+    try:
+        parts = json.loads(data)["parts"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ObjectTransportError(f"not an end marker: {exc}") from None
+    if not isinstance(parts, int) or isinstance(parts, bool) or parts < 1:
+        raise ObjectTransportError(f"an end marker with {parts!r} parts")
+    return parts

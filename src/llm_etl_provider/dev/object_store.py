@@ -1,0 +1,135 @@
+"""SeaweedFS as a real S3-compatible object store on 127.0.0.1, for the development cluster and the tests.
+
+``weed`` is built from its Go module by ``scripts/build-seaweedfs.sh`` and cached like llama-server. One
+process serves master, volume, filer and the S3 gateway; one identity (a fresh key pair per start) may do
+everything, and unsigned requests are refused. The bucket :data:`BUCKET` is created at start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llm_etl_provider.dev.llama_server import cache_dir, free_port
+
+WEED_ENV = "LLM_ETL_WEED"
+BUCKET = "llm-etl"
+REGION = "us-east-1"
+START_TIMEOUT = 60.0
+
+
+class ObjectStoreError(RuntimeError):
+    """The S3 server could not be found or started; the message says why."""
+
+
+def find_weed() -> Path:
+    """SeaweedFS's ``weed``: $LLM_ETL_WEED, or scripts/build-seaweedfs.sh's cache."""
+    if explicit := os.environ.get(WEED_ENV):
+        candidates = [Path(explicit)]
+    else:
+        candidates = sorted(cache_dir().glob("seaweedfs-*/bin/weed"), reverse=True)
+    for weed in candidates:
+        if os.access(weed, os.X_OK):
+            return weed
+    where = f"${WEED_ENV}={os.environ[WEED_ENV]}" if WEED_ENV in os.environ else str(cache_dir())
+    raise ObjectStoreError(
+        f"SeaweedFS's weed was not found in {where}: build it with scripts/build-seaweedfs.sh "
+        "(about 5 minutes, cached)"
+    )
+
+
+@dataclass(frozen=True)
+class S3Account:
+    """Where the store answers and the one identity it accepts."""
+
+    endpoint: str
+    access_key: str
+    secret_key: str
+
+    def environment(self) -> dict[str, str]:
+        """The AWS SDKs' own variables (boto3, s3fs and Airflow's ``aws_default`` without a connection
+        read them), and an ``aws_default`` connection that names the endpoint."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_DEFAULT_REGION": REGION,
+        }
+
+    def client(self) -> Any:
+        """A boto3 S3 client for this account (boto3 comes with the ``amazon`` extra)."""
+        try:
+            import boto3
+        except ImportError:
+            raise ObjectStoreError(
+                "the S3 server needs boto3: install llm-etl-provider[amazon] (scripts/setup.sh does)"
+            ) from None
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name=REGION,
+        )
+
+    def to_json(self) -> dict[str, str]:
+        return {"endpoint": self.endpoint, "access_key": self.access_key, "secret_key": self.secret_key}
+
+
+def seaweedfs_command(weed: Path, root: Path) -> tuple[list[str], S3Account]:
+    """The ``weed server`` command for a store under ``root`` (data, identity file) on free ports, and the
+    account it will accept. Every port is given: the gRPC defaults (HTTP port + 10,000) may not exist."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "data").mkdir(exist_ok=True)
+    account = S3Account(
+        endpoint=f"http://127.0.0.1:{(s3_port := free_port())}",
+        access_key="llmetl" + secrets.token_hex(7),
+        secret_key=secrets.token_urlsafe(30),
+    )
+    identity = {
+        "name": "llm-etl-dev",
+        "credentials": [{"accessKey": account.access_key, "secretKey": account.secret_key}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+    }
+    config = root / "s3.json"
+    config.touch(mode=0o600)
+    config.write_text(json.dumps({"identities": [identity]}))
+    ports = {
+        name: free_port()
+        for name in ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
+                     "filer.port.grpc", "s3.port.grpc", "metricsPort")
+    }  # fmt: skip
+    argv = [
+        str(weed), "server", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        *(f"-{name}={port}" for name, port in ports.items()),
+        "-s3", f"-s3.port={s3_port}", f"-s3.config={config}",
+        "-volume.max=16", f"-filer.localSocket={root / 'filer.sock'}",
+    ]  # fmt: skip
+    return argv, account
+
+
+def create_bucket(account: S3Account, alive: Any, *, bucket: str = BUCKET) -> None:
+    """Create ``bucket`` once the store takes it (its S3 gateway answers a few seconds after start);
+    ``alive()`` says whether the server still runs."""
+    client = account.client()
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        try:
+            client.create_bucket(Bucket=bucket)
+            return
+        except client.exceptions.BucketAlreadyOwnedByYou:
+            return
+        except Exception as exc:  # noqa: BLE001 - not up yet: refused connections, 5xx while the filer starts
+            if not alive():
+                raise ObjectStoreError("the S3 server exited while starting") from None
+            if time.monotonic() > deadline:
+                raise ObjectStoreError(
+                    f"the S3 server at {account.endpoint} did not create bucket {bucket} in "
+                    f"{START_TIMEOUT:.0f} s: {exc}"
+                ) from None
+        time.sleep(0.3)
