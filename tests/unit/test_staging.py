@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llm_etl_provider.exceptions import StagingInputError
-from llm_etl_provider.staging import plan_shards
+from llm_etl_provider.staging import plan_ranges, plan_shards
 from llm_etl_provider.worker.records import RecordReader
 
 
@@ -135,3 +135,61 @@ def test_a_csv_line_over_the_record_limit_fails_the_staging_rather_than_being_cu
     with pytest.raises(StagingInputError, match=r"in.csv:2: a CSV line over max_record_bytes \(100 bytes\)"):
         list(plan_shards(source, max_shard_bytes=1000, max_record_bytes=100))
     assert [s.records for s in plan_shards(source, max_shard_bytes=1000, max_record_bytes=200)] == [2]
+
+
+def ranged_records(tmp_path, source, fmt, pods, max_record_bytes=1 << 20):
+    """Run the worker's reader over every range after its prefix, as the object transport's pods would, with
+    the input's duplicate lines (what the stage stages with each shard)."""
+    out = []
+    data = source.read_bytes()
+    repeated = [r.line for r in RecordReader(source, input_format=fmt) if r.error == "duplicate_id"]
+    ranges = plan_ranges(source, input_format=fmt, pods=pods, max_record_bytes=max_record_bytes)
+    for byte_range in ranges:
+        path = tmp_path / f"range-{byte_range.index}.{fmt}"
+        path.write_bytes(byte_range.prefix + data[byte_range.start : byte_range.end])
+        reader = RecordReader(path, input_format=fmt, line_offset=byte_range.line_offset,
+                              max_record_bytes=max_record_bytes, duplicate_lines=repeated)  # fmt: skip
+        out += [(r.line, r.record_id, r.error, r.fields) for r in reader]
+    return out, ranges
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=lines, pods=st.integers(1, 9))
+def test_jsonl_ranges_reproduce_every_record_at_its_input_line(tmp_path_factory, rows, pods):
+    tmp_path = tmp_path_factory.mktemp("ranges")
+    source = tmp_path / "in.jsonl"
+    source.write_text("\n".join(rows) + ("\n" if rows else ""))
+    got, ranges = ranged_records(tmp_path, source, "jsonl", pods)
+    assert got == records_of(source)
+    assert 1 <= len(ranges) <= pods
+    assert [(r.start, r.end) for r in ranges] == list(
+        zip([0] + [r.end for r in ranges[:-1]], [r.end for r in ranges], strict=True)
+    )  # contiguous, the whole file
+    assert ranges[-1].end == source.stat().st_size
+
+
+def test_jsonl_ranges_are_about_equal(tmp_path):
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"id": i, "text": "x" * (i % 50)}) + "\n" for i in range(10_000)))
+    ranges = plan_ranges(source, input_format="jsonl", pods=8, max_record_bytes=1 << 20)
+    sizes = [r.end - r.start for r in ranges]
+    assert len(ranges) == 8
+    assert max(sizes) - min(sizes) < 200  # at most a line apart from size / 8
+
+
+def test_csv_ranges_repeat_the_header_and_never_split_a_quoted_row(tmp_path):
+    rng = random.Random(7)
+    rows = ["\ufeffid,note"] + [
+        f'{i},"{rng.randbytes(20).hex()}\nline two, with a comma"'
+        if i % 3 == 0
+        else f"{i},{rng.randbytes(20).hex()}"
+        for i in range(300)
+    ]
+    source = tmp_path / "in.csv"
+    source.write_text("\n".join(rows) + "\n")
+    for pods in (1, 2, 5, 13):
+        got, ranges = ranged_records(tmp_path, source, "csv", pods)
+        assert got == records_of(source)
+        assert len(ranges) == pods
+        assert all(r.prefix == b"id,note\n" for r in ranges[1:])
+        assert ranges[0].prefix == b""

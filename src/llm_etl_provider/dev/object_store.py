@@ -7,10 +7,14 @@ everything, and unsigned requests are refused. The bucket :data:`BUCKET` is crea
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
+import signal
+import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,3 +137,25 @@ def create_bucket(account: S3Account, alive: Any, *, bucket: str = BUCKET) -> No
                     f"{START_TIMEOUT:.0f} s: {exc}"
                 ) from None
         time.sleep(0.3)
+
+
+@contextlib.contextmanager
+def running_seaweedfs(root: Path, log: Path | None = None) -> Iterator[S3Account]:
+    """SeaweedFS under ``root`` with the bucket :data:`BUCKET`, for as long as the block runs (tests and
+    benchmarks; ``llm-etl dev-cluster`` starts its own beside the control plane)."""
+    argv, account = seaweedfs_command(find_weed(), root)
+    with (log or root / "seaweedfs.log").open("ab") as output:
+        process = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        create_bucket(account, lambda: process.poll() is None)
+        yield account
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

@@ -1,0 +1,169 @@
+"""The object transport end to end in local mode, against a real S3 server (SeaweedFS, started here) and the
+real model: the stage signs URLs, each worker downloads its byte range and writes part objects, extraction
+reads the parts; the same records are accounted for as with the log transport."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from airflow.sdk import DAG, ObjectStoragePath
+
+from llm_etl_provider.contract.object_transport import TRANSPORT_FOLDER
+from llm_etl_provider.dev.object_store import BUCKET, S3Account, running_seaweedfs
+from llm_etl_provider.exceptions import FrameStreamRejectedError, StagingError
+from llm_etl_provider.operators.cleanup import CleanupOperator
+from llm_etl_provider.operators.enrichment import LLMEnrichmentOperator
+from llm_etl_provider.operators.extract import ExtractResultsOperator
+from llm_etl_provider.operators.stage import StageInputOperator
+from tests.task_context import task_context
+
+ROOT = f"s3://aws_default@{BUCKET}"
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory) -> Iterator[S3Account]:
+    with running_seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as account:
+        yield account
+
+
+@pytest.fixture
+def store(s3, monkeypatch) -> S3Account:
+    """Airflow's ``aws_default`` without a connection: the AWS SDK's own variables, as dev-cluster prints."""
+    for name, value in s3.environment().items():
+        monkeypatch.setenv(name, value)
+    return s3
+
+
+def reviews() -> bytes:
+    lines = [json.dumps({"id": f"r{i}", "review": f"It helped my pain {i}."}) for i in range(12)]
+    lines[4] = "{broken"
+    lines[7] = ""
+    lines[9] = json.dumps({"id": "r1", "review": "a repeated id"})
+    return ("\n".join(lines) + "\n").encode()
+
+
+def pipeline(tmp_path: Path, monkeypatch, server, input_path: str, output: str, **stage: Any):
+    """stage → enrich → extract for every shard, in local mode through ``server``; the descriptors."""
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_LLM_TEST",
+        json.dumps({"conn_type": "llm_etl", "host": server.url, "extra": {"api": "openai", "model": "x"}}),
+    )
+    local: dict[str, Any] = {"execution_mode": "local", "local_dir": str(tmp_path / "staging")}
+    with DAG("llm_enrichment", schedule=None):
+        shards = StageInputOperator(
+            task_id="stage", input_path=input_path, output_path=output, **stage, **local
+        ).execute(task_context("r1"))
+        for shard in shards:
+            LLMEnrichmentOperator(
+                task_id=f"enrich_{shard['index']}", shard=shard, model=server.model_name, template="{review}",
+                llm_conn_id="llm_test", max_dead_letter_ratio=1, **local,
+            ).execute(task_context("r1"))  # fmt: skip
+            ExtractResultsOperator(
+                task_id=f"extract_{shard['index']}", shard=shard, output_path=output, **local
+            ).execute(task_context("r1"))
+        cleanup = CleanupOperator(task_id="cleanup", output_path=output, **local)
+    return shards, cleanup
+
+
+def published(output: str) -> tuple[dict[str, int], dict[str, str]]:
+    """Each published result's id -> line, and each dead letter's line -> reason, over every shard."""
+    results, dead = {}, {}
+    for manifest in sorted(ObjectStoragePath(output).glob("shard-*/manifest.json")):
+        folder = manifest.parent
+        for line in (folder / "results.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            results[record["id"]] = record["line"]
+        for line in (folder / "dead_letter.jsonl").read_text().splitlines():
+            letter = json.loads(line)
+            dead[letter["line"]] = letter["reason"]
+    return results, dead
+
+
+def test_three_pods_read_their_ranges_and_publish_what_the_log_transport_does(
+    tmp_path, monkeypatch, store, llama_server
+):
+    source = ObjectStoragePath(f"{ROOT}/in/reviews.jsonl")
+    source.write_bytes(reviews())
+    by_object = f"{ROOT}/out/object"
+    shards, cleanup = pipeline(
+        tmp_path, monkeypatch, llama_server, str(source), by_object, transport="object", pods=3
+    )
+    assert [s["transport"] for s in shards] == ["object"] * 3
+    assert sum(s["bytes"] for s in shards) == len(reviews())  # JSONL ranges: no prefix, the whole input
+    # nothing of the input was staged locally (in Kubernetes: in Secrets): only the URLs
+    staged = [p for p in (tmp_path / "staging").rglob("*") if p.is_file()]
+    assert {p.name for p in staged} <= {"key", "object.json", "duplicates.gz", "input.jsonl"} | {
+        f"container-try-{n}.log" for n in (1, 2, 3)
+    }
+    assert all(b"It helped" not in p.read_bytes() for p in staged if p.name in ("object.json", "key"))
+    objects, dead = published(by_object)
+    # every non-blank line once: line 8 is blank, line 10 repeats r1 (in another shard than line 2)
+    assert objects == {f"r{i}": i + 1 for i in (0, 1, 2, 3, 5, 6, 8, 10, 11)}
+    assert dead == {5: "malformed_json", 10: "duplicate_id"}
+    # the same input through the log transport: the same records, at the same lines, the same reasons
+    logged = f"{ROOT}/out/log"
+    pipeline(tmp_path / "log", monkeypatch, llama_server, str(source), logged)
+    log_results, log_dead = published(logged)
+    assert (objects, dead) == (log_results, log_dead)
+    transport = ObjectStoragePath(by_object) / TRANSPORT_FOLDER
+    assert transport.exists()
+    assert cleanup.execute(task_context("r1"))["transport_folders"] == 1
+    # no object is left (SeaweedFS may still list the emptied folder a while: it removes those lazily)
+    left = store.client().list_objects_v2(Bucket=BUCKET, Prefix=f"out/object/{TRANSPORT_FOLDER}/")
+    assert left.get("KeyCount") == 0
+    assert (ObjectStoragePath(by_object) / "shard-00000" / "_SUCCESS").exists()  # the results stay
+
+
+def test_a_shard_whose_worker_never_ended_its_stream_publishes_nothing(
+    tmp_path, monkeypatch, store, llama_server
+):
+    source = ObjectStoragePath(f"{ROOT}/in/short.jsonl")
+    source.write_bytes(reviews())
+    output = f"{ROOT}/out/unfinished"
+    local: dict[str, Any] = {"execution_mode": "local", "local_dir": str(tmp_path / "staging")}
+    with DAG("llm_enrichment", schedule=None):
+        (shard,) = StageInputOperator(
+            task_id="stage", input_path=str(source), output_path=output, transport="object", pods=1, **local
+        ).execute(task_context("r2"))
+        # a try's log exists, its parts do not: the worker died before its first checkpoint
+        (Path(shard["path"]).parent / "container-try-1.log").write_bytes(b"")
+        extract = ExtractResultsOperator(task_id="extract", shard=shard, output_path=output, **local)
+        with pytest.raises(FrameStreamRejectedError, match="the worker did not finish its stream"):
+            extract.execute(task_context("r2"))
+    assert not ObjectStoragePath(output).joinpath("shard-00000", "results.jsonl").exists()
+
+
+def test_inputs_the_object_transport_cannot_range_are_refused_before_anything_is_staged(tmp_path, store):
+    local: dict[str, Any] = {"execution_mode": "local", "local_dir": str(tmp_path / "staging")}
+    gzipped = ObjectStoragePath(f"{ROOT}/in/reviews.jsonl.gz")
+    gzipped.write_bytes(gzip.compress(reviews()))
+    on_disk = tmp_path / "reviews.jsonl"
+    on_disk.write_bytes(reviews())
+    cases = [
+        (str(gzipped), f"{ROOT}/out/x", "is gzip-compressed"),
+        (
+            str(on_disk),
+            f"{ROOT}/out/x",
+            "put the input and the output on s3:// or gs://, or use transport=log",
+        ),
+        (f"{ROOT}/in/reviews.jsonl", str(tmp_path / "out"), "or use transport=log"),
+    ]
+    ObjectStoragePath(f"{ROOT}/in/reviews.jsonl").write_bytes(reviews())
+    with DAG("llm_enrichment", schedule=None):
+        for number, (input_path, output, message) in enumerate(cases):
+            stage = StageInputOperator(
+                task_id=f"stage_{number}",
+                input_path=input_path,
+                output_path=output,
+                transport="object",
+                pods=2,
+                **local,
+            )
+            with pytest.raises(StagingError, match=message):
+                stage.execute(task_context("r3"))
+    assert not (tmp_path / "staging").exists() or not any((tmp_path / "staging").rglob("key"))

@@ -1,0 +1,193 @@
+"""The worker's side of the object transport against an in-memory store behind pre-signed-style URLs
+(``httpx.MockTransport``): the range download, the part objects, the remote checkpoint and a resume."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from llm_etl_provider.contract.object_transport import (
+    InputRange,
+    ObjectTransport,
+    ObjectTransportError,
+    read_end_marker,
+)
+from llm_etl_provider.transport.exceptions import TrailerMismatchError
+from llm_etl_provider.transport.extract import extract
+from llm_etl_provider.transport.keys import new_key
+from llm_etl_provider.worker.checkpoint import run_fingerprint
+from llm_etl_provider.worker.clients import make_client
+from llm_etl_provider.worker.engine import Engine, EngineSettings
+from llm_etl_provider.worker.exceptions import ConfigurationError
+from llm_etl_provider.worker.object_io import (
+    ObjectPartSink,
+    ObjectStoreError,
+    RemoteCheckpoint,
+    download_input,
+)
+from llm_etl_provider.worker.records import RecordReader
+from llm_etl_provider.worker.tasks import build_task
+from tests.unit.worker.fakes import FakeLLMServer
+
+STORE = "http://store.test"
+
+
+class MemoryStore:
+    """Objects by URL path; GET honours Range (206), a missing object is 404, PUT replaces."""
+
+    def __init__(self, *, ignore_range: bool = False) -> None:
+        self.objects: dict[str, bytes] = {}
+        self.ignore_range = ignore_range
+        self.puts: list[str] = []
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        name = request.url.path
+        if request.method == "PUT":
+            self.objects[name] = request.read()
+            self.puts.append(name)
+            return httpx.Response(200)
+        if name not in self.objects:
+            return httpx.Response(404)
+        body = self.objects[name]
+        if (wanted := request.headers.get("range")) and not self.ignore_range:
+            first, last = wanted.removeprefix("bytes=").split("-")
+            return httpx.Response(206, content=body[int(first) : int(last) + 1])
+        return httpx.Response(200, content=body)
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(transport=httpx.MockTransport(self.handle))
+
+
+def transport_for(data: bytes, start: int, end: int, *, parts: int = 40, part_records: int = 5, prefix=b""):
+    return ObjectTransport(
+        input=InputRange(
+            url=f"{STORE}/in.jsonl",
+            start=start,
+            end=end,
+            sha256=hashlib.sha256(prefix + data[start:end]).hexdigest(),
+            prefix=prefix,
+        ),
+        parts=tuple(f"{STORE}/t/part-{k}" for k in range(parts)),
+        checkpoint_get=f"{STORE}/t/checkpoint.json",
+        checkpoint_put=f"{STORE}/t/checkpoint.json",
+        end_put=f"{STORE}/t/end.json",
+        part_records=part_records,
+    )
+
+
+def reviews(n: int) -> bytes:
+    return b"".join(json.dumps({"id": f"r{i}", "text": f"good drug {i}"}).encode() + b"\n" for i in range(n))
+
+
+def test_the_document_round_trips_and_a_malformed_one_is_refused():
+    document = transport_for(reviews(3), 0, 10, prefix=b"id,text\n")
+    assert ObjectTransport.from_json(document.to_json()) == document
+    with pytest.raises(ObjectTransportError):
+        ObjectTransport.from_json(b'{"input": {}}')
+
+
+def test_the_download_is_the_range_after_its_prefix(tmp_path):
+    store = MemoryStore()
+    data = b"id,text\n1,a\n2,b\n3,c\n"
+    store.objects["/in.jsonl"] = data
+    document = transport_for(data, 12, 20, prefix=b"id,text\n")
+    download_input(document, tmp_path / "input.csv", store.client())
+    assert (tmp_path / "input.csv").read_bytes() == b"id,text\n2,b\n3,c\n"
+
+
+def test_an_input_that_changed_since_the_stage_is_refused(tmp_path):
+    store = MemoryStore()
+    data = reviews(4)
+    document = transport_for(data, 0, 40)
+    store.objects["/in.jsonl"] = b"X" + data[1:]
+    with pytest.raises(ConfigurationError, match="the input changed since the stage"):
+        download_input(document, tmp_path / "input.jsonl", store.client())
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_store_that_ignores_range_is_refused(tmp_path):
+    store = MemoryStore(ignore_range=True)
+    data = reviews(4)
+    store.objects["/in.jsonl"] = data
+    with pytest.raises(ObjectStoreError, match="HTTP 200"):
+        download_input(transport_for(data, 5, 40), tmp_path / "input.jsonl", store.client())
+
+
+class Crash(BaseException):
+    """Stands in for SIGKILL."""
+
+
+def run(
+    tmp_path: Path, store: MemoryStore, document: ObjectTransport, key: bytes, *, attempt=1, crash_after=None
+):
+    task = build_task("sentiment")
+    local = tmp_path / f"input-{attempt}.jsonl"
+    http_store = store.client()
+    download_input(document, local, http_store)
+
+    class Sink(ObjectPartSink):
+        writes = 0
+
+        def write_result(self, line):
+            Sink.writes += 1
+            if crash_after is not None and Sink.writes > crash_after:
+                raise Crash
+            super().write_result(line)
+
+    fingerprint = run_fingerprint(local, task.fingerprint, "id")
+
+    async def go():
+        server = FakeLLMServer()
+        async with httpx.AsyncClient(transport=server.transport()) as http:
+            engine = Engine(
+                task,
+                make_client("openai", http, "http://llm", "smollm2"),
+                RecordReader(local),
+                Sink(key, "run-7", 2, document, http_store, attempt=attempt),
+                EngineSettings(checkpoint_every=document.part_records, concurrency=3),
+                checkpoint=RemoteCheckpoint(document, http_store, fingerprint),
+                log=lambda _: None,
+            )
+            return await engine.run()
+
+    return asyncio.run(go())
+
+
+def parts_of(store: MemoryStore) -> io.BytesIO:
+    count = read_end_marker(store.objects["/t/end.json"])
+    return io.BytesIO(b"".join(store.objects[f"/t/part-{k}"] for k in range(count)))
+
+
+def test_a_killed_worker_resumes_after_its_last_part_and_the_parts_extract_whole(tmp_path):
+    store, key, data = MemoryStore(), new_key(), reviews(23)
+    store.objects["/in.jsonl"] = data
+    document = transport_for(data, 0, len(data), part_records=5)
+    with pytest.raises(Crash):
+        run(tmp_path, store, document, key, attempt=1, crash_after=12)
+    written_before = len(store.puts)
+    assert "/t/checkpoint.json" in store.puts
+    assert "/t/end.json" not in store.objects
+    summary = run(tmp_path, store, document, key, attempt=2)
+    assert summary["resumed_from"] == 10  # the last checkpoint (and part) before the crash
+    # the resumed try wrote only the parts after the checkpoint: records 10-14, 15-19, 20-22, the trailer
+    resumed_parts = [p for p in store.puts[written_before:] if "/part-" in p]
+    assert resumed_parts == [f"/t/part-{k}" for k in range(2, 6)]
+    manifest = extract(parts_of(store), key, tmp_path / "out", run_id="run-7", shard=2, expected_attempt=2)
+    assert (manifest["results"], manifest["dead_letters"]) == (23, 0)
+    ids = [json.loads(line)["id"] for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert ids == [f"r{i}" for i in range(23)]
+    with pytest.raises(TrailerMismatchError, match="sealed by try 2"):
+        extract(parts_of(store), key, tmp_path / "again", run_id="run-7", shard=2, expected_attempt=1)
+
+
+def test_used_up_part_urls_fail_the_run_clearly(tmp_path):
+    store, key, data = MemoryStore(), new_key(), reviews(12)
+    store.objects["/in.jsonl"] = data
+    with pytest.raises(ObjectStoreError, match="part URLs are used up"):
+        run(tmp_path, store, transport_for(data, 0, len(data), parts=2, part_records=3), key)
