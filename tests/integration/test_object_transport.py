@@ -32,7 +32,7 @@ def s3(tmp_path_factory) -> Iterator[S3Account]:
 
 
 @pytest.fixture
-def store(s3, monkeypatch) -> S3Account:
+def store(s3: S3Account, monkeypatch) -> S3Account:
     """Airflow's ``aws_default`` without a connection: the AWS SDK's own variables, as dev-cluster prints."""
     for name, value in s3.environment().items():
         monkeypatch.setenv(name, value)
@@ -70,9 +70,10 @@ def pipeline(tmp_path: Path, monkeypatch, server, input_path: str, output: str, 
     return shards, cleanup
 
 
-def published(output: str) -> tuple[dict[str, int], dict[str, str]]:
+def published(output: str) -> tuple[dict[str, int], dict[int, str]]:
     """Each published result's id -> line, and each dead letter's line -> reason, over every shard."""
-    results, dead = {}, {}
+    results: dict[str, int] = {}
+    dead: dict[int, str] = {}
     for manifest in sorted(ObjectStoragePath(output).glob("shard-*/manifest.json")):
         folder = manifest.parent
         for line in (folder / "results.jsonl").read_text().splitlines():
