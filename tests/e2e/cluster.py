@@ -18,6 +18,7 @@ import httpx
 from llm_etl_provider.dev.cluster import DevCluster, NodeOptions
 from llm_etl_provider.dev.cluster.api import ApiError, KubeApi
 from llm_etl_provider.dev.cluster.layout import CONTAINER_VARIABLE, claim_dir, pod_volume_dir
+from llm_etl_provider.dev.object_store import S3Account
 
 
 def running_containers() -> list[str]:
@@ -38,14 +39,16 @@ def running_containers() -> list[str]:
     return sorted(found)
 
 
-class PodRecorder(threading.Thread):
-    """Every pod object the namespace has held while recording, as the API served it (spec and status)."""
+class Recorder(threading.Thread):
+    """Every object of a kind (``pods``, ``secrets``) the namespace has held while recording, as the API
+    served it."""
 
-    def __init__(self, admin: KubeApi, namespace: str) -> None:
-        super().__init__(name="pod-recorder", daemon=True)
+    def __init__(self, admin: KubeApi, namespace: str, kind: str) -> None:
+        super().__init__(name=f"{kind}-recorder", daemon=True)
         self.admin = admin
         self.namespace = namespace
-        self.pods: dict[str, dict[str, Any]] = {}  # by uid, the latest version seen
+        self.kind = kind
+        self.objects: dict[str, dict[str, Any]] = {}  # by uid, the latest version seen
         self._stopping = threading.Event()
 
     def run(self) -> None:
@@ -53,12 +56,12 @@ class PodRecorder(threading.Thread):
         while not self._stopping.is_set():
             try:
                 for event in self.admin.watch(
-                    f"/api/v1/namespaces/{self.namespace}/pods", version, timeout=2
+                    f"/api/v1/namespaces/{self.namespace}/{self.kind}", version, timeout=2
                 ):
-                    pod = event["object"]
-                    version = pod["metadata"]["resourceVersion"]
+                    item = event["object"]
+                    version = item["metadata"]["resourceVersion"]
                     if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
-                        self.pods[pod["metadata"]["uid"]] = pod
+                        self.objects[item["metadata"]["uid"]] = item
             except ApiError:
                 version = "0"  # expired (410 Gone): start again from the current objects
             except (httpx.HTTPError, ValueError):
@@ -84,12 +87,15 @@ class ProviderCluster:
         try:
             with self.dev.admin() as admin:
                 self.admin = admin
-                self.recorder = PodRecorder(admin, self.namespace)
+                self.recorder = Recorder(admin, self.namespace, "pods")
+                self.secrets = Recorder(admin, self.namespace, "secrets")
                 self.recorder.start()
+                self.secrets.start()
                 try:
                     yield self
                 finally:
                     self.recorder.stop()
+                    self.secrets.stop()
         finally:
             self.dev.down()
 
@@ -110,10 +116,18 @@ class ProviderCluster:
 
     def created_pods(self) -> list[dict[str, Any]]:
         """The pods created since the last :meth:`forget_pods`, as last seen."""
-        return list(self.recorder.pods.values())
+        return list(self.recorder.objects.values())
 
     def forget_pods(self) -> None:
-        self.recorder.pods.clear()
+        self.recorder.objects.clear()
+
+    def created_secrets(self) -> list[dict[str, Any]]:
+        """The Secrets created since the cluster started, as last seen (data included)."""
+        return list(self.secrets.objects.values())
+
+    def s3(self) -> S3Account:
+        """The dev cluster's S3 server."""
+        return self.dev.s3()
 
     def forget_events(self, pods: set[str]) -> None:
         """Drop the events of ``pods``, so that the next run in the module counts its own."""

@@ -99,12 +99,16 @@ def kubernetes_dag(monkeypatch: pytest.MonkeyPatch, cluster: ProviderCluster) ->
     return functools.partial(_load_dag, monkeypatch, cluster)
 
 
-def run_example(dag: Any, source: Path, output: Path, *, template: str = "{review}", **conf: Any) -> Any:
+def run_example(
+    dag: Any, source: Path | str, output: Path | str, *, template: str = "{review}", **conf: Any
+) -> Any:
     """Trigger the example DAG over ``source`` with the model the dev cluster serves (llama.cpp, SmolLM2)."""
     return dag.test(run_conf=example_conf(source, output, template=template, **conf))
 
 
-def example_conf(source: Path, output: Path, *, template: str = "{review}", **conf: Any) -> dict[str, Any]:
+def example_conf(
+    source: Path | str, output: Path | str, *, template: str = "{review}", **conf: Any
+) -> dict[str, Any]:
     """The example DAG's Params for ``source`` and the model the dev cluster serves."""
     return {
         "input_path": str(source),
@@ -133,14 +137,19 @@ def _checkpointed(cluster: ProviderCluster, pod: dict[str, Any]) -> int:
 
 @contextlib.contextmanager
 def preempted_mid_run(
-    cluster: ProviderCluster, after_checkpoints: int, records: int
+    cluster: ProviderCluster,
+    after_checkpoints: int,
+    records: int,
+    checkpointed: Callable[[ProviderCluster, dict[str, Any]], int] | None = None,
 ) -> Iterator[dict[str, int]]:
     """Delete the first pod through the API once its worker checkpointed ``after_checkpoints`` of its
     ``records`` records but not all of them, as a node drain or a spot preemption would; yield ``{pod: records
     checkpointed when it was deleted}``.
 
     Run the DAG with ``concurrency=1``: records in flight together finish together, and a worker that
-    checkpoints its whole shard at once exits before it can be preempted."""
+    checkpoints its whole shard at once exits before it can be preempted. ``checkpointed(cluster, pod)``
+    reads a pod's checkpoint (default: from its work claim)."""
+    progress = checkpointed or _checkpointed
     lost: dict[str, int] = {}
     stop = threading.Event()
 
@@ -151,7 +160,7 @@ def preempted_mid_run(
             }
             for pod in cluster.admin.get(cluster.path("pods"))["items"]:
                 name = pod["metadata"]["name"]
-                if name in running and after_checkpoints <= (done := _checkpointed(cluster, pod)) < records:
+                if name in running and after_checkpoints <= (done := progress(cluster, pod)) < records:
                     cluster.admin.delete(cluster.path("pods", name))
                     lost[name] = done
                     break

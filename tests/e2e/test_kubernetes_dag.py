@@ -8,11 +8,16 @@ from the pod log over the API. Nothing may remain in the cluster afterwards.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
+from typing import Any
 
 import pytest
 
+from llm_etl_provider.contract.layout import LABEL_SHARD, shard_folder
+from llm_etl_provider.contract.object_transport import CHECKPOINT_OBJECT, TRANSPORT_FOLDER
+from llm_etl_provider.dev.object_store import BUCKET
 from llm_etl_provider.transport.frames import FORMAT
 from tests.e2e.conftest import (
     MODEL_URL_SECRET,
@@ -218,3 +223,123 @@ def test_the_models_claim_of_the_dev_cluster_serves_the_example_dag_as_the_readm
     assert claims == [MODEL_CLAIM]  # the model came from the claim, not from a download
     assert cluster.wait_until_empty() == {}
     cluster.forget_events({pod["metadata"]["name"]})
+
+
+def _published(client: Any, prefix: str) -> tuple[dict[str, int], dict[int, str], list[str]]:
+    """Under ``prefix`` of the bucket: each result's id -> line, each dead letter's line -> reason, and the
+    keys of every ``_SUCCESS``."""
+    keys = [item["Key"] for item in client.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])]
+    results: dict[str, int] = {}
+    dead: dict[int, str] = {}
+    for key in keys:
+        body = (
+            client.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode()
+            if key.endswith(".jsonl")
+            else ""
+        )
+        for line in body.splitlines():
+            record = json.loads(line)
+            if key.endswith("/results.jsonl"):
+                results[record["id"]] = record["line"]
+            else:
+                dead[record["line"]] = record["reason"]
+    return results, dead, [key for key in keys if key.endswith("_SUCCESS")]
+
+
+def _object_checkpoint(cluster: Any, pod: dict[str, Any]) -> int:
+    """Records done in the object checkpoint of ``pod``'s shard (the object transport's, in the store)."""
+    client = cluster.s3().client()
+    shard = shard_folder(int(pod["metadata"]["labels"][LABEL_SHARD]))
+    for item in client.list_objects_v2(Bucket=BUCKET, Prefix="e2e/").get("Contents", []):
+        if item["Key"].endswith(f"/{TRANSPORT_FOLDER}/{shard}/{CHECKPOINT_OBJECT}"):
+            state = json.loads(client.get_object(Bucket=BUCKET, Key=item["Key"])["Body"].read())
+            return int(state["state"]["records_done"])
+    return 0
+
+
+@pytest.fixture
+def s3_environment(cluster, monkeypatch):
+    """Airflow's ``aws_default`` through the dev cluster's S3 server, as ``dev-cluster up`` prints it."""
+    account = cluster.s3()
+    for name, value in account.environment().items():
+        monkeypatch.setenv(name, value)
+    return account
+
+
+def test_three_pods_by_the_object_transport_publish_what_the_log_transport_does_with_no_input_in_secrets(
+    tmp_path, cluster, kubernetes_dag, s3_environment
+):
+    short = [line for line in SAMPLE.read_text().splitlines(keepends=True) if len(line) < 400][:9]
+    client = s3_environment.client()
+    client.put_object(Bucket=BUCKET, Key="e2e/in/reviews.jsonl", Body="".join(short).encode())
+    dag = kubernetes_dag(deferrable=False)
+    cluster.forget_pods()
+    secrets_before = set(cluster.secrets.objects)
+
+    run = run_example(
+        dag, f"s3://aws_default@{BUCKET}/e2e/in/reviews.jsonl", f"s3://aws_default@{BUCKET}/e2e/object",
+        transport="object", pods=3,
+    )  # fmt: skip
+
+    assert run.state == "success"
+    pods = cluster.created_pods()
+    assert len(pods) == 3
+    loads = [
+        status for pod in pods for status in pod["status"].get("initContainerStatuses", [])
+        if status["name"] == "model-loader" and status["state"].get("terminated", {}).get("exitCode") == 0
+    ]  # fmt: skip
+    assert len(loads) == 3  # one model load per pod
+    # 0 bytes of the input in Kubernetes: the shard Secrets hold pre-signed URLs, the key Secret the key
+    secrets = [s for uid, s in cluster.secrets.objects.items() if uid not in secrets_before]
+    assert len(secrets) == 4
+    held = {name for s in secrets for name in (s.get("data") or {})}
+    assert held <= {"object.json", "duplicates.gz", "key"}
+    decoded = b"".join(base64.b64decode(v) for s in secrets for v in (s.get("data") or {}).values())
+    assert all(json.loads(line)["review"][:40].encode() not in decoded for line in short)
+    results, dead, successes = _published(client, "e2e/object/")
+    assert len(successes) == 4  # three shards and the run
+    assert dead == {}
+    assert sorted(results) == sorted(json.loads(line)["id"] for line in short)
+    leftovers = client.list_objects_v2(Bucket=BUCKET, Prefix="e2e/object/").get("Contents", [])
+    assert not [item["Key"] for item in leftovers if f"/{TRANSPORT_FOLDER}/" in item["Key"]]  # cleaned up
+    # the log transport over the same input: the same records at the same lines
+    source = tmp_path / "reviews.jsonl"
+    source.write_text("".join(short))
+    assert run_example(dag, source, tmp_path / "out", transport="log").state == "success"
+    logged = {
+        json.loads(line)["id"]: json.loads(line)["line"]
+        for path in (tmp_path / "out").rglob("results.jsonl")
+        for line in path.read_text().splitlines()
+    }
+    assert logged == results
+    assert cluster.wait_until_empty() == {}
+
+
+def test_an_object_transport_pod_lost_mid_run_resumes_from_its_last_part(
+    tmp_path, cluster, kubernetes_dag, s3_environment
+):
+    short = [line for line in SAMPLE.read_text().splitlines(keepends=True) if len(line) < 400][:5]
+    client = s3_environment.client()
+    client.put_object(Bucket=BUCKET, Key="e2e/in/lost.jsonl", Body="".join(short).encode())
+    dag = resumable_dag(kubernetes_dag)  # a part (and checkpoint) per record
+    cluster.forget_pods()
+    with preempted_mid_run(cluster, 2, len(short), checkpointed=_object_checkpoint) as lost:
+        run = run_example(
+            dag, f"s3://aws_default@{BUCKET}/e2e/in/lost.jsonl", f"s3://aws_default@{BUCKET}/e2e/lost",
+            transport="object", pods=1, concurrency=1,
+        )  # fmt: skip
+
+    assert run.state == "success"
+    assert len(lost) == 1
+    assert len({p["metadata"]["name"] for p in cluster.created_pods()}) == 2  # the lost pod and the retry's
+    results, _, _ = _published(client, "e2e/lost/")
+    assert sorted(results) == sorted(json.loads(line)["id"] for line in short)  # none missing, none twice
+    manifests = [
+        item["Key"] for item in client.list_objects_v2(Bucket=BUCKET, Prefix="e2e/lost/")["Contents"]
+        if item["Key"].endswith("shard-00000/manifest.json")
+    ]  # fmt: skip
+    manifest = json.loads(client.get_object(Bucket=BUCKET, Key=manifests[0])["Body"].read())
+    (checkpointed,) = lost.values()
+    assert manifest["worker_summary"]["resumed_from"] >= checkpointed >= 2  # after its last part
+    assert manifest["attempt"] == 2
+    assert cluster.wait_until_empty() == {}
