@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from kubernetes import client, config
@@ -40,17 +41,44 @@ def printed(tmp_path_factory) -> Iterator[dict[str, str]]:
     up = subprocess.run([*command, "up", "--state", str(state)], capture_output=True, text=True, check=False)
     assert up.returncode == 0, up.stderr
     lines = up.stdout.splitlines()
-    assert [line.split("=", 1)[0] for line in lines] == ["KUBECONFIG", "AIRFLOW_KUBECONFIG", "NAMESPACE"]
+    assert [line.split("=", 1)[0] for line in lines] == [
+        "KUBECONFIG", "AIRFLOW_KUBECONFIG", "NAMESPACE",
+        "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+    ]  # fmt: skip
     yield dict(line.split("=", 1) for line in lines)
     pids = [int(pid) for pid in yaml.safe_load((state / "cluster.json").read_text())["pids"].values()]
     down = subprocess.run(
         [*command, "down", "--state", str(state)], capture_output=True, text=True, check=False
     )
     assert down.returncode == 0, down.stderr
-    for pid in pids:  # etcd, kube-apiserver and the node: gone (or a zombie of this process's child)
+    for (
+        pid
+    ) in pids:  # etcd, kube-apiserver, the node, the S3 server: gone (or a zombie of this process's child)
         assert not Path(f"/proc/{pid}").exists() or " Z" in Path(f"/proc/{pid}/stat").read_text()[-200:]
     status = subprocess.run([*command, "status", "--state", str(state)], capture_output=True, text=True)
     assert status.stdout.strip() == "down"
+
+
+def test_up_serves_s3_with_the_bucket_and_the_printed_identity_only(printed):
+    """The issue's outside check puts its input under s3://llm-etl/ with what ``up`` printed."""
+    import boto3
+    import botocore.exceptions
+
+    endpoint = printed["AWS_ENDPOINT_URL"]
+    signed = boto3.client(
+        "s3", endpoint_url=endpoint, region_name=printed["AWS_DEFAULT_REGION"],
+        aws_access_key_id=printed["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=printed["AWS_SECRET_ACCESS_KEY"],
+    )  # fmt: skip
+    signed.put_object(Bucket="llm-etl", Key="in/x.jsonl", Body=b'{"id": 1}\n')
+    assert signed.get_object(Bucket="llm-etl", Key="in/x.jsonl")["Body"].read() == b'{"id": 1}\n'
+    assert httpx.get(f"{endpoint}/llm-etl/in/x.jsonl").status_code == 403  # unsigned: refused
+    wrong = boto3.client(
+        "s3", endpoint_url=endpoint, region_name="us-east-1",
+        aws_access_key_id=printed["AWS_ACCESS_KEY_ID"], aws_secret_access_key="not-the-secret",
+    )  # fmt: skip
+    with pytest.raises(botocore.exceptions.ClientError):
+        wrong.get_object(Bucket="llm-etl", Key="in/x.jsonl")
 
 
 def test_up_serves_a_real_release_that_enforces_pod_security_secret_size_and_the_role(printed):
