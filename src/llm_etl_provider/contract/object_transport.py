@@ -26,7 +26,7 @@ TRANSPORT_FOLDER = "_transport"  # under the run's output folder; removed by the
 CHECKPOINT_OBJECT = "checkpoint.json"
 END_OBJECT = "end.json"
 PART_SLACK = 16  # URLs beyond one part per checkpoint: a part for each stop (SIGTERM) and the trailer's
-MAX_PARTS = 2000  # what one Secret holds with room to spare (a pre-signed URL is ~0.5-1.5 KB)
+MAX_PARTS = 500  # what one Secret holds with room to spare (a pre-signed URL is ~0.5-1.5 KB)
 
 
 def part_name(index: int) -> str:

@@ -96,7 +96,7 @@ class StageInputOperator(RunStepOperator):
     :param output_path: the run's output folder (templated); the object transport's parts go under its
         ``_transport/`` folder, which the cleanup removes
     :param checkpoint_every: records between the worker's checkpoints; with the object transport each writes
-        a part object (raised so that a shard needs at most 2,000 parts)
+        a part object (raised so that a shard needs at most 500 parts)
     """
 
     template_fields: Sequence[str] = (

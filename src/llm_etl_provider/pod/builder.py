@@ -486,10 +486,8 @@ def _put_first(mapping: dict[str, Any], keys: tuple[str, ...]) -> None:
 
 
 # What the `pull` model source needs (a registry over HTTPS, found through DNS); no other source needs any
-MODEL_PULL_EGRESS = (
-    {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
-    {"ports": [{"protocol": "TCP", "port": 443}]},
-)
+DNS_EGRESS = {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}
+MODEL_PULL_EGRESS = (DNS_EGRESS, {"ports": [{"protocol": "TCP", "port": 443}]})
 
 
 def network_policy(namespace: str | None = None, *, allow_model_pull: bool = False) -> dict[str, Any]:
@@ -518,8 +516,8 @@ def shard_network_policy(
     """The NetworkPolicy created with one shard's pod, selecting it by its run key and shard: no ingress, and
     no egress but what its model source needs: DNS and HTTPS where the loader downloads the model (``pull``,
     ``object``). A policy applies to the whole pod, so the worker could reach port 443 too: ``pvc`` and
-    ``image``, which need no network, are the sources to prefer. With the object transport, ``store_egress``
-    (the store's addresses and port, as resolved by the stage) are allowed too, and nothing else."""
+    ``image``, which need no network, are the sources to prefer. With the object transport, DNS and
+    ``store_egress`` (the store's addresses and port, as the stage resolved them) are allowed too."""
     policy = copy.deepcopy(load_template(NETWORK_POLICY_TEMPLATE))
     selected = {key: pod_labels[key] for key in (layout.LABEL_RUN_KEY, layout.LABEL_SHARD)}
     policy["metadata"] = {
@@ -529,6 +527,8 @@ def shard_network_policy(
     }
     policy["spec"]["podSelector"]["matchLabels"].update(selected)
     egress = [dict(rule) for rule in MODEL_PULL_EGRESS] if allow_model_download else []
+    if store_egress and not allow_model_download:
+        egress.append(dict(DNS_EGRESS))  # the URLs name the store's host
     for address, port in store_egress:
         prefix = 32 if ipaddress.ip_address(address).version == 4 else 128
         egress.append(

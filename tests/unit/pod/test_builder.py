@@ -408,3 +408,44 @@ def test_a_model_size_that_is_not_a_quantity_is_refused():
     chosen = params("ollama", "pull")
     with pytest.raises(PodSpecError, match="not a storage quantity"):
         build_pod(dataclasses.replace(chosen, model=dataclasses.replace(chosen.model, size="lots")))
+
+
+def test_an_object_transport_pod_downloads_its_range_into_a_work_folder_that_holds_it():
+    server = ServerSpec(backend="llamacpp", gpus=1)
+    shard = ShardDescriptor(
+        index=3, records=10, line_offset=0, input_format="csv", bytes=3 << 30, transport="object"
+    )
+    invocation = pod_invocation({"task": "sentiment"}, run_id="r", shard=shard, server=server, model="m")
+    plain = build_pod(params(backend="llamacpp"))
+    pod = build_pod(
+        PodParams(
+            invocation=invocation, model=model_for("pull"), server=server, input_secret="s", key_secret="k",
+            input_bytes=3 << 30,
+        )
+    )  # fmt: skip
+    args = pod["spec"]["containers"][0]["args"]
+    assert args[args.index("--output") + 1] == "object"
+    assert args[args.index("--object-transport") + 1] == "/var/run/llm-etl/input/object.json"
+    assert args[args.index("--input") + 1] == "/work/input.csv"
+    assert "--checkpoint" not in args  # in the store, beside the parts
+    work = {v["name"]: v for v in pod["spec"]["volumes"]}["work"]["emptyDir"]["sizeLimit"]
+    plain_work = {v["name"]: v for v in plain["spec"]["volumes"]}["work"]["emptyDir"]["sizeLimit"]
+    assert (work, plain_work) == ("5120Mi", "2Gi")
+    storage = pod["spec"]["containers"][0]["resources"]["limits"]["ephemeral-storage"]
+    assert storage == "3328Mi"  # 256Mi + the range
+
+
+def test_the_object_transport_s_policy_allows_dns_and_the_store_only():
+    labels = {"llm-etl.io/run-key": "0123456789ab", "llm-etl.io/shard": "0"}
+    policy = shard_network_policy(
+        "p",
+        labels,
+        allow_model_download=False,
+        annotations={},
+        store_egress=[("10.1.2.3", 9000), ("::1", 443)],
+    )
+    assert policy["spec"]["egress"] == [
+        {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
+        {"to": [{"ipBlock": {"cidr": "10.1.2.3/32"}}], "ports": [{"protocol": "TCP", "port": 9000}]},
+        {"to": [{"ipBlock": {"cidr": "::1/128"}}], "ports": [{"protocol": "TCP", "port": 443}]},
+    ]

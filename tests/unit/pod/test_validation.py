@@ -37,11 +37,13 @@ def test_network_policies_validate_strictly(version, allow_model_pull):
 
 @pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("allow_model_pull", [False, True])
-def test_shard_network_policies_validate_strictly(version, allow_model_pull):
+@pytest.mark.parametrize("store", [(), (("10.0.0.7", 9000),)], ids=["log", "object"])
+def test_shard_network_policies_validate_strictly(version, allow_model_pull, store):
     labels = {"llm-etl.io/run-key": "0123456789ab", "llm-etl.io/shard": "0"}
     policy = shard_network_policy(
-        "llm-etl-abc-shard-0-network", labels, allow_model_download=allow_model_pull, annotations={}
-    )
+        "llm-etl-abc-shard-0-network", labels, allow_model_download=allow_model_pull, annotations={},
+        store_egress=store,
+    )  # fmt: skip
     kubernetes_validate.validate(policy, version, strict=True)
 
 
