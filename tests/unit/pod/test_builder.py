@@ -416,10 +416,10 @@ def test_an_object_transport_pod_downloads_its_range_into_a_work_folder_that_hol
         index=3, records=10, line_offset=0, input_format="csv", bytes=3 << 30, transport="object"
     )
     invocation = pod_invocation({"task": "sentiment"}, run_id="r", shard=shard, server=server, model="m")
-    plain = build_pod(params(backend="llamacpp"))
+    plain = build_pod(params(backend="llamacpp", source="pvc"))
     pod = build_pod(
         PodParams(
-            invocation=invocation, model=model_for("pull"), server=server, input_secret="s", key_secret="k",
+            invocation=invocation, model=model_for("pvc"), server=server, input_secret="s", key_secret="k",
             input_bytes=3 << 30,
         )
     )  # fmt: skip
