@@ -22,7 +22,8 @@ from llm_etl_provider.operators.extract import ExtractResultsOperator
 from llm_etl_provider.operators.stage import StageInputOperator
 from tests.task_context import task_context
 
-ROOT = f"s3://aws_default@{BUCKET}"
+CONN_ID = "llm_etl_s3"  # a connection of its own: Airflow caches a store per connection id for the process
+ROOT = f"s3://{CONN_ID}@{BUCKET}"
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +34,15 @@ def s3(tmp_path_factory) -> Iterator[S3Account]:
 
 @pytest.fixture
 def store(s3: S3Account, monkeypatch) -> S3Account:
-    """Airflow's ``aws_default`` without a connection: the AWS SDK's own variables, as dev-cluster prints."""
-    for name, value in s3.environment().items():
-        monkeypatch.setenv(name, value)
+    """An ``aws`` connection to the S3 server: its keys, and the endpoint in its extra (the dev cluster's
+    own e2e run goes through ``aws_default`` and the AWS SDK's variables instead)."""
+    connection = {
+        "conn_type": "aws",
+        "login": s3.access_key,
+        "password": s3.secret_key,
+        "extra": {"endpoint_url": s3.endpoint, "region_name": "us-east-1"},
+    }
+    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", json.dumps(connection))
     return s3
 
 
