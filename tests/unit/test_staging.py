@@ -80,16 +80,21 @@ def test_an_oversized_record_is_cut_and_dead_lettered_by_the_worker_at_its_line(
     assert all(len(s.data) <= 20_000 for s in shards)
 
 
-def test_csv_shards_repeat_the_header_and_never_split_a_quoted_row(tmp_path):
-    rng = random.Random(5)
-    rows = ["id,note"] + [
+def quoted_csv(path, header="id,note", seed=5):
+    """300 CSV rows under ``header``; every third has a quoted field of two lines holding a comma."""
+    rng = random.Random(seed)
+    rows = [header] + [
         f'{i},"{rng.randbytes(20).hex()}\nline two, with a comma"'
         if i % 3 == 0
         else f"{i},{rng.randbytes(20).hex()}"
         for i in range(300)
     ]
-    source = tmp_path / "in.csv"
-    source.write_text("\n".join(rows) + "\n")
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_csv_shards_repeat_the_header_and_never_split_a_quoted_row(tmp_path):
+    source = quoted_csv(tmp_path / "in.csv")
     got, shards = staged_records(tmp_path, source, "csv", max_shard_bytes=2_000, max_record_bytes=500)
     assert len(shards) > 3
     assert got == records_of(source)
@@ -178,15 +183,7 @@ def test_jsonl_ranges_are_about_equal(tmp_path):
 
 
 def test_csv_ranges_repeat_the_header_and_never_split_a_quoted_row(tmp_path):
-    rng = random.Random(7)
-    rows = ["\ufeffid,note"] + [
-        f'{i},"{rng.randbytes(20).hex()}\nline two, with a comma"'
-        if i % 3 == 0
-        else f"{i},{rng.randbytes(20).hex()}"
-        for i in range(300)
-    ]
-    source = tmp_path / "in.csv"
-    source.write_text("\n".join(rows) + "\n")
+    source = quoted_csv(tmp_path / "in.csv", header="\ufeffid,note", seed=7)
     for pods in (1, 2, 5, 13):
         got, ranges = ranged_records(tmp_path, source, "csv", pods)
         assert got == records_of(source)

@@ -242,30 +242,31 @@ class KubernetesBackend(RunBackend):
         self._create_secret(self._secret(self.key_secret, data, kind="key"))
 
     def stage_shard(self, shard: Shard, key: bytes, duplicates: bytes = b"") -> dict[str, Any]:
-        name = layout.shard_secret_name(self.prefix, shard.index)
         data = {layout.input_file_name(shard.input_format): shard.data}
-        if duplicates:
-            data[layout.DUPLICATES_FILE_NAME] = duplicates
-        if (size := sum(map(len, data.values()))) > SECRET_LIMIT:
-            raise StagingInputError(
-                f"shard {shard.index} and its list of duplicate lines take {size} bytes, over a Secret's "
-                f"{SECRET_LIMIT}: lower max_shard_bytes"
-            )
-        self._create_secret(self._secret(name, data, kind="shard", shard=shard.index))
-        where: dict[str, Any] = {"secret": name}
+        where = self._stage_shard_secret(
+            shard.index, data, duplicates, f"shard {shard.index}", "lower max_shard_bytes"
+        )
         if self.work_claim_size:
             where["work_claim"] = self._create_work_claim(shard.index, key)
         return where
 
     def stage_object_shard(self, index: int, transport: bytes, duplicates: bytes = b"") -> dict[str, Any]:
-        name = layout.shard_secret_name(self.prefix, index)
         data = {layout.OBJECT_TRANSPORT_FILE_NAME: transport}
+        remedy = "raise checkpoint_every (fewer parts), or use more pods"
+        return self._stage_shard_secret(index, data, duplicates, f"shard {index}'s URLs", remedy)
+
+    def _stage_shard_secret(
+        self, index: int, data: dict[str, bytes], duplicates: bytes, described: str, remedy: str
+    ) -> dict[str, Any]:
+        """Create shard ``index``'s Secret of ``data`` and its duplicates file, if they fit one; else say
+        what (``described``) does not fit, and the ``remedy``."""
+        name = layout.shard_secret_name(self.prefix, index)
         if duplicates:
             data[layout.DUPLICATES_FILE_NAME] = duplicates
         if (size := sum(map(len, data.values()))) > SECRET_LIMIT:
             raise StagingInputError(
-                f"shard {index}'s URLs and its list of duplicate lines take {size} bytes, over a Secret's "
-                f"{SECRET_LIMIT}: raise checkpoint_every (fewer parts), or use more pods"
+                f"{described} and its list of duplicate lines take {size} bytes, over a Secret's "
+                f"{SECRET_LIMIT}: {remedy}"
             )
         self._create_secret(self._secret(name, data, kind="shard", shard=index))
         return {"secret": name}

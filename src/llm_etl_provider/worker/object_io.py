@@ -22,6 +22,7 @@ from llm_etl_provider.contract.object_transport import ObjectTransport, end_mark
 from llm_etl_provider.transport.frames import TRAILER_ATTEMPT, FrameWriter, WriterState
 from llm_etl_provider.worker.checkpoint import CHECKPOINT_VERSION, Checkpoint, CheckpointState
 from llm_etl_provider.worker.exceptions import ConfigurationError, WorkerError
+from llm_etl_provider.worker.model_loader import sha256_file
 
 ATTEMPTS = 6
 TIMEOUT = httpx.Timeout(120.0, connect=10.0)
@@ -60,7 +61,7 @@ def download_input(transport: ObjectTransport, destination: Path, http: httpx.Cl
     if (
         destination.is_file()
         and destination.stat().st_size == source.size
-        and _sha256(destination) == source.sha256
+        and sha256_file(destination) == source.sha256
     ):
         return
     destination.parent.mkdir(parents=True, exist_ok=True)
@@ -100,14 +101,6 @@ def download_input(transport: ObjectTransport, destination: Path, http: httpx.Cl
             f"{source.end - source.start} of {source.sha256[:16]}...: the input changed since the stage"
         )
     os.replace(partial, destination)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class ObjectPartSink:
