@@ -10,7 +10,8 @@ Where the cluster keeps its models is the deployment's business, so it comes fro
 ``LLM_ETL_GPUS`` (default 1), ``LLM_ETL_DEFERRABLE`` (``true``: the pods are watched by the triggerer),
 ``LLM_ETL_WORK_CLAIM_SIZE`` (e.g. ``1Gi``: checkpoints on a volume that survives a lost pod),
 ``LLM_ETL_WORK_STORAGE_CLASS`` and ``LLM_ETL_CHECKPOINT_EVERY``; ``LLM_ETL_TRANSPORT`` and ``LLM_ETL_PODS``
-set the defaults of the transport and the pod count.
+set the defaults of the transport and the pod count, ``LLM_ETL_STORE_CIDRS`` (comma-separated) where the
+object transport's pods may reach the store (default: its host's addresses when the run is staged).
 In local mode, ``LLM_ETL_LLM_CONN_ID`` names an ``llm_etl`` connection whose server (e.g. the Ollama of
 docker-compose.yaml) does the enrichment instead of the bundled model. ``LLM_ETL_DEFAULT_INPUT``,
 ``LLM_ETL_DEFAULT_OUTPUT`` and ``LLM_ETL_DEFAULT_MODEL`` set the Params' defaults.
@@ -62,6 +63,9 @@ else:
         # an Airflow pool with a slot per GPU: shards beyond the GPUs queue in Airflow, not as Pending pods
         MODEL_SETTINGS["pool"] = gpu_pool
         MODEL_SETTINGS["pool_slots"] = max(MODEL_SETTINGS["gpus"], 1)
+    if store_cidrs := os.environ.get("LLM_ETL_STORE_CIDRS"):
+        # the object transport: where the pods may reach a store whose addresses rotate (e.g. AWS S3's ranges)
+        MODEL_SETTINGS["store_cidrs"] = [cidr.strip() for cidr in store_cidrs.split(",") if cidr.strip()]
     if deferrable := os.environ.get("LLM_ETL_DEFERRABLE"):
         MODEL_SETTINGS["deferrable"] = deferrable.lower() == "true"
     DEFAULTS = {

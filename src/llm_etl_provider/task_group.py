@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -36,6 +37,7 @@ def llm_enrichment_task_group(
     work_storage_class: str | None = None,
     transport: str = DEFAULT_TRANSPORT,
     pods: int | str | None = None,
+    store_cidrs: Sequence[str] | None = None,
     **enrichment: Any,
 ) -> TaskGroup:
     """Add the enrichment pipeline to the DAG being defined and return its task group.
@@ -76,6 +78,7 @@ def llm_enrichment_task_group(
             work_storage_class=work_storage_class,
             transport=transport,
             pods=pods,
+            store_cidrs=store_cidrs,
             output_path=output_path,
             **(
                 {"checkpoint_every": enrichment["checkpoint_every"]}

@@ -251,7 +251,7 @@ def _object_checkpoint(cluster: Any, pod: dict[str, Any]) -> int:
     client = cluster.s3().client()
     shard = shard_folder(int(pod["metadata"]["labels"][LABEL_SHARD]))
     for item in client.list_objects_v2(Bucket=BUCKET, Prefix="e2e/").get("Contents", []):
-        if item["Key"].endswith(f"/{TRANSPORT_FOLDER}/{shard}/{CHECKPOINT_OBJECT}"):
+        if f"/{TRANSPORT_FOLDER}/" in item["Key"] and item["Key"].endswith(f"/{shard}/{CHECKPOINT_OBJECT}"):
             state = json.loads(client.get_object(Bucket=BUCKET, Key=item["Key"])["Body"].read())
             return int(state["state"]["records_done"])
     return 0

@@ -146,7 +146,7 @@ class WorkerInvocation:
     shard: int = _flag(0, group=_IO, parse=int, help="--output log: the shard number")
     attempt: int = _flag(
         1, group=_IO, parse=positive_int,
-        help="--output log: the try of the shard's enrichment this run is (sealed in the trailer)",
+        help="--output log or object: the try of the shard's enrichment this is (sealed in the trailer)",
     )  # fmt: skip
     spool: Path | None = _flag(
         None, group=_IO, parse=Path,

@@ -8,13 +8,16 @@ objects: one part at each checkpoint and one with the trailer; after each part i
 retried pod GETs to resume after its last part. Last, it PUTs the end marker, which says how many parts the
 stream has; the extraction reads exactly those parts, in order, and verifies them as it verifies a log.
 
-Under the run's transport folder (``<output>/_transport/shard-<n>/``): ``part-<k>.frames``,
-``checkpoint.json``, ``end.json``.
+Under the run's transport folder, named after its key (``<output>/_transport/<key digest>/shard-<n>/``, so
+that a stage run again with a new key never resumes what the old key sealed): ``part-<k>.frames``,
+``checkpoint.json``, ``end.json``. The input's URL is a GET of the whole input object (a pre-signed URL does
+not bind the ``Range`` header): each shard's Secret is as sensitive as the input, until the URL expires.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 
@@ -27,6 +30,11 @@ CHECKPOINT_OBJECT = "checkpoint.json"
 END_OBJECT = "end.json"
 PART_SLACK = 16  # URLs beyond one part per checkpoint: a part for each stop (SIGTERM) and the trailer's
 MAX_PARTS = 500  # what one Secret holds with room to spare (a pre-signed URL is ~0.5-1.5 KB)
+
+
+def key_folder(key: bytes) -> str:
+    """The transport folder's name for a run's key: a digest, never the key."""
+    return hashlib.sha256(b"llm-etl transport folder\0" + key).hexdigest()[:16]
 
 
 def part_name(index: int) -> str:

@@ -41,7 +41,8 @@ class ShardDescriptor:
     :param malformed: reason -> first input lines of malformed records (shard 0 reports the input's)
     :param transport: ``log`` (its input in its Secret, its frames in its log) or ``object`` (its Secret holds
         pre-signed URLs: :mod:`~llm_etl_provider.contract.object_transport`)
-    :param egress: the object transport: the store's ``[address, port]`` pairs its pod may connect to
+    :param egress: the object transport: the store's ``[address or CIDR, port]`` pairs its pod may reach
+    :param parts: the object transport: the folder (a URI) of its part objects, checkpoint and end marker
     """
 
     index: int
@@ -58,6 +59,7 @@ class ShardDescriptor:
     malformed: dict[str, list[int]] = field(default_factory=dict)
     transport: str = DEFAULT_TRANSPORT
     egress: list[list[Any]] = field(default_factory=list)
+    parts: str | None = None
 
     def to_xcom(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

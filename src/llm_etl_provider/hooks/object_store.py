@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import socket
+from collections.abc import Sequence
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -25,26 +26,8 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 class ObjectStoreSigner:
     """Signs URLs for the objects of one store (a scheme and a connection)."""
 
-    endpoint: str
-
     def sign(self, bucket: str, key: str, method: Method, expires: int) -> str:
         raise NotImplementedError
-
-    def egress(self) -> list[tuple[str, int]]:
-        """Where a pod must be able to connect to use the URLs: the endpoint's addresses and port, as
-        resolved now (a NetworkPolicy allows IP blocks only)."""
-        parts = urlsplit(self.endpoint)
-        port = parts.port or DEFAULT_PORTS.get(parts.scheme, 443)
-        host = parts.hostname or ""
-        try:
-            addresses = [str(ipaddress.ip_address(host))]
-        except ValueError:
-            try:
-                found = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
-                addresses = sorted({str(info[4][0]) for info in found})
-            except OSError as exc:
-                raise StagingError(f"cannot resolve the object store's host {host}: {exc}") from None
-        return [(address, port) for address in addresses]
 
 
 class S3Signer(ObjectStoreSigner):
@@ -52,7 +35,6 @@ class S3Signer(ObjectStoreSigner):
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
         self.client: Any = S3Hook(aws_conn_id=conn_id).get_conn()
-        self.endpoint = str(self.client.meta.endpoint_url)
 
     def sign(self, bucket: str, key: str, method: Method, expires: int) -> str:
         operation = "get_object" if method == "GET" else "put_object"
@@ -64,8 +46,6 @@ class S3Signer(ObjectStoreSigner):
 
 
 class GcsSigner(ObjectStoreSigner):
-    endpoint = "https://storage.googleapis.com"
-
     def __init__(self, conn_id: str | None) -> None:
         try:
             from airflow.providers.google.cloud.hooks.gcs import GCSHook  # type: ignore[import-not-found]
@@ -111,3 +91,23 @@ def expiry_seconds(run_deadline_seconds: float) -> int:
             f"({MAX_EXPIRY_SECONDS} s, 7 days): shorten it for the object transport"
         )
     return int(run_deadline_seconds)
+
+
+def url_egress(url: str, cidrs: Sequence[str] = ()) -> list[tuple[str, int]]:
+    """Where a pod must be able to connect to use ``url``: ``cidrs`` if given (a store whose addresses rotate,
+    such as AWS S3's, needs its published ranges or a VPC endpoint), else the URL's host as resolved now (a
+    NetworkPolicy allows IP blocks only), each with the URL's port."""
+    parts = urlsplit(url)
+    port = parts.port or DEFAULT_PORTS.get(parts.scheme, 443)
+    if cidrs:
+        return [(str(ipaddress.ip_network(cidr, strict=False)), port) for cidr in cidrs]
+    host = parts.hostname or ""
+    try:
+        return [(str(ipaddress.ip_address(host)), port)]
+    except ValueError:
+        pass
+    try:
+        found = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
+    except OSError as exc:
+        raise StagingError(f"cannot resolve the object store's host {host}: {exc}") from None
+    return [(address, port) for address in sorted({str(info[4][0]) for info in found})]

@@ -9,9 +9,8 @@ from airflow.sdk import ObjectStoragePath
 
 from llm_etl_provider.contract.invocation import OBJECT_OUTPUT
 from llm_etl_provider.contract.layout import shard_folder
-from llm_etl_provider.contract.object_transport import TRANSPORT_FOLDER
 from llm_etl_provider.contract.shard import ShardDescriptor
-from llm_etl_provider.exceptions import FrameStreamRejectedError, ShardFailedError
+from llm_etl_provider.exceptions import ExtractionError, FrameStreamRejectedError, ShardFailedError
 from llm_etl_provider.operators.base import RunStepOperator, backend_for
 from llm_etl_provider.transport.exceptions import TransportError
 from llm_etl_provider.transport.extract import FAILED, extract
@@ -56,12 +55,10 @@ class ExtractResultsOperator(RunStepOperator):
         shard = ShardDescriptor.from_xcom(self.shard)
         run_id = str(context["run_id"])
         destination = ObjectStoragePath(self.output_path) / shard_folder(shard.index)
-        # the object transport's parts, under the run's output folder, as the stage signed them
-        parts = (
-            ObjectStoragePath(self.output_path) / TRANSPORT_FOLDER / shard_folder(shard.index)
-            if shard.transport == OBJECT_OUTPUT
-            else None
-        )
+        # the object transport's parts, where the stage signed them for
+        parts = ObjectStoragePath(shard.parts) if shard.transport == OBJECT_OUTPUT and shard.parts else None
+        if shard.transport == OBJECT_OUTPUT and parts is None:
+            raise ExtractionError(f"shard {shard.index}: an object transport shard without its parts folder")
         backend = backend_for(self, context, key_secret=self.key_secret)
         try:
             source = backend.frame_source(shard.index, parts)

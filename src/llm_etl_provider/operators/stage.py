@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import functools
 import hashlib
 import tempfile
@@ -25,13 +26,14 @@ from llm_etl_provider.contract.object_transport import (
     TRANSPORTS,
     InputRange,
     ObjectTransport,
+    key_folder,
     part_name,
     part_records_for,
     parts_needed,
 )
 from llm_etl_provider.contract.shard import ShardDescriptor, validate_run_id
 from llm_etl_provider.exceptions import StagingError, StagingInputError
-from llm_etl_provider.hooks.object_store import ObjectStoreSigner, expiry_seconds, signer_for
+from llm_etl_provider.hooks.object_store import ObjectStoreSigner, expiry_seconds, signer_for, url_egress
 from llm_etl_provider.operators.base import RunStepOperator, backend_for
 from llm_etl_provider.staging import (
     DEFAULT_MAX_INPUT_BYTES,
@@ -95,6 +97,9 @@ class StageInputOperator(RunStepOperator):
         Secret-sized shards instead (``max_shard_bytes``).
     :param output_path: the run's output folder (templated); the object transport's parts go under its
         ``_transport/`` folder, which the cleanup removes
+    :param store_cidrs: the object transport: the address ranges (CIDRs) the pods may reach the store at,
+        for a store whose addresses rotate (AWS S3's published ranges, a VPC endpoint); default: its URLs'
+        hosts as resolved by the stage
     :param checkpoint_every: records between the worker's checkpoints; with the object transport each writes
         a part object (raised so that a shard needs at most 500 parts)
     """
@@ -134,6 +139,7 @@ class StageInputOperator(RunStepOperator):
         pods: int | str | None = None,
         output_path: str | None = None,
         checkpoint_every: int = default_of("checkpoint_every"),
+        store_cidrs: Sequence[str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -152,6 +158,7 @@ class StageInputOperator(RunStepOperator):
         self.pods = pods
         self.output_path = output_path
         self.checkpoint_every = checkpoint_every
+        self.store_cidrs = store_cidrs
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
         run_id = str(context["run_id"])
@@ -231,23 +238,26 @@ class StageInputOperator(RunStepOperator):
                     f"{self.input_path} is gzip-compressed: the object transport reads byte ranges of the "
                     "input, which a gzip stream has not; store it uncompressed, or use transport=log"
                 )
-        pods = int(self.pods or 1)
+        try:
+            pods = int(self.pods or 1)
+        except ValueError:
+            raise StagingError(f"pods must be a whole number, not {self.pods!r}") from None
         if not 1 <= pods <= int(self.max_shards):
             raise StagingError(f"pods must be between 1 and max_shards ({self.max_shards}), not {pods}")
         ranges = plan_ranges(local, input_format=fmt, pods=pods, max_record_bytes=int(self.max_record_bytes))
         malformed, duplicates, records = self._validate(
             local, fmt, limits, boundaries=[r.first_line for r in ranges[1:]]
         )
+        ranges, records = _without_empty_ranges(ranges, records)
         input_signer, output_signer = signers
         source = ObjectStoragePath(self.input_path)
         transport_root = ObjectStoragePath(str(self.output_path)) / TRANSPORT_FOLDER
         expires = expiry_seconds(self.run_deadline_seconds)
-        egress = sorted({*input_signer.egress(), *output_signer.egress()})
         key = new_key()
         backend.stage_key(key)
         descriptors = []
         for byte_range, count in zip(ranges, records, strict=True):
-            folder = transport_root / shard_folder(byte_range.index)
+            folder = transport_root / key_folder(key) / shard_folder(byte_range.index)
 
             def put(name: str, folder: ObjectStoragePath = folder) -> str:
                 target = folder / name
@@ -269,6 +279,9 @@ class StageInputOperator(RunStepOperator):
                 end_put=put(END_OBJECT),
                 part_records=part_records,
             )
+            # the hosts the pod's URLs name, as resolved now (or the CIDRs the deployment gives)
+            cidrs = list(self.store_cidrs or ())
+            egress = sorted({*url_egress(document.input.url, cidrs), *url_egress(document.end_put, cidrs)})
             end = ranges[byte_range.index + 1].first_line if byte_range.index + 1 < len(ranges) else None
             repeated = duplicates[_lines_within(duplicates, byte_range.first_line, end)]
             descriptor = ShardDescriptor(
@@ -282,6 +295,7 @@ class StageInputOperator(RunStepOperator):
                 malformed=malformed if byte_range.index == 0 else {},
                 duplicates=len(repeated),
                 transport=OBJECT_OUTPUT,
+                parts=str(folder),
                 egress=[[address, port] for address, port in egress],
                 **backend.stage_object_shard(
                     byte_range.index, document.to_json(), encode_line_numbers(repeated) if repeated else b""
@@ -400,6 +414,22 @@ class StageInputOperator(RunStepOperator):
                 self.input_path, ", ".join(map(str, lines)), " and more" if len(lines) == 20 else "", reason,
             )  # fmt: skip
         return malformed, duplicates, records
+
+
+def _without_empty_ranges(ranges: list[ByteRange], records: list[int]) -> tuple[list[ByteRange], list[int]]:
+    """Join each range without a record (blank lines; a CSV header's range) to its neighbour: a pod and a
+    model load for nothing helps no one."""
+    joined: list[tuple[ByteRange, int]] = []
+    for byte_range, count in zip(ranges, records, strict=True):
+        if joined and (count == 0 or joined[-1][1] == 0):
+            previous, before = joined[-1]
+            joined[-1] = (dataclasses.replace(previous, end=byte_range.end), before + count)
+        else:
+            joined.append((byte_range, count))
+    renumbered = [
+        dataclasses.replace(byte_range, index=index) for index, (byte_range, _) in enumerate(joined)
+    ]
+    return renumbered, [count for _, count in joined]
 
 
 def _range_sha256(local: Path, byte_range: ByteRange) -> str:

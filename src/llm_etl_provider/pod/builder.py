@@ -530,10 +530,10 @@ def shard_network_policy(
     if store_egress and not allow_model_download:
         egress.append(dict(DNS_EGRESS))  # the URLs name the store's host
     for address, port in store_egress:
-        prefix = 32 if ipaddress.ip_address(address).version == 4 else 128
+        cidr = str(ipaddress.ip_network(address, strict=False))  # an address becomes its /32 or /128
         egress.append(
             {
-                "to": [{"ipBlock": {"cidr": f"{address}/{prefix}"}}],
+                "to": [{"ipBlock": {"cidr": cidr}}],
                 "ports": [{"protocol": "TCP", "port": port}],
             }
         )

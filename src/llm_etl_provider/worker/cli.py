@@ -144,10 +144,16 @@ async def run(invocation: WorkerInvocation) -> dict[str, Any]:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, current.cancel)
     task = task_from_invocation(invocation)
     transport = read_object_transport(invocation)
-    with httpx.Client(timeout=STORE_TIMEOUT) as store:
-        if transport is not None:
-            await asyncio.to_thread(download_input, transport, invocation.input, store)
-        return await _enrich(invocation, task, transport, store)
+    # the heartbeat (the liveness probe's) beats from the start: a large range downloads for minutes
+    heartbeat = asyncio.create_task(beat(invocation.heartbeat)) if invocation.heartbeat else None
+    try:
+        with httpx.Client(timeout=STORE_TIMEOUT) as store:
+            if transport is not None:
+                await asyncio.to_thread(download_input, transport, invocation.input, store)
+            return await _enrich(invocation, task, transport, store)
+    finally:
+        if heartbeat is not None:
+            heartbeat.cancel()
 
 
 async def _enrich(
@@ -199,12 +205,9 @@ async def _enrich(
             keep_alive=invocation.keep_alive,
         )
         engine = Engine(task, client, reader, sink, settings, checkpoint=checkpoint, log=_log)
-        heartbeat = asyncio.create_task(beat(invocation.heartbeat)) if invocation.heartbeat else None
         try:
             return await engine.run()
         finally:
-            if heartbeat is not None:
-                heartbeat.cancel()
             if invocation.summary and engine.summary is not None:
                 invocation.summary.write_text(json.dumps(engine.summary, indent=2, sort_keys=True) + "\n")
 

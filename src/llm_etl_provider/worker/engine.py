@@ -145,7 +145,7 @@ class Engine:
                 self.probe = ConcurrencyProbe(self.limit)
                 self.concurrency_source = "probe"
         state = self.checkpoint.load() if self.checkpoint is not None else None
-        self.stats.total = self.reader.count()
+        self.stats.total = await asyncio.to_thread(self.reader.count)  # the heartbeat beats meanwhile
         # the trailer carries what was read: extraction refuses a stream computed over another shard's input
         input_sha256 = await asyncio.to_thread(sha256_file, self.reader.path)
         records_done = 0

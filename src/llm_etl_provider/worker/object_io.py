@@ -3,7 +3,9 @@ byte range of the input, its part objects and its checkpoint, all through pre-si
 
 Uploads are synchronous: a part goes at each checkpoint (every ``part_records`` records), and requests
 already in flight to the LLM server go on meanwhile. Transient store errors (connection errors, 5xx, 429)
-are retried with backoff; a store that keeps failing ends the run with what is checkpointed kept.
+are retried with backoff; a store that keeps failing ends the run with what is checkpointed kept (exit 1: a
+new try resumes). A refusal that a retry would meet again (an expired or wrong URL: 403, 404 on a write, 416,
+the part URLs used up) ends it as a configuration error (exit 2: no retry).
 """
 
 from __future__ import annotations
@@ -30,7 +32,11 @@ _TRANSIENT = {429, 500, 502, 503, 504}
 
 
 class ObjectStoreError(WorkerError):
-    """The object store kept failing (or refused a pre-signed URL)."""
+    """The object store kept failing: a new try may succeed."""
+
+
+class ObjectStoreRefusedError(ConfigurationError):
+    """The object store refused what the URLs allow, or they ran out: a new try would meet the same."""
 
 
 def request(
@@ -47,7 +53,7 @@ def request(
             if response.status_code in ok:
                 return response
             if response.status_code not in _TRANSIENT:
-                raise ObjectStoreError(f"{what}: the store answered HTTP {response.status_code}")
+                raise ObjectStoreRefusedError(f"{what}: the store answered HTTP {response.status_code}")
             problem = f"HTTP {response.status_code}"
         if attempt + 1 < ATTEMPTS:
             time.sleep(min(0.5 * 2**attempt, 8.0))
@@ -75,23 +81,29 @@ def download_input(transport: ObjectTransport, destination: Path, http: httpx.Cl
             for attempt in range(ATTEMPTS):
                 try:
                     with http.stream("GET", source.url, headers=headers) as response:
-                        if response.status_code != 206:
-                            # 200 would be the whole object: a store that ignores Range is not usable here
-                            raise ObjectStoreError(
-                                f"reading the input range: the store answered HTTP {response.status_code}"
-                            )
-                        for chunk in response.iter_bytes(1 << 20):
-                            handle.write(chunk)
-                            digest.update(chunk)
-                            received += len(chunk)
-                    break
-                except httpx.TransportError:
-                    if attempt + 1 == ATTEMPTS:
-                        raise ObjectStoreError("reading the input range: the store kept failing") from None
-                    handle.seek(len(source.prefix))
-                    handle.truncate()
-                    digest, received = hashlib.sha256(source.prefix), 0
-                    time.sleep(min(0.5 * 2**attempt, 8.0))
+                        status = response.status_code
+                        if status == 206:
+                            for chunk in response.iter_bytes(1 << 20):
+                                handle.write(chunk)
+                                digest.update(chunk)
+                                received += len(chunk)
+                            break
+                    if status not in _TRANSIENT:
+                        # 200 would be the whole object: a store that ignores Range is not usable here
+                        raise ObjectStoreRefusedError(
+                            f"reading the input range: the store answered HTTP {status}"
+                        )
+                    problem = f"HTTP {status}"
+                except httpx.TransportError as exc:
+                    problem = type(exc).__name__
+                if attempt + 1 == ATTEMPTS:
+                    raise ObjectStoreError(
+                        f"reading the input range: the store kept failing (last: {problem})"
+                    )
+                handle.seek(len(source.prefix))
+                handle.truncate()
+                digest, received = hashlib.sha256(source.prefix), 0
+                time.sleep(min(0.5 * 2**attempt, 8.0))
         handle.flush()
         os.fsync(handle.fileno())
     if received != source.end - source.start or digest.hexdigest() != source.sha256:
@@ -156,7 +168,7 @@ class ObjectPartSink:
         if not self._buffer:
             return
         if self.parts >= len(self.transport.parts):
-            raise ObjectStoreError(
+            raise ObjectStoreRefusedError(
                 f"the shard's {len(self.transport.parts)} part URLs are used up: restart it with more "
                 "(the stage gives one per checkpoint and 16 more)"
             )
@@ -196,7 +208,7 @@ class RemoteCheckpoint(Checkpoint):
     after the last part its predecessor wrote."""
 
     def __init__(self, transport: ObjectTransport, http: httpx.Client, fingerprint: dict[str, Any]) -> None:
-        super().__init__(Path("checkpoint.json"), fingerprint)
+        super().__init__(Path("the store's checkpoint object"), fingerprint)
         self.transport = transport
         self.http = http
 

@@ -28,6 +28,7 @@ from llm_etl_provider.worker.exceptions import ConfigurationError
 from llm_etl_provider.worker.object_io import (
     ObjectPartSink,
     ObjectStoreError,
+    ObjectStoreRefusedError,
     RemoteCheckpoint,
     download_input,
 )
@@ -39,14 +40,20 @@ STORE = "http://store.test"
 
 
 class MemoryStore:
-    """Objects by URL path; GET honours Range (206), a missing object is 404, PUT replaces."""
+    """Objects by URL path; GET honours Range (206), a missing object is 404, PUT replaces; the first
+    ``failures`` requests answer ``failure_status``."""
 
-    def __init__(self, *, ignore_range: bool = False) -> None:
+    def __init__(self, *, ignore_range: bool = False, failures: int = 0, failure_status: int = 503) -> None:
         self.objects: dict[str, bytes] = {}
         self.ignore_range = ignore_range
         self.puts: list[str] = []
+        self.failures = failures
+        self.failure_status = failure_status
 
     def handle(self, request: httpx.Request) -> httpx.Response:
+        if self.failures:
+            self.failures -= 1
+            return httpx.Response(self.failure_status)
         name = request.url.path
         if request.method == "PUT":
             self.objects[name] = request.read()
@@ -101,6 +108,23 @@ def test_the_download_is_the_range_after_its_prefix(tmp_path):
     assert (tmp_path / "input.csv").read_bytes() == b"id,text\n2,b\n3,c\n"
 
 
+def test_a_busy_store_is_retried_and_a_refusing_one_is_not(tmp_path, monkeypatch):
+    monkeypatch.setattr("llm_etl_provider.worker.object_io.time.sleep", lambda _: None)
+    data = reviews(4)
+    busy = MemoryStore(failures=3)
+    busy.objects["/in.jsonl"] = data
+    download_input(transport_for(data, 0, 40), tmp_path / "a.jsonl", busy.client())  # 3 x 503, then 206
+    assert (tmp_path / "a.jsonl").read_bytes() == data[:40]
+    failing = MemoryStore(failures=100)
+    failing.objects["/in.jsonl"] = data
+    with pytest.raises(ObjectStoreError, match="kept failing"):  # exit 1: a new try may succeed
+        download_input(transport_for(data, 0, 40), tmp_path / "b.jsonl", failing.client())
+    expired = MemoryStore(failures=1, failure_status=403)
+    expired.objects["/in.jsonl"] = data
+    with pytest.raises(ObjectStoreRefusedError, match="HTTP 403"):  # exit 2: a retry would meet the same
+        download_input(transport_for(data, 0, 40), tmp_path / "c.jsonl", expired.client())
+
+
 def test_an_input_that_changed_since_the_stage_is_refused(tmp_path):
     store = MemoryStore()
     data = reviews(4)
@@ -115,7 +139,7 @@ def test_a_store_that_ignores_range_is_refused(tmp_path):
     store = MemoryStore(ignore_range=True)
     data = reviews(4)
     store.objects["/in.jsonl"] = data
-    with pytest.raises(ObjectStoreError, match="HTTP 200"):
+    with pytest.raises(ObjectStoreRefusedError, match="HTTP 200"):
         download_input(transport_for(data, 5, 40), tmp_path / "input.jsonl", store.client())
 
 
@@ -189,5 +213,5 @@ def test_a_killed_worker_resumes_after_its_last_part_and_the_parts_extract_whole
 def test_used_up_part_urls_fail_the_run_clearly(tmp_path):
     store, key, data = MemoryStore(), new_key(), reviews(12)
     store.objects["/in.jsonl"] = data
-    with pytest.raises(ObjectStoreError, match="part URLs are used up"):
+    with pytest.raises(ObjectStoreRefusedError, match="part URLs are used up"):
         run(tmp_path, store, transport_for(data, 0, len(data), parts=2, part_records=3), key)
