@@ -24,6 +24,7 @@ from llm_etl_provider.exceptions import StagingInputError
 from llm_etl_provider.worker.exceptions import CsvLineTooLong, UnreadableInput
 from llm_etl_provider.worker.records import detect_format
 from llm_etl_provider.worker.tokenizer import (
+    GZIP_MAGIC,
     CsvRow,
     csv_rows,
     jsonl_lines,
@@ -252,22 +253,31 @@ def plan_ranges(path: Path, *, input_format: str, pods: int, max_record_bytes: i
 
 
 def _line_starts_after(path: Path, targets: list[int]) -> list[int]:
-    """For each target offset, the first line start at or after it (distinct, inside the file)."""
+    """For each target offset, the first line start at or after it (distinct, inside the file) where the
+    line does not begin with gzip's magic bytes: its worker would take such a range for a gzip stream."""
     size = path.stat().st_size
     cuts: list[int] = []
     with path.open("rb") as handle:
-        for target in targets:
-            start = max(target, cuts[-1] + 1 if cuts else 1)
-            handle.seek(start - 1)
-            position = start - 1
+
+        def line_start(offset: int) -> int:
+            """The first line start at or after ``offset`` (``size`` if none)."""
+            handle.seek(offset - 1)
+            position = offset - 1
             while chunk := handle.read(1 << 16):
                 newline = chunk.find(b"\n")
                 if newline >= 0:
-                    position += newline + 1
-                    break
+                    return position + newline + 1
                 position += len(chunk)
-            else:
-                position = size
+            return size
+
+        def begins_like_gzip(offset: int) -> bool:
+            handle.seek(offset)
+            return handle.read(2) == GZIP_MAGIC
+
+        for target in targets:
+            position = line_start(max(target, cuts[-1] + 1 if cuts else 1))
+            while position < size and begins_like_gzip(position):
+                position = line_start(position + 1)
             if position >= size:
                 break
             cuts.append(position)

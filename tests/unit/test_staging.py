@@ -205,3 +205,18 @@ def test_ranges_without_a_record_join_their_neighbour():
     joined, records = _without_empty_ranges(ranges, [0, 4, 0, 2])
     assert [(r.index, r.start, r.end, r.first_line) for r in joined] == [(0, 0, 30, 1), (1, 30, 40, 7)]
     assert records == [4, 2]
+
+
+def test_no_range_starts_at_a_line_that_looks_like_gzip(tmp_path):
+    """A line beginning with gzip's magic bytes is one bad record in a read of the whole input; as the
+    first bytes of a range it would make the worker take the range for a gzip stream and refuse it whole."""
+    source = tmp_path / "in.jsonl"
+    lines = [json.dumps({"id": i, "text": "x" * 40}).encode() for i in range(40)]
+    lines[20] = b"\x1f\x8b not json"
+    lines[21] = b"\x1f\x8b nor this"
+    source.write_bytes(b"\n".join(lines) + b"\n")
+    data = source.read_bytes()
+    got, ranges = ranged_records(tmp_path, source, "jsonl", 2)
+    assert got == records_of(source)
+    assert all(data[r.start : r.start + 2] != b"\x1f\x8b" for r in ranges)
+    assert len(ranges) == 2  # the cut moved past the two lines instead

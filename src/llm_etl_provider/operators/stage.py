@@ -50,6 +50,7 @@ from llm_etl_provider.staging import (
 from llm_etl_provider.transport.keys import new_key
 from llm_etl_provider.worker.exceptions import ConfigurationError
 from llm_etl_provider.worker.records import InputLimits, RecordReader, detect_format
+from llm_etl_provider.worker.tokenizer import GZIP_MAGIC
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -233,7 +234,7 @@ class StageInputOperator(RunStepOperator):
     ) -> list[dict[str, Any]]:
         """The object transport: a byte range of the input per pod, and each shard's pre-signed URLs."""
         with local.open("rb") as handle:
-            if handle.read(2) == b"\x1f\x8b":
+            if handle.read(2) == GZIP_MAGIC:
                 raise StagingError(
                     f"{self.input_path} is gzip-compressed: the object transport reads byte ranges of the "
                     "input, which a gzip stream has not; store it uncompressed, or use transport=log"

@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 from llm_etl_provider.worker.exceptions import CsvLineTooLong, InputOverLimit, UnreadableInput
 
-_GZIP_MAGIC = b"\x1f\x8b"
+GZIP_MAGIC = b"\x1f\x8b"
 _UTF8_BOM = b"\xef\xbb\xbf"
 _UNICODE_ONLY_SPACE = frozenset(b"\x1c\x1d\x1e\x1f")  # str.strip() removes these, bytes.strip() does not
 
@@ -209,7 +209,7 @@ def _opened(path: Path, max_bytes: int | None = None) -> Iterator[io.BufferedIOB
     try:
         with contextlib.ExitStack() as stack:
             stream: io.BufferedIOBase = raw
-            if raw.peek(2)[:2] == _GZIP_MAGIC:
+            if raw.peek(2)[:2] == GZIP_MAGIC:
                 stream = stack.enter_context(gzip.GzipFile(fileobj=raw, mode="rb"))
             if max_bytes is not None:
                 stream = io.BufferedReader(_CappedStream(stream, max_bytes, path), 1 << 16)
