@@ -73,12 +73,16 @@ class Checkpoint:
         except (KeyError, TypeError):
             raise ConfigurationError(f"{where} is incomplete; delete it to start over") from None
 
+    def serialize(self, state: CheckpointState) -> bytes:
+        """The saved form of ``state``, which :meth:`parse` reads back."""
+        payload = {"version": CHECKPOINT_VERSION, "fingerprint": self.fingerprint, "state": asdict(state)}
+        return json.dumps(payload).encode()
+
     def save(self, state: CheckpointState) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         temporary = self.path.with_name(self.path.name + ".tmp")
-        payload = {"version": CHECKPOINT_VERSION, "fingerprint": self.fingerprint, "state": asdict(state)}
-        with temporary.open("w") as handle:
-            json.dump(payload, handle)
+        with temporary.open("wb") as handle:
+            handle.write(self.serialize(state))
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, self.path)

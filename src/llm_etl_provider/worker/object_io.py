@@ -11,7 +11,6 @@ the part URLs used up) ends it as a configuration error (exit 2: no retry).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 from dataclasses import asdict
@@ -21,12 +20,15 @@ from typing import Any
 import httpx
 
 from llm_etl_provider.contract.object_transport import ObjectTransport, end_marker
-from llm_etl_provider.transport.frames import TRAILER_ATTEMPT, FrameWriter, WriterState
-from llm_etl_provider.worker.checkpoint import CHECKPOINT_VERSION, Checkpoint, CheckpointState
+from llm_etl_provider.transport.frames import WriterState
+from llm_etl_provider.worker.checkpoint import Checkpoint, CheckpointState
 from llm_etl_provider.worker.exceptions import ConfigurationError, WorkerError
 from llm_etl_provider.worker.model_loader import sha256_file
+from llm_etl_provider.worker.retry import RetryPolicy
+from llm_etl_provider.worker.sinks import FrameSink
 
-ATTEMPTS = 6
+# the worker's retry policy (exponential backoff, full jitter), with the store's own bounds
+STORE_RETRIES = RetryPolicy(max_attempts=6, base_delay=0.5, max_delay=8.0)
 TIMEOUT = httpx.Timeout(120.0, connect=10.0)
 _TRANSIENT = {429, 500, 502, 503, 504}
 
@@ -44,7 +46,7 @@ def request(
 ) -> httpx.Response:
     """One request to a pre-signed URL, retried while the store fails transiently. The URL is never
     shown: its signature is a credential."""
-    for attempt in range(ATTEMPTS):
+    for attempt in range(1, STORE_RETRIES.max_attempts + 1):
         try:
             response = http.request(method, url, **kwargs)
         except httpx.TransportError as exc:
@@ -55,9 +57,9 @@ def request(
             if response.status_code not in _TRANSIENT:
                 raise ObjectStoreRefusedError(f"{what}: the store answered HTTP {response.status_code}")
             problem = f"HTTP {response.status_code}"
-        if attempt + 1 < ATTEMPTS:
-            time.sleep(min(0.5 * 2**attempt, 8.0))
-    raise ObjectStoreError(f"{what}: the store failed {ATTEMPTS} times (last: {problem})")
+        if attempt < STORE_RETRIES.max_attempts:
+            time.sleep(STORE_RETRIES.delay(attempt))
+    raise ObjectStoreError(f"{what}: the store failed {STORE_RETRIES.max_attempts} times (last: {problem})")
 
 
 def download_input(transport: ObjectTransport, destination: Path, http: httpx.Client) -> None:
@@ -78,7 +80,7 @@ def download_input(transport: ObjectTransport, destination: Path, http: httpx.Cl
     with partial.open("wb") as handle:
         handle.write(source.prefix)
         if headers:
-            for attempt in range(ATTEMPTS):
+            for attempt in range(1, STORE_RETRIES.max_attempts + 1):
                 try:
                     with http.stream("GET", source.url, headers=headers) as response:
                         status = response.status_code
@@ -96,14 +98,14 @@ def download_input(transport: ObjectTransport, destination: Path, http: httpx.Cl
                     problem = f"HTTP {status}"
                 except httpx.TransportError as exc:
                     problem = type(exc).__name__
-                if attempt + 1 == ATTEMPTS:
+                if attempt == STORE_RETRIES.max_attempts:
                     raise ObjectStoreError(
                         f"reading the input range: the store kept failing (last: {problem})"
                     )
                 handle.seek(len(source.prefix))
                 handle.truncate()
                 digest, received = hashlib.sha256(source.prefix), 0
-                time.sleep(min(0.5 * 2**attempt, 8.0))
+                time.sleep(STORE_RETRIES.delay(attempt))
         handle.flush()
         os.fsync(handle.fileno())
     if received != source.end - source.start or digest.hexdigest() != source.sha256:
@@ -115,16 +117,14 @@ def download_input(transport: ObjectTransport, destination: Path, http: httpx.Cl
     os.replace(partial, destination)
 
 
-class ObjectPartSink:
+class ObjectPartSink(FrameSink):
     """Results and dead letters as sealed frames in numbered part objects: a part at each checkpoint (what
     :meth:`position` makes durable) and the last one with the trailer, then the end marker.
 
-    :param key: the run's key
-    :param run_id: the run the frames are bound to
-    :param shard: the shard number
     :param transport: the shard's pre-signed URLs
     :param http: the client the parts go through
-    :param attempt: the try, sealed into the trailer and the end marker
+    and the run, shard, key and try (:class:`~llm_etl_provider.worker.sinks.FrameSink`; the try is written
+    into the end marker too)
     """
 
     def __init__(
@@ -137,32 +137,18 @@ class ObjectPartSink:
         *,
         attempt: int = 1,
     ) -> None:
-        self._key = key
-        self.run_id = run_id
-        self.shard = shard
+        super().__init__(key, run_id, shard, attempt=attempt)
         self.transport = transport
         self.http = http
-        self.attempt = attempt
         self.parts = 0  # parts written (and so the next part's number)
         self._buffer = bytearray()
-        self._writer: FrameWriter | None = None
 
     def open(self, resume_from: dict[str, Any] | None) -> None:
         state = None
         if resume_from is not None:
             state = WriterState(**resume_from["writer"])
             self.parts = int(resume_from["parts"])
-        self._writer = FrameWriter(self._key, self.run_id, self.shard, self._buffer.extend, state=state)
-
-    def _frames(self) -> FrameWriter:
-        assert self._writer is not None, "open() the sink first"
-        return self._writer
-
-    def write_result(self, line: dict[str, Any]) -> None:
-        self._frames().add("result", _line(line))
-
-    def write_dead_letter(self, line: dict[str, Any]) -> None:
-        self._frames().add("dead_letter", _line(line))
+        self._open_writer(self._buffer.extend, state)
 
     def _put_part(self) -> None:
         if not self._buffer:
@@ -186,7 +172,7 @@ class ObjectPartSink:
         return {"writer": asdict(writer.state), "parts": self.parts}
 
     def finish(self, summary: dict[str, Any]) -> None:
-        self._frames().finish({**summary, TRAILER_ATTEMPT: self.attempt})
+        self._seal(summary)
         self._put_part()
         request(
             self.http, "PUT", self.transport.end_put, content=end_marker(self.parts, self.attempt),
@@ -195,12 +181,6 @@ class ObjectPartSink:
 
     def close(self) -> None:
         self._buffer.clear()
-
-
-def _line(value: dict[str, Any]) -> bytes:
-    from llm_etl_provider.worker.sinks import dump_line
-
-    return dump_line(value)[:-1]
 
 
 class RemoteCheckpoint(Checkpoint):
@@ -221,8 +201,7 @@ class RemoteCheckpoint(Checkpoint):
         return self.parse(response.content, "the shard's checkpoint object")
 
     def save(self, state: CheckpointState) -> None:
-        payload = {"version": CHECKPOINT_VERSION, "fingerprint": self.fingerprint, "state": asdict(state)}
         request(
-            self.http, "PUT", self.transport.checkpoint_put, content=json.dumps(payload).encode(),
+            self.http, "PUT", self.transport.checkpoint_put, content=self.serialize(state),
             what="writing the checkpoint",
         )  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -99,20 +100,53 @@ class JsonlFileSink:
                 handle.close()
 
 
-class LogFrameSink:
+class FrameSink:
+    """What the sealed sinks share: a :class:`FrameWriter` bound to the run, shard and key, fed result and
+    dead-letter lines, and a trailer that names the try. Subclasses open the writer (:meth:`_open_writer`)
+    and say where its frame lines go.
+
+    :param key: the run's 256-bit key
+    :param run_id: the run the frames are bound to
+    :param shard: the shard number
+    :param attempt: the try of the shard's enrichment, sealed into the trailer: extraction reads a stream
+        only from the try it was written by
+    """
+
+    def __init__(self, key: bytes, run_id: str, shard: int, *, attempt: int = 1) -> None:
+        self._key = key
+        self.run_id = run_id
+        self.shard = shard
+        self.attempt = attempt
+        self._writer: FrameWriter | None = None
+
+    def _open_writer(self, emit: Callable[[bytes], None], state: WriterState | None) -> None:
+        self._writer = FrameWriter(self._key, self.run_id, self.shard, emit, state=state)
+
+    def _frames(self) -> FrameWriter:
+        assert self._writer is not None, "open() the sink first"
+        return self._writer
+
+    def write_result(self, line: dict[str, Any]) -> None:
+        self._frames().add("result", dump_line(line)[:-1])
+
+    def write_dead_letter(self, line: dict[str, Any]) -> None:
+        self._frames().add("dead_letter", dump_line(line)[:-1])
+
+    def _seal(self, summary: dict[str, Any]) -> None:
+        """Write the trailer: the stream is complete after this."""
+        self._frames().finish({**summary, TRAILER_ATTEMPT: self.attempt})
+
+
+class LogFrameSink(FrameSink):
     """Results and dead letters as sealed frames on a byte stream: the container's stdout, read as its log.
 
     With a spool file (on a volume that outlives the container), every frame is also kept there; a restarted
     worker replays the spooled frames up to its checkpoint and goes on, so the new container's log alone holds
     the whole stream.
 
-    :param key: the run's 256-bit key
-    :param run_id: the run the frames are bound to
-    :param shard: the shard number
     :param out: where frame lines go (binary)
-    :param attempt: the try of the shard's enrichment, sealed into the trailer: extraction reads a stream
-        only from the try it was written by
     :param spool_path: where frames are kept for a resume; None when the run does not checkpoint
+    and the run, shard, key and try (:class:`FrameSink`)
     """
 
     def __init__(
@@ -125,14 +159,10 @@ class LogFrameSink:
         attempt: int = 1,
         spool_path: Path | None = None,
     ):
-        self._key = key
-        self.run_id = run_id
-        self.shard = shard
-        self.attempt = attempt
+        super().__init__(key, run_id, shard, attempt=attempt)
         self.out = out
         self.spool_path = spool_path
         self._spool: IO[bytes] | None = None
-        self._writer: FrameWriter | None = None
 
     def open(self, resume_from: dict[str, Any] | None) -> None:
         state: WriterState | None = None
@@ -154,23 +184,13 @@ class LogFrameSink:
             raise ConfigurationError("resuming a log-output run needs its frame spool (--spool)")
         if resume_from is not None:
             state = WriterState(**resume_from["writer"])
-        self._writer = FrameWriter(self._key, self.run_id, self.shard, self._emit, state=state)
+        self._open_writer(self._emit, state)
 
     def _emit(self, line: bytes) -> None:
         self.out.write(line)
         self.out.flush()
         if self._spool is not None:
             self._spool.write(line)
-
-    def _frames(self) -> FrameWriter:
-        assert self._writer is not None, "open() the sink first"
-        return self._writer
-
-    def write_result(self, line: dict[str, Any]) -> None:
-        self._frames().add("result", dump_line(line)[:-1])
-
-    def write_dead_letter(self, line: dict[str, Any]) -> None:
-        self._frames().add("dead_letter", dump_line(line)[:-1])
 
     def position(self) -> dict[str, Any]:
         writer = self._frames()
@@ -183,7 +203,7 @@ class LogFrameSink:
         return {"writer": asdict(writer.state), "spool_bytes": spool_bytes}
 
     def finish(self, summary: dict[str, Any]) -> None:
-        self._frames().finish({**summary, TRAILER_ATTEMPT: self.attempt})
+        self._seal(summary)
 
     def close(self) -> None:
         self.out.flush()
