@@ -254,6 +254,9 @@ class StageInputOperator(RunStepOperator):
         source = ObjectStoragePath(self.input_path)
         transport_root = ObjectStoragePath(str(self.output_path)) / TRANSPORT_FOLDER
         expires = expiry_seconds(self.run_deadline_seconds)
+        # one GET for every shard (their ranges differ, not the object)
+        input_url = input_signer.sign(source.bucket, source.key, "GET", expires)
+        egress: list[tuple[str, int]] | None = None
         key = new_key()
         backend.stage_key(key)
         descriptors = []
@@ -268,7 +271,7 @@ class StageInputOperator(RunStepOperator):
             checkpoint = folder / CHECKPOINT_OBJECT
             document = ObjectTransport(
                 input=InputRange(
-                    url=input_signer.sign(source.bucket, source.key, "GET", expires),
+                    url=input_url,
                     start=byte_range.start,
                     end=byte_range.end,
                     sha256=_range_sha256(local, byte_range),
@@ -280,9 +283,9 @@ class StageInputOperator(RunStepOperator):
                 end_put=put(END_OBJECT),
                 part_records=part_records,
             )
-            # the hosts the pod's URLs name, as resolved now (or the CIDRs the deployment gives)
-            cidrs = list(self.store_cidrs or ())
-            egress = sorted({*url_egress(document.input.url, cidrs), *url_egress(document.end_put, cidrs)})
+            if egress is None:  # the hosts every pod's URLs name, resolved once (or the deployment's CIDRs)
+                cidrs = list(self.store_cidrs or ())
+                egress = sorted({*url_egress(input_url, cidrs), *url_egress(document.end_put, cidrs)})
             end = ranges[byte_range.index + 1].first_line if byte_range.index + 1 < len(ranges) else None
             repeated = duplicates[_lines_within(duplicates, byte_range.first_line, end)]
             descriptor = ShardDescriptor(
