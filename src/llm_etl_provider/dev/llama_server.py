@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Self
@@ -40,6 +41,22 @@ def cache_dir() -> Path:
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "llm-etl-provider"
     )
     return Path(base)
+
+
+def find_built(
+    env: str, pattern: str, programs: Sequence[str], *, error: type[Exception], built_by: str
+) -> Path:
+    """The folder holding every one of ``programs``: ``$env``, or the newest of the build cache's folders
+    matching ``pattern``; ``error`` names where it looked and ``built_by`` (the script that builds them)."""
+    if explicit := os.environ.get(env):
+        candidates = [Path(explicit)]
+    else:
+        candidates = sorted(cache_dir().glob(pattern), reverse=True)
+    for folder in candidates:
+        if all(os.access(folder / name, os.X_OK) for name in programs):
+            return folder
+    where = f"${env}={os.environ[env]}" if env in os.environ else str(cache_dir())
+    raise error(f"{' and '.join(programs)} not found in {where}: build with {built_by}")
 
 
 def bundled_model() -> Path:

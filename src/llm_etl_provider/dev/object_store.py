@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llm_etl_provider.dev.llama_server import cache_dir, free_port
+from llm_etl_provider.dev.llama_server import find_built, free_port
 
-WEED_ENV = "LLM_ETL_WEED"
+WEED_ENV = "LLM_ETL_SEAWEEDFS_BIN"  # a folder holding weed
 BUCKET = "llm-etl"
 REGION = "us-east-1"
 START_TIMEOUT = 60.0
@@ -32,19 +32,10 @@ class ObjectStoreError(RuntimeError):
 
 
 def find_weed() -> Path:
-    """SeaweedFS's ``weed``: $LLM_ETL_WEED, or scripts/build-seaweedfs.sh's cache."""
-    if explicit := os.environ.get(WEED_ENV):
-        candidates = [Path(explicit)]
-    else:
-        candidates = sorted(cache_dir().glob("seaweedfs-*/bin/weed"), reverse=True)
-    for weed in candidates:
-        if os.access(weed, os.X_OK):
-            return weed
-    where = f"${WEED_ENV}={os.environ[WEED_ENV]}" if WEED_ENV in os.environ else str(cache_dir())
-    raise ObjectStoreError(
-        f"SeaweedFS's weed was not found in {where}: build it with scripts/build-seaweedfs.sh "
-        "(about 5 minutes, cached)"
-    )
+    """SeaweedFS's ``weed``: in $LLM_ETL_SEAWEEDFS_BIN, or scripts/build-seaweedfs.sh's cache."""
+    built_by = "scripts/build-seaweedfs.sh (about 5 minutes, cached)"
+    folder = find_built(WEED_ENV, "seaweedfs-*/bin", ["weed"], error=ObjectStoreError, built_by=built_by)
+    return folder / "weed"
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ import yaml
 from llm_etl_provider.dev.cluster.api import ApiError, KubeApi
 from llm_etl_provider.dev.cluster.layout import NodeConfig
 from llm_etl_provider.dev.cluster.pki import CertificateAuthority, KeyPair, service_account_key
-from llm_etl_provider.dev.llama_server import bundled_model, cache_dir, find_llama_server, free_port
+from llm_etl_provider.dev.llama_server import bundled_model, find_built, find_llama_server, free_port
 from llm_etl_provider.dev.object_store import S3Account, create_bucket, find_weed, seaweedfs_command
 from llm_etl_provider.pod.rbac import airflow_role, airflow_role_binding
 
@@ -54,18 +54,9 @@ class DevClusterError(RuntimeError):
 
 def find_kube_binaries() -> Path:
     """The folder of ``kube-apiserver`` and ``etcd``: $LLM_ETL_KUBE_BIN, or scripts/build-kube.sh's cache."""
-    if explicit := os.environ.get(KUBE_BIN_ENV):
-        candidates = [Path(explicit)]
-    else:
-        candidates = sorted(cache_dir().glob("kube-*-etcd-*/bin"), reverse=True)
-    for folder in candidates:
-        if all(os.access(folder / name, os.X_OK) for name in ("kube-apiserver", "etcd")):
-            return folder
-    where = f"${KUBE_BIN_ENV}={os.environ[KUBE_BIN_ENV]}" if KUBE_BIN_ENV in os.environ else str(cache_dir())
-    raise DevClusterError(
-        f"kube-apiserver and etcd were not found in {where}: build them with scripts/build-kube.sh "
-        "(about 6 minutes, cached)"
-    )
+    built_by = "scripts/build-kube.sh (about 6 minutes, cached)"
+    programs = ["kube-apiserver", "etcd"]
+    return find_built(KUBE_BIN_ENV, "kube-*-etcd-*/bin", programs, error=DevClusterError, built_by=built_by)
 
 
 def default_commands() -> dict[str, list[str]]:
