@@ -9,7 +9,7 @@ from typing import Any
 from airflow.sdk import Asset, TaskGroup, task, task_group
 from airflow.task.trigger_rule import TriggerRule
 
-from llm_etl_provider.contract.invocation import DEFAULT_MAX_RECORD_BYTES
+from llm_etl_provider.contract.invocation import DEFAULT_MAX_RECORD_BYTES, default_of
 from llm_etl_provider.contract.object_transport import DEFAULT_TRANSPORT
 from llm_etl_provider.operators.cleanup import CleanupOperator
 from llm_etl_provider.operators.enrichment import LLMEnrichmentOperator
@@ -60,6 +60,7 @@ def llm_enrichment_task_group(
         "namespace": namespace,
         "execution_mode": execution_mode,
         "local_dir": local_dir,
+        "kubernetes_conn_id": kubernetes_conn_id,
     }
     # A preempted GPU node or a lost pod fails the try; the shard then runs again in a new pod. The
     # extraction is idempotent, so a retry after an API hiccup publishes the same files.
@@ -71,7 +72,6 @@ def llm_enrichment_task_group(
             task_id="stage",
             input_path=input_path,
             input_format=input_format,
-            kubernetes_conn_id=kubernetes_conn_id,
             max_shard_bytes=max_shard_bytes,
             max_record_bytes=max_record_bytes,
             work_claim_size=work_claim_size,
@@ -80,11 +80,8 @@ def llm_enrichment_task_group(
             pods=pods,
             store_cidrs=store_cidrs,
             output_path=output_path,
-            **(
-                {"checkpoint_every": enrichment["checkpoint_every"]}
-                if "checkpoint_every" in enrichment
-                else {}
-            ),
+            # the object transport's parts follow the worker's checkpoints
+            checkpoint_every=enrichment.get("checkpoint_every", default_of("checkpoint_every")),
             **common,
         )
 
@@ -104,7 +101,6 @@ def llm_enrichment_task_group(
                 shard=shard,
                 model=model,
                 max_record_bytes=max_record_bytes,
-                kubernetes_conn_id=kubernetes_conn_id,
                 **common,
                 **enrichment,
             )
@@ -117,7 +113,6 @@ def llm_enrichment_task_group(
                 trigger_rule=TriggerRule.ALL_DONE,
                 retries=2,
                 retry_delay=timedelta(seconds=30),
-                kubernetes_conn_id=kubernetes_conn_id,
                 **common,
             )
             enrich >> extract
@@ -131,12 +126,9 @@ def llm_enrichment_task_group(
             gpus_per_shard=gpus if isinstance(gpus, int) else None,
             trigger_rule=TriggerRule.ALL_DONE,
             outlets=[results_asset or Asset(name=f"{group_id}_results")],
-            kubernetes_conn_id=kubernetes_conn_id,
             **common,
         )
-        cleanup = CleanupOperator(
-            task_id="cleanup", output_path=output_path, kubernetes_conn_id=kubernetes_conn_id, **common
-        )
+        cleanup = CleanupOperator(task_id="cleanup", output_path=output_path, **common)
         per_shard >> publish >> cleanup
         cleanup.as_teardown(setups=stage)
     return group
