@@ -47,8 +47,8 @@ class S3Account:
     secret_key: str
 
     def environment(self) -> dict[str, str]:
-        """The AWS SDKs' own variables (boto3, s3fs and Airflow's ``aws_default`` without a connection
-        read them), and an ``aws_default`` connection that names the endpoint."""
+        """The AWS SDKs' own variables, which boto3, s3fs and Airflow's ``aws_default`` (when no such
+        connection is defined) read."""
         return {
             "AWS_ENDPOINT_URL": self.endpoint,
             "AWS_ACCESS_KEY_ID": self.access_key,
@@ -71,9 +71,6 @@ class S3Account:
             aws_secret_access_key=self.secret_key,
             region_name=REGION,
         )
-
-    def to_json(self) -> dict[str, str]:
-        return {"endpoint": self.endpoint, "access_key": self.access_key, "secret_key": self.secret_key}
 
 
 def seaweedfs_command(weed: Path, root: Path) -> tuple[list[str], S3Account]:

@@ -17,6 +17,7 @@ deleted, and ownerReferences are not garbage-collected.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -195,7 +196,14 @@ class DevCluster:
     def _write_state(self, server: str, pids: dict[str, int], account: S3Account) -> None:
         self._state_file.touch(mode=0o600)  # it holds the S3 account's secret
         self._state_file.write_text(
-            json.dumps({"server": server, "namespace": self.namespace, "pids": pids, "s3": account.to_json()})
+            json.dumps(
+                {
+                    "server": server,
+                    "namespace": self.namespace,
+                    "pids": pids,
+                    "s3": dataclasses.asdict(account),
+                }
+            )
         )
 
     def _certificates(self) -> None:
