@@ -99,9 +99,9 @@ class RunBackend(ABC):
         """Enrich one shard; raise a WorkerExitError when the worker fails."""
 
     @abstractmethod
-    def frame_source(self, index: int, parts: Any = None) -> FrameSource:
-        """The frame stream of shard ``index``, once its enrichment has ended: from its (latest try's) log,
-        or with the object transport from its part objects in the folder ``parts``."""
+    def frame_source(self, index: int) -> FrameSource:
+        """The frame stream of shard ``index`` (its latest try's log, read lazily), once its enrichment
+        has ended."""
 
     @abstractmethod
     def cleanup(self) -> dict[str, int]:

@@ -18,7 +18,7 @@ from llm_etl_provider.exceptions import ExtractionError, StagingError, StagingIn
 from llm_etl_provider.staging import SECRET_LIMIT
 from llm_etl_provider.transport.exceptions import FrameKeyError
 from llm_etl_provider.transport.keys import decode_key, encode_key
-from llm_etl_provider.transport.sources import object_part_lines, pod_log_lines
+from llm_etl_provider.transport.sources import pod_log_lines
 
 if TYPE_CHECKING:
     from llm_etl_provider.staging import Shard
@@ -289,7 +289,7 @@ class KubernetesBackend(RunBackend):
     def networking(self) -> Any:
         return networking_v1(self.kubernetes_conn_id)
 
-    def frame_source(self, index: int, parts: Any = None) -> FrameSource:
+    def frame_source(self, index: int) -> FrameSource:
         from kubernetes.client.exceptions import ApiException
 
         try:
@@ -322,12 +322,8 @@ class KubernetesBackend(RunBackend):
                 index, len(finished), ", ".join(p.metadata.name for p in finished), latest.metadata.name,
             )  # fmt: skip
         name, container = latest.metadata.name, layout.WORKER_CONTAINER
-        where = f"pod {self.namespace}/{name} container {container}"
-        if parts is not None:
-            return FrameSource(
-                key, object_part_lines(parts), f"{parts} ({where})", attempt=_try_number(latest)
-            )
         lines = pod_log_lines(name, self.namespace, container=container, core_api=self.api)
+        where = f"pod {self.namespace}/{name} container {container}"
         return FrameSource(key, lines, where, attempt=_try_number(latest))
 
     def cleanup(self) -> dict[str, int]:

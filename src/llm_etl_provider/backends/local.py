@@ -26,7 +26,7 @@ from llm_etl_provider.contract.invocation import API_KEY_ENV, OBJECT_OUTPUT, Wor
 from llm_etl_provider.exceptions import ExtractionError, LocalRunError, worker_exit_error
 from llm_etl_provider.transport.exceptions import FrameKeyError
 from llm_etl_provider.transport.keys import load_key, write_key_file
-from llm_etl_provider.transport.sources import file_lines, object_part_lines
+from llm_etl_provider.transport.sources import file_lines
 from llm_etl_provider.worker.pod_commands import load_model_args, load_model_command
 
 if TYPE_CHECKING:
@@ -172,7 +172,7 @@ class LocalBackend(RunBackend):
                 self.log.info("%s: %s", folder.name, line.rstrip())
             return process.wait()
 
-    def frame_source(self, index: int, parts: Any = None) -> FrameSource:
+    def frame_source(self, index: int) -> FrameSource:
         folder = self.shard_dir(index)
         tries = {
             int(match[1]): path
@@ -186,9 +186,6 @@ class LocalBackend(RunBackend):
             key = load_key(self.key_file)
         except FrameKeyError as exc:
             raise ExtractionError(str(exc)) from None
-        if parts is not None:
-            where = f"{parts} (try {attempt})"
-            return FrameSource(key, object_part_lines(parts), where, attempt=attempt)
         return FrameSource(key, file_lines(tries[attempt]), f"file {tries[attempt]}", attempt=attempt)
 
     def cleanup(self) -> dict[str, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +15,7 @@ from llm_etl_provider.exceptions import ExtractionError, FrameStreamRejectedErro
 from llm_etl_provider.operators.base import RunStepOperator, backend_for
 from llm_etl_provider.transport.exceptions import TransportError
 from llm_etl_provider.transport.extract import FAILED, extract
+from llm_etl_provider.transport.sources import object_part_lines
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -55,15 +57,16 @@ class ExtractResultsOperator(RunStepOperator):
         shard = ShardDescriptor.from_xcom(self.shard)
         run_id = str(context["run_id"])
         destination = ObjectStoragePath(self.output_path) / shard_folder(shard.index)
-        # the object transport's parts, where the stage signed them for
-        parts = ObjectStoragePath(shard.parts) if shard.transport == OBJECT_OUTPUT and shard.parts else None
-        if shard.transport == OBJECT_OUTPUT and parts is None:
-            raise ExtractionError(f"shard {shard.index}: an object transport shard without its parts folder")
-        backend = backend_for(self, context, key_secret=self.key_secret)
-        try:
-            source = backend.frame_source(shard.index, parts)
-        except TransportError as exc:
-            raise FrameStreamRejectedError(f"shard {shard.index}: nothing was published: {exc}") from None
+        # the key, and the try whose pod (or local log) ended last; its log holds the frames unless the
+        # object transport wrote them as parts, where the stage signed them for
+        source = backend_for(self, context, key_secret=self.key_secret).frame_source(shard.index)
+        if shard.transport == OBJECT_OUTPUT:
+            if not shard.parts:
+                raise ExtractionError(f"shard {shard.index}: an object transport shard without its parts")
+            parts = ObjectStoragePath(shard.parts)
+            source = dataclasses.replace(
+                source, lines=object_part_lines(parts), description=f"{parts} ({source.description})"
+            )
         try:
             manifest = extract(
                 source.lines,
