@@ -147,9 +147,10 @@ async def run(invocation: WorkerInvocation) -> dict[str, Any]:
     # the heartbeat (the liveness probe's) beats from the start: a large range downloads for minutes
     heartbeat = asyncio.create_task(beat(invocation.heartbeat)) if invocation.heartbeat else None
     try:
-        with httpx.Client(timeout=STORE_TIMEOUT) as store:
-            if transport is not None:
-                await asyncio.to_thread(download_input, transport, invocation.input, store)
+        if transport is None:
+            return await _enrich(invocation, task)
+        with httpx.Client(timeout=STORE_TIMEOUT) as store:  # only the object transport talks to a store
+            await asyncio.to_thread(download_input, transport, invocation.input, store)
             return await _enrich(invocation, task, transport, store)
     finally:
         if heartbeat is not None:
@@ -157,7 +158,10 @@ async def run(invocation: WorkerInvocation) -> dict[str, Any]:
 
 
 async def _enrich(
-    invocation: WorkerInvocation, task: TaskSpec, transport: ObjectTransport | None, store: httpx.Client
+    invocation: WorkerInvocation,
+    task: TaskSpec,
+    transport: ObjectTransport | None = None,
+    store: httpx.Client | None = None,
 ) -> dict[str, Any]:
     if not invocation.input.is_file():
         raise ConfigurationError(f"{invocation.input}: no such input file")
@@ -177,7 +181,7 @@ async def _enrich(
         "shard": invocation.shard,
     }
     checkpoint: Checkpoint | None = None
-    if transport is not None:  # in the store: a retried pod on another node resumes after the last part
+    if transport is not None and store is not None:  # in the store: a retried pod elsewhere resumes there
         checkpoint = RemoteCheckpoint(transport, store, fingerprint)
     elif invocation.checkpoint:
         checkpoint = Checkpoint(invocation.checkpoint, fingerprint)
