@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from llm_etl_provider.contract.object_transport import ObjectTransport, end_marker
+from llm_etl_provider.contract.object_transport import PART_SLACK, ObjectTransport, end_marker
 from llm_etl_provider.transport.frames import WriterState
 from llm_etl_provider.worker.checkpoint import Checkpoint, CheckpointState
 from llm_etl_provider.worker.exceptions import ConfigurationError, WorkerError
@@ -156,7 +156,7 @@ class ObjectPartSink(FrameSink):
         if self.parts >= len(self.transport.parts):
             raise ObjectStoreRefusedError(
                 f"the shard's {len(self.transport.parts)} part URLs are used up: restart it with more "
-                "(the stage gives one per checkpoint and 16 more)"
+                f"(the stage gives one per checkpoint and {PART_SLACK} more)"
             )
         request(
             self.http, "PUT", self.transport.parts[self.parts], content=bytes(self._buffer),
