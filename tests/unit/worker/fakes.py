@@ -107,3 +107,31 @@ class FakeLLMServer:
                 "timings": {"cache_n": 30},
             },
         )
+
+
+class Crash(BaseException):
+    """Stands in for SIGKILL: nothing after it runs, no cleanup is owed."""
+
+
+def crashing(sink_class: type[Any], crash_after: int, *, dead_letters_count: bool = False) -> type[Any]:
+    """``sink_class``, made to raise :class:`Crash` at the write after its ``crash_after``-th (of results,
+    and of dead letters too if ``dead_letters_count``)."""
+
+    class Crashing(sink_class):  # type: ignore[misc]
+        writes = 0
+
+        def _count(self) -> None:
+            Crashing.writes += 1
+            if Crashing.writes > crash_after:
+                raise Crash
+
+        def write_result(self, line: dict[str, Any]) -> None:
+            self._count()
+            super().write_result(line)
+
+        def write_dead_letter(self, line: dict[str, Any]) -> None:
+            if dead_letters_count:
+                self._count()
+            super().write_dead_letter(line)
+
+    return Crashing

@@ -25,11 +25,7 @@ from llm_etl_provider.worker.records import RecordReader
 from llm_etl_provider.worker.retry import RetryPolicy
 from llm_etl_provider.worker.sinks import JsonlFileSink, LogFrameSink
 from llm_etl_provider.worker.tasks import build_task
-from tests.unit.worker.fakes import FakeLLMServer
-
-
-class Crash(BaseException):
-    """Stands in for SIGKILL: nothing after it runs, no cleanup is owed."""
+from tests.unit.worker.fakes import Crash, FakeLLMServer, crashing
 
 
 def write_input(path: Path, n: int, extra: bytes = b"") -> Path:
@@ -218,39 +214,20 @@ def test_a_server_that_goes_away_stops_the_run_instead_of_dead_lettering_everyth
     assert read_jsonl(tmp_path / "dead.jsonl") == []
 
 
-class CrashingSink(JsonlFileSink):
-    crash_after: int = 10**9
-    writes = 0
-
-    def _count(self):
-        type(self).writes += 1
-        if type(self).writes > self.crash_after:
-            raise Crash
-
-    def write_result(self, line):
-        self._count()
-        super().write_result(line)
-
-    def write_dead_letter(self, line):
-        self._count()
-        super().write_dead_letter(line)
-
-
 @pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
 def test_a_crash_and_restart_redoes_at_most_one_checkpoint_and_duplicates_nothing(tmp_path, seed):
     n, every = 97, 10
     path = write_input(tmp_path / "in.jsonl", n, extra=b"not json\n")
     crash_after = random.Random(seed).randrange(1, n)
-    CrashingSink.writes, CrashingSink.crash_after = 0, crash_after
     settings = EngineSettings(checkpoint_every=every, max_dead_letter_ratio=1.0, concurrency=4)
     server = FakeLLMServer()
     with pytest.raises(Crash):
-        run_engine(tmp_path, server, path, settings=settings, checkpoint=True, sink_cls=CrashingSink)
+        run_engine(
+            tmp_path, server, path, settings=settings, checkpoint=True,
+            sink_cls=crashing(JsonlFileSink, crash_after, dead_letters_count=True),
+        )  # fmt: skip
     calls_before = len(server.chat_bodies)
-    CrashingSink.crash_after = 10**9
-    summary, _, logs = run_engine(
-        tmp_path, server, path, settings=settings, checkpoint=True, sink_cls=CrashingSink
-    )
+    summary, _, logs = run_engine(tmp_path, server, path, settings=settings, checkpoint=True)
     ids = [r["id"] for r in read_jsonl(tmp_path / "results.jsonl")] + [
         d["line"] for d in read_jsonl(tmp_path / "dead.jsonl")
     ]
@@ -347,15 +324,7 @@ def test_progress_lines_carry_counts_never_content(tmp_path):
 
 def run_log_engine(tmp_path, server, input_path, out, *, key, crash_after=None, checkpoint=True, attempt=1):
     task = build_task("sentiment")
-
-    class Sink(LogFrameSink):
-        writes = 0
-
-        def write_result(self, line):
-            Sink.writes += 1
-            if crash_after is not None and Sink.writes > crash_after:
-                raise Crash
-            super().write_result(line)
+    Sink = crashing(LogFrameSink, crash_after) if crash_after is not None else LogFrameSink
 
     async def go():
         async with httpx.AsyncClient(transport=server.transport()) as http:

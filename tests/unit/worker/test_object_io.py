@@ -34,7 +34,7 @@ from llm_etl_provider.worker.object_io import (
 )
 from llm_etl_provider.worker.records import RecordReader
 from llm_etl_provider.worker.tasks import build_task
-from tests.unit.worker.fakes import FakeLLMServer
+from tests.unit.worker.fakes import Crash, FakeLLMServer, crashing
 
 STORE = "http://store.test"
 
@@ -143,10 +143,6 @@ def test_a_store_that_ignores_range_is_refused(tmp_path):
         download_input(transport_for(data, 5, 40), tmp_path / "input.jsonl", store.client())
 
 
-class Crash(BaseException):
-    """Stands in for SIGKILL."""
-
-
 def run(
     tmp_path: Path, store: MemoryStore, document: ObjectTransport, key: bytes, *, attempt=1, crash_after=None
 ):
@@ -155,15 +151,7 @@ def run(
     http_store = store.client()
     download_input(document, local, http_store)
 
-    class Sink(ObjectPartSink):
-        writes = 0
-
-        def write_result(self, line):
-            Sink.writes += 1
-            if crash_after is not None and Sink.writes > crash_after:
-                raise Crash
-            super().write_result(line)
-
+    Sink = crashing(ObjectPartSink, crash_after) if crash_after is not None else ObjectPartSink
     fingerprint = run_fingerprint(local, task.fingerprint, "id")
 
     async def go():
