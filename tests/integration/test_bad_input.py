@@ -12,13 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from airflow.sdk import DAG
 
 from llm_etl_provider.exceptions import StagingError
-from llm_etl_provider.operators.enrichment import LLMEnrichmentOperator
-from llm_etl_provider.operators.extract import ExtractResultsOperator
-from llm_etl_provider.operators.stage import StageInputOperator
-from tests.task_context import task_context
+from tests.integration.pipeline import stage_enrich_extract
 
 
 def review(n: int, text: str = "It helped my headaches a lot.") -> str:
@@ -26,26 +22,10 @@ def review(n: int, text: str = "It helped my headaches a lot.") -> str:
 
 
 def run_pipeline(tmp_path: Path, monkeypatch, server, name: str, data: bytes, **stage: Any) -> dict[str, Any]:
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_LLM_TEST",
-        json.dumps({"conn_type": "llm_etl", "host": server.url, "extra": {"api": "openai", "model": "x"}}),
-    )
     source = tmp_path / name
     source.write_bytes(data)
-    local: dict[str, Any] = {"execution_mode": "local", "local_dir": str(tmp_path / "staging")}
     out = tmp_path / "out"
-    with DAG("llm_enrichment", schedule=None):
-        shards = StageInputOperator(task_id="stage", input_path=str(source), **stage, **local).execute(
-            {"run_id": "r1"}
-        )
-        for shard in shards:
-            LLMEnrichmentOperator(
-                task_id=f"enrich_{shard['index']}", shard=shard, model=server.model_name, template="{review}",
-                llm_conn_id="llm_test", max_dead_letter_ratio=1, **local,
-            ).execute(task_context("r1"))  # fmt: skip
-            ExtractResultsOperator(
-                task_id=f"extract_{shard['index']}", shard=shard, output_path=str(out), **local
-            ).execute({"run_id": "r1"})
+    shards = stage_enrich_extract(tmp_path, monkeypatch, server, str(source), str(out), **stage)
     results = [
         json.loads(line) for p in sorted(out.rglob("results.jsonl")) for line in p.read_text().splitlines()
     ]

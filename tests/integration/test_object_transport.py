@@ -17,9 +17,9 @@ from llm_etl_provider.contract.object_transport import TRANSPORT_FOLDER
 from llm_etl_provider.dev.object_store import BUCKET, S3Account, running_seaweedfs
 from llm_etl_provider.exceptions import FrameStreamRejectedError, StagingError
 from llm_etl_provider.operators.cleanup import CleanupOperator
-from llm_etl_provider.operators.enrichment import LLMEnrichmentOperator
 from llm_etl_provider.operators.extract import ExtractResultsOperator
 from llm_etl_provider.operators.stage import StageInputOperator
+from tests.integration.pipeline import local_settings, stage_enrich_extract
 from tests.task_context import task_context
 
 CONN_ID = "llm_etl_s3"  # a connection of its own: Airflow caches a store per connection id for the process
@@ -55,25 +55,13 @@ def reviews() -> bytes:
 
 
 def pipeline(tmp_path: Path, monkeypatch, server, input_path: str, output: str, **stage: Any):
-    """stage → enrich → extract for every shard, in local mode through ``server``; the descriptors."""
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_LLM_TEST",
-        json.dumps({"conn_type": "llm_etl", "host": server.url, "extra": {"api": "openai", "model": "x"}}),
+    """stage → enrich → extract for every shard, in local mode through ``server``; the descriptors and the
+    run's cleanup."""
+    shards = stage_enrich_extract(
+        tmp_path, monkeypatch, server, input_path, output, output_path=output, **stage
     )
-    local: dict[str, Any] = {"execution_mode": "local", "local_dir": str(tmp_path / "staging")}
     with DAG("llm_enrichment", schedule=None):
-        shards = StageInputOperator(
-            task_id="stage", input_path=input_path, output_path=output, **stage, **local
-        ).execute(task_context("r1"))
-        for shard in shards:
-            LLMEnrichmentOperator(
-                task_id=f"enrich_{shard['index']}", shard=shard, model=server.model_name, template="{review}",
-                llm_conn_id="llm_test", max_dead_letter_ratio=1, **local,
-            ).execute(task_context("r1"))  # fmt: skip
-            ExtractResultsOperator(
-                task_id=f"extract_{shard['index']}", shard=shard, output_path=output, **local
-            ).execute(task_context("r1"))
-        cleanup = CleanupOperator(task_id="cleanup", output_path=output, **local)
+        cleanup = CleanupOperator(task_id="cleanup", output_path=output, **local_settings(tmp_path))
     return shards, cleanup
 
 
@@ -133,7 +121,7 @@ def test_a_shard_whose_worker_never_ended_its_stream_publishes_nothing(
     source = ObjectStoragePath(f"{ROOT}/in/short.jsonl")
     source.write_bytes(reviews())
     output = f"{ROOT}/out/unfinished"
-    local: dict[str, Any] = {"execution_mode": "local", "local_dir": str(tmp_path / "staging")}
+    local = local_settings(tmp_path)
     with DAG("llm_enrichment", schedule=None):
         (shard,) = StageInputOperator(
             task_id="stage", input_path=str(source), output_path=output, transport="object", pods=1, **local
@@ -147,7 +135,7 @@ def test_a_shard_whose_worker_never_ended_its_stream_publishes_nothing(
 
 
 def test_inputs_the_object_transport_cannot_range_are_refused_before_anything_is_staged(tmp_path, store):
-    local: dict[str, Any] = {"execution_mode": "local", "local_dir": str(tmp_path / "staging")}
+    local = local_settings(tmp_path)
     gzipped = ObjectStoragePath(f"{ROOT}/in/reviews.jsonl.gz")
     gzipped.write_bytes(gzip.compress(reviews()))
     on_disk = tmp_path / "reviews.jsonl"
