@@ -26,6 +26,7 @@ from tests.e2e.conftest import (
     preempted_mid_run,
     resumable_dag,
     run_example,
+    short_reviews,
 )
 
 
@@ -33,7 +34,7 @@ from tests.e2e.conftest import (
 def test_two_shards_through_kpo_are_enriched_by_the_model_and_nothing_remains(
     tmp_path, capfd, cluster, kubernetes_dag, deferrable
 ):
-    short = [line for line in SAMPLE.read_text().splitlines(keepends=True) if len(line) < 400][:4]
+    short = short_reviews(4)
     source = tmp_path / "reviews.jsonl"
     source.write_text("".join(short))
     dag = kubernetes_dag(deferrable=deferrable)
@@ -171,7 +172,7 @@ def test_the_sweeper_removes_ended_and_expired_runs_and_never_a_live_one(cluster
 def test_a_pod_lost_mid_run_resumes_in_a_new_pod_and_every_record_is_published_once(
     tmp_path, cluster, kubernetes_dag
 ):
-    short = [line for line in SAMPLE.read_text().splitlines(keepends=True) if len(line) < 400][:6]
+    short = short_reviews(6)
     source = tmp_path / "reviews.jsonl"
     source.write_text("".join(short))
     # Checkpoints on a work claim that outlives the pod, one record apart: the retry redoes at most one.
@@ -269,7 +270,7 @@ def s3_environment(cluster, monkeypatch):
 def test_three_pods_by_the_object_transport_publish_what_the_log_transport_does_with_no_input_in_secrets(
     tmp_path, cluster, kubernetes_dag, s3_environment
 ):
-    short = [line for line in SAMPLE.read_text().splitlines(keepends=True) if len(line) < 400][:9]
+    short = short_reviews(9)
     client = s3_environment.client()
     client.put_object(Bucket=BUCKET, Key="e2e/in/reviews.jsonl", Body="".join(short).encode())
     dag = kubernetes_dag(deferrable=False)
@@ -318,7 +319,7 @@ def test_three_pods_by_the_object_transport_publish_what_the_log_transport_does_
 def test_an_object_transport_pod_lost_mid_run_resumes_from_its_last_part(
     tmp_path, cluster, kubernetes_dag, s3_environment
 ):
-    short = [line for line in SAMPLE.read_text().splitlines(keepends=True) if len(line) < 400][:5]
+    short = short_reviews(5)
     client = s3_environment.client()
     client.put_object(Bucket=BUCKET, Key="e2e/in/lost.jsonl", Body="".join(short).encode())
     dag = resumable_dag(kubernetes_dag)  # a part (and checkpoint) per record

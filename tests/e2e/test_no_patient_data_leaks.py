@@ -17,10 +17,10 @@ from airflow.models.xcom import XComModel
 from airflow.utils.session import create_session
 
 from tests.e2e.conftest import (
-    SAMPLE,
     preempted_mid_run,
     resumable_dag,
     run_example,
+    short_reviews,
 )
 
 CANARY = "CANARY-PT-7f3a9c"
@@ -29,7 +29,7 @@ CANARY = "CANARY-PT-7f3a9c"
 def planted(tmp_path, count: int):
     """Reviews with a canary in the text, in the record id (often a patient identifier) and in a field the
     prompt does not use."""
-    lines = [json.loads(line) for line in SAMPLE.read_text().splitlines() if len(line) < 400][:count]
+    lines = [json.loads(line) for line in short_reviews(count)]
     for n, record in enumerate(lines):
         record["review"] = f"Patient {CANARY}-name-{n} writes: {record['review']}"
         record["mrn"] = f"{CANARY}-mrn-{n}"
