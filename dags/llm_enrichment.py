@@ -91,7 +91,7 @@ PARAMS: dict[str, Param] = {
         DEFAULTS["output"],
         type="string",
         title="Output folder",
-        description="Any URI; each run publishes under <output>/<run id>/",
+        description="Any URI; each run publishes under <output>/<DAG id>/<task group>/<run id>/",
     ),
     "task": Param(
         "sentiment",
@@ -214,7 +214,7 @@ PARAMS: dict[str, Param] = {
 def llm_enrichment() -> None:
     llm_enrichment_task_group(
         input_path="{{ params.input_path }}",
-        output_path="{{ params.output_path }}/{{ run_id | replace(':', '') | replace('+', '') }}",
+        output_path="{{ params.output_path }}",
         model="{{ params.model }}",
         task="{{ params.task }}",
         template="{{ params.template }}",

@@ -143,7 +143,7 @@ def _render_pod(args: argparse.Namespace) -> int:
                 ),
                 server=server,
                 input_secret=shard_secret_name(run_prefix(args.dag_id, args.run_id), shard.index),
-                key_secret=key_secret_name(args.dag_id, args.run_id),
+                key_secret=key_secret_name(run_prefix(args.dag_id, args.run_id)),
             )
         )
     except PodSpecError as exc:

@@ -9,7 +9,8 @@ from typing import Any
 from airflow.sdk import Asset, TaskGroup, task, task_group
 from airflow.task.trigger_rule import TriggerRule
 
-from llm_etl_provider.contract.invocation import DEFAULT_MAX_RECORD_BYTES, default_of
+from llm_etl_provider.contract.invocation import DEFAULT_MAX_RECORD_BYTES, WORKER_SETTINGS, default_of
+from llm_etl_provider.contract.layout import DEFAULT_RUN_DEADLINE_SECONDS
 from llm_etl_provider.contract.object_transport import DEFAULT_TRANSPORT
 from llm_etl_provider.operators.cleanup import CleanupOperator
 from llm_etl_provider.operators.enrichment import LLMEnrichmentOperator
@@ -17,6 +18,11 @@ from llm_etl_provider.operators.extract import ExtractResultsOperator
 from llm_etl_provider.operators.publish import PublishRunOperator
 from llm_etl_provider.operators.stage import StageInputOperator
 from llm_etl_provider.staging import DEFAULT_SHARD_BYTES
+
+# The enrichment's settings that its results depend on: part of the stage's plan
+PLAN_SETTINGS = frozenset(
+    {*WORKER_SETTINGS, "backend", "model_source", "model_path", "model_sha256", "model_image", "model_claim"}
+)
 
 
 def llm_enrichment_task_group(
@@ -38,6 +44,7 @@ def llm_enrichment_task_group(
     transport: str = DEFAULT_TRANSPORT,
     pods: int | str | None = None,
     store_cidrs: Sequence[str] | None = None,
+    run_deadline_seconds: int = DEFAULT_RUN_DEADLINE_SECONDS,
     **enrichment: Any,
 ) -> TaskGroup:
     """Add the enrichment pipeline to the DAG being defined and return its task group.
@@ -46,8 +53,16 @@ def llm_enrichment_task_group(
     as soon as its pod ends, and one shard's failure stops no other. A shard whose worker went over its
     dead-letter threshold is still extracted and published, marked failed. ``publish`` then writes the run's
     manifest over every shard and, when all succeeded, the run's ``_SUCCESS`` and one event of
-    ``results_asset`` (default: an Asset named ``<group_id>_results``), so other DAGs can be scheduled on
-    whole results. The cleanup is the group's teardown: it runs after success, failure and a killed run alike.
+    ``results_asset`` (default: an Asset named ``llm-etl/<dag_id>/<group_id>``), so other DAGs can be
+    scheduled on whole results. A run publishes under ``<output_path>/<dag_id>/<group_id>/<run id>/``.
+    The cleanup is the group's teardown: it runs after success, failure and a killed run alike, and never
+    while a shard's enrichment runs.
+
+    Clearing any task is safe: Airflow runs the stage (the setup) again with it, which keeps the plan's key
+    and staging (:class:`StageInputOperator`); each enrichment waits for it, and the cleanup waits for every
+    enrichment. ``run_deadline_seconds`` (default 7 days) is how long what a run left may live once Airflow
+    no longer knows the run; ``pod_time_limit_seconds`` (default 3 days) and ``startup_timeout_seconds``
+    (the model load, default 30 minutes) go to each pod.
 
     ``enrichment`` goes to :class:`LLMEnrichmentOperator` (task, template, backend, model source, GPUs ...).
     ``max_record_bytes`` goes to both the staging and the worker (one value: they read records alike). With
@@ -82,6 +97,9 @@ def llm_enrichment_task_group(
             output_path=output_path,
             # the object transport's parts follow the worker's checkpoints
             checkpoint_every=enrichment.get("checkpoint_every", default_of("checkpoint_every")),
+            run_deadline_seconds=run_deadline_seconds,
+            # what the shards' results depend on beside the input: another value makes another plan
+            plan_settings={"model": model, **{k: v for k, v in enrichment.items() if k in PLAN_SETTINGS}},
             **common,
         )
 
@@ -93,6 +111,7 @@ def llm_enrichment_task_group(
             return shards
 
         shards = planned_shards(stage.output)
+        enrichments: list[LLMEnrichmentOperator] = []
 
         @task_group(group_id="shard")
         def enrich_then_extract(shard: Any) -> None:
@@ -104,6 +123,9 @@ def llm_enrichment_task_group(
                 **common,
                 **enrichment,
             )
+            # a cleared shard's setup runs again with it: its enrichment waits for the staging
+            stage >> enrich
+            enrichments.append(enrich)
             extract = ExtractResultsOperator(
                 task_id="extract",
                 shard=shard,
@@ -119,16 +141,22 @@ def llm_enrichment_task_group(
 
         per_shard = enrich_then_extract.expand(shard=shards)
         gpus = enrichment.get("gpus")
+        dag_id = group.dag.dag_id if group.dag is not None else ""
         publish = PublishRunOperator(
             task_id="publish",
             output_path=output_path,
             shards=shards,
             gpus_per_shard=gpus if isinstance(gpus, int) else None,
             trigger_rule=TriggerRule.ALL_DONE,
-            outlets=[results_asset or Asset(name=f"{group_id}_results")],
+            # it reads and writes the store and the pods' status: a hiccup must not withhold _SUCCESS
+            retries=2,
+            retry_delay=timedelta(seconds=30),
+            outlets=[results_asset or Asset(name=f"llm-etl/{dag_id}/{group.group_id}")],
             **common,
         )
         cleanup = CleanupOperator(task_id="cleanup", output_path=output_path, **common)
         per_shard >> publish >> cleanup
+        # the teardown never removes the staging under a shard that a clear set working again
+        enrichments[0] >> cleanup
         cleanup.as_teardown(setups=stage)
     return group

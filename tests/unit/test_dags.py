@@ -35,12 +35,19 @@ def test_enrichment_dag_shape(monkeypatch, mode):
     assert extract.upstream_task_ids == {"llm_enrichment.shards", "llm_enrichment.shard.enrich"}
     assert extract.trigger_rule == "all_done"
     assert dag.get_task("llm_enrichment.publish").trigger_rule == "all_done"
-    assert dag.get_task("llm_enrichment.cleanup").upstream_task_ids >= {"llm_enrichment.publish"}
+    # a cleared shard reruns its setup (the stage): its enrichment waits for it, and the teardown for every
+    # enrichment, so that the staging is never removed under a shard that works again
+    assert dag.get_task("llm_enrichment.shard.enrich").upstream_task_ids >= {"llm_enrichment.stage"}
+    assert dag.get_task("llm_enrichment.cleanup").upstream_task_ids >= {
+        "llm_enrichment.publish",
+        "llm_enrichment.shard.enrich",
+    }
+    assert dag.get_task("llm_enrichment.publish").retries == 2
     expected = {"input_path", "output_path", "task", "template", "model", "shard_bytes"}
     assert set(dag.params) >= expected | {"concurrency", "system_prompt", "schema"}
     assert dag.get_task("llm_enrichment.shard.enrich").execution_mode == mode
     (asset,) = dag.get_task("llm_enrichment.publish").outlets  # one event per run, after every shard
-    assert asset.name == "llm_enrichment_results"
+    assert asset.name == "llm-etl/llm_enrichment/llm_enrichment"  # scoped by DAG: no other DAG's event
     assert not dag.get_task("llm_enrichment.shard.extract").outlets
 
 

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from llm_etl_provider.staging import Shard
 
 EXECUTION_MODES = ("kubernetes", "local")
+# A DAG run's states (the values of Airflow's DagRunState) in which the sweeper may remove what the run left
+ENDED_RUN_STATES = ("success", "failed")
 
 
 class TaskLog(Protocol):
@@ -77,22 +79,33 @@ class ShardJob:
 
 
 class RunBackend(ABC):
-    """One run's resources in one place: its key, its staged shards, its enrichment and its frame streams."""
+    """One run's resources in one place: its key, its staged shards, its enrichment and its frame streams.
+
+    What a stage stages belongs to its plan (:func:`~llm_etl_provider.contract.layout.plan_id`): a stage that
+    runs again with the same plan (Airflow clears a shard's setup with it) keeps the plan's key and staged
+    shards, so that work sealed with that key, still running or already ended, stays readable.
+    """
 
     @abstractmethod
-    def stage_key(self, key: bytes) -> None:
-        """Stage the run's new frame key, replacing a key an earlier try staged."""
+    def open_plan(self) -> tuple[bytes, bool]:
+        """Return the plan's frame key and whether it is new: the key staged before if it is still there,
+        else a new one, staged after removing what the plan's lost key had sealed (work claims, spools)."""
 
     @abstractmethod
-    def stage_shard(self, shard: Shard, key: bytes, duplicates: bytes = b"") -> dict[str, Any]:
-        """Stage one shard, with its duplicates file if any; return where it went, as shard descriptor
-        fields (secret, path, work_claim)."""
+    def stage_shard(self, shard: Shard, duplicates: bytes = b"") -> dict[str, Any]:
+        """Stage one shard, with its duplicates file if any, unless it is staged already (a stage run again:
+        the same plan cuts the same shards); return where it is, as shard descriptor fields (secret, path,
+        work_claim, key_secret)."""
 
     @abstractmethod
     def stage_object_shard(self, index: int, transport: bytes, duplicates: bytes = b"") -> dict[str, Any]:
-        """Stage one shard of the object transport: its pre-signed URLs
+        """Stage one shard of the object transport, unless it is staged already: its pre-signed URLs
         (:class:`~llm_etl_provider.contract.object_transport.ObjectTransport` as JSON) and its duplicates
-        file if any; return where they went, as shard descriptor fields (secret, path)."""
+        file if any; return where they are, as shard descriptor fields (secret, path, key_secret)."""
+
+    @abstractmethod
+    def remove_plan(self) -> None:
+        """Remove everything the plan staged (a stage that failed after making the plan's key)."""
 
     @abstractmethod
     def enrich(self, job: ShardJob) -> Any:
@@ -127,12 +140,23 @@ def run_backend(
     work_storage_class: str | None = None,
     run_deadline_seconds: float = layout.DEFAULT_RUN_DEADLINE_SECONDS,
     scope: str | None = None,
+    plan: str | None = None,
 ) -> RunBackend:
-    """The backend of ``mode`` for one DAG run (``key_secret`` and the work claims: Kubernetes only)."""
+    """The backend of ``mode`` for one DAG run and, where given, one plan of it (what a stage staged; the
+    steps after the stage take it from their shard descriptor). ``key_secret`` and the work claims:
+    Kubernetes only."""
     if checked_execution_mode(mode) == "local":
         from llm_etl_provider.backends.local import LocalBackend
 
-        return LocalBackend(local_dir, scope=scope or dag_id, run_id=run_id, log=log)
+        return LocalBackend(
+            local_dir,
+            dag_id=dag_id,
+            scope=scope or dag_id,
+            run_id=run_id,
+            log=log,
+            plan=plan,
+            run_deadline_seconds=run_deadline_seconds,
+        )
     from llm_etl_provider.backends.kubernetes import KubernetesBackend
 
     return KubernetesBackend(
@@ -146,4 +170,5 @@ def run_backend(
         work_storage_class=work_storage_class,
         scope=scope,
         run_deadline_seconds=run_deadline_seconds,
+        plan=plan,
     )

@@ -4,7 +4,6 @@ KubernetesPodOperator, frames read from the pod's log, and everything deleted by
 from __future__ import annotations
 
 import base64
-import hashlib
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -12,19 +11,21 @@ from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from llm_etl_provider.backends import FrameSource, RunBackend, ShardJob, TaskLog
+from llm_etl_provider.backends import ENDED_RUN_STATES, FrameSource, RunBackend, ShardJob, TaskLog
 from llm_etl_provider.contract import layout
 from llm_etl_provider.exceptions import ExtractionError, StagingError, StagingInputError
 from llm_etl_provider.staging import SECRET_LIMIT
 from llm_etl_provider.transport.exceptions import FrameKeyError
-from llm_etl_provider.transport.keys import decode_key, encode_key
+from llm_etl_provider.transport.keys import decode_key, encode_key, new_key
 from llm_etl_provider.transport.sources import pod_log_lines
 
 if TYPE_CHECKING:
     from llm_etl_provider.staging import Shard
 
 
-def _run_labels(run_id: str, run_key: str, kind: str, shard: int | None = None) -> dict[str, str]:
+def _run_labels(
+    run_id: str, run_key: str, kind: str, shard: int | None = None, plan: str | None = None
+) -> dict[str, str]:
     labels = {
         **layout.MANAGED_BY,
         layout.LABEL_RUN: layout.label_value(run_id),
@@ -33,6 +34,8 @@ def _run_labels(run_id: str, run_key: str, kind: str, shard: int | None = None) 
     }
     if shard is not None:
         labels[layout.LABEL_SHARD] = str(shard)
+    if plan is not None:
+        labels[layout.LABEL_PLAN] = plan
     return labels
 
 
@@ -45,8 +48,9 @@ def secret_manifest(
     annotations: dict[str, str],
     kind: str,
     shard: int | None = None,
+    plan: str | None = None,
 ) -> dict[str, Any]:
-    """An immutable Opaque Secret labelled with its run and annotated with its DAG and deadline."""
+    """An immutable Opaque Secret labelled with its run (and plan) and annotated with its DAG and deadline."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -54,7 +58,7 @@ def secret_manifest(
         "immutable": True,
         "metadata": {
             "name": name,
-            "labels": _run_labels(run_id, run_key, kind, shard),
+            "labels": _run_labels(run_id, run_key, kind, shard, plan),
             "annotations": annotations,
         },
         "data": {key: base64.b64encode(value).decode() for key, value in data.items()},
@@ -70,6 +74,7 @@ def work_claim_manifest(
     run_key: str,
     annotations: dict[str, str],
     storage_class: str | None = None,
+    plan: str | None = None,
 ) -> dict[str, Any]:
     """A shard's work volume that outlives its pod: the worker's checkpoint and frame spool, so that a retry
     in a new pod (after a preemption) resumes where the lost pod stopped."""
@@ -81,7 +86,7 @@ def work_claim_manifest(
         "kind": "PersistentVolumeClaim",
         "metadata": {
             "name": name,
-            "labels": _run_labels(run_id, run_key, "work", shard),
+            "labels": _run_labels(run_id, run_key, "work", shard, plan),
             "annotations": annotations,
         },
         "spec": spec,
@@ -127,9 +132,6 @@ def delete_managed(api: Any, networking: Any, namespace: str, selector: str) -> 
     return deleted
 
 
-ENDED_RUN_STATES = ("success", "failed")
-
-
 def sweep(
     api: Any,
     networking: Any,
@@ -141,8 +143,9 @@ def sweep(
     log: TaskLog,
 ) -> dict[str, int]:
     """Delete what llm-etl runs left in ``namespace`` once their run has ended (``run_state(dag_id, run_id)``,
-    Airflow's word) or their recorded deadline (``llm-etl.io/expires-at``) has passed. A run this Airflow does
-    not know (``run_state`` gives None: another deployment's, or a deleted run) is left until its deadline.
+    Airflow's word). A run Airflow counts as running or queued is never touched, however long it runs; a run
+    this Airflow does not know (``run_state`` gives None: another deployment's, or a deleted run) is left
+    until its recorded deadline (``llm-etl.io/expires-at``, the latest of its resources') has passed.
     Resources that carry no DAG or deadline (made before they did) go by age. Pods get their own grace period:
     a running one is stopped, never killed outright."""
     kinds = _managed_kinds(api, networking)
@@ -163,10 +166,10 @@ def sweep(
             state = run_state(dag_id, run_id)
             if state in ENDED_RUN_STATES:
                 why = f"its run ended ({state})"
-            elif deadlines and now > min(deadlines):
-                why = f"its deadline passed ({'unknown to Airflow' if state is None else state})"
+            elif state is None and deadlines and now > max(deadlines):
+                why = "its deadline passed (a run unknown to Airflow)"
             else:
-                continue
+                continue  # a run Airflow counts as running (or queued) is never touched, whatever its age
         else:
             items = [
                 (k, i)
@@ -203,8 +206,9 @@ class KubernetesBackend(RunBackend):
     :param key_secret: the Secret with the run's key (default: the stage's name for it)
     :param work_claim_size: give each shard a work claim of this size (e.g. ``1Gi``); None: an emptyDir
     :param work_storage_class: the claims' StorageClass (default: the cluster's)
-    :param run_deadline_seconds: from the stage on, how long the run's resources may live before the sweeper
-        removes them whatever the run's state
+    :param run_deadline_seconds: from the stage on, how long the run's resources may live once Airflow no
+        longer knows the run (another deployment's, a deleted run): the sweeper's deadline
+    :param plan: the stage's plan: its key, shards and work claims are named and labelled after it
     """
 
     def __init__(
@@ -220,15 +224,19 @@ class KubernetesBackend(RunBackend):
         work_storage_class: str | None = None,
         run_deadline_seconds: float = layout.DEFAULT_RUN_DEADLINE_SECONDS,
         scope: str | None = None,
+        plan: str | None = None,
     ) -> None:
         self.namespace = namespace
         self.kubernetes_conn_id = kubernetes_conn_id
         self.run_id = run_id
         self.annotations = layout.run_annotations(dag_id, run_id, time.time() + run_deadline_seconds)
         self.scope = scope or dag_id
+        self.plan = plan
         self.run_key = layout.run_key(self.scope, run_id)
-        self.prefix = layout.run_prefix(self.scope, run_id)
-        self.key_secret = key_secret or layout.key_secret_name(self.scope, run_id)
+        self.prefix = (
+            layout.plan_prefix(self.scope, run_id, plan) if plan else layout.run_prefix(self.scope, run_id)
+        )
+        self.key_secret = key_secret or layout.key_secret_name(self.prefix)
         self.log = log
         self.work_claim_size = work_claim_size
         self.work_storage_class = work_storage_class
@@ -237,17 +245,47 @@ class KubernetesBackend(RunBackend):
     def api(self) -> Any:
         return core_v1(self.kubernetes_conn_id)
 
-    def stage_key(self, key: bytes) -> None:
-        data = {layout.KEY_FILE_NAME: encode_key(key).encode()}
-        self._create_secret(self._secret(self.key_secret, data, kind="key"))
+    @property
+    def plan_selector(self) -> str:
+        """The label selector of what this plan of the run staged (the whole run's without a plan)."""
+        selector = layout.run_selector(self.scope, self.run_id)
+        return f"{selector},{layout.LABEL_PLAN}={self.plan}" if self.plan else selector
 
-    def stage_shard(self, shard: Shard, key: bytes, duplicates: bytes = b"") -> dict[str, Any]:
+    def open_plan(self) -> tuple[bytes, bool]:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            secret = self.api.read_namespaced_secret(self.key_secret, self.namespace)
+            return decode_key(
+                _secret_value(secret.data, layout.KEY_FILE_NAME), f"Secret {self.key_secret}"
+            ), False
+        except ApiException as exc:
+            if exc.status != 404:
+                raise StagingError(
+                    f"cannot read the plan's key Secret {self.namespace}/{self.key_secret}: HTTP {exc.status}"
+                ) from None
+        except FrameKeyError as exc:
+            self.log.warning("%s: staging the plan again", exc)
+        # What the plan's lost key sealed (a spool on a work claim) cannot be read: start the plan afresh.
+        self.remove_plan()
+        key = new_key()
+        self._create_secret(
+            self._secret(self.key_secret, {layout.KEY_FILE_NAME: encode_key(key).encode()}, kind="key")
+        )
+        return key, True
+
+    def remove_plan(self) -> None:
+        deleted = delete_managed(self.api, self.networking, self.namespace, self.plan_selector)
+        if any(deleted.values()):
+            self.log.info("removed what the plan had staged: %s", deleted)
+
+    def stage_shard(self, shard: Shard, duplicates: bytes = b"") -> dict[str, Any]:
         data = {layout.input_file_name(shard.input_format): shard.data}
         where = self._stage_shard_secret(
             shard.index, data, duplicates, f"shard {shard.index}", "lower max_shard_bytes"
         )
         if self.work_claim_size:
-            where["work_claim"] = self._create_work_claim(shard.index, key)
+            where["work_claim"] = self._create_work_claim(shard.index)
         return where
 
     def stage_object_shard(self, index: int, transport: bytes, duplicates: bytes = b"") -> dict[str, Any]:
@@ -269,7 +307,7 @@ class KubernetesBackend(RunBackend):
                 f"{SECRET_LIMIT}: {remedy}"
             )
         self._create_secret(self._secret(name, data, kind="shard", shard=index))
-        return {"secret": name}
+        return {"secret": name, "key_secret": self.key_secret}
 
     def enrich(self, job: ShardJob) -> Any:
         if job.network_policy is not None:
@@ -301,7 +339,7 @@ class KubernetesBackend(RunBackend):
             ) from None
         except FrameKeyError as exc:
             raise ExtractionError(str(exc)) from None
-        selector = f"{layout.run_selector(self.scope, self.run_id)},{layout.LABEL_SHARD}={index}"
+        selector = f"{self.plan_selector},{layout.LABEL_SHARD}={index}"
         pods = list(self.api.list_namespaced_pod(self.namespace, label_selector=selector).items)
         ended = [p for p in pods if p.status is not None and p.status.phase in ("Succeeded", "Failed")]
         succeeded = [p for p in ended if p.status.phase == "Succeeded"]
@@ -337,7 +375,7 @@ class KubernetesBackend(RunBackend):
         return deleted
 
     def pod_timings(self) -> dict[int, dict[str, Any]]:
-        selector = layout.run_selector(self.scope, self.run_id)
+        selector = self.plan_selector
         by_shard: dict[int, list[Any]] = defaultdict(list)
         for pod in self.api.list_namespaced_pod(self.namespace, label_selector=selector).items:
             shard = (pod.metadata.labels or {}).get(layout.LABEL_SHARD, "")
@@ -365,9 +403,12 @@ class KubernetesBackend(RunBackend):
             annotations=self.annotations,
             kind=kind,
             shard=shard,
+            plan=self.plan,
         )
 
     def _create_secret(self, manifest: dict[str, Any]) -> None:
+        """Create the Secret, unless the plan staged it before: a stage run again cuts the same shards, and a
+        pod of the plan may be reading it."""
         from kubernetes.client.exceptions import ApiException
 
         name = manifest["metadata"]["name"]
@@ -378,14 +419,12 @@ class KubernetesBackend(RunBackend):
                 raise StagingError(
                     f"cannot create Secret {self.namespace}/{name}: HTTP {exc.status}"
                 ) from None
-            # A retried task: the Secrets are immutable, so replace them whole (new key, same shards).
-            self.api.delete_namespaced_secret(name, self.namespace)
-            self.api.create_namespaced_secret(self.namespace, manifest)
 
-    def _create_work_claim(self, index: int, key: bytes) -> str:
+    def _create_work_claim(self, index: int) -> str:
+        """Create the shard's work claim, unless the plan made it before (its checkpoint lives there)."""
         from kubernetes.client.exceptions import ApiException
 
-        name = layout.work_claim_name(self.prefix, index, hashlib.sha256(key).hexdigest())
+        name = layout.work_claim_name(self.prefix, index)
         manifest = work_claim_manifest(
             name,
             self.run_id,
@@ -394,13 +433,15 @@ class KubernetesBackend(RunBackend):
             run_key=self.run_key,
             annotations=self.annotations,
             storage_class=self.work_storage_class,
+            plan=self.plan,
         )
         try:
             self.api.create_namespaced_persistent_volume_claim(self.namespace, manifest)
         except ApiException as exc:
-            raise StagingError(
-                f"cannot create the work claim {self.namespace}/{name}: HTTP {exc.status}"
-            ) from None
+            if exc.status != 409:
+                raise StagingError(
+                    f"cannot create the work claim {self.namespace}/{name}: HTTP {exc.status}"
+                ) from None
         return name
 
 

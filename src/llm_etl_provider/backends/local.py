@@ -11,21 +11,30 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llm_etl_provider.backends import FrameSource, LocalServing, RunBackend, ShardJob, TaskLog
+from llm_etl_provider.backends import (
+    ENDED_RUN_STATES,
+    FrameSource,
+    LocalServing,
+    RunBackend,
+    ShardJob,
+    TaskLog,
+)
 from llm_etl_provider.contract import layout
 from llm_etl_provider.contract.invocation import API_KEY_ENV, OBJECT_OUTPUT, WorkerInvocation
 from llm_etl_provider.exceptions import ExtractionError, LocalRunError, worker_exit_error
 from llm_etl_provider.transport.exceptions import FrameKeyError
-from llm_etl_provider.transport.keys import load_key, write_key_file
+from llm_etl_provider.transport.keys import load_key, new_key, write_key_file
 from llm_etl_provider.transport.sources import file_lines
 from llm_etl_provider.worker.pod_commands import load_model_args, load_model_command
 
@@ -40,51 +49,80 @@ def container_log_name(attempt: int) -> str:
     return f"container-try-{attempt}.log"
 
 
+RUN_FILE = "run.json"  # in a run's folder: whose run it is and until when it may live, for the sweeper
+
+
 class LocalBackend(RunBackend):
-    """A run under a local folder: ``<local_dir>/<run prefix>/`` holds its key and a folder per shard.
+    """A run under a local folder: ``<local_dir>/<run prefix>/`` holds ``run.json`` (the run's DAG, id and
+    deadline, which the sweeper reads) and a folder per plan, with its key and a folder per shard.
 
     :param local_dir: the folder that holds the runs' folders
+    :param plan: the stage's plan (:func:`~llm_etl_provider.contract.layout.plan_id`); None: the run's folder
     """
 
-    def __init__(self, local_dir: str | None, *, scope: str, run_id: str, log: TaskLog) -> None:
+    def __init__(
+        self,
+        local_dir: str | None,
+        *,
+        dag_id: str,
+        scope: str,
+        run_id: str,
+        log: TaskLog,
+        plan: str | None = None,
+        run_deadline_seconds: float = layout.DEFAULT_RUN_DEADLINE_SECONDS,
+    ) -> None:
         if not local_dir:
             raise LocalRunError("local execution needs local_dir")
         self.root = Path(local_dir) / layout.run_prefix(scope, run_id)
+        self.plan_root = self.root / plan if plan else self.root
+        self.run = {"dag_id": dag_id, "run_id": run_id, "expires_at": int(time.time() + run_deadline_seconds)}
         self.log = log
 
     def shard_dir(self, index: int) -> Path:
-        return self.root / layout.shard_folder(index)
+        return self.plan_root / layout.shard_folder(index)
 
     def shard_input(self, index: int, input_format: str) -> Path:
         return self.shard_dir(index) / layout.input_file_name(input_format)
 
     @property
     def key_file(self) -> Path:
-        return self.root / layout.KEY_FILE_NAME
+        return self.plan_root / layout.KEY_FILE_NAME
 
-    def stage_key(self, key: bytes) -> None:
-        if self.root.exists():
-            shutil.rmtree(self.root)
-        self.root.mkdir(parents=True, mode=0o700)
+    def open_plan(self) -> tuple[bytes, bool]:
+        if self.key_file.is_file():
+            try:
+                return load_key(self.key_file), False
+            except FrameKeyError:
+                self.log.warning("the staged key %s is unreadable: staging the plan again", self.key_file)
+        if self.plan_root.exists():
+            shutil.rmtree(self.plan_root)
+        self.plan_root.mkdir(parents=True, mode=0o700)
+        _write_atomically(self.root / RUN_FILE, json.dumps(self.run).encode())
+        key = new_key()
         write_key_file(self.key_file, key)
+        return key, True
 
-    def stage_shard(self, shard: Shard, key: bytes, duplicates: bytes = b"") -> dict[str, Any]:
+    def stage_shard(self, shard: Shard, duplicates: bytes = b"") -> dict[str, Any]:
         path = self.shard_input(shard.index, shard.input_format)
-        path.parent.mkdir(mode=0o700)
-        path.write_bytes(shard.data)
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        _write_unless_equal(path, shard.data)
         if duplicates:
-            (path.parent / layout.DUPLICATES_FILE_NAME).write_bytes(duplicates)
+            _write_unless_equal(path.parent / layout.DUPLICATES_FILE_NAME, duplicates)
         return {"path": str(path)}
 
     def stage_object_shard(self, index: int, transport: bytes, duplicates: bytes = b"") -> dict[str, Any]:
         folder = self.shard_dir(index)
-        folder.mkdir(mode=0o700)
+        folder.mkdir(mode=0o700, exist_ok=True)
         path = folder / layout.OBJECT_TRANSPORT_FILE_NAME
-        path.touch(mode=0o600)  # pre-signed URLs are credentials until they expire
-        path.write_bytes(transport)
+        if not path.is_file():  # staged before: its URLs are as good as new ones, and a worker may read them
+            _write_atomically(path, transport)  # pre-signed URLs are credentials until they expire (0600)
         if duplicates:
-            (folder / layout.DUPLICATES_FILE_NAME).write_bytes(duplicates)
+            _write_unless_equal(folder / layout.DUPLICATES_FILE_NAME, duplicates)
         return {"path": str(path)}
+
+    def remove_plan(self) -> None:
+        shutil.rmtree(self.plan_root, ignore_errors=True)
+        self.log.info("removed the failed stage's staging %s", self.plan_root)
 
     def enrich(self, job: ShardJob) -> Any:
         invocation, shard = job.invocation, job.shard
@@ -193,3 +231,55 @@ class LocalBackend(RunBackend):
         shutil.rmtree(self.root, ignore_errors=True)
         self.log.info("removed local staging %s", self.root if existed else "(none)")
         return {"local_dirs": int(existed)}
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write ``path`` whole or not at all (mode 0600): a worker reading it never sees it half written."""
+    partial = path.with_name(f".{path.name}.partial")
+    with partial.open("wb") as handle:
+        os.fchmod(handle.fileno(), 0o600)
+        handle.write(data)
+    partial.replace(path)
+
+
+def _write_unless_equal(path: Path, data: bytes) -> None:
+    """Stage ``data`` at ``path`` unless it holds it already (a stage run again cuts the same shards)."""
+    if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
+        return
+    _write_atomically(path, data)
+
+
+def sweep_local(
+    local_dir: str | Path,
+    run_state: Callable[[str, str], str | None],
+    *,
+    now: float,
+    unrecorded_older_than: float,
+    log: TaskLog,
+) -> int:
+    """Remove the run folders under ``local_dir`` whose run ended (``run_state(dag_id, run_id)``, Airflow's
+    word) or, for a run Airflow does not know, whose deadline passed; a folder without its ``run.json`` goes
+    once older than ``unrecorded_older_than``. A run Airflow counts as running is never touched. Return how
+    many folders went."""
+    base = Path(local_dir)
+    removed = 0
+    for folder in sorted(base.glob("llm-etl-*")) if base.is_dir() else ():
+        try:
+            run = json.loads((folder / RUN_FILE).read_text())
+            dag_id, run_id, expires_at = str(run["dag_id"]), str(run["run_id"]), float(run["expires_at"])
+        except (OSError, ValueError, KeyError, TypeError):
+            if folder.stat().st_mtime >= unrecorded_older_than:
+                continue
+            why = "it records no run and is older than the TTL"
+        else:
+            state = run_state(dag_id, run_id)
+            if state in ENDED_RUN_STATES:
+                why = f"its run ended ({state})"
+            elif state is None and now > expires_at:
+                why = "its deadline passed (a run unknown to Airflow)"
+            else:
+                continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed += 1
+        log.info("swept local staging %s: %s", folder, why)
+    return removed

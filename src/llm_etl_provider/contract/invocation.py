@@ -207,6 +207,8 @@ class WorkerInvocation:
             if value is None or value == ():
                 continue
             text = _spec(item).show(value)
+            if text == "--":  # Python 3.11's argparse drops it from an option's value, in any form
+                raise ValueError(f"{flag_name(item.name)}: the value '--' cannot be passed to the worker")
             # a value that starts with "-" would read as a flag of its own
             argv += (
                 [f"{flag_name(item.name)}={text}"] if text.startswith("-") else [flag_name(item.name), text]

@@ -7,7 +7,9 @@ and labels in YAML; ``tests/unit/pod/test_layout.py`` proves that the two agree.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
+from typing import Any
 
 # Containers: containers[0] is the worker, named as KubernetesPodOperator's base container.
 WORKER_CONTAINER = "base"
@@ -67,11 +69,18 @@ LABEL_RUN_KEY = "llm-etl.io/run-key"  # the pipeline's run, exactly: what select
 LABEL_SHARD = "llm-etl.io/shard"
 LABEL_KIND = "llm-etl.io/kind"
 LABEL_MODEL_SOURCE = "llm-etl.io/model-source"
+LABEL_PLAN = "llm-etl.io/plan"  # the stage's plan of the run (plan_id): what one execution staged
 ANNOTATION_RUN_ID = "llm-etl.io/run-id"
 ANNOTATION_DAG_ID = "llm-etl.io/dag-id"
 # Unix seconds after which the sweeper may remove what the run left, whatever Airflow says of the run
 ANNOTATION_EXPIRES_AT = "llm-etl.io/expires-at"
-DEFAULT_RUN_DEADLINE_SECONDS = 24 * 3600
+# The sweeper honours it only for a run Airflow does not know: a run Airflow counts as running is never swept.
+# The object transport's pre-signed URLs live as long (S3's SigV4 allows at most 7 days).
+DEFAULT_RUN_DEADLINE_SECONDS = 7 * 24 * 3600
+# A pod's hard limit (activeDeadlineSeconds, from its start: the model load included): a large shard on one
+# GPU runs for a day or more; the model load has a limit of its own (the operator's startup timeout).
+DEFAULT_POD_TIME_LIMIT_SECONDS = 3 * 24 * 3600
+DEFAULT_MODEL_LOAD_TIMEOUT_SECONDS = 1800
 MANAGED_SELECTOR = ",".join(f"{k}={v}" for k, v in MANAGED_BY.items())
 
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
@@ -115,19 +124,44 @@ def run_prefix(scope: str, run_id: str) -> str:
     return "llm-etl-" + run_key(scope, run_id)
 
 
-def key_secret_name(scope: str, run_id: str) -> str:
-    """The Secret holding a run's frame key."""
-    return f"{run_prefix(scope, run_id)}-key"
+def plan_id(scope: str, run_id: str, input_sha256: str, settings: dict[str, Any]) -> str:
+    """The stage's plan of a run: its input's digest and the settings that cut it, for this pipeline's run.
+
+    The same input staged the same way for the same run gives the same plan, so a stage that runs again
+    (Airflow clears a shard's setup with it) finds its own staging and keeps it; another input (a run executed
+    again on new data) gives another plan, whose names and published shards never mix with the first's.
+    """
+    fingerprint = json.dumps([scope, run_id, input_sha256, settings], sort_keys=True, default=str)
+    return hashlib.sha256(fingerprint.encode()).hexdigest()[:12]
+
+
+def plan_prefix(scope: str, run_id: str, plan: str) -> str:
+    """The names' prefix of what one plan of a run staged (its key, shards, work claims)."""
+    return f"{run_prefix(scope, run_id)}-{plan[:8]}"
+
+
+def key_secret_name(prefix: str) -> str:
+    """The Secret holding a plan's frame key (``prefix``: :func:`plan_prefix`)."""
+    return f"{prefix}-key"
 
 
 def shard_secret_name(prefix: str, index: int) -> str:
     return f"{prefix}-shard-{index}"
 
 
-def work_claim_name(prefix: str, index: int, key_digest: str) -> str:
-    """A shard's work claim, named after the run's key: a retried stage makes a new key, and a spool sealed
-    with the old one is junk."""
-    return f"{prefix}-shard-{index}-work-{key_digest[:8]}"
+def work_claim_name(prefix: str, index: int) -> str:
+    """A shard's work claim (checkpoint and spool), named after its plan: a stage that has to make a new key
+    for the plan removes the claims first, since a spool sealed with the old key is junk."""
+    return f"{prefix}-shard-{index}-work"
+
+
+def run_output_folder(scope: str, run_id: str) -> str:
+    """Where a run of a pipeline publishes, under the output path: ``<dag>/<group>/<run>``, so that two DAGs
+    or two pipelines in one DAG with the same output path and run ids never write (or clean) each other's."""
+    parts = [*scope.split("/"), run_id.replace(":", "").replace("+", "")]
+    if any(not part or set(part) == {"."} for part in parts):
+        raise ValueError(f"{scope}/{run_id} cannot name an output folder: a part of it is empty or dots")
+    return "/".join(parts)
 
 
 def shard_folder(index: int) -> str:

@@ -43,6 +43,9 @@ class ShardDescriptor:
         pre-signed URLs: :mod:`~llm_etl_provider.contract.object_transport`)
     :param egress: the object transport: the store's ``[address or CIDR, port]`` pairs its pod may reach
     :param parts: the object transport: the folder (a URI) of its part objects, checkpoint and end marker
+    :param plan: the stage's plan it belongs to (:func:`~llm_etl_provider.contract.layout.plan_id`): its
+        extraction writes it into the shard's manifest; the run's publishing counts only its plan's shards
+    :param key_secret: the Secret holding its plan's frame key (Kubernetes)
     """
 
     index: int
@@ -60,6 +63,8 @@ class ShardDescriptor:
     transport: str = DEFAULT_TRANSPORT
     egress: list[list[Any]] = field(default_factory=list)
     parts: str | None = None
+    plan: str | None = None
+    key_secret: str | None = None
 
     def to_xcom(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -84,13 +84,8 @@ def signer_for(path: Any) -> ObjectStoreSigner:
 
 
 def expiry_seconds(run_deadline_seconds: float) -> int:
-    """The URLs' lifetime: the run's deadline, which a signature cannot outlive past 7 days."""
-    if run_deadline_seconds > MAX_EXPIRY_SECONDS:
-        raise StagingError(
-            f"run_deadline_seconds {run_deadline_seconds:.0f} is longer than a pre-signed URL lives "
-            f"({MAX_EXPIRY_SECONDS} s, 7 days): shorten it for the object transport"
-        )
-    return int(run_deadline_seconds)
+    """The URLs' lifetime: the run's deadline, but no more than a signature allows (7 days)."""
+    return int(min(run_deadline_seconds, MAX_EXPIRY_SECONDS))
 
 
 def url_egress(url: str, cidrs: Sequence[str] = ()) -> list[tuple[str, int]]:

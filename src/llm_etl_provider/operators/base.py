@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
 
-from airflow.sdk import BaseOperator
+from airflow.sdk import BaseOperator, ObjectStoragePath
 
 from llm_etl_provider.backends import RunBackend, TaskLog, checked_execution_mode, run_backend
 from llm_etl_provider.contract import layout
@@ -85,3 +85,14 @@ class RunStepOperator(BaseOperator):
     def run_scope(self) -> str:
         """Whose runs this step works on: its DAG and pipeline (``layout.run_scope``)."""
         return layout.run_scope(self.dag_id, self.scope)
+
+    def run_output(self, context: Context) -> ObjectStoragePath:
+        """Where this run publishes: ``<output_path>/<dag>/<group>/<run>/`` (``layout.run_output_folder``)."""
+        output_path = getattr(self, "output_path", None)
+        if not output_path:
+            raise ValueError(f"{self.task_id} needs output_path")
+        try:
+            folder = layout.run_output_folder(self.run_scope, str(context["run_id"]))
+        except ValueError as exc:
+            raise ValueError(f"{self.task_id}: {exc}") from None
+        return ObjectStoragePath(str(output_path)) / folder

@@ -25,8 +25,9 @@ class CleanupOperator(RunStepOperator):
     even where copies of the pod log survive. Takes the run's ``namespace``, ``kubernetes_conn_id``,
     ``execution_mode`` and ``local_dir`` (:class:`~llm_etl_provider.operators.base.RunStepOperator`).
 
-    :param output_path: the run's output folder (templated): the object transport's part objects and
-        checkpoints under its ``_transport/`` are removed too (the results stay)
+    :param output_path: the pipeline's output folder (templated): the object transport's part objects and
+        checkpoints under the run's ``_transport/`` are removed too (the results stay), and nothing of
+        another run's
     """
 
     template_fields: Sequence[str] = ("namespace", "local_dir", "output_path")
@@ -38,7 +39,7 @@ class CleanupOperator(RunStepOperator):
     def execute(self, context: Context) -> dict[str, int]:
         deleted = backend_for(self, context).cleanup()
         if self.output_path:
-            transport = ObjectStoragePath(self.output_path) / TRANSPORT_FOLDER
+            transport = self.run_output(context) / TRANSPORT_FOLDER
             deleted["transport_folders"] = int(transport.exists())
             remove_tree(transport)
             if deleted["transport_folders"]:

@@ -134,7 +134,11 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
     :param worker_image: the worker's image
     :param gpu_node_selector: node selector for GPU nodes
     :param gpu_tolerations: tolerations for GPU node taints
-    :param ttl_seconds: the pod's hard limit (``activeDeadlineSeconds``), the run's TTL
+    :param pod_time_limit_seconds: the pod's hard limit (``activeDeadlineSeconds``, from its start, the model
+        load included; default 3 days): a hung worker is ended long before by its liveness probe, so the
+        limit only has to outlast the largest shard
+    :param startup_timeout_seconds: how long the pod may take to start, the model load included (KPO's;
+        default 30 minutes)
     :param execution_mode: ``kubernetes``, or ``local``: the pod's loader, server and worker as local
         processes (llama.cpp's server with a local GGUF), its log written to the local staging folder
     :param local_dir: local execution's staging folder (templated)
@@ -176,7 +180,7 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
         worker_image: str = DEFAULT_WORKER_IMAGE,
         gpu_node_selector: dict[str, str] | None = None,
         gpu_tolerations: Sequence[dict[str, Any]] | None = None,
-        ttl_seconds: int = 3600,
+        pod_time_limit_seconds: int = layout.DEFAULT_POD_TIME_LIMIT_SECONDS,
         execution_mode: str = "kubernetes",
         local_dir: str | None = None,
         scope: str | None = None,
@@ -187,7 +191,8 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
         settings = {name: kwargs.pop(name) for name in WORKER_SETTINGS if name in kwargs}
         kwargs.setdefault("name", "llm-etl-enrich")
         kwargs.setdefault("on_finish_action", "delete_active_pod")
-        kwargs.setdefault("startup_timeout_seconds", 1800)  # the model loads while the pod is Pending
+        # the model loads while the pod is Pending
+        kwargs.setdefault("startup_timeout_seconds", layout.DEFAULT_MODEL_LOAD_TIMEOUT_SECONDS)
         kwargs.setdefault("init_container_logs", [layout.LOADER_CONTAINER])  # never the sidecar: it ends last
         kwargs.setdefault("do_xcom_push", False)
         kwargs.setdefault("base_container_name", layout.WORKER_CONTAINER)
@@ -211,7 +216,7 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
         self.worker_image = worker_image
         self.gpu_node_selector = dict(gpu_node_selector or {})
         self.gpu_tolerations = [dict(t) for t in gpu_tolerations or []]
-        self.ttl_seconds = ttl_seconds
+        self.pod_time_limit_seconds = pod_time_limit_seconds
         self.execution_mode = checked_execution_mode(execution_mode)
         self.local_dir = local_dir
         self.scope = scope
@@ -249,6 +254,9 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
     def pod_params(self, run_id: str, attempt: int = 1) -> PodParams:
         shard = ShardDescriptor.from_xcom(self.shard)
         server = self.server_spec()
+        key_secret = (
+            self.key_secret or shard.key_secret or layout.key_secret_name(self._prefix(run_id, shard))
+        )
         return PodParams(
             invocation=self.worker_invocation(run_id, shard, server, attempt),
             model=ModelSpec(
@@ -263,17 +271,18 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
             ),
             server=server,
             input_secret=_staged_secret(shard),
-            key_secret=self.key_secret or layout.key_secret_name(self.run_scope, run_id),
+            key_secret=key_secret,
             worker_image=self.worker_image,
             node_selector=self.gpu_node_selector,
             tolerations=tuple(self.gpu_tolerations),
-            active_deadline_seconds=self.ttl_seconds,
+            active_deadline_seconds=self.pod_time_limit_seconds,
             work_claim=shard.work_claim,
             input_bytes=shard.bytes if shard.transport == OBJECT_OUTPUT else 0,
         )
 
     def execute(self, context: Context) -> Any:
-        backend = backend_for(self, context)
+        shard = ShardDescriptor.from_xcom(self.shard)
+        backend = backend_for(self, context, plan=shard.plan)
         server = None
         if self.llm_conn_id:
             from llm_etl_provider.hooks.llm_server import LLMServerHook
@@ -284,7 +293,6 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
             parallel=_optional_int(self.parallel, "parallel") or CPU_PARALLEL,
             server=server,
         )
-        shard = ShardDescriptor.from_xcom(self.shard)
         return backend.enrich(
             ShardJob(
                 invocation=self.worker_invocation(
@@ -297,13 +305,26 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
             )
         )
 
-    def network_policy(self, run_id: str, shard: ShardDescriptor) -> dict[str, Any]:
-        """The NetworkPolicy created with this shard's pod (Kubernetes)."""
-        name = f"{layout.shard_secret_name(layout.run_prefix(self.run_scope, run_id), shard.index)}-network"
-        selected = {
+    def _prefix(self, run_id: str, shard: ShardDescriptor) -> str:
+        """The names' prefix of the shard's plan (of the run, for a shard staged without a plan)."""
+        if shard.plan:
+            return layout.plan_prefix(self.run_scope, run_id, shard.plan)
+        return layout.run_prefix(self.run_scope, run_id)
+
+    def _selected(self, run_id: str, shard: ShardDescriptor) -> dict[str, str]:
+        """The labels that tell this shard's pods from every other pod: run, plan and shard."""
+        labels = {
             layout.LABEL_RUN_KEY: layout.run_key(self.run_scope, run_id),
             layout.LABEL_SHARD: str(shard.index),
         }
+        if shard.plan:
+            labels[layout.LABEL_PLAN] = shard.plan
+        return labels
+
+    def network_policy(self, run_id: str, shard: ShardDescriptor) -> dict[str, Any]:
+        """The NetworkPolicy created with this shard's pod (Kubernetes)."""
+        name = f"{layout.shard_secret_name(self._prefix(run_id, shard), shard.index)}-network"
+        selected = self._selected(run_id, shard)
         return shard_network_policy(
             name,
             {**layout.MANAGED_BY, **selected},
@@ -325,7 +346,7 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
         attempt = context["ti"].try_number if context is not None else 1
         pod = build_pod(self.pod_params(run_id, attempt))
         pod["metadata"].setdefault("annotations", {}).update(run_annotations(self.dag_id, run_id))
-        pod["metadata"]["labels"][layout.LABEL_RUN_KEY] = layout.run_key(self.run_scope, run_id)
+        pod["metadata"]["labels"].update(self._selected(run_id, ShardDescriptor.from_xcom(self.shard)))
         self.full_pod_spec = PodGenerator.deserialize_model_dict(pod)
         return super().build_pod_request_obj(context, dry_run=dry_run)
 

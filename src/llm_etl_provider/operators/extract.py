@@ -15,6 +15,7 @@ from llm_etl_provider.exceptions import ExtractionError, FrameStreamRejectedErro
 from llm_etl_provider.operators.base import RunStepOperator, backend_for
 from llm_etl_provider.transport.exceptions import TransportError
 from llm_etl_provider.transport.extract import FAILED, extract
+from llm_etl_provider.transport.run_manifest import unpublish_run
 from llm_etl_provider.transport.sources import object_part_lines
 
 if TYPE_CHECKING:
@@ -24,16 +25,17 @@ if TYPE_CHECKING:
 class ExtractResultsOperator(RunStepOperator):
     """Read a shard's frames from its pod's log (or the local log), verify them all, and publish.
 
-    Publishes ``results.jsonl``, ``dead_letter.jsonl``, ``manifest.json`` and ``_SUCCESS`` under
-    ``<output_path>/shard-<index>/``, all or nothing (see ``llm_etl_provider.transport.extract``), and
+    Publishes ``results.jsonl``, ``dead_letter.jsonl``, ``manifest.json`` (naming the stage's plan) and
+    ``_SUCCESS`` under ``<run output>/shard-<index>/`` (:meth:`~RunStepOperator.run_output`), all or nothing
+    (see ``llm_etl_provider.transport.extract``), withdrawing the run's ``_SUCCESS`` first, and
     returns a small summary for XCom. A shard whose worker went over its dead-letter threshold is published
     without ``_SUCCESS``, its manifest saying it failed, and the task fails without a retry. A gap, a
     duplicate, an altered or foreign frame, a rotated log, a missing trailer or a record count other than the
     stage's fails the task with nothing published. The key is read from the run's Secret and never logged.
 
-    :param output_path: the run's output folder, any ObjectStoragePath URI (templated)
+    :param output_path: the pipeline's output folder, any ObjectStoragePath URI (templated)
     :param shard: the shard descriptor from StageInputOperator (templated)
-    :param key_secret: the Secret holding the run's key (templated; default: StageInputOperator's)
+    :param key_secret: the Secret holding the run's key (templated; default: the one the shard names)
     and the run's ``namespace``, ``kubernetes_conn_id``, ``execution_mode`` and ``local_dir``
     (:class:`~llm_etl_provider.operators.base.RunStepOperator`)
     """
@@ -56,10 +58,12 @@ class ExtractResultsOperator(RunStepOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         shard = ShardDescriptor.from_xcom(self.shard)
         run_id = str(context["run_id"])
-        destination = ObjectStoragePath(self.output_path) / shard_folder(shard.index)
+        run_output = self.run_output(context)
+        destination = run_output / shard_folder(shard.index)
         # the key, and the try whose pod (or local log) ended last; its log holds the frames unless the
         # object transport wrote them as parts, where the stage signed them for
-        source = backend_for(self, context, key_secret=self.key_secret).frame_source(shard.index)
+        backend = backend_for(self, context, key_secret=self.key_secret or shard.key_secret, plan=shard.plan)
+        source = backend.frame_source(shard.index)
         if shard.transport == OBJECT_OUTPUT:
             if not shard.parts:
                 raise ExtractionError(f"shard {shard.index}: an object transport shard without its parts")
@@ -77,8 +81,11 @@ class ExtractResultsOperator(RunStepOperator):
                 expected_records=shard.records,
                 expected_input_sha256=shard.input_sha256,
                 expected_attempt=source.attempt,
+                plan=shard.plan,
                 source=source.description,
                 progress=self.log.info,
+                # the run's _SUCCESS and manifest vouched for the shard's earlier output
+                before_publish=lambda: unpublish_run(run_output),
             )
         except TransportError as exc:
             raise FrameStreamRejectedError(f"shard {shard.index}: nothing was published: {exc}") from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import ObjectStoragePath, XComArg
+from airflow.sdk import XComArg
 
 from llm_etl_provider.contract.shard import ShardDescriptor
 from llm_etl_provider.exceptions import RunIncompleteError
@@ -18,13 +18,19 @@ if TYPE_CHECKING:
 
 
 class PublishRunOperator(RunStepOperator):
-    """Write ``<output_path>/manifest.json`` over every shard the stage planned, once all their extractions
-    have ended, and ``<output_path>/_SUCCESS`` when every shard succeeded; push the manifest to XCom.
+    """Write the run's ``manifest.json`` over every shard the stage planned, once all their extractions have
+    ended, and the run's ``_SUCCESS`` when every shard succeeded; push the manifest to XCom.
+
+    Bound to the plan: a shard counts only if its published manifest names the stage's plan, its staged
+    input digest and its planned record count; shard folders of another plan (an earlier execution of the
+    run) or of shards the plan lacks are removed (:mod:`~llm_etl_provider.transport.run_manifest`). It
+    reads and writes object storage and the pods' status only, so a retry publishes the same run.
 
     Give it the run's Asset as an outlet: it is updated once per run, and only when every shard succeeded
     (a run with a failed or missing shard fails this task, after writing the manifest that says which).
 
-    :param output_path: the run's output folder, any ObjectStoragePath URI (templated)
+    :param output_path: the pipeline's output folder, any ObjectStoragePath URI (templated); the run's is
+        ``<output_path>/<dag>/<group>/<run>/`` (:meth:`~RunStepOperator.run_output`)
     :param shards: the shard descriptors from StageInputOperator (templated)
     :param gpus_per_shard: GPUs each shard's pod held, for the manifest's GPU-seconds (None: not reported)
     and the run's ``namespace``, ``kubernetes_conn_id``, ``execution_mode``, ``local_dir`` and ``scope``
@@ -53,18 +59,19 @@ class PublishRunOperator(RunStepOperator):
                 f"shards must be the stage's list of shard descriptors, not {type(self.shards).__name__}"
             )
         planned = [ShardDescriptor.from_xcom(shard) for shard in self.shards]
+        output = self.run_output(context)
         manifest = publish_run_manifest(
-            ObjectStoragePath(self.output_path),
-            [(shard.index, shard.records) for shard in planned],
+            output,
+            planned,
             run_id=str(context["run_id"]),
             gpus_per_shard=self.gpus_per_shard,
-            pod_timings=backend_for(self, context).pod_timings(),
+            pod_timings=backend_for(self, context, plan=_one_plan(planned)).pod_timings(),
         )
         states = ", ".join(f"{n} {state}" for state, n in manifest["shard_states"].items())
         self.log.info(
             "run %s: %d shards (%s), %d results and %d dead letters; manifest at %s/manifest.json",
             manifest["run_id"], len(planned), states, manifest["results"], manifest["dead_letters"],
-            self.output_path,
+            output,
         )  # fmt: skip
         if manifest["state"] != SUCCEEDED:
             context["ti"].xcom_push(key="return_value", value=manifest)  # the failed task's too
@@ -74,3 +81,9 @@ class PublishRunOperator(RunStepOperator):
                 "not every shard succeeded; no _SUCCESS for the run: " + "; ".join(failed)
             )
         return manifest
+
+
+def _one_plan(shards: list[ShardDescriptor]) -> str | None:
+    """The plan the shards belong to (None where they name none, or several)."""
+    plans = {shard.plan for shard in shards}
+    return plans.pop() if len(plans) == 1 else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -14,10 +15,11 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from airflow.sdk import ObjectStoragePath
 
 from llm_etl_provider.backends import RunBackend
+from llm_etl_provider.contract import layout
 from llm_etl_provider.contract.codes import DeadLetterReason
 from llm_etl_provider.contract.duplicates import encode_line_numbers
 from llm_etl_provider.contract.invocation import DEFAULT_MAX_RECORD_BYTES, OBJECT_OUTPUT, default_of
-from llm_etl_provider.contract.layout import DEFAULT_RUN_DEADLINE_SECONDS, run_prefix, shard_folder
+from llm_etl_provider.contract.layout import DEFAULT_RUN_DEADLINE_SECONDS, plan_id, shard_folder
 from llm_etl_provider.contract.object_transport import (
     CHECKPOINT_OBJECT,
     DEFAULT_TRANSPORT,
@@ -26,7 +28,6 @@ from llm_etl_provider.contract.object_transport import (
     TRANSPORTS,
     InputRange,
     ObjectTransport,
-    key_folder,
     part_name,
     part_records_for,
     parts_needed,
@@ -47,7 +48,8 @@ from llm_etl_provider.staging import (
     plan_ranges,
     plan_shards,
 )
-from llm_etl_provider.transport.keys import new_key
+from llm_etl_provider.transport.extract import remove_tree
+from llm_etl_provider.transport.run_manifest import unpublish_run
 from llm_etl_provider.worker.exceptions import ConfigurationError
 from llm_etl_provider.worker.records import InputLimits, RecordReader, detect_format
 from llm_etl_provider.worker.tokenizer import GZIP_MAGIC
@@ -59,14 +61,23 @@ FORMAT_PROBE_RECORDS = 100  # not one readable record among the first 100: the i
 
 
 class StageInputOperator(RunStepOperator):
-    """Read the input from object storage, split it into Secret-sized shards, and stage them with a new key.
+    """Read the input from object storage, split it into Secret-sized shards, and stage them with a key.
 
-    In ``kubernetes`` mode each shard becomes an immutable Secret (key ``input.<format>.gz``) and the run's
-    256-bit frame key another (key ``key``), all labelled with the run for cleanup and the sweeper. In
-    ``local`` mode they are files under ``local_dir``. Returns the shard descriptors
-    (:class:`~llm_etl_provider.contract.shard.ShardDescriptor`, as dicts) to map the enrichment and the
-    extraction over; the key's Secret is ``key_secret_name(dag_id, run_id)``. A run id that frames cannot
-    carry fails the task before anything is staged.
+    The plan (:func:`~llm_etl_provider.contract.layout.plan_id`) is the input's sha256 and the settings that
+    cut it, for this run of this pipeline. The stage is idempotent per plan: run again (Airflow clears a
+    shard's setup with it), it keeps the plan's key and whatever of the plan is still staged, stages what is
+    missing, and returns the same descriptors, so that no shard's work, running or ended, is invalidated. A
+    new key is made only where the plan's key is gone (the run's cleanup ran), after removing what the lost
+    key had sealed. Another input under the same run id makes another plan, named apart. A stage that fails
+    after making the plan's key removes what it staged. The run's ``_SUCCESS`` and manifest are removed
+    first: an execution must not be vouched for by an earlier one's.
+
+    In ``kubernetes`` mode each shard becomes an immutable Secret (key ``input.<format>.gz``) and the plan's
+    256-bit frame key another (key ``key``), all labelled with the run and the plan for cleanup and the
+    sweeper. In ``local`` mode they are files under ``local_dir``. Returns the shard descriptors
+    (:class:`~llm_etl_provider.contract.shard.ShardDescriptor`, as dicts, naming the plan and its key) to map
+    the enrichment and the extraction over. A run id that frames cannot carry fails the task before anything
+    is staged.
 
     :param input_path: the input file: any ObjectStoragePath URI or local path (templated)
     :param input_format: ``jsonl``, ``csv`` or ``auto`` (from the name)
@@ -86,9 +97,10 @@ class StageInputOperator(RunStepOperator):
         and frame spool, so that a retry after a lost pod (a preempted node) resumes instead of starting over.
         The retry's pod then has to run where the volume can attach (its zone). None: an emptyDir.
     :param work_storage_class: the claims' StorageClass (default: the cluster's)
-    :param run_deadline_seconds: how long the run's Kubernetes resources may live: past it the sweeper
-        removes them even while Airflow still counts the run as running (default 24 hours); with the object
-        transport, also how long the pods' pre-signed URLs live (at most 7 days)
+    :param run_deadline_seconds: how long the run's resources may live once Airflow does not know the run
+        (another deployment's, a deleted run): the sweeper's deadline; a run Airflow counts as running is
+        never swept (default 7 days). With the object transport, also how long the pods' pre-signed URLs
+        live (at most 7 days, what a signature allows)
     :param transport: ``log`` (default): shards in Secrets, frames in the pods' logs, no egress; ``object``:
         nothing of the input in Kubernetes: each shard's Secret holds pre-signed URLs for its byte range of
         the input and its part objects (:mod:`~llm_etl_provider.contract.object_transport`). The input must be
@@ -96,13 +108,18 @@ class StageInputOperator(RunStepOperator):
     :param pods: the object transport's shard count (a pod, and so a GPU and a model load, each): the input
         is cut into that many line-aligned byte ranges of about equal size. The log transport cuts
         Secret-sized shards instead (``max_shard_bytes``).
-    :param output_path: the run's output folder (templated); the object transport's parts go under its
-        ``_transport/`` folder, which the cleanup removes
+    :param output_path: the pipeline's output folder (templated): the run publishes under
+        ``<output_path>/<dag>/<group>/<run>/`` (:meth:`~RunStepOperator.run_output`), whose ``_SUCCESS``
+        the stage removes first; the object transport's parts go under its ``_transport/<plan>/`` folder,
+        which the cleanup removes
     :param store_cidrs: the object transport: the address ranges (CIDRs) the pods may reach the store at,
         for a store whose addresses rotate (AWS S3's published ranges, a VPC endpoint); default: its URLs'
         hosts as resolved by the stage
     :param checkpoint_every: records between the worker's checkpoints; with the object transport each writes
         a part object (raised so that a shard needs at most 500 parts)
+    :param plan_settings: what else the shards' results depend on (the model, the task, its prompt and
+        schema ...; templated): part of the plan, so that a run executed again with other settings publishes
+        nothing of the earlier execution's
     """
 
     template_fields: Sequence[str] = (
@@ -120,6 +137,7 @@ class StageInputOperator(RunStepOperator):
         "transport",
         "pods",
         "output_path",
+        "plan_settings",
     )
 
     def __init__(
@@ -141,9 +159,11 @@ class StageInputOperator(RunStepOperator):
         output_path: str | None = None,
         checkpoint_every: int = default_of("checkpoint_every"),
         store_cidrs: Sequence[str] | None = None,
+        plan_settings: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.plan_settings = plan_settings or {}
         self.input_path = input_path
         self.input_format = input_format
         self.max_shard_bytes = max_shard_bytes
@@ -163,7 +183,6 @@ class StageInputOperator(RunStepOperator):
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
         run_id = str(context["run_id"])
-        prefix = run_prefix(self.run_scope, run_id)
         try:
             validate_run_id(run_id)  # the worker binds it into every frame: refuse it before anything exists
             check_sizes(int(self.max_shard_bytes), int(self.max_record_bytes))
@@ -173,13 +192,10 @@ class StageInputOperator(RunStepOperator):
             raise StagingError(f"transport must be one of {', '.join(TRANSPORTS)}, not {self.transport!r}")
         # the object transport signs URLs for the input and the output: a store that cannot fails first
         signers = self._signers() if self.transport == OBJECT_OUTPUT else None
-        backend = backend_for(
-            self,
-            context,
-            work_claim_size=self.work_claim_size,
-            work_storage_class=self.work_storage_class,
-            run_deadline_seconds=self.run_deadline_seconds,
-        )
+        output = self.run_output(context) if self.output_path else None
+        if output is not None:
+            # this execution publishes the run again: the run's earlier _SUCCESS must not vouch for it
+            unpublish_run(output)
         source = ObjectStoragePath(self.input_path)
         limits = InputLimits(max_bytes=int(self.max_input_bytes), max_records=int(self.max_input_records))
         # The stage reads the input twice (validation, then sharding) from a copy that has no name on local
@@ -189,25 +205,64 @@ class StageInputOperator(RunStepOperator):
         except ConfigurationError as exc:
             raise StagingError(str(exc)) from None
         with tempfile.TemporaryFile(prefix="llm-etl-stage-") as copy:
-            self._copy(source, copy, limits.max_bytes)
+            input_sha256 = self._copy(source, copy, limits.max_bytes)
+            plan = plan_id(self.run_scope, run_id, input_sha256, self._plan_settings(fmt))
+            backend = backend_for(
+                self,
+                context,
+                plan=plan,
+                work_claim_size=self.work_claim_size,
+                work_storage_class=self.work_storage_class,
+                run_deadline_seconds=self.run_deadline_seconds,
+            )
             local = _reopenable(copy)
             try:
                 if signers is not None:
-                    descriptors = self._stage_ranges(backend, local, fmt, limits, signers)
-                    return self._report(descriptors, prefix)
-                malformed, duplicates, _ = self._validate(local, fmt, limits)
-                plan = functools.partial(
-                    plan_shards,
-                    local,
-                    input_format=fmt,
-                    max_shard_bytes=int(self.max_shard_bytes),
-                    max_record_bytes=int(self.max_record_bytes),
-                )
-                self._check_run_size(plan())
-                descriptors = self._stage(backend, plan(), malformed, duplicates)
+                    assert output is not None  # _signers refused a run without an output path
+                    descriptors = self._stage_ranges(backend, local, fmt, limits, signers, plan, output)
+                else:
+                    malformed, duplicates, _ = self._validate(local, fmt, limits)
+                    cut = functools.partial(
+                        plan_shards,
+                        local,
+                        input_format=fmt,
+                        max_shard_bytes=int(self.max_shard_bytes),
+                        max_record_bytes=int(self.max_record_bytes),
+                    )
+                    self._check_run_size(cut())
+                    descriptors = self._stage(backend, cut(), malformed, duplicates, plan)
             except (ConfigurationError, StagingInputError) as exc:
                 raise StagingError(str(exc).replace(str(local), self.input_path)) from None
-        return self._report(descriptors, prefix)
+        self.log.info("plan %s: input sha256 %s", plan, input_sha256)
+        return self._report(descriptors, layout.plan_prefix(self.run_scope, run_id, plan))
+
+    def _plan_settings(self, fmt: str) -> dict[str, Any]:
+        """What cuts and stages the input, beside its content: another value makes another plan."""
+        return {
+            "input": self.input_path,
+            "format": fmt,
+            "transport": self.transport,
+            "max_shard_bytes": int(self.max_shard_bytes),
+            "max_record_bytes": int(self.max_record_bytes),
+            "pods": self.pods if self.transport == OBJECT_OUTPUT else None,
+            "checkpoint_every": int(self.checkpoint_every),
+            "output": self.output_path,
+            "work_claim": [self.work_claim_size, self.work_storage_class],
+            "store_cidrs": sorted(self.store_cidrs or ()),
+            "enrichment": self.plan_settings,
+        }
+
+    @contextlib.contextmanager
+    def _plan_key(self, backend: RunBackend) -> Iterator[tuple[bytes, bool]]:
+        """The plan's key (kept if staged before) while the plan is staged; a stage that fails after making
+        it removes what it staged, so that no shard of patient data outlives a failed stage."""
+        key, fresh = backend.open_plan()
+        try:
+            yield key, fresh
+        except BaseException:
+            if fresh:
+                backend.remove_plan()
+            raise
 
     def _report(self, descriptors: list[dict[str, Any]], prefix: str) -> list[dict[str, Any]]:
         self.log.info(
@@ -231,8 +286,11 @@ class StageInputOperator(RunStepOperator):
         fmt: str,
         limits: InputLimits,
         signers: tuple[ObjectStoreSigner, ObjectStoreSigner],
+        plan: str,
+        output: ObjectStoragePath,
     ) -> list[dict[str, Any]]:
-        """The object transport: a byte range of the input per pod, and each shard's pre-signed URLs."""
+        """The object transport: a byte range of the input per pod, and each shard's pre-signed URLs, under
+        the plan's transport folder (``<run output>/_transport/<plan>/``)."""
         with local.open("rb") as handle:
             if handle.read(2) == GZIP_MAGIC:
                 raise StagingError(
@@ -252,16 +310,40 @@ class StageInputOperator(RunStepOperator):
         ranges, records = _without_empty_ranges(ranges, records)
         input_signer, output_signer = signers
         source = ObjectStoragePath(self.input_path)
-        transport_root = ObjectStoragePath(str(self.output_path)) / TRANSPORT_FOLDER
+        plan_folder = output / TRANSPORT_FOLDER / plan
         expires = expiry_seconds(self.run_deadline_seconds)
         # one GET for every shard (their ranges differ, not the object)
         input_url = input_signer.sign(source.bucket, source.key, "GET", expires)
+        with self._plan_key(backend) as (_, fresh):
+            if fresh:  # parts and checkpoints a lost key sealed cannot be read: the plan starts afresh
+                remove_tree(plan_folder)
+            return self._stage_range_shards(
+                backend, local, ranges, records, malformed=malformed, duplicates=duplicates, fmt=fmt,
+                plan=plan, plan_folder=plan_folder, input_url=input_url, output_signer=output_signer,
+                expires=expires,
+            )  # fmt: skip
+
+    def _stage_range_shards(
+        self,
+        backend: RunBackend,
+        local: Path,
+        ranges: list[ByteRange],
+        records: list[int],
+        *,
+        malformed: dict[str, list[int]],
+        duplicates: list[int],
+        fmt: str,
+        plan: str,
+        plan_folder: ObjectStoragePath,
+        input_url: str,
+        output_signer: ObjectStoreSigner,
+        expires: int,
+    ) -> list[dict[str, Any]]:
+        """Each range's shard: its URLs (parts, checkpoint, end marker) and where its pod may connect."""
         egress: list[tuple[str, int]] | None = None
-        key = new_key()
-        backend.stage_key(key)
         descriptors = []
         for byte_range, count in zip(ranges, records, strict=True):
-            folder = transport_root / key_folder(key) / shard_folder(byte_range.index)
+            folder = plan_folder / shard_folder(byte_range.index)
 
             def put(name: str, folder: ObjectStoragePath = folder) -> str:
                 target = folder / name
@@ -301,6 +383,7 @@ class StageInputOperator(RunStepOperator):
                 transport=OBJECT_OUTPUT,
                 parts=str(folder),
                 egress=[[address, port] for address, port in egress],
+                plan=plan,
                 **backend.stage_object_shard(
                     byte_range.index, document.to_json(), encode_line_numbers(repeated) if repeated else b""
                 ),
@@ -321,9 +404,10 @@ class StageInputOperator(RunStepOperator):
                     "several runs, or raise the caps if the cluster's etcd can hold it"
                 )
 
-    def _copy(self, source: ObjectStoragePath, copy: BinaryIO, max_bytes: int) -> None:
-        """Copy the input as it is (compressed or not), refusing one over ``max_bytes``."""
+    def _copy(self, source: ObjectStoragePath, copy: BinaryIO, max_bytes: int) -> str:
+        """Copy the input as it is (compressed or not), refusing one over ``max_bytes``; return its sha256."""
         copied = 0
+        digest = hashlib.sha256()
         try:
             with source.open("rb") as reader:  # type: ignore[no-untyped-call]
                 while chunk := reader.read(1 << 20):
@@ -333,9 +417,11 @@ class StageInputOperator(RunStepOperator):
                             f"{self.input_path}: the input is over max_input_bytes ({max_bytes})"
                         )
                     copy.write(chunk)
+                    digest.update(chunk)
         except (OSError, ValueError) as exc:
             raise StagingError(f"cannot read the input {self.input_path}: {exc}") from None
         copy.flush()
+        return digest.hexdigest()
 
     def _stage(
         self,
@@ -343,35 +429,49 @@ class StageInputOperator(RunStepOperator):
         shards: Iterable[Shard],
         malformed: dict[str, list[int]],
         duplicates: list[int],
+        plan: str,
     ) -> list[dict[str, Any]]:
-        """Stage a new key, then each shard as it is cut: the stage holds two shards, not the whole input.
+        """Stage the plan's key (or keep it), then each shard as it is cut: the stage holds two shards, not
+        the whole input.
 
         The first pass (:meth:`_check_run_size`) has cut every shard already, so an input the sharding
         refuses (a CSV header it cannot repeat, a CSV line it would have to cut) fails before anything is
         staged.
         """
-        key = new_key()
-        backend.stage_key(key)
-        descriptors = []
-        for shard, next_shard in _with_next(shards):
-            # a shard holds the input lines from its first line to the next shard's
-            end = next_shard.first_line if next_shard else None
-            # ids repeated across shards: each shard's worker dead-letters these lines as duplicate_id
-            repeated = duplicates[_lines_within(duplicates, shard.first_line, end)]
-            descriptor = ShardDescriptor(
-                index=shard.index,
-                records=shard.records,
-                line_offset=shard.line_offset,
-                input_format=shard.input_format,
-                first_line=shard.first_line,
-                bytes=len(shard.data),
-                input_sha256=hashlib.sha256(shard.data).hexdigest(),
-                malformed=malformed if shard.index == 0 else {},
-                duplicates=len(repeated),
-                **backend.stage_shard(shard, key, encode_line_numbers(repeated) if repeated else b""),
-            )
-            descriptors.append(descriptor.to_xcom())
-        return descriptors
+        with self._plan_key(backend):
+            return [
+                self._stage_one(backend, shard, next_shard, malformed, duplicates, plan)
+                for shard, next_shard in _with_next(shards)
+            ]
+
+    def _stage_one(
+        self,
+        backend: RunBackend,
+        shard: Shard,
+        next_shard: Shard | None,
+        malformed: dict[str, list[int]],
+        duplicates: list[int],
+        plan: str,
+    ) -> dict[str, Any]:
+        """One shard's descriptor, once it is staged."""
+        # a shard holds the input lines from its first line to the next shard's
+        end = next_shard.first_line if next_shard else None
+        # ids repeated across shards: each shard's worker dead-letters these lines as duplicate_id
+        repeated = duplicates[_lines_within(duplicates, shard.first_line, end)]
+        descriptor = ShardDescriptor(
+            index=shard.index,
+            records=shard.records,
+            line_offset=shard.line_offset,
+            input_format=shard.input_format,
+            first_line=shard.first_line,
+            bytes=len(shard.data),
+            input_sha256=hashlib.sha256(shard.data).hexdigest(),
+            malformed=malformed if shard.index == 0 else {},
+            duplicates=len(repeated),
+            plan=plan,
+            **backend.stage_shard(shard, encode_line_numbers(repeated) if repeated else b""),
+        )
+        return descriptor.to_xcom()
 
     def _validate(
         self, local: Path, fmt: str, limits: InputLimits, boundaries: Sequence[int] = ()

@@ -513,13 +513,17 @@ def shard_network_policy(
     annotations: dict[str, str],
     store_egress: Sequence[tuple[str, int]] = (),
 ) -> dict[str, Any]:
-    """The NetworkPolicy created with one shard's pod, selecting it by its run key and shard: no ingress, and
-    no egress but what its model source needs: DNS and HTTPS where the loader downloads the model (``pull``,
-    ``object``). A policy applies to the whole pod, so the worker could reach port 443 too: ``pvc`` and
-    ``image``, which need no network, are the sources to prefer. With the object transport, DNS and
-    ``store_egress`` (the store's addresses and port, as the stage resolved them) are allowed too."""
+    """The NetworkPolicy created with one shard's pod, selecting it by its run key, plan and shard: no
+    ingress, and no egress but what its model source needs: DNS and HTTPS where the loader downloads the
+    model (``pull``, ``object``). A policy applies to the whole pod, so the worker could reach port 443
+    too: ``pvc`` and ``image``, which need no network, are the sources to prefer. With the object
+    transport, DNS and ``store_egress`` (the store's addresses and port, as the stage resolved them) are
+    allowed too."""
     policy = copy.deepcopy(load_template(NETWORK_POLICY_TEMPLATE))
-    selected = {key: pod_labels[key] for key in (layout.LABEL_RUN_KEY, layout.LABEL_SHARD)}
+    selected = {
+        key: pod_labels[key] for key in (layout.LABEL_RUN_KEY, layout.LABEL_PLAN, layout.LABEL_SHARD)
+        if key in pod_labels
+    }  # fmt: skip
     policy["metadata"] = {
         "name": name,
         "labels": {**policy["metadata"]["labels"], **selected, layout.LABEL_KIND: "network-policy"},

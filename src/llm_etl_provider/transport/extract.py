@@ -75,10 +75,12 @@ def extract(
     expected_records: int | None = None,
     expected_input_sha256: str | None = None,
     expected_attempt: int | None = None,
+    plan: str | None = None,
     source: str = "",
     progress: Callable[[str], None] | None = None,
     progress_every: float = 10.0,
     threads: int = DEFAULT_THREADS,
+    before_publish: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Verify the frame stream in ``lines`` and publish it under ``output``; return the manifest.
 
@@ -93,9 +95,13 @@ def extract(
         input (its trailer's ``input_sha256``) is not this shard's (None: not checked)
     :param expected_attempt: the try whose pod (or local log) the stream was read from; a stream sealed by
         another try (replayed, or left by an earlier pod) is refused (None: not checked)
+    :param plan: the stage's plan the shard belongs to, written into the manifest: the run's publishing
+        counts only outputs of its plan
     :param source: where the stream came from, for the manifest (no record content)
     :param progress: receives a progress line (counts and rates) every ``progress_every`` seconds
     :param threads: threads that open (decrypt, decompress) frames beside the reading and writing
+    :param before_publish: called once the stream is verified, before the published output changes (not when
+        the same stream was published already): e.g. to withdraw the run's ``_SUCCESS``
     :raises TransportError: the stream cannot be trusted; nothing was published
     """
     destination = as_upath(output)
@@ -144,6 +150,7 @@ def extract(
             "format": MANIFEST_FORMAT,
             "run_id": trailer.run_id,
             "shard": trailer.shard,
+            "plan": plan,
             "attempt": sealed_by,
             **_state(trailer.summary, trailer.results, trailer.dead_letters),
             "task": trailer.summary.get("task"),
@@ -169,6 +176,8 @@ def extract(
         published = _already_published(destination, manifest)
         if published is not None:
             return published
+        if before_publish is not None:
+            before_publish()
         _publish(destination, staging, manifest)
         return manifest
     finally:
@@ -205,7 +214,9 @@ def _already_published(destination: Any, manifest: dict[str, Any]) -> dict[str, 
         existing: dict[str, Any] = json.loads((destination / MANIFEST).read_text())
     except (OSError, ValueError):
         return None
-    same = all(existing.get(k) == manifest[k] for k in ("run_id", "shard", "plaintext_chain_sha256", "files"))
+    same = all(
+        existing.get(k) == manifest[k] for k in ("run_id", "shard", "plan", "plaintext_chain_sha256", "files")
+    )
     return existing if same else None
 
 

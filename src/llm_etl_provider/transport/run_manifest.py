@@ -1,33 +1,90 @@
 """The run's manifest: every shard the stage planned, with what its extraction published, in one file.
 
 ``<output>/manifest.json`` lists each shard (``succeeded``, ``failed`` with the reason, or ``missing`` when
-nothing was published for it), their counts and file checksums, the model and task, the tokens and worker
-seconds; ``<output>/_SUCCESS`` follows only when every shard succeeded. A shard's own output keeps its own
-manifest; this one is written last, after every shard's extraction has ended.
+nothing of its plan was published for it), their counts and file checksums, the model and task, the tokens and
+worker seconds; ``<output>/_SUCCESS`` follows only when every shard succeeded. A shard's own output keeps its
+own manifest; this one is written last, after every shard's extraction has ended.
+
+Publishing is bound to the stage's plan: a shard's output counts only if its manifest names the plan, the
+shard's staged input digest and its planned record count. Shard folders of another plan (an earlier execution
+of the run on other data or settings) and folders of shards the plan does not have are removed, never read.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from os import PathLike
 from typing import Any
 
 from llm_etl_provider.contract.layout import shard_folder
-from llm_etl_provider.transport.extract import FAILED, MANIFEST, SUCCEEDED, SUCCESS, as_upath
+from llm_etl_provider.contract.shard import ShardDescriptor
+from llm_etl_provider.transport.extract import FAILED, MANIFEST, SUCCEEDED, SUCCESS, as_upath, remove_tree
 
-RUN_MANIFEST_FORMAT = "llm-etl-run-manifest/1"
+RUN_MANIFEST_FORMAT = "llm-etl-run-manifest/2"
 MISSING = "missing"
+_SHARD_FOLDER = re.compile(r"shard-[0-9]{5,}")
 
 
-def _shard_entry(index: int, expected_records: int, manifest: dict[str, Any] | None) -> dict[str, Any]:
+def unpublish_run(output: str | PathLike[str] | Any) -> None:
+    """Remove the run's ``_SUCCESS`` and manifest: what they vouched for is about to change."""
+    root = as_upath(output)
+    for name in (SUCCESS, MANIFEST):
+        if (root / name).exists():
+            (root / name).unlink()
+
+
+def stale_reason(shard: ShardDescriptor, manifest: dict[str, Any]) -> str | None:
+    """Why a shard's published ``manifest`` is not this plan's output for ``shard``; None when it is."""
+    read = manifest.get("worker_summary", {}).get("input_sha256")
+    if shard.plan is not None and manifest.get("plan") != shard.plan:
+        return f"published by plan {manifest.get('plan')}, not this run's plan {shard.plan}"
+    if shard.input_sha256 is not None and read != shard.input_sha256:
+        return f"computed over input {read}, not the staged shard's {shard.input_sha256}"
+    if manifest.get("records") != shard.records:
+        return f"holds {manifest.get('records')} records, the plan {shard.records}"
+    return None
+
+
+def _published(root: Any, shard: ShardDescriptor) -> tuple[dict[str, Any] | None, str | None]:
+    """The shard's published manifest if it is this plan's; else None and, for a stale output (removed
+    here), why it was stale."""
+    folder = root / shard_folder(shard.index)
+    why: str | None
+    try:
+        manifest: dict[str, Any] = json.loads((folder / MANIFEST).read_text())
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError) as exc:
+        manifest, why = {}, f"its manifest is unreadable ({exc})"
+    else:
+        why = stale_reason(shard, manifest)
+    if why is None:
+        return manifest, None
+    remove_tree(folder)
+    return None, why
+
+
+def _remove_unplanned(root: Any, planned: set[str]) -> list[str]:
+    """Remove the shard folders the plan does not have (an earlier execution cut more shards)."""
+    removed = []
+    for child in root.iterdir() if root.exists() else ():
+        if _SHARD_FOLDER.fullmatch(child.name) and child.name not in planned:
+            remove_tree(child)
+            removed.append(child.name)
+    return sorted(removed)
+
+
+def _shard_entry(
+    index: int, expected_records: int, manifest: dict[str, Any] | None, stale: str | None = None
+) -> dict[str, Any]:
     if manifest is None:
-        return {
-            "shard": index,
-            "state": MISSING,
-            "records": expected_records,
-            "failure": "nothing was published: its enrichment or extraction failed (see their tasks)",
-        }
+        failure = "nothing was published: its enrichment or extraction failed (see their tasks)"
+        if stale:
+            failure = f"nothing of this plan was published (an earlier output, {stale}, was removed)"
+        return {"shard": index, "state": MISSING, "records": expected_records, "failure": failure}
     summary = manifest.get("worker_summary", {})
     entry: dict[str, Any] = {
         "shard": index,
@@ -49,35 +106,38 @@ def _shard_entry(index: int, expected_records: int, manifest: dict[str, Any] | N
 
 def publish_run_manifest(
     output: str | PathLike[str] | Any,
-    shards: list[tuple[int, int]],
+    shards: Sequence[ShardDescriptor],
     *,
     run_id: str,
     gpus_per_shard: int | None = None,
     pod_timings: dict[int, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Write ``<output>/manifest.json`` for the shards ``[(index, records the stage counted), ...]`` and,
-    when every one succeeded, ``<output>/_SUCCESS``; return the manifest. ``pod_timings`` (by shard: its pods'
-    wall time, model-load and server start-up time) go into the shards' entries, and GPU-seconds come from
-    the pods' wall time when there were pods, else from the workers' time."""
+    """Write ``<output>/manifest.json`` for the stage's ``shards`` and, when every one succeeded with an
+    output of their plan, ``<output>/_SUCCESS``; return the manifest. Stale shard folders (another plan's,
+    or shards the plan does not have) are removed. ``pod_timings`` (by shard: its pods' wall time, model-load
+    and server start-up time) go into the shards' entries, and GPU-seconds come from the pods' wall time when
+    there were pods, else from the workers' time."""
     root = as_upath(output)
     root.mkdir(parents=True, exist_ok=True)
-    success = root / SUCCESS
-    if success.exists():
-        success.unlink()  # written again below only if it still holds
+    unpublish_run(root)  # written again below, and _SUCCESS only if it still holds
+    unplanned = _remove_unplanned(root, {shard_folder(shard.index) for shard in shards})
     entries = []
     models, tasks = set(), set()
-    for index, records in sorted(shards):
-        path = root / shard_folder(index) / MANIFEST
-        manifest = json.loads(path.read_text()) if path.exists() else None
+    for shard in sorted(shards, key=lambda s: s.index):
+        manifest, stale = _published(root, shard)
         if manifest is not None:
             models.add(manifest.get("model"))
             tasks.add(manifest.get("task"))
-        entries.append({**_shard_entry(index, records, manifest), **(pod_timings or {}).get(index, {})})
+        entry = _shard_entry(shard.index, shard.records, manifest, stale)
+        entries.append({**entry, **(pod_timings or {}).get(shard.index, {})})
     states = [entry["state"] for entry in entries]
     worker_seconds = sum(entry.get("worker_seconds") or 0 for entry in entries)
+    plans = sorted({shard.plan for shard in shards if shard.plan})
     run = {
         "format": RUN_MANIFEST_FORMAT,
         "run_id": run_id,
+        "plan": plans[0] if len(plans) == 1 else plans or None,
+        "removed_stale_folders": unplanned,
         "state": SUCCEEDED if all(state == SUCCEEDED for state in states) else FAILED,
         "shards": entries,
         "shard_states": {state: states.count(state) for state in sorted(set(states))},
@@ -99,5 +159,5 @@ def publish_run_manifest(
         run["gpu_seconds"] = round(held * gpus_per_shard, 1)
     (root / MANIFEST).write_text(json.dumps(run, indent=2, sort_keys=True) + "\n")
     if run["state"] == SUCCEEDED:
-        success.write_text("")
+        (root / SUCCESS).write_text("")
     return run

@@ -15,7 +15,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskD
 from kubernetes.client import ApiClient
 from kubernetes.client import models as k8s
 
-from llm_etl_provider.contract.layout import LABEL_RUN, key_secret_name, label_value, run_key
+from llm_etl_provider.contract.layout import LABEL_RUN, key_secret_name, label_value, run_key, run_prefix
 from llm_etl_provider.exceptions import PodSpecError, WorkerExitError, WorkerRefusedError
 from llm_etl_provider.operators.enrichment import FrameFilteringPodManager, LLMEnrichmentOperator
 from llm_etl_provider.transport.frames import FORMAT
@@ -66,7 +66,7 @@ def test_kpo_submits_our_pod_unchanged_where_it_matters():
     assert spec["restartPolicy"] == "Never"
     assert spec["automountServiceAccountToken"] is False
     assert spec["securityContext"]["runAsNonRoot"] is True
-    assert spec["activeDeadlineSeconds"] == 3600
+    assert spec["activeDeadlineSeconds"] == 3 * 24 * 3600  # a large shard on one GPU runs for a day or more
     # the sweeper asks Airflow about the pod's run: without its DAG it would go by age, live or not
     annotations = pod["metadata"]["annotations"]
     assert (annotations["llm-etl.io/dag-id"], annotations["llm-etl.io/run-id"]) == ("llm_enrichment", RUN_ID)
@@ -85,7 +85,7 @@ def test_kpo_submits_our_pod_unchanged_where_it_matters():
     assert pod["metadata"]["labels"]["map_index"] == "2"
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes["input"]["secret"]["secretName"] == "llm-etl-run-shard-2"
-    assert volumes["run-key"]["secret"]["secretName"] == key_secret_name("llm_enrichment", RUN_ID)
+    assert volumes["run-key"]["secret"]["secretName"] == key_secret_name(run_prefix("llm_enrichment", RUN_ID))
     assert len(spec["volumes"]) == len(volumes)  # KPO concatenates volumes: none may be doubled
 
 

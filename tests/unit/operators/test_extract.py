@@ -7,13 +7,14 @@ from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
 from airflow.sdk import DAG
 
 from llm_etl_provider.contract.layout import (
+    LABEL_PLAN,
     LABEL_RUN,
     LABEL_RUN_KEY,
     LABEL_SHARD,
     MANAGED_BY,
-    key_secret_name,
     label_value,
     run_key,
+    run_output_folder,
     run_prefix,
     shard_folder,
 )
@@ -27,7 +28,7 @@ from tests.unit.operators.fake_core_v1 import FakeCoreV1
 RUN = "manual__2026-11-24T03:00:00+00:00"
 
 
-def frames(key, op, n=20, shard=0, run_id=RUN, input_sha256=None, attempt=None, **outcome):
+def frames(key, op, n=20, shard=0, run_id=RUN, input_sha256=None, attempt=None, label="positive", **outcome):
     """The worker's log for ``op``'s staged shard: its trailer names the digest of the input it read and,
     given one, the try that wrote it."""
     lines = [b"2026-11-24T03:00:01.000000000Z start task=sentiment\n"]
@@ -35,7 +36,7 @@ def frames(key, op, n=20, shard=0, run_id=RUN, input_sha256=None, attempt=None, 
         key, run_id, shard, lambda line: lines.append(b"2026-11-24T03:00:02.5Z " + line), chunk_bytes=300
     )
     for i in range(n):
-        writer.add("result", json.dumps({"id": f"r{i}", "enrichment": {"sentiment": "positive"}}).encode())
+        writer.add("result", json.dumps({"id": f"r{i}", "enrichment": {"sentiment": label}}).encode())
     writer.add("dead_letter", json.dumps({"id": "bad", "reason": "malformed_json"}).encode())
     summary = {
         "task": "sentiment",
@@ -70,7 +71,7 @@ def staged(tmp_path, api=None, mode="kubernetes"):
         )
     shards = stage.execute({"run_id": RUN})
     extract.shard = shards[0]
-    return key_secret_name("llm_enrichment", RUN), extract
+    return shards[0]["key_secret"], extract
 
 
 @pytest.fixture
@@ -82,28 +83,35 @@ def api(monkeypatch):
     return fake
 
 
-def pod_labels(shard=0, scope="llm_enrichment"):
+def pod_labels(op, shard=0, scope="llm_enrichment"):
+    """The labels of a pod of ``op``'s shard's plan, as the enrichment gives them."""
     return {
         **MANAGED_BY,
         LABEL_RUN: label_value(RUN),
         LABEL_RUN_KEY: run_key(scope, RUN),
+        LABEL_PLAN: op.shard["plan"],
         LABEL_SHARD: str(shard),
     }
+
+
+def published(tmp_path, shard=0):
+    """Where the extraction publishes the shard: under the DAG's and the run's folders."""
+    return tmp_path / "out" / run_output_folder("llm_enrichment", RUN) / shard_folder(shard)
 
 
 def test_extracts_the_pod_log_with_the_run_key_and_publishes(tmp_path, api):
     key_secret, op = staged(tmp_path, api)
     key = decode_key(api.secret_bytes("etl", key_secret, "key"), "test")
-    api.add_pod("etl", "llm-etl-enrich-abc", pod_labels(), log=frames(key, op))
-    api.add_pod("etl", "llm-etl-enrich-other-shard", pod_labels(1), log=b"")
+    api.add_pod("etl", "llm-etl-enrich-abc", pod_labels(op), log=frames(key, op))
+    api.add_pod("etl", "llm-etl-enrich-other-shard", pod_labels(op, 1), log=b"")
     summary = op.execute({"run_id": RUN})
     assert summary["records"] == 21
     assert summary["results"] == 20
     assert summary["dead_letters"] == 1
     assert summary["expected_records"] == 21
-    published = tmp_path / "out" / "shard-00000"
-    assert (published / "_SUCCESS").exists()
-    manifest = json.loads((published / "manifest.json").read_text())
+    shard = published(tmp_path)
+    assert (shard / "_SUCCESS").exists()
+    manifest = json.loads((shard / "manifest.json").read_text())
     assert manifest["extract"]["source"] == "pod etl/llm-etl-enrich-abc container base"
 
 
@@ -111,30 +119,30 @@ def test_a_tampered_log_fails_and_publishes_nothing(tmp_path, api):
     key_secret, op = staged(tmp_path, api)
     key = decode_key(api.secret_bytes("etl", key_secret, "key"), "test")
     log = frames(key, op).splitlines(keepends=True)
-    api.add_pod("etl", "llm-etl-enrich-abc", pod_labels(), log=b"".join(log[:3] + log[4:]))
+    api.add_pod("etl", "llm-etl-enrich-abc", pod_labels(op), log=b"".join(log[:3] + log[4:]))
     with pytest.raises(ExtractionError, match=r"shard 0: nothing was published: .*missing before frame"):
         op.execute({"run_id": RUN})
-    assert not (tmp_path / "out" / "shard-00000" / "_SUCCESS").exists()
+    assert not (published(tmp_path) / "_SUCCESS").exists()
 
 
 def test_frames_of_another_run_are_refused(tmp_path, api):
     key_secret, op = staged(tmp_path, api)
     key = decode_key(api.secret_bytes("etl", key_secret, "key"), "test")
-    api.add_pod("etl", "llm-etl-enrich-abc", pod_labels(), log=frames(key, op, run_id="scheduled__other"))
+    api.add_pod("etl", "llm-etl-enrich-abc", pod_labels(op), log=frames(key, op, run_id="scheduled__other"))
     with pytest.raises(ExtractionError, match="belongs to run 'scheduled__other'"):
         op.execute({"run_id": RUN})
 
 
 def test_no_ended_pod_is_a_clear_error(tmp_path, api):
     _, op = staged(tmp_path, api)
-    api.add_pod("etl", "llm-etl-enrich-abc", pod_labels(), phase="Running")
+    api.add_pod("etl", "llm-etl-enrich-abc", pod_labels(op), phase="Running")
     with pytest.raises(ExtractionError, match="expected an ended pod, found llm-etl-enrich-abc=Running"):
         op.execute({"run_id": RUN})
 
 
 def test_a_failed_pod_without_a_whole_stream_publishes_nothing(tmp_path, api):
     _, op = staged(tmp_path, api)
-    api.add_pod("etl", "llm-etl-enrich-abc", pod_labels(), phase="Failed", log=b"crashed\n")
+    api.add_pod("etl", "llm-etl-enrich-abc", pod_labels(op), phase="Failed", log=b"crashed\n")
     with pytest.raises(ExtractionError, match="shard 0: nothing was published"):
         op.execute({"run_id": RUN})
     assert not list((tmp_path / "out").rglob("*.jsonl"))
@@ -143,9 +151,9 @@ def test_a_failed_pod_without_a_whole_stream_publishes_nothing(tmp_path, api):
 def test_a_failed_tries_pod_is_passed_over(tmp_path, api):
     key_secret, op = staged(tmp_path, api)
     key = decode_key(api.secret_bytes("etl", key_secret, "key"), "test")
-    api.add_pod("etl", "llm-etl-enrich-try1", {**pod_labels(), "try_number": "1"}, phase="Failed")
+    api.add_pod("etl", "llm-etl-enrich-try1", {**pod_labels(op), "try_number": "1"}, phase="Failed")
     api.add_pod(
-        "etl", "llm-etl-enrich-try2", {**pod_labels(), "try_number": "2"}, log=frames(key, op, attempt=2)
+        "etl", "llm-etl-enrich-try2", {**pod_labels(op), "try_number": "2"}, log=frames(key, op, attempt=2)
     )
     assert op.execute({"run_id": RUN})["results"] == 20
 
@@ -155,7 +163,7 @@ def test_a_stream_sealed_by_another_try_than_its_pod_s_publishes_nothing(tmp_pat
     key_secret, op = staged(tmp_path, api)
     key = decode_key(api.secret_bytes("etl", key_secret, "key"), "test")
     api.add_pod(
-        "etl", "llm-etl-enrich-try2", {**pod_labels(), "try_number": "2"}, log=frames(key, op, attempt=1)
+        "etl", "llm-etl-enrich-try2", {**pod_labels(op), "try_number": "2"}, log=frames(key, op, attempt=1)
     )
     with pytest.raises(
         FrameStreamRejectedError, match="sealed by try 1 of the enrichment, it was read from try 2"
@@ -171,10 +179,10 @@ def test_of_several_succeeded_pods_the_latest_try_is_read(tmp_path, api, order):
     for try_number in order:  # only try 10's log is whole: reading another fails the extraction
         log = frames(key, op, attempt=try_number)
         log = log if try_number == 10 else log[:-200]
-        labels = {**pod_labels(), "try_number": str(try_number)}
+        labels = {**pod_labels(op), "try_number": str(try_number)}
         api.add_pod("etl", f"llm-etl-enrich-try{try_number}", labels, log=log)
     assert op.execute({"run_id": RUN})["results"] == 20
-    manifest = json.loads((tmp_path / "out" / "shard-00000" / "manifest.json").read_text())
+    manifest = json.loads((published(tmp_path) / "manifest.json").read_text())
     assert manifest["extract"]["source"] == "pod etl/llm-etl-enrich-try10 container base"
     assert manifest["attempt"] == 10
 
@@ -188,17 +196,17 @@ def test_a_missing_key_secret_is_a_clear_error(tmp_path, api):
 
 def test_local_mode_reads_the_local_log(tmp_path):
     _, op = staged(tmp_path, mode="local")
-    root = tmp_path / "s" / run_prefix("llm_enrichment", RUN)
+    root = tmp_path / "s" / run_prefix("llm_enrichment", RUN) / op.shard["plan"]
     key = load_key(root / "key")
     (root / shard_folder(0) / "container-try-1.log").write_bytes(frames(key, op, attempt=1)[:-200])
     (root / shard_folder(0) / "container-try-2.log").write_bytes(frames(key, op, attempt=2))
     assert op.execute({"run_id": RUN})["results"] == 20  # the latest try's log
-    assert (tmp_path / "out" / "shard-00000" / "results.jsonl").read_text().count("\n") == 20
+    assert (published(tmp_path) / "results.jsonl").read_text().count("\n") == 20
 
 
 def test_local_mode_refuses_a_log_sealed_by_another_try(tmp_path):
     _, op = staged(tmp_path, mode="local")
-    root = tmp_path / "s" / run_prefix("llm_enrichment", RUN)
+    root = tmp_path / "s" / run_prefix("llm_enrichment", RUN) / op.shard["plan"]
     (root / shard_folder(0) / "container-try-3.log").write_bytes(
         frames(load_key(root / "key"), op, attempt=2)
     )
@@ -219,30 +227,30 @@ def test_template_fields_are_pinned():
 def test_a_stream_with_another_record_count_than_the_stage_staged_publishes_nothing(tmp_path, api):
     key_secret, op = staged(tmp_path, api)
     key = decode_key(api.secret_bytes("etl", key_secret, "key"), "test")
-    api.add_pod("etl", "llm-etl-enrich-abc", pod_labels(), log=frames(key, op, n=19))  # 20 records, not 21
+    api.add_pod("etl", "llm-etl-enrich-abc", pod_labels(op), log=frames(key, op, n=19))  # 20 records, not 21
     with pytest.raises(FrameStreamRejectedError, match="accounts for 20 records, the stage staged 21"):
         op.execute({"run_id": RUN})
-    assert not (tmp_path / "out" / "shard-00000" / "_SUCCESS").exists()
+    assert not (published(tmp_path) / "_SUCCESS").exists()
 
 
 def test_a_stream_computed_over_another_shard_s_input_publishes_nothing(tmp_path, api):
     """A pod that mounted another shard's Secret writes a complete, authentic stream of this run and shard."""
     key_secret, op = staged(tmp_path, api)
     key = decode_key(api.secret_bytes("etl", key_secret, "key"), "test")
-    api.add_pod("etl", "llm-etl-enrich-abc", pod_labels(), log=frames(key, op, input_sha256="0" * 64))
+    api.add_pod("etl", "llm-etl-enrich-abc", pod_labels(op), log=frames(key, op, input_sha256="0" * 64))
     with pytest.raises(FrameStreamRejectedError, match="computed over an input of sha256 0000"):
         op.execute({"run_id": RUN})
-    assert not (tmp_path / "out" / "shard-00000" / "_SUCCESS").exists()
+    assert not (published(tmp_path) / "_SUCCESS").exists()
 
 
 def test_a_failed_pod_over_the_dead_letter_threshold_is_published_as_failed_without_a_retry(tmp_path, api):
     key_secret, op = staged(tmp_path, api)
     key = decode_key(api.secret_bytes("etl", key_secret, "key"), "test")
     log = frames(key, op, dead_letter_threshold_exceeded=True, max_dead_letter_ratio=0.0)
-    api.add_pod("etl", "llm-etl-enrich-abc", pod_labels(), phase="Failed", log=log)
+    api.add_pod("etl", "llm-etl-enrich-abc", pod_labels(op), phase="Failed", log=log)
     with pytest.raises(ShardFailedError, match="shard 0 failed: 1 of 21 records went to the dead letters"):
         op.execute({"run_id": RUN})
-    shard = tmp_path / "out" / shard_folder(0)
+    shard = published(tmp_path)
     assert json.loads((shard / "manifest.json").read_text())["state"] == "failed"
     assert len((shard / "results.jsonl").read_text().splitlines()) == 20
     assert not (shard / "_SUCCESS").exists()
@@ -251,7 +259,7 @@ def test_a_failed_pod_over_the_dead_letter_threshold_is_published_as_failed_with
 def test_a_pod_of_the_same_run_id_in_another_dag_is_not_read(tmp_path, api):
     key_secret, op = staged(tmp_path, api)
     key = decode_key(api.secret_bytes("etl", key_secret, "key"), "test")
-    api.add_pod("etl", "llm-etl-enrich-theirs", pod_labels(scope="another_dag"), log=frames(key, op))
+    api.add_pod("etl", "llm-etl-enrich-theirs", pod_labels(op, scope="another_dag"), log=frames(key, op))
     with pytest.raises(ExtractionError, match="expected an ended pod, found none"):
         op.execute({"run_id": RUN})
 
@@ -281,3 +289,37 @@ def test_a_pods_timings_come_from_its_container_states():
         )
     )
     assert pod_timing(pod) == {"pod_seconds": 59.0, "model_load_seconds": 12.0, "server_start_seconds": 7.0}
+
+
+def test_the_shard_manifest_names_its_plan_and_a_changed_output_withdraws_the_runs_success(tmp_path, api):
+    key_secret, op = staged(tmp_path, api)
+    key = decode_key(api.secret_bytes("etl", key_secret, "key"), "test")
+    api.add_pod(
+        "etl", "llm-etl-enrich-try1", {**pod_labels(op), "try_number": "1"}, log=frames(key, op, attempt=1)
+    )
+    op.execute({"run_id": RUN})
+    assert json.loads((published(tmp_path) / "manifest.json").read_text())["plan"] == op.shard["plan"]
+    run_success = published(tmp_path).parent / "_SUCCESS"
+    run_success.write_text("")  # the run's publishing vouched for this output
+
+    op.execute({"run_id": RUN})  # the same stream again: the published output does not change
+    assert run_success.exists()
+
+    api.add_pod(
+        "etl",
+        "llm-etl-enrich-try2",
+        {**pod_labels(op), "try_number": "2"},
+        log=frames(key, op, attempt=2, label="negative"),
+    )
+    op.execute({"run_id": RUN})  # a cleared shard's new try: another output, which the run must publish again
+    assert not run_success.exists()
+    assert json.loads((published(tmp_path) / "manifest.json").read_text())["attempt"] == 2
+
+
+def test_a_pod_of_another_plan_of_the_same_run_is_not_read(tmp_path, api):
+    """The run executed again on other data: the earlier plan's pods are not this shard's."""
+    key_secret, op = staged(tmp_path, api)
+    key = decode_key(api.secret_bytes("etl", key_secret, "key"), "test")
+    api.add_pod("etl", "llm-etl-enrich-old", {**pod_labels(op), LABEL_PLAN: "0" * 12}, log=frames(key, op))
+    with pytest.raises(ExtractionError, match="expected an ended pod, found none"):
+        op.execute({"run_id": RUN})

@@ -21,10 +21,10 @@ from llm_etl_provider.contract.layout import (
     ANNOTATION_EXPIRES_AT,
     ANNOTATION_RUN_ID,
     DUPLICATES_FILE_NAME,
+    LABEL_PLAN,
     LABEL_RUN,
     LABEL_RUN_KEY,
     MANAGED_BY,
-    key_secret_name,
     label_value,
     run_annotations,
     run_key,
@@ -65,13 +65,14 @@ def test_stage_creates_immutable_labelled_shard_secrets_and_a_key(tmp_path, api)
     source = write_input(tmp_path / "reviews.jsonl")
     op = stage(input_path=str(source), namespace="etl", max_shard_bytes=20_000, max_record_bytes=5_000)
     shards = op.execute({"run_id": RUN})
-    prefix = run_prefix("llm_enrichment", RUN)
+    key_secret = shards[0]["key_secret"]
+    assert key_secret == f"{run_prefix('llm_enrichment', RUN)}-{shards[0]['plan'][:8]}-key"
     assert len(shards) > 1
     assert sum(s["records"] for s in shards) == 300
     assert shards[0]["line_offset"] == 0
     assert shards[1]["line_offset"] == shards[0]["records"]  # no blank lines: one line per record
     names = sorted(name for _, name in api.objects["secrets"])
-    assert names == sorted([f"{prefix}-key"] + [s["secret"] for s in shards])
+    assert names == sorted([key_secret] + [s["secret"] for s in shards])
     for (_, _), secret in api.objects["secrets"].items():
         assert secret["immutable"] is True
         assert secret["metadata"]["labels"][LABEL_RUN] == label_value(RUN)
@@ -79,8 +80,9 @@ def test_stage_creates_immutable_labelled_shard_secrets_and_a_key(tmp_path, api)
         # whose run, and until when: the sweeper asks Airflow about this run, then looks at the deadline
         annotations = secret["metadata"]["annotations"]
         assert (annotations[ANNOTATION_DAG_ID], annotations[ANNOTATION_RUN_ID]) == ("llm_enrichment", RUN)
-        assert 23 * 3600 < int(annotations[ANNOTATION_EXPIRES_AT]) - time.time() <= 24 * 3600
-    assert len(decode_key(api.secret_bytes("etl", f"{prefix}-key", "key"), "test")) == 32
+        assert 7 * 86400 - 60 < int(annotations[ANNOTATION_EXPIRES_AT]) - time.time() <= 7 * 86400
+        assert secret["metadata"]["labels"][LABEL_PLAN] == shards[0]["plan"]
+    assert len(decode_key(api.secret_bytes("etl", key_secret, "key"), "test")) == 32
     for shard in shards:  # the worker reports the digest of what it read; extraction compares the two
         staged = api.secret_bytes("etl", shard["secret"], "input.jsonl.gz")
         assert shard["input_sha256"] == hashlib.sha256(staged).hexdigest()
@@ -89,22 +91,103 @@ def test_stage_creates_immutable_labelled_shard_secrets_and_a_key(tmp_path, api)
     assert len(json.dumps(shards)) < 10_000  # a small XCom: names and counts, never records
 
 
-def test_a_retried_stage_replaces_its_secrets(tmp_path, api):
+def test_a_stage_run_again_keeps_its_plans_key_and_shards(tmp_path, api):
+    """Airflow clears a shard's setup with it: the stage runs again while other shards work with its key."""
+    source = write_input(tmp_path / "reviews.jsonl", n=200)
+    settings = {
+        "input_path": str(source),
+        "namespace": "etl",
+        "max_shard_bytes": 20_000,
+        "max_record_bytes": 5_000,
+    }
+    first = stage(**settings).execute({"run_id": RUN})
+    key = api.secret_bytes("etl", first[0]["key_secret"], "key")
+    secrets = {name: secret["data"] for name, secret in api.objects["secrets"].items()}
+    api.delete_namespaced_secret(first[1]["secret"], "etl")  # one shard's Secret lost: staged again
+
+    again = stage(**settings).execute({"run_id": RUN})
+
+    assert again == first  # the same descriptors: the mapped tasks' are still right
+    assert api.secret_bytes("etl", first[0]["key_secret"], "key") == key
+    assert {name: secret["data"] for name, secret in api.objects["secrets"].items()} == secrets
+
+
+def test_a_stage_whose_plans_key_is_gone_starts_the_plan_afresh(tmp_path, api):
+    """The run's cleanup ran (a shard cleared after the run ended): a new key, and nothing the old key sealed
+    (a spool on a work claim) is kept."""
     source = write_input(tmp_path / "reviews.jsonl", n=10)
-    stage(input_path=str(source), namespace="etl").execute({"run_id": RUN})
-    prefix = run_prefix("llm_enrichment", RUN)
-    first_key = api.secret_bytes("etl", f"{prefix}-key", "key")
-    stage(input_path=str(source), namespace="etl").execute({"run_id": RUN})
-    assert api.secret_bytes("etl", f"{prefix}-key", "key") != first_key
-    assert len(api.objects["secrets"]) == 2
+    settings = {"input_path": str(source), "namespace": "etl", "work_claim_size": "1Gi"}
+    (shard,) = stage(**settings).execute({"run_id": RUN})
+    key = api.secret_bytes("etl", shard["key_secret"], "key")
+    api.delete_namespaced_secret(shard["key_secret"], "etl")
+    claim = api.objects["claims"][("etl", shard["work_claim"])]
+
+    assert stage(**settings).execute({"run_id": RUN}) == [shard]  # the same names: the relay's still hold
+    assert api.secret_bytes("etl", shard["key_secret"], "key") != key
+    assert api.objects["claims"][("etl", shard["work_claim"])] is not claim  # made anew
+
+
+def test_another_input_under_the_same_run_id_is_another_plan_named_apart(tmp_path, api):
+    """A run executed again on other data: nothing of the first execution is reused or replaced."""
+    settings = {"namespace": "etl"}
+    first = stage(input_path=str(write_input(tmp_path / "a.jsonl", n=10)), **settings).execute(
+        {"run_id": RUN}
+    )
+    second = stage(input_path=str(write_input(tmp_path / "b.jsonl", n=12)), **settings).execute(
+        {"run_id": RUN}
+    )
+    assert first[0]["plan"] != second[0]["plan"]
+    assert first[0]["key_secret"] != second[0]["key_secret"]
+    assert first[0]["secret"] != second[0]["secret"]
+    assert len(api.objects["secrets"]) == 4
+    # the enrichment's settings are part of the plan too
+    other_prompt = stage(
+        input_path=str(tmp_path / "b.jsonl"), plan_settings={"template": "{text}"}, **settings
+    ).execute({"run_id": RUN})
+    assert other_prompt[0]["plan"] != second[0]["plan"]
+
+
+def test_a_stage_that_fails_after_making_its_key_removes_what_it_staged(tmp_path, api, monkeypatch):
+    source = write_input(tmp_path / "reviews.jsonl", n=200)
+    calls = []
+
+    def stage_then_fail(self, shard, duplicates=b""):
+        calls.append(shard.index)
+        if len(calls) == 2:
+            raise StagingError("etcd refused the second shard")
+        return original(self, shard, duplicates)
+
+    from llm_etl_provider.backends.kubernetes import KubernetesBackend
+
+    original = KubernetesBackend.stage_shard
+    monkeypatch.setattr(KubernetesBackend, "stage_shard", stage_then_fail)
+    with pytest.raises(StagingError, match="second shard"):
+        stage(
+            input_path=str(source), namespace="etl", max_shard_bytes=20_000, max_record_bytes=5_000
+        ).execute({"run_id": RUN})
+    assert calls == [0, 1]
+    assert api.objects["secrets"] == {}  # neither the key nor the first shard outlives the failed stage
+
+
+def test_a_stage_withdraws_the_runs_success_before_it_stages(tmp_path, api):
+    source = write_input(tmp_path / "reviews.jsonl", n=10)
+    run_folder = tmp_path / "out" / "llm_enrichment" / RUN.replace(":", "").replace("+", "")
+    run_folder.mkdir(parents=True)
+    (run_folder / "_SUCCESS").write_text("")  # an earlier execution's
+    (run_folder / "manifest.json").write_text("{}")
+    stage(input_path=str(source), namespace="etl", output_path=str(tmp_path / "out")).execute({"run_id": RUN})
+    assert not (run_folder / "_SUCCESS").exists()
+    assert not (run_folder / "manifest.json").exists()
 
 
 def test_local_mode_stages_files_with_an_owner_only_key(tmp_path):
     source = write_input(tmp_path / "reviews.jsonl", n=20)
     op = stage(input_path=str(source), execution_mode="local", local_dir=str(tmp_path / "staging"))
     (shard,) = op.execute({"run_id": RUN})
-    root = tmp_path / "staging" / run_prefix("llm_enrichment", RUN)
+    run_root = tmp_path / "staging" / run_prefix("llm_enrichment", RUN)
+    root = run_root / shard["plan"]
     assert (root / "key").stat().st_mode & 0o777 == 0o600
+    assert json.loads((run_root / "run.json").read_text())["run_id"] == RUN  # for the sweeper
     assert gzip.decompress((root / shard_folder(0) / "input.jsonl.gz").read_bytes()) == source.read_bytes()
     assert shard["path"] == str(root / shard_folder(0) / "input.jsonl.gz")
 
@@ -251,7 +334,8 @@ def sweeping(states: dict[str, str]) -> Any:
 
 def test_the_sweeper_removes_only_ended_or_expired_runs_and_never_a_live_one(api):
     """It deleted everything older than the TTL, whatever its run's state: a healthy run over an hour lost its
-    pods and Secrets. Now Airflow's state of the run decides, then the run's recorded deadline."""
+    pods and Secrets; later, a run still running past its deadline. Now Airflow's state of the run decides;
+    only a run Airflow does not know goes by its recorded deadline."""
     old = datetime.now(UTC) - timedelta(hours=2)
     future, past = time.time() + 3600, time.time() - 60
     runs = {
@@ -259,7 +343,7 @@ def test_the_sweeper_removes_only_ended_or_expired_runs_and_never_a_live_one(api
         "ended": run_annotations("dag", "ended", future),
         "theirs": run_annotations("other", "x", future),  # another deployment's: not ours
         "lost": run_annotations("gone", "y", past),  # unknown and past its deadline
-        "stuck": run_annotations("dag", "stuck", past),  # running past its deadline
+        "days": run_annotations("dag", "days", past),  # running for days, past its deadline: kept
     }
     for name, recorded in runs.items():
         api.add_pod("etl", f"pod-{name}", {**MANAGED_BY, LABEL_RUN: name}, created=old, annotations=recorded)
@@ -268,16 +352,16 @@ def test_the_sweeper_removes_only_ended_or_expired_runs_and_never_a_live_one(api
     api.add_pod("etl", "pod-unmanaged", {"app": "x"}, created=old, annotations=runs["ended"])
     with DAG("llm_etl_sweeper", schedule=None):
         sweeper = SweepExpiredOperator(task_id="sweep", namespace="etl", ttl_seconds=3600)
-    states = {"dag/live": "running", "dag/ended": "failed", "dag/stuck": "running"}
+    states = {"dag/live": "running", "dag/ended": "failed", "dag/days": "running"}
     assert sweeper.execute(sweeping(states)) == {
-        "pods": 4,
+        "pods": 3,
         "secrets": 0,
         "claims": 0,
         "network_policies": 0,
         "staging": 0,
     }
     left = sorted(name for _, name in api.objects["pods"])
-    assert left == ["pod-legacy-new", "pod-live", "pod-theirs", "pod-unmanaged"]
+    assert left == ["pod-days", "pod-legacy-new", "pod-live", "pod-theirs", "pod-unmanaged"]
     assert ("pods", "pod-live") not in api.deleted
 
 
@@ -326,7 +410,7 @@ def test_local_cleanup_removes_the_staging(tmp_path):
     assert not (tmp_path / "s" / run_prefix("llm_enrichment", RUN)).exists()
 
 
-def test_work_claims_are_made_per_shard_named_after_the_key_and_cleaned_up(tmp_path, api):
+def test_work_claims_are_made_per_shard_named_after_the_plan_and_cleaned_up(tmp_path, api):
     source = write_input(tmp_path / "in.jsonl")
     op = stage(input_path=str(source), namespace="etl", max_shard_bytes=20_000, max_record_bytes=5_000,
                work_claim_size="1Gi", work_storage_class="fast")  # fmt: skip
@@ -338,11 +422,12 @@ def test_work_claims_are_made_per_shard_named_after_the_key_and_cleaned_up(tmp_p
         assert claim["spec"]["resources"]["requests"]["storage"] == "1Gi"
         assert claim["spec"]["storageClassName"] == "fast"
         assert claim["metadata"]["labels"]["llm-etl.io/shard"] == str(shard["index"])
-    again = op.execute({"run_id": RUN})  # a retried stage: a new key, so new claims
-    assert {s["work_claim"] for s in again}.isdisjoint(s["work_claim"] for s in shards)
+    again = op.execute({"run_id": RUN})  # a stage run again keeps the plan's claims (and checkpoints)
+    assert [s["work_claim"] for s in again] == [s["work_claim"] for s in shards]
+    assert len(api.objects["claims"]) == len(shards)
     with DAG("llm_enrichment", schedule=None):
         cleanup = CleanupOperator(task_id="cleanup", namespace="etl")
-    assert cleanup.execute({"run_id": RUN})["claims"] == 2 * len(shards)
+    assert cleanup.execute({"run_id": RUN})["claims"] == len(shards)
     assert api.objects["claims"] == {}
 
 
@@ -389,7 +474,7 @@ def test_duplicates_travel_with_the_shard_not_in_xcom(tmp_path, api):
     op = stage(input_path=str(source), namespace="etl", max_shard_bytes=200_000, max_record_bytes=5_000)
     shards = op.execute({"run_id": RUN})
     assert sum(shard["duplicates"] for shard in shards) == 20_000
-    assert len(json.dumps(shards)) < 400 * len(shards)
+    assert len(json.dumps(shards)) < 500 * len(shards)
     last = shards[-1]
     lines = decode_line_numbers(api.secret_bytes("etl", last["secret"], DUPLICATES_FILE_NAME))
     assert lines[-1] == 40_000
@@ -438,4 +523,4 @@ def test_two_pipelines_in_one_dag_keep_apart_in_one_run(tmp_path, api):
     assert len(api.objects["secrets"]) == 4  # two keys, two shards: nothing replaced
     assert cleanup.execute({"run_id": RUN}) == {"pods": 0, "secrets": 2, "claims": 0, "network_policies": 0}
     left = {name for _, name in api.objects["secrets"]}
-    assert left == {staged[1][0]["secret"], key_secret_name("llm_enrichment/notes", RUN)}
+    assert left == {staged[1][0]["secret"], staged[1][0]["key_secret"]}

@@ -2,9 +2,15 @@ from __future__ import annotations
 
 import json
 
+from llm_etl_provider.contract.shard import ShardDescriptor
 from llm_etl_provider.transport.extract import extract
 from llm_etl_provider.transport.run_manifest import publish_run_manifest
 from tests.unit.transport.test_extract import KEY, frame_log
+
+
+def planned(*shards: tuple[int, int], plan: str | None = None) -> list[ShardDescriptor]:
+    """The stage's descriptors of shards ``(index, records)``."""
+    return [ShardDescriptor(index, records, 0, "jsonl", plan=plan) for index, records in shards]
 
 
 def test_the_run_manifest_lists_every_planned_shard_and_success_needs_all_of_them(tmp_path):
@@ -13,7 +19,7 @@ def test_the_run_manifest_lists_every_planned_shard_and_success_needs_all_of_the
     extract(failed, KEY, tmp_path / "shard-00001", source="test")
     # shard 2 was planned (the stage counted 5 records in it) but nothing was published for it
 
-    run = publish_run_manifest(tmp_path, [(0, 28), (1, 2), (2, 5)], run_id="run-7", gpus_per_shard=1)
+    run = publish_run_manifest(tmp_path, planned((0, 28), (1, 2), (2, 5)), run_id="run-7", gpus_per_shard=1)
 
     assert json.loads((tmp_path / "manifest.json").read_text()) == run
     assert not (tmp_path / "_SUCCESS").exists()
@@ -32,17 +38,46 @@ def test_the_run_manifest_lists_every_planned_shard_and_success_needs_all_of_the
 def test_every_shard_succeeded_gives_the_run_its_success(tmp_path):
     (tmp_path / "_SUCCESS").write_text("")  # an earlier publish's
     extract(frame_log(), KEY, tmp_path / "shard-00000", source="test")
-    assert publish_run_manifest(tmp_path, [(0, 28)], run_id="run-7")["state"] == "succeeded"
+    assert publish_run_manifest(tmp_path, planned((0, 28)), run_id="run-7")["state"] == "succeeded"
     assert (tmp_path / "_SUCCESS").exists()
     extract(frame_log(), KEY, tmp_path / "shard-00001", source="test")
-    assert publish_run_manifest(tmp_path, [(0, 28), (1, 28), (2, 1)], run_id="run-7")["state"] == "failed"
+    run = publish_run_manifest(tmp_path, planned((0, 28), (1, 28), (2, 1)), run_id="run-7")
+    assert run["state"] == "failed"
     assert not (tmp_path / "_SUCCESS").exists()  # the old _SUCCESS does not outlive a failed publish
 
 
 def test_pod_timings_go_into_the_shards_and_gpu_seconds_count_every_pod(tmp_path):
     extract(frame_log(), KEY, tmp_path / "shard-00000", source="test")
     timings = {0: {"pods": 2, "pod_seconds": 90.0, "model_load_seconds": 20.0, "server_start_seconds": 3.0}}
-    run = publish_run_manifest(tmp_path, [(0, 28)], run_id="run-7", gpus_per_shard=2, pod_timings=timings)
+    run = publish_run_manifest(
+        tmp_path, planned((0, 28)), run_id="run-7", gpus_per_shard=2, pod_timings=timings
+    )
     (shard,) = run["shards"]
     assert (shard["pods"], shard["pod_seconds"], shard["model_load_seconds"]) == (2, 90.0, 20.0)
     assert (run["pod_seconds"], run["model_load_seconds"], run["gpu_seconds"]) == (90.0, 20.0, 180.0)
+
+
+def test_only_this_plans_shards_count_and_stale_or_unplanned_folders_are_removed(tmp_path):
+    """A run executed again on other data: the earlier execution's shards never count, and go."""
+    extract(frame_log(), KEY, tmp_path / "shard-00000", plan="now", source="test")
+    extract(frame_log(), KEY, tmp_path / "shard-00001", plan="before", source="test")  # another plan's
+    extract(frame_log(), KEY, tmp_path / "shard-00007", plan="before", source="test")  # beyond this plan
+    (tmp_path / "_transport").mkdir()  # not a shard's folder: left alone
+
+    run = publish_run_manifest(tmp_path, planned((0, 28), (1, 28), plan="now"), run_id="run-7")
+
+    assert [(s["shard"], s["state"]) for s in run["shards"]] == [(0, "succeeded"), (1, "missing")]
+    assert "plan before" in run["shards"][1]["failure"]
+    assert not (tmp_path / "shard-00001").exists()
+    assert not (tmp_path / "shard-00007").exists()
+    assert (tmp_path / "_transport").exists()
+    assert run["removed_stale_folders"] == ["shard-00007"]
+    assert (run["plan"], run["state"], run["results"]) == ("now", "failed", 25)
+    assert not (tmp_path / "_SUCCESS").exists()
+
+
+def test_a_shard_output_with_another_record_count_than_the_plan_is_stale(tmp_path):
+    extract(frame_log(), KEY, tmp_path / "shard-00000", plan="p", source="test")
+    run = publish_run_manifest(tmp_path, planned((0, 27), plan="p"), run_id="run-7")
+    assert run["shards"][0]["state"] == "missing"
+    assert "holds 28 records, the plan 27" in run["shards"][0]["failure"]
