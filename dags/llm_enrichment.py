@@ -25,6 +25,7 @@ from typing import Any
 
 from airflow.sdk import Param, dag
 
+from llm_etl_provider.backends import DEFAULT_LOCAL_DIR
 from llm_etl_provider.contract.invocation import DEFAULT_MAX_RECORD_BYTES, TASK_NAMES, default_of
 from llm_etl_provider.contract.object_transport import DEFAULT_TRANSPORT, TRANSPORTS
 from llm_etl_provider.pod.builder import BACKENDS
@@ -32,7 +33,7 @@ from llm_etl_provider.staging import DEFAULT_MAX_SHARDS, DEFAULT_SHARD_BYTES
 from llm_etl_provider.task_group import llm_enrichment_task_group
 
 EXECUTION_MODE = os.environ.get("LLM_ETL_EXECUTION_MODE", "kubernetes")
-LOCAL_DIR = os.environ.get("LLM_ETL_LOCAL_DIR", "/tmp/llm-etl-staging")  # noqa: S108 - local mode only
+LOCAL_DIR = os.environ.get("LLM_ETL_LOCAL_DIR", DEFAULT_LOCAL_DIR)
 NAMESPACE = os.environ.get("LLM_ETL_NAMESPACE", "llm-etl")
 
 if EXECUTION_MODE == "local":

@@ -150,7 +150,7 @@ def plan_shards(
                 for line in jsonl_lines(path, max_record_bytes=max_record_bytes)
             )
         else:
-            rows = csv_rows(path, max_record_bytes=max_record_bytes, refuse_long_lines=True)
+            rows = csv_rows(path, max_record_bytes=max_record_bytes)
             builder, units = _csv_units(path, max_shard_bytes, rows)
         for line, data, record in units:
             if (closed := builder.add(line, data, record)) is not None:

@@ -143,10 +143,7 @@ class AirflowStack:
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
         """``{"task_id[map_index]": state}`` for every task instance of the run."""
         instances = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
-        return {
-            f"{ti['task_id']}[{ti['map_index']}]" if ti["map_index"] >= 0 else ti["task_id"]: ti["state"]
-            for ti in instances
-        }
+        return {_instance_name(ti): ti["state"] for ti in instances}
 
     def stored_surfaces(self, dag_id: str, run_id: str) -> dict[str, list[Any]]:
         """The run's XCom values and rendered template fields, as the UI shows them."""
@@ -162,6 +159,39 @@ class AirflowStack:
         instances = self.api("GET", run)["task_instances"]
         return {"xcom": values, "rendered": [ti.get("rendered_fields") for ti in instances]}
 
+    def clear(
+        self, dag_id: str, run_id: str, task_ids: list[Any] | None = None, *, downstream: bool = True
+    ) -> set[str]:
+        """What a user does with the UI's "Clear" on tasks of a run (``[task_id, map_index]`` for one mapped
+        instance; None: the whole run), with its "Downstream" option; return the task instances cleared."""
+        body = {
+            "dry_run": False,
+            "only_failed": False,
+            "dag_run_id": run_id,
+            "task_ids": task_ids,
+            "include_downstream": downstream,
+        }
+        cleared = self.api("POST", f"/dags/{dag_id}/clearTaskInstances", json=body)["task_instances"]
+        return {
+            f"{ti['task_id']}[{ti['map_index']}]" if ti["map_index"] >= 0 else ti["task_id"] for ti in cleared
+        }
+
+    def wait_until_ended(self, dag_id: str, run_id: str, timeout: float = 600) -> str:
+        """Wait for the run to end; return its state."""
+        return str(
+            self.wait_for(
+                lambda: (state := self.dag_run_state(dag_id, run_id)) not in ("queued", "running") and state,
+                timeout,
+                f"run {run_id} to end",
+            )
+        )
+
     def mark_failed(self, dag_id: str, run_id: str) -> None:
         """What a user does with the UI's "Mark as failed" on a running DAG run."""
         self.api("PATCH", f"/dags/{dag_id}/dagRuns/{run_id}", json={"state": "failed"})
+
+
+def _instance_name(instance: dict[str, Any]) -> str:
+    """``task_id[map_index]`` for a mapped task instance, ``task_id`` for another."""
+    index = instance["map_index"]
+    return f"{instance['task_id']}[{index}]" if index >= 0 else str(instance["task_id"])

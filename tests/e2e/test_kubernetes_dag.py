@@ -52,7 +52,7 @@ def test_two_shards_through_kpo_are_enriched_by_the_model_and_nothing_remains(
     task_log = "".join(capfd.readouterr())
     assert "[base] start task=sentiment" in task_log  # the worker's progress reaches the task log ...
     assert FORMAT not in task_log  # ... its sealed frames never do
-    shard_dirs = sorted((tmp_path / "out").glob("*/shard-*"))
+    shard_dirs = sorted((tmp_path / "out").glob("*/*/*/shard-*"))
     assert [d.name for d in shard_dirs] == ["shard-00000", "shard-00001"]
     ids = []
     for shard_dir in shard_dirs:
@@ -115,7 +115,7 @@ def test_a_failing_shard_publishes_its_dead_letters_fails_the_run_and_the_teardo
         "cleanup": "success",
     }
     assert not list((tmp_path / "out").rglob("_SUCCESS"))
-    (shard_dir,) = (tmp_path / "out").glob("*/shard-00000")
+    (shard_dir,) = (tmp_path / "out").glob("*/*/*/shard-00000")
     shard_manifest = json.loads((shard_dir / "manifest.json").read_text())
     assert shard_manifest["state"] == "failed"
     assert "2 of 2 records went to the dead letters" in shard_manifest["failure"]

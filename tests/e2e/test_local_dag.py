@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import importlib
 import json
+import shutil
 import sys
+import time
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,12 +26,19 @@ def local_dag(tmp_path_factory):
     from airflow.utils.db import initdb
 
     initdb()
-    sys.modules.pop("llm_enrichment", None)
-    sys.path.insert(0, str(REPO / "dags"))
-    module = importlib.import_module("llm_enrichment")
-    yield module.llm_enrichment(), staging  # the decorated function builds the DAG
-    sys.path.remove(str(REPO / "dags"))
+    yield _load("llm_enrichment"), staging
     patch.undo()
+
+
+def _load(name: str) -> Any:
+    """The example DAG ``name`` as the environment configures it now."""
+    sys.modules.pop(name, None)
+    sys.path.insert(0, str(REPO / "dags"))
+    try:
+        module = importlib.import_module(name)
+    finally:
+        sys.path.remove(str(REPO / "dags"))
+    return getattr(module, name)()  # the decorated function builds the DAG
 
 
 def test_the_dag_enriches_every_record_and_leaves_nothing_behind(tmp_path, local_dag):
@@ -43,7 +54,7 @@ def test_the_dag_enriches_every_record_and_leaves_nothing_behind(tmp_path, local
         }
     )
     assert run.state == "success"
-    (shard_dir,) = list((tmp_path / "out").glob("*/shard-00000"))
+    (shard_dir,) = list((tmp_path / "out").glob("*/*/*/shard-00000"))
     manifest = json.loads((shard_dir / "manifest.json").read_text())
     assert manifest["records"] == 6
     assert manifest["task"] == "sentiment"
@@ -73,7 +84,7 @@ def test_one_shard_failing_stops_no_other_and_the_run_manifest_says_which(tmp_pa
         }
     )
     assert run.state == "failed"
-    (run_dir,) = (tmp_path / "out").iterdir()
+    (run_dir,) = (tmp_path / "out" / "llm_enrichment" / "llm_enrichment").iterdir()
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["state"] == "failed"
     assert not (run_dir / "_SUCCESS").exists()
@@ -93,3 +104,70 @@ def test_one_shard_failing_stops_no_other_and_the_run_manifest_says_which(tmp_pa
     assert sum(s["records"] for s in shards) == 9
     assert len(ids) == 9
     assert list(staging.iterdir()) == []
+
+
+def _published_ids(run_dir: Path) -> set[str]:
+    return {
+        json.loads(line)["id"]
+        for path in run_dir.glob("shard-*/results.jsonl")
+        for line in path.read_text().splitlines()
+    }
+
+
+def test_a_run_executed_again_on_other_data_publishes_only_the_new_executions_shards(tmp_path, local_dag):
+    """The example DAG executed twice under one run id (``airflow dags test`` with the same date), the second
+    time on a smaller, disjoint input: the first execution's shards once stayed beside the second's, under a
+    run manifest and a ``_SUCCESS`` that counted only the second."""
+    dag, staging = local_dag
+    short = [line for line in SAMPLE.read_text().splitlines(keepends=True) if len(line) < 300]
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    first.write_text("".join(short[:6]))
+    second.write_text("".join(short[6:8]))
+    date = datetime(2026, 3, 1, tzinfo=UTC)
+    conf = {
+        "output_path": str(tmp_path / "out"),
+        "model": "smollm2",
+        "template": "{review}",
+        "shard_bytes": 600,
+    }
+
+    runs = [
+        dag.test(logical_date=date, run_conf={**conf, "input_path": str(source)})
+        for source in (first, second)
+    ]
+
+    assert [run.state for run in runs] == ["success", "success"]
+    assert runs[0].run_id == runs[1].run_id
+    (run_dir,) = (tmp_path / "out" / "llm_enrichment" / "llm_enrichment").iterdir()
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["records"] == 2
+    assert manifest["removed_stale_folders"]  # the first execution cut more shards
+    assert _published_ids(run_dir) == {json.loads(line)["id"] for line in short[6:8]}
+    assert len(list(run_dir.glob("shard-*"))) == len(manifest["shards"])
+    assert (run_dir / "_SUCCESS").exists()
+    assert list(staging.iterdir()) == []
+
+
+def test_the_sweeper_asks_airflow_itself_whether_a_run_ended(tmp_path, local_dag, monkeypatch):
+    """``str(ti.get_dagrun_state(...))`` gave ``'DagRunState.SUCCESS'`` under the Task SDK, so the sweeper
+    never saw a run end: here the real Task SDK answers, no stub of it."""
+    dag, staging = local_dag
+    source = tmp_path / "reviews.jsonl"
+    source.write_text("".join(SAMPLE.read_text().splitlines(keepends=True)[:1]))
+    ended = dag.test(
+        run_conf={"input_path": str(source), "output_path": str(tmp_path / "out"), "template": "{review}"}
+    )
+    assert ended.state == "success"
+    # what a run that missed its cleanup would have left, and what a run Airflow does not know left
+    left = {"ended": (ended.run_id, ended.state), "unknown": ("manual__no-such-run", None)}
+    for name, (run_id, _) in left.items():
+        folder = staging / f"llm-etl-{name}"
+        folder.mkdir()
+        (folder / "run.json").write_text(
+            json.dumps({"dag_id": dag.dag_id, "run_id": run_id, "expires_at": time.time() + 3600})
+        )
+    monkeypatch.setenv("LLM_ETL_LOCAL_DIR", str(staging))
+    sweeper = _load("llm_etl_sweeper")
+    assert sweeper.test().state == "success"
+    assert sorted(p.name for p in staging.iterdir()) == ["llm-etl-unknown"]  # until its deadline
+    shutil.rmtree(staging / "llm-etl-unknown")

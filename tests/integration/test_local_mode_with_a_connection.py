@@ -47,6 +47,6 @@ def test_the_connection_server_enriches_the_shard_and_no_model_is_loaded(tmp_pat
     assert not list((tmp_path / "staging").rglob("llm-server.log"))  # no llama-server of its own
     summary = extract.execute({"run_id": "r1"})
     assert summary["records"] == 3
-    published = (tmp_path / "out" / "shard-00000" / "results.jsonl").read_text()
+    published = (tmp_path / "out" / "llm_enrichment" / "r1" / "shard-00000" / "results.jsonl").read_text()
     results = [json.loads(line) for line in published.splitlines()]
     assert all(r["enrichment"]["sentiment"] in ("positive", "negative", "neutral") for r in results)

@@ -52,7 +52,7 @@ def test_the_server_log_the_container_log_and_the_task_log_hold_no_canary(tmp_pa
     assert CANARY not in server_log.read_text(errors="replace")
     assert CANARY not in container_log.read_text(errors="replace")
     assert CANARY not in "".join(capfd.readouterr())
-    published = (tmp_path / "out" / "shard-00000" / "results.jsonl").read_text()
+    published = (tmp_path / "out" / "llm_enrichment" / "r1" / "shard-00000" / "results.jsonl").read_text()
     assert published.count(CANARY) == 3  # where it belongs: the checks above can fail
 
 

@@ -69,7 +69,7 @@ def published(output: str) -> tuple[dict[str, int], dict[int, str]]:
     """Each published result's id -> line, and each dead letter's line -> reason, over every shard."""
     results: dict[str, int] = {}
     dead: dict[int, str] = {}
-    for manifest in sorted(ObjectStoragePath(output).glob("shard-*/manifest.json")):
+    for manifest in sorted(ObjectStoragePath(output).glob("llm_enrichment/*/shard-*/manifest.json")):
         folder = manifest.parent
         for line in (folder / "results.jsonl").read_text().splitlines():
             record = json.loads(line)
@@ -93,7 +93,7 @@ def test_three_pods_read_their_ranges_and_publish_what_the_log_transport_does(
     assert sum(s["bytes"] for s in shards) == len(reviews())  # JSONL ranges: no prefix, the whole input
     # nothing of the input was staged locally (in Kubernetes: in Secrets): only the URLs
     staged = [p for p in (tmp_path / "staging").rglob("*") if p.is_file()]
-    assert {p.name for p in staged} <= {"key", "object.json", "duplicates.gz", "input.jsonl"} | {
+    assert {p.name for p in staged} <= {"key", "object.json", "duplicates.gz", "input.jsonl", "run.json"} | {
         f"container-try-{n}.log" for n in (1, 2, 3)
     }
     assert all(b"It helped" not in p.read_bytes() for p in staged if p.name in ("object.json", "key"))
@@ -131,7 +131,11 @@ def test_a_shard_whose_worker_never_ended_its_stream_publishes_nothing(
         extract = ExtractResultsOperator(task_id="extract", shard=shard, output_path=output, **local)
         with pytest.raises(FrameStreamRejectedError, match="the worker did not finish its stream"):
             extract.execute(task_context("r2"))
-    assert not ObjectStoragePath(output).joinpath("shard-00000", "results.jsonl").exists()
+    assert (
+        not ObjectStoragePath(output)
+        .joinpath("llm_enrichment", "r2", "shard-00000", "results.jsonl")
+        .exists()
+    )
 
 
 def test_inputs_the_object_transport_cannot_range_are_refused_before_anything_is_staged(tmp_path, store):

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from llm_etl_provider.staging import Shard
 
 EXECUTION_MODES = ("kubernetes", "local")
+# Local execution's staging folder in the example DAGs (LLM_ETL_LOCAL_DIR), where the sweeper looks too
+DEFAULT_LOCAL_DIR = "/tmp/llm-etl-staging"  # noqa: S108 - local mode only, a folder of 0700 run folders
 # A DAG run's states (the values of Airflow's DagRunState) in which the sweeper may remove what the run left
 ENDED_RUN_STATES = ("success", "failed")
 

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from llm_etl_provider.contract.layout import run_output_folder, run_scope
 from llm_etl_provider.dev.report import build_report, merge_summaries
 from llm_etl_provider.worker.tasks import build_task
 
@@ -78,7 +79,8 @@ def run_demo(output: Path, *, input_path: Path = SAMPLE, limit: int | None = Non
     if run.state != "success":
         print(f"error: the DAG run ended {run.state}; see the task logs above", file=sys.stderr)
         return 1
-    run_dir = max(published.iterdir(), key=lambda p: p.stat().st_mtime)
+    # the task group's id is the DAG's default, llm_enrichment
+    run_dir = published / run_output_folder(run_scope(dag.dag_id, "llm_enrichment"), run.run_id)
     shards = sorted(run_dir.glob("shard-*"))
     manifests = [json.loads((shard / "manifest.json").read_text()) for shard in shards]
     reference = {}

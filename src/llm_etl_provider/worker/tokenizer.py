@@ -10,7 +10,8 @@ finds in it the same units, at the same input lines, as a read of the whole inpu
   valid UTF-8 that is only whitespace;
 - the BOM: only the input's first line loses a UTF-8 BOM, never a later line (where a shard or a concatenated
   file begins);
-- CSV rows: lines end at ``\\n`` only, quoted fields may span lines, a field over ``max_record_bytes``
+- CSV rows: lines end at ``\\n`` only, a line over ``max_record_bytes`` is refused before it is buffered,
+  quoted fields may span lines, a field over ``max_record_bytes``
   characters is an error (the csv module's field size limit is set here, nowhere else), the first row that is
   not blank is the header;
 - line numbers: a unit's line is its first input line, counted from ``line_offset + 1``;
@@ -114,20 +115,16 @@ def csv_rows(
     *,
     max_record_bytes: int,
     line_offset: int = 0,
-    refuse_long_lines: bool = False,
     max_bytes: int | None = None,
 ) -> Iterator[CsvRow]:
     """Yield the rows of a CSV input, the header and blank lines included, numbered from ``line_offset + 1``.
 
-    With ``refuse_long_lines`` (the stage, which must keep every line under the limit to keep shards small),
-    a line longer than ``max_record_bytes`` without the BOM and its line end raises :class:`CsvLineTooLong`
-    before anything of it is parsed; otherwise lines are read whole. An input it does not refuse yields the
-    same rows either way.
+    A line longer than ``max_record_bytes`` without the BOM and its line end raises :class:`CsvLineTooLong`
+    before more than ``max_record_bytes`` of it is read: no reader (the stage's, the worker's) ever buffers a
+    line beyond the limit, and a cut CSV row could swallow the rows after it.
     """
     with _opened(path, max_bytes) as stream:
-        lines: Iterable[bytes] = (
-            _short_lines(stream, max_record_bytes, line_offset) if refuse_long_lines else stream
-        )
+        lines: Iterable[bytes] = _short_lines(stream, max_record_bytes, line_offset)
         consumed: list[bytes] = []
 
         def text() -> Iterator[str]:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
 from airflow.sdk import DAG
+from airflow.sdk.api.datamodels._generated import DagRunState
 
 from llm_etl_provider.contract.duplicates import decode_line_numbers
 from llm_etl_provider.contract.layout import (
@@ -324,10 +325,12 @@ def test_cleanup_deletes_exactly_the_runs_pods_and_secrets(tmp_path, api):
 
 
 def sweeping(states: dict[str, str]) -> Any:
-    """The part of a task's context the sweeper reads: Airflow's state of a run (unknown runs raise)."""
+    """The part of a task's context the sweeper reads: Airflow's state of a run, as the Task SDK gives it (its
+    generated ``DagRunState``, whose ``str()`` is not the state's value; unknown runs raise). The e2e tests
+    run the sweeper in Airflow itself (``tests/e2e/test_local_dag.py``)."""
 
-    def get_dagrun_state(dag_id: str, run_id: str) -> str:
-        return states[f"{dag_id}/{run_id}"]
+    def get_dagrun_state(dag_id: str, run_id: str) -> DagRunState:
+        return DagRunState(states[f"{dag_id}/{run_id}"])
 
     return {"ti": SimpleNamespace(get_dagrun_state=get_dagrun_state)}
 
@@ -358,11 +361,30 @@ def test_the_sweeper_removes_only_ended_or_expired_runs_and_never_a_live_one(api
         "secrets": 0,
         "claims": 0,
         "network_policies": 0,
+        "local_dirs": 0,
         "staging": 0,
     }
     left = sorted(name for _, name in api.objects["pods"])
     assert left == ["pod-days", "pod-legacy-new", "pod-live", "pod-theirs", "pod-unmanaged"]
     assert ("pods", "pod-live") not in api.deleted
+
+
+def test_the_sweeper_removes_local_staging_of_ended_runs_only(tmp_path):
+    """Local execution's plaintext shards and keys stayed in ``local_dir`` for ever when a run missed its
+    cleanup (a stage that failed, a killed worker)."""
+    local = tmp_path / "staging"
+    for run_id, settings in {"ended": {}, "running": {}, "lost": {"run_deadline_seconds": -60}}.items():
+        source = write_input(tmp_path / f"{run_id}.jsonl", n=5)
+        stage(input_path=str(source), execution_mode="local", local_dir=str(local), **settings).execute(
+            {"run_id": run_id}
+        )
+    (local / "llm-etl-unrecorded").mkdir()  # no run.json, and new: left until the TTL
+    with DAG("llm_etl_sweeper", schedule=None):
+        sweeper = SweepExpiredOperator(task_id="sweep", namespace=None, local_dirs=[str(local)])
+    states = {"llm_enrichment/ended": "success", "llm_enrichment/running": "running"}
+    assert sweeper.execute(sweeping(states)) == {"local_dirs": 2, "staging": 0}
+    left = {folder.name for folder in local.iterdir()}
+    assert left == {run_prefix("llm_enrichment", "running"), "llm-etl-unrecorded"}
 
 
 def test_the_sweeper_removes_extraction_staging_past_the_ttl(tmp_path, api):

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from llm_etl_provider.exceptions import StagingInputError
 from llm_etl_provider.staging import Shard, plan_shards
-from llm_etl_provider.worker.exceptions import ConfigurationError
+from llm_etl_provider.worker.exceptions import ConfigurationError, CsvLineTooLong
 from llm_etl_provider.worker.records import InputRecord, RecordReader
 from llm_etl_provider.worker.tokenizer import csv_rows, jsonl_lines
 
@@ -380,3 +380,24 @@ def test_units_carry_their_first_line_and_raw_bytes(tmp_path):
         (7, b"y" * 11 + b"\n", None, False),
         (8, b" \n", b" \n", True),
     ]
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_one_long_csv_line_is_refused_before_it_is_buffered(tmp_path, compressed):
+    """A 300 KB gzip holding one 300 MiB CSV line took the reader to 620 MiB: every reader of CSV (the stage's
+    validation, its ranges, the worker's) buffered a line whole. Here 64 MiB, read with a 1 MiB limit."""
+    import tracemalloc
+
+    line = b"id,text\n1," + b"x" * (64 << 20) + b"\n2,ok\n"
+    path = tmp_path / ("long.csv.gz" if compressed else "long.csv")
+    path.write_bytes(gzip.compress(line, 1) if compressed else line)
+    del line
+    tracemalloc.start()
+    try:
+        with pytest.raises(CsvLineTooLong) as refused:
+            list(csv_rows(path, max_record_bytes=1 << 20))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert refused.value.line == 2
+    assert peak < 8 << 20
