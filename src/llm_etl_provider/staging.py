@@ -159,10 +159,7 @@ def plan_shards(
     except UnreadableInput as exc:
         raise StagingInputError(str(exc)) from None
     except CsvLineTooLong as exc:
-        raise StagingInputError(
-            f"{path}:{exc.line}: a CSV line over max_record_bytes ({max_record_bytes} bytes) cannot be "
-            "cut without breaking its row: raise max_record_bytes (at most half of max_shard_bytes)"
-        ) from None
+        raise StagingInputError(str(exc)) from None
     if (closed := builder.finish()) is not None:
         yield _shard(closed, index, fmt)
 

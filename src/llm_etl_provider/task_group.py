@@ -10,7 +10,7 @@ from airflow.sdk import Asset, TaskGroup, task, task_group
 from airflow.task.trigger_rule import TriggerRule
 
 from llm_etl_provider.contract.invocation import DEFAULT_MAX_RECORD_BYTES, WORKER_SETTINGS, default_of
-from llm_etl_provider.contract.layout import DEFAULT_RUN_DEADLINE_SECONDS
+from llm_etl_provider.contract.layout import DEFAULT_RUN_DEADLINE_SECONDS, DEFAULT_WORKER_MEMORY
 from llm_etl_provider.contract.object_transport import DEFAULT_TRANSPORT
 from llm_etl_provider.operators.cleanup import CleanupOperator
 from llm_etl_provider.operators.enrichment import LLMEnrichmentOperator
@@ -45,6 +45,7 @@ def llm_enrichment_task_group(
     pods: int | str | None = None,
     store_cidrs: Sequence[str] | None = None,
     run_deadline_seconds: int = DEFAULT_RUN_DEADLINE_SECONDS,
+    worker_memory: str = DEFAULT_WORKER_MEMORY,
     **enrichment: Any,
 ) -> TaskGroup:
     """Add the enrichment pipeline to the DAG being defined and return its task group.
@@ -62,7 +63,8 @@ def llm_enrichment_task_group(
     and staging (:class:`StageInputOperator`); each enrichment waits for it, and the cleanup waits for every
     enrichment. ``run_deadline_seconds`` (default 7 days) is how long what a run left may live once Airflow
     no longer knows the run; ``pod_time_limit_seconds`` (default 3 days) and ``startup_timeout_seconds``
-    (the model load, default 30 minutes) go to each pod.
+    (the model load, default 30 minutes) go to each pod. ``worker_memory`` (default ``1Gi``) is the worker's
+    memory limit, which the stage checks each shard against.
 
     ``enrichment`` goes to :class:`LLMEnrichmentOperator` (task, template, backend, model source, GPUs ...).
     ``max_record_bytes`` goes to both the staging and the worker (one value: they read records alike). With
@@ -98,6 +100,7 @@ def llm_enrichment_task_group(
             # the object transport's parts follow the worker's checkpoints
             checkpoint_every=enrichment.get("checkpoint_every", default_of("checkpoint_every")),
             run_deadline_seconds=run_deadline_seconds,
+            worker_memory=worker_memory,
             # what the shards' results depend on beside the input: another value makes another plan
             plan_settings={"model": model, **{k: v for k, v in enrichment.items() if k in PLAN_SETTINGS}},
             **common,
@@ -120,6 +123,7 @@ def llm_enrichment_task_group(
                 shard=shard,
                 model=model,
                 max_record_bytes=max_record_bytes,
+                worker_memory=worker_memory,
                 **common,
                 **enrichment,
             )

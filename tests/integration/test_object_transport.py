@@ -106,13 +106,15 @@ def test_three_pods_read_their_ranges_and_publish_what_the_log_transport_does(
     pipeline(tmp_path / "log", monkeypatch, llama_server, str(source), logged)
     log_results, log_dead = published(logged)
     assert (objects, dead) == (log_results, log_dead)
-    transport = ObjectStoragePath(by_object) / TRANSPORT_FOLDER
-    assert transport.exists()
+    run_output = ObjectStoragePath(by_object) / "llm_enrichment" / "r1"  # <output>/<DAG>/<run>
+    assert [part.name for part in (run_output / TRANSPORT_FOLDER).iterdir()] == [shards[0]["plan"]]
     assert cleanup.execute(task_context("r1"))["transport_folders"] == 1
     # no object is left (SeaweedFS may still list the emptied folder a while: it removes those lazily)
-    left = store.client().list_objects_v2(Bucket=BUCKET, Prefix=f"out/object/{TRANSPORT_FOLDER}/")
+    left = store.client().list_objects_v2(
+        Bucket=BUCKET, Prefix=f"out/object/llm_enrichment/r1/{TRANSPORT_FOLDER}/"
+    )
     assert left.get("KeyCount") == 0
-    assert (ObjectStoragePath(by_object) / "shard-00000" / "_SUCCESS").exists()  # the results stay
+    assert (run_output / "shard-00000" / "_SUCCESS").exists()  # the results stay
 
 
 def test_a_shard_whose_worker_never_ended_its_stream_publishes_nothing(

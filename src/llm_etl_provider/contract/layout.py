@@ -81,6 +81,19 @@ DEFAULT_RUN_DEADLINE_SECONDS = 7 * 24 * 3600
 # GPU runs for a day or more; the model load has a limit of its own (the operator's startup timeout).
 DEFAULT_POD_TIME_LIMIT_SECONDS = 3 * 24 * 3600
 DEFAULT_MODEL_LOAD_TIMEOUT_SECONDS = 1800
+# The worker container's memory limit, and what a shard's records cost it: the reader keeps an entry per id
+# (a 64-bit hash and the first line, in a dict: ~60 bytes each, so ~1.5 GiB past 25 million ids) beside a
+# base for Python, the HTTP lanes and the records in flight. The stage refuses a shard the limit cannot hold.
+DEFAULT_WORKER_MEMORY = "1Gi"
+WORKER_BASE_MEMORY_BYTES = 320 << 20
+WORKER_BYTES_PER_RECORD = 64
+
+
+def worker_memory_needed(records: int) -> int:
+    """The bytes a worker needs to enrich a shard of ``records`` records (its id index and its base)."""
+    return WORKER_BASE_MEMORY_BYTES + records * WORKER_BYTES_PER_RECORD
+
+
 MANAGED_SELECTOR = ",".join(f"{k}={v}" for k, v in MANAGED_BY.items())
 
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")

@@ -137,6 +137,9 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
     :param pod_time_limit_seconds: the pod's hard limit (``activeDeadlineSeconds``, from its start, the model
         load included; default 3 days): a hung worker is ended long before by its liveness probe, so the
         limit only has to outlast the largest shard
+    :param worker_memory: the worker container's memory limit (templated; default ``1Gi``): a shard's id
+        index grows with its records (:func:`~llm_etl_provider.contract.layout.worker_memory_needed`), and
+        the stage refuses a shard this limit cannot hold; give the task group's ``worker_memory``
     :param startup_timeout_seconds: how long the pod may take to start, the model load included (KPO's;
         default 30 minutes)
     :param execution_mode: ``kubernetes``, or ``local``: the pod's loader, server and worker as local
@@ -157,6 +160,7 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
         "backend",
         "parallel",
         "local_dir",
+        "worker_memory",
         *WORKER_SETTINGS,
     )
 
@@ -181,6 +185,7 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
         gpu_node_selector: dict[str, str] | None = None,
         gpu_tolerations: Sequence[dict[str, Any]] | None = None,
         pod_time_limit_seconds: int = layout.DEFAULT_POD_TIME_LIMIT_SECONDS,
+        worker_memory: str = layout.DEFAULT_WORKER_MEMORY,
         execution_mode: str = "kubernetes",
         local_dir: str | None = None,
         scope: str | None = None,
@@ -217,6 +222,7 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
         self.gpu_node_selector = dict(gpu_node_selector or {})
         self.gpu_tolerations = [dict(t) for t in gpu_tolerations or []]
         self.pod_time_limit_seconds = pod_time_limit_seconds
+        self.worker_memory = worker_memory
         self.execution_mode = checked_execution_mode(execution_mode)
         self.local_dir = local_dir
         self.scope = scope
@@ -276,6 +282,7 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
             node_selector=self.gpu_node_selector,
             tolerations=tuple(self.gpu_tolerations),
             active_deadline_seconds=self.pod_time_limit_seconds,
+            worker_memory=str(self.worker_memory),
             work_claim=shard.work_claim,
             input_bytes=shard.bytes if shard.transport == OBJECT_OUTPUT else 0,
         )

@@ -117,6 +117,10 @@ class StageInputOperator(RunStepOperator):
         hosts as resolved by the stage
     :param checkpoint_every: records between the worker's checkpoints; with the object transport each writes
         a part object (raised so that a shard needs at most 500 parts)
+    :param worker_memory: the workers' memory limit (templated; a quantity, default ``1Gi``): a shard with
+        more records than it can index (:func:`~llm_etl_provider.contract.layout.worker_memory_needed`) is
+        refused before anything is staged, naming the limit it needs, rather than killed by the kernel on
+        every try
     :param plan_settings: what else the shards' results depend on (the model, the task, its prompt and
         schema ...; templated): part of the plan, so that a run executed again with other settings publishes
         nothing of the earlier execution's
@@ -138,6 +142,7 @@ class StageInputOperator(RunStepOperator):
         "pods",
         "output_path",
         "plan_settings",
+        "worker_memory",
     )
 
     def __init__(
@@ -160,10 +165,12 @@ class StageInputOperator(RunStepOperator):
         checkpoint_every: int = default_of("checkpoint_every"),
         store_cidrs: Sequence[str] | None = None,
         plan_settings: dict[str, Any] | None = None,
+        worker_memory: str = layout.DEFAULT_WORKER_MEMORY,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.plan_settings = plan_settings or {}
+        self.worker_memory = worker_memory
         self.input_path = input_path
         self.input_format = input_format
         self.max_shard_bytes = max_shard_bytes
@@ -308,6 +315,8 @@ class StageInputOperator(RunStepOperator):
             local, fmt, limits, boundaries=[r.first_line for r in ranges[1:]]
         )
         ranges, records = _without_empty_ranges(ranges, records)
+        for index, count in enumerate(records):
+            self._check_worker_memory(index, count)
         input_signer, output_signer = signers
         source = ObjectStoragePath(self.input_path)
         plan_folder = output / TRANSPORT_FOLDER / plan
@@ -396,6 +405,7 @@ class StageInputOperator(RunStepOperator):
         maps a task per shard."""
         staged = 0
         for count, shard in enumerate(shards, 1):
+            self._check_worker_memory(shard.index, shard.records)
             staged += len(shard.data)
             if count > int(self.max_shards) or staged > int(self.max_staged_bytes):
                 raise StagingError(
@@ -403,6 +413,23 @@ class StageInputOperator(RunStepOperator):
                     f"{self.max_staged_bytes} bytes (max_shards, max_staged_bytes): split the input into "
                     "several runs, or raise the caps if the cluster's etcd can hold it"
                 )
+
+    def _check_worker_memory(self, index: int, records: int) -> None:
+        """Refuse a shard whose worker the memory limit cannot hold (its id index grows with its records)."""
+        from kubernetes.utils.quantity import parse_quantity
+
+        try:
+            limit = int(parse_quantity(str(self.worker_memory)))
+        except ValueError:
+            raise StagingError(
+                f"worker_memory must be a Kubernetes quantity such as 4Gi, not {self.worker_memory!r}"
+            ) from None
+        needed = -(-layout.worker_memory_needed(records) // (1 << 20))  # MiB
+        if needed << 20 > limit:
+            raise StagingError(
+                f"shard {index} holds {records} records, whose worker needs about {needed}Mi of memory, over "
+                f"worker_memory {self.worker_memory}: raise worker_memory, or use more pods"
+            )
 
     def _copy(self, source: ObjectStoragePath, copy: BinaryIO, max_bytes: int) -> str:
         """Copy the input as it is (compressed or not), refusing one over ``max_bytes``; return its sha256."""

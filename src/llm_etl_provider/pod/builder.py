@@ -187,6 +187,7 @@ class PodParams:
     :param work_claim: a PersistentVolumeClaim for the checkpoint and spool, so that a retry resumes
     :param input_bytes: the object transport: the range the worker downloads into its work folder, added to
         that folder's size limit and to the worker's ephemeral storage
+    :param worker_memory: the worker container's memory limit (a quantity, e.g. ``4Gi``)
     """
 
     invocation: WorkerInvocation
@@ -197,10 +198,11 @@ class PodParams:
     worker_image: str = DEFAULT_WORKER_IMAGE
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: tuple[dict[str, Any], ...] = ()
-    active_deadline_seconds: int = 3600
+    active_deadline_seconds: int = layout.DEFAULT_POD_TIME_LIMIT_SECONDS
     labels: dict[str, str] = field(default_factory=dict)
     work_claim: str | None = None
     input_bytes: int = 0
+    worker_memory: str = layout.DEFAULT_WORKER_MEMORY
 
 
 def pod_invocation(
@@ -386,6 +388,17 @@ def _models_volume(model: ModelSpec) -> dict[str, Any]:
     return {"name": name, "emptyDir": {"sizeLimit": model.size}}
 
 
+def _quantity(value: str, name: str) -> str:
+    """``value`` if Kubernetes reads it as a quantity; PodSpecError naming ``name`` otherwise."""
+    from kubernetes.utils.quantity import parse_quantity
+
+    try:
+        parse_quantity(value)
+    except ValueError:
+        raise PodSpecError(f"{name} must be a Kubernetes quantity such as 4Gi, not {value!r}") from None
+    return value
+
+
 def _sum_quantities(*quantities: str) -> str:
     """Kubernetes quantities added up, in MiB."""
     from kubernetes.utils.quantity import parse_quantity
@@ -445,6 +458,7 @@ def build_pod(params: PodParams) -> dict[str, Any]:
         "timeoutSeconds": 10,
         "failureThreshold": 3,
     }
+    worker["resources"]["limits"]["memory"] = _quantity(params.worker_memory, "worker_memory")
     if params.input_bytes:  # the object transport's download counts as the worker's storage
         extra = f"{params.input_bytes}"
         resources = worker["resources"]

@@ -53,8 +53,11 @@ class InputOverLimit(UnreadableInput):
 class CsvLineTooLong(ConfigurationError):
     """A CSV line is over ``max_record_bytes``: it cannot be cut without breaking its row."""
 
-    def __init__(self, line: int) -> None:
-        super().__init__(f"CSV line {line} is over max_record_bytes")
+    def __init__(self, path: object, line: int, max_record_bytes: int) -> None:
+        super().__init__(
+            f"{path}:{line}: a CSV line over max_record_bytes ({max_record_bytes} bytes) cannot be cut "
+            "without breaking its row: raise max_record_bytes (at most half of max_shard_bytes)"
+        )
         self.line = line
 
 

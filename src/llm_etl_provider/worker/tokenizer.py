@@ -124,7 +124,7 @@ def csv_rows(
     line beyond the limit, and a cut CSV row could swallow the rows after it.
     """
     with _opened(path, max_bytes) as stream:
-        lines: Iterable[bytes] = _short_lines(stream, max_record_bytes, line_offset)
+        lines: Iterable[bytes] = _short_lines(stream, max_record_bytes, line_offset, path)
         consumed: list[bytes] = []
 
         def text() -> Iterator[str]:
@@ -151,7 +151,9 @@ def csv_rows(
             consumed.clear()
 
 
-def _short_lines(stream: io.BufferedIOBase, max_record_bytes: int, line_offset: int) -> Iterator[bytes]:
+def _short_lines(
+    stream: io.BufferedIOBase, max_record_bytes: int, line_offset: int, path: Path
+) -> Iterator[bytes]:
     """Yield whole lines, raising CsvLineTooLong for one over the limit, without reading all of it."""
     number = line_offset + 1
     while line := stream.readline(max_record_bytes + 1 + len(_UTF8_BOM)):
@@ -161,7 +163,7 @@ def _short_lines(stream: io.BufferedIOBase, max_record_bytes: int, line_offset: 
                 break
             line += more
         if len(without_bom(number, line).rstrip(b"\r\n")) > max_record_bytes:
-            raise CsvLineTooLong(number)
+            raise CsvLineTooLong(path, number, max_record_bytes)
         yield line
         number += 1
 

@@ -15,7 +15,14 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskD
 from kubernetes.client import ApiClient
 from kubernetes.client import models as k8s
 
-from llm_etl_provider.contract.layout import LABEL_RUN, key_secret_name, label_value, run_key, run_prefix
+from llm_etl_provider.contract.layout import (
+    LABEL_RUN,
+    key_secret_name,
+    label_value,
+    run_key,
+    run_prefix,
+    worker_memory_needed,
+)
 from llm_etl_provider.exceptions import PodSpecError, WorkerExitError, WorkerRefusedError
 from llm_etl_provider.operators.enrichment import FrameFilteringPodManager, LLMEnrichmentOperator
 from llm_etl_provider.transport.frames import FORMAT
@@ -268,3 +275,12 @@ def test_the_deferrable_trigger_logs_no_frames(monkeypatch, capfd):
     logged = "".join(capfd.readouterr())
     assert "progress 2/2" in logged
     assert FORMAT not in logged
+
+
+def test_the_workers_memory_limit_is_a_setting():
+    """It was a fixed 1 GiB, while 25 million ids alone need more (contract.layout.worker_memory_needed)."""
+    assert worker_memory_needed(25_000_000) > 1 << 30
+    (worker,) = submitted(operator(worker_memory="6Gi"))["spec"]["containers"]
+    assert worker["resources"]["limits"]["memory"] == "6Gi"
+    with pytest.raises(PodSpecError, match="worker_memory must be a Kubernetes quantity"):
+        submitted(operator(worker_memory="lots"))

@@ -546,3 +546,17 @@ def test_two_pipelines_in_one_dag_keep_apart_in_one_run(tmp_path, api):
     assert cleanup.execute({"run_id": RUN}) == {"pods": 0, "secrets": 2, "claims": 0, "network_policies": 0}
     left = {name for _, name in api.objects["secrets"]}
     assert left == {staged[1][0]["secret"], staged[1][0]["key_secret"]}
+
+
+def test_a_shard_whose_ids_the_workers_memory_cannot_hold_is_refused_before_anything_is_staged(
+    tmp_path, api, monkeypatch
+):
+    """The worker's limit was a fixed 1 GiB while one shard could hold 50 million records: OOM-killed on every
+    try. The limit is a setting now, and the stage refuses the shard, naming what it needs."""
+    source = write_input(tmp_path / "reviews.jsonl", n=50)
+    monkeypatch.setattr("llm_etl_provider.contract.layout.WORKER_BASE_MEMORY_BYTES", 1 << 20)
+    monkeypatch.setattr("llm_etl_provider.contract.layout.WORKER_BYTES_PER_RECORD", 1 << 20)  # 1 MiB each
+    with pytest.raises(StagingError, match=r"shard 0 holds 50 records, .* about 51Mi .* worker_memory 32Mi"):
+        stage(input_path=str(source), namespace="etl", worker_memory="32Mi").execute({"run_id": RUN})
+    assert api.objects["secrets"] == {}
+    assert stage(input_path=str(source), namespace="etl", worker_memory="64Mi").execute({"run_id": RUN})
