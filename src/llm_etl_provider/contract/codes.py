@@ -19,6 +19,7 @@ class ExitCode(enum.IntEnum):
     SERVER_UNAVAILABLE = 3
     DEAD_LETTER_THRESHOLD = 4
     MODEL_LOAD = 5
+    HEARTBEAT = 6
     STOPPED = 143  # 128 + SIGTERM, as a shell reports a process the signal ended
 
     @property
@@ -48,6 +49,10 @@ _MEANINGS = {
     ),
     ExitCode.DEAD_LETTER_THRESHOLD: "more dead letters than the threshold allows (all outputs are written)",
     ExitCode.MODEL_LOAD: "the model could not be fetched, or its checksum does not match",
+    ExitCode.HEARTBEAT: (
+        "the worker could not touch its heartbeat file (its work volume full or gone); what was written is "
+        "checkpointed"
+    ),
     ExitCode.STOPPED: "stopped by SIGTERM (a pod deleted, a node drained); what was written is checkpointed",
 }
 

@@ -34,7 +34,7 @@ from llm_etl_provider.transport.keys import load_key
 from llm_etl_provider.worker.checkpoint import Checkpoint, run_fingerprint
 from llm_etl_provider.worker.clients import make_client
 from llm_etl_provider.worker.engine import Engine, EngineSettings
-from llm_etl_provider.worker.exceptions import ConfigurationError, WorkerError
+from llm_etl_provider.worker.exceptions import ConfigurationError, HeartbeatError, WorkerError
 from llm_etl_provider.worker.heartbeat import beat
 from llm_etl_provider.worker.http_lanes import HttpLanes
 from llm_etl_provider.worker.object_io import TIMEOUT as STORE_TIMEOUT
@@ -146,12 +146,30 @@ async def run(invocation: WorkerInvocation) -> dict[str, Any]:
     transport = read_object_transport(invocation)
     # the heartbeat (the liveness probe's) beats from the start: a large range downloads for minutes
     heartbeat = asyncio.create_task(beat(invocation.heartbeat)) if invocation.heartbeat else None
+    stopped_beating: list[BaseException] = []
+    if heartbeat is not None:
+
+        def on_beat_end(beating: asyncio.Task[None]) -> None:
+            # a heartbeat that cannot be touched would have the probe kill a healthy worker with no word of
+            # why: stop the run instead (it checkpoints), and say so
+            if not beating.cancelled() and (error := beating.exception()) is not None:
+                stopped_beating.append(error)
+                current.cancel()
+
+        heartbeat.add_done_callback(on_beat_end)
     try:
         if transport is None:
             return await _enrich(invocation, task)
         with httpx.Client(timeout=STORE_TIMEOUT) as store:  # only the object transport talks to a store
             await asyncio.to_thread(download_input, transport, invocation.input, store)
             return await _enrich(invocation, task, transport, store)
+    except asyncio.CancelledError:
+        if stopped_beating:
+            raise HeartbeatError(
+                f"cannot touch the heartbeat file {invocation.heartbeat}: {stopped_beating[0]}; what was "
+                "written is checkpointed"
+            ) from None
+        raise
     finally:
         if heartbeat is not None:
             heartbeat.cancel()

@@ -175,7 +175,7 @@ class Engine:
                 with contextlib.suppress(Exception):
                     self._save_checkpoint()
                 raise
-            self._save_checkpoint()
+            await self._off_loop(self._save_checkpoint)
             self.stats.skipped_blank_lines = self.reader.stats.blank_lines
             ratio = self.stats.dead_letters / self.stats.done if self.stats.done else 0.0
             summary = self.summary = {
@@ -190,7 +190,7 @@ class Engine:
                 "max_dead_letter_ratio": self.settings.max_dead_letter_ratio,
                 "dead_letter_threshold_exceeded": ratio > self.settings.max_dead_letter_ratio,
             }
-            self.sink.finish(summary)
+            await self._off_loop(self.sink.finish, summary)
         finally:
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -205,6 +205,19 @@ class Engine:
                 + ", ".join(f"{reason}={n}" for reason, n in sorted(self.stats.by_reason.items()))
             )
         return summary
+
+    async def _off_loop(self, function: Callable[..., None], *args: Any) -> None:
+        """Run a call that may block for minutes (the object sink's PUTs and their retries) in a thread: the
+        requests in flight, the progress and the heartbeat go on meanwhile. Only this coroutine writes to the
+        sink, and it waits here, so nothing is written beside the call; a stop waits for the call to end
+        before its own checkpoint."""
+        call = asyncio.ensure_future(asyncio.to_thread(function, *args))
+        try:
+            await asyncio.shield(call)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await call
+            raise
 
     async def _tick(self) -> None:
         while True:
@@ -237,7 +250,7 @@ class Engine:
                 if self.probe is not None:
                     self.probe.completed()
                 if self.stats.done % self.settings.checkpoint_every == 0:
-                    self._save_checkpoint()
+                    await self._off_loop(self._save_checkpoint)
             await producer
         finally:
             producer.cancel()

@@ -10,7 +10,8 @@ Run-level errors stop the process; each carries the :class:`~llm_etl_provider.co
      │    └── CsvLineTooLong                  a CSV line over max_record_bytes, which the stage refuses
      ├── ServerUnavailableError      exit 3   the LLM server never became ready, or went away mid-run
      ├── DeadLetterThresholdError    exit 4   the run finished, but too many records went to the dead letters
-     └── ModelLoadError              exit 5   the model loader cannot fetch the model, or its sha256 differs
+     ├── ModelLoadError              exit 5   the model loader cannot fetch the model, or its sha256 differs
+     └── HeartbeatError              exit 6   the heartbeat file (the liveness probe's) cannot be touched
 
 Record-level errors never stop the run: the engine retries what is transient and sends the rest to the
 dead-letter stream with a :class:`~llm_etl_provider.contract.codes.DeadLetterReason`::
@@ -117,3 +118,9 @@ class MissingFieldError(RecordError):
     def __init__(self, field_name: str) -> None:
         super().__init__(DeadLetterReason.MISSING_FIELD, f"field {field_name!r} is missing or empty")
         self.field_name = field_name
+
+
+class HeartbeatError(WorkerError):
+    """The worker cannot touch its heartbeat file: the liveness probe would end it as hung."""
+
+    exit_code = ExitCode.HEARTBEAT

@@ -439,3 +439,57 @@ def test_only_server_failures_wait_before_a_retry(tmp_path):
     asyncio.run(go())
     assert len(waits) == 1  # the 503's retry only
     assert len(read_jsonl(tmp_path / "r.jsonl")) == 2
+
+
+def test_a_slow_store_call_blocks_neither_the_requests_nor_the_heartbeat(tmp_path):
+    """The object sink's PUTs (retried with sleeps, up to minutes) ran on the event loop: requests, progress
+    and the heartbeat stopped meanwhile, and the liveness probe killed a healthy worker on a slow store."""
+    import time
+
+    input_path = write_input(tmp_path / "in.jsonl", 20)
+    server = FakeLLMServer()
+    task = build_task("sentiment")
+    beats = [0]
+    loop_ran: list[int] = []
+
+    class SlowStoreSink(JsonlFileSink):
+        def position(self):  # what a checkpoint records: with the object sink, a part's PUT first
+            before = beats[0]
+            time.sleep(0.3)
+            loop_ran.append(beats[0] - before)
+            return super().position()
+
+        def finish(self, summary):
+            before = beats[0]
+            time.sleep(0.3)
+            loop_ran.append(beats[0] - before)
+            super().finish(summary)
+
+    async def beat():
+        while True:
+            beats[0] += 1
+            await asyncio.sleep(0.01)
+
+    async def go():
+        beating = asyncio.create_task(beat())
+        async with httpx.AsyncClient(transport=server.transport()) as http:
+            engine = Engine(
+                task,
+                make_client(server.api, http, "http://llm", "smollm2"),  # type: ignore[arg-type]
+                RecordReader(input_path),
+                SlowStoreSink(tmp_path / "results.jsonl", tmp_path / "dead.jsonl"),
+                EngineSettings(checkpoint_every=10, progress_interval=0.01),
+                checkpoint=Checkpoint(
+                    tmp_path / "ckpt.json", run_fingerprint(input_path, task.fingerprint, "id")
+                ),
+                log=lambda line: None,
+                sleep=no_sleep,
+            )
+            summary = await engine.run()
+        beating.cancel()
+        return summary
+
+    summary = asyncio.run(go())
+    assert summary["records"] == 20
+    assert len(loop_ran) >= 3  # the checkpoints (each records the sink's position) and the trailer
+    assert all(ran >= 10 for ran in loop_ran), loop_ran  # the loop went on through every slow call
