@@ -344,3 +344,43 @@ def test_an_object_transport_pod_lost_mid_run_resumes_from_its_last_part(
     assert manifest["worker_summary"]["resumed_from"] >= checkpointed >= 2  # after its last part
     assert manifest["attempt"] == 2
     assert cluster.wait_until_empty() == {}
+
+
+def test_a_stage_run_again_keeps_its_plans_key_and_staging_on_the_real_api_server(
+    tmp_path, cluster, monkeypatch
+):
+    """Airflow clears a shard's setup with it: the stage ran again with a new key and new Secrets while the
+    mapped tasks kept the old descriptors, so every shard still running sealed with a lost key. As Airflow's
+    Role identity on a real kube-apiserver: the same plan keeps its key and Secrets (immutable, 409 kept), a
+    lost key is made anew after the plan's leftovers go, and a failed stage leaves nothing."""
+    from airflow.sdk import DAG
+
+    from llm_etl_provider.operators.cleanup import CleanupOperator
+    from llm_etl_provider.operators.stage import StageInputOperator
+    from tests.task_context import task_context
+
+    monkeypatch.setenv("AIRFLOW_CONN_KUBERNETES_DEFAULT", cluster.airflow_connection())
+    source = tmp_path / "reviews.jsonl"
+    source.write_text("".join(short_reviews(12)))
+    with DAG("llm_enrichment", schedule=None):
+        settings = {"input_path": str(source), "namespace": NAMESPACE, "max_shard_bytes": 1500,
+                    "max_record_bytes": 700, "work_claim_size": "1Mi"}  # fmt: skip
+        stage = StageInputOperator(task_id="stage", **settings)
+        cleanup = CleanupOperator(task_id="cleanup", namespace=NAMESPACE)
+
+    def key(name: str) -> str:
+        return str(cluster.admin.get(cluster.path("secrets", name))["data"]["key"])
+
+    first = stage.execute(task_context("r-again"))
+    assert len(first) > 1
+    held = key(first[0]["key_secret"])
+    assert stage.execute(task_context("r-again")) == first  # run again: the same descriptors, the same key
+    assert key(first[0]["key_secret"]) == held
+    cluster.admin.delete(cluster.path("secrets", first[0]["key_secret"]))  # the key lost (a cleanup ran)
+    assert stage.execute(task_context("r-again")) == first
+    assert key(first[0]["key_secret"]) != held
+    claims = [n for n in cluster.names("persistentvolumeclaims") if n.startswith(first[0]["key_secret"][:-4])]
+    assert len(claims) == len(first)
+    deleted = cleanup.execute(task_context("r-again"))
+    assert deleted["secrets"] == len(first) + 1
+    assert cluster.wait_until_empty() == {}

@@ -132,7 +132,7 @@ def test_a_run_executed_again_on_other_data_publishes_only_the_new_executions_sh
     }
 
     runs = [
-        dag.test(logical_date=date, run_conf={**conf, "input_path": str(source)})
+        dag.test(run_after=date, logical_date=date, run_conf={**conf, "input_path": str(source)})
         for source in (first, second)
     ]
 
@@ -153,7 +153,7 @@ def test_the_sweeper_asks_airflow_itself_whether_a_run_ended(tmp_path, local_dag
     never saw a run end: here the real Task SDK answers, no stub of it."""
     dag, staging = local_dag
     source = tmp_path / "reviews.jsonl"
-    source.write_text("".join(SAMPLE.read_text().splitlines(keepends=True)[:1]))
+    source.write_text(next(line for line in SAMPLE.read_text().splitlines(keepends=True) if len(line) < 300))
     ended = dag.test(
         run_conf={"input_path": str(source), "output_path": str(tmp_path / "out"), "template": "{review}"}
     )

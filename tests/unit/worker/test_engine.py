@@ -53,11 +53,14 @@ def run_engine(
     checkpoint: bool = False,
     sink_cls=JsonlFileSink,
     task=None,
+    beside=None,
 ):
+    """Run the engine; ``beside``, a coroutine function, runs on the same loop meanwhile."""
     task = task or build_task("sentiment")
     logs: list[str] = []
 
     async def go():
+        running_beside = asyncio.create_task(beside()) if beside else None
         async with httpx.AsyncClient(transport=server.transport()) as http:
             engine = Engine(
                 task,
@@ -73,7 +76,10 @@ def run_engine(
                 log=logs.append,
                 sleep=no_sleep,
             )
-            return await engine.run(), engine
+            summary = await engine.run()
+        if running_beside is not None:
+            running_beside.cancel()
+        return summary, engine
 
     summary, engine = asyncio.run(go())
     return summary, engine, logs
@@ -448,7 +454,6 @@ def test_a_slow_store_call_blocks_neither_the_requests_nor_the_heartbeat(tmp_pat
 
     input_path = write_input(tmp_path / "in.jsonl", 20)
     server = FakeLLMServer()
-    task = build_task("sentiment")
     beats = [0]
     loop_ran: list[int] = []
 
@@ -470,26 +475,10 @@ def test_a_slow_store_call_blocks_neither_the_requests_nor_the_heartbeat(tmp_pat
             beats[0] += 1
             await asyncio.sleep(0.01)
 
-    async def go():
-        beating = asyncio.create_task(beat())
-        async with httpx.AsyncClient(transport=server.transport()) as http:
-            engine = Engine(
-                task,
-                make_client(server.api, http, "http://llm", "smollm2"),  # type: ignore[arg-type]
-                RecordReader(input_path),
-                SlowStoreSink(tmp_path / "results.jsonl", tmp_path / "dead.jsonl"),
-                EngineSettings(checkpoint_every=10, progress_interval=0.01),
-                checkpoint=Checkpoint(
-                    tmp_path / "ckpt.json", run_fingerprint(input_path, task.fingerprint, "id")
-                ),
-                log=lambda line: None,
-                sleep=no_sleep,
-            )
-            summary = await engine.run()
-        beating.cancel()
-        return summary
-
-    summary = asyncio.run(go())
+    settings = EngineSettings(checkpoint_every=10, progress_interval=0.01)
+    summary, _, _ = run_engine(
+        tmp_path, server, input_path, settings=settings, checkpoint=True, sink_cls=SlowStoreSink, beside=beat
+    )
     assert summary["records"] == 20
     assert len(loop_ran) >= 3  # the checkpoints (each records the sink's position) and the trailer
     assert all(ran >= 10 for ran in loop_ran), loop_ran  # the loop went on through every slow call
