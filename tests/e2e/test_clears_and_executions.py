@@ -21,13 +21,13 @@ def shard_manifests(run_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 def test_clearing_one_shard_or_the_whole_run_reruns_only_that_and_publishes_the_whole_run(tmp_path):
-    reviews = short_reviews(6)
+    reviews = [line for line in short_reviews(40) if len(line) < 290][:6]
     source = tmp_path / "reviews.jsonl"
     source.write_text("".join(reviews))
     staging = tmp_path / "staging"
     settings = {"LLM_ETL_EXECUTION_MODE": "local", "LLM_ETL_LOCAL_DIR": str(staging)}
     conf = {"input_path": str(source), "output_path": str(tmp_path / "out"), "template": "{review}",
-            "shard_bytes": 600}  # fmt: skip
+            "shard_bytes": 600, "record_bytes": 300}  # fmt: skip
     with AirflowStack(tmp_path / "airflow", REPO / "dags", settings) as airflow:
         run_id = airflow.trigger(DAG_ID, conf)
         assert airflow.wait_until_ended(DAG_ID, run_id) == "success", airflow.logs()[-3000:]
@@ -43,12 +43,21 @@ def test_clearing_one_shard_or_the_whole_run_reruns_only_that_and_publishes_the_
         second = shard_manifests(run_dir)
         states = airflow.task_states(DAG_ID, run_id)
 
+        # one shard alone (Downstream off): the teardown, cleared with it, once ran right after the stage and
+        # removed the staging under the shard's new try
+        cleared = airflow.clear(DAG_ID, run_id, [[f"{GROUP}.shard.enrich", 2]], downstream=False)
+        assert cleared == {f"{GROUP}.stage", f"{GROUP}.cleanup", f"{GROUP}.shard.enrich[2]"}, cleared
+        airflow.wait_until_ended(DAG_ID, run_id)
+        alone = airflow.task_states(DAG_ID, run_id)
+
         # the whole run, as "Clear" on the run does: a new execution of every task
         airflow.clear(DAG_ID, run_id)
         assert airflow.wait_until_ended(DAG_ID, run_id) == "success", airflow.logs()[-3000:]
         third = shard_manifests(run_dir)
 
     assert states[f"{GROUP}.stage"] == "success"
+    assert alone[f"{GROUP}.shard.enrich[2]"] == "success", alone
+    assert alone[f"{GROUP}.cleanup"] == "success", alone
     assert second.keys() == first.keys()
     for name, manifest in second.items():
         if name == "shard-00001":  # enriched again, by its second try, and published again
