@@ -363,8 +363,10 @@ def test_a_stage_run_again_keeps_its_plans_key_and_staging_on_the_real_api_serve
     source = tmp_path / "reviews.jsonl"
     source.write_text("".join(short_reviews(12)))
     with DAG("llm_enrichment", schedule=None):
-        settings = {"input_path": str(source), "namespace": NAMESPACE, "max_shard_bytes": 1500,
-                    "max_record_bytes": 700, "work_claim_size": "1Mi"}  # fmt: skip
+        settings: dict[str, Any] = {
+            "input_path": str(source), "namespace": NAMESPACE, "max_shard_bytes": 1500,
+            "max_record_bytes": 700, "work_claim_size": "1Mi",
+        }  # fmt: skip
         stage = StageInputOperator(task_id="stage", **settings)
         cleanup = CleanupOperator(task_id="cleanup", namespace=NAMESPACE)
 

@@ -29,6 +29,7 @@ from llm_etl_provider.contract.layout import (
     label_value,
     run_annotations,
     run_key,
+    run_output_folder,
     run_prefix,
     shard_folder,
 )
@@ -560,3 +561,25 @@ def test_a_shard_whose_ids_the_workers_memory_cannot_hold_is_refused_before_anyt
         stage(input_path=str(source), namespace="etl", worker_memory="32Mi").execute({"run_id": RUN})
     assert api.objects["secrets"] == {}
     assert stage(input_path=str(source), namespace="etl", worker_memory="64Mi").execute({"run_id": RUN})
+
+
+def test_two_dags_with_one_output_path_and_run_id_keep_their_outputs_and_cleanups_apart(tmp_path):
+    """Two DAGs (or groups) with the same output path and schedule wrote the same ``shard-N/`` and one cleanup
+    deleted the other's live ``_transport`` parts: each run now has ``<output>/<dag>/<group>/<run>/``."""
+    out = tmp_path / "out"
+    run_id = "scheduled__2026-01-01T00:00:00+00:00"
+    folders = {
+        dag_id: out / run_output_folder(f"{dag_id}/pipeline", run_id) for dag_id in ("notes", "reviews")
+    }
+    cleanups = {}
+    for dag_id, folder in folders.items():
+        with DAG(dag_id, schedule=None):
+            cleanups[dag_id] = CleanupOperator(
+                task_id="cleanup", output_path=str(out), execution_mode="local",
+                local_dir=str(tmp_path / "s"), scope="pipeline",
+            )  # fmt: skip
+        (folder / "_transport" / "plan").mkdir(parents=True)
+    assert folders["notes"] == out / "notes" / "pipeline" / "scheduled__2026-01-01T0000000000"
+    cleanups["notes"].execute({"run_id": run_id})
+    assert not (folders["notes"] / "_transport").exists()
+    assert (folders["reviews"] / "_transport" / "plan").exists()
