@@ -162,7 +162,14 @@ def test_the_sweeper_removes_ended_and_expired_runs_and_never_a_live_one(cluster
     with DAG("llm_etl_sweeper", schedule=None):
         sweeper = SweepExpiredOperator(task_id="sweep", namespace=NAMESPACE, ttl_seconds=2)
     swept = sweeper.execute({"ti": SimpleNamespace(get_dagrun_state=get_dagrun_state)})  # type: ignore[typeddict-item]
-    assert swept == {"pods": 0, "secrets": 3, "claims": 0, "network_policies": 0, "staging": 0}
+    assert swept == {
+        "pods": 0,
+        "secrets": 3,
+        "claims": 0,
+        "network_policies": 0,
+        "local_dirs": 0,
+        "staging": 0,
+    }
     left = cluster.names("secrets")
     assert left == ["live-key", MODEL_URL_SECRET, "someone-elses", "theirs-key"]
     for name in ("live-key", "someone-elses", "theirs-key"):

@@ -113,7 +113,7 @@ def test_a_run_triggered_from_the_form_succeeds(local_airflow, page):
         lambda: (s := airflow.dag_run_state(DAG_ID, run_id)) in ("success", "failed") and s, 600, "the run"
     )
     assert state == "success", f"{airflow.task_states(DAG_ID, run_id)}\n{airflow.logs()[-4000:]}"
-    (published,) = [path.parent for path in output.glob("*/manifest.json")]
+    (published,) = [path.parent for path in output.glob("*/*/*/manifest.json")]  # <DAG>/<group>/<run>
     manifest = json.loads((published / "manifest.json").read_text())
     assert manifest["state"] == "succeeded"
     assert manifest["records"] == 4
