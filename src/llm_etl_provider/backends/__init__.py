@@ -35,6 +35,18 @@ class TaskLog(Protocol):
     def warning(self, msg: Any, /, *args: Any, **kwargs: Any) -> Any: ...
 
 
+def sweep_reason(state: str | None, expires_at: float | None, now: float) -> str | None:
+    """Why the sweeper may remove what a run left, or None where it must not: the run ended (Airflow's
+    ``state``), or Airflow does not know the run (None: another deployment's, a deleted run) and its recorded
+    deadline ``expires_at`` has passed. A run Airflow counts as running or queued is never swept, however
+    old."""
+    if state in ENDED_RUN_STATES:
+        return f"its run ended ({state})"
+    if state is None and expires_at is not None and now > expires_at:
+        return "its deadline passed (a run unknown to Airflow)"
+    return None
+
+
 def checked_execution_mode(mode: str) -> str:
     """Return ``mode`` if a backend serves it: a typo must fail when the DAG is parsed, not at run time."""
     if mode not in EXECUTION_MODES:

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from llm_etl_provider.backends import ENDED_RUN_STATES, FrameSource, RunBackend, ShardJob, TaskLog
+from llm_etl_provider.backends import FrameSource, RunBackend, ShardJob, TaskLog, sweep_reason
 from llm_etl_provider.contract import layout
 from llm_etl_provider.exceptions import ExtractionError, StagingError, StagingInputError
 from llm_etl_provider.staging import SECRET_LIMIT
@@ -163,13 +163,10 @@ def sweep(
             if (item.metadata.annotations or {}).get(layout.ANNOTATION_EXPIRES_AT, "").isdigit()
         ]
         if dag_id is not None and run_id is not None:
-            state = run_state(dag_id, run_id)
-            if state in ENDED_RUN_STATES:
-                why = f"its run ended ({state})"
-            elif state is None and deadlines and now > max(deadlines):
-                why = "its deadline passed (a run unknown to Airflow)"
-            else:
-                continue  # a run Airflow counts as running (or queued) is never touched, whatever its age
+            reason = sweep_reason(run_state(dag_id, run_id), max(deadlines) if deadlines else None, now)
+            if reason is None:
+                continue
+            why = reason
         else:
             items = [
                 (k, i)

@@ -22,14 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llm_etl_provider.backends import (
-    ENDED_RUN_STATES,
-    FrameSource,
-    LocalServing,
-    RunBackend,
-    ShardJob,
-    TaskLog,
-)
+from llm_etl_provider.backends import FrameSource, LocalServing, RunBackend, ShardJob, TaskLog, sweep_reason
 from llm_etl_provider.contract import layout
 from llm_etl_provider.contract.invocation import API_KEY_ENV, OBJECT_OUTPUT, WorkerInvocation
 from llm_etl_provider.exceptions import ExtractionError, LocalRunError, worker_exit_error
@@ -272,13 +265,10 @@ def sweep_local(
                 continue
             why = "it records no run and is older than the TTL"
         else:
-            state = run_state(dag_id, run_id)
-            if state in ENDED_RUN_STATES:
-                why = f"its run ended ({state})"
-            elif state is None and now > expires_at:
-                why = "its deadline passed (a run unknown to Airflow)"
-            else:
+            reason = sweep_reason(run_state(dag_id, run_id), expires_at, now)
+            if reason is None:
                 continue
+            why = reason
         shutil.rmtree(folder, ignore_errors=True)
         removed += 1
         log.info("swept local staging %s: %s", folder, why)
