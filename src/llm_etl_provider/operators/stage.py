@@ -33,9 +33,10 @@ from llm_etl_provider.contract.object_transport import (
     parts_needed,
 )
 from llm_etl_provider.contract.shard import ShardDescriptor, validate_run_id
-from llm_etl_provider.exceptions import StagingError, StagingInputError
+from llm_etl_provider.exceptions import PodSpecError, StagingError, StagingInputError
 from llm_etl_provider.hooks.object_store import ObjectStoreSigner, expiry_seconds, signer_for, url_egress
 from llm_etl_provider.operators.base import RunStepOperator, backend_for
+from llm_etl_provider.pod.builder import quantity_bytes
 from llm_etl_provider.staging import (
     DEFAULT_MAX_INPUT_BYTES,
     DEFAULT_MAX_INPUT_RECORDS,
@@ -197,6 +198,10 @@ class StageInputOperator(RunStepOperator):
             raise StagingError(str(exc)) from None
         if self.transport not in TRANSPORTS:
             raise StagingError(f"transport must be one of {', '.join(TRANSPORTS)}, not {self.transport!r}")
+        try:  # every shard is checked against it: a bad value fails before the input is read
+            memory_limit = quantity_bytes(str(self.worker_memory), "worker_memory")
+        except PodSpecError as exc:
+            raise StagingError(str(exc)) from None
         # the object transport signs URLs for the input and the output: a store that cannot fails first
         signers = self._signers() if self.transport == OBJECT_OUTPUT else None
         output = self.run_output(context) if self.output_path else None
@@ -226,7 +231,9 @@ class StageInputOperator(RunStepOperator):
             try:
                 if signers is not None:
                     assert output is not None  # _signers refused a run without an output path
-                    descriptors = self._stage_ranges(backend, local, fmt, limits, signers, plan, output)
+                    descriptors = self._stage_ranges(
+                        backend, local, fmt, limits, signers, plan, output, memory_limit
+                    )
                 else:
                     malformed, duplicates, _ = self._validate(local, fmt, limits)
                     cut = functools.partial(
@@ -236,7 +243,7 @@ class StageInputOperator(RunStepOperator):
                         max_shard_bytes=int(self.max_shard_bytes),
                         max_record_bytes=int(self.max_record_bytes),
                     )
-                    self._check_run_size(cut())
+                    self._check_run_size(cut(), memory_limit)
                     descriptors = self._stage(backend, cut(), malformed, duplicates, plan)
             except (ConfigurationError, StagingInputError) as exc:
                 raise StagingError(str(exc).replace(str(local), self.input_path)) from None
@@ -295,6 +302,7 @@ class StageInputOperator(RunStepOperator):
         signers: tuple[ObjectStoreSigner, ObjectStoreSigner],
         plan: str,
         output: ObjectStoragePath,
+        memory_limit: int,
     ) -> list[dict[str, Any]]:
         """The object transport: a byte range of the input per pod, and each shard's pre-signed URLs, under
         the plan's transport folder (``<run output>/_transport/<plan>/``)."""
@@ -316,7 +324,7 @@ class StageInputOperator(RunStepOperator):
         )
         ranges, records = _without_empty_ranges(ranges, records)
         for index, count in enumerate(records):
-            self._check_worker_memory(index, count)
+            self._check_worker_memory(index, count, memory_limit)
         input_signer, output_signer = signers
         source = ObjectStoragePath(self.input_path)
         plan_folder = output / TRANSPORT_FOLDER / plan
@@ -400,12 +408,12 @@ class StageInputOperator(RunStepOperator):
             descriptors.append(descriptor.to_xcom())
         return descriptors
 
-    def _check_run_size(self, shards: Iterable[Shard]) -> None:
+    def _check_run_size(self, shards: Iterable[Shard], memory_limit: int) -> None:
         """Count what the run would stage, before anything is: etcd holds every shard's Secret, and Airflow
         maps a task per shard."""
         staged = 0
         for count, shard in enumerate(shards, 1):
-            self._check_worker_memory(shard.index, shard.records)
+            self._check_worker_memory(shard.index, shard.records, memory_limit)
             staged += len(shard.data)
             if count > int(self.max_shards) or staged > int(self.max_staged_bytes):
                 raise StagingError(
@@ -414,16 +422,9 @@ class StageInputOperator(RunStepOperator):
                     "several runs, or raise the caps if the cluster's etcd can hold it"
                 )
 
-    def _check_worker_memory(self, index: int, records: int) -> None:
-        """Refuse a shard whose worker the memory limit cannot hold (its id index grows with its records)."""
-        from kubernetes.utils.quantity import parse_quantity
-
-        try:
-            limit = int(parse_quantity(str(self.worker_memory)))
-        except ValueError:
-            raise StagingError(
-                f"worker_memory must be a Kubernetes quantity such as 4Gi, not {self.worker_memory!r}"
-            ) from None
+    def _check_worker_memory(self, index: int, records: int, limit: int) -> None:
+        """Refuse a shard whose worker the memory ``limit`` (bytes) cannot hold (its id index grows with its
+        records)."""
         needed = -(-layout.worker_memory_needed(records) // (1 << 20))  # MiB
         if needed << 20 > limit:
             raise StagingError(

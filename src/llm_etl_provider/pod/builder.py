@@ -388,15 +388,15 @@ def _models_volume(model: ModelSpec) -> dict[str, Any]:
     return {"name": name, "emptyDir": {"sizeLimit": model.size}}
 
 
-def _quantity(value: str, name: str) -> str:
-    """``value`` if Kubernetes reads it as a quantity; PodSpecError naming ``name`` otherwise."""
+def quantity_bytes(value: str, name: str) -> int:
+    """The bytes of the Kubernetes quantity ``value`` (e.g. ``4Gi``); PodSpecError naming ``name`` when it is
+    not one."""
     from kubernetes.utils.quantity import parse_quantity
 
     try:
-        parse_quantity(value)
+        return int(parse_quantity(value))
     except ValueError:
         raise PodSpecError(f"{name} must be a Kubernetes quantity such as 4Gi, not {value!r}") from None
-    return value
 
 
 def _sum_quantities(*quantities: str) -> str:
@@ -458,7 +458,8 @@ def build_pod(params: PodParams) -> dict[str, Any]:
         "timeoutSeconds": 10,
         "failureThreshold": 3,
     }
-    worker["resources"]["limits"]["memory"] = _quantity(params.worker_memory, "worker_memory")
+    quantity_bytes(params.worker_memory, "worker_memory")  # refused here, not by the API server
+    worker["resources"]["limits"]["memory"] = params.worker_memory
     if params.input_bytes:  # the object transport's download counts as the worker's storage
         extra = f"{params.input_bytes}"
         resources = worker["resources"]

@@ -561,6 +561,10 @@ def test_a_shard_whose_ids_the_workers_memory_cannot_hold_is_refused_before_anyt
         stage(input_path=str(source), namespace="etl", worker_memory="32Mi").execute({"run_id": RUN})
     assert api.objects["secrets"] == {}
     assert stage(input_path=str(source), namespace="etl", worker_memory="64Mi").execute({"run_id": RUN})
+    with pytest.raises(StagingError, match="worker_memory must be a Kubernetes quantity"):  # before reading
+        stage(input_path=str(tmp_path / "absent.jsonl"), namespace="etl", worker_memory="lots").execute(
+            {"run_id": RUN}
+        )
 
 
 def test_two_dags_with_one_output_path_and_run_id_keep_their_outputs_and_cleanups_apart(tmp_path):
