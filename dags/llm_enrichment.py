@@ -7,7 +7,10 @@ served by llama.cpp's server and the worker as local processes (the README's dem
 Where the cluster keeps its models is the deployment's business, so it comes from the environment:
 ``LLM_ETL_MODEL_SOURCE`` (``pull``, ``pvc``, ``object``, ``image``), ``LLM_ETL_MODEL_URL_SECRET``,
 ``LLM_ETL_MODEL_SHA256``, ``LLM_ETL_MODEL_CLAIM``, ``LLM_ETL_MODEL_IMAGE``, ``LLM_ETL_MODEL_PATH``,
-``LLM_ETL_GPUS`` (default 1), ``LLM_ETL_DEFERRABLE`` (``true``: the pods are watched by the triggerer),
+``LLM_ETL_MODEL_SIZE``, ``LLM_ETL_MODEL_CACHE_ACCESS_MODES`` (comma-separated, default ``ReadWriteOnce``) and
+``LLM_ETL_MODEL_CACHE_STORAGE_CLASS`` (the claim that ``pull`` and ``object`` models are downloaded into, by a
+pod that sees no prompt), ``LLM_ETL_GPUS`` (default 1), ``LLM_ETL_DEFERRABLE`` (``true``: the pods are
+watched by the triggerer),
 ``LLM_ETL_WORK_CLAIM_SIZE`` (e.g. ``1Gi``: checkpoints on a volume that survives a lost pod),
 ``LLM_ETL_WORK_STORAGE_CLASS`` and ``LLM_ETL_CHECKPOINT_EVERY``; ``LLM_ETL_TRANSPORT`` and ``LLM_ETL_PODS``
 set the defaults of the transport and the pod count, ``LLM_ETL_STORE_CIDRS`` (comma-separated) where the
@@ -56,6 +59,13 @@ else:
     if work_claim_size := os.environ.get("LLM_ETL_WORK_CLAIM_SIZE"):
         MODEL_SETTINGS["work_claim_size"] = work_claim_size
         MODEL_SETTINGS["work_storage_class"] = os.environ.get("LLM_ETL_WORK_STORAGE_CLASS") or None
+    if cache_access_modes := os.environ.get("LLM_ETL_MODEL_CACHE_ACCESS_MODES"):
+        # pull and object: the claim the model-cache pod downloads into; ReadWriteMany for several GPU nodes
+        MODEL_SETTINGS["model_cache_access_modes"] = [
+            m.strip() for m in cache_access_modes.split(",") if m.strip()
+        ]
+    if cache_storage_class := os.environ.get("LLM_ETL_MODEL_CACHE_STORAGE_CLASS"):
+        MODEL_SETTINGS["model_cache_storage_class"] = cache_storage_class
     if checkpoint_every := os.environ.get("LLM_ETL_CHECKPOINT_EVERY"):
         MODEL_SETTINGS["checkpoint_every"] = int(checkpoint_every)
     if worker_image := os.environ.get("LLM_ETL_WORKER_IMAGE"):

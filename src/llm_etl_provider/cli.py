@@ -106,7 +106,12 @@ def _extract(args: argparse.Namespace) -> int:
 def _render_pod(args: argparse.Namespace) -> int:
     import yaml
 
-    from llm_etl_provider.contract.layout import key_secret_name, run_prefix, shard_secret_name
+    from llm_etl_provider.contract.layout import (
+        key_secret_name,
+        model_claim_name,
+        run_prefix,
+        shard_secret_name,
+    )
     from llm_etl_provider.contract.shard import ShardDescriptor
     from llm_etl_provider.exceptions import PodSpecError
     from llm_etl_provider.pod.builder import (
@@ -114,6 +119,7 @@ def _render_pod(args: argparse.Namespace) -> int:
         ModelSpec,
         PodParams,
         ServerSpec,
+        build_model_cache_pod,
         build_pod,
         network_policy,
         pod_invocation,
@@ -121,7 +127,24 @@ def _render_pod(args: argparse.Namespace) -> int:
 
     server = ServerSpec(backend=args.backend, parallel=args.parallel, gpus=args.gpus)
     shard = ShardDescriptor(index=0, records=0, line_offset=0, input_format="jsonl")
+    prefix = run_prefix(args.dag_id, args.run_id)
+    model = ModelSpec(
+        name=args.model,
+        source=args.model_source,
+        path=args.model_path,
+        sha256=args.model_sha256,
+        url_secret=args.model_url_secret,
+        claim=args.model_claim,
+        image=args.model_image,
+        size=args.model_size or DEFAULT_MODEL_SIZE,
+        cache_claim=model_claim_name(prefix),
+    )
     try:
+        documents = [network_policy(args.namespace)]
+        if model.downloaded:  # the pod that downloads the model before the enrichment pods start
+            cache_pod = build_model_cache_pod(model, server)
+            cache_pod["metadata"]["name"] = f"{prefix}-model-cache"
+            documents += [cache_pod, network_policy(args.namespace, model_cache=True)]
         pod = build_pod(
             PodParams(
                 invocation=pod_invocation(
@@ -131,30 +154,20 @@ def _render_pod(args: argparse.Namespace) -> int:
                     server=server,
                     model=args.model,
                 ),
-                model=ModelSpec(
-                    name=args.model,
-                    source=args.model_source,
-                    path=args.model_path,
-                    sha256=args.model_sha256,
-                    url_secret=args.model_url_secret,
-                    claim=args.model_claim,
-                    image=args.model_image,
-                    size=args.model_size or DEFAULT_MODEL_SIZE,
-                ),
+                model=model,
                 server=server,
-                input_secret=shard_secret_name(run_prefix(args.dag_id, args.run_id), shard.index),
-                key_secret=key_secret_name(run_prefix(args.dag_id, args.run_id)),
+                input_secret=shard_secret_name(prefix, shard.index),
+                key_secret=key_secret_name(prefix),
             )
         )
     except PodSpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    pod["metadata"]["name"] = shard_secret_name(run_prefix(args.dag_id, args.run_id), shard.index)
-    documents = [pod, network_policy(args.namespace)]
-    if args.model_source == "pull":
-        documents.append(network_policy(args.namespace, allow_model_pull=True))
-    if args.namespace:
-        pod["metadata"]["namespace"] = args.namespace
+    pod["metadata"]["name"] = shard_secret_name(prefix, shard.index)
+    documents.insert(0, pod)
+    for document in documents:
+        if args.namespace and document["kind"] == "Pod":
+            document["metadata"]["namespace"] = args.namespace
     print(yaml.safe_dump_all(documents, sort_keys=False), end="")
     return 0
 
@@ -243,7 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_pod_commands(commands)
 
-    render = commands.add_parser("render-pod", help="print the enrichment pod and NetworkPolicy as YAML")
+    render = commands.add_parser(
+        "render-pod",
+        help="print the enrichment pod, the model-cache pod (pull, object) and the NetworkPolicies as YAML",
+    )
     render.add_argument("--backend", default="ollama", help="ollama, llamacpp or vllm")
     render.add_argument("--model", default="llama3.2:3b", help="the model name the server serves")
     render.add_argument("--model-source", default="pull", help="pull, pvc, object or image")

@@ -15,8 +15,10 @@ from llm_etl_provider.contract.object_transport import DEFAULT_TRANSPORT
 from llm_etl_provider.operators.cleanup import CleanupOperator
 from llm_etl_provider.operators.enrichment import LLMEnrichmentOperator
 from llm_etl_provider.operators.extract import ExtractResultsOperator
+from llm_etl_provider.operators.model_cache import DEFAULT_CACHE_ACCESS_MODES, ModelCacheOperator
 from llm_etl_provider.operators.publish import PublishRunOperator
 from llm_etl_provider.operators.stage import StageInputOperator
+from llm_etl_provider.pod.builder import DOWNLOADED_SOURCES
 from llm_etl_provider.staging import DEFAULT_SHARD_BYTES
 
 # The enrichment's settings that its results depend on: part of the stage's plan
@@ -46,6 +48,8 @@ def llm_enrichment_task_group(
     store_cidrs: Sequence[str] | None = None,
     run_deadline_seconds: int = DEFAULT_RUN_DEADLINE_SECONDS,
     worker_memory: str = DEFAULT_WORKER_MEMORY,
+    model_cache_access_modes: Sequence[str] = DEFAULT_CACHE_ACCESS_MODES,
+    model_cache_storage_class: str | None = None,
     **enrichment: Any,
 ) -> TaskGroup:
     """Add the enrichment pipeline to the DAG being defined and return its task group.
@@ -65,6 +69,11 @@ def llm_enrichment_task_group(
     no longer knows the run; ``pod_time_limit_seconds`` (default 3 days) and ``startup_timeout_seconds``
     (the model load, default 30 minutes) go to each pod. ``worker_memory`` (default ``1Gi``) is the worker's
     memory limit, which the stage checks each shard against.
+
+    In Kubernetes, a ``pull`` or ``object`` model source adds ``cache_model`` (:class:`ModelCacheOperator`,
+    a second setup): one pod downloads the model into the plan's model claim (``model_cache_access_modes``,
+    default ``ReadWriteOnce``; ``model_cache_storage_class``) before any shard starts, and the shards' pods,
+    which see the prompts, mount it read-only with no egress.
 
     ``enrichment`` goes to :class:`LLMEnrichmentOperator` (task, template, backend, model source, GPUs ...).
     ``max_record_bytes`` goes to both the staging and the worker (one value: they read records alike). With
@@ -114,6 +123,32 @@ def llm_enrichment_task_group(
             return shards
 
         shards = planned_shards(stage.output)
+        setups: list[Any] = [stage]
+        model_source = enrichment.get("model_source", "pull")
+        if execution_mode == "kubernetes" and model_source in DOWNLOADED_SOURCES:
+            cache_model = ModelCacheOperator(
+                task_id="cache_model",
+                shards=stage.output,
+                model=model,
+                model_source=model_source,
+                cache_access_modes=model_cache_access_modes,
+                cache_storage_class=model_cache_storage_class,
+                run_deadline_seconds=run_deadline_seconds,
+                retries=2,
+                retry_delay=timedelta(seconds=30),
+                namespace=namespace,
+                kubernetes_conn_id=kubernetes_conn_id,
+                scope=common["scope"],
+                **{
+                    key: enrichment[key]
+                    for key in (
+                        "backend", "model_path", "model_sha256", "model_url_secret", "model_size",
+                        "server_image", "worker_image",
+                    )
+                    if key in enrichment
+                },
+            )  # fmt: skip
+            setups.append(cache_model)
         enrichments: list[LLMEnrichmentOperator] = []
 
         @task_group(group_id="shard")
@@ -127,8 +162,8 @@ def llm_enrichment_task_group(
                 **common,
                 **enrichment,
             )
-            # a cleared shard's setup runs again with it: its enrichment waits for the staging
-            stage >> enrich
+            # a cleared shard's setups run again with it: its enrichment waits for the staging (and the model)
+            setups >> enrich
             enrichments.append(enrich)
             extract = ExtractResultsOperator(
                 task_id="extract",
@@ -162,5 +197,5 @@ def llm_enrichment_task_group(
         per_shard >> publish >> cleanup
         # the teardown never removes the staging under a shard that a clear set working again
         enrichments[0] >> cleanup
-        cleanup.as_teardown(setups=stage)
+        cleanup.as_teardown(setups=setups)
     return group

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from llm_etl_provider.contract.layout import LABEL_COMPONENT
 from llm_etl_provider.dev.cluster import DevCluster, NodeOptions
 from llm_etl_provider.dev.cluster.api import ApiError, KubeApi
 from llm_etl_provider.dev.cluster.layout import CONTAINER_VARIABLE, claim_dir, pod_volume_dir
@@ -72,6 +73,11 @@ class Recorder(threading.Thread):
         self.join()
 
 
+def is_enrichment_pod(pod: dict[str, Any]) -> bool:
+    """Whether ``pod`` enriches a shard (the model-cache pod does not)."""
+    return (pod["metadata"].get("labels") or {}).get(LABEL_COMPONENT) == "enrichment"
+
+
 class ProviderCluster:
     """A :class:`DevCluster` that runs the provider's pods, with the checks the e2e tests make on it."""
 
@@ -117,6 +123,15 @@ class ProviderCluster:
     def created_pods(self) -> list[dict[str, Any]]:
         """The pods created since the last :meth:`forget_pods`, as last seen."""
         return list(self.recorder.objects.values())
+
+    def enrichment_pods(self) -> list[dict[str, Any]]:
+        """The enrichment pods (a shard's) among :meth:`created_pods`: not the model-cache pod."""
+        return [pod for pod in self.created_pods() if is_enrichment_pod(pod)]
+
+    def worker_running(self) -> bool:
+        """Whether the worker (``base``) of an enrichment pod runs on the node."""
+        workers = {f"{pod['metadata']['name']}/base" for pod in self.enrichment_pods()}
+        return any(entry in workers for entry in self.running_containers())
 
     def forget_pods(self) -> None:
         self.recorder.objects.clear()

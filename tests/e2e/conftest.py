@@ -20,7 +20,7 @@ import pytest
 
 from llm_etl_provider.dev.cluster import NodeOptions
 from llm_etl_provider.dev.llama_server import MODEL_FILE, MODEL_SHA256, bundled_model
-from tests.e2e.cluster import ProviderCluster
+from tests.e2e.cluster import ProviderCluster, is_enrichment_pod
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "examples" / "drug_reviews_sample.jsonl"
@@ -165,7 +165,11 @@ def preempted_mid_run(
             }
             for pod in cluster.admin.get(cluster.path("pods"))["items"]:
                 name = pod["metadata"]["name"]
-                if name in running and after_checkpoints <= (done := progress(cluster, pod)) < records:
+                if (
+                    name in running
+                    and is_enrichment_pod(pod)
+                    and after_checkpoints <= (done := progress(cluster, pod)) < records
+                ):
                     cluster.admin.delete(cluster.path("pods", name))
                     lost[name] = done
                     break

@@ -15,6 +15,7 @@ from airflow.sdk import DAG
 from llm_etl_provider.dev.llama_server import MODEL_SHA256
 from llm_etl_provider.operators.cleanup import CleanupOperator
 from llm_etl_provider.operators.enrichment import LLMEnrichmentOperator
+from llm_etl_provider.operators.model_cache import ModelCacheOperator
 from llm_etl_provider.operators.stage import StageInputOperator
 from tests.e2e.conftest import MODEL_URL_SECRET, NAMESPACE, SAMPLE
 from tests.e2e.test_no_patient_data_leaks import CANARY
@@ -42,10 +43,19 @@ def test_killing_the_enrichment_mid_run_then_the_teardown_leaves_nothing(
     with DAG("llm_enrichment", schedule=None):
         stage = StageInputOperator(task_id="stage", input_path=str(source), namespace=NAMESPACE)
         (shard,) = stage.execute(context("stage"))
+        model: dict[str, Any] = {
+            "model_source": "object",
+            "model_url_secret": MODEL_URL_SECRET,
+            "model_sha256": MODEL_SHA256,
+        }
+        # the task group's model-cache step: the model, downloaded once into the plan's claim
+        ModelCacheOperator(
+            task_id="cache_model", shards=[shard], model="smollm2", backend="llamacpp", namespace=NAMESPACE,
+            **model,
+        ).execute(context("cache_model"))  # fmt: skip
         enrich = LLMEnrichmentOperator(
             task_id="enrich", shard=shard, model="smollm2", template="{review}", namespace=NAMESPACE,
-            backend="llamacpp", model_source="object", model_url_secret=MODEL_URL_SECRET,
-            model_sha256=MODEL_SHA256, gpus=0,
+            backend="llamacpp", gpus=0, **model,
         )  # fmt: skip
         cleanup = CleanupOperator(task_id="cleanup", namespace=NAMESPACE)
     outcome: dict[str, BaseException | None] = {}

@@ -76,8 +76,12 @@ def test_two_shards_through_kpo_are_enriched_by_the_model_and_nothing_remains(
         (e["involvedObject"]["name"], e["message"]) for e in cluster.events() if e["reason"] == "Started"
     ]
     pods = {name for name, _ in started}
-    assert len(pods) >= 2
-    for pod in pods:  # each pod ran the loader, the model server and the worker
+    # one pod downloaded the model (into the plan's model claim) and ran nothing else; it alone had egress
+    cache_pods = {pod for pod in pods if pod.startswith("llm-etl-model-cache")}
+    assert len(cache_pods) == 1
+    assert {m for n, m in started if n in cache_pods} == {"Started container base"}
+    assert len(pods - cache_pods) >= 2
+    for pod in pods - cache_pods:  # each enrichment pod ran the loader (a check), the server and the worker
         assert {m for n, m in started if n == pod} >= {
             "Started container model-loader",
             "Started container llm-server",
@@ -108,6 +112,7 @@ def test_a_failing_shard_publishes_its_dead_letters_fails_the_run_and_the_teardo
         }
     assert states == {
         "stage": "success",
+        "cache_model": "success",  # the model source `object`: downloaded once, where no prompt is
         "shards": "success",
         "enrich": "failed",
         "extract": "failed",  # it published the failed shard's dead letters, then failed without a retry
@@ -190,7 +195,7 @@ def test_a_pod_lost_mid_run_resumes_in_a_new_pod_and_every_record_is_published_o
 
     assert run.state == "success"
     assert len(lost) == 1
-    pods = {p["metadata"]["name"] for p in cluster.created_pods()}
+    pods = {p["metadata"]["name"] for p in cluster.enrichment_pods()}
     assert len(pods) == 2  # the lost pod and the retry's
     (results,) = list((tmp_path / "out").rglob("results.jsonl"))
     ids = [json.loads(line)["id"] for line in results.read_text().splitlines()]
@@ -222,7 +227,7 @@ def test_the_models_claim_of_the_dev_cluster_serves_the_example_dag_as_the_readm
     assert run.state == "success"
     (results,) = (tmp_path / "out").rglob("results.jsonl")
     assert len(results.read_text().splitlines()) == 2
-    (pod,) = cluster.created_pods()
+    (pod,) = cluster.enrichment_pods()
     claims = [
         v["persistentVolumeClaim"]["claimName"]
         for v in pod["spec"]["volumes"]
@@ -290,16 +295,28 @@ def test_three_pods_by_the_object_transport_publish_what_the_log_transport_does_
     )  # fmt: skip
 
     assert run.state == "success"
-    pods = cluster.created_pods()
+    pods = cluster.enrichment_pods()
     assert len(pods) == 3
     loads = [
         status for pod in pods for status in pod["status"].get("initContainerStatuses", [])
         if status["name"] == "model-loader" and status["state"].get("terminated", {}).get("exitCode") == 0
     ]  # fmt: skip
     assert len(loads) == 3  # one model load per pod
-    # 0 bytes of the input in Kubernetes: the shard Secrets hold pre-signed URLs, the key Secret the key
+    # 0 bytes of the input in Kubernetes: the shard Secrets hold pre-signed URLs (the stage's, and in a
+    # mutable Secret each, the ones signed when the pod started), the key Secret the key
     secrets = [s for uid, s in cluster.secrets.objects.items() if uid not in secrets_before]
-    assert len(secrets) == 4
+    assert len(secrets) == 7
+    urls = [s for s in secrets if s["metadata"]["name"].endswith("-urls")]
+    assert len(urls) == 3
+    assert all(s.get("immutable") is not True for s in urls)  # renewed in place while the pod runs
+    assert all(s.get("immutable") is True for s in secrets if s not in urls)
+    mounted = {
+        volume["secret"]["secretName"]
+        for pod in pods
+        for volume in pod["spec"]["volumes"]
+        if volume["name"] == "urls"
+    }
+    assert mounted == {s["metadata"]["name"] for s in urls}
     held = {name for s in secrets for name in (s.get("data") or {})}
     assert held <= {"object.json", "duplicates.gz", "key"}
     decoded = b"".join(base64.b64decode(v) for s in secrets for v in (s.get("data") or {}).values())
@@ -339,7 +356,9 @@ def test_an_object_transport_pod_lost_mid_run_resumes_from_its_last_part(
 
     assert run.state == "success"
     assert len(lost) == 1
-    assert len({p["metadata"]["name"] for p in cluster.created_pods()}) == 2  # the lost pod and the retry's
+    assert (
+        len({p["metadata"]["name"] for p in cluster.enrichment_pods()}) == 2
+    )  # the lost pod and the retry's
     results, _, _ = _published(client, "e2e/lost/")
     assert sorted(results) == sorted(json.loads(line)["id"] for line in short)  # none missing, none twice
     manifests = [

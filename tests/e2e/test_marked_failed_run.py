@@ -36,7 +36,7 @@ def test_a_dag_run_marked_failed_mid_run_leaves_nothing_in_the_cluster(tmp_path,
     with AirflowStack(tmp_path / "airflow", REPO / "dags", settings, triggerer=deferrable) as airflow:
         run_id = airflow.trigger(DAG_ID, example_conf(source, tmp_path / "out"))
         airflow.wait_for(
-            lambda: any(p.endswith("/base") for p in cluster.running_containers()),
+            cluster.worker_running,
             300,
             "the worker to start enriching",
         )

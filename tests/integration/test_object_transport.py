@@ -17,6 +17,7 @@ from llm_etl_provider.contract.object_transport import TRANSPORT_FOLDER
 from llm_etl_provider.dev.object_store import BUCKET, S3Account, running_seaweedfs
 from llm_etl_provider.exceptions import FrameStreamRejectedError, StagingError
 from llm_etl_provider.operators.cleanup import CleanupOperator
+from llm_etl_provider.operators.enrichment import LLMEnrichmentOperator
 from llm_etl_provider.operators.extract import ExtractResultsOperator
 from llm_etl_provider.operators.stage import StageInputOperator
 from tests.integration.pipeline import local_settings, stage_enrich_extract
@@ -169,3 +170,42 @@ def test_inputs_the_object_transport_cannot_range_are_refused_before_anything_is
             with pytest.raises(StagingError, match=message):
                 stage.execute(task_context("r3"))
     assert not (tmp_path / "staging").exists() or not any((tmp_path / "staging").rglob("key"))
+
+
+def test_urls_that_expire_within_seconds_are_renewed_while_the_worker_runs(
+    tmp_path, monkeypatch, capfd, store, llama_server
+):
+    """Issue 23 (9): URLs signed with temporary credentials (STS, IRSA, SSO: often an hour) die under a pod
+    that starts later or runs longer, and a 403 ended the worker with exit 2. Here every URL dies 2 s after it
+    is signed (SeaweedFS refuses it with S3's 403 "Request has expired"), the run takes longer than that, and
+    the enrichment signs the URLs when the worker starts and renews them every second: the worker, refused an
+    expired URL, reads the renewed ones and every record is published."""
+    monkeypatch.setattr("llm_etl_provider.transport.urls.expiry_seconds", lambda _: 2)
+    lines = [json.dumps({"id": f"r{i}", "review": f"It helped my pain {i}."}) for i in range(40)]
+    source = ObjectStoragePath(f"{ROOT}/in/expiring.jsonl")
+    source.write_bytes(("\n".join(lines) + "\n").encode())
+    output = f"{ROOT}/out/expiring"
+    local = local_settings(tmp_path)
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_LLM_TEST",
+        json.dumps(
+            {"conn_type": "llm_etl", "host": llama_server.url, "extra": {"api": "openai", "model": "x"}}
+        ),
+    )
+    with DAG("llm_enrichment", schedule=None):
+        (shard,) = StageInputOperator(
+            task_id="stage", input_path=str(source), output_path=output, transport="object", pods=1,
+            checkpoint_every=5, **local,
+        ).execute(task_context("r3"))  # fmt: skip
+        LLMEnrichmentOperator(
+            task_id="enrich", shard=shard, model=llama_server.model_name, template="{review}",
+            llm_conn_id="llm_test", checkpoint_every=5, url_renew_seconds=1, concurrency=2, **local,
+        ).execute(task_context("r3"))  # fmt: skip
+        ExtractResultsOperator(task_id="extract", shard=shard, output_path=output, **local).execute(
+            task_context("r3")
+        )
+    task_log = "".join(capfd.readouterr())  # the worker's stderr, copied into the task log
+    assert "the URL had expired (HTTP 403); going on with renewed URLs" in task_log  # they did, mid-run
+    objects, dead = published(output)
+    assert objects == {f"r{i}": i + 1 for i in range(40)}
+    assert dead == {}

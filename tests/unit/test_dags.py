@@ -25,7 +25,15 @@ def test_enrichment_dag_shape(monkeypatch, mode):
     dag = load("llm_enrichment", monkeypatch, mode)
     ids = {t.task_id for t in dag.tasks}
     steps = ("stage", "shards", "shard.enrich", "shard.extract", "publish", "cleanup")
-    assert ids == {f"llm_enrichment.{n}" for n in steps}
+    # Kubernetes with the example's `pull` source: the model-cache pod downloads the model, no enrichment pod
+    cached = ("cache_model",) if mode == "kubernetes" else ()
+    assert ids == {f"llm_enrichment.{n}" for n in (*steps, *cached)}
+    # what Airflow clears with one shard's enrichment, by its own rule: the setups (stage and model cache)
+    # and the teardown; the model claim and the staging are made again before the shard runs
+    cleared = dag.partial_subset(["llm_enrichment.shard.enrich"], include_upstream=False)
+    assert set(cleared.task_dict) == {
+        f"llm_enrichment.{n}" for n in ("stage", *cached, "shard.enrich", "cleanup")
+    }
     cleanup = dag.get_task("llm_enrichment.cleanup")
     assert cleanup.is_teardown
     assert dag.get_task("llm_enrichment.stage").is_setup

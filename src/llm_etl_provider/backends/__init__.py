@@ -83,6 +83,8 @@ class ShardJob:
     :param submit_pod: runs the pod (whose spec holds the same invocation) through KubernetesPodOperator
     :param serving: how local execution serves the model
     :param network_policy: Kubernetes: the pod's NetworkPolicy, created before the pod
+    :param model_claim: Kubernetes: the claim the model-cache pod downloaded the model into, which the pod
+        mounts (checked before the pod is made)
     """
 
     invocation: WorkerInvocation
@@ -90,6 +92,7 @@ class ShardJob:
     submit_pod: Callable[[], Any]
     serving: LocalServing
     network_policy: dict[str, Any] | None = None
+    model_claim: str | None = None
 
 
 class RunBackend(ABC):
@@ -116,6 +119,16 @@ class RunBackend(ABC):
         """Stage one shard of the object transport, unless it is staged already: its pre-signed URLs
         (:class:`~llm_etl_provider.contract.object_transport.ObjectTransport` as JSON) and its duplicates
         file if any; return where they are, as shard descriptor fields (secret, path, key_secret)."""
+
+    @abstractmethod
+    def planned_transport(self, index: int) -> bytes:
+        """The object transport: shard ``index``'s document as the stage staged it (its range, digest and
+        part count; the URLs in it are the stage's)."""
+
+    @abstractmethod
+    def put_urls(self, index: int, document: bytes) -> str:
+        """The object transport: give shard ``index``'s worker this document of freshly signed URLs, in place
+        of the one it has (the worker re-reads it when the store refuses a URL as expired); return where."""
 
     @abstractmethod
     def remove_plan(self) -> None:

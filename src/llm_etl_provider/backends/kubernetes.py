@@ -65,20 +65,22 @@ def secret_manifest(
     }
 
 
-def work_claim_manifest(
+def claim_manifest(
     name: str,
     run_id: str,
-    shard: int,
+    shard: int | None,
     size: str,
     *,
     run_key: str,
     annotations: dict[str, str],
     storage_class: str | None = None,
     plan: str | None = None,
+    kind: str = "work",
+    access_modes: tuple[str, ...] = ("ReadWriteOnce",),
 ) -> dict[str, Any]:
-    """A shard's work volume that outlives its pod: the worker's checkpoint and frame spool, so that a retry
-    in a new pod (after a preemption) resumes where the lost pod stopped."""
-    spec: dict[str, Any] = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}}
+    """A claim of the run: a shard's work volume that outlives its pod (the worker's checkpoint and frame
+    spool, so that a retry in a new pod resumes where the lost pod stopped), or the plan's model cache."""
+    spec: dict[str, Any] = {"accessModes": list(access_modes), "resources": {"requests": {"storage": size}}}
     if storage_class:
         spec["storageClassName"] = storage_class
     return {
@@ -86,7 +88,7 @@ def work_claim_manifest(
         "kind": "PersistentVolumeClaim",
         "metadata": {
             "name": name,
-            "labels": _run_labels(run_id, run_key, "work", shard, plan),
+            "labels": _run_labels(run_id, run_key, kind, shard, plan),
             "annotations": annotations,
         },
         "spec": spec,
@@ -306,19 +308,85 @@ class KubernetesBackend(RunBackend):
         self._create_secret(self._secret(name, data, kind="shard", shard=index))
         return {"secret": name, "key_secret": self.key_secret}
 
-    def enrich(self, job: ShardJob) -> Any:
-        if job.network_policy is not None:
-            from kubernetes.client.exceptions import ApiException
+    def planned_transport(self, index: int) -> bytes:
+        from kubernetes.client.exceptions import ApiException
 
+        name = layout.shard_secret_name(self.prefix, index)
+        try:
+            secret = self.api.read_namespaced_secret(name, self.namespace)
+        except ApiException as exc:
+            raise ExtractionError(f"cannot read shard {index}'s Secret {name}: HTTP {exc.status}") from None
+        return _secret_value(secret.data, layout.OBJECT_TRANSPORT_FILE_NAME)
+
+    def put_urls(self, index: int, document: bytes) -> str:
+        """Create or replace shard ``index``'s URL Secret: the one Secret of a run that is not immutable, so
+        that the kubelet updates the mounted file in place while the pod runs."""
+        from kubernetes.client.exceptions import ApiException
+
+        name = layout.urls_secret_name(self.prefix, index)
+        manifest = self._secret(name, {layout.OBJECT_TRANSPORT_FILE_NAME: document}, kind="urls", shard=index)
+        manifest["immutable"] = False
+        try:
             try:
-                self.networking.create_namespaced_network_policy(self.namespace, job.network_policy)
+                self.api.create_namespaced_secret(self.namespace, manifest)
             except ApiException as exc:
-                if exc.status != 409:  # an earlier try's: the same policy
-                    raise ExtractionError(
-                        f"cannot create the pod's NetworkPolicy {job.network_policy['metadata']['name']}: "
-                        f"HTTP {exc.status}"
-                    ) from None
+                if exc.status != 409:
+                    raise
+                self.api.replace_namespaced_secret(name, self.namespace, manifest)
+        except ApiException as exc:
+            raise ExtractionError(
+                f"cannot write shard {index}'s URL Secret {name}: HTTP {exc.status}"
+            ) from None
+        return name
+
+    def enrich(self, job: ShardJob) -> Any:
+        if job.model_claim is not None:
+            self.require_claim(job.model_claim)
+        if job.network_policy is not None:
+            self.create_network_policy(job.network_policy)
         return job.submit_pod()
+
+    def create_network_policy(self, manifest: dict[str, Any]) -> None:
+        """Create a pod's NetworkPolicy, unless an earlier try made it (the same policy)."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self.networking.create_namespaced_network_policy(self.namespace, manifest)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise ExtractionError(
+                    f"cannot create the pod's NetworkPolicy {manifest['metadata']['name']}: HTTP {exc.status}"
+                ) from None
+
+    def require_claim(self, name: str) -> None:
+        """Fail at once, not after the pod's start-up limit, when the claim the pod mounts is not there."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self.api.read_namespaced_persistent_volume_claim(name, self.namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                raise ExtractionError(
+                    f"the model claim {self.namespace}/{name} is not there: the model-cache step "
+                    "(ModelCacheOperator, the task group's cache_model) downloads the model into it before "
+                    "any enrichment pod starts; run it (clear it with this task)"
+                ) from None
+            raise ExtractionError(
+                f"cannot read the claim {self.namespace}/{name}: HTTP {exc.status}"
+            ) from None
+
+    def create_model_claim(
+        self, size: str, *, access_modes: tuple[str, ...], storage_class: str | None = None
+    ) -> str:
+        """Create the plan's model claim, unless the plan made it before (the model is in it), and return
+        its name."""
+        name = layout.model_claim_name(self.prefix)
+        manifest = claim_manifest(
+            name, self.run_id, None, size, run_key=self.run_key, annotations=self.annotations,
+            storage_class=storage_class, plan=self.plan, kind="model", access_modes=access_modes,
+        )  # fmt: skip
+        self._create_claim(manifest)
+        return name
 
     @cached_property
     def networking(self) -> Any:
@@ -419,10 +487,8 @@ class KubernetesBackend(RunBackend):
 
     def _create_work_claim(self, index: int) -> str:
         """Create the shard's work claim, unless the plan made it before (its checkpoint lives there)."""
-        from kubernetes.client.exceptions import ApiException
-
         name = layout.work_claim_name(self.prefix, index)
-        manifest = work_claim_manifest(
+        manifest = claim_manifest(
             name,
             self.run_id,
             index,
@@ -432,14 +498,20 @@ class KubernetesBackend(RunBackend):
             storage_class=self.work_storage_class,
             plan=self.plan,
         )
+        self._create_claim(manifest)
+        return name
+
+    def _create_claim(self, manifest: dict[str, Any]) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        name = manifest["metadata"]["name"]
         try:
             self.api.create_namespaced_persistent_volume_claim(self.namespace, manifest)
         except ApiException as exc:
             if exc.status != 409:
                 raise StagingError(
-                    f"cannot create the work claim {self.namespace}/{name}: HTTP {exc.status}"
+                    f"cannot create the claim {self.namespace}/{name}: HTTP {exc.status}"
                 ) from None
-        return name
 
 
 def _seconds(start: datetime | None, end: datetime | None) -> float | None:
@@ -483,5 +555,5 @@ def _try_order(pod: Any) -> tuple[int, datetime]:
 
 def _secret_value(data: dict[str, str] | None, key: str) -> bytes:
     if not data or key not in data:
-        raise FrameKeyError(f"the key Secret has no {key!r} entry")
+        raise FrameKeyError(f"the Secret has no {key!r} entry")
     return base64.b64decode(data[key])

@@ -113,6 +113,18 @@ class LocalBackend(RunBackend):
             _write_unless_equal(folder / layout.DUPLICATES_FILE_NAME, duplicates)
         return {"path": str(path)}
 
+    def planned_transport(self, index: int) -> bytes:
+        path = self.shard_dir(index) / layout.OBJECT_TRANSPORT_FILE_NAME
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise LocalRunError(f"shard {index}: cannot read its URLs {path}: {exc.strerror}") from None
+
+    def put_urls(self, index: int, document: bytes) -> str:
+        path = self.shard_dir(index) / layout.OBJECT_TRANSPORT_FILE_NAME
+        _write_atomically(path, document)  # the worker reads the file the stage wrote, renewed in place
+        return str(path)
+
     def remove_plan(self) -> None:
         shutil.rmtree(self.plan_root, ignore_errors=True)
         self.log.info("removed the failed stage's staging %s", self.plan_root)

@@ -19,6 +19,8 @@ SERVER_CONTAINER = "llm-server"
 # Volumes and where they are mounted.
 INPUT_VOLUME, INPUT_DIR = "input", "/var/run/llm-etl/input"
 KEY_VOLUME, KEY_DIR = "run-key", "/var/run/llm-etl/key"
+# the object transport's URLs: a Secret of their own, signed when the pod starts and renewed while it runs
+URLS_VOLUME, URLS_DIR = "urls", "/var/run/llm-etl/urls"
 MODEL_URL_VOLUME, MODEL_URL_DIR = "model-url", "/var/run/llm-etl/model-url"
 WORK_VOLUME, WORK_DIR = "work", "/work"
 MODELS_VOLUME, MODELS_DIR = "models", "/models"
@@ -40,7 +42,7 @@ MODEL_URL_FILE = f"{MODEL_URL_DIR}/{MODEL_URL_FILE_NAME}"
 CHECKPOINT_FILE = f"{WORK_DIR}/{CHECKPOINT_FILE_NAME}"
 HEARTBEAT_FILE = f"{WORK_DIR}/{HEARTBEAT_FILE_NAME}"
 DUPLICATES_FILE = f"{INPUT_DIR}/{DUPLICATES_FILE_NAME}"
-OBJECT_TRANSPORT_FILE = f"{INPUT_DIR}/{OBJECT_TRANSPORT_FILE_NAME}"
+OBJECT_TRANSPORT_FILE = f"{URLS_DIR}/{OBJECT_TRANSPORT_FILE_NAME}"
 
 
 def input_file_name(input_format: str) -> str:
@@ -68,6 +70,7 @@ LABEL_RUN = "llm-etl.io/run"  # the run id, readable (cut and hashed where too l
 LABEL_RUN_KEY = "llm-etl.io/run-key"  # the pipeline's run, exactly: what selectors use (run_key)
 LABEL_SHARD = "llm-etl.io/shard"
 LABEL_KIND = "llm-etl.io/kind"
+LABEL_COMPONENT = "app.kubernetes.io/component"  # enrichment (sees prompts, no egress) or model-cache
 LABEL_MODEL_SOURCE = "llm-etl.io/model-source"
 LABEL_PLAN = "llm-etl.io/plan"  # the stage's plan of the run (plan_id): what one execution staged
 ANNOTATION_RUN_ID = "llm-etl.io/run-id"
@@ -162,10 +165,22 @@ def shard_secret_name(prefix: str, index: int) -> str:
     return f"{prefix}-shard-{index}"
 
 
+def urls_secret_name(prefix: str, index: int) -> str:
+    """The object transport: a shard's URL Secret, signed when its pod starts and renewed while it runs (the
+    one Secret of a run that changes)."""
+    return f"{prefix}-shard-{index}-urls"
+
+
 def work_claim_name(prefix: str, index: int) -> str:
     """A shard's work claim (checkpoint and spool), named after its plan: a stage that has to make a new key
     for the plan removes the claims first, since a spool sealed with the old key is junk."""
     return f"{prefix}-shard-{index}-work"
+
+
+def model_claim_name(prefix: str) -> str:
+    """The claim the plan's model is cached in (the ``pull`` and ``object`` sources): the model-cache pod
+    downloads into it, where no prompt is, and every enrichment pod of the plan mounts it read-only."""
+    return f"{prefix}-model"
 
 
 def run_output_folder(scope: str, run_id: str) -> str:

@@ -43,6 +43,7 @@ class ShardDescriptor:
         pre-signed URLs: :mod:`~llm_etl_provider.contract.object_transport`)
     :param egress: the object transport: the store's ``[address or CIDR, port]`` pairs its pod may reach
     :param parts: the object transport: the folder (a URI) of its part objects, checkpoint and end marker
+    :param source: the object transport: the input object (a URI) its range is read from
     :param plan: the stage's plan it belongs to (:func:`~llm_etl_provider.contract.layout.plan_id`): its
         extraction writes it into the shard's manifest; the run's publishing counts only its plan's shards
     :param key_secret: the Secret holding its plan's frame key (Kubernetes)
@@ -63,6 +64,7 @@ class ShardDescriptor:
     transport: str = DEFAULT_TRANSPORT
     egress: list[list[Any]] = field(default_factory=list)
     parts: str | None = None
+    source: str | None = None
     plan: str | None = None
     key_secret: str | None = None
 

@@ -37,6 +37,7 @@ from llm_etl_provider.pod.builder import (
     CPU_PARALLEL,
     DEFAULT_MODEL_SIZE,
     DEFAULT_WORKER_IMAGE,
+    DOWNLOADED_SOURCES,
     ModelSpec,
     PodParams,
     ServerSpec,
@@ -45,7 +46,8 @@ from llm_etl_provider.pod.builder import (
     shard_network_policy,
 )
 from llm_etl_provider.transport.frames import carries_frame
-from llm_etl_provider.triggers.pod import FrameFilteringPodTrigger
+from llm_etl_provider.transport.urls import DEFAULT_URL_RENEW_SECONDS
+from llm_etl_provider.triggers.pod import FrameFilteringPodTrigger, renewer_of
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -119,14 +121,17 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
     :param model: the model the server serves, e.g. ``llama3.2:3b`` (templated)
     :param key_secret: the Secret with the run's frame key (templated; default: StageInputOperator's)
     :param backend: ``ollama``, ``llamacpp`` or ``vllm`` (templated)
-    :param model_source: ``pull``, ``pvc``, ``object`` or ``image``
+    :param model_source: ``pull``, ``pvc``, ``object`` or ``image``; ``pull`` and ``object`` are downloaded
+        by :class:`~llm_etl_provider.operators.model_cache.ModelCacheOperator` (the task group's
+        ``cache_model``) into the plan's model claim before this pod starts, which mounts it read-only: no pod
+        that sees a prompt reaches a network for its model
     :param model_path: the model's path inside its volume (GGUF file or directory)
     :param model_sha256: the model file's sha256 (``object``; checked for ``pvc``/``image`` when given)
     :param model_url_secret: a Secret whose key ``url`` holds the download URL (``object``)
     :param model_claim: the PersistentVolumeClaim holding the model (``pvc``)
     :param model_image: the OCI image holding the model (``image``)
-    :param model_size: room for a model the pod downloads (``pull``, ``object``), e.g. ``16Gi``: its volume's
-        size limit and the server's ephemeral storage
+    :param model_size: room for a downloaded model (``pull``, ``object``), e.g. ``16Gi``: the model claim's
+        size (given to ModelCacheOperator)
     :param server_image: the LLM server's image (default per backend)
     :param parallel: requests the server serves at once (templated); None: sized for the server and its GPU
         (:class:`~llm_etl_provider.pod.builder.ServerSpec`); the worker keeps twice as many in flight
@@ -150,6 +155,10 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
     :param local_model_file: local execution's GGUF file (default: the bundled SmolLM2)
     :param llm_conn_id: local execution only: enrich through the server of this ``llm_etl`` connection (e.g.
         an Ollama beside Airflow) instead of loading the model and starting llama.cpp's server
+    :param url_renew_seconds: the object transport: how often the shard's URLs are signed afresh while its
+        pod runs (default 5 minutes), by this task or, deferred, by its trigger; they are signed first when
+        the pod starts, so URLs of temporary credentials (STS, IRSA, SSO: often an hour) never expire under
+        it, and a worker refused an expired URL waits for the renewed one
     """
 
     template_fields: Sequence[str] = (
@@ -191,6 +200,7 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
         scope: str | None = None,
         local_model_file: str | None = None,
         llm_conn_id: str | None = None,
+        url_renew_seconds: int = DEFAULT_URL_RENEW_SECONDS,
         **kwargs: Any,
     ) -> None:
         settings = {name: kwargs.pop(name) for name in WORKER_SETTINGS if name in kwargs}
@@ -228,6 +238,8 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
         self.scope = scope
         self.local_model_file = local_model_file
         self.llm_conn_id = llm_conn_id
+        self.url_renew_seconds = url_renew_seconds
+        self._url_renewal: dict[str, Any] | None = None
         if llm_conn_id and self.execution_mode != "local":
             raise ValueError(
                 "llm_conn_id is for the local execution mode: in Kubernetes the pod serves its own model"
@@ -274,6 +286,7 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
                 claim=self.model_claim,
                 image=self.model_image,
                 size=self.model_size,
+                cache_claim=self.model_claim_name(run_id, shard),
             ),
             server=server,
             input_secret=_staged_secret(shard),
@@ -285,6 +298,11 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
             worker_memory=str(self.worker_memory),
             work_claim=shard.work_claim,
             input_bytes=shard.bytes if shard.transport == OBJECT_OUTPUT else 0,
+            urls_secret=(
+                layout.urls_secret_name(self._prefix(run_id, shard), shard.index)
+                if shard.transport == OBJECT_OUTPUT
+                else None
+            ),
         )
 
     def execute(self, context: Context) -> Any:
@@ -300,17 +318,42 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
             parallel=_optional_int(self.parallel, "parallel") or CPU_PARALLEL,
             server=server,
         )
-        return backend.enrich(
-            ShardJob(
-                invocation=self.worker_invocation(
-                    str(context["run_id"]), shard, self.server_spec(), context["ti"].try_number
-                ),
-                shard=shard,
-                submit_pod=lambda: super(LLMEnrichmentOperator, self).execute(context),
-                serving=serving,
-                network_policy=self.network_policy(str(context["run_id"]), shard),
-            )
+        job = ShardJob(
+            invocation=self.worker_invocation(
+                str(context["run_id"]), shard, self.server_spec(), context["ti"].try_number
+            ),
+            shard=shard,
+            submit_pod=lambda: super(LLMEnrichmentOperator, self).execute(context),
+            serving=serving,
+            network_policy=self.network_policy(str(context["run_id"]), shard),
+            model_claim=self.model_claim_name(str(context["run_id"]), shard),
         )
+        if shard.transport != OBJECT_OUTPUT:
+            return backend.enrich(job)
+        # URLs signed when the pod starts, renewed while it runs: temporary credentials end long before it
+        renewal = {
+            "index": shard.index,
+            "source": shard.source,
+            "parts": shard.parts,
+            "plan": shard.plan,
+            "scope": self.run_scope,
+            "dag_id": self.dag_id,
+            "run_id": str(context["run_id"]),
+            "pod_time_limit_seconds": self.pod_time_limit_seconds,
+            "interval": self.url_renew_seconds,
+        }
+        renewer = renewer_of(renewal, backend, self.log)
+        renewer.renew()
+        self._url_renewal = renewal
+        with renewer.running(self.url_renew_seconds):  # a deferred pod is renewed by its trigger
+            return backend.enrich(job)
+
+    def model_claim_name(self, run_id: str, shard: ShardDescriptor) -> str | None:
+        """The claim the plan's model-cache pod downloaded a ``pull`` or ``object`` model into; None for the
+        other sources."""
+        if self.model_source not in DOWNLOADED_SOURCES:
+            return None
+        return layout.model_claim_name(self._prefix(run_id, shard))
 
     def _prefix(self, run_id: str, shard: ShardDescriptor) -> str:
         """The names' prefix of the shard's plan (of the run, for a shard staged without a plan)."""
@@ -335,8 +378,6 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
         return shard_network_policy(
             name,
             {**layout.MANAGED_BY, **selected},
-            # the loader of `pull` and `object` downloads the model (a registry, the object store): HTTPS
-            allow_model_download=self.model_source in ("pull", "object"),
             annotations=run_annotations(self.dag_id, run_id),
             # the object transport: the store's endpoint only, as the stage resolved it
             store_egress=[(str(address), int(port)) for address, port in shard.egress],
@@ -372,7 +413,7 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
         except AirflowException as exc:
             # the worker's code, or where the worker never ran, the model loader's
             for container in (self.base_container_name, layout.LOADER_CONTAINER):
-                code = _exit_code(remote_pod, container)
+                code = container_exit_code(remote_pod, container)
                 if code:
                     raise worker_exit_error(code, f"pod {remote_pod.metadata.name} {container}") from exc
             raise
@@ -409,9 +450,10 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
                 self.log.info("[%s] %s", self.base_container_name, line)
 
     def defer(self, *, trigger: BaseTrigger, **kwargs: Any) -> NoReturn:
-        """Defer to a trigger whose periodic logs (``logging_interval``) leave out the frames."""
+        """Defer to a trigger whose periodic logs (``logging_interval``) leave out the frames, and that renews
+        an object-transport shard's URLs while it watches the pod."""
         if type(trigger) is KubernetesPodTrigger:
-            trigger = FrameFilteringPodTrigger.from_trigger(trigger)
+            trigger = FrameFilteringPodTrigger.from_trigger(trigger, url_renewal=self._url_renewal)
         super().defer(trigger=trigger, **kwargs)
 
     @cached_property
@@ -429,7 +471,7 @@ def _optional_int(value: Any, name: str) -> int | None:
         raise PodSpecError(f"{name} must be an integer, not {value!r}") from None
 
 
-def _exit_code(pod: k8s.V1Pod | None, container: str) -> int | None:
+def container_exit_code(pod: k8s.V1Pod | None, container: str) -> int | None:
     """The exit code of ``container`` (init containers included) in ``pod``, once it has ended."""
     status_of = pod.status if pod is not None else None
     statuses = [

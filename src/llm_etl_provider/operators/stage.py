@@ -21,14 +21,10 @@ from llm_etl_provider.contract.duplicates import encode_line_numbers
 from llm_etl_provider.contract.invocation import DEFAULT_MAX_RECORD_BYTES, OBJECT_OUTPUT, default_of
 from llm_etl_provider.contract.layout import DEFAULT_RUN_DEADLINE_SECONDS, plan_id, shard_folder
 from llm_etl_provider.contract.object_transport import (
-    CHECKPOINT_OBJECT,
     DEFAULT_TRANSPORT,
-    END_OBJECT,
     TRANSPORT_FOLDER,
     TRANSPORTS,
     InputRange,
-    ObjectTransport,
-    part_name,
     part_records_for,
     parts_needed,
 )
@@ -51,6 +47,7 @@ from llm_etl_provider.staging import (
 )
 from llm_etl_provider.transport.extract import remove_tree
 from llm_etl_provider.transport.run_manifest import unpublish_run
+from llm_etl_provider.transport.urls import sign_transport
 from llm_etl_provider.worker.exceptions import ConfigurationError
 from llm_etl_provider.worker.records import InputLimits, RecordReader, detect_format
 from llm_etl_provider.worker.tokenizer import GZIP_MAGIC
@@ -325,18 +322,14 @@ class StageInputOperator(RunStepOperator):
         ranges, records = _without_empty_ranges(ranges, records)
         for index, count in enumerate(records):
             self._check_worker_memory(index, count, memory_limit)
-        input_signer, output_signer = signers
-        source = ObjectStoragePath(self.input_path)
         plan_folder = output / TRANSPORT_FOLDER / plan
         expires = expiry_seconds(self.run_deadline_seconds)
-        # one GET for every shard (their ranges differ, not the object)
-        input_url = input_signer.sign(source.bucket, source.key, "GET", expires)
         with self._plan_key(backend) as (_, fresh):
             if fresh:  # parts and checkpoints a lost key sealed cannot be read: the plan starts afresh
                 remove_tree(plan_folder)
             return self._stage_range_shards(
                 backend, local, ranges, records, malformed=malformed, duplicates=duplicates, fmt=fmt,
-                plan=plan, plan_folder=plan_folder, input_url=input_url, output_signer=output_signer,
+                plan=plan, plan_folder=plan_folder, signers=signers,
                 expires=expires,
             )  # fmt: skip
 
@@ -352,8 +345,7 @@ class StageInputOperator(RunStepOperator):
         fmt: str,
         plan: str,
         plan_folder: ObjectStoragePath,
-        input_url: str,
-        output_signer: ObjectStoreSigner,
+        signers: tuple[ObjectStoreSigner, ObjectStoreSigner],
         expires: int,
     ) -> list[dict[str, Any]]:
         """Each range's shard: its URLs (parts, checkpoint, end marker) and where its pod may connect."""
@@ -362,29 +354,28 @@ class StageInputOperator(RunStepOperator):
         for byte_range, count in zip(ranges, records, strict=True):
             folder = plan_folder / shard_folder(byte_range.index)
 
-            def put(name: str, folder: ObjectStoragePath = folder) -> str:
-                target = folder / name
-                return output_signer.sign(target.bucket, target.key, "PUT", expires)
-
             part_records = part_records_for(count, int(self.checkpoint_every))
-            checkpoint = folder / CHECKPOINT_OBJECT
-            document = ObjectTransport(
-                input=InputRange(
-                    url=input_url,
+            document = sign_transport(
+                None,
+                source=str(self.input_path),
+                parts=str(folder),
+                expires=expires,
+                input_range=InputRange(
+                    url="",
                     start=byte_range.start,
                     end=byte_range.end,
                     sha256=_range_sha256(local, byte_range),
                     prefix=byte_range.prefix,
                 ),
-                parts=tuple(put(part_name(k)) for k in range(parts_needed(count, part_records))),
-                checkpoint_get=output_signer.sign(checkpoint.bucket, checkpoint.key, "GET", expires),
-                checkpoint_put=put(CHECKPOINT_OBJECT),
-                end_put=put(END_OBJECT),
+                part_count=parts_needed(count, part_records),
                 part_records=part_records,
+                signers=signers,
             )
             if egress is None:  # the hosts every pod's URLs name, resolved once (or the deployment's CIDRs)
                 cidrs = list(self.store_cidrs or ())
-                egress = sorted({*url_egress(input_url, cidrs), *url_egress(document.end_put, cidrs)})
+                egress = sorted(
+                    {*url_egress(document.input.url, cidrs), *url_egress(document.end_put, cidrs)}
+                )
             end = ranges[byte_range.index + 1].first_line if byte_range.index + 1 < len(ranges) else None
             repeated = duplicates[_lines_within(duplicates, byte_range.first_line, end)]
             descriptor = ShardDescriptor(
@@ -399,6 +390,7 @@ class StageInputOperator(RunStepOperator):
                 duplicates=len(repeated),
                 transport=OBJECT_OUTPUT,
                 parts=str(folder),
+                source=str(self.input_path),
                 egress=[[address, port] for address, port in egress],
                 plan=plan,
                 **backend.stage_object_shard(

@@ -39,6 +39,7 @@ Backend = Literal["ollama", "llamacpp", "vllm"]
 ModelSource = Literal["pull", "pvc", "object", "image"]
 
 POD_TEMPLATE = "llm-enrichment-pod.yaml"
+MODEL_CACHE_POD_TEMPLATE = "model-cache-pod.yaml"
 NETWORK_POLICY_TEMPLATE = "network-policy.yaml"
 DEFAULT_WORKER_IMAGE = "ghcr.io/llm-etl-provider/worker:0.1.0"
 DEFAULT_MODEL_SIZE = "8Gi"  # an 8B model at 4 bits is ~4.7 GB
@@ -74,6 +75,9 @@ CPU_PARALLEL = 4  # a server without a GPU
 LLAMACPP_CPU_IMAGE = "ghcr.io/ggml-org/llama.cpp:server-b6700"
 CTX_PER_SLOT = 2048  # llama.cpp's context per slot: a prompt of a few hundred tokens, an answer of up to 384
 
+# The sources downloaded from a network: by the model-cache pod, into the plan's model claim, never by a pod
+# that sees a prompt
+DOWNLOADED_SOURCES = ("pull", "object")
 # Which model sources each server can use: Ollama pulls or reads its own model store; llama.cpp serves a GGUF
 # file; vLLM serves a model directory (a PVC or an OCI image volume).
 SUPPORTED_SOURCES: dict[str, tuple[str, ...]] = {
@@ -88,18 +92,19 @@ class ModelSpec:
     """Which model to serve and where it comes from.
 
     :param name: the name the server serves it under (Ollama's tag, e.g. ``llama3.2:3b``)
-    :param source: ``pull`` (Ollama registry; needs egress), ``pvc`` (a pre-filled claim), ``object`` (a GGUF
-        file downloaded over HTTP(S), e.g. a presigned object-storage URL, checked by sha256) or ``image`` (an
-        OCI image mounted as a volume, K8s >= 1.33)
+    :param source: ``pull`` (Ollama registry), ``pvc`` (a pre-filled claim), ``object`` (a GGUF file
+        downloaded over HTTP(S), e.g. a presigned object-storage URL, checked by sha256) or ``image`` (an OCI
+        image mounted as a volume, K8s >= 1.33). ``pull`` and ``object`` are downloaded by the model-cache pod
+        (:func:`build_model_cache_pod`) into ``cache_claim``, which the enrichment pods mount read-only
     :param path: the model's path inside the volume (a GGUF file or a model directory)
     :param sha256: the expected sha256 of a GGUF file (required for ``object``)
     :param url_secret: a Secret whose key ``url`` holds the download URL (``object``); a presigned URL is a
         credential, so it never appears in the pod spec
     :param claim: the PersistentVolumeClaim (``pvc``)
     :param image: the OCI image reference (``image``)
-    :param size: room for a model the pod downloads (``pull``, ``object``): the ``models`` volume's size
-        limit, added to the server's ephemeral-storage request and limit so that the kubelet neither
-        schedules the pod where the model does not fit nor evicts it while it loads
+    :param size: room for a downloaded model (``pull``, ``object``): the model claim's size
+    :param cache_claim: the claim the model-cache pod downloaded the model into (``pull``, ``object``:
+        ``layout.model_claim_name`` of the plan)
     """
 
     name: str
@@ -110,6 +115,12 @@ class ModelSpec:
     claim: str | None = None
     image: str | None = None
     size: str = DEFAULT_MODEL_SIZE
+    cache_claim: str | None = None
+
+    @property
+    def downloaded(self) -> bool:
+        """Whether the model-cache pod downloads it (``pull``, ``object``)."""
+        return self.source in DOWNLOADED_SOURCES
 
 
 @dataclass(frozen=True)
@@ -188,6 +199,8 @@ class PodParams:
     :param input_bytes: the object transport: the range the worker downloads into its work folder, added to
         that folder's size limit and to the worker's ephemeral storage
     :param worker_memory: the worker container's memory limit (a quantity, e.g. ``4Gi``)
+    :param urls_secret: the object transport: the Secret of the shard's URLs, signed when the pod starts and
+        renewed while it runs (mounted as a volume, so that the kubelet updates the file in place)
     """
 
     invocation: WorkerInvocation
@@ -203,6 +216,7 @@ class PodParams:
     work_claim: str | None = None
     input_bytes: int = 0
     worker_memory: str = layout.DEFAULT_WORKER_MEMORY
+    urls_secret: str | None = None
 
 
 def pod_invocation(
@@ -257,8 +271,7 @@ def load_template(name: str) -> dict[str, Any]:
     return data
 
 
-def _check(params: PodParams) -> None:
-    server, model = params.server, params.model
+def _check_model(model: ModelSpec, server: ServerSpec) -> None:
     if server.backend not in BACKENDS:
         raise PodSpecError(f"unknown backend {server.backend!r}: choose one of {', '.join(BACKENDS)}")
     if model.source not in SUPPORTED_SOURCES[server.backend]:
@@ -274,11 +287,21 @@ def _check(params: PodParams) -> None:
         raise PodSpecError("the model's sha256 must be 64 lowercase hex digits")
     if model.path.startswith("/") or ".." in Path(model.path).parts:
         raise PodSpecError(f"the model path {model.path!r} must be relative to the model volume")
+    _sum_quantities(model.size)  # a size that is not a quantity fails here, not in the API server
+
+
+def _check(params: PodParams) -> None:
+    server, model = params.server, params.model
+    _check_model(model, server)
+    if model.downloaded and not model.cache_claim:
+        raise PodSpecError(
+            f"model source {model.source!r} is downloaded by the model-cache pod into a claim that the "
+            "enrichment pod mounts: give the model's cache_claim (the task group's cache_model step makes it)"
+        )
     if server.slots < 1 or server.gpus < 0:
         raise PodSpecError("parallel must be at least 1 and gpus at least 0")
     if params.invocation.input_format not in RECORD_FORMATS:
         raise PodSpecError(f"input format {params.invocation.input_format!r} is not jsonl or csv")
-    _sum_quantities(params.model.size)  # a size that is not a quantity fails here, not in the API server
     if params.active_deadline_seconds < 60:
         raise PodSpecError("active_deadline_seconds below 60 s leaves no time to load a model")
 
@@ -295,6 +318,7 @@ def _server_container(params: PodParams, container: dict[str, Any]) -> None:
             {"name": "OLLAMA_MODELS", "value": layout.MODELS_DIR},
             {"name": "OLLAMA_NUM_PARALLEL", "value": str(server.slots)},
             {"name": "OLLAMA_KEEP_ALIVE", "value": "-1"},
+            {"name": "OLLAMA_NOPRUNE", "value": "1"},  # its model store is read-only
         ]
         probe = ["/bin/ollama", "list"]
     elif server.backend == "llamacpp":
@@ -316,28 +340,25 @@ def _server_container(params: PodParams, container: dict[str, Any]) -> None:
     # The server listens on 127.0.0.1 only; the kubelet's HTTP probes target the pod IP, so probe from inside.
     for name in ("startupProbe", "readinessProbe", "livenessProbe"):
         container[name]["exec"] = {"command": list(probe)}
-    downloaded = model.source in ("pull", "object")  # into the pod's emptyDir, which counts as its storage
-    limits: dict[str, Any] = {
-        "cpu": server.cpu,
-        "memory": server.memory,
-        "ephemeral-storage": _sum_quantities(SERVER_SCRATCH, model.size) if downloaded else SERVER_SCRATCH,
-    }
+    limits: dict[str, Any] = {"cpu": server.cpu, "memory": server.memory, "ephemeral-storage": SERVER_SCRATCH}
     if server.gpus:
         limits["nvidia.com/gpu"] = server.gpus
     container["resources"] = {
         "requests": {
             "cpu": "1",
             "memory": "2Gi",
-            "ephemeral-storage": _sum_quantities("256Mi", model.size) if downloaded else "256Mi",
+            "ephemeral-storage": "256Mi",
         },
         "limits": limits,
     }
-    if model.source in ("pvc", "image"):
-        _read_only_models(container)
+    _read_only_models(container)
 
 
-def _loader_container(params: PodParams, container: dict[str, Any]) -> None:
-    server, model = params.server, params.model
+def _loader_container(
+    model: ModelSpec, server: ServerSpec, worker_image: str, container: dict[str, Any], *, download: bool
+) -> None:
+    """The model loader: with ``download`` (the model-cache pod), fetch the model into the models volume;
+    else (the enrichment pod's init container) check, read-only, that the volume holds it."""
     model_file = f"{layout.MODELS_DIR}/{model.path}"
     if server.backend == "ollama":
         container["image"] = server.image or server.defaults.image
@@ -345,31 +366,27 @@ def _loader_container(params: PodParams, container: dict[str, Any]) -> None:
             {"name": "OLLAMA_HOST", "value": "127.0.0.1:11435"},
             {"name": "OLLAMA_MODELS", "value": layout.MODELS_DIR},
             {"name": "LLM_ETL_MODEL", "value": model.name},
+            *([] if download else [{"name": "OLLAMA_NOPRUNE", "value": "1"}]),
         ]
-        action = (
-            'ollama pull "$LLM_ETL_MODEL"'
-            if model.source == "pull"
-            else 'ollama show "$LLM_ETL_MODEL" >/dev/null'
-        )
+        action = 'ollama pull "$LLM_ETL_MODEL"' if download else 'ollama show "$LLM_ETL_MODEL" >/dev/null'
         script = (
             "set -eu; /bin/ollama serve >/tmp/ollama-loader.log 2>&1 & server=$!; "
             "for i in $(seq 120); do /bin/ollama list >/dev/null 2>&1 && break; sleep 1; done; "
             f"{action}; kill $server"
         )
         container["command"] = ["/bin/sh", "-c", script]
-        if model.source == "pvc":
-            _read_only_models(container)
-        return
-    container["image"] = params.worker_image
-    container["command"] = load_model_command(model_file)
-    if model.source == "object":
-        # The URL (often presigned: a credential) comes as a file from its Secret, never in the environment.
-        container["args"] = load_model_args(url_file=layout.MODEL_URL_FILE, sha256=model.sha256)
-        container["volumeMounts"].append(
-            {"name": layout.MODEL_URL_VOLUME, "mountPath": layout.MODEL_URL_DIR, "readOnly": True}
-        )
     else:
-        container["args"] = load_model_args(sha256=model.sha256)
+        container["image"] = worker_image
+        container["command"] = load_model_command(model_file)
+        if download:
+            # The URL (often presigned: a credential) comes as a file from its Secret, never in the env.
+            container["args"] = load_model_args(url_file=layout.MODEL_URL_FILE, sha256=model.sha256)
+            container["volumeMounts"].append(
+                {"name": layout.MODEL_URL_VOLUME, "mountPath": layout.MODEL_URL_DIR, "readOnly": True}
+            )
+        else:
+            container["args"] = load_model_args(sha256=model.sha256)
+    if not download:
         _read_only_models(container)
 
 
@@ -380,12 +397,12 @@ def _read_only_models(container: dict[str, Any]) -> None:
 
 
 def _models_volume(model: ModelSpec) -> dict[str, Any]:
+    """The enrichment pod's model volume: read-only, whatever the source."""
     name = layout.MODELS_VOLUME
-    if model.source == "pvc":
-        return {"name": name, "persistentVolumeClaim": {"claimName": model.claim, "readOnly": True}}
     if model.source == "image":
         return {"name": name, "image": {"reference": model.image, "pullPolicy": "IfNotPresent"}}
-    return {"name": name, "emptyDir": {"sizeLimit": model.size}}
+    claim = model.cache_claim if model.downloaded else model.claim
+    return {"name": name, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
 
 
 def quantity_bytes(value: str, name: str) -> int:
@@ -434,7 +451,7 @@ def build_pod(params: PodParams) -> dict[str, Any]:
         next(c for c in spec["initContainers"] if c["name"] == name)
         for name in (layout.LOADER_CONTAINER, layout.SERVER_CONTAINER)
     )
-    _loader_container(params, loader)
+    _loader_container(params.model, params.server, params.worker_image, loader, download=False)
     _server_container(params, server)
 
     worker = spec["containers"][0]
@@ -470,18 +487,21 @@ def build_pod(params: PodParams) -> dict[str, Any]:
         for volume in spec["volumes"]:
             if volume["name"] == layout.WORK_VOLUME:
                 volume["emptyDir"]["sizeLimit"] = _sum_quantities(volume["emptyDir"]["sizeLimit"], extra)
+    if params.invocation.output == OBJECT_OUTPUT:
+        if not params.urls_secret:
+            raise PodSpecError("the object transport's pod needs the Secret of its URLs (urls_secret)")
+        # not a subPath: the kubelet replaces the file when the operator renews the URLs
+        worker["volumeMounts"].append(
+            {"name": layout.URLS_VOLUME, "mountPath": layout.URLS_DIR, "readOnly": True}
+        )
+        spec["volumes"].append(
+            {"name": layout.URLS_VOLUME, "secret": {"secretName": params.urls_secret, "defaultMode": 0o440}}
+        )
     if params.work_claim:  # the checkpoint and spool survive the pod: a retry resumes
         for volume in spec["volumes"]:
             if volume["name"] == layout.WORK_VOLUME:
                 volume.clear()
                 volume.update(name=layout.WORK_VOLUME, persistentVolumeClaim={"claimName": params.work_claim})
-    if params.model.source == "object":
-        spec["volumes"].append(
-            {
-                "name": layout.MODEL_URL_VOLUME,
-                "secret": {"secretName": params.model.url_secret, "defaultMode": 0o440},
-            }
-        )
     spec["volumes"] += [
         _models_volume(params.model),
         {"name": layout.INPUT_VOLUME, "secret": {"secretName": params.input_secret, "defaultMode": 0o440}},
@@ -489,6 +509,36 @@ def build_pod(params: PodParams) -> dict[str, Any]:
     ]
     for container in [*spec["initContainers"], *spec["containers"]]:
         _put_first(container, ("name", "image", "command", "args"))
+    return pod
+
+
+def build_model_cache_pod(
+    model: ModelSpec, server: ServerSpec, *, worker_image: str = DEFAULT_WORKER_IMAGE
+) -> dict[str, Any]:
+    """Return the pod that downloads a ``pull`` or ``object`` model into ``model.cache_claim`` and ends: the
+    only pod of a run that reaches a network for its model, and one that never sees a prompt."""
+    _check_model(model, server)
+    if not model.downloaded or not model.cache_claim:
+        raise PodSpecError(
+            f"the model-cache pod downloads a pull or object model into a claim, not {model.source!r}"
+            + ("" if model.cache_claim else " without a cache_claim")
+        )
+    pod = copy.deepcopy(load_template(MODEL_CACHE_POD_TEMPLATE))
+    pod["metadata"]["labels"][layout.LABEL_MODEL_SOURCE] = model.source
+    container = pod["spec"]["containers"][0]
+    _loader_container(model, server, worker_image, container, download=True)
+    # the download is written to the claim, not to the container's storage
+    pod["spec"]["volumes"].append(
+        {"name": layout.MODELS_VOLUME, "persistentVolumeClaim": {"claimName": model.cache_claim}}
+    )
+    if model.source == "object":
+        pod["spec"]["volumes"].append(
+            {
+                "name": layout.MODEL_URL_VOLUME,
+                "secret": {"secretName": model.url_secret, "defaultMode": 0o440},
+            }
+        )
+    _put_first(container, ("name", "image", "command", "args"))
     return pod
 
 
@@ -500,23 +550,39 @@ def _put_first(mapping: dict[str, Any], keys: tuple[str, ...]) -> None:
     mapping.update(first | rest)
 
 
-# What the `pull` model source needs (a registry over HTTPS, found through DNS); no other source needs any
+# What the model-cache pod needs to download a model (a registry or a store over HTTPS, found through DNS); no
+# pod that sees a prompt has it
 DNS_EGRESS = {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}
-MODEL_PULL_EGRESS = (DNS_EGRESS, {"ports": [{"protocol": "TCP", "port": 443}]})
+MODEL_DOWNLOAD_EGRESS = (DNS_EGRESS, {"ports": [{"protocol": "TCP", "port": 443}]})
+MODEL_CACHE_COMPONENT = "model-cache"
 
 
-def network_policy(namespace: str | None = None, *, allow_model_pull: bool = False) -> dict[str, Any]:
-    """Return the NetworkPolicy that isolates enrichment pods; ``allow_model_pull`` opens DNS and HTTPS egress
-    for pods whose model source is ``pull`` only."""
+def network_policy(namespace: str | None = None, *, model_cache: bool = False) -> dict[str, Any]:
+    """Return the namespace's NetworkPolicy that isolates enrichment pods (no ingress, no egress); with
+    ``model_cache``, the one that lets model-cache pods, and only them, reach DNS and HTTPS."""
     policy = copy.deepcopy(load_template(NETWORK_POLICY_TEMPLATE))
     if namespace:
         policy["metadata"]["namespace"] = namespace
-    if allow_model_pull:
-        policy["metadata"]["name"] = "llm-etl-allow-model-pull"
-        policy["spec"]["podSelector"]["matchLabels"][layout.LABEL_MODEL_SOURCE] = "pull"
-        policy["spec"]["policyTypes"] = ["Egress"]
-        del policy["spec"]["ingress"]
-        policy["spec"]["egress"] = [dict(rule) for rule in MODEL_PULL_EGRESS]
+    if model_cache:
+        policy["metadata"]["name"] = "llm-etl-model-cache"
+        policy["spec"]["podSelector"]["matchLabels"][layout.LABEL_COMPONENT] = MODEL_CACHE_COMPONENT
+        policy["spec"]["egress"] = [dict(rule) for rule in MODEL_DOWNLOAD_EGRESS]
+    return policy
+
+
+def _pod_network_policy(
+    name: str, pod_labels: dict[str, str], annotations: dict[str, str], selecting: Sequence[str]
+) -> dict[str, Any]:
+    """A NetworkPolicy of one run's pods, selecting them by the labels named in ``selecting``: no ingress, no
+    egress (the caller adds what its pods need)."""
+    policy = copy.deepcopy(load_template(NETWORK_POLICY_TEMPLATE))
+    selected = {key: pod_labels[key] for key in selecting if key in pod_labels}
+    policy["metadata"] = {
+        "name": name,
+        "labels": {**policy["metadata"]["labels"], **selected, layout.LABEL_KIND: "network-policy"},
+        "annotations": annotations,
+    }
+    policy["spec"]["podSelector"]["matchLabels"].update(selected)
     return policy
 
 
@@ -524,30 +590,18 @@ def shard_network_policy(
     name: str,
     pod_labels: dict[str, str],
     *,
-    allow_model_download: bool,
     annotations: dict[str, str],
     store_egress: Sequence[tuple[str, int]] = (),
 ) -> dict[str, Any]:
     """The NetworkPolicy created with one shard's pod, selecting it by its run key, plan and shard: no
-    ingress, and no egress but what its model source needs: DNS and HTTPS where the loader downloads the
-    model (``pull``, ``object``). A policy applies to the whole pod, so the worker could reach port 443
-    too: ``pvc`` and ``image``, which need no network, are the sources to prefer. With the object
-    transport, DNS and ``store_egress`` (the store's addresses and port, as the stage resolved them) are
-    allowed too."""
-    policy = copy.deepcopy(load_template(NETWORK_POLICY_TEMPLATE))
-    selected = {
-        key: pod_labels[key] for key in (layout.LABEL_RUN_KEY, layout.LABEL_PLAN, layout.LABEL_SHARD)
-        if key in pod_labels
-    }  # fmt: skip
-    policy["metadata"] = {
-        "name": name,
-        "labels": {**policy["metadata"]["labels"], **selected, layout.LABEL_KIND: "network-policy"},
-        "annotations": annotations,
-    }
-    policy["spec"]["podSelector"]["matchLabels"].update(selected)
-    egress = [dict(rule) for rule in MODEL_PULL_EGRESS] if allow_model_download else []
-    if store_egress and not allow_model_download:
-        egress.append(dict(DNS_EGRESS))  # the URLs name the store's host
+    ingress and no egress, whatever the model source (the model-cache pod downloads it). With the object
+    transport, DNS and ``store_egress`` (the store's addresses and port, as the stage resolved them) only."""
+    policy = _pod_network_policy(
+        name, pod_labels, annotations, (layout.LABEL_RUN_KEY, layout.LABEL_PLAN, layout.LABEL_SHARD)
+    )
+    egress: list[dict[str, Any]] = (
+        [dict(DNS_EGRESS)] if store_egress else []
+    )  # the URLs name the store's host
     for address, port in store_egress:
         cidr = str(ipaddress.ip_network(address, strict=False))  # an address becomes its /32 or /128
         egress.append(
@@ -558,4 +612,18 @@ def shard_network_policy(
         )
     if egress:
         policy["spec"]["egress"] = egress
+    return policy
+
+
+def model_cache_network_policy(
+    name: str, pod_labels: dict[str, str], *, annotations: dict[str, str]
+) -> dict[str, Any]:
+    """The NetworkPolicy created with a plan's model-cache pod: no ingress; DNS and HTTPS out, for the
+    registry or store it downloads the model from. It selects the model-cache component only, so no
+    enrichment pod of the plan ever matches it."""
+    labels = {**pod_labels, layout.LABEL_COMPONENT: MODEL_CACHE_COMPONENT}
+    policy = _pod_network_policy(
+        name, labels, annotations, (layout.LABEL_RUN_KEY, layout.LABEL_PLAN, layout.LABEL_COMPONENT)
+    )
+    policy["spec"]["egress"] = [dict(rule) for rule in MODEL_DOWNLOAD_EGRESS]
     return policy

@@ -1,14 +1,33 @@
-"""The enrichment pod's trigger: KubernetesPodTrigger, whose periodic logs leave out the sealed frames."""
+"""The enrichment pod's trigger: KubernetesPodTrigger, whose periodic logs leave out the sealed frames, and
+which renews an object-transport shard's URLs while it watches the pod."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from functools import cached_property
 from typing import Any
 
 from airflow.providers.cncf.kubernetes.hooks.kubernetes import AsyncKubernetesHook
 from airflow.providers.cncf.kubernetes.triggers.pod import KubernetesPodTrigger
+from airflow.triggers.base import TriggerEvent
 
+from llm_etl_provider.backends import RunBackend
 from llm_etl_provider.transport.frames import carries_frame
+from llm_etl_provider.transport.urls import UrlRenewer, url_renewer
+
+
+def renewer_of(renewal: dict[str, Any], backend: RunBackend, log: Any) -> UrlRenewer:
+    """The URL renewer a renewal description (the operator's, serialized into the trigger) names."""
+    return url_renewer(
+        backend,
+        int(renewal["index"]),
+        source=renewal["source"],
+        parts=renewal["parts"],
+        pod_time_limit_seconds=int(renewal["pod_time_limit_seconds"]),
+        log=log,
+    )
 
 
 class FrameFilteringAsyncKubernetesHook(AsyncKubernetesHook):
@@ -22,15 +41,64 @@ class FrameFilteringAsyncKubernetesHook(AsyncKubernetesHook):
 class FrameFilteringPodTrigger(KubernetesPodTrigger):
     """KubernetesPodTrigger for the enrichment pod. With ``logging_interval``, the triggerer copies the
     worker's log into the task log every interval, and that log carries the sealed result frames: it reads the
-    log through :class:`FrameFilteringAsyncKubernetesHook`."""
+    log through :class:`FrameFilteringAsyncKubernetesHook`. With ``url_renewal`` (the object transport), it
+    signs the shard's URLs afresh every ``interval`` seconds while it watches the pod, as the task does when
+    it is not deferred."""
+
+    def __init__(self, *args: Any, url_renewal: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.url_renewal = url_renewal
 
     @classmethod
-    def from_trigger(cls, trigger: KubernetesPodTrigger) -> FrameFilteringPodTrigger:
-        return cls(**trigger.serialize()[1])
+    def from_trigger(
+        cls, trigger: KubernetesPodTrigger, *, url_renewal: dict[str, Any] | None = None
+    ) -> FrameFilteringPodTrigger:
+        return cls(**trigger.serialize()[1], url_renewal=url_renewal)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         _, kwargs = super().serialize()
-        return f"{type(self).__module__}.{type(self).__qualname__}", kwargs
+        return f"{type(self).__module__}.{type(self).__qualname__}", {
+            **kwargs,
+            "url_renewal": self.url_renewal,
+        }
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        if not self.url_renewal:
+            async for event in super().run():
+                yield event
+            return
+        renewing = asyncio.create_task(self._renew_urls(self.url_renewal))
+        try:
+            async for event in super().run():
+                yield event
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
+
+    async def _renew_urls(self, renewal: dict[str, Any]) -> None:
+        from llm_etl_provider.backends.kubernetes import KubernetesBackend
+
+        interval = float(renewal["interval"])
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                backend = KubernetesBackend(
+                    self.pod_namespace,
+                    self.kubernetes_conn_id or "kubernetes_default",
+                    dag_id=renewal["dag_id"],
+                    run_id=renewal["run_id"],
+                    log=self.log,
+                    scope=renewal["scope"],
+                    plan=renewal["plan"],
+                )
+                # the signers and the Kubernetes client are synchronous: off the triggerer's event loop
+                renewer = await asyncio.to_thread(renewer_of, renewal, backend, self.log)
+                await asyncio.to_thread(renewer.renew)
+            except Exception as exc:  # noqa: BLE001 - the next interval tries again; the worker waits
+                self.log.warning(
+                    "renewing the shard's URLs failed (%s): trying again in %.0f s", exc, interval
+                )
 
     @cached_property
     def hook(self) -> AsyncKubernetesHook:

@@ -38,7 +38,7 @@ from llm_etl_provider.worker.exceptions import ConfigurationError, HeartbeatErro
 from llm_etl_provider.worker.heartbeat import beat
 from llm_etl_provider.worker.http_lanes import HttpLanes
 from llm_etl_provider.worker.object_io import TIMEOUT as STORE_TIMEOUT
-from llm_etl_provider.worker.object_io import ObjectPartSink, RemoteCheckpoint, download_input
+from llm_etl_provider.worker.object_io import ObjectPartSink, RemoteCheckpoint, UrlSource, download_input
 from llm_etl_provider.worker.records import RecordReader
 from llm_etl_provider.worker.retry import RetryPolicy
 from llm_etl_provider.worker.sinks import JsonlFileSink, LogFrameSink, OutputSink
@@ -73,8 +73,9 @@ def task_from_invocation(invocation: WorkerInvocation) -> TaskSpec:
     )
 
 
-def read_object_transport(invocation: WorkerInvocation) -> ObjectTransport | None:
-    """The shard's pre-signed URLs, with ``--output object``; None otherwise."""
+def read_object_transport(invocation: WorkerInvocation) -> UrlSource | None:
+    """The shard's pre-signed URLs, with ``--output object`` (re-read from their file when the store refuses
+    one as expired); None otherwise."""
     if invocation.output != OBJECT_OUTPUT:
         if invocation.object_transport is not None:
             raise ConfigurationError(f"--object-transport goes with --output {OBJECT_OUTPUT}")
@@ -82,7 +83,9 @@ def read_object_transport(invocation: WorkerInvocation) -> ObjectTransport | Non
     if invocation.object_transport is None:
         raise ConfigurationError(f"--output {OBJECT_OUTPUT} needs --object-transport")
     try:
-        return ObjectTransport.from_json(invocation.object_transport.read_bytes())
+        return UrlSource(
+            ObjectTransport.from_json(invocation.object_transport.read_bytes()), invocation.object_transport
+        )
     except OSError as exc:
         raise ConfigurationError(f"cannot read {invocation.object_transport}: {exc.strerror}") from None
     except ObjectTransportError as exc:
@@ -91,7 +94,7 @@ def read_object_transport(invocation: WorkerInvocation) -> ObjectTransport | Non
 
 def make_sink(
     invocation: WorkerInvocation,
-    transport: ObjectTransport | None = None,
+    transport: UrlSource | None = None,
     store: httpx.Client | None = None,
 ) -> OutputSink:
     if invocation.output not in (LOG_OUTPUT, OBJECT_OUTPUT):
@@ -178,7 +181,7 @@ async def run(invocation: WorkerInvocation) -> dict[str, Any]:
 async def _enrich(
     invocation: WorkerInvocation,
     task: TaskSpec,
-    transport: ObjectTransport | None = None,
+    transport: UrlSource | None = None,
     store: httpx.Client | None = None,
 ) -> dict[str, Any]:
     if not invocation.input.is_file():
@@ -208,7 +211,7 @@ async def _enrich(
         retry=RetryPolicy(max_attempts=invocation.max_attempts),
         temperature=invocation.temperature,
         # with the object transport a checkpoint writes a part: as often as the stage planned parts
-        checkpoint_every=transport.part_records if transport else invocation.checkpoint_every,
+        checkpoint_every=transport.transport.part_records if transport else invocation.checkpoint_every,
         progress_interval=invocation.progress_interval,
         max_dead_letter_ratio=invocation.max_dead_letter_ratio,
         ready_timeout=invocation.ready_timeout,

@@ -4,22 +4,33 @@ byte range of the input, its part objects and its checkpoint, all through pre-si
 Uploads are synchronous: a part goes at each checkpoint (every ``part_records`` records), and requests
 already in flight to the LLM server go on meanwhile. Transient store errors (connection errors, 5xx, 429)
 are retried with backoff; a store that keeps failing ends the run with what is checkpointed kept (exit 1: a
-new try resumes). A refusal that a retry would meet again (an expired or wrong URL: 403, 404 on a write, 416,
-the part URLs used up) ends it as a configuration error (exit 2: no retry).
+new try resumes). A URL the store refuses as expired (403, or 400 naming an expired token: temporary
+credentials end long before the run) is asked for again: the operator renews the shard's URLs while the pod
+runs (a mounted Secret changes in place), and the worker re-reads them; when no renewed URL comes within
+:data:`URL_RENEWAL_WAIT` it ends with exit 1 (the next try's pod gets URLs signed when it starts, and
+resumes). A refusal that a retry would meet again (404 on a write, 416, the part URLs used up) ends it as a
+configuration error (exit 2: no retry).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from llm_etl_provider.contract.object_transport import PART_SLACK, ObjectTransport, end_marker
+from llm_etl_provider.contract.object_transport import (
+    PART_SLACK,
+    ObjectTransport,
+    ObjectTransportError,
+    end_marker,
+)
 from llm_etl_provider.transport.frames import WriterState
 from llm_etl_provider.worker.checkpoint import Checkpoint, CheckpointState
 from llm_etl_provider.worker.exceptions import ConfigurationError, WorkerError
@@ -31,6 +42,78 @@ from llm_etl_provider.worker.sinks import FrameSink
 STORE_RETRIES = RetryPolicy(max_attempts=6, base_delay=0.5, max_delay=8.0)
 TIMEOUT = httpx.Timeout(120.0, connect=10.0)
 _TRANSIENT = {429, 500, 502, 503, 504}
+URL_RENEWAL_WAIT = 300.0  # seconds to wait for renewed URLs after the store refused one as expired
+URL_RENEWAL_POLL = 5.0
+
+
+class UrlSource:
+    """The shard's pre-signed URLs, re-read from their file (``path``) when the store refuses one as
+    expired: the operator renews them while the pod runs. A renewed document must plan the same shard
+    (range, digest, parts); only its URLs may change."""
+
+    def __init__(self, transport: ObjectTransport, path: Path | None = None) -> None:
+        self.transport = transport
+        self.path = path
+
+    def renew(self) -> bool:
+        """Re-read the URLs; True when the file now holds other URLs for the same shard."""
+        if self.path is None:
+            return False
+        try:
+            fresh = ObjectTransport.from_json(self.path.read_bytes())
+        except (OSError, ObjectTransportError):
+            return False  # a Secret volume swaps its files: read again at the next poll
+        if _planned(fresh) != _planned(self.transport) or fresh == self.transport:
+            return False
+        self.transport = fresh
+        return True
+
+
+def _planned(transport: ObjectTransport) -> tuple[Any, ...]:
+    source = transport.input
+    return (
+        source.start,
+        source.end,
+        source.sha256,
+        source.prefix,
+        len(transport.parts),
+        transport.part_records,
+    )
+
+
+def as_urls(transport: ObjectTransport | UrlSource) -> UrlSource:
+    return transport if isinstance(transport, UrlSource) else UrlSource(transport)
+
+
+def _expired(response: httpx.Response) -> bool:
+    """Whether the store refused a pre-signed URL in a way a renewed one may not meet: 403 (S3's "Request
+    has expired", a signature whose session ended), or 400 naming an expired token (S3's ExpiredToken)."""
+    if response.status_code == 403:
+        return True
+    if response.status_code != 400:
+        return False
+    try:
+        body = response.read()
+    except httpx.HTTPError:
+        return False
+    return b"xpired" in body  # Expired, expired: S3's ExpiredToken, GCS's "expired" messages
+
+
+def _await_renewal(urls: UrlSource, what: str, status: int) -> None:
+    """Wait for renewed URLs; ObjectStoreError (a new try signs afresh and resumes) when none come."""
+    if urls.path is not None:  # else nothing can renew them
+        for _ in range(int(URL_RENEWAL_WAIT / URL_RENEWAL_POLL)):
+            time.sleep(URL_RENEWAL_POLL)
+            if urls.renew():
+                print(
+                    f"{what}: the URL had expired (HTTP {status}); going on with renewed URLs",
+                    file=sys.stderr,
+                )
+                return
+    raise ObjectStoreError(
+        f"{what}: the store refused the URL (HTTP {status}, expired?) and no renewed URL came within "
+        f"{URL_RENEWAL_WAIT:.0f} s: the next try's pod gets URLs signed when it starts, and resumes"
+    )
 
 
 class ObjectStoreError(WorkerError):
@@ -42,18 +125,32 @@ class ObjectStoreRefusedError(ConfigurationError):
 
 
 def request(
-    http: httpx.Client, method: str, url: str, *, what: str, ok: tuple[int, ...] = (200,), **kwargs: Any
+    http: httpx.Client,
+    method: str,
+    urls: UrlSource,
+    url_of: Callable[[ObjectTransport], str],
+    *,
+    what: str,
+    ok: tuple[int, ...] = (200,),
+    **kwargs: Any,
 ) -> httpx.Response:
-    """One request to a pre-signed URL, retried while the store fails transiently. The URL is never
-    shown: its signature is a credential."""
-    for attempt in range(1, STORE_RETRIES.max_attempts + 1):
+    """One request to the pre-signed URL ``url_of`` picks, retried while the store fails transiently, and
+    with a renewed URL when the store refuses it as expired. The URL is never shown: its signature is a
+    credential."""
+    attempt = 0
+    while attempt < STORE_RETRIES.max_attempts:
+        attempt += 1
         try:
-            response = http.request(method, url, **kwargs)
+            response = http.request(method, url_of(urls.transport), **kwargs)
         except httpx.TransportError as exc:
             problem = type(exc).__name__
         else:
             if response.status_code in ok:
                 return response
+            if _expired(response):
+                _await_renewal(urls, what, response.status_code)
+                attempt -= 1  # a renewed URL is a new start, not a failure of the store
+                continue
             if response.status_code not in _TRANSIENT:
                 raise ObjectStoreRefusedError(f"{what}: the store answered HTTP {response.status_code}")
             problem = f"HTTP {response.status_code}"
@@ -62,10 +159,11 @@ def request(
     raise ObjectStoreError(f"{what}: the store failed {STORE_RETRIES.max_attempts} times (last: {problem})")
 
 
-def download_input(transport: ObjectTransport, destination: Path, http: httpx.Client) -> None:
+def download_input(transport: ObjectTransport | UrlSource, destination: Path, http: httpx.Client) -> None:
     """Fetch the shard's range of the input into ``destination`` (its CSV header first, where it has one),
     unless a restarted container's download is already there; refuse anything but what the stage read."""
-    source = transport.input
+    urls = as_urls(transport)
+    source = urls.transport.input
     if (
         destination.is_file()
         and destination.stat().st_size == source.size
@@ -80,9 +178,11 @@ def download_input(transport: ObjectTransport, destination: Path, http: httpx.Cl
     with partial.open("wb") as handle:
         handle.write(source.prefix)
         if headers:
-            for attempt in range(1, STORE_RETRIES.max_attempts + 1):
+            attempt = 0
+            while attempt < STORE_RETRIES.max_attempts:
+                attempt += 1
                 try:
-                    with http.stream("GET", source.url, headers=headers) as response:
+                    with http.stream("GET", urls.transport.input.url, headers=headers) as response:
                         status = response.status_code
                         if status == 206:
                             for chunk in response.iter_bytes(1 << 20):
@@ -90,6 +190,11 @@ def download_input(transport: ObjectTransport, destination: Path, http: httpx.Cl
                                 digest.update(chunk)
                                 received += len(chunk)
                             break
+                        expired = _expired(response)
+                    if expired:
+                        _await_renewal(urls, "reading the input range", status)
+                        attempt -= 1
+                        continue
                     if status not in _TRANSIENT:
                         # 200 would be the whole object: a store that ignores Range is not usable here
                         raise ObjectStoreRefusedError(
@@ -121,7 +226,7 @@ class ObjectPartSink(FrameSink):
     """Results and dead letters as sealed frames in numbered part objects: a part at each checkpoint (what
     :meth:`position` makes durable) and the last one with the trailer, then the end marker.
 
-    :param transport: the shard's pre-signed URLs
+    :param transport: the shard's pre-signed URLs (renewable: :class:`UrlSource`)
     :param http: the client the parts go through
     and the run, shard, key and try (:class:`~llm_etl_provider.worker.sinks.FrameSink`; the try is written
     into the end marker too)
@@ -132,13 +237,13 @@ class ObjectPartSink(FrameSink):
         key: bytes,
         run_id: str,
         shard: int,
-        transport: ObjectTransport,
+        transport: ObjectTransport | UrlSource,
         http: httpx.Client,
         *,
         attempt: int = 1,
     ) -> None:
         super().__init__(key, run_id, shard, attempt=attempt)
-        self.transport = transport
+        self.urls = as_urls(transport)
         self.http = http
         self.parts = 0  # parts written (and so the next part's number)
         self._buffer = bytearray()
@@ -153,14 +258,15 @@ class ObjectPartSink(FrameSink):
     def _put_part(self) -> None:
         if not self._buffer:
             return
-        if self.parts >= len(self.transport.parts):
+        if self.parts >= len(self.urls.transport.parts):
             raise ObjectStoreRefusedError(
-                f"the shard's {len(self.transport.parts)} part URLs are used up: restart it with more "
+                f"the shard's {len(self.urls.transport.parts)} part URLs are used up: restart it with more "
                 f"(the stage gives one per checkpoint and {PART_SLACK} more)"
             )
+        index = self.parts
         request(
-            self.http, "PUT", self.transport.parts[self.parts], content=bytes(self._buffer),
-            what=f"writing part {self.parts}",
+            self.http, "PUT", self.urls, lambda urls: urls.parts[index], content=bytes(self._buffer),
+            what=f"writing part {index}",
         )  # fmt: skip
         self.parts += 1
         self._buffer.clear()
@@ -174,10 +280,15 @@ class ObjectPartSink(FrameSink):
     def finish(self, summary: dict[str, Any]) -> None:
         self._seal(summary)
         self._put_part()
+        marker = end_marker(self.parts, self.attempt)
         request(
-            self.http, "PUT", self.transport.end_put, content=end_marker(self.parts, self.attempt),
+            self.http,
+            "PUT",
+            self.urls,
+            lambda urls: urls.end_put,
+            content=marker,
             what="writing the end marker",
-        )  # fmt: skip
+        )
 
     def close(self) -> None:
         self._buffer.clear()
@@ -187,21 +298,24 @@ class RemoteCheckpoint(Checkpoint):
     """The checkpoint as an object (pre-signed GET and PUT), so that a retried pod on another node resumes
     after the last part its predecessor wrote."""
 
-    def __init__(self, transport: ObjectTransport, http: httpx.Client, fingerprint: dict[str, Any]) -> None:
+    def __init__(
+        self, transport: ObjectTransport | UrlSource, http: httpx.Client, fingerprint: dict[str, Any]
+    ) -> None:
         super().__init__(Path("the store's checkpoint object"), fingerprint)
-        self.transport = transport
+        self.urls = as_urls(transport)
         self.http = http
 
     def load(self) -> CheckpointState | None:
         response = request(
-            self.http, "GET", self.transport.checkpoint_get, what="reading the checkpoint", ok=(200, 404)
-        )
+            self.http, "GET", self.urls, lambda urls: urls.checkpoint_get, what="reading the checkpoint",
+            ok=(200, 404),
+        )  # fmt: skip
         if response.status_code == 404:
             return None
         return self.parse(response.content, "the shard's checkpoint object")
 
     def save(self, state: CheckpointState) -> None:
         request(
-            self.http, "PUT", self.transport.checkpoint_put, content=self.serialize(state),
+            self.http, "PUT", self.urls, lambda urls: urls.checkpoint_put, content=self.serialize(state),
             what="writing the checkpoint",
         )  # fmt: skip

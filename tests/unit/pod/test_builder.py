@@ -21,7 +21,9 @@ from llm_etl_provider.pod.builder import (
     ModelSpec,
     PodParams,
     ServerSpec,
+    build_model_cache_pod,
     build_pod,
+    model_cache_network_policy,
     network_policy,
     pod_invocation,
     shard_network_policy,
@@ -40,6 +42,7 @@ def model_for(source: str) -> ModelSpec:
         url_secret="model-url" if source == "object" else None,
         claim="models-cache" if source == "pvc" else None,
         image="registry.local/models/llama:3b" if source == "image" else None,
+        cache_claim="llm-etl-abc-model" if source in ("pull", "object") else None,
     )
 
 
@@ -195,16 +198,16 @@ def test_the_worker_reads_its_shard_and_key_from_secrets_and_writes_sealed_frame
 
 
 def test_no_secret_value_is_in_the_pod_spec():
-    pod = build_pod(params("llamacpp", "object"))
-    text = repr(pod)
-    assert "model-url" in text  # only the Secret's name
-    loader = containers(pod)["model-loader"]
-    assert all("valueFrom" not in e for c in containers(pod).values() for e in c.get("env", []))
+    pod = build_model_cache_pod(model_for("object"), ServerSpec(backend="llamacpp"))
+    (loader,) = pod["spec"]["containers"]
+    assert all("valueFrom" not in e for e in loader.get("env", []))
     mounts = {m["name"]: m for m in loader["volumeMounts"]}
     assert mounts["model-url"]["readOnly"] is True
     assert loader["args"][:2] == ["--url-file", f"{mounts['model-url']['mountPath']}/url"]
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     assert volumes["model-url"]["secret"] == {"secretName": "model-url", "defaultMode": 0o440}
+    enrichment = build_pod(params("llamacpp", "object"))
+    assert all("valueFrom" not in e for c in containers(enrichment).values() for e in c.get("env", []))
 
 
 def test_the_worker_is_probed_through_its_heartbeat():
@@ -288,27 +291,80 @@ def test_gpu_scheduling_is_a_parameter():
     assert pod["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
 
 
-def test_network_policies_deny_everything_but_model_pulls():
+def test_network_policies_deny_everything_but_model_cache_downloads():
     deny = network_policy("etl")
     assert deny["metadata"]["namespace"] == "etl"
     assert deny["spec"]["policyTypes"] == ["Ingress", "Egress"]
     assert deny["spec"]["ingress"] == []
     assert deny["spec"]["egress"] == []
-    pull = network_policy("etl", allow_model_pull=True)
-    assert pull["spec"]["podSelector"]["matchLabels"][LABEL_MODEL_SOURCE] == "pull"
-    assert {p["port"] for rule in pull["spec"]["egress"] for p in rule["ports"]} == {53, 443}
+    assert deny["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "enrichment"
+    cache = network_policy("etl", model_cache=True)
+    assert cache["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "model-cache"
+    assert {p["port"] for rule in cache["spec"]["egress"] for p in rule["ports"]} == {53, 443}
 
 
 def test_each_shard_gets_a_network_policy_selecting_its_own_pod():
     labels = {"llm-etl.io/run-key": "0123456789ab", "llm-etl.io/shard": "3", "other": "x"}
-    policy = shard_network_policy("p", labels, allow_model_download=False, annotations={"a": "b"})
+    policy = shard_network_policy("p", labels, annotations={"a": "b"})
     selector = policy["spec"]["podSelector"]["matchLabels"]
     assert selector.items() >= {"llm-etl.io/run-key": "0123456789ab", "llm-etl.io/shard": "3"}.items()
+    assert selector["app.kubernetes.io/component"] == "enrichment"
     assert "other" not in selector
     assert (policy["spec"]["ingress"], policy["spec"]["egress"]) == ([], [])
     assert policy["metadata"]["labels"]["llm-etl.io/run-key"] == "0123456789ab"  # cleanup finds it by run
-    pull = shard_network_policy("p", labels, allow_model_download=True, annotations={})
-    assert {p["port"] for rule in pull["spec"]["egress"] for p in rule["ports"]} == {53, 443}
+
+
+@pytest.mark.parametrize(("backend", "source"), [("ollama", "pull"), ("llamacpp", "object")])
+def test_no_pod_that_sees_a_prompt_downloads_its_model(backend, source):
+    """Issue 23 (8): `pull` and `object` gave the whole enrichment pod DNS and HTTPS to any address, the
+    server that sees every prompt included. The model-cache pod downloads now; the enrichment pod mounts its
+    claim read-only, and its policy allows no egress."""
+    pod = build_pod(params(backend, source))
+    assert {v["name"]: v for v in pod["spec"]["volumes"]}["models"] == {
+        "name": "models",
+        "persistentVolumeClaim": {"claimName": "llm-etl-abc-model", "readOnly": True},
+    }
+    for container in containers(pod).values():
+        for mount in container["volumeMounts"]:
+            assert mount["name"] != "model-url"
+            if mount["name"] == "models":
+                assert mount["readOnly"] is True, container["name"]
+    loader = containers(pod)["model-loader"]
+    assert "pull" not in " ".join(loader["command"])
+    assert "--url-file" not in loader.get("args", [])
+    labels = {"llm-etl.io/run-key": "0123456789ab", "llm-etl.io/plan": "p" * 16, "llm-etl.io/shard": "3"}
+    assert shard_network_policy("p", labels, annotations={})["spec"]["egress"] == []
+    model = model_for(source)
+    cache = build_model_cache_pod(model, ServerSpec(backend=backend))
+    (downloader,) = cache["spec"]["containers"]
+    assert cache["metadata"]["labels"]["app.kubernetes.io/component"] == "model-cache"
+    assert "initContainers" not in cache["spec"]  # no server, no worker: nothing that sees a prompt
+    assert {v["name"]: v for v in cache["spec"]["volumes"]}["models"] == {
+        "name": "models",
+        "persistentVolumeClaim": {"claimName": "llm-etl-abc-model"},
+    }
+    if source == "pull":
+        assert 'ollama pull "$LLM_ETL_MODEL"' in downloader["command"][-1]
+    else:
+        assert (
+            downloader["args"][downloader["args"].index("--url-file") + 1] == "/var/run/llm-etl/model-url/url"
+        )
+    assert restricted_violations(cache, 29) == []
+    policy = model_cache_network_policy("c", {**labels, "llm-etl.io/shard": "3"}, annotations={})
+    assert policy["spec"]["podSelector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "llm-etl",
+        "app.kubernetes.io/component": "model-cache",
+        "llm-etl.io/run-key": "0123456789ab",
+        "llm-etl.io/plan": "p" * 16,
+    }
+    assert {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]} == {53, 443}
+
+
+def test_the_model_cache_pod_is_only_for_downloaded_sources():
+    with pytest.raises(PodSpecError, match="pull or object"):
+        build_model_cache_pod(model_for("pvc"), ServerSpec(backend="ollama"))
+    with pytest.raises(PodSpecError, match="cache_claim"):
+        build_pod(dataclasses.replace(params("ollama", "pull"), model=ModelSpec("m", source="pull")))
 
 
 def test_a_work_claim_replaces_the_work_emptydir():
@@ -399,19 +455,6 @@ def test_a_chosen_parallelism_and_concurrency_are_kept():
     assert flag(pod["spec"]["containers"][0]["args"], "--concurrency") == "100"
 
 
-@pytest.mark.parametrize("source", ["pull", "object"])
-def test_a_downloaded_model_fits_the_pod_s_ephemeral_storage(source):
-    """The models emptyDir allowed 64Gi while the containers' limits added up to ~2.3Gi: a model over that
-    was evicted while it loaded. Now the server's request and limit make room for the model's size."""
-    chosen = params("llamacpp" if source == "object" else "ollama", source)
-    pod = build_pod(dataclasses.replace(chosen, model=dataclasses.replace(chosen.model, size="16Gi")))
-    (models,) = [v for v in pod["spec"]["volumes"] if v["name"] == "models"]
-    assert models["emptyDir"]["sizeLimit"] == "16Gi"
-    server = containers(pod)["llm-server"]["resources"]
-    assert server["limits"]["ephemeral-storage"] == f"{16 * 1024 + 2048}Mi"
-    assert server["requests"]["ephemeral-storage"] == f"{16 * 1024 + 256}Mi"
-
-
 def test_a_model_size_that_is_not_a_quantity_is_refused():
     chosen = params("ollama", "pull")
     with pytest.raises(PodSpecError, match="not a storage quantity"):
@@ -428,12 +471,23 @@ def test_an_object_transport_pod_downloads_its_range_into_a_work_folder_that_hol
     pod = build_pod(
         PodParams(
             invocation=invocation, model=model_for("pvc"), server=server, input_secret="s", key_secret="k",
-            input_bytes=3 << 30,
+            input_bytes=3 << 30, urls_secret="s-urls",
         )
     )  # fmt: skip
     args = pod["spec"]["containers"][0]["args"]
     assert args[args.index("--output") + 1] == "object"
-    assert args[args.index("--object-transport") + 1] == "/var/run/llm-etl/input/object.json"
+    # the URLs come from a Secret of their own, mounted whole (no subPath): renewed in place while it runs
+    assert args[args.index("--object-transport") + 1] == "/var/run/llm-etl/urls/object.json"
+    mounts = {m["name"]: m for m in pod["spec"]["containers"][0]["volumeMounts"]}
+    assert mounts["urls"] == {"name": "urls", "mountPath": "/var/run/llm-etl/urls", "readOnly": True}
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["urls"]["secret"] == {"secretName": "s-urls", "defaultMode": 0o440}
+    with pytest.raises(PodSpecError, match="urls_secret"):
+        build_pod(
+            PodParams(
+                invocation=invocation, model=model_for("pvc"), server=server, input_secret="s", key_secret="k"
+            )
+        )
     assert args[args.index("--input") + 1] == "/work/input.csv"
     assert "--checkpoint" not in args  # in the store, beside the parts
     work = {v["name"]: v for v in pod["spec"]["volumes"]}["work"]["emptyDir"]["sizeLimit"]
@@ -448,7 +502,6 @@ def test_the_object_transport_s_policy_allows_dns_and_the_store_only():
     policy = shard_network_policy(
         "p",
         labels,
-        allow_model_download=False,
         annotations={},
         store_egress=[("10.1.2.3", 9000), ("::1", 443)],
     )

@@ -66,9 +66,9 @@ def test_every_pod_and_network_policy_passes_checkov(tmp_path):
         pod = build_pod(pinned_params)
         pod["metadata"]["namespace"] = "llm-etl"
         (tmp_path / f"pod-{variant}.yaml").write_text(yaml.safe_dump(pod))
-    for allow_model_pull in (False, True):
-        policy = network_policy("llm-etl", allow_model_pull=allow_model_pull)
-        (tmp_path / f"policy-{allow_model_pull}.yaml").write_text(yaml.safe_dump(policy))
+    for model_cache in (False, True):
+        policy = network_policy("llm-etl", model_cache=model_cache)
+        (tmp_path / f"policy-{model_cache}.yaml").write_text(yaml.safe_dump(policy))
     report = run_checkov(tmp_path)
     failed = [
         f"{check['check_id']} {check['resource']} ({check['file_path']})"

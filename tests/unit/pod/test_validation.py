@@ -5,7 +5,16 @@ from __future__ import annotations
 import kubernetes_validate
 import pytest
 
-from llm_etl_provider.pod.builder import SUPPORTED_SOURCES, build_pod, network_policy, shard_network_policy
+from llm_etl_provider.pod.builder import (
+    SUPPORTED_SOURCES,
+    ModelSpec,
+    ServerSpec,
+    build_model_cache_pod,
+    build_pod,
+    model_cache_network_policy,
+    network_policy,
+    shard_network_policy,
+)
 from tests.unit.pod.test_builder import VARIANTS, params
 
 VERSIONS = [f"1.{minor}.0" for minor in range(29, 38)]
@@ -28,23 +37,31 @@ def test_pods_validate_strictly(variant, version):
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-@pytest.mark.parametrize("allow_model_pull", [False, True])
-def test_network_policies_validate_strictly(version, allow_model_pull):
-    kubernetes_validate.validate(
-        network_policy("etl", allow_model_pull=allow_model_pull), version, strict=True
-    )
+@pytest.mark.parametrize("model_cache", [False, True])
+def test_network_policies_validate_strictly(version, model_cache):
+    kubernetes_validate.validate(network_policy("etl", model_cache=model_cache), version, strict=True)
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-@pytest.mark.parametrize("allow_model_pull", [False, True])
 @pytest.mark.parametrize("store", [(), (("10.0.0.7", 9000),)], ids=["log", "object"])
-def test_shard_network_policies_validate_strictly(version, allow_model_pull, store):
+def test_shard_network_policies_validate_strictly(version, store):
     labels = {"llm-etl.io/run-key": "0123456789ab", "llm-etl.io/shard": "0"}
-    policy = shard_network_policy(
-        "llm-etl-abc-shard-0-network", labels, allow_model_download=allow_model_pull, annotations={},
-        store_egress=store,
-    )  # fmt: skip
+    policy = shard_network_policy("llm-etl-abc-shard-0-network", labels, annotations={}, store_egress=store)
     kubernetes_validate.validate(policy, version, strict=True)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize(("backend", "source"), [("ollama", "pull"), ("llamacpp", "object")])
+def test_model_cache_pods_and_policies_validate_strictly(version, backend, source):
+    cache = build_model_cache_pod(
+        ModelSpec("m", source=source, sha256="a" * 64, url_secret="u", cache_claim="c"), ServerSpec(backend)
+    )
+    cache["metadata"]["name"] = "llm-etl-run-model-cache"
+    kubernetes_validate.validate(cache, version, strict=True)
+    labels = {"llm-etl.io/run-key": "0123456789ab", "llm-etl.io/plan": "0123456789abcdef"}
+    kubernetes_validate.validate(
+        model_cache_network_policy("c", labels, annotations={}), version, strict=True
+    )
 
 
 def test_validation_is_not_vacuous():

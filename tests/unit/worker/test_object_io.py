@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import io
 import json
@@ -30,6 +31,7 @@ from llm_etl_provider.worker.object_io import (
     ObjectStoreError,
     ObjectStoreRefusedError,
     RemoteCheckpoint,
+    UrlSource,
     download_input,
 )
 from llm_etl_provider.worker.records import RecordReader
@@ -121,8 +123,74 @@ def test_a_busy_store_is_retried_and_a_refusing_one_is_not(tmp_path, monkeypatch
         download_input(transport_for(data, 0, 40), tmp_path / "b.jsonl", failing.client())
     expired = MemoryStore(failures=1, failure_status=403)
     expired.objects["/in.jsonl"] = data
-    with pytest.raises(ObjectStoreRefusedError, match="HTTP 403"):  # exit 2: a retry would meet the same
+    # an expired URL that nothing renews: exit 1, the next try's pod gets URLs signed when it starts
+    with pytest.raises(ObjectStoreError, match="no renewed URL came"):
         download_input(transport_for(data, 0, 40), tmp_path / "c.jsonl", expired.client())
+    missing = MemoryStore()
+    with pytest.raises(ObjectStoreRefusedError, match="HTTP 404"):  # exit 2: a retry would meet the same
+        download_input(transport_for(data, 0, 40), tmp_path / "d.jsonl", missing.client())
+
+
+class ExpiringStore(MemoryStore):
+    """A store whose URLs carry a signature generation (``?sig=N``): it answers 403 "Request has expired" to
+    any generation below ``valid_from``, as S3 does to a URL signed with credentials that have ended."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.valid_from = 0
+        self.refused = 0
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        if int(request.url.params.get("sig", "0")) < self.valid_from:
+            self.refused += 1
+            return httpx.Response(
+                403, content=b"<Code>AccessDenied</Code><Message>Request has expired</Message>"
+            )
+        return super().handle(request)
+
+
+def signed(document: ObjectTransport, generation: int) -> ObjectTransport:
+    def sign(url: str) -> str:
+        return f"{url.split('?')[0]}?sig={generation}"
+
+    return ObjectTransport(
+        input=dataclasses.replace(document.input, url=sign(document.input.url)),
+        parts=tuple(sign(url) for url in document.parts),
+        checkpoint_get=sign(document.checkpoint_get),
+        checkpoint_put=sign(document.checkpoint_put),
+        end_put=sign(document.end_put),
+        part_records=document.part_records,
+    )
+
+
+def test_expired_urls_are_renewed_from_their_file_mid_run(tmp_path, monkeypatch):
+    """Issue 23 (9): URLs signed with temporary credentials die within the hour, and a 403 ended the worker
+    with exit 2 and no retry. Now the operator renews the URL file while the pod runs, and a worker refused a
+    URL as expired re-reads the file and goes on with the renewed one."""
+    store = ExpiringStore()
+    data = reviews(4)
+    store.objects["/in.jsonl"] = data
+    path = tmp_path / "object.json"
+    first = signed(transport_for(data, 0, len(data)), 1)
+    path.write_bytes(first.to_json())
+    urls = UrlSource(first, path)
+    download_input(urls, tmp_path / "input.jsonl", store.client())
+    sink = ObjectPartSink(new_key(), "run", 0, urls, store.client())
+    sink.open(None)
+    store.valid_from = 2  # the credentials that signed generation 1 ended
+
+    def renew_while_waiting(_: float) -> None:  # the operator's renewal lands while the worker waits
+        path.write_bytes(signed(first, 2).to_json())
+
+    monkeypatch.setattr("llm_etl_provider.worker.object_io.time.sleep", renew_while_waiting)
+    sink.write_result({"id": "r0", "line": 1, "enrichment": {}, "meta": {}})
+    sink.position()  # a part PUT: refused, renewed, written
+    assert store.refused == 1
+    assert "/t/part-0" in store.objects
+    assert urls.transport.parts[0].endswith("?sig=2")
+    # a document for another shard is never taken for a renewal
+    path.write_bytes(signed(transport_for(data, 0, 10), 3).to_json())
+    assert not urls.renew()
 
 
 def test_an_input_that_changed_since_the_stage_is_refused(tmp_path):

@@ -1,0 +1,214 @@
+"""ModelCacheOperator: download a ``pull`` or ``object`` model into the plan's model claim, in a pod that
+never sees a prompt, before any enrichment pod starts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+from airflow.providers.cncf.kubernetes.pod_generator import PodGenerator
+from airflow.sdk.exceptions import AirflowException, AirflowSkipException
+
+from llm_etl_provider.backends.kubernetes import KubernetesBackend
+from llm_etl_provider.contract import layout
+from llm_etl_provider.contract.shard import ShardDescriptor
+from llm_etl_provider.exceptions import PodSpecError, worker_exit_error
+from llm_etl_provider.operators.enrichment import container_exit_code
+from llm_etl_provider.pod.builder import (
+    DEFAULT_MODEL_SIZE,
+    DEFAULT_WORKER_IMAGE,
+    DOWNLOADED_SOURCES,
+    ModelSpec,
+    ServerSpec,
+    build_model_cache_pod,
+    model_cache_network_policy,
+)
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+    from kubernetes.client import models as k8s
+
+DEFAULT_CACHE_ACCESS_MODES = ("ReadWriteOnce",)
+DEFAULT_CACHE_START_TIMEOUT_SECONDS = 900  # scheduling and the image pull; the download runs after it
+
+
+class ModelCacheOperator(KubernetesPodOperator):
+    """Download the model of a ``pull`` or ``object`` source into the stage's plan's model claim
+    (``layout.model_claim_name``), which it creates, in a pod of its own: the only pod of a run that reaches
+    a network for its model (DNS and HTTPS, through its own NetworkPolicy), and one that never sees a prompt.
+    Every enrichment pod of the plan mounts the claim read-only and has no egress for its model. The model
+    is downloaded once per plan, not once per shard; run again (a clear), it keeps the claim, and the loader
+    keeps a file whose sha256 already matches (``ollama pull`` fetches only what changed).
+
+    The claim is ``ReadWriteOnce`` unless ``cache_access_modes`` says otherwise: the shards' pods must then
+    run on the node that mounts it. With more than one GPU node, give ``("ReadWriteMany",)`` and a
+    ``cache_storage_class`` that offers it (EFS, Filestore, Azure Files, CephFS, NFS), or serve the model from
+    a ``pvc`` or ``image`` source. The claim is the run's: the cleanup and the sweeper delete it.
+
+    :param shards: the shard descriptors from StageInputOperator (templated): their plan names the claim
+    :param model: the model's name (Ollama's tag for ``pull``)
+    :param backend: the LLM server (``ollama`` pulls; ``llamacpp`` downloads a GGUF file)
+    :param model_source: ``pull`` or ``object``
+    :param model_path: the GGUF file's path in the claim (``object``)
+    :param model_sha256: the GGUF file's sha256 (``object``)
+    :param model_url_secret: a Secret whose key ``url`` holds the download URL (``object``)
+    :param model_size: the claim's size
+    :param cache_access_modes: the claim's access modes
+    :param cache_storage_class: the claim's StorageClass (default: the cluster's)
+    :param server_image: the Ollama image that pulls (default: the server's)
+    :param worker_image: the image whose ``llm-etl-worker load-model`` downloads an ``object`` model
+    :param run_deadline_seconds: how long the claim may live once Airflow no longer knows the run
+    :param scope: the pipeline's task group (set by ``llm_enrichment_task_group``)
+    """
+
+    template_fields: Sequence[str] = (*KubernetesPodOperator.template_fields, "shards", "model", "backend")
+
+    def __init__(
+        self,
+        *,
+        shards: Any,
+        model: str,
+        backend: str = "ollama",
+        model_source: str = "pull",
+        model_path: str = "model.gguf",
+        model_sha256: str | None = None,
+        model_url_secret: str | None = None,
+        model_size: str = DEFAULT_MODEL_SIZE,
+        cache_access_modes: Sequence[str] = DEFAULT_CACHE_ACCESS_MODES,
+        cache_storage_class: str | None = None,
+        server_image: str | None = None,
+        worker_image: str = DEFAULT_WORKER_IMAGE,
+        run_deadline_seconds: int = layout.DEFAULT_RUN_DEADLINE_SECONDS,
+        scope: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if model_source not in DOWNLOADED_SOURCES:
+            raise ValueError(f"ModelCacheOperator downloads pull or object models, not {model_source!r}")
+        kwargs.setdefault("name", "llm-etl-model-cache")
+        kwargs.setdefault("startup_timeout_seconds", DEFAULT_CACHE_START_TIMEOUT_SECONDS)
+        kwargs.setdefault("do_xcom_push", False)
+        kwargs.setdefault("on_finish_action", "delete_pod")
+        super().__init__(**kwargs)
+        self.shards = shards
+        self.model = model
+        self.backend = backend
+        self.model_source = model_source
+        self.model_path = model_path
+        self.model_sha256 = model_sha256
+        self.model_url_secret = model_url_secret
+        self.model_size = model_size
+        self.cache_access_modes = tuple(cache_access_modes)
+        self.cache_storage_class = cache_storage_class
+        self.server_image = server_image
+        self.worker_image = worker_image
+        self.run_deadline_seconds = run_deadline_seconds
+        self.scope = scope
+
+    @property
+    def run_scope(self) -> str:
+        return layout.run_scope(self.dag_id, self.scope)
+
+    def plan(self) -> str | None:
+        """The stage's plan of this run (None when it staged no shard)."""
+        if not isinstance(self.shards, list):
+            raise TypeError(f"shards must be the stage's list of shard descriptors, not {type(self.shards)}")
+        plans = {ShardDescriptor.from_xcom(shard).plan for shard in self.shards}
+        if len(plans) > 1:
+            raise ValueError(f"the shards come from more than one plan: {sorted(map(str, plans))}")
+        return next(iter(plans), None)
+
+    def run_backend(self, context: Context) -> KubernetesBackend:
+        return KubernetesBackend(
+            self.namespace or "default",
+            self.kubernetes_conn_id or "kubernetes_default",
+            dag_id=self.dag_id,
+            run_id=str(context["run_id"]),
+            log=self.log,
+            run_deadline_seconds=self.run_deadline_seconds,
+            scope=self.run_scope,
+            plan=self.plan(),
+        )
+
+    def model_spec(self, claim: str | None) -> ModelSpec:
+        return ModelSpec(
+            name=self.model,
+            source=self.model_source,  # type: ignore[arg-type]
+            path=self.model_path,
+            sha256=self.model_sha256,
+            url_secret=self.model_url_secret,
+            size=self.model_size,
+            cache_claim=claim,
+        )
+
+    def execute(self, context: Context) -> Any:
+        if not self.shards:
+            raise AirflowSkipException("the stage staged no shard: no model to cache")
+        backend = self.run_backend(context)
+        if len(self.shards) > 1 and self.cache_access_modes == ("ReadWriteOnce",):
+            self.log.warning(
+                "the model claim is ReadWriteOnce: the %d shards' pods can mount it on one node only; "
+                "with more than one GPU node give cache_access_modes=('ReadWriteMany',) and a storage "
+                "class that has it",
+                len(self.shards),
+            )
+        claim = backend.create_model_claim(
+            self.model_size, access_modes=self.cache_access_modes, storage_class=self.cache_storage_class
+        )
+        self.log.info("caching model %s (%s) in claim %s", self.model, self.model_source, claim)
+        backend.create_network_policy(
+            model_cache_network_policy(
+                f"{claim}-cache-network",
+                self._labels(context, backend),
+                annotations=layout.run_annotations(self.dag_id, str(context["run_id"])),
+            )
+        )
+        return super().execute(context)
+
+    def _labels(self, context: Context, backend: KubernetesBackend) -> dict[str, str]:
+        labels = {
+            **layout.MANAGED_BY,
+            layout.LABEL_RUN: layout.label_value(str(context["run_id"])),
+            layout.LABEL_RUN_KEY: backend.run_key,
+        }
+        if backend.plan:
+            labels[layout.LABEL_PLAN] = backend.plan
+        return labels
+
+    def build_pod_request_obj(self, context: Context | None = None, *, dry_run: bool = False) -> k8s.V1Pod:
+        if context is None:
+            claim = "dry-run-model"
+            labels: dict[str, str] = {}
+            annotations: dict[str, str] = {}
+        else:
+            backend = self.run_backend(context)
+            claim = layout.model_claim_name(backend.prefix)
+            labels = self._labels(context, backend)
+            annotations = layout.run_annotations(self.dag_id, str(context["run_id"]))
+        server = ServerSpec(backend=self.backend, image=self.server_image, gpus=0)  # type: ignore[arg-type]
+        try:
+            pod = build_model_cache_pod(self.model_spec(claim), server, worker_image=self.worker_image)
+        except PodSpecError as exc:
+            raise AirflowException(str(exc)) from None
+        pod["metadata"]["labels"].update(labels)
+        pod["metadata"].setdefault("annotations", {}).update(annotations)
+        self.full_pod_spec = PodGenerator.deserialize_model_dict(pod)
+        return super().build_pod_request_obj(context, dry_run=dry_run)
+
+    def cleanup(
+        self,
+        pod: k8s.V1Pod,
+        remote_pod: k8s.V1Pod,
+        xcom_result: dict[str, Any] | None = None,
+        context: Context | None = None,
+    ) -> None:
+        """KPO's cleanup, with the loader's exit code turned into the task's outcome (a wrong checksum is not
+        retried)."""
+        try:
+            super().cleanup(pod, remote_pod, xcom_result, context)
+        except AirflowSkipException:
+            raise
+        except AirflowException as exc:
+            if code := container_exit_code(remote_pod, self.base_container_name):
+                raise worker_exit_error(code, f"model-cache pod {remote_pod.metadata.name}") from exc
+            raise
