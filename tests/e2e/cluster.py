@@ -44,11 +44,12 @@ class Recorder(threading.Thread):
     """Every object of a kind (``pods``, ``secrets``) the namespace has held while recording, as the API
     served it."""
 
-    def __init__(self, admin: KubeApi, namespace: str, kind: str) -> None:
+    def __init__(self, admin: KubeApi, namespace: str, kind: str, group: str = "/api/v1") -> None:
         super().__init__(name=f"{kind}-recorder", daemon=True)
         self.admin = admin
         self.namespace = namespace
         self.kind = kind
+        self.group = group
         self.objects: dict[str, dict[str, Any]] = {}  # by uid, the latest version seen
         self._stopping = threading.Event()
 
@@ -57,7 +58,7 @@ class Recorder(threading.Thread):
         while not self._stopping.is_set():
             try:
                 for event in self.admin.watch(
-                    f"/api/v1/namespaces/{self.namespace}/{self.kind}", version, timeout=2
+                    f"{self.group}/namespaces/{self.namespace}/{self.kind}", version, timeout=2
                 ):
                     item = event["object"]
                     version = item["metadata"]["resourceVersion"]
@@ -95,13 +96,17 @@ class ProviderCluster:
                 self.admin = admin
                 self.recorder = Recorder(admin, self.namespace, "pods")
                 self.secrets = Recorder(admin, self.namespace, "secrets")
-                self.recorder.start()
-                self.secrets.start()
+                self.policies = Recorder(
+                    admin, self.namespace, "networkpolicies", "/apis/networking.k8s.io/v1"
+                )
+                recorders = (self.recorder, self.secrets, self.policies)
+                for recorder in recorders:
+                    recorder.start()
                 try:
                     yield self
                 finally:
-                    self.recorder.stop()
-                    self.secrets.stop()
+                    for recorder in recorders:
+                        recorder.stop()
         finally:
             self.dev.down()
 

@@ -39,6 +39,7 @@ def test_two_shards_through_kpo_are_enriched_by_the_model_and_nothing_remains(
     source.write_text("".join(short))
     dag = kubernetes_dag(deferrable=deferrable)
     assert dag.get_task("llm_enrichment.shard.enrich").deferrable is deferrable
+    policies_before = set(cluster.policies.objects)
 
     run = run_example(
         dag,
@@ -79,6 +80,17 @@ def test_two_shards_through_kpo_are_enriched_by_the_model_and_nothing_remains(
     # one pod downloaded the model (into the plan's model claim) and ran nothing else; it alone had egress
     cache_pods = {pod for pod in pods if pod.startswith("llm-etl-model-cache")}
     assert len(cache_pods) == 1
+    # the NetworkPolicies as the API served them: none of an enrichment pod allows any egress (the log
+    # transport), and the one that allows DNS and HTTPS selects the model-cache component alone
+    egress: dict[str, list[Any]] = {}
+    for uid, policy in cluster.policies.objects.items():
+        if uid not in policies_before:
+            selected = policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+            egress.setdefault(selected, []).append(policy["spec"].get("egress", []))
+    assert len(egress["enrichment"]) >= 2
+    assert all(rules == [] for rules in egress["enrichment"])
+    (cache_rules,) = egress["model-cache"]
+    assert {port["port"] for rule in cache_rules for port in rule["ports"]} == {53, 443}
     assert {m for n, m in started if n in cache_pods} == {"Started container base"}
     assert len(pods - cache_pods) >= 2
     for pod in pods - cache_pods:  # each enrichment pod ran the loader (a check), the server and the worker
