@@ -348,15 +348,21 @@ class KubernetesBackend(RunBackend):
 
     def create_network_policy(self, manifest: dict[str, Any]) -> None:
         """Create a pod's NetworkPolicy, unless an earlier try made it (the same policy)."""
+        self._create_kept(self.networking.create_namespaced_network_policy, manifest, ExtractionError)
+
+    def _create_kept(
+        self, create: Callable[..., Any], manifest: dict[str, Any], error: type[Exception]
+    ) -> None:
+        """Create ``manifest`` with ``create``, unless it exists already (409): an earlier try's or stage's,
+        the same object, which a pod of the plan may be using."""
         from kubernetes.client.exceptions import ApiException
 
         try:
-            self.networking.create_namespaced_network_policy(self.namespace, manifest)
+            create(self.namespace, manifest)
         except ApiException as exc:
             if exc.status != 409:
-                raise ExtractionError(
-                    f"cannot create the pod's NetworkPolicy {manifest['metadata']['name']}: HTTP {exc.status}"
-                ) from None
+                name = f"{manifest['kind']} {self.namespace}/{manifest['metadata']['name']}"
+                raise error(f"cannot create {name}: HTTP {exc.status}") from None
 
     def require_claim(self, name: str) -> None:
         """Fail at once, not after the pod's start-up limit, when the claim the pod mounts is not there."""
@@ -474,16 +480,7 @@ class KubernetesBackend(RunBackend):
     def _create_secret(self, manifest: dict[str, Any]) -> None:
         """Create the Secret, unless the plan staged it before: a stage run again cuts the same shards, and a
         pod of the plan may be reading it."""
-        from kubernetes.client.exceptions import ApiException
-
-        name = manifest["metadata"]["name"]
-        try:
-            self.api.create_namespaced_secret(self.namespace, manifest)
-        except ApiException as exc:
-            if exc.status != 409:
-                raise StagingError(
-                    f"cannot create Secret {self.namespace}/{name}: HTTP {exc.status}"
-                ) from None
+        self._create_kept(self.api.create_namespaced_secret, manifest, StagingError)
 
     def _create_work_claim(self, index: int) -> str:
         """Create the shard's work claim, unless the plan made it before (its checkpoint lives there)."""
@@ -502,16 +499,7 @@ class KubernetesBackend(RunBackend):
         return name
 
     def _create_claim(self, manifest: dict[str, Any]) -> None:
-        from kubernetes.client.exceptions import ApiException
-
-        name = manifest["metadata"]["name"]
-        try:
-            self.api.create_namespaced_persistent_volume_claim(self.namespace, manifest)
-        except ApiException as exc:
-            if exc.status != 409:
-                raise StagingError(
-                    f"cannot create the claim {self.namespace}/{name}: HTTP {exc.status}"
-                ) from None
+        self._create_kept(self.api.create_namespaced_persistent_volume_claim, manifest, StagingError)
 
 
 def _seconds(start: datetime | None, end: datetime | None) -> float | None:

@@ -13,10 +13,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import tenacity
 from airflow.providers.cncf.kubernetes.callbacks import KubernetesPodOperatorCallback
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
-from airflow.providers.cncf.kubernetes.pod_generator import PodGenerator
 from airflow.providers.cncf.kubernetes.triggers.pod import KubernetesPodTrigger
 from airflow.providers.cncf.kubernetes.utils.pod_manager import PodManager
-from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
@@ -31,8 +29,9 @@ from llm_etl_provider.contract.invocation import (
 )
 from llm_etl_provider.contract.layout import run_annotations
 from llm_etl_provider.contract.shard import ShardDescriptor
-from llm_etl_provider.exceptions import PodSpecError, worker_exit_error
+from llm_etl_provider.exceptions import PodSpecError
 from llm_etl_provider.operators.base import backend_for
+from llm_etl_provider.operators.pod_step import PodStepOperator
 from llm_etl_provider.pod.builder import (
     CPU_PARALLEL,
     DEFAULT_MODEL_SIZE,
@@ -101,7 +100,7 @@ def _without_frames(callback: type[KubernetesPodOperatorCallback]) -> type[Kuber
     return type(callback.__name__, (callback,), {"progress_callback": staticmethod(progress_callback)})
 
 
-class LLMEnrichmentOperator(KubernetesPodOperator):
+class LLMEnrichmentOperator(PodStepOperator):
     """Enrich one shard of staged records in a pod: model loader, local LLM server (native sidecar), worker.
 
     A pod that ended is kept (``on_finish_action="delete_active_pod"``) so that ExtractResultsOperator can
@@ -161,6 +160,8 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
         it, and a worker refused an expired URL waits for the renewed one
     """
 
+    # the worker's code, or where the worker never ran, the model loader's
+    exit_code_containers = (layout.WORKER_CONTAINER, layout.LOADER_CONTAINER)
     template_fields: Sequence[str] = (
         *KubernetesPodOperator.template_fields,
         "shard",
@@ -395,28 +396,7 @@ class LLMEnrichmentOperator(KubernetesPodOperator):
         pod = build_pod(self.pod_params(run_id, attempt))
         pod["metadata"].setdefault("annotations", {}).update(run_annotations(self.dag_id, run_id))
         pod["metadata"]["labels"].update(self._selected(run_id, ShardDescriptor.from_xcom(self.shard)))
-        self.full_pod_spec = PodGenerator.deserialize_model_dict(pod)
-        return super().build_pod_request_obj(context, dry_run=dry_run)
-
-    def cleanup(
-        self,
-        pod: k8s.V1Pod,
-        remote_pod: k8s.V1Pod,
-        xcom_result: dict[str, Any] | None = None,
-        context: Context | None = None,
-    ) -> None:
-        """KPO's cleanup, with the worker's exit code turned into the task's outcome."""
-        try:
-            super().cleanup(pod, remote_pod, xcom_result, context)
-        except AirflowSkipException:
-            raise
-        except AirflowException as exc:
-            # the worker's code, or where the worker never ran, the model loader's
-            for container in (self.base_container_name, layout.LOADER_CONTAINER):
-                code = container_exit_code(remote_pod, container)
-                if code:
-                    raise worker_exit_error(code, f"pod {remote_pod.metadata.name} {container}") from exc
-            raise
+        return self.request_pod(pod, context, dry_run)
 
     @tenacity.retry(
         stop=tenacity.stop_after_attempt(3),
@@ -469,16 +449,3 @@ def _optional_int(value: Any, name: str) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         raise PodSpecError(f"{name} must be an integer, not {value!r}") from None
-
-
-def container_exit_code(pod: k8s.V1Pod | None, container: str) -> int | None:
-    """The exit code of ``container`` (init containers included) in ``pod``, once it has ended."""
-    status_of = pod.status if pod is not None else None
-    statuses = [
-        *((status_of.container_statuses or []) if status_of else []),
-        *((status_of.init_container_statuses or []) if status_of else []),
-    ]
-    for status in statuses:
-        if status.name == container and status.state is not None and status.state.terminated is not None:
-            return int(status.state.terminated.exit_code)
-    return None

@@ -7,14 +7,13 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
-from airflow.providers.cncf.kubernetes.pod_generator import PodGenerator
 from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
 from llm_etl_provider.backends.kubernetes import KubernetesBackend
 from llm_etl_provider.contract import layout
 from llm_etl_provider.contract.shard import ShardDescriptor
-from llm_etl_provider.exceptions import PodSpecError, worker_exit_error
-from llm_etl_provider.operators.enrichment import container_exit_code
+from llm_etl_provider.exceptions import PodSpecError
+from llm_etl_provider.operators.pod_step import PodStepOperator
 from llm_etl_provider.pod.builder import (
     DEFAULT_MODEL_SIZE,
     DEFAULT_WORKER_IMAGE,
@@ -33,7 +32,7 @@ DEFAULT_CACHE_ACCESS_MODES = ("ReadWriteOnce",)
 DEFAULT_CACHE_START_TIMEOUT_SECONDS = 900  # scheduling and the image pull; the download runs after it
 
 
-class ModelCacheOperator(KubernetesPodOperator):
+class ModelCacheOperator(PodStepOperator):
     """Download the model of a ``pull`` or ``object`` source into the stage's plan's model claim
     (``layout.model_claim_name``), which it creates, in a pod of its own: the only pod of a run that reaches
     a network for its model (DNS and HTTPS, through its own NetworkPolicy), and one that never sees a prompt.
@@ -62,6 +61,7 @@ class ModelCacheOperator(KubernetesPodOperator):
     :param scope: the pipeline's task group (set by ``llm_enrichment_task_group``)
     """
 
+    exit_code_containers = (layout.WORKER_CONTAINER,)  # the loader runs as the pod's base container
     template_fields: Sequence[str] = (*KubernetesPodOperator.template_fields, "shards", "model", "backend")
 
     def __init__(
@@ -192,23 +192,4 @@ class ModelCacheOperator(KubernetesPodOperator):
             raise AirflowException(str(exc)) from None
         pod["metadata"]["labels"].update(labels)
         pod["metadata"].setdefault("annotations", {}).update(annotations)
-        self.full_pod_spec = PodGenerator.deserialize_model_dict(pod)
-        return super().build_pod_request_obj(context, dry_run=dry_run)
-
-    def cleanup(
-        self,
-        pod: k8s.V1Pod,
-        remote_pod: k8s.V1Pod,
-        xcom_result: dict[str, Any] | None = None,
-        context: Context | None = None,
-    ) -> None:
-        """KPO's cleanup, with the loader's exit code turned into the task's outcome (a wrong checksum is not
-        retried)."""
-        try:
-            super().cleanup(pod, remote_pod, xcom_result, context)
-        except AirflowSkipException:
-            raise
-        except AirflowException as exc:
-            if code := container_exit_code(remote_pod, self.base_container_name):
-                raise worker_exit_error(code, f"model-cache pod {remote_pod.metadata.name}") from exc
-            raise
+        return self.request_pod(pod, context, dry_run)
