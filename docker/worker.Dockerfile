@@ -1,6 +1,9 @@
 # The pod's worker image (model-loader and base containers): llm-etl-provider without Airflow.
 # `llm-etl load-model` and `llm-etl-worker` need only httpx, jsonschema and cryptography (versions from uv.lock).
-FROM python:3.11-slim
+# BASE: any Python 3.11 image whose pip installs system-wide; scripts/build-images.sh builds one from Debian's
+# packages where no registry is reachable.
+ARG BASE=python:3.11-slim
+FROM ${BASE}
 
 COPY pyproject.toml README.md /src/
 COPY src /src/src

@@ -12,7 +12,8 @@
 # at its published v0.<minor>.<patch> release instead.
 #
 # Set LLM_ETL_KUBE_SCHEDULER=1 to build kube-scheduler into the same folder too (35 s more in the same build; asked
-# for after a build without it, everything is built afresh, and the binaries already there are kept).
+# for after a build without it, everything is built afresh, and the binaries already there are kept), and
+# LLM_ETL_KUBE_NODE=1 for a node and its controllers: kubelet, kube-scheduler and kube-controller-manager.
 set -euo pipefail
 
 KUBE_VERSION="1.36.3"  # k8s.io/kubernetes v1.36.3: its go.mod says `go 1.26.0`
@@ -24,6 +25,8 @@ PREFIX="${CACHE_DIR}/kube-${KUBE_VERSION}-etcd-${ETCD_VERSION}"
 BIN="${PREFIX}/bin"
 binaries=(kube-apiserver etcd)
 [[ "${LLM_ETL_KUBE_SCHEDULER:-0}" == 1 ]] && binaries+=(kube-scheduler)
+[[ "${LLM_ETL_KUBE_NODE:-0}" == 1 ]] && binaries+=(kube-controller-manager kubelet)
+[[ "${LLM_ETL_KUBE_NODE:-0}" == 1 && "${LLM_ETL_KUBE_SCHEDULER:-0}" != 1 ]] && binaries+=(kube-scheduler)
 
 cached=1
 for b in "${binaries[@]}"; do [[ -x "${BIN}/${b}" ]] || cached=0; done
@@ -55,7 +58,9 @@ mkdir -p "${work}/kube" "${work}/etcd"
         (inblock || /^replace /) && f[n - 1] == "=>" && f[n] ~ /^\.\/staging\/src\// {
             m = (f[1] == "" ? f[2] : f[1]); print "\t" m " => " m " " v
         }' "${kube_mod}"
-    printf ')\n\ntool (\n\tk8s.io/kubernetes/cmd/kube-apiserver\n\tk8s.io/kubernetes/cmd/kube-scheduler\n)\n'
+    printf ')\n\ntool (\n'
+    for cmd in kube-apiserver kube-scheduler kube-controller-manager kubelet; do printf '\tk8s.io/kubernetes/cmd/%s\n' "${cmd}"; done
+    printf ')\n'
 } >"${work}/kube/go.mod"
 if ! grep -q 'k8s.io/api => k8s.io/api v0' "${work}/kube/go.mod"; then
     echo "build-kube: found no staging replace lines in k8s.io/kubernetes v${KUBE_VERSION}'s go.mod" >&2
@@ -89,14 +94,13 @@ done
 out="${PREFIX}.tmp/bin"
 rm -rf "${PREFIX}.tmp"
 mkdir -p "${out}"
-echo "build-kube: building kube-apiserver v${KUBE_VERSION} with ${jobs} jobs (this takes a while; cached afterwards)" >&2
-(cd "${work}/kube" && go build -p "${jobs}" -trimpath -ldflags "${kube_ldflags}" -o "${out}/kube-apiserver" \
-    k8s.io/kubernetes/cmd/kube-apiserver)
-if [[ "${LLM_ETL_KUBE_SCHEDULER:-0}" == 1 ]]; then
-    echo "build-kube: building kube-scheduler v${KUBE_VERSION}" >&2
-    (cd "${work}/kube" && go build -p "${jobs}" -trimpath -ldflags "${kube_ldflags}" -o "${out}/kube-scheduler" \
-        k8s.io/kubernetes/cmd/kube-scheduler)
-fi
+for b in "${binaries[@]}"; do
+    [[ "${b}" == etcd ]] && continue
+    echo "build-kube: building ${b} v${KUBE_VERSION} with ${jobs} jobs (this takes a while; cached afterwards)" >&2
+    # the kubelet as Kubernetes releases it: static, no cgo (hack/lib/golang.sh)
+    (cd "${work}/kube" && CGO_ENABLED=0 go build -p "${jobs}" -trimpath -ldflags "${kube_ldflags}" -o "${out}/${b}" \
+        "k8s.io/kubernetes/cmd/${b}")
+done
 echo "build-kube: building etcd v${ETCD_VERSION}" >&2
 (cd "${work}/etcd" && go build -p "${jobs}" -trimpath \
     -ldflags "-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=v${ETCD_VERSION}" -o "${out}/etcd" go.etcd.io/etcd/server/v3)

