@@ -9,8 +9,9 @@ Where the cluster keeps its models is the deployment's business, so it comes fro
 ``LLM_ETL_MODEL_SHA256``, ``LLM_ETL_MODEL_CLAIM``, ``LLM_ETL_MODEL_IMAGE``, ``LLM_ETL_MODEL_PATH``,
 ``LLM_ETL_MODEL_SIZE``, ``LLM_ETL_MODEL_CACHE_ACCESS_MODES`` (comma-separated, default ``ReadWriteOnce``) and
 ``LLM_ETL_MODEL_CACHE_STORAGE_CLASS`` (the claim that ``pull`` and ``object`` models are downloaded into, by a
-pod that sees no prompt), ``LLM_ETL_GPUS`` (default 1), ``LLM_ETL_DEFERRABLE`` (``true``: the pods are
-watched by the triggerer),
+pod that sees no prompt), ``LLM_ETL_WORKER_IMAGE``, ``LLM_ETL_SERVER_IMAGE`` and ``LLM_ETL_IMAGE_PULL_POLICY``
+(``IfNotPresent`` for images loaded into the nodes), ``LLM_ETL_GPUS`` (default 1), ``LLM_ETL_DEFERRABLE``
+(``true``: the pods are watched by the triggerer),
 ``LLM_ETL_WORK_CLAIM_SIZE`` (e.g. ``1Gi``: checkpoints on a volume that survives a lost pod),
 ``LLM_ETL_WORK_STORAGE_CLASS`` and ``LLM_ETL_CHECKPOINT_EVERY``; ``LLM_ETL_TRANSPORT`` and ``LLM_ETL_PODS``
 set the defaults of the transport and the pod count, ``LLM_ETL_STORE_CIDRS`` (comma-separated) where the
@@ -70,6 +71,12 @@ else:
         MODEL_SETTINGS["checkpoint_every"] = int(checkpoint_every)
     if worker_image := os.environ.get("LLM_ETL_WORKER_IMAGE"):
         MODEL_SETTINGS["worker_image"] = worker_image
+    if server_image := os.environ.get("LLM_ETL_SERVER_IMAGE"):
+        MODEL_SETTINGS["server_image"] = server_image
+    if pull_policy := os.environ.get(
+        "LLM_ETL_IMAGE_PULL_POLICY"
+    ):  # IfNotPresent for images loaded into nodes
+        MODEL_SETTINGS["image_pull_policy"] = pull_policy
     if gpu_pool := os.environ.get("LLM_ETL_GPU_POOL"):
         # an Airflow pool with a slot per GPU: shards beyond the GPUs queue in Airflow, not as Pending pods
         MODEL_SETTINGS["pool"] = gpu_pool

@@ -52,5 +52,5 @@ if [[ ! -x "${checkov_dir}/bin/checkov" ]]; then
         -r tools/checkov-requirements.txt
 fi
 bash scripts/build-llama-server.sh >/dev/null
-bash scripts/build-kube.sh >/dev/null
+LLM_ETL_KUBE_NODE=1 bash scripts/build-kube.sh >/dev/null  # the control plane and a real node
 bash scripts/build-seaweedfs.sh >/dev/null

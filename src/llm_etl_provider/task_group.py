@@ -143,7 +143,7 @@ def llm_enrichment_task_group(
                     key: enrichment[key]
                     for key in (
                         "backend", "model_path", "model_sha256", "model_url_secret", "model_size",
-                        "server_image", "worker_image",
+                        "server_image", "worker_image", "image_pull_policy",
                     )
                     if key in enrichment
                 },

@@ -11,6 +11,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from llm_etl_provider.dev.cluster.real_node import remove_empty_cgroups
+
 NAMESPACE = "llm-etl-test"
 
 
@@ -114,3 +116,4 @@ def running_containerd(folder: Path) -> Iterator[Containerd]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        remove_empty_cgroups(NAMESPACE)  # runc's, under each controller

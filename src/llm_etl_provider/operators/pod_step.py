@@ -11,6 +11,8 @@ from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
 from llm_etl_provider.exceptions import worker_exit_error
 
+PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+
 if TYPE_CHECKING:
     from airflow.sdk import Context
     from kubernetes.client import models as k8s
@@ -24,7 +26,10 @@ class PodStepOperator(KubernetesPodOperator):
     exit_code_containers: tuple[str, ...] = ()
 
     def request_pod(self, manifest: dict[str, Any], context: Context | None, dry_run: bool) -> k8s.V1Pod:
-        """KPO's pod request for ``manifest``."""
+        """KPO's pod request for ``manifest``, with KPO's ``image_pull_policy`` (when given) for every
+        container (``IfNotPresent`` or ``Never`` for images loaded into the node: no registry serves them)."""
+        if self.image_pull_policy:
+            set_pull_policy(manifest, self.image_pull_policy)
         self.full_pod_spec = PodGenerator.deserialize_model_dict(manifest)
         return super().build_pod_request_obj(context, dry_run=dry_run)
 
@@ -45,6 +50,15 @@ class PodStepOperator(KubernetesPodOperator):
                 if code := container_exit_code(remote_pod, container):
                     raise worker_exit_error(code, f"pod {remote_pod.metadata.name} {container}") from exc
             raise
+
+
+def set_pull_policy(manifest: dict[str, Any], policy: str) -> None:
+    """Give every container of the pod ``manifest`` the image pull policy ``policy``."""
+    if policy not in PULL_POLICIES:
+        raise ValueError(f"image_pull_policy must be one of {', '.join(PULL_POLICIES)}, not {policy!r}")
+    spec = manifest["spec"]
+    for container in [*spec.get("initContainers", []), *spec["containers"]]:
+        container["imagePullPolicy"] = policy
 
 
 def container_exit_code(pod: k8s.V1Pod | None, container: str) -> int | None:

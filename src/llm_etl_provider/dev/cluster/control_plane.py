@@ -35,6 +35,18 @@ import yaml
 from llm_etl_provider.dev.cluster.api import ApiError, KubeApi
 from llm_etl_provider.dev.cluster.layout import NodeConfig
 from llm_etl_provider.dev.cluster.pki import CertificateAuthority, KeyPair, service_account_key
+from llm_etl_provider.dev.cluster.real_node import (
+    REAL_NODE_NAME,
+    RealNodePaths,
+    ctr,
+    kubelet_config,
+    load_images,
+    netns_names,
+    node_address,
+    remove_node_leftovers,
+    stop_containers,
+    write_files,
+)
 from llm_etl_provider.dev.llama_server import bundled_model, find_built, find_llama_server, free_port
 from llm_etl_provider.dev.object_store import S3Account, create_bucket, find_weed, seaweedfs_command
 from llm_etl_provider.pod.rbac import airflow_role, airflow_role_binding
@@ -83,6 +95,10 @@ class NodeOptions:
     image_volumes: dict[str, Path] = field(default_factory=dict)
     max_log_bytes: int | None = None
     capacity: dict[str, str] | None = None
+    # a real node instead (kubelet, containerd, runc; kube-scheduler and kube-controller-manager beside the
+    # API server), running the pod's images from these OCI archives (scripts/build-images.sh --oci-dir)
+    real: bool = False
+    image_archives: list[Path] = field(default_factory=list)
 
 
 class DevCluster:
@@ -100,6 +116,8 @@ class DevCluster:
         self.admin_kubeconfig = self.state / "admin.kubeconfig"
         self.airflow_kubeconfig = self.state / "airflow.kubeconfig"
         self._state_file = self.state / "cluster.json"
+        self.real_node_root = self.state / "real-node"
+        self._netns_before: set[str] = netns_names()
         self._children: dict[int, subprocess.Popen[bytes]] = {}  # what this object started, to reap
 
     # -- what up prints, and what the tests use ------------------------------------------------------
@@ -180,14 +198,17 @@ class DevCluster:
                 self._wait("kube-apiserver", admin.healthy, pids["kube-apiserver"])
                 self._write_kubeconfigs(server)
                 self._prepare_namespace(admin)
-                node_config = self._node_config(server, ports["kubelet"], commands)
-                config_path = self.state / "node.json"
-                config_path.write_text(node_config.to_json())
-                pids["node"] = self._spawn(
-                    "node", [sys.executable, "-m", "llm_etl_provider.dev.cluster", str(config_path)]
-                )
-                self._write_state(server, pids, account)
-                self._wait_node(admin, pids["node"])
+                if self.node_options.real:
+                    self._start_real_node(admin, server, binaries, ports["kubelet"], pids, account)
+                else:
+                    node_config = self._node_config(server, ports["kubelet"], commands)
+                    config_path = self.state / "node.json"
+                    config_path.write_text(node_config.to_json())
+                    pids["node"] = self._spawn(
+                        "node", [sys.executable, "-m", "llm_etl_provider.dev.cluster", str(config_path)]
+                    )
+                    self._write_state(server, pids, account)
+                    self._wait_node(admin, pids["node"])
             create_bucket(account, lambda: _alive(pids["s3"]))
         except BaseException:
             self.down()
@@ -202,9 +223,92 @@ class DevCluster:
                     "namespace": self.namespace,
                     "pids": pids,
                     "s3": dataclasses.asdict(account),
+                    "netns_before": sorted(self._netns_before),
                 }
             )
         )
+
+    def _start_real_node(
+        self, admin: KubeApi, server: str, binaries: Path, port: int, pids: dict[str, int], account: S3Account
+    ) -> None:
+        """containerd (with the pod's images), kube-controller-manager, kube-scheduler and the kubelet, until
+        the node is Ready; the models claim bound to a volume of the bundled model."""
+        for program in ("kubelet", "kube-scheduler", "kube-controller-manager"):
+            if not (binaries / program).exists():
+                raise DevClusterError(
+                    f"the real node needs {program}: LLM_ETL_KUBE_NODE=1 scripts/build-kube.sh"
+                )
+        paths = RealNodePaths(self.real_node_root)
+        address = node_address()
+        ca = self._ca()
+        ca.issue("real-node", f"system:node:{REAL_NODE_NAME}", organizations=("system:nodes",))
+        ca.issue("real-node-serving", f"system:node:{REAL_NODE_NAME}", server_hosts=(address,), client=False)
+        ca.issue("controller-manager", "system:kube-controller-manager")
+        kubelet = kubelet_config(
+            paths, ca=self.pki / "ca.crt", address=address, port=port,
+            serving=(self.pki / "real-node-serving.crt", self.pki / "real-node-serving.key"),
+            max_log=f"{self.node_options.max_log_bytes or 10 << 20}",
+        )  # fmt: skip
+        files = write_files(
+            paths,
+            kubelet=kubelet,
+            kubeconfigs={
+                name: self._kubeconfig(server, identity)
+                for name, identity in (
+                    ("kubelet", "real-node"),
+                    ("scheduler", "scheduler"),
+                    ("controller-manager", "controller-manager"),
+                )
+            },
+        )
+        pids["containerd"] = self._spawn(
+            "containerd", ["containerd", "--config", str(files["containerd-config"])]
+        )
+        self._write_state(server, pids, account)
+        self._wait(
+            "containerd", lambda: ctr(paths, "version", timeout=10).returncode == 0, pids["containerd"]
+        )
+        load_images(paths, self.node_options.image_archives)
+        pids["kube-controller-manager"] = self._spawn(
+            "kube-controller-manager",
+            [str(binaries / "kube-controller-manager"), f"--kubeconfig={files['controller-manager']}",
+             "--use-service-account-credentials=true",
+             f"--service-account-private-key-file={self.pki / 'sa.key'}",
+             f"--root-ca-file={self.pki / 'ca.crt'}",
+             "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={free_port()}"],
+        )  # fmt: skip
+        pids["kube-scheduler"] = self._spawn(
+            "kube-scheduler",
+            [str(binaries / "kube-scheduler"), f"--kubeconfig={files['scheduler']}", "--leader-elect=false",
+             "--bind-address=127.0.0.1", f"--secure-port={free_port()}"],
+        )  # fmt: skip
+        pids["kubelet"] = self._spawn(
+            "kubelet",
+            [str(binaries / "kubelet"), f"--config={files['kubelet-config']}",
+             f"--kubeconfig={files['kubelet']}",
+             f"--hostname-override={REAL_NODE_NAME}", f"--node-ip={address}",
+             f"--root-dir={paths.kubelet_root}", f"--cert-dir={paths.root / 'kubelet-pki'}"],
+        )  # fmt: skip
+        self._write_state(server, pids, account)
+        # the models claim, bound to a volume of the bundled model's folder (read-only by the claim's mode)
+        admin.ensure(
+            "/api/v1/persistentvolumes",
+            {
+                "metadata": {"name": f"{self.namespace}-{MODEL_CLAIM}"},
+                "spec": {
+                    "capacity": {"storage": "1Gi"},
+                    "accessModes": ["ReadOnlyMany"],
+                    "hostPath": {"path": str(bundled_model().parent)},
+                    "storageClassName": "",
+                    "claimRef": {"namespace": self.namespace, "name": MODEL_CLAIM},
+                    "persistentVolumeReclaimPolicy": "Retain",
+                },
+            },
+        )
+        self._wait_node(admin, pids["kubelet"], REAL_NODE_NAME)
+
+    def _ca(self) -> CertificateAuthority:
+        return CertificateAuthority.load(self.pki)
 
     def _certificates(self) -> None:
         ca = CertificateAuthority(self.pki)
@@ -339,10 +443,12 @@ class DevCluster:
         admin.ensure(rbac + "/roles", airflow_role(namespace))
         subject = {"kind": "User", "name": AIRFLOW_USER, "apiGroup": "rbac.authorization.k8s.io"}
         admin.ensure(rbac + "/rolebindings", airflow_role_binding(namespace, subject))
-        models = {
+        models: dict[str, Any] = {
             "metadata": {"name": MODEL_CLAIM},
             "spec": {"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": "1Gi"}}},
         }
+        if self.node_options.real:  # bound to the volume the real node's `up` makes
+            models["spec"] |= {"storageClassName": "", "volumeName": f"{self.namespace}-{MODEL_CLAIM}"}
         admin.ensure(base + "/persistentvolumeclaims", models)
 
     def _node_config(self, server: str, kubelet_port: int, commands: dict[str, list[str]]) -> NodeConfig:
@@ -370,16 +476,18 @@ class DevCluster:
             config.capacity = options.capacity
         return config
 
-    def _wait_node(self, admin: KubeApi, pid: int) -> None:
+    def _wait_node(self, admin: KubeApi, pid: int, name: str = NODE_NAME) -> None:
         def ready() -> bool:
-            node = admin.get(f"/api/v1/nodes/{NODE_NAME}")
+            node = admin.get(f"/api/v1/nodes/{name}")
             conditions = {c["type"]: c["status"] for c in node.get("status", {}).get("conditions", [])}
             if conditions.get("Ready") != "True":
                 return False
             taints = node["spec"].get("taints", [])
             kept = [t for t in taints if t["key"] != "node.kubernetes.io/not-ready"]
             if kept != taints:  # the node lifecycle controller's part: a Ready node loses its not-ready taint
-                admin.patch(f"/api/v1/nodes/{NODE_NAME}", {"spec": {"taints": kept or None}})
+                if name == REAL_NODE_NAME:
+                    return False  # kube-controller-manager's to take away
+                admin.patch(f"/api/v1/nodes/{name}", {"spec": {"taints": kept or None}})
             return True
 
         self._wait("the dev node", ready, pid)
@@ -390,12 +498,21 @@ class DevCluster:
         """Stop the node (its pods with it), then kube-apiserver, then etcd; keep only the logs."""
         if not self._state_file.exists():
             return
-        pids = self._recorded()["pids"]
-        for name in ("node", "kube-apiserver", "etcd", "s3"):  # the API server before etcd, or it hangs 10 s
+        recorded = self._recorded()
+        pids = recorded["pids"]
+        order = (
+            "kubelet", "containerd", "kube-scheduler", "kube-controller-manager", "node", "kube-apiserver",
+            "etcd", "s3",
+        )  # fmt: skip
+        for name in order:  # the API server before etcd, or it hangs 10 s
+            if name == "containerd" and name in pids and _alive(pids[name]):
+                stop_containers(RealNodePaths(self.real_node_root))  # the pods' processes, after the kubelet
             if name in pids:
                 _stop(pids[name], timeout=60 if name == "node" else 20)
                 if (child := self._children.pop(pids[name], None)) is not None:
                     child.wait()
+        if self.real_node_root.exists():
+            remove_node_leftovers(RealNodePaths(self.real_node_root), set(recorded.get("netns_before", [])))
         for path in (
             self.pki,
             self.state / "etcd",

@@ -77,6 +77,18 @@ class CertificateAuthority:
         self.cert.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
         _write_key(self._key, folder / "ca.key")
 
+    @classmethod
+    def load(cls, folder: Path) -> CertificateAuthority:
+        """The CA made before in ``folder``, to issue more certificates with."""
+        ca = cls.__new__(cls)
+        ca.folder = folder
+        ca.cert = folder / "ca.crt"
+        ca._cert = x509.load_pem_x509_certificate(ca.cert.read_bytes())
+        key = serialization.load_pem_private_key((folder / "ca.key").read_bytes(), password=None)
+        assert isinstance(key, rsa.RSAPrivateKey)
+        ca._key = key
+        return ca
+
     def issue(
         self,
         name: str,

@@ -1,0 +1,125 @@
+"""The example DAG through the real KubernetesPodOperator on a real node: kubelet, containerd and runc running
+the pod's own images (built here by ``scripts/build-images.sh`` with no registry), kube-scheduler placing the
+pods and kube-controller-manager binding the models claim and making ServiceAccounts, as on any cluster; and
+``down`` leaving no process, mount, network namespace or cgroup behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llm_etl_provider.dev.cluster import DevCluster, NodeOptions
+from llm_etl_provider.dev.cluster.real_node import BRIDGE, CONTAINERD_NAMESPACE, REAL_NODE_NAME, mounts_under
+from llm_etl_provider.dev.llama_server import MODEL_FILE, MODEL_SHA256
+from tests.e2e.cluster import Recorder
+from tests.e2e.conftest import REPO, example_conf, short_reviews
+
+NAMESPACE = "llm-etl"
+
+
+@pytest.fixture(scope="module")
+def image_archives(tmp_path_factory) -> dict[str, str]:
+    """The pod's images as OCI archives (no registry): name -> the reference the pods name."""
+    archives = tmp_path_factory.mktemp("images")
+    built = subprocess.run(
+        ["bash", "scripts/build-images.sh", "--local-base", "--host-certs", "--pause", "--oci-dir",
+         str(archives)],
+        cwd=REPO, env={**os.environ, "STORAGE_DRIVER": os.environ.get("STORAGE_DRIVER", "vfs")},
+        capture_output=True, text=True, timeout=1800, check=False,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr[-4000:]
+    return {line.split()[0]: line.split()[1] for line in built.stdout.splitlines()} | {"dir": str(archives)}
+
+
+@pytest.fixture(scope="module")
+def real_cluster(tmp_path_factory, image_archives) -> Iterator[DevCluster]:
+    state = tmp_path_factory.mktemp("real-cluster")
+    archives = sorted(Path(image_archives["dir"]).glob("*.tar"))
+    cluster = DevCluster(state, node=NodeOptions(real=True, image_archives=archives))
+    cluster.up()
+    pids = cluster._recorded()["pids"]
+    try:
+        yield cluster
+    finally:
+        cluster.down()
+    # nothing of the node is left: its processes, mounts, bridge and cgroups
+    assert not [name for name, pid in pids.items() if Path(f"/proc/{pid}").exists()]
+    assert mounts_under(cluster.real_node_root) == []
+    assert subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True, check=False).returncode != 0
+    assert not [c for c in Path("/sys/fs/cgroup").iterdir() if (c / CONTAINERD_NAMESPACE).exists()]
+
+
+@pytest.mark.parametrize("deferrable", [False, True], ids=["sync", "deferrable"])
+def test_the_example_dag_runs_its_pods_on_a_real_kubelet(
+    tmp_path, monkeypatch, real_cluster, image_archives, deferrable
+):
+    settings = {
+        "AIRFLOW_CONN_KUBERNETES_DEFAULT": real_cluster.airflow_connection(),
+        "LLM_ETL_EXECUTION_MODE": "kubernetes",
+        "LLM_ETL_NAMESPACE": NAMESPACE,
+        "LLM_ETL_MODEL_SOURCE": "pvc",
+        "LLM_ETL_MODEL_CLAIM": "llm-etl-models",
+        "LLM_ETL_MODEL_PATH": MODEL_FILE,
+        "LLM_ETL_MODEL_SHA256": MODEL_SHA256,
+        "LLM_ETL_GPUS": "0",
+        "LLM_ETL_WORKER_IMAGE": image_archives["worker"],
+        "LLM_ETL_SERVER_IMAGE": image_archives["llama-server"],
+        "LLM_ETL_IMAGE_PULL_POLICY": "IfNotPresent",  # loaded into the node: no registry serves them
+        "LLM_ETL_DEFERRABLE": str(deferrable).lower(),
+    }
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    import importlib.util
+
+    from airflow.utils.db import initdb
+
+    initdb()
+    spec = importlib.util.spec_from_file_location("llm_enrichment", REPO / "dags" / "llm_enrichment.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    dag = module.llm_enrichment()
+    short = short_reviews(4)
+    source = tmp_path / "reviews.jsonl"
+    source.write_text("".join(short))
+
+    with real_cluster.admin() as admin:
+        pods = Recorder(admin, NAMESPACE, "pods")
+        pods.start()
+        try:
+            conf = example_conf(source, tmp_path / "out", shard_bytes=800, record_bytes=400)
+            run = dag.test(run_conf=conf)
+        finally:
+            pods.stop()
+        left = admin.get(f"/api/v1/namespaces/{NAMESPACE}/pods")["items"]
+
+    assert run.state == "success"
+    results = [
+        json.loads(line) for path in sorted((tmp_path / "out").rglob("results.jsonl"))
+        for line in path.read_text().splitlines()
+    ]  # fmt: skip
+    assert sorted(r["id"] for r in results) == sorted(json.loads(line)["id"] for line in short)
+    assert all(r["enrichment"]["sentiment"] in ("positive", "negative", "neutral") for r in results)
+    # the pods as the API served them before the cleanup deleted them: placed by kube-scheduler on the real
+    # node, the loader done, the worker done, the native sidecar stopped by the kubelet once the worker ended
+    ended = [p for p in pods.objects.values() if p.get("status", {}).get("phase") == "Succeeded"]
+    assert len(ended) == 2
+    for pod in ended:
+        assert pod["spec"]["nodeName"] == REAL_NODE_NAME
+        states: dict[str, Any] = {
+            s["name"]: s["state"]
+            for s in pod["status"]["initContainerStatuses"] + pod["status"]["containerStatuses"]
+        }
+        assert states["model-loader"]["terminated"]["exitCode"] == 0
+        assert states["base"]["terminated"]["exitCode"] == 0
+        assert "terminated" in states["llm-server"]
+        images = {s["name"]: s["image"] for s in pod["status"]["containerStatuses"]}
+        assert images["base"].endswith(image_archives["worker"].split("/", 1)[1])
+    assert left == []  # the teardown removed them
