@@ -123,9 +123,11 @@ def _render_pod(args: argparse.Namespace) -> int:
         build_pod,
         network_policy,
         pod_invocation,
+        set_pull_policy,
     )
 
-    server = ServerSpec(backend=args.backend, parallel=args.parallel, gpus=args.gpus)
+    server = ServerSpec(backend=args.backend, parallel=args.parallel, gpus=args.gpus, image=args.server_image)
+    images = {"worker_image": args.worker_image} if args.worker_image else {}
     shard = ShardDescriptor(index=0, records=0, line_offset=0, input_format="jsonl")
     prefix = run_prefix(args.dag_id, args.run_id)
     model = ModelSpec(
@@ -142,7 +144,7 @@ def _render_pod(args: argparse.Namespace) -> int:
     try:
         documents = [network_policy(args.namespace)]
         if model.downloaded:  # the pod that downloads the model before the enrichment pods start
-            cache_pod = build_model_cache_pod(model, server)
+            cache_pod = build_model_cache_pod(model, server, **images)
             cache_pod["metadata"]["name"] = f"{prefix}-model-cache"
             documents += [cache_pod, network_policy(args.namespace, model_cache=True)]
         pod = build_pod(
@@ -158,6 +160,7 @@ def _render_pod(args: argparse.Namespace) -> int:
                 server=server,
                 input_secret=shard_secret_name(prefix, shard.index),
                 key_secret=key_secret_name(prefix),
+                **images,
             )
         )
     except PodSpecError as exc:
@@ -166,8 +169,12 @@ def _render_pod(args: argparse.Namespace) -> int:
     pod["metadata"]["name"] = shard_secret_name(prefix, shard.index)
     documents.insert(0, pod)
     for document in documents:
-        if args.namespace and document["kind"] == "Pod":
+        if document["kind"] != "Pod":
+            continue
+        if args.namespace:
             document["metadata"]["namespace"] = args.namespace
+        if args.image_pull_policy:
+            set_pull_policy(document, args.image_pull_policy)
     print(yaml.safe_dump_all(documents, sort_keys=False), end="")
     return 0
 
@@ -182,9 +189,19 @@ def _render_role(args: argparse.Namespace) -> int:
 
 
 def _dev_cluster(args: argparse.Namespace) -> int:
-    from llm_etl_provider.dev.cluster import DevCluster, DevClusterError
+    from llm_etl_provider.dev.cluster import DevCluster, DevClusterError, NodeOptions
 
-    cluster = DevCluster(args.state or _dev_cluster_state())
+    node = None
+    if args.real_node:
+        archives = sorted(args.real_node.glob("*.tar"))
+        if not archives:
+            print(
+                f"error: no OCI archives in {args.real_node} (scripts/build-images.sh --oci-dir)",
+                file=sys.stderr,
+            )
+            return 2
+        node = NodeOptions(real=True, image_archives=archives)
+    cluster = DevCluster(args.state or _dev_cluster_state(), node=node)
     try:
         if args.action == "up":
             cluster.up()
@@ -277,6 +294,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="requests the server serves at once (default: sized for the server and GPU)",
     )
     render.add_argument("--gpus", type=int, default=1)
+    render.add_argument(
+        "--worker-image", help="the worker's image, by digest for a pinned pod (…/worker@sha256:…)"
+    )
+    render.add_argument("--server-image", help="the LLM server's image (default per backend)")
+    render.add_argument(
+        "--image-pull-policy", choices=("Always", "IfNotPresent", "Never"),
+        help="every container's (default Always; IfNotPresent for images loaded into the nodes)",
+    )  # fmt: skip
     render.add_argument("--task", default=default_of("task"), choices=TASK_NAMES)
     render.add_argument("--template", help=f"the prompt template (default: {DEFAULT_TEMPLATE})")
     render.add_argument("--dag-id", default="llm_enrichment", help="names the run's pods and Secrets")
@@ -300,6 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument(
         "--state", type=Path, help="its certificates, kubeconfigs, data and logs (default: cache)"
     )
+    cluster.add_argument(
+        "--real-node", type=Path, metavar="IMAGES",
+        help="up: a real node (kubelet, containerd, runc, kube-scheduler, kube-controller-manager) running "
+        "the OCI archives in IMAGES (scripts/build-images.sh --oci-dir)",
+    )  # fmt: skip
     cluster.set_defaults(handler=_dev_cluster)
 
     demo = commands.add_parser(

@@ -111,11 +111,14 @@ def test_up_serves_a_real_release_that_enforces_pod_security_secret_size_and_the
         [sys.executable, "-m", "llm_etl_provider.cli", "render-pod", "--namespace", namespace],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
-    pod, *policies = yaml.safe_load_all(rendered.stdout)
-    for identity in (admin, airflow):  # the pod passes the restricted standard, and Airflow may create it
-        created = client.CoreV1Api(identity).create_namespaced_pod(namespace, pod, dry_run="All")
-        assert created.metadata.name == pod["metadata"]["name"]
-    for policy in policies:
+    documents = list(yaml.safe_load_all(rendered.stdout))
+    pods = [d for d in documents if d["kind"] == "Pod"]
+    assert len(pods) == 2  # the enrichment pod and, for the default `pull` source, the model-cache pod
+    for pod in pods:
+        for identity in (admin, airflow):  # each passes the restricted standard, and Airflow may create it
+            created = client.CoreV1Api(identity).create_namespaced_pod(namespace, pod, dry_run="All")
+            assert created.metadata.name == pod["metadata"]["name"]
+    for policy in (d for d in documents if d["kind"] == "NetworkPolicy"):
         client.NetworkingV1Api(admin).create_namespaced_network_policy(namespace, policy, dry_run="All")
     assert not core.list_namespaced_pod(namespace).items  # a dry run stores nothing
 

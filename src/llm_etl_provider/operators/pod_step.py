@@ -10,8 +10,7 @@ from airflow.providers.cncf.kubernetes.pod_generator import PodGenerator
 from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
 from llm_etl_provider.exceptions import worker_exit_error
-
-PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+from llm_etl_provider.pod.builder import set_pull_policy
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -46,19 +45,30 @@ class PodStepOperator(KubernetesPodOperator):
         except AirflowSkipException:
             raise
         except AirflowException as exc:
+            why = pod_failure(remote_pod)
             for container in self.exit_code_containers:
                 if code := container_exit_code(remote_pod, container):
-                    raise worker_exit_error(code, f"pod {remote_pod.metadata.name} {container}") from exc
+                    where = f"pod {remote_pod.metadata.name} {container}{why}"
+                    raise worker_exit_error(code, where) from exc
+            if why:  # evicted, or past its deadline, before any container exited: a retry may do
+                raise AirflowException(f"pod {remote_pod.metadata.name} failed{why}") from exc
             raise
 
 
-def set_pull_policy(manifest: dict[str, Any], policy: str) -> None:
-    """Give every container of the pod ``manifest`` the image pull policy ``policy``."""
-    if policy not in PULL_POLICIES:
-        raise ValueError(f"image_pull_policy must be one of {', '.join(PULL_POLICIES)}, not {policy!r}")
-    spec = manifest["spec"]
-    for container in [*spec.get("initContainers", []), *spec["containers"]]:
-        container["imagePullPolicy"] = policy
+def pod_failure(pod: k8s.V1Pod | None) -> str:
+    """Why the kubelet ended ``pod``, as its status says (``Evicted: …ephemeral storage…``, a container's
+    ``OOMKilled``), for the task's error: `` (why)``, or empty when it says nothing."""
+    status = pod.status if pod is not None else None
+    if status is None:
+        return ""
+    reasons = (
+        [f"{status.reason}: {status.message}" if status.message else status.reason] if status.reason else []
+    )
+    for container in [*(status.init_container_statuses or []), *(status.container_statuses or [])]:
+        terminated = container.state.terminated if container.state is not None else None
+        if terminated is not None and terminated.reason not in (None, "Completed", "Error"):
+            reasons.append(f"{container.name} {terminated.reason}")
+    return f" ({'; '.join(reasons)})" if reasons else ""
 
 
 def container_exit_code(pod: k8s.V1Pod | None, container: str) -> int | None:

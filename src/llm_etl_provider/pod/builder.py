@@ -43,7 +43,12 @@ MODEL_CACHE_POD_TEMPLATE = "model-cache-pod.yaml"
 NETWORK_POLICY_TEMPLATE = "network-policy.yaml"
 DEFAULT_WORKER_IMAGE = "ghcr.io/llm-etl-provider/worker:0.1.0"
 DEFAULT_MODEL_SIZE = "8Gi"  # an 8B model at 4 bits is ~4.7 GB
-SERVER_SCRATCH = "2Gi"  # the server's own writes (its /tmp, logs), beside a downloaded model
+SERVER_SCRATCH = "2Gi"
+PULL_POLICIES = (
+    "Always",
+    "IfNotPresent",
+    "Never",
+)  # the server's own writes (its /tmp, logs), beside a downloaded model
 
 
 @dataclass(frozen=True)
@@ -540,6 +545,15 @@ def build_model_cache_pod(
         )
     _put_first(container, ("name", "image", "command", "args"))
     return pod
+
+
+def set_pull_policy(manifest: dict[str, Any], policy: str) -> None:
+    """Give every container of the pod ``manifest`` the image pull policy ``policy``."""
+    if policy not in PULL_POLICIES:
+        raise PodSpecError(f"image_pull_policy must be one of {', '.join(PULL_POLICIES)}, not {policy!r}")
+    spec = manifest["spec"]
+    for container in [*spec.get("initContainers", []), *spec["containers"]]:
+        container["imagePullPolicy"] = policy
 
 
 def _put_first(mapping: dict[str, Any], keys: tuple[str, ...]) -> None:

@@ -335,3 +335,34 @@ def test_the_deferred_trigger_renews_the_object_transport_urls_while_it_watches(
     assert [event.payload["status"] for event in asyncio.run(events())] == ["success"]
     assert len(renewed) >= 3
     assert renewed[0]["index"] == 2
+
+
+def test_a_pod_the_kubelet_ended_says_why_in_the_task_error():
+    """An evicted pod (an emptyDir or the writable layer over its limit) and an OOM-killed worker failed the
+    task with KPO's generic error: the kubelet's reason is in it now."""
+    from kubernetes.client import models as k8s
+
+    from llm_etl_provider.operators.pod_step import pod_failure
+
+    def terminated(name, code, reason):
+        state = k8s.V1ContainerState(terminated=k8s.V1ContainerStateTerminated(exit_code=code, reason=reason))
+        return k8s.V1ContainerStatus(
+            name=name, state=state, image="i", image_id="", ready=False, restart_count=0
+        )
+
+    evicted = k8s.V1Pod(
+        status=k8s.V1PodStatus(
+            phase="Failed", reason="Evicted",
+            message='Container base exceeded its local ephemeral storage limit "256Mi".',
+            container_statuses=[terminated("base", 137, "Error")],
+        )
+    )  # fmt: skip
+    assert (
+        pod_failure(evicted)
+        == ' (Evicted: Container base exceeded its local ephemeral storage limit "256Mi".)'
+    )
+    oom = k8s.V1Pod(
+        status=k8s.V1PodStatus(phase="Failed", container_statuses=[terminated("base", 137, "OOMKilled")])
+    )
+    assert pod_failure(oom) == " (base OOMKilled)"
+    assert pod_failure(k8s.V1Pod(status=k8s.V1PodStatus(phase="Succeeded"))) == ""
