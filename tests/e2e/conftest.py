@@ -79,7 +79,11 @@ def kubernetes_settings(cluster: ProviderCluster, *, deferrable: bool, **environ
 def _load_dag(
     monkeypatch: pytest.MonkeyPatch, cluster: ProviderCluster, *, deferrable: bool, **environment: str
 ) -> Any:
-    settings = kubernetes_settings(cluster, deferrable=deferrable, **environment)
+    return load_example_dag(monkeypatch, kubernetes_settings(cluster, deferrable=deferrable, **environment))
+
+
+def load_example_dag(monkeypatch: pytest.MonkeyPatch, settings: dict[str, str]) -> Any:
+    """The example DAG, parsed with ``settings`` in the environment, its database ready for ``dag.test``."""
     for name, value in settings.items():
         monkeypatch.setenv(name, value)
     from airflow.utils.db import initdb

@@ -18,7 +18,7 @@ from llm_etl_provider.dev.cluster import DevCluster, NodeOptions
 from llm_etl_provider.dev.cluster.real_node import BRIDGE, CONTAINERD_NAMESPACE, REAL_NODE_NAME, mounts_under
 from llm_etl_provider.dev.llama_server import MODEL_FILE, MODEL_SHA256
 from tests.e2e.cluster import Recorder
-from tests.e2e.conftest import REPO, example_conf, short_reviews
+from tests.e2e.conftest import REPO, example_conf, load_example_dag, short_reviews
 
 NAMESPACE = "llm-etl"
 
@@ -73,19 +73,7 @@ def test_the_example_dag_runs_its_pods_on_a_real_kubelet(
         "LLM_ETL_IMAGE_PULL_POLICY": "IfNotPresent",  # loaded into the node: no registry serves them
         "LLM_ETL_DEFERRABLE": str(deferrable).lower(),
     }
-    for name, value in settings.items():
-        monkeypatch.setenv(name, value)
-    import importlib.util
-
-    from airflow.utils.db import initdb
-
-    initdb()
-    spec = importlib.util.spec_from_file_location("llm_enrichment", REPO / "dags" / "llm_enrichment.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    dag = module.llm_enrichment()
+    dag = load_example_dag(monkeypatch, settings)
     short = short_reviews(4)
     source = tmp_path / "reviews.jsonl"
     source.write_text("".join(short))
