@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -81,11 +82,17 @@ def test_the_example_dag_runs_its_pods_on_a_real_kubelet(
     with real_cluster.admin() as admin:
         pods = Recorder(admin, NAMESPACE, "pods")
         pods.start()
+        seen: dict[str, set[tuple[int, str]]] = {}
+        watching = threading.Event()
+        watcher = threading.Thread(target=watch_processes, args=(seen, watching), daemon=True)
+        watcher.start()
         try:
             conf = example_conf(source, tmp_path / "out", shard_bytes=800, record_bytes=400)
             run = dag.test(run_conf=conf)
         finally:
             pods.stop()
+            watching.set()
+            watcher.join()
         left = admin.get(f"/api/v1/namespaces/{NAMESPACE}/pods")["items"]
 
     assert run.state == "success"
@@ -111,3 +118,34 @@ def test_the_example_dag_runs_its_pods_on_a_real_kubelet(
         images = {s["name"]: s["image"] for s in pod["status"]["containerStatuses"]}
         assert images["base"].endswith(image_archives["worker"].split("/", 1)[1])
     assert left == []  # the teardown removed them
+    # the containers' processes as this machine saw them: the worker and the server as uid 65532, each in
+    # its own root filesystem, mounted read-only (the home-made node ran them as root, on this machine's root)
+    assert seen.get("llm-etl-worker") == {(65532, "ro")}, seen
+    assert seen.get("llama-server") == {(65532, "ro")}, seen
+
+
+def watch_processes(seen: dict[str, set[tuple[int, str]]], stop: threading.Event) -> None:
+    """Record the uid and root mount options of every ``llm-etl-worker`` and ``llama-server`` process that
+    the node's containerd runs, until ``stop``."""
+    while not stop.is_set():
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+                program = Path(argv[0].decode()).name if argv and argv[0] else ""
+                if program == "python3" and len(argv) > 1:
+                    program = Path(argv[1].decode()).name
+                if program not in ("llm-etl-worker", "llama-server"):
+                    continue
+                if f"/{CONTAINERD_NAMESPACE}/" not in (entry / "cgroup").read_text():
+                    continue  # not a container of the node's (a local-mode server of another test)
+                uid = int((entry / "status").read_text().split("\nUid:")[1].split()[0])
+                root = next(
+                    line.split()[5] for line in (entry / "mountinfo").read_text().splitlines()
+                    if line.split()[4] == "/"
+                )  # fmt: skip
+            except (OSError, IndexError, StopIteration, ValueError):
+                continue
+            seen.setdefault(program, set()).add((uid, root.split(",")[0]))
+        stop.wait(0.2)
