@@ -18,6 +18,7 @@ import pytest
 from llm_etl_provider.dev.cluster import DevCluster, NodeOptions
 from llm_etl_provider.dev.cluster.real_node import BRIDGE, CONTAINERD_NAMESPACE, REAL_NODE_NAME, mounts_under
 from llm_etl_provider.dev.llama_server import MODEL_FILE, MODEL_SHA256
+from llm_etl_provider.dev.object_store import BUCKET
 from tests.e2e.cluster import Recorder
 from tests.e2e.conftest import REPO, example_conf, load_example_dag, short_reviews
 
@@ -56,12 +57,13 @@ def real_cluster(tmp_path_factory, image_archives) -> Iterator[DevCluster]:
     assert not [c for c in Path("/sys/fs/cgroup").iterdir() if (c / CONTAINERD_NAMESPACE).exists()]
 
 
-@pytest.mark.parametrize("deferrable", [False, True], ids=["sync", "deferrable"])
-def test_the_example_dag_runs_its_pods_on_a_real_kubelet(
-    tmp_path, monkeypatch, real_cluster, image_archives, deferrable
-):
+def real_node_dag(
+    monkeypatch: pytest.MonkeyPatch, cluster: DevCluster, images: dict[str, str], deferrable: bool
+) -> Any:
+    """The example DAG in Kubernetes mode on the real node: its images, loaded (not pulled), and the models
+    claim."""
     settings = {
-        "AIRFLOW_CONN_KUBERNETES_DEFAULT": real_cluster.airflow_connection(),
+        "AIRFLOW_CONN_KUBERNETES_DEFAULT": cluster.airflow_connection(),
         "LLM_ETL_EXECUTION_MODE": "kubernetes",
         "LLM_ETL_NAMESPACE": NAMESPACE,
         "LLM_ETL_MODEL_SOURCE": "pvc",
@@ -69,12 +71,19 @@ def test_the_example_dag_runs_its_pods_on_a_real_kubelet(
         "LLM_ETL_MODEL_PATH": MODEL_FILE,
         "LLM_ETL_MODEL_SHA256": MODEL_SHA256,
         "LLM_ETL_GPUS": "0",
-        "LLM_ETL_WORKER_IMAGE": image_archives["worker"],
-        "LLM_ETL_SERVER_IMAGE": image_archives["llama-server"],
+        "LLM_ETL_WORKER_IMAGE": images["worker"],
+        "LLM_ETL_SERVER_IMAGE": images["llama-server"],
         "LLM_ETL_IMAGE_PULL_POLICY": "IfNotPresent",  # loaded into the node: no registry serves them
         "LLM_ETL_DEFERRABLE": str(deferrable).lower(),
     }
-    dag = load_example_dag(monkeypatch, settings)
+    return load_example_dag(monkeypatch, settings)
+
+
+@pytest.mark.parametrize("deferrable", [False, True], ids=["sync", "deferrable"])
+def test_the_example_dag_runs_its_pods_on_a_real_kubelet(
+    tmp_path, monkeypatch, real_cluster, image_archives, deferrable
+):
+    dag = real_node_dag(monkeypatch, real_cluster, image_archives, deferrable)
     short = short_reviews(4)
     source = tmp_path / "reviews.jsonl"
     source.write_text("".join(short))
@@ -149,3 +158,33 @@ def watch_processes(seen: dict[str, set[tuple[int, str]]], stop: threading.Event
                 continue
             seen.setdefault(program, set()).add((uid, root.split(",")[0]))
         stop.wait(0.2)
+
+
+def test_the_object_transport_s_pods_reach_the_store_from_their_own_network(
+    tmp_path, monkeypatch, real_cluster, image_archives
+):
+    """On the real node each pod has a network namespace of its own: the store's URLs must name an address
+    the pods reach (the node's), which the home-made node, sharing this machine's loopback, never asked."""
+    account = real_cluster.s3()
+    assert not account.endpoint.startswith("http://127.")
+    for name, value in account.environment().items():
+        monkeypatch.setenv(name, value)
+    client = account.client()
+    short = short_reviews(6)
+    client.put_object(Bucket=BUCKET, Key="real/in/reviews.jsonl", Body="".join(short).encode())
+    dag = real_node_dag(monkeypatch, real_cluster, image_archives, deferrable=False)
+    run = dag.test(
+        run_conf=example_conf(
+            f"s3://aws_default@{BUCKET}/real/in/reviews.jsonl", f"s3://aws_default@{BUCKET}/real/out",
+            transport="object", pods=2,
+        )
+    )  # fmt: skip
+    assert run.state == "success"
+    keys = [item["Key"] for item in client.list_objects_v2(Bucket=BUCKET, Prefix="real/out/")["Contents"]]
+    results = [
+        json.loads(line)["id"]
+        for key in keys if key.endswith("/results.jsonl")
+        for line in client.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode().splitlines()
+    ]  # fmt: skip
+    assert sorted(results) == sorted(json.loads(line)["id"] for line in short)
+    assert len([key for key in keys if key.endswith("_SUCCESS")]) == 3  # two shards and the run

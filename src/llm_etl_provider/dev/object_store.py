@@ -73,13 +73,14 @@ class S3Account:
         )
 
 
-def seaweedfs_command(weed: Path, root: Path) -> tuple[list[str], S3Account]:
-    """The ``weed server`` command for a store under ``root`` (data, identity file) on free ports, and the
-    account it will accept. Every port is given: the gRPC defaults (HTTP port + 10,000) may not exist."""
+def seaweedfs_command(weed: Path, root: Path, address: str = "127.0.0.1") -> tuple[list[str], S3Account]:
+    """The ``weed server`` command for a store under ``root`` (data, identity file) on free ports of
+    ``address``, and the account it will accept. Every port is given: the gRPC defaults (HTTP port + 10,000)
+    may not exist."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "data").mkdir(exist_ok=True)
     account = S3Account(
-        endpoint=f"http://127.0.0.1:{(s3_port := free_port())}",
+        endpoint=f"http://{address}:{(s3_port := free_port())}",
         access_key="llmetl" + secrets.token_hex(7),
         secret_key=secrets.token_urlsafe(30),
     )
@@ -97,7 +98,7 @@ def seaweedfs_command(weed: Path, root: Path) -> tuple[list[str], S3Account]:
                      "filer.port.grpc", "s3.port.grpc", "metricsPort")
     }  # fmt: skip
     argv = [
-        str(weed), "server", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        str(weed), "server", f"-dir={root / 'data'}", f"-ip={address}", f"-ip.bind={address}",
         *(f"-{name}={port}" for name, port in ports.items()),
         "-s3", f"-s3.port={s3_port}", f"-s3.config={config}",
         "-volume.max=16", f"-filer.localSocket={root / 'filer.sock'}",

@@ -178,7 +178,9 @@ class DevCluster:
         self.logs.mkdir(parents=True, exist_ok=True)
         ports = {name: free_port() for name in ("etcd", "etcd-peer", "apiserver", "kubelet")}
         server = f"https://127.0.0.1:{ports['apiserver']}"
-        weed_argv, account = seaweedfs_command(weed, self.object_root)
+        # a real node's pods have network namespaces of their own: they reach the store on the node's address
+        store_address = node_address() if self.node_options.real else "127.0.0.1"
+        weed_argv, account = seaweedfs_command(weed, self.object_root, store_address)
         pids: dict[str, int] = {}
         self._write_state(server, pids, account)
         try:
