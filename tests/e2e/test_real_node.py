@@ -10,11 +10,13 @@ import os
 import subprocess
 import threading
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from llm_etl_provider.contract.object_transport import CHECKPOINT_OBJECT, TRANSPORT_FOLDER
 from llm_etl_provider.dev.cluster import DevCluster, NodeOptions
 from llm_etl_provider.dev.cluster.real_node import BRIDGE, CONTAINERD_NAMESPACE, REAL_NODE_NAME, mounts_under
 from llm_etl_provider.dev.llama_server import MODEL_FILE, MODEL_SHA256
@@ -58,7 +60,11 @@ def real_cluster(tmp_path_factory, image_archives) -> Iterator[DevCluster]:
 
 
 def real_node_dag(
-    monkeypatch: pytest.MonkeyPatch, cluster: DevCluster, images: dict[str, str], deferrable: bool
+    monkeypatch: pytest.MonkeyPatch,
+    cluster: DevCluster,
+    images: dict[str, str],
+    deferrable: bool,
+    **environment: str,
 ) -> Any:
     """The example DAG in Kubernetes mode on the real node: its images, loaded (not pulled), and the models
     claim."""
@@ -75,6 +81,7 @@ def real_node_dag(
         "LLM_ETL_SERVER_IMAGE": images["llama-server"],
         "LLM_ETL_IMAGE_PULL_POLICY": "IfNotPresent",  # loaded into the node: no registry serves them
         "LLM_ETL_DEFERRABLE": str(deferrable).lower(),
+        **environment,
     }
     return load_example_dag(monkeypatch, settings)
 
@@ -188,3 +195,75 @@ def test_the_object_transport_s_pods_reach_the_store_from_their_own_network(
     ]  # fmt: skip
     assert sorted(results) == sorted(json.loads(line)["id"] for line in short)
     assert len([key for key in keys if key.endswith("_SUCCESS")]) == 3  # two shards and the run
+
+
+def test_an_object_transport_pod_deleted_mid_run_resumes_in_a_new_pod_after_its_last_part(
+    monkeypatch, real_cluster, image_archives
+):
+    """A node drained or a spot GPU reclaimed: the pod is deleted through the API mid-shard, the kubelet stops
+    it (SIGTERM, its grace period), the task's retry starts a new pod that resumes after the last part in the
+    store, and every record is published once."""
+    account = real_cluster.s3()
+    for name, value in account.environment().items():
+        monkeypatch.setenv(name, value)
+    client = account.client()
+    short = short_reviews(12)  # seconds of work after the first parts: the kubelet stops it mid-shard
+    client.put_object(Bucket=BUCKET, Key="lost/in/reviews.jsonl", Body="".join(short).encode())
+    dag = real_node_dag(
+        monkeypatch, real_cluster, image_archives, deferrable=False, LLM_ETL_CHECKPOINT_EVERY="1"
+    )
+    dag.get_task("llm_enrichment.shard.enrich").retry_delay = timedelta(seconds=1)
+    lost: dict[str, int] = {}
+    stop = threading.Event()
+
+    def checkpointed() -> int:
+        for item in client.list_objects_v2(Bucket=BUCKET, Prefix="lost/out/").get("Contents", []):
+            if item["Key"].endswith(f"/{TRANSPORT_FOLDER}/") or not item["Key"].endswith(
+                f"/{CHECKPOINT_OBJECT}"
+            ):
+                continue
+            state = json.loads(client.get_object(Bucket=BUCKET, Key=item["Key"])["Body"].read())
+            return int(state["state"]["records_done"])
+        return 0
+
+    def preempt() -> None:
+        with real_cluster.admin() as admin:
+            while not stop.is_set() and not lost:
+                pods = admin.get(f"/api/v1/namespaces/{NAMESPACE}/pods")["items"]
+                running = [
+                    p for p in pods
+                    if p["metadata"]["labels"].get("app.kubernetes.io/component") == "enrichment"
+                    and p["status"].get("phase") == "Running"
+                ]  # fmt: skip
+                if running and 2 <= (done := checkpointed()) < len(short) // 2:
+                    name = running[0]["metadata"]["name"]
+                    admin.delete(f"/api/v1/namespaces/{NAMESPACE}/pods/{name}")
+                    lost[name] = done
+                stop.wait(0.2)
+
+    preempter = threading.Thread(target=preempt, daemon=True)
+    preempter.start()
+    try:
+        run = dag.test(
+            run_conf=example_conf(
+                f"s3://aws_default@{BUCKET}/lost/in/reviews.jsonl", f"s3://aws_default@{BUCKET}/lost/out",
+                transport="object", pods=1, concurrency=1,
+            )
+        )  # fmt: skip
+    finally:
+        stop.set()
+        preempter.join()
+    assert run.state == "success"
+    assert len(lost) == 1, lost
+    keys = [item["Key"] for item in client.list_objects_v2(Bucket=BUCKET, Prefix="lost/out/")["Contents"]]
+    results = [
+        json.loads(line)["id"]
+        for key in keys if key.endswith("/results.jsonl")
+        for line in client.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode().splitlines()
+    ]  # fmt: skip
+    assert sorted(results) == sorted(json.loads(line)["id"] for line in short)  # none missing, none twice
+    (manifest_key,) = [key for key in keys if key.endswith("shard-00000/manifest.json")]
+    manifest = json.loads(client.get_object(Bucket=BUCKET, Key=manifest_key)["Body"].read())
+    assert manifest["attempt"] == 2
+    (done,) = lost.values()
+    assert manifest["worker_summary"]["resumed_from"] >= done >= 2  # after its last part
