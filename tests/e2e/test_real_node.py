@@ -25,6 +25,23 @@ from tests.e2e.cluster import Recorder
 from tests.e2e.conftest import REPO, example_conf, load_example_dag, short_reviews
 
 NAMESPACE = "llm-etl"
+# a connection of its own: Airflow caches a store per connection id for the process, and the other e2e
+# modules' aws_default named another cluster's S3 server
+S3_CONN = "llm_etl_real_node_s3"
+
+
+def use_store(monkeypatch: pytest.MonkeyPatch, cluster: DevCluster) -> Any:
+    """The real node's S3 server as the connection ``S3_CONN``; its boto3 client."""
+    account = cluster.s3()
+    assert not account.endpoint.startswith(
+        "http://127."
+    )  # the node's address: pods reach it from their netns
+    connection = {
+        "conn_type": "aws", "login": account.access_key, "password": account.secret_key,
+        "extra": {"endpoint_url": account.endpoint, "region_name": "us-east-1"},
+    }  # fmt: skip
+    monkeypatch.setenv(f"AIRFLOW_CONN_{S3_CONN.upper()}", json.dumps(connection))
+    return account.client()
 
 
 @pytest.fixture(scope="module")
@@ -172,27 +189,18 @@ def test_the_object_transport_s_pods_reach_the_store_from_their_own_network(
 ):
     """On the real node each pod has a network namespace of its own: the store's URLs must name an address
     the pods reach (the node's), which the home-made node, sharing this machine's loopback, never asked."""
-    account = real_cluster.s3()
-    assert not account.endpoint.startswith("http://127.")
-    for name, value in account.environment().items():
-        monkeypatch.setenv(name, value)
-    client = account.client()
+    client = use_store(monkeypatch, real_cluster)
     short = short_reviews(6)
     client.put_object(Bucket=BUCKET, Key="real/in/reviews.jsonl", Body="".join(short).encode())
     dag = real_node_dag(monkeypatch, real_cluster, image_archives, deferrable=False)
     run = dag.test(
         run_conf=example_conf(
-            f"s3://aws_default@{BUCKET}/real/in/reviews.jsonl", f"s3://aws_default@{BUCKET}/real/out",
+            f"s3://{S3_CONN}@{BUCKET}/real/in/reviews.jsonl", f"s3://{S3_CONN}@{BUCKET}/real/out",
             transport="object", pods=2,
         )
     )  # fmt: skip
     assert run.state == "success"
-    keys = [item["Key"] for item in client.list_objects_v2(Bucket=BUCKET, Prefix="real/out/")["Contents"]]
-    results = [
-        json.loads(line)["id"]
-        for key in keys if key.endswith("/results.jsonl")
-        for line in client.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode().splitlines()
-    ]  # fmt: skip
+    keys, results = published(client, "real/out/")
     assert sorted(results) == sorted(json.loads(line)["id"] for line in short)
     assert len([key for key in keys if key.endswith("_SUCCESS")]) == 3  # two shards and the run
 
@@ -203,10 +211,7 @@ def test_an_object_transport_pod_deleted_mid_run_resumes_in_a_new_pod_after_its_
     """A node drained or a spot GPU reclaimed: the pod is deleted through the API mid-shard, the kubelet stops
     it (SIGTERM, its grace period), the task's retry starts a new pod that resumes after the last part in the
     store, and every record is published once."""
-    account = real_cluster.s3()
-    for name, value in account.environment().items():
-        monkeypatch.setenv(name, value)
-    client = account.client()
+    client = use_store(monkeypatch, real_cluster)
     short = short_reviews(12)  # seconds of work after the first parts: the kubelet stops it mid-shard
     client.put_object(Bucket=BUCKET, Key="lost/in/reviews.jsonl", Body="".join(short).encode())
     dag = real_node_dag(
@@ -246,7 +251,7 @@ def test_an_object_transport_pod_deleted_mid_run_resumes_in_a_new_pod_after_its_
     try:
         run = dag.test(
             run_conf=example_conf(
-                f"s3://aws_default@{BUCKET}/lost/in/reviews.jsonl", f"s3://aws_default@{BUCKET}/lost/out",
+                f"s3://{S3_CONN}@{BUCKET}/lost/in/reviews.jsonl", f"s3://{S3_CONN}@{BUCKET}/lost/out",
                 transport="object", pods=1, concurrency=1,
             )
         )  # fmt: skip
@@ -255,15 +260,21 @@ def test_an_object_transport_pod_deleted_mid_run_resumes_in_a_new_pod_after_its_
         preempter.join()
     assert run.state == "success"
     assert len(lost) == 1, lost
-    keys = [item["Key"] for item in client.list_objects_v2(Bucket=BUCKET, Prefix="lost/out/")["Contents"]]
-    results = [
-        json.loads(line)["id"]
-        for key in keys if key.endswith("/results.jsonl")
-        for line in client.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode().splitlines()
-    ]  # fmt: skip
+    keys, results = published(client, "lost/out/")
     assert sorted(results) == sorted(json.loads(line)["id"] for line in short)  # none missing, none twice
     (manifest_key,) = [key for key in keys if key.endswith("shard-00000/manifest.json")]
     manifest = json.loads(client.get_object(Bucket=BUCKET, Key=manifest_key)["Body"].read())
     assert manifest["attempt"] == 2
     (done,) = lost.values()
     assert manifest["worker_summary"]["resumed_from"] >= done >= 2  # after its last part
+
+
+def published(client: Any, prefix: str) -> tuple[list[str], list[str]]:
+    """The bucket's keys under ``prefix``, and the ids of the results published there."""
+    keys = [item["Key"] for item in client.list_objects_v2(Bucket=BUCKET, Prefix=prefix)["Contents"]]
+    results = [
+        json.loads(line)["id"]
+        for key in keys if key.endswith("/results.jsonl")
+        for line in client.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode().splitlines()
+    ]  # fmt: skip
+    return keys, results
