@@ -6,7 +6,6 @@ pods and kube-controller-manager binding the models claim and making ServiceAcco
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -22,7 +21,8 @@ from llm_etl_provider.dev.cluster.real_node import BRIDGE, CONTAINERD_NAMESPACE,
 from llm_etl_provider.dev.llama_server import MODEL_FILE, MODEL_SHA256
 from llm_etl_provider.dev.object_store import BUCKET
 from tests.e2e.cluster import Recorder
-from tests.e2e.conftest import REPO, example_conf, load_example_dag, short_reviews
+from tests.e2e.conftest import example_conf, load_example_dag, short_reviews
+from tests.images import build_images
 
 NAMESPACE = "llm-etl"
 # a connection of its own: Airflow caches a store per connection id for the process, and the other e2e
@@ -48,14 +48,7 @@ def use_store(monkeypatch: pytest.MonkeyPatch, cluster: DevCluster) -> Any:
 def image_archives(tmp_path_factory) -> dict[str, str]:
     """The pod's images as OCI archives (no registry): name -> the reference the pods name."""
     archives = tmp_path_factory.mktemp("images")
-    built = subprocess.run(
-        ["bash", "scripts/build-images.sh", "--local-base", "--host-certs", "--pause", "--oci-dir",
-         str(archives)],
-        cwd=REPO, env={**os.environ, "STORAGE_DRIVER": os.environ.get("STORAGE_DRIVER", "vfs")},
-        capture_output=True, text=True, timeout=1800, check=False,
-    )  # fmt: skip
-    assert built.returncode == 0, built.stderr[-4000:]
-    return {line.split()[0]: line.split()[1] for line in built.stdout.splitlines()} | {"dir": str(archives)}
+    return {name: reference for name, reference, _ in build_images(archives)} | {"dir": str(archives)}
 
 
 @pytest.fixture(scope="module")

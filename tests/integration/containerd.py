@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from llm_etl_provider.dev.cluster.real_node import remove_empty_cgroups
+from llm_etl_provider.dev.cluster.real_node import load_images, remove_empty_cgroups, stop_containers
 
 NAMESPACE = "llm-etl-test"
 
@@ -31,7 +31,7 @@ class Containerd:
         return done
 
     def load(self, archive: Path) -> None:
-        self.ctr("images", "import", str(archive))
+        load_images(self.socket, [archive], NAMESPACE)
 
     def image(self, name: str) -> str:
         """The loaded image whose reference starts with ``name:``."""
@@ -69,15 +69,6 @@ class Containerd:
         path = self.logs_dir / f"{name}.log"
         return path.read_text(errors="replace")[-4000:] if path.exists() else ""
 
-    def remove_all(self) -> None:
-        for line in self.ctr("tasks", "ls", check=False).stdout.splitlines()[1:]:
-            if line.split():
-                self.ctr("tasks", "kill", "-s", "SIGKILL", line.split()[0], check=False)
-        time.sleep(0.5)
-        for container in self.ctr("containers", "ls", "-q", check=False).stdout.split():
-            self.ctr("tasks", "delete", "-f", container, check=False)
-            self.ctr("containers", "delete", container, check=False)
-
 
 @contextlib.contextmanager
 def running_containerd(folder: Path) -> Iterator[Containerd]:
@@ -109,7 +100,7 @@ def running_containerd(folder: Path) -> Iterator[Containerd]:
         yield containerd
     finally:
         with contextlib.suppress(Exception):
-            containerd.remove_all()
+            stop_containers(containerd.socket, NAMESPACE)
         process.terminate()
         try:
             process.wait(timeout=20)

@@ -8,7 +8,6 @@ the extraction."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ import pytest
 from llm_etl_provider.contract.layout import MODELS_DIR
 from llm_etl_provider.dev.llama_server import MODEL_FILE, MODEL_SHA256, bundled_model, free_port
 from llm_etl_provider.worker.pod_commands import load_model_args, load_model_command
+from tests.images import build_images
 from tests.integration.containerd import Containerd, running_containerd
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,14 +30,7 @@ SAMPLE = REPO / "examples" / "drug_reviews_sample.jsonl"
 def images(tmp_path_factory) -> dict[str, Path]:
     """The images as OCI archives, by name (worker, llama-server, pause)."""
     archives = tmp_path_factory.mktemp("images")
-    environment = {**os.environ, "STORAGE_DRIVER": os.environ.get("STORAGE_DRIVER", "vfs")}
-    built = subprocess.run(
-        ["bash", "scripts/build-images.sh", "--local-base", "--host-certs", "--pause",
-         "--oci-dir", str(archives)],
-        cwd=REPO, env=environment, capture_output=True, text=True, timeout=1800, check=False,
-    )  # fmt: skip
-    assert built.returncode == 0, built.stderr[-4000:]
-    printed = [line.split() for line in built.stdout.splitlines()]
+    printed = build_images(archives)
     assert [name for name, _, _ in printed] == ["worker", "llama-server", "pause"]
     assert all(digest.startswith("sha256:") and len(digest) == 71 for _, _, digest in printed)  # by digest
     return {name: archives / f"{name}.tar" for name, _, _ in printed}

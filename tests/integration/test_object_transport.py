@@ -180,7 +180,7 @@ def test_urls_that_expire_within_seconds_are_renewed_while_the_worker_runs(
     is signed (SeaweedFS refuses it with S3's 403 "Request has expired"), the run takes longer than that, and
     the enrichment signs the URLs when the worker starts and renews them every second: the worker, refused an
     expired URL, reads the renewed ones and every record is published."""
-    monkeypatch.setattr("llm_etl_provider.transport.urls.expiry_seconds", lambda _: 2)
+    monkeypatch.setattr("llm_etl_provider.backends.urls.expiry_seconds", lambda _: 2)
     lines = [json.dumps({"id": f"r{i}", "review": f"It helped my pain {i}."}) for i in range(40)]
     source = ObjectStoragePath(f"{ROOT}/in/expiring.jsonl")
     source.write_bytes(("\n".join(lines) + "\n").encode())

@@ -19,6 +19,7 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from llm_etl_provider.backends import LocalServing, ShardJob, checked_execution_mode
+from llm_etl_provider.backends.urls import DEFAULT_URL_RENEW_SECONDS
 from llm_etl_provider.contract import layout
 from llm_etl_provider.contract.invocation import (
     OBJECT_OUTPUT,
@@ -45,7 +46,6 @@ from llm_etl_provider.pod.builder import (
     shard_network_policy,
 )
 from llm_etl_provider.transport.frames import carries_frame
-from llm_etl_provider.transport.urls import DEFAULT_URL_RENEW_SECONDS
 from llm_etl_provider.triggers.pod import FrameFilteringPodTrigger, renewer_of
 
 if TYPE_CHECKING:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from airflow.sdk import ObjectStoragePath
 
 from llm_etl_provider.backends import RunBackend
+from llm_etl_provider.backends.urls import sign_transport
 from llm_etl_provider.contract import layout
 from llm_etl_provider.contract.codes import DeadLetterReason
 from llm_etl_provider.contract.duplicates import encode_line_numbers
@@ -47,7 +48,6 @@ from llm_etl_provider.staging import (
 )
 from llm_etl_provider.transport.extract import remove_tree
 from llm_etl_provider.transport.run_manifest import unpublish_run
-from llm_etl_provider.transport.urls import sign_transport
 from llm_etl_provider.worker.exceptions import ConfigurationError
 from llm_etl_provider.worker.records import InputLimits, RecordReader, detect_format
 from llm_etl_provider.worker.tokenizer import GZIP_MAGIC
@@ -356,19 +356,18 @@ class StageInputOperator(RunStepOperator):
 
             part_records = part_records_for(count, int(self.checkpoint_every))
             document = sign_transport(
-                None,
-                source=str(self.input_path),
-                parts=str(folder),
-                expires=expires,
-                input_range=InputRange(
+                InputRange(
                     url="",
                     start=byte_range.start,
                     end=byte_range.end,
                     sha256=_range_sha256(local, byte_range),
                     prefix=byte_range.prefix,
                 ),
-                part_count=parts_needed(count, part_records),
-                part_records=part_records,
+                parts_needed(count, part_records),
+                part_records,
+                source=str(self.input_path),
+                parts=str(folder),
+                expires=expires,
                 signers=signers,
             )
             if egress is None:  # the hosts every pod's URLs name, resolved once (or the deployment's CIDRs)

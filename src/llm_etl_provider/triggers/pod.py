@@ -14,8 +14,8 @@ from airflow.providers.cncf.kubernetes.triggers.pod import KubernetesPodTrigger
 from airflow.triggers.base import TriggerEvent
 
 from llm_etl_provider.backends import RunBackend
+from llm_etl_provider.backends.urls import UrlRenewer, url_renewer
 from llm_etl_provider.transport.frames import carries_frame
-from llm_etl_provider.transport.urls import UrlRenewer, url_renewer
 
 
 def renewer_of(renewal: dict[str, Any], backend: RunBackend, log: Any) -> UrlRenewer:
@@ -80,20 +80,22 @@ class FrameFilteringPodTrigger(KubernetesPodTrigger):
         from llm_etl_provider.backends.kubernetes import KubernetesBackend
 
         interval = float(renewal["interval"])
+        renewer: UrlRenewer | None = None  # made once (it reads the shard's plan), then reused
         while True:
             await asyncio.sleep(interval)
             try:
-                backend = KubernetesBackend(
-                    self.pod_namespace,
-                    self.kubernetes_conn_id or "kubernetes_default",
-                    dag_id=renewal["dag_id"],
-                    run_id=renewal["run_id"],
-                    log=self.log,
-                    scope=renewal["scope"],
-                    plan=renewal["plan"],
-                )
-                # the signers and the Kubernetes client are synchronous: off the triggerer's event loop
-                renewer = await asyncio.to_thread(renewer_of, renewal, backend, self.log)
+                if renewer is None:
+                    backend = KubernetesBackend(
+                        self.pod_namespace,
+                        self.kubernetes_conn_id or "kubernetes_default",
+                        dag_id=renewal["dag_id"],
+                        run_id=renewal["run_id"],
+                        log=self.log,
+                        scope=renewal["scope"],
+                        plan=renewal["plan"],
+                    )
+                    # the signers and the Kubernetes client are synchronous: off the triggerer's event loop
+                    renewer = await asyncio.to_thread(renewer_of, renewal, backend, self.log)
                 await asyncio.to_thread(renewer.renew)
             except Exception as exc:  # noqa: BLE001 - the next interval tries again; the worker waits
                 self.log.warning(

@@ -268,9 +268,9 @@ class DevCluster:
         )
         self._write_state(server, pids, account)
         self._wait(
-            "containerd", lambda: ctr(paths, "version", timeout=10).returncode == 0, pids["containerd"]
+            "containerd", lambda: ctr(paths.socket, "version", timeout=10).returncode == 0, pids["containerd"]
         )
-        load_images(paths, self.node_options.image_archives)
+        load_images(paths.socket, self.node_options.image_archives)
         pids["kube-controller-manager"] = self._spawn(
             "kube-controller-manager",
             [str(binaries / "kube-controller-manager"), f"--kubeconfig={files['controller-manager']}",
@@ -307,7 +307,7 @@ class DevCluster:
                 },
             },
         )
-        self._wait_node(admin, pids["kubelet"], REAL_NODE_NAME)
+        self._wait_node(admin, pids["kubelet"], REAL_NODE_NAME, untaint=False)  # kube-controller-manager's
 
     def _ca(self) -> CertificateAuthority:
         return CertificateAuthority.load(self.pki)
@@ -478,7 +478,10 @@ class DevCluster:
             config.capacity = options.capacity
         return config
 
-    def _wait_node(self, admin: KubeApi, pid: int, name: str = NODE_NAME) -> None:
+    def _wait_node(self, admin: KubeApi, pid: int, name: str = NODE_NAME, *, untaint: bool = True) -> None:
+        """Wait until the node is Ready and has lost its not-ready taint: taken away here (``untaint``, the
+        node lifecycle controller's part where no kube-controller-manager runs), or by the controller."""
+
         def ready() -> bool:
             node = admin.get(f"/api/v1/nodes/{name}")
             conditions = {c["type"]: c["status"] for c in node.get("status", {}).get("conditions", [])}
@@ -486,9 +489,9 @@ class DevCluster:
                 return False
             taints = node["spec"].get("taints", [])
             kept = [t for t in taints if t["key"] != "node.kubernetes.io/not-ready"]
-            if kept != taints:  # the node lifecycle controller's part: a Ready node loses its not-ready taint
-                if name == REAL_NODE_NAME:
-                    return False  # kube-controller-manager's to take away
+            if kept != taints:  # a Ready node loses its not-ready taint
+                if not untaint:
+                    return False
                 admin.patch(f"/api/v1/nodes/{name}", {"spec": {"taints": kept or None}})
             return True
 
@@ -508,7 +511,7 @@ class DevCluster:
         )  # fmt: skip
         for name in order:  # the API server before etcd, or it hangs 10 s
             if name == "containerd" and name in pids and _alive(pids[name]):
-                stop_containers(RealNodePaths(self.real_node_root))  # the pods' processes, after the kubelet
+                stop_containers(RealNodePaths(self.real_node_root).socket)  # the pods', after the kubelet
             if name in pids:
                 _stop(pids[name], timeout=60 if name == "node" else 20)
                 if (child := self._children.pop(pids[name], None)) is not None:

@@ -202,40 +202,42 @@ def netns_names() -> set[str]:
     return {entry.name for entry in netns.iterdir()} if netns.is_dir() else set()
 
 
-def ctr(paths: RealNodePaths, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def ctr(
+    socket: Path, *args: str, namespace: str = CONTAINERD_NAMESPACE, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """``ctr`` against the containerd at ``socket``, in ``namespace``."""
     return subprocess.run(
-        ["ctr", "--address", str(paths.socket), "--namespace", CONTAINERD_NAMESPACE, *args],
+        ["ctr", "--address", str(socket), "--namespace", namespace, *args],
         capture_output=True, text=True, timeout=timeout, check=False,
     )  # fmt: skip
 
 
-def load_images(paths: RealNodePaths, archives: list[Path]) -> None:
-    """Import OCI archives into the node's containerd (where the kubelet finds them: no pull)."""
+def load_images(socket: Path, archives: list[Path], namespace: str = CONTAINERD_NAMESPACE) -> None:
+    """Import OCI archives into the containerd at ``socket`` (where the kubelet finds them: no pull)."""
     for archive in archives:
-        done = ctr(paths, "images", "import", "--snapshotter", "overlayfs", str(archive))
+        done = ctr(
+            socket, "images", "import", "--snapshotter", "overlayfs", str(archive), namespace=namespace
+        )
         if done.returncode != 0:
-            raise RuntimeError(f"cannot load {archive} into the node's containerd: {done.stderr[-1000:]}")
+            raise RuntimeError(f"cannot load {archive} into containerd: {done.stderr[-1000:]}")
 
 
-def stop_containers(paths: RealNodePaths) -> None:
-    """Kill every container containerd runs for the node, so that stopping it leaves no process."""
-    listed = ctr(paths, "tasks", "ls", timeout=30).stdout.splitlines()[1:]
-    for line in listed:
-        if line.split():
-            ctr(paths, "tasks", "kill", "-s", "SIGKILL", line.split()[0], timeout=30)
+def stop_containers(socket: Path, namespace: str = CONTAINERD_NAMESPACE) -> None:
+    """Kill and delete every container of ``namespace`` in the containerd at ``socket``, so that stopping
+    it leaves no process."""
+
+    def tasks() -> list[str]:
+        listed = ctr(socket, "tasks", "ls", namespace=namespace, timeout=30).stdout.splitlines()[1:]
+        return [line for line in listed if line.split()]
+
+    for line in tasks():
+        ctr(socket, "tasks", "kill", "-s", "SIGKILL", line.split()[0], namespace=namespace, timeout=30)
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        running = [
-            line
-            for line in ctr(paths, "tasks", "ls", timeout=30).stdout.splitlines()[1:]
-            if "RUNNING" in line
-        ]
-        if not running:
-            break
+    while time.monotonic() < deadline and any("RUNNING" in line for line in tasks()):
         time.sleep(0.2)
-    for container in ctr(paths, "containers", "ls", "-q", timeout=30).stdout.split():
-        ctr(paths, "tasks", "delete", "-f", container, timeout=30)
-        ctr(paths, "containers", "delete", container, timeout=30)
+    for container in ctr(socket, "containers", "ls", "-q", namespace=namespace, timeout=30).stdout.split():
+        ctr(socket, "tasks", "delete", "-f", container, namespace=namespace, timeout=30)
+        ctr(socket, "containers", "delete", container, namespace=namespace, timeout=30)
 
 
 def write_files(

@@ -1,6 +1,8 @@
 """The object transport's pre-signed URLs, signed with the stores' Airflow connections: by the stage (the
 plan), again when each shard's pod starts, and renewed while it runs, so that URLs signed with temporary
-credentials (STS, IRSA, SSO sessions: often an hour) are always fresh for a pod that runs for days."""
+credentials (STS, IRSA, SSO sessions: often an hour) are always fresh for a pod that runs for days. Airflow's
+side (it signs with Airflow connections): the worker only reads the document
+(:mod:`llm_etl_provider.contract.object_transport`)."""
 
 from __future__ import annotations
 
@@ -33,42 +35,35 @@ def signers_for(source: str, parts: str) -> tuple[ObjectStoreSigner, ObjectStore
 
 
 def sign_transport(
-    planned: ObjectTransport | None,
+    input_range: InputRange,
+    part_count: int,
+    part_records: int,
     *,
     source: str,
     parts: str,
     expires: int,
-    input_range: InputRange | None = None,
-    part_count: int | None = None,
-    part_records: int | None = None,
-    signers: tuple[ObjectStoreSigner, ObjectStoreSigner] | None = None,
+    signers: tuple[ObjectStoreSigner, ObjectStoreSigner],
 ) -> ObjectTransport:
-    """The shard's document with freshly signed URLs: a GET of the input object ``source``, PUTs of its
-    ``part_count`` parts, its checkpoint (GET and PUT) and its end marker under the folder ``parts``, each
-    valid for ``expires`` seconds (or as long as the credentials that sign it). ``planned`` is the stage's
-    document (its range, digest and part count are kept); the stage gives those as arguments instead, and
-    the ``signers`` (input's, output's) it made once for every shard."""
+    """A shard's document with freshly signed URLs: a GET of the input object ``source`` (for
+    ``input_range``), PUTs of its ``part_count`` parts, its checkpoint (GET and PUT) and its end marker under
+    the folder ``parts``, each valid for ``expires`` seconds (or as long as the credentials that sign it),
+    signed by ``signers`` (the input's store's, the output's: :func:`signers_for`)."""
     source_path, folder = ObjectStoragePath(source), ObjectStoragePath(parts)
-    input_signer, output_signer = signers or signers_for(source, parts)
+    input_signer, output_signer = signers
 
     def sign(path: ObjectStoragePath, method: Any) -> str:
         return output_signer.sign(path.bucket, path.key, method, expires)
 
     checkpoint = folder / CHECKPOINT_OBJECT
-    count = part_count if part_count is not None else len(planned.parts) if planned else 0
-    range_ = input_range or (planned.input if planned else None)
-    records = part_records or (planned.part_records if planned else None)
-    if range_ is None or records is None or count < 1:
-        raise ValueError("sign_transport needs the stage's document, or the range, part count and records")
     return ObjectTransport(
         input=dataclasses.replace(
-            range_, url=input_signer.sign(source_path.bucket, source_path.key, "GET", expires)
+            input_range, url=input_signer.sign(source_path.bucket, source_path.key, "GET", expires)
         ),
-        parts=tuple(sign(folder / part_name(k), "PUT") for k in range(count)),
+        parts=tuple(sign(folder / part_name(k), "PUT") for k in range(part_count)),
         checkpoint_get=sign(checkpoint, "GET"),
         checkpoint_put=sign(checkpoint, "PUT"),
         end_put=sign(folder / END_OBJECT, "PUT"),
-        part_records=records,
+        part_records=part_records,
     )
 
 
@@ -101,18 +96,18 @@ class UrlRenewer:
         self.expires = expires
         self.put = put
         self.log = log
-        self.renewals = 0
         self._signers: tuple[ObjectStoreSigner, ObjectStoreSigner] | None = None
 
     def renew(self) -> None:
         """Sign the shard's URLs and hand them over now."""
         if self._signers is None:  # made once: their clients refresh temporary credentials themselves
             self._signers = signers_for(self.source, self.parts)
+        planned = self.planned
         document = sign_transport(
-            self.planned, source=self.source, parts=self.parts, expires=self.expires, signers=self._signers
-        )
+            planned.input, len(planned.parts), planned.part_records,
+            source=self.source, parts=self.parts, expires=self.expires, signers=self._signers,
+        )  # fmt: skip
         self.put(document.to_json())
-        self.renewals += 1
 
     @contextlib.contextmanager
     def running(self, interval: float) -> Iterator[None]:
