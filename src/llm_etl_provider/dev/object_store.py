@@ -106,9 +106,9 @@ def seaweedfs_command(weed: Path, root: Path, address: str = "127.0.0.1") -> tup
     return argv, account
 
 
-def create_bucket(account: S3Account, alive: Any, *, bucket: str = BUCKET) -> None:
+def create_bucket(account: S3Account, alive: Any, log: Path, *, bucket: str = BUCKET) -> None:
     """Create ``bucket`` once the store takes it (its S3 gateway answers a few seconds after start);
-    ``alive()`` says whether the server still runs."""
+    ``alive()`` says whether the server still runs, ``log`` is its output (its end goes in the error)."""
     client = account.client()
     deadline = time.monotonic() + START_TIMEOUT
     while True:
@@ -119,7 +119,10 @@ def create_bucket(account: S3Account, alive: Any, *, bucket: str = BUCKET) -> No
             return
         except Exception as exc:  # noqa: BLE001 - not up yet: refused connections, 5xx while the filer starts
             if not alive():
-                raise ObjectStoreError("the S3 server exited while starting") from None
+                tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:]) if log.exists() else ""
+                raise ObjectStoreError(
+                    f"the S3 server exited while starting; the end of {log}:\n{tail}"
+                ) from None
             if time.monotonic() > deadline:
                 raise ObjectStoreError(
                     f"the S3 server at {account.endpoint} did not create bucket {bucket} in "
@@ -133,12 +136,13 @@ def running_seaweedfs(root: Path, log: Path | None = None) -> Iterator[S3Account
     """SeaweedFS under ``root`` with the bucket :data:`BUCKET`, for as long as the block runs (tests and
     benchmarks; ``llm-etl dev-cluster`` starts its own beside the control plane)."""
     argv, account = seaweedfs_command(find_weed(), root)
-    with (log or root / "seaweedfs.log").open("ab") as output:
+    log = log or root / "seaweedfs.log"
+    with log.open("ab") as output:
         process = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
-        create_bucket(account, lambda: process.poll() is None)
+        create_bucket(account, lambda: process.poll() is None, log)
         yield account
     finally:
         with contextlib.suppress(ProcessLookupError):

@@ -72,3 +72,10 @@ def test_a_server_that_exits_at_once_reports_its_log(tmp_path, monkeypatch):
     server = LlamaServer(log_path=tmp_path / "server.log")
     with pytest.raises(LocalServerError, match=r"exited with code 7:\nerror: unknown argument"), server:
         pass
+
+
+def test_free_ports_are_never_handed_out_twice():
+    # a server binds its ports seconds after it is given them (SeaweedFS's filer only once its master
+    # runs): the kernel, asked again meanwhile, may offer the same port; ~500 asks saw a repeat nearly always
+    ports = [llama_server.free_port() for _ in range(500)]
+    assert len(set(ports)) == len(ports)

@@ -211,7 +211,7 @@ class DevCluster:
                     )
                     self._write_state(server, pids, account)
                     self._wait_node(admin, pids["node"])
-            create_bucket(account, lambda: _alive(pids["s3"]))
+            create_bucket(account, lambda: _alive(pids["s3"]), self.logs / "seaweedfs.log")
         except BaseException:
             self.down()
             raise
