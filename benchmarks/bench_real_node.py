@@ -114,7 +114,7 @@ def main() -> None:
     args = parser.parse_args()
     archives = sorted(args.images.glob("*.tar"))
     with tempfile.TemporaryDirectory() as state:
-        cluster = DevCluster(Path(state), node=NodeOptions(real=True, image_archives=archives))
+        cluster = DevCluster(Path(state), node=NodeOptions(image_archives=archives))
         started = time.monotonic()
         cluster.up()
         up_seconds = round(time.monotonic() - started, 1)

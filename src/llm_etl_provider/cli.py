@@ -191,17 +191,14 @@ def _render_role(args: argparse.Namespace) -> int:
 def _dev_cluster(args: argparse.Namespace) -> int:
     from llm_etl_provider.dev.cluster import DevCluster, DevClusterError, NodeOptions
 
-    node = None
-    if args.real_node:
-        archives = sorted(args.real_node.glob("*.tar"))
+    archives: list[Path] = []
+    if args.images is not None:
+        archives = sorted(args.images.glob("*.tar"))
         if not archives:
-            print(
-                f"error: no OCI archives in {args.real_node} (scripts/build-images.sh --oci-dir)",
-                file=sys.stderr,
-            )
+            hint = "scripts/build-images.sh --oci-dir"
+            print(f"error: no OCI archives in {args.images} ({hint})", file=sys.stderr)
             return 2
-        node = NodeOptions(real=True, image_archives=archives)
-    cluster = DevCluster(args.state or _dev_cluster_state(), node=node)
+    cluster = DevCluster(args.state or _dev_cluster_state(), node=NodeOptions(image_archives=archives))
     try:
         if args.action == "up":
             cluster.up()
@@ -317,7 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     cluster = commands.add_parser(
         "dev-cluster",
-        help="a real kube-apiserver, etcd and a node of local processes on 127.0.0.1, to try the provider on",
+        help="a real Kubernetes cluster on this machine (kube-apiserver, etcd, a kubelet with containerd and "
+        "runc, kube-scheduler, kube-controller-manager, an S3 server), to try the provider on; needs root",
     )
     cluster.add_argument(
         "action", choices=("up", "down", "status"), help="up prints KUBECONFIG, AIRFLOW_KUBECONFIG, NAMESPACE"
@@ -326,9 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--state", type=Path, help="its certificates, kubeconfigs, data and logs (default: cache)"
     )
     cluster.add_argument(
-        "--real-node", type=Path, metavar="IMAGES",
-        help="up: a real node (kubelet, containerd, runc, kube-scheduler, kube-controller-manager) running "
-        "the OCI archives in IMAGES (scripts/build-images.sh --oci-dir)",
+        "--images", type=Path, metavar="DIR",
+        help="up: load DIR's OCI archives (scripts/build-images.sh --oci-dir) into the node's containerd",
     )  # fmt: skip
     cluster.set_defaults(handler=_dev_cluster)
 

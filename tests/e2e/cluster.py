@@ -1,5 +1,6 @@
-"""The e2e tests' view of the development cluster (a real kube-apiserver and etcd, and the dev node): what the
-API holds, what the node still runs, and the pods and events a run produced, seen through the admin identity.
+"""The e2e tests' view of the development cluster (a real kube-apiserver and etcd, a kubelet with containerd):
+what the API holds, what the node still runs, and the pods and events a run produced, seen through the admin
+identity.
 """
 
 from __future__ import annotations
@@ -18,26 +19,8 @@ import httpx
 from llm_etl_provider.contract.layout import LABEL_COMPONENT
 from llm_etl_provider.dev.cluster import DevCluster, NodeOptions
 from llm_etl_provider.dev.cluster.api import ApiError, KubeApi
-from llm_etl_provider.dev.cluster.layout import CONTAINER_VARIABLE, claim_dir, pod_volume_dir
+from llm_etl_provider.dev.cluster.real_node import RealNodePaths, running_containers
 from llm_etl_provider.dev.object_store import S3Account
-
-
-def running_containers() -> list[str]:
-    """Processes a dev node started that are still alive (not zombies), as ``pod/container``."""
-    marker = CONTAINER_VARIABLE.encode() + b"="
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = Path(entry.path, "environ").read_bytes().split(b"\0")
-            stat = Path(entry.path, "stat").read_text()
-        except OSError:
-            continue
-        if stat.rsplit(") ", 1)[-1].startswith("Z"):
-            continue
-        found += [v[len(marker) :].decode() for v in environ if v.startswith(marker)]
-    return sorted(found)
 
 
 class Recorder(threading.Thread):
@@ -82,8 +65,9 @@ def is_enrichment_pod(pod: dict[str, Any]) -> bool:
 class ProviderCluster:
     """A :class:`DevCluster` that runs the provider's pods, with the checks the e2e tests make on it."""
 
-    def __init__(self, state: Path, namespace: str, node: NodeOptions) -> None:
+    def __init__(self, state: Path, namespace: str, node: NodeOptions, images: dict[str, Any]) -> None:
         self.dev = DevCluster(state, namespace=namespace, node=node)
+        self.images = images  # name -> the reference the pods name
         self.namespace = namespace
         self.admin: KubeApi
         self.baseline: dict[str, list[str]] = {}  # what the cluster held before the tests: not a leftover
@@ -125,6 +109,14 @@ class ProviderCluster:
         items: list[dict[str, Any]] = self.admin.get(self.path("events"))["items"]
         return items
 
+    def started_containers(self) -> list[tuple[str, str]]:
+        """``(pod, container)`` of every container the kubelet reported started (its ``Started`` events)."""
+        return [
+            (e["involvedObject"]["name"], e["involvedObject"].get("fieldPath", "").split("{")[-1].rstrip("}"))
+            for e in self.events()
+            if e["reason"] == "Started"
+        ]
+
     def created_pods(self) -> list[dict[str, Any]]:
         """The pods created since the last :meth:`forget_pods`, as last seen."""
         return list(self.recorder.objects.values())
@@ -159,31 +151,40 @@ class ProviderCluster:
     # -- what the node runs --------------------------------------------------------------------------
 
     def running_containers(self) -> list[str]:
-        return running_containers()
+        """The containers whose processes the node's containerd runs, as ``pod/container``."""
+        return running_containers(self.node.socket)
+
+    @property
+    def node(self) -> RealNodePaths:
+        return RealNodePaths(self.dev.node_root)
 
     def volume(self, pod: dict[str, Any], name: str) -> Path:
-        """Where the dev node keeps the pod's volume ``name`` (a claim's folder for a claim)."""
+        """Where the node keeps the pod's volume ``name``: the kubelet's folder of an emptyDir, the
+        provisioner's folder of a claim."""
         for volume in pod["spec"].get("volumes", []):
             if volume["name"] == name and "persistentVolumeClaim" in volume:
-                return claim_dir(
-                    self.dev.node_root, self.namespace, volume["persistentVolumeClaim"]["claimName"]
+                claim = self.admin.get(
+                    self.path("persistentvolumeclaims", volume["persistentVolumeClaim"]["claimName"])
                 )
-        return pod_volume_dir(self.dev.node_root, pod["metadata"]["uid"], name)
+                bound = self.admin.get(f"/api/v1/persistentvolumes/{claim['spec']['volumeName']}")
+                return Path(bound["spec"]["hostPath"]["path"])
+        uid = str(pod["metadata"]["uid"])
+        return self.node.kubelet_root / "pods" / uid / "volumes" / "kubernetes.io~empty-dir" / name
 
     def remember_baseline(self) -> None:
         """Take what the cluster holds now (the model's Secret and claim, say) as its empty state."""
         self.baseline = self._holdings()
 
     def leftovers(self) -> dict[str, list[str]]:
-        """What the cluster holds beyond its baseline: pods, Secrets, claims, live container processes and
-        node files."""
+        """What the cluster holds beyond its baseline: pods, Secrets, claims and their volumes, containers
+        still running, the kubelet's pod folders and the volumes' folders."""
         return {
             kind: [name for name in names if name not in self.baseline.get(kind, [])]
             for kind, names in self._holdings().items()
         }
 
     def _holdings(self) -> dict[str, list[str]]:
-        root = self.dev.node_root
+        folders = (self.node.kubelet_root / "pods", self.dev.volume_root)
         return {
             "pods": self.names("pods"),
             "secrets": self.names("secrets"),
@@ -194,11 +195,12 @@ class ProviderCluster:
                     f"/apis/networking.k8s.io/v1/namespaces/{self.namespace}/networkpolicies"
                 )["items"]
             ),
+            "volumes": sorted(
+                item["metadata"]["name"] for item in self.admin.get("/api/v1/persistentvolumes")["items"]
+            ),
             "processes": self.running_containers(),
-            "node_files": sorted(  # os.walk, unlike rglob, passes over a folder deleted while it walks
-                str(Path(folder, name).relative_to(root))
-                for folder, _, names in os.walk(root)
-                for name in names
+            "node_folders": sorted(  # a pod's folder on the node, a claim's volume
+                str(Path(top, name)) for top in folders if top.is_dir() for name in os.listdir(top)
             ),
         }
 

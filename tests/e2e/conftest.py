@@ -1,5 +1,6 @@
-"""Shared e2e fixtures: a real Kubernetes control plane whose dev node runs the real loader, llama-server and
-worker, an HTTP "object store" for the bundled model, and the example DAG configured for that cluster."""
+"""Shared e2e fixtures: a real Kubernetes cluster whose kubelet runs the pod's own images (the loader,
+llama-server and the worker, built here by ``scripts/build-images.sh``), an HTTP "object store" for the
+bundled model, and the example DAG configured for that cluster."""
 
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ from typing import Any
 import pytest
 
 from llm_etl_provider.dev.cluster import NodeOptions
+from llm_etl_provider.dev.cluster.real_node import node_address
 from llm_etl_provider.dev.llama_server import MODEL_FILE, MODEL_SHA256, bundled_model
 from tests.e2e.cluster import ProviderCluster, is_enrichment_pod
+from tests.images import build_images
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "examples" / "drug_reviews_sample.jsonl"
@@ -28,24 +31,38 @@ NAMESPACE = "llm-etl"
 MODEL_URL_SECRET = "llm-etl-model-url"
 
 
+@pytest.fixture(scope="session")
+def images(tmp_path_factory) -> dict[str, Any]:
+    """The pod's images, built once per session as OCI archives (no registry): ``{name: reference}`` and
+    ``archives``, the files the node loads."""
+    folder = tmp_path_factory.mktemp("images")
+    built = {name: reference for name, reference, _ in build_images(folder)}
+    return {**built, "archives": sorted(folder.glob("*.tar"))}
+
+
 @pytest.fixture(scope="module")
 def model_url() -> Iterator[str]:
-    """The bundled GGUF served over HTTP, as a presigned object-storage URL would serve it."""
+    """The bundled GGUF served over HTTP on the node's address (pods have network namespaces of their own),
+    as a presigned object-storage URL would serve it."""
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(bundled_model().parent))
     handler.log_message = lambda *args: None  # type: ignore[attr-defined]
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    address = node_address()
+    server = http.server.ThreadingHTTPServer((address, 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/{MODEL_FILE}"
+    yield f"http://{address}:{server.server_port}/{MODEL_FILE}"
     server.shutdown()
     server.server_close()
 
 
 @contextlib.contextmanager
-def provider_cluster(state: Path, model_url: str, **node: Any) -> Iterator[ProviderCluster]:
-    """A development cluster (real kube-apiserver and etcd, the dev node) that runs the provider's pods
-    (loader, llama-server, worker) and holds the model URL in a Secret."""
-    with ProviderCluster(state, NAMESPACE, NodeOptions(**node)).running() as cluster:
+def provider_cluster(
+    state: Path, model_url: str, images: dict[str, Any], **node: Any
+) -> Iterator[ProviderCluster]:
+    """A development cluster (real kube-apiserver, etcd and kubelet) that runs the provider's pods from
+    ``images`` and holds the model URL in a Secret."""
+    options = NodeOptions(image_archives=images["archives"], **node)
+    with ProviderCluster(state, NAMESPACE, options, images).running() as cluster:
         secret = {
             "metadata": {"name": MODEL_URL_SECRET},
             "data": {"url": base64.b64encode(model_url.encode()).decode()},
@@ -56,8 +73,8 @@ def provider_cluster(state: Path, model_url: str, **node: Any) -> Iterator[Provi
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory, model_url) -> Iterator[ProviderCluster]:
-    with provider_cluster(tmp_path_factory.mktemp("cluster"), model_url) as running:
+def cluster(tmp_path_factory, model_url, images) -> Iterator[ProviderCluster]:
+    with provider_cluster(tmp_path_factory.mktemp("cluster"), model_url, images) as running:
         yield running
 
 
@@ -71,6 +88,9 @@ def kubernetes_settings(cluster: ProviderCluster, *, deferrable: bool, **environ
         "LLM_ETL_MODEL_URL_SECRET": MODEL_URL_SECRET,
         "LLM_ETL_MODEL_SHA256": MODEL_SHA256,
         "LLM_ETL_GPUS": "0",
+        "LLM_ETL_WORKER_IMAGE": cluster.images["worker"],
+        "LLM_ETL_SERVER_IMAGE": cluster.images["llama-server"],
+        "LLM_ETL_IMAGE_PULL_POLICY": "IfNotPresent",  # loaded into the node: no registry serves them
         "LLM_ETL_DEFERRABLE": str(deferrable).lower(),
         **environment,
     }

@@ -22,7 +22,6 @@ from llm_etl_provider.dev.llama_server import MODEL_FILE, MODEL_SHA256
 from llm_etl_provider.dev.object_store import BUCKET
 from tests.e2e.cluster import Recorder
 from tests.e2e.conftest import example_conf, load_example_dag, short_reviews
-from tests.images import build_images
 
 NAMESPACE = "llm-etl"
 # a connection of its own: Airflow caches a store per connection id for the process, and the other e2e
@@ -45,17 +44,9 @@ def use_store(monkeypatch: pytest.MonkeyPatch, cluster: DevCluster) -> Any:
 
 
 @pytest.fixture(scope="module")
-def image_archives(tmp_path_factory) -> dict[str, str]:
-    """The pod's images as OCI archives (no registry): name -> the reference the pods name."""
-    archives = tmp_path_factory.mktemp("images")
-    return {name: reference for name, reference, _ in build_images(archives)} | {"dir": str(archives)}
-
-
-@pytest.fixture(scope="module")
-def real_cluster(tmp_path_factory, image_archives) -> Iterator[DevCluster]:
+def real_cluster(tmp_path_factory, images) -> Iterator[DevCluster]:
     state = tmp_path_factory.mktemp("real-cluster")
-    archives = sorted(Path(image_archives["dir"]).glob("*.tar"))
-    cluster = DevCluster(state, node=NodeOptions(real=True, image_archives=archives))
+    cluster = DevCluster(state, node=NodeOptions(image_archives=images["archives"]))
     cluster.up()
     pids = cluster._recorded()["pids"]
     try:
@@ -64,7 +55,7 @@ def real_cluster(tmp_path_factory, image_archives) -> Iterator[DevCluster]:
         cluster.down()
     # nothing of the node is left: its processes, mounts, bridge and cgroups
     assert not [name for name, pid in pids.items() if Path(f"/proc/{pid}").exists()]
-    assert mounts_under(cluster.real_node_root) == []
+    assert mounts_under(cluster.node_root) == []
     assert subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True, check=False).returncode != 0
     assert not [c for c in Path("/sys/fs/cgroup").iterdir() if (c / CONTAINERD_NAMESPACE).exists()]
 
@@ -98,9 +89,9 @@ def real_node_dag(
 
 @pytest.mark.parametrize("deferrable", [False, True], ids=["sync", "deferrable"])
 def test_the_example_dag_runs_its_pods_on_a_real_kubelet(
-    tmp_path, monkeypatch, real_cluster, image_archives, deferrable
+    tmp_path, monkeypatch, real_cluster, images, deferrable
 ):
-    dag = real_node_dag(monkeypatch, real_cluster, image_archives, deferrable)
+    dag = real_node_dag(monkeypatch, real_cluster, images, deferrable)
     short = short_reviews(4)
     source = tmp_path / "reviews.jsonl"
     source.write_text("".join(short))
@@ -141,11 +132,11 @@ def test_the_example_dag_runs_its_pods_on_a_real_kubelet(
         assert states["model-loader"]["terminated"]["exitCode"] == 0
         assert states["base"]["terminated"]["exitCode"] == 0
         assert "terminated" in states["llm-server"]
-        images = {s["name"]: s["image"] for s in pod["status"]["containerStatuses"]}
-        assert images["base"].endswith(image_archives["worker"].split("/", 1)[1])
+        ran = {s["name"]: s["image"] for s in pod["status"]["containerStatuses"]}
+        assert ran["base"].endswith(images["worker"].split("/", 1)[1])
     assert left == []  # the teardown removed them
     # the containers' processes as this machine saw them: the worker and the server as uid 65532, each in
-    # its own root filesystem, mounted read-only (the home-made node ran them as root, on this machine's root)
+    # its own root filesystem, mounted read-only
     assert seen.get("llm-etl-worker") == {(65532, "ro")}, seen
     assert seen.get("llama-server") == {(65532, "ro")}, seen
 
@@ -178,14 +169,14 @@ def watch_processes(seen: dict[str, set[tuple[int, str]]], stop: threading.Event
 
 
 def test_the_object_transport_s_pods_reach_the_store_from_their_own_network(
-    tmp_path, monkeypatch, real_cluster, image_archives
+    tmp_path, monkeypatch, real_cluster, images
 ):
     """On the real node each pod has a network namespace of its own: the store's URLs must name an address
-    the pods reach (the node's), which the home-made node, sharing this machine's loopback, never asked."""
+    the pods reach (the node's), not the loopback of this machine."""
     client = use_store(monkeypatch, real_cluster)
     short = short_reviews(6)
     client.put_object(Bucket=BUCKET, Key="real/in/reviews.jsonl", Body="".join(short).encode())
-    dag = real_node_dag(monkeypatch, real_cluster, image_archives, deferrable=False)
+    dag = real_node_dag(monkeypatch, real_cluster, images, deferrable=False)
     run = dag.test(
         run_conf=example_conf(
             f"s3://{S3_CONN}@{BUCKET}/real/in/reviews.jsonl", f"s3://{S3_CONN}@{BUCKET}/real/out",
@@ -199,7 +190,7 @@ def test_the_object_transport_s_pods_reach_the_store_from_their_own_network(
 
 
 def test_an_object_transport_pod_deleted_mid_run_resumes_in_a_new_pod_after_its_last_part(
-    monkeypatch, real_cluster, image_archives
+    monkeypatch, real_cluster, images
 ):
     """A node drained or a spot GPU reclaimed: the pod is deleted through the API mid-shard, the kubelet stops
     it (SIGTERM, its grace period), the task's retry starts a new pod that resumes after the last part in the
@@ -207,9 +198,7 @@ def test_an_object_transport_pod_deleted_mid_run_resumes_in_a_new_pod_after_its_
     client = use_store(monkeypatch, real_cluster)
     short = short_reviews(12)  # seconds of work after the first parts: the kubelet stops it mid-shard
     client.put_object(Bucket=BUCKET, Key="lost/in/reviews.jsonl", Body="".join(short).encode())
-    dag = real_node_dag(
-        monkeypatch, real_cluster, image_archives, deferrable=False, LLM_ETL_CHECKPOINT_EVERY="1"
-    )
+    dag = real_node_dag(monkeypatch, real_cluster, images, deferrable=False, LLM_ETL_CHECKPOINT_EVERY="1")
     dag.get_task("llm_enrichment.shard.enrich").retry_delay = timedelta(seconds=1)
     lost: dict[str, int] = {}
     stop = threading.Event()

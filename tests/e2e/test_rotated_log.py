@@ -14,9 +14,11 @@ from tests.e2e.test_no_patient_data_leaks import CANARY, airflow_surfaces, plant
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory, model_url) -> Iterator[ProviderCluster]:
+def cluster(tmp_path_factory, model_url, images) -> Iterator[ProviderCluster]:
     # A few hundred bytes: the worker's first frames are rotated away before the pod ends.
-    with provider_cluster(tmp_path_factory.mktemp("cluster"), model_url, max_log_bytes=400) as running:
+    with provider_cluster(
+        tmp_path_factory.mktemp("cluster"), model_url, images, max_log_bytes=400
+    ) as running:
         yield running
 
 

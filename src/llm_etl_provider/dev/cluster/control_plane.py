@@ -1,17 +1,15 @@
-"""A real Kubernetes control plane on 127.0.0.1 to try the provider on: etcd, kube-apiserver and one node.
+"""A real Kubernetes cluster on this machine to try the provider on: etcd, kube-apiserver and one real node.
 
 ``DevCluster(state).up()`` starts etcd and kube-apiserver (built from source by ``scripts/build-kube.sh``)
 with TLS, ``--authorization-mode=Node,RBAC`` and the default admission plugins (PodSecurity among them), then
-the node agent (:mod:`llm_etl_provider.dev.cluster.node`), and prepares the run namespace: labelled to enforce
-the restricted Pod Security Standard, with its ``default`` ServiceAccount and the Role of
-:mod:`llm_etl_provider.pod.rbac` bound to the ``airflow`` identity, and an S3 server (SeaweedFS, built by
-``scripts/build-seaweedfs.sh``; :mod:`llm_etl_provider.dev.object_store`) with a bucket ``llm-etl``.
-``down()`` stops them in reverse order.
-
-No kube-controller-manager runs, so what its controllers would do for this one namespace is done here once:
-the ``default`` ServiceAccount, the ``kube-root-ca.crt`` ConfigMap, and the removal of the node's
-``not-ready`` taint once it reports Ready (the node lifecycle controller). Namespaces are therefore never
-deleted, and ownerReferences are not garbage-collected.
+kube-controller-manager, kube-scheduler and the node of :mod:`llm_etl_provider.dev.cluster.real_node`
+(kubelet, containerd with runc and a CNI bridge, running the pod's own images loaded from OCI archives), the
+volume provisioner of :mod:`llm_etl_provider.dev.cluster.provisioner` (the default StorageClass), and an S3
+server (SeaweedFS, built by ``scripts/build-seaweedfs.sh``; :mod:`llm_etl_provider.dev.object_store`) with a
+bucket ``llm-etl``. It prepares the run namespace: labelled to enforce the restricted Pod Security Standard,
+with the Role of :mod:`llm_etl_provider.pod.rbac` bound to the ``airflow`` identity and the ``llm-etl-models``
+claim bound to a read-only volume of the bundled model. ``down()`` stops them in reverse order and leaves no
+process, mount, network namespace or cgroup behind. It needs root (containerd, runc, the bridge).
 """
 
 from __future__ import annotations
@@ -33,8 +31,8 @@ import httpx
 import yaml
 
 from llm_etl_provider.dev.cluster.api import ApiError, KubeApi
-from llm_etl_provider.dev.cluster.layout import NodeConfig
 from llm_etl_provider.dev.cluster.pki import CertificateAuthority, KeyPair, service_account_key
+from llm_etl_provider.dev.cluster.provisioner import ProvisionerConfig, storage_class
 from llm_etl_provider.dev.cluster.real_node import (
     REAL_NODE_NAME,
     RealNodePaths,
@@ -47,14 +45,13 @@ from llm_etl_provider.dev.cluster.real_node import (
     stop_containers,
     write_files,
 )
-from llm_etl_provider.dev.llama_server import bundled_model, find_built, find_llama_server, free_port
+from llm_etl_provider.dev.llama_server import bundled_model, find_built, free_port
 from llm_etl_provider.dev.object_store import S3Account, create_bucket, find_weed, seaweedfs_command
 from llm_etl_provider.pod.rbac import airflow_role, airflow_role_binding
 
 KUBE_BIN_ENV = "LLM_ETL_KUBE_BIN"
 NAMESPACE = "llm-etl"
-NODE_NAME = "llm-etl-dev-node"
-MODEL_CLAIM = "llm-etl-models"  # a claim the node fills with the bundled model, for LLM_ETL_MODEL_SOURCE=pvc
+MODEL_CLAIM = "llm-etl-models"  # a claim bound to the bundled model's folder, for LLM_ETL_MODEL_SOURCE=pvc
 AIRFLOW_USER = "llm-etl-airflow"
 SERVICE_RANGE = "10.0.0.0/24"
 API_SERVER_SERVICE_IP = "10.0.0.1"  # the first address of SERVICE_RANGE, in the API server's certificate
@@ -66,44 +63,25 @@ class DevClusterError(RuntimeError):
 
 
 def find_kube_binaries() -> Path:
-    """The folder of ``kube-apiserver`` and ``etcd``: $LLM_ETL_KUBE_BIN, or scripts/build-kube.sh's cache."""
-    built_by = "scripts/build-kube.sh (about 6 minutes, cached)"
-    programs = ["kube-apiserver", "etcd"]
+    """The folder of the control plane's and the node's programs: $LLM_ETL_KUBE_BIN, or
+    ``LLM_ETL_KUBE_NODE=1 scripts/build-kube.sh``'s cache."""
+    built_by = "LLM_ETL_KUBE_NODE=1 scripts/build-kube.sh (about 15 minutes, cached)"
+    programs = ["kube-apiserver", "etcd", "kubelet", "kube-scheduler", "kube-controller-manager"]
     return find_built(KUBE_BIN_ENV, "kube-*-etcd-*/bin", programs, error=DevClusterError, built_by=built_by)
-
-
-def default_commands() -> dict[str, list[str]]:
-    """What the node runs for each container's ``command[0]``: the provider's own programs, llama.cpp's
-    server, and curl (the server's startup probe)."""
-    curl = shutil.which("curl")
-    if curl is None:
-        raise DevClusterError("the dev node runs the llm-server's startup probe with curl: install curl")
-    return {
-        "llm-etl": [sys.executable, "-m", "llm_etl_provider.cli"],
-        "llm-etl-worker": [sys.executable, "-m", "llm_etl_provider.worker.cli"],
-        "/app/llama-server": [str(find_llama_server())],
-        "curl": [curl],
-    }
 
 
 @dataclass
 class NodeOptions:
-    """What the dev node maps onto this machine beyond its programs (see :class:`NodeConfig`)."""
+    """What the node runs and how: the pod's images, as OCI archives (``scripts/build-images.sh --oci-dir``)
+    loaded into its containerd, and the kubelet's ``containerLogMaxSize`` in bytes (default 10 MiB)."""
 
-    commands: dict[str, list[str]] = field(default_factory=dict)  # added to default_commands()
-    claims: dict[str, Path] = field(default_factory=dict)
-    image_volumes: dict[str, Path] = field(default_factory=dict)
-    max_log_bytes: int | None = None
-    capacity: dict[str, str] | None = None
-    # a real node instead (kubelet, containerd, runc; kube-scheduler and kube-controller-manager beside the
-    # API server), running the pod's images from these OCI archives (scripts/build-images.sh --oci-dir)
-    real: bool = False
     image_archives: list[Path] = field(default_factory=list)
+    max_log_bytes: int | None = None
 
 
 class DevCluster:
-    """etcd, kube-apiserver and the node agent as processes, their state (certificates, kubeconfigs, data,
-    logs) in ``state``."""
+    """etcd, kube-apiserver, the node and its controllers as processes, their state (certificates,
+    kubeconfigs, data, logs) in ``state``."""
 
     def __init__(self, state: Path, *, namespace: str = NAMESPACE, node: NodeOptions | None = None) -> None:
         self.state = state.resolve()
@@ -112,11 +90,11 @@ class DevCluster:
         self.pki = self.state / "pki"
         self.logs = self.state / "logs"
         self.node_root = self.state / "node"
+        self.volume_root = self.state / "volumes"  # the provisioner's folders, one per claim
         self.object_root = self.state / "s3"
         self.admin_kubeconfig = self.state / "admin.kubeconfig"
         self.airflow_kubeconfig = self.state / "airflow.kubeconfig"
         self._state_file = self.state / "cluster.json"
-        self.real_node_root = self.state / "real-node"
         self._netns_before: set[str] = netns_names()
         self._children: dict[int, subprocess.Popen[bytes]] = {}  # what this object started, to reap
 
@@ -172,15 +150,13 @@ class DevCluster:
             self.down()
         binaries = find_kube_binaries()
         weed = find_weed()
-        commands = {**default_commands(), **self.node_options.commands}
-        for folder in (self.pki, self.state / "etcd", self.node_root, self.object_root):
+        for folder in (self.pki, self.state / "etcd", self.node_root, self.volume_root, self.object_root):
             shutil.rmtree(folder, ignore_errors=True)
         self.logs.mkdir(parents=True, exist_ok=True)
         ports = {name: free_port() for name in ("etcd", "etcd-peer", "apiserver", "kubelet")}
         server = f"https://127.0.0.1:{ports['apiserver']}"
-        # a real node's pods have network namespaces of their own: they reach the store on the node's address
-        store_address = node_address() if self.node_options.real else "127.0.0.1"
-        weed_argv, account = seaweedfs_command(weed, self.object_root, store_address)
+        # pods have network namespaces of their own: they reach the store on the node's address
+        weed_argv, account = seaweedfs_command(weed, self.object_root, node_address())
         pids: dict[str, int] = {}
         self._write_state(server, pids, account)
         try:
@@ -200,17 +176,7 @@ class DevCluster:
                 self._wait("kube-apiserver", admin.healthy, pids["kube-apiserver"])
                 self._write_kubeconfigs(server)
                 self._prepare_namespace(admin)
-                if self.node_options.real:
-                    self._start_real_node(admin, server, binaries, ports["kubelet"], pids, account)
-                else:
-                    node_config = self._node_config(server, ports["kubelet"], commands)
-                    config_path = self.state / "node.json"
-                    config_path.write_text(node_config.to_json())
-                    pids["node"] = self._spawn(
-                        "node", [sys.executable, "-m", "llm_etl_provider.dev.cluster", str(config_path)]
-                    )
-                    self._write_state(server, pids, account)
-                    self._wait_node(admin, pids["node"])
+                self._start_node(admin, server, binaries, ports["kubelet"], pids, account)
             create_bucket(account, lambda: _alive(pids["s3"]), self.logs / "seaweedfs.log")
         except BaseException:
             self.down()
@@ -230,17 +196,15 @@ class DevCluster:
             )
         )
 
-    def _start_real_node(
+    def _start_node(
         self, admin: KubeApi, server: str, binaries: Path, port: int, pids: dict[str, int], account: S3Account
     ) -> None:
-        """containerd (with the pod's images), kube-controller-manager, kube-scheduler and the kubelet, until
-        the node is Ready; the models claim bound to a volume of the bundled model."""
-        for program in ("kubelet", "kube-scheduler", "kube-controller-manager"):
-            if not (binaries / program).exists():
-                raise DevClusterError(
-                    f"the real node needs {program}: LLM_ETL_KUBE_NODE=1 scripts/build-kube.sh"
-                )
-        paths = RealNodePaths(self.real_node_root)
+        """containerd (with the pod's images), kube-controller-manager, kube-scheduler, the volume
+        provisioner and the kubelet, until the node is Ready; the models claim bound to a volume of the
+        bundled model."""
+        if os.geteuid() != 0:
+            raise DevClusterError("the node runs containerd and runc, which need root: run `up` as root")
+        paths = RealNodePaths(self.node_root)
         address = node_address()
         ca = self._ca()
         ca.issue("real-node", f"system:node:{REAL_NODE_NAME}", organizations=("system:nodes",))
@@ -284,6 +248,16 @@ class DevCluster:
             [str(binaries / "kube-scheduler"), f"--kubeconfig={files['scheduler']}", "--leader-elect=false",
              "--bind-address=127.0.0.1", f"--secure-port={free_port()}"],
         )  # fmt: skip
+        admin.ensure("/apis/storage.k8s.io/v1/storageclasses", storage_class())
+        provisioner = self.state / "provisioner.json"
+        ProvisionerConfig(
+            server=server, ca=str(self.pki / "ca.crt"), cert=str(self.pki / "admin.crt"),
+            key=str(self.pki / "admin.key"), root=str(self.volume_root),
+        ).write(provisioner)  # fmt: skip
+        pids["provisioner"] = self._spawn(
+            "provisioner",
+            [sys.executable, "-m", "llm_etl_provider.dev.cluster.provisioner", str(provisioner)],
+        )
         pids["kubelet"] = self._spawn(
             "kubelet",
             [str(binaries / "kubelet"), f"--config={files['kubelet-config']}",
@@ -307,7 +281,7 @@ class DevCluster:
                 },
             },
         )
-        self._wait_node(admin, pids["kubelet"], REAL_NODE_NAME, untaint=False)  # kube-controller-manager's
+        self._wait_node(admin, pids["kubelet"])
 
     def _ca(self) -> CertificateAuthority:
         return CertificateAuthority.load(self.pki)
@@ -322,11 +296,7 @@ class DevCluster:
         )
         ca.issue("admin", "llm-etl-admin", organizations=("system:masters",))
         ca.issue("airflow", AIRFLOW_USER)
-        ca.issue("node", f"system:node:{NODE_NAME}", organizations=("system:nodes",))
-        ca.issue("node-serving", f"system:node:{NODE_NAME}", server_hosts=("127.0.0.1",), client=False)
         ca.issue("scheduler", "system:kube-scheduler")
-        # the name kube-controller-manager's pvc-protection controller runs as: RBAC binds its role to it
-        ca.issue("pvc-protection", "system:serviceaccount:kube-system:pvc-protection-controller")
         service_account_key(self.pki)
 
     def _etcd_flags(self, ports: dict[str, int]) -> list[str]:
@@ -435,95 +405,67 @@ class DevCluster:
             },
         )
         base = f"/api/v1/namespaces/{namespace}"
-        # what kube-controller-manager's service-account and root-CA publisher controllers would create
+        # made now, not seconds later by kube-controller-manager (which starts after): a pod naming a
+        # ServiceAccount that does not exist yet is refused
         admin.ensure(base + "/serviceaccounts", {"metadata": {"name": "default"}})
-        admin.ensure(
-            base + "/configmaps",
-            {"metadata": {"name": "kube-root-ca.crt"}, "data": {"ca.crt": (self.pki / "ca.crt").read_text()}},
-        )
         rbac = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}"
         admin.ensure(rbac + "/roles", airflow_role(namespace))
         subject = {"kind": "User", "name": AIRFLOW_USER, "apiGroup": "rbac.authorization.k8s.io"}
         admin.ensure(rbac + "/rolebindings", airflow_role_binding(namespace, subject))
         models: dict[str, Any] = {
             "metadata": {"name": MODEL_CLAIM},
-            "spec": {"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": "1Gi"}}},
+            "spec": {
+                "accessModes": ["ReadOnlyMany"],
+                "resources": {"requests": {"storage": "1Gi"}},
+                # bound to the volume of the bundled model that the node's start makes
+                "storageClassName": "",
+                "volumeName": f"{self.namespace}-{MODEL_CLAIM}",
+            },
         }
-        if self.node_options.real:  # bound to the volume the real node's `up` makes
-            models["spec"] |= {"storageClassName": "", "volumeName": f"{self.namespace}-{MODEL_CLAIM}"}
         admin.ensure(base + "/persistentvolumeclaims", models)
 
-    def _node_config(self, server: str, kubelet_port: int, commands: dict[str, list[str]]) -> NodeConfig:
-        options = self.node_options
-        config = NodeConfig(
-            name=NODE_NAME,
-            root=self.node_root,
-            server=server,
-            ca=self.pki / "ca.crt",
-            node_cert=self.pki / "node.crt",
-            node_key=self.pki / "node.key",
-            scheduler_cert=self.pki / "scheduler.crt",
-            scheduler_key=self.pki / "scheduler.key",
-            controller_cert=self.pki / "pvc-protection.crt",
-            controller_key=self.pki / "pvc-protection.key",
-            serving_cert=self.pki / "node-serving.crt",
-            serving_key=self.pki / "node-serving.key",
-            kubelet_port=kubelet_port,
-            commands=commands,
-            claims={f"{self.namespace}/{MODEL_CLAIM}": bundled_model().parent, **options.claims},
-            image_volumes=options.image_volumes,
-            max_log_bytes=options.max_log_bytes,
-        )
-        if options.capacity is not None:
-            config.capacity = options.capacity
-        return config
-
-    def _wait_node(self, admin: KubeApi, pid: int, name: str = NODE_NAME, *, untaint: bool = True) -> None:
-        """Wait until the node is Ready and has lost its not-ready taint: taken away here (``untaint``, the
-        node lifecycle controller's part where no kube-controller-manager runs), or by the controller."""
+    def _wait_node(self, admin: KubeApi, pid: int) -> None:
+        """Wait until the node is Ready and kube-controller-manager's node lifecycle controller has taken its
+        not-ready taint away."""
 
         def ready() -> bool:
-            node = admin.get(f"/api/v1/nodes/{name}")
+            node = admin.get(f"/api/v1/nodes/{REAL_NODE_NAME}")
             conditions = {c["type"]: c["status"] for c in node.get("status", {}).get("conditions", [])}
-            if conditions.get("Ready") != "True":
-                return False
             taints = node["spec"].get("taints", [])
-            kept = [t for t in taints if t["key"] != "node.kubernetes.io/not-ready"]
-            if kept != taints:  # a Ready node loses its not-ready taint
-                if not untaint:
-                    return False
-                admin.patch(f"/api/v1/nodes/{name}", {"spec": {"taints": kept or None}})
-            return True
+            not_ready = any(t["key"] == "node.kubernetes.io/not-ready" for t in taints)
+            return conditions.get("Ready") == "True" and not not_ready
 
-        self._wait("the dev node", ready, pid)
+        self._wait("the node", ready, pid)
 
     # -- down ----------------------------------------------------------------------------------------
 
     def down(self) -> None:
-        """Stop the node (its pods with it), then kube-apiserver, then etcd; keep only the logs."""
+        """Stop the node (its pods with it), its controllers, then kube-apiserver, then etcd; keep only the
+        logs."""
         if not self._state_file.exists():
             return
         recorded = self._recorded()
         pids = recorded["pids"]
         order = (
-            "kubelet", "containerd", "kube-scheduler", "kube-controller-manager", "node", "kube-apiserver",
-            "etcd", "s3",
+            "kubelet", "containerd", "provisioner", "kube-scheduler", "kube-controller-manager",
+            "kube-apiserver", "etcd", "s3",
         )  # fmt: skip
         for name in order:  # the API server before etcd, or it hangs 10 s
             if name == "containerd" and name in pids and _alive(pids[name]):
-                stop_containers(RealNodePaths(self.real_node_root).socket)  # the pods', after the kubelet
+                stop_containers(RealNodePaths(self.node_root).socket)  # the pods', after the kubelet
             if name in pids:
-                _stop(pids[name], timeout=60 if name == "node" else 20)
+                _stop(pids[name], timeout=20)
                 if (child := self._children.pop(pids[name], None)) is not None:
                     child.wait()
-        if self.real_node_root.exists():
-            remove_node_leftovers(RealNodePaths(self.real_node_root), set(recorded.get("netns_before", [])))
+        if self.node_root.exists():
+            remove_node_leftovers(RealNodePaths(self.node_root), set(recorded.get("netns_before", [])))
         for path in (
             self.pki,
             self.state / "etcd",
             self.node_root,
+            self.volume_root,
             self.object_root,
-            self.state / "node.json",
+            self.state / "provisioner.json",
         ):
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)

@@ -240,6 +240,29 @@ def stop_containers(socket: Path, namespace: str = CONTAINERD_NAMESPACE) -> None
         ctr(socket, "containers", "delete", container, namespace=namespace, timeout=30)
 
 
+_CONTAINER_NAMES: dict[str, str] = {}  # containerd id -> "pod/container" (labels never change)
+
+
+def running_containers(socket: Path, namespace: str = CONTAINERD_NAMESPACE) -> list[str]:
+    """The pods' containers whose processes run in the containerd at ``socket``, as ``pod/container`` (the
+    kubelet's labels; the pods' sandboxes left out)."""
+    found = []
+    for line in ctr(socket, "tasks", "ls", namespace=namespace, timeout=30).stdout.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 3 or fields[2] != "RUNNING":
+            continue
+        if (name := _CONTAINER_NAMES.get(fields[0])) is None:
+            info = ctr(socket, "containers", "info", fields[0], namespace=namespace, timeout=30)
+            if info.returncode != 0:
+                continue  # gone meanwhile
+            labels = json.loads(info.stdout).get("Labels") or {}
+            pod, container = labels.get("io.kubernetes.pod.name"), labels.get("io.kubernetes.container.name")
+            name = _CONTAINER_NAMES[fields[0]] = f"{pod}/{container}" if pod and container else ""
+        if name:
+            found.append(name)
+    return sorted(found)
+
+
 def write_files(
     paths: RealNodePaths, *, kubelet: dict[str, Any], kubeconfigs: dict[str, dict[str, Any]]
 ) -> dict[str, Path]:
