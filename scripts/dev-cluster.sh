@@ -1,27 +1,27 @@
 #!/usr/bin/env bash
-# A real Kubernetes API to try the provider on, without a cloud cluster: `scripts/dev-cluster.sh up` starts etcd,
-# kube-apiserver (TLS, Node and RBAC authorization, Pod Security), one node that runs pods as local processes and
-# an S3 server (SeaweedFS, bucket llm-etl), all on 127.0.0.1, and prints KUBECONFIG=..., AIRFLOW_KUBECONFIG=...,
-# NAMESPACE=... and AWS_ENDPOINT_URL=..., AWS_ACCESS_KEY_ID=..., AWS_SECRET_ACCESS_KEY=..., AWS_DEFAULT_REGION=...;
-# `down` stops them. The first `up` sets the project up (scripts/setup.sh), which builds kube-apiserver, etcd and
-# SeaweedFS (about 11 minutes, cached).
+# A real Kubernetes cluster to try the provider on, without a cloud: `scripts/dev-cluster.sh up` starts etcd and
+# kube-apiserver (TLS, Node and RBAC authorization, Pod Security) on 127.0.0.1, kube-controller-manager,
+# kube-scheduler and one real node (a kubelet with containerd, runc and a CNI bridge) running the pod's own
+# images, a volume provisioner (the default StorageClass) and an S3 server (SeaweedFS, bucket llm-etl), and
+# prints KUBECONFIG=..., AIRFLOW_KUBECONFIG=..., NAMESPACE=... and AWS_ENDPOINT_URL=..., AWS_ACCESS_KEY_ID=...,
+# AWS_SECRET_ACCESS_KEY=..., AWS_DEFAULT_REGION=...; `down` stops them and leaves no process, mount, network
+# namespace or cgroup behind. Needs root (containerd, runc, the bridge).
 #
-# `up --real-node` starts a real node instead: kubelet, containerd with runc and the CNI bridge, kube-scheduler and
-# kube-controller-manager, running the pod's own images, which scripts/build-images.sh builds first (from Debian's
-# packages: no registry) into the cache. Name them in the pod with LLM_ETL_WORKER_IMAGE=localhost/llm-etl/worker:TAG,
-# LLM_ETL_SERVER_IMAGE=localhost/llm-etl/llama-server:TAG and LLM_ETL_IMAGE_PULL_POLICY=IfNotPresent.
+# The first `up` sets the project up (scripts/setup.sh: kube-apiserver, etcd, the node's programs and SeaweedFS
+# built from their Go modules, cached) and builds the images with scripts/build-images.sh (from Debian's packages:
+# no registry) into the cache. Name them in the pod with LLM_ETL_WORKER_IMAGE=localhost/llm-etl/worker:TAG,
+# LLM_ETL_SERVER_IMAGE=localhost/llm-etl/llama-server:TAG and LLM_ETL_IMAGE_PULL_POLICY=IfNotPresent (TAG: the
+# project's version; the build prints the references).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE_DIR="${LLM_ETL_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/llm-etl-provider}"
 case "${1:-}" in
     up)
         bash scripts/setup.sh >&2
-        if [[ "${2:-}" == --real-node ]]; then
-            images="${CACHE_DIR}/images"
-            STORAGE_DRIVER="${STORAGE_DRIVER:-vfs}" bash scripts/build-images.sh --local-base --host-certs --pause \
-                --oci-dir "${images}" >&2
-            exec .venv/bin/llm-etl dev-cluster up --real-node "${images}" "${@:3}"
-        fi
+        images="${CACHE_DIR}/images"
+        STORAGE_DRIVER="${STORAGE_DRIVER:-vfs}" bash scripts/build-images.sh --local-base --host-certs --pause \
+            --oci-dir "${images}" >&2
+        exec .venv/bin/llm-etl dev-cluster up --images "${images}" "${@:2}"
         ;;
     down | status) ;;
     *)

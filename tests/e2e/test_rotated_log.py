@@ -25,10 +25,11 @@ def cluster(tmp_path_factory, model_url, images) -> Iterator[ProviderCluster]:
 def test_a_rotated_pod_log_fails_the_extraction_and_publishes_nothing(
     tmp_path, capfd, cluster, kubernetes_dag
 ):
-    source = planted(tmp_path, 4)
-    dag = kubernetes_dag(deferrable=False)
+    # a frame per record, one record at a time, for seconds: the kubelet checks the log every 3 s
+    source = planted(tmp_path, 30)
+    dag = kubernetes_dag(deferrable=False, LLM_ETL_CHECKPOINT_EVERY="1")
 
-    run = run_example(dag, source, tmp_path / "out")
+    run = run_example(dag, source, tmp_path / "out", concurrency=1)
 
     assert run.state == "failed"
     task_log = "".join(capfd.readouterr())

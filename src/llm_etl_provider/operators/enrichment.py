@@ -424,10 +424,14 @@ class LLMEnrichmentOperator(PodStepOperator):
             since_seconds=since_seconds,
             _preload_content=False,
         )
-        for raw_line in logs:
-            line = raw_line.decode("utf-8", errors="backslashreplace").rstrip("\n")
-            if line and not carries_frame(line):
-                self.log.info("[%s] %s", self.base_container_name, line)
+        try:
+            for raw_line in logs:
+                line = raw_line.decode("utf-8", errors="backslashreplace").rstrip("\n")
+                if line and not carries_frame(line):
+                    self.log.info("[%s] %s", self.base_container_name, line)
+        finally:
+            logs.close()
+            logs.release_conn()
 
     def defer(self, *, trigger: BaseTrigger, **kwargs: Any) -> NoReturn:
         """Defer to a trigger whose periodic logs (``logging_interval``) leave out the frames, and that renews

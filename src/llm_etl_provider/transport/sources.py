@@ -77,6 +77,7 @@ def pod_log_lines(
     try:
         yield from split_lines(response.stream(chunk_bytes))
     finally:
+        response.close()  # a stream refused part way is not drained: its connection cannot be reused
         response.release_conn()
 
 

@@ -98,6 +98,9 @@ class FakeCoreV1:
             def release_conn(self) -> None:
                 pass
 
+            def close(self) -> None:
+                pass
+
         return Response()
 
     def list_namespaced_pod(self, namespace: str, label_selector: str = "") -> SimpleNamespace:

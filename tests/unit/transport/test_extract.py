@@ -183,6 +183,7 @@ def test_file_lines_and_split_lines_bound_the_line_length(tmp_path):
 class FakeLogResponse:
     def __init__(self, data: bytes, chunk: int) -> None:
         self.data, self.chunk, self.released, self.streamed_with = data, chunk, False, None
+        self.closed = False
 
     def stream(self, amount):
         self.streamed_with = amount
@@ -191,6 +192,9 @@ class FakeLogResponse:
 
     def release_conn(self):
         self.released = True
+
+    def close(self):
+        self.closed = True
 
 
 class FakeCoreApi:
@@ -214,6 +218,16 @@ def test_pod_logs_are_streamed_not_preloaded_and_extract(tmp_path):
         "base",
         False,
     )
+    assert api.response.released
+
+
+def test_a_pod_log_refused_part_way_closes_its_connection(tmp_path):
+    # a rotated log: the first frames are gone; the stream is refused before its end, not drained, and its
+    # connection must not go back to the pool half read
+    api = FakeCoreApi(b"".join(frame_log()[2:]))
+    with pytest.raises(RotatedLogError):
+        extract(pod_log_lines("llm-job-1", "etl", core_api=api), KEY, tmp_path / "out")
+    assert api.response.closed
     assert api.response.released
 
 
