@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -374,3 +375,68 @@ def test_a_stage_run_again_keeps_its_plans_key_and_staging_on_the_real_api_serve
     deleted = cleanup.execute(task_context("r-again"))
     assert deleted["secrets"] == len(first) + 1
     assert cluster.wait_until_empty() == {}
+
+
+def test_a_worker_killed_for_its_memory_is_reported_as_oom_killed_and_retried(
+    tmp_path, capfd, cluster, kubernetes_dag
+):
+    """The kubelet enforces the worker's memory limit (the cgroup's): a worker over it is killed by the
+    kernel, the task says OOMKilled and Airflow retries it; nothing is published."""
+    source = tmp_path / "reviews.jsonl"
+    source.write_text("".join(short_reviews(2)))
+    dag = kubernetes_dag(deferrable=False)
+    enrich = dag.get_task("llm_enrichment.shard.enrich")
+    # far below what Python needs; set past the stage, which refuses a limit too small for a shard's records
+    enrich.partial_kwargs["worker_memory"] = "24Mi"
+    enrich.retry_delay = timedelta(seconds=1)
+    cluster.forget_pods()
+
+    run = run_example(dag, source, tmp_path / "out")
+
+    assert run.state == "failed"
+    task_log = "".join(capfd.readouterr())
+    pods = {p["metadata"]["name"]: p for p in cluster.enrichment_pods()}
+    assert len(pods) == 1 + enrich.retries  # the first try and each retry ran a pod
+    for pod in pods.values():
+        (worker,) = [s for s in pod["status"]["containerStatuses"] if s["name"] == "base"]
+        assert worker["state"]["terminated"]["reason"] == "OOMKilled", worker
+    assert task_log.count("OOMKilled") >= len(pods)  # each try's error says why
+    assert not list((tmp_path / "out").rglob("_SUCCESS"))
+    assert cluster.wait_until_empty() == {}
+    cluster.forget_events(set(pods))
+
+
+def test_a_pod_over_its_emptydir_limit_is_evicted_and_the_task_says_why(
+    tmp_path, capfd, cluster, kubernetes_dag, monkeypatch
+):
+    """The kubelet's eviction manager measures each emptyDir against its sizeLimit: a pod whose work folder
+    outgrows it is evicted mid-shard, and the task's error carries the kubelet's reason."""
+    from llm_etl_provider.contract import layout
+    from llm_etl_provider.operators import enrichment
+
+    def with_a_tiny_work_folder(params: Any) -> dict[str, Any]:
+        pod = build_pod(params)
+        for volume in pod["spec"]["volumes"]:
+            if volume["name"] == layout.WORK_VOLUME:
+                volume["emptyDir"]["sizeLimit"] = "1Ki"  # the folder itself takes 4 KiB
+        return pod
+
+    build_pod = enrichment.build_pod
+    monkeypatch.setattr(enrichment, "build_pod", with_a_tiny_work_folder)
+    source = tmp_path / "reviews.jsonl"
+    source.write_text("".join(short_reviews(80)))  # longer than the kubelet takes to notice
+    dag = kubernetes_dag(deferrable=False)
+    enrich = dag.get_task("llm_enrichment.shard.enrich")
+    enrich.retries = 0
+    cluster.forget_pods()
+
+    run = run_example(dag, source, tmp_path / "out", concurrency=1)
+
+    assert run.state == "failed"
+    (pod,) = cluster.enrichment_pods()
+    assert pod["status"]["reason"] == "Evicted", pod["status"]
+    task_log = "".join(capfd.readouterr())
+    assert 'Evicted: Usage of EmptyDir volume "work" exceeds the limit "1Ki"' in task_log
+    assert not list((tmp_path / "out").rglob("_SUCCESS"))
+    assert cluster.wait_until_empty() == {}
+    cluster.forget_events({pod["metadata"]["name"]})

@@ -15,9 +15,16 @@ from typing import Any
 
 import pytest
 
+from llm_etl_provider.contract.layout import INPUT_VOLUME, KEY_VOLUME
 from llm_etl_provider.contract.object_transport import CHECKPOINT_OBJECT, TRANSPORT_FOLDER
 from llm_etl_provider.dev.cluster import DevCluster, NodeOptions
-from llm_etl_provider.dev.cluster.real_node import BRIDGE, CONTAINERD_NAMESPACE, REAL_NODE_NAME, mounts_under
+from llm_etl_provider.dev.cluster.real_node import (
+    BRIDGE,
+    CONTAINERD_NAMESPACE,
+    REAL_NODE_NAME,
+    RealNodePaths,
+    mounts_under,
+)
 from llm_etl_provider.dev.llama_server import MODEL_FILE, MODEL_SHA256
 from llm_etl_provider.dev.object_store import BUCKET
 from tests.e2e.cluster import Recorder
@@ -100,9 +107,15 @@ def test_the_example_dag_runs_its_pods_on_a_real_kubelet(
         pods = Recorder(admin, NAMESPACE, "pods")
         pods.start()
         seen: dict[str, set[tuple[int, str]]] = {}
+        secret_files: dict[str, set[tuple[int, int, int]]] = {}
         watching = threading.Event()
         watcher = threading.Thread(target=watch_processes, args=(seen, watching), daemon=True)
         watcher.start()
+        kubelet_root = RealNodePaths(real_cluster.node_root).kubelet_root
+        secrets = threading.Thread(
+            target=watch_secret_files, args=(kubelet_root, secret_files, watching), daemon=True
+        )
+        secrets.start()
         try:
             conf = example_conf(source, tmp_path / "out", shard_bytes=800, record_bytes=400)
             run = dag.test(run_conf=conf)
@@ -110,6 +123,7 @@ def test_the_example_dag_runs_its_pods_on_a_real_kubelet(
             pods.stop()
             watching.set()
             watcher.join()
+            secrets.join()
         left = admin.get(f"/api/v1/namespaces/{NAMESPACE}/pods")["items"]
 
     assert run.state == "success"
@@ -139,6 +153,27 @@ def test_the_example_dag_runs_its_pods_on_a_real_kubelet(
     # its own root filesystem, mounted read-only
     assert seen.get("llm-etl-worker") == {(65532, "ro")}, seen
     assert seen.get("llama-server") == {(65532, "ro")}, seen
+    # the Secrets as the kubelet wrote them into the pods' volumes: the shard's input and the run's key
+    # readable by the pod's group only (defaultMode 0440, fsGroup 65532), owned by root
+    assert {INPUT_VOLUME, KEY_VOLUME} <= set(secret_files), secret_files
+    assert {mode for modes in secret_files.values() for mode in modes} == {(0o440, 0, 65532)}, secret_files
+
+
+def watch_secret_files(
+    kubelet_root: Path, seen: dict[str, set[tuple[int, int, int]]], stop: threading.Event
+) -> None:
+    """Record the mode, owner and group of every file of a Secret volume the kubelet holds, by volume
+    name, until ``stop``."""
+    while not stop.is_set():
+        for path in kubelet_root.glob("pods/*/volumes/kubernetes.io~secret/*/..data/*"):
+            try:
+                info = path.stat()
+            except OSError:
+                continue
+            seen.setdefault(path.parent.parent.name, set()).add(
+                (info.st_mode & 0o7777, info.st_uid, info.st_gid)
+            )
+        stop.wait(0.2)
 
 
 def watch_processes(seen: dict[str, set[tuple[int, str]]], stop: threading.Event) -> None:

@@ -155,6 +155,9 @@ def kubelet_config(
         "containerLogMaxSize": max_log,
         "containerLogMaxFiles": 5,
         "containerLogMonitorInterval": log_check,
+        # emptyDir usage measured every 2 s (default 1 min), so that a folder over its sizeLimit is evicted in
+        # seconds, as the tests need
+        "volumeStatsAggPeriod": "2s",
         # this machine's disk and memory are shared with everything else: evict only when they are nearly out
         "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
         "imageGCHighThresholdPercent": 100,
