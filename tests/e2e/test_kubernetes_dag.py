@@ -387,7 +387,7 @@ def test_a_worker_killed_for_its_memory_is_reported_as_oom_killed_and_retried(
     dag = kubernetes_dag(deferrable=False)
     enrich = dag.get_task("llm_enrichment.shard.enrich")
     # far below what Python needs; set past the stage, which refuses a limit too small for a shard's records
-    enrich.partial_kwargs["worker_memory"] = "24Mi"
+    enrich.worker_memory = "24Mi"
     enrich.retry_delay = timedelta(seconds=1)
     cluster.forget_pods()
 

@@ -480,8 +480,10 @@ def build_pod(params: PodParams) -> dict[str, Any]:
         "timeoutSeconds": 10,
         "failureThreshold": 3,
     }
-    quantity_bytes(params.worker_memory, "worker_memory")  # refused here, not by the API server
+    limit = quantity_bytes(params.worker_memory, "worker_memory")  # refused here, not by the API server
     worker["resources"]["limits"]["memory"] = params.worker_memory
+    if limit < quantity_bytes(worker["resources"]["requests"]["memory"], "the worker's memory request"):
+        worker["resources"]["requests"]["memory"] = params.worker_memory  # the API refuses a request over it
     if params.input_bytes:  # the object transport's download counts as the worker's storage
         extra = f"{params.input_bytes}"
         resources = worker["resources"]

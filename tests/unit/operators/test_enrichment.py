@@ -286,6 +286,15 @@ def test_the_workers_memory_limit_is_a_setting():
         submitted(operator(worker_memory="lots"))
 
 
+def test_a_worker_memory_below_the_default_request_lowers_the_request():
+    # the stage takes 64Mi for a small shard; the API server refuses (422) a request over the limit, and the
+    # task's retries would all meet the same refusal
+    (worker,) = submitted(operator(worker_memory="64Mi"))["spec"]["containers"]
+    assert worker["resources"]["limits"]["memory"] == worker["resources"]["requests"]["memory"] == "64Mi"
+    (worker,) = submitted(operator(worker_memory="6Gi"))["spec"]["containers"]
+    assert worker["resources"]["requests"]["memory"] == "256Mi"
+
+
 def test_the_deferred_trigger_renews_the_object_transport_urls_while_it_watches(monkeypatch):
     """Issue 23 (9): a deferred enrichment has no task process left to renew its pod's URLs: the trigger
     does it, at the operator's interval, for as long as it watches the pod, and stops when it ends."""
