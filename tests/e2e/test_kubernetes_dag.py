@@ -412,7 +412,7 @@ def test_a_pod_over_its_emptydir_limit_is_evicted_and_the_task_says_why(
     """The kubelet's eviction manager measures each emptyDir against its sizeLimit: a pod whose work folder
     outgrows it is evicted mid-shard, and the task's error carries the kubelet's reason."""
     from llm_etl_provider.contract import layout
-    from llm_etl_provider.operators import enrichment
+    from llm_etl_provider.pod.builder import build_pod
 
     def with_a_tiny_work_folder(params: Any) -> dict[str, Any]:
         pod = build_pod(params)
@@ -421,8 +421,7 @@ def test_a_pod_over_its_emptydir_limit_is_evicted_and_the_task_says_why(
                 volume["emptyDir"]["sizeLimit"] = "1Ki"  # the folder itself takes 4 KiB
         return pod
 
-    build_pod = enrichment.build_pod
-    monkeypatch.setattr(enrichment, "build_pod", with_a_tiny_work_folder)
+    monkeypatch.setattr("llm_etl_provider.operators.enrichment.build_pod", with_a_tiny_work_folder)
     source = tmp_path / "reviews.jsonl"
     source.write_text("".join(short_reviews(80)))  # longer than the kubelet takes to notice
     dag = kubernetes_dag(deferrable=False)
