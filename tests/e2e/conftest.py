@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -121,6 +122,19 @@ def load_example_dag(monkeypatch: pytest.MonkeyPatch, settings: dict[str, str]) 
 def kubernetes_dag(monkeypatch: pytest.MonkeyPatch, cluster: ProviderCluster) -> Callable[..., Any]:
     """The example DAG in Kubernetes mode against the dev cluster: ``kubernetes_dag(deferrable=True)``."""
     return functools.partial(_load_dag, monkeypatch, cluster)
+
+
+def failure_said(pod: dict[str, Any]) -> str:
+    """What the task's error says of why the kubelet ended ``pod`` (as the API served it): the operator's
+    own :func:`~llm_etl_provider.operators.pod_step.pod_failure`. Read here, not from the task log: Airflow's
+    structured task log is bound to the stream it was configured with, which an earlier test's capture may
+    own."""
+    from kubernetes.client import ApiClient
+
+    from llm_etl_provider.operators.pod_step import pod_failure
+
+    with ApiClient() as client:
+        return pod_failure(client.deserialize(SimpleNamespace(data=json.dumps(pod)), "V1Pod"))
 
 
 def short_reviews(count: int) -> list[str]:

@@ -74,9 +74,11 @@ def test_up_serves_s3_with_the_bucket_and_the_printed_identity_only(printed):
         wrong.get_object(Bucket="llm-etl", Key="in/x.jsonl")
 
 
-def test_up_serves_a_real_release_that_enforces_pod_security_secret_size_and_the_role(printed):
+def test_up_serves_a_real_release_that_enforces_pod_security_secret_size_and_the_role(printed, request):
     admin = config.new_client_from_config(printed["KUBECONFIG"])
     airflow = config.new_client_from_config(printed["AIRFLOW_KUBECONFIG"])
+    request.addfinalizer(admin.close)  # their connections closed here, not by the GC in a later test
+    request.addfinalizer(airflow.close)
     namespace = printed["NAMESPACE"]
     assert namespace == NAMESPACE
 
@@ -128,8 +130,10 @@ def test_up_serves_a_real_release_that_enforces_pod_security_secret_size_and_the
         assert refused.value.status == 403
 
 
-def test_a_pod_that_asks_for_a_gpu_waits_unschedulable(printed):
-    core = client.CoreV1Api(config.new_client_from_config(printed["KUBECONFIG"]))
+def test_a_pod_that_asks_for_a_gpu_waits_unschedulable(printed, request):
+    admin = config.new_client_from_config(printed["KUBECONFIG"])
+    request.addfinalizer(admin.close)
+    core = client.CoreV1Api(admin)
     gpu = {
         "metadata": {"name": "needs-gpu"},
         "spec": {

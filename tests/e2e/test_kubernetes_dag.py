@@ -23,6 +23,7 @@ from tests.e2e.conftest import (
     MODEL_URL_SECRET,
     NAMESPACE,
     SAMPLE,
+    failure_said,
     preempted_mid_run,
     resumable_dag,
     run_example,
@@ -190,13 +191,14 @@ def test_the_sweeper_removes_ended_and_expired_runs_and_never_a_live_one(cluster
 def test_a_pod_lost_mid_run_resumes_in_a_new_pod_and_every_record_is_published_once(
     tmp_path, cluster, kubernetes_dag
 ):
-    short = short_reviews(6)
+    short = short_reviews(12)
     source = tmp_path / "reviews.jsonl"
     source.write_text("".join(short))
     # Checkpoints on a work claim that outlives the pod, one record apart: the retry redoes at most one.
     dag = resumable_dag(kubernetes_dag)
     cluster.forget_pods()
-    with preempted_mid_run(cluster, after_checkpoints=2, records=len(short)) as lost:
+    # deleted in the shard's first half: the kubelet's SIGTERM comes long before the worker could finish
+    with preempted_mid_run(cluster, after_checkpoints=2, records=len(short) // 2) as lost:
         run = run_example(dag, source, tmp_path / "out", concurrency=1)
 
     assert run.state == "success"
@@ -378,7 +380,7 @@ def test_a_stage_run_again_keeps_its_plans_key_and_staging_on_the_real_api_serve
 
 
 def test_a_worker_killed_for_its_memory_is_reported_as_oom_killed_and_retried(
-    tmp_path, capfd, cluster, kubernetes_dag
+    tmp_path, cluster, kubernetes_dag
 ):
     """The kubelet enforces the worker's memory limit (the cgroup's): a worker over it is killed by the
     kernel, the task says OOMKilled and Airflow retries it; nothing is published."""
@@ -394,20 +396,19 @@ def test_a_worker_killed_for_its_memory_is_reported_as_oom_killed_and_retried(
     run = run_example(dag, source, tmp_path / "out")
 
     assert run.state == "failed"
-    task_log = "".join(capfd.readouterr())
     pods = {p["metadata"]["name"]: p for p in cluster.enrichment_pods()}
     assert len(pods) == 1 + enrich.retries  # the first try and each retry ran a pod
     for pod in pods.values():
         (worker,) = [s for s in pod["status"]["containerStatuses"] if s["name"] == "base"]
         assert worker["state"]["terminated"]["reason"] == "OOMKilled", worker
-    assert task_log.count("OOMKilled") >= len(pods)  # each try's error says why
+        assert "base OOMKilled" in failure_said(pod)  # each try's error says why
     assert not list((tmp_path / "out").rglob("_SUCCESS"))
     assert cluster.wait_until_empty() == {}
     cluster.forget_events(set(pods))
 
 
 def test_a_pod_over_its_emptydir_limit_is_evicted_and_the_task_says_why(
-    tmp_path, capfd, cluster, kubernetes_dag, monkeypatch
+    tmp_path, cluster, kubernetes_dag, monkeypatch
 ):
     """The kubelet's eviction manager measures each emptyDir against its sizeLimit: a pod whose work folder
     outgrows it is evicted mid-shard, and the task's error carries the kubelet's reason."""
@@ -434,8 +435,7 @@ def test_a_pod_over_its_emptydir_limit_is_evicted_and_the_task_says_why(
     assert run.state == "failed"
     (pod,) = cluster.enrichment_pods()
     assert pod["status"]["reason"] == "Evicted", pod["status"]
-    task_log = "".join(capfd.readouterr())
-    assert 'Evicted: Usage of EmptyDir volume "work" exceeds the limit "1Ki"' in task_log
+    assert 'Evicted: Usage of EmptyDir volume "work" exceeds the limit "1Ki"' in failure_said(pod)
     assert not list((tmp_path / "out").rglob("_SUCCESS"))
     assert cluster.wait_until_empty() == {}
     cluster.forget_events({pod["metadata"]["name"]})

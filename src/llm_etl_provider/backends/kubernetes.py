@@ -19,6 +19,8 @@ from llm_etl_provider.transport.exceptions import FrameKeyError
 from llm_etl_provider.transport.keys import decode_key, encode_key, new_key
 from llm_etl_provider.transport.sources import pod_log_lines
 
+CLAIM_RELEASE_SECONDS = 180.0  # how long a stage waits for a claim of the plan being deleted to go
+
 if TYPE_CHECKING:
     from llm_etl_provider.staging import Shard
 
@@ -499,7 +501,32 @@ class KubernetesBackend(RunBackend):
         return name
 
     def _create_claim(self, manifest: dict[str, Any]) -> None:
+        """Create the claim, or keep the plan's earlier one; one being deleted is waited out first: a claim
+        lives on, Terminating, until no pod uses it (the ``kubernetes.io/pvc-protection`` finalizer), and
+        keeping it would leave the new pod waiting for a claim that then vanishes."""
+        self._wait_until_released(manifest["metadata"]["name"])
         self._create_kept(self.api.create_namespaced_persistent_volume_claim, manifest, StagingError)
+
+    def _wait_until_released(self, name: str, timeout: float = CLAIM_RELEASE_SECONDS) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                claim = self.api.read_namespaced_persistent_volume_claim(name, self.namespace)
+            except ApiException as exc:
+                if exc.status == 404:
+                    return
+                where = f"{self.namespace}/{name}"
+                raise StagingError(f"cannot read the claim {where}: HTTP {exc.status}") from None
+            if claim.metadata.deletion_timestamp is None:
+                return
+            if time.monotonic() > deadline:
+                raise StagingError(
+                    f"the claim {self.namespace}/{name} is still being deleted after {timeout:.0f} s "
+                    "(a pod still mounts it?): it cannot be made again for this plan yet"
+                )
+            time.sleep(1)
 
 
 def _seconds(start: datetime | None, end: datetime | None) -> float | None:

@@ -27,11 +27,16 @@ class FakeCoreV1:
             "network_policies": {},
         }
         self.deleted: list[tuple[str, str]] = []
+        # claims being deleted, as a finalizer holds them: name -> reads they still answer, Terminating
+        self.terminating_claims: dict[str, int] = {}
+        self.claim_release_reads = 0  # > 0: a deleted claim stays, Terminating, for that many reads
 
     def _create(
         self, kind: str, namespace: str, body: dict[str, Any], created: datetime | None = None
     ) -> None:
         key = (namespace, body["metadata"]["name"])
+        if kind == "claims" and key[1] in self.terminating_claims:
+            raise ApiException(status=409, reason="AlreadyExists")  # the API's answer while it terminates
         if key in self.objects[kind]:
             raise ApiException(status=409, reason="AlreadyExists")
         self.objects[kind][key] = {**body, "created": created or datetime.now(UTC)}
@@ -117,7 +122,22 @@ class FakeCoreV1:
     ) -> SimpleNamespace:
         return self._list("claims", namespace, label_selector)
 
+    def read_namespaced_persistent_volume_claim(self, name: str, namespace: str) -> SimpleNamespace:
+        if name in self.terminating_claims:
+            self.terminating_claims[name] -= 1
+            if self.terminating_claims[name] < 0:
+                del self.terminating_claims[name]
+                self.objects["claims"].pop((namespace, name), None)
+        if (namespace, name) not in self.objects["claims"]:
+            raise ApiException(status=404, reason="NotFound")
+        deleting = datetime.now(UTC) if name in self.terminating_claims else None
+        return SimpleNamespace(metadata=SimpleNamespace(name=name, deletion_timestamp=deleting))
+
     def delete_namespaced_persistent_volume_claim(self, name: str, namespace: str, **kwargs: Any) -> None:
+        if self.claim_release_reads and (namespace, name) in self.objects["claims"]:
+            self.terminating_claims[name] = self.claim_release_reads
+            self.deleted.append(("claims", name))
+            return
         self._delete("claims", name, namespace, **kwargs)
 
     def secret_bytes(self, namespace: str, name: str, key: str) -> bytes:

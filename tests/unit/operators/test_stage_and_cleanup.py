@@ -129,6 +129,26 @@ def test_a_stage_whose_plans_key_is_gone_starts_the_plan_afresh(tmp_path, api):
     assert api.objects["claims"][("etl", shard["work_claim"])] is not claim  # made anew
 
 
+def test_a_stage_starting_afresh_waits_for_a_claim_of_the_plan_still_being_deleted(
+    tmp_path, api, monkeypatch
+):
+    """On a cluster a deleted claim lives on, Terminating, until no pod mounts it: kept as the plan's claim,
+    it would vanish under the new pod, which then waits for it until its start-up limit."""
+    monkeypatch.setattr("llm_etl_provider.backends.kubernetes.time.sleep", lambda _: None)
+    source = write_input(tmp_path / "reviews.jsonl", n=10)
+    settings = {"input_path": str(source), "namespace": "etl", "work_claim_size": "1Gi"}
+    (shard,) = stage(**settings).execute({"run_id": RUN})
+    api.delete_namespaced_secret(shard["key_secret"], "etl")  # the key lost: the plan starts afresh
+    claim = api.objects["claims"][("etl", shard["work_claim"])]
+    api.claim_release_reads = 3
+
+    assert stage(**settings).execute({"run_id": RUN}) == [shard]
+    assert shard["work_claim"] not in api.terminating_claims
+    assert (
+        api.objects["claims"][("etl", shard["work_claim"])] is not claim
+    )  # made anew, once the old one went
+
+
 def test_another_input_under_the_same_run_id_is_another_plan_named_apart(tmp_path, api):
     """A run executed again on other data: nothing of the first execution is reused or replaced."""
     settings = {"namespace": "etl"}

@@ -1,5 +1,5 @@
 """A small client of the Kubernetes API over mutual TLS, on plain dicts, for the development cluster's own
-components (the bootstrap and the volume provisioner); the provider itself talks through the official client."""
+components (the bootstrap and the volume provisioner); the provider talks through the official client."""
 
 from __future__ import annotations
 
