@@ -354,9 +354,9 @@ class KubernetesBackend(RunBackend):
 
     def _create_kept(
         self, create: Callable[..., Any], manifest: dict[str, Any], error: type[Exception]
-    ) -> None:
+    ) -> bool:
         """Create ``manifest`` with ``create``, unless it exists already (409): an earlier try's or stage's,
-        the same object, which a pod of the plan may be using."""
+        the same object, which a pod of the plan may be using. Whether it was created."""
         from kubernetes.client.exceptions import ApiException
 
         try:
@@ -365,6 +365,8 @@ class KubernetesBackend(RunBackend):
             if exc.status != 409:
                 name = f"{manifest['kind']} {self.namespace}/{manifest['metadata']['name']}"
                 raise error(f"cannot create {name}: HTTP {exc.status}") from None
+            return False
+        return True
 
     def require_claim(self, name: str) -> None:
         """Fail at once, not after the pod's start-up limit, when the claim the pod mounts is not there."""
@@ -501,13 +503,18 @@ class KubernetesBackend(RunBackend):
         return name
 
     def _create_claim(self, manifest: dict[str, Any]) -> None:
-        """Create the claim, or keep the plan's earlier one; one being deleted is waited out first: a claim
-        lives on, Terminating, until no pod uses it (the ``kubernetes.io/pvc-protection`` finalizer), and
-        keeping it would leave the new pod waiting for a claim that then vanishes."""
-        self._wait_until_released(manifest["metadata"]["name"])
-        self._create_kept(self.api.create_namespaced_persistent_volume_claim, manifest, StagingError)
+        """Create the claim, or keep the plan's earlier one; one being deleted is waited out and made anew:
+        a claim lives on, Terminating, until no pod uses it (the ``kubernetes.io/pvc-protection``
+        finalizer), and keeping it would leave the new pod waiting for a claim that then vanishes."""
+        create = self.api.create_namespaced_persistent_volume_claim
+        if not self._create_kept(create, manifest, StagingError) and self._waited_out(
+            manifest["metadata"]["name"]
+        ):
+            self._create_kept(create, manifest, StagingError)
 
-    def _wait_until_released(self, name: str, timeout: float = CLAIM_RELEASE_SECONDS) -> None:
+    def _waited_out(self, name: str, timeout: float = CLAIM_RELEASE_SECONDS) -> bool:
+        """Whether the claim ``name`` was being deleted and is gone now (waited for up to ``timeout``
+        seconds); False when it stands, to be kept."""
         from kubernetes.client.exceptions import ApiException
 
         deadline = time.monotonic() + timeout
@@ -516,11 +523,11 @@ class KubernetesBackend(RunBackend):
                 claim = self.api.read_namespaced_persistent_volume_claim(name, self.namespace)
             except ApiException as exc:
                 if exc.status == 404:
-                    return
+                    return True
                 where = f"{self.namespace}/{name}"
                 raise StagingError(f"cannot read the claim {where}: HTTP {exc.status}") from None
             if claim.metadata.deletion_timestamp is None:
-                return
+                return False
             if time.monotonic() > deadline:
                 raise StagingError(
                     f"the claim {self.namespace}/{name} is still being deleted after {timeout:.0f} s "

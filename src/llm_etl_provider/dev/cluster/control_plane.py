@@ -157,7 +157,8 @@ class DevCluster:
         ports = {name: free_port() for name in ("etcd", "etcd-peer", "apiserver", "kubelet")}
         server = f"https://127.0.0.1:{ports['apiserver']}"
         # pods have network namespaces of their own: they reach the store on the node's address
-        weed_argv, account = seaweedfs_command(weed, self.object_root, node_address())
+        address = node_address()
+        weed_argv, account = seaweedfs_command(weed, self.object_root, address)
         pids: dict[str, int] = {}
         self._write_state(server, pids, account)
         try:
@@ -177,7 +178,7 @@ class DevCluster:
                 self._wait("kube-apiserver", admin.healthy, pids["kube-apiserver"])
                 self._write_kubeconfigs(server)
                 self._prepare_namespace(admin)
-                self._start_node(admin, server, binaries, ports["kubelet"], pids, account)
+                self._start_node(admin, server, binaries, (address, ports["kubelet"]), pids, account)
             create_bucket(account, lambda: _alive(pids["s3"]), self.logs / "seaweedfs.log")
         except BaseException:
             self.down()
@@ -198,7 +199,13 @@ class DevCluster:
         )
 
     def _start_node(
-        self, admin: KubeApi, server: str, binaries: Path, port: int, pids: dict[str, int], account: S3Account
+        self,
+        admin: KubeApi,
+        server: str,
+        binaries: Path,
+        kubelet_at: tuple[str, int],
+        pids: dict[str, int],
+        account: S3Account,
     ) -> None:
         """containerd (with the pod's images), kube-controller-manager, kube-scheduler, the volume
         provisioner and the kubelet, until the node is Ready; the models claim bound to a volume of the
@@ -206,7 +213,7 @@ class DevCluster:
         if os.geteuid() != 0:
             raise DevClusterError("the node runs containerd and runc, which need root: run `up` as root")
         paths = RealNodePaths(self.node_root)
-        address = node_address()
+        address, port = kubelet_at  # the node's address and the kubelet's port
         ca = self._ca()
         ca.issue("real-node", f"system:node:{REAL_NODE_NAME}", organizations=("system:nodes",))
         ca.issue("real-node-serving", f"system:node:{REAL_NODE_NAME}", server_hosts=(address,), client=False)
