@@ -23,6 +23,7 @@ import pytest
 from llm_etl_provider.dev.cluster import NodeOptions
 from llm_etl_provider.dev.cluster.real_node import node_address
 from llm_etl_provider.dev.llama_server import MODEL_FILE, MODEL_SHA256, bundled_model
+from llm_etl_provider.dev.object_store import BUCKET
 from tests.e2e.cluster import ProviderCluster, is_enrichment_pod
 from tests.images import build_images
 
@@ -220,3 +221,24 @@ def preempted_mid_run(
     finally:
         stop.set()
         preempter.join()
+
+
+def published(client: Any, prefix: str) -> tuple[dict[str, int], dict[int, str], list[str]]:
+    """Under ``prefix`` of the bucket: each result's id -> line, each dead letter's line -> reason, and the
+    keys of every ``_SUCCESS``."""
+    keys = [item["Key"] for item in client.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])]
+    results: dict[str, int] = {}
+    dead: dict[int, str] = {}
+    for key in keys:
+        body = (
+            client.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode()
+            if key.endswith(".jsonl")
+            else ""
+        )
+        for line in body.splitlines():
+            record = json.loads(line)
+            if key.endswith("/results.jsonl"):
+                results[record["id"]] = record["line"]
+            else:
+                dead[record["line"]] = record["reason"]
+    return results, dead, [key for key in keys if key.endswith("_SUCCESS")]

@@ -25,6 +25,7 @@ from tests.e2e.conftest import (
     SAMPLE,
     failure_said,
     preempted_mid_run,
+    published,
     resumable_dag,
     run_example,
     short_reviews,
@@ -246,27 +247,6 @@ def test_the_models_claim_of_the_dev_cluster_serves_the_example_dag_as_the_readm
     cluster.forget_events({pod["metadata"]["name"]})
 
 
-def _published(client: Any, prefix: str) -> tuple[dict[str, int], dict[int, str], list[str]]:
-    """Under ``prefix`` of the bucket: each result's id -> line, each dead letter's line -> reason, and the
-    keys of every ``_SUCCESS``."""
-    keys = [item["Key"] for item in client.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])]
-    results: dict[str, int] = {}
-    dead: dict[int, str] = {}
-    for key in keys:
-        body = (
-            client.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode()
-            if key.endswith(".jsonl")
-            else ""
-        )
-        for line in body.splitlines():
-            record = json.loads(line)
-            if key.endswith("/results.jsonl"):
-                results[record["id"]] = record["line"]
-            else:
-                dead[record["line"]] = record["reason"]
-    return results, dead, [key for key in keys if key.endswith("_SUCCESS")]
-
-
 @pytest.fixture
 def s3_environment(cluster, monkeypatch):
     """Airflow's ``aws_default`` through the dev cluster's S3 server, as ``dev-cluster up`` prints it."""
@@ -318,7 +298,7 @@ def test_three_pods_by_the_object_transport_publish_what_the_log_transport_does_
     assert held <= {"object.json", "duplicates.gz", "key"}
     decoded = b"".join(base64.b64decode(v) for s in secrets for v in (s.get("data") or {}).values())
     assert all(json.loads(line)["review"][:40].encode() not in decoded for line in short)
-    results, dead, successes = _published(client, "e2e/object/")
+    results, dead, successes = published(client, "e2e/object/")
     assert len(successes) == 4  # three shards and the run
     assert dead == {}
     assert sorted(results) == sorted(json.loads(line)["id"] for line in short)
