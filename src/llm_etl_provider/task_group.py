@@ -6,15 +6,17 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from airflow.sdk import Asset, TaskGroup, task, task_group
+from airflow.sdk import Asset, BaseOperator, TaskGroup, task, task_group
 from airflow.task.trigger_rule import TriggerRule
 
+from llm_etl_provider.backends import checked_execution_mode
 from llm_etl_provider.contract.invocation import DEFAULT_MAX_RECORD_BYTES, WORKER_SETTINGS, default_of
 from llm_etl_provider.contract.layout import DEFAULT_RUN_DEADLINE_SECONDS, DEFAULT_WORKER_MEMORY
 from llm_etl_provider.contract.object_transport import DEFAULT_TRANSPORT
 from llm_etl_provider.operators.cleanup import CleanupOperator
 from llm_etl_provider.operators.enrichment import LLMEnrichmentOperator
 from llm_etl_provider.operators.extract import ExtractResultsOperator
+from llm_etl_provider.operators.local_enrichment import LocalEnrichmentOperator
 from llm_etl_provider.operators.model_cache import DEFAULT_CACHE_ACCESS_MODES, ModelCacheOperator
 from llm_etl_provider.operators.publish import PublishRunOperator
 from llm_etl_provider.operators.stage import StageInputOperator
@@ -75,7 +77,9 @@ def llm_enrichment_task_group(
     default ``ReadWriteOnce``; ``model_cache_storage_class``) before any shard starts, and the shards' pods,
     which see the prompts, mount it read-only with no egress.
 
-    ``enrichment`` goes to :class:`LLMEnrichmentOperator` (task, template, backend, model source, GPUs ...).
+    ``enrichment`` goes to the shard's enrichment: :class:`LLMEnrichmentOperator` (task, template, backend,
+    model source, GPUs ...) in Kubernetes, :class:`LocalEnrichmentOperator` (task, template,
+    ``llm_conn_id`` ...) for ``execution_mode="local"``.
     ``max_record_bytes`` goes to both the staging and the worker (one value: they read records alike). With
     ``work_claim_size`` each shard's checkpoint survives its pod, so a retry after a lost pod resumes.
     ``transport``: ``log`` (shards in Secrets, results through the pods' logs: no egress, for small runs) or
@@ -84,7 +88,7 @@ def llm_enrichment_task_group(
     """
     common: dict[str, Any] = {
         "namespace": namespace,
-        "execution_mode": execution_mode,
+        "execution_mode": checked_execution_mode(execution_mode),
         "local_dir": local_dir,
         "kubernetes_conn_id": kubernetes_conn_id,
     }
@@ -149,19 +153,33 @@ def llm_enrichment_task_group(
                 },
             )  # fmt: skip
             setups.append(cache_model)
-        enrichments: list[LLMEnrichmentOperator] = []
+        enrichments: list[BaseOperator] = []
 
         @task_group(group_id="shard")
         def enrich_then_extract(shard: Any) -> None:
-            enrich = LLMEnrichmentOperator(
-                task_id="enrich",
-                shard=shard,
-                model=model,
-                max_record_bytes=max_record_bytes,
-                worker_memory=worker_memory,
-                **common,
-                **enrichment,
-            )
+            enrich: BaseOperator
+            if execution_mode == "local":
+                enrich = LocalEnrichmentOperator(
+                    task_id="enrich",
+                    shard=shard,
+                    model=model,
+                    max_record_bytes=max_record_bytes,
+                    local_dir=local_dir,
+                    scope=common["scope"],
+                    **enrichment,
+                )
+            else:
+                enrich = LLMEnrichmentOperator(
+                    task_id="enrich",
+                    shard=shard,
+                    model=model,
+                    max_record_bytes=max_record_bytes,
+                    worker_memory=worker_memory,
+                    namespace=namespace,
+                    kubernetes_conn_id=kubernetes_conn_id,
+                    scope=common["scope"],
+                    **enrichment,
+                )
             # a cleared shard's setups run again with it: its enrichment waits for the staging (and the model)
             setups >> enrich
             enrichments.append(enrich)

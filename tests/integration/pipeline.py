@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from airflow.sdk import DAG
 
-from llm_etl_provider.operators.enrichment import LLMEnrichmentOperator
 from llm_etl_provider.operators.extract import ExtractResultsOperator
+from llm_etl_provider.operators.local_enrichment import LocalEnrichmentOperator
 from llm_etl_provider.operators.stage import StageInputOperator
 from tests.task_context import task_context
 
@@ -34,9 +34,9 @@ def stage_enrich_extract(
             task_id="stage", input_path=input_path, **stage, **local
         ).execute(task_context("r1"))
         for shard in shards:
-            LLMEnrichmentOperator(
+            LocalEnrichmentOperator(
                 task_id=f"enrich_{shard['index']}", shard=shard, model=server.model_name, template="{review}",
-                llm_conn_id="llm_test", max_dead_letter_ratio=1, **local,
+                llm_conn_id="llm_test", max_dead_letter_ratio=1, local_dir=local["local_dir"],
             ).execute(task_context("r1"))  # fmt: skip
             ExtractResultsOperator(
                 task_id=f"extract_{shard['index']}", shard=shard, output_path=output, **local

@@ -7,8 +7,8 @@ from typing import Any
 
 from airflow.sdk import DAG
 
-from llm_etl_provider.operators.enrichment import LLMEnrichmentOperator
 from llm_etl_provider.operators.extract import ExtractResultsOperator
+from llm_etl_provider.operators.local_enrichment import LocalEnrichmentOperator
 from llm_etl_provider.operators.stage import StageInputOperator
 from tests.integration.conftest import SAMPLE
 from tests.task_context import task_context
@@ -32,13 +32,13 @@ def test_the_connection_server_enriches_the_shard_and_no_model_is_loaded(tmp_pat
     with DAG("llm_enrichment", schedule=None):
         stage = StageInputOperator(task_id="stage", input_path=str(source), **local)
         (shard,) = stage.execute({"run_id": "r1"})
-        enrich = LLMEnrichmentOperator(
+        enrich = LocalEnrichmentOperator(
             task_id="enrich",
             shard=shard,
             model=llama_server.model_name,
             template="{review}",
             llm_conn_id="llm_compose",
-            **local,
+            local_dir=local["local_dir"],
         )
         extract = ExtractResultsOperator(
             task_id="extract", shard=shard, output_path=str(tmp_path / "out"), **local

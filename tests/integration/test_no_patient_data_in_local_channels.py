@@ -12,8 +12,8 @@ from typing import Any
 
 from airflow.sdk import DAG
 
-from llm_etl_provider.operators.enrichment import LLMEnrichmentOperator
 from llm_etl_provider.operators.extract import ExtractResultsOperator
+from llm_etl_provider.operators.local_enrichment import LocalEnrichmentOperator
 from llm_etl_provider.operators.stage import StageInputOperator
 from tests.integration.conftest import SAMPLE, worker
 from tests.task_context import task_context
@@ -38,8 +38,8 @@ def test_the_server_log_the_container_log_and_the_task_log_hold_no_canary(tmp_pa
         (shard,) = StageInputOperator(task_id="stage", input_path=str(source), **local).execute(
             {"run_id": "r1"}
         )
-        enrich = LLMEnrichmentOperator(
-            task_id="enrich", shard=shard, model="smollm2", template="{review}", **local
+        enrich = LocalEnrichmentOperator(
+            task_id="enrich", shard=shard, model="smollm2", template="{review}", local_dir=local["local_dir"]
         )
         extract = ExtractResultsOperator(
             task_id="extract", shard=shard, output_path=str(tmp_path / "out"), **local

@@ -17,8 +17,8 @@ from llm_etl_provider.contract.object_transport import TRANSPORT_FOLDER
 from llm_etl_provider.dev.object_store import BUCKET, S3Account, running_seaweedfs
 from llm_etl_provider.exceptions import FrameStreamRejectedError, StagingError
 from llm_etl_provider.operators.cleanup import CleanupOperator
-from llm_etl_provider.operators.enrichment import LLMEnrichmentOperator
 from llm_etl_provider.operators.extract import ExtractResultsOperator
+from llm_etl_provider.operators.local_enrichment import LocalEnrichmentOperator
 from llm_etl_provider.operators.stage import StageInputOperator
 from tests.integration.pipeline import local_settings, stage_enrich_extract
 from tests.task_context import task_context
@@ -197,9 +197,10 @@ def test_urls_that_expire_within_seconds_are_renewed_while_the_worker_runs(
             task_id="stage", input_path=str(source), output_path=output, transport="object", pods=1,
             checkpoint_every=5, **local,
         ).execute(task_context("r3"))  # fmt: skip
-        LLMEnrichmentOperator(
+        LocalEnrichmentOperator(
             task_id="enrich", shard=shard, model=llama_server.model_name, template="{review}",
-            llm_conn_id="llm_test", checkpoint_every=5, url_renew_seconds=1, concurrency=2, **local,
+            llm_conn_id="llm_test", checkpoint_every=5, url_renew_seconds=1, concurrency=2,
+            local_dir=local["local_dir"],
         ).execute(task_context("r3"))  # fmt: skip
         ExtractResultsOperator(task_id="extract", shard=shard, output_path=output, **local).execute(
             task_context("r3")

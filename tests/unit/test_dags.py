@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from llm_etl_provider.operators.enrichment import LLMEnrichmentOperator
+from llm_etl_provider.operators.local_enrichment import LocalEnrichmentOperator
+
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 
 
@@ -53,7 +56,8 @@ def test_enrichment_dag_shape(monkeypatch, mode):
     assert dag.get_task("llm_enrichment.publish").retries == 2
     expected = {"input_path", "output_path", "task", "template", "model", "shard_bytes"}
     assert set(dag.params) >= expected | {"concurrency", "system_prompt", "schema"}
-    assert dag.get_task("llm_enrichment.shard.enrich").execution_mode == mode
+    enrich = dag.get_task("llm_enrichment.shard.enrich")
+    assert type(enrich) is (LocalEnrichmentOperator if mode == "local" else LLMEnrichmentOperator)
     (asset,) = dag.get_task("llm_enrichment.publish").outlets  # one event per run, after every shard
     assert asset.name == "llm-etl/llm_enrichment/llm_enrichment"  # scoped by DAG: no other DAG's event
     assert not dag.get_task("llm_enrichment.shard.extract").outlets

@@ -14,6 +14,8 @@ import yaml
 from airflow.models.connection import Connection
 
 from llm_etl_provider.hooks.llm_server import LLMServerHook
+from llm_etl_provider.operators.enrichment import LLMEnrichmentOperator
+from llm_etl_provider.operators.local_enrichment import LocalEnrichmentOperator
 from llm_etl_provider.pod.builder import BACKENDS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -159,8 +161,11 @@ def test_the_example_dag_parses_with_the_compose_environment(services, monkeypat
     spec.loader.exec_module(module)
     dag = module.llm_enrichment()
     enrich = dag.get_task("llm_enrichment.shard.enrich")
-    assert enrich.execution_mode == mode
-    assert enrich.llm_conn_id == ("llm_etl_default" if mode == "local" else None)
+    if mode == "local":
+        assert type(enrich) is LocalEnrichmentOperator
+        assert enrich.llm_conn_id == "llm_etl_default"
+    else:
+        assert type(enrich) is LLMEnrichmentOperator
     assert dag.params["input_path"] == airflow_env(services)["LLM_ETL_DEFAULT_INPUT"]
     assert dag.params["model"] == airflow_env(services)["LLM_ETL_DEFAULT_MODEL"]
 

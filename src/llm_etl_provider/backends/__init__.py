@@ -7,17 +7,13 @@ Both backends run the same worker invocation, the same sealed transport and the 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from llm_etl_provider.contract import layout
 
 if TYPE_CHECKING:
-    from llm_etl_provider.contract.invocation import WorkerInvocation
-    from llm_etl_provider.contract.shard import ShardDescriptor
-    from llm_etl_provider.hooks.llm_server import LLMServer
     from llm_etl_provider.staging import Shard
 
 EXECUTION_MODES = ("kubernetes", "local")
@@ -64,39 +60,9 @@ class FrameSource:
     attempt: int | None = None  # the enrichment's try that wrote it: its trailer must say the same
 
 
-@dataclass(frozen=True)
-class LocalServing:
-    """How local execution serves the model: the bundled (or given) GGUF with llama.cpp's server, or the
-    server of an ``llm_etl`` connection. Kubernetes pods serve their own model and ignore this."""
-
-    model_file: Path | None = None
-    parallel: int = 4
-    server: LLMServer | None = None
-
-
-@dataclass(frozen=True)
-class ShardJob:
-    """One shard's enrichment: the worker's pod invocation, the shard, and how each backend runs it.
-
-    :param invocation: the worker's invocation in the pod
-    :param shard: the staged shard
-    :param submit_pod: runs the pod (whose spec holds the same invocation) through KubernetesPodOperator
-    :param serving: how local execution serves the model
-    :param network_policy: Kubernetes: the pod's NetworkPolicy, created before the pod
-    :param model_claim: Kubernetes: the claim the model-cache pod downloaded the model into, which the pod
-        mounts (checked before the pod is made)
-    """
-
-    invocation: WorkerInvocation
-    shard: ShardDescriptor
-    submit_pod: Callable[[], Any]
-    serving: LocalServing
-    network_policy: dict[str, Any] | None = None
-    model_claim: str | None = None
-
-
 class RunBackend(ABC):
-    """One run's resources in one place: its key, its staged shards, its enrichment and its frame streams.
+    """One run's resources in one place: its key, its staged shards and its frame streams (each mode's
+    enrichment operator runs the shard's worker: a pod, or local processes).
 
     What a stage stages belongs to its plan (:func:`~llm_etl_provider.contract.layout.plan_id`): a stage that
     runs again with the same plan (Airflow clears a shard's setup with it) keeps the plan's key and staged
@@ -133,10 +99,6 @@ class RunBackend(ABC):
     @abstractmethod
     def remove_plan(self) -> None:
         """Remove everything the plan staged (a stage that failed after making the plan's key)."""
-
-    @abstractmethod
-    def enrich(self, job: ShardJob) -> Any:
-        """Enrich one shard; raise a WorkerExitError when the worker fails."""
 
     @abstractmethod
     def frame_source(self, index: int) -> FrameSource:

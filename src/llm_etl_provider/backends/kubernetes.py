@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from llm_etl_provider.backends import FrameSource, RunBackend, ShardJob, TaskLog, sweep_reason
+from llm_etl_provider.backends import FrameSource, RunBackend, TaskLog, sweep_reason
 from llm_etl_provider.contract import layout
 from llm_etl_provider.exceptions import ExtractionError, StagingError, StagingInputError
 from llm_etl_provider.staging import SECRET_LIMIT
@@ -341,12 +341,12 @@ class KubernetesBackend(RunBackend):
             ) from None
         return name
 
-    def enrich(self, job: ShardJob) -> Any:
-        if job.model_claim is not None:
-            self.require_claim(job.model_claim)
-        if job.network_policy is not None:
-            self.create_network_policy(job.network_policy)
-        return job.submit_pod()
+    def prepare_pod(self, *, model_claim: str | None, network_policy: dict[str, Any]) -> None:
+        """Before a shard's pod: check that the model claim it mounts is there (the model-cache pod
+        downloaded into it), and create its NetworkPolicy."""
+        if model_claim is not None:
+            self.require_claim(model_claim)
+        self.create_network_policy(network_policy)
 
     def create_network_policy(self, manifest: dict[str, Any]) -> None:
         """Create a pod's NetworkPolicy, unless an earlier try made it (the same policy)."""

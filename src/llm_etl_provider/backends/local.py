@@ -19,19 +19,23 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llm_etl_provider.backends import FrameSource, LocalServing, RunBackend, ShardJob, TaskLog, sweep_reason
+from llm_etl_provider.backends import FrameSource, RunBackend, TaskLog, sweep_reason
 from llm_etl_provider.contract import layout
 from llm_etl_provider.contract.invocation import API_KEY_ENV, OBJECT_OUTPUT, WorkerInvocation
 from llm_etl_provider.exceptions import ExtractionError, LocalRunError, worker_exit_error
+from llm_etl_provider.pod.builder import CPU_PARALLEL
 from llm_etl_provider.transport.exceptions import FrameKeyError
 from llm_etl_provider.transport.keys import load_key, new_key, write_key_file
 from llm_etl_provider.transport.sources import file_lines
 from llm_etl_provider.worker.pod_commands import load_model_args, load_model_command
 
 if TYPE_CHECKING:
+    from llm_etl_provider.contract.shard import ShardDescriptor
+    from llm_etl_provider.hooks.llm_server import LLMServer
     from llm_etl_provider.staging import Shard
 
 _CONTAINER_LOG = re.compile(r"container-try-([1-9][0-9]{0,5})\.log")
@@ -40,6 +44,16 @@ _CONTAINER_LOG = re.compile(r"container-try-([1-9][0-9]{0,5})\.log")
 def container_log_name(attempt: int) -> str:
     """A try's worker stdout, as its pod's log would be (one log per try, like one pod per try)."""
     return f"container-try-{attempt}.log"
+
+
+@dataclass(frozen=True)
+class LocalServing:
+    """How local execution serves the model: the bundled (or given) GGUF with llama.cpp's server, or the
+    server of an ``llm_etl`` connection."""
+
+    model_file: Path | None = None
+    parallel: int = CPU_PARALLEL
+    server: LLMServer | None = None
 
 
 RUN_FILE = "run.json"  # in a run's folder: whose run it is and until when it may live, for the sweeper
@@ -129,15 +143,17 @@ class LocalBackend(RunBackend):
         shutil.rmtree(self.plan_root, ignore_errors=True)
         self.log.info("removed the failed stage's staging %s", self.plan_root)
 
-    def enrich(self, job: ShardJob) -> Any:
-        invocation, shard = job.invocation, job.shard
+    def enrich(self, invocation: WorkerInvocation, shard: ShardDescriptor, serving: LocalServing) -> Any:
+        """Run the shard's pod as local processes: load the model, serve it, run the worker with the pod's
+        invocation (its paths swapped for the shard's folder); raise a WorkerExitError when the worker
+        fails."""
         folder = self.shard_dir(shard.index)
         staged = Path(shard.path) if shard.path else self.shard_input(shard.index, shard.input_format)
         if not staged.is_file():
             raise LocalRunError(f"shard {shard.index}: no staged input at {staged}: did the stage run?")
         environment = dict(os.environ)
         by_object = shard.transport == OBJECT_OUTPUT
-        with self._serving(invocation, folder, job.serving, environment) as served:
+        with self._serving(invocation, folder, serving, environment) as served:
             local = dataclasses.replace(
                 served,
                 # the object transport: the range is downloaded beside the URLs; checkpoints are in the store

@@ -1,24 +1,29 @@
-"""LLMEnrichmentOperator: one shard, one pod, the worker beside a local LLM server, through KPO."""
+"""Enrichment of one shard: what both execution modes share, and the Kubernetes mode's operator.
+
+:class:`LLMEnrichmentOperator` is KubernetesPodOperator with public overrides only: the pod is built from its
+manifest, and the worker's progress (never its frames) reaches the task log through
+:mod:`llm_etl_provider.pod.progress`. Local execution has its own operator,
+:class:`~llm_etl_provider.operators.local_enrichment.LocalEnrichmentOperator`; the task group picks one.
+"""
 
 from __future__ import annotations
 
-import datetime
 import inspect
-import math
-from collections.abc import Sequence
-from functools import cached_property
-from pathlib import Path
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
-import tenacity
-from airflow.providers.cncf.kubernetes.callbacks import KubernetesPodOperatorCallback
+import pendulum
+from airflow.providers.cncf.kubernetes.callbacks import ExecutionMode
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.providers.cncf.kubernetes.triggers.pod import KubernetesPodTrigger
-from airflow.providers.cncf.kubernetes.utils.pod_manager import PodManager
+from airflow.providers.cncf.kubernetes.utils.container import container_is_running, container_is_terminated
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
-from llm_etl_provider.backends import LocalServing, ShardJob, checked_execution_mode
+from llm_etl_provider.backends import RunBackend
 from llm_etl_provider.backends.urls import DEFAULT_URL_RENEW_SECONDS
 from llm_etl_provider.contract import layout
 from llm_etl_provider.contract.invocation import (
@@ -31,10 +36,8 @@ from llm_etl_provider.contract.invocation import (
 from llm_etl_provider.contract.layout import run_annotations
 from llm_etl_provider.contract.shard import ShardDescriptor
 from llm_etl_provider.exceptions import PodSpecError
-from llm_etl_provider.operators.base import backend_for
 from llm_etl_provider.operators.pod_step import PodStepOperator
 from llm_etl_provider.pod.builder import (
-    CPU_PARALLEL,
     DEFAULT_MODEL_SIZE,
     DEFAULT_WORKER_IMAGE,
     DOWNLOADED_SOURCES,
@@ -45,22 +48,17 @@ from llm_etl_provider.pod.builder import (
     pod_invocation,
     shard_network_policy,
 )
-from llm_etl_provider.transport.frames import carries_frame
-from llm_etl_provider.triggers.pod import FrameFilteringPodTrigger, renewer_of
+from llm_etl_provider.pod.progress import ProgressReader
+from llm_etl_provider.triggers.pod import UrlRenewingPodTrigger, renewer_of
 
 if TYPE_CHECKING:
+    import datetime
+
     from airflow.sdk import Context
     from airflow.triggers.base import BaseTrigger
     from kubernetes.client import models as k8s
 
-
-def _staged_secret(shard: ShardDescriptor) -> str:
-    if shard.secret is None:
-        raise PodSpecError(
-            f"shard {shard.index} was not staged in Kubernetes (no Secret): stage it with the same "
-            "execution_mode"
-        )
-    return shard.secret
+POD_POLL_SECONDS = 2.0  # how often the pod is looked at while its worker has not started
 
 
 def with_keywords(signature: inspect.Signature, defaults: dict[str, Any]) -> inspect.Signature:
@@ -75,33 +73,111 @@ def with_keywords(signature: inspect.Signature, defaults: dict[str, Any]) -> ins
     return signature.replace(parameters=[*named, *added, *variadic])
 
 
-class FrameFilteringPodManager(PodManager):
-    """Copy the worker's progress lines into the Airflow task log, and hand them to the DAG's callbacks, but
-    never its sealed result frames."""
-
-    def __init__(
-        self, kube_client: Any, callbacks: list[type[KubernetesPodOperatorCallback]] | None = None
-    ) -> None:
-        super().__init__(kube_client, callbacks=[_without_frames(c) for c in callbacks or ()])
-
-    def _log_message(self, message: str, *args: Any, **kwargs: Any) -> None:
-        if carries_frame(message):
-            return
-        super()._log_message(message, *args, **kwargs)
+def with_worker_settings(init: Any) -> inspect.Signature:
+    """An enrichment operator's ``__init__`` signature, the worker's settings (declared once, in the contract)
+    listed after its own arguments: they are keyword arguments of their own, so that ``.partial()`` accepts
+    them and refuses a typo."""
+    return with_keywords(inspect.signature(init), {name: default_of(name) for name in WORKER_SETTINGS})
 
 
-def _without_frames(callback: type[KubernetesPodOperatorCallback]) -> type[KubernetesPodOperatorCallback]:
-    """The callback class, whose ``progress_callback`` is not called for a line that carries a frame."""
+def take_worker_settings(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The worker's settings among an operator's keyword arguments (removed from them), defaults filled in."""
+    return {name: kwargs.pop(name) if name in kwargs else default_of(name) for name in WORKER_SETTINGS}
 
-    def progress_callback(*, line: str, **kwargs: Any) -> None:
-        if not carries_frame(line):
-            callback.progress_callback(line=line, **kwargs)
 
-    return type(callback.__name__, (callback,), {"progress_callback": staticmethod(progress_callback)})
+def optional_int(value: Any, name: str) -> int | None:
+    """A templated integer setting, or None where it is unset (:func:`is_unset`)."""
+    if is_unset(value):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise PodSpecError(f"{name} must be an integer, not {value!r}") from None
+
+
+@dataclass(frozen=True)
+class ShardRun:
+    """One try of one shard's enrichment, as both execution modes name and invoke it.
+
+    :param scope: the pipeline's scope (:func:`~llm_etl_provider.contract.layout.run_scope`)
+    :param attempt: the task's try: the worker seals it into its trailer, KPO labels the pod with it
+    """
+
+    scope: str
+    dag_id: str
+    run_id: str
+    shard: ShardDescriptor
+    attempt: int = 1
+
+    @classmethod
+    def of(cls, shard: Any, *, scope: str, dag_id: str, context: Context | None) -> ShardRun:
+        return cls(
+            scope=scope,
+            dag_id=dag_id,
+            run_id=str(context["run_id"]) if context is not None else "dry-run",
+            shard=ShardDescriptor.from_xcom(shard),
+            attempt=context["ti"].try_number if context is not None else 1,
+        )
+
+    @property
+    def prefix(self) -> str:
+        """The names' prefix of the shard's plan (of the run, for a shard staged without a plan)."""
+        if self.shard.plan:
+            return layout.plan_prefix(self.scope, self.run_id, self.shard.plan)
+        return layout.run_prefix(self.scope, self.run_id)
+
+    def invocation(self, settings: Mapping[str, Any], server: ServerSpec, model: str) -> WorkerInvocation:
+        """The worker's invocation in the shard's pod (local execution swaps in local paths)."""
+        return pod_invocation(
+            settings, run_id=self.run_id, shard=self.shard, server=server, model=model, attempt=self.attempt
+        )
+
+    def url_renewal(self, interval: int, pod_time_limit_seconds: int) -> dict[str, Any] | None:
+        """The object transport: how the shard's URLs are signed afresh while its worker runs (the task does
+        it, or deferred, its trigger: the description travels serialized); None for the log transport."""
+        if self.shard.transport != OBJECT_OUTPUT:
+            return None
+        return {
+            "index": self.shard.index,
+            "source": self.shard.source,
+            "parts": self.shard.parts,
+            "plan": self.shard.plan,
+            "scope": self.scope,
+            "dag_id": self.dag_id,
+            "run_id": self.run_id,
+            "pod_time_limit_seconds": pod_time_limit_seconds,
+            "interval": interval,
+        }
+
+
+@contextmanager
+def renewing_urls(renewal: dict[str, Any] | None, backend: RunBackend, log: Any) -> Iterator[None]:
+    """Sign the shard's URLs when its worker starts and renew them while it runs: temporary credentials
+    (STS, IRSA, SSO: often an hour) end long before a shard does."""
+    if renewal is None:
+        yield
+        return
+    renewer = renewer_of(renewal, backend, log)
+    renewer.renew()
+    with renewer.running(float(renewal["interval"])):
+        yield
+
+
+def pod_ended(pod: k8s.V1Pod) -> bool:
+    return pod.status is not None and pod.status.phase in ("Succeeded", "Failed")
+
+
+def _staged_secret(shard: ShardDescriptor) -> str:
+    if shard.secret is None:
+        raise PodSpecError(
+            f"shard {shard.index} was not staged in Kubernetes (no Secret): stage it with the same "
+            "execution_mode"
+        )
+    return shard.secret
 
 
 class LLMEnrichmentOperator(PodStepOperator):
-    """Enrich one shard of staged records in a pod: model loader, local LLM server (native sidecar), worker.
+    """Enrich one shard in a Kubernetes pod: model loader, local LLM server (native sidecar), worker.
 
     A pod that ended is kept (``on_finish_action="delete_active_pod"``) so that ExtractResultsOperator can
     read the sealed frames from its log; CleanupOperator deletes it. A try that fails while its pod still
@@ -109,6 +185,11 @@ class LLMEnrichmentOperator(PodStepOperator):
     that exits with a code a retry would meet again (bad settings or input, too many dead letters) fails the
     task without a retry. Map it over the shards from StageInputOperator with
     ``.partial(...).expand(shard=...)``.
+
+    The worker's progress lines are copied into the task log while it runs (deferred: when it ends), by
+    :class:`~llm_etl_provider.pod.progress.ProgressReader`, and handed to the DAG's ``callbacks``
+    (``progress_callback``); its log also carries the sealed frames, so KPO's own copying (``get_logs``) is
+    off.
 
     The worker's settings are keyword arguments named as in
     :data:`~llm_etl_provider.contract.invocation.WORKER_SETTINGS` (``task``, ``template``, ``system_prompt``,
@@ -146,14 +227,8 @@ class LLMEnrichmentOperator(PodStepOperator):
         the stage refuses a shard this limit cannot hold; give the task group's ``worker_memory``
     :param startup_timeout_seconds: how long the pod may take to start, the model load included (KPO's;
         default 30 minutes)
-    :param execution_mode: ``kubernetes``, or ``local``: the pod's loader, server and worker as local
-        processes (llama.cpp's server with a local GGUF), its log written to the local staging folder
-    :param local_dir: local execution's staging folder (templated)
     :param scope: the pipeline's task group in the DAG (:func:`~llm_etl_provider.contract.layout.run_scope`;
         set by ``llm_enrichment_task_group``): the same for every step of one pipeline
-    :param local_model_file: local execution's GGUF file (default: the bundled SmolLM2)
-    :param llm_conn_id: local execution only: enrich through the server of this ``llm_etl`` connection (e.g.
-        an Ollama beside Airflow) instead of loading the model and starting llama.cpp's server
     :param url_renew_seconds: the object transport: how often the shard's URLs are signed afresh while its
         pod runs (default 5 minutes), by this task or, deferred, by its trigger; they are signed first when
         the pod starts, so URLs of temporary credentials (STS, IRSA, SSO: often an hour) never expire under
@@ -169,7 +244,6 @@ class LLMEnrichmentOperator(PodStepOperator):
         "model",
         "backend",
         "parallel",
-        "local_dir",
         "worker_memory",
         *WORKER_SETTINGS,
     )
@@ -196,15 +270,22 @@ class LLMEnrichmentOperator(PodStepOperator):
         gpu_tolerations: Sequence[dict[str, Any]] | None = None,
         pod_time_limit_seconds: int = layout.DEFAULT_POD_TIME_LIMIT_SECONDS,
         worker_memory: str = layout.DEFAULT_WORKER_MEMORY,
-        execution_mode: str = "kubernetes",
-        local_dir: str | None = None,
         scope: str | None = None,
-        local_model_file: str | None = None,
-        llm_conn_id: str | None = None,
         url_renew_seconds: int = DEFAULT_URL_RENEW_SECONDS,
         **kwargs: Any,
     ) -> None:
-        settings = {name: kwargs.pop(name) for name in WORKER_SETTINGS if name in kwargs}
+        if "execution_mode" in kwargs:
+            raise TypeError(
+                "LLMEnrichmentOperator runs a Kubernetes pod: for local execution use "
+                "LocalEnrichmentOperator (llm_enrichment_task_group picks it for execution_mode='local')"
+            )
+        if kwargs.get("get_logs"):
+            raise ValueError(
+                "get_logs would copy the worker's sealed result frames into the task log: the operator "
+                "copies its progress lines itself"
+            )
+        settings = take_worker_settings(kwargs)
+        kwargs["get_logs"] = False
         kwargs.setdefault("name", "llm-etl-enrich")
         kwargs.setdefault("on_finish_action", "delete_active_pod")
         # the model loads while the pod is Pending
@@ -213,8 +294,8 @@ class LLMEnrichmentOperator(PodStepOperator):
         kwargs.setdefault("do_xcom_push", False)
         kwargs.setdefault("base_container_name", layout.WORKER_CONTAINER)
         super().__init__(**kwargs)
-        for name in WORKER_SETTINGS:
-            setattr(self, name, settings.get(name, default_of(name)))
+        for name, value in settings.items():
+            setattr(self, name, value)
         self.shard = shard
         self.key_secret = key_secret
         self.model = model
@@ -234,50 +315,34 @@ class LLMEnrichmentOperator(PodStepOperator):
         self.gpu_tolerations = [dict(t) for t in gpu_tolerations or []]
         self.pod_time_limit_seconds = pod_time_limit_seconds
         self.worker_memory = worker_memory
-        self.execution_mode = checked_execution_mode(execution_mode)
-        self.local_dir = local_dir
         self.scope = scope
-        self.local_model_file = local_model_file
-        self.llm_conn_id = llm_conn_id
         self.url_renew_seconds = url_renew_seconds
         self._url_renewal: dict[str, Any] | None = None
-        if llm_conn_id and self.execution_mode != "local":
-            raise ValueError(
-                "llm_conn_id is for the local execution mode: in Kubernetes the pod serves its own model"
-            )
 
-    # The worker's settings are keyword arguments of their own (so that .partial() accepts them), declared
-    # once in the contract: the signature Airflow inspects lists them after the operator's own.
-    __init__.__signature__ = with_keywords(  # type: ignore[attr-defined]
-        inspect.signature(__init__), {name: default_of(name) for name in WORKER_SETTINGS}
-    )
+    __init__.__signature__ = with_worker_settings(__init__)  # type: ignore[attr-defined]
+
+    @property
+    def run_scope(self) -> str:
+        """Whose runs this step works on (:meth:`RunStepOperator.run_scope`'s rule; KPO is its base)."""
+        return layout.run_scope(self.dag_id, self.scope)
+
+    def shard_run(self, context: Context | None) -> ShardRun:
+        return ShardRun.of(self.shard, scope=self.run_scope, dag_id=self.dag_id, context=context)
 
     def server_spec(self) -> ServerSpec:
         return ServerSpec(
             backend=self.backend,  # type: ignore[arg-type]
             image=self.server_image,
-            parallel=_optional_int(self.parallel, "parallel"),
+            parallel=optional_int(self.parallel, "parallel"),
             gpus=self.gpus,
         )
 
-    def worker_invocation(
-        self, run_id: str, shard: ShardDescriptor, server: ServerSpec, attempt: int = 1
-    ) -> WorkerInvocation:
-        """The worker's invocation in this shard's pod, for this try of the task (local execution runs it
-        with local paths)."""
-        settings = {name: getattr(self, name) for name in WORKER_SETTINGS}
-        return pod_invocation(
-            settings, run_id=run_id, shard=shard, server=server, model=self.model, attempt=attempt
-        )
-
-    def pod_params(self, run_id: str, attempt: int = 1) -> PodParams:
-        shard = ShardDescriptor.from_xcom(self.shard)
+    def pod_params(self, run: ShardRun) -> PodParams:
+        shard = run.shard
         server = self.server_spec()
-        key_secret = (
-            self.key_secret or shard.key_secret or layout.key_secret_name(self._prefix(run_id, shard))
-        )
+        by_object = shard.transport == OBJECT_OUTPUT
         return PodParams(
-            invocation=self.worker_invocation(run_id, shard, server, attempt),
+            invocation=run.invocation({n: getattr(self, n) for n in WORKER_SETTINGS}, server, self.model),
             model=ModelSpec(
                 name=self.model,
                 source=self.model_source,  # type: ignore[arg-type]
@@ -287,169 +352,123 @@ class LLMEnrichmentOperator(PodStepOperator):
                 claim=self.model_claim,
                 image=self.model_image,
                 size=self.model_size,
-                cache_claim=self.model_claim_name(run_id, shard),
+                cache_claim=self.model_claim_name(run),
             ),
             server=server,
             input_secret=_staged_secret(shard),
-            key_secret=key_secret,
+            key_secret=self.key_secret or shard.key_secret or layout.key_secret_name(run.prefix),
             worker_image=self.worker_image,
             node_selector=self.gpu_node_selector,
             tolerations=tuple(self.gpu_tolerations),
             active_deadline_seconds=self.pod_time_limit_seconds,
             worker_memory=str(self.worker_memory),
             work_claim=shard.work_claim,
-            input_bytes=shard.bytes if shard.transport == OBJECT_OUTPUT else 0,
-            urls_secret=(
-                layout.urls_secret_name(self._prefix(run_id, shard), shard.index)
-                if shard.transport == OBJECT_OUTPUT
-                else None
-            ),
+            input_bytes=shard.bytes if by_object else 0,
+            urls_secret=layout.urls_secret_name(run.prefix, shard.index) if by_object else None,
         )
 
-    def execute(self, context: Context) -> Any:
-        shard = ShardDescriptor.from_xcom(self.shard)
-        backend = backend_for(self, context, plan=shard.plan)
-        server = None
-        if self.llm_conn_id:
-            from llm_etl_provider.hooks.llm_server import LLMServerHook
-
-            server = LLMServerHook(self.llm_conn_id).get_server(model=self.model or None)
-        serving = LocalServing(
-            model_file=Path(self.local_model_file) if self.local_model_file else None,
-            parallel=_optional_int(self.parallel, "parallel") or CPU_PARALLEL,
-            server=server,
-        )
-        job = ShardJob(
-            invocation=self.worker_invocation(
-                str(context["run_id"]), shard, self.server_spec(), context["ti"].try_number
-            ),
-            shard=shard,
-            submit_pod=lambda: super(LLMEnrichmentOperator, self).execute(context),
-            serving=serving,
-            network_policy=self.network_policy(str(context["run_id"]), shard),
-            model_claim=self.model_claim_name(str(context["run_id"]), shard),
-        )
-        if shard.transport != OBJECT_OUTPUT:
-            return backend.enrich(job)
-        # URLs signed when the pod starts, renewed while it runs: temporary credentials end long before it
-        renewal = {
-            "index": shard.index,
-            "source": shard.source,
-            "parts": shard.parts,
-            "plan": shard.plan,
-            "scope": self.run_scope,
-            "dag_id": self.dag_id,
-            "run_id": str(context["run_id"]),
-            "pod_time_limit_seconds": self.pod_time_limit_seconds,
-            "interval": self.url_renew_seconds,
-        }
-        renewer = renewer_of(renewal, backend, self.log)
-        renewer.renew()
-        self._url_renewal = renewal
-        with renewer.running(self.url_renew_seconds):  # a deferred pod is renewed by its trigger
-            return backend.enrich(job)
-
-    def model_claim_name(self, run_id: str, shard: ShardDescriptor) -> str | None:
+    def model_claim_name(self, run: ShardRun) -> str | None:
         """The claim the plan's model-cache pod downloaded a ``pull`` or ``object`` model into; None for the
         other sources."""
         if self.model_source not in DOWNLOADED_SOURCES:
             return None
-        return layout.model_claim_name(self._prefix(run_id, shard))
+        return layout.model_claim_name(run.prefix)
 
-    def _prefix(self, run_id: str, shard: ShardDescriptor) -> str:
-        """The names' prefix of the shard's plan (of the run, for a shard staged without a plan)."""
-        if shard.plan:
-            return layout.plan_prefix(self.run_scope, run_id, shard.plan)
-        return layout.run_prefix(self.run_scope, run_id)
-
-    def _selected(self, run_id: str, shard: ShardDescriptor) -> dict[str, str]:
+    def _selected(self, run: ShardRun) -> dict[str, str]:
         """The labels that tell this shard's pods from every other pod: run, plan and shard."""
         labels = {
-            layout.LABEL_RUN_KEY: layout.run_key(self.run_scope, run_id),
-            layout.LABEL_SHARD: str(shard.index),
+            layout.LABEL_RUN_KEY: layout.run_key(run.scope, run.run_id),
+            layout.LABEL_SHARD: str(run.shard.index),
         }
-        if shard.plan:
-            labels[layout.LABEL_PLAN] = shard.plan
+        if run.shard.plan:
+            labels[layout.LABEL_PLAN] = run.shard.plan
         return labels
 
-    def network_policy(self, run_id: str, shard: ShardDescriptor) -> dict[str, Any]:
-        """The NetworkPolicy created with this shard's pod (Kubernetes)."""
-        name = f"{layout.shard_secret_name(self._prefix(run_id, shard), shard.index)}-network"
-        selected = self._selected(run_id, shard)
+    def network_policy(self, run: ShardRun) -> dict[str, Any]:
+        """The NetworkPolicy created with this shard's pod."""
         return shard_network_policy(
-            name,
-            {**layout.MANAGED_BY, **selected},
-            annotations=run_annotations(self.dag_id, run_id),
+            f"{layout.shard_secret_name(run.prefix, run.shard.index)}-network",
+            {**layout.MANAGED_BY, **self._selected(run)},
+            annotations=run_annotations(run.dag_id, run.run_id),
             # the object transport: the store's endpoint only, as the stage resolved it
-            store_egress=[(str(address), int(port)) for address, port in shard.egress],
+            store_egress=[(str(address), int(port)) for address, port in run.shard.egress],
         )
 
-    @property
-    def run_scope(self) -> str:
-        """Whose runs this step works on (:meth:`RunStepOperator.run_scope`'s rule; KPO is its base)."""
-        return layout.run_scope(self.dag_id, self.scope)
+    def execute(self, context: Context) -> Any:
+        from llm_etl_provider.backends.kubernetes import KubernetesBackend
+
+        run = self.shard_run(context)
+        backend = KubernetesBackend(
+            self.namespace or "default",
+            self.kubernetes_conn_id or "kubernetes_default",
+            dag_id=self.dag_id,
+            run_id=run.run_id,
+            log=self.log,
+            scope=self.run_scope,
+            plan=run.shard.plan,
+        )
+        backend.prepare_pod(model_claim=self.model_claim_name(run), network_policy=self.network_policy(run))
+        self._url_renewal = run.url_renewal(self.url_renew_seconds, self.pod_time_limit_seconds)
+        with renewing_urls(self._url_renewal, backend, self.log):  # deferred, its trigger renews them
+            return super().execute(context)
 
     def build_pod_request_obj(self, context: Context | None = None, *, dry_run: bool = False) -> k8s.V1Pod:
-        run_id = str(context["run_id"]) if context is not None else "dry-run"
-        # the worker seals its try into the trailer; KPO labels the pod with the same try
-        attempt = context["ti"].try_number if context is not None else 1
-        pod = build_pod(self.pod_params(run_id, attempt))
-        pod["metadata"].setdefault("annotations", {}).update(run_annotations(self.dag_id, run_id))
-        pod["metadata"]["labels"].update(self._selected(run_id, ShardDescriptor.from_xcom(self.shard)))
+        run = self.shard_run(context)
+        pod = build_pod(self.pod_params(run))
+        pod["metadata"].setdefault("annotations", {}).update(run_annotations(self.dag_id, run.run_id))
+        pod["metadata"]["labels"].update(self._selected(run))
         return self.request_pod(pod, context, dry_run)
 
-    @tenacity.retry(
-        stop=tenacity.stop_after_attempt(3),
-        wait=tenacity.wait_exponential(max=15),
-        retry=tenacity.retry_if_exception_type((HTTPError, ApiException)),
-        reraise=True,
-    )
-    def _write_logs(self, pod: k8s.V1Pod, follow: bool = False, since_time: Any = None) -> None:
-        """Copy the worker's log to the task log after a deferral, without the frames.
+    def progress_reader(self, name: str, namespace: str) -> ProgressReader:
+        """What copies the worker's progress lines into the task log and to the DAG's callbacks."""
 
-        KPO's own version (the deferrable path) logs every line of the base container itself, not through
-        the pod manager, so the frame filter must be applied here too.
-        """
-        since_seconds = None
-        if isinstance(since_time, str):  # the trigger's event carries it serialized
-            since_time = datetime.datetime.fromisoformat(since_time.replace("Z", "+00:00"))
-        if isinstance(since_time, datetime.datetime):
-            since_seconds = math.ceil((datetime.datetime.now(tz=datetime.UTC) - since_time).total_seconds())
-        logs = self.client.read_namespaced_pod_log(
-            name=pod.metadata.name,
-            namespace=pod.metadata.namespace,
-            container=self.base_container_name,
-            follow=follow,
-            timestamps=False,
-            since_seconds=since_seconds,
-            _preload_content=False,
-        )
+        def on_line(line: str, at: datetime.datetime) -> None:
+            self.log.info("[%s] %s", self.base_container_name, line)
+            for callback in self.callbacks:
+                callback.progress_callback(
+                    line=line, client=self.client, mode=ExecutionMode.SYNC,
+                    container_name=self.base_container_name, timestamp=pendulum.instance(at), pod=self.pod,
+                )  # fmt: skip
+
+        return ProgressReader(self.client, name, namespace, self.base_container_name, on_line)
+
+    def await_pod_completion(self, pod: k8s.V1Pod) -> None:  # type: ignore[override] # KPO's is retried
+        """Wait for the worker to end, copying its progress into the task log as it comes. (KPO's wait, with
+        ``get_logs`` off, polls the worker's state only, and would wait for ever on a pod that failed before
+        the worker started.)"""
+        reader = self.progress_reader(pod.metadata.name, pod.metadata.namespace)
+        while True:
+            try:
+                remote = self.pod_manager.read_pod(pod)
+            except ApiException as exc:
+                if exc.status == 404:  # deleted under the task (killed, evicted): KPO's cleanup says so
+                    return
+                raise
+            if container_is_running(remote, self.base_container_name):
+                self._read_progress(reader, follow=True)  # until it ends, or the connection drops
+            elif container_is_terminated(remote, self.base_container_name) or pod_ended(remote):
+                self._read_progress(reader)
+                return
+            else:
+                time.sleep(POD_POLL_SECONDS)
+
+    def trigger_reentry(self, context: Context, event: dict[str, Any]) -> Any:
+        """After a deferral: the worker's progress lines into the task log, then KPO's re-entry."""
+        if event.get("status") in ("error", "failed", "timeout", "success"):
+            self._read_progress(self.progress_reader(event["name"], event["namespace"]))
+        return super().trigger_reentry(context, event)
+
+    def _read_progress(self, reader: ProgressReader, *, follow: bool = False) -> None:
+        """Progress only: a read that fails is tried again, or its lines lost; the pod's outcome decides."""
         try:
-            for raw_line in logs:
-                line = raw_line.decode("utf-8", errors="backslashreplace").rstrip("\n")
-                if line and not carries_frame(line):
-                    self.log.info("[%s] %s", self.base_container_name, line)
-        finally:
-            logs.close()
-            logs.release_conn()
+            reader.read(follow=follow)
+        except ApiException as exc:
+            self.log.warning("could not read the worker's progress: HTTP %s %s", exc.status, exc.reason)
+        except HTTPError as exc:  # a followed log that timed out in silence, or a dropped connection
+            self.log.debug("reading the worker's progress stopped: %s", exc)
 
     def defer(self, *, trigger: BaseTrigger, **kwargs: Any) -> NoReturn:
-        """Defer to a trigger whose periodic logs (``logging_interval``) leave out the frames, and that renews
-        an object-transport shard's URLs while it watches the pod."""
-        if type(trigger) is KubernetesPodTrigger:
-            trigger = FrameFilteringPodTrigger.from_trigger(trigger, url_renewal=self._url_renewal)
+        """Defer to a trigger that renews an object-transport shard's URLs while it watches the pod."""
+        if type(trigger) is KubernetesPodTrigger and self._url_renewal is not None:
+            trigger = UrlRenewingPodTrigger.from_trigger(trigger, url_renewal=self._url_renewal)
         super().defer(trigger=trigger, **kwargs)
-
-    @cached_property
-    def pod_manager(self) -> PodManager:
-        return FrameFilteringPodManager(kube_client=self.client, callbacks=self.callbacks)
-
-
-def _optional_int(value: Any, name: str) -> int | None:
-    """A templated integer setting, or None where it is unset (:func:`is_unset`)."""
-    if is_unset(value):
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise PodSpecError(f"{name} must be an integer, not {value!r}") from None

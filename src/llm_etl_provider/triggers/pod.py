@@ -1,21 +1,18 @@
-"""The enrichment pod's trigger: KubernetesPodTrigger, whose periodic logs leave out the sealed frames, and
-which renews an object-transport shard's URLs while it watches the pod."""
+"""The enrichment pod's trigger for the object transport: KubernetesPodTrigger, which also renews the
+shard's URLs while it watches the pod."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from functools import cached_property
 from typing import Any
 
-from airflow.providers.cncf.kubernetes.hooks.kubernetes import AsyncKubernetesHook
 from airflow.providers.cncf.kubernetes.triggers.pod import KubernetesPodTrigger
 from airflow.triggers.base import TriggerEvent
 
 from llm_etl_provider.backends import RunBackend
 from llm_etl_provider.backends.urls import UrlRenewer, url_renewer
-from llm_etl_provider.transport.frames import carries_frame
 
 
 def renewer_of(renewal: dict[str, Any], backend: RunBackend, log: Any) -> UrlRenewer:
@@ -30,20 +27,9 @@ def renewer_of(renewal: dict[str, Any], backend: RunBackend, log: Any) -> UrlRen
     )
 
 
-class FrameFilteringAsyncKubernetesHook(AsyncKubernetesHook):
-    """The triggerer's hook: a pod's log lines, without the lines that carry frames."""
-
-    async def read_logs(self, *args: Any, **kwargs: Any) -> list[str]:
-        lines: list[str] = await super().read_logs(*args, **kwargs)
-        return [line for line in lines if not carries_frame(line)]
-
-
-class FrameFilteringPodTrigger(KubernetesPodTrigger):
-    """KubernetesPodTrigger for the enrichment pod. With ``logging_interval``, the triggerer copies the
-    worker's log into the task log every interval, and that log carries the sealed result frames: it reads the
-    log through :class:`FrameFilteringAsyncKubernetesHook`. With ``url_renewal`` (the object transport), it
-    signs the shard's URLs afresh every ``interval`` seconds while it watches the pod, as the task does when
-    it is not deferred."""
+class UrlRenewingPodTrigger(KubernetesPodTrigger):
+    """KubernetesPodTrigger that, given ``url_renewal`` (the object transport), signs the shard's URLs afresh
+    every ``interval`` seconds while it watches the pod, as the task does when it is not deferred."""
 
     def __init__(self, *args: Any, url_renewal: dict[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -52,7 +38,7 @@ class FrameFilteringPodTrigger(KubernetesPodTrigger):
     @classmethod
     def from_trigger(
         cls, trigger: KubernetesPodTrigger, *, url_renewal: dict[str, Any] | None = None
-    ) -> FrameFilteringPodTrigger:
+    ) -> UrlRenewingPodTrigger:
         return cls(**trigger.serialize()[1], url_renewal=url_renewal)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -101,13 +87,3 @@ class FrameFilteringPodTrigger(KubernetesPodTrigger):
                 self.log.warning(
                     "renewing the shard's URLs failed (%s): trying again in %.0f s", exc, interval
                 )
-
-    @cached_property
-    def hook(self) -> AsyncKubernetesHook:
-        return FrameFilteringAsyncKubernetesHook(
-            conn_id=self.kubernetes_conn_id,
-            in_cluster=self.in_cluster,
-            config_dict=self.config_dict,
-            cluster_context=self.cluster_context,
-            connection_extras=self.connection_extras,
-        )

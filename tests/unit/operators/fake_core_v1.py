@@ -100,6 +100,9 @@ class FakeCoreV1:
                 for start in range(0, len(data), 1000):
                     yield data[start : start + 1000]
 
+            def __iter__(self) -> Any:  # urllib3's HTTPResponse: line by line
+                return iter(data.splitlines(keepends=True))
+
             def release_conn(self) -> None:
                 pass
 

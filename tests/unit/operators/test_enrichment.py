@@ -8,8 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 from airflow.providers.cncf.kubernetes.callbacks import KubernetesPodOperatorCallback
-from airflow.providers.cncf.kubernetes.hooks.kubernetes import AsyncKubernetesHook
-from airflow.providers.cncf.kubernetes.utils.pod_manager import PodManager
+from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.sdk import DAG
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferred
 from kubernetes.client import ApiClient
@@ -24,8 +23,11 @@ from llm_etl_provider.contract.layout import (
     worker_memory_needed,
 )
 from llm_etl_provider.exceptions import PodSpecError, WorkerExitError, WorkerRefusedError
-from llm_etl_provider.operators.enrichment import FrameFilteringPodManager, LLMEnrichmentOperator
+from llm_etl_provider.operators.enrichment import LLMEnrichmentOperator
+from llm_etl_provider.operators.local_enrichment import LocalEnrichmentOperator
+from llm_etl_provider.pod.progress import ProgressReader
 from llm_etl_provider.transport.frames import FORMAT
+from tests.unit.operators.fake_core_v1 import FakeCoreV1
 
 SHARD = {
     "index": 2,
@@ -60,7 +62,10 @@ def submitted(op, run_id=RUN_ID, try_number=1):
 def test_template_fields_are_pinned():
     assert set(LLMEnrichmentOperator.template_fields) >= {
         "shard", "key_secret", "task", "template", "system_prompt", "schema", "model", "image", "env_vars",
-        "backend", "concurrency", "local_dir",
+        "backend", "concurrency",
+    }  # fmt: skip
+    assert set(LocalEnrichmentOperator.template_fields) >= {
+        "shard", "task", "template", "system_prompt", "schema", "model", "concurrency", "local_dir",
     }  # fmt: skip
 
 
@@ -147,15 +152,6 @@ def test_a_shard_that_is_not_a_descriptor_is_refused():
         submitted(operator(shard="shard-2"))
 
 
-def test_result_frames_never_reach_the_task_log(monkeypatch):
-    logged = []
-    monkeypatch.setattr(PodManager, "_log_message", lambda self, message, *a, **k: logged.append(message))
-    manager = FrameFilteringPodManager.__new__(FrameFilteringPodManager)
-    manager._log_message(f"{FORMAT} run 0 3 R AAAA", "base", True, None)
-    manager._log_message("progress records=10/20", "base", True, None)
-    assert logged == ["progress records=10/20"]
-
-
 @pytest.mark.parametrize("version", ["1.29.0", "1.33.0", "1.37.0"])
 def test_the_submitted_pod_validates_strictly(version):
     import kubernetes_validate
@@ -229,52 +225,80 @@ def test_a_setting_that_does_not_parse_fails_before_a_pod_exists():
 FRAME_LINE = f"{FORMAT} run 0 3 R AAAA"
 
 
-def timestamped(*messages: str) -> list[bytes]:
-    return [f"2026-11-27T10:00:0{n}.000000000Z {m}\n".encode() for n, m in enumerate(messages)]
+def timestamped(*messages: str, second: int = 0) -> bytes:
+    return b"".join(
+        f"2026-11-27T10:00:{second + n:02d}.{n:09d}Z {m}\n".encode() for n, m in enumerate(messages)
+    )
 
 
-def log_pod() -> k8s.V1Pod:
-    return k8s.V1Pod(metadata=k8s.V1ObjectMeta(name="pod", namespace="etl"))
+def test_kpo_reads_no_log_of_the_worker_when_get_logs_is_off(monkeypatch):
+    """Pins what the operator relies on: with ``get_logs=False`` KPO neither follows the worker's log (which
+    carries the frames) nor hands its lines to callbacks, in the task or in its trigger."""
+    op = operator(deferrable=True, logging_interval=30)
+    assert op.get_logs is False
+    op.__dict__["client"] = FakeCoreV1()
+    followed, awaited = [], []
+    monkeypatch.setattr(op.pod_manager, "fetch_requested_container_logs", lambda **k: followed.append(k))
+    monkeypatch.setattr(op.pod_manager, "await_container_completion", lambda **k: awaited.append(k))
+    pod = k8s.V1Pod(metadata=k8s.V1ObjectMeta(name="pod", namespace="etl"))
+    KubernetesPodOperator.await_pod_completion(op, pod)
+    assert (followed, [a["container_name"] for a in awaited]) == ([], ["base"])
+    op.pod = pod
+    with pytest.raises(TaskDeferred) as deferred:
+        op.invoke_defer_method()
+    assert deferred.value.trigger.get_logs is False
+    with pytest.raises(ValueError, match="sealed result frames"):
+        operator(get_logs=True)
 
 
-def test_kpo_callbacks_never_receive_frames(monkeypatch):
-    """KPO hands every log line to the DAG's ``callbacks`` before logging it: frames are held back there."""
-    received = []
+def test_the_progress_reader_hands_on_new_progress_lines_and_never_a_frame():
+    core = FakeCoreV1()
+    core.add_pod("etl", "pod", {}, log=timestamped("progress 1/3", FRAME_LINE, "progress 2/3"))
+    seen = []
+    reader = ProgressReader(core, "pod", "etl", "base", lambda line, at: seen.append((line, at.second)))
+    reader.read()
+    assert seen == [("progress 1/3", 0), ("progress 2/3", 2)]
+    # the next read may start earlier (clock slack) and sees the same lines again: only new ones go on
+    core.objects["pods"][("etl", "pod")]["log"] += timestamped(FRAME_LINE, "progress 3/3", second=3)
+    reader.read()
+    assert seen[2:] == [("progress 3/3", 4)]
+
+
+def test_the_operator_copies_progress_to_the_task_log_and_callbacks_while_the_worker_runs(monkeypatch):
+    received, logged = [], []
 
     class Recorder(KubernetesPodOperatorCallback):
         @staticmethod
         def progress_callback(*, line, **kwargs):
             received.append(line)
 
-    manager = FrameFilteringPodManager(kube_client=None, callbacks=[Recorder])
-    monkeypatch.setattr(
-        manager, "read_pod_logs", lambda **kwargs: timestamped("progress 1/2", FRAME_LINE, "progress 2/2")
+    op = operator(callbacks=[Recorder])
+    core = FakeCoreV1()
+    core.add_pod("etl", "pod", {}, log=timestamped("progress 1/2", FRAME_LINE, "progress 2/2"))
+    op.__dict__["client"] = core
+    task_log = SimpleNamespace(info=lambda *a: logged.append(a[0] % a[1:]), warning=logged.append)
+    monkeypatch.setattr(LLMEnrichmentOperator, "log", property(lambda self: task_log))
+    ended = k8s.V1Pod(
+        metadata=k8s.V1ObjectMeta(name="pod", namespace="etl"), status=k8s.V1PodStatus(phase="Succeeded")
     )
-    monkeypatch.setattr(manager, "container_is_running", lambda pod, container_name: False)
-    manager.fetch_container_logs(log_pod(), "base", follow=False)
+    monkeypatch.setattr(op.pod_manager, "read_pod", lambda pod: ended)
+    monkeypatch.setattr(KubernetesPodOperator, "await_pod_completion", lambda self, pod: None)
+    op.await_pod_completion(ended)
     assert received == ["progress 1/2", "progress 2/2"]
+    assert logged == ["[base] progress 1/2", "[base] progress 2/2"]
 
 
-def test_the_deferrable_trigger_logs_no_frames(monkeypatch, capfd):
-    """With ``logging_interval`` the triggerer copies the worker's log into the task log every interval."""
-
-    async def read_logs(self, **kwargs):
-        return [line.decode() for line in timestamped("progress 1/2", FRAME_LINE, "progress 2/2")]
-
-    monkeypatch.setattr(AsyncKubernetesHook, "read_logs", read_logs)
-    op = operator(deferrable=True, logging_interval=30)
-    op.pod = log_pod()
-    with pytest.raises(TaskDeferred) as deferred:
-        op.invoke_defer_method()
-    trigger = deferred.value.trigger
-    classpath, kwargs = trigger.serialize()
-    assert classpath == "llm_etl_provider.triggers.pod.FrameFilteringPodTrigger"
-    module, _, name = classpath.rpartition(".")
-    assert getattr(importlib.import_module(module), name)(**kwargs).logging_interval == 30
-    asyncio.run(trigger.pod_manager.fetch_container_logs_before_current_sec(log_pod(), "base"))
-    logged = "".join(capfd.readouterr())
-    assert "progress 2/2" in logged
-    assert FORMAT not in logged
+def test_a_deferred_enrichment_copies_the_progress_when_it_resumes(monkeypatch):
+    logged = []
+    op = operator(deferrable=True)
+    core = FakeCoreV1()
+    core.add_pod("etl", "pod", {}, log=timestamped(FRAME_LINE, "summary ok=3"))
+    op.__dict__["client"] = core
+    task_log = SimpleNamespace(info=lambda *a: logged.append(a[0] % a[1:]), warning=logged.append)
+    monkeypatch.setattr(LLMEnrichmentOperator, "log", property(lambda self: task_log))
+    monkeypatch.setattr(KubernetesPodOperator, "trigger_reentry", lambda self, context, event: "resumed")
+    assert op.trigger_reentry({}, {"status": "success", "name": "pod", "namespace": "etl"}) == "resumed"
+    assert logged == ["[base] summary ok=3"]
 
 
 def test_the_workers_memory_limit_is_a_setting():
@@ -325,7 +349,7 @@ def test_the_deferred_trigger_renews_the_object_transport_urls_while_it_watches(
         "interval": 0.05,
     }  # fmt: skip
     op = operator(deferrable=True)
-    op.pod = log_pod()
+    op.pod = k8s.V1Pod(metadata=k8s.V1ObjectMeta(name="pod", namespace="etl"))
     op._url_renewal = renewal
     with pytest.raises(TaskDeferred) as deferred:
         op.invoke_defer_method()
