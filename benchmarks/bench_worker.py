@@ -37,9 +37,9 @@ from typing import Any
 import httpx
 
 from benchmarks.common import arguments, print_table, sample_records, save, write_records
+from llm_etl_provider.backends.llama_server import LlamaServer
 from llm_etl_provider.contract.invocation import REQUESTS_PER_SLOT
 from llm_etl_provider.dev.batching_server import BatchingModel, BatchingServer
-from llm_etl_provider.dev.llama_server import LlamaServer
 from llm_etl_provider.worker.clients import ChatRequest, OpenAIClient
 from llm_etl_provider.worker.http_lanes import HttpLanes
 from llm_etl_provider.worker.tasks import TaskSpec, build_task

@@ -15,7 +15,8 @@ from llm_etl_provider.worker.pod_commands import add_pod_commands
 
 
 def _local_server(args: argparse.Namespace) -> int:
-    from llm_etl_provider.dev.llama_server import LocalServerError, start_detached, stop_detached
+    from llm_etl_provider.backends.llama_server import LocalServerError
+    from llm_etl_provider.dev.local_server import start_detached, stop_detached
 
     if args.stop:
         stopped = stop_detached(args.port)
@@ -36,7 +37,7 @@ def _local_server(args: argparse.Namespace) -> int:
 
 
 def _model_path(args: argparse.Namespace) -> int:
-    from llm_etl_provider.dev.llama_server import LocalServerError, bundled_model
+    from llm_etl_provider.backends.llama_server import LocalServerError, bundled_model
 
     try:
         print(bundled_model())
@@ -216,7 +217,7 @@ def _dev_cluster(args: argparse.Namespace) -> int:
 
 
 def _dev_cluster_state() -> Path:
-    from llm_etl_provider.dev.llama_server import cache_dir
+    from llm_etl_provider.backends.llama_server import cache_dir
 
     return cache_dir() / "dev-cluster"
 

@@ -6,7 +6,7 @@ import subprocess
 
 import httpx
 
-from llm_etl_provider.dev.llama_server import MODEL_NAME, free_port
+from llm_etl_provider.backends.llama_server import MODEL_NAME, free_port
 from tests.integration.conftest import BIN
 
 

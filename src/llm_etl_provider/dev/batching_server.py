@@ -32,7 +32,7 @@ from typing import Any, Self
 
 import httpx
 
-from llm_etl_provider.dev.llama_server import free_port
+from llm_etl_provider.backends.llama_server import free_port
 
 MODEL_NAME = "batching-sim"
 CHARS_PER_TOKEN = 4

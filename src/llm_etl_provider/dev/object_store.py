@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llm_etl_provider.dev.llama_server import find_built, free_port
+from llm_etl_provider.backends.llama_server import free_port
+from llm_etl_provider.dev.builds import find_built
 
 WEED_ENV = "LLM_ETL_SEAWEEDFS_BIN"  # a folder holding weed
 BUCKET = "llm-etl"

@@ -30,6 +30,8 @@ from typing import Any
 import httpx
 import yaml
 
+from llm_etl_provider.backends.llama_server import bundled_model, free_port
+from llm_etl_provider.dev.builds import find_built
 from llm_etl_provider.dev.cluster.api import ApiError, KubeApi
 from llm_etl_provider.dev.cluster.pki import CertificateAuthority, KeyPair, service_account_key
 from llm_etl_provider.dev.cluster.provisioner import ProvisionerConfig, storage_class
@@ -45,7 +47,6 @@ from llm_etl_provider.dev.cluster.real_node import (
     stop_containers,
     write_files,
 )
-from llm_etl_provider.dev.llama_server import bundled_model, find_built, free_port
 from llm_etl_provider.dev.object_store import S3Account, create_bucket, find_weed, seaweedfs_command
 from llm_etl_provider.pod.rbac import airflow_role, airflow_role_binding
 
