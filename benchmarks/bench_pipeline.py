@@ -18,7 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from benchmarks.common import arguments, print_table, save, write_records
-from llm_etl_provider.dev.demo import run_demo
+from llm_etl_dev.demo import run_demo
 
 AIRFLOW_SIDE = ("stage", "shards", "extract", "publish", "cleanup")
 

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import REPO, sample_records
+from llm_etl_dev.cluster import DevCluster, NodeOptions
+from llm_etl_dev.cluster.real_node import REAL_NODE_NAME
+from llm_etl_provider.backends.llama_server import MODEL_FILE, MODEL_SHA256
 from llm_etl_provider.contract.shard import ShardDescriptor
-from llm_etl_provider.dev.cluster import DevCluster, NodeOptions
-from llm_etl_provider.dev.cluster.real_node import REAL_NODE_NAME
-from llm_etl_provider.dev.llama_server import MODEL_FILE, MODEL_SHA256
 from llm_etl_provider.pod.builder import (
     ModelSpec,
     PodParams,

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import arguments, measure_in_child, print_table, sample_records, save, write_records
-from llm_etl_provider.dev.object_store import BUCKET, running_seaweedfs
+from llm_etl_dev.object_store import BUCKET, running_seaweedfs
 
 STAGE = """
 import os

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import WORKER, arguments, print_table, save, write_records
-from llm_etl_provider.dev.llama_server import MODEL_NAME, LlamaServer
+from llm_etl_provider.backends.llama_server import MODEL_NAME, LlamaServer
 
 CUSTOM_SCHEMA = {
     "type": "object",

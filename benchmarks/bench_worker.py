@@ -6,7 +6,7 @@ Measures, on one server and the same prompts (the sentiment task over the drug-r
 - the worker at its default settings (no concurrency flag), end to end as a subprocess, startup included;
 - ``--server llama`` (default): llama.cpp's llama-server with the bundled SmolLM2 on this machine's CPU, and
   the worker at concurrency 1 (the seed design: one request at a time);
-- ``--server batching``: ``llm-etl batching-server``, a stand-in for a GPU engine (continuous batching,
+- ``--server batching``: ``llm-etl-dev batching-server``, a stand-in for a GPU engine (continuous batching,
   ``--max-num-seqs`` sequences, llm-d-inference-sim's latency model for an 8B model on one H100), and the
   worker at each concurrency of the sweep, with its CPU time per record.
 
@@ -37,9 +37,9 @@ from typing import Any
 import httpx
 
 from benchmarks.common import arguments, print_table, sample_records, save, write_records
+from llm_etl_dev.batching_server import BatchingModel, BatchingServer
+from llm_etl_provider.backends.llama_server import LlamaServer
 from llm_etl_provider.contract.invocation import REQUESTS_PER_SLOT
-from llm_etl_provider.dev.batching_server import BatchingModel, BatchingServer
-from llm_etl_provider.dev.llama_server import LlamaServer
 from llm_etl_provider.worker.clients import ChatRequest, OpenAIClient
 from llm_etl_provider.worker.http_lanes import HttpLanes
 from llm_etl_provider.worker.tasks import TaskSpec, build_task

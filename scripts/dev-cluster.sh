@@ -21,7 +21,7 @@ case "${1:-}" in
         images="${CACHE_DIR}/images"
         STORAGE_DRIVER="${STORAGE_DRIVER:-vfs}" bash scripts/build-images.sh --local-base --host-certs --pause \
             --oci-dir "${images}" >&2
-        exec .venv/bin/llm-etl dev-cluster up --images "${images}" "${@:2}"
+        exec .venv/bin/llm-etl-dev dev-cluster up --images "${images}" "${@:2}"
         ;;
     down | status) ;;
     *)
@@ -29,4 +29,4 @@ case "${1:-}" in
         exit 2
         ;;
 esac
-exec .venv/bin/llm-etl dev-cluster "$@"
+exec .venv/bin/llm-etl-dev dev-cluster "$@"

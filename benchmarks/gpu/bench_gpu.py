@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
-for entry in (REPO / "src", REPO):
+for entry in (REPO / "src", REPO / "dev", REPO):
     if str(entry) not in sys.path:
         sys.path.insert(0, str(entry))
 

@@ -1,6 +1,6 @@
-"""``llm-etl``: the project's command line: keys, extraction, the pod's manifests and commands, and the
-developer tools (local LLM server, bundled model, demo). Importing it imports no Airflow: the worker's image
-runs its pod commands."""
+"""``llm-etl``: the project's command line: keys, extraction, the pod's manifests and commands. Importing it
+imports no Airflow: the worker's image runs its pod commands. The developer tools are ``llm-etl-dev``
+(``dev/`` in the repository, not part of this package)."""
 
 from __future__ import annotations
 
@@ -12,44 +12,6 @@ from pathlib import Path
 from llm_etl_provider.contract.invocation import DEFAULT_TEMPLATE, TASK_NAMES, default_of
 from llm_etl_provider.contract.layout import WORKER_CONTAINER
 from llm_etl_provider.worker.pod_commands import add_pod_commands
-
-
-def _local_server(args: argparse.Namespace) -> int:
-    from llm_etl_provider.dev.llama_server import LocalServerError, start_detached, stop_detached
-
-    if args.stop:
-        stopped = stop_detached(args.port)
-        print(f"llama-server on port {args.port} {'stopped' if stopped else 'was not running'}")
-        return 0
-    try:
-        server = start_detached(args.port, args.parallel, args.threads, timeout=args.timeout)
-    except LocalServerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    assert server.process is not None
-    print(
-        f"llama-server ready at {server.url} (pid {server.process.pid}, model {server.model_name}, "
-        f"{args.parallel} slots, log {server.log_path})\n"
-        f"stop it with: llm-etl local-server --port {args.port} --stop"
-    )
-    return 0
-
-
-def _model_path(args: argparse.Namespace) -> int:
-    from llm_etl_provider.dev.llama_server import LocalServerError, bundled_model
-
-    try:
-        print(bundled_model())
-    except LocalServerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from llm_etl_provider.dev.demo import run_demo
-
-    return run_demo(args.output, input_path=args.input, limit=args.limit)
 
 
 def _new_key(args: argparse.Namespace) -> int:
@@ -188,64 +150,9 @@ def _render_role(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dev_cluster(args: argparse.Namespace) -> int:
-    from llm_etl_provider.dev.cluster import DevCluster, DevClusterError, NodeOptions
-
-    archives: list[Path] = []
-    if args.images is not None:
-        archives = sorted(args.images.glob("*.tar"))
-        if not archives:
-            hint = "scripts/build-images.sh --oci-dir"
-            print(f"error: no OCI archives in {args.images} ({hint})", file=sys.stderr)
-            return 2
-    cluster = DevCluster(args.state or _dev_cluster_state(), node=NodeOptions(image_archives=archives))
-    try:
-        if args.action == "up":
-            cluster.up()
-            for name, value in cluster.environment().items():
-                print(f"{name}={value}")
-        elif args.action == "down":
-            cluster.down()
-        else:
-            print("up" if cluster.is_up() else "down")
-            return 0 if cluster.is_up() else 1
-    except DevClusterError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _dev_cluster_state() -> Path:
-    from llm_etl_provider.dev.llama_server import cache_dir
-
-    return cache_dir() / "dev-cluster"
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llm-etl", description="llm-etl-provider tools")
     commands = parser.add_subparsers(dest="command", required=True)
-
-    server = commands.add_parser(
-        "local-server", help="start llama-server with the bundled model; returns once it is ready"
-    )
-    server.add_argument("--port", type=int, required=True)
-    server.add_argument("--parallel", type=int, default=4, help="request slots (continuous batching)")
-    server.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
-    server.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for readiness")
-    server.add_argument("--stop", action="store_true", help="stop the server started on this port")
-    server.set_defaults(handler=_local_server)
-
-    batching = commands.add_parser(
-        "batching-server",
-        help="serve an OpenAI-compatible stand-in for a GPU engine (continuous batching; runs until stopped)",
-    )
-    from llm_etl_provider.dev import batching_server
-
-    batching_server.add_arguments(batching)
-    batching.set_defaults(handler=batching_server.run)
-
-    model = commands.add_parser("model-path", help="print the bundled GGUF model's path (sha256 checked)")
-    model.set_defaults(handler=_model_path)
 
     new_key = commands.add_parser("new-key", help="write a fresh 256-bit frame key file (owner-only)")
     new_key.add_argument("path", type=Path)
@@ -312,30 +219,6 @@ def build_parser() -> argparse.ArgumentParser:
     role.add_argument("--namespace", default="llm-etl")
     role.set_defaults(handler=_render_role)
 
-    cluster = commands.add_parser(
-        "dev-cluster",
-        help="a real Kubernetes cluster on this machine (kube-apiserver, etcd, a kubelet with containerd and "
-        "runc, kube-scheduler, kube-controller-manager, an S3 server), to try the provider on; needs root",
-    )
-    cluster.add_argument(
-        "action", choices=("up", "down", "status"), help="up prints KUBECONFIG, AIRFLOW_KUBECONFIG, NAMESPACE"
-    )
-    cluster.add_argument(
-        "--state", type=Path, help="its certificates, kubeconfigs, data and logs (default: cache)"
-    )
-    cluster.add_argument(
-        "--images", type=Path, metavar="DIR",
-        help="up: load DIR's OCI archives (scripts/build-images.sh --oci-dir) into the node's containerd",
-    )  # fmt: skip
-    cluster.set_defaults(handler=_dev_cluster)
-
-    demo = commands.add_parser(
-        "demo", help="run the example DAG locally (dag.test) on the drug-review sample with the bundled model"
-    )
-    demo.add_argument("--output", type=Path, default=Path("out/demo"))
-    demo.add_argument("--input", type=Path, default=Path("examples/drug_reviews_sample.jsonl"))
-    demo.add_argument("--limit", type=int, help="only the first N records (all 600 take ~12 min on 2 cores)")
-    demo.set_defaults(handler=_demo)
     return parser
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from llm_etl_provider.dev.llama_server import free_port
+from llm_etl_provider.backends.llama_server import free_port
 from tests.e2e.postgres import PostgresServer
 
 

@@ -16,11 +16,11 @@ from typing import Any
 
 import httpx
 
+from llm_etl_dev.cluster import DevCluster, NodeOptions
+from llm_etl_dev.cluster.api import ApiError, KubeApi
+from llm_etl_dev.cluster.real_node import RealNodePaths, running_containers
+from llm_etl_dev.object_store import S3Account
 from llm_etl_provider.contract.layout import LABEL_COMPONENT
-from llm_etl_provider.dev.cluster import DevCluster, NodeOptions
-from llm_etl_provider.dev.cluster.api import ApiError, KubeApi
-from llm_etl_provider.dev.cluster.real_node import RealNodePaths, running_containers
-from llm_etl_provider.dev.object_store import S3Account
 
 
 class Recorder(threading.Thread):

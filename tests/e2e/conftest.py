@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 
-from llm_etl_provider.dev.cluster import NodeOptions
-from llm_etl_provider.dev.cluster.real_node import node_address
-from llm_etl_provider.dev.llama_server import MODEL_FILE, MODEL_SHA256, bundled_model
-from llm_etl_provider.dev.object_store import BUCKET
+from llm_etl_dev.cluster import NodeOptions
+from llm_etl_dev.cluster.real_node import node_address
+from llm_etl_dev.object_store import BUCKET
+from llm_etl_provider.backends.llama_server import MODEL_FILE, MODEL_SHA256, bundled_model
 from tests.e2e.cluster import ProviderCluster, is_enrichment_pod
 from tests.images import build_images
 

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 
-from llm_etl_provider.dev.llama_server import free_port
+from llm_etl_provider.backends.llama_server import free_port
 
 DATABASE = "airflow"
 

@@ -1,5 +1,5 @@
 """The development cluster itself: a real kube-apiserver, etcd, kube-scheduler and kubelet (built from source
-modules by scripts/build-kube.sh), checked as a user of `llm-etl dev-cluster up` would check it."""
+modules by scripts/build-kube.sh), checked as a user of `llm-etl-dev dev-cluster up` would check it."""
 
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ RESTRICTED = {
 
 @pytest.fixture(scope="module")
 def printed(tmp_path_factory) -> Iterator[dict[str, str]]:
-    """``llm-etl dev-cluster up``'s output, parsed; ``down`` afterwards."""
+    """``llm-etl-dev dev-cluster up``'s output, parsed; ``down`` afterwards."""
     state = tmp_path_factory.mktemp("dev-cluster")
-    command = [sys.executable, "-m", "llm_etl_provider.cli", "dev-cluster"]
+    command = [sys.executable, "-m", "llm_etl_dev.cli", "dev-cluster"]
     up = subprocess.run([*command, "up", "--state", str(state)], capture_output=True, text=True, check=False)
     assert up.returncode == 0, up.stderr
     lines = up.stdout.splitlines()

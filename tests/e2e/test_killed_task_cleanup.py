@@ -12,7 +12,7 @@ from typing import Any
 
 from airflow.sdk import DAG
 
-from llm_etl_provider.dev.llama_server import MODEL_SHA256
+from llm_etl_provider.backends.llama_server import MODEL_SHA256
 from llm_etl_provider.operators.cleanup import CleanupOperator
 from llm_etl_provider.operators.enrichment import LLMEnrichmentOperator
 from llm_etl_provider.operators.model_cache import ModelCacheOperator

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
+from llm_etl_dev.object_store import BUCKET
 from llm_etl_provider.contract.object_transport import TRANSPORT_FOLDER
-from llm_etl_provider.dev.object_store import BUCKET
 from llm_etl_provider.transport.frames import FORMAT
 from tests.e2e.conftest import (
     MODEL_URL_SECRET,
@@ -220,8 +220,8 @@ def test_a_pod_lost_mid_run_resumes_in_a_new_pod_and_every_record_is_published_o
 def test_the_models_claim_of_the_dev_cluster_serves_the_example_dag_as_the_readme_says(
     tmp_path, cluster, kubernetes_dag
 ):
-    from llm_etl_provider.dev.cluster.control_plane import MODEL_CLAIM
-    from llm_etl_provider.dev.llama_server import MODEL_FILE
+    from llm_etl_dev.cluster.control_plane import MODEL_CLAIM
+    from llm_etl_provider.backends.llama_server import MODEL_FILE
 
     source = tmp_path / "reviews.jsonl"
     source.write_text("".join(SAMPLE.read_text().splitlines(keepends=True)[:2]))

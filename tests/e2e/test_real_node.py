@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
+from llm_etl_dev.cluster.control_plane import MODEL_CLAIM
+from llm_etl_dev.cluster.real_node import BRIDGE, CONTAINERD_NAMESPACE, REAL_NODE_NAME, mounts_under
+from llm_etl_dev.object_store import BUCKET
+from llm_etl_provider.backends.llama_server import MODEL_FILE
 from llm_etl_provider.contract.layout import INPUT_VOLUME, KEY_VOLUME
 from llm_etl_provider.contract.object_transport import CHECKPOINT_OBJECT, TRANSPORT_FOLDER
-from llm_etl_provider.dev.cluster.control_plane import MODEL_CLAIM
-from llm_etl_provider.dev.cluster.real_node import BRIDGE, CONTAINERD_NAMESPACE, REAL_NODE_NAME, mounts_under
-from llm_etl_provider.dev.llama_server import MODEL_FILE
-from llm_etl_provider.dev.object_store import BUCKET
 from tests.e2e.cluster import ProviderCluster
 from tests.e2e.conftest import example_conf, preempted_mid_run, provider_cluster, published, short_reviews
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from llm_etl_provider.dev.llama_server import LlamaServer
+from llm_etl_provider.backends.llama_server import LlamaServer
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "examples" / "drug_reviews_sample.jsonl"

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from llm_etl_provider.dev.cluster.real_node import load_images, remove_empty_cgroups, stop_containers
+from llm_etl_dev.cluster.real_node import load_images, remove_empty_cgroups, stop_containers
 
 NAMESPACE = "llm-etl-test"
 

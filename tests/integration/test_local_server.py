@@ -1,4 +1,4 @@
-"""``llm-etl local-server``: starts llama-server with the bundled model and returns once it is ready."""
+"""``llm-etl-dev local-server``: starts llama-server with the bundled model and returns once it is ready."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ import subprocess
 
 import httpx
 
-from llm_etl_provider.dev.llama_server import MODEL_NAME, free_port
+from llm_etl_provider.backends.llama_server import MODEL_NAME, free_port
 from tests.integration.conftest import BIN
 
 
 def test_local_server_starts_detached_answers_and_stops():
     port = free_port()
     started = subprocess.run(
-        [str(BIN / "llm-etl"), "local-server", "--port", str(port), "--parallel", "2", "--threads", "1"],
+        [str(BIN / "llm-etl-dev"), "local-server", "--port", str(port), "--parallel", "2", "--threads", "1"],
         capture_output=True, text=True, timeout=180, check=False,
     )  # fmt: skip
     try:
@@ -26,7 +26,7 @@ def test_local_server_starts_detached_answers_and_stops():
         assert models["data"][0]["id"] == MODEL_NAME
     finally:
         stopped = subprocess.run(
-            [str(BIN / "llm-etl"), "local-server", "--port", str(port), "--stop"],
+            [str(BIN / "llm-etl-dev"), "local-server", "--port", str(port), "--stop"],
             capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
     assert "stopped" in stopped.stdout

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from airflow.sdk import DAG, ObjectStoragePath
 
+from llm_etl_dev.object_store import BUCKET, S3Account, running_seaweedfs
 from llm_etl_provider.contract.object_transport import TRANSPORT_FOLDER
-from llm_etl_provider.dev.object_store import BUCKET, S3Account, running_seaweedfs
 from llm_etl_provider.exceptions import FrameStreamRejectedError, StagingError
 from llm_etl_provider.operators.cleanup import CleanupOperator
 from llm_etl_provider.operators.extract import ExtractResultsOperator

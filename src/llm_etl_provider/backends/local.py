@@ -183,7 +183,7 @@ class LocalBackend(RunBackend):
                 environment[API_KEY_ENV] = remote.api_key
             yield remote.serve(invocation)
             return
-        from llm_etl_provider.dev.llama_server import (
+        from llm_etl_provider.backends.llama_server import (
             MODEL_SHA256,
             LlamaServer,
             LocalServerError,

@@ -9,8 +9,8 @@ import time
 import httpx
 import pytest
 
+from llm_etl_dev.batching_server import BatchingModel, BatchingServer, schema_instance
 from llm_etl_provider.contract.invocation import TASK_NAMES
-from llm_etl_provider.dev.batching_server import BatchingModel, BatchingServer, schema_instance
 from llm_etl_provider.worker.clients import ChatRequest, OpenAIClient
 from llm_etl_provider.worker.tasks import build_task
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import json
 
-from llm_etl_provider.dev.report import build_report, label_sets, merge_summaries
+from llm_etl_dev.report import build_report, label_sets, merge_summaries
 from llm_etl_provider.worker.tasks import build_task
 
 

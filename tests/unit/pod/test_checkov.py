@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from llm_etl_provider.dev.llama_server import cache_dir
+from llm_etl_provider.backends.llama_server import cache_dir
 from llm_etl_provider.pod.builder import BACKENDS, DEFAULT_WORKER_IMAGE, build_pod, network_policy
 from tests.unit.pod.test_builder import VARIANTS, params
 

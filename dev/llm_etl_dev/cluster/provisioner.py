@@ -8,7 +8,7 @@ policy ``Delete``) it removes the folder and the volume. kube-controller-manager
 would make the folder ``0750`` and owned by root, which the pods' uid 65532 cannot write; these folders are
 ``0777`` (a development cluster's, on one machine).
 
-Run as ``python -m llm_etl_provider.dev.cluster.provisioner CONFIG`` by ``DevCluster.up``; CONFIG is a JSON
+Run as ``python -m llm_etl_dev.cluster.provisioner CONFIG`` by ``DevCluster.up``; CONFIG is a JSON
 :class:`ProvisionerConfig`.
 """
 
@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from llm_etl_provider.dev.cluster.api import ApiError, KubeApi
+from llm_etl_dev.cluster.api import ApiError, KubeApi
 
 STORAGE_CLASS = "llm-etl-dev"
 PROVISIONER = "llm-etl.dev/host-path"

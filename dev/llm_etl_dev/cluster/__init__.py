@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from llm_etl_provider.dev.cluster.control_plane import DevCluster, DevClusterError, NodeOptions
+from llm_etl_dev.cluster.control_plane import DevCluster, DevClusterError, NodeOptions
 
 __all__ = ["DevCluster", "DevClusterError", "NodeOptions"]

