@@ -29,6 +29,8 @@ from llm_etl_provider.contract.invocation import (
 )
 from llm_etl_provider.contract.object_transport import ObjectTransport, ObjectTransportError
 from llm_etl_provider.contract.shard import validate_run_id
+from llm_etl_provider.formats.exceptions import InputError
+from llm_etl_provider.formats.records import RecordReader
 from llm_etl_provider.transport.exceptions import FrameKeyError
 from llm_etl_provider.transport.keys import load_key
 from llm_etl_provider.worker.checkpoint import Checkpoint, run_fingerprint
@@ -39,7 +41,6 @@ from llm_etl_provider.worker.heartbeat import beat
 from llm_etl_provider.worker.http_lanes import HttpLanes
 from llm_etl_provider.worker.object_io import TIMEOUT as STORE_TIMEOUT
 from llm_etl_provider.worker.object_io import ObjectPartSink, RemoteCheckpoint, UrlSource, download_input
-from llm_etl_provider.worker.records import RecordReader
 from llm_etl_provider.worker.retry import RetryPolicy
 from llm_etl_provider.worker.sinks import JsonlFileSink, LogFrameSink, OutputSink
 from llm_etl_provider.worker.tasks import TaskSpec, build_task
@@ -241,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     invocation = parse_argv(argv)
     try:
         asyncio.run(run(invocation))
-    except WorkerError as exc:
+    except (WorkerError, InputError) as exc:  # InputError: an input unusable as a whole (exit 2)
         _log(f"error: {exc}")
         return exc.exit_code
     except KeyboardInterrupt:

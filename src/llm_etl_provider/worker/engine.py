@@ -20,6 +20,7 @@ from typing import Any
 
 from llm_etl_provider.contract.codes import DeadLetterReason
 from llm_etl_provider.contract.invocation import REQUESTS_PER_SLOT, default_of
+from llm_etl_provider.formats.records import InputRecord, RecordReader
 from llm_etl_provider.worker.checkpoint import Checkpoint, CheckpointState
 from llm_etl_provider.worker.clients import ChatRequest, Completion, LLMClient
 from llm_etl_provider.worker.concurrency import (
@@ -39,7 +40,6 @@ from llm_etl_provider.worker.exceptions import (
     TransientLLMError,
 )
 from llm_etl_provider.worker.model_loader import sha256_file
-from llm_etl_provider.worker.records import InputRecord, RecordReader
 from llm_etl_provider.worker.retry import RetryPolicy
 from llm_etl_provider.worker.sinks import OutputSink
 from llm_etl_provider.worker.stats import RunStats

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from llm_etl_provider.formats.records import RecordReader
 from llm_etl_provider.transport.exceptions import TrailerMismatchError
 from llm_etl_provider.transport.extract import extract
 from llm_etl_provider.transport.keys import new_key
@@ -21,7 +22,6 @@ from llm_etl_provider.worker.exceptions import (
     DeadLetterThresholdError,
     ServerUnavailableError,
 )
-from llm_etl_provider.worker.records import RecordReader
 from llm_etl_provider.worker.retry import RetryPolicy
 from llm_etl_provider.worker.sinks import JsonlFileSink, LogFrameSink
 from llm_etl_provider.worker.tasks import build_task

@@ -11,11 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llm_etl_provider.worker import cli, strict_json
+from llm_etl_provider.formats import strict_json
+from llm_etl_provider.formats.exceptions import InputError
+from llm_etl_provider.formats.records import RecordReader
+from llm_etl_provider.worker import cli
 from llm_etl_provider.worker.clients import make_client
 from llm_etl_provider.worker.engine import Engine, EngineSettings
-from llm_etl_provider.worker.exceptions import ConfigurationError, InvalidOutputError
-from llm_etl_provider.worker.records import RecordReader
+from llm_etl_provider.worker.exceptions import InvalidOutputError
 from llm_etl_provider.worker.sinks import JsonlFileSink, dump_line
 from llm_etl_provider.worker.tasks import build_task
 from tests.unit.worker.fakes import FakeLLMServer
@@ -88,7 +90,7 @@ def test_any_bytes_read_as_jsonl_give_a_record_or_a_counted_blank_for_every_line
 def test_a_csv_header_that_repeats_a_name_is_refused_without_naming_it(tmp_path):
     path = tmp_path / "in.csv"
     path.write_text(f"{CANARY},{CANARY}\n1,2\n")
-    with pytest.raises(ConfigurationError, match="names columns 1 and 2 alike") as info:
+    with pytest.raises(InputError, match="names columns 1 and 2 alike") as info:
         list(RecordReader(path))
     assert CANARY not in str(info.value)
 
@@ -146,6 +148,18 @@ def test_an_unexpected_failure_is_one_line_without_traceback_or_value(tmp_path, 
     assert "unexpected RuntimeError at llm_etl_provider.worker.cli:" in err
     assert CANARY not in err
     assert "Traceback" not in err
+
+
+def test_an_input_unusable_as_a_whole_exits_as_a_configuration_error(tmp_path, capsys):
+    """The reader's InputError (``formats.exceptions``) is no WorkerError, yet exits 2, in one line."""
+    path = tmp_path / "in.txt"
+    path.write_text('{"id": 1, "text": "x"}\n')
+    argv = ["--task", "sentiment", "--input", str(path), "--output", str(tmp_path / "r.jsonl")]
+    argv += ["--dead-letter", str(tmp_path / "d.jsonl"), "--llm-url", "http://127.0.0.1:9", "--model", "m"]
+    assert cli.main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"error: {path}: cannot tell the input format from the file name; pass --input-format jsonl or csv\n"
+    )
 
 
 async def no_wait(seconds: float) -> None:
@@ -256,7 +270,7 @@ def test_any_bytes_read_as_csv_give_rows_in_order_or_a_refusal_that_names_no_val
         reader = RecordReader(path, max_record_bytes=64)
         try:
             records = list(reader)
-        except ConfigurationError as exc:
+        except InputError as exc:
             message = str(exc).removeprefix(str(path))
             assert all(
                 len(cell) < 3 or cell.decode("utf-8", "replace") not in message for cell in data.split(b",")

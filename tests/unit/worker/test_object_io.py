@@ -19,6 +19,7 @@ from llm_etl_provider.contract.object_transport import (
     ObjectTransportError,
     read_end_marker,
 )
+from llm_etl_provider.formats.records import RecordReader
 from llm_etl_provider.transport.exceptions import TrailerMismatchError
 from llm_etl_provider.transport.extract import extract
 from llm_etl_provider.transport.keys import new_key
@@ -34,7 +35,6 @@ from llm_etl_provider.worker.object_io import (
     UrlSource,
     download_input,
 )
-from llm_etl_provider.worker.records import RecordReader
 from llm_etl_provider.worker.tasks import build_task
 from tests.unit.worker.fakes import Crash, FakeLLMServer, crashing
 
