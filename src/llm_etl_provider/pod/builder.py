@@ -31,9 +31,13 @@ from llm_etl_provider.contract.invocation import (
     WorkerInvocation,
     coerce_settings,
 )
+from llm_etl_provider.contract.pod_commands import (
+    check_heartbeat_command,
+    load_model_args,
+    load_model_command,
+)
 from llm_etl_provider.contract.shard import ShardDescriptor
 from llm_etl_provider.exceptions import PodSpecError
-from llm_etl_provider.worker.pod_commands import check_heartbeat_command, load_model_args, load_model_command
 
 Backend = Literal["ollama", "llamacpp", "vllm"]
 ModelSource = Literal["pull", "pvc", "object", "image"]
