@@ -211,8 +211,7 @@ async def _enrich(
         concurrency=invocation.concurrency,
         retry=RetryPolicy(max_attempts=invocation.max_attempts),
         temperature=invocation.temperature,
-        # with the object transport a checkpoint writes a part: as often as the stage planned parts
-        checkpoint_every=transport.transport.part_records if transport else invocation.checkpoint_every,
+        checkpoint_every=invocation.checkpoint_every,
         progress_interval=invocation.progress_interval,
         max_dead_letter_ratio=invocation.max_dead_letter_ratio,
         ready_timeout=invocation.ready_timeout,
