@@ -16,11 +16,11 @@ from llm_etl_provider.formats.exceptions import InputError
 from llm_etl_provider.formats.records import RecordReader
 from llm_etl_provider.worker import cli
 from llm_etl_provider.worker.clients import make_client
-from llm_etl_provider.worker.engine import Engine, EngineSettings
+from llm_etl_provider.worker.engine import Engine
 from llm_etl_provider.worker.exceptions import InvalidOutputError
 from llm_etl_provider.worker.sinks import JsonlFileSink, dump_line
 from llm_etl_provider.worker.tasks import build_task
-from tests.unit.worker.fakes import FakeLLMServer
+from tests.unit.worker.fakes import FakeLLMServer, worker_flags
 
 CANARY = "CANARY-7f3a"
 
@@ -120,7 +120,7 @@ def test_a_reader_that_dies_ends_the_run_at_once_with_what_was_written_checkpoin
                 make_client("openai", http, "http://llm", "m"),
                 FailingReader(path),
                 JsonlFileSink(tmp_path / "r.jsonl", tmp_path / "d.jsonl"),
-                EngineSettings(concurrency=1, progress_interval=60),
+                worker_flags(concurrency=1, progress_interval=60),
                 checkpoint=Checkpoint(tmp_path / "ckpt.json", {"run": 1}),
                 log=lambda line: None,
             )
@@ -182,7 +182,7 @@ def run_engine(tmp_path: Path, *, client_wrapper=None, sink=None, transport=None
                 client_wrapper(client) if client_wrapper else client,
                 reader or RecordReader(path),
                 sink or JsonlFileSink(results, dead),
-                EngineSettings(concurrency=2, progress_interval=60, max_dead_letter_ratio=1.0),
+                worker_flags(concurrency=2, progress_interval=60, max_dead_letter_ratio=1.0),
                 checkpoint=Checkpoint(tmp_path / "ckpt.json", {"run": 1}),
                 log=lambda line: None,
                 sleep=no_wait,
