@@ -6,7 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from llm_etl_provider.contract.invocation import WorkerInvocation
+from llm_etl_provider.contract.invocation import (
+    WORKER_SETTINGS,
+    WorkerInvocation,
+    coerce_settings,
+    concurrency,
+    default_of,
+    name_list,
+    parse_argv,
+    positive_int,
+    share,
+)
 from llm_etl_provider.contract.layout import (
     DEFAULT_POD_TIME_LIMIT_SECONDS,
     KEY_FILE,
@@ -531,3 +541,28 @@ def test_a_shard_checkpoints_as_often_as_the_stage_planned_its_parts(records, ev
         argv = invocation.to_argv()
         by_transport[transport] = int(argv[argv.index("--checkpoint-every") + 1])
     assert by_transport == {"log": every, "object": planned}
+
+
+def test_every_worker_setting_reaches_the_workers_argv_with_no_code_of_its_own():
+    """The Airflow half of the settings path: a DAG author's setting goes through :func:`pod_invocation` to
+    the worker's argv by its declaration alone (a sample value per parse function, none per setting)."""
+    samples = {
+        positive_int: "7",
+        share: "0.25",
+        float: "0.25",
+        concurrency: "3",
+        name_list: "a,b",
+        str: "{x}",
+    }
+    declared = {item.name: item.metadata["flag"] for item in dataclasses.fields(WorkerInvocation)}
+    settings = {
+        name: flag.choices[-1] if flag.choices else samples[flag.parse]
+        for name, flag in declared.items()
+        if name in WORKER_SETTINGS
+    }
+    expected = coerce_settings(settings)
+    assert all(value != default_of(name) for name, value in expected.items())
+    shard = ShardDescriptor(index=0, records=10, line_offset=0, input_format="jsonl")
+    invocation = pod_invocation(settings, run_id="r", shard=shard, server=ServerSpec(), model="m")
+    parsed = parse_argv(invocation.to_argv())
+    assert {name: getattr(parsed, name) for name in WORKER_SETTINGS} == expected
