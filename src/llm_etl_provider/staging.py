@@ -1,7 +1,7 @@
 """Split an input file into shards that each fit a Kubernetes Secret, keeping every line findable.
 
 A shard is a contiguous slice of the input's units, gzip-compressed, at most ``max_shard_bytes`` (a Secret
-holds 1 MiB). The units are those of :mod:`llm_etl_provider.worker.tokenizer`, which the worker reads the
+holds 1 MiB). The units are those of :mod:`llm_etl_provider.formats.tokenizer`, which the worker reads the
 shard with: JSONL physical lines, or CSV rows (quoted fields may span lines). A shard holds each unit's bytes
 unchanged, so that the worker finds the same records at the same input lines as a read of the whole input.
 JSONL shards keep blank lines so that a shard's line ``j`` is the input's line ``j + line_offset``; CSV
@@ -21,9 +21,9 @@ from pathlib import Path
 
 from llm_etl_provider.contract.invocation import DEFAULT_MAX_RECORD_BYTES
 from llm_etl_provider.exceptions import StagingInputError
-from llm_etl_provider.worker.exceptions import CsvLineTooLong, UnreadableInput
-from llm_etl_provider.worker.records import detect_format
-from llm_etl_provider.worker.tokenizer import (
+from llm_etl_provider.formats.exceptions import CsvLineTooLong, UnreadableInput
+from llm_etl_provider.formats.records import detect_format
+from llm_etl_provider.formats.tokenizer import (
     GZIP_MAGIC,
     CsvRow,
     csv_rows,

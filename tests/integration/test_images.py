@@ -18,7 +18,7 @@ import pytest
 
 from llm_etl_provider.backends.llama_server import MODEL_FILE, MODEL_SHA256, bundled_model, free_port
 from llm_etl_provider.contract.layout import MODELS_DIR
-from llm_etl_provider.worker.pod_commands import load_model_args, load_model_command
+from llm_etl_provider.contract.pod_commands import load_model_args, load_model_command
 from tests.images import build_images
 from tests.integration.containerd import Containerd, running_containerd
 

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llm_etl_provider.exceptions import StagingInputError
+from llm_etl_provider.formats.records import RecordReader
 from llm_etl_provider.staging import plan_ranges, plan_shards
-from llm_etl_provider.worker.records import RecordReader
 
 
 def records_of(path, **kwargs):

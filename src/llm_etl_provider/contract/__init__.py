@@ -6,7 +6,9 @@
   and the names of what a run creates;
 - :mod:`~llm_etl_provider.contract.codes`: the worker's exit codes and the dead-letter reasons;
 - :mod:`~llm_etl_provider.contract.shard`: the shard descriptor the stage hands to each shard's tasks, and the
-  run-id rule.
+  run-id rule;
+- :mod:`~llm_etl_provider.contract.pod_commands`: the pod's other command lines (the model loader, the
+  heartbeat probe) and their parsers.
 
 No Airflow and no Kubernetes client here: the worker's image imports this package.
 """

@@ -2,8 +2,10 @@
 
 The pod's argv is built from a :class:`WorkerInvocation` (:meth:`~WorkerInvocation.to_argv`) and the worker's
 parser is derived from the same fields (:func:`build_parser`), so that no flag is spelt, typed or defaulted
-twice. The fields marked as settings (:data:`WORKER_SETTINGS`) are what a DAG author chooses through
-``LLMEnrichmentOperator``; the pod, or local execution, fills in the rest (paths, run, shard, server).
+twice; the worker's engine reads its settings from the invocation itself. A flag's range is its parse
+function's, checked for every invocation however it is made. The fields marked as settings
+(:data:`WORKER_SETTINGS`) are what a DAG author chooses through ``LLMEnrichmentOperator``; the pod, or local
+execution, fills in the rest (paths, run, shard, server).
 """
 
 from __future__ import annotations
@@ -198,6 +200,22 @@ class WorkerInvocation:
         0.1, group=_LLM, parse=share, setting=True, help="fail the run above this share of dead letters"
     )
     progress_interval: float = _flag(10.0, group=_LLM, parse=float, help="seconds between progress lines")
+
+    def __post_init__(self) -> None:
+        """Refuse a value that its flag would not take (out of range, not a choice), as the parser would."""
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if value is None:
+                continue
+            spec = _spec(item)
+            try:
+                spec.parse(spec.show(value))
+            except (ValueError, argparse.ArgumentTypeError) as exc:
+                raise ValueError(f"{flag_name(item.name)} {value!r}: {exc}") from None
+            if spec.choices and value not in spec.choices:
+                raise ValueError(
+                    f"{flag_name(item.name)} must be one of {', '.join(spec.choices)}, not {value!r}"
+                )
 
     def to_argv(self) -> list[str]:
         """The command-line arguments that :func:`parse_argv` turns back into this invocation."""

@@ -47,7 +47,9 @@ def parts_needed(records: int, part_records: int) -> int:
 
 
 def part_records_for(records: int, checkpoint_every: int) -> int:
-    """Records per part: the checkpoint interval, raised so that a shard's URLs fit its Secret."""
+    """Records per part of a shard of ``records`` records: the checkpoint interval, raised so that the shard's
+    URLs fit its Secret. The stage signs the shard's URLs for it, and its worker is invoked to checkpoint, and
+    so write a part, this often (``--checkpoint-every``)."""
     return max(checkpoint_every, -(-records // (MAX_PARTS - PART_SLACK)), 1)
 
 
@@ -82,7 +84,7 @@ class ObjectTransport:
     :param checkpoint_get: GET URL of its checkpoint object (404 until the first checkpoint)
     :param checkpoint_put: PUT URL of its checkpoint object
     :param end_put: PUT URL of its end marker
-    :param part_records: records per part (the worker checkpoints, and so writes a part, this often)
+    :param part_records: records per part (:func:`part_records_for`): the worker's checkpoint interval
     """
 
     input: InputRange

@@ -31,6 +31,9 @@ from llm_etl_provider.contract.object_transport import (
 )
 from llm_etl_provider.contract.shard import ShardDescriptor, validate_run_id
 from llm_etl_provider.exceptions import PodSpecError, StagingError, StagingInputError
+from llm_etl_provider.formats.exceptions import InputError
+from llm_etl_provider.formats.records import InputLimits, RecordReader, detect_format
+from llm_etl_provider.formats.tokenizer import GZIP_MAGIC
 from llm_etl_provider.hooks.object_store import ObjectStoreSigner, expiry_seconds, signer_for, url_egress
 from llm_etl_provider.operators.base import RunStepOperator, backend_for
 from llm_etl_provider.pod.builder import quantity_bytes
@@ -48,9 +51,6 @@ from llm_etl_provider.staging import (
 )
 from llm_etl_provider.transport.extract import remove_tree
 from llm_etl_provider.transport.run_manifest import unpublish_run
-from llm_etl_provider.worker.exceptions import ConfigurationError
-from llm_etl_provider.worker.records import InputLimits, RecordReader, detect_format
-from llm_etl_provider.worker.tokenizer import GZIP_MAGIC
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -211,7 +211,7 @@ class StageInputOperator(RunStepOperator):
         # disk: the kernel frees it when the process ends, a SIGKILL included; nothing is left behind.
         try:
             fmt = detect_format(Path(self.input_path), self.input_format)
-        except ConfigurationError as exc:
+        except InputError as exc:
             raise StagingError(str(exc)) from None
         with tempfile.TemporaryFile(prefix="llm-etl-stage-") as copy:
             input_sha256 = self._copy(source, copy, limits.max_bytes)
@@ -242,7 +242,7 @@ class StageInputOperator(RunStepOperator):
                     )
                     self._check_run_size(cut(), memory_limit)
                     descriptors = self._stage(backend, cut(), malformed, duplicates, plan)
-            except (ConfigurationError, StagingInputError) as exc:
+            except (InputError, StagingInputError) as exc:
                 raise StagingError(str(exc).replace(str(local), self.input_path)) from None
         self.log.info("plan %s: input sha256 %s", plan, input_sha256)
         return self._report(descriptors, layout.plan_prefix(self.run_scope, run_id, plan))

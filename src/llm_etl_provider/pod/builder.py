@@ -30,10 +30,16 @@ from llm_etl_provider.contract.invocation import (
     ApiStyle,
     WorkerInvocation,
     coerce_settings,
+    default_of,
+)
+from llm_etl_provider.contract.object_transport import part_records_for
+from llm_etl_provider.contract.pod_commands import (
+    check_heartbeat_command,
+    load_model_args,
+    load_model_command,
 )
 from llm_etl_provider.contract.shard import ShardDescriptor
 from llm_etl_provider.exceptions import PodSpecError
-from llm_etl_provider.worker.pod_commands import check_heartbeat_command, load_model_args, load_model_command
 
 Backend = Literal["ollama", "llamacpp", "vllm"]
 ModelSource = Literal["pull", "pvc", "object", "image"]
@@ -236,6 +242,10 @@ def pod_invocation(
     """The worker's invocation in the pod: the DAG author's settings, this shard and try, the pod's paths
     and server.
 
+    With the object transport each checkpoint writes a part: the worker checkpoints every
+    :func:`~llm_etl_provider.contract.object_transport.part_records_for` records, the interval the stage
+    signed the shard's part URLs for (``checkpoint_every``, raised to fit a large shard's URLs in its Secret).
+
     Raises :class:`PodSpecError` when a setting does not parse.
     """
     try:
@@ -243,6 +253,9 @@ def pod_invocation(
     except ValueError as exc:
         raise PodSpecError(str(exc)) from None
     by_object = shard.transport == OBJECT_OUTPUT
+    if by_object:
+        every = chosen.get("checkpoint_every", default_of("checkpoint_every"))
+        chosen["checkpoint_every"] = part_records_for(shard.records, every)
     return WorkerInvocation(
         **chosen,
         # the object transport: the worker downloads its range into its work folder, and checkpoints in the

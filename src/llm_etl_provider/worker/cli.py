@@ -29,18 +29,18 @@ from llm_etl_provider.contract.invocation import (
 )
 from llm_etl_provider.contract.object_transport import ObjectTransport, ObjectTransportError
 from llm_etl_provider.contract.shard import validate_run_id
+from llm_etl_provider.formats.exceptions import InputError
+from llm_etl_provider.formats.records import RecordReader
 from llm_etl_provider.transport.exceptions import FrameKeyError
 from llm_etl_provider.transport.keys import load_key
 from llm_etl_provider.worker.checkpoint import Checkpoint, run_fingerprint
 from llm_etl_provider.worker.clients import make_client
-from llm_etl_provider.worker.engine import Engine, EngineSettings
+from llm_etl_provider.worker.engine import Engine
 from llm_etl_provider.worker.exceptions import ConfigurationError, HeartbeatError, WorkerError
 from llm_etl_provider.worker.heartbeat import beat
 from llm_etl_provider.worker.http_lanes import HttpLanes
 from llm_etl_provider.worker.object_io import TIMEOUT as STORE_TIMEOUT
 from llm_etl_provider.worker.object_io import ObjectPartSink, RemoteCheckpoint, UrlSource, download_input
-from llm_etl_provider.worker.records import RecordReader
-from llm_etl_provider.worker.retry import RetryPolicy
 from llm_etl_provider.worker.sinks import JsonlFileSink, LogFrameSink, OutputSink
 from llm_etl_provider.worker.tasks import TaskSpec, build_task
 
@@ -206,16 +206,6 @@ async def _enrich(
         checkpoint = RemoteCheckpoint(transport, store, fingerprint)
     elif invocation.checkpoint:
         checkpoint = Checkpoint(invocation.checkpoint, fingerprint)
-    settings = EngineSettings(
-        concurrency=invocation.concurrency,
-        retry=RetryPolicy(max_attempts=invocation.max_attempts),
-        temperature=invocation.temperature,
-        # with the object transport a checkpoint writes a part: as often as the stage planned parts
-        checkpoint_every=transport.transport.part_records if transport else invocation.checkpoint_every,
-        progress_interval=invocation.progress_interval,
-        max_dead_letter_ratio=invocation.max_dead_letter_ratio,
-        ready_timeout=invocation.ready_timeout,
-    )
     headers = {"Authorization": f"Bearer {key}"} if (key := os.environ.get(API_KEY_ENV)) else {}
     # One connection per request in flight (the engine's semaphore bounds them): httpx's own pool costs CPU
     # in proportion to its connections for every request.
@@ -229,7 +219,7 @@ async def _enrich(
             response_format=invocation.response_format,
             keep_alive=invocation.keep_alive,
         )
-        engine = Engine(task, client, reader, sink, settings, checkpoint=checkpoint, log=_log)
+        engine = Engine(task, client, reader, sink, invocation, checkpoint=checkpoint, log=_log)
         try:
             return await engine.run()
         finally:
@@ -241,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     invocation = parse_argv(argv)
     try:
         asyncio.run(run(invocation))
-    except WorkerError as exc:
+    except (WorkerError, InputError) as exc:  # InputError: an input unusable as a whole (exit 2)
         _log(f"error: {exc}")
         return exc.exit_code
     except KeyboardInterrupt:

@@ -2,8 +2,12 @@
 
 Records are dispatched to the server concurrently but written in input order, so that a checkpoint is
 simply "the first N records are written": a restarted worker cuts its outputs back to the checkpoint and
-redoes at most one checkpoint interval, writing nothing twice. Memory stays flat: at most ``max_pending``
-records are held.
+redoes at most one checkpoint interval, writing nothing twice. Memory stays flat: at most a few records per
+request in flight are held (:class:`~llm_etl_provider.worker.concurrency.InFlightLimit`).
+
+The engine's settings are the worker's flags: it reads them from the
+:class:`~llm_etl_provider.contract.invocation.WorkerInvocation` it is given, where each is declared once with
+its default and range.
 """
 
 from __future__ import annotations
@@ -15,11 +19,13 @@ import itertools
 import json
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from llm_etl_provider.contract.codes import DeadLetterReason
-from llm_etl_provider.contract.invocation import REQUESTS_PER_SLOT, default_of
+from llm_etl_provider.contract.invocation import REQUESTS_PER_SLOT, WorkerInvocation
+from llm_etl_provider.formats.digests import sha256_file
+from llm_etl_provider.formats.records import InputRecord, RecordReader
 from llm_etl_provider.worker.checkpoint import Checkpoint, CheckpointState
 from llm_etl_provider.worker.clients import ChatRequest, Completion, LLMClient
 from llm_etl_provider.worker.concurrency import (
@@ -29,7 +35,6 @@ from llm_etl_provider.worker.concurrency import (
     InFlightLimit,
 )
 from llm_etl_provider.worker.exceptions import (
-    ConfigurationError,
     DeadLetterThresholdError,
     InvalidOutputError,
     LLMRejectedError,
@@ -38,8 +43,6 @@ from llm_etl_provider.worker.exceptions import (
     ServerUnavailableError,
     TransientLLMError,
 )
-from llm_etl_provider.worker.model_loader import sha256_file
-from llm_etl_provider.worker.records import InputRecord, RecordReader
 from llm_etl_provider.worker.retry import RetryPolicy
 from llm_etl_provider.worker.sinks import OutputSink
 from llm_etl_provider.worker.stats import RunStats
@@ -47,42 +50,8 @@ from llm_etl_provider.worker.tasks import TaskSpec
 
 # Reasons that mean the server itself may be gone, rather than this one record being a problem.
 _SERVER_GONE_REASONS = frozenset({DeadLetterReason.CONNECT_ERROR, DeadLetterReason.CONNECTION_ERROR})
-
-
-@dataclass(frozen=True)
-class EngineSettings:
-    """How the engine runs.
-
-    :param concurrency: requests in flight at once; None: twice the server's parallel slots where it says
-        (llama.cpp), else found by a :class:`~llm_etl_provider.worker.concurrency.ConcurrencyProbe`
-    :param max_pending: records held for in-order writing (in flight or done); default 4 x concurrency
-    :param retry: the retry policy for transient failures and invalid answers
-    :param temperature: the sampling temperature of a record's first attempt
-    :param retry_temperature: the sampling temperature for a retry after an invalid answer (a deterministic
-        retry would repeat the same answer)
-    :param checkpoint_every: records between checkpoints
-    :param progress_interval: seconds between progress lines
-    :param max_dead_letter_ratio: the share of dead letters above which the run fails (once all is written)
-    :param ready_timeout: seconds to wait for the server to become ready
-    """
-
-    concurrency: int | None = default_of("concurrency")
-    max_pending: int | None = None
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    temperature: float = default_of("temperature")
-    retry_temperature: float = 0.7
-    checkpoint_every: int = default_of("checkpoint_every")
-    progress_interval: float = default_of("progress_interval")
-    max_dead_letter_ratio: float = default_of("max_dead_letter_ratio")
-    ready_timeout: float = default_of("ready_timeout")
-
-    def __post_init__(self) -> None:
-        if self.concurrency is not None and self.concurrency < 1:
-            raise ConfigurationError("concurrency must be at least 1")
-        if self.checkpoint_every < 1:
-            raise ConfigurationError("the checkpoint interval must be at least 1 record")
-        if not 0.0 <= self.max_dead_letter_ratio <= 1.0:
-            raise ConfigurationError("the dead-letter ratio must lie between 0 and 1")
+# The sampling temperature of a retry after an invalid answer: a deterministic retry would repeat the answer.
+RETRY_TEMPERATURE = 0.7
 
 
 @dataclass(slots=True)
@@ -103,7 +72,8 @@ class Engine:
     :param client: the LLM client
     :param reader: the input records
     :param sink: where results and dead letters go
-    :param settings: concurrency, retries, checkpoints, thresholds
+    :param invocation: the worker's flags: the engine reads its concurrency, attempts, temperature, checkpoint
+        interval, dead-letter threshold, readiness wait and progress interval there
     :param checkpoint: where to save progress; None for no resumability
     :param log: receives progress and summary lines (counts only)
     """
@@ -114,7 +84,7 @@ class Engine:
         client: LLMClient,
         reader: RecordReader,
         sink: OutputSink,
-        settings: EngineSettings,
+        invocation: WorkerInvocation,
         *,
         checkpoint: Checkpoint | None = None,
         log: Callable[[str], None] = print,
@@ -124,20 +94,21 @@ class Engine:
         self.client = client
         self.reader = reader
         self.sink = sink
-        self.settings = settings
+        self.invocation = invocation
+        self.retry = RetryPolicy(max_attempts=invocation.max_attempts)
         self.checkpoint = checkpoint
         self.log = log
         self.sleep = sleep
         self.stats = RunStats()
-        self.limit = InFlightLimit(settings.concurrency or PROBE_START, settings.max_pending)
+        self.limit = InFlightLimit(invocation.concurrency or PROBE_START)
         self.probe: ConcurrencyProbe | None = None
         self.concurrency_source = "flag"
         self.summary: dict[str, Any] | None = None
 
     async def run(self) -> dict[str, Any]:
         """Process every record; return the summary, or raise a :class:`WorkerError`."""
-        await self.client.wait_ready(self.settings.ready_timeout)
-        if self.settings.concurrency is None:
+        await self.client.wait_ready(self.invocation.ready_timeout)
+        if self.invocation.concurrency is None:
             if slots := await self.client.parallel_slots():
                 self.limit.set_limit(min(REQUESTS_PER_SLOT * slots, MAX_CONCURRENCY))
                 self.concurrency_source = "server slots"
@@ -187,8 +158,8 @@ class Engine:
                 **({"concurrency_levels": self.probe.levels} if self.probe else {}),
                 **self.stats.summary(),
                 # sealed into the trailer: extraction publishes a shard over the threshold as failed
-                "max_dead_letter_ratio": self.settings.max_dead_letter_ratio,
-                "dead_letter_threshold_exceeded": ratio > self.settings.max_dead_letter_ratio,
+                "max_dead_letter_ratio": self.invocation.max_dead_letter_ratio,
+                "dead_letter_threshold_exceeded": ratio > self.invocation.max_dead_letter_ratio,
             }
             await self._off_loop(self.sink.finish, summary)
         finally:
@@ -201,7 +172,7 @@ class Engine:
         if summary["dead_letter_threshold_exceeded"]:
             raise DeadLetterThresholdError(
                 f"{self.stats.dead_letters} of {self.stats.done} records went to the dead letters "
-                f"({ratio:.1%} > {self.settings.max_dead_letter_ratio:.1%}): "
+                f"({ratio:.1%} > {self.invocation.max_dead_letter_ratio:.1%}): "
                 + ", ".join(f"{reason}={n}" for reason, n in sorted(self.stats.by_reason.items()))
             )
         return summary
@@ -221,7 +192,7 @@ class Engine:
 
     async def _tick(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.progress_interval)
+            await asyncio.sleep(self.invocation.progress_interval)
             self.log(self.stats.progress_line())
 
     async def _pipeline(self, records: itertools.islice[InputRecord]) -> None:
@@ -249,7 +220,7 @@ class Engine:
                 limit.written()
                 if self.probe is not None:
                     self.probe.completed()
-                if self.stats.done % self.settings.checkpoint_every == 0:
+                if self.stats.done % self.invocation.checkpoint_every == 0:
                     await self._off_loop(self._save_checkpoint)
             await producer
         finally:
@@ -317,9 +288,9 @@ class Engine:
             schema=self.task.schema,
             schema_name=self.task.name,
             max_tokens=self.task.max_tokens,
-            temperature=self.settings.temperature,
+            temperature=self.invocation.temperature,
         )
-        policy = self.settings.retry
+        policy = self.retry
         failure: RecordError | None = None
         completion: Completion | None = None
         for attempt in range(1, policy.max_attempts + 1):
@@ -343,8 +314,8 @@ class Engine:
                 enrichment = self.task.parse(completion.content, record.fields)
             except InvalidOutputError as exc:
                 failure = exc
-                if request.temperature < self.settings.retry_temperature:
-                    request = dataclasses.replace(request, temperature=self.settings.retry_temperature)
+                if request.temperature < RETRY_TEMPERATURE:
+                    request = dataclasses.replace(request, temperature=RETRY_TEMPERATURE)
                 continue
             return Outcome(
                 line={

@@ -4,14 +4,14 @@ Run-level errors stop the process; each carries the :class:`~llm_etl_provider.co
 (and so Airflow) sees::
 
     WorkerError                      exit 1   unexpected failure of the run
-     ├── ConfigurationError          exit 2   bad arguments, template, schema, checkpoint or unusable input
-     │    ├── UnreadableInput                 the input cannot be opened, or read to its end (a cut gzip)
-     │    │    └── InputOverLimit                 the input passes a cap of the stage (bytes, records, blanks)
-     │    └── CsvLineTooLong                  a CSV line over max_record_bytes, which the stage refuses
+     ├── ConfigurationError          exit 2   bad arguments, template, schema, checkpoint or input file
      ├── ServerUnavailableError      exit 3   the LLM server never became ready, or went away mid-run
      ├── DeadLetterThresholdError    exit 4   the run finished, but too many records went to the dead letters
      ├── ModelLoadError              exit 5   the model loader cannot fetch the model, or its sha256 differs
      └── HeartbeatError              exit 6   the heartbeat file (the liveness probe's) cannot be touched
+
+An input that cannot be read as a whole raises the reader's
+:class:`~llm_etl_provider.formats.exceptions.InputError` (its format, its CSV header, a cut gzip): exit 2 too.
 
 Record-level errors never stop the run: the engine retries what is transient and sends the rest to the
 dead-letter stream with a :class:`~llm_etl_provider.contract.codes.DeadLetterReason`::
@@ -41,25 +41,6 @@ class ConfigurationError(WorkerError):
     """The arguments, the task definition, the checkpoint or the input as a whole are unusable."""
 
     exit_code = ExitCode.CONFIGURATION
-
-
-class UnreadableInput(ConfigurationError):
-    """The input cannot be opened, or read to its end (a truncated or corrupt gzip stream)."""
-
-
-class InputOverLimit(UnreadableInput):
-    """The input passes one of the stage's caps (:class:`~llm_etl_provider.worker.records.InputLimits`)."""
-
-
-class CsvLineTooLong(ConfigurationError):
-    """A CSV line is over ``max_record_bytes``: it cannot be cut without breaking its row."""
-
-    def __init__(self, path: object, line: int, max_record_bytes: int) -> None:
-        super().__init__(
-            f"{path}:{line}: a CSV line over max_record_bytes ({max_record_bytes} bytes) cannot be cut "
-            "without breaking its row: raise max_record_bytes (at most half of max_shard_bytes)"
-        )
-        self.line = line
 
 
 class ServerUnavailableError(WorkerError):

@@ -7,7 +7,6 @@ altered model. No Airflow, no credentials beyond what the URL carries (e.g. a pr
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import httpx
 
+from llm_etl_provider.formats.digests import sha256_file
 from llm_etl_provider.worker.exceptions import ConfigurationError, ModelLoadError
 from llm_etl_provider.worker.retry import RetryPolicy
 
@@ -25,15 +25,6 @@ def _pause(seconds: float) -> None:
 
 def _log(line: str) -> None:
     print(f"model-loader: {line}", file=sys.stderr, flush=True)
-
-
-def sha256_file(path: Path) -> str:
-    """Return a file's sha256, reading it in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def verify(dest: Path, sha256: str | None) -> None:

@@ -1,8 +1,9 @@
 """The worker's side of the ``object`` transport (:mod:`llm_etl_provider.contract.object_transport`): its
 byte range of the input, its part objects and its checkpoint, all through pre-signed URLs.
 
-Uploads are synchronous: a part goes at each checkpoint (every ``part_records`` records), and requests
-already in flight to the LLM server go on meanwhile. Transient store errors (connection errors, 5xx, 429)
+Uploads are synchronous: a part goes at each checkpoint (every ``--checkpoint-every`` records: the pod is
+invoked with the ``part_records`` the stage planned the shard's URLs for), and requests already in flight to
+the LLM server go on meanwhile. Transient store errors (connection errors, 5xx, 429)
 are retried with backoff; a store that keeps failing ends the run with what is checkpointed kept (exit 1: a
 new try resumes). A URL the store refuses as expired (403, or 400 naming an expired token: temporary
 credentials end long before the run) is asked for again: the operator renews the shard's URLs while the pod
@@ -31,10 +32,10 @@ from llm_etl_provider.contract.object_transport import (
     ObjectTransportError,
     end_marker,
 )
+from llm_etl_provider.formats.digests import sha256_file
 from llm_etl_provider.transport.frames import WriterState
 from llm_etl_provider.worker.checkpoint import Checkpoint, CheckpointState
 from llm_etl_provider.worker.exceptions import ConfigurationError, WorkerError
-from llm_etl_provider.worker.model_loader import sha256_file
 from llm_etl_provider.worker.retry import RetryPolicy
 from llm_etl_provider.worker.sinks import FrameSink
 

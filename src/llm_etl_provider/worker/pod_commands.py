@@ -1,5 +1,6 @@
-"""The pod's other commands, beside the worker: ``llm-etl load-model`` (the model-loader init container) and
-``llm-etl check-heartbeat`` (the worker's probes). Airflow-free, like the rest of the worker's image."""
+"""Run the pod's other commands, beside the worker: ``llm-etl load-model`` (the model-loader init container)
+and ``llm-etl check-heartbeat`` (the worker's probes), whose command lines are
+:mod:`llm_etl_provider.contract.pod_commands`'s. Airflow-free, like the rest of the worker's image."""
 
 from __future__ import annotations
 
@@ -9,44 +10,16 @@ import os
 import signal
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from llm_etl_provider.contract.codes import ExitCode
-
-PROGRAM = "llm-etl"
-
-
-def load_model_command(dest: str) -> list[str]:
-    """The model loader's command line up to its destination; :func:`load_model_args` gives the rest."""
-    return [PROGRAM, "load-model", "--dest", dest]
-
-
-def load_model_args(*, url_file: str | None = None, sha256: str | None = None) -> list[str]:
-    """Download from the URL in ``url_file`` and check ``sha256``; without a URL file, verify in place."""
-    checksum = ["--sha256", sha256] if sha256 else []
-    return ["--url-file", url_file, *checksum] if url_file else ["--verify", *checksum]
-
-
-def check_heartbeat_command(file: str, max_age: float) -> list[str]:
-    return [PROGRAM, "check-heartbeat", file, "--max-age", f"{max_age:g}"]
+from llm_etl_provider.contract.pod_commands import add_pod_command_parsers
 
 
 def add_pod_commands(commands: Any) -> None:
-    """Add ``load-model`` and ``check-heartbeat`` to an ``add_subparsers()`` object."""
-    load = commands.add_parser("load-model", help="the pod's model loader: download and check, or verify")
-    load.add_argument("--dest", type=Path, required=True, help="where the model goes (in the model volume)")
-    load.add_argument("--url", help="HTTP(S) URL to download (e.g. a presigned object-storage URL)")
-    load.add_argument("--url-file", type=Path, help="a file holding the URL (a mounted Secret)")
-    load.add_argument("--sha256", help="the model file's expected sha256")
-    load.add_argument("--verify", action="store_true", help="only check the model already in place")
+    """Add ``load-model`` and ``check-heartbeat`` to an ``add_subparsers()`` object, each run here."""
+    load, heartbeat = add_pod_command_parsers(commands)
     load.set_defaults(handler=load_model)
-
-    heartbeat = commands.add_parser(
-        "check-heartbeat", help="the worker's probe: exit 1 when its heartbeat file is missing or stale"
-    )
-    heartbeat.add_argument("file", type=Path)
-    heartbeat.add_argument("--max-age", type=float, default=120.0, help="seconds (default 120)")
     heartbeat.set_defaults(handler=check_heartbeat)
 
 

@@ -8,8 +8,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from llm_etl_provider.formats import strict_json
 from llm_etl_provider.transport.frames import TRAILER_ATTEMPT, FrameWriter, WriterState
-from llm_etl_provider.worker import strict_json
 from llm_etl_provider.worker.exceptions import ConfigurationError
 
 

@@ -13,7 +13,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 from llm_etl_provider.contract.invocation import DEFAULT_TEMPLATE, TASK_NAMES
-from llm_etl_provider.worker import strict_json
+from llm_etl_provider.formats import strict_json
 from llm_etl_provider.worker.exceptions import ConfigurationError, InvalidOutputError, MissingFieldError
 
 DEFAULT_CATEGORIES = (

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from llm_etl_provider.contract.codes import DeadLetterReason, ExitCode
+from llm_etl_provider.formats.exceptions import InputError
 from llm_etl_provider.worker.exceptions import (
     ConfigurationError,
     DeadLetterThresholdError,
@@ -52,6 +53,7 @@ def test_the_readme_lists_every_dead_letter_reason_with_its_meaning():
     [
         (WorkerError, 1),
         (ConfigurationError, 2),
+        (InputError, 2),
         (ServerUnavailableError, 3),
         (DeadLetterThresholdError, 4),
         (ModelLoadError, 5),

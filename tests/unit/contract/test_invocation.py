@@ -192,3 +192,21 @@ def test_the_worker_command_line_is_the_derived_parser():
     )
     for name in ("--task", "--duplicates", "--max-dead-letter-ratio", "--temperature"):
         assert name in helped.stdout
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"checkpoint_every": 0}, "--checkpoint-every 0: must be at least 1"),
+        ({"concurrency": 0}, "--concurrency 0: must be at least 1"),
+        ({"max_attempts": -1}, "--max-attempts -1: must be at least 1"),
+        ({"max_dead_letter_ratio": 1.5}, "--max-dead-letter-ratio 1.5: must lie between 0 and 1"),
+        ({"task": "summarise"}, "--task must be one of sentiment, tags"),
+        ({"api": "grpc"}, "--api must be one of openai, ollama, not 'grpc'"),
+    ],
+)
+def test_an_invocation_made_in_code_is_held_to_its_flags_ranges(values, message):
+    """A flag's range is written once, in its parse function: an invocation made without the parser (the
+    pod's, a test's, the engine's settings) is refused as the parser would refuse the argv."""
+    with pytest.raises(ValueError, match=message):
+        WorkerInvocation(**{**REQUIRED, **values})

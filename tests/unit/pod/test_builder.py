@@ -6,7 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from llm_etl_provider.contract.invocation import WorkerInvocation
+from llm_etl_provider.contract.invocation import (
+    WORKER_SETTINGS,
+    WorkerInvocation,
+    coerce_settings,
+    concurrency,
+    default_of,
+    name_list,
+    parse_argv,
+    positive_int,
+    share,
+)
 from llm_etl_provider.contract.layout import (
     DEFAULT_POD_TIME_LIMIT_SECONDS,
     KEY_FILE,
@@ -14,6 +24,7 @@ from llm_etl_provider.contract.layout import (
     LABEL_RUN,
     label_value,
 )
+from llm_etl_provider.contract.object_transport import MAX_PARTS, TRANSPORTS, part_records_for, parts_needed
 from llm_etl_provider.contract.shard import ShardDescriptor
 from llm_etl_provider.exceptions import PodSpecError
 from llm_etl_provider.pod.builder import (
@@ -510,3 +521,48 @@ def test_the_object_transport_s_policy_allows_dns_and_the_store_only():
         {"to": [{"ipBlock": {"cidr": "10.1.2.3/32"}}], "ports": [{"protocol": "TCP", "port": 9000}]},
         {"to": [{"ipBlock": {"cidr": "::1/128"}}], "ports": [{"protocol": "TCP", "port": 443}]},
     ]
+
+
+@pytest.mark.parametrize(("records", "every"), [(10, 100), (10_000, 5), (1_000_000, 100), (7, 1)])
+def test_a_shard_checkpoints_as_often_as_the_stage_planned_its_parts(records, every):
+    """One road for ``checkpoint_every``: the worker's flag. With the object transport each checkpoint writes
+    a part, so the flag is the interval the stage signed the shard's part URLs for; with the log transport it
+    is the setting itself."""
+    server = ServerSpec(backend="llamacpp")
+    planned = part_records_for(records, every)  # what the stage signs the shard's URLs for
+    assert parts_needed(records, planned) <= MAX_PARTS
+    settings = {"task": "sentiment", "checkpoint_every": every}
+    by_transport = {}
+    for transport in TRANSPORTS:
+        shard = ShardDescriptor(
+            index=0, records=records, line_offset=0, input_format="jsonl", transport=transport
+        )
+        invocation = pod_invocation(settings, run_id="r", shard=shard, server=server, model="m")
+        argv = invocation.to_argv()
+        by_transport[transport] = int(argv[argv.index("--checkpoint-every") + 1])
+    assert by_transport == {"log": every, "object": planned}
+
+
+def test_every_worker_setting_reaches_the_workers_argv_with_no_code_of_its_own():
+    """The Airflow half of the settings path: a DAG author's setting goes through :func:`pod_invocation` to
+    the worker's argv by its declaration alone (a sample value per parse function, none per setting)."""
+    samples = {
+        positive_int: "7",
+        share: "0.25",
+        float: "0.25",
+        concurrency: "3",
+        name_list: "a,b",
+        str: "{x}",
+    }
+    declared = {item.name: item.metadata["flag"] for item in dataclasses.fields(WorkerInvocation)}
+    settings = {
+        name: flag.choices[-1] if flag.choices else samples[flag.parse]
+        for name, flag in declared.items()
+        if name in WORKER_SETTINGS
+    }
+    expected = coerce_settings(settings)
+    assert all(value != default_of(name) for name, value in expected.items())
+    shard = ShardDescriptor(index=0, records=10, line_offset=0, input_format="jsonl")
+    invocation = pod_invocation(settings, run_id="r", shard=shard, server=ServerSpec(), model="m")
+    parsed = parse_argv(invocation.to_argv())
+    assert {name: getattr(parsed, name) for name in WORKER_SETTINGS} == expected

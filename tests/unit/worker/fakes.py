@@ -5,11 +5,27 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 
+from llm_etl_provider.contract.invocation import WorkerInvocation
+
 Fault = str  # "500", "503", "400", "reset", "connect", "timeout", "not_json", "no_choices", "invalid", "cut"
+
+
+def worker_flags(**flags: Any) -> WorkerInvocation:
+    """An invocation with ``flags`` set, for the engine to read its settings from; its paths and server are
+    placeholders (a test hands the engine its reader, sink and client)."""
+    return WorkerInvocation(
+        task="sentiment",
+        input=Path("in.jsonl"),
+        output="out.jsonl",
+        llm_url="http://llm",
+        model="smollm2",
+        **flags,
+    )
 
 
 def default_answer(user: str) -> dict[str, Any]:

@@ -10,22 +10,22 @@ from pathlib import Path
 import httpx
 import pytest
 
+from llm_etl_provider.contract.invocation import WorkerInvocation
+from llm_etl_provider.formats.records import RecordReader
 from llm_etl_provider.transport.exceptions import TrailerMismatchError
 from llm_etl_provider.transport.extract import extract
 from llm_etl_provider.transport.keys import new_key
 from llm_etl_provider.worker.checkpoint import Checkpoint, run_fingerprint
 from llm_etl_provider.worker.clients import make_client
-from llm_etl_provider.worker.engine import Engine, EngineSettings
+from llm_etl_provider.worker.engine import Engine
 from llm_etl_provider.worker.exceptions import (
     ConfigurationError,
     DeadLetterThresholdError,
     ServerUnavailableError,
 )
-from llm_etl_provider.worker.records import RecordReader
-from llm_etl_provider.worker.retry import RetryPolicy
 from llm_etl_provider.worker.sinks import JsonlFileSink, LogFrameSink
 from llm_etl_provider.worker.tasks import build_task
-from tests.unit.worker.fakes import Crash, FakeLLMServer, crashing
+from tests.unit.worker.fakes import Crash, FakeLLMServer, crashing, worker_flags
 
 
 def write_input(path: Path, n: int, extra: bytes = b"") -> Path:
@@ -49,7 +49,7 @@ def run_engine(
     server: FakeLLMServer,
     input_path: Path,
     *,
-    settings: EngineSettings | None = None,
+    settings: WorkerInvocation | None = None,
     checkpoint: bool = False,
     sink_cls=JsonlFileSink,
     task=None,
@@ -67,7 +67,7 @@ def run_engine(
                 make_client(server.api, http, "http://llm", "smollm2"),  # type: ignore[arg-type]
                 RecordReader(input_path),
                 sink_cls(tmp_path / "results.jsonl", tmp_path / "dead.jsonl"),
-                settings or EngineSettings(retry=RetryPolicy(max_attempts=3), progress_interval=0.01),
+                settings or worker_flags(max_attempts=3, progress_interval=0.01),
                 checkpoint=Checkpoint(
                     tmp_path / "ckpt.json", run_fingerprint(input_path, task.fingerprint, "id")
                 )
@@ -122,7 +122,7 @@ def test_concurrency_is_bounded(tmp_path):
         return original(request)
 
     server.transport = lambda: httpx.MockTransport(slow_handle)  # type: ignore[method-assign]
-    settings = EngineSettings(concurrency=5, progress_interval=60)
+    settings = worker_flags(concurrency=5, progress_interval=60)
     run_engine(tmp_path, server, write_input(tmp_path / "in.jsonl", 60), settings=settings)
     assert peak == 5
     assert len(read_jsonl(tmp_path / "results.jsonl")) == 60
@@ -144,7 +144,7 @@ def test_records_that_keep_failing_go_to_the_dead_letters_with_reasons(tmp_path)
     server.faults["good drug 2"] += ["400"]
     server.faults["good drug 4"] += ["invalid"] * 3
     server.faults["good drug 5"] += ["cut"] * 3
-    settings = EngineSettings(retry=RetryPolicy(max_attempts=3), max_dead_letter_ratio=1.0)
+    settings = worker_flags(max_attempts=3, max_dead_letter_ratio=1.0)
     summary, _, _ = run_engine(tmp_path, server, write_input(tmp_path / "in.jsonl", 7), settings=settings)
     dead = {d["id"]: d for d in read_jsonl(tmp_path / "dead.jsonl")}
     assert {k: (v["reason"], v["attempts"]) for k, v in dead.items()} == {
@@ -176,7 +176,7 @@ def test_malformed_input_lines_are_dead_lettered_in_place(tmp_path):
     path = write_input(
         tmp_path / "in.jsonl", 3, extra=b'{"id": "x", "text": \n\n{"text": "no id"}\n{"id": "y"}\n'
     )
-    settings = EngineSettings(max_dead_letter_ratio=1.0)
+    settings = worker_flags(max_dead_letter_ratio=1.0)
     summary, _, _ = run_engine(tmp_path, FakeLLMServer(), path, settings=settings)
     dead = read_jsonl(tmp_path / "dead.jsonl")
     assert [(d["line"], d["reason"]) for d in dead] == [
@@ -193,7 +193,7 @@ def test_too_many_dead_letters_fail_the_run_after_writing_everything(tmp_path):
     server = FakeLLMServer()
     for i in range(1, 10, 3):
         server.faults[f"good drug {i}"] += ["400"]
-    settings = EngineSettings(max_dead_letter_ratio=0.2)
+    settings = worker_flags(max_dead_letter_ratio=0.2)
     with pytest.raises(DeadLetterThresholdError, match=r"3 of 10 records .*30\.0% > 20\.0%.*llm_rejected=3"):
         run_engine(tmp_path, server, write_input(tmp_path / "in.jsonl", 10), settings=settings)
     assert len(read_jsonl(tmp_path / "results.jsonl")) + len(read_jsonl(tmp_path / "dead.jsonl")) == 10
@@ -213,7 +213,7 @@ def test_a_server_that_goes_away_stops_the_run_instead_of_dead_lettering_everyth
         return original(request)
 
     server.transport = lambda: httpx.MockTransport(handle)  # type: ignore[method-assign]
-    settings = EngineSettings(concurrency=1, retry=RetryPolicy(max_attempts=2))
+    settings = worker_flags(concurrency=1, max_attempts=2)
     with pytest.raises(ServerUnavailableError, match="stopped answering at input line 5"):
         run_engine(tmp_path, server, write_input(tmp_path / "in.jsonl", 10), settings=settings)
     assert len(read_jsonl(tmp_path / "results.jsonl")) == 4
@@ -225,7 +225,7 @@ def test_a_crash_and_restart_redoes_at_most_one_checkpoint_and_duplicates_nothin
     n, every = 97, 10
     path = write_input(tmp_path / "in.jsonl", n, extra=b"not json\n")
     crash_after = random.Random(seed).randrange(1, n)
-    settings = EngineSettings(checkpoint_every=every, max_dead_letter_ratio=1.0, concurrency=4)
+    settings = worker_flags(checkpoint_every=every, max_dead_letter_ratio=1.0, concurrency=4)
     server = FakeLLMServer()
     with pytest.raises(Crash):
         run_engine(
@@ -266,7 +266,7 @@ def test_a_stopped_run_checkpoints_what_it_wrote_and_a_restart_redoes_none_of_it
     n = 37
     path = write_input(tmp_path / "in.jsonl", n)
     StoppingSink.writes, StoppingSink.stop_after = 0, 11
-    settings = EngineSettings(checkpoint_every=100, concurrency=4)  # no regular checkpoint before the stop
+    settings = worker_flags(checkpoint_every=100, concurrency=4)  # no regular checkpoint before the stop
     server = FakeLLMServer()
     with pytest.raises(asyncio.CancelledError):
         run_engine(tmp_path, server, path, settings=settings, checkpoint=True, sink_cls=StoppingSink)
@@ -339,7 +339,7 @@ def run_log_engine(tmp_path, server, input_path, out, *, key, crash_after=None, 
                 make_client("openai", http, "http://llm", "smollm2"),
                 RecordReader(input_path),
                 Sink(key, "run-9", 1, out, attempt=attempt, spool_path=tmp_path / "frames.spool"),
-                EngineSettings(checkpoint_every=7, concurrency=3),
+                worker_flags(checkpoint_every=7, concurrency=3),
                 checkpoint=Checkpoint(
                     tmp_path / "ckpt.json", run_fingerprint(input_path, task.fingerprint, "id")
                 )
@@ -408,7 +408,7 @@ def test_a_server_that_does_not_say_its_slots_is_probed(tmp_path):
         return original(request)
 
     server.transport = lambda: httpx.MockTransport(batching_handle)  # type: ignore[method-assign]
-    settings = EngineSettings(progress_interval=60)
+    settings = worker_flags(progress_interval=60)
     summary, _, _ = run_engine(tmp_path, server, write_input(tmp_path / "in.jsonl", 600), settings=settings)
     assert summary["concurrency_source"] == "probe"
     assert summary["concurrency_levels"][:2] == [8, 16]
@@ -437,7 +437,7 @@ def test_only_server_failures_wait_before_a_retry(tmp_path):
                 make_client("openai", http, "http://llm", "smollm2"),
                 RecordReader(path),
                 JsonlFileSink(tmp_path / "r.jsonl", tmp_path / "d.jsonl"),
-                EngineSettings(progress_interval=60),
+                worker_flags(progress_interval=60),
                 log=lambda line: None,
                 sleep=record_wait,
             ).run()
@@ -475,7 +475,7 @@ def test_a_slow_store_call_blocks_neither_the_requests_nor_the_heartbeat(tmp_pat
             beats[0] += 1
             await asyncio.sleep(0.01)
 
-    settings = EngineSettings(checkpoint_every=10, progress_interval=0.01)
+    settings = worker_flags(checkpoint_every=10, progress_interval=0.01)
     summary, _, _ = run_engine(
         tmp_path, server, input_path, settings=settings, checkpoint=True, sink_cls=SlowStoreSink, beside=beat
     )

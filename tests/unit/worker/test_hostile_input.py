@@ -11,14 +11,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llm_etl_provider.worker import cli, strict_json
+from llm_etl_provider.formats import strict_json
+from llm_etl_provider.formats.exceptions import InputError
+from llm_etl_provider.formats.records import RecordReader
+from llm_etl_provider.worker import cli
 from llm_etl_provider.worker.clients import make_client
-from llm_etl_provider.worker.engine import Engine, EngineSettings
-from llm_etl_provider.worker.exceptions import ConfigurationError, InvalidOutputError
-from llm_etl_provider.worker.records import RecordReader
+from llm_etl_provider.worker.engine import Engine
+from llm_etl_provider.worker.exceptions import InvalidOutputError
 from llm_etl_provider.worker.sinks import JsonlFileSink, dump_line
 from llm_etl_provider.worker.tasks import build_task
-from tests.unit.worker.fakes import FakeLLMServer
+from tests.unit.worker.fakes import FakeLLMServer, worker_flags
 
 CANARY = "CANARY-7f3a"
 
@@ -88,7 +90,7 @@ def test_any_bytes_read_as_jsonl_give_a_record_or_a_counted_blank_for_every_line
 def test_a_csv_header_that_repeats_a_name_is_refused_without_naming_it(tmp_path):
     path = tmp_path / "in.csv"
     path.write_text(f"{CANARY},{CANARY}\n1,2\n")
-    with pytest.raises(ConfigurationError, match="names columns 1 and 2 alike") as info:
+    with pytest.raises(InputError, match="names columns 1 and 2 alike") as info:
         list(RecordReader(path))
     assert CANARY not in str(info.value)
 
@@ -118,7 +120,7 @@ def test_a_reader_that_dies_ends_the_run_at_once_with_what_was_written_checkpoin
                 make_client("openai", http, "http://llm", "m"),
                 FailingReader(path),
                 JsonlFileSink(tmp_path / "r.jsonl", tmp_path / "d.jsonl"),
-                EngineSettings(concurrency=1, progress_interval=60),
+                worker_flags(concurrency=1, progress_interval=60),
                 checkpoint=Checkpoint(tmp_path / "ckpt.json", {"run": 1}),
                 log=lambda line: None,
             )
@@ -148,6 +150,18 @@ def test_an_unexpected_failure_is_one_line_without_traceback_or_value(tmp_path, 
     assert "Traceback" not in err
 
 
+def test_an_input_unusable_as_a_whole_exits_as_a_configuration_error(tmp_path, capsys):
+    """The reader's InputError (``formats.exceptions``) is no WorkerError, yet exits 2, in one line."""
+    path = tmp_path / "in.txt"
+    path.write_text('{"id": 1, "text": "x"}\n')
+    argv = ["--task", "sentiment", "--input", str(path), "--output", str(tmp_path / "r.jsonl")]
+    argv += ["--dead-letter", str(tmp_path / "d.jsonl"), "--llm-url", "http://127.0.0.1:9", "--model", "m"]
+    assert cli.main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"error: {path}: cannot tell the input format from the file name; pass --input-format jsonl or csv\n"
+    )
+
+
 async def no_wait(seconds: float) -> None:
     await asyncio.sleep(0)
 
@@ -168,7 +182,7 @@ def run_engine(tmp_path: Path, *, client_wrapper=None, sink=None, transport=None
                 client_wrapper(client) if client_wrapper else client,
                 reader or RecordReader(path),
                 sink or JsonlFileSink(results, dead),
-                EngineSettings(concurrency=2, progress_interval=60, max_dead_letter_ratio=1.0),
+                worker_flags(concurrency=2, progress_interval=60, max_dead_letter_ratio=1.0),
                 checkpoint=Checkpoint(tmp_path / "ckpt.json", {"run": 1}),
                 log=lambda line: None,
                 sleep=no_wait,
@@ -256,7 +270,7 @@ def test_any_bytes_read_as_csv_give_rows_in_order_or_a_refusal_that_names_no_val
         reader = RecordReader(path, max_record_bytes=64)
         try:
             records = list(reader)
-        except ConfigurationError as exc:
+        except InputError as exc:
             message = str(exc).removeprefix(str(path))
             assert all(
                 len(cell) < 3 or cell.decode("utf-8", "replace") not in message for cell in data.split(b",")

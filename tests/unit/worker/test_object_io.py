@@ -19,12 +19,13 @@ from llm_etl_provider.contract.object_transport import (
     ObjectTransportError,
     read_end_marker,
 )
+from llm_etl_provider.formats.records import RecordReader
 from llm_etl_provider.transport.exceptions import TrailerMismatchError
 from llm_etl_provider.transport.extract import extract
 from llm_etl_provider.transport.keys import new_key
 from llm_etl_provider.worker.checkpoint import run_fingerprint
 from llm_etl_provider.worker.clients import make_client
-from llm_etl_provider.worker.engine import Engine, EngineSettings
+from llm_etl_provider.worker.engine import Engine
 from llm_etl_provider.worker.exceptions import ConfigurationError
 from llm_etl_provider.worker.object_io import (
     ObjectPartSink,
@@ -34,9 +35,8 @@ from llm_etl_provider.worker.object_io import (
     UrlSource,
     download_input,
 )
-from llm_etl_provider.worker.records import RecordReader
 from llm_etl_provider.worker.tasks import build_task
-from tests.unit.worker.fakes import Crash, FakeLLMServer, crashing
+from tests.unit.worker.fakes import Crash, FakeLLMServer, crashing, worker_flags
 
 STORE = "http://store.test"
 
@@ -230,7 +230,7 @@ def run(
                 make_client("openai", http, "http://llm", "smollm2"),
                 RecordReader(local),
                 Sink(key, "run-7", 2, document, http_store, attempt=attempt),
-                EngineSettings(checkpoint_every=document.part_records, concurrency=3),
+                worker_flags(checkpoint_every=document.part_records, concurrency=3),
                 checkpoint=RemoteCheckpoint(document, http_store, fingerprint),
                 log=lambda _: None,
             )

@@ -16,7 +16,7 @@ def test_delays_use_full_jitter_under_an_exponential_cap():
         assert min(samples) < 0.1 * cap
 
 
-@pytest.mark.parametrize("kwargs", [{"max_attempts": 0}, {"base_delay": -1.0}])
+@pytest.mark.parametrize("kwargs", [{"base_delay": -1.0}, {"max_delay": -1.0}])
 def test_nonsense_policies_are_refused(kwargs):
-    with pytest.raises(ValueError, match=r"at least 1|negative"):
-        RetryPolicy(**kwargs)
+    with pytest.raises(ValueError, match="negative"):
+        RetryPolicy(max_attempts=3, **kwargs)

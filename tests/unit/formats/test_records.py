@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from llm_etl_provider.worker.exceptions import ConfigurationError, InputOverLimit
-from llm_etl_provider.worker.records import InputLimits, RecordReader, detect_format
+from llm_etl_provider.formats.exceptions import InputError, InputOverLimit
+from llm_etl_provider.formats.records import InputLimits, RecordReader, detect_format
 
 
 def write(path: Path, data: bytes) -> Path:
@@ -105,7 +105,7 @@ def test_gzip_is_detected_by_content_not_name(tmp_path):
 def test_truncated_gzip_fails_the_run_naming_the_file(tmp_path):
     data = gzip.compress(b"".join(b'{"id": "%d", "text": "x"}\n' % i for i in range(1000)))
     path = write(tmp_path / "cut.jsonl.gz", data[: len(data) // 2])
-    with pytest.raises(ConfigurationError, match=r"cut\.jsonl\.gz"):
+    with pytest.raises(InputError, match=r"cut\.jsonl\.gz"):
         list(RecordReader(path))
 
 
@@ -140,7 +140,7 @@ def test_csv_ragged_rows_and_bad_utf8_are_dead_letter_records(tmp_path):
 )
 def test_unusable_csv_headers_fail_with_file_and_line(tmp_path, data, message):
     path = write(tmp_path / "in.csv", data)
-    with pytest.raises(ConfigurationError, match=message):
+    with pytest.raises(InputError, match=message):
         list(RecordReader(path))
 
 
@@ -155,14 +155,14 @@ def test_formats_come_from_the_name_or_the_declaration(tmp_path):
     assert detect_format(Path("a.jsonl.gz")) == "jsonl"
     assert detect_format(Path("a.CSV")) == "csv"
     assert detect_format(Path("a.txt"), "csv") == "csv"
-    with pytest.raises(ConfigurationError, match="--input-format"):
+    with pytest.raises(InputError, match="--input-format"):
         detect_format(Path("a.txt"))
-    with pytest.raises(ConfigurationError, match="unknown input format"):
+    with pytest.raises(InputError, match="unknown input format"):
         detect_format(Path("a.jsonl"), "xml")
 
 
 def test_missing_input_is_a_configuration_error(tmp_path):
-    with pytest.raises(ConfigurationError, match="cannot open"):
+    with pytest.raises(InputError, match="cannot open"):
         list(RecordReader(tmp_path / "absent.jsonl"))
 
 

@@ -1,7 +1,8 @@
 """Stream input records from JSONL or CSV files, plain or gzip-compressed, in constant memory.
 
-Where lines and rows begin and end is the tokenizer's (:mod:`llm_etl_provider.worker.tokenizer`), which the
-stage cuts its shards with too; this module turns its units into records.
+Where lines and rows begin and end is the tokenizer's (:mod:`llm_etl_provider.formats.tokenizer`), which the
+stage cuts its shards with too; this module turns its units into records, for the worker and the stage's
+validation alike.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from typing import Any, TypeGuard
 
 from llm_etl_provider.contract.codes import DeadLetterReason as Reason
 from llm_etl_provider.contract.invocation import DEFAULT_MAX_RECORD_BYTES, RECORD_FORMATS, RecordFormat
-from llm_etl_provider.worker import strict_json
-from llm_etl_provider.worker.exceptions import ConfigurationError, InputOverLimit
-from llm_etl_provider.worker.id_index import IdIndex
-from llm_etl_provider.worker.tokenizer import CsvRow, JsonlLine, csv_rows, jsonl_lines
+from llm_etl_provider.formats import strict_json
+from llm_etl_provider.formats.exceptions import InputError, InputOverLimit
+from llm_etl_provider.formats.id_index import IdIndex
+from llm_etl_provider.formats.tokenizer import CsvRow, JsonlLine, csv_rows, jsonl_lines
 
 _SUFFIX_FORMATS: dict[str, RecordFormat] = {
     ".jsonl": "jsonl",
@@ -93,11 +94,11 @@ def detect_format(path: Path, declared: str = "auto") -> RecordFormat:
     if declared in RECORD_FORMATS:
         return declared  # type: ignore[return-value]
     if declared != "auto":
-        raise ConfigurationError(f"unknown input format {declared!r}: use jsonl, csv or auto")
+        raise InputError(f"unknown input format {declared!r}: use jsonl, csv or auto")
     suffixes = [s.lower() for s in path.suffixes if s.lower() != ".gz"]
     if suffixes and suffixes[-1] in _SUFFIX_FORMATS:
         return _SUFFIX_FORMATS[suffixes[-1]]
-    raise ConfigurationError(
+    raise InputError(
         f"{path}: cannot tell the input format from the file name; pass --input-format jsonl or csv"
     )
 
@@ -228,9 +229,7 @@ class RecordReader:
             number, row, error = unit.line, unit.row, unit.error
             if unit.header:
                 if error is not None:
-                    raise ConfigurationError(
-                        f"{self.path}:{number}: the CSV header cannot be parsed: {error}"
-                    )
+                    raise InputError(f"{self.path}:{number}: the CSV header cannot be parsed: {error}")
                 header = self._csv_header(number, row)
                 continue
             if error is not None:
@@ -260,13 +259,13 @@ class RecordReader:
 
     def _csv_header(self, number: int, row: list[str]) -> list[str]:
         if not row or all(not name.strip() for name in row):
-            raise ConfigurationError(f"{self.path}:{number}: the CSV file has no header row")
+            raise InputError(f"{self.path}:{number}: the CSV file has no header row")
         if any(_has_surrogates(name) for name in row):
-            raise ConfigurationError(f"{self.path}:{number}: the CSV header is not valid UTF-8")
+            raise InputError(f"{self.path}:{number}: the CSV header is not valid UTF-8")
         seen: dict[str, int] = {}
         for column, name in enumerate(row, 1):
             if name in seen:  # its name may be a cell of data (a file without a header): never in a message
-                raise ConfigurationError(
+                raise InputError(
                     f"{self.path}:{number}: the CSV header names columns {seen[name]} and {column} alike"
                 )
             seen[name] = column

@@ -17,10 +17,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from llm_etl_provider.exceptions import StagingInputError
+from llm_etl_provider.formats.exceptions import CsvLineTooLong, InputError
+from llm_etl_provider.formats.records import InputRecord, RecordReader
+from llm_etl_provider.formats.tokenizer import csv_rows, jsonl_lines
 from llm_etl_provider.staging import Shard, plan_shards
-from llm_etl_provider.worker.exceptions import ConfigurationError, CsvLineTooLong
-from llm_etl_provider.worker.records import InputRecord, RecordReader
-from llm_etl_provider.worker.tokenizer import csv_rows, jsonl_lines
 
 BOM = b"\xef\xbb\xbf"
 
@@ -49,7 +49,7 @@ def read(
     error = None
     try:
         records.extend(reader)
-    except ConfigurationError as exc:
+    except InputError as exc:
         error = str(exc).replace(str(path), "<input>")
     return Read(records, reader.stats.blank_lines, reader.stats.blank_line_numbers, error)
 
@@ -338,7 +338,7 @@ def test_a_corrupt_gzip_input_is_refused_naming_the_file(tmp_path, name, data):
     source.write_bytes(data)
     with pytest.raises(StagingInputError, match=r"bad\.\w+: the input cannot be read to its end"):
         list(plan_shards(source))
-    with pytest.raises(ConfigurationError, match=r"bad\.\w+: the input cannot be read to its end"):
+    with pytest.raises(InputError, match=r"bad\.\w+: the input cannot be read to its end"):
         RecordReader(source).count()
 
 

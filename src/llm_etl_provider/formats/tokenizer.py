@@ -1,9 +1,9 @@
 """The input's tokenizer: the one place that says where the input's lines and CSV rows begin and end.
 
-The stage cuts its shards along the units yielded here (:func:`llm_etl_provider.staging.plan_shards`), and the
-worker's :class:`~llm_etl_provider.worker.records.RecordReader` reads a shard, or the stage's validation the
-whole input, through the same functions. A shard holds its units' ``raw`` bytes unchanged, so the worker
-finds in it the same units, at the same input lines, as a read of the whole input. This module owns:
+The stage cuts its shards along the units yielded here (:func:`llm_etl_provider.staging.plan_shards`), and
+:class:`~llm_etl_provider.formats.records.RecordReader` reads a shard (the worker) or the whole input (the
+stage's validation) through the same functions. A shard holds its units' ``raw`` bytes unchanged, so the
+worker finds in it the same units, at the same input lines, as a read of the whole input. This module owns:
 
 - opening the input: gzip is recognised by its content (magic ``1f 8b``), not by its name;
 - JSONL lines: a line over ``max_record_bytes`` (its ``\\n`` not counted) is skipped unread; a blank line is
@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
-from llm_etl_provider.worker.exceptions import CsvLineTooLong, InputOverLimit, UnreadableInput
+from llm_etl_provider.formats.exceptions import CsvLineTooLong, InputOverLimit, UnreadableInput
 
 GZIP_MAGIC = b"\x1f\x8b"
 _UTF8_BOM = b"\xef\xbb\xbf"

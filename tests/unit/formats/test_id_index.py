@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import random
 
-from llm_etl_provider.worker.id_index import _MIN_SLOTS, IdIndex, id_hash
+from llm_etl_provider.formats.id_index import _MIN_SLOTS, IdIndex, id_hash
 
 
 def test_each_id_keeps_the_line_it_was_first_seen_at():
