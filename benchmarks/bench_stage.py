@@ -17,7 +17,7 @@ from pathlib import Path
 
 from benchmarks.common import arguments, measure_in_child, print_table, save, write_records
 from llm_etl_provider.formats.records import RecordReader
-from llm_etl_provider.staging import plan_shards
+from llm_etl_provider.staging.cutting import plan_shards
 
 STAGE = """
 from llm_etl_provider.operators.stage import StageInputOperator

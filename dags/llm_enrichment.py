@@ -33,7 +33,7 @@ from llm_etl_provider.backends import DEFAULT_LOCAL_DIR
 from llm_etl_provider.contract.invocation import DEFAULT_MAX_RECORD_BYTES, TASK_NAMES, default_of
 from llm_etl_provider.contract.object_transport import DEFAULT_TRANSPORT, TRANSPORTS
 from llm_etl_provider.pod.builder import BACKENDS
-from llm_etl_provider.staging import DEFAULT_MAX_SHARDS, DEFAULT_SHARD_BYTES
+from llm_etl_provider.staging.cutting import DEFAULT_MAX_SHARDS, DEFAULT_SHARD_BYTES
 from llm_etl_provider.task_group import llm_enrichment_task_group
 
 EXECUTION_MODE = os.environ.get("LLM_ETL_EXECUTION_MODE", "kubernetes")

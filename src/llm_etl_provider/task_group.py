@@ -21,7 +21,7 @@ from llm_etl_provider.operators.model_cache import DEFAULT_CACHE_ACCESS_MODES, M
 from llm_etl_provider.operators.publish import PublishRunOperator
 from llm_etl_provider.operators.stage import StageInputOperator
 from llm_etl_provider.pod.builder import DOWNLOADED_SOURCES
-from llm_etl_provider.staging import DEFAULT_SHARD_BYTES
+from llm_etl_provider.staging.cutting import DEFAULT_SHARD_BYTES
 
 # The enrichment's settings that its results depend on: part of the stage's plan
 PLAN_SETTINGS = frozenset(

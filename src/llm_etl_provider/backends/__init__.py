@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from llm_etl_provider.contract import layout
 
 if TYPE_CHECKING:
-    from llm_etl_provider.staging import Shard
+    from llm_etl_provider.staging.cutting import Shard
 
 EXECUTION_MODES = ("kubernetes", "local")
 # Local execution's staging folder in the example DAGs (LLM_ETL_LOCAL_DIR), where the sweeper looks too

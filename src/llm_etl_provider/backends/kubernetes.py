@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from llm_etl_provider.backends import FrameSource, RunBackend, TaskLog, sweep_reason
 from llm_etl_provider.contract import layout
 from llm_etl_provider.exceptions import ExtractionError, StagingError, StagingInputError
-from llm_etl_provider.staging import SECRET_LIMIT
+from llm_etl_provider.staging.cutting import SECRET_LIMIT
 from llm_etl_provider.transport.exceptions import FrameKeyError
 from llm_etl_provider.transport.keys import decode_key, encode_key, new_key
 from llm_etl_provider.transport.sources import pod_log_lines
@@ -22,7 +22,7 @@ from llm_etl_provider.transport.sources import pod_log_lines
 CLAIM_RELEASE_SECONDS = 180.0  # how long a stage waits for a claim of the plan being deleted to go
 
 if TYPE_CHECKING:
-    from llm_etl_provider.staging import Shard
+    from llm_etl_provider.staging.cutting import Shard
 
 
 def _run_labels(

@@ -36,7 +36,7 @@ from llm_etl_provider.transport.sources import file_lines
 if TYPE_CHECKING:
     from llm_etl_provider.contract.shard import ShardDescriptor
     from llm_etl_provider.hooks.llm_server import LLMServer
-    from llm_etl_provider.staging import Shard
+    from llm_etl_provider.staging.cutting import Shard
 
 _CONTAINER_LOG = re.compile(r"container-try-([1-9][0-9]{0,5})\.log")
 

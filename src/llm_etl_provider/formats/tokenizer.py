@@ -1,6 +1,7 @@
 """The input's tokenizer: the one place that says where the input's lines and CSV rows begin and end.
 
-The stage cuts its shards along the units yielded here (:func:`llm_etl_provider.staging.plan_shards`), and
+The stage cuts its shards along the units yielded here
+(:func:`llm_etl_provider.staging.cutting.plan_shards`), and
 :class:`~llm_etl_provider.formats.records.RecordReader` reads a shard (the worker) or the whole input (the
 stage's validation) through the same functions. A shard holds its units' ``raw`` bytes unchanged, so the
 worker finds in it the same units, at the same input lines, as a read of the whole input. This module owns:

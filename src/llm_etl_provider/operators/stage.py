@@ -37,7 +37,7 @@ from llm_etl_provider.formats.tokenizer import GZIP_MAGIC
 from llm_etl_provider.hooks.object_store import ObjectStoreSigner, expiry_seconds, signer_for, url_egress
 from llm_etl_provider.operators.base import RunStepOperator, backend_for
 from llm_etl_provider.pod.builder import quantity_bytes
-from llm_etl_provider.staging import (
+from llm_etl_provider.staging.cutting import (
     DEFAULT_MAX_INPUT_BYTES,
     DEFAULT_MAX_INPUT_RECORDS,
     DEFAULT_MAX_SHARDS,

@@ -20,7 +20,7 @@ from llm_etl_provider.exceptions import StagingInputError
 from llm_etl_provider.formats.exceptions import CsvLineTooLong, InputError
 from llm_etl_provider.formats.records import InputRecord, RecordReader
 from llm_etl_provider.formats.tokenizer import csv_rows, jsonl_lines
-from llm_etl_provider.staging import Shard, plan_shards
+from llm_etl_provider.staging.cutting import Shard, plan_shards
 
 BOM = b"\xef\xbb\xbf"
 

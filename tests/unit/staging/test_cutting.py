@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from llm_etl_provider.exceptions import StagingInputError
 from llm_etl_provider.formats.records import RecordReader
-from llm_etl_provider.staging import plan_ranges, plan_shards
+from llm_etl_provider.staging.cutting import plan_ranges, plan_shards
 
 
 def records_of(path, **kwargs):
@@ -194,7 +194,7 @@ def test_csv_ranges_repeat_the_header_and_never_split_a_quoted_row(tmp_path):
 
 def test_ranges_without_a_record_join_their_neighbour():
     from llm_etl_provider.operators.stage import _without_empty_ranges
-    from llm_etl_provider.staging import ByteRange
+    from llm_etl_provider.staging.cutting import ByteRange
 
     ranges = [
         ByteRange(0, 0, 10, 1),
