@@ -192,21 +192,6 @@ def test_csv_ranges_repeat_the_header_and_never_split_a_quoted_row(tmp_path):
         assert ranges[0].prefix == b""
 
 
-def test_ranges_without_a_record_join_their_neighbour():
-    from llm_etl_provider.operators.stage import _without_empty_ranges
-    from llm_etl_provider.staging.cutting import ByteRange
-
-    ranges = [
-        ByteRange(0, 0, 10, 1),
-        ByteRange(1, 10, 20, 3),
-        ByteRange(2, 20, 30, 5),
-        ByteRange(3, 30, 40, 7),
-    ]
-    joined, records = _without_empty_ranges(ranges, [0, 4, 0, 2])
-    assert [(r.index, r.start, r.end, r.first_line) for r in joined] == [(0, 0, 30, 1), (1, 30, 40, 7)]
-    assert records == [4, 2]
-
-
 def test_no_range_starts_at_a_line_that_looks_like_gzip(tmp_path):
     """A line beginning with gzip's magic bytes is one bad record in a read of the whole input; as the
     first bytes of a range it would make the worker take the range for a gzip stream and refuse it whole."""

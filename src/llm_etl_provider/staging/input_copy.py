@@ -1,0 +1,67 @@
+"""The stage's copy of the input: read once from object storage, then read again locally as often as needed.
+
+The stage reads the input twice (validation, then sharding) from a copy that has no name on local disk: the
+kernel frees it when the process ends, a SIGKILL included; nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
+
+from llm_etl_provider.exceptions import StagingError
+
+if TYPE_CHECKING:
+    from airflow.sdk import ObjectStoragePath
+
+
+@dataclass(frozen=True)
+class InputCopy:
+    """The input's local copy.
+
+    :param path: a path that opens the copy, each time with an offset of its own (valid inside the block)
+    :param sha256: the digest of the input as it is (compressed or not)
+    """
+
+    path: Path
+    sha256: str
+
+
+@contextlib.contextmanager
+def input_copy(source: ObjectStoragePath, *, max_bytes: int, name: str) -> Iterator[InputCopy]:
+    """Copy the input ``source`` to a nameless local file, refusing one over ``max_bytes``; the copy lives as
+    long as the block. ``name`` is how messages name the input (its path as given)."""
+    with tempfile.TemporaryFile(prefix="llm-etl-stage-") as copy:
+        sha256 = _copy(source, copy, max_bytes, name)
+        yield InputCopy(_reopenable(copy), sha256)
+
+
+def _copy(source: ObjectStoragePath, copy: BinaryIO, max_bytes: int, name: str) -> str:
+    """Copy the input as it is (compressed or not), refusing one over ``max_bytes``; return its sha256."""
+    copied = 0
+    digest = hashlib.sha256()
+    try:
+        with source.open("rb") as reader:  # type: ignore[no-untyped-call]
+            while chunk := reader.read(1 << 20):
+                copied += len(chunk)
+                if copied > max_bytes:
+                    raise StagingError(f"{name}: the input is over max_input_bytes ({max_bytes})")
+                copy.write(chunk)
+                digest.update(chunk)
+    except (OSError, ValueError) as exc:
+        raise StagingError(f"cannot read the input {name}: {exc}") from None
+    copy.flush()
+    return digest.hexdigest()
+
+
+def _reopenable(copy: BinaryIO) -> Path:
+    """A path that opens the nameless file ``copy`` again, with an offset of its own (Linux's /proc)."""
+    path = Path(f"/proc/self/fd/{copy.fileno()}")
+    if not path.exists():
+        raise StagingError("the stage needs Linux's /proc to read its nameless copy of the input")
+    return path
