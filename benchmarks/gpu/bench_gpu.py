@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -47,6 +46,7 @@ import httpx  # noqa: E402
 from benchmarks.bench_worker import LoadMeter, chat_requests  # noqa: E402
 from benchmarks.common import print_table, save  # noqa: E402
 
+from llm_etl_provider.processes import stop_process  # noqa: E402
 from llm_etl_provider.worker.clients import OpenAIClient  # noqa: E402
 from llm_etl_provider.worker.http_lanes import HttpLanes  # noqa: E402
 from llm_etl_provider.worker.tasks import TaskSpec, build_task  # noqa: E402
@@ -119,13 +119,8 @@ class Server:
                     raise RuntimeError(f"erasing slot {slot}: {response.status_code} {response.text[:200]}")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, 15)
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import time
 from pathlib import Path
 
 from llm_etl_provider.backends.llama_server import LlamaServer, cache_dir
+from llm_etl_provider.processes import stop_process
 
 
 def pid_file(port: int) -> Path:
@@ -36,15 +34,4 @@ def stop_detached(port: int) -> bool:
     except (FileNotFoundError, ValueError):
         return False
     path.unlink()
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return False
-    for _ in range(100):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.1)
-    os.kill(pid, signal.SIGKILL)
-    return True
+    return stop_process(pid, 10.0)

