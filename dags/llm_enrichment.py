@@ -32,6 +32,7 @@ from airflow.sdk import Param, dag
 from llm_etl_provider.backends import DEFAULT_LOCAL_DIR
 from llm_etl_provider.contract.invocation import DEFAULT_MAX_RECORD_BYTES, TASK_NAMES, default_of
 from llm_etl_provider.contract.object_transport import DEFAULT_TRANSPORT, TRANSPORTS
+from llm_etl_provider.llama_cpp import CPU_PARALLEL
 from llm_etl_provider.pod.builder import BACKENDS
 from llm_etl_provider.staging import DEFAULT_MAX_SHARDS, DEFAULT_SHARD_BYTES
 from llm_etl_provider.task_group import llm_enrichment_task_group
@@ -192,7 +193,9 @@ PARAMS: dict[str, Param] = {
         title="Server parallelism",
         description=(
             "Requests the LLM server serves at once (vLLM --max-num-seqs, llama.cpp --parallel, "
-            "OLLAMA_NUM_PARALLEL). Empty: 256 for vLLM, 32 for llama.cpp, 8 for Ollama on a GPU; 4 on CPU"
+            "OLLAMA_NUM_PARALLEL). Empty: "
+            + ", ".join(f"{backend.gpu_parallel} for {name}" for name, backend in BACKENDS.items())
+            + f" on a GPU; {CPU_PARALLEL} on CPU"
         ),
     ),
     "concurrency": Param(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llm_etl_provider.backends.llama_server import LlamaServer, cache_dir
+from llm_etl_provider.backends.llama_server import READY_TIMEOUT_SECONDS, LlamaServer, cache_dir
 from llm_etl_provider.processes import stop_process
 
 
@@ -12,7 +12,9 @@ def pid_file(port: int) -> Path:
     return cache_dir() / "run" / f"llama-server-{port}.pid"
 
 
-def start_detached(port: int, parallel: int, threads: int | None, timeout: float = 120.0) -> LlamaServer:
+def start_detached(
+    port: int, parallel: int, threads: int | None, timeout: float = READY_TIMEOUT_SECONDS
+) -> LlamaServer:
     """Start a server that outlives this process, wait until it is ready, and record its pid."""
     server = LlamaServer(port=port, parallel=parallel, threads=threads)
     server.start(detach=True)

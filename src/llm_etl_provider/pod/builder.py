@@ -33,6 +33,7 @@ from llm_etl_provider.contract.invocation import (
 )
 from llm_etl_provider.contract.shard import ShardDescriptor
 from llm_etl_provider.exceptions import PodSpecError
+from llm_etl_provider.llama_cpp import CPU_PARALLEL, llama_server_args
 from llm_etl_provider.worker.pod_commands import check_heartbeat_command, load_model_args, load_model_command
 
 Backend = Literal["ollama", "llamacpp", "vllm"]
@@ -76,9 +77,7 @@ BACKENDS: dict[str, BackendDefaults] = {
         ("--enable-log-requests", "--enable-log-outputs"),
     ),
 }  # fmt: skip
-CPU_PARALLEL = 4  # a server without a GPU
 LLAMACPP_CPU_IMAGE = "ghcr.io/ggml-org/llama.cpp:server-b6700"
-CTX_PER_SLOT = 2048  # llama.cpp's context per slot: a prompt of a few hundred tokens, an answer of up to 384
 
 # The sources downloaded from a network: by the model-cache pod, into the plan's model claim, never by a pod
 # that sees a prompt
@@ -135,7 +134,8 @@ class ServerSpec:
     :param backend: ``ollama`` (default), ``llamacpp`` or ``vllm`` (the last two speak the OpenAI API)
     :param image: the server image; default per backend
     :param parallel: requests served at once (vLLM ``--max-num-seqs``, llama.cpp ``--parallel``, Ollama
-        ``OLLAMA_NUM_PARALLEL``); None: with a GPU, 256 for vLLM, 32 for llama.cpp and 8 for Ollama, else 4.
+        ``OLLAMA_NUM_PARALLEL``); None: with a GPU, the backend's ``gpu_parallel`` (:data:`BACKENDS`), else
+        :data:`CPU_PARALLEL`.
         The pod's worker keeps ``REQUESTS_PER_SLOT`` (2) times as many requests in flight unless its
         ``concurrency`` is set
     :param gpus: ``nvidia.com/gpu`` limit (0 for CPU)
@@ -329,10 +329,9 @@ def _server_container(params: PodParams, container: dict[str, Any]) -> None:
     elif server.backend == "llamacpp":
         container["command"] = ["/app/llama-server"]
         container["args"] = [
-            "--model", model_file, "--alias", model.name, "--host", "127.0.0.1", "--port", str(defaults.port),
-            "--parallel", str(server.slots), "--ctx-size", str(server.slots * CTX_PER_SLOT), "--no-webui",
+            *llama_server_args(model_file, model.name, port=defaults.port, slots=server.slots),
             *(["--n-gpu-layers", "999"] if server.gpus else []),
-        ]  # fmt: skip
+        ]
         probe = ["curl", "-fsS", "-o", "/dev/null", f"{server.url}{defaults.health_path}"]
     else:
         container["command"] = ["vllm", "serve", model_file]
