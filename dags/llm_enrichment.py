@@ -29,7 +29,7 @@ from typing import Any
 
 from airflow.sdk import Param, dag
 
-from llm_etl_provider.backends import DEFAULT_LOCAL_DIR
+from llm_etl_provider.backends import DEFAULT_EXECUTION_MODE, DEFAULT_LOCAL_DIR
 from llm_etl_provider.contract.invocation import DEFAULT_MAX_RECORD_BYTES, TASK_NAMES, default_of
 from llm_etl_provider.contract.object_transport import DEFAULT_TRANSPORT, TRANSPORTS
 from llm_etl_provider.llama_cpp import CPU_PARALLEL
@@ -37,7 +37,7 @@ from llm_etl_provider.pod.builder import BACKENDS
 from llm_etl_provider.staging import DEFAULT_MAX_SHARDS, DEFAULT_SHARD_BYTES
 from llm_etl_provider.task_group import llm_enrichment_task_group
 
-EXECUTION_MODE = os.environ.get("LLM_ETL_EXECUTION_MODE", "kubernetes")
+EXECUTION_MODE = os.environ.get("LLM_ETL_EXECUTION_MODE", DEFAULT_EXECUTION_MODE)
 LOCAL_DIR = os.environ.get("LLM_ETL_LOCAL_DIR", DEFAULT_LOCAL_DIR)
 NAMESPACE = os.environ.get("LLM_ETL_NAMESPACE", "llm-etl")
 

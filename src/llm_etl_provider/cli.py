@@ -13,6 +13,9 @@ from llm_etl_provider.contract.invocation import DEFAULT_TEMPLATE, TASK_NAMES, d
 from llm_etl_provider.contract.layout import WORKER_CONTAINER
 from llm_etl_provider.worker.pod_commands import add_pod_commands
 
+# the namespace of the example deployment (docker-compose.yaml, the example DAGs, the development cluster)
+EXAMPLE_NAMESPACE = "llm-etl"
+
 
 def _new_key(args: argparse.Namespace) -> int:
     from llm_etl_provider.transport.exceptions import FrameKeyError
@@ -210,13 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--template", help=f"the prompt template (default: {DEFAULT_TEMPLATE})")
     render.add_argument("--dag-id", default="llm_enrichment", help="names the run's pods and Secrets")
     render.add_argument("--run-id", default="manual__2026-01-01T00:00:00+00:00")
-    render.add_argument("--namespace", default="llm-etl")
+    render.add_argument("--namespace", default=EXAMPLE_NAMESPACE)
     render.set_defaults(handler=_render_pod)
 
     role = commands.add_parser(
         "render-role", help="print the Role that Airflow's Kubernetes identity needs in the run namespace"
     )
-    role.add_argument("--namespace", default="llm-etl")
+    role.add_argument("--namespace", default=EXAMPLE_NAMESPACE)
     role.set_defaults(handler=_render_role)
 
     return parser

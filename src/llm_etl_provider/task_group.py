@@ -9,7 +9,12 @@ from typing import Any
 from airflow.sdk import Asset, BaseOperator, TaskGroup, task, task_group
 from airflow.task.trigger_rule import TriggerRule
 
-from llm_etl_provider.backends import checked_execution_mode
+from llm_etl_provider.backends import (
+    DEFAULT_EXECUTION_MODE,
+    DEFAULT_KUBERNETES_CONN_ID,
+    DEFAULT_NAMESPACE,
+    checked_execution_mode,
+)
 from llm_etl_provider.contract.invocation import DEFAULT_MAX_RECORD_BYTES, WORKER_SETTINGS, default_of
 from llm_etl_provider.contract.layout import DEFAULT_RUN_DEADLINE_SECONDS, DEFAULT_WORKER_MEMORY
 from llm_etl_provider.contract.object_transport import DEFAULT_TRANSPORT
@@ -35,9 +40,9 @@ def llm_enrichment_task_group(
     output_path: str,
     model: str,
     group_id: str = "llm_enrichment",
-    namespace: str = "default",
-    kubernetes_conn_id: str = "kubernetes_default",
-    execution_mode: str = "kubernetes",
+    namespace: str = DEFAULT_NAMESPACE,
+    kubernetes_conn_id: str = DEFAULT_KUBERNETES_CONN_ID,
+    execution_mode: str = DEFAULT_EXECUTION_MODE,
     local_dir: str | None = None,
     input_format: str = "auto",
     max_shard_bytes: int | str = DEFAULT_SHARD_BYTES,

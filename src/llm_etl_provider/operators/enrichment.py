@@ -399,8 +399,8 @@ class LLMEnrichmentOperator(PodStepOperator):
 
         run = self.shard_run(context)
         backend = KubernetesBackend(
-            self.namespace or "default",
-            self.kubernetes_conn_id or "kubernetes_default",
+            self.namespace,
+            self.kubernetes_conn_id,
             dag_id=self.dag_id,
             run_id=run.run_id,
             log=self.log,

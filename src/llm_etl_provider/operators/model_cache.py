@@ -120,8 +120,8 @@ class ModelCacheOperator(PodStepOperator):
 
     def run_backend(self, context: Context) -> KubernetesBackend:
         return KubernetesBackend(
-            self.namespace or "default",
-            self.kubernetes_conn_id or "kubernetes_default",
+            self.namespace,
+            self.kubernetes_conn_id,
             dag_id=self.dag_id,
             run_id=str(context["run_id"]),
             log=self.log,
