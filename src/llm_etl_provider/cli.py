@@ -80,7 +80,6 @@ def _render_pod(args: argparse.Namespace) -> int:
     from llm_etl_provider.contract.shard import ShardDescriptor
     from llm_etl_provider.exceptions import PodSpecError
     from llm_etl_provider.pod.builder import (
-        DEFAULT_MODEL_SIZE,
         ModelSpec,
         PodParams,
         ServerSpec,
@@ -91,21 +90,17 @@ def _render_pod(args: argparse.Namespace) -> int:
         set_pull_policy,
     )
 
-    server = ServerSpec(backend=args.backend, parallel=args.parallel, gpus=args.gpus, image=args.server_image)
+    given = {
+        "backend": args.backend,
+        "parallel": args.parallel,
+        "gpus": args.gpus,
+        "image": args.server_image,
+    }
+    server = ServerSpec(**{name: value for name, value in given.items() if value is not None})
     images = {"worker_image": args.worker_image} if args.worker_image else {}
     shard = ShardDescriptor(index=0, records=0, line_offset=0, input_format="jsonl")
     prefix = run_prefix(args.dag_id, args.run_id)
-    model = ModelSpec(
-        name=args.model,
-        source=args.model_source,
-        path=args.model_path,
-        sha256=args.model_sha256,
-        url_secret=args.model_url_secret,
-        claim=args.model_claim,
-        image=args.model_image,
-        size=args.model_size or DEFAULT_MODEL_SIZE,
-        cache_claim=model_claim_name(prefix),
-    )
+    model = ModelSpec.of(args.model, args, cache_claim=model_claim_name(prefix))
     try:
         documents = [network_policy(args.namespace)]
         if model.downloaded:  # the pod that downloads the model before the enrichment pods start
@@ -184,16 +179,18 @@ def build_parser() -> argparse.ArgumentParser:
         "render-pod",
         help="print the enrichment pod, the model-cache pod (pull, object) and the NetworkPolicies as YAML",
     )
-    render.add_argument("--backend", default="ollama", help="ollama, llamacpp or vllm")
+    # Left out, the model's and the server's options take the defaults that LLMEnrichmentOperator takes
+    # (llm_etl_provider.pod.builder's, which this parser does not import: the worker's image runs it).
+    render.add_argument("--backend", help="ollama, llamacpp or vllm (default: the operator's)")
     render.add_argument("--model", default="llama3.2:3b", help="the model name the server serves")
-    render.add_argument("--model-source", default="pull", help="pull, pvc, object or image")
-    render.add_argument("--model-path", default="model.gguf", help="the model's path in its volume")
+    render.add_argument("--model-source", help="pull, pvc, object or image (default: the operator's)")
+    render.add_argument("--model-path", help="the model's path in its volume (default: the operator's)")
     render.add_argument("--model-sha256", help="sha256 of the model file")
     render.add_argument("--model-url-secret", help="object source: a Secret whose key `url` holds the URL")
     render.add_argument("--model-claim", help="pvc source: the PersistentVolumeClaim")
     render.add_argument("--model-image", help="image source: the OCI image reference")
     render.add_argument(
-        "--model-size", help="pull and object sources: room for the model (default: the pod builder's, 8Gi)"
+        "--model-size", help="pull and object sources: room for the model (default: the operator's)"
     )
     render.add_argument(
         "--parallel",

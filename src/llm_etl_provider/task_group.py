@@ -25,7 +25,7 @@ from llm_etl_provider.operators.local_enrichment import LocalEnrichmentOperator
 from llm_etl_provider.operators.model_cache import DEFAULT_CACHE_ACCESS_MODES, ModelCacheOperator
 from llm_etl_provider.operators.publish import PublishRunOperator
 from llm_etl_provider.operators.stage import StageInputOperator
-from llm_etl_provider.pod.builder import DOWNLOADED_SOURCES
+from llm_etl_provider.pod.builder import DEFAULT_MODEL_SOURCE, DOWNLOADED_SOURCES
 from llm_etl_provider.staging import DEFAULT_SHARD_BYTES
 
 # The enrichment's settings that its results depend on: part of the stage's plan
@@ -133,7 +133,7 @@ def llm_enrichment_task_group(
 
         shards = planned_shards(stage.output)
         setups: list[Any] = [stage]
-        model_source = enrichment.get("model_source", "pull")
+        model_source = enrichment.get("model_source", DEFAULT_MODEL_SOURCE)
         if execution_mode == "kubernetes" and model_source in DOWNLOADED_SOURCES:
             cache_model = ModelCacheOperator(
                 task_id="cache_model",

@@ -38,7 +38,10 @@ from llm_etl_provider.contract.shard import ShardDescriptor
 from llm_etl_provider.exceptions import PodSpecError
 from llm_etl_provider.operators.pod_step import PodStepOperator
 from llm_etl_provider.pod.builder import (
+    DEFAULT_BACKEND,
+    DEFAULT_MODEL_PATH,
     DEFAULT_MODEL_SIZE,
+    DEFAULT_MODEL_SOURCE,
     DEFAULT_WORKER_IMAGE,
     DOWNLOADED_SOURCES,
     ModelSpec,
@@ -254,9 +257,9 @@ class LLMEnrichmentOperator(PodStepOperator):
         shard: dict[str, Any] | str,
         model: str,
         key_secret: str | None = None,
-        backend: str = "ollama",
-        model_source: str = "pull",
-        model_path: str = "model.gguf",
+        backend: str = DEFAULT_BACKEND,
+        model_source: str = DEFAULT_MODEL_SOURCE,
+        model_path: str = DEFAULT_MODEL_PATH,
         model_sha256: str | None = None,
         model_url_secret: str | None = None,
         model_claim: str | None = None,
@@ -343,17 +346,7 @@ class LLMEnrichmentOperator(PodStepOperator):
         by_object = shard.transport == OBJECT_OUTPUT
         return PodParams(
             invocation=run.invocation({n: getattr(self, n) for n in WORKER_SETTINGS}, server, self.model),
-            model=ModelSpec(
-                name=self.model,
-                source=self.model_source,  # type: ignore[arg-type]
-                path=self.model_path,
-                sha256=self.model_sha256,
-                url_secret=self.model_url_secret,
-                claim=self.model_claim,
-                image=self.model_image,
-                size=self.model_size,
-                cache_claim=self.model_claim_name(run),
-            ),
+            model=ModelSpec.of(self.model, self, cache_claim=self.model_claim_name(run)),
             server=server,
             input_secret=_staged_secret(shard),
             key_secret=self.key_secret or shard.key_secret or layout.key_secret_name(run.prefix),

@@ -15,7 +15,10 @@ from llm_etl_provider.contract.shard import ShardDescriptor
 from llm_etl_provider.exceptions import PodSpecError
 from llm_etl_provider.operators.pod_step import PodStepOperator
 from llm_etl_provider.pod.builder import (
+    DEFAULT_BACKEND,
+    DEFAULT_MODEL_PATH,
     DEFAULT_MODEL_SIZE,
+    DEFAULT_MODEL_SOURCE,
     DEFAULT_WORKER_IMAGE,
     DOWNLOADED_SOURCES,
     ModelSpec,
@@ -69,9 +72,9 @@ class ModelCacheOperator(PodStepOperator):
         *,
         shards: Any,
         model: str,
-        backend: str = "ollama",
-        model_source: str = "pull",
-        model_path: str = "model.gguf",
+        backend: str = DEFAULT_BACKEND,
+        model_source: str = DEFAULT_MODEL_SOURCE,
+        model_path: str = DEFAULT_MODEL_PATH,
         model_sha256: str | None = None,
         model_url_secret: str | None = None,
         model_size: str = DEFAULT_MODEL_SIZE,
@@ -130,17 +133,6 @@ class ModelCacheOperator(PodStepOperator):
             plan=self.plan(),
         )
 
-    def model_spec(self, claim: str | None) -> ModelSpec:
-        return ModelSpec(
-            name=self.model,
-            source=self.model_source,  # type: ignore[arg-type]
-            path=self.model_path,
-            sha256=self.model_sha256,
-            url_secret=self.model_url_secret,
-            size=self.model_size,
-            cache_claim=claim,
-        )
-
     def execute(self, context: Context) -> Any:
         if not self.shards:
             raise AirflowSkipException("the stage staged no shard: no model to cache")
@@ -187,7 +179,8 @@ class ModelCacheOperator(PodStepOperator):
             annotations = layout.run_annotations(self.dag_id, str(context["run_id"]))
         server = ServerSpec(backend=self.backend, image=self.server_image, gpus=0)  # type: ignore[arg-type]
         try:
-            pod = build_model_cache_pod(self.model_spec(claim), server, worker_image=self.worker_image)
+            model = ModelSpec.of(self.model, self, cache_claim=claim)
+            pod = build_model_cache_pod(model, server, worker_image=self.worker_image)
         except PodSpecError as exc:
             raise AirflowException(str(exc)) from None
         pod["metadata"]["labels"].update(labels)

@@ -43,6 +43,9 @@ POD_TEMPLATE = "llm-enrichment-pod.yaml"
 MODEL_CACHE_POD_TEMPLATE = "model-cache-pod.yaml"
 NETWORK_POLICY_TEMPLATE = "network-policy.yaml"
 DEFAULT_WORKER_IMAGE = "ghcr.io/llm-etl-provider/worker:0.1.0"
+DEFAULT_BACKEND: Backend = "ollama"
+DEFAULT_MODEL_SOURCE: ModelSource = "pull"
+DEFAULT_MODEL_PATH = "model.gguf"
 DEFAULT_MODEL_SIZE = "8Gi"  # an 8B model at 4 bits is ~4.7 GB
 SERVER_SCRATCH = "2Gi"
 PULL_POLICIES = (
@@ -112,14 +115,26 @@ class ModelSpec:
     """
 
     name: str
-    source: ModelSource = "pull"
-    path: str = "model.gguf"
+    source: ModelSource = DEFAULT_MODEL_SOURCE
+    path: str = DEFAULT_MODEL_PATH
     sha256: str | None = None
     url_secret: str | None = None
     claim: str | None = None
     image: str | None = None
     size: str = DEFAULT_MODEL_SIZE
     cache_claim: str | None = None
+
+    @classmethod
+    def of(cls, name: str, options: object, *, cache_claim: str | None = None) -> ModelSpec:
+        """The model ``name`` with the ``model_*`` attributes of ``options`` (an operator's arguments, or
+        ``llm-etl render-pod``'s): ``model_source`` is :attr:`source`, and so on; one that ``options``
+        lacks, or leaves None, takes its default here."""
+        given = {
+            option: value
+            for option in ("source", "path", "sha256", "url_secret", "claim", "image", "size")
+            if (value := getattr(options, f"model_{option}", None)) is not None
+        }
+        return cls(name=name, cache_claim=cache_claim, **given)
 
     @property
     def downloaded(self) -> bool:
@@ -144,7 +159,7 @@ class ServerSpec:
     :param extra_args: more server arguments
     """
 
-    backend: Backend = "ollama"
+    backend: Backend = DEFAULT_BACKEND
     image: str | None = None
     parallel: int | None = None
     gpus: int = 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import yaml
 
 from llm_etl_provider.cli import main
@@ -33,3 +35,25 @@ def test_render_pod_names_the_images_by_digest_and_their_pull_policy(capsys):
         ("enrichment", "base"): (WORKER, "IfNotPresent"),
         ("model-cache", "base"): (WORKER, "IfNotPresent"),
     }
+
+
+def test_render_pod_and_the_operators_read_the_model_s_options_alike():
+    """One construction of the model (``ModelSpec.of``) from the operators' arguments and the command line's:
+    the same options give the same model, and options left out the same defaults."""
+    from llm_etl_provider.cli import build_parser
+    from llm_etl_provider.operators.enrichment import LLMEnrichmentOperator
+    from llm_etl_provider.operators.model_cache import ModelCacheOperator
+    from llm_etl_provider.pod.builder import ModelSpec
+
+    given: dict[str, Any] = {"model_source": "object", "model_url_secret": "u", "model_sha256": "c" * 64}
+    argv = [f"--{name.replace('_', '-')}={value}" for name, value in given.items()]
+    cli = ModelSpec.of("m", build_parser().parse_args(["render-pod", *argv]))
+    enrich = ModelSpec.of("m", LLMEnrichmentOperator(task_id="enrich", shard={}, model="m", **given))
+    cache = ModelSpec.of("m", ModelCacheOperator(task_id="cache", shards=[], model="m", **given))
+    assert cli == enrich == cache == ModelSpec("m", source="object", url_secret="u", sha256="c" * 64)
+    defaults = ModelSpec.of("m", build_parser().parse_args(["render-pod"]))
+    assert (
+        defaults
+        == ModelSpec.of("m", LLMEnrichmentOperator(task_id="e", shard={}, model="m"))
+        == ModelSpec("m")
+    )
