@@ -80,6 +80,8 @@ def _render_pod(args: argparse.Namespace) -> int:
     from llm_etl_provider.contract.shard import ShardDescriptor
     from llm_etl_provider.exceptions import PodSpecError
     from llm_etl_provider.pod.builder import (
+        ENRICHMENT_COMPONENT,
+        MODEL_CACHE_COMPONENT,
         ModelSpec,
         PodParams,
         ServerSpec,
@@ -102,11 +104,14 @@ def _render_pod(args: argparse.Namespace) -> int:
     prefix = run_prefix(args.dag_id, args.run_id)
     model = ModelSpec.of(args.model, args, cache_claim=model_claim_name(prefix))
     try:
-        documents = [network_policy(args.namespace)]
+        documents = [network_policy(ENRICHMENT_COMPONENT, model.source, namespace=args.namespace)]
         if model.downloaded:  # the pod that downloads the model before the enrichment pods start
             cache_pod = build_model_cache_pod(model, server, **images)
             cache_pod["metadata"]["name"] = f"{prefix}-model-cache"
-            documents += [cache_pod, network_policy(args.namespace, model_cache=True)]
+            documents += [
+                cache_pod,
+                network_policy(MODEL_CACHE_COMPONENT, model.source, namespace=args.namespace),
+            ]
         pod = build_pod(
             PodParams(
                 invocation=pod_invocation(

@@ -44,12 +44,13 @@ from llm_etl_provider.pod.builder import (
     DEFAULT_MODEL_SOURCE,
     DEFAULT_WORKER_IMAGE,
     DOWNLOADED_SOURCES,
+    ENRICHMENT_COMPONENT,
     ModelSpec,
     PodParams,
     ServerSpec,
     build_pod,
+    network_policy,
     pod_invocation,
-    shard_network_policy,
 )
 from llm_etl_provider.pod.progress import ProgressReader
 from llm_etl_provider.triggers.pod import UrlRenewingPodTrigger, renewer_of
@@ -379,9 +380,11 @@ class LLMEnrichmentOperator(PodStepOperator):
 
     def network_policy(self, run: ShardRun) -> dict[str, Any]:
         """The NetworkPolicy created with this shard's pod."""
-        return shard_network_policy(
-            f"{layout.shard_secret_name(run.prefix, run.shard.index)}-network",
-            {**layout.MANAGED_BY, **self._selected(run)},
+        return network_policy(
+            ENRICHMENT_COMPONENT,
+            self.model_source,
+            name=f"{layout.shard_secret_name(run.prefix, run.shard.index)}-network",
+            selected=self._selected(run),
             annotations=run_annotations(run.dag_id, run.run_id),
             # the object transport: the store's endpoint only, as the stage resolved it
             store_egress=[(str(address), int(port)) for address, port in run.shard.egress],

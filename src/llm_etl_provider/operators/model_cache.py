@@ -21,10 +21,11 @@ from llm_etl_provider.pod.builder import (
     DEFAULT_MODEL_SOURCE,
     DEFAULT_WORKER_IMAGE,
     DOWNLOADED_SOURCES,
+    MODEL_CACHE_COMPONENT,
     ModelSpec,
     ServerSpec,
     build_model_cache_pod,
-    model_cache_network_policy,
+    network_policy,
 )
 
 if TYPE_CHECKING:
@@ -149,23 +150,29 @@ class ModelCacheOperator(PodStepOperator):
         )
         self.log.info("caching model %s (%s) in claim %s", self.model, self.model_source, claim)
         backend.create_network_policy(
-            model_cache_network_policy(
-                f"{claim}-cache-network",
-                self._labels(context, backend),
+            network_policy(
+                MODEL_CACHE_COMPONENT,
+                self.model_source,
+                name=f"{claim}-cache-network",
+                selected=self._selected(backend),
                 annotations=layout.run_annotations(self.dag_id, str(context["run_id"])),
             )
         )
         return super().execute(context)
 
-    def _labels(self, context: Context, backend: KubernetesBackend) -> dict[str, str]:
-        labels = {
-            **layout.MANAGED_BY,
-            layout.LABEL_RUN: layout.label_value(str(context["run_id"])),
-            layout.LABEL_RUN_KEY: backend.run_key,
-        }
+    def _selected(self, backend: KubernetesBackend) -> dict[str, str]:
+        """The labels that tell this plan's model-cache pod from every other pod: run and plan."""
+        labels = {layout.LABEL_RUN_KEY: backend.run_key}
         if backend.plan:
             labels[layout.LABEL_PLAN] = backend.plan
         return labels
+
+    def _labels(self, context: Context, backend: KubernetesBackend) -> dict[str, str]:
+        return {
+            **layout.MANAGED_BY,
+            layout.LABEL_RUN: layout.label_value(str(context["run_id"])),
+            **self._selected(backend),
+        }
 
     def build_pod_request_obj(self, context: Context | None = None, *, dry_run: bool = False) -> k8s.V1Pod:
         if context is None:

@@ -580,80 +580,74 @@ def _put_first(mapping: dict[str, Any], keys: tuple[str, ...]) -> None:
     mapping.update(first | rest)
 
 
-# What the model-cache pod needs to download a model (a registry or a store over HTTPS, found through DNS); no
-# pod that sees a prompt has it
+ENRICHMENT_COMPONENT, MODEL_CACHE_COMPONENT = layout.ENRICHMENT_COMPONENT, layout.MODEL_CACHE_COMPONENT
 DNS_EGRESS = {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}
 MODEL_DOWNLOAD_EGRESS = (DNS_EGRESS, {"ports": [{"protocol": "TCP", "port": 443}]})
-MODEL_CACHE_COMPONENT = "model-cache"
+# `llm-etl render-pod`'s namespace-wide policies, by component
+NAMESPACE_POLICY_NAMES = {
+    ENRICHMENT_COMPONENT: "llm-etl-deny-all",
+    MODEL_CACHE_COMPONENT: "llm-etl-model-cache",
+}
 
 
-def network_policy(namespace: str | None = None, *, model_cache: bool = False) -> dict[str, Any]:
-    """Return the namespace's NetworkPolicy that isolates enrichment pods (no ingress, no egress); with
-    ``model_cache``, the one that lets model-cache pods, and only them, reach DNS and HTTPS."""
-    policy = copy.deepcopy(load_template(NETWORK_POLICY_TEMPLATE))
-    if namespace:
-        policy["metadata"]["namespace"] = namespace
-    if model_cache:
-        policy["metadata"]["name"] = "llm-etl-model-cache"
-        policy["spec"]["podSelector"]["matchLabels"][layout.LABEL_COMPONENT] = MODEL_CACHE_COMPONENT
-        policy["spec"]["egress"] = [dict(rule) for rule in MODEL_DOWNLOAD_EGRESS]
-    return policy
+def pod_egress(
+    component: str, model_source: str, store_egress: Sequence[tuple[str, int]] = ()
+) -> list[dict[str, Any]]:
+    """The egress rule of every NetworkPolicy: what a pod of ``component`` may reach, for a model of
+    ``model_source``.
 
-
-def _pod_network_policy(
-    name: str, pod_labels: dict[str, str], annotations: dict[str, str], selecting: Sequence[str]
-) -> dict[str, Any]:
-    """A NetworkPolicy of one run's pods, selecting them by the labels named in ``selecting``: no ingress, no
-    egress (the caller adds what its pods need)."""
-    policy = copy.deepcopy(load_template(NETWORK_POLICY_TEMPLATE))
-    selected = {key: pod_labels[key] for key in selecting if key in pod_labels}
-    policy["metadata"] = {
-        "name": name,
-        "labels": {**policy["metadata"]["labels"], **selected, layout.LABEL_KIND: "network-policy"},
-        "annotations": annotations,
-    }
-    policy["spec"]["podSelector"]["matchLabels"].update(selected)
-    return policy
-
-
-def shard_network_policy(
-    name: str,
-    pod_labels: dict[str, str],
-    *,
-    annotations: dict[str, str],
-    store_egress: Sequence[tuple[str, int]] = (),
-) -> dict[str, Any]:
-    """The NetworkPolicy created with one shard's pod, selecting it by its run key, plan and shard: no
-    ingress and no egress, whatever the model source (the model-cache pod downloads it). With the object
-    transport, DNS and ``store_egress`` (the store's addresses and port, as the stage resolved them) only."""
-    policy = _pod_network_policy(
-        name, pod_labels, annotations, (layout.LABEL_RUN_KEY, layout.LABEL_PLAN, layout.LABEL_SHARD)
-    )
+    - A pod that sees prompts (``enrichment``) never reaches a network for its model, whatever its source:
+      ``pull`` and ``object`` models are in the claim the model-cache pod filled. With the object
+      transport it reaches DNS and ``store_egress`` (the store's addresses and port, as the stage resolved
+      them) only.
+    - The model-cache pod, which only a downloaded source (``pull``, ``object``) has, reaches DNS and HTTPS:
+      the registry or store it downloads the model from.
+    """
+    if component == MODEL_CACHE_COMPONENT:
+        if model_source not in DOWNLOADED_SOURCES or store_egress:
+            raise PodSpecError(
+                "a model-cache pod downloads a pull or object model and reaches nothing else, not a "
+                f"{model_source!r} model" + (" or the object transport's store" if store_egress else "")
+            )
+        return [dict(rule) for rule in MODEL_DOWNLOAD_EGRESS]
+    if component != ENRICHMENT_COMPONENT:
+        raise PodSpecError(f"no NetworkPolicy for component {component!r}")
     egress: list[dict[str, Any]] = (
         [dict(DNS_EGRESS)] if store_egress else []
     )  # the URLs name the store's host
     for address, port in store_egress:
         cidr = str(ipaddress.ip_network(address, strict=False))  # an address becomes its /32 or /128
-        egress.append(
-            {
-                "to": [{"ipBlock": {"cidr": cidr}}],
-                "ports": [{"protocol": "TCP", "port": port}],
-            }
-        )
-    if egress:
-        policy["spec"]["egress"] = egress
-    return policy
+        egress.append({"to": [{"ipBlock": {"cidr": cidr}}], "ports": [{"protocol": "TCP", "port": port}]})
+    return egress
 
 
-def model_cache_network_policy(
-    name: str, pod_labels: dict[str, str], *, annotations: dict[str, str]
+def network_policy(
+    component: str,
+    model_source: str,
+    *,
+    namespace: str | None = None,
+    name: str | None = None,
+    selected: Mapping[str, str] | None = None,
+    annotations: Mapping[str, str] | None = None,
+    store_egress: Sequence[tuple[str, int]] = (),
 ) -> dict[str, Any]:
-    """The NetworkPolicy created with a plan's model-cache pod: no ingress; DNS and HTTPS out, for the
-    registry or store it downloads the model from. It selects the model-cache component only, so no
-    enrichment pod of the plan ever matches it."""
-    labels = {**pod_labels, layout.LABEL_COMPONENT: MODEL_CACHE_COMPONENT}
-    policy = _pod_network_policy(
-        name, labels, annotations, (layout.LABEL_RUN_KEY, layout.LABEL_PLAN, layout.LABEL_COMPONENT)
-    )
-    policy["spec"]["egress"] = [dict(rule) for rule in MODEL_DOWNLOAD_EGRESS]
+    """The NetworkPolicy of ``component``'s pods (``enrichment`` or ``model-cache``) for a model of
+    ``model_source``: no ingress, and egress by :func:`pod_egress`.
+
+    Given ``selected`` (the labels that tell one run's pods from every other: run key, plan, shard), the
+    policy created with those pods, named ``name`` and labelled so that the run's cleanup finds it; else the
+    namespace's policy for every such pod (``llm-etl render-pod`` prints it).
+    """
+    policy = copy.deepcopy(load_template(NETWORK_POLICY_TEMPLATE))
+    egress = pod_egress(component, model_source, store_egress)
+    metadata = policy["metadata"]
+    if selected is not None:
+        metadata["labels"] = {**metadata["labels"], **selected, layout.LABEL_KIND: "network-policy"}
+        metadata["annotations"] = dict(annotations or {})
+        policy["spec"]["podSelector"]["matchLabels"].update(selected)
+    metadata["name"] = name or NAMESPACE_POLICY_NAMES[component]
+    if namespace:
+        metadata["namespace"] = namespace
+    policy["spec"]["podSelector"]["matchLabels"][layout.LABEL_COMPONENT] = component
+    policy["spec"]["egress"] = egress
     return policy

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import yaml
 
 from llm_etl_provider.cli import main
@@ -57,3 +58,33 @@ def test_render_pod_and_the_operators_read_the_model_s_options_alike():
         == ModelSpec.of("m", LLMEnrichmentOperator(task_id="e", shard={}, model="m"))
         == ModelSpec("m")
     )
+
+
+@pytest.mark.parametrize(
+    ("backend", "source", "options"),
+    [
+        ("ollama", "pull", []),
+        ("llamacpp", "object", ["--model-url-secret", "u", "--model-sha256", "c" * 64]),
+        ("llamacpp", "pvc", ["--model-claim", "models"]),
+        ("vllm", "image", ["--model-image", "registry.example/m:1"]),
+    ],
+)
+def test_render_pod_opens_egress_for_a_model_to_the_model_cache_pod_only(capsys, backend, source, options):
+    """The namespace's policies that render-pod prints follow the one rule a run's follow (``pod_egress``): no
+    egress for the enrichment pods, whatever the source; DNS and HTTPS for a model-cache pod, which only
+    ``pull`` and ``object`` models have."""
+    argv = ["render-pod", "--backend", backend, "--model-source", source, *options]
+    assert main(argv) == 0
+    documents = list(yaml.safe_load_all(capsys.readouterr().out))
+    policies = {
+        p["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"]: p["spec"]["egress"]
+        for p in documents
+        if p["kind"] == "NetworkPolicy"
+    }
+    pods = {p["metadata"]["labels"]["app.kubernetes.io/component"] for p in documents if p["kind"] == "Pod"}
+    assert set(policies) == pods
+    assert policies["enrichment"] == []
+    if source in ("pull", "object"):
+        assert {port["port"] for rule in policies["model-cache"] for port in rule["ports"]} == {53, 443}
+    else:
+        assert "model-cache" not in policies
