@@ -192,16 +192,22 @@ def _csv_units(
         if row.header:
             header = row
             break
-    if header is not None and header.error is not None:
+    if header is None:  # blank lines only: nothing to stage
+        return _ShardBuilder(max_shard_bytes), iter(())
+    builder = _ShardBuilder(max_shard_bytes, b"".join(before), _repeatable_header(path, header))
+    return builder, ((row.line, row.raw, row.record) for row in rows)
+
+
+def _repeatable_header(path: Path, header: CsvRow) -> bytes:
+    """The CSV ``header`` as the shards after the first repeat it (without its BOM); StagingInputError
+    where no shard could: a header that cannot be parsed, or one that spans lines."""
+    if header.error is not None:
         raise StagingInputError(f"{path}: the CSV header cannot be parsed: {header.error}")
-    if header is not None and header.lines > 1:
+    if header.lines > 1:
         raise StagingInputError(
             f"{path}:{header.line}: a CSV header spanning lines cannot be repeated per shard"
         )
-    if header is None:  # blank lines only: nothing to stage
-        return _ShardBuilder(max_shard_bytes), iter(())
-    builder = _ShardBuilder(max_shard_bytes, b"".join(before), without_bom(header.line, header.raw))
-    return builder, ((row.line, row.raw, row.record) for row in rows)
+    return without_bom(header.line, header.raw)
 
 
 @dataclass(frozen=True)
@@ -315,13 +321,7 @@ def _csv_row_starts_after(
                 while target is not None and target <= position:
                     target = next(pending, None)
             if row.header:
-                if row.error is not None:
-                    raise StagingInputError(f"{path}: the CSV header cannot be parsed: {row.error}")
-                if row.lines > 1:
-                    raise StagingInputError(
-                        f"{path}:{row.line}: a CSV header spanning lines cannot be repeated per shard"
-                    )
-                header = without_bom(row.line, row.raw)
+                header = _repeatable_header(path, row)
             position += len(row.raw)
     except UnreadableInput as exc:
         raise StagingInputError(str(exc)) from None
