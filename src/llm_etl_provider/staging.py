@@ -24,8 +24,8 @@ from llm_etl_provider.exceptions import StagingInputError
 from llm_etl_provider.worker.exceptions import CsvLineTooLong, UnreadableInput
 from llm_etl_provider.worker.records import detect_format
 from llm_etl_provider.worker.tokenizer import (
-    GZIP_MAGIC,
     CsvRow,
+    begins_gzip,
     csv_rows,
     jsonl_lines,
     without_bom,
@@ -275,7 +275,7 @@ def _line_starts_after(path: Path, targets: list[int]) -> list[int]:
 
         def begins_like_gzip(offset: int) -> bool:
             handle.seek(offset)
-            return handle.read(2) == GZIP_MAGIC
+            return begins_gzip(handle)
 
         for target in targets:
             position = line_start(max(target, cuts[-1] + 1 if cuts else 1))

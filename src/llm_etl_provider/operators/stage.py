@@ -50,7 +50,7 @@ from llm_etl_provider.transport.extract import remove_tree
 from llm_etl_provider.transport.run_manifest import unpublish_run
 from llm_etl_provider.worker.exceptions import ConfigurationError
 from llm_etl_provider.worker.records import InputLimits, RecordReader, detect_format
-from llm_etl_provider.worker.tokenizer import GZIP_MAGIC
+from llm_etl_provider.worker.tokenizer import begins_gzip
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -304,7 +304,7 @@ class StageInputOperator(RunStepOperator):
         """The object transport: a byte range of the input per pod, and each shard's pre-signed URLs, under
         the plan's transport folder (``<run output>/_transport/<plan>/``)."""
         with local.open("rb") as handle:
-            if handle.read(2) == GZIP_MAGIC:
+            if begins_gzip(handle):
                 raise StagingError(
                     f"{self.input_path} is gzip-compressed: the object transport reads byte ranges of the "
                     "input, which a gzip stream has not; store it uncompressed, or use transport=log"
