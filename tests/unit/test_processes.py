@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -95,6 +96,19 @@ def test_a_group_is_signalled_whole_and_several_processes_share_one_timeout():
     assert [p.returncode for p in processes] == [-signal.SIGKILL, -signal.SIGKILL]
     for process in processes:  # the children went with their group
         deadline = time.monotonic() + 5
-        while subprocess.run(["pgrep", "-g", str(process.pid)], capture_output=True).returncode == 0:
+        while _group_members(process.pid):
             assert time.monotonic() < deadline
             time.sleep(0.05)
+
+
+def _group_members(group: int) -> list[int]:
+    """The processes of process group ``group`` that still run (zombies, ended, do not count)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _, pgrp = stat.read_text().rsplit(") ", 1)[1].split()[:3]
+        except (OSError, IndexError):
+            continue  # ended meanwhile
+        if int(pgrp) == group and state != "Z":
+            members.append(int(stat.parent.name))
+    return members
