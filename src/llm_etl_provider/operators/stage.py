@@ -8,7 +8,7 @@ import dataclasses
 import functools
 import hashlib
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -33,7 +33,7 @@ from llm_etl_provider.contract.shard import ShardDescriptor, validate_run_id
 from llm_etl_provider.exceptions import PodSpecError, StagingError, StagingInputError
 from llm_etl_provider.formats.exceptions import InputError
 from llm_etl_provider.formats.records import InputLimits, RecordReader, detect_format
-from llm_etl_provider.formats.tokenizer import GZIP_MAGIC
+from llm_etl_provider.formats.tokenizer import begins_gzip
 from llm_etl_provider.hooks.object_store import ObjectStoreSigner, expiry_seconds, signer_for, url_egress
 from llm_etl_provider.operators.base import RunStepOperator, backend_for
 from llm_etl_provider.pod.builder import quantity_bytes
@@ -304,7 +304,7 @@ class StageInputOperator(RunStepOperator):
         """The object transport: a byte range of the input per pod, and each shard's pre-signed URLs, under
         the plan's transport folder (``<run output>/_transport/<plan>/``)."""
         with local.open("rb") as handle:
-            if handle.read(2) == GZIP_MAGIC:
+            if begins_gzip(handle):
                 raise StagingError(
                     f"{self.input_path} is gzip-compressed: the object transport reads byte ranges of the "
                     "input, which a gzip stream has not; store it uncompressed, or use transport=log"
@@ -376,27 +376,18 @@ class StageInputOperator(RunStepOperator):
                     {*url_egress(document.input.url, cidrs), *url_egress(document.end_put, cidrs)}
                 )
             end = ranges[byte_range.index + 1].first_line if byte_range.index + 1 < len(ranges) else None
-            repeated = duplicates[_lines_within(duplicates, byte_range.first_line, end)]
-            descriptor = ShardDescriptor(
-                index=byte_range.index,
-                records=count,
-                line_offset=byte_range.line_offset,
-                input_format=fmt,
-                first_line=byte_range.first_line,
-                bytes=document.input.size,
-                input_sha256=document.input.sha256,
-                malformed=malformed if byte_range.index == 0 else {},
-                duplicates=len(repeated),
-                transport=OBJECT_OUTPUT,
-                parts=str(folder),
-                source=str(self.input_path),
-                egress=[[address, port] for address, port in egress],
-                plan=plan,
-                **backend.stage_object_shard(
-                    byte_range.index, document.to_json(), encode_line_numbers(repeated) if repeated else b""
-                ),
-            )
-            descriptors.append(descriptor.to_xcom())
+            descriptors.append(
+                _descriptor(
+                    byte_range, count, end, fmt=fmt, plan=plan, malformed=malformed, duplicates=duplicates,
+                    stage=functools.partial(backend.stage_object_shard, byte_range.index, document.to_json()),
+                    bytes=document.input.size,
+                    input_sha256=document.input.sha256,
+                    transport=OBJECT_OUTPUT,
+                    parts=str(folder),
+                    source=str(self.input_path),
+                    egress=[[address, port] for address, port in egress],
+                )
+            )  # fmt: skip
         return descriptors
 
     def _check_run_size(self, shards: Iterable[Shard], memory_limit: int) -> None:
@@ -473,24 +464,13 @@ class StageInputOperator(RunStepOperator):
         plan: str,
     ) -> dict[str, Any]:
         """One shard's descriptor, once it is staged."""
-        # a shard holds the input lines from its first line to the next shard's
-        end = next_shard.first_line if next_shard else None
-        # ids repeated across shards: each shard's worker dead-letters these lines as duplicate_id
-        repeated = duplicates[_lines_within(duplicates, shard.first_line, end)]
-        descriptor = ShardDescriptor(
-            index=shard.index,
-            records=shard.records,
-            line_offset=shard.line_offset,
-            input_format=shard.input_format,
-            first_line=shard.first_line,
+        return _descriptor(
+            shard, shard.records, next_shard.first_line if next_shard else None,
+            fmt=shard.input_format, plan=plan, malformed=malformed, duplicates=duplicates,
+            stage=functools.partial(backend.stage_shard, shard),
             bytes=len(shard.data),
             input_sha256=hashlib.sha256(shard.data).hexdigest(),
-            malformed=malformed if shard.index == 0 else {},
-            duplicates=len(repeated),
-            plan=plan,
-            **backend.stage_shard(shard, encode_line_numbers(repeated) if repeated else b""),
-        )
-        return descriptor.to_xcom()
+        )  # fmt: skip
 
     def _validate(
         self, local: Path, fmt: str, limits: InputLimits, boundaries: Sequence[int] = ()
@@ -583,6 +563,37 @@ def _with_next(shards: Iterable[Shard]) -> Iterator[tuple[Shard, Shard | None]]:
         following = next(iterator, None)
         yield current, following
         current = following
+
+
+def _descriptor(
+    unit: Shard | ByteRange,
+    records: int,
+    end: int | None,
+    *,
+    fmt: str,
+    plan: str,
+    malformed: dict[str, list[int]],
+    duplicates: list[int],
+    stage: Callable[[bytes], dict[str, Any]],
+    **transported: Any,
+) -> dict[str, Any]:
+    """The descriptor of a shard that holds the input lines from its first up to ``end`` (the next shard's
+    first; None: to the last), once ``stage`` staged it: ``stage`` is given the shard's lines whose id an
+    earlier shard holds (its worker dead-letters them as duplicate_id) and returns where it staged the shard.
+    What the transport adds of its own (size, digest, URLs) comes as ``transported``."""
+    repeated = duplicates[_lines_within(duplicates, unit.first_line, end)]
+    return ShardDescriptor(
+        index=unit.index,
+        records=records,
+        line_offset=unit.line_offset,
+        input_format=fmt,
+        first_line=unit.first_line,
+        malformed=malformed if unit.index == 0 else {},  # shard 0 reports the input's
+        duplicates=len(repeated),
+        plan=plan,
+        **transported,
+        **stage(encode_line_numbers(repeated) if repeated else b""),
+    ).to_xcom()
 
 
 def _lines_within(lines: list[int], first: int, end: int | None) -> slice:
