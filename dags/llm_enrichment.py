@@ -29,14 +29,15 @@ from typing import Any
 
 from airflow.sdk import Param, dag
 
-from llm_etl_provider.backends import DEFAULT_LOCAL_DIR
+from llm_etl_provider.backends import DEFAULT_EXECUTION_MODE, DEFAULT_LOCAL_DIR
 from llm_etl_provider.contract.invocation import DEFAULT_MAX_RECORD_BYTES, TASK_NAMES, default_of
 from llm_etl_provider.contract.object_transport import DEFAULT_TRANSPORT, TRANSPORTS
-from llm_etl_provider.pod.builder import BACKENDS
+from llm_etl_provider.llama_cpp import CPU_PARALLEL
+from llm_etl_provider.pod.builder import BACKENDS, DEFAULT_BACKEND, DEFAULT_MODEL_SOURCE
 from llm_etl_provider.staging.cutting import DEFAULT_MAX_SHARDS, DEFAULT_SHARD_BYTES
 from llm_etl_provider.task_group import llm_enrichment_task_group
 
-EXECUTION_MODE = os.environ.get("LLM_ETL_EXECUTION_MODE", "kubernetes")
+EXECUTION_MODE = os.environ.get("LLM_ETL_EXECUTION_MODE", DEFAULT_EXECUTION_MODE)
 LOCAL_DIR = os.environ.get("LLM_ETL_LOCAL_DIR", DEFAULT_LOCAL_DIR)
 NAMESPACE = os.environ.get("LLM_ETL_NAMESPACE", "llm-etl")
 
@@ -51,7 +52,7 @@ if EXECUTION_MODE == "local":
 else:
     MODEL_SETTINGS = {
         "backend": "{{ params.backend }}",
-        "model_source": os.environ.get("LLM_ETL_MODEL_SOURCE", "pull"),
+        "model_source": os.environ.get("LLM_ETL_MODEL_SOURCE", DEFAULT_MODEL_SOURCE),
         "gpus": int(os.environ.get("LLM_ETL_GPUS", "1")),
     }
     for setting in ("url_secret", "sha256", "claim", "image", "path", "size"):
@@ -132,7 +133,7 @@ PARAMS: dict[str, Param] = {
     **(
         {
             "backend": Param(
-                "ollama",
+                DEFAULT_BACKEND,
                 enum=list(BACKENDS),
                 title="LLM server",
                 description="The server in each pod: ollama, llamacpp or vllm",
@@ -192,7 +193,9 @@ PARAMS: dict[str, Param] = {
         title="Server parallelism",
         description=(
             "Requests the LLM server serves at once (vLLM --max-num-seqs, llama.cpp --parallel, "
-            "OLLAMA_NUM_PARALLEL). Empty: 256 for vLLM, 32 for llama.cpp, 8 for Ollama on a GPU; 4 on CPU"
+            "OLLAMA_NUM_PARALLEL). Empty: "
+            + ", ".join(f"{backend.gpu_parallel} for {name}" for name, backend in BACKENDS.items())
+            + f" on a GPU; {CPU_PARALLEL} on CPU"
         ),
     ),
     "concurrency": Param(

@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -47,6 +46,8 @@ import httpx  # noqa: E402
 from benchmarks.bench_worker import LoadMeter, chat_requests  # noqa: E402
 from benchmarks.common import print_table, save  # noqa: E402
 
+from llm_etl_provider.llama_cpp import llama_server_args  # noqa: E402
+from llm_etl_provider.processes import stop_process  # noqa: E402
 from llm_etl_provider.worker.clients import OpenAIClient  # noqa: E402
 from llm_etl_provider.worker.http_lanes import HttpLanes  # noqa: E402
 from llm_etl_provider.worker.tasks import TaskSpec, build_task  # noqa: E402
@@ -78,10 +79,12 @@ class Server:
         self.slot_dir = log_path.parent / "slots"
         self.slot_dir.mkdir(parents=True, exist_ok=True)
         self.command = [
-            str(args.server), "--model", str(args.model), "--alias", MODEL_NAME,
-            "--host", "127.0.0.1", "--port", str(self.port),
-            "--parallel", str(args.parallel), "--ctx-size", str(args.parallel * args.ctx_per_slot),
-            "--n-gpu-layers", str(args.ngl), "--cache-ram", "0", "--no-webui",
+            str(args.server),
+            *llama_server_args(
+                str(args.model), MODEL_NAME,
+                port=self.port, slots=args.parallel, ctx_per_slot=args.ctx_per_slot,
+            ),
+            "--n-gpu-layers", str(args.ngl), "--cache-ram", "0",
             "--slot-save-path", str(self.slot_dir) + "/",
             *(["--threads", str(args.threads)] if args.threads else []),
             *args.server_arg,
@@ -119,13 +122,8 @@ class Server:
                     raise RuntimeError(f"erasing slot {slot}: {response.status_code} {response.text[:200]}")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, 15)
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:

@@ -34,6 +34,7 @@ from typing import Any, Self
 import httpx
 
 from llm_etl_provider.backends.llama_server import free_port
+from llm_etl_provider.processes import stop_process
 
 MODEL_NAME = "batching-sim"
 CHARS_PER_TOKEN = 4
@@ -275,13 +276,8 @@ class BatchingServer:
         raise RuntimeError("the batching server was not ready after 30 s")
 
     def __exit__(self, *exc_info: object) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, 10, first=signal.SIGINT)
 
 
 if __name__ == "__main__":

@@ -81,13 +81,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llm-etl-dev", description="llm-etl-provider's developer tools")
     commands = parser.add_subparsers(dest="command", required=True)
 
+    from llm_etl_provider.backends.llama_server import READY_TIMEOUT_SECONDS
+    from llm_etl_provider.llama_cpp import CPU_PARALLEL
+
     server = commands.add_parser(
         "local-server", help="start llama-server with the bundled model; returns once it is ready"
     )
     server.add_argument("--port", type=int, required=True)
-    server.add_argument("--parallel", type=int, default=4, help="request slots (continuous batching)")
+    server.add_argument(
+        "--parallel",
+        type=int,
+        default=CPU_PARALLEL,
+        help="request slots (continuous batching; default %(default)s)",
+    )
     server.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
-    server.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for readiness")
+    server.add_argument(
+        "--timeout",
+        type=float,
+        default=READY_TIMEOUT_SECONDS,
+        help="seconds to wait for readiness (default %(default)s)",
+    )
     server.add_argument("--stop", action="store_true", help="stop the server started on this port")
     server.set_defaults(handler=_local_server)
 

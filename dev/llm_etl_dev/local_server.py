@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import time
 from pathlib import Path
 
-from llm_etl_provider.backends.llama_server import LlamaServer, cache_dir
+from llm_etl_provider.backends.llama_server import READY_TIMEOUT_SECONDS, LlamaServer, cache_dir
+from llm_etl_provider.processes import stop_process
 
 
 def pid_file(port: int) -> Path:
     return cache_dir() / "run" / f"llama-server-{port}.pid"
 
 
-def start_detached(port: int, parallel: int, threads: int | None, timeout: float = 120.0) -> LlamaServer:
+def start_detached(
+    port: int, parallel: int, threads: int | None, timeout: float = READY_TIMEOUT_SECONDS
+) -> LlamaServer:
     """Start a server that outlives this process, wait until it is ready, and record its pid."""
     server = LlamaServer(port=port, parallel=parallel, threads=threads)
     server.start(detach=True)
@@ -36,15 +36,4 @@ def stop_detached(port: int) -> bool:
     except (FileNotFoundError, ValueError):
         return False
     path.unlink()
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return False
-    for _ in range(100):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.1)
-    os.kill(pid, signal.SIGKILL)
-    return True
+    return stop_process(pid, 10.0)

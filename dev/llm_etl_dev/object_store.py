@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import secrets
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,6 +19,7 @@ from typing import Any
 
 from llm_etl_dev.builds import find_built
 from llm_etl_provider.backends.llama_server import free_port
+from llm_etl_provider.processes import stop_process
 
 WEED_ENV = "LLM_ETL_SEAWEEDFS_BIN"  # a folder holding weed
 BUCKET = "llm-etl"
@@ -146,10 +145,4 @@ def running_seaweedfs(root: Path, log: Path | None = None) -> Iterator[S3Account
         create_bucket(account, lambda: process.poll() is None, log)
         yield account
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_process(process, 20, group=True)

@@ -13,6 +13,9 @@ from llm_etl_provider.contract.invocation import DEFAULT_TEMPLATE, TASK_NAMES, d
 from llm_etl_provider.contract.layout import WORKER_CONTAINER
 from llm_etl_provider.worker.pod_commands import add_pod_commands
 
+# the namespace of the example deployment (docker-compose.yaml, the example DAGs, the development cluster)
+EXAMPLE_NAMESPACE = "llm-etl"
+
 
 def _new_key(args: argparse.Namespace) -> int:
     from llm_etl_provider.transport.exceptions import FrameKeyError
@@ -77,7 +80,8 @@ def _render_pod(args: argparse.Namespace) -> int:
     from llm_etl_provider.contract.shard import ShardDescriptor
     from llm_etl_provider.exceptions import PodSpecError
     from llm_etl_provider.pod.builder import (
-        DEFAULT_MODEL_SIZE,
+        ENRICHMENT_COMPONENT,
+        MODEL_CACHE_COMPONENT,
         ModelSpec,
         PodParams,
         ServerSpec,
@@ -88,27 +92,26 @@ def _render_pod(args: argparse.Namespace) -> int:
         set_pull_policy,
     )
 
-    server = ServerSpec(backend=args.backend, parallel=args.parallel, gpus=args.gpus, image=args.server_image)
+    given = {
+        "backend": args.backend,
+        "parallel": args.parallel,
+        "gpus": args.gpus,
+        "image": args.server_image,
+    }
+    server = ServerSpec(**{name: value for name, value in given.items() if value is not None})
     images = {"worker_image": args.worker_image} if args.worker_image else {}
     shard = ShardDescriptor(index=0, records=0, line_offset=0, input_format="jsonl")
     prefix = run_prefix(args.dag_id, args.run_id)
-    model = ModelSpec(
-        name=args.model,
-        source=args.model_source,
-        path=args.model_path,
-        sha256=args.model_sha256,
-        url_secret=args.model_url_secret,
-        claim=args.model_claim,
-        image=args.model_image,
-        size=args.model_size or DEFAULT_MODEL_SIZE,
-        cache_claim=model_claim_name(prefix),
-    )
+    model = ModelSpec.of(args.model, args, cache_claim=model_claim_name(prefix))
     try:
-        documents = [network_policy(args.namespace)]
+        documents = [network_policy(ENRICHMENT_COMPONENT, model.source, namespace=args.namespace)]
         if model.downloaded:  # the pod that downloads the model before the enrichment pods start
             cache_pod = build_model_cache_pod(model, server, **images)
             cache_pod["metadata"]["name"] = f"{prefix}-model-cache"
-            documents += [cache_pod, network_policy(args.namespace, model_cache=True)]
+            documents += [
+                cache_pod,
+                network_policy(MODEL_CACHE_COMPONENT, model.source, namespace=args.namespace),
+            ]
         pod = build_pod(
             PodParams(
                 invocation=pod_invocation(
@@ -181,16 +184,18 @@ def build_parser() -> argparse.ArgumentParser:
         "render-pod",
         help="print the enrichment pod, the model-cache pod (pull, object) and the NetworkPolicies as YAML",
     )
-    render.add_argument("--backend", default="ollama", help="ollama, llamacpp or vllm")
+    # Left out, the model's and the server's options take the defaults that LLMEnrichmentOperator takes
+    # (llm_etl_provider.pod.builder's, which this parser does not import: the worker's image runs it).
+    render.add_argument("--backend", help="ollama, llamacpp or vllm (default: the operator's)")
     render.add_argument("--model", default="llama3.2:3b", help="the model name the server serves")
-    render.add_argument("--model-source", default="pull", help="pull, pvc, object or image")
-    render.add_argument("--model-path", default="model.gguf", help="the model's path in its volume")
+    render.add_argument("--model-source", help="pull, pvc, object or image (default: the operator's)")
+    render.add_argument("--model-path", help="the model's path in its volume (default: the operator's)")
     render.add_argument("--model-sha256", help="sha256 of the model file")
     render.add_argument("--model-url-secret", help="object source: a Secret whose key `url` holds the URL")
     render.add_argument("--model-claim", help="pvc source: the PersistentVolumeClaim")
     render.add_argument("--model-image", help="image source: the OCI image reference")
     render.add_argument(
-        "--model-size", help="pull and object sources: room for the model (default: the pod builder's, 8Gi)"
+        "--model-size", help="pull and object sources: room for the model (default: the operator's)"
     )
     render.add_argument(
         "--parallel",
@@ -210,13 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--template", help=f"the prompt template (default: {DEFAULT_TEMPLATE})")
     render.add_argument("--dag-id", default="llm_enrichment", help="names the run's pods and Secrets")
     render.add_argument("--run-id", default="manual__2026-01-01T00:00:00+00:00")
-    render.add_argument("--namespace", default="llm-etl")
+    render.add_argument("--namespace", default=EXAMPLE_NAMESPACE)
     render.set_defaults(handler=_render_pod)
 
     role = commands.add_parser(
         "render-role", help="print the Role that Airflow's Kubernetes identity needs in the run namespace"
     )
-    role.add_argument("--namespace", default="llm-etl")
+    role.add_argument("--namespace", default=EXAMPLE_NAMESPACE)
     role.set_defaults(handler=_render_role)
 
     return parser

@@ -9,7 +9,12 @@ from typing import Any
 from airflow.sdk import Asset, BaseOperator, TaskGroup, task, task_group
 from airflow.task.trigger_rule import TriggerRule
 
-from llm_etl_provider.backends import checked_execution_mode
+from llm_etl_provider.backends import (
+    DEFAULT_EXECUTION_MODE,
+    DEFAULT_KUBERNETES_CONN_ID,
+    DEFAULT_NAMESPACE,
+    checked_execution_mode,
+)
 from llm_etl_provider.contract.invocation import DEFAULT_MAX_RECORD_BYTES, WORKER_SETTINGS, default_of
 from llm_etl_provider.contract.layout import DEFAULT_RUN_DEADLINE_SECONDS, DEFAULT_WORKER_MEMORY
 from llm_etl_provider.contract.object_transport import DEFAULT_TRANSPORT
@@ -20,7 +25,7 @@ from llm_etl_provider.operators.local_enrichment import LocalEnrichmentOperator
 from llm_etl_provider.operators.model_cache import DEFAULT_CACHE_ACCESS_MODES, ModelCacheOperator
 from llm_etl_provider.operators.publish import PublishRunOperator
 from llm_etl_provider.operators.stage import StageInputOperator
-from llm_etl_provider.pod.builder import DOWNLOADED_SOURCES
+from llm_etl_provider.pod.builder import DEFAULT_MODEL_SOURCE, DOWNLOADED_SOURCES
 from llm_etl_provider.staging.cutting import DEFAULT_SHARD_BYTES
 
 # The enrichment's settings that its results depend on: part of the stage's plan
@@ -35,9 +40,9 @@ def llm_enrichment_task_group(
     output_path: str,
     model: str,
     group_id: str = "llm_enrichment",
-    namespace: str = "default",
-    kubernetes_conn_id: str = "kubernetes_default",
-    execution_mode: str = "kubernetes",
+    namespace: str = DEFAULT_NAMESPACE,
+    kubernetes_conn_id: str = DEFAULT_KUBERNETES_CONN_ID,
+    execution_mode: str = DEFAULT_EXECUTION_MODE,
     local_dir: str | None = None,
     input_format: str = "auto",
     max_shard_bytes: int | str = DEFAULT_SHARD_BYTES,
@@ -128,7 +133,7 @@ def llm_enrichment_task_group(
 
         shards = planned_shards(stage.output)
         setups: list[Any] = [stage]
-        model_source = enrichment.get("model_source", "pull")
+        model_source = enrichment.get("model_source", DEFAULT_MODEL_SOURCE)
         if execution_mode == "kubernetes" and model_source in DOWNLOADED_SOURCES:
             cache_model = ModelCacheOperator(
                 task_id="cache_model",

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from typing import Any
 import httpx
 
 from llm_etl_provider.backends.llama_server import free_port
+from llm_etl_provider.processes import stop_processes
 from tests.e2e.postgres import PostgresServer
 
 
@@ -83,14 +83,7 @@ class AirflowStack:
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
         self.client.close()
-        for process in self.processes:
-            os.killpg(process.pid, signal.SIGTERM)
-        for process in self.processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_processes(self.processes, 30, group=True)
         self.database.__exit__(kind, error, trace)
 
     def _healthy(self) -> bool:

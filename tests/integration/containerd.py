@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llm_etl_dev.cluster.real_node import load_images, remove_empty_cgroups, stop_containers
+from llm_etl_provider.processes import stop_process
 
 NAMESPACE = "llm-etl-test"
 
@@ -101,10 +102,5 @@ def running_containerd(folder: Path) -> Iterator[Containerd]:
     finally:
         with contextlib.suppress(Exception):
             stop_containers(containerd.socket, NAMESPACE)
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, 20)
         remove_empty_cgroups(NAMESPACE)  # runc's, under each controller

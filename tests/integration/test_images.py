@@ -19,6 +19,7 @@ import pytest
 from llm_etl_provider.backends.llama_server import MODEL_FILE, MODEL_SHA256, bundled_model, free_port
 from llm_etl_provider.contract.layout import MODELS_DIR
 from llm_etl_provider.contract.pod_commands import load_model_args, load_model_command
+from llm_etl_provider.llama_cpp import llama_server_args
 from tests.images import build_images
 from tests.integration.containerd import Containerd, running_containerd
 
@@ -47,10 +48,10 @@ def node(tmp_path_factory, images) -> Iterator[Containerd]:
 def test_the_worker_image_enriches_beside_the_server_image_as_65532_on_a_read_only_root(tmp_path, node):
     models = bundled_model().parent
     port = free_port()
+    served = llama_server_args(f"{MODELS_DIR}/{MODEL_FILE}", "smollm2", port=port, slots=2)
     server = node.start(
         "llama-server", "localhost/llm-etl/llama-server", read_only_mounts={MODELS_DIR: models},
-        args=["/app/llama-server", "--model", f"{MODELS_DIR}/{MODEL_FILE}", "--alias", "smollm2", "--host",
-              "127.0.0.1", "--port", str(port), "--parallel", "2", "--ctx-size", "4096", "--no-webui"],
+        args=["/app/llama-server", *served],
     )  # fmt: skip
     deadline = time.monotonic() + 180
     while True:

@@ -19,7 +19,6 @@ import dataclasses
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -49,6 +48,7 @@ from llm_etl_dev.cluster.real_node import (
 from llm_etl_dev.object_store import S3Account, create_bucket, find_weed, seaweedfs_command
 from llm_etl_provider.backends.llama_server import bundled_model, free_port
 from llm_etl_provider.pod.rbac import airflow_role, airflow_role_binding
+from llm_etl_provider.processes import pid_alive, stop_process
 
 KUBE_BIN_ENV = "LLM_ETL_KUBE_BIN"
 NAMESPACE = "llm-etl"
@@ -133,7 +133,7 @@ class DevCluster:
         )
 
     def is_up(self) -> bool:
-        return self._state_file.exists() and all(_alive(pid) for pid in self._recorded()["pids"].values())
+        return self._state_file.exists() and all(pid_alive(pid) for pid in self._recorded()["pids"].values())
 
     def _recorded(self) -> dict[str, Any]:
         try:
@@ -180,7 +180,7 @@ class DevCluster:
                 self._write_kubeconfigs(server)
                 self._prepare_namespace(admin)
                 self._start_node(admin, server, binaries, (address, ports["kubelet"]), pids, account)
-            create_bucket(account, lambda: _alive(pids["s3"]), self.logs / "seaweedfs.log")
+            create_bucket(account, lambda: pid_alive(pids["s3"]), self.logs / "seaweedfs.log")
         except BaseException:
             self.down()
             raise
@@ -356,7 +356,7 @@ class DevCluster:
     def _wait(self, what: str, check: Any, pid: int) -> None:
         deadline = time.monotonic() + START_TIMEOUT
         while True:
-            if not _alive(pid):
+            if not pid_alive(pid):
                 raise DevClusterError(f"{what} exited while starting; see {self.logs}")
             with contextlib.suppress(httpx.HTTPError, ApiError, OSError):
                 if check():
@@ -461,10 +461,10 @@ class DevCluster:
             "kube-apiserver", "etcd", "s3",
         )  # fmt: skip
         for name in order:  # the API server before etcd, or it hangs 10 s
-            if name == "containerd" and name in pids and _alive(pids[name]):
+            if name == "containerd" and name in pids and pid_alive(pids[name]):
                 stop_containers(RealNodePaths(self.node_root).socket)  # the pods', after the kubelet
             if name in pids:
-                _stop(pids[name], timeout=20)
+                stop_process(pids[name], 20, group=True)
                 if (child := self._children.pop(pids[name], None)) is not None:
                     child.wait()
         if self.node_root.exists():
@@ -483,36 +483,3 @@ class DevCluster:
                 path.unlink(missing_ok=True)
         for path in (self.admin_kubeconfig, self.airflow_kubeconfig, self._state_file):
             path.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        waited, _ = os.waitpid(pid, os.WNOHANG)  # a child of this process: reap it if it ended
-        if waited:
-            return False
-    except ChildProcessError:
-        pass  # not our child (started by an earlier `up`)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError):  # a zombie still answers kill(0)
-        if Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z"):
-            return False
-    return True
-
-
-def _stop(pid: int, *, timeout: float) -> None:
-    """SIGTERM, then SIGKILL after ``timeout`` seconds, to the process group that ``pid`` leads."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if _alive(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
-        while _alive(pid) and time.monotonic() < deadline + 5:
-            time.sleep(0.1)

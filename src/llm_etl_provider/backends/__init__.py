@@ -17,6 +17,10 @@ if TYPE_CHECKING:
     from llm_etl_provider.staging.cutting import Shard
 
 EXECUTION_MODES = ("kubernetes", "local")
+DEFAULT_EXECUTION_MODE = "kubernetes"
+# Where a run's resources go when no namespace or connection is given (KubernetesPodOperator's own defaults)
+DEFAULT_NAMESPACE = "default"
+DEFAULT_KUBERNETES_CONN_ID = "kubernetes_default"
 # Local execution's staging folder in the example DAGs (LLM_ETL_LOCAL_DIR), where the sweeper looks too
 DEFAULT_LOCAL_DIR = "/tmp/llm-etl-staging"  # noqa: S108 - local mode only, a folder of 0700 run folders
 # A DAG run's states (the values of Airflow's DagRunState) in which the sweeper may remove what the run left
@@ -120,8 +124,8 @@ def run_backend(
     *,
     dag_id: str,
     run_id: str,
-    namespace: str,
-    kubernetes_conn_id: str,
+    namespace: str | None,
+    kubernetes_conn_id: str | None,
     local_dir: str | None,
     log: TaskLog,
     key_secret: str | None = None,

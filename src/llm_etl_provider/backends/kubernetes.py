@@ -11,7 +11,14 @@ from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from llm_etl_provider.backends import FrameSource, RunBackend, TaskLog, sweep_reason
+from llm_etl_provider.backends import (
+    DEFAULT_KUBERNETES_CONN_ID,
+    DEFAULT_NAMESPACE,
+    FrameSource,
+    RunBackend,
+    TaskLog,
+    sweep_reason,
+)
 from llm_etl_provider.contract import layout
 from llm_etl_provider.exceptions import ExtractionError, StagingError, StagingInputError
 from llm_etl_provider.staging.cutting import SECRET_LIMIT
@@ -202,8 +209,9 @@ def networking_v1(kubernetes_conn_id: str) -> Any:
 class KubernetesBackend(RunBackend):
     """A run in a namespace of a cluster.
 
-    :param namespace: the run's namespace
-    :param kubernetes_conn_id: the Kubernetes connection
+    :param namespace: the run's namespace; None: :data:`~llm_etl_provider.backends.DEFAULT_NAMESPACE`
+    :param kubernetes_conn_id: the Kubernetes connection; None:
+        :data:`~llm_etl_provider.backends.DEFAULT_KUBERNETES_CONN_ID`
     :param key_secret: the Secret with the run's key (default: the stage's name for it)
     :param work_claim_size: give each shard a work claim of this size (e.g. ``1Gi``); None: an emptyDir
     :param work_storage_class: the claims' StorageClass (default: the cluster's)
@@ -214,8 +222,8 @@ class KubernetesBackend(RunBackend):
 
     def __init__(
         self,
-        namespace: str,
-        kubernetes_conn_id: str,
+        namespace: str | None,
+        kubernetes_conn_id: str | None,
         *,
         dag_id: str,
         run_id: str,
@@ -227,8 +235,8 @@ class KubernetesBackend(RunBackend):
         scope: str | None = None,
         plan: str | None = None,
     ) -> None:
-        self.namespace = namespace
-        self.kubernetes_conn_id = kubernetes_conn_id
+        self.namespace = namespace or DEFAULT_NAMESPACE
+        self.kubernetes_conn_id = kubernetes_conn_id or DEFAULT_KUBERNETES_CONN_ID
         self.run_id = run_id
         self.annotations = layout.run_annotations(dag_id, run_id, time.time() + run_deadline_seconds)
         self.scope = scope or dag_id

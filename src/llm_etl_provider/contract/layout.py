@@ -61,9 +61,13 @@ def downloaded_input_name(input_format: str) -> str:
 
 # Labels and annotations.
 MANAGED_BY = {"app.kubernetes.io/managed-by": "llm-etl-provider"}
+# A run's pods by component: the enrichment pods see the prompts; the model-cache pod (pull and object
+# sources) downloads the model and never sees a prompt
+ENRICHMENT_COMPONENT = "enrichment"
+MODEL_CACHE_COMPONENT = "model-cache"
 POD_LABELS = {
     "app.kubernetes.io/name": "llm-etl",
-    "app.kubernetes.io/component": "enrichment",
+    "app.kubernetes.io/component": ENRICHMENT_COMPONENT,
     **MANAGED_BY,
 }
 LABEL_RUN = "llm-etl.io/run"  # the run id, readable (cut and hashed where too long for a label)

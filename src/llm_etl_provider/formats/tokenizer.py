@@ -30,13 +30,23 @@ import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple
+from typing import IO, NamedTuple
 
 from llm_etl_provider.formats.exceptions import CsvLineTooLong, InputOverLimit, UnreadableInput
 
 GZIP_MAGIC = b"\x1f\x8b"
 _UTF8_BOM = b"\xef\xbb\xbf"
 _UNICODE_ONLY_SPACE = frozenset(b"\x1c\x1d\x1e\x1f")  # str.strip() removes these, bytes.strip() does not
+
+
+def begins_gzip(handle: IO[bytes]) -> bool:
+    """Whether the bytes at ``handle``'s position begin a gzip stream (its magic number), as the input is
+    told from its content; the position is kept. The stage asks it too: of an input the object transport
+    would read by byte ranges, and of each range's first line, which must not read as one."""
+    position = handle.tell()
+    head = handle.read(len(GZIP_MAGIC))
+    handle.seek(position)
+    return head == GZIP_MAGIC
 
 
 class JsonlLine(NamedTuple):
@@ -209,7 +219,7 @@ def _opened(path: Path, max_bytes: int | None = None) -> Iterator[io.BufferedIOB
     try:
         with contextlib.ExitStack() as stack:
             stream: io.BufferedIOBase = raw
-            if raw.peek(2)[:2] == GZIP_MAGIC:
+            if begins_gzip(raw):
                 stream = stack.enter_context(gzip.GzipFile(fileobj=raw, mode="rb"))
             if max_bytes is not None:
                 stream = io.BufferedReader(_CappedStream(stream, max_bytes, path), 1 << 16)

@@ -6,7 +6,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from airflow.sdk import BaseOperator, ObjectStoragePath
 
-from llm_etl_provider.backends import RunBackend, TaskLog, checked_execution_mode, run_backend
+from llm_etl_provider.backends import (
+    DEFAULT_EXECUTION_MODE,
+    DEFAULT_KUBERNETES_CONN_ID,
+    DEFAULT_NAMESPACE,
+    RunBackend,
+    TaskLog,
+    checked_execution_mode,
+    run_backend,
+)
 from llm_etl_provider.contract import layout
 
 if TYPE_CHECKING:
@@ -44,8 +52,8 @@ def backend_for(operator: RunScoped, context: Context, **options: Any) -> RunBac
         operator.execution_mode,
         dag_id=operator.dag_id,
         run_id=str(context["run_id"]),
-        namespace=operator.namespace or "default",
-        kubernetes_conn_id=operator.kubernetes_conn_id or "kubernetes_default",
+        namespace=operator.namespace,
+        kubernetes_conn_id=operator.kubernetes_conn_id,
         local_dir=operator.local_dir,
         scope=operator.run_scope,
         log=operator.log,
@@ -67,9 +75,9 @@ class RunStepOperator(BaseOperator):
     def __init__(
         self,
         *,
-        namespace: str = "default",
-        kubernetes_conn_id: str = "kubernetes_default",
-        execution_mode: str = "kubernetes",
+        namespace: str = DEFAULT_NAMESPACE,
+        kubernetes_conn_id: str = DEFAULT_KUBERNETES_CONN_ID,
+        execution_mode: str = DEFAULT_EXECUTION_MODE,
         local_dir: str | None = None,
         scope: str | None = None,
         **kwargs: Any,

@@ -38,15 +38,19 @@ from llm_etl_provider.contract.shard import ShardDescriptor
 from llm_etl_provider.exceptions import PodSpecError
 from llm_etl_provider.operators.pod_step import PodStepOperator
 from llm_etl_provider.pod.builder import (
+    DEFAULT_BACKEND,
+    DEFAULT_MODEL_PATH,
     DEFAULT_MODEL_SIZE,
+    DEFAULT_MODEL_SOURCE,
     DEFAULT_WORKER_IMAGE,
     DOWNLOADED_SOURCES,
+    ENRICHMENT_COMPONENT,
     ModelSpec,
     PodParams,
     ServerSpec,
     build_pod,
+    network_policy,
     pod_invocation,
-    shard_network_policy,
 )
 from llm_etl_provider.pod.progress import ProgressReader
 from llm_etl_provider.triggers.pod import UrlRenewingPodTrigger, renewer_of
@@ -254,9 +258,9 @@ class LLMEnrichmentOperator(PodStepOperator):
         shard: dict[str, Any] | str,
         model: str,
         key_secret: str | None = None,
-        backend: str = "ollama",
-        model_source: str = "pull",
-        model_path: str = "model.gguf",
+        backend: str = DEFAULT_BACKEND,
+        model_source: str = DEFAULT_MODEL_SOURCE,
+        model_path: str = DEFAULT_MODEL_PATH,
         model_sha256: str | None = None,
         model_url_secret: str | None = None,
         model_claim: str | None = None,
@@ -343,17 +347,7 @@ class LLMEnrichmentOperator(PodStepOperator):
         by_object = shard.transport == OBJECT_OUTPUT
         return PodParams(
             invocation=run.invocation({n: getattr(self, n) for n in WORKER_SETTINGS}, server, self.model),
-            model=ModelSpec(
-                name=self.model,
-                source=self.model_source,  # type: ignore[arg-type]
-                path=self.model_path,
-                sha256=self.model_sha256,
-                url_secret=self.model_url_secret,
-                claim=self.model_claim,
-                image=self.model_image,
-                size=self.model_size,
-                cache_claim=self.model_claim_name(run),
-            ),
+            model=ModelSpec.of(self.model, self, cache_claim=self.model_claim_name(run)),
             server=server,
             input_secret=_staged_secret(shard),
             key_secret=self.key_secret or shard.key_secret or layout.key_secret_name(run.prefix),
@@ -386,9 +380,11 @@ class LLMEnrichmentOperator(PodStepOperator):
 
     def network_policy(self, run: ShardRun) -> dict[str, Any]:
         """The NetworkPolicy created with this shard's pod."""
-        return shard_network_policy(
-            f"{layout.shard_secret_name(run.prefix, run.shard.index)}-network",
-            {**layout.MANAGED_BY, **self._selected(run)},
+        return network_policy(
+            ENRICHMENT_COMPONENT,
+            self.model_source,
+            name=f"{layout.shard_secret_name(run.prefix, run.shard.index)}-network",
+            selected=self._selected(run),
             annotations=run_annotations(run.dag_id, run.run_id),
             # the object transport: the store's endpoint only, as the stage resolved it
             store_egress=[(str(address), int(port)) for address, port in run.shard.egress],
@@ -399,8 +395,8 @@ class LLMEnrichmentOperator(PodStepOperator):
 
         run = self.shard_run(context)
         backend = KubernetesBackend(
-            self.namespace or "default",
-            self.kubernetes_conn_id or "kubernetes_default",
+            self.namespace,
+            self.kubernetes_conn_id,
             dag_id=self.dag_id,
             run_id=run.run_id,
             log=self.log,

@@ -19,7 +19,7 @@ from llm_etl_provider.operators.enrichment import (
     take_worker_settings,
     with_worker_settings,
 )
-from llm_etl_provider.pod.builder import CPU_PARALLEL, ServerSpec
+from llm_etl_provider.pod.builder import ServerSpec
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -39,7 +39,8 @@ class LocalEnrichmentOperator(BaseOperator):
     :param model: the name the server serves the model under (templated)
     :param local_dir: the staging folder (templated)
     :param scope: the pipeline's task group in the DAG (set by ``llm_enrichment_task_group``)
-    :param parallel: requests the local server serves at once (templated; default 4)
+    :param parallel: requests the local server serves at once (templated; default: a CPU server's,
+        :data:`~llm_etl_provider.llama_cpp.CPU_PARALLEL`)
     :param local_model_file: the GGUF file (default: the bundled SmolLM2)
     :param llm_conn_id: enrich through the server of this ``llm_etl`` connection (e.g. an Ollama beside
         Airflow) instead of loading the model and starting llama.cpp's server
@@ -89,14 +90,13 @@ class LocalEnrichmentOperator(BaseOperator):
             from llm_etl_provider.hooks.llm_server import LLMServerHook
 
             remote = LLMServerHook(self.llm_conn_id).get_server(model=self.model or None)
-        slots = optional_int(self.parallel, "parallel") or CPU_PARALLEL
+        # the pod's invocation for llama.cpp's server on the CPU; the serving swaps in its address
+        server = ServerSpec(backend="llamacpp", parallel=optional_int(self.parallel, "parallel"), gpus=0)
         serving = LocalServing(
             model_file=Path(self.local_model_file) if self.local_model_file else None,
-            parallel=slots,
+            parallel=server.slots,
             server=remote,
         )
-        # the pod's invocation for llama.cpp's server on the CPU; the serving swaps in its address
-        server = ServerSpec(backend="llamacpp", parallel=slots, gpus=0)
         invocation = run.invocation({n: getattr(self, n) for n in WORKER_SETTINGS}, server, self.model)
         renewal = run.url_renewal(self.url_renew_seconds, layout.DEFAULT_POD_TIME_LIMIT_SECONDS)
         with renewing_urls(renewal, backend, self.log):

@@ -15,13 +15,17 @@ from llm_etl_provider.contract.shard import ShardDescriptor
 from llm_etl_provider.exceptions import PodSpecError
 from llm_etl_provider.operators.pod_step import PodStepOperator
 from llm_etl_provider.pod.builder import (
+    DEFAULT_BACKEND,
+    DEFAULT_MODEL_PATH,
     DEFAULT_MODEL_SIZE,
+    DEFAULT_MODEL_SOURCE,
     DEFAULT_WORKER_IMAGE,
     DOWNLOADED_SOURCES,
+    MODEL_CACHE_COMPONENT,
     ModelSpec,
     ServerSpec,
     build_model_cache_pod,
-    model_cache_network_policy,
+    network_policy,
 )
 
 if TYPE_CHECKING:
@@ -69,9 +73,9 @@ class ModelCacheOperator(PodStepOperator):
         *,
         shards: Any,
         model: str,
-        backend: str = "ollama",
-        model_source: str = "pull",
-        model_path: str = "model.gguf",
+        backend: str = DEFAULT_BACKEND,
+        model_source: str = DEFAULT_MODEL_SOURCE,
+        model_path: str = DEFAULT_MODEL_PATH,
         model_sha256: str | None = None,
         model_url_secret: str | None = None,
         model_size: str = DEFAULT_MODEL_SIZE,
@@ -120,25 +124,14 @@ class ModelCacheOperator(PodStepOperator):
 
     def run_backend(self, context: Context) -> KubernetesBackend:
         return KubernetesBackend(
-            self.namespace or "default",
-            self.kubernetes_conn_id or "kubernetes_default",
+            self.namespace,
+            self.kubernetes_conn_id,
             dag_id=self.dag_id,
             run_id=str(context["run_id"]),
             log=self.log,
             run_deadline_seconds=self.run_deadline_seconds,
             scope=self.run_scope,
             plan=self.plan(),
-        )
-
-    def model_spec(self, claim: str | None) -> ModelSpec:
-        return ModelSpec(
-            name=self.model,
-            source=self.model_source,  # type: ignore[arg-type]
-            path=self.model_path,
-            sha256=self.model_sha256,
-            url_secret=self.model_url_secret,
-            size=self.model_size,
-            cache_claim=claim,
         )
 
     def execute(self, context: Context) -> Any:
@@ -157,23 +150,29 @@ class ModelCacheOperator(PodStepOperator):
         )
         self.log.info("caching model %s (%s) in claim %s", self.model, self.model_source, claim)
         backend.create_network_policy(
-            model_cache_network_policy(
-                f"{claim}-cache-network",
-                self._labels(context, backend),
+            network_policy(
+                MODEL_CACHE_COMPONENT,
+                self.model_source,
+                name=f"{claim}-cache-network",
+                selected=self._selected(backend),
                 annotations=layout.run_annotations(self.dag_id, str(context["run_id"])),
             )
         )
         return super().execute(context)
 
-    def _labels(self, context: Context, backend: KubernetesBackend) -> dict[str, str]:
-        labels = {
-            **layout.MANAGED_BY,
-            layout.LABEL_RUN: layout.label_value(str(context["run_id"])),
-            layout.LABEL_RUN_KEY: backend.run_key,
-        }
+    def _selected(self, backend: KubernetesBackend) -> dict[str, str]:
+        """The labels that tell this plan's model-cache pod from every other pod: run and plan."""
+        labels = {layout.LABEL_RUN_KEY: backend.run_key}
         if backend.plan:
             labels[layout.LABEL_PLAN] = backend.plan
         return labels
+
+    def _labels(self, context: Context, backend: KubernetesBackend) -> dict[str, str]:
+        return {
+            **layout.MANAGED_BY,
+            layout.LABEL_RUN: layout.label_value(str(context["run_id"])),
+            **self._selected(backend),
+        }
 
     def build_pod_request_obj(self, context: Context | None = None, *, dry_run: bool = False) -> k8s.V1Pod:
         if context is None:
@@ -187,7 +186,8 @@ class ModelCacheOperator(PodStepOperator):
             annotations = layout.run_annotations(self.dag_id, str(context["run_id"]))
         server = ServerSpec(backend=self.backend, image=self.server_image, gpus=0)  # type: ignore[arg-type]
         try:
-            pod = build_model_cache_pod(self.model_spec(claim), server, worker_image=self.worker_image)
+            model = ModelSpec.of(self.model, self, cache_claim=claim)
+            pod = build_model_cache_pod(model, server, worker_image=self.worker_image)
         except PodSpecError as exc:
             raise AirflowException(str(exc)) from None
         pod["metadata"]["labels"].update(labels)

@@ -40,6 +40,7 @@ from llm_etl_provider.contract.pod_commands import (
 )
 from llm_etl_provider.contract.shard import ShardDescriptor
 from llm_etl_provider.exceptions import PodSpecError
+from llm_etl_provider.llama_cpp import CPU_PARALLEL, llama_server_args
 
 Backend = Literal["ollama", "llamacpp", "vllm"]
 ModelSource = Literal["pull", "pvc", "object", "image"]
@@ -48,6 +49,9 @@ POD_TEMPLATE = "llm-enrichment-pod.yaml"
 MODEL_CACHE_POD_TEMPLATE = "model-cache-pod.yaml"
 NETWORK_POLICY_TEMPLATE = "network-policy.yaml"
 DEFAULT_WORKER_IMAGE = "ghcr.io/llm-etl-provider/worker:0.1.0"
+DEFAULT_BACKEND: Backend = "ollama"
+DEFAULT_MODEL_SOURCE: ModelSource = "pull"
+DEFAULT_MODEL_PATH = "model.gguf"
 DEFAULT_MODEL_SIZE = "8Gi"  # an 8B model at 4 bits is ~4.7 GB
 SERVER_SCRATCH = "2Gi"
 PULL_POLICIES = (
@@ -82,9 +86,7 @@ BACKENDS: dict[str, BackendDefaults] = {
         ("--enable-log-requests", "--enable-log-outputs"),
     ),
 }  # fmt: skip
-CPU_PARALLEL = 4  # a server without a GPU
 LLAMACPP_CPU_IMAGE = "ghcr.io/ggml-org/llama.cpp:server-b6700"
-CTX_PER_SLOT = 2048  # llama.cpp's context per slot: a prompt of a few hundred tokens, an answer of up to 384
 
 # The sources downloaded from a network: by the model-cache pod, into the plan's model claim, never by a pod
 # that sees a prompt
@@ -119,14 +121,26 @@ class ModelSpec:
     """
 
     name: str
-    source: ModelSource = "pull"
-    path: str = "model.gguf"
+    source: ModelSource = DEFAULT_MODEL_SOURCE
+    path: str = DEFAULT_MODEL_PATH
     sha256: str | None = None
     url_secret: str | None = None
     claim: str | None = None
     image: str | None = None
     size: str = DEFAULT_MODEL_SIZE
     cache_claim: str | None = None
+
+    @classmethod
+    def of(cls, name: str, options: object, *, cache_claim: str | None = None) -> ModelSpec:
+        """The model ``name`` with the ``model_*`` attributes of ``options`` (an operator's arguments, or
+        ``llm-etl render-pod``'s): ``model_source`` is :attr:`source`, and so on; one that ``options``
+        lacks, or leaves None, takes its default here."""
+        given = {
+            option: value
+            for option in ("source", "path", "sha256", "url_secret", "claim", "image", "size")
+            if (value := getattr(options, f"model_{option}", None)) is not None
+        }
+        return cls(name=name, cache_claim=cache_claim, **given)
 
     @property
     def downloaded(self) -> bool:
@@ -141,7 +155,8 @@ class ServerSpec:
     :param backend: ``ollama`` (default), ``llamacpp`` or ``vllm`` (the last two speak the OpenAI API)
     :param image: the server image; default per backend
     :param parallel: requests served at once (vLLM ``--max-num-seqs``, llama.cpp ``--parallel``, Ollama
-        ``OLLAMA_NUM_PARALLEL``); None: with a GPU, 256 for vLLM, 32 for llama.cpp and 8 for Ollama, else 4.
+        ``OLLAMA_NUM_PARALLEL``); None: with a GPU, the backend's ``gpu_parallel`` (:data:`BACKENDS`), else
+        :data:`CPU_PARALLEL`.
         The pod's worker keeps ``REQUESTS_PER_SLOT`` (2) times as many requests in flight unless its
         ``concurrency`` is set
     :param gpus: ``nvidia.com/gpu`` limit (0 for CPU)
@@ -150,7 +165,7 @@ class ServerSpec:
     :param extra_args: more server arguments
     """
 
-    backend: Backend = "ollama"
+    backend: Backend = DEFAULT_BACKEND
     image: str | None = None
     parallel: int | None = None
     gpus: int = 1
@@ -342,10 +357,9 @@ def _server_container(params: PodParams, container: dict[str, Any]) -> None:
     elif server.backend == "llamacpp":
         container["command"] = ["/app/llama-server"]
         container["args"] = [
-            "--model", model_file, "--alias", model.name, "--host", "127.0.0.1", "--port", str(defaults.port),
-            "--parallel", str(server.slots), "--ctx-size", str(server.slots * CTX_PER_SLOT), "--no-webui",
+            *llama_server_args(model_file, model.name, port=defaults.port, slots=server.slots),
             *(["--n-gpu-layers", "999"] if server.gpus else []),
-        ]  # fmt: skip
+        ]
         probe = ["curl", "-fsS", "-o", "/dev/null", f"{server.url}{defaults.health_path}"]
     else:
         container["command"] = ["vllm", "serve", model_file]
@@ -579,80 +593,74 @@ def _put_first(mapping: dict[str, Any], keys: tuple[str, ...]) -> None:
     mapping.update(first | rest)
 
 
-# What the model-cache pod needs to download a model (a registry or a store over HTTPS, found through DNS); no
-# pod that sees a prompt has it
+ENRICHMENT_COMPONENT, MODEL_CACHE_COMPONENT = layout.ENRICHMENT_COMPONENT, layout.MODEL_CACHE_COMPONENT
 DNS_EGRESS = {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}
 MODEL_DOWNLOAD_EGRESS = (DNS_EGRESS, {"ports": [{"protocol": "TCP", "port": 443}]})
-MODEL_CACHE_COMPONENT = "model-cache"
+# `llm-etl render-pod`'s namespace-wide policies, by component
+NAMESPACE_POLICY_NAMES = {
+    ENRICHMENT_COMPONENT: "llm-etl-deny-all",
+    MODEL_CACHE_COMPONENT: "llm-etl-model-cache",
+}
 
 
-def network_policy(namespace: str | None = None, *, model_cache: bool = False) -> dict[str, Any]:
-    """Return the namespace's NetworkPolicy that isolates enrichment pods (no ingress, no egress); with
-    ``model_cache``, the one that lets model-cache pods, and only them, reach DNS and HTTPS."""
-    policy = copy.deepcopy(load_template(NETWORK_POLICY_TEMPLATE))
-    if namespace:
-        policy["metadata"]["namespace"] = namespace
-    if model_cache:
-        policy["metadata"]["name"] = "llm-etl-model-cache"
-        policy["spec"]["podSelector"]["matchLabels"][layout.LABEL_COMPONENT] = MODEL_CACHE_COMPONENT
-        policy["spec"]["egress"] = [dict(rule) for rule in MODEL_DOWNLOAD_EGRESS]
-    return policy
+def pod_egress(
+    component: str, model_source: str, store_egress: Sequence[tuple[str, int]] = ()
+) -> list[dict[str, Any]]:
+    """The egress rule of every NetworkPolicy: what a pod of ``component`` may reach, for a model of
+    ``model_source``.
 
-
-def _pod_network_policy(
-    name: str, pod_labels: dict[str, str], annotations: dict[str, str], selecting: Sequence[str]
-) -> dict[str, Any]:
-    """A NetworkPolicy of one run's pods, selecting them by the labels named in ``selecting``: no ingress, no
-    egress (the caller adds what its pods need)."""
-    policy = copy.deepcopy(load_template(NETWORK_POLICY_TEMPLATE))
-    selected = {key: pod_labels[key] for key in selecting if key in pod_labels}
-    policy["metadata"] = {
-        "name": name,
-        "labels": {**policy["metadata"]["labels"], **selected, layout.LABEL_KIND: "network-policy"},
-        "annotations": annotations,
-    }
-    policy["spec"]["podSelector"]["matchLabels"].update(selected)
-    return policy
-
-
-def shard_network_policy(
-    name: str,
-    pod_labels: dict[str, str],
-    *,
-    annotations: dict[str, str],
-    store_egress: Sequence[tuple[str, int]] = (),
-) -> dict[str, Any]:
-    """The NetworkPolicy created with one shard's pod, selecting it by its run key, plan and shard: no
-    ingress and no egress, whatever the model source (the model-cache pod downloads it). With the object
-    transport, DNS and ``store_egress`` (the store's addresses and port, as the stage resolved them) only."""
-    policy = _pod_network_policy(
-        name, pod_labels, annotations, (layout.LABEL_RUN_KEY, layout.LABEL_PLAN, layout.LABEL_SHARD)
-    )
+    - A pod that sees prompts (``enrichment``) never reaches a network for its model, whatever its source:
+      ``pull`` and ``object`` models are in the claim the model-cache pod filled. With the object
+      transport it reaches DNS and ``store_egress`` (the store's addresses and port, as the stage resolved
+      them) only.
+    - The model-cache pod, which only a downloaded source (``pull``, ``object``) has, reaches DNS and HTTPS:
+      the registry or store it downloads the model from.
+    """
+    if component == MODEL_CACHE_COMPONENT:
+        if model_source not in DOWNLOADED_SOURCES or store_egress:
+            raise PodSpecError(
+                "a model-cache pod downloads a pull or object model and reaches nothing else, not a "
+                f"{model_source!r} model" + (" or the object transport's store" if store_egress else "")
+            )
+        return [dict(rule) for rule in MODEL_DOWNLOAD_EGRESS]
+    if component != ENRICHMENT_COMPONENT:
+        raise PodSpecError(f"no NetworkPolicy for component {component!r}")
     egress: list[dict[str, Any]] = (
         [dict(DNS_EGRESS)] if store_egress else []
     )  # the URLs name the store's host
     for address, port in store_egress:
         cidr = str(ipaddress.ip_network(address, strict=False))  # an address becomes its /32 or /128
-        egress.append(
-            {
-                "to": [{"ipBlock": {"cidr": cidr}}],
-                "ports": [{"protocol": "TCP", "port": port}],
-            }
-        )
-    if egress:
-        policy["spec"]["egress"] = egress
-    return policy
+        egress.append({"to": [{"ipBlock": {"cidr": cidr}}], "ports": [{"protocol": "TCP", "port": port}]})
+    return egress
 
 
-def model_cache_network_policy(
-    name: str, pod_labels: dict[str, str], *, annotations: dict[str, str]
+def network_policy(
+    component: str,
+    model_source: str,
+    *,
+    namespace: str | None = None,
+    name: str | None = None,
+    selected: Mapping[str, str] | None = None,
+    annotations: Mapping[str, str] | None = None,
+    store_egress: Sequence[tuple[str, int]] = (),
 ) -> dict[str, Any]:
-    """The NetworkPolicy created with a plan's model-cache pod: no ingress; DNS and HTTPS out, for the
-    registry or store it downloads the model from. It selects the model-cache component only, so no
-    enrichment pod of the plan ever matches it."""
-    labels = {**pod_labels, layout.LABEL_COMPONENT: MODEL_CACHE_COMPONENT}
-    policy = _pod_network_policy(
-        name, labels, annotations, (layout.LABEL_RUN_KEY, layout.LABEL_PLAN, layout.LABEL_COMPONENT)
-    )
-    policy["spec"]["egress"] = [dict(rule) for rule in MODEL_DOWNLOAD_EGRESS]
+    """The NetworkPolicy of ``component``'s pods (``enrichment`` or ``model-cache``) for a model of
+    ``model_source``: no ingress, and egress by :func:`pod_egress`.
+
+    Given ``selected`` (the labels that tell one run's pods from every other: run key, plan, shard), the
+    policy created with those pods, named ``name`` and labelled so that the run's cleanup finds it; else the
+    namespace's policy for every such pod (``llm-etl render-pod`` prints it).
+    """
+    policy = copy.deepcopy(load_template(NETWORK_POLICY_TEMPLATE))
+    egress = pod_egress(component, model_source, store_egress)
+    metadata = policy["metadata"]
+    if selected is not None:
+        metadata["labels"] = {**metadata["labels"], **selected, layout.LABEL_KIND: "network-policy"}
+        metadata["annotations"] = dict(annotations or {})
+        policy["spec"]["podSelector"]["matchLabels"].update(selected)
+    metadata["name"] = name or NAMESPACE_POLICY_NAMES[component]
+    if namespace:
+        metadata["namespace"] = namespace
+    policy["spec"]["podSelector"]["matchLabels"][layout.LABEL_COMPONENT] = component
+    policy["spec"]["egress"] = egress
     return policy

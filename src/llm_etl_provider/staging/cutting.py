@@ -24,8 +24,8 @@ from llm_etl_provider.exceptions import StagingInputError
 from llm_etl_provider.formats.exceptions import CsvLineTooLong, UnreadableInput
 from llm_etl_provider.formats.records import detect_format
 from llm_etl_provider.formats.tokenizer import (
-    GZIP_MAGIC,
     CsvRow,
+    begins_gzip,
     csv_rows,
     jsonl_lines,
     without_bom,
@@ -192,16 +192,22 @@ def _csv_units(
         if row.header:
             header = row
             break
-    if header is not None and header.error is not None:
+    if header is None:  # blank lines only: nothing to stage
+        return _ShardBuilder(max_shard_bytes), iter(())
+    builder = _ShardBuilder(max_shard_bytes, b"".join(before), _repeatable_header(path, header))
+    return builder, ((row.line, row.raw, row.record) for row in rows)
+
+
+def _repeatable_header(path: Path, header: CsvRow) -> bytes:
+    """The CSV ``header`` as the shards after the first repeat it (without its BOM); StagingInputError
+    where no shard could: a header that cannot be parsed, or one that spans lines."""
+    if header.error is not None:
         raise StagingInputError(f"{path}: the CSV header cannot be parsed: {header.error}")
-    if header is not None and header.lines > 1:
+    if header.lines > 1:
         raise StagingInputError(
             f"{path}:{header.line}: a CSV header spanning lines cannot be repeated per shard"
         )
-    if header is None:  # blank lines only: nothing to stage
-        return _ShardBuilder(max_shard_bytes), iter(())
-    builder = _ShardBuilder(max_shard_bytes, b"".join(before), without_bom(header.line, header.raw))
-    return builder, ((row.line, row.raw, row.record) for row in rows)
+    return without_bom(header.line, header.raw)
 
 
 @dataclass(frozen=True)
@@ -269,7 +275,7 @@ def _line_starts_after(path: Path, targets: list[int]) -> list[int]:
 
         def begins_like_gzip(offset: int) -> bool:
             handle.seek(offset)
-            return handle.read(2) == GZIP_MAGIC
+            return begins_gzip(handle)
 
         for target in targets:
             position = line_start(max(target, cuts[-1] + 1 if cuts else 1))
@@ -315,13 +321,7 @@ def _csv_row_starts_after(
                 while target is not None and target <= position:
                     target = next(pending, None)
             if row.header:
-                if row.error is not None:
-                    raise StagingInputError(f"{path}: the CSV header cannot be parsed: {row.error}")
-                if row.lines > 1:
-                    raise StagingInputError(
-                        f"{path}:{row.line}: a CSV header spanning lines cannot be repeated per shard"
-                    )
-                header = without_bom(row.line, row.raw)
+                header = _repeatable_header(path, row)
             position += len(row.raw)
     except UnreadableInput as exc:
         raise StagingInputError(str(exc)) from None

@@ -4,14 +4,13 @@ plan's key; the pods' frames come back in their logs."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from llm_etl_provider.contract.duplicates import encode_line_numbers
-from llm_etl_provider.contract.shard import ShardDescriptor
 from llm_etl_provider.exceptions import StagingError
-from llm_etl_provider.staging.plan import WorkerMemory, lines_within, plan_key
+from llm_etl_provider.staging.plan import WorkerMemory, plan_key, shard_descriptor
 
 if TYPE_CHECKING:
     from llm_etl_provider.backends import RunBackend
@@ -70,24 +69,13 @@ def _stage_one(
     plan: str,
 ) -> dict[str, Any]:
     """One shard's descriptor, once it is staged."""
-    # a shard holds the input lines from its first line to the next shard's
-    end = next_shard.first_line if next_shard else None
-    # ids repeated across shards: each shard's worker dead-letters these lines as duplicate_id
-    repeated = duplicates[lines_within(duplicates, shard.first_line, end)]
-    descriptor = ShardDescriptor(
-        index=shard.index,
-        records=shard.records,
-        line_offset=shard.line_offset,
-        input_format=shard.input_format,
-        first_line=shard.first_line,
+    return shard_descriptor(
+        shard, shard.records, next_shard.first_line if next_shard else None,
+        fmt=shard.input_format, plan=plan, malformed=malformed, duplicates=duplicates,
+        stage=functools.partial(backend.stage_shard, shard),
         bytes=len(shard.data),
         input_sha256=hashlib.sha256(shard.data).hexdigest(),
-        malformed=malformed if shard.index == 0 else {},
-        duplicates=len(repeated),
-        plan=plan,
-        **backend.stage_shard(shard, encode_line_numbers(repeated) if repeated else b""),
-    )
-    return descriptor.to_xcom()
+    )  # fmt: skip
 
 
 def _with_next(shards: Iterable[Shard]) -> Iterator[tuple[Shard, Shard | None]]:

@@ -6,21 +6,20 @@ with the plan's key; each pod may connect to the store's addresses only."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llm_etl_provider.backends.urls import sign_transport
-from llm_etl_provider.contract.duplicates import encode_line_numbers
 from llm_etl_provider.contract.invocation import OBJECT_OUTPUT
 from llm_etl_provider.contract.layout import shard_folder
 from llm_etl_provider.contract.object_transport import InputRange, part_records_for, parts_needed
-from llm_etl_provider.contract.shard import ShardDescriptor
 from llm_etl_provider.exceptions import StagingError
-from llm_etl_provider.formats.tokenizer import GZIP_MAGIC
+from llm_etl_provider.formats.tokenizer import begins_gzip
 from llm_etl_provider.hooks.object_store import ObjectStoreSigner, url_egress
-from llm_etl_provider.staging.plan import WorkerMemory, lines_within, plan_key
+from llm_etl_provider.staging.plan import WorkerMemory, plan_key, shard_descriptor
 from llm_etl_provider.transport.extract import remove_tree
 
 if TYPE_CHECKING:
@@ -35,7 +34,7 @@ def check_uncompressed(local: Path, name: str) -> None:
     """Refuse a gzip-compressed input, whose byte ranges no pod could read; ``name`` is how the message
     names it."""
     with local.open("rb") as handle:
-        if handle.read(2) == GZIP_MAGIC:
+        if begins_gzip(handle):
             raise StagingError(
                 f"{name} is gzip-compressed: the object transport reads byte ranges of the "
                 "input, which a gzip stream has not; store it uncompressed, or use transport=log"
@@ -124,27 +123,17 @@ def _stage_range_shards(
             cidrs = list(store_cidrs)
             egress = sorted({*url_egress(document.input.url, cidrs), *url_egress(document.end_put, cidrs)})
         end = ranges[byte_range.index + 1].first_line if byte_range.index + 1 < len(ranges) else None
-        repeated = duplicates[lines_within(duplicates, byte_range.first_line, end)]
-        descriptor = ShardDescriptor(
-            index=byte_range.index,
-            records=count,
-            line_offset=byte_range.line_offset,
-            input_format=fmt,
-            first_line=byte_range.first_line,
+        descriptor = shard_descriptor(
+            byte_range, count, end, fmt=fmt, plan=plan, malformed=malformed, duplicates=duplicates,
+            stage=functools.partial(backend.stage_object_shard, byte_range.index, document.to_json()),
             bytes=document.input.size,
             input_sha256=document.input.sha256,
-            malformed=malformed if byte_range.index == 0 else {},
-            duplicates=len(repeated),
             transport=OBJECT_OUTPUT,
             parts=str(folder),
             source=source,
             egress=[[address, port] for address, port in egress],
-            plan=plan,
-            **backend.stage_object_shard(
-                byte_range.index, document.to_json(), encode_line_numbers(repeated) if repeated else b""
-            ),
-        )
-        descriptors.append(descriptor.to_xcom())
+        )  # fmt: skip
+        descriptors.append(descriptor)
     return descriptors
 
 

@@ -1,19 +1,22 @@
-"""What both transports share while they stage a plan: its key, the duplicate lines within a shard, and the
-workers' memory limit that every shard is held to."""
+"""What both transports share while they stage a plan: its key, each shard's descriptor (with the duplicate
+lines within it), and the workers' memory limit that every shard is held to."""
 
 from __future__ import annotations
 
 import bisect
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from llm_etl_provider.contract import layout
+from llm_etl_provider.contract.duplicates import encode_line_numbers
+from llm_etl_provider.contract.shard import ShardDescriptor
 from llm_etl_provider.exceptions import StagingError
 
 if TYPE_CHECKING:
     from llm_etl_provider.backends import RunBackend
+    from llm_etl_provider.staging.cutting import ByteRange, Shard
 
 
 @contextlib.contextmanager
@@ -56,3 +59,34 @@ def lines_within(lines: list[int], first: int, end: int | None) -> slice:
     return slice(
         bisect.bisect_left(lines, first), len(lines) if end is None else bisect.bisect_left(lines, end)
     )
+
+
+def shard_descriptor(
+    unit: Shard | ByteRange,
+    records: int,
+    end: int | None,
+    *,
+    fmt: str,
+    plan: str,
+    malformed: dict[str, list[int]],
+    duplicates: list[int],
+    stage: Callable[[bytes], dict[str, Any]],
+    **transported: Any,
+) -> dict[str, Any]:
+    """The descriptor of a shard that holds the input lines from its first up to ``end`` (the next shard's
+    first; None: to the last), once ``stage`` staged it: ``stage`` is given the shard's lines whose id an
+    earlier shard holds (its worker dead-letters them as duplicate_id) and returns where it staged the shard.
+    What the transport adds of its own (size, digest, URLs) comes as ``transported``."""
+    repeated = duplicates[lines_within(duplicates, unit.first_line, end)]
+    return ShardDescriptor(
+        index=unit.index,
+        records=records,
+        line_offset=unit.line_offset,
+        input_format=fmt,
+        first_line=unit.first_line,
+        malformed=malformed if unit.index == 0 else {},  # shard 0 reports the input's
+        duplicates=len(repeated),
+        plan=plan,
+        **transported,
+        **stage(encode_line_numbers(repeated) if repeated else b""),
+    ).to_xcom()

@@ -73,7 +73,7 @@ class UrlRenewingPodTrigger(KubernetesPodTrigger):
                 if renewer is None:
                     backend = KubernetesBackend(
                         self.pod_namespace,
-                        self.kubernetes_conn_id or "kubernetes_default",
+                        self.kubernetes_conn_id,
                         dag_id=renewal["dag_id"],
                         run_id=renewal["run_id"],
                         log=self.log,

@@ -16,6 +16,8 @@ from typing import Any
 
 import httpx
 
+CONNECT_TIMEOUT = 10.0  # seconds to connect, to the LLM server and to the object store alike
+
 
 class HttpLanes:
     """Send requests like ``httpx.AsyncClient.request``, each on an idle lane (one connection).

@@ -36,12 +36,13 @@ from llm_etl_provider.formats.digests import sha256_file
 from llm_etl_provider.transport.frames import WriterState
 from llm_etl_provider.worker.checkpoint import Checkpoint, CheckpointState
 from llm_etl_provider.worker.exceptions import ConfigurationError, WorkerError
+from llm_etl_provider.worker.http_lanes import CONNECT_TIMEOUT
 from llm_etl_provider.worker.retry import RetryPolicy
 from llm_etl_provider.worker.sinks import FrameSink
 
 # the worker's retry policy (exponential backoff, full jitter), with the store's own bounds
 STORE_RETRIES = RetryPolicy(max_attempts=6, base_delay=0.5, max_delay=8.0)
-TIMEOUT = httpx.Timeout(120.0, connect=10.0)
+TIMEOUT = httpx.Timeout(120.0, connect=CONNECT_TIMEOUT)
 _TRANSIENT = {429, 500, 502, 503, 504}
 URL_RENEWAL_WAIT = 300.0  # seconds to wait for renewed URLs after the store refused one as expired
 URL_RENEWAL_POLL = 5.0

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import itertools
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +14,8 @@ from llm_etl_provider.backends.llama_server import (
     bundled_model,
     find_llama_server,
 )
+from llm_etl_provider.llama_cpp import CPU_PARALLEL, llama_server_args
+from llm_etl_provider.pod.builder import build_pod
 
 
 def test_bundled_model_is_found_without_importing_its_package_and_checked():
@@ -63,7 +67,7 @@ def test_command_serves_the_bundled_model_on_loopback_only(tmp_path, monkeypatch
     monkeypatch.setenv(llama_server.LLAMA_SERVER_ENV, str(binary))
     server = LlamaServer(port=4321, parallel=3, threads=2, ctx_per_slot=1000)
     command = server.command()
-    flags = dict(zip(command[1::2], command[2::2], strict=False))
+    flags = {flag: value for flag, value in itertools.pairwise(command) if flag.startswith("--")}
     assert flags["--host"] == "127.0.0.1"
     assert (flags["--parallel"], flags["--ctx-size"], flags["--threads"]) == ("3", "3000", "2")
     assert flags["--model"].endswith(MODEL_FILE)
@@ -85,3 +89,21 @@ def test_free_ports_are_never_handed_out_twice():
     # runs): the kernel, asked again meanwhile, may offer the same port; ~500 asks saw a repeat nearly always
     ports = [llama_server.free_port() for _ in range(500)]
     assert len(set(ports)) == len(ports)
+
+
+def test_local_mode_serves_the_model_as_the_pod_s_sidecar_does(tmp_path, monkeypatch):
+    """The pod's llama.cpp sidecar and local mode's server take one argument list (``llama_cpp``): the same
+    address, slots and context per slot, whatever each adds for its machine."""
+    from llm_etl_provider.contract.layout import SERVER_CONTAINER
+    from tests.unit.pod.test_builder import params
+
+    binary = tmp_path / "llama-server"
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    monkeypatch.setenv(llama_server.LLAMA_SERVER_ENV, str(binary))
+    pod = build_pod(params("llamacpp", "pvc", gpus=0))
+    (sidecar,) = (c for c in pod["spec"]["initContainers"] if c["name"] == SERVER_CONTAINER)
+    model_file = sidecar["args"][sidecar["args"].index("--model") + 1]
+    local = LlamaServer(port=8080, model_path=Path(model_file), model_name="llama3.2:3b").command()
+    assert local[1 : 1 + len(sidecar["args"])] == sidecar["args"]  # a CPU pod adds no argument of its own
+    assert sidecar["args"] == llama_server_args(model_file, "llama3.2:3b", port=8080, slots=CPU_PARALLEL)

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from llm_etl_provider.exceptions import StagingInputError
 from llm_etl_provider.formats.exceptions import CsvLineTooLong, InputError
 from llm_etl_provider.formats.records import InputRecord, RecordReader
-from llm_etl_provider.formats.tokenizer import csv_rows, jsonl_lines
+from llm_etl_provider.formats.tokenizer import begins_gzip, csv_rows, jsonl_lines
 from llm_etl_provider.staging.cutting import Shard, plan_shards
 
 BOM = b"\xef\xbb\xbf"
@@ -401,3 +401,16 @@ def test_one_long_csv_line_is_refused_before_it_is_buffered(tmp_path, compressed
         tracemalloc.stop()
     assert refused.value.line == 2
     assert peak < 8 << 20
+
+
+def test_gzip_is_told_by_its_magic_number_where_the_handle_stands_and_the_handle_stays(tmp_path):
+    """One check for the worker's reader and the stage (an input the object transport cannot range over; a
+    range that must not begin like gzip)."""
+    path = tmp_path / "input"
+    path.write_bytes(b'{"id": 1}\n' + gzip.compress(b"x"))
+    with path.open("rb") as handle:
+        assert not begins_gzip(handle)
+        assert handle.tell() == 0
+        handle.seek(10)
+        assert begins_gzip(handle)
+        assert handle.read(2) == b"\x1f\x8b"

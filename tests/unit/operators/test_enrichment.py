@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import importlib
 from types import SimpleNamespace
 
 import pytest
@@ -25,9 +23,8 @@ from llm_etl_provider.contract.layout import (
 from llm_etl_provider.exceptions import PodSpecError, WorkerExitError, WorkerRefusedError
 from llm_etl_provider.operators.enrichment import LLMEnrichmentOperator
 from llm_etl_provider.operators.local_enrichment import LocalEnrichmentOperator
-from llm_etl_provider.pod.progress import ProgressReader
 from llm_etl_provider.transport.frames import FORMAT
-from tests.unit.operators.fake_core_v1 import FakeCoreV1
+from tests.fake_kubernetes import FakeCoreV1
 
 SHARD = {
     "index": 2,
@@ -251,19 +248,6 @@ def test_kpo_reads_no_log_of_the_worker_when_get_logs_is_off(monkeypatch):
         operator(get_logs=True)
 
 
-def test_the_progress_reader_hands_on_new_progress_lines_and_never_a_frame():
-    core = FakeCoreV1()
-    core.add_pod("etl", "pod", {}, log=timestamped("progress 1/3", FRAME_LINE, "progress 2/3"))
-    seen = []
-    reader = ProgressReader(core, "pod", "etl", "base", lambda line, at: seen.append((line, at.second)))
-    reader.read()
-    assert seen == [("progress 1/3", 0), ("progress 2/3", 2)]
-    # the next read may start earlier (clock slack) and sees the same lines again: only new ones go on
-    core.objects["pods"][("etl", "pod")]["log"] += timestamped(FRAME_LINE, "progress 3/3", second=3)
-    reader.read()
-    assert seen[2:] == [("progress 3/3", 4)]
-
-
 def test_the_operator_copies_progress_to_the_task_log_and_callbacks_while_the_worker_runs(monkeypatch):
     received, logged = [], []
 
@@ -317,57 +301,6 @@ def test_a_worker_memory_below_the_default_request_lowers_the_request():
     assert worker["resources"]["limits"]["memory"] == worker["resources"]["requests"]["memory"] == "64Mi"
     (worker,) = submitted(operator(worker_memory="6Gi"))["spec"]["containers"]
     assert worker["resources"]["requests"]["memory"] == "256Mi"
-
-
-def test_the_deferred_trigger_renews_the_object_transport_urls_while_it_watches(monkeypatch):
-    """Issue 23 (9): a deferred enrichment has no task process left to renew its pod's URLs: the trigger
-    does it, at the operator's interval, for as long as it watches the pod, and stops when it ends."""
-    from airflow.providers.cncf.kubernetes.triggers.pod import KubernetesPodTrigger
-    from airflow.triggers.base import TriggerEvent
-
-    from llm_etl_provider.triggers import pod as trigger_module
-
-    renewed: list[dict] = []
-
-    class Renewer:
-        def __init__(self, renewal):
-            self.renewal = renewal
-
-        def renew(self):
-            renewed.append(self.renewal)
-
-    monkeypatch.setattr(trigger_module, "renewer_of", lambda renewal, backend, log: Renewer(renewal))
-
-    async def watch(self):
-        await asyncio.sleep(0.3)  # the pod runs
-        yield TriggerEvent({"status": "success"})
-
-    monkeypatch.setattr(KubernetesPodTrigger, "run", watch)
-    renewal = {
-        "index": 2, "source": "s3://c@b/in.jsonl", "parts": "s3://c@b/out/_transport/p/shard-00002",
-        "plan": "p" * 16, "scope": "dag/group", "dag_id": "dag", "run_id": "r", "pod_time_limit_seconds": 600,
-        "interval": 0.05,
-    }  # fmt: skip
-    op = operator(deferrable=True)
-    op.pod = k8s.V1Pod(metadata=k8s.V1ObjectMeta(name="pod", namespace="etl"))
-    op._url_renewal = renewal
-    with pytest.raises(TaskDeferred) as deferred:
-        op.invoke_defer_method()
-    classpath, kwargs = deferred.value.trigger.serialize()
-    assert kwargs["url_renewal"] == renewal  # the triggerer rebuilds the trigger from these
-    module, _, name = classpath.rpartition(".")
-    trigger = getattr(importlib.import_module(module), name)(**kwargs)
-
-    async def events():
-        found = [event async for event in trigger.run()]
-        count = len(renewed)
-        await asyncio.sleep(0.2)
-        assert len(renewed) == count  # stopped with the watch
-        return found
-
-    assert [event.payload["status"] for event in asyncio.run(events())] == ["success"]
-    assert len(renewed) >= 3
-    assert renewed[0]["index"] == 2
 
 
 def test_a_pod_the_kubelet_ended_says_why_in_the_task_error():

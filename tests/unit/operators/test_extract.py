@@ -23,7 +23,7 @@ from llm_etl_provider.operators.extract import ExtractResultsOperator
 from llm_etl_provider.operators.stage import StageInputOperator
 from llm_etl_provider.transport.frames import FrameWriter
 from llm_etl_provider.transport.keys import decode_key, load_key
-from tests.unit.operators.fake_core_v1 import FakeCoreV1
+from tests.fake_kubernetes import FakeCoreV1
 
 RUN = "manual__2026-11-24T03:00:00+00:00"
 

@@ -37,7 +37,7 @@ from llm_etl_provider.exceptions import StagingError
 from llm_etl_provider.operators.cleanup import CleanupOperator, SweepExpiredOperator
 from llm_etl_provider.operators.stage import StageInputOperator
 from llm_etl_provider.transport.keys import decode_key
-from tests.unit.operators.fake_core_v1 import FakeCoreV1
+from tests.fake_kubernetes import FakeCoreV1
 
 RUN = "manual__2026-11-24T02:00:00+00:00"
 

@@ -34,10 +34,8 @@ from llm_etl_provider.pod.builder import (
     ServerSpec,
     build_model_cache_pod,
     build_pod,
-    model_cache_network_policy,
     network_policy,
     pod_invocation,
-    shard_network_policy,
 )
 from tests.unit.pod.pss import restricted_violations
 
@@ -302,27 +300,55 @@ def test_gpu_scheduling_is_a_parameter():
     assert pod["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
 
 
+def ports(policy: dict) -> set[int]:
+    return {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
+
+
 def test_network_policies_deny_everything_but_model_cache_downloads():
-    deny = network_policy("etl")
+    deny = network_policy("enrichment", "pull", namespace="etl")
     assert deny["metadata"]["namespace"] == "etl"
     assert deny["spec"]["policyTypes"] == ["Ingress", "Egress"]
     assert deny["spec"]["ingress"] == []
     assert deny["spec"]["egress"] == []
     assert deny["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "enrichment"
-    cache = network_policy("etl", model_cache=True)
+    cache = network_policy("model-cache", "pull", namespace="etl")
     assert cache["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "model-cache"
-    assert {p["port"] for rule in cache["spec"]["egress"] for p in rule["ports"]} == {53, 443}
+    assert ports(cache) == {53, 443}
+    assert deny["metadata"]["name"] != cache["metadata"]["name"]
+
+
+@pytest.mark.parametrize("source", ["pull", "pvc", "object", "image"])
+@pytest.mark.parametrize("run", [False, True], ids=["namespace", "run"])
+def test_one_rule_decides_which_pods_reach_a_network_for_their_model(source, run):
+    """Issue 25: two NetworkPolicy builders, the namespace's (``llm-etl render-pod``) and a run's, each wrote
+    which model sources get egress, and they had disagreed (the namespace's opened DNS and HTTPS to ``pull``
+    pods, the shard's to ``pull`` and ``object`` pods, the enrichment pod included). One builder and one rule
+    now: a pod that sees the prompts (enrichment) never gets egress for its model, whatever its source; the
+    model-cache pod gets DNS and HTTPS, and only a ``pull`` or ``object`` model has one."""
+    selected = {"llm-etl.io/run-key": "0123456789ab", "llm-etl.io/plan": "p" * 16} if run else None
+    assert network_policy("enrichment", source, name="e", selected=selected)["spec"]["egress"] == []
+    if source in ("pull", "object"):
+        assert ports(network_policy("model-cache", source, name="c", selected=selected)) == {53, 443}
+    else:
+        with pytest.raises(PodSpecError, match="pull or object"):
+            network_policy("model-cache", source, name="c", selected=selected)
+    with pytest.raises(PodSpecError, match="object transport's store"):  # the store is the enrichment's
+        network_policy("model-cache", "object", store_egress=[("10.1.2.3", 9000)])
 
 
 def test_each_shard_gets_a_network_policy_selecting_its_own_pod():
-    labels = {"llm-etl.io/run-key": "0123456789ab", "llm-etl.io/shard": "3", "other": "x"}
-    policy = shard_network_policy("p", labels, annotations={"a": "b"})
-    selector = policy["spec"]["podSelector"]["matchLabels"]
-    assert selector.items() >= {"llm-etl.io/run-key": "0123456789ab", "llm-etl.io/shard": "3"}.items()
-    assert selector["app.kubernetes.io/component"] == "enrichment"
-    assert "other" not in selector
+    labels = {"llm-etl.io/run-key": "0123456789ab", "llm-etl.io/shard": "3"}
+    policy = network_policy("enrichment", "pull", name="p", selected=labels, annotations={"a": "b"})
+    assert policy["spec"]["podSelector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "llm-etl",
+        "app.kubernetes.io/component": "enrichment",
+        **labels,
+    }
     assert (policy["spec"]["ingress"], policy["spec"]["egress"]) == ([], [])
+    assert policy["metadata"]["name"] == "p"
+    assert policy["metadata"]["annotations"] == {"a": "b"}
     assert policy["metadata"]["labels"]["llm-etl.io/run-key"] == "0123456789ab"  # cleanup finds it by run
+    assert policy["metadata"]["labels"]["llm-etl.io/kind"] == "network-policy"
 
 
 @pytest.mark.parametrize(("backend", "source"), [("ollama", "pull"), ("llamacpp", "object")])
@@ -343,8 +369,9 @@ def test_no_pod_that_sees_a_prompt_downloads_its_model(backend, source):
     loader = containers(pod)["model-loader"]
     assert "pull" not in " ".join(loader["command"])
     assert "--url-file" not in loader.get("args", [])
-    labels = {"llm-etl.io/run-key": "0123456789ab", "llm-etl.io/plan": "p" * 16, "llm-etl.io/shard": "3"}
-    assert shard_network_policy("p", labels, annotations={})["spec"]["egress"] == []
+    labels = {"llm-etl.io/run-key": "0123456789ab", "llm-etl.io/plan": "p" * 16}
+    shard = network_policy("enrichment", source, name="p", selected={**labels, "llm-etl.io/shard": "3"})
+    assert shard["spec"]["egress"] == []
     model = model_for(source)
     cache = build_model_cache_pod(model, ServerSpec(backend=backend))
     (downloader,) = cache["spec"]["containers"]
@@ -361,14 +388,14 @@ def test_no_pod_that_sees_a_prompt_downloads_its_model(backend, source):
             downloader["args"][downloader["args"].index("--url-file") + 1] == "/var/run/llm-etl/model-url/url"
         )
     assert restricted_violations(cache, 29) == []
-    policy = model_cache_network_policy("c", {**labels, "llm-etl.io/shard": "3"}, annotations={})
+    policy = network_policy("model-cache", source, name="c", selected=labels)
     assert policy["spec"]["podSelector"]["matchLabels"] == {
         "app.kubernetes.io/name": "llm-etl",
         "app.kubernetes.io/component": "model-cache",
         "llm-etl.io/run-key": "0123456789ab",
         "llm-etl.io/plan": "p" * 16,
     }
-    assert {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]} == {53, 443}
+    assert ports(policy) == {53, 443}
 
 
 def test_the_model_cache_pod_is_only_for_downloaded_sources():
@@ -510,11 +537,8 @@ def test_an_object_transport_pod_downloads_its_range_into_a_work_folder_that_hol
 
 def test_the_object_transport_s_policy_allows_dns_and_the_store_only():
     labels = {"llm-etl.io/run-key": "0123456789ab", "llm-etl.io/shard": "0"}
-    policy = shard_network_policy(
-        "p",
-        labels,
-        annotations={},
-        store_egress=[("10.1.2.3", 9000), ("::1", 443)],
+    policy = network_policy(
+        "enrichment", "pvc", name="p", selected=labels, store_egress=[("10.1.2.3", 9000), ("::1", 443)]
     )
     assert policy["spec"]["egress"] == [
         {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},

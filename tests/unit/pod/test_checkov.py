@@ -67,7 +67,7 @@ def test_every_pod_and_network_policy_passes_checkov(tmp_path):
         pod["metadata"]["namespace"] = "llm-etl"
         (tmp_path / f"pod-{variant}.yaml").write_text(yaml.safe_dump(pod))
     for model_cache in (False, True):
-        policy = network_policy("llm-etl", model_cache=model_cache)
+        policy = network_policy("model-cache" if model_cache else "enrichment", "pull", namespace="llm-etl")
         (tmp_path / f"policy-{model_cache}.yaml").write_text(yaml.safe_dump(policy))
     report = run_checkov(tmp_path)
     failed = [

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from llm_etl_provider.contract import layout
-from llm_etl_provider.pod.builder import NETWORK_POLICY_TEMPLATE, POD_TEMPLATE, load_template
+from llm_etl_provider.pod.builder import (
+    MODEL_CACHE_POD_TEMPLATE,
+    NETWORK_POLICY_TEMPLATE,
+    POD_TEMPLATE,
+    load_template,
+)
 
 
 def mounts(container):
@@ -35,6 +40,13 @@ def test_the_network_policy_selects_the_pods_the_template_labels():
     selected = policy["spec"]["podSelector"]["matchLabels"]
     assert selected.items() <= layout.POD_LABELS.items()
     assert policy["metadata"]["labels"].items() >= layout.MANAGED_BY.items()
+
+
+def test_the_templates_label_each_pod_with_its_component():
+    component = layout.LABEL_COMPONENT
+    assert load_template(POD_TEMPLATE)["metadata"]["labels"][component] == layout.ENRICHMENT_COMPONENT
+    cache = load_template(MODEL_CACHE_POD_TEMPLATE)["metadata"]["labels"][component]
+    assert cache == layout.MODEL_CACHE_COMPONENT
 
 
 def test_pod_files_live_under_their_mounts():

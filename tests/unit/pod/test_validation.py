@@ -11,9 +11,7 @@ from llm_etl_provider.pod.builder import (
     ServerSpec,
     build_model_cache_pod,
     build_pod,
-    model_cache_network_policy,
     network_policy,
-    shard_network_policy,
 )
 from tests.unit.pod.test_builder import VARIANTS, params
 
@@ -39,14 +37,18 @@ def test_pods_validate_strictly(variant, version):
 @pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("model_cache", [False, True])
 def test_network_policies_validate_strictly(version, model_cache):
-    kubernetes_validate.validate(network_policy("etl", model_cache=model_cache), version, strict=True)
+    component = "model-cache" if model_cache else "enrichment"
+    policy = network_policy(component, "pull", namespace="etl")
+    kubernetes_validate.validate(policy, version, strict=True)
 
 
 @pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("store", [(), (("10.0.0.7", 9000),)], ids=["log", "object"])
 def test_shard_network_policies_validate_strictly(version, store):
     labels = {"llm-etl.io/run-key": "0123456789ab", "llm-etl.io/shard": "0"}
-    policy = shard_network_policy("llm-etl-abc-shard-0-network", labels, annotations={}, store_egress=store)
+    policy = network_policy(
+        "enrichment", "pvc", name="llm-etl-abc-shard-0-network", selected=labels, store_egress=store
+    )
     kubernetes_validate.validate(policy, version, strict=True)
 
 
@@ -60,7 +62,7 @@ def test_model_cache_pods_and_policies_validate_strictly(version, backend, sourc
     kubernetes_validate.validate(cache, version, strict=True)
     labels = {"llm-etl.io/run-key": "0123456789ab", "llm-etl.io/plan": "0123456789abcdef"}
     kubernetes_validate.validate(
-        model_cache_network_policy("c", labels, annotations={}), version, strict=True
+        network_policy("model-cache", source, name="c", selected=labels), version, strict=True
     )
 
 

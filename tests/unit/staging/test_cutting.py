@@ -205,3 +205,18 @@ def test_no_range_starts_at_a_line_that_looks_like_gzip(tmp_path):
     assert got == records_of(source)
     assert all(data[r.start : r.start + 2] != b"\x1f\x8b" for r in ranges)
     assert len(ranges) == 2  # the cut moved past the two lines instead
+
+
+def test_both_transports_refuse_a_csv_header_no_shard_could_repeat(tmp_path):
+    """Secret-sized shards and the object transport's ranges repeat the CSV header by one rule."""
+    source = tmp_path / "header.csv"
+    source.write_bytes(b'id,"te\nxt"\n1,a\n2,b\n')
+    refusals = []
+    for plan in (
+        lambda: list(plan_shards(source, input_format="csv", max_shard_bytes=600, max_record_bytes=100)),
+        lambda: plan_ranges(source, input_format="csv", pods=2, max_record_bytes=100),
+    ):
+        with pytest.raises(StagingInputError) as refused:
+            plan()
+        refusals.append(str(refused.value))
+    assert refusals == [f"{source}:1: a CSV header spanning lines cannot be repeated per shard"] * 2

@@ -20,6 +20,7 @@ from llm_etl_provider.transport.extract import extract
 from llm_etl_provider.transport.frames import FrameWriter
 from llm_etl_provider.transport.keys import new_key
 from llm_etl_provider.transport.sources import file_lines, pod_log_lines, split_lines
+from tests.fake_kubernetes import FakeCoreV1
 
 KEY = new_key()
 
@@ -180,55 +181,36 @@ def test_file_lines_and_split_lines_bound_the_line_length(tmp_path):
     assert list(split_lines([b"y" * 25 + b"\n"], max_line=10)) == [b"y" * 10, b"y" * 10, b"y" * 5 + b"\n"]
 
 
-class FakeLogResponse:
-    def __init__(self, data: bytes, chunk: int) -> None:
-        self.data, self.chunk, self.released, self.streamed_with = data, chunk, False, None
-        self.closed = False
-
-    def stream(self, amount):
-        self.streamed_with = amount
-        for start in range(0, len(self.data), self.chunk):
-            yield self.data[start : start + self.chunk]
-
-    def release_conn(self):
-        self.released = True
-
-    def close(self):
-        self.closed = True
-
-
-class FakeCoreApi:
-    def __init__(self, data: bytes) -> None:
-        self.response = FakeLogResponse(data, chunk=333)
-        self.calls: list[tuple] = []
-
-    def read_namespaced_pod_log(self, name, namespace, **kwargs):
-        self.calls.append((name, namespace, kwargs))
-        return self.response
+def pod_with_log(data: bytes) -> FakeCoreV1:
+    api = FakeCoreV1()
+    api.add_pod("etl", "llm-job-1", {}, log=data)
+    return api
 
 
 def test_pod_logs_are_streamed_not_preloaded_and_extract(tmp_path):
-    api = FakeCoreApi(b"".join(frame_log()))
+    api = pod_with_log(b"".join(frame_log()))
     manifest = extract(pod_log_lines("llm-job-1", "etl", core_api=api), KEY, tmp_path / "out")
     assert manifest["results"] == 25
-    name, namespace, kwargs = api.calls[0]
+    name, namespace, kwargs = api.log_reads[0]
     assert (name, namespace, kwargs["container"], kwargs["_preload_content"]) == (
         "llm-job-1",
         "etl",
         "base",
         False,
     )
-    assert api.response.released
+    assert api.last_log_response is not None
+    assert api.last_log_response.released
 
 
 def test_a_pod_log_refused_part_way_closes_its_connection(tmp_path):
     # a rotated log: the first frames are gone; the stream is refused before its end, not drained, and its
     # connection must not go back to the pool half read
-    api = FakeCoreApi(b"".join(frame_log()[2:]))
+    api = pod_with_log(b"".join(frame_log()[2:]))
     with pytest.raises(RotatedLogError):
         extract(pod_log_lines("llm-job-1", "etl", core_api=api), KEY, tmp_path / "out")
-    assert api.response.closed
-    assert api.response.released
+    assert api.last_log_response is not None
+    assert api.last_log_response.closed
+    assert api.last_log_response.released
 
 
 def test_the_staging_a_killed_extraction_left_is_removed_by_the_next_one(tmp_path):

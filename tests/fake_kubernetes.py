@@ -1,4 +1,6 @@
-"""An in-memory stand-in for CoreV1Api's Secret and pod calls, for operator unit tests."""
+"""The unit tests' one in-memory stand-in for the Kubernetes API clients (CoreV1Api's Secret, pod, log and
+claim calls, NetworkingV1Api's policies): no API server runs in a unit test. The integration and e2e tests
+use the real control plane."""
 
 from __future__ import annotations
 
@@ -18,6 +20,27 @@ def _matches(labels: dict[str, str], selector: str) -> bool:
     return True
 
 
+class LogResponse:
+    """urllib3's HTTPResponse as a streamed pod log: chunks of odd sizes, or lines; closed and released."""
+
+    def __init__(self, data: bytes, chunk: int = 333) -> None:
+        self.data, self.chunk = data, chunk
+        self.closed = self.released = False
+
+    def stream(self, amount: int) -> Any:
+        for start in range(0, len(self.data), self.chunk):
+            yield self.data[start : start + self.chunk]
+
+    def __iter__(self) -> Any:
+        return iter(self.data.splitlines(keepends=True))
+
+    def release_conn(self) -> None:
+        self.released = True
+
+    def close(self) -> None:
+        self.closed = True
+
+
 class FakeCoreV1:
     def __init__(self) -> None:
         self.objects: dict[str, dict[tuple[str, str], dict[str, Any]]] = {
@@ -30,6 +53,8 @@ class FakeCoreV1:
         # claims being deleted, as a finalizer holds them: name -> reads they still answer, Terminating
         self.terminating_claims: dict[str, int] = {}
         self.claim_release_reads = 0  # > 0: a deleted claim stays, Terminating, for that many reads
+        self.log_reads: list[tuple[str, str, dict[str, Any]]] = []
+        self.last_log_response: LogResponse | None = None
 
     def _create(
         self, kind: str, namespace: str, body: dict[str, Any], created: datetime | None = None
@@ -91,25 +116,12 @@ class FakeCoreV1:
         except KeyError:
             raise ApiException(status=404, reason="NotFound") from None
 
-    def read_namespaced_pod_log(self, name: str, namespace: str, **kwargs: Any) -> Any:
+    def read_namespaced_pod_log(self, name: str, namespace: str, **kwargs: Any) -> LogResponse:
+        """The pod's log, streamed (``_preload_content=False``, as every reader here asks)."""
         assert kwargs["_preload_content"] is False
-        data = self.objects["pods"][(namespace, name)]["log"]
-
-        class Response:
-            def stream(self, amount: int) -> Any:
-                for start in range(0, len(data), 1000):
-                    yield data[start : start + 1000]
-
-            def __iter__(self) -> Any:  # urllib3's HTTPResponse: line by line
-                return iter(data.splitlines(keepends=True))
-
-            def release_conn(self) -> None:
-                pass
-
-            def close(self) -> None:
-                pass
-
-        return Response()
+        self.log_reads.append((name, namespace, kwargs))
+        self.last_log_response = LogResponse(self.objects["pods"][(namespace, name)]["log"])
+        return self.last_log_response
 
     def list_namespaced_pod(self, namespace: str, label_selector: str = "") -> SimpleNamespace:
         return self._list("pods", namespace, label_selector)
