@@ -44,6 +44,8 @@ class ShardDescriptor:
     :param egress: the object transport: the store's ``[address or CIDR, port]`` pairs its pod may reach
     :param parts: the object transport: the folder (a URI) of its part objects, checkpoint and end marker
     :param source: the object transport: the input object (a URI) its range is read from
+    :param part_records: the object transport: the records per part the stage signed its part URLs for,
+        which its worker checkpoints at (the setting ``checkpoint_every``, raised for a large shard)
     :param plan: the stage's plan it belongs to (:func:`~llm_etl_provider.contract.layout.plan_id`): its
         extraction writes it into the shard's manifest; the run's publishing counts only its plan's shards
     :param key_secret: the Secret holding its plan's frame key (Kubernetes)
@@ -65,6 +67,7 @@ class ShardDescriptor:
     egress: list[list[Any]] = field(default_factory=list)
     parts: str | None = None
     source: str | None = None
+    part_records: int | None = None
     plan: str | None = None
     key_secret: str | None = None
 
@@ -86,8 +89,8 @@ class ShardDescriptor:
         # fields a newer stage may add are left for the newer tasks that read them
         data = {name: item for name, item in value.items() if name in names}
         try:
-            for name in ("index", "records", "line_offset", "duplicates"):
-                if name in data:
+            for name in ("index", "records", "line_offset", "duplicates", "part_records"):
+                if data.get(name) is not None:
                     data[name] = _integer(data[name])
         except (TypeError, ValueError):
             raise TypeError("the shard descriptor holds a non-integer index, count or line") from None

@@ -30,9 +30,7 @@ from llm_etl_provider.contract.invocation import (
     ApiStyle,
     WorkerInvocation,
     coerce_settings,
-    default_of,
 )
-from llm_etl_provider.contract.object_transport import part_records_for
 from llm_etl_provider.contract.pod_commands import (
     check_heartbeat_command,
     load_model_args,
@@ -258,8 +256,8 @@ def pod_invocation(
     and server.
 
     With the object transport each checkpoint writes a part: the worker checkpoints every
-    :func:`~llm_etl_provider.contract.object_transport.part_records_for` records, the interval the stage
-    signed the shard's part URLs for (``checkpoint_every``, raised to fit a large shard's URLs in its Secret).
+    ``shard.part_records`` records, the interval the stage signed the shard's part URLs for (its
+    ``checkpoint_every``, raised to fit a large shard's URLs in its Secret), whatever ``settings`` say.
 
     Raises :class:`PodSpecError` when a setting does not parse.
     """
@@ -269,8 +267,9 @@ def pod_invocation(
         raise PodSpecError(str(exc)) from None
     by_object = shard.transport == OBJECT_OUTPUT
     if by_object:
-        every = chosen.get("checkpoint_every", default_of("checkpoint_every"))
-        chosen["checkpoint_every"] = part_records_for(shard.records, every)
+        if shard.part_records is None:
+            raise PodSpecError(f"shard {shard.index} was staged without its part size: stage it again")
+        chosen["checkpoint_every"] = shard.part_records
     return WorkerInvocation(
         **chosen,
         # the object transport: the worker downloads its range into its work folder, and checkpoints in the

@@ -517,7 +517,7 @@ def test_duplicates_travel_with_the_shard_not_in_xcom(tmp_path, api):
     op = stage(input_path=str(source), namespace="etl", max_shard_bytes=200_000, max_record_bytes=5_000)
     shards = op.execute({"run_id": RUN})
     assert sum(shard["duplicates"] for shard in shards) == 20_000
-    assert len(json.dumps(shards)) < 500 * len(shards)
+    assert len(json.dumps(shards)) < 600 * len(shards)  # a descriptor's fields, never a line number
     last = shards[-1]
     lines = decode_line_numbers(api.secret_bytes("etl", last["secret"], DUPLICATES_FILE_NAME))
     assert lines[-1] == 40_000
