@@ -89,9 +89,11 @@ class ShardDescriptor:
         # fields a newer stage may add are left for the newer tasks that read them
         data = {name: item for name, item in value.items() if name in names}
         try:
-            for name in ("index", "records", "line_offset", "duplicates", "part_records"):
-                if data.get(name) is not None:
+            for name in ("index", "records", "line_offset", "duplicates"):
+                if name in data:
                     data[name] = _integer(data[name])
+            if data.get("part_records") is not None:  # the object transport's only
+                data["part_records"] = _integer(data["part_records"])
         except (TypeError, ValueError):
             raise TypeError("the shard descriptor holds a non-integer index, count or line") from None
         return cls(**data)
