@@ -59,7 +59,8 @@ def cluster_surfaces(cluster: Any) -> str:
 
 @pytest.mark.parametrize("case", ["success", "failed", "retried"])
 def test_canaries_appear_only_in_the_published_results(tmp_path, capfd, cluster, kubernetes_dag, case):
-    count = 4 if case == "retried" else 2
+    # retried: enough records that the preemption (after 2 checkpoints) comes well before the last one
+    count = 12 if case == "retried" else 2
     source = planted(tmp_path, count)
     dag = resumable_dag(kubernetes_dag) if case == "retried" else kubernetes_dag(deferrable=False)
     cluster.forget_pods()
