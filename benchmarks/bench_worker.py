@@ -39,10 +39,10 @@ import httpx
 from benchmarks.common import arguments, print_table, sample_records, save, write_records
 from llm_etl_dev.batching_server import BatchingModel, BatchingServer
 from llm_etl_provider.backends.llama_server import LlamaServer
-from llm_etl_provider.contract.invocation import REQUESTS_PER_SLOT
+from llm_etl_provider.contract.invocation import REQUESTS_PER_SLOT, default_of
 from llm_etl_provider.worker.clients import ChatRequest, OpenAIClient
 from llm_etl_provider.worker.http_lanes import HttpLanes
-from llm_etl_provider.worker.tasks import TaskSpec, build_task
+from llm_etl_provider.worker.tasks import TaskSpec, task_for
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -111,6 +111,7 @@ def chat_requests(task: TaskSpec, records: Iterable[dict[str, Any]]) -> list[Cha
             schema=task.schema,
             schema_name=task.name,
             max_tokens=task.max_tokens,
+            temperature=default_of("temperature"),
         )
         for record in records
     ]
@@ -118,13 +119,13 @@ def chat_requests(task: TaskSpec, records: Iterable[dict[str, Any]]) -> list[Cha
 
 def load_requests(records: int) -> list[ChatRequest]:
     """The worker's sentiment requests for the first ``records`` sample records."""
-    return chat_requests(build_task("sentiment", template="{review}"), sample_records(records))
+    return chat_requests(task_for("sentiment", template="{review}"), sample_records(records))
 
 
 async def raw_load(url: str, model: str, requests: list[ChatRequest], concurrency: int) -> dict[str, Any]:
     """Send the worker's request bodies as fast as the concurrency allows; count answers, check nothing."""
     async with HttpLanes(timeout=httpx.Timeout(300)) as http:
-        client = OpenAIClient(http, url, model)
+        client = OpenAIClient(http, url, model, response_format=default_of("response_format"))
         queue: asyncio.Queue[ChatRequest] = asyncio.Queue()
         for request in requests:
             queue.put_nowait(request)

@@ -16,7 +16,7 @@ from typing import Any
 
 from llm_etl_dev.report import build_report, merge_summaries
 from llm_etl_provider.contract.layout import run_output_folder, run_scope
-from llm_etl_provider.worker.tasks import build_task
+from llm_etl_provider.worker.tasks import task_for
 
 SAMPLE = Path("examples/drug_reviews_sample.jsonl")
 DAG_FILE = Path("dags/llm_enrichment.py")
@@ -92,7 +92,7 @@ def run_demo(output: Path, *, input_path: Path = SAMPLE, limit: int | None = Non
         [shard / "results.jsonl" for shard in shards],
         [shard / "dead_letter.jsonl" for shard in shards],
         merge_summaries([m["worker_summary"] for m in manifests]),
-        schema=build_task(DEMO_TASK).schema,
+        schema=task_for(DEMO_TASK).schema,
         reference=reference,
     )
     (run_dir / "report.md").write_text(report)
