@@ -44,7 +44,7 @@ def llm_enrichment_task_group(
     kubernetes_conn_id: str = DEFAULT_KUBERNETES_CONN_ID,
     execution_mode: str = DEFAULT_EXECUTION_MODE,
     local_dir: str | None = None,
-    input_format: str = "auto",
+    input_format: str = default_of("input_format"),
     max_shard_bytes: int | str = DEFAULT_SHARD_BYTES,
     max_record_bytes: int | str = DEFAULT_MAX_RECORD_BYTES,
     results_asset: Asset | None = None,

@@ -135,7 +135,7 @@ class StageInputOperator(RunStepOperator):
         self,
         *,
         input_path: str,
-        input_format: str = "auto",
+        input_format: str = default_of("input_format"),
         max_shard_bytes: int | str = DEFAULT_SHARD_BYTES,
         max_record_bytes: int | str = DEFAULT_MAX_RECORD_BYTES,
         max_input_bytes: int | str = DEFAULT_MAX_INPUT_BYTES,

@@ -252,7 +252,7 @@ def pod_invocation(
     shard: ShardDescriptor,
     server: ServerSpec,
     model: str,
-    attempt: int = 1,
+    attempt: int = default_of("attempt"),
 ) -> WorkerInvocation:
     """The worker's invocation in the pod: the DAG author's settings, this shard and try, the pod's paths
     and server.

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from llm_etl_provider.contract.invocation import DEFAULT_MAX_RECORD_BYTES
+from llm_etl_provider.contract.invocation import DEFAULT_MAX_RECORD_BYTES, default_of
 from llm_etl_provider.exceptions import StagingInputError
 from llm_etl_provider.formats.exceptions import CsvLineTooLong, UnreadableInput
 from llm_etl_provider.formats.records import detect_format
@@ -134,7 +134,7 @@ def check_sizes(max_shard_bytes: int, max_record_bytes: int) -> None:
 def plan_shards(
     path: Path,
     *,
-    input_format: str = "auto",
+    input_format: str = default_of("input_format"),
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
 ) -> Iterator[Shard]:
