@@ -115,8 +115,9 @@ def llm_enrichment_task_group(
             pods=pods,
             store_cidrs=store_cidrs,
             output_path=output_path,
-            # the object transport's parts follow the worker's checkpoints
+            # the object transport's parts follow the worker's checkpoints; ids are the worker's id field's
             checkpoint_every=enrichment.get("checkpoint_every", default_of("checkpoint_every")),
+            id_field=enrichment.get("id_field", default_of("id_field")),
             run_deadline_seconds=run_deadline_seconds,
             worker_memory=worker_memory,
             # what the shards' results depend on beside the input: another value makes another plan

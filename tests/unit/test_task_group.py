@@ -1,0 +1,26 @@
+"""The task group wires its operators: what the stage is told of the enrichment, and how steps retry."""
+
+from __future__ import annotations
+
+from airflow.sdk import DAG
+
+from llm_etl_provider.contract.invocation import default_of
+from llm_etl_provider.task_group import llm_enrichment_task_group
+
+
+def build(**enrichment):
+    with DAG("pipeline", schedule=None) as dag:
+        llm_enrichment_task_group(
+            input_path="in.jsonl", output_path="out", model="m", execution_mode="local", **enrichment
+        )
+    return dag
+
+
+def test_the_stage_reads_the_input_with_the_workers_id_field_and_checkpoints():
+    stage = build(id_field="uid", checkpoint_every=7).get_task("llm_enrichment.stage")
+    assert (stage.id_field, stage.checkpoint_every) == ("uid", 7)
+    stage = build().get_task("llm_enrichment.stage")
+    assert (stage.id_field, stage.checkpoint_every) == (
+        default_of("id_field"),
+        default_of("checkpoint_every"),
+    )
