@@ -29,7 +29,7 @@ from typing import Any
 
 from airflow.sdk import Param, dag
 
-from llm_etl_provider.backends import DEFAULT_EXECUTION_MODE, DEFAULT_LOCAL_DIR
+from llm_etl_provider.backends import DEFAULT_EXECUTION_MODE, DEFAULT_LOCAL_DIR, EXAMPLE_NAMESPACE, LOCAL_MODE
 from llm_etl_provider.contract.invocation import TASK_NAMES
 from llm_etl_provider.contract.object_transport import DEFAULT_TRANSPORT, TRANSPORTS
 from llm_etl_provider.llama_cpp import CPU_PARALLEL
@@ -45,9 +45,9 @@ from llm_etl_provider.task_group import llm_enrichment_task_group
 
 EXECUTION_MODE = os.environ.get("LLM_ETL_EXECUTION_MODE", DEFAULT_EXECUTION_MODE)
 LOCAL_DIR = os.environ.get("LLM_ETL_LOCAL_DIR", DEFAULT_LOCAL_DIR)
-NAMESPACE = os.environ.get("LLM_ETL_NAMESPACE", "llm-etl")
+NAMESPACE = os.environ.get("LLM_ETL_NAMESPACE", EXAMPLE_NAMESPACE)
 
-if EXECUTION_MODE == "local":
+if EXECUTION_MODE == LOCAL_MODE:
     # The bundled GGUF, checked by its sha256 and served by llama.cpp's server, or a connection's server.
     MODEL_SETTINGS: dict[str, Any] = {"llm_conn_id": os.environ.get("LLM_ETL_LLM_CONN_ID") or None}
     DEFAULTS = {
@@ -146,7 +146,7 @@ PARAMS: dict[str, Param] = {
                 description="The server in each pod: ollama, llamacpp or vllm",
             )
         }
-        if EXECUTION_MODE != "local"
+        if EXECUTION_MODE != LOCAL_MODE
         else {}
     ),
     "transport": Param(

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_etl_dev.report import build_report, merge_summaries
+from llm_etl_provider.backends import LOCAL_MODE
 from llm_etl_provider.contract.layout import run_output_folder, run_scope
 from llm_etl_provider.worker.tasks import task_for
 
@@ -33,7 +34,7 @@ def _prepare_airflow(output: Path) -> None:
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__DAGS_FOLDER": str(DAG_FILE.parent.resolve()),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
-            "LLM_ETL_EXECUTION_MODE": "local",
+            "LLM_ETL_EXECUTION_MODE": LOCAL_MODE,
             "LLM_ETL_LOCAL_DIR": str((output / "staging").resolve()),
         }
     )

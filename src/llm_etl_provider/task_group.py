@@ -13,6 +13,8 @@ from llm_etl_provider.backends import (
     DEFAULT_EXECUTION_MODE,
     DEFAULT_KUBERNETES_CONN_ID,
     DEFAULT_NAMESPACE,
+    KUBERNETES_MODE,
+    LOCAL_MODE,
     checked_execution_mode,
 )
 from llm_etl_provider.contract.invocation import DEFAULT_MAX_RECORD_BYTES, WORKER_SETTINGS, default_of
@@ -135,7 +137,7 @@ def llm_enrichment_task_group(
         shards = planned_shards(stage.output)
         setups: list[Any] = [stage]
         model_source = enrichment.get("model_source", DEFAULT_MODEL_SOURCE)
-        if execution_mode == "kubernetes" and model_source in DOWNLOADED_SOURCES:
+        if execution_mode == KUBERNETES_MODE and model_source in DOWNLOADED_SOURCES:
             cache_model = ModelCacheOperator(
                 task_id="cache_model",
                 shards=stage.output,
@@ -164,7 +166,7 @@ def llm_enrichment_task_group(
         @task_group(group_id="shard")
         def enrich_then_extract(shard: Any) -> None:
             enrich: BaseOperator
-            if execution_mode == "local":
+            if execution_mode == LOCAL_MODE:
                 enrich = LocalEnrichmentOperator(
                     task_id="enrich",
                     shard=shard,
