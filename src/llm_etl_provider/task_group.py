@@ -30,6 +30,11 @@ from llm_etl_provider.operators.stage import StageInputOperator
 from llm_etl_provider.pod.builder import DEFAULT_MODEL_SOURCE, DOWNLOADED_SOURCES
 from llm_etl_provider.staging.cutting import DEFAULT_SHARD_BYTES
 
+# How the group's steps retry a failed try (a preempted GPU node, a lost pod, an API or store hiccup): the
+# enrichment's default, and the model cache's, the extractions' and the publishing's
+RETRIES = 2
+RETRY_DELAY = timedelta(seconds=30)
+
 # The enrichment's settings that its results depend on: part of the stage's plan
 PLAN_SETTINGS = frozenset(
     {*WORKER_SETTINGS, "backend", "model_source", "model_path", "model_sha256", "model_image", "model_claim"}
@@ -101,8 +106,8 @@ def llm_enrichment_task_group(
     }
     # A preempted GPU node or a lost pod fails the try; the shard then runs again in a new pod. The
     # extraction is idempotent, so a retry after an API hiccup publishes the same files.
-    enrichment.setdefault("retries", 2)
-    enrichment.setdefault("retry_delay", timedelta(seconds=30))
+    enrichment.setdefault("retries", RETRIES)
+    enrichment.setdefault("retry_delay", RETRY_DELAY)
     with TaskGroup(group_id) as group:
         common["scope"] = group.group_id  # the group's full id: two pipelines in one DAG never meet
         stage = StageInputOperator(
@@ -146,8 +151,8 @@ def llm_enrichment_task_group(
                 cache_access_modes=model_cache_access_modes,
                 cache_storage_class=model_cache_storage_class,
                 run_deadline_seconds=run_deadline_seconds,
-                retries=2,
-                retry_delay=timedelta(seconds=30),
+                retries=RETRIES,
+                retry_delay=RETRY_DELAY,
                 namespace=namespace,
                 kubernetes_conn_id=kubernetes_conn_id,
                 scope=common["scope"],
@@ -198,8 +203,8 @@ def llm_enrichment_task_group(
                 # a failed enrichment may have written its whole stream (over the dead-letter threshold):
                 # publish it, marked failed; a stream cut short is refused with nothing published
                 trigger_rule=TriggerRule.ALL_DONE,
-                retries=2,
-                retry_delay=timedelta(seconds=30),
+                retries=RETRIES,
+                retry_delay=RETRY_DELAY,
                 **common,
             )
             enrich >> extract
@@ -214,8 +219,8 @@ def llm_enrichment_task_group(
             gpus_per_shard=gpus if isinstance(gpus, int) else None,
             trigger_rule=TriggerRule.ALL_DONE,
             # it reads and writes the store and the pods' status: a hiccup must not withhold _SUCCESS
-            retries=2,
-            retry_delay=timedelta(seconds=30),
+            retries=RETRIES,
+            retry_delay=RETRY_DELAY,
             outlets=[results_asset or Asset(name=f"llm-etl/{dag_id}/{group.group_id}")],
             **common,
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from airflow.sdk import DAG
 
 from llm_etl_provider.contract.invocation import default_of
-from llm_etl_provider.task_group import llm_enrichment_task_group
+from llm_etl_provider.task_group import RETRIES, RETRY_DELAY, llm_enrichment_task_group
 
 
 def build(**enrichment):
@@ -24,3 +24,11 @@ def test_the_stage_reads_the_input_with_the_workers_id_field_and_checkpoints():
         default_of("id_field"),
         default_of("checkpoint_every"),
     )
+
+
+def test_the_steps_that_retry_retry_alike_and_the_enrichments_can_be_set():
+    dag = build()
+    for step in ("shard.enrich", "shard.extract", "publish"):
+        task = dag.get_task(f"llm_enrichment.{step}")
+        assert (task.retries, task.retry_delay) == (RETRIES, RETRY_DELAY), step
+    assert build(retries=5).get_task("llm_enrichment.shard.enrich").retries == 5
