@@ -33,8 +33,8 @@ from typing import Any, Self
 
 import httpx
 
+from llm_etl_dev.processes import stop_process
 from llm_etl_provider.backends.llama_server import free_port
-from llm_etl_provider.processes import stop_process
 
 MODEL_NAME = "batching-sim"
 CHARS_PER_TOKEN = 4

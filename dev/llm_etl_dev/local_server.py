@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from llm_etl_dev.processes import stop_process
 from llm_etl_provider.backends.llama_server import READY_TIMEOUT_SECONDS, LlamaServer, cache_dir
-from llm_etl_provider.processes import stop_process
 
 
 def pid_file(port: int) -> Path:

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from llm_etl_dev.builds import find_built
+from llm_etl_dev.processes import stop_process
 from llm_etl_provider.backends.llama_server import free_port
-from llm_etl_provider.processes import stop_process
 
 WEED_ENV = "LLM_ETL_SEAWEEDFS_BIN"  # a folder holding weed
 BUCKET = "llm-etl"

@@ -16,8 +16,8 @@ from typing import Any
 
 import httpx
 
+from llm_etl_dev.processes import stop_processes
 from llm_etl_provider.backends.llama_server import free_port
-from llm_etl_provider.processes import stop_processes
 from tests.e2e.postgres import PostgresServer
 
 

@@ -46,10 +46,10 @@ from llm_etl_dev.cluster.real_node import (
     write_files,
 )
 from llm_etl_dev.object_store import S3Account, create_bucket, find_weed, seaweedfs_command
+from llm_etl_dev.processes import pid_alive, stop_process
 from llm_etl_provider.backends import EXAMPLE_NAMESPACE
 from llm_etl_provider.backends.llama_server import bundled_model, free_port
-from llm_etl_provider.pod.rbac import airflow_role, airflow_role_binding
-from llm_etl_provider.processes import pid_alive, stop_process
+from llm_etl_provider.pod.rbac import ROLE_NAME, airflow_role
 
 KUBE_BIN_ENV = "LLM_ETL_KUBE_BIN"
 NAMESPACE = EXAMPLE_NAMESPACE
@@ -62,6 +62,17 @@ START_TIMEOUT = 60.0
 
 class DevClusterError(RuntimeError):
     """The development cluster could not start or stop; the message says why and where its logs are."""
+
+
+def airflow_role_binding(namespace: str) -> dict[str, Any]:
+    """The RoleBinding of the provider's Role (``llm-etl render-role``) to the ``airflow`` identity."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": ROLE_NAME, "namespace": namespace},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": ROLE_NAME},
+        "subjects": [{"kind": "User", "name": AIRFLOW_USER, "apiGroup": "rbac.authorization.k8s.io"}],
+    }
 
 
 def find_kube_binaries() -> Path:
@@ -421,8 +432,7 @@ class DevCluster:
         admin.ensure(base + "/serviceaccounts", {"metadata": {"name": "default"}})
         rbac = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}"
         admin.ensure(rbac + "/roles", airflow_role(namespace))
-        subject = {"kind": "User", "name": AIRFLOW_USER, "apiGroup": "rbac.authorization.k8s.io"}
-        admin.ensure(rbac + "/rolebindings", airflow_role_binding(namespace, subject))
+        admin.ensure(rbac + "/rolebindings", airflow_role_binding(namespace))
         models: dict[str, Any] = {
             "metadata": {"name": MODEL_CLAIM},
             "spec": {

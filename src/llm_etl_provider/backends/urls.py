@@ -153,3 +153,15 @@ def url_renewer(
         put=lambda document: backend.put_urls(index, document),
         log=log,
     )
+
+
+def renewer_of(renewal: dict[str, Any], backend: RunBackend, log: Any) -> UrlRenewer:
+    """The URL renewer a renewal description (the operator's, serialized into the trigger) names."""
+    return url_renewer(
+        backend,
+        int(renewal["index"]),
+        source=renewal["source"],
+        parts=renewal["parts"],
+        pod_time_limit_seconds=int(renewal["pod_time_limit_seconds"]),
+        log=log,
+    )

@@ -1,7 +1,8 @@
 """The enrichment pod's layout and the names of what a run creates, written once.
 
-The pod template (``llm_etl_provider/pod/templates``) spells the same container names, volumes, mount paths
-and labels in YAML; ``tests/unit/pod/test_layout.py`` proves that the two agree.
+The pod templates (``llm_etl_provider/pod/templates``) spell the same container names, volumes and mount paths
+in YAML; ``tests/unit/contract/test_layout.py`` proves that the two agree. The labels are spelled here only:
+the pod builder stamps them.
 """
 
 from __future__ import annotations
@@ -59,22 +60,18 @@ def downloaded_input_name(input_format: str) -> str:
     return f"input.{input_format}"
 
 
-# Labels and annotations.
-MANAGED_BY = {"app.kubernetes.io/managed-by": "llm-etl-provider"}
-# A run's pods by component: the enrichment pods see the prompts; the model-cache pod (pull and object
-# sources) downloads the model and never sees a prompt
+# Labels and annotations. The pod builder stamps them (the templates carry none).
+APP_NAME = {"app.kubernetes.io/name": "llm-etl"}  # our pods, and what our NetworkPolicies select
+MANAGED_BY = {"app.kubernetes.io/managed-by": "llm-etl-provider"}  # everything a run creates
+LABEL_COMPONENT = "app.kubernetes.io/component"
+# A run's pods by component: the enrichment pods see the prompts (no egress); the model-cache pod (pull and
+# object sources) downloads the model and never sees a prompt
 ENRICHMENT_COMPONENT = "enrichment"
 MODEL_CACHE_COMPONENT = "model-cache"
-POD_LABELS = {
-    "app.kubernetes.io/name": "llm-etl",
-    "app.kubernetes.io/component": ENRICHMENT_COMPONENT,
-    **MANAGED_BY,
-}
 LABEL_RUN = "llm-etl.io/run"  # the run id, readable (cut and hashed where too long for a label)
 LABEL_RUN_KEY = "llm-etl.io/run-key"  # the pipeline's run, exactly: what selectors use (run_key)
 LABEL_SHARD = "llm-etl.io/shard"
 LABEL_KIND = "llm-etl.io/kind"
-LABEL_COMPONENT = "app.kubernetes.io/component"  # enrichment (sees prompts, no egress) or model-cache
 LABEL_MODEL_SOURCE = "llm-etl.io/model-source"
 LABEL_PLAN = "llm-etl.io/plan"  # the stage's plan of the run (plan_id): what one execution staged
 ANNOTATION_RUN_ID = "llm-etl.io/run-id"
@@ -102,6 +99,13 @@ def worker_memory_needed(records: int) -> int:
 
 
 MANAGED_SELECTOR = ",".join(f"{k}={v}" for k, v in MANAGED_BY.items())
+
+
+def pod_labels(component: str) -> dict[str, str]:
+    """The labels every pod of ``component`` (:data:`ENRICHMENT_COMPONENT` or :data:`MODEL_CACHE_COMPONENT`)
+    carries before the run's own."""
+    return {**APP_NAME, LABEL_COMPONENT: component, **MANAGED_BY}
+
 
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
 

@@ -44,6 +44,8 @@ class ShardDescriptor:
     :param egress: the object transport: the store's ``[address or CIDR, port]`` pairs its pod may reach
     :param parts: the object transport: the folder (a URI) of its part objects, checkpoint and end marker
     :param source: the object transport: the input object (a URI) its range is read from
+    :param part_records: the object transport: the records per part the stage signed its part URLs for,
+        which its worker checkpoints at (the setting ``checkpoint_every``, raised for a large shard)
     :param plan: the stage's plan it belongs to (:func:`~llm_etl_provider.contract.layout.plan_id`): its
         extraction writes it into the shard's manifest; the run's publishing counts only its plan's shards
     :param key_secret: the Secret holding its plan's frame key (Kubernetes)
@@ -65,6 +67,7 @@ class ShardDescriptor:
     egress: list[list[Any]] = field(default_factory=list)
     parts: str | None = None
     source: str | None = None
+    part_records: int | None = None
     plan: str | None = None
     key_secret: str | None = None
 
@@ -89,6 +92,8 @@ class ShardDescriptor:
             for name in ("index", "records", "line_offset", "duplicates"):
                 if name in data:
                     data[name] = _integer(data[name])
+            if data.get("part_records") is not None:  # the object transport's only
+                data["part_records"] = _integer(data["part_records"])
         except (TypeError, ValueError):
             raise TypeError("the shard descriptor holds a non-integer index, count or line") from None
         return cls(**data)

@@ -1,4 +1,4 @@
-"""Enrichment of one shard: what both execution modes share, and the Kubernetes mode's operator.
+"""LLMEnrichmentOperator: one shard enriched in a Kubernetes pod.
 
 :class:`LLMEnrichmentOperator` is KubernetesPodOperator with public overrides only: the pod is built from its
 manifest, and the worker's progress (never its frames) reaches the task log through
@@ -8,35 +8,40 @@ manifest, and the worker's progress (never its frames) reaches the task log thro
 
 from __future__ import annotations
 
-import inspect
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import pendulum
+import tenacity
 from airflow.providers.cncf.kubernetes.callbacks import ExecutionMode
-from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+from airflow.providers.cncf.kubernetes.operators.pod import (
+    KubernetesPodOperator,
+    PodCredentialsExpiredFailure,
+)
 from airflow.providers.cncf.kubernetes.triggers.pod import KubernetesPodTrigger
 from airflow.providers.cncf.kubernetes.utils.container import container_is_running, container_is_terminated
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
-from llm_etl_provider.backends import RunBackend
+from llm_etl_provider.backends import LOCAL_MODE
 from llm_etl_provider.backends.urls import DEFAULT_URL_RENEW_SECONDS
 from llm_etl_provider.contract import layout
 from llm_etl_provider.contract.invocation import (
     OBJECT_OUTPUT,
     WORKER_SETTINGS,
-    WorkerInvocation,
-    default_of,
-    is_unset,
 )
 from llm_etl_provider.contract.layout import run_annotations
 from llm_etl_provider.contract.shard import ShardDescriptor
 from llm_etl_provider.exceptions import PodSpecError
 from llm_etl_provider.operators.pod_step import PodStepOperator
+from llm_etl_provider.operators.shard_run import (
+    ShardRun,
+    optional_int,
+    renewing_urls,
+    take_worker_settings,
+    with_worker_settings,
+)
 from llm_etl_provider.pod.builder import (
     DEFAULT_BACKEND,
     DEFAULT_MODEL_PATH,
@@ -50,10 +55,9 @@ from llm_etl_provider.pod.builder import (
     ServerSpec,
     build_pod,
     network_policy,
-    pod_invocation,
 )
 from llm_etl_provider.pod.progress import ProgressReader
-from llm_etl_provider.triggers.pod import UrlRenewingPodTrigger, renewer_of
+from llm_etl_provider.triggers.pod import UrlRenewingPodTrigger
 
 if TYPE_CHECKING:
     import datetime
@@ -61,110 +65,6 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
     from airflow.triggers.base import BaseTrigger
     from kubernetes.client import models as k8s
-
-POD_POLL_SECONDS = 2.0  # how often the pod is looked at while its worker has not started
-
-
-def with_keywords(signature: inspect.Signature, defaults: dict[str, Any]) -> inspect.Signature:
-    """``signature`` with keyword-only parameters added before its ``**kwargs``."""
-    parameters = list(signature.parameters.values())
-    variadic = [p for p in parameters if p.kind is inspect.Parameter.VAR_KEYWORD]
-    named = [p for p in parameters if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    added = [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default)
-        for name, default in defaults.items()
-    ]
-    return signature.replace(parameters=[*named, *added, *variadic])
-
-
-def with_worker_settings(init: Any) -> inspect.Signature:
-    """An enrichment operator's ``__init__`` signature, the worker's settings (declared once, in the contract)
-    listed after its own arguments: they are keyword arguments of their own, so that ``.partial()`` accepts
-    them and refuses a typo."""
-    return with_keywords(inspect.signature(init), {name: default_of(name) for name in WORKER_SETTINGS})
-
-
-def take_worker_settings(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The worker's settings among an operator's keyword arguments (removed from them), defaults filled in."""
-    return {name: kwargs.pop(name) if name in kwargs else default_of(name) for name in WORKER_SETTINGS}
-
-
-def optional_int(value: Any, name: str) -> int | None:
-    """A templated integer setting, or None where it is unset (:func:`is_unset`)."""
-    if is_unset(value):
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise PodSpecError(f"{name} must be an integer, not {value!r}") from None
-
-
-@dataclass(frozen=True)
-class ShardRun:
-    """One try of one shard's enrichment, as both execution modes name and invoke it.
-
-    :param scope: the pipeline's scope (:func:`~llm_etl_provider.contract.layout.run_scope`)
-    :param attempt: the task's try: the worker seals it into its trailer, KPO labels the pod with it
-    """
-
-    scope: str
-    dag_id: str
-    run_id: str
-    shard: ShardDescriptor
-    attempt: int = 1
-
-    @classmethod
-    def of(cls, shard: Any, *, scope: str, dag_id: str, context: Context | None) -> ShardRun:
-        return cls(
-            scope=scope,
-            dag_id=dag_id,
-            run_id=str(context["run_id"]) if context is not None else "dry-run",
-            shard=ShardDescriptor.from_xcom(shard),
-            attempt=context["ti"].try_number if context is not None else 1,
-        )
-
-    @property
-    def prefix(self) -> str:
-        """The names' prefix of the shard's plan (of the run, for a shard staged without a plan)."""
-        if self.shard.plan:
-            return layout.plan_prefix(self.scope, self.run_id, self.shard.plan)
-        return layout.run_prefix(self.scope, self.run_id)
-
-    def invocation(self, settings: Mapping[str, Any], server: ServerSpec, model: str) -> WorkerInvocation:
-        """The worker's invocation in the shard's pod (local execution swaps in local paths)."""
-        return pod_invocation(
-            settings, run_id=self.run_id, shard=self.shard, server=server, model=model, attempt=self.attempt
-        )
-
-    def url_renewal(self, interval: int, pod_time_limit_seconds: int) -> dict[str, Any] | None:
-        """The object transport: how the shard's URLs are signed afresh while its worker runs (the task does
-        it, or deferred, its trigger: the description travels serialized); None for the log transport."""
-        if self.shard.transport != OBJECT_OUTPUT:
-            return None
-        return {
-            "index": self.shard.index,
-            "source": self.shard.source,
-            "parts": self.shard.parts,
-            "plan": self.shard.plan,
-            "scope": self.scope,
-            "dag_id": self.dag_id,
-            "run_id": self.run_id,
-            "pod_time_limit_seconds": pod_time_limit_seconds,
-            "interval": interval,
-        }
-
-
-@contextmanager
-def renewing_urls(renewal: dict[str, Any] | None, backend: RunBackend, log: Any) -> Iterator[None]:
-    """Sign the shard's URLs when its worker starts and renew them while it runs: temporary credentials
-    (STS, IRSA, SSO: often an hour) end long before a shard does."""
-    if renewal is None:
-        yield
-        return
-    renewer = renewer_of(renewal, backend, log)
-    renewer.renew()
-    with renewer.running(float(renewal["interval"])):
-        yield
 
 
 def pod_ended(pod: k8s.V1Pod) -> bool:
@@ -281,7 +181,8 @@ class LLMEnrichmentOperator(PodStepOperator):
         if "execution_mode" in kwargs:
             raise TypeError(
                 "LLMEnrichmentOperator runs a Kubernetes pod: for local execution use "
-                "LocalEnrichmentOperator (llm_enrichment_task_group picks it for execution_mode='local')"
+                "LocalEnrichmentOperator (llm_enrichment_task_group picks it for "
+                f"execution_mode={LOCAL_MODE!r})"
             )
         if kwargs.get("get_logs"):
             raise ValueError(
@@ -322,6 +223,7 @@ class LLMEnrichmentOperator(PodStepOperator):
         self.scope = scope
         self.url_renew_seconds = url_renew_seconds
         self._url_renewal: dict[str, Any] | None = None
+        self._progress: dict[str, ProgressReader] = {}
 
     __init__.__signature__ = with_worker_settings(__init__)  # type: ignore[attr-defined]
 
@@ -415,30 +317,47 @@ class LLMEnrichmentOperator(PodStepOperator):
         pod["metadata"]["labels"].update(self._selected(run))
         return self.request_pod(pod, context, dry_run)
 
-    def progress_reader(self, name: str, namespace: str) -> ProgressReader:
-        """What copies the worker's progress lines into the task log and to the DAG's callbacks."""
+    def progress_reader(self, pod: k8s.V1Pod, mode: ExecutionMode) -> ProgressReader:
+        """What copies the worker's progress lines into the task log and to the DAG's callbacks; one per pod,
+        kept across KPO's retries so that no line is copied twice."""
+        name = pod.metadata.name
+        if name not in self._progress:
 
-        def on_line(line: str, at: datetime.datetime) -> None:
-            self.log.info("[%s] %s", self.base_container_name, line)
-            for callback in self.callbacks:
-                callback.progress_callback(
-                    line=line, client=self.client, mode=ExecutionMode.SYNC,
-                    container_name=self.base_container_name, timestamp=pendulum.instance(at), pod=self.pod,
-                )  # fmt: skip
+            def on_line(line: str, at: datetime.datetime) -> None:
+                self.log.info("[%s] %s", self.base_container_name, line)
+                for callback in self.callbacks:
+                    callback.progress_callback(
+                        line=line, client=self.client, mode=mode, container_name=self.base_container_name,
+                        timestamp=pendulum.instance(at), pod=pod,
+                    )  # fmt: skip
 
-        return ProgressReader(self.client, name, namespace, self.base_container_name, on_line)
+            self._progress[name] = ProgressReader(
+                self.client, name, pod.metadata.namespace, self.base_container_name, on_line
+            )
+        reader = self._progress[name]
+        reader.core_api = self.client  # new credentials, after a refresh
+        return reader
 
-    def await_pod_completion(self, pod: k8s.V1Pod) -> None:  # type: ignore[override] # KPO's is retried
-        """Wait for the worker to end, copying its progress into the task log as it comes. (KPO's wait, with
-        ``get_logs`` off, polls the worker's state only, and would wait for ever on a pod that failed before
-        the worker started.)"""
-        reader = self.progress_reader(pod.metadata.name, pod.metadata.namespace)
+    @tenacity.retry(
+        wait=tenacity.wait_exponential(max=15),
+        retry=tenacity.retry_if_exception_type(PodCredentialsExpiredFailure),
+        reraise=True,
+    )
+    def await_pod_completion(self, pod: k8s.V1Pod) -> None:
+        """Wait for the worker to end, copying its progress into the task log as it comes; expired
+        credentials are refreshed and the wait goes on, as in KPO's. (KPO's wait, with ``get_logs`` off,
+        polls the worker's state only, and would wait for ever on a pod that failed before the worker
+        started.)"""
+        reader = self.progress_reader(pod, ExecutionMode.SYNC)
         while True:
             try:
                 remote = self.pod_manager.read_pod(pod)
             except ApiException as exc:
                 if exc.status == 404:  # deleted under the task (killed, evicted): KPO's cleanup says so
                     return
+                if exc.status == 401:  # a run that outlives its token
+                    self.refresh_clients()
+                    raise PodCredentialsExpiredFailure("Kubernetes credentials expired: retrying") from exc
                 raise
             if container_is_running(remote, self.base_container_name):
                 self._read_progress(reader, follow=True)  # until it ends, or the connection drops
@@ -446,12 +365,23 @@ class LLMEnrichmentOperator(PodStepOperator):
                 self._read_progress(reader)
                 return
             else:
-                time.sleep(POD_POLL_SECONDS)
+                time.sleep(self.base_container_status_polling_interval)
+
+    def refresh_clients(self) -> None:
+        """Forget KPO's API clients (its cached ``hook``, ``client`` and ``pod_manager``): the next use makes
+        new ones, with fresh credentials."""
+        for name in ("hook", "client", "pod_manager"):
+            self.__dict__.pop(name, None)
 
     def trigger_reentry(self, context: Context, event: dict[str, Any]) -> Any:
         """After a deferral: the worker's progress lines into the task log, then KPO's re-entry."""
         if event.get("status") in ("error", "failed", "timeout", "success"):
-            self._read_progress(self.progress_reader(event["name"], event["namespace"]))
+            try:
+                pod = self.hook.get_pod(event["name"], event["namespace"])
+            except ApiException as exc:  # KPO's re-entry says what became of it
+                self.log.warning("could not read the worker's progress: HTTP %s %s", exc.status, exc.reason)
+            else:
+                self._read_progress(self.progress_reader(pod, ExecutionMode.ASYNC))
         return super().trigger_reentry(context, event)
 
     def _read_progress(self, reader: ProgressReader, *, follow: bool = False) -> None:

@@ -12,7 +12,7 @@ from llm_etl_provider.backends.local import LocalBackend, LocalServing
 from llm_etl_provider.backends.urls import DEFAULT_URL_RENEW_SECONDS
 from llm_etl_provider.contract import layout
 from llm_etl_provider.contract.invocation import WORKER_SETTINGS
-from llm_etl_provider.operators.enrichment import (
+from llm_etl_provider.operators.shard_run import (
     ShardRun,
     optional_int,
     renewing_urls,

@@ -60,7 +60,7 @@ class ModelCacheOperator(PodStepOperator):
     :param cache_access_modes: the claim's access modes
     :param cache_storage_class: the claim's StorageClass (default: the cluster's)
     :param server_image: the Ollama image that pulls (default: the server's)
-    :param worker_image: the image whose ``llm-etl-worker load-model`` downloads an ``object`` model
+    :param worker_image: the image whose ``llm-etl load-model`` downloads an ``object`` model
     :param run_deadline_seconds: how long the claim may live once Airflow no longer knows the run
     :param scope: the pipeline's task group (set by ``llm_enrichment_task_group``)
     """

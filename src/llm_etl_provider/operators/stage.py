@@ -137,6 +137,7 @@ class StageInputOperator(RunStepOperator):
         "output_path",
         "plan_settings",
         "worker_memory",
+        "checkpoint_every",
     )
 
     def __init__(

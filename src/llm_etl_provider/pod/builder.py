@@ -1,9 +1,10 @@
 """Build the enrichment pod and its NetworkPolicy from the packaged templates (``pod/templates``).
 
 Pure functions from parameters to Kubernetes manifests (plain dicts in the API's camelCase): no cluster, no
-Airflow. The pod's names and paths come from :mod:`llm_etl_provider.contract.layout`, the worker's argv from
-its :class:`~llm_etl_provider.contract.invocation.WorkerInvocation`. The operator turns the pod into a
-``V1Pod`` and hands it to KubernetesPodOperator; ``llm-etl render-pod`` prints the same manifests.
+Airflow. The pod's names, paths and labels come from :mod:`llm_etl_provider.contract.layout` (the templates
+carry no label), the worker's argv from its :class:`~llm_etl_provider.contract.invocation.WorkerInvocation`.
+The operator turns the pod into a ``V1Pod`` and hands it to KubernetesPodOperator; ``llm-etl render-pod``
+prints the same manifests.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from llm_etl_provider.contract.invocation import (
     coerce_settings,
     default_of,
 )
-from llm_etl_provider.contract.object_transport import part_records_for
 from llm_etl_provider.contract.pod_commands import (
     check_heartbeat_command,
     load_model_args,
@@ -258,8 +258,8 @@ def pod_invocation(
     and server.
 
     With the object transport each checkpoint writes a part: the worker checkpoints every
-    :func:`~llm_etl_provider.contract.object_transport.part_records_for` records, the interval the stage
-    signed the shard's part URLs for (``checkpoint_every``, raised to fit a large shard's URLs in its Secret).
+    ``shard.part_records`` records, the interval the stage signed the shard's part URLs for (its
+    ``checkpoint_every``, raised to fit a large shard's URLs in its Secret), whatever ``settings`` say.
 
     Raises :class:`PodSpecError` when a setting does not parse.
     """
@@ -269,8 +269,9 @@ def pod_invocation(
         raise PodSpecError(str(exc)) from None
     by_object = shard.transport == OBJECT_OUTPUT
     if by_object:
-        every = chosen.get("checkpoint_every", default_of("checkpoint_every"))
-        chosen["checkpoint_every"] = part_records_for(shard.records, every)
+        if shard.part_records is None:
+            raise PodSpecError(f"shard {shard.index} was staged without its part size: stage it again")
+        chosen["checkpoint_every"] = shard.part_records
     return WorkerInvocation(
         **chosen,
         # the object transport: the worker downloads its range into its work folder, and checkpoints in the
@@ -465,14 +466,13 @@ def build_pod(params: PodParams) -> dict[str, Any]:
     invocation = params.invocation
     pod = copy.deepcopy(load_template(POD_TEMPLATE))
     spec = pod["spec"]
-    pod["metadata"]["labels"].update(
-        {
-            layout.LABEL_RUN: layout.label_value(invocation.run_id),
-            layout.LABEL_SHARD: str(invocation.shard),
-            layout.LABEL_MODEL_SOURCE: params.model.source,
-            **params.labels,
-        }
-    )
+    pod["metadata"]["labels"] = {
+        **layout.pod_labels(layout.ENRICHMENT_COMPONENT),
+        layout.LABEL_RUN: layout.label_value(invocation.run_id),
+        layout.LABEL_SHARD: str(invocation.shard),
+        layout.LABEL_MODEL_SOURCE: params.model.source,
+        **params.labels,
+    }
     pod["metadata"].setdefault("annotations", {})[layout.ANNOTATION_RUN_ID] = invocation.run_id
     spec["activeDeadlineSeconds"] = params.active_deadline_seconds
     if params.node_selector:
@@ -558,7 +558,10 @@ def build_model_cache_pod(
             + ("" if model.cache_claim else " without a cache_claim")
         )
     pod = copy.deepcopy(load_template(MODEL_CACHE_POD_TEMPLATE))
-    pod["metadata"]["labels"][layout.LABEL_MODEL_SOURCE] = model.source
+    pod["metadata"]["labels"] = {
+        **layout.pod_labels(layout.MODEL_CACHE_COMPONENT),
+        layout.LABEL_MODEL_SOURCE: model.source,
+    }
     container = pod["spec"]["containers"][0]
     _loader_container(model, server, worker_image, container, download=True)
     # the download is written to the claim, not to the container's storage
@@ -654,13 +657,15 @@ def network_policy(
     policy = copy.deepcopy(load_template(NETWORK_POLICY_TEMPLATE))
     egress = pod_egress(component, model_source, store_egress)
     metadata = policy["metadata"]
-    if selected is not None:
-        metadata["labels"] = {**metadata["labels"], **selected, layout.LABEL_KIND: "network-policy"}
-        metadata["annotations"] = dict(annotations or {})
-        policy["spec"]["podSelector"]["matchLabels"].update(selected)
     metadata["name"] = name or NAMESPACE_POLICY_NAMES[component]
+    metadata["labels"] = {**layout.APP_NAME, **layout.MANAGED_BY}
+    matched = {**layout.APP_NAME, layout.LABEL_COMPONENT: component}
+    if selected is not None:
+        metadata["labels"].update({**selected, layout.LABEL_KIND: "network-policy"})
+        metadata["annotations"] = dict(annotations or {})
+        matched.update({**selected, layout.LABEL_COMPONENT: component})
     if namespace:
         metadata["namespace"] = namespace
-    policy["spec"]["podSelector"]["matchLabels"][layout.LABEL_COMPONENT] = component
+    policy["spec"]["podSelector"]["matchLabels"] = matched
     policy["spec"]["egress"] = egress
     return policy

@@ -18,7 +18,6 @@ from llm_etl_provider.transport.frames import carries_frame
 
 # how far back each read starts before the last line seen: the node's clock and this one may differ
 CLOCK_SLACK_SECONDS = 60
-CONNECT_TIMEOUT = 10.0
 FOLLOW_READ_TIMEOUT = 300.0  # a followed log silent this long is read again (a connection may die unseen)
 _TIMESTAMPED = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?Z (.*)", re.DOTALL)
 
@@ -67,7 +66,7 @@ class ProgressReader:
             timestamps=True,
             since_seconds=since,
             _preload_content=False,
-            _request_timeout=(CONNECT_TIMEOUT, FOLLOW_READ_TIMEOUT if follow else None),
+            _request_timeout=FOLLOW_READ_TIMEOUT if follow else None,
         )
         try:
             for raw in response:  # line by line, as the API server sends them

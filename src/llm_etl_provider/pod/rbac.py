@@ -1,6 +1,7 @@
 """The Role that Airflow's Kubernetes identity needs in the run namespace, and nothing more.
 
-``llm-etl render-role`` prints it; the development cluster binds its ``airflow`` identity to exactly this."""
+``llm-etl render-role`` prints it, for the cluster's administrator to bind to Airflow's identity (the
+development cluster binds its ``airflow`` user to exactly this)."""
 
 from __future__ import annotations
 
@@ -33,16 +34,4 @@ def airflow_role(namespace: str) -> dict[str, Any]:
             {"apiGroups": [group], "resources": list(resources), "verbs": list(verbs)}
             for group, resources, verbs in AIRFLOW_RULES
         ],
-    }
-
-
-def airflow_role_binding(namespace: str, subject: dict[str, str]) -> dict[str, Any]:
-    """A RoleBinding of the Role to ``subject``: the ServiceAccount of Airflow's workers and triggerer, for
-    example, or the dev cluster's ``airflow`` user."""
-    return {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "RoleBinding",
-        "metadata": {"name": ROLE_NAME, "namespace": namespace},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": ROLE_NAME},
-        "subjects": [subject],
     }

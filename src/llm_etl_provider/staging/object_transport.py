@@ -129,6 +129,7 @@ def _stage_range_shards(
             bytes=document.input.size,
             input_sha256=document.input.sha256,
             transport=OBJECT_OUTPUT,
+            part_records=part_records,
             parts=str(folder),
             source=source,
             egress=[[address, port] for address, port in egress],

@@ -11,20 +11,7 @@ from typing import Any
 from airflow.providers.cncf.kubernetes.triggers.pod import KubernetesPodTrigger
 from airflow.triggers.base import TriggerEvent
 
-from llm_etl_provider.backends import RunBackend
-from llm_etl_provider.backends.urls import UrlRenewer, url_renewer
-
-
-def renewer_of(renewal: dict[str, Any], backend: RunBackend, log: Any) -> UrlRenewer:
-    """The URL renewer a renewal description (the operator's, serialized into the trigger) names."""
-    return url_renewer(
-        backend,
-        int(renewal["index"]),
-        source=renewal["source"],
-        parts=renewal["parts"],
-        pod_time_limit_seconds=int(renewal["pod_time_limit_seconds"]),
-        log=log,
-    )
+from llm_etl_provider.backends.urls import UrlRenewer, renewer_of
 
 
 class UrlRenewingPodTrigger(KubernetesPodTrigger):

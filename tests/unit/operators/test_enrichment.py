@@ -5,12 +5,14 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
-from airflow.providers.cncf.kubernetes.callbacks import KubernetesPodOperatorCallback
+from airflow.providers.cncf.kubernetes.callbacks import ExecutionMode, KubernetesPodOperatorCallback
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+from airflow.providers.cncf.kubernetes.utils.pod_manager import PodManager
 from airflow.sdk import DAG
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferred
 from kubernetes.client import ApiClient
 from kubernetes.client import models as k8s
+from kubernetes.client.exceptions import ApiException
 
 from llm_etl_provider.contract.layout import (
     LABEL_RUN,
@@ -248,41 +250,81 @@ def test_kpo_reads_no_log_of_the_worker_when_get_logs_is_off(monkeypatch):
         operator(get_logs=True)
 
 
+def pod_of(phase: str) -> k8s.V1Pod:
+    return k8s.V1Pod(
+        metadata=k8s.V1ObjectMeta(name="pod", namespace="etl"), status=k8s.V1PodStatus(phase=phase)
+    )
+
+
+def recording(monkeypatch, op, log: bytes):
+    """The operator on a fake API whose pod ``pod`` has ``log``; what it logs and hands its callbacks."""
+    core = FakeCoreV1()
+    core.add_pod("etl", "pod", {}, log=log)
+    monkeypatch.setattr(LLMEnrichmentOperator, "client", property(lambda self: core))
+    logged: list[str] = []
+    task_log = SimpleNamespace(
+        info=lambda *a: logged.append(a[0] % a[1:]), warning=logged.append, debug=print
+    )
+    monkeypatch.setattr(LLMEnrichmentOperator, "log", property(lambda self: task_log))
+    return logged
+
+
 def test_the_operator_copies_progress_to_the_task_log_and_callbacks_while_the_worker_runs(monkeypatch):
-    received, logged = [], []
+    received = []
 
     class Recorder(KubernetesPodOperatorCallback):
         @staticmethod
-        def progress_callback(*, line, **kwargs):
-            received.append(line)
+        def progress_callback(*, line, mode, pod, **kwargs):
+            received.append((line, mode, pod.metadata.name))
 
     op = operator(callbacks=[Recorder])
-    core = FakeCoreV1()
-    core.add_pod("etl", "pod", {}, log=timestamped("progress 1/2", FRAME_LINE, "progress 2/2"))
-    op.__dict__["client"] = core
-    task_log = SimpleNamespace(info=lambda *a: logged.append(a[0] % a[1:]), warning=logged.append)
-    monkeypatch.setattr(LLMEnrichmentOperator, "log", property(lambda self: task_log))
-    ended = k8s.V1Pod(
-        metadata=k8s.V1ObjectMeta(name="pod", namespace="etl"), status=k8s.V1PodStatus(phase="Succeeded")
-    )
-    monkeypatch.setattr(op.pod_manager, "read_pod", lambda pod: ended)
-    monkeypatch.setattr(KubernetesPodOperator, "await_pod_completion", lambda self, pod: None)
-    op.await_pod_completion(ended)
-    assert received == ["progress 1/2", "progress 2/2"]
+    logged = recording(monkeypatch, op, timestamped("progress 1/2", FRAME_LINE, "progress 2/2"))
+    monkeypatch.setattr(PodManager, "read_pod", lambda self, pod: pod_of("Succeeded"))
+    op.await_pod_completion(pod_of("Running"))
+    assert received == [
+        ("progress 1/2", ExecutionMode.SYNC, "pod"),
+        ("progress 2/2", ExecutionMode.SYNC, "pod"),
+    ]
+    assert logged == ["[base] progress 1/2", "[base] progress 2/2"]
+
+
+def test_expired_credentials_are_refreshed_and_the_wait_goes_on_without_copying_a_line_twice(monkeypatch):
+    """KPO's own wait refreshes its clients after a 401 and goes on: a shard may outlive its token."""
+    op = operator()
+    logged = recording(monkeypatch, op, timestamped("progress 1/2", "progress 2/2"))
+    answers = iter([pod_of("Failed"), ApiException(status=401), pod_of("Succeeded")])
+    managers = []
+
+    def read_pod(self, pod):
+        managers.append(self)
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        # the first answer: the pod ended; its log is read, then KPO's wait is asked again (a resumed task)
+        return answer
+
+    monkeypatch.setattr(PodManager, "read_pod", read_pod)
+    op.await_pod_completion(pod_of("Running"))
+    op.await_pod_completion(pod_of("Running"))  # 401, new clients, then the pod
+    assert managers[1] is not managers[2]  # made anew with fresh credentials
     assert logged == ["[base] progress 1/2", "[base] progress 2/2"]
 
 
 def test_a_deferred_enrichment_copies_the_progress_when_it_resumes(monkeypatch):
-    logged = []
-    op = operator(deferrable=True)
-    core = FakeCoreV1()
-    core.add_pod("etl", "pod", {}, log=timestamped(FRAME_LINE, "summary ok=3"))
-    op.__dict__["client"] = core
-    task_log = SimpleNamespace(info=lambda *a: logged.append(a[0] % a[1:]), warning=logged.append)
-    monkeypatch.setattr(LLMEnrichmentOperator, "log", property(lambda self: task_log))
+    received = []
+
+    class Recorder(KubernetesPodOperatorCallback):
+        @staticmethod
+        def progress_callback(*, line, mode, pod, **kwargs):
+            received.append((line, mode, pod.metadata.name))
+
+    op = operator(deferrable=True, callbacks=[Recorder])
+    logged = recording(monkeypatch, op, timestamped(FRAME_LINE, "summary ok=3"))
+    monkeypatch.setattr(type(op.hook), "get_pod", lambda self, name, namespace: pod_of("Succeeded"))
     monkeypatch.setattr(KubernetesPodOperator, "trigger_reentry", lambda self, context, event: "resumed")
     assert op.trigger_reentry({}, {"status": "success", "name": "pod", "namespace": "etl"}) == "resumed"
     assert logged == ["[base] summary ok=3"]
+    assert received == [("summary ok=3", ExecutionMode.ASYNC, "pod")]
 
 
 def test_the_workers_memory_limit_is_a_setting():

@@ -3,7 +3,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
 from airflow.sdk import DAG
 
 from llm_etl_provider.contract.layout import (
@@ -23,7 +22,6 @@ from llm_etl_provider.operators.extract import ExtractResultsOperator
 from llm_etl_provider.operators.stage import StageInputOperator
 from llm_etl_provider.transport.frames import FrameWriter
 from llm_etl_provider.transport.keys import decode_key, load_key
-from tests.fake_kubernetes import FakeCoreV1
 
 RUN = "manual__2026-11-24T03:00:00+00:00"
 
@@ -72,15 +70,6 @@ def staged(tmp_path, api=None, mode="kubernetes"):
     shards = stage.execute({"run_id": RUN})
     extract.shard = shards[0]
     return shards[0]["key_secret"], extract
-
-
-@pytest.fixture
-def api(monkeypatch):
-    fake = FakeCoreV1()
-    monkeypatch.setattr(KubernetesHook, "core_v1_client", property(lambda self: fake))
-    monkeypatch.setattr("llm_etl_provider.backends.kubernetes.networking_v1", lambda conn_id: fake)
-    monkeypatch.setattr("llm_etl_provider.operators.cleanup.networking_v1", lambda conn_id: fake)
-    return fake
 
 
 def pod_labels(op, shard=0, scope="llm_enrichment"):
@@ -194,13 +183,13 @@ def test_a_missing_key_secret_is_a_clear_error(tmp_path, api):
         op.execute({"run_id": RUN})
 
 
-def test_local_mode_reads_the_local_log(tmp_path):
+def test_local_mode_publishes_the_local_log(tmp_path):
+    """The worker's log from the local backend (which try's: ``tests/unit/backends/test_local.py``)."""
     _, op = staged(tmp_path, mode="local")
     root = tmp_path / "s" / run_prefix("llm_enrichment", RUN) / op.shard["plan"]
     key = load_key(root / "key")
-    (root / shard_folder(0) / "container-try-1.log").write_bytes(frames(key, op, attempt=1)[:-200])
-    (root / shard_folder(0) / "container-try-2.log").write_bytes(frames(key, op, attempt=2))
-    assert op.execute({"run_id": RUN})["results"] == 20  # the latest try's log
+    (root / shard_folder(0) / "container-try-1.log").write_bytes(frames(key, op, attempt=1))
+    assert op.execute({"run_id": RUN})["results"] == 20
     assert (published(tmp_path) / "results.jsonl").read_text().count("\n") == 20
 
 
@@ -262,33 +251,6 @@ def test_a_pod_of_the_same_run_id_in_another_dag_is_not_read(tmp_path, api):
     api.add_pod("etl", "llm-etl-enrich-theirs", pod_labels(op, scope="another_dag"), log=frames(key, op))
     with pytest.raises(ExtractionError, match="expected an ended pod, found none"):
         op.execute({"run_id": RUN})
-
-
-def test_a_pods_timings_come_from_its_container_states():
-    from datetime import UTC, datetime
-    from types import SimpleNamespace
-
-    from llm_etl_provider.backends.kubernetes import pod_timing
-
-    def at(second):
-        return datetime(2026, 11, 27, 12, 0, second, tzinfo=UTC)
-
-    def container(name, start, end=None):
-        state = SimpleNamespace(running=None, terminated=None)
-        if end is None:
-            state.running = SimpleNamespace(started_at=at(start))
-        else:
-            state.terminated = SimpleNamespace(started_at=at(start), finished_at=at(end))
-        return SimpleNamespace(name=name, state=state)
-
-    pod = SimpleNamespace(
-        status=SimpleNamespace(
-            start_time=at(0),
-            init_container_statuses=[container("model-loader", 1, 13), container("llm-server", 13, 59)],
-            container_statuses=[container("base", 20, 58)],
-        )
-    )
-    assert pod_timing(pod) == {"pod_seconds": 59.0, "model_load_seconds": 12.0, "server_start_seconds": 7.0}
 
 
 def test_the_shard_manifest_names_its_plan_and_a_changed_output_withdraws_the_runs_success(tmp_path, api):

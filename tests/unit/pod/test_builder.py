@@ -500,7 +500,13 @@ def test_a_model_size_that_is_not_a_quantity_is_refused():
 def test_an_object_transport_pod_downloads_its_range_into_a_work_folder_that_holds_it():
     server = ServerSpec(backend="llamacpp", gpus=1)
     shard = ShardDescriptor(
-        index=3, records=10, line_offset=0, input_format="csv", bytes=3 << 30, transport="object"
+        index=3,
+        records=10,
+        line_offset=0,
+        input_format="csv",
+        bytes=3 << 30,
+        transport="object",
+        part_records=10,
     )
     invocation = pod_invocation({"task": "sentiment"}, run_id="r", shard=shard, server=server, model="m")
     plain = build_pod(params(backend="llamacpp", source="pvc"))
@@ -547,22 +553,30 @@ def test_the_object_transport_s_policy_allows_dns_and_the_store_only():
 
 @pytest.mark.parametrize(("records", "every"), [(10, 100), (10_000, 5), (1_000_000, 100), (7, 1)])
 def test_a_shard_checkpoints_as_often_as_the_stage_planned_its_parts(records, every):
-    """One road for ``checkpoint_every``: the worker's flag. With the object transport each checkpoint writes
-    a part, so the flag is the interval the stage signed the shard's part URLs for; with the log transport it
-    is the setting itself."""
+    """One road for ``checkpoint_every``: with the object transport each checkpoint writes a part, so the
+    worker's flag is the interval the stage signed the shard's part URLs for, as its descriptor carries it,
+    whatever the enrichment's own setting says; with the log transport it is the setting itself."""
     server = ServerSpec(backend="llamacpp")
     planned = part_records_for(records, every)  # what the stage signs the shard's URLs for
     assert parts_needed(records, planned) <= MAX_PARTS
-    settings = {"task": "sentiment", "checkpoint_every": every}
     by_transport = {}
     for transport in TRANSPORTS:
         shard = ShardDescriptor(
-            index=0, records=records, line_offset=0, input_format="jsonl", transport=transport
-        )
+            index=0, records=records, line_offset=0, input_format="jsonl", transport=transport,
+            part_records=planned if transport == "object" else None,
+        )  # fmt: skip
+        # the enrichment's setting differs from the stage's: the stage's plan is what the URLs fit
+        settings = {"task": "sentiment", "checkpoint_every": every + 3}
         invocation = pod_invocation(settings, run_id="r", shard=shard, server=server, model="m")
         argv = invocation.to_argv()
         by_transport[transport] = int(argv[argv.index("--checkpoint-every") + 1])
-    assert by_transport == {"log": every, "object": planned}
+    assert by_transport == {"log": every + 3, "object": planned}
+
+
+def test_an_object_shard_staged_without_its_part_size_is_refused():
+    shard = ShardDescriptor(index=0, records=5, line_offset=0, input_format="jsonl", transport="object")
+    with pytest.raises(PodSpecError, match="staged without its part size"):
+        pod_invocation({}, run_id="r", shard=shard, server=ServerSpec(backend="llamacpp"), model="m")
 
 
 def test_every_worker_setting_reaches_the_workers_argv_with_no_code_of_its_own():

@@ -6,7 +6,6 @@ import pytest
 
 from llm_etl_provider.pod.progress import ProgressReader, timestamped_message
 from llm_etl_provider.transport.frames import FORMAT
-from tests.fake_kubernetes import FakeCoreV1
 
 FRAME_LINE = f"{FORMAT} run 0 3 R AAAA"
 
@@ -17,15 +16,14 @@ def timestamped(*messages: str, second: int = 0) -> bytes:
     )
 
 
-def test_the_progress_reader_hands_on_new_progress_lines_and_never_a_frame():
-    core = FakeCoreV1()
-    core.add_pod("etl", "pod", {}, log=timestamped("progress 1/3", FRAME_LINE, "progress 2/3"))
+def test_the_progress_reader_hands_on_new_progress_lines_and_never_a_frame(api):
+    api.add_pod("etl", "pod", {}, log=timestamped("progress 1/3", FRAME_LINE, "progress 2/3"))
     seen = []
-    reader = ProgressReader(core, "pod", "etl", "base", lambda line, at: seen.append((line, at.second)))
+    reader = ProgressReader(api, "pod", "etl", "base", lambda line, at: seen.append((line, at.second)))
     reader.read()
     assert seen == [("progress 1/3", 0), ("progress 2/3", 2)]
     # the next read may start earlier (clock slack) and sees the same lines again: only new ones go on
-    core.objects["pods"][("etl", "pod")]["log"] += timestamped(FRAME_LINE, "progress 3/3", second=3)
+    api.objects["pods"][("etl", "pod")]["log"] += timestamped(FRAME_LINE, "progress 3/3", second=3)
     reader.read()
     assert seen[2:] == [("progress 3/3", 4)]
 

@@ -181,14 +181,13 @@ def test_file_lines_and_split_lines_bound_the_line_length(tmp_path):
     assert list(split_lines([b"y" * 25 + b"\n"], max_line=10)) == [b"y" * 10, b"y" * 10, b"y" * 5 + b"\n"]
 
 
-def pod_with_log(data: bytes) -> FakeCoreV1:
-    api = FakeCoreV1()
+def pod_with_log(api: FakeCoreV1, data: bytes) -> None:
+    """The ``api`` fixture with one pod whose log is ``data``."""
     api.add_pod("etl", "llm-job-1", {}, log=data)
-    return api
 
 
-def test_pod_logs_are_streamed_not_preloaded_and_extract(tmp_path):
-    api = pod_with_log(b"".join(frame_log()))
+def test_pod_logs_are_streamed_not_preloaded_and_extract(tmp_path, api):
+    pod_with_log(api, b"".join(frame_log()))
     manifest = extract(pod_log_lines("llm-job-1", "etl", core_api=api), KEY, tmp_path / "out")
     assert manifest["results"] == 25
     name, namespace, kwargs = api.log_reads[0]
@@ -202,10 +201,10 @@ def test_pod_logs_are_streamed_not_preloaded_and_extract(tmp_path):
     assert api.last_log_response.released
 
 
-def test_a_pod_log_refused_part_way_closes_its_connection(tmp_path):
+def test_a_pod_log_refused_part_way_closes_its_connection(tmp_path, api):
     # a rotated log: the first frames are gone; the stream is refused before its end, not drained, and its
     # connection must not go back to the pool half read
-    api = pod_with_log(b"".join(frame_log()[2:]))
+    pod_with_log(api, b"".join(frame_log()[2:]))
     with pytest.raises(RotatedLogError):
         extract(pod_log_lines("llm-job-1", "etl", core_api=api), KEY, tmp_path / "out")
     assert api.last_log_response is not None

@@ -32,7 +32,7 @@ def test_the_deferred_trigger_renews_the_object_transport_urls_while_it_watches(
     monkeypatch.setattr(trigger_module, "renewer_of", lambda renewal, backend, log: Renewer(renewal))
 
     async def watch(self):
-        await asyncio.sleep(0.3)  # the pod runs
+        await asyncio.sleep(0.6)  # the pod runs
         yield TriggerEvent({"status": "success"})
 
     monkeypatch.setattr(KubernetesPodTrigger, "run", watch)
