@@ -170,29 +170,26 @@ def llm_enrichment_task_group(
 
         @task_group(group_id="shard")
         def enrich_then_extract(shard: Any) -> None:
-            enrich: BaseOperator
-            if execution_mode == LOCAL_MODE:
-                enrich = LocalEnrichmentOperator(
-                    task_id="enrich",
-                    shard=shard,
-                    model=model,
-                    max_record_bytes=max_record_bytes,
-                    local_dir=local_dir,
-                    scope=common["scope"],
-                    **enrichment,
+            # each mode's operator, with the settings of its own mode
+            by_mode: tuple[type[BaseOperator], dict[str, Any]] = (
+                (LocalEnrichmentOperator, {"local_dir": local_dir})
+                if execution_mode == LOCAL_MODE
+                else (
+                    LLMEnrichmentOperator,
+                    {"worker_memory": worker_memory, "namespace": namespace,
+                     "kubernetes_conn_id": kubernetes_conn_id},
                 )
-            else:
-                enrich = LLMEnrichmentOperator(
-                    task_id="enrich",
-                    shard=shard,
-                    model=model,
-                    max_record_bytes=max_record_bytes,
-                    worker_memory=worker_memory,
-                    namespace=namespace,
-                    kubernetes_conn_id=kubernetes_conn_id,
-                    scope=common["scope"],
-                    **enrichment,
-                )
+            )  # fmt: skip
+            operator, mode_settings = by_mode
+            enrich = operator(
+                task_id="enrich",
+                shard=shard,
+                model=model,
+                max_record_bytes=max_record_bytes,
+                scope=common["scope"],
+                **mode_settings,
+                **enrichment,
+            )
             # a cleared shard's setups run again with it: its enrichment waits for the staging (and the model)
             setups >> enrich
             enrichments.append(enrich)
