@@ -26,6 +26,7 @@ from typing import Any
 from benchmarks.common import REPO, sample_records
 from llm_etl_dev.cluster import DevCluster, NodeOptions
 from llm_etl_dev.cluster.real_node import REAL_NODE_NAME
+from llm_etl_provider.backends import EXAMPLE_NAMESPACE
 from llm_etl_provider.backends.llama_server import MODEL_FILE, MODEL_SHA256
 from llm_etl_provider.contract.shard import ShardDescriptor
 from llm_etl_provider.pod.builder import (
@@ -39,7 +40,7 @@ from llm_etl_provider.pod.builder import (
 from llm_etl_provider.transport.frames import FORMAT
 from llm_etl_provider.transport.keys import encode_key, new_key
 
-NAMESPACE = "llm-etl"
+NAMESPACE = EXAMPLE_NAMESPACE
 
 
 def _time(value: str) -> datetime:

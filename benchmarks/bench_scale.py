@@ -28,11 +28,12 @@ from llm_etl_dev.object_store import BUCKET, running_seaweedfs
 
 STAGE = """
 import os
+from llm_etl_provider.backends import LOCAL_MODE
 from llm_etl_provider.operators.stage import StageInputOperator
 
 def run(source, output, staging, transport, pods):
     stage = StageInputOperator(
-        task_id="stage", input_path=source, output_path=output, execution_mode="local", local_dir=staging,
+        task_id="stage", input_path=source, output_path=output, execution_mode=LOCAL_MODE, local_dir=staging,
         transport=transport, pods=int(pods),
     )
     shards = stage.execute({"run_id": "bench"})

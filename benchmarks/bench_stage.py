@@ -20,10 +20,13 @@ from llm_etl_provider.formats.records import RecordReader
 from llm_etl_provider.staging.cutting import plan_shards
 
 STAGE = """
+from llm_etl_provider.backends import LOCAL_MODE
 from llm_etl_provider.operators.stage import StageInputOperator
 
 def run(source, staging):
-    stage = StageInputOperator(task_id="stage", input_path=source, execution_mode="local", local_dir=staging)
+    stage = StageInputOperator(
+        task_id="stage", input_path=source, execution_mode=LOCAL_MODE, local_dir=staging
+    )
     shards = stage.execute({"run_id": "bench"})
     return {"shards": len(shards), "records": sum(s["records"] for s in shards)}
 """

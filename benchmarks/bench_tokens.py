@@ -1,10 +1,10 @@
 """Benchmark: tokens per record and prompt-cache hits, per task, on the real llama.cpp server.
 
 Runs ``llm-etl-worker`` at its default settings once per task (sentiment, tags, moderation, entities and a
-custom prompt with its JSON schema) over the same drug reviews, against one llama-server with 4 slots and its
-host prompt cache off, and reports from the worker's summary: prompt tokens per record, how many of them the
-server took from its slot cache (the shared system prompt), completion tokens per record and records/s. Run
-it on an otherwise idle machine.
+custom prompt with its JSON schema) over the same drug reviews, against one llama-server with a CPU server's
+slots (``llama_cpp.CPU_PARALLEL``) and its host prompt cache off, and reports from the worker's summary:
+prompt tokens per record, how many of them the server took from its slot cache (the shared system prompt),
+completion tokens per record and records/s. Run it on an otherwise idle machine.
 
     .venv/bin/python -m benchmarks.bench_tokens [--records 16] [--json out.json]
 """
@@ -20,6 +20,7 @@ from typing import Any
 
 from benchmarks.common import WORKER, arguments, print_table, save, write_records
 from llm_etl_provider.backends.llama_server import MODEL_NAME, LlamaServer
+from llm_etl_provider.llama_cpp import CPU_PARALLEL
 
 CUSTOM_SCHEMA = {
     "type": "object",
@@ -74,7 +75,7 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=16)
     args = parser.parse_args()
     rows = []
-    with tempfile.TemporaryDirectory() as tmp, LlamaServer(parallel=4) as server:
+    with tempfile.TemporaryDirectory() as tmp, LlamaServer(parallel=CPU_PARALLEL) as server:
         work = Path(tmp)
         source = write_records(work / "input.jsonl", args.records)
         for task, extra in TASKS.items():

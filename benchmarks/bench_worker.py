@@ -13,7 +13,7 @@ Measures, on one server and the same prompts (the sentiment task over the drug-r
 Run it on an otherwise idle machine: it records the CPU load that is not its own and warns when there is some,
 because a second busy process slows llama-server 10-30x on 2 cores. Compare ratios within one run only.
 
-    .venv/bin/python -m benchmarks.bench_worker [--server llama|batching] [--records 100] [--parallel 4]
+    .venv/bin/python -m benchmarks.bench_worker [--server llama|batching] [--records 100] [--parallel N]
         [--threads N] [--sweep 1,2,4,8] [--json out.json]
 """
 
@@ -39,10 +39,11 @@ import httpx
 from benchmarks.common import arguments, print_table, sample_records, save, write_records
 from llm_etl_dev.batching_server import BatchingModel, BatchingServer
 from llm_etl_provider.backends.llama_server import LlamaServer
-from llm_etl_provider.contract.invocation import REQUESTS_PER_SLOT
+from llm_etl_provider.contract.invocation import REQUESTS_PER_SLOT, default_of
+from llm_etl_provider.llama_cpp import CPU_PARALLEL
 from llm_etl_provider.worker.clients import ChatRequest, OpenAIClient
 from llm_etl_provider.worker.http_lanes import HttpLanes
-from llm_etl_provider.worker.tasks import TaskSpec, build_task
+from llm_etl_provider.worker.tasks import TaskSpec, task_for
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -111,6 +112,7 @@ def chat_requests(task: TaskSpec, records: Iterable[dict[str, Any]]) -> list[Cha
             schema=task.schema,
             schema_name=task.name,
             max_tokens=task.max_tokens,
+            temperature=default_of("temperature"),
         )
         for record in records
     ]
@@ -118,13 +120,13 @@ def chat_requests(task: TaskSpec, records: Iterable[dict[str, Any]]) -> list[Cha
 
 def load_requests(records: int) -> list[ChatRequest]:
     """The worker's sentiment requests for the first ``records`` sample records."""
-    return chat_requests(build_task("sentiment", template="{review}"), sample_records(records))
+    return chat_requests(task_for("sentiment", template="{review}"), sample_records(records))
 
 
 async def raw_load(url: str, model: str, requests: list[ChatRequest], concurrency: int) -> dict[str, Any]:
     """Send the worker's request bodies as fast as the concurrency allows; count answers, check nothing."""
     async with HttpLanes(timeout=httpx.Timeout(300)) as http:
-        client = OpenAIClient(http, url, model)
+        client = OpenAIClient(http, url, model, response_format=default_of("response_format"))
         queue: asyncio.Queue[ChatRequest] = asyncio.Queue()
         for request in requests:
             queue.put_nowait(request)
@@ -224,7 +226,11 @@ def main() -> int:
     parser.add_argument(
         "--records", type=int, help="records per run (default: 100; batching: 16 per request)"
     )
-    parser.add_argument("--parallel", type=int, help="server slots (default: llama 4, batching 256)")
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        help=f"server slots (default: llama {CPU_PARALLEL}, batching {BatchingModel().max_num_seqs})",
+    )
     parser.add_argument("--threads", type=int, help="llama-server threads (default: all cores)")
     parser.add_argument(
         "--rounds",
@@ -405,7 +411,7 @@ def _server(args: Any) -> Iterator[tuple[str, str, int]]:
         with BatchingServer(model) as server:
             yield server.url, server.model_name, model.max_num_seqs
     else:
-        slots = args.parallel or 4
+        slots = args.parallel or CPU_PARALLEL
         with LlamaServer(parallel=slots, threads=args.threads) as llama:
             yield llama.url, llama.model_name, slots
 

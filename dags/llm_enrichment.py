@@ -29,19 +29,25 @@ from typing import Any
 
 from airflow.sdk import Param, dag
 
-from llm_etl_provider.backends import DEFAULT_EXECUTION_MODE, DEFAULT_LOCAL_DIR
-from llm_etl_provider.contract.invocation import DEFAULT_MAX_RECORD_BYTES, TASK_NAMES, default_of
+from llm_etl_provider.backends import DEFAULT_EXECUTION_MODE, DEFAULT_LOCAL_DIR, EXAMPLE_NAMESPACE, LOCAL_MODE
+from llm_etl_provider.contract.invocation import TASK_NAMES
 from llm_etl_provider.contract.object_transport import DEFAULT_TRANSPORT, TRANSPORTS
 from llm_etl_provider.llama_cpp import CPU_PARALLEL
+from llm_etl_provider.params import worker_param
 from llm_etl_provider.pod.builder import BACKENDS, DEFAULT_BACKEND, DEFAULT_MODEL_SOURCE
-from llm_etl_provider.staging.cutting import DEFAULT_MAX_SHARDS, DEFAULT_SHARD_BYTES
+from llm_etl_provider.staging.cutting import (
+    DEFAULT_MAX_SHARDS,
+    DEFAULT_SHARD_BYTES,
+    SECRET_LIMIT,
+    largest_record,
+)
 from llm_etl_provider.task_group import llm_enrichment_task_group
 
 EXECUTION_MODE = os.environ.get("LLM_ETL_EXECUTION_MODE", DEFAULT_EXECUTION_MODE)
 LOCAL_DIR = os.environ.get("LLM_ETL_LOCAL_DIR", DEFAULT_LOCAL_DIR)
-NAMESPACE = os.environ.get("LLM_ETL_NAMESPACE", "llm-etl")
+NAMESPACE = os.environ.get("LLM_ETL_NAMESPACE", EXAMPLE_NAMESPACE)
 
-if EXECUTION_MODE == "local":
+if EXECUTION_MODE == LOCAL_MODE:
     # The bundled GGUF, checked by its sha256 and served by llama.cpp's server, or a connection's server.
     MODEL_SETTINGS: dict[str, Any] = {"llm_conn_id": os.environ.get("LLM_ETL_LLM_CONN_ID") or None}
     DEFAULTS = {
@@ -98,7 +104,9 @@ DEFAULTS = {key: os.environ.get(f"LLM_ETL_DEFAULT_{key.upper()}") or value for k
 
 
 # The trigger form: every Param titled and described; the LLM server's choice only where it applies (local
-# execution serves the bundled model with llama.cpp, or through a connection's server).
+# execution serves the bundled model with llama.cpp, or through a connection's server). The worker's settings
+# take their defaults, choices and ranges from its flags' declaration (worker_param); the stage's sizes from
+# its constants. The Params' names are what triggers pass in their conf (record_bytes, shard_bytes).
 PARAMS: dict[str, Param] = {
     "input_path": Param(
         DEFAULTS["input"],
@@ -112,15 +120,14 @@ PARAMS: dict[str, Param] = {
         title="Output folder",
         description="Any URI; each run publishes under <output>/<DAG id>/<task group>/<run id>/",
     ),
-    "task": Param(
-        "sentiment",
-        enum=list(TASK_NAMES),
+    "task": worker_param(
+        "task",
         title="Task",
-        description="sentiment, tags, moderation, entities, or custom (give a system prompt and a schema)",
+        description=f"One of {', '.join(TASK_NAMES)} (custom: give a system prompt and a schema)",
     ),
-    "template": Param(
-        "{review}",
-        type="string",
+    "template": worker_param(
+        "template",
+        default="{review}",  # the example data's text field
         title="Prompt template",
         description="The user prompt, with record fields in braces, e.g. {review}",
     ),
@@ -139,7 +146,7 @@ PARAMS: dict[str, Param] = {
                 description="The server in each pod: ollama, llamacpp or vllm",
             )
         }
-        if EXECUTION_MODE != "local"
+        if EXECUTION_MODE != LOCAL_MODE
         else {}
     ),
     "transport": Param(
@@ -164,24 +171,19 @@ PARAMS: dict[str, Param] = {
     "shard_bytes": Param(
         DEFAULT_SHARD_BYTES,
         type="integer",
-        minimum=500,
-        maximum=900_000,
+        minimum=1,
+        maximum=SECRET_LIMIT,
         title="Shard size (log transport, compressed bytes)",
         description="The log transport cuts the input into shards of at most this size, one pod each",
     ),
-    "max_dead_letter_ratio": Param(
-        default_of("max_dead_letter_ratio"),
-        type="number",
-        minimum=0,
-        maximum=1,
+    "max_dead_letter_ratio": worker_param(
+        "max_dead_letter_ratio",
         title="Dead letters that fail a shard (share)",
         description="A shard with more dead letters than this fails; 1: never for bad records",
     ),
-    "record_bytes": Param(
-        DEFAULT_MAX_RECORD_BYTES,
-        type="integer",
-        minimum=100,
-        maximum=450_000,
+    "record_bytes": worker_param(
+        "max_record_bytes",
+        maximum=largest_record(SECRET_LIMIT),  # the stage's: half of the largest shard
         title="Largest record (bytes)",
         description="Larger records go to the dead letters; at most half the shard size",
     ),
@@ -189,7 +191,6 @@ PARAMS: dict[str, Param] = {
         None,
         type=["null", "integer"],
         minimum=1,
-        maximum=1024,
         title="Server parallelism",
         description=(
             "Requests the LLM server serves at once (vLLM --max-num-seqs, llama.cpp --parallel, "
@@ -198,24 +199,20 @@ PARAMS: dict[str, Param] = {
             + f" on a GPU; {CPU_PARALLEL} on CPU"
         ),
     ),
-    "concurrency": Param(
-        None,
-        type=["null", "integer"],
-        minimum=1,
-        maximum=2048,
+    "concurrency": worker_param(
+        "concurrency",
         title="Requests in flight",
         description="The worker's requests in flight. Empty: twice the server's parallelism",
     ),
-    "system_prompt": Param(
-        None,
-        type=["null", "string"],
+    "system_prompt": worker_param(
+        "system_prompt",
         format="multiline",
         title="System prompt (custom task)",
         description="The custom task's instructions to the model; empty for the other tasks",
     ),
-    "schema": Param(
-        None,
-        type=["null", "object"],
+    "schema": worker_param(
+        "schema",
+        type=["null", "object"],  # the worker takes it as text: the operator writes the object out
         title="Output JSON schema (custom task)",
         description="The JSON schema every answer must match; empty for the other tasks",
     ),

@@ -10,11 +10,11 @@ from datetime import datetime
 
 from airflow.sdk import dag
 
-from llm_etl_provider.backends import DEFAULT_LOCAL_DIR
+from llm_etl_provider.backends import DEFAULT_LOCAL_DIR, EXAMPLE_NAMESPACE, LOCAL_MODE
 from llm_etl_provider.operators.cleanup import SweepExpiredOperator
 
 OUTPUTS = os.environ.get("LLM_ETL_SWEEP_OUTPUTS") or os.environ.get("LLM_ETL_DEFAULT_OUTPUT") or ""
-LOCAL = os.environ.get("LLM_ETL_EXECUTION_MODE") == "local"
+LOCAL = os.environ.get("LLM_ETL_EXECUTION_MODE") == LOCAL_MODE
 
 
 @dag(
@@ -29,7 +29,7 @@ LOCAL = os.environ.get("LLM_ETL_EXECUTION_MODE") == "local"
 def llm_etl_sweeper() -> None:
     SweepExpiredOperator(
         task_id="sweep",
-        namespace=None if LOCAL else os.environ.get("LLM_ETL_NAMESPACE", "llm-etl"),
+        namespace=None if LOCAL else os.environ.get("LLM_ETL_NAMESPACE", EXAMPLE_NAMESPACE),
         ttl_seconds=int(os.environ.get("LLM_ETL_TTL_SECONDS", "3600")),
         output_paths=[p.strip() for p in OUTPUTS.split(",") if p.strip()],
         # the enrichment DAG's local_dir (its default): shards and keys in plain files

@@ -6,7 +6,7 @@ still has it):
 
 1. the design's case: 100 records end to end through the worker (``--concurrency auto``), wall time including
    the worker's process start;
-2. the raw load generator (the worker's exact request bodies, built by ``OpenAIClient``/``build_task``, each
+2. the raw load generator (the worker's exact request bodies, built by ``OpenAIClient``/``task_for``, each
    answer checked by the task's own parser, nothing written) at each concurrency of ``--sweep``;
 3. the worker at the best raw concurrency, and at its default (``auto``), on the same records;
 4. the raw load generator at the best concurrency without ``response_format`` (no grammar): what the GPU does
@@ -46,11 +46,12 @@ import httpx  # noqa: E402
 from benchmarks.bench_worker import LoadMeter, chat_requests  # noqa: E402
 from benchmarks.common import print_table, save  # noqa: E402
 
+from llm_etl_provider.contract.invocation import default_of  # noqa: E402
 from llm_etl_provider.llama_cpp import llama_server_args  # noqa: E402
 from llm_etl_provider.processes import stop_process  # noqa: E402
 from llm_etl_provider.worker.clients import OpenAIClient  # noqa: E402
 from llm_etl_provider.worker.http_lanes import HttpLanes  # noqa: E402
-from llm_etl_provider.worker.tasks import TaskSpec, build_task  # noqa: E402
+from llm_etl_provider.worker.tasks import TaskSpec, task_for  # noqa: E402
 
 MODEL_NAME = "random-llama"
 HIGHLIGHTS = ("CUDA", "ggml_cuda_init", "offloaded", "flash_attn", "n_ctx", "graph", "build", "error", "warn")
@@ -141,7 +142,7 @@ async def raw_load(
     predicted_ms: list[float] = []
     error_samples: list[str] = []
     async with HttpLanes(timeout=httpx.Timeout(300)) as http:  # the worker's: one connection per request
-        client = OpenAIClient(http, url, MODEL_NAME)
+        client = OpenAIClient(http, url, MODEL_NAME, response_format=default_of("response_format"))
         pending = list(zip(requests, records, strict=True))
         pending.reverse()
 
@@ -294,7 +295,7 @@ def main() -> int:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     input_path = args.input or (DEFAULT_INPUT if DEFAULT_INPUT.exists() else FALLBACK_INPUT)
     all_records = read_records(input_path)
-    task = build_task("sentiment", template="{review}")
+    task = task_for("sentiment", template="{review}")
     sweep = sorted({min(int(c), args.parallel) for c in args.sweep.split(",")})
     workdir = Path(os.environ.get("TMPDIR") or "/tmp") / f"bench-gpu-{os.getpid()}"
     server_log = workdir / "llama-server.log"

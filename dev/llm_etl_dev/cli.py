@@ -9,6 +9,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from llm_etl_provider.cli import run
+
 
 def _local_server(args: argparse.Namespace) -> int:
     from llm_etl_dev.local_server import start_detached, stop_detached
@@ -144,10 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    handler = args.handler
-    result: int = handler(args)
-    return result
+    return run(build_parser(), argv)
 
 
 if __name__ == "__main__":

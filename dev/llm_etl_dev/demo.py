@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from llm_etl_dev.report import build_report, merge_summaries
+from llm_etl_provider.backends import LOCAL_MODE
 from llm_etl_provider.contract.layout import run_output_folder, run_scope
-from llm_etl_provider.worker.tasks import build_task
+from llm_etl_provider.worker.tasks import task_for
 
 SAMPLE = Path("examples/drug_reviews_sample.jsonl")
 DAG_FILE = Path("dags/llm_enrichment.py")
@@ -33,7 +34,7 @@ def _prepare_airflow(output: Path) -> None:
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__DAGS_FOLDER": str(DAG_FILE.parent.resolve()),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
-            "LLM_ETL_EXECUTION_MODE": "local",
+            "LLM_ETL_EXECUTION_MODE": LOCAL_MODE,
             "LLM_ETL_LOCAL_DIR": str((output / "staging").resolve()),
         }
     )
@@ -92,7 +93,7 @@ def run_demo(output: Path, *, input_path: Path = SAMPLE, limit: int | None = Non
         [shard / "results.jsonl" for shard in shards],
         [shard / "dead_letter.jsonl" for shard in shards],
         merge_summaries([m["worker_summary"] for m in manifests]),
-        schema=build_task(DEMO_TASK).schema,
+        schema=task_for(DEMO_TASK).schema,
         reference=reference,
     )
     (run_dir / "report.md").write_text(report)

@@ -9,12 +9,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from llm_etl_provider.backends import EXAMPLE_NAMESPACE
 from llm_etl_provider.contract.invocation import DEFAULT_TEMPLATE, TASK_NAMES, default_of
 from llm_etl_provider.contract.layout import WORKER_CONTAINER
 from llm_etl_provider.worker.pod_commands import add_pod_commands
-
-# the namespace of the example deployment (docker-compose.yaml, the example DAGs, the development cluster)
-EXAMPLE_NAMESPACE = "llm-etl"
 
 
 def _new_key(args: argparse.Namespace) -> int:
@@ -227,11 +225,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    handler = args.handler
-    result: int = handler(args)
+def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and run the chosen command's handler; its result is the exit code."""
+    args = parser.parse_args(argv)
+    result: int = args.handler(args)
     return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from llm_etl_provider.contract.invocation import API_STYLES, CONNECTION_API, RESPONSE_FORMATS, default_of
+
 
 def get_provider_info() -> dict[str, Any]:
     return {
@@ -53,7 +55,7 @@ def get_provider_info() -> dict[str, Any]:
                         "label": "API style",
                         "description": "ollama: Ollama's /api/chat; openai: any OpenAI-compatible server "
                         "(llama.cpp, vLLM, SGLang, Modular MAX, Ollama's /v1)",
-                        "schema": {"type": "string", "enum": ["ollama", "openai"], "default": "ollama"},
+                        "schema": {"type": "string", "enum": list(API_STYLES), "default": CONNECTION_API},
                     },
                     "model": {
                         "label": "Model",
@@ -66,8 +68,8 @@ def get_provider_info() -> dict[str, Any]:
                         "(llama-cpp-python's server)",
                         "schema": {
                             "type": "string",
-                            "enum": ["json_schema", "json_object"],
-                            "default": "json_schema",
+                            "enum": list(RESPONSE_FORMATS),
+                            "default": default_of("response_format"),
                         },
                     },
                 },

@@ -13,6 +13,8 @@ from llm_etl_provider.backends import (
     DEFAULT_EXECUTION_MODE,
     DEFAULT_KUBERNETES_CONN_ID,
     DEFAULT_NAMESPACE,
+    KUBERNETES_MODE,
+    LOCAL_MODE,
     checked_execution_mode,
 )
 from llm_etl_provider.contract.invocation import DEFAULT_MAX_RECORD_BYTES, WORKER_SETTINGS, default_of
@@ -27,6 +29,11 @@ from llm_etl_provider.operators.publish import PublishRunOperator
 from llm_etl_provider.operators.stage import StageInputOperator
 from llm_etl_provider.pod.builder import DEFAULT_MODEL_SOURCE, DOWNLOADED_SOURCES
 from llm_etl_provider.staging.cutting import DEFAULT_SHARD_BYTES
+
+# How the group's steps retry a failed try (a preempted GPU node, a lost pod, an API or store hiccup): the
+# enrichment's default, and the model cache's, the extractions' and the publishing's
+RETRIES = 2
+RETRY_DELAY = timedelta(seconds=30)
 
 # The enrichment's settings that its results depend on: part of the stage's plan
 PLAN_SETTINGS = frozenset(
@@ -44,7 +51,7 @@ def llm_enrichment_task_group(
     kubernetes_conn_id: str = DEFAULT_KUBERNETES_CONN_ID,
     execution_mode: str = DEFAULT_EXECUTION_MODE,
     local_dir: str | None = None,
-    input_format: str = "auto",
+    input_format: str = default_of("input_format"),
     max_shard_bytes: int | str = DEFAULT_SHARD_BYTES,
     max_record_bytes: int | str = DEFAULT_MAX_RECORD_BYTES,
     results_asset: Asset | None = None,
@@ -99,8 +106,8 @@ def llm_enrichment_task_group(
     }
     # A preempted GPU node or a lost pod fails the try; the shard then runs again in a new pod. The
     # extraction is idempotent, so a retry after an API hiccup publishes the same files.
-    enrichment.setdefault("retries", 2)
-    enrichment.setdefault("retry_delay", timedelta(seconds=30))
+    enrichment.setdefault("retries", RETRIES)
+    enrichment.setdefault("retry_delay", RETRY_DELAY)
     with TaskGroup(group_id) as group:
         common["scope"] = group.group_id  # the group's full id: two pipelines in one DAG never meet
         stage = StageInputOperator(
@@ -115,8 +122,9 @@ def llm_enrichment_task_group(
             pods=pods,
             store_cidrs=store_cidrs,
             output_path=output_path,
-            # the object transport's parts follow the worker's checkpoints
+            # the object transport's parts follow the worker's checkpoints; ids are the worker's id field's
             checkpoint_every=enrichment.get("checkpoint_every", default_of("checkpoint_every")),
+            id_field=enrichment.get("id_field", default_of("id_field")),
             run_deadline_seconds=run_deadline_seconds,
             worker_memory=worker_memory,
             # what the shards' results depend on beside the input: another value makes another plan
@@ -134,7 +142,7 @@ def llm_enrichment_task_group(
         shards = planned_shards(stage.output)
         setups: list[Any] = [stage]
         model_source = enrichment.get("model_source", DEFAULT_MODEL_SOURCE)
-        if execution_mode == "kubernetes" and model_source in DOWNLOADED_SOURCES:
+        if execution_mode == KUBERNETES_MODE and model_source in DOWNLOADED_SOURCES:
             cache_model = ModelCacheOperator(
                 task_id="cache_model",
                 shards=stage.output,
@@ -143,8 +151,8 @@ def llm_enrichment_task_group(
                 cache_access_modes=model_cache_access_modes,
                 cache_storage_class=model_cache_storage_class,
                 run_deadline_seconds=run_deadline_seconds,
-                retries=2,
-                retry_delay=timedelta(seconds=30),
+                retries=RETRIES,
+                retry_delay=RETRY_DELAY,
                 namespace=namespace,
                 kubernetes_conn_id=kubernetes_conn_id,
                 scope=common["scope"],
@@ -162,29 +170,26 @@ def llm_enrichment_task_group(
 
         @task_group(group_id="shard")
         def enrich_then_extract(shard: Any) -> None:
-            enrich: BaseOperator
-            if execution_mode == "local":
-                enrich = LocalEnrichmentOperator(
-                    task_id="enrich",
-                    shard=shard,
-                    model=model,
-                    max_record_bytes=max_record_bytes,
-                    local_dir=local_dir,
-                    scope=common["scope"],
-                    **enrichment,
+            # each mode's operator, with the settings of its own mode
+            by_mode: tuple[type[BaseOperator], dict[str, Any]] = (
+                (LocalEnrichmentOperator, {"local_dir": local_dir})
+                if execution_mode == LOCAL_MODE
+                else (
+                    LLMEnrichmentOperator,
+                    {"worker_memory": worker_memory, "namespace": namespace,
+                     "kubernetes_conn_id": kubernetes_conn_id},
                 )
-            else:
-                enrich = LLMEnrichmentOperator(
-                    task_id="enrich",
-                    shard=shard,
-                    model=model,
-                    max_record_bytes=max_record_bytes,
-                    worker_memory=worker_memory,
-                    namespace=namespace,
-                    kubernetes_conn_id=kubernetes_conn_id,
-                    scope=common["scope"],
-                    **enrichment,
-                )
+            )  # fmt: skip
+            operator, mode_settings = by_mode
+            enrich = operator(
+                task_id="enrich",
+                shard=shard,
+                model=model,
+                max_record_bytes=max_record_bytes,
+                scope=common["scope"],
+                **mode_settings,
+                **enrichment,
+            )
             # a cleared shard's setups run again with it: its enrichment waits for the staging (and the model)
             setups >> enrich
             enrichments.append(enrich)
@@ -195,8 +200,8 @@ def llm_enrichment_task_group(
                 # a failed enrichment may have written its whole stream (over the dead-letter threshold):
                 # publish it, marked failed; a stream cut short is refused with nothing published
                 trigger_rule=TriggerRule.ALL_DONE,
-                retries=2,
-                retry_delay=timedelta(seconds=30),
+                retries=RETRIES,
+                retry_delay=RETRY_DELAY,
                 **common,
             )
             enrich >> extract
@@ -211,8 +216,8 @@ def llm_enrichment_task_group(
             gpus_per_shard=gpus if isinstance(gpus, int) else None,
             trigger_rule=TriggerRule.ALL_DONE,
             # it reads and writes the store and the pods' status: a hiccup must not withhold _SUCCESS
-            retries=2,
-            retry_delay=timedelta(seconds=30),
+            retries=RETRIES,
+            retry_delay=RETRY_DELAY,
             outlets=[results_asset or Asset(name=f"llm-etl/{dag_id}/{group.group_id}")],
             **common,
         )

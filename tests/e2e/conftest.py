@@ -23,13 +23,14 @@ import pytest
 from llm_etl_dev.cluster import NodeOptions
 from llm_etl_dev.cluster.real_node import node_address
 from llm_etl_dev.object_store import BUCKET
+from llm_etl_provider.backends import EXAMPLE_NAMESPACE
 from llm_etl_provider.backends.llama_server import MODEL_FILE, MODEL_SHA256, bundled_model
 from tests.e2e.cluster import ProviderCluster, is_enrichment_pod
 from tests.images import build_images
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "examples" / "drug_reviews_sample.jsonl"
-NAMESPACE = "llm-etl"
+NAMESPACE = EXAMPLE_NAMESPACE  # the example DAG's (LLM_ETL_NAMESPACE unset)
 MODEL_URL_SECRET = "llm-etl-model-url"
 
 

@@ -16,7 +16,9 @@ import pytest
 import yaml
 from kubernetes import client, config
 
-NAMESPACE = "llm-etl"
+from llm_etl_provider.backends import EXAMPLE_NAMESPACE
+
+NAMESPACE = EXAMPLE_NAMESPACE
 RESTRICTED = {
     "allowPrivilegeEscalation": False,
     "runAsNonRoot": True,

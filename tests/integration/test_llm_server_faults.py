@@ -8,7 +8,7 @@ import json
 import pytest
 from jsonschema import Draft202012Validator
 
-from llm_etl_provider.worker.tasks import build_task
+from llm_etl_provider.worker.tasks import task_for
 from tests.integration.conftest import SAMPLE, worker
 from tests.integration.fault_proxy import FAULTS, FaultProxy
 from tests.integration.test_worker_llama import common, head, read_jsonl
@@ -36,7 +36,7 @@ def test_faults_are_retried_within_bounds_then_dead_lettered(tmp_path, llama_ser
 
     results, dead = read_jsonl(tmp_path / "results.jsonl"), read_jsonl(tmp_path / "dead.jsonl")
     assert sorted(r["id"] for r in results + dead) == sorted(r["id"] for r in records)  # each once
-    validator = Draft202012Validator(build_task("sentiment").schema)
+    validator = Draft202012Validator(task_for("sentiment").schema)
     assert all(validator.is_valid(r["enrichment"]) for r in results)  # no fault slipped into a result
 
     attempts = proxy.attempts()

@@ -15,7 +15,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from llm_etl_provider.contract.codes import ExitCode
-from llm_etl_provider.worker.tasks import build_task
+from llm_etl_provider.worker.tasks import task_for
 from tests.integration.conftest import BIN, SAMPLE, worker
 from tests.integration.fake_ollama import FakeOllama
 
@@ -50,7 +50,7 @@ def test_sentiment_on_drug_reviews(tmp_path, llama_server):
     results, dead = read_jsonl(tmp_path / "results.jsonl"), read_jsonl(tmp_path / "dead.jsonl")
     input_ids = [json.loads(line)["id"] for line in sample.read_text().splitlines()]
     assert sorted([r["id"] for r in results] + [d["id"] for d in dead]) == sorted(input_ids)
-    validator = Draft202012Validator(build_task("sentiment").schema)
+    validator = Draft202012Validator(task_for("sentiment").schema)
     assert all(validator.is_valid(r["enrichment"]) for r in results)
     assert len(results) >= 29, f"{len(dead)} dead letters: {[d['reason'] for d in dead]}"
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -78,7 +78,7 @@ def test_catalogue_tasks_give_schema_valid_results(tmp_path, llama_server, task,
     assert sorted(r["line"] for r in results + dead) == [1, 2, 3, 4]
     assert len(results) >= 2
     assert all(d["reason"] == "invalid_output" for d in dead)
-    fields = set(build_task(task).schema["required"])
+    fields = set(task_for(task).schema["required"])
     assert all(r["task"] == task and set(r["enrichment"]) == fields for r in results)
 
 

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from llm_etl_provider.contract.invocation import default_of, setting_schema
 from llm_etl_provider.operators.enrichment import LLMEnrichmentOperator
 from llm_etl_provider.operators.local_enrichment import LocalEnrichmentOperator
+from llm_etl_provider.staging.cutting import SECRET_LIMIT, largest_record
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 
@@ -88,3 +90,23 @@ def test_every_param_is_titled_and_described_and_none_is_idle_in_the_mode(monkey
         assert param.description, f"{name} has no description"
     # local execution serves the bundled model with llama.cpp: no choice of server to offer
     assert ("backend" in params) == (mode == "kubernetes")
+
+
+@pytest.mark.parametrize("mode", ["kubernetes", "local"])
+def test_the_worker_settings_params_are_the_flags_declaration(monkeypatch, mode):
+    """The trigger form re-spells no worker default, choice or range; the stage's sizes are its own."""
+    params = load("llm_enrichment", monkeypatch, mode).params
+    settings = {
+        "task": "task",
+        "max_dead_letter_ratio": "max_dead_letter_ratio",
+        "concurrency": "concurrency",
+        "record_bytes": "max_record_bytes",
+        "system_prompt": "system_prompt",
+    }
+    for param_name, setting in settings.items():
+        param = params.get_param(param_name)
+        assert param.value == default_of(setting), param_name
+        declared = setting_schema(setting)
+        assert {key: param.schema[key] for key in declared} == declared, param_name
+    assert params.get_param("record_bytes").schema["maximum"] == largest_record(SECRET_LIMIT)
+    assert params.get_param("shard_bytes").schema["maximum"] == SECRET_LIMIT

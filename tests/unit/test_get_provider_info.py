@@ -6,6 +6,7 @@ from importlib.metadata import entry_points
 
 import jsonschema
 
+from llm_etl_provider.contract.invocation import API_STYLES, RESPONSE_FORMATS, default_of
 from llm_etl_provider.get_provider_info import get_provider_info
 from llm_etl_provider.hooks.llm_server import LLMServerHook
 
@@ -38,3 +39,11 @@ def test_listed_modules_import():
         for entry in info.get(group, []):
             for module in entry["python-modules"]:
                 importlib.import_module(module)
+
+
+def test_the_connection_forms_choices_and_defaults_are_the_contracts():
+    (conn,) = get_provider_info()["connection-types"]
+    fields = conn["conn-fields"]
+    assert fields["api"]["schema"]["enum"] == list(API_STYLES)
+    assert fields["response_format"]["schema"]["enum"] == list(RESPONSE_FORMATS)
+    assert fields["response_format"]["schema"]["default"] == default_of("response_format")

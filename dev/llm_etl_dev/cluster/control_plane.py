@@ -47,11 +47,12 @@ from llm_etl_dev.cluster.real_node import (
 )
 from llm_etl_dev.object_store import S3Account, create_bucket, find_weed, seaweedfs_command
 from llm_etl_dev.processes import pid_alive, stop_process
+from llm_etl_provider.backends import EXAMPLE_NAMESPACE
 from llm_etl_provider.backends.llama_server import bundled_model, free_port
 from llm_etl_provider.pod.rbac import ROLE_NAME, airflow_role
 
 KUBE_BIN_ENV = "LLM_ETL_KUBE_BIN"
-NAMESPACE = "llm-etl"
+NAMESPACE = EXAMPLE_NAMESPACE
 MODEL_CLAIM = "llm-etl-models"  # a claim bound to the bundled model's folder, for LLM_ETL_MODEL_SOURCE=pvc
 AIRFLOW_USER = "llm-etl-airflow"
 SERVICE_RANGE = "10.0.0.0/24"

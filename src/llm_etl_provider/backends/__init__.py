@@ -16,10 +16,14 @@ from llm_etl_provider.contract import layout
 if TYPE_CHECKING:
     from llm_etl_provider.staging.cutting import Shard
 
-EXECUTION_MODES = ("kubernetes", "local")
-DEFAULT_EXECUTION_MODE = "kubernetes"
+KUBERNETES_MODE = "kubernetes"  # execution_mode: a pod per shard
+LOCAL_MODE = "local"  # execution_mode: local processes, no Kubernetes
+EXECUTION_MODES = (KUBERNETES_MODE, LOCAL_MODE)
+DEFAULT_EXECUTION_MODE = KUBERNETES_MODE
 # Where a run's resources go when no namespace or connection is given (KubernetesPodOperator's own defaults)
 DEFAULT_NAMESPACE = "default"
+# The namespace of the example deployment (docker-compose.yaml, the example DAGs, the development cluster)
+EXAMPLE_NAMESPACE = "llm-etl"
 DEFAULT_KUBERNETES_CONN_ID = "kubernetes_default"
 # Local execution's staging folder in the example DAGs (LLM_ETL_LOCAL_DIR), where the sweeper looks too
 DEFAULT_LOCAL_DIR = "/tmp/llm-etl-staging"  # noqa: S108 - local mode only, a folder of 0700 run folders
@@ -50,7 +54,7 @@ def sweep_reason(state: str | None, expires_at: float | None, now: float) -> str
 def checked_execution_mode(mode: str) -> str:
     """Return ``mode`` if a backend serves it: a typo must fail when the DAG is parsed, not at run time."""
     if mode not in EXECUTION_MODES:
-        raise ValueError(f"execution_mode must be 'kubernetes' or 'local', not {mode!r}")
+        raise ValueError(f"execution_mode must be one of {', '.join(EXECUTION_MODES)}, not {mode!r}")
     return mode
 
 
@@ -138,7 +142,7 @@ def run_backend(
     """The backend of ``mode`` for one DAG run and, where given, one plan of it (what a stage staged; the
     steps after the stage take it from their shard descriptor). ``key_secret`` and the work claims:
     Kubernetes only."""
-    if checked_execution_mode(mode) == "local":
+    if checked_execution_mode(mode) == LOCAL_MODE:
         from llm_etl_provider.backends.local import LocalBackend
 
         return LocalBackend(

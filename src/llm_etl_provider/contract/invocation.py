@@ -2,10 +2,11 @@
 
 The pod's argv is built from a :class:`WorkerInvocation` (:meth:`~WorkerInvocation.to_argv`) and the worker's
 parser is derived from the same fields (:func:`build_parser`), so that no flag is spelt, typed or defaulted
-twice; the worker's engine reads its settings from the invocation itself. A flag's range is its parse
-function's, checked for every invocation however it is made. The fields marked as settings
-(:data:`WORKER_SETTINGS`) are what a DAG author chooses through ``LLMEnrichmentOperator``; the pod, or local
-execution, fills in the rest (paths, run, shard, server).
+twice; the worker reads each flag from the invocation itself. A flag's range (``minimum``, ``maximum``) and
+choices are declared with it and checked for every invocation however it is made. The fields marked as
+settings (:data:`WORKER_SETTINGS`) are what a DAG author chooses through ``LLMEnrichmentOperator``; the pod,
+or local execution, fills in the rest (paths, run, shard, server). :func:`setting_schema` gives a setting's
+type, choices and range as JSON schema, for a form (the example DAG's Params).
 """
 
 from __future__ import annotations
@@ -17,17 +18,22 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from types import NoneType, UnionType
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 TASK_NAMES = ("sentiment", "tags", "moderation", "entities", "custom")
 DEFAULT_TEMPLATE = "{text}"
 RecordFormat = Literal["jsonl", "csv"]
 RECORD_FORMATS: tuple[str, ...] = get_args(RecordFormat)
-INPUT_FORMATS = ("auto", *RECORD_FORMATS)
+AUTO_FORMAT = "auto"  # --input-format auto: the format the file name implies
+INPUT_FORMATS = (AUTO_FORMAT, *RECORD_FORMATS)
 ApiStyle = Literal["openai", "ollama"]
 ResponseFormat = Literal["json_schema", "json_object"]
 API_STYLES: tuple[str, ...] = get_args(ApiStyle)
 RESPONSE_FORMATS: tuple[str, ...] = get_args(ResponseFormat)
+# An ``llm_etl`` connection that names no API: Ollama's own (the worker's --api defaults to openai)
+CONNECTION_API: ApiStyle = "ollama"
+AUTO_CONCURRENCY = "auto"  # --concurrency auto: the worker finds it (the pod's worker is given one)
 LOG_OUTPUT = "log"  # --output log: sealed frames on stdout
 OBJECT_OUTPUT = "object"  # --output object: sealed frames as part objects (contract.object_transport)
 DEFAULT_MAX_RECORD_BYTES = 256 * 1024
@@ -39,22 +45,8 @@ RUN_ID_ENV = "LLM_ETL_RUN_ID"
 REQUESTS_PER_SLOT = 2
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def share(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError("must lie between 0 and 1")
-    return value
-
-
 def concurrency(text: str) -> int | None:
-    return None if text == "auto" else positive_int(text)
+    return None if text == AUTO_CONCURRENCY else int(text)
 
 
 def name_list(text: str) -> tuple[str, ...]:
@@ -74,8 +66,22 @@ class Flag:
     parse: Callable[[str], Any] = str
     show: Callable[[Any], str] = str
     choices: tuple[str, ...] | None = None
+    minimum: int | float | None = None
+    maximum: int | float | None = None
     setting: bool = False
     operator_default: Any = None  # where the worker has no default, the operator's
+
+    def read(self, text: str) -> Any:
+        """The value ``text`` stands for, refused (:class:`argparse.ArgumentTypeError`) outside the range."""
+        value = self.parse(text)
+        low, high = self.minimum, self.maximum
+        if value is None or ((low is None or value >= low) and (high is None or value <= high)):
+            return value
+        if high is None:
+            raise argparse.ArgumentTypeError(f"must be at least {low}")
+        if low is None:
+            raise argparse.ArgumentTypeError(f"must be at most {high}")
+        raise argparse.ArgumentTypeError(f"must lie between {low} and {high}")
 
 
 def _flag(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, **spec: Any) -> Any:
@@ -117,11 +123,11 @@ class WorkerInvocation:
         help="entities: comma-separated entity types",
     )  # fmt: skip
     max_tokens: int | None = _flag(
-        None, group=_TASK, parse=positive_int, setting=True, help="answer length limit (default per task)"
+        None, group=_TASK, parse=int, minimum=1, setting=True, help="answer length limit (default per task)"
     )
 
     input: Path = _flag(group=_IO, parse=Path, help="JSONL or CSV file, plain or gzip")
-    input_format: str = _flag("auto", group=_IO, choices=INPUT_FORMATS, help="the input's format")
+    input_format: str = _flag(AUTO_FORMAT, group=_IO, choices=INPUT_FORMATS, help="the input's format")
     id_field: str = _flag("id", group=_IO, setting=True, help="the field that identifies a record")
     output: str = _flag(
         group=_IO,
@@ -147,7 +153,7 @@ class WorkerInvocation:
     )
     shard: int = _flag(0, group=_IO, parse=int, help="--output log: the shard number")
     attempt: int = _flag(
-        1, group=_IO, parse=positive_int,
+        1, group=_IO, parse=int, minimum=1,
         help="--output log or object: the try of the shard's enrichment this is (sealed in the trailer)",
     )  # fmt: skip
     spool: Path | None = _flag(
@@ -162,10 +168,10 @@ class WorkerInvocation:
         help="a file touched every 10 s while the worker runs (for liveness probes)",
     )  # fmt: skip
     checkpoint_every: int = _flag(
-        100, group=_IO, parse=positive_int, setting=True, help="records between checkpoints"
+        100, group=_IO, parse=int, minimum=1, setting=True, help="records between checkpoints"
     )
     max_record_bytes: int = _flag(
-        DEFAULT_MAX_RECORD_BYTES, group=_IO, parse=positive_int, setting=True,
+        DEFAULT_MAX_RECORD_BYTES, group=_IO, parse=int, minimum=1, setting=True,
         help="larger records are dead-lettered",
     )  # fmt: skip
     line_offset: int = _flag(0, group=_IO, parse=int, help="added to reported line numbers (for shards)")
@@ -189,16 +195,18 @@ class WorkerInvocation:
         0.0, group=_LLM, parse=float, setting=True, help="sampling temperature of a first attempt"
     )
     concurrency: int | None = _flag(
-        None, group=_LLM, parse=concurrency, setting=True, help="requests in flight, or auto (default)"
-    )
+        None, group=_LLM, parse=concurrency, minimum=1, setting=True,
+        help=f"requests in flight, or {AUTO_CONCURRENCY} (default)",
+    )  # fmt: skip
     request_timeout: float = _flag(120.0, group=_LLM, parse=float, setting=True, help="seconds per request")
     ready_timeout: float = _flag(300.0, group=_LLM, parse=float, help="seconds to wait for the server")
     max_attempts: int = _flag(
-        4, group=_LLM, parse=positive_int, setting=True, help="attempts per record, retries included"
+        4, group=_LLM, parse=int, minimum=1, setting=True, help="attempts per record, retries included"
     )
     max_dead_letter_ratio: float = _flag(
-        0.1, group=_LLM, parse=share, setting=True, help="fail the run above this share of dead letters"
-    )
+        0.1, group=_LLM, parse=float, minimum=0, maximum=1, setting=True,
+        help="fail the run above this share of dead letters",
+    )  # fmt: skip
     progress_interval: float = _flag(10.0, group=_LLM, parse=float, help="seconds between progress lines")
 
     def __post_init__(self) -> None:
@@ -209,7 +217,7 @@ class WorkerInvocation:
                 continue
             spec = _spec(item)
             try:
-                spec.parse(spec.show(value))
+                spec.read(spec.show(value))
             except (ValueError, argparse.ArgumentTypeError) as exc:
                 raise ValueError(f"{flag_name(item.name)} {value!r}: {exc}") from None
             if spec.choices and value not in spec.choices:
@@ -255,6 +263,33 @@ def default_of(name: str) -> Any:
     return _spec(item).operator_default if item.default is dataclasses.MISSING else item.default
 
 
+_JSON_TYPES: dict[Any, str] = {str: "string", Path: "string", int: "integer", float: "number", tuple: "array"}
+
+
+def setting_schema(name: str) -> dict[str, Any]:
+    """A worker setting's type, choices and range as JSON schema (``type``, ``enum``, ``minimum``,
+    ``maximum``), for a form that offers it: a DAG's Params re-spell none of them."""
+    if name not in WORKER_SETTINGS:
+        raise ValueError(f"{name!r} is not a worker setting; choose from {', '.join(WORKER_SETTINGS)}")
+    hint = get_type_hints(WorkerInvocation)[name]
+    kinds = get_args(hint) if get_origin(hint) in (Union, UnionType) else (hint,)
+    nullable = NoneType in kinds
+    (kind,) = (kind for kind in kinds if kind is not NoneType)
+    # a Literal's type is its values'; a generic's (tuple[str, ...]) its origin's
+    json_type = _JSON_TYPES[
+        type(get_args(kind)[0]) if get_origin(kind) is Literal else get_origin(kind) or kind
+    ]
+    spec = _spec(_FIELDS[name])
+    schema: dict[str, Any] = {"type": ["null", json_type] if nullable else json_type}
+    if spec.choices:
+        schema["enum"] = [None, *spec.choices] if nullable else list(spec.choices)
+    if spec.minimum is not None:
+        schema["minimum"] = spec.minimum
+    if spec.maximum is not None:
+        schema["maximum"] = spec.maximum
+    return schema
+
+
 def is_unset(value: Any) -> bool:
     """Whether a templated setting is unset: None, or what an unset Param renders to (``""``, ``"None"``)."""
     return value is None or (isinstance(value, str) and value.strip() in ("", "None"))
@@ -281,12 +316,22 @@ def coerce_settings(values: Mapping[str, Any]) -> dict[str, Any]:
         else:
             text = str(value)
         try:
-            coerced[name] = spec.parse(text)
+            coerced[name] = spec.read(text)
         except (ValueError, argparse.ArgumentTypeError) as exc:
             raise ValueError(f"{name} {value!r} is not usable: {exc}") from None
         if spec.choices and coerced[name] not in spec.choices:
             raise ValueError(f"{name} must be one of {', '.join(spec.choices)}, not {value!r}")
     return coerced
+
+
+def _argparse_type(spec: Flag) -> Callable[[str], Any]:
+    """``spec.read`` named as its parse function, which argparse's errors name ("invalid int value")."""
+
+    def read(text: str) -> Any:
+        return spec.read(text)
+
+    read.__name__ = spec.parse.__name__
+    return read
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -300,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
         spec = _spec(item)
         if spec.group not in groups:
             groups[spec.group] = parser.add_argument_group(spec.group)
-        options: dict[str, Any] = {"dest": item.name, "type": spec.parse, "help": spec.help}
+        options: dict[str, Any] = {"dest": item.name, "type": _argparse_type(spec), "help": spec.help}
         if spec.choices:
             options["choices"] = spec.choices
         if item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING:

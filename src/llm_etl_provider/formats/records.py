@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any, TypeGuard
 
 from llm_etl_provider.contract.codes import DeadLetterReason as Reason
-from llm_etl_provider.contract.invocation import DEFAULT_MAX_RECORD_BYTES, RECORD_FORMATS, RecordFormat
+from llm_etl_provider.contract.invocation import (
+    AUTO_FORMAT,
+    DEFAULT_MAX_RECORD_BYTES,
+    INPUT_FORMATS,
+    RECORD_FORMATS,
+    RecordFormat,
+    default_of,
+)
 from llm_etl_provider.formats import strict_json
 from llm_etl_provider.formats.exceptions import InputError, InputOverLimit
 from llm_etl_provider.formats.id_index import IdIndex
@@ -89,12 +96,12 @@ class InputLimits:
             )
 
 
-def detect_format(path: Path, declared: str = "auto") -> RecordFormat:
-    """Return the input format: the declared one, or the one the file name implies."""
+def detect_format(path: Path, declared: str) -> RecordFormat:
+    """Return the input format: the declared one, or with ``auto`` the one the file name implies."""
     if declared in RECORD_FORMATS:
         return declared  # type: ignore[return-value]
-    if declared != "auto":
-        raise InputError(f"unknown input format {declared!r}: use jsonl, csv or auto")
+    if declared != AUTO_FORMAT:
+        raise InputError(f"unknown input format {declared!r}: use one of {', '.join(INPUT_FORMATS)}")
     suffixes = [s.lower() for s in path.suffixes if s.lower() != ".gz"]
     if suffixes and suffixes[-1] in _SUFFIX_FORMATS:
         return _SUFFIX_FORMATS[suffixes[-1]]
@@ -132,8 +139,8 @@ class RecordReader:
         self,
         path: Path,
         *,
-        input_format: str = "auto",
-        id_field: str = "id",
+        input_format: str = default_of("input_format"),
+        id_field: str = default_of("id_field"),
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
         line_offset: int = 0,
         duplicate_lines: Collection[int] = (),

@@ -12,10 +12,12 @@ from airflow.sdk import BaseHook
 
 from llm_etl_provider.contract.invocation import (
     API_STYLES,
+    CONNECTION_API,
     RESPONSE_FORMATS,
     ApiStyle,
     ResponseFormat,
     WorkerInvocation,
+    default_of,
 )
 from llm_etl_provider.exceptions import LLMConnectionError
 
@@ -27,7 +29,7 @@ class LLMServer:
     base_url: str
     api: ApiStyle
     model: str
-    response_format: ResponseFormat = "json_schema"
+    response_format: ResponseFormat
     api_key: str | None = None
 
     def __repr__(self) -> str:
@@ -80,12 +82,12 @@ class LLMServerHook(BaseHook):
             raise LLMConnectionError(f"connection {self.llm_conn_id!r}: {host!r} is not an http(s) URL")
         if conn.port and parts.port is None:
             host = f"{parts.scheme}://{parts.hostname}:{conn.port}{parts.path}"
-        api = extra.get("api") or "ollama"
+        api = extra.get("api") or CONNECTION_API
         if api not in API_STYLES:
             raise LLMConnectionError(
                 f"connection {self.llm_conn_id!r}: api must be one of {API_STYLES}, not {api!r}"
             )
-        response_format = extra.get("response_format") or "json_schema"
+        response_format = extra.get("response_format") or default_of("response_format")
         if response_format not in RESPONSE_FORMATS:
             raise LLMConnectionError(
                 f"connection {self.llm_conn_id!r}: response_format must be one of {RESPONSE_FORMATS}"

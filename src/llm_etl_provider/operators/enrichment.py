@@ -24,6 +24,7 @@ from airflow.providers.cncf.kubernetes.utils.container import container_is_runni
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
+from llm_etl_provider.backends import LOCAL_MODE
 from llm_etl_provider.backends.urls import DEFAULT_URL_RENEW_SECONDS
 from llm_etl_provider.contract import layout
 from llm_etl_provider.contract.invocation import (
@@ -180,7 +181,8 @@ class LLMEnrichmentOperator(PodStepOperator):
         if "execution_mode" in kwargs:
             raise TypeError(
                 "LLMEnrichmentOperator runs a Kubernetes pod: for local execution use "
-                "LocalEnrichmentOperator (llm_enrichment_task_group picks it for execution_mode='local')"
+                "LocalEnrichmentOperator (llm_enrichment_task_group picks it for "
+                f"execution_mode={LOCAL_MODE!r})"
             )
         if kwargs.get("get_logs"):
             raise ValueError(

@@ -73,7 +73,7 @@ class ShardRun:
     dag_id: str
     run_id: str
     shard: ShardDescriptor
-    attempt: int = 1
+    attempt: int = default_of("attempt")
 
     @classmethod
     def of(cls, shard: Any, *, scope: str, dag_id: str, context: Context | None) -> ShardRun:
@@ -82,7 +82,7 @@ class ShardRun:
             dag_id=dag_id,
             run_id=str(context["run_id"]) if context is not None else "dry-run",
             shard=ShardDescriptor.from_xcom(shard),
-            attempt=context["ti"].try_number if context is not None else 1,
+            attempt=context["ti"].try_number if context is not None else default_of("attempt"),
         )
 
     @property

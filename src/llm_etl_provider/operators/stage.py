@@ -12,7 +12,12 @@ from airflow.sdk import ObjectStoragePath
 from llm_etl_provider.backends import RunBackend
 from llm_etl_provider.backends.urls import signers_for
 from llm_etl_provider.contract import layout
-from llm_etl_provider.contract.invocation import DEFAULT_MAX_RECORD_BYTES, OBJECT_OUTPUT, default_of
+from llm_etl_provider.contract.invocation import (
+    DEFAULT_MAX_RECORD_BYTES,
+    OBJECT_OUTPUT,
+    coerce_settings,
+    default_of,
+)
 from llm_etl_provider.contract.layout import DEFAULT_RUN_DEADLINE_SECONDS, plan_id
 from llm_etl_provider.contract.object_transport import DEFAULT_TRANSPORT, TRANSPORT_FOLDER, TRANSPORTS
 from llm_etl_provider.contract.shard import validate_run_id
@@ -67,6 +72,8 @@ class StageInputOperator(RunStepOperator):
 
     :param input_path: the input file: any ObjectStoragePath URI or local path (templated)
     :param input_format: ``jsonl``, ``csv`` or ``auto`` (from the name)
+    :param id_field: the field that identifies a record, as the worker is told (templated): the stage finds
+        repeated ids by it, and refuses an input whose first records all lack it
     and the run's ``namespace``, ``kubernetes_conn_id``, ``execution_mode`` and ``local_dir``
     (:class:`~llm_etl_provider.operators.base.RunStepOperator`)
     :param max_shard_bytes: the compressed size limit of a shard (a Secret holds at most 1 MiB)
@@ -114,6 +121,7 @@ class StageInputOperator(RunStepOperator):
 
     template_fields: Sequence[str] = (
         "input_path",
+        "id_field",
         "namespace",
         "local_dir",
         "max_shard_bytes",
@@ -136,7 +144,8 @@ class StageInputOperator(RunStepOperator):
         self,
         *,
         input_path: str,
-        input_format: str = "auto",
+        input_format: str = default_of("input_format"),
+        id_field: str = default_of("id_field"),
         max_shard_bytes: int | str = DEFAULT_SHARD_BYTES,
         max_record_bytes: int | str = DEFAULT_MAX_RECORD_BYTES,
         max_input_bytes: int | str = DEFAULT_MAX_INPUT_BYTES,
@@ -160,6 +169,7 @@ class StageInputOperator(RunStepOperator):
         self.worker_memory = worker_memory
         self.input_path = input_path
         self.input_format = input_format
+        self.id_field = id_field
         self.max_shard_bytes = max_shard_bytes
         self.max_record_bytes = max_record_bytes
         self.max_input_bytes = max_input_bytes
@@ -319,6 +329,8 @@ class StageInputOperator(RunStepOperator):
         return validate_input(
             local,
             input_format=fmt,
+            # the worker's, so that both find the same records malformed and the same ids repeated
+            id_field=coerce_settings({"id_field": self.id_field})["id_field"],
             max_record_bytes=int(self.max_record_bytes),
             limits=limits,
             name=self.input_path,

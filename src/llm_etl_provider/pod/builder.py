@@ -31,6 +31,7 @@ from llm_etl_provider.contract.invocation import (
     ApiStyle,
     WorkerInvocation,
     coerce_settings,
+    default_of,
 )
 from llm_etl_provider.contract.pod_commands import (
     check_heartbeat_command,
@@ -251,7 +252,7 @@ def pod_invocation(
     shard: ShardDescriptor,
     server: ServerSpec,
     model: str,
-    attempt: int = 1,
+    attempt: int = default_of("attempt"),
 ) -> WorkerInvocation:
     """The worker's invocation in the pod: the DAG author's settings, this shard and try, the pod's paths
     and server.

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from llm_etl_provider.contract.invocation import DEFAULT_MAX_RECORD_BYTES
+from llm_etl_provider.contract.invocation import DEFAULT_MAX_RECORD_BYTES, default_of
 from llm_etl_provider.exceptions import StagingInputError
 from llm_etl_provider.formats.exceptions import CsvLineTooLong, UnreadableInput
 from llm_etl_provider.formats.records import detect_format
@@ -31,7 +31,7 @@ from llm_etl_provider.formats.tokenizer import (
     without_bom,
 )
 
-SECRET_LIMIT = 1 << 20
+SECRET_LIMIT = 1 << 20  # the largest max_shard_bytes: what a Secret holds
 DEFAULT_SHARD_BYTES = (
     700_000  # compressed; leaves room for base64 in the API request and the Secret's metadata
 )
@@ -120,11 +120,17 @@ class _ShardBuilder:
         return self._close() if self.units else None
 
 
+def largest_record(max_shard_bytes: int) -> int:
+    """The largest ``max_record_bytes`` that a shard size allows: half of it, so that any record fits a
+    shard."""
+    return max_shard_bytes // 2
+
+
 def check_sizes(max_shard_bytes: int, max_record_bytes: int) -> None:
     """Refuse shard and record limits that cannot work together or with a Secret."""
     if max_shard_bytes > SECRET_LIMIT:
         raise StagingInputError(f"max_shard_bytes {max_shard_bytes} is over a Secret's {SECRET_LIMIT} bytes")
-    if max_record_bytes < 1 or max_record_bytes * 2 > max_shard_bytes:
+    if not 1 <= max_record_bytes <= largest_record(max_shard_bytes):
         raise StagingInputError(
             f"max_record_bytes {max_record_bytes} must be between 1 and half of max_shard_bytes "
             f"{max_shard_bytes}, so that any record fits a shard"
@@ -134,7 +140,7 @@ def check_sizes(max_shard_bytes: int, max_record_bytes: int) -> None:
 def plan_shards(
     path: Path,
     *,
-    input_format: str = "auto",
+    input_format: str = default_of("input_format"),
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
 ) -> Iterator[Shard]:

@@ -37,6 +37,7 @@ def validate_input(
     local: Path,
     *,
     input_format: str,
+    id_field: str,
     max_record_bytes: int,
     limits: InputLimits,
     name: str,
@@ -46,12 +47,15 @@ def validate_input(
     """Read the input as the worker will; fail on an unusable whole, report malformed records by line.
 
     Unusable: no record at all, or not one readable record among the first ones (a file that is not the
-    declared format, or not text). Also finds the lines of every record whose id an earlier record has,
-    and the records before, between and after the sorted input lines ``boundaries``. ``name`` is how
-    messages name the input; ``log`` gets a warning per kind of malformed record.
+    declared format, or not text, or whose records lack ``id_field``, the worker's ``--id-field``). Also
+    finds the lines of every record whose id an earlier record has, and the records before, between and
+    after the sorted input lines ``boundaries``. ``name`` is how messages name the input; ``log`` gets a
+    warning per kind of malformed record.
     """
     records = [0] * (len(boundaries) + 1)
-    reader = RecordReader(local, input_format=input_format, max_record_bytes=max_record_bytes, limits=limits)
+    reader = RecordReader(
+        local, input_format=input_format, id_field=id_field, max_record_bytes=max_record_bytes, limits=limits
+    )
     malformed: dict[str, list[int]] = {}
     duplicates: list[int] = []
     readable = 0

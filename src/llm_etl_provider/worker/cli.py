@@ -45,34 +45,6 @@ from llm_etl_provider.worker.sinks import JsonlFileSink, LogFrameSink, OutputSin
 from llm_etl_provider.worker.tasks import TaskSpec, build_task
 
 
-def _load_schema(value: str) -> dict[str, Any]:
-    text = value
-    if not value.lstrip().startswith("{"):
-        try:
-            text = Path(value).read_text()
-        except OSError as exc:
-            raise ConfigurationError(f"cannot read the schema file {value}: {exc.strerror}") from None
-    try:
-        schema = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigurationError(f"the schema is not JSON: {exc.msg} at line {exc.lineno}") from None
-    if not isinstance(schema, dict):
-        raise ConfigurationError("the schema must be a JSON object")
-    return schema
-
-
-def task_from_invocation(invocation: WorkerInvocation) -> TaskSpec:
-    return build_task(
-        invocation.task,
-        template=invocation.template,
-        system_prompt=invocation.system_prompt,
-        schema=_load_schema(invocation.schema) if invocation.schema else None,
-        categories=invocation.categories,
-        entity_types=invocation.entity_types,
-        max_tokens=invocation.max_tokens,
-    )
-
-
 def read_object_transport(invocation: WorkerInvocation) -> UrlSource | None:
     """The shard's pre-signed URLs, with ``--output object`` (re-read from their file when the store refuses
     one as expired); None otherwise."""
@@ -112,14 +84,14 @@ def make_sink(
         raise ConfigurationError(str(exc)) from None
     if transport is not None:
         assert store is not None, "the object transport writes through a client"
-        return ObjectPartSink(key, run_id, invocation.shard, transport, store, attempt=invocation.attempt)
+        return ObjectPartSink(key, run_id, invocation.shard, invocation.attempt, transport, store)
     spool = invocation.spool or (
         invocation.checkpoint.with_name(invocation.checkpoint.name + ".frames")
         if invocation.checkpoint
         else None
     )
     return LogFrameSink(
-        key, run_id, invocation.shard, sys.stdout.buffer, attempt=invocation.attempt, spool_path=spool
+        key, run_id, invocation.shard, invocation.attempt, sys.stdout.buffer, spool_path=spool
     )
 
 
@@ -145,7 +117,7 @@ async def run(invocation: WorkerInvocation) -> dict[str, Any]:
     current = asyncio.current_task()
     assert current is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, current.cancel)
-    task = task_from_invocation(invocation)
+    task = build_task(invocation)
     transport = read_object_transport(invocation)
     # the heartbeat (the liveness probe's) beats from the start: a large range downloads for minutes
     heartbeat = asyncio.create_task(beat(invocation.heartbeat)) if invocation.heartbeat else None
@@ -211,14 +183,7 @@ async def _enrich(
     # in proportion to its connections for every request.
     timeout = httpx.Timeout(invocation.request_timeout, connect=CONNECT_TIMEOUT)
     async with HttpLanes(timeout=timeout, headers=headers) as http:
-        client = make_client(
-            invocation.api,
-            http,
-            invocation.llm_url,
-            invocation.model,
-            response_format=invocation.response_format,
-            keep_alive=invocation.keep_alive,
-        )
+        client = make_client(invocation, http)
         engine = Engine(task, client, reader, sink, invocation, checkpoint=checkpoint, log=_log)
         try:
             return await engine.run()

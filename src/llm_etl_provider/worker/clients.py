@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from llm_etl_provider.contract.codes import DeadLetterReason as Reason
-from llm_etl_provider.contract.invocation import ApiStyle, ResponseFormat
+from llm_etl_provider.contract.invocation import ApiStyle, ResponseFormat, WorkerInvocation
 from llm_etl_provider.worker.exceptions import LLMRejectedError, ServerUnavailableError, TransientLLMError
 from llm_etl_provider.worker.http_lanes import HttpLanes
 
@@ -33,7 +33,7 @@ class ChatRequest:
     schema: dict[str, Any]
     schema_name: str
     max_tokens: int
-    temperature: float = 0.0
+    temperature: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +181,7 @@ class OpenAIClient(LLMClient):
         base_url: str,
         model: str,
         *,
-        response_format: ResponseFormat = "json_schema",
+        response_format: ResponseFormat,
     ) -> None:
         super().__init__(http, base_url, model)
         self.response_format = response_format
@@ -246,7 +246,7 @@ class OllamaClient(LLMClient):
         base_url: str,
         model: str,
         *,
-        keep_alive: str = "10m",
+        keep_alive: str,
         options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(http, base_url, model)
@@ -295,18 +295,13 @@ class OllamaClient(LLMClient):
             )
 
 
-def make_client(
-    api: ApiStyle,
-    http: HttpClient,
-    base_url: str,
-    model: str,
-    *,
-    response_format: ResponseFormat = "json_schema",
-    keep_alive: str = "10m",
-) -> LLMClient:
-    """Return the client for an API style."""
-    if api == "openai":
-        return OpenAIClient(http, base_url, model, response_format=response_format)
-    if api == "ollama":
-        return OllamaClient(http, base_url, model, keep_alive=keep_alive)
-    raise ValueError(f"unknown API style {api!r}")
+def make_client(invocation: WorkerInvocation, http: HttpClient) -> LLMClient:
+    """Return the client for the invocation's server (``--api``, ``--llm-url``, ``--model`` and the API's
+    options)."""
+    if invocation.api == "openai":
+        return OpenAIClient(
+            http, invocation.llm_url, invocation.model, response_format=invocation.response_format
+        )
+    if invocation.api == "ollama":
+        return OllamaClient(http, invocation.llm_url, invocation.model, keep_alive=invocation.keep_alive)
+    raise ValueError(f"unknown API style {invocation.api!r}")

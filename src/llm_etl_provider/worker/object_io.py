@@ -239,12 +239,11 @@ class ObjectPartSink(FrameSink):
         key: bytes,
         run_id: str,
         shard: int,
+        attempt: int,
         transport: ObjectTransport | UrlSource,
         http: httpx.Client,
-        *,
-        attempt: int = 1,
     ) -> None:
-        super().__init__(key, run_id, shard, attempt=attempt)
+        super().__init__(key, run_id, shard, attempt)
         self.urls = as_urls(transport)
         self.http = http
         self.parts = 0  # parts written (and so the next part's number)

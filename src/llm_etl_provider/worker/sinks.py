@@ -112,7 +112,7 @@ class FrameSink:
         only from the try it was written by
     """
 
-    def __init__(self, key: bytes, run_id: str, shard: int, *, attempt: int = 1) -> None:
+    def __init__(self, key: bytes, run_id: str, shard: int, attempt: int) -> None:
         self._key = key
         self.run_id = run_id
         self.shard = shard
@@ -154,12 +154,12 @@ class LogFrameSink(FrameSink):
         key: bytes,
         run_id: str,
         shard: int,
+        attempt: int,
         out: IO[bytes],
         *,
-        attempt: int = 1,
         spool_path: Path | None = None,
     ):
-        super().__init__(key, run_id, shard, attempt=attempt)
+        super().__init__(key, run_id, shard, attempt)
         self.out = out
         self.spool_path = spool_path
         self._spool: IO[bytes] | None = None

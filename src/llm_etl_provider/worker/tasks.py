@@ -1,4 +1,9 @@
-"""The task catalogue: each task has a system prompt, a user template over record fields and a JSON schema."""
+"""The task catalogue: each task has a system prompt, a user template over record fields and a JSON schema.
+
+:func:`build_task` reads the task's flags (``--task``, ``--template``, ``--schema`` ...) from the invocation
+itself: a new task flag is declared in :mod:`llm_etl_provider.contract.invocation` and read here, nowhere
+else.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,13 @@ import json
 import string
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-from llm_etl_provider.contract.invocation import DEFAULT_TEMPLATE, TASK_NAMES
+from llm_etl_provider.contract.invocation import DEFAULT_TEMPLATE, TASK_NAMES, WorkerInvocation
 from llm_etl_provider.formats import strict_json
 from llm_etl_provider.worker.exceptions import ConfigurationError, InvalidOutputError, MissingFieldError
 
@@ -164,17 +170,39 @@ def _locate_entities(
     return answer
 
 
-def build_task(
-    name: str,
-    *,
-    template: str | None = None,
-    system_prompt: str | None = None,
-    schema: dict[str, Any] | None = None,
-    categories: Sequence[str] | None = None,
-    entity_types: Sequence[str] | None = None,
-    max_tokens: int | None = None,
-) -> TaskSpec:
-    """Build a task from the catalogue, or a custom one from a system prompt, template and schema."""
+def _load_schema(value: str) -> dict[str, Any]:
+    """``--schema``: inline JSON, or the path of a file that holds it."""
+    text = value
+    if not value.lstrip().startswith("{"):
+        try:
+            text = Path(value).read_text()
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read the schema file {value}: {exc.strerror}") from None
+    try:
+        schema = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigurationError(f"the schema is not JSON: {exc.msg} at line {exc.lineno}") from None
+    if not isinstance(schema, dict):
+        raise ConfigurationError("the schema must be a JSON object")
+    return schema
+
+
+def task_for(name: str, **flags: Any) -> TaskSpec:
+    """The task that ``--task name`` with the task flags ``flags`` (``template="{review}"``) builds, for tools
+    that run no worker (tests, benchmarks, reports): the invocation's paths and server are placeholders."""
+    return build_task(WorkerInvocation(task=name, input=Path(), output="", llm_url="", model="", **flags))
+
+
+def build_task(invocation: WorkerInvocation) -> TaskSpec:
+    """Build the invocation's task: one from the catalogue, or a custom one from its system prompt, template
+    and schema."""
+    name, template, system_prompt = invocation.task, invocation.template, invocation.system_prompt
+    categories, entity_types, max_tokens = (
+        invocation.categories,
+        invocation.entity_types,
+        invocation.max_tokens,
+    )
+    schema = _load_schema(invocation.schema) if invocation.schema else None
     prompt_template = PromptTemplate(template or DEFAULT_TEMPLATE)
     if name != "custom" and schema is not None:
         raise ConfigurationError(f"task {name!r} has a fixed schema; use --task custom to give your own")

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -23,6 +24,7 @@ from llm_etl_provider.contract.invocation import (
     coerce_settings,
     default_of,
     parse_argv,
+    setting_schema,
 )
 
 REQUIRED: dict[str, Any] = {
@@ -134,7 +136,7 @@ def test_required_flags_and_the_defaults_a_bare_invocation_gets():
     [
         (["--concurrency", "0"], "must be at least 1"),
         (["--max-dead-letter-ratio", "1.5"], "must lie between 0 and 1"),
-        (["--checkpoint-every", "x"], "invalid positive_int value"),
+        (["--checkpoint-every", "x"], "invalid int value"),
         (["--api", "grpc"], "invalid choice"),
     ],
 )
@@ -206,7 +208,30 @@ def test_the_worker_command_line_is_the_derived_parser():
     ],
 )
 def test_an_invocation_made_in_code_is_held_to_its_flags_ranges(values, message):
-    """A flag's range is written once, in its parse function: an invocation made without the parser (the
+    """A flag's range is written once, in its declaration: an invocation made without the parser (the
     pod's, a test's, the engine's settings) is refused as the parser would refuse the argv."""
     with pytest.raises(ValueError, match=message):
         WorkerInvocation(**{**REQUIRED, **values})
+
+
+def test_a_settings_schema_is_its_declaration():
+    """A form (the example DAG's Params) takes a setting's type, choices and range from here."""
+    assert setting_schema("max_dead_letter_ratio") == {"type": "number", "minimum": 0, "maximum": 1}
+    assert setting_schema("concurrency") == {"type": ["null", "integer"], "minimum": 1}
+    assert setting_schema("task") == {"type": "string", "enum": list(TASK_NAMES)}
+    assert setting_schema("template") == {"type": ["null", "string"]}
+    with pytest.raises(ValueError, match="'input' is not a worker setting"):
+        setting_schema("input")
+
+
+@pytest.mark.parametrize("name", WORKER_SETTINGS)
+def test_a_settings_schema_takes_its_default_and_refuses_what_the_worker_refuses(name):
+    schema = setting_schema(name)
+    jsonschema.validate(default_of(name), schema)
+    for bound, past in (("minimum", -1), ("maximum", 1)):
+        if bound in schema:
+            value = schema[bound] + past
+            with pytest.raises(jsonschema.ValidationError):
+                jsonschema.validate(value, schema)
+            with pytest.raises(ValueError, match="must"):
+                WorkerInvocation(**{**REQUIRED, name: value})

@@ -12,7 +12,7 @@ import pytest
 from llm_etl_dev.batching_server import BatchingModel, BatchingServer, schema_instance
 from llm_etl_provider.contract.invocation import TASK_NAMES
 from llm_etl_provider.worker.clients import ChatRequest, OpenAIClient
-from llm_etl_provider.worker.tasks import build_task
+from llm_etl_provider.worker.tasks import task_for
 
 CUSTOM_SCHEMA = {
     "type": "object",
@@ -23,8 +23,8 @@ CUSTOM_SCHEMA = {
 
 def task(name: str):
     if name == "custom":
-        return build_task(name, system_prompt="Summarise.", template="{text}", schema=CUSTOM_SCHEMA)
-    return build_task(name, template="{text}")
+        return task_for(name, system_prompt="Summarise.", template="{text}", schema=json.dumps(CUSTOM_SCHEMA))
+    return task_for(name, template="{text}")
 
 
 @pytest.mark.parametrize("name", TASK_NAMES)
@@ -40,11 +40,11 @@ def test_it_serves_max_num_seqs_at_once_and_queues_the_rest_in_order():
 
     async def go() -> list[float]:
         async with httpx.AsyncClient(timeout=30) as http:
-            client = OpenAIClient(http, server.url, server.model_name)
+            client = OpenAIClient(http, server.url, server.model_name, response_format="json_schema")
             started = time.monotonic()
 
             async def one(n: int) -> float:
-                request = ChatRequest(spec.system_prompt, f"text {n}", spec.schema, spec.name, 24)
+                request = ChatRequest(spec.system_prompt, f"text {n}", spec.schema, spec.name, 24, 0.0)
                 completion = await client.complete(request)
                 spec.parse(completion.content, {})
                 assert completion.completion_tokens

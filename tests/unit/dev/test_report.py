@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 
 from llm_etl_dev.report import build_report, label_sets, merge_summaries
-from llm_etl_provider.worker.tasks import build_task
+from llm_etl_provider.worker.tasks import task_for
 
 
 def write_jsonl(path, rows):
@@ -26,7 +26,7 @@ def test_report_counts_labels_agreement_and_dead_letters(tmp_path):
         results,
         dead,
         summary,
-        schema=build_task("sentiment").schema,
+        schema=task_for("sentiment").schema,
         reference={"a": "positive", "b": "negative", "c": "negative"},
     )
     assert "- results: 3" in report
@@ -51,9 +51,9 @@ def test_report_handles_lists_typed_entities_and_flags(tmp_path):
     schema = {
         "type": "object",
         "properties": {
-            **build_task("moderation").schema["properties"],
-            **build_task("entities").schema["properties"],
-            **build_task("tags", categories=["pain", "sleep"]).schema["properties"],
+            **task_for("moderation").schema["properties"],
+            **task_for("entities").schema["properties"],
+            **task_for("tags", categories=("pain", "sleep")).schema["properties"],
         },
     }
     report = build_report(results, tmp_path / "missing.jsonl", {}, schema=schema)

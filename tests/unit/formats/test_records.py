@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from llm_etl_provider.contract.invocation import AUTO_FORMAT
 from llm_etl_provider.formats.exceptions import InputError, InputOverLimit
 from llm_etl_provider.formats.records import InputLimits, RecordReader, detect_format
 
@@ -152,11 +153,11 @@ def test_an_empty_file_has_no_records(tmp_path, name):
 
 
 def test_formats_come_from_the_name_or_the_declaration(tmp_path):
-    assert detect_format(Path("a.jsonl.gz")) == "jsonl"
-    assert detect_format(Path("a.CSV")) == "csv"
+    assert detect_format(Path("a.jsonl.gz"), AUTO_FORMAT) == "jsonl"
+    assert detect_format(Path("a.CSV"), AUTO_FORMAT) == "csv"
     assert detect_format(Path("a.txt"), "csv") == "csv"
     with pytest.raises(InputError, match="--input-format"):
-        detect_format(Path("a.txt"))
+        detect_format(Path("a.txt"), AUTO_FORMAT)
     with pytest.raises(InputError, match="unknown input format"):
         detect_format(Path("a.jsonl"), "xml")
 

@@ -413,6 +413,24 @@ def test_each_shard_carries_the_lines_that_repeat_an_earlier_id(tmp_path, api, f
         assert shard["duplicates"] == len(repeated)
 
 
+@pytest.mark.parametrize(("id_field", "duplicates"), [("uid", 1), ("None", None)])
+def test_the_stage_reads_ids_from_the_workers_id_field(tmp_path, id_field, duplicates):
+    """Records identified by another field than ``id`` were refused by the stage as records without ids,
+    whatever the worker was told; an id field left unset (``None``: an unset Param rendered) is the worker's
+    default."""
+    source = tmp_path / "reviews.jsonl"
+    source.write_text('{"uid": "a"}\n{"uid": "b"}\n{"uid": "a"}\n')
+    op = stage(
+        input_path=str(source), execution_mode="local", local_dir=str(tmp_path / "s"), id_field=id_field
+    )
+    if duplicates is None:
+        with pytest.raises(StagingError, match="missing_id at line 1"):
+            op.execute({"run_id": RUN})
+        return
+    (shard,) = op.execute({"run_id": RUN})
+    assert shard["duplicates"] == duplicates
+
+
 def test_duplicates_travel_with_the_shard_not_in_xcom(tmp_path, api):
     """A file concatenated with itself: every line of the second copy repeats an id. The stage's XCom stays
     small whatever their number (their line numbers once went into XCom and the pod's argv: E2BIG)."""

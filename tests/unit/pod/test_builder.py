@@ -14,8 +14,6 @@ from llm_etl_provider.contract.invocation import (
     default_of,
     name_list,
     parse_argv,
-    positive_int,
-    share,
 )
 from llm_etl_provider.contract.layout import (
     DEFAULT_POD_TIME_LIMIT_SECONDS,
@@ -585,8 +583,7 @@ def test_every_worker_setting_reaches_the_workers_argv_with_no_code_of_its_own()
     """The Airflow half of the settings path: a DAG author's setting goes through :func:`pod_invocation` to
     the worker's argv by its declaration alone (a sample value per parse function, none per setting)."""
     samples = {
-        positive_int: "7",
-        share: "0.25",
+        int: "7",
         float: "0.25",
         concurrency: "3",
         name_list: "a,b",

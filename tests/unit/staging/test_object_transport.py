@@ -62,8 +62,9 @@ def stage(tmp_path, pods=3, store_cidrs=(), memory=WorkerMemory("1Gi", 1 << 30))
     source.write_text("\n".join(lines) + "\n")
     ranges = plan_ranges(source, input_format="jsonl", pods=pods, max_record_bytes=1 << 20)
     validation = validate_input(
-        source, input_format="jsonl", max_record_bytes=1 << 20, limits=InputLimits(1 << 30, 1000),
-        name="s3://bucket/in.jsonl", log=LOG, boundaries=[r.first_line for r in ranges[1:]],
+        source, input_format="jsonl", id_field="id", max_record_bytes=1 << 20,
+        limits=InputLimits(1 << 30, 1000), name="s3://bucket/in.jsonl", log=LOG,
+        boundaries=[r.first_line for r in ranges[1:]],
     )  # fmt: skip
     backend = LocalBackend(str(tmp_path / "s"), dag_id="dag", scope="dag", run_id="r1", log=LOG, plan="p1")
     folder = ObjectStoragePath(f"file://{tmp_path}/out/_transport/p1")

@@ -12,11 +12,11 @@ from llm_etl_provider.staging.validation import FORMAT_PROBE_RECORDS, Validation
 LIMITS = InputLimits(max_bytes=1 << 30, max_records=1_000_000)
 
 
-def validate(path, fmt="jsonl", boundaries=()):
+def validate(path, fmt="jsonl", boundaries=(), id_field="id"):
     log = logging.getLogger("test-validation")
     return validate_input(
-        path, input_format=fmt, max_record_bytes=1 << 20, limits=LIMITS, name="s3://b/in", log=log,
-        boundaries=boundaries,
+        path, input_format=fmt, id_field=id_field, max_record_bytes=1 << 20, limits=LIMITS, name="s3://b/in",
+        log=log, boundaries=boundaries,
     )  # fmt: skip
 
 
@@ -47,4 +47,16 @@ def test_an_input_of_another_format_is_refused_at_the_first_records(tmp_path):
     with pytest.raises(
         StagingError, match=r"^s3://b/in does not look like JSONL: no readable record from line 1"
     ):
+        validate(source)
+
+
+def test_ids_are_those_of_the_workers_id_field(tmp_path):
+    """The stage reads the input as the worker will, with its --id-field: another field than ``id`` is no
+    input of records without ids (refused), and its repeats are the duplicates."""
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"uid": 1}\n{"uid": 2}\n{"uid": 1}\n')
+    assert validate(source, id_field="uid") == Validation(
+        malformed={"duplicate_id": [3]}, duplicates=[3], records=[3]
+    )
+    with pytest.raises(StagingError, match="no readable record from line 1 on \\(missing_id at line 1\\)"):
         validate(source)

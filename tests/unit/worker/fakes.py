@@ -18,14 +18,14 @@ Fault = str  # "500", "503", "400", "reset", "connect", "timeout", "not_json", "
 def worker_flags(**flags: Any) -> WorkerInvocation:
     """An invocation with ``flags`` set, for the engine to read its settings from; its paths and server are
     placeholders (a test hands the engine its reader, sink and client)."""
-    return WorkerInvocation(
-        task="sentiment",
-        input=Path("in.jsonl"),
-        output="out.jsonl",
-        llm_url="http://llm",
-        model="smollm2",
-        **flags,
-    )
+    placeholders: dict[str, Any] = {
+        "task": "sentiment",
+        "input": Path("in.jsonl"),
+        "output": "out.jsonl",
+        "llm_url": "http://llm",
+        "model": "smollm2",
+    }
+    return WorkerInvocation(**{**placeholders, **flags})
 
 
 def default_answer(user: str) -> dict[str, Any]:

@@ -7,11 +7,16 @@ import pytest
 
 from llm_etl_provider.worker.clients import ChatRequest, OllamaClient, OpenAIClient, make_client
 from llm_etl_provider.worker.exceptions import LLMRejectedError, ServerUnavailableError, TransientLLMError
-from tests.unit.worker.fakes import FakeLLMServer
+from tests.unit.worker.fakes import FakeLLMServer, worker_flags
 
 SCHEMA = {"type": "object", "properties": {"sentiment": {"type": "string"}}, "required": ["sentiment"]}
 REQUEST = ChatRequest(
-    system="Classify.", user="great drug", schema=SCHEMA, schema_name="sentiment", max_tokens=16
+    system="Classify.",
+    user="great drug",
+    schema=SCHEMA,
+    schema_name="sentiment",
+    max_tokens=16,
+    temperature=0.0,
 )
 
 
@@ -21,7 +26,7 @@ def run(coro):
 
 async def with_client(server: FakeLLMServer, action, **kwargs):
     async with httpx.AsyncClient(transport=server.transport()) as http:
-        client = make_client(server.api, http, "http://llm:8080/v1/", "smollm2", **kwargs)  # type: ignore[arg-type]
+        client = make_client(worker_flags(api=server.api, llm_url="http://llm:8080/v1/", **kwargs), http)
         return await action(client)
 
 
@@ -115,6 +120,6 @@ def test_parallel_slots_come_from_llama_cpp_props_only():
 
 def test_base_url_accepts_a_trailing_v1():
     http = httpx.AsyncClient()
-    assert OpenAIClient(http, "http://h:1/v1/", "m").base_url == "http://h:1"
-    assert OllamaClient(http, "http://h:11434", "m").base_url == "http://h:11434"
+    assert OpenAIClient(http, "http://h:1/v1/", "m", response_format="json_schema").base_url == "http://h:1"
+    assert OllamaClient(http, "http://h:11434", "m", keep_alive="5m").base_url == "http://h:11434"
     run(http.aclose())

@@ -24,7 +24,7 @@ from llm_etl_provider.worker.exceptions import (
     ServerUnavailableError,
 )
 from llm_etl_provider.worker.sinks import JsonlFileSink, LogFrameSink
-from llm_etl_provider.worker.tasks import build_task
+from llm_etl_provider.worker.tasks import task_for
 from tests.unit.worker.fakes import Crash, FakeLLMServer, crashing, worker_flags
 
 
@@ -56,7 +56,7 @@ def run_engine(
     beside=None,
 ):
     """Run the engine; ``beside``, a coroutine function, runs on the same loop meanwhile."""
-    task = task or build_task("sentiment")
+    task = task or task_for("sentiment")
     logs: list[str] = []
 
     async def go():
@@ -64,7 +64,7 @@ def run_engine(
         async with httpx.AsyncClient(transport=server.transport()) as http:
             engine = Engine(
                 task,
-                make_client(server.api, http, "http://llm", "smollm2"),  # type: ignore[arg-type]
+                make_client(worker_flags(api=server.api), http),
                 RecordReader(input_path),
                 sink_cls(tmp_path / "results.jsonl", tmp_path / "dead.jsonl"),
                 settings or worker_flags(max_attempts=3, progress_interval=0.01),
@@ -329,16 +329,16 @@ def test_progress_lines_carry_counts_never_content(tmp_path):
 
 
 def run_log_engine(tmp_path, server, input_path, out, *, key, crash_after=None, checkpoint=True, attempt=1):
-    task = build_task("sentiment")
+    task = task_for("sentiment")
     Sink = crashing(LogFrameSink, crash_after) if crash_after is not None else LogFrameSink
 
     async def go():
         async with httpx.AsyncClient(transport=server.transport()) as http:
             engine = Engine(
                 task,
-                make_client("openai", http, "http://llm", "smollm2"),
+                make_client(worker_flags(), http),
                 RecordReader(input_path),
-                Sink(key, "run-9", 1, out, attempt=attempt, spool_path=tmp_path / "frames.spool"),
+                Sink(key, "run-9", 1, attempt, out, spool_path=tmp_path / "frames.spool"),
                 worker_flags(checkpoint_every=7, concurrency=3),
                 checkpoint=Checkpoint(
                     tmp_path / "ckpt.json", run_fingerprint(input_path, task.fingerprint, "id")
@@ -433,8 +433,8 @@ def test_only_server_failures_wait_before_a_retry(tmp_path):
     async def go() -> None:
         async with httpx.AsyncClient(transport=server.transport()) as http:
             await Engine(
-                build_task("sentiment"),
-                make_client("openai", http, "http://llm", "smollm2"),
+                task_for("sentiment"),
+                make_client(worker_flags(), http),
                 RecordReader(path),
                 JsonlFileSink(tmp_path / "r.jsonl", tmp_path / "d.jsonl"),
                 worker_flags(progress_interval=60),

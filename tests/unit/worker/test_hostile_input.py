@@ -19,7 +19,7 @@ from llm_etl_provider.worker.clients import make_client
 from llm_etl_provider.worker.engine import Engine
 from llm_etl_provider.worker.exceptions import InvalidOutputError
 from llm_etl_provider.worker.sinks import JsonlFileSink, dump_line
-from llm_etl_provider.worker.tasks import build_task
+from llm_etl_provider.worker.tasks import task_for
 from tests.unit.worker.fakes import FakeLLMServer, worker_flags
 
 CANARY = "CANARY-7f3a"
@@ -66,7 +66,7 @@ def test_nothing_that_is_not_strict_json_is_written():
 )
 def test_an_answer_that_is_not_strict_json_is_invalid_output(answer):
     with pytest.raises(InvalidOutputError, match="not JSON"):
-        build_task("sentiment").parse(answer, {})
+        task_for("sentiment").parse(answer, {})
 
 
 @settings(max_examples=300, deadline=None)
@@ -111,13 +111,13 @@ def test_a_reader_that_dies_ends_the_run_at_once_with_what_was_written_checkpoin
     path = tmp_path / "in.jsonl"
     path.write_text("".join(json.dumps({"id": i, "text": "good"}) + "\n" for i in range(10)))
     server = FakeLLMServer()
-    task = build_task("sentiment")
+    task = task_for("sentiment")
 
     async def go() -> None:
         async with httpx.AsyncClient(transport=server.transport()) as http:
             engine = Engine(
                 task,
-                make_client("openai", http, "http://llm", "m"),
+                make_client(worker_flags(model="m"), http),
                 FailingReader(path),
                 JsonlFileSink(tmp_path / "r.jsonl", tmp_path / "d.jsonl"),
                 worker_flags(concurrency=1, progress_interval=60),
@@ -176,9 +176,9 @@ def run_engine(tmp_path: Path, *, client_wrapper=None, sink=None, transport=None
 
     async def go() -> None:
         async with httpx.AsyncClient(transport=transport or FakeLLMServer().transport()) as http:
-            client = make_client("openai", http, "http://llm", "m")
+            client = make_client(worker_flags(model="m"), http)
             engine = Engine(
-                task or build_task("sentiment"),
+                task or task_for("sentiment"),
                 client_wrapper(client) if client_wrapper else client,
                 reader or RecordReader(path),
                 sink or JsonlFileSink(results, dead),

@@ -35,7 +35,7 @@ from llm_etl_provider.worker.object_io import (
     UrlSource,
     download_input,
 )
-from llm_etl_provider.worker.tasks import build_task
+from llm_etl_provider.worker.tasks import task_for
 from tests.unit.worker.fakes import Crash, FakeLLMServer, crashing, worker_flags
 
 STORE = "http://store.test"
@@ -175,7 +175,7 @@ def test_expired_urls_are_renewed_from_their_file_mid_run(tmp_path, monkeypatch)
     path.write_bytes(first.to_json())
     urls = UrlSource(first, path)
     download_input(urls, tmp_path / "input.jsonl", store.client())
-    sink = ObjectPartSink(new_key(), "run", 0, urls, store.client())
+    sink = ObjectPartSink(new_key(), "run", 0, 1, urls, store.client())
     sink.open(None)
     store.valid_from = 2  # the credentials that signed generation 1 ended
 
@@ -214,7 +214,7 @@ def test_a_store_that_ignores_range_is_refused(tmp_path):
 def run(
     tmp_path: Path, store: MemoryStore, document: ObjectTransport, key: bytes, *, attempt=1, crash_after=None
 ):
-    task = build_task("sentiment")
+    task = task_for("sentiment")
     local = tmp_path / f"input-{attempt}.jsonl"
     http_store = store.client()
     download_input(document, local, http_store)
@@ -227,9 +227,9 @@ def run(
         async with httpx.AsyncClient(transport=server.transport()) as http:
             engine = Engine(
                 task,
-                make_client("openai", http, "http://llm", "smollm2"),
+                make_client(worker_flags(), http),
                 RecordReader(local),
-                Sink(key, "run-7", 2, document, http_store, attempt=attempt),
+                Sink(key, "run-7", 2, attempt, document, http_store),
                 worker_flags(checkpoint_every=document.part_records, concurrency=3),
                 checkpoint=RemoteCheckpoint(document, http_store, fingerprint),
                 log=lambda _: None,

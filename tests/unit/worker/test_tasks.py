@@ -6,7 +6,7 @@ import pytest
 
 from llm_etl_provider.contract.invocation import TASK_NAMES
 from llm_etl_provider.worker.exceptions import ConfigurationError, InvalidOutputError, MissingFieldError
-from llm_etl_provider.worker.tasks import PromptTemplate, build_task
+from llm_etl_provider.worker.tasks import PromptTemplate, task_for
 
 CUSTOM_SCHEMA = {
     "type": "object",
@@ -39,14 +39,14 @@ def test_templates_that_reach_into_objects_or_use_no_field_are_refused(template)
 
 @pytest.mark.parametrize("name", [n for n in TASK_NAMES if n != "custom"])
 def test_catalogue_tasks_have_valid_object_schemas(name):
-    task = build_task(name, template="{review}")
+    task = task_for(name, template="{review}")
     assert task.schema["type"] == "object"
     assert task.system_prompt
     assert task.max_tokens > 0
 
 
 def test_sentiment_accepts_its_labels_and_rejects_others_without_echoing_them():
-    task = build_task("sentiment")
+    task = task_for("sentiment")
     assert task.parse('{"sentiment": "neutral"}', {}) == {"sentiment": "neutral"}
     with pytest.raises(InvalidOutputError) as info:
         task.parse('{"sentiment": "CANARY-ecstatic"}', {})
@@ -56,11 +56,11 @@ def test_sentiment_accepts_its_labels_and_rejects_others_without_echoing_them():
 
 def test_answers_that_are_not_json_are_invalid():
     with pytest.raises(InvalidOutputError, match="not JSON"):
-        build_task("sentiment").parse('{"sentiment": "posi', {})
+        task_for("sentiment").parse('{"sentiment": "posi', {})
 
 
 def test_tags_are_limited_to_the_given_categories():
-    task = build_task("tags", categories=["pain", "sleep", "pain", " "])
+    task = task_for("tags", categories=("pain", "sleep", "pain", " "))
     assert task.schema["properties"]["tags"]["items"]["enum"] == ["pain", "sleep"]
     assert "pain, sleep" in task.system_prompt
     with pytest.raises(InvalidOutputError, match=r"\$\.tags\[0\]"):
@@ -68,7 +68,7 @@ def test_tags_are_limited_to_the_given_categories():
 
 
 def test_entities_get_spans_in_the_source_text_or_null_when_invented():
-    task = build_task("entities", template="{review}")
+    task = task_for("entities", template="{review}")
     answer = task.parse(
         json.dumps(
             {"entities": [{"text": "Ibuprofen", "type": "drug"}, {"text": "aspirin", "type": "drug"}]}
@@ -81,8 +81,8 @@ def test_entities_get_spans_in_the_source_text_or_null_when_invented():
 
 def test_custom_task_needs_prompt_template_and_schema():
     with pytest.raises(ConfigurationError, match="--system-prompt, --template and --schema"):
-        build_task("custom", template="{text}", schema=CUSTOM_SCHEMA)
-    task = build_task("custom", template="{text}", system_prompt="Summarise.", schema=CUSTOM_SCHEMA)
+        task_for("custom", template="{text}", schema=json.dumps(CUSTOM_SCHEMA))
+    task = task_for("custom", template="{text}", system_prompt="Summarise.", schema=json.dumps(CUSTOM_SCHEMA))
     assert task.parse('{"summary": "short"}', {}) == {"summary": "short"}
 
 
@@ -95,42 +95,56 @@ def test_custom_task_needs_prompt_template_and_schema():
 )
 def test_custom_schemas_are_checked(schema, message):
     with pytest.raises(ConfigurationError, match=message):
-        build_task("custom", template="{text}", system_prompt="x", schema=schema)
+        task_for("custom", template="{text}", system_prompt="x", schema=json.dumps(schema))
 
 
 def test_catalogue_tasks_refuse_a_schema_and_unknown_tasks_are_named():
     with pytest.raises(ConfigurationError, match="fixed schema"):
-        build_task("sentiment", schema=CUSTOM_SCHEMA)
-    with pytest.raises(ConfigurationError, match="unknown task 'summarise'"):
-        build_task("summarise")
+        task_for("sentiment", schema=json.dumps(CUSTOM_SCHEMA))
+    with pytest.raises(ValueError, match=r"--task must be one of sentiment, .*, not 'summarise'"):
+        task_for("summarise")
 
 
 def test_fingerprint_changes_with_what_decides_the_output():
-    base = build_task("tags", template="{review}")
-    assert base.fingerprint == build_task("tags", template="{review}").fingerprint
-    assert base.fingerprint != build_task("tags", template="{text}").fingerprint
-    assert base.fingerprint != build_task("tags", template="{review}", categories=["a"]).fingerprint
+    base = task_for("tags", template="{review}")
+    assert base.fingerprint == task_for("tags", template="{review}").fingerprint
+    assert base.fingerprint != task_for("tags", template="{text}").fingerprint
+    assert base.fingerprint != task_for("tags", template="{review}", categories=("a",)).fingerprint
 
 
 def test_repeats_in_set_valued_fields_are_dropped_before_validation():
-    task = build_task("tags", categories=["pain", "sleep"])
+    task = task_for("tags", categories=("pain", "sleep"))
     assert task.parse('{"tags": ["pain", "sleep", "pain", "pain"]}', {}) == {"tags": ["pain", "sleep"]}
-    nested = build_task(
+    nested = task_for(
         "custom",
         template="{text}",
         system_prompt="x",
-        schema={
-            "type": "object",
-            "properties": {
-                "groups": {
-                    "type": "array",
-                    "items": {"type": "array", "items": {"type": "integer"}, "uniqueItems": True},
+        schema=json.dumps(
+            {
+                "type": "object",
+                "properties": {
+                    "groups": {
+                        "type": "array",
+                        "items": {"type": "array", "items": {"type": "integer"}, "uniqueItems": True},
+                    },
+                    "plain": {"type": "array"},
                 },
-                "plain": {"type": "array"},
-            },
-        },
+            }
+        ),
     )
     assert nested.parse('{"groups": [[1, 1, 2]], "plain": [1, 1]}', {}) == {
         "groups": [[1, 2]],
         "plain": [1, 1],
     }
+
+
+def test_a_custom_schema_is_inline_json_or_a_file(tmp_path):
+    path = tmp_path / "schema.json"
+    path.write_text(json.dumps(CUSTOM_SCHEMA))
+    task = task_for("custom", template="{text}", system_prompt="Summarise.", schema=str(path))
+    assert task.schema == CUSTOM_SCHEMA
+    with pytest.raises(ConfigurationError, match="cannot read the schema file"):
+        task_for("custom", template="{text}", system_prompt="x", schema=str(tmp_path / "absent.json"))
+    path.write_text("[1]")
+    with pytest.raises(ConfigurationError, match="must be a JSON object"):
+        task_for("custom", template="{text}", system_prompt="x", schema=str(path))
