@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import ObjectStoragePath
@@ -89,6 +89,11 @@ class ExtractResultsOperator(RunStepOperator):
             )
         except TransportError as exc:
             raise FrameStreamRejectedError(f"shard {shard.index}: nothing was published: {exc}") from None
+        finally:
+            # a stream refused part way holds its HTTP response open: closed now, not whenever the garbage
+            # collector meets the failed task's traceback (which may free the socket first)
+            if isinstance(source.lines, Generator):
+                source.lines.close()
         self.log.info(
             "shard %d: published %d results and %d dead letters to %s",
             shard.index, manifest["results"], manifest["dead_letters"], destination,
