@@ -21,7 +21,7 @@ def _matches(labels: dict[str, str], selector: str) -> bool:
 
 
 class LogResponse:
-    """urllib3's HTTPResponse as a streamed pod log: chunks of odd sizes, or lines; closed and released."""
+    """urllib3's HTTPResponse as a streamed pod log: chunks of odd sizes; closed and released."""
 
     def __init__(self, data: bytes, chunk: int = 333) -> None:
         self.data, self.chunk = data, chunk
@@ -30,9 +30,6 @@ class LogResponse:
     def stream(self, amount: int) -> Any:
         for start in range(0, len(self.data), self.chunk):
             yield self.data[start : start + self.chunk]
-
-    def __iter__(self) -> Any:
-        return iter(self.data.splitlines(keepends=True))
 
     def release_conn(self) -> None:
         self.released = True

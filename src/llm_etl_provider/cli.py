@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from llm_etl_provider.backends import EXAMPLE_NAMESPACE
@@ -40,7 +40,7 @@ def _extract(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.namespace:
-        lines = pod_log_lines(args.source, args.namespace, container=args.container)
+        lines: Iterator[bytes] = pod_log_lines(args.source, args.namespace, container=args.container)
         source = f"pod {args.namespace}/{args.source} container {args.container}"
     else:
         path = Path(args.source)

@@ -7,6 +7,7 @@ task's, the trigger's, the DAG's callbacks): it would copy the frames too.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import math
 import re
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llm_etl_provider.transport.frames import carries_frame
+from llm_etl_provider.transport.sources import pod_log_lines
 
 # how far back each read starts before the last line seen: the node's clock and this one may differ
 CLOCK_SLACK_SECONDS = 60
@@ -58,24 +60,22 @@ class ProgressReader:
         if self.last is not None:
             age = datetime.datetime.now(tz=datetime.UTC) - self.last[0]
             since = max(1, math.ceil(age.total_seconds()) + CLOCK_SLACK_SECONDS)
-        response = self.core_api.read_namespaced_pod_log(
+        lines = pod_log_lines(
             self.pod,
             self.namespace,
             container=self.container,
-            follow=follow,
+            core_api=self.core_api,
             timestamps=True,
             since_seconds=since,
-            _preload_content=False,
-            _request_timeout=FOLLOW_READ_TIMEOUT if follow else None,
+            follow=follow,
+            request_timeout=FOLLOW_READ_TIMEOUT if follow else None,
         )
-        try:
-            for raw in response:  # line by line, as the API server sends them
+        # closed at once, also when a handler raises: the response holds a connection
+        with contextlib.closing(lines):
+            for raw in lines:  # a line too long to read whole comes in pieces, which carry no time
                 parsed = timestamped_message(raw.decode("utf-8", errors="backslashreplace"))
                 if parsed is None or (self.last is not None and parsed[0] <= self.last):
                     continue
                 self.last, message = parsed
                 if message and not carries_frame(message):
                     self.on_line(message, self.last[0])
-        finally:
-            response.close()
-            response.release_conn()

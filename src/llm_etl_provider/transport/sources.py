@@ -7,7 +7,7 @@ pieces, which the reader then rejects if they carry the frame magic or skips if 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,13 +55,21 @@ def pod_log_lines(
     container: str = WORKER_CONTAINER,
     core_api: Any = None,
     chunk_bytes: int = 1 << 16,
-) -> Iterator[bytes]:
+    timestamps: bool = False,
+    since_seconds: int | None = None,
+    follow: bool = False,
+    request_timeout: float | None = None,
+) -> Generator[bytes, None, None]:
     """Stream a container's log through the Kubernetes API, without loading it whole.
 
     :param pod: the pod's name
     :param namespace: its namespace
     :param container: the container whose log holds the frames
     :param core_api: a ``kubernetes.client.CoreV1Api``; default: one from the kubeconfig or in-cluster config
+    :param timestamps: each line begins with the time the kubelet received it (RFC 3339)
+    :param since_seconds: only the lines of the last seconds
+    :param follow: and the lines written from now on, until the container ends
+    :param request_timeout: seconds the request may take (a followed log: in silence)
     """
     if core_api is None:
         from kubernetes import client, config
@@ -72,7 +80,14 @@ def pod_log_lines(
             config.load_kube_config()
         core_api = client.CoreV1Api()
     response = core_api.read_namespaced_pod_log(
-        pod, namespace, container=container, follow=False, _preload_content=False
+        pod,
+        namespace,
+        container=container,
+        follow=follow,
+        timestamps=timestamps,
+        since_seconds=since_seconds,
+        _preload_content=False,
+        _request_timeout=request_timeout,
     )
     try:
         yield from split_lines(response.stream(chunk_bytes))
