@@ -12,6 +12,7 @@ from pathlib import Path
 from llm_etl_provider.backends import EXAMPLE_NAMESPACE
 from llm_etl_provider.contract.invocation import DEFAULT_TEMPLATE, TASK_NAMES, default_of
 from llm_etl_provider.contract.layout import WORKER_CONTAINER
+from llm_etl_provider.pod.rbac import SERVICE_ACCOUNT_NAME
 from llm_etl_provider.worker.pod_commands import add_pod_commands
 
 
@@ -142,12 +143,19 @@ def _render_pod(args: argparse.Namespace) -> int:
     return 0
 
 
-def _render_role(args: argparse.Namespace) -> int:
+def _render_rbac(args: argparse.Namespace) -> int:
     import yaml
 
-    from llm_etl_provider.pod.rbac import airflow_role
+    from llm_etl_provider.pod.rbac import rbac_manifests
 
-    print(yaml.safe_dump(airflow_role(args.namespace), sort_keys=False), end="")
+    documents = rbac_manifests(
+        args.namespace,
+        service_accounts=args.service_account or (SERVICE_ACCOUNT_NAME,),
+        service_account_namespace=args.service_account_namespace,
+        users=args.user or (),
+        groups=args.group or (),
+    )
+    print(yaml.safe_dump_all(documents, sort_keys=False), end="")
     return 0
 
 
@@ -216,11 +224,29 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--namespace", default=EXAMPLE_NAMESPACE)
     render.set_defaults(handler=_render_pod)
 
-    role = commands.add_parser(
-        "render-role", help="print the Role that Airflow's Kubernetes identity needs in the run namespace"
+    rbac = commands.add_parser(
+        "render-rbac",
+        help="print the run namespace (restricted Pod Security), Airflow's ServiceAccount, the Role it needs "
+        "there and their RoleBinding as YAML, for `kubectl apply -f -`",
     )
-    role.add_argument("--namespace", default=EXAMPLE_NAMESPACE)
-    role.set_defaults(handler=_render_role)
+    rbac.add_argument(
+        "--namespace", default=EXAMPLE_NAMESPACE, help="the run namespace (default: %(default)s)"
+    )
+    rbac.add_argument(
+        "--service-account", action="append", metavar="NAME",
+        help="bind Airflow's ServiceAccount NAME, its workers' and triggerer's; repeat for each (default: "
+        f"{SERVICE_ACCOUNT_NAME}, rendered in the run namespace)",
+    )  # fmt: skip
+    rbac.add_argument(
+        "--service-account-namespace", metavar="NS",
+        help="the ServiceAccounts live in NS, Airflow's namespace, made by its deployment (the Helm chart's "
+        "<release>-worker and <release>-triggerer): bound, not rendered",
+    )  # fmt: skip
+    rbac.add_argument(
+        "--user", action="append", metavar="NAME", help="also bind this user (an Airflow outside the cluster)"
+    )
+    rbac.add_argument("--group", action="append", metavar="NAME", help="also bind this group")
+    rbac.set_defaults(handler=_render_rbac)
 
     return parser
 

@@ -6,10 +6,13 @@ kube-controller-manager, kube-scheduler and the node of :mod:`llm_etl_dev.cluste
 (kubelet, containerd with runc and a CNI bridge, running the pod's own images loaded from OCI archives), the
 volume provisioner of :mod:`llm_etl_dev.cluster.provisioner` (the default StorageClass), and an S3
 server (SeaweedFS, built by ``scripts/build-seaweedfs.sh``; :mod:`llm_etl_dev.object_store`) with a
-bucket ``llm-etl``. It prepares the run namespace: labelled to enforce the restricted Pod Security Standard,
-with the Role of :mod:`llm_etl_provider.pod.rbac` bound to the ``airflow`` identity and the ``llm-etl-models``
-claim bound to a read-only volume of the bundled model. ``down()`` stops them in reverse order and leaves no
-process, mount, network namespace or cgroup behind. It needs root (containerd, runc, the bridge).
+bucket ``llm-etl``. It prepares the run namespace with the objects of :mod:`llm_etl_provider.pod.rbac`,
+as ``llm-etl render-rbac --user llm-etl-airflow`` prints them (the namespace enforcing the restricted Pod
+Security Standard, the Role bound to the ``airflow`` identity), and the ``llm-etl-models`` claim bound to a
+read-only volume of the bundled model. ``down()`` stops them in reverse order and leaves no process, mount,
+network namespace or cgroup behind. It needs root (containerd, runc, the bridge); ``up(node=False)`` does
+not: it starts etcd and kube-apiserver alone, the namespace prepared, in seconds, for what the API server
+alone decides (authorization, admission).
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from llm_etl_dev.object_store import S3Account, create_bucket, find_weed, seawee
 from llm_etl_dev.processes import pid_alive, stop_process
 from llm_etl_provider.backends import EXAMPLE_NAMESPACE
 from llm_etl_provider.backends.llama_server import bundled_model, free_port
-from llm_etl_provider.pod.rbac import ROLE_NAME, airflow_role
+from llm_etl_provider.pod.rbac import rbac_manifests
 
 KUBE_BIN_ENV = "LLM_ETL_KUBE_BIN"
 NAMESPACE = EXAMPLE_NAMESPACE
@@ -64,15 +67,20 @@ class DevClusterError(RuntimeError):
     """The development cluster could not start or stop; the message says why and where its logs are."""
 
 
-def airflow_role_binding(namespace: str) -> dict[str, Any]:
-    """The RoleBinding of the provider's Role (``llm-etl render-role``) to the ``airflow`` identity."""
-    return {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "RoleBinding",
-        "metadata": {"name": ROLE_NAME, "namespace": namespace},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": ROLE_NAME},
-        "subjects": [{"kind": "User", "name": AIRFLOW_USER, "apiGroup": "rbac.authorization.k8s.io"}],
-    }
+def airflow_rbac(namespace: str) -> list[dict[str, Any]]:
+    """What ``llm-etl render-rbac --namespace NAMESPACE --user llm-etl-airflow`` prints: the namespace, the
+    provider's Role and its binding to the ``airflow`` identity (and the ServiceAccount a user would get)."""
+    return rbac_manifests(namespace, users=(AIRFLOW_USER,))
+
+
+def collection_path(manifest: dict[str, Any]) -> str:
+    """The API path of the collection of ``manifest``, an object of a kind whose plural is its name in lower
+    case with an ``s`` (Namespace, ServiceAccount, Role, RoleBinding)."""
+    group_version = manifest["apiVersion"]
+    prefix = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
+    namespace = manifest["metadata"].get("namespace")
+    scope = f"/namespaces/{namespace}" if namespace else ""
+    return f"{prefix}{scope}/{manifest['kind'].lower()}s"
 
 
 def find_kube_binaries() -> Path:
@@ -130,7 +138,9 @@ class DevCluster:
 
     def s3(self) -> S3Account:
         """The S3 server's endpoint and its one account."""
-        return S3Account(**self._recorded()["s3"])
+        if (account := self._recorded()["s3"]) is None:
+            raise DevClusterError(f"the development cluster in {self.state} was started without its node")
+        return S3Account(**account)
 
     def admin(self) -> KubeApi:
         """A client with the cluster-admin identity (close it after use)."""
@@ -156,28 +166,30 @@ class DevCluster:
 
     # -- up ------------------------------------------------------------------------------------------
 
-    def up(self) -> None:
-        """Start everything and return once the API answers, the namespace is ready and the node is Ready."""
+    def up(self, *, node: bool = True) -> None:
+        """Start everything and return once the API answers, the namespace is ready and the node is Ready;
+        ``node=False``: etcd and kube-apiserver only (no node, controllers nor S3 server)."""
         if self._state_file.exists():
             if self.is_up():
                 return
             self.down()
         binaries = find_kube_binaries()
-        weed = find_weed()
+        weed = find_weed() if node else None
         for folder in (self.pki, self.state / "etcd", self.node_root, self.volume_root, self.object_root):
             shutil.rmtree(folder, ignore_errors=True)
         self.logs.mkdir(parents=True, exist_ok=True)
         ports = {name: free_port() for name in ("etcd", "etcd-peer", "apiserver", "kubelet")}
         server = f"https://127.0.0.1:{ports['apiserver']}"
         # pods have network namespaces of their own: they reach the store on the node's address
-        address = node_address()
-        weed_argv, account = seaweedfs_command(weed, self.object_root, address)
+        address = node_address() if node else "127.0.0.1"
+        weed_argv, account = seaweedfs_command(weed, self.object_root, address) if weed else ([], None)
         pids: dict[str, int] = {}
         self._write_state(server, pids, account)
         try:
-            # the S3 server starts first: its gateway takes a few seconds, the API server's start overlaps
-            pids["s3"] = self._spawn("seaweedfs", weed_argv)
-            self._write_state(server, pids, account)
+            if account is not None:
+                # the S3 server starts first: its gateway takes a few seconds, the API server's start overlaps
+                pids["s3"] = self._spawn("seaweedfs", weed_argv)
+                self._write_state(server, pids, account)
             self._certificates()
             pids["etcd"] = self._spawn("etcd", [str(binaries / "etcd"), *self._etcd_flags(ports)])
             self._write_state(server, pids, account)
@@ -191,13 +203,15 @@ class DevCluster:
                 self._wait("kube-apiserver", admin.healthy, pids["kube-apiserver"])
                 self._write_kubeconfigs(server)
                 self._prepare_namespace(admin)
-                self._start_node(admin, server, binaries, (address, ports["kubelet"]), pids, account)
-            create_bucket(account, lambda: pid_alive(pids["s3"]), self.logs / "seaweedfs.log")
+                if account is not None:
+                    self._start_node(admin, server, binaries, (address, ports["kubelet"]), pids, account)
+            if account is not None:
+                create_bucket(account, lambda: pid_alive(pids["s3"]), self.logs / "seaweedfs.log")
         except BaseException:
             self.down()
             raise
 
-    def _write_state(self, server: str, pids: dict[str, int], account: S3Account) -> None:
+    def _write_state(self, server: str, pids: dict[str, int], account: S3Account | None) -> None:
         self._state_file.touch(mode=0o600)  # it holds the S3 account's secret
         self._state_file.write_text(
             json.dumps(
@@ -205,7 +219,7 @@ class DevCluster:
                     "server": server,
                     "namespace": self.namespace,
                     "pids": pids,
-                    "s3": dataclasses.asdict(account),
+                    "s3": dataclasses.asdict(account) if account else None,
                     "netns_before": sorted(self._netns_before),
                 }
             )
@@ -412,27 +426,12 @@ class DevCluster:
 
     def _prepare_namespace(self, admin: KubeApi) -> None:
         namespace = self.namespace
-        admin.ensure(
-            "/api/v1/namespaces",
-            {
-                "apiVersion": "v1",
-                "kind": "Namespace",
-                "metadata": {
-                    "name": namespace,
-                    "labels": {
-                        "pod-security.kubernetes.io/enforce": "restricted",
-                        "pod-security.kubernetes.io/enforce-version": "latest",
-                    },
-                },
-            },
-        )
+        for manifest in airflow_rbac(namespace):
+            admin.ensure(collection_path(manifest), manifest)
         base = f"/api/v1/namespaces/{namespace}"
         # made now, not seconds later by kube-controller-manager (which starts after): a pod naming a
         # ServiceAccount that does not exist yet is refused
         admin.ensure(base + "/serviceaccounts", {"metadata": {"name": "default"}})
-        rbac = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}"
-        admin.ensure(rbac + "/roles", airflow_role(namespace))
-        admin.ensure(rbac + "/rolebindings", airflow_role_binding(namespace))
         models: dict[str, Any] = {
             "metadata": {"name": MODEL_CLAIM},
             "spec": {
