@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from llm_etl_provider.worker.stats import LatencyHistogram
+from llm_etl_provider.contract.summary import LatencyHistogram
 
 
 def _lines(paths: Path | Sequence[Path]) -> Iterator[dict[str, Any]]:
