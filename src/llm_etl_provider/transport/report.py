@@ -435,7 +435,8 @@ def _throughput_section(facts: RunFacts) -> str:
     if not drawn:
         body = [_p("The shards' summaries hold no progress series (written by workers before this report).")]
         return _section("throughput", "Throughput over time", body)
-    lines = [("run (all shards)", _total(list(drawn.values())))]
+    # the run's total where there are several shards, each shard's line where they are few enough to read
+    lines = [("run (all shards)", _total(list(drawn.values())))] if len(drawn) > 1 else []
     if len(drawn) <= MAX_LINES:
         lines += [(f"shard {index}", _steps(segments)) for index, segments in drawn.items()]
     body = [
