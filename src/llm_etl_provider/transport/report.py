@@ -492,8 +492,8 @@ def _resources_section(facts: RunFacts) -> str:
     ]
     body: list[str] = []
     if not timed:
-        body.append(_p("No pod ran for this run (local execution): no GPU-seconds or model-load times; "
-                       "the worker's seconds per shard instead.", "note"))  # fmt: skip
+        body.append(_p("No pod timings: no pod ran (local execution), or none was left when the run was "
+                       "published. The workers' seconds per shard instead.", "note"))  # fmt: skip
         worked = [(f"shard {e['shard']}", e.get("worker_seconds") or 0) for e in entries]
         body += _bars("Worker seconds per shard", worked, name="worker seconds", unit=" s")
         return _section("resources", "GPU-seconds and model load", body)

@@ -268,7 +268,7 @@ def test_a_tags_run_without_a_label_column(tmp_path):
     assert page.sections["agreement"]["svg"] == 0
     assert "0 dead letters." in page.words("dead-letters")
     # local execution: no pods, so the workers' seconds instead of GPU-seconds
-    assert "No pod ran" in page.words("resources")
+    assert "no pod ran (local execution)" in page.words("resources")
     assert page.sections["resources"]["svg"] == 1
 
 
