@@ -216,6 +216,12 @@ PARAMS: dict[str, Param] = {
         title="Output JSON schema (custom task)",
         description="The JSON schema every answer must match; empty for the other tasks",
     ),
+    "label_field": worker_param(
+        "label_field",
+        title="Label column",
+        description="An input field holding a known label (the example data's rating_label): the run's "
+        "report shows how often the model agrees with it. Empty: none",
+    ),
 }
 
 
@@ -245,6 +251,7 @@ def llm_enrichment() -> None:
         pods="{{ params.pods }}",
         max_record_bytes="{{ params.record_bytes }}",
         max_dead_letter_ratio="{{ params.max_dead_letter_ratio }}",
+        label_field="{{ params.label_field }}",
         namespace=NAMESPACE,
         execution_mode=EXECUTION_MODE,
         local_dir=LOCAL_DIR,

@@ -1,4 +1,5 @@
-"""The demo: the example DAG in local execution mode, run with ``dag.test()``, then a readable report.
+"""The demo: the example DAG in local execution mode, run with ``dag.test()``, then a short summary and the
+run's report (``report.html``, which the run's publishing writes beside its manifest).
 
 stage → enrich (the bundled SmolLM2 served by llama.cpp's server, the worker writing sealed frames) → extract
 (verified, published under the output folder) → cleanup, on the drug-review sample. Airflow keeps its home and
@@ -14,14 +15,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from llm_etl_dev.report import build_report, merge_summaries
+from upath import UPath
+
 from llm_etl_provider.backends import LOCAL_MODE
 from llm_etl_provider.contract.layout import run_output_folder, run_scope
-from llm_etl_provider.worker.tasks import task_for
+from llm_etl_provider.transport import report
 
 SAMPLE = Path("examples/drug_reviews_sample.jsonl")
 DAG_FILE = Path("dags/llm_enrichment.py")
 DEMO_TASK = "sentiment"
+LABEL_FIELD = "rating_label"  # the sample's own label, which the report's agreement compares with
 
 
 def _prepare_airflow(output: Path) -> None:
@@ -50,7 +53,8 @@ def _load_dag() -> Any:
 
 
 def run_demo(output: Path, *, input_path: Path = SAMPLE, limit: int | None = None) -> int:
-    """Run the example DAG locally over ``input_path``; print and write the report; return an exit code."""
+    """Run the example DAG locally over ``input_path``; print a summary and where the run's report is;
+    return an exit code."""
     if not input_path.is_file() or not DAG_FILE.is_file():
         print(
             "error: run the demo from the repository root (examples/ and dags/ are needed)", file=sys.stderr
@@ -75,6 +79,7 @@ def run_demo(output: Path, *, input_path: Path = SAMPLE, limit: int | None = Non
             "model": "smollm2",
             "template": "{review}",
             "task": DEMO_TASK,
+            "label_field": LABEL_FIELD,
         }
     )
     if run.state != "success":
@@ -82,21 +87,33 @@ def run_demo(output: Path, *, input_path: Path = SAMPLE, limit: int | None = Non
         return 1
     # the task group's id is the DAG's default, llm_enrichment
     run_dir = published / run_output_folder(run_scope(dag.dag_id, "llm_enrichment"), run.run_id)
-    shards = sorted(run_dir.glob("shard-*"))
-    manifests = [json.loads((shard / "manifest.json").read_text()) for shard in shards]
-    reference = {}
-    with input_path.open(encoding="utf-8") as handle:
-        for line in handle:
-            record = json.loads(line)
-            reference[record["id"]] = record.get("rating_label")
-    report = build_report(
-        [shard / "results.jsonl" for shard in shards],
-        [shard / "dead_letter.jsonl" for shard in shards],
-        merge_summaries([m["worker_summary"] for m in manifests]),
-        schema=task_for(DEMO_TASK).schema,
-        reference=reference,
-    )
-    (run_dir / "report.md").write_text(report)
-    print(report)
-    print(f"published: {run_dir}/ (shard-*/: results, dead letters, manifest, _SUCCESS; report.md)")
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    print("\n".join(summary_lines(manifest, run_dir)))
+    print(f"published: {run_dir}/ (shard-*/: results, dead letters, manifest, _SUCCESS)")
+    print(f"report: {(run_dir / manifest['report']).resolve().as_uri()}")
     return 0
+
+
+def summary_lines(manifest: dict[str, Any], run_dir: Path) -> list[str]:
+    """A few lines on the run published in ``run_dir`` (its ``manifest``), from what its report reads."""
+    facts = report.collect(manifest, UPath(run_dir))
+    totals = report.merge_summaries(list(facts.summaries.values()))
+    lines = [
+        f"run {manifest['run_id']} {manifest['state']}: {manifest['records']} records, {manifest['results']} "
+        f"results, {manifest['dead_letters']} dead letters, {len(manifest['shards'])} shards",
+        f"throughput: {totals['records_per_s']} records/s, {totals['tokens_per_s']} tokens/s over "
+        f"{totals['elapsed_s']} s",
+    ]
+    latency = facts.latency
+    if latency.count:
+        lines.append(
+            "latency: "
+            + ", ".join(f"p{round(q * 100)} {latency.percentile(q) or 0:.3f} s" for q in report.PERCENTILES)
+        )
+    agreement = facts.agreement
+    if agreement is not None and agreement.compared:
+        lines.append(
+            f"agreement of {agreement.output_field} with {facts.label_field}: {agreement.agreed} of "
+            f"{agreement.compared} ({agreement.agreed / agreement.compared:.1%})"
+        )
+    return lines

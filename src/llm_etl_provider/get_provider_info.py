@@ -37,6 +37,7 @@ def get_provider_info() -> dict[str, Any]:
         "triggers": [
             {"integration-name": "LLM ETL", "python-modules": ["llm_etl_provider.triggers.pod"]},
         ],
+        "extra-links": ["llm_etl_provider.operators.publish.RunReportLink"],
         "connection-types": [
             {
                 "connection-type": "llm_etl",

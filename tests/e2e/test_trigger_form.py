@@ -1,6 +1,7 @@
 """The example DAG's trigger form in Airflow's own UI, in headless Chromium (Debian's, driven by Playwright):
 every Param shows its title and description, none that the execution mode ignores is offered, and a run
-triggered from the form succeeds."""
+triggered from the form succeeds, its publish task links the run's report (the extra link "Run report", as
+the REST API serves it), and the report renders its charts in the browser."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 DAG_ID = "llm_enrichment"
+PUBLISH_TASK = "llm_enrichment.publish"  # in the example's task group
 
 
 @pytest.fixture(scope="module")
@@ -95,10 +97,11 @@ def test_every_param_shows_its_title_and_description_and_none_is_offered_in_vain
     assert "LLM server" not in shown
 
 
-def test_a_run_triggered_from_the_form_succeeds(local_airflow, page):
+def test_a_run_triggered_from_the_form_succeeds_and_links_its_report(local_airflow, page, tmp_path):
     airflow, root = local_airflow
     output = root / "out"
     page.locator("#element_output_path").fill(str(output))  # what a user types
+    page.locator("#element_label_field").fill("rating_label")  # the sample's own label: the agreement
     before = {run["dag_run_id"] for run in airflow.api("GET", f"/dags/{DAG_ID}/dagRuns")["dag_runs"]}
     page.get_by_role("dialog").get_by_role("button", name="Trigger").click()
 
@@ -108,6 +111,7 @@ def test_a_run_triggered_from_the_form_succeeds(local_airflow, page):
 
     run = airflow.wait_for(new_run, 60, "the run triggered from the form")
     assert run["conf"]["output_path"] == str(output)
+    assert run["conf"]["label_field"] == "rating_label"
     run_id = run["dag_run_id"]
     state = airflow.wait_for(
         lambda: (s := airflow.dag_run_state(DAG_ID, run_id)) in ("success", "failed") and s, 600, "the run"
@@ -118,3 +122,33 @@ def test_a_run_triggered_from_the_form_succeeds(local_airflow, page):
     assert manifest["state"] == "succeeded"
     assert manifest["records"] == 4
     assert (published / "_SUCCESS").exists()
+    assert manifest["report"] == "report.html"
+
+    # the publish task's extra link, as the UI gets it: Airflow's API server reads what the task pushed
+    links = airflow.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{PUBLISH_TASK}/links")
+    report_url = links["extra_links"]["Run report"]
+    assert report_url == (published / "report.html").resolve().as_uri()
+
+    errors: list[str] = []
+    report = page.context.new_page()
+    report.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    report.on("pageerror", lambda error: errors.append(str(error)))
+    report.goto(report_url)
+    for heading in ("Run report", "Run summary", "Labels", "Throughput over time", "Latency", "Tokens",
+                    "Agreement of sentiment with rating_label"):  # fmt: skip
+        assert report.get_by_role("heading", name=heading, exact=True).is_visible(), heading
+    charts = report.locator("svg.chart")
+    # labels, throughput, latency, tokens, the workers' seconds and the agreement; dead letters if any
+    assert charts.count() >= 6
+    for k in range(charts.count()):
+        box = charts.nth(k).bounding_box()
+        assert box is not None, f"chart {k} is not rendered"
+        assert box["width"] > 0, f"chart {k} has no width"
+        assert box["height"] > 0, f"chart {k} has no height"
+    assert report.locator("svg.chart rect").count() > 0  # bars drawn
+    assert report.locator("svg.chart polyline").count() > 0  # throughput lines drawn
+    assert "results agree" in report.locator("#agreement").inner_text()
+    screenshot = tmp_path / "run-report.png"
+    report.screenshot(path=str(screenshot), full_page=True)
+    assert screenshot.stat().st_size > 0
+    assert errors == [], errors  # no script, no blocked fetch: its own Content-Security-Policy holds

@@ -110,3 +110,12 @@ def test_the_worker_settings_params_are_the_flags_declaration(monkeypatch, mode)
         assert {key: param.schema[key] for key in declared} == declared, param_name
     assert params.get_param("record_bytes").schema["maximum"] == largest_record(SECRET_LIMIT)
     assert params.get_param("shard_bytes").schema["maximum"] == SECRET_LIMIT
+
+
+def test_the_label_column_reaches_the_worker_and_is_unset_by_default(monkeypatch):
+    """The run's report compares the model's label with the input's own where the trigger names its field."""
+    dag = load("llm_enrichment", monkeypatch, "local")
+    param = dag.params.get_param("label_field")
+    assert param.value is None
+    assert param.schema["type"] == setting_schema("label_field")["type"]
+    assert dag.get_task("llm_enrichment.shard.enrich").label_field == "{{ params.label_field }}"

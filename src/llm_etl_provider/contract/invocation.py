@@ -129,6 +129,10 @@ class WorkerInvocation:
     input: Path = _flag(group=_IO, parse=Path, help="JSONL or CSV file, plain or gzip")
     input_format: str = _flag(AUTO_FORMAT, group=_IO, choices=INPUT_FORMATS, help="the input's format")
     id_field: str = _flag("id", group=_IO, setting=True, help="the field that identifies a record")
+    label_field: str | None = _flag(
+        None, group=_IO, setting=True,
+        help="a field holding a known label, copied into each result's meta.label (for the run report)",
+    )  # fmt: skip
     output: str = _flag(
         group=_IO,
         help=(

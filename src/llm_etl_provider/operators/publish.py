@@ -1,25 +1,62 @@
-"""PublishRunOperator: the run's manifest and, when every shard succeeded, the run's ``_SUCCESS``."""
+"""PublishRunOperator: the run's manifest, its report and, when every shard succeeded, the run's ``_SUCCESS``;
+and the report's link in the task's UI (:class:`RunReportLink`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import XComArg
+from airflow.sdk import BaseOperatorLink, ObjectStoragePath, XComArg
 
 from llm_etl_provider.contract.shard import ShardDescriptor
 from llm_etl_provider.exceptions import RunIncompleteError
+from llm_etl_provider.hooks.object_store import MAX_EXPIRY_SECONDS, signer_for
 from llm_etl_provider.operators.base import RunStepOperator, backend_for
 from llm_etl_provider.transport.extract import SUCCEEDED
 from llm_etl_provider.transport.run_manifest import publish_run_manifest
 
 if TYPE_CHECKING:
-    from airflow.sdk import Context
+    from airflow.sdk import BaseOperator, Context
+    from airflow.sdk.types import TaskInstanceKey
+
+LOCAL_PROTOCOLS = ("", "file", "local")
+SIGNED_PROTOCOLS = ("s3", "s3a", "gs", "gcs")
+
+
+class RunReportLink(BaseOperatorLink):
+    """The run's ``report.html``, as the publish task's extra link "Run report".
+
+    Airflow asks for it once the task has ended, succeeded or failed, on its worker, and keeps it in XCom for
+    the UI (:func:`report_link` made it while the task ran); empty when no report was written.
+    """
+
+    name = "Run report"
+
+    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+        return str(getattr(operator, "report_link", None) or "")
+
+
+def report_link(report: ObjectStoragePath) -> tuple[str, datetime | None]:
+    """Where a browser opens ``report``, and until when: a ``file://`` URL for a local output, a pre-signed
+    HTTPS GET valid for 7 days (the most a signature allows) for ``s3://`` and ``gs://``, else its URI
+    (which no browser opens: ``memory://`` ...)."""
+    protocol = str(report.protocol or "")
+    if protocol in LOCAL_PROTOCOLS:
+        return Path(report.path).absolute().as_uri(), None
+    if protocol in SIGNED_PROTOCOLS:
+        expires = datetime.now(UTC) + timedelta(seconds=MAX_EXPIRY_SECONDS)
+        signed = signer_for(report).sign(report.bucket, report.key, "GET", MAX_EXPIRY_SECONDS)
+        return signed, expires
+    return str(report), None
 
 
 class PublishRunOperator(RunStepOperator):
     """Write the run's ``manifest.json`` over every shard the stage planned, once all their extractions have
-    ended, and the run's ``_SUCCESS`` when every shard succeeded; push the manifest to XCom.
+    ended, its ``report.html`` beside it, and the run's ``_SUCCESS`` when every shard succeeded; push the
+    manifest (which names the report) to XCom. The task's extra link "Run report" (:class:`RunReportLink`)
+    opens the report, whether the run succeeded or failed.
 
     Bound to the plan: a shard counts only if its published manifest names the stage's plan, its staged
     input digest and its planned record count; shard folders of another plan (an earlier execution of the
@@ -39,6 +76,7 @@ class PublishRunOperator(RunStepOperator):
     """
 
     template_fields: Sequence[str] = ("output_path", "shards", "namespace", "local_dir")
+    operator_extra_links = (RunReportLink(),)
 
     def __init__(
         self,
@@ -52,6 +90,7 @@ class PublishRunOperator(RunStepOperator):
         self.output_path = output_path
         self.shards = shards
         self.gpus_per_shard = gpus_per_shard
+        self.report_link: str | None = None  # set once the report is written (RunReportLink)
 
     def execute(self, context: Context) -> dict[str, Any]:
         if not isinstance(self.shards, list):
@@ -73,6 +112,7 @@ class PublishRunOperator(RunStepOperator):
             manifest["run_id"], len(planned), states, manifest["results"], manifest["dead_letters"],
             output,
         )  # fmt: skip
+        self._link_report(output / manifest["report"])
         if manifest["state"] != SUCCEEDED:
             context["ti"].xcom_push(key="return_value", value=manifest)  # the failed task's too
             failed = [f"shard {s['shard']} {s['state']}: {s.get('failure', '')}" for s in manifest["shards"]
@@ -81,6 +121,22 @@ class PublishRunOperator(RunStepOperator):
                 "not every shard succeeded; no _SUCCESS for the run: " + "; ".join(failed)
             )
         return manifest
+
+    def _link_report(self, report: ObjectStoragePath) -> None:
+        """Make the report's link for the task's UI. A link that cannot be signed fails nothing: the run is
+        published; the link is then the report's URI."""
+        try:
+            self.report_link, expires = report_link(report)
+        except Exception as exc:  # noqa: BLE001 - the signer: a missing provider, credentials, its SDK's errors
+            self.report_link, expires = str(report), None
+            self.log.warning("the run's report at %s cannot be signed for a browser (%s)", report, exc)
+        if expires is not None:
+            self.log.info(
+                "run report: %s (a pre-signed GET, valid until %s)",
+                report, expires.isoformat(timespec="seconds"),
+            )  # fmt: skip
+        else:
+            self.log.info("run report: %s", self.report_link)
 
 
 def _one_plan(shards: list[ShardDescriptor]) -> str | None:

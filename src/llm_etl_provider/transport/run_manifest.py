@@ -3,7 +3,8 @@
 ``<output>/manifest.json`` lists each shard (``succeeded``, ``failed`` with the reason, or ``missing`` when
 nothing of its plan was published for it), their counts and file checksums, the model and task, the tokens and
 worker seconds; ``<output>/_SUCCESS`` follows only when every shard succeeded. A shard's own output keeps its
-own manifest; this one is written last, after every shard's extraction has ended.
+own manifest; this one is written last, after every shard's extraction has ended, and just before it the
+run's report, ``<output>/report.html`` (:mod:`~llm_etl_provider.transport.report`), which it names.
 
 Publishing is bound to the stage's plan: a shard's output counts only if its manifest names the plan, the
 shard's staged input digest and its planned record count. Shard folders of another plan (an earlier execution
@@ -21,17 +22,19 @@ from typing import Any
 
 from llm_etl_provider.contract.layout import shard_folder
 from llm_etl_provider.contract.shard import ShardDescriptor
+from llm_etl_provider.transport import report
 from llm_etl_provider.transport.extract import FAILED, MANIFEST, SUCCEEDED, SUCCESS, as_upath, remove_tree
 
 RUN_MANIFEST_FORMAT = "llm-etl-run-manifest/2"
 MISSING = "missing"
+REPORT = "report.html"
 _SHARD_FOLDER = re.compile(r"shard-[0-9]{5,}")
 
 
 def unpublish_run(output: str | PathLike[str] | Any) -> None:
-    """Remove the run's ``_SUCCESS`` and manifest: what they vouched for is about to change."""
+    """Remove the run's ``_SUCCESS``, manifest and report: what they vouched for is about to change."""
     root = as_upath(output)
-    for name in (SUCCESS, MANIFEST):
+    for name in (SUCCESS, MANIFEST, REPORT):
         if (root / name).exists():
             (root / name).unlink()
 
@@ -112,11 +115,11 @@ def publish_run_manifest(
     gpus_per_shard: int | None = None,
     pod_timings: dict[int, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Write ``<output>/manifest.json`` for the stage's ``shards`` and, when every one succeeded with an
-    output of their plan, ``<output>/_SUCCESS``; return the manifest. Stale shard folders (another plan's,
-    or shards the plan does not have) are removed. ``pod_timings`` (by shard: its pods' wall time, model-load
-    and server start-up time) go into the shards' entries, and GPU-seconds come from the pods' wall time when
-    there were pods, else from the workers' time."""
+    """Write ``<output>/report.html`` and ``<output>/manifest.json`` for the stage's ``shards`` and, when
+    every one succeeded with an output of their plan, ``<output>/_SUCCESS``; return the manifest. Stale shard
+    folders (another plan's, or shards the plan does not have) are removed. ``pod_timings`` (by shard: its
+    pods' wall time, model-load and server start-up time) go into the shards' entries, and GPU-seconds come
+    from the pods' wall time when there were pods, else from the workers' time."""
     root = as_upath(output)
     root.mkdir(parents=True, exist_ok=True)
     unpublish_run(root)  # written again below, and _SUCCESS only if it still holds
@@ -156,7 +159,10 @@ def publish_run_manifest(
         run["model_load_seconds"] = round(sum(entry.get("model_load_seconds") or 0 for entry in entries), 1)
     if gpus_per_shard:
         held = run["pod_seconds"] if pod_timings else worker_seconds
+        run["gpus_per_shard"] = gpus_per_shard
         run["gpu_seconds"] = round(held * gpus_per_shard, 1)
+    run["report"] = REPORT  # beside this manifest, written first: a reader of the manifest finds it
+    (root / REPORT).write_text(report.render(run, root), encoding="utf-8")
     (root / MANIFEST).write_text(json.dumps(run, indent=2, sort_keys=True) + "\n")
     if run["state"] == SUCCEEDED:
         (root / SUCCESS).write_text("")

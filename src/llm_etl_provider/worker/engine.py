@@ -24,6 +24,14 @@ from typing import Any
 
 from llm_etl_provider.contract.codes import DeadLetterReason
 from llm_etl_provider.contract.invocation import REQUESTS_PER_SLOT, WorkerInvocation
+from llm_etl_provider.contract.summary import (
+    LABEL_FIELD,
+    OUTPUT_LABELS,
+    OUTPUT_LABELS_COMPLETE,
+    RESULT_LABEL,
+    label_text,
+    output_labels,
+)
 from llm_etl_provider.formats.digests import sha256_file
 from llm_etl_provider.formats.records import InputRecord, RecordReader
 from llm_etl_provider.worker.checkpoint import Checkpoint, CheckpointState
@@ -130,6 +138,7 @@ class Engine:
         )
         self.sink.open(state.sink if state else None)
         ticker = asyncio.create_task(self._tick())
+        self.stats.sample()  # the series starts where the records do (after the server's start, the count)
         try:
             try:
                 await self._pipeline(itertools.islice(self.reader, records_done, None))
@@ -149,6 +158,7 @@ class Engine:
             await self._off_loop(self._save_checkpoint)
             self.stats.skipped_blank_lines = self.reader.stats.blank_lines
             ratio = self.stats.dead_letters / self.stats.done if self.stats.done else 0.0
+            labels, complete = output_labels(self.task.schema)
             summary = self.summary = {
                 "task": self.task.name,
                 "model": self.client.model,
@@ -157,6 +167,10 @@ class Engine:
                 "concurrency_source": self.concurrency_source,
                 **({"concurrency_levels": self.probe.levels} if self.probe else {}),
                 **self.stats.summary(),
+                # for the run's report: the labels it may count, and the input's own label's field
+                OUTPUT_LABELS: labels,
+                **({} if complete else {OUTPUT_LABELS_COMPLETE: False}),
+                **({LABEL_FIELD: self.invocation.label_field} if self.invocation.label_field else {}),
                 # sealed into the trailer: extraction publishes a shard over the threshold as failed
                 "max_dead_letter_ratio": self.invocation.max_dead_letter_ratio,
                 "dead_letter_threshold_exceeded": ratio > self.invocation.max_dead_letter_ratio,
@@ -264,6 +278,7 @@ class Engine:
             self.sink.write_dead_letter(outcome.line)
             stats.dead_letters += 1
             stats.by_reason[outcome.reason] += 1
+        stats.sample()
 
     def _save_checkpoint(self) -> None:
         if self.checkpoint is None:
@@ -317,19 +332,23 @@ class Engine:
                 if request.temperature < RETRY_TEMPERATURE:
                     request = dataclasses.replace(request, temperature=RETRY_TEMPERATURE)
                 continue
+            meta = {
+                "model": self.client.model,
+                "latency_s": round(latency, 4),
+                "prompt_tokens": completion.prompt_tokens,
+                "completion_tokens": completion.completion_tokens,
+                "attempts": attempt,
+            }
+            if (label_field := self.invocation.label_field) is not None:
+                known = record.fields.get(label_field)
+                meta[RESULT_LABEL] = None if known is None else label_text(known)
             return Outcome(
                 line={
                     "id": record.record_id,
                     "line": record.line,
                     "task": self.task.name,
                     "enrichment": enrichment,
-                    "meta": {
-                        "model": self.client.model,
-                        "latency_s": round(latency, 4),
-                        "prompt_tokens": completion.prompt_tokens,
-                        "completion_tokens": completion.completion_tokens,
-                        "attempts": attempt,
-                    },
+                    "meta": meta,
                 },
                 latency=latency,
                 completion=completion,

@@ -2,37 +2,12 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-
-class LatencyHistogram:
-    """Latencies in logarithmic buckets 2% wide: percentiles within 2%, in memory that does not grow."""
-
-    _GROWTH = math.log(1.02)
-
-    def __init__(self) -> None:
-        self._buckets: Counter[int] = Counter()
-        self.count = 0
-
-    def add(self, seconds: float) -> None:
-        self._buckets[int(math.log(max(seconds, 1e-4)) / self._GROWTH)] += 1
-        self.count += 1
-
-    def percentile(self, fraction: float) -> float | None:
-        """Return the latency below which ``fraction`` of the samples fall, in seconds."""
-        if not self.count:
-            return None
-        rank = max(1, math.ceil(fraction * self.count))
-        seen = 0
-        for bucket in sorted(self._buckets):
-            seen += self._buckets[bucket]
-            if seen >= rank:
-                return math.exp((bucket + 0.5) * self._GROWTH)
-        raise AssertionError("unreachable: ranks stop at the sample count")
+from llm_etl_provider.contract.summary import PROGRESS_SERIES, LatencyHistogram, ProgressSeries
 
 
 @dataclass
@@ -52,6 +27,7 @@ class RunStats:
     resumed_tokens: int = 0
     resumed_completion_tokens: int = 0
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    series: ProgressSeries = field(default_factory=ProgressSeries)
     started: float = field(default_factory=time.monotonic)
     started_at: float = field(default_factory=time.time)  # Unix time, for the span of several shards
 
@@ -82,6 +58,10 @@ class RunStats:
         self.resumed_from = records_done
         self.resumed_tokens = self.prompt_tokens + self.completion_tokens
         self.resumed_completion_tokens = self.completion_tokens
+
+    def sample(self) -> None:
+        """Add the records done now to the progress series (a bounded one: most calls add nothing)."""
+        self.series.add(time.monotonic() - self.started, self.done)
 
     def elapsed(self) -> float:
         return max(time.monotonic() - self.started, 1e-9)
@@ -127,6 +107,7 @@ class RunStats:
             "retries": self.retries,
             "latency_p50_s": round(p50, 3) if p50 is not None else None,
             "latency_p95_s": round(p95, 3) if p95 is not None else None,
+            PROGRESS_SERIES: self.series.to_summary(elapsed, self.done),
         }
 
 

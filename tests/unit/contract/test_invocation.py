@@ -55,6 +55,7 @@ invocations = st.builds(
     input=text.map(Path),
     input_format=st.sampled_from(INPUT_FORMATS),
     id_field=text,
+    label_field=st.none() | text,
     output=text,
     dead_letter=st.none() | text.map(Path),
     key_file=st.none() | text.map(Path),

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from llm_etl_provider.contract.invocation import WorkerInvocation
+from llm_etl_provider.contract.summary import MAX_SERIES_POINTS
 from llm_etl_provider.formats.records import RecordReader
 from llm_etl_provider.transport.exceptions import TrailerMismatchError
 from llm_etl_provider.transport.extract import extract
@@ -482,3 +483,43 @@ def test_a_slow_store_call_blocks_neither_the_requests_nor_the_heartbeat(tmp_pat
     assert summary["records"] == 20
     assert len(loop_ran) >= 3  # the checkpoints (each records the sink's position) and the trailer
     assert all(ran >= 10 for ran in loop_ran), loop_ran  # the loop went on through every slow call
+
+
+def test_the_input_s_own_label_goes_into_each_result_s_meta_as_text(tmp_path):
+    """``--label-field``: the run's report compares the model's label with it; a record without one gets
+    null, and a value that is not text is written as JSON spells it."""
+    rows = [
+        {"id": "a", "text": "good drug", "rating_label": "positive"},
+        {"id": "b", "text": "bad drug", "rating_label": True},
+        {"id": "c", "text": "bad drug", "rating_label": 3},
+        {"id": "d", "text": "good drug"},
+    ]
+    input_path = tmp_path / "in.jsonl"
+    input_path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    settings = worker_flags(label_field="rating_label", progress_interval=60)
+    summary, _, _ = run_engine(tmp_path, FakeLLMServer(), input_path, settings=settings)
+    results = read_jsonl(tmp_path / "results.jsonl")
+    assert [r["meta"]["label"] for r in results] == ["positive", "true", "3", None]
+    assert summary["label_field"] == "rating_label"
+    # without the setting nothing is copied, and the summary names no field
+    summary, _, _ = run_engine(
+        tmp_path, FakeLLMServer(), input_path, settings=worker_flags(progress_interval=60)
+    )
+    assert all("label" not in r["meta"] for r in read_jsonl(tmp_path / "results.jsonl"))
+    assert "label_field" not in summary
+
+
+def test_the_summary_carries_the_schema_s_labels_and_the_progress_series(tmp_path):
+    """What the run's report draws: the labels it may count (the task's enums, never free text) and the
+    records done over time (bounded: tests/unit/contract/test_summary.py)."""
+    input_path = write_input(tmp_path / "in.jsonl", 40)
+    summary, _, _ = run_engine(
+        tmp_path, FakeLLMServer(), input_path, settings=worker_flags(progress_interval=60)
+    )
+    assert summary["output_labels"] == [["sentiment", "one", ["positive", "negative", "neutral"]]]
+    series = summary["progress_series"]
+    assert 2 <= len(series) <= MAX_SERIES_POINTS
+    assert series[0][1] == 0  # from the first record
+    assert series[-1][1] == 40  # to the run's end
+    assert abs(series[-1][0] - summary["elapsed_s"]) <= 0.1
+    assert series == sorted(series)
