@@ -105,6 +105,8 @@ def test_airflow_registers_the_provider_installed_from_the_wheel(from_wheel):
     assert [(hook["connection_type"], hook["class"]) for hook in ours] == [
         ("llm_etl", "llm_etl_provider.hooks.llm_server.LLMServerHook")
     ]
+    links = from_wheel.airflow_json("providers", "links")
+    assert "llm_etl_provider.operators.publish.RunReportLink" in json.dumps(links)
 
 
 IMPORT_EVERY_MODULE = """
@@ -112,6 +114,7 @@ import importlib, json, pkgutil, llm_etl_provider
 from llm_etl_provider.get_provider_info import get_provider_info
 info = get_provider_info()
 listed = [m for kind in ("hooks", "operators", "triggers") for e in info[kind] for m in e["python-modules"]]
+listed += [link.rpartition(".")[0] for link in info["extra-links"]]
 every = [m.name for m in pkgutil.walk_packages(llm_etl_provider.__path__, "llm_etl_provider.")]
 for name in listed + every:
     importlib.import_module(name)
@@ -120,8 +123,8 @@ print(json.dumps({"listed": listed, "every": len(every), "links": info.get("extr
 
 
 def test_the_wheel_s_commands_and_every_module_run_with_only_its_dependencies(from_wheel):
-    """The provider declares no extra links; its operators, hooks and triggers import, and so does every other
-    module; the commands run, ``render-pod`` from the packaged templates."""
+    """The provider's extra link, operators, hooks and triggers import, and so does every other module; the
+    commands run, ``render-pod`` from the packaged templates."""
     assert "render-rbac" in from_wheel.run("llm-etl", "--help")
     assert "--task" in from_wheel.run("llm-etl-worker", "--help")
     pods = [d for d in yaml.safe_load_all(from_wheel.run("llm-etl", "render-pod")) if d["kind"] == "Pod"]
@@ -132,7 +135,7 @@ def test_the_wheel_s_commands_and_every_module_run_with_only_its_dependencies(fr
     modules = json.loads(checked)
     assert "llm_etl_provider.operators.enrichment" in modules["listed"]
     assert modules["every"] > 50
-    assert modules["links"] == []  # `airflow providers links` has nothing of ours to show
+    assert modules["links"] == ["llm_etl_provider.operators.publish.RunReportLink"]
 
 
 def test_the_installed_wheel_holds_the_pod_templates_and_no_developer_tool(from_wheel):
