@@ -52,7 +52,7 @@ def test_report_handles_lists_typed_entities_and_flags(tmp_path):
         "type": "object",
         "properties": {
             **task_for("moderation").schema["properties"],
-            **task_for("entities").schema["properties"],
+            **task_for("entities", entity_types=("drug",)).schema["properties"],
             **task_for("tags", categories=("pain", "sleep")).schema["properties"],
         },
     }
