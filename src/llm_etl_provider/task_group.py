@@ -18,16 +18,21 @@ from llm_etl_provider.backends import (
     checked_execution_mode,
 )
 from llm_etl_provider.contract.invocation import DEFAULT_MAX_RECORD_BYTES, WORKER_SETTINGS, default_of
-from llm_etl_provider.contract.layout import DEFAULT_RUN_DEADLINE_SECONDS, DEFAULT_WORKER_MEMORY
+from llm_etl_provider.contract.layout import (
+    DEFAULT_MODEL_LOAD_TIMEOUT_SECONDS,
+    DEFAULT_POD_TIME_LIMIT_SECONDS,
+    DEFAULT_RUN_DEADLINE_SECONDS,
+    DEFAULT_WORKER_MEMORY,
+)
 from llm_etl_provider.contract.object_transport import DEFAULT_TRANSPORT
 from llm_etl_provider.operators.cleanup import CleanupOperator
 from llm_etl_provider.operators.enrichment import LLMEnrichmentOperator
 from llm_etl_provider.operators.extract import ExtractResultsOperator
 from llm_etl_provider.operators.local_enrichment import LocalEnrichmentOperator
-from llm_etl_provider.operators.model_cache import DEFAULT_CACHE_ACCESS_MODES, ModelCacheOperator
+from llm_etl_provider.operators.model_cache import ModelCacheOperator
 from llm_etl_provider.operators.publish import PublishRunOperator
 from llm_etl_provider.operators.stage import StageInputOperator
-from llm_etl_provider.pod.builder import DEFAULT_MODEL_SOURCE, DOWNLOADED_SOURCES
+from llm_etl_provider.pod.builder import DEFAULT_CACHE_ACCESS_MODES, DEFAULT_MODEL_SOURCE, DOWNLOADED_SOURCES
 from llm_etl_provider.staging.cutting import DEFAULT_SHARD_BYTES
 
 # How the group's steps retry a failed try (a preempted GPU node, a lost pod, an API or store hiccup): the
@@ -61,6 +66,8 @@ def llm_enrichment_task_group(
     pods: int | str | None = None,
     store_cidrs: Sequence[str] | None = None,
     run_deadline_seconds: int = DEFAULT_RUN_DEADLINE_SECONDS,
+    pod_time_limit_seconds: int = DEFAULT_POD_TIME_LIMIT_SECONDS,
+    startup_timeout_seconds: int = DEFAULT_MODEL_LOAD_TIMEOUT_SECONDS,
     worker_memory: str = DEFAULT_WORKER_MEMORY,
     model_cache_access_modes: Sequence[str] = DEFAULT_CACHE_ACCESS_MODES,
     model_cache_storage_class: str | None = None,
@@ -80,8 +87,9 @@ def llm_enrichment_task_group(
     Clearing any task is safe: Airflow runs the stage (the setup) again with it, which keeps the plan's key
     and staging (:class:`StageInputOperator`); each enrichment waits for it, and the cleanup waits for every
     enrichment. ``run_deadline_seconds`` (default 7 days) is how long what a run left may live once Airflow
-    no longer knows the run; ``pod_time_limit_seconds`` (default 3 days) and ``startup_timeout_seconds``
-    (the model load, default 30 minutes) go to each pod. ``worker_memory`` (default ``1Gi``) is the worker's
+    no longer knows the run; ``pod_time_limit_seconds`` (``activeDeadlineSeconds``, default 3 days) and
+    ``startup_timeout_seconds`` (the pod's start, the model load included, default 30 minutes) go to each
+    shard's pod (Kubernetes). ``worker_memory`` (default ``1Gi``) is the worker's
     memory limit, which the stage checks each shard against.
 
     In Kubernetes, a ``pull`` or ``object`` model source adds ``cache_model`` (:class:`ModelCacheOperator`,
@@ -177,7 +185,9 @@ def llm_enrichment_task_group(
                 else (
                     LLMEnrichmentOperator,
                     {"worker_memory": worker_memory, "namespace": namespace,
-                     "kubernetes_conn_id": kubernetes_conn_id},
+                     "kubernetes_conn_id": kubernetes_conn_id,
+                     "pod_time_limit_seconds": pod_time_limit_seconds,
+                     "startup_timeout_seconds": startup_timeout_seconds},
                 )
             )  # fmt: skip
             operator, mode_settings = by_mode

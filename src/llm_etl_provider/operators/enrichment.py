@@ -44,6 +44,7 @@ from llm_etl_provider.operators.shard_run import (
 )
 from llm_etl_provider.pod.builder import (
     DEFAULT_BACKEND,
+    DEFAULT_GPUS,
     DEFAULT_MODEL_PATH,
     DEFAULT_MODEL_SIZE,
     DEFAULT_MODEL_SOURCE,
@@ -168,7 +169,7 @@ class LLMEnrichmentOperator(PodStepOperator):
         model_size: str = DEFAULT_MODEL_SIZE,
         server_image: str | None = None,
         parallel: int | str | None = None,
-        gpus: int = 1,
+        gpus: int = DEFAULT_GPUS,
         worker_image: str = DEFAULT_WORKER_IMAGE,
         gpu_node_selector: dict[str, str] | None = None,
         gpu_tolerations: Sequence[dict[str, Any]] | None = None,

@@ -16,6 +16,7 @@ from llm_etl_provider.exceptions import PodSpecError
 from llm_etl_provider.operators.pod_step import PodStepOperator
 from llm_etl_provider.pod.builder import (
     DEFAULT_BACKEND,
+    DEFAULT_CACHE_ACCESS_MODES,
     DEFAULT_MODEL_PATH,
     DEFAULT_MODEL_SIZE,
     DEFAULT_MODEL_SOURCE,
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
     from kubernetes.client import models as k8s
 
-DEFAULT_CACHE_ACCESS_MODES = ("ReadWriteOnce",)
 DEFAULT_CACHE_START_TIMEOUT_SECONDS = 900  # scheduling and the image pull; the download runs after it
 
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 
@@ -44,6 +44,7 @@ from llm_etl_provider.llama_cpp import CPU_PARALLEL, llama_server_args
 
 Backend = Literal["ollama", "llamacpp", "vllm"]
 ModelSource = Literal["pull", "pvc", "object", "image"]
+MODEL_SOURCES: tuple[str, ...] = get_args(ModelSource)
 
 POD_TEMPLATE = "llm-enrichment-pod.yaml"
 MODEL_CACHE_POD_TEMPLATE = "model-cache-pod.yaml"
@@ -53,6 +54,9 @@ DEFAULT_BACKEND: Backend = "ollama"
 DEFAULT_MODEL_SOURCE: ModelSource = "pull"
 DEFAULT_MODEL_PATH = "model.gguf"
 DEFAULT_MODEL_SIZE = "8Gi"  # an 8B model at 4 bits is ~4.7 GB
+DEFAULT_GPUS = 1  # nvidia.com/gpu per pod
+# The model claim of the pull and object sources (ReadWriteMany for shards on several GPU nodes)
+DEFAULT_CACHE_ACCESS_MODES = ("ReadWriteOnce",)
 SERVER_SCRATCH = "2Gi"
 PULL_POLICIES = (
     "Always",
@@ -168,7 +172,7 @@ class ServerSpec:
     backend: Backend = DEFAULT_BACKEND
     image: str | None = None
     parallel: int | None = None
-    gpus: int = 1
+    gpus: int = DEFAULT_GPUS
     cpu: str = "4"
     memory: str = "16Gi"
     extra_args: tuple[str, ...] = ()
