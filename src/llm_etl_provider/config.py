@@ -8,9 +8,10 @@ model source, images, GPUs, the Params' defaults ...) is an option here, declare
 show them) and the typed values the example DAGs read (:meth:`LLMEtlConfig.from_airflow`). Airflow reads
 them as it reads its own: ``[llm_etl]`` in ``airflow.cfg`` or ``AIRFLOW__LLM_ETL__<OPTION>``.
 
-An option with no default (None) leaves the argument it feeds at the task group's or the operator's own
-default, written there. The declared defaults are also the fallbacks of every read, so that a process in
-which Airflow has not loaded the providers' configuration reads the same values.
+This module imports no Airflow: Airflow reads the provider's metadata, and so these declarations, while it
+loads its own configuration. An option with no default (None) leaves the argument it feeds at the task
+group's or the operator's own default, written there. The declared defaults are also the fallbacks of every
+read, so that a process in which Airflow has not loaded the providers' configuration reads the same values.
 """
 
 from __future__ import annotations
@@ -30,15 +31,13 @@ from llm_etl_provider.backends import (
 )
 from llm_etl_provider.contract.invocation import default_of, name_list
 from llm_etl_provider.contract.layout import (
-    DEFAULT_MODEL_LOAD_TIMEOUT_SECONDS,
-    DEFAULT_POD_TIME_LIMIT_SECONDS,
-)
-from llm_etl_provider.pod.builder import (
     DEFAULT_CACHE_ACCESS_MODES,
     DEFAULT_GPUS,
+    DEFAULT_MODEL_LOAD_TIMEOUT_SECONDS,
     DEFAULT_MODEL_PATH,
     DEFAULT_MODEL_SIZE,
     DEFAULT_MODEL_SOURCE,
+    DEFAULT_POD_TIME_LIMIT_SECONDS,
     DEFAULT_WORKER_IMAGE,
     MODEL_SOURCES,
     PULL_POLICIES,

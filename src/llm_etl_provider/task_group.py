@@ -19,7 +19,9 @@ from llm_etl_provider.backends import (
 )
 from llm_etl_provider.contract.invocation import DEFAULT_MAX_RECORD_BYTES, WORKER_SETTINGS, default_of
 from llm_etl_provider.contract.layout import (
+    DEFAULT_CACHE_ACCESS_MODES,
     DEFAULT_MODEL_LOAD_TIMEOUT_SECONDS,
+    DEFAULT_MODEL_SOURCE,
     DEFAULT_POD_TIME_LIMIT_SECONDS,
     DEFAULT_RUN_DEADLINE_SECONDS,
     DEFAULT_WORKER_MEMORY,
@@ -32,7 +34,7 @@ from llm_etl_provider.operators.local_enrichment import LocalEnrichmentOperator
 from llm_etl_provider.operators.model_cache import ModelCacheOperator
 from llm_etl_provider.operators.publish import PublishRunOperator
 from llm_etl_provider.operators.stage import StageInputOperator
-from llm_etl_provider.pod.builder import DEFAULT_CACHE_ACCESS_MODES, DEFAULT_MODEL_SOURCE, DOWNLOADED_SOURCES
+from llm_etl_provider.pod.builder import DOWNLOADED_SOURCES
 from llm_etl_provider.staging.cutting import DEFAULT_SHARD_BYTES
 
 # How the group's steps retry a failed try (a preempted GPU node, a lost pod, an API or store hiccup): the

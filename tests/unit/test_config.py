@@ -4,6 +4,8 @@ configuration."""
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -11,9 +13,13 @@ import pytest
 from llm_etl_provider.backends import DEFAULT_LOCAL_DIR, EXAMPLE_NAMESPACE, EXECUTION_MODES
 from llm_etl_provider.config import SECTION, LLMEtlConfig, env_var, provider_config
 from llm_etl_provider.contract.invocation import default_of
-from llm_etl_provider.contract.layout import DEFAULT_POD_TIME_LIMIT_SECONDS
+from llm_etl_provider.contract.layout import (
+    DEFAULT_CACHE_ACCESS_MODES,
+    DEFAULT_GPUS,
+    DEFAULT_POD_TIME_LIMIT_SECONDS,
+    DEFAULT_WORKER_IMAGE,
+)
 from llm_etl_provider.get_provider_info import get_provider_info
-from llm_etl_provider.pod.builder import DEFAULT_CACHE_ACCESS_MODES, DEFAULT_GPUS, DEFAULT_WORKER_IMAGE
 
 OPTIONS = [item.name for item in dataclasses.fields(LLMEtlConfig)]
 
@@ -40,6 +46,21 @@ def test_every_option_is_described_to_airflow_as_providers_describe_theirs():
         assert option["type"] in ("string", "integer", "boolean"), name
         assert isinstance(option["default"], str), name  # Airflow holds text; empty: no default
     assert get_provider_info()["config"] == provider_config()
+
+
+def test_the_declarations_import_no_airflow_which_reads_them_while_it_loads_its_configuration():
+    """Airflow calls get_provider_info while it initializes its configuration: a provider's metadata that
+    imported Airflow made a cycle (``import llm_etl_provider.config`` first failed with an ImportError)."""
+    script = (
+        "import sys\n"
+        "import llm_etl_provider.config, llm_etl_provider.get_provider_info\n"
+        "assert 'airflow' not in sys.modules, 'the declarations imported Airflow'\n"
+        "from airflow.sdk.configuration import conf\n"
+        "print(conf.get('llm_etl', 'execution_mode'))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[-1] == LLMEtlConfig().execution_mode
 
 
 def test_the_defaults_are_the_packages_own():

@@ -31,7 +31,14 @@ from llm_etl_provider.contract.invocation import (
     OBJECT_OUTPUT,
     WORKER_SETTINGS,
 )
-from llm_etl_provider.contract.layout import run_annotations
+from llm_etl_provider.contract.layout import (
+    DEFAULT_GPUS,
+    DEFAULT_MODEL_PATH,
+    DEFAULT_MODEL_SIZE,
+    DEFAULT_MODEL_SOURCE,
+    DEFAULT_WORKER_IMAGE,
+    run_annotations,
+)
 from llm_etl_provider.contract.shard import ShardDescriptor
 from llm_etl_provider.exceptions import PodSpecError
 from llm_etl_provider.operators.pod_step import PodStepOperator
@@ -44,11 +51,6 @@ from llm_etl_provider.operators.shard_run import (
 )
 from llm_etl_provider.pod.builder import (
     DEFAULT_BACKEND,
-    DEFAULT_GPUS,
-    DEFAULT_MODEL_PATH,
-    DEFAULT_MODEL_SIZE,
-    DEFAULT_MODEL_SOURCE,
-    DEFAULT_WORKER_IMAGE,
     DOWNLOADED_SOURCES,
     ENRICHMENT_COMPONENT,
     ModelSpec,

@@ -11,16 +11,18 @@ from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
 from llm_etl_provider.backends.kubernetes import KubernetesBackend
 from llm_etl_provider.contract import layout
-from llm_etl_provider.contract.shard import ShardDescriptor
-from llm_etl_provider.exceptions import PodSpecError
-from llm_etl_provider.operators.pod_step import PodStepOperator
-from llm_etl_provider.pod.builder import (
-    DEFAULT_BACKEND,
+from llm_etl_provider.contract.layout import (
     DEFAULT_CACHE_ACCESS_MODES,
     DEFAULT_MODEL_PATH,
     DEFAULT_MODEL_SIZE,
     DEFAULT_MODEL_SOURCE,
     DEFAULT_WORKER_IMAGE,
+)
+from llm_etl_provider.contract.shard import ShardDescriptor
+from llm_etl_provider.exceptions import PodSpecError
+from llm_etl_provider.operators.pod_step import PodStepOperator
+from llm_etl_provider.pod.builder import (
+    DEFAULT_BACKEND,
     DOWNLOADED_SOURCES,
     MODEL_CACHE_COMPONENT,
     ModelSpec,

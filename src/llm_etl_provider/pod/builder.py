@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import yaml
 
@@ -33,6 +33,15 @@ from llm_etl_provider.contract.invocation import (
     coerce_settings,
     default_of,
 )
+from llm_etl_provider.contract.layout import (
+    DEFAULT_GPUS,
+    DEFAULT_MODEL_PATH,
+    DEFAULT_MODEL_SIZE,
+    DEFAULT_MODEL_SOURCE,
+    DEFAULT_WORKER_IMAGE,
+    PULL_POLICIES,
+    ModelSource,
+)
 from llm_etl_provider.contract.pod_commands import (
     check_heartbeat_command,
     load_model_args,
@@ -43,26 +52,12 @@ from llm_etl_provider.exceptions import PodSpecError
 from llm_etl_provider.llama_cpp import CPU_PARALLEL, llama_server_args
 
 Backend = Literal["ollama", "llamacpp", "vllm"]
-ModelSource = Literal["pull", "pvc", "object", "image"]
-MODEL_SOURCES: tuple[str, ...] = get_args(ModelSource)
 
 POD_TEMPLATE = "llm-enrichment-pod.yaml"
 MODEL_CACHE_POD_TEMPLATE = "model-cache-pod.yaml"
 NETWORK_POLICY_TEMPLATE = "network-policy.yaml"
-DEFAULT_WORKER_IMAGE = "ghcr.io/llm-etl-provider/worker:0.1.0"
 DEFAULT_BACKEND: Backend = "ollama"
-DEFAULT_MODEL_SOURCE: ModelSource = "pull"
-DEFAULT_MODEL_PATH = "model.gguf"
-DEFAULT_MODEL_SIZE = "8Gi"  # an 8B model at 4 bits is ~4.7 GB
-DEFAULT_GPUS = 1  # nvidia.com/gpu per pod
-# The model claim of the pull and object sources (ReadWriteMany for shards on several GPU nodes)
-DEFAULT_CACHE_ACCESS_MODES = ("ReadWriteOnce",)
-SERVER_SCRATCH = "2Gi"
-PULL_POLICIES = (
-    "Always",
-    "IfNotPresent",
-    "Never",
-)  # the server's own writes (its /tmp, logs), beside a downloaded model
+SERVER_SCRATCH = "2Gi"  # the server's own writes (its /tmp, logs), beside a downloaded model
 
 
 @dataclass(frozen=True)
