@@ -35,7 +35,13 @@ from llm_etl_provider.operators.model_cache import ModelCacheOperator
 from llm_etl_provider.operators.publish import PublishRunOperator
 from llm_etl_provider.operators.stage import StageInputOperator
 from llm_etl_provider.pod.builder import DOWNLOADED_SOURCES
-from llm_etl_provider.staging.cutting import DEFAULT_SHARD_BYTES
+from llm_etl_provider.staging.cutting import (
+    DEFAULT_MAX_INPUT_BYTES,
+    DEFAULT_MAX_INPUT_RECORDS,
+    DEFAULT_MAX_SHARDS,
+    DEFAULT_MAX_STAGED_BYTES,
+    DEFAULT_SHARD_BYTES,
+)
 
 # How the group's steps retry a failed try (a preempted GPU node, a lost pod, an API or store hiccup): the
 # enrichment's default, and the model cache's, the extractions' and the publishing's
@@ -61,6 +67,10 @@ def llm_enrichment_task_group(
     input_format: str = default_of("input_format"),
     max_shard_bytes: int | str = DEFAULT_SHARD_BYTES,
     max_record_bytes: int | str = DEFAULT_MAX_RECORD_BYTES,
+    max_input_bytes: int | str = DEFAULT_MAX_INPUT_BYTES,
+    max_input_records: int | str = DEFAULT_MAX_INPUT_RECORDS,
+    max_shards: int | str = DEFAULT_MAX_SHARDS,
+    max_staged_bytes: int | str = DEFAULT_MAX_STAGED_BYTES,
     results_asset: Asset | None = None,
     work_claim_size: str | None = None,
     work_storage_class: str | None = None,
@@ -102,7 +112,9 @@ def llm_enrichment_task_group(
     ``enrichment`` goes to the shard's enrichment: :class:`LLMEnrichmentOperator` (task, template, backend,
     model source, GPUs ...) in Kubernetes, :class:`LocalEnrichmentOperator` (task, template,
     ``llm_conn_id`` ...) for ``execution_mode="local"``.
-    ``max_record_bytes`` goes to both the staging and the worker (one value: they read records alike). With
+    ``max_record_bytes`` goes to both the staging and the worker (one value: they read records alike);
+    ``max_input_bytes``, ``max_input_records``, ``max_shards`` and ``max_staged_bytes`` are the stage's caps
+    (:class:`StageInputOperator`). With
     ``work_claim_size`` each shard's checkpoint survives its pod, so a retry after a lost pod resumes.
     ``transport``: ``log`` (shards in Secrets, results through the pods' logs: no egress, for small runs) or
     ``object`` (``pods`` byte ranges of the input read from the store, results as part objects: the path for
@@ -126,6 +138,10 @@ def llm_enrichment_task_group(
             input_format=input_format,
             max_shard_bytes=max_shard_bytes,
             max_record_bytes=max_record_bytes,
+            max_input_bytes=max_input_bytes,
+            max_input_records=max_input_records,
+            max_shards=max_shards,
+            max_staged_bytes=max_staged_bytes,
             work_claim_size=work_claim_size,
             work_storage_class=work_storage_class,
             transport=transport,

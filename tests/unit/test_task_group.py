@@ -31,6 +31,17 @@ def test_the_stage_reads_the_input_with_the_workers_id_field_and_checkpoints():
     )
 
 
+def test_the_stages_caps_can_be_raised():
+    caps = {
+        "max_input_bytes": 1 << 40,
+        "max_input_records": 10**9,
+        "max_shards": 5000,
+        "max_staged_bytes": 1 << 30,
+    }
+    stage = build(**caps).get_task("llm_enrichment.stage")
+    assert {name: getattr(stage, name) for name in caps} == caps
+
+
 def test_the_pods_time_limits_reach_each_shards_pod():
     with DAG("pipeline", schedule=None) as dag:
         llm_enrichment_task_group(
