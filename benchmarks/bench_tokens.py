@@ -33,9 +33,13 @@ CUSTOM_SCHEMA = {
 }
 TASKS: dict[str, list[str]] = {
     "sentiment": [],
-    "tags": [],
+    # the drug reviews' categories and entity types (once the worker's defaults: the figures stay comparable)
+    "tags": [
+        "--categories",
+        "effectiveness,side effects,dosage,cost,mental health,pain,sleep,weight,skin,other",
+    ],
     "moderation": [],
-    "entities": [],
+    "entities": ["--entity-types", "condition,drug,symptom,dosage"],
     "custom": [
         "--system-prompt",
         "Name the main side effect the patient reports (or 'none') and whether they recommend the drug.",

@@ -1,40 +1,32 @@
 """Enrich records with an LLM inside your cluster: stage → enrich (one GPU pod per shard) → extract → cleanup.
 
-Trigger it from the UI with Params, or let it run on ``$LLM_ETL_SCHEDULE`` (a cron expression; default none).
-With ``LLM_ETL_EXECUTION_MODE=local`` the same operators run without Kubernetes: the bundled SmolLM2 model
-served by llama.cpp's server and the worker as local processes (the README's demo runs it so).
+Trigger it from the UI: what a run chooses is a Param (input, output, task, prompt template, categories,
+entity types, model, transport ...). What the deployment decides comes from the provider's section
+``[llm_etl]`` of Airflow's configuration, read when the DAG is parsed: ``airflow.cfg`` or
+``AIRFLOW__LLM_ETL__<OPTION>`` (``airflow config list --section llm_etl --include-descriptions`` lists every
+option with its default): the execution mode, namespace and connections, where the cluster keeps its models
+(``model_source`` and its fields), the images, GPUs and their pool, work claims, the schedule and the Params'
+defaults. ``execution_mode = local`` runs the same operators without Kubernetes: the bundled SmolLM2 model
+served by llama.cpp's server (or the server of the ``llm_conn_id`` connection) and the worker as local
+processes (the README's demo runs it so).
 
-Where the cluster keeps its models is the deployment's business, so it comes from the environment:
-``LLM_ETL_MODEL_SOURCE`` (``pull``, ``pvc``, ``object``, ``image``), ``LLM_ETL_MODEL_URL_SECRET``,
-``LLM_ETL_MODEL_SHA256``, ``LLM_ETL_MODEL_CLAIM``, ``LLM_ETL_MODEL_IMAGE``, ``LLM_ETL_MODEL_PATH``,
-``LLM_ETL_MODEL_SIZE``, ``LLM_ETL_MODEL_CACHE_ACCESS_MODES`` (comma-separated, default ``ReadWriteOnce``) and
-``LLM_ETL_MODEL_CACHE_STORAGE_CLASS`` (the claim that ``pull`` and ``object`` models are downloaded into, by a
-pod that sees no prompt), ``LLM_ETL_WORKER_IMAGE``, ``LLM_ETL_SERVER_IMAGE`` and ``LLM_ETL_IMAGE_PULL_POLICY``
-(``IfNotPresent`` for images loaded into the nodes), ``LLM_ETL_GPUS`` (default 1), ``LLM_ETL_DEFERRABLE``
-(``true``: the pods are watched by the triggerer),
-``LLM_ETL_WORK_CLAIM_SIZE`` (e.g. ``1Gi``: checkpoints on a volume that survives a lost pod),
-``LLM_ETL_WORK_STORAGE_CLASS`` and ``LLM_ETL_CHECKPOINT_EVERY``; ``LLM_ETL_TRANSPORT`` and ``LLM_ETL_PODS``
-set the defaults of the transport and the pod count, ``LLM_ETL_STORE_CIDRS`` (comma-separated) where the
-object transport's pods may reach the store (default: its host's addresses when the run is staged).
-In local mode, ``LLM_ETL_LLM_CONN_ID`` names an ``llm_etl`` connection whose server (e.g. the Ollama of
-docker-compose.yaml) does the enrichment instead of the bundled model. ``LLM_ETL_DEFAULT_INPUT``,
-``LLM_ETL_DEFAULT_OUTPUT`` and ``LLM_ETL_DEFAULT_MODEL`` set the Params' defaults.
+A DAG of your own calls ``llm_enrichment_task_group`` with its arguments instead.
 """
 
 from __future__ import annotations
 
-import os
 from datetime import datetime
 from typing import Any
 
 from airflow.sdk import Param, dag
 
-from llm_etl_provider.backends import DEFAULT_EXECUTION_MODE, DEFAULT_LOCAL_DIR, EXAMPLE_NAMESPACE, LOCAL_MODE
+from llm_etl_provider.backends import LOCAL_MODE
+from llm_etl_provider.config import LLMEtlConfig
 from llm_etl_provider.contract.invocation import TASK_NAMES
 from llm_etl_provider.contract.object_transport import DEFAULT_TRANSPORT, TRANSPORTS
 from llm_etl_provider.llama_cpp import CPU_PARALLEL
 from llm_etl_provider.params import worker_param
-from llm_etl_provider.pod.builder import BACKENDS, DEFAULT_BACKEND, DEFAULT_MODEL_SOURCE
+from llm_etl_provider.pod.builder import BACKENDS, DEFAULT_BACKEND
 from llm_etl_provider.staging.cutting import (
     DEFAULT_MAX_SHARDS,
     DEFAULT_SHARD_BYTES,
@@ -43,64 +35,48 @@ from llm_etl_provider.staging.cutting import (
 )
 from llm_etl_provider.task_group import llm_enrichment_task_group
 
-EXECUTION_MODE = os.environ.get("LLM_ETL_EXECUTION_MODE", DEFAULT_EXECUTION_MODE)
-LOCAL_DIR = os.environ.get("LLM_ETL_LOCAL_DIR", DEFAULT_LOCAL_DIR)
-NAMESPACE = os.environ.get("LLM_ETL_NAMESPACE", EXAMPLE_NAMESPACE)
+CONFIG = LLMEtlConfig.from_airflow()  # [llm_etl]
+LOCAL = CONFIG.execution_mode == LOCAL_MODE
 
-if EXECUTION_MODE == LOCAL_MODE:
+if LOCAL:
     # The bundled GGUF, checked by its sha256 and served by llama.cpp's server, or a connection's server.
-    MODEL_SETTINGS: dict[str, Any] = {"llm_conn_id": os.environ.get("LLM_ETL_LLM_CONN_ID") or None}
-    DEFAULTS = {
-        "input": "examples/drug_reviews_sample.jsonl",
-        "output": "out/llm_enrichment",
-        "model": "smollm2",
-    }
+    MODE_SETTINGS: dict[str, Any] = {"llm_conn_id": CONFIG.llm_conn_id}
 else:
-    MODEL_SETTINGS = {
+    MODE_SETTINGS = {
         "backend": "{{ params.backend }}",
-        "model_source": os.environ.get("LLM_ETL_MODEL_SOURCE", DEFAULT_MODEL_SOURCE),
-        "gpus": int(os.environ.get("LLM_ETL_GPUS", "1")),
-    }
-    for setting in ("url_secret", "sha256", "claim", "image", "path", "size"):
-        if value := os.environ.get(f"LLM_ETL_MODEL_{setting.upper()}"):
-            MODEL_SETTINGS[f"model_{setting}"] = value
-    if work_claim_size := os.environ.get("LLM_ETL_WORK_CLAIM_SIZE"):
-        MODEL_SETTINGS["work_claim_size"] = work_claim_size
-        MODEL_SETTINGS["work_storage_class"] = os.environ.get("LLM_ETL_WORK_STORAGE_CLASS") or None
-    if cache_access_modes := os.environ.get("LLM_ETL_MODEL_CACHE_ACCESS_MODES"):
+        "kubernetes_conn_id": CONFIG.kubernetes_conn_id,
+        "model_source": CONFIG.model_source,
+        "model_url_secret": CONFIG.model_url_secret,
+        "model_sha256": CONFIG.model_sha256,
+        "model_claim": CONFIG.model_claim,
+        "model_image": CONFIG.model_image,
+        "model_path": CONFIG.model_path,
+        "model_size": CONFIG.model_size,
         # pull and object: the claim the model-cache pod downloads into; ReadWriteMany for several GPU nodes
-        MODEL_SETTINGS["model_cache_access_modes"] = [
-            m.strip() for m in cache_access_modes.split(",") if m.strip()
-        ]
-    if cache_storage_class := os.environ.get("LLM_ETL_MODEL_CACHE_STORAGE_CLASS"):
-        MODEL_SETTINGS["model_cache_storage_class"] = cache_storage_class
-    if checkpoint_every := os.environ.get("LLM_ETL_CHECKPOINT_EVERY"):
-        MODEL_SETTINGS["checkpoint_every"] = int(checkpoint_every)
-    if worker_image := os.environ.get("LLM_ETL_WORKER_IMAGE"):
-        MODEL_SETTINGS["worker_image"] = worker_image
-    if server_image := os.environ.get("LLM_ETL_SERVER_IMAGE"):
-        MODEL_SETTINGS["server_image"] = server_image
-    if pull_policy := os.environ.get(
-        "LLM_ETL_IMAGE_PULL_POLICY"
-    ):  # IfNotPresent for images loaded into nodes
-        MODEL_SETTINGS["image_pull_policy"] = pull_policy
-    if gpu_pool := os.environ.get("LLM_ETL_GPU_POOL"):
-        # an Airflow pool with a slot per GPU: shards beyond the GPUs queue in Airflow, not as Pending pods
-        MODEL_SETTINGS["pool"] = gpu_pool
-        MODEL_SETTINGS["pool_slots"] = max(MODEL_SETTINGS["gpus"], 1)
-    if store_cidrs := os.environ.get("LLM_ETL_STORE_CIDRS"):
-        # the object transport: where the pods may reach a store whose addresses rotate (e.g. AWS S3's ranges)
-        MODEL_SETTINGS["store_cidrs"] = [cidr.strip() for cidr in store_cidrs.split(",") if cidr.strip()]
-    if deferrable := os.environ.get("LLM_ETL_DEFERRABLE"):
-        MODEL_SETTINGS["deferrable"] = deferrable.lower() == "true"
-    DEFAULTS = {
-        "input": "s3://aws_default@llm-etl/input/drug_reviews_sample.jsonl",
-        "output": "s3://aws_default@llm-etl/output",
-        "model": "llama3.2:3b",
+        "model_cache_access_modes": CONFIG.model_cache_access_modes,
+        "model_cache_storage_class": CONFIG.model_cache_storage_class,
+        "worker_image": CONFIG.worker_image,
+        "server_image": CONFIG.server_image,
+        "image_pull_policy": CONFIG.image_pull_policy,  # IfNotPresent for images loaded into the nodes
+        "gpus": CONFIG.gpus,
+        "pod_time_limit_seconds": CONFIG.pod_time_limit_seconds,
+        "startup_timeout_seconds": CONFIG.startup_timeout_seconds,
+        # checkpoints on a claim that outlives a lost pod, so that its retry resumes
+        "work_claim_size": CONFIG.work_claim_size,
+        "work_storage_class": CONFIG.work_storage_class,
+        # the object transport: where the pods may reach a store whose addresses rotate (AWS S3's ranges)
+        "store_cidrs": CONFIG.store_cidrs,
     }
+    if CONFIG.gpu_pool:
+        # an Airflow pool with a slot per GPU: shards beyond the GPUs queue in Airflow, not as Pending pods
+        MODE_SETTINGS.update(pool=CONFIG.gpu_pool, pool_slots=max(CONFIG.gpus, 1))
+    if CONFIG.deferrable is not None:  # unset: Airflow's [operators] default_deferrable
+        MODE_SETTINGS["deferrable"] = CONFIG.deferrable
 
 
-DEFAULTS = {key: os.environ.get(f"LLM_ETL_DEFAULT_{key.upper()}") or value for key, value in DEFAULTS.items()}
+def default(value: Any) -> dict[str, Any]:
+    """A Param's default, where the deployment gives one: a Param without one is required in the form."""
+    return {} if value is None else {"default": value}
 
 
 # The trigger form: every Param titled and described; the LLM server's choice only where it applies (local
@@ -109,13 +85,13 @@ DEFAULTS = {key: os.environ.get(f"LLM_ETL_DEFAULT_{key.upper()}") or value for k
 # its constants. The Params' names are what triggers pass in their conf (record_bytes, shard_bytes).
 PARAMS: dict[str, Param] = {
     "input_path": Param(
-        DEFAULTS["input"],
+        **default(CONFIG.default_input),
         type="string",
         title="Input",
         description="A JSONL or CSV file, plain or gzip, any URI",
     ),
     "output_path": Param(
-        DEFAULTS["output"],
+        **default(CONFIG.default_output),
         type="string",
         title="Output folder",
         description="Any URI; each run publishes under <output>/<DAG id>/<task group>/<run id>/",
@@ -127,15 +103,35 @@ PARAMS: dict[str, Param] = {
     ),
     "template": worker_param(
         "template",
-        default="{review}",  # the example data's text field
         title="Prompt template",
-        description="The user prompt, with record fields in braces, e.g. {review}",
+        description="The user prompt, with record fields in braces, e.g. Review: {review}. Empty: the whole "
+        "record but its id, one 'name: value' line per field",
     ),
-    "model": Param(
-        DEFAULTS["model"],
-        type="string",
-        title="Model",
-        description="The model the LLM server serves, e.g. llama3.2:3b for Ollama",
+    "categories": worker_param(
+        "categories",
+        title="Categories (tags task)",
+        description="The categories the tags task chooses from, one per line; required for that task",
+    ),
+    "entity_types": worker_param(
+        "entity_types",
+        title="Entity types (entities task)",
+        description="The types of entity the entities task extracts, one per line",
+    ),
+    "model": (
+        Param(
+            CONFIG.default_model,
+            type=["null", "string"],
+            title="Model",
+            description="The name to serve the model under. Empty: the connection's model, or the bundled "
+            "model's",
+        )
+        if LOCAL
+        else Param(
+            **default(CONFIG.default_model),
+            type="string",
+            title="Model",
+            description="The model the LLM server serves, e.g. llama3.2:3b for Ollama",
+        )
     ),
     **(
         {
@@ -146,11 +142,11 @@ PARAMS: dict[str, Param] = {
                 description="The server in each pod: ollama, llamacpp or vllm",
             )
         }
-        if EXECUTION_MODE != LOCAL_MODE
+        if not LOCAL
         else {}
     ),
     "transport": Param(
-        os.environ.get("LLM_ETL_TRANSPORT") or DEFAULT_TRANSPORT,
+        DEFAULT_TRANSPORT,
         enum=list(TRANSPORTS),
         title="Transport",
         description=(
@@ -160,7 +156,7 @@ PARAMS: dict[str, Param] = {
         ),
     ),
     "pods": Param(
-        int(os.environ.get("LLM_ETL_PODS") or 1),
+        1,
         type="integer",
         minimum=1,
         maximum=DEFAULT_MAX_SHARDS,
@@ -227,7 +223,7 @@ PARAMS: dict[str, Param] = {
 
 @dag(
     dag_id="llm_enrichment",
-    schedule=os.environ.get("LLM_ETL_SCHEDULE") or None,
+    schedule=CONFIG.schedule,
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=2,
@@ -242,6 +238,8 @@ def llm_enrichment() -> None:
         model="{{ params.model }}",
         task="{{ params.task }}",
         template="{{ params.template }}",
+        categories="{{ params.categories }}",
+        entity_types="{{ params.entity_types }}",
         system_prompt="{{ params.system_prompt }}",
         schema="{{ params.schema }}",
         concurrency="{{ params.concurrency }}",
@@ -252,10 +250,11 @@ def llm_enrichment() -> None:
         max_record_bytes="{{ params.record_bytes }}",
         max_dead_letter_ratio="{{ params.max_dead_letter_ratio }}",
         label_field="{{ params.label_field }}",
-        namespace=NAMESPACE,
-        execution_mode=EXECUTION_MODE,
-        local_dir=LOCAL_DIR,
-        **MODEL_SETTINGS,
+        namespace=CONFIG.namespace,
+        execution_mode=CONFIG.execution_mode,
+        local_dir=CONFIG.local_dir,
+        checkpoint_every=CONFIG.checkpoint_every,
+        **MODE_SETTINGS,
     )
 
 

@@ -1,25 +1,27 @@
 """Maintenance: delete what llm-etl runs that never reached their cleanup left (pods, Secrets, work claims;
-in local execution, the staging under ``LLM_ETL_LOCAL_DIR``) once Airflow says their run ended, and the
-decrypted staging that killed extractions left under the output folders (``LLM_ETL_SWEEP_OUTPUTS``,
-comma-separated; default: the enrichment DAG's ``LLM_ETL_DEFAULT_OUTPUT``). A running run is never touched."""
+in local execution, the staging under ``[llm_etl] local_dir``) once Airflow says their run ended, and the
+decrypted staging that killed extractions left under the output folders (``[llm_etl] sweep_outputs``,
+default: the enrichment DAG's ``default_output``). A running run is never touched. Its settings are the
+provider's section ``[llm_etl]`` of Airflow's configuration, as the enrichment DAG's are."""
 
 from __future__ import annotations
 
-import os
 from datetime import datetime
 
 from airflow.sdk import dag
 
-from llm_etl_provider.backends import DEFAULT_LOCAL_DIR, EXAMPLE_NAMESPACE, LOCAL_MODE
+from llm_etl_provider.backends import LOCAL_MODE
+from llm_etl_provider.config import LLMEtlConfig
 from llm_etl_provider.operators.cleanup import SweepExpiredOperator
 
-OUTPUTS = os.environ.get("LLM_ETL_SWEEP_OUTPUTS") or os.environ.get("LLM_ETL_DEFAULT_OUTPUT") or ""
-LOCAL = os.environ.get("LLM_ETL_EXECUTION_MODE") == LOCAL_MODE
+CONFIG = LLMEtlConfig.from_airflow()  # [llm_etl]
+LOCAL = CONFIG.execution_mode == LOCAL_MODE
+OUTPUTS = CONFIG.sweep_outputs or ((CONFIG.default_output,) if CONFIG.default_output else ())
 
 
 @dag(
     dag_id="llm_etl_sweeper",
-    schedule=os.environ.get("LLM_ETL_SWEEP_SCHEDULE", "*/15 * * * *"),
+    schedule=CONFIG.sweep_schedule,
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
@@ -29,11 +31,12 @@ LOCAL = os.environ.get("LLM_ETL_EXECUTION_MODE") == LOCAL_MODE
 def llm_etl_sweeper() -> None:
     SweepExpiredOperator(
         task_id="sweep",
-        namespace=None if LOCAL else os.environ.get("LLM_ETL_NAMESPACE", EXAMPLE_NAMESPACE),
-        ttl_seconds=int(os.environ.get("LLM_ETL_TTL_SECONDS", "3600")),
-        output_paths=[p.strip() for p in OUTPUTS.split(",") if p.strip()],
-        # the enrichment DAG's local_dir (its default): shards and keys in plain files
-        local_dirs=[os.environ.get("LLM_ETL_LOCAL_DIR", DEFAULT_LOCAL_DIR)] if LOCAL else [],
+        namespace=None if LOCAL else CONFIG.namespace,
+        kubernetes_conn_id=CONFIG.kubernetes_conn_id,
+        ttl_seconds=CONFIG.sweep_ttl_seconds,
+        output_paths=list(OUTPUTS),
+        # the enrichment DAG's local_dir: shards and keys in plain files
+        local_dirs=[CONFIG.local_dir] if LOCAL else [],
     )
 
 

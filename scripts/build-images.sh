@@ -8,7 +8,8 @@
 #
 # --registry    name the images HOST/PATH/worker:TAG and llama-server:TAG and push them there (default: only
 #               build them, as localhost/llm-etl/...). Point the pod at them with the operator's `worker_image`
-#               and `server_image` (by digest, as printed), or LLM_ETL_WORKER_IMAGE / LLM_ETL_SERVER_IMAGE.
+#               and `server_image` (by digest, as printed), or the example DAG's [llm_etl] worker_image and
+#               server_image (AIRFLOW__LLM_ETL__WORKER_IMAGE / AIRFLOW__LLM_ETL__SERVER_IMAGE).
 # --local-base  where no registry is reachable: build the base images from Debian's packages (mmdebstrap) instead
 #               of pulling python:3.11-slim and debian:bookworm-slim.
 # --host-certs  lend the builds' RUN steps this machine's CA certificates (behind a TLS-intercepting proxy);

@@ -9,9 +9,9 @@
 #
 # The first `up` sets the project up (scripts/setup.sh: kube-apiserver, etcd, the node's programs and SeaweedFS
 # built from their Go modules, cached) and builds the images with scripts/build-images.sh (from Debian's packages:
-# no registry) into the cache. Name them in the pod with LLM_ETL_WORKER_IMAGE=localhost/llm-etl/worker:TAG,
-# LLM_ETL_SERVER_IMAGE=localhost/llm-etl/llama-server:TAG and LLM_ETL_IMAGE_PULL_POLICY=IfNotPresent (TAG: the
-# project's version; the build prints the references).
+# no registry) into the cache. Name them in the pod with AIRFLOW__LLM_ETL__WORKER_IMAGE=localhost/llm-etl/worker:TAG,
+# AIRFLOW__LLM_ETL__SERVER_IMAGE=localhost/llm-etl/llama-server:TAG and AIRFLOW__LLM_ETL__IMAGE_PULL_POLICY=IfNotPresent
+# (the example DAG's [llm_etl] options; TAG: the project's version; the build prints the references).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE_DIR="${LLM_ETL_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/llm-etl-provider}"

@@ -18,6 +18,7 @@ from typing import Any
 from upath import UPath
 
 from llm_etl_provider.backends import LOCAL_MODE
+from llm_etl_provider.config import env_var
 from llm_etl_provider.contract.layout import run_output_folder, run_scope
 from llm_etl_provider.transport import report
 
@@ -37,8 +38,9 @@ def _prepare_airflow(output: Path) -> None:
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__DAGS_FOLDER": str(DAG_FILE.parent.resolve()),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
-            "LLM_ETL_EXECUTION_MODE": LOCAL_MODE,
-            "LLM_ETL_LOCAL_DIR": str((output / "staging").resolve()),
+            # the example DAG's [llm_etl] options
+            env_var("execution_mode"): LOCAL_MODE,
+            env_var("local_dir"): str((output / "staging").resolve()),
         }
     )
 
@@ -77,6 +79,8 @@ def run_demo(output: Path, *, input_path: Path = SAMPLE, limit: int | None = Non
             "input_path": str(input_path.resolve()),
             "output_path": str(published.resolve()),
             "model": "smollm2",
+            # the review alone: the record's rating and rating_label, which the report compares against,
+            # stay out of the prompt
             "template": "{review}",
             "task": DEMO_TASK,
             "label_field": LABEL_FIELD,

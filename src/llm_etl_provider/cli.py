@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from llm_etl_provider.backends import EXAMPLE_NAMESPACE
-from llm_etl_provider.contract.invocation import DEFAULT_TEMPLATE, TASK_NAMES, default_of
+from llm_etl_provider.contract.invocation import TASK_NAMES, default_of
 from llm_etl_provider.contract.layout import WORKER_CONTAINER
 from llm_etl_provider.pod.rbac import SERVICE_ACCOUNT_NAME
 from llm_etl_provider.worker.pod_commands import add_pod_commands
@@ -208,7 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="requests the server serves at once (default: sized for the server and GPU)",
     )
-    render.add_argument("--gpus", type=int, default=1)
+    render.add_argument(
+        "--gpus", type=int, help="nvidia.com/gpu for the server, 0 for CPU (default: the operator's)"
+    )
     render.add_argument(
         "--worker-image", help="the worker's image, by digest for a pinned pod (…/worker@sha256:…)"
     )
@@ -218,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="every container's (default Always; IfNotPresent for images loaded into the nodes)",
     )  # fmt: skip
     render.add_argument("--task", default=default_of("task"), choices=TASK_NAMES)
-    render.add_argument("--template", help=f"the prompt template (default: {DEFAULT_TEMPLATE})")
+    render.add_argument("--template", help="the prompt template (default: the whole record but its id)")
     render.add_argument("--dag-id", default="llm_enrichment", help="names the run's pods and Secrets")
     render.add_argument("--run-id", default="manual__2026-01-01T00:00:00+00:00")
     render.add_argument("--namespace", default=EXAMPLE_NAMESPACE)

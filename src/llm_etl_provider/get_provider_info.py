@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from llm_etl_provider.config import provider_config
 from llm_etl_provider.contract.invocation import API_STYLES, CONNECTION_API, RESPONSE_FORMATS, default_of
 
 
@@ -76,4 +77,6 @@ def get_provider_info() -> dict[str, Any]:
                 },
             }
         ],
+        # [llm_etl]: the example DAGs' deployment settings (airflow.cfg, AIRFLOW__LLM_ETL__*)
+        "config": provider_config(),
     }

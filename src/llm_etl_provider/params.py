@@ -19,9 +19,11 @@ def worker_param(
 
     :param title: the trigger form's label
     :param description: the form's help text
-    :param default: an example's value instead of the declared default (a template over the example's data)
+    :param default: a value instead of the declared default
     :param schema: JSON schema that narrows the declaration where another step bounds the setting too (the
         stage's largest record), or shapes the form (``format="multiline"``)
     """
     value = default_of(name) if default is _DECLARED else default
+    if isinstance(value, tuple):  # a list setting's default, as JSON holds it
+        value = list(value)
     return Param(value, title=title, description=description, **{**setting_schema(name), **schema})

@@ -18,17 +18,30 @@ from llm_etl_provider.backends import (
     checked_execution_mode,
 )
 from llm_etl_provider.contract.invocation import DEFAULT_MAX_RECORD_BYTES, WORKER_SETTINGS, default_of
-from llm_etl_provider.contract.layout import DEFAULT_RUN_DEADLINE_SECONDS, DEFAULT_WORKER_MEMORY
+from llm_etl_provider.contract.layout import (
+    DEFAULT_CACHE_ACCESS_MODES,
+    DEFAULT_MODEL_LOAD_TIMEOUT_SECONDS,
+    DEFAULT_MODEL_SOURCE,
+    DEFAULT_POD_TIME_LIMIT_SECONDS,
+    DEFAULT_RUN_DEADLINE_SECONDS,
+    DEFAULT_WORKER_MEMORY,
+)
 from llm_etl_provider.contract.object_transport import DEFAULT_TRANSPORT
 from llm_etl_provider.operators.cleanup import CleanupOperator
 from llm_etl_provider.operators.enrichment import LLMEnrichmentOperator
 from llm_etl_provider.operators.extract import ExtractResultsOperator
 from llm_etl_provider.operators.local_enrichment import LocalEnrichmentOperator
-from llm_etl_provider.operators.model_cache import DEFAULT_CACHE_ACCESS_MODES, ModelCacheOperator
+from llm_etl_provider.operators.model_cache import ModelCacheOperator
 from llm_etl_provider.operators.publish import PublishRunOperator
 from llm_etl_provider.operators.stage import StageInputOperator
-from llm_etl_provider.pod.builder import DEFAULT_MODEL_SOURCE, DOWNLOADED_SOURCES
-from llm_etl_provider.staging.cutting import DEFAULT_SHARD_BYTES
+from llm_etl_provider.pod.builder import DOWNLOADED_SOURCES
+from llm_etl_provider.staging.cutting import (
+    DEFAULT_MAX_INPUT_BYTES,
+    DEFAULT_MAX_INPUT_RECORDS,
+    DEFAULT_MAX_SHARDS,
+    DEFAULT_MAX_STAGED_BYTES,
+    DEFAULT_SHARD_BYTES,
+)
 
 # How the group's steps retry a failed try (a preempted GPU node, a lost pod, an API or store hiccup): the
 # enrichment's default, and the model cache's, the extractions' and the publishing's
@@ -54,6 +67,10 @@ def llm_enrichment_task_group(
     input_format: str = default_of("input_format"),
     max_shard_bytes: int | str = DEFAULT_SHARD_BYTES,
     max_record_bytes: int | str = DEFAULT_MAX_RECORD_BYTES,
+    max_input_bytes: int | str = DEFAULT_MAX_INPUT_BYTES,
+    max_input_records: int | str = DEFAULT_MAX_INPUT_RECORDS,
+    max_shards: int | str = DEFAULT_MAX_SHARDS,
+    max_staged_bytes: int | str = DEFAULT_MAX_STAGED_BYTES,
     results_asset: Asset | None = None,
     work_claim_size: str | None = None,
     work_storage_class: str | None = None,
@@ -61,6 +78,8 @@ def llm_enrichment_task_group(
     pods: int | str | None = None,
     store_cidrs: Sequence[str] | None = None,
     run_deadline_seconds: int = DEFAULT_RUN_DEADLINE_SECONDS,
+    pod_time_limit_seconds: int = DEFAULT_POD_TIME_LIMIT_SECONDS,
+    startup_timeout_seconds: int = DEFAULT_MODEL_LOAD_TIMEOUT_SECONDS,
     worker_memory: str = DEFAULT_WORKER_MEMORY,
     model_cache_access_modes: Sequence[str] = DEFAULT_CACHE_ACCESS_MODES,
     model_cache_storage_class: str | None = None,
@@ -80,8 +99,9 @@ def llm_enrichment_task_group(
     Clearing any task is safe: Airflow runs the stage (the setup) again with it, which keeps the plan's key
     and staging (:class:`StageInputOperator`); each enrichment waits for it, and the cleanup waits for every
     enrichment. ``run_deadline_seconds`` (default 7 days) is how long what a run left may live once Airflow
-    no longer knows the run; ``pod_time_limit_seconds`` (default 3 days) and ``startup_timeout_seconds``
-    (the model load, default 30 minutes) go to each pod. ``worker_memory`` (default ``1Gi``) is the worker's
+    no longer knows the run; ``pod_time_limit_seconds`` (``activeDeadlineSeconds``, default 3 days) and
+    ``startup_timeout_seconds`` (the pod's start, the model load included, default 30 minutes) go to each
+    shard's pod (Kubernetes). ``worker_memory`` (default ``1Gi``) is the worker's
     memory limit, which the stage checks each shard against.
 
     In Kubernetes, a ``pull`` or ``object`` model source adds ``cache_model`` (:class:`ModelCacheOperator`,
@@ -92,7 +112,9 @@ def llm_enrichment_task_group(
     ``enrichment`` goes to the shard's enrichment: :class:`LLMEnrichmentOperator` (task, template, backend,
     model source, GPUs ...) in Kubernetes, :class:`LocalEnrichmentOperator` (task, template,
     ``llm_conn_id`` ...) for ``execution_mode="local"``.
-    ``max_record_bytes`` goes to both the staging and the worker (one value: they read records alike). With
+    ``max_record_bytes`` goes to both the staging and the worker (one value: they read records alike);
+    ``max_input_bytes``, ``max_input_records``, ``max_shards`` and ``max_staged_bytes`` are the stage's caps
+    (:class:`StageInputOperator`). With
     ``work_claim_size`` each shard's checkpoint survives its pod, so a retry after a lost pod resumes.
     ``transport``: ``log`` (shards in Secrets, results through the pods' logs: no egress, for small runs) or
     ``object`` (``pods`` byte ranges of the input read from the store, results as part objects: the path for
@@ -116,6 +138,10 @@ def llm_enrichment_task_group(
             input_format=input_format,
             max_shard_bytes=max_shard_bytes,
             max_record_bytes=max_record_bytes,
+            max_input_bytes=max_input_bytes,
+            max_input_records=max_input_records,
+            max_shards=max_shards,
+            max_staged_bytes=max_staged_bytes,
             work_claim_size=work_claim_size,
             work_storage_class=work_storage_class,
             transport=transport,
@@ -177,7 +203,9 @@ def llm_enrichment_task_group(
                 else (
                     LLMEnrichmentOperator,
                     {"worker_memory": worker_memory, "namespace": namespace,
-                     "kubernetes_conn_id": kubernetes_conn_id},
+                     "kubernetes_conn_id": kubernetes_conn_id,
+                     "pod_time_limit_seconds": pod_time_limit_seconds,
+                     "startup_timeout_seconds": startup_timeout_seconds},
                 )
             )  # fmt: skip
             operator, mode_settings = by_mode

@@ -25,12 +25,13 @@ from llm_etl_dev.cluster.real_node import node_address
 from llm_etl_dev.object_store import BUCKET
 from llm_etl_provider.backends import EXAMPLE_NAMESPACE
 from llm_etl_provider.backends.llama_server import MODEL_FILE, MODEL_SHA256, bundled_model
+from llm_etl_provider.config import env_var
 from tests.e2e.cluster import ProviderCluster, is_enrichment_pod
 from tests.images import build_images
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "examples" / "drug_reviews_sample.jsonl"
-NAMESPACE = EXAMPLE_NAMESPACE  # the example DAG's (LLM_ETL_NAMESPACE unset)
+NAMESPACE = EXAMPLE_NAMESPACE  # the example DAG's ([llm_etl] namespace unset)
 MODEL_URL_SECRET = "llm-etl-model-url"
 
 
@@ -81,28 +82,37 @@ def cluster(tmp_path_factory, model_url, images) -> Iterator[ProviderCluster]:
         yield running
 
 
-def kubernetes_settings(cluster: ProviderCluster, *, deferrable: bool, **environment: str) -> dict[str, str]:
-    """The environment that points the example DAG at ``cluster`` and the model it serves."""
+def llm_etl_options(**options: str) -> dict[str, str]:
+    """``[llm_etl]`` options (by name: ``model_source="pvc"``) as Airflow reads them from the environment,
+    ``AIRFLOW__LLM_ETL__<OPTION>``: the example DAGs read them when parsed."""
+    return {env_var(name): value for name, value in options.items()}
+
+
+def kubernetes_settings(cluster: ProviderCluster, *, deferrable: bool, **options: str) -> dict[str, str]:
+    """The environment that points the example DAG at ``cluster`` and the model it serves: its Kubernetes
+    connection and ``[llm_etl]`` options, ``options`` over them."""
     return {
         "AIRFLOW_CONN_KUBERNETES_DEFAULT": cluster.airflow_connection(),
-        "LLM_ETL_EXECUTION_MODE": "kubernetes",
-        "LLM_ETL_NAMESPACE": NAMESPACE,
-        "LLM_ETL_MODEL_SOURCE": "object",
-        "LLM_ETL_MODEL_URL_SECRET": MODEL_URL_SECRET,
-        "LLM_ETL_MODEL_SHA256": MODEL_SHA256,
-        "LLM_ETL_GPUS": "0",
-        "LLM_ETL_WORKER_IMAGE": cluster.images["worker"],
-        "LLM_ETL_SERVER_IMAGE": cluster.images["llama-server"],
-        "LLM_ETL_IMAGE_PULL_POLICY": "IfNotPresent",  # loaded into the node: no registry serves them
-        "LLM_ETL_DEFERRABLE": str(deferrable).lower(),
-        **environment,
+        **llm_etl_options(
+            execution_mode="kubernetes",
+            namespace=NAMESPACE,
+            model_source="object",
+            model_url_secret=MODEL_URL_SECRET,
+            model_sha256=MODEL_SHA256,
+            gpus="0",
+            worker_image=cluster.images["worker"],
+            server_image=cluster.images["llama-server"],
+            image_pull_policy="IfNotPresent",  # loaded into the node: no registry serves them
+            deferrable=str(deferrable).lower(),
+            **options,
+        ),
     }
 
 
 def _load_dag(
-    monkeypatch: pytest.MonkeyPatch, cluster: ProviderCluster, *, deferrable: bool, **environment: str
+    monkeypatch: pytest.MonkeyPatch, cluster: ProviderCluster, *, deferrable: bool, **options: str
 ) -> Any:
-    return load_example_dag(monkeypatch, kubernetes_settings(cluster, deferrable=deferrable, **environment))
+    return load_example_dag(monkeypatch, kubernetes_settings(cluster, deferrable=deferrable, **options))
 
 
 def load_example_dag(monkeypatch: pytest.MonkeyPatch, settings: dict[str, str]) -> Any:
@@ -122,7 +132,8 @@ def load_example_dag(monkeypatch: pytest.MonkeyPatch, settings: dict[str, str]) 
 
 @pytest.fixture
 def kubernetes_dag(monkeypatch: pytest.MonkeyPatch, cluster: ProviderCluster) -> Callable[..., Any]:
-    """The example DAG in Kubernetes mode against the dev cluster: ``kubernetes_dag(deferrable=True)``."""
+    """The example DAG in Kubernetes mode against the dev cluster: ``kubernetes_dag(deferrable=True)``, with
+    more ``[llm_etl]`` options by name (``work_claim_size="1Gi"``)."""
     return functools.partial(_load_dag, monkeypatch, cluster)
 
 
@@ -167,7 +178,7 @@ def example_conf(
 
 def resumable_dag(kubernetes_dag: Callable[..., Any]) -> Any:
     """The example DAG with checkpoints on work claims, one record apart, and a 1 s retry delay."""
-    dag = kubernetes_dag(deferrable=False, LLM_ETL_WORK_CLAIM_SIZE="1Gi", LLM_ETL_CHECKPOINT_EVERY="1")
+    dag = kubernetes_dag(deferrable=False, work_claim_size="1Gi", checkpoint_every="1")
     dag.get_task("llm_enrichment.shard.enrich").retry_delay = timedelta(seconds=1)
     return dag
 

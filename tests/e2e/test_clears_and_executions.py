@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.e2e.airflow_stack import AirflowStack
-from tests.e2e.conftest import REPO, short_reviews
+from tests.e2e.conftest import REPO, llm_etl_options, short_reviews
 
 DAG_ID = "llm_enrichment"
 GROUP = "llm_enrichment"
@@ -25,7 +25,7 @@ def test_clearing_one_shard_or_the_whole_run_reruns_only_that_and_publishes_the_
     source = tmp_path / "reviews.jsonl"
     source.write_text("".join(reviews))
     staging = tmp_path / "staging"
-    settings = {"LLM_ETL_EXECUTION_MODE": "local", "LLM_ETL_LOCAL_DIR": str(staging)}
+    settings = llm_etl_options(execution_mode="local", local_dir=str(staging))
     conf = {"input_path": str(source), "output_path": str(tmp_path / "out"), "template": "{review}",
             "shard_bytes": 600, "record_bytes": 300}  # fmt: skip
     with AirflowStack(tmp_path / "airflow", REPO / "dags", settings) as airflow:

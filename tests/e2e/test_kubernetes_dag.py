@@ -225,12 +225,7 @@ def test_the_models_claim_of_the_dev_cluster_serves_the_example_dag_as_the_readm
 
     source = tmp_path / "reviews.jsonl"
     source.write_text("".join(SAMPLE.read_text().splitlines(keepends=True)[:2]))
-    dag = kubernetes_dag(
-        deferrable=False,
-        LLM_ETL_MODEL_SOURCE="pvc",
-        LLM_ETL_MODEL_CLAIM=MODEL_CLAIM,
-        LLM_ETL_MODEL_PATH=MODEL_FILE,
-    )
+    dag = kubernetes_dag(deferrable=False, model_source="pvc", model_claim=MODEL_CLAIM, model_path=MODEL_FILE)
     cluster.forget_pods()
     run = run_example(dag, source, tmp_path / "out")
     assert run.state == "success"

@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from llm_etl_provider.config import env_var
+
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "examples" / "drug_reviews_sample.jsonl"
 
@@ -21,8 +23,8 @@ SAMPLE = REPO / "examples" / "drug_reviews_sample.jsonl"
 def local_dag(tmp_path_factory):
     staging = tmp_path_factory.mktemp("staging")
     patch = pytest.MonkeyPatch()
-    patch.setenv("LLM_ETL_EXECUTION_MODE", "local")
-    patch.setenv("LLM_ETL_LOCAL_DIR", str(staging))
+    patch.setenv(env_var("execution_mode"), "local")
+    patch.setenv(env_var("local_dir"), str(staging))
     from airflow.utils.db import initdb
 
     initdb()
@@ -177,7 +179,7 @@ def test_the_sweeper_asks_airflow_itself_whether_a_run_ended(tmp_path, local_dag
         (folder / "run.json").write_text(
             json.dumps({"dag_id": dag.dag_id, "run_id": run_id, "expires_at": time.time() + 3600})
         )
-    monkeypatch.setenv("LLM_ETL_LOCAL_DIR", str(staging))
+    monkeypatch.setenv(env_var("local_dir"), str(staging))
     sweeper = _load("llm_etl_sweeper")
     assert sweeper.test().state == "success"
     assert sorted(p.name for p in staging.iterdir()) == ["llm-etl-unknown"]  # until its deadline

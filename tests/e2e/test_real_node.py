@@ -55,12 +55,12 @@ def cluster(tmp_path_factory, model_url, images) -> Iterator[ProviderCluster]:
     assert not [c for c in Path("/sys/fs/cgroup").iterdir() if (c / CONTAINERD_NAMESPACE).exists()]
 
 
-def pvc_dag(kubernetes_dag: Callable[..., Any], deferrable: bool, **environment: str) -> Any:
-    """The example DAG with the model from the cluster's models claim (no model-cache pod)."""
+def pvc_dag(kubernetes_dag: Callable[..., Any], deferrable: bool, **options: str) -> Any:
+    """The example DAG with the model from the cluster's models claim (no model-cache pod); ``options``:
+    more ``[llm_etl]`` options."""
     return kubernetes_dag(
-        deferrable=deferrable, LLM_ETL_MODEL_SOURCE="pvc", LLM_ETL_MODEL_CLAIM=MODEL_CLAIM,
-        LLM_ETL_MODEL_PATH=MODEL_FILE, **environment,
-    )  # fmt: skip
+        deferrable=deferrable, model_source="pvc", model_claim=MODEL_CLAIM, model_path=MODEL_FILE, **options
+    )
 
 
 @pytest.mark.parametrize("deferrable", [False, True], ids=["sync", "deferrable"])
@@ -177,7 +177,7 @@ def test_an_object_transport_pod_deleted_mid_run_resumes_in_a_new_pod_after_its_
     client = use_store(monkeypatch, cluster)
     short = short_reviews(12)  # seconds of work after the first parts: the kubelet stops it mid-shard
     client.put_object(Bucket=BUCKET, Key="lost/in/reviews.jsonl", Body="".join(short).encode())
-    dag = pvc_dag(kubernetes_dag, False, LLM_ETL_CHECKPOINT_EVERY="1")
+    dag = pvc_dag(kubernetes_dag, False, checkpoint_every="1")
     dag.get_task("llm_enrichment.shard.enrich").retry_delay = timedelta(seconds=1)
 
     def checkpointed(_cluster: ProviderCluster, _pod: dict[str, Any]) -> int:

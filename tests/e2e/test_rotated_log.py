@@ -27,7 +27,7 @@ def test_a_rotated_pod_log_fails_the_extraction_and_publishes_nothing(
 ):
     # a frame per record, one record at a time, for seconds: the kubelet checks the log every 3 s
     source = planted(tmp_path, 30)
-    dag = kubernetes_dag(deferrable=False, LLM_ETL_CHECKPOINT_EVERY="1")
+    dag = kubernetes_dag(deferrable=False, checkpoint_every="1")
 
     run = run_example(dag, source, tmp_path / "out", concurrency=1)
 

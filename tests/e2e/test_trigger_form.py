@@ -15,6 +15,7 @@ import pytest
 from playwright.sync_api import sync_playwright
 
 from tests.e2e.airflow_stack import AirflowStack
+from tests.e2e.conftest import llm_etl_options
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "examples" / "drug_reviews_sample.jsonl"
@@ -39,12 +40,12 @@ def local_airflow(tmp_path_factory) -> Iterator[tuple[AirflowStack, Path]]:
     root = tmp_path_factory.mktemp("trigger-form")
     source = root / "reviews.jsonl"
     source.write_text("".join(SAMPLE.read_text().splitlines(keepends=True)[:4]))
-    env = {
-        "LLM_ETL_EXECUTION_MODE": "local",
-        "LLM_ETL_LOCAL_DIR": str(root / "staging"),
-        "LLM_ETL_DEFAULT_INPUT": str(source),
-        "LLM_ETL_DEFAULT_OUTPUT": str(root / "not-here"),
-    }
+    env = llm_etl_options(
+        execution_mode="local",
+        local_dir=str(root / "staging"),
+        default_input=str(source),
+        default_output=str(root / "not-here"),
+    )
     with AirflowStack(root / "airflow", REPO / "dags", env) as airflow:
         airflow.wait_for(lambda: airflow.client.get(f"/dags/{DAG_ID}").is_success, 120, f"{DAG_ID} parsed")
         airflow.api("PATCH", f"/dags/{DAG_ID}", json={"is_paused": False})

@@ -17,7 +17,8 @@ import llm_etl_provider
 PACKAGE = Path(llm_etl_provider.__file__).parent
 # the Airflow side: what runs in Airflow's workers and triggerer
 AIRFLOW_SIDE = (
-    "operators", "backends", "hooks", "triggers", "pod", "staging", "task_group", "params", "exceptions"
+    "operators", "backends", "hooks", "triggers", "pod", "staging", "task_group", "params", "exceptions",
+    "config",
 )  # fmt: skip
 # what the worker's image runs: no Airflow there
 IN_THE_WORKER_IMAGE = ("worker", "contract", "formats", "transport")

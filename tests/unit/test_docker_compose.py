@@ -96,14 +96,17 @@ def test_airflow_reaches_its_database_api_and_dags(services):
     assert f"{api.port}:{api.port}" in services["airflow-apiserver"]["ports"]
     mounts = dict(v.split(":")[:2] for v in services["airflow-scheduler"]["volumes"])
     assert mounts["./dags"] == env["AIRFLOW__CORE__DAGS_FOLDER"]
-    assert mounts["staging"] == env["LLM_ETL_LOCAL_DIR"]
+    assert mounts["staging"] == env["AIRFLOW__LLM_ETL__LOCAL_DIR"]
     assert "/opt/airflow/.kube" in mounts.values()
 
 
 def test_the_connections_match_the_dag_and_the_services(services, monkeypatch):
     env = airflow_env(services)
     assert connection(services, "kubernetes_default").conn_type == "kubernetes"
-    assert connection(services, "kubernetes_default").extra_dejson["namespace"] == env["LLM_ETL_NAMESPACE"]
+    assert (
+        connection(services, "kubernetes_default").extra_dejson["namespace"]
+        == env["AIRFLOW__LLM_ETL__NAMESPACE"]
+    )
 
     aws = connection(services, "aws_default")
     minio = services["minio"]
@@ -116,23 +119,23 @@ def test_the_connections_match_the_dag_and_the_services(services, monkeypatch):
         minio["environment"]["MINIO_ROOT_PASSWORD"],
     )
     init = " ".join(services["minio-init"]["command"])
-    for default in ("LLM_ETL_DEFAULT_INPUT", "LLM_ETL_DEFAULT_OUTPUT"):
+    for default in ("AIRFLOW__LLM_ETL__DEFAULT_INPUT", "AIRFLOW__LLM_ETL__DEFAULT_OUTPUT"):
         path = urlsplit(env[default])
         assert path.scheme == "s3"
         assert path.username == "aws_default"  # ObjectStoragePath's conn_id@bucket form
         assert f"mb --ignore-existing store/{path.hostname}" in init
-    input_path = urlsplit(env["LLM_ETL_DEFAULT_INPUT"])
+    input_path = urlsplit(env["AIRFLOW__LLM_ETL__DEFAULT_INPUT"])
     uploaded = re.search(r"mc cp /examples/(\S+) store/(\S+)", init)
     assert uploaded is not None
     assert f"store/{input_path.hostname}{input_path.path}" == f"store/{uploaded[2]}"
     assert (REPO / "examples" / uploaded[1]).is_file()
 
-    llm = connection(services, env["LLM_ETL_LLM_CONN_ID"])
+    llm = connection(services, env["AIRFLOW__LLM_ETL__LLM_CONN_ID"])
     monkeypatch.setenv(f"AIRFLOW_CONN_{llm.conn_id.upper()}", llm.as_json())
     server = LLMServerHook(llm.conn_id).get_server()
     assert urlsplit(server.base_url).hostname == "ollama"
     assert f"{urlsplit(server.base_url).port}:11434" in services["ollama"]["ports"]
-    assert server.model == env["LLM_ETL_DEFAULT_MODEL"] == services["ollama-pull"]["command"][-1]
+    assert server.model == env["AIRFLOW__LLM_ETL__DEFAULT_MODEL"] == services["ollama-pull"]["command"][-1]
 
 
 def test_the_images_match_the_lock_and_the_pod(services):
@@ -152,7 +155,7 @@ def test_the_images_match_the_lock_and_the_pod(services):
 
 @pytest.mark.parametrize("mode", ["local", "kubernetes"])
 def test_the_example_dag_parses_with_the_compose_environment(services, monkeypatch, mode):
-    for name, value in airflow_env(compose({"LLM_ETL_EXECUTION_MODE": mode})["services"]).items():
+    for name, value in airflow_env(compose({"AIRFLOW__LLM_ETL__EXECUTION_MODE": mode})["services"]).items():
         monkeypatch.setenv(name, value)
     spec = importlib.util.spec_from_file_location("llm_enrichment", REPO / "dags" / "llm_enrichment.py")
     assert spec is not None
@@ -166,8 +169,10 @@ def test_the_example_dag_parses_with_the_compose_environment(services, monkeypat
         assert enrich.llm_conn_id == "llm_etl_default"
     else:
         assert type(enrich) is LLMEnrichmentOperator
-    assert dag.params["input_path"] == airflow_env(services)["LLM_ETL_DEFAULT_INPUT"]
-    assert dag.params["model"] == airflow_env(services)["LLM_ETL_DEFAULT_MODEL"]
+    # the DAG's settings reach it through Airflow's configuration ([llm_etl]), and through nothing else
+    assert [name for name in airflow_env(services) if name.startswith("LLM_ETL_")] == []
+    assert dag.params["input_path"] == airflow_env(services)["AIRFLOW__LLM_ETL__DEFAULT_INPUT"]
+    assert dag.params["model"] == airflow_env(services)["AIRFLOW__LLM_ETL__DEFAULT_MODEL"]
 
 
 def test_every_named_volume_of_airflow_mounts_where_the_image_makes_a_folder_airflow_owns(services):

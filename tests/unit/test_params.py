@@ -24,6 +24,14 @@ def test_an_example_default_and_a_narrower_range_are_its_own():
     )
 
 
+def test_a_list_settings_default_is_a_list_of_names():
+    """Lists travel as JSON in a run's conf: the form shows one name a line."""
+    param = worker_param("entity_types", title="Types", description="Entity types")
+    assert param.value == list(default_of("entity_types"))
+    assert param.schema["items"] == {"type": "string"}
+    assert worker_param("categories", title="Categories", description="Categories").value is None
+
+
 def test_only_a_worker_setting_has_one():
     with pytest.raises(ValueError, match="'input' is not a worker setting"):
         worker_param("input", title="Input", description="The input")

@@ -56,7 +56,7 @@ from llm_etl_provider.pod.rbac import rbac_manifests
 
 KUBE_BIN_ENV = "LLM_ETL_KUBE_BIN"
 NAMESPACE = EXAMPLE_NAMESPACE
-MODEL_CLAIM = "llm-etl-models"  # a claim bound to the bundled model's folder, for LLM_ETL_MODEL_SOURCE=pvc
+MODEL_CLAIM = "llm-etl-models"  # bound to the bundled model's folder: [llm_etl] model_source = pvc
 AIRFLOW_USER = "llm-etl-airflow"
 SERVICE_RANGE = "10.0.0.0/24"
 API_SERVER_SERVICE_IP = "10.0.0.1"  # the first address of SERVICE_RANGE, in the API server's certificate

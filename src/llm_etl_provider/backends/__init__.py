@@ -25,10 +25,13 @@ DEFAULT_NAMESPACE = "default"
 # The namespace of the example deployment (docker-compose.yaml, the example DAGs, the development cluster)
 EXAMPLE_NAMESPACE = "llm-etl"
 DEFAULT_KUBERNETES_CONN_ID = "kubernetes_default"
-# Local execution's staging folder in the example DAGs (LLM_ETL_LOCAL_DIR), where the sweeper looks too
+# Local execution's staging folder in the example DAGs (``[llm_etl] local_dir``), where the sweeper looks too
 DEFAULT_LOCAL_DIR = "/tmp/llm-etl-staging"  # noqa: S108 - local mode only, a folder of 0700 run folders
 # A DAG run's states (the values of Airflow's DagRunState) in which the sweeper may remove what the run left
 ENDED_RUN_STATES = ("success", "failed")
+# The sweeper's age limit for what carries no run deadline (made before runs recorded one; killed extractions'
+# staging)
+DEFAULT_SWEEP_TTL_SECONDS = 3600
 
 
 class TaskLog(Protocol):

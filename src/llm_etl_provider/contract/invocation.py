@@ -22,7 +22,10 @@ from types import NoneType, UnionType
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 TASK_NAMES = ("sentiment", "tags", "moderation", "entities", "custom")
-DEFAULT_TEMPLATE = "{text}"
+# What a task needs beyond the catalogue: no list of categories fits any data, and a custom task is its own
+TASK_NEEDS: dict[str, tuple[str, ...]] = {"tags": ("categories",), "custom": ("system_prompt", "schema")}
+# The entities task's types where none are given: the classic named-entity types, found in any text
+DEFAULT_ENTITY_TYPES = ("person", "organization", "location", "date")
 RecordFormat = Literal["jsonl", "csv"]
 RECORD_FORMATS: tuple[str, ...] = get_args(RecordFormat)
 AUTO_FORMAT = "auto"  # --input-format auto: the format the file name implies
@@ -106,7 +109,8 @@ class WorkerInvocation:
         None,
         group=_TASK,
         setting=True,
-        help=f"user prompt over record fields, e.g. '{{review}}' (default '{DEFAULT_TEMPLATE}')",
+        help="user prompt over record fields, e.g. '{review}' (default: the whole record but its id, a "
+        "'name: value' line per field)",
     )
     system_prompt: str | None = _flag(
         None, group=_TASK, setting=True, help="system prompt (required for custom; overrides the catalogue's)"
@@ -116,10 +120,10 @@ class WorkerInvocation:
     )
     categories: tuple[str, ...] | None = _flag(
         None, group=_TASK, parse=name_list, show=_joined, setting=True,
-        help="tags: comma-separated categories to choose from",
+        help="tags: comma-separated categories to choose from (required)",
     )  # fmt: skip
-    entity_types: tuple[str, ...] | None = _flag(
-        None, group=_TASK, parse=name_list, show=_joined, setting=True,
+    entity_types: tuple[str, ...] = _flag(
+        DEFAULT_ENTITY_TYPES, group=_TASK, parse=name_list, show=_joined, setting=True,
         help="entities: comma-separated entity types",
     )  # fmt: skip
     max_tokens: int | None = _flag(
@@ -268,6 +272,7 @@ def default_of(name: str) -> Any:
 
 
 _JSON_TYPES: dict[Any, str] = {str: "string", Path: "string", int: "integer", float: "number", tuple: "array"}
+_ITEMS: dict[str, Any] = {"array": {"type": "string"}}  # the settings' lists are lists of names
 
 
 def setting_schema(name: str) -> dict[str, Any]:
@@ -285,6 +290,8 @@ def setting_schema(name: str) -> dict[str, Any]:
     ]
     spec = _spec(_FIELDS[name])
     schema: dict[str, Any] = {"type": ["null", json_type] if nullable else json_type}
+    if json_type in _ITEMS:
+        schema["items"] = _ITEMS[json_type]
     if spec.choices:
         schema["enum"] = [None, *spec.choices] if nullable else list(spec.choices)
     if spec.minimum is not None:
@@ -292,6 +299,21 @@ def setting_schema(name: str) -> dict[str, Any]:
     if spec.maximum is not None:
         schema["maximum"] = spec.maximum
     return schema
+
+
+def unmet_task_needs(settings: Mapping[str, Any]) -> str | None:
+    """Why ``settings`` (field values, :func:`coerce_settings`'s) cannot make their task, naming what to
+    give (:data:`TASK_NEEDS`); None where they can."""
+    task = settings.get("task")
+    missing = [name for name in TASK_NEEDS.get(task or "", ()) if not settings.get(name)]
+    if not missing:
+        return None
+    given = ", ".join(f"{name} ({flag_name(name)})" for name in missing)
+    return f"task {task!r} needs {given}: " + (
+        "the categories its answers choose from, e.g. billing,shipping,returns"
+        if missing == ["categories"]
+        else "give them, or choose a task of the catalogue"
+    )
 
 
 def is_unset(value: Any) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Any
+from typing import Any, Literal, get_args
 
 # Containers: containers[0] is the worker, named as KubernetesPodOperator's base container.
 WORKER_CONTAINER = "base"
@@ -91,6 +91,18 @@ DEFAULT_MODEL_LOAD_TIMEOUT_SECONDS = 1800
 DEFAULT_WORKER_MEMORY = "1Gi"
 WORKER_BASE_MEMORY_BYTES = 320 << 20
 WORKER_BYTES_PER_RECORD = 64
+# The pod's defaults that a deployment chooses (the [llm_etl] options of llm_etl_provider.config, which
+# Airflow reads while it loads its configuration: they are here, in a module that imports no Airflow)
+ModelSource = Literal["pull", "pvc", "object", "image"]
+MODEL_SOURCES: tuple[str, ...] = get_args(ModelSource)
+DEFAULT_MODEL_SOURCE: ModelSource = "pull"
+DEFAULT_MODEL_PATH = "model.gguf"
+DEFAULT_MODEL_SIZE = "8Gi"  # an 8B model at 4 bits is ~4.7 GB
+DEFAULT_WORKER_IMAGE = "ghcr.io/llm-etl-provider/worker:0.1.0"
+DEFAULT_GPUS = 1  # nvidia.com/gpu per pod
+# The model claim of the pull and object sources (ReadWriteMany for shards on several GPU nodes)
+DEFAULT_CACHE_ACCESS_MODES = ("ReadWriteOnce",)
+PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 
 
 def worker_memory_needed(records: int) -> int:

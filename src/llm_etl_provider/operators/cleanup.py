@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, ObjectStoragePath
 
-from llm_etl_provider.backends import DEFAULT_KUBERNETES_CONN_ID, DEFAULT_NAMESPACE
+from llm_etl_provider.backends import DEFAULT_KUBERNETES_CONN_ID, DEFAULT_NAMESPACE, DEFAULT_SWEEP_TTL_SECONDS
 from llm_etl_provider.backends.kubernetes import core_v1, networking_v1, sweep
 from llm_etl_provider.backends.local import sweep_local
 from llm_etl_provider.contract.object_transport import TRANSPORT_FOLDER
@@ -72,7 +72,7 @@ class SweepExpiredOperator(BaseOperator):
     def __init__(
         self,
         *,
-        ttl_seconds: int = 3600,
+        ttl_seconds: int = DEFAULT_SWEEP_TTL_SECONDS,
         namespace: str | None = DEFAULT_NAMESPACE,
         kubernetes_conn_id: str = DEFAULT_KUBERNETES_CONN_ID,
         output_paths: Sequence[str] = (),

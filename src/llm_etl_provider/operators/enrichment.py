@@ -31,7 +31,14 @@ from llm_etl_provider.contract.invocation import (
     OBJECT_OUTPUT,
     WORKER_SETTINGS,
 )
-from llm_etl_provider.contract.layout import run_annotations
+from llm_etl_provider.contract.layout import (
+    DEFAULT_GPUS,
+    DEFAULT_MODEL_PATH,
+    DEFAULT_MODEL_SIZE,
+    DEFAULT_MODEL_SOURCE,
+    DEFAULT_WORKER_IMAGE,
+    run_annotations,
+)
 from llm_etl_provider.contract.shard import ShardDescriptor
 from llm_etl_provider.exceptions import PodSpecError
 from llm_etl_provider.operators.pod_step import PodStepOperator
@@ -44,10 +51,6 @@ from llm_etl_provider.operators.shard_run import (
 )
 from llm_etl_provider.pod.builder import (
     DEFAULT_BACKEND,
-    DEFAULT_MODEL_PATH,
-    DEFAULT_MODEL_SIZE,
-    DEFAULT_MODEL_SOURCE,
-    DEFAULT_WORKER_IMAGE,
     DOWNLOADED_SOURCES,
     ENRICHMENT_COMPONENT,
     ModelSpec,
@@ -168,7 +171,7 @@ class LLMEnrichmentOperator(PodStepOperator):
         model_size: str = DEFAULT_MODEL_SIZE,
         server_image: str | None = None,
         parallel: int | str | None = None,
-        gpus: int = 1,
+        gpus: int = DEFAULT_GPUS,
         worker_image: str = DEFAULT_WORKER_IMAGE,
         gpu_node_selector: dict[str, str] | None = None,
         gpu_tolerations: Sequence[dict[str, Any]] | None = None,

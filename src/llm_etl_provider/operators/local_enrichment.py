@@ -11,7 +11,7 @@ from airflow.sdk import BaseOperator
 from llm_etl_provider.backends.local import LocalBackend, LocalServing
 from llm_etl_provider.backends.urls import DEFAULT_URL_RENEW_SECONDS
 from llm_etl_provider.contract import layout
-from llm_etl_provider.contract.invocation import WORKER_SETTINGS
+from llm_etl_provider.contract.invocation import WORKER_SETTINGS, is_unset
 from llm_etl_provider.operators.shard_run import (
     ShardRun,
     optional_int,
@@ -36,7 +36,8 @@ class LocalEnrichmentOperator(BaseOperator):
     :class:`~llm_etl_provider.operators.enrichment.LLMEnrichmentOperator`.
 
     :param shard: the shard descriptor from StageInputOperator (templated)
-    :param model: the name the server serves the model under (templated)
+    :param model: the name the server serves the model under (templated); unset (None): the connection's
+        model, or the bundled model's name
     :param local_dir: the staging folder (templated)
     :param scope: the pipeline's task group in the DAG (set by ``llm_enrichment_task_group``)
     :param parallel: requests the local server serves at once (templated; default: a CPU server's,
@@ -85,11 +86,17 @@ class LocalEnrichmentOperator(BaseOperator):
             self.local_dir, dag_id=self.dag_id, scope=scope, run_id=run.run_id, log=self.log,
             plan=run.shard.plan,
         )  # fmt: skip
+        given = None if is_unset(self.model) else str(self.model)
         remote = None
         if self.llm_conn_id:
             from llm_etl_provider.hooks.llm_server import LLMServerHook
 
-            remote = LLMServerHook(self.llm_conn_id).get_server(model=self.model or None)
+            remote = LLMServerHook(self.llm_conn_id).get_server(model=given)
+            model = remote.model
+        else:
+            from llm_etl_provider.backends.llama_server import MODEL_NAME
+
+            model = given or MODEL_NAME  # the name the bundled (or given) model is served under
         # the pod's invocation for llama.cpp's server on the CPU; the serving swaps in its address
         server = ServerSpec(backend="llamacpp", parallel=optional_int(self.parallel, "parallel"), gpus=0)
         serving = LocalServing(
@@ -97,7 +104,7 @@ class LocalEnrichmentOperator(BaseOperator):
             parallel=server.slots,
             server=remote,
         )
-        invocation = run.invocation({n: getattr(self, n) for n in WORKER_SETTINGS}, server, self.model)
+        invocation = run.invocation({n: getattr(self, n) for n in WORKER_SETTINGS}, server, model)
         renewal = run.url_renewal(self.url_renew_seconds, layout.DEFAULT_POD_TIME_LIMIT_SECONDS)
         with renewing_urls(renewal, backend, self.log):
             return backend.enrich(invocation, run.shard, serving)

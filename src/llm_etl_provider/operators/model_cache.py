@@ -11,15 +11,18 @@ from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
 from llm_etl_provider.backends.kubernetes import KubernetesBackend
 from llm_etl_provider.contract import layout
+from llm_etl_provider.contract.layout import (
+    DEFAULT_CACHE_ACCESS_MODES,
+    DEFAULT_MODEL_PATH,
+    DEFAULT_MODEL_SIZE,
+    DEFAULT_MODEL_SOURCE,
+    DEFAULT_WORKER_IMAGE,
+)
 from llm_etl_provider.contract.shard import ShardDescriptor
 from llm_etl_provider.exceptions import PodSpecError
 from llm_etl_provider.operators.pod_step import PodStepOperator
 from llm_etl_provider.pod.builder import (
     DEFAULT_BACKEND,
-    DEFAULT_MODEL_PATH,
-    DEFAULT_MODEL_SIZE,
-    DEFAULT_MODEL_SOURCE,
-    DEFAULT_WORKER_IMAGE,
     DOWNLOADED_SOURCES,
     MODEL_CACHE_COMPONENT,
     ModelSpec,
@@ -32,7 +35,6 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
     from kubernetes.client import models as k8s
 
-DEFAULT_CACHE_ACCESS_MODES = ("ReadWriteOnce",)
 DEFAULT_CACHE_START_TIMEOUT_SECONDS = 900  # scheduling and the image pull; the download runs after it
 
 

@@ -15,8 +15,10 @@ from llm_etl_provider.contract import layout
 from llm_etl_provider.contract.invocation import (
     DEFAULT_MAX_RECORD_BYTES,
     OBJECT_OUTPUT,
+    WORKER_SETTINGS,
     coerce_settings,
     default_of,
+    unmet_task_needs,
 )
 from llm_etl_provider.contract.layout import DEFAULT_RUN_DEADLINE_SECONDS, plan_id
 from llm_etl_provider.contract.object_transport import DEFAULT_TRANSPORT, TRANSPORT_FOLDER, TRANSPORTS
@@ -190,6 +192,10 @@ class StageInputOperator(RunStepOperator):
         try:
             validate_run_id(run_id)  # the worker binds it into every frame: refuse it before anything exists
             check_sizes(int(self.max_shard_bytes), int(self.max_record_bytes))
+            # a task its settings cannot make (tags without categories) fails here, not in every shard's pod
+            worker = {k: v for k, v in self.plan_settings.items() if k in WORKER_SETTINGS}
+            if (unmet := unmet_task_needs(coerce_settings(worker))) is not None:
+                raise ValueError(unmet)
         except (ValueError, StagingInputError) as exc:
             raise StagingError(str(exc)) from None
         if self.transport not in TRANSPORTS:

@@ -33,6 +33,15 @@ from llm_etl_provider.contract.invocation import (
     coerce_settings,
     default_of,
 )
+from llm_etl_provider.contract.layout import (
+    DEFAULT_GPUS,
+    DEFAULT_MODEL_PATH,
+    DEFAULT_MODEL_SIZE,
+    DEFAULT_MODEL_SOURCE,
+    DEFAULT_WORKER_IMAGE,
+    PULL_POLICIES,
+    ModelSource,
+)
 from llm_etl_provider.contract.pod_commands import (
     check_heartbeat_command,
     load_model_args,
@@ -43,22 +52,12 @@ from llm_etl_provider.exceptions import PodSpecError
 from llm_etl_provider.llama_cpp import CPU_PARALLEL, llama_server_args
 
 Backend = Literal["ollama", "llamacpp", "vllm"]
-ModelSource = Literal["pull", "pvc", "object", "image"]
 
 POD_TEMPLATE = "llm-enrichment-pod.yaml"
 MODEL_CACHE_POD_TEMPLATE = "model-cache-pod.yaml"
 NETWORK_POLICY_TEMPLATE = "network-policy.yaml"
-DEFAULT_WORKER_IMAGE = "ghcr.io/llm-etl-provider/worker:0.1.0"
 DEFAULT_BACKEND: Backend = "ollama"
-DEFAULT_MODEL_SOURCE: ModelSource = "pull"
-DEFAULT_MODEL_PATH = "model.gguf"
-DEFAULT_MODEL_SIZE = "8Gi"  # an 8B model at 4 bits is ~4.7 GB
-SERVER_SCRATCH = "2Gi"
-PULL_POLICIES = (
-    "Always",
-    "IfNotPresent",
-    "Never",
-)  # the server's own writes (its /tmp, logs), beside a downloaded model
+SERVER_SCRATCH = "2Gi"  # the server's own writes (its /tmp, logs), beside a downloaded model
 
 
 @dataclass(frozen=True)
@@ -168,7 +167,7 @@ class ServerSpec:
     backend: Backend = DEFAULT_BACKEND
     image: str | None = None
     parallel: int | None = None
-    gpus: int = 1
+    gpus: int = DEFAULT_GPUS
     cpu: str = "4"
     memory: str = "16Gi"
     extra_args: tuple[str, ...] = ()

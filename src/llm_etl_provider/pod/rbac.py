@@ -32,7 +32,7 @@ AIRFLOW_RULES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("", ("events",), ("list", "watch")),
     # the object transport's URL Secrets are replaced with renewed URLs while their pods run
     ("", ("secrets",), ("create", "get", "list", "update", "delete")),
-    # the work claims (LLM_ETL_WORK_CLAIM_SIZE) and the model claims (pull, object); cleanup and the sweeper
+    # the work claims (work_claim_size) and the model claims (pull, object); cleanup and the sweeper
     # look for them in every run, and an enrichment reads its model claim before its pod is made
     ("", ("persistentvolumeclaims",), ("create", "get", "list", "delete")),
     # each shard's pod gets its own NetworkPolicy, removed with the run

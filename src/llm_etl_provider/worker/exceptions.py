@@ -94,10 +94,13 @@ class InvalidOutputError(RecordError):
 
 
 class MissingFieldError(RecordError):
-    """A field the template needs is missing or empty in the record."""
+    """A field the template needs is missing or empty in the record (or, for a prompt of the whole record,
+    the record has no field to show)."""
 
-    def __init__(self, field_name: str) -> None:
-        super().__init__(DeadLetterReason.MISSING_FIELD, f"field {field_name!r} is missing or empty")
+    def __init__(self, field_name: str | None, detail: str | None = None) -> None:
+        super().__init__(
+            DeadLetterReason.MISSING_FIELD, detail or f"field {field_name!r} is missing or empty"
+        )
         self.field_name = field_name
 
 

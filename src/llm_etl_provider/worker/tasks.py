@@ -7,6 +7,7 @@ else.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import string
@@ -18,23 +19,10 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-from llm_etl_provider.contract.invocation import DEFAULT_TEMPLATE, TASK_NAMES, WorkerInvocation
+from llm_etl_provider.contract.invocation import TASK_NAMES, WorkerInvocation, unmet_task_needs
 from llm_etl_provider.formats import strict_json
 from llm_etl_provider.worker.exceptions import ConfigurationError, InvalidOutputError, MissingFieldError
 
-DEFAULT_CATEGORIES = (
-    "effectiveness",
-    "side effects",
-    "dosage",
-    "cost",
-    "mental health",
-    "pain",
-    "sleep",
-    "weight",
-    "skin",
-    "other",
-)
-DEFAULT_ENTITY_TYPES = ("condition", "drug", "symptom", "dosage")
 MODERATION_CATEGORIES = (
     "harassment",
     "hate",
@@ -47,15 +35,38 @@ MODERATION_CATEGORIES = (
 )
 
 
+def unprompted_fields(invocation: WorkerInvocation) -> tuple[str, ...]:
+    """The record fields that a prompt of the whole record leaves out: the id, which says nothing about the
+    record, and the label column, whose reference answer would be handed to the model it measures."""
+    return (
+        (invocation.id_field,)
+        if invocation.label_field is None
+        else (invocation.id_field, invocation.label_field)
+    )
+
+
 class PromptTemplate:
-    """A user-prompt template with ``{field}`` placeholders over record fields.
+    """A user-prompt template with ``{field}`` placeholders over record fields, or, with no template, the
+    whole record.
 
     Only plain field names are allowed: no attribute access, indexing, conversions or format specs, so a
     template cannot reach into Python objects. ``{{`` and ``}}`` stand for literal braces.
+
+    Without a template the prompt is every field of the record but ``excluded`` (its id,
+    :func:`unprompted_fields`), in the record's order, one ``name: value`` line each (a string as it is,
+    another value as compact JSON), leaving out empty ones: any JSONL or CSV file can be enriched without
+    naming its fields.
+
+    :param template: the template, or None for the whole record
+    :param excluded: the fields a prompt of the whole record leaves out
     """
 
-    def __init__(self, template: str) -> None:
+    def __init__(self, template: str | None, *, excluded: Sequence[str] = ()) -> None:
         self.template = template
+        self.excluded = frozenset(excluded)
+        self.fields: tuple[str, ...] = ()
+        if template is None:
+            return
         fields: list[str] = []
         try:
             parsed = list(string.Formatter().parse(template))
@@ -71,17 +82,50 @@ class PromptTemplate:
                 )
             fields.append(name)
         if not fields:
-            raise ConfigurationError(f"template {template!r} uses no record field: add one, such as {{text}}")
+            raise ConfigurationError(
+                f"template {template!r} uses no record field: add one, such as {{review}}, or give no "
+                "template to send the whole record"
+            )
         self.fields = tuple(dict.fromkeys(fields))
 
+    @property
+    def key(self) -> Any:
+        """What decides the prompts, for the task's fingerprint."""
+        return self.template if self.template is not None else {"whole_record_but": sorted(self.excluded)}
+
+    def fields_of(self, record: Mapping[str, Any]) -> tuple[str, ...]:
+        """The fields of ``record`` that its prompt shows."""
+        if self.template is not None:
+            return self.fields
+        return tuple(name for name in record if name not in self.excluded and not _empty(record[name]))
+
     def render(self, record: Mapping[str, Any]) -> str:
+        """The user prompt for ``record``; :class:`MissingFieldError` where a field it needs is missing or
+        empty (for the whole record: where no field but the left-out ones has a value)."""
+        if self.template is None:
+            shown = self.fields_of(record)
+            if not shown:
+                raise MissingFieldError(
+                    None,
+                    "the record has no field to put in the prompt beside "
+                    + ", ".join(repr(name) for name in sorted(self.excluded)),
+                )
+            return "\n".join(f"{name}: {_compact(record[name])}" for name in shown)
         values: dict[str, str] = {}
         for name in self.fields:
             value = record.get(name)
-            if value is None or (isinstance(value, str) and not value.strip()):
+            if _empty(value):
                 raise MissingFieldError(name)
             values[name] = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
         return self.template.format_map(values)
+
+
+def _empty(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _compact(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -111,7 +155,7 @@ class TaskSpec:
     def fingerprint(self) -> str:
         """A digest of everything that decides the task's output, to tie checkpoints to it."""
         text = json.dumps(
-            [self.name, self.system_prompt, self.template.template, self.schema, self.max_tokens],
+            [self.name, self.system_prompt, self.template.key, self.schema, self.max_tokens],
             sort_keys=True,
         )
         return hashlib.sha256(text.encode()).hexdigest()
@@ -203,7 +247,9 @@ def build_task(invocation: WorkerInvocation) -> TaskSpec:
         invocation.max_tokens,
     )
     schema = _load_schema(invocation.schema) if invocation.schema else None
-    prompt_template = PromptTemplate(template or DEFAULT_TEMPLATE)
+    if (unmet := unmet_task_needs(dataclasses.asdict(invocation))) is not None:
+        raise ConfigurationError(unmet)
+    prompt_template = PromptTemplate(template or None, excluded=unprompted_fields(invocation))
     if name != "custom" and schema is not None:
         raise ConfigurationError(f"task {name!r} has a fixed schema; use --task custom to give your own")
     if name == "sentiment":
@@ -224,7 +270,7 @@ def build_task(invocation: WorkerInvocation) -> TaskSpec:
             max_tokens=max_tokens or 24,
         )
     if name == "tags":
-        allowed = _string_list(categories or DEFAULT_CATEGORIES, "category")
+        allowed = _string_list(categories or (), "category")
         return TaskSpec(
             name=name,
             system_prompt=system_prompt
@@ -277,8 +323,7 @@ def build_task(invocation: WorkerInvocation) -> TaskSpec:
             max_tokens=max_tokens or 96,
         )
     if name == "entities":
-        types = _string_list(entity_types or DEFAULT_ENTITY_TYPES, "entity type")
-        fields = prompt_template.fields
+        types = _string_list(entity_types or (), "entity type")
         return TaskSpec(
             name=name,
             system_prompt=system_prompt
@@ -310,11 +355,14 @@ def build_task(invocation: WorkerInvocation) -> TaskSpec:
                 "additionalProperties": False,
             },
             max_tokens=max_tokens or 384,
-            postprocess=lambda answer, record: _locate_entities(answer, record, fields),
+            postprocess=lambda answer, record: _locate_entities(
+                answer, record, prompt_template.fields_of(record)
+            ),
         )
     if name == "custom":
-        if not system_prompt or schema is None or template is None:
-            raise ConfigurationError("task 'custom' needs --system-prompt, --template and --schema")
+        # unmet_task_needs saw to both
+        assert system_prompt is not None
+        assert schema is not None
         return TaskSpec(
             name=name,
             system_prompt=system_prompt,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -50,7 +51,7 @@ invocations = st.builds(
     system_prompt=st.none() | text,
     schema=st.none() | text,
     categories=st.none() | names.filter(bool),
-    entity_types=st.none() | names.filter(bool),
+    entity_types=names.filter(bool),
     max_tokens=st.none() | st.integers(1, 10_000),
     input=text.map(Path),
     input_format=st.sampled_from(INPUT_FORMATS),
@@ -221,6 +222,8 @@ def test_a_settings_schema_is_its_declaration():
     assert setting_schema("concurrency") == {"type": ["null", "integer"], "minimum": 1}
     assert setting_schema("task") == {"type": "string", "enum": list(TASK_NAMES)}
     assert setting_schema("template") == {"type": ["null", "string"]}
+    assert setting_schema("categories") == {"type": ["null", "array"], "items": {"type": "string"}}
+    assert setting_schema("entity_types") == {"type": "array", "items": {"type": "string"}}
     with pytest.raises(ValueError, match="'input' is not a worker setting"):
         setting_schema("input")
 
@@ -228,7 +231,7 @@ def test_a_settings_schema_is_its_declaration():
 @pytest.mark.parametrize("name", WORKER_SETTINGS)
 def test_a_settings_schema_takes_its_default_and_refuses_what_the_worker_refuses(name):
     schema = setting_schema(name)
-    jsonschema.validate(default_of(name), schema)
+    jsonschema.validate(json.loads(json.dumps(default_of(name))), schema)  # as a form's JSON holds it
     for bound, past in (("minimum", -1), ("maximum", 1)):
         if bound in schema:
             value = schema[bound] + past

@@ -24,7 +24,7 @@ CUSTOM_SCHEMA = {
 def task(name: str):
     if name == "custom":
         return task_for(name, system_prompt="Summarise.", template="{text}", schema=json.dumps(CUSTOM_SCHEMA))
-    return task_for(name, template="{text}")
+    return task_for(name, template="{text}", **({"categories": ("a", "b")} if name == "tags" else {}))
 
 
 @pytest.mark.parametrize("name", TASK_NAMES)

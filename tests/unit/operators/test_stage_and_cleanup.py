@@ -454,6 +454,29 @@ def test_a_run_id_frames_cannot_carry_fails_the_stage_before_anything_exists(tmp
 
 
 @pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"task": "tags"}, r"task 'tags' needs categories \(--categories\)"),
+        ({"task": "tags", "categories": None}, "needs categories"),
+        ({"task": "custom", "system_prompt": "Summarise."}, r"task 'custom' needs schema \(--schema\)"),
+        ({"task": "sentiment", "max_attempts": "0"}, "max_attempts '0' is not usable"),
+    ],
+)
+def test_settings_that_cannot_make_their_task_fail_the_stage_before_anything_exists(
+    tmp_path, api, settings, message
+):
+    """Every shard's worker would refuse them (exit 2): the run fails at its first step, naming what."""
+    source = write_input(tmp_path / "reviews.jsonl", n=5)
+    op = stage(input_path=str(source), namespace="etl", plan_settings={"model": "m", **settings})
+    with pytest.raises(StagingError, match=message):
+        op.execute({"run_id": RUN})
+    assert api.objects["secrets"] == {}
+    stage(
+        input_path=str(source), namespace="etl", plan_settings={"task": "tags", "categories": ["a", "b"]}
+    ).execute({"run_id": RUN})
+
+
+@pytest.mark.parametrize(
     ("caps", "message"),
     [
         ({"max_shards": 3}, "more than 3 shards"),

@@ -19,7 +19,8 @@ import pytest
 import yaml
 
 from llm_etl_provider.backends.llama_server import cache_dir
-from llm_etl_provider.pod.builder import BACKENDS, DEFAULT_WORKER_IMAGE, build_pod, network_policy
+from llm_etl_provider.contract.layout import DEFAULT_WORKER_IMAGE
+from llm_etl_provider.pod.builder import BACKENDS, build_pod, network_policy
 from tests.unit.pod.test_builder import VARIANTS, params
 
 REQUIREMENTS = Path(__file__).resolve().parents[3] / "tools" / "checkov-requirements.txt"

@@ -28,6 +28,9 @@ from llm_etl_provider.worker.sinks import JsonlFileSink, LogFrameSink
 from llm_etl_provider.worker.tasks import task_for
 from tests.unit.worker.fakes import Crash, FakeLLMServer, crashing, worker_flags
 
+# The prompt is the record's text alone: the fake server answers, and fails, by it
+TEXT = "{text}"
+
 
 def write_input(path: Path, n: int, extra: bytes = b"") -> Path:
     lines = [
@@ -57,7 +60,7 @@ def run_engine(
     beside=None,
 ):
     """Run the engine; ``beside``, a coroutine function, runs on the same loop meanwhile."""
-    task = task or task_for("sentiment")
+    task = task or task_for("sentiment", template=TEXT)
     logs: list[str] = []
 
     async def go():
@@ -330,7 +333,7 @@ def test_progress_lines_carry_counts_never_content(tmp_path):
 
 
 def run_log_engine(tmp_path, server, input_path, out, *, key, crash_after=None, checkpoint=True, attempt=1):
-    task = task_for("sentiment")
+    task = task_for("sentiment", template=TEXT)
     Sink = crashing(LogFrameSink, crash_after) if crash_after is not None else LogFrameSink
 
     async def go():
@@ -434,7 +437,7 @@ def test_only_server_failures_wait_before_a_retry(tmp_path):
     async def go() -> None:
         async with httpx.AsyncClient(transport=server.transport()) as http:
             await Engine(
-                task_for("sentiment"),
+                task_for("sentiment", template=TEXT),
                 make_client(worker_flags(), http),
                 RecordReader(path),
                 JsonlFileSink(tmp_path / "r.jsonl", tmp_path / "d.jsonl"),

@@ -12,6 +12,10 @@ declares the flag's default again: each new flag would have to extend the callab
 a third file. One value handed to a general helper (``RetryPolicy(max_attempts=...)``) is the flag's use. The
 formats that the stage shares with the worker (``RecordReader``) take values, not the invocation: the stage
 has none.
+
+One function reads flags for another module's use: :func:`~llm_etl_provider.worker.tasks.unprompted_fields`,
+the fields a prompt of the whole record leaves out (the id, which the reader reads for its own use); its reads
+are not counted.
 """
 
 from __future__ import annotations
@@ -41,9 +45,21 @@ def is_flag_read(node: ast.AST) -> bool:
     return (owner.id if isinstance(owner, ast.Name) else getattr(owner, "attr", None)) in OWNERS
 
 
+# reads of flags that other modules use, for the prompt to leave their fields out
+LEFT_OUT_OF_THE_PROMPT = "unprompted_fields"
+
+
 def flag_reads(source: str) -> set[str]:
-    """The attributes the source reads of an invocation (or of a settings object)."""
-    return {node.attr for node in ast.walk(ast.parse(source)) if is_flag_read(node)}  # type: ignore[attr-defined]
+    """The attributes the source reads of an invocation (or of a settings object), but in
+    :data:`LEFT_OUT_OF_THE_PROMPT`."""
+    tree = ast.parse(source)
+    skipped = {
+        id(node)
+        for function in ast.walk(tree)
+        if isinstance(function, ast.FunctionDef) and function.name == LEFT_OUT_OF_THE_PROMPT
+        for node in ast.walk(function)
+    }
+    return {node.attr for node in ast.walk(tree) if is_flag_read(node) and id(node) not in skipped}  # type: ignore[attr-defined]
 
 
 def readers_of_each_flag(folder: Path = WORKER) -> dict[str, list[str]]:
@@ -208,6 +224,15 @@ def test_a_hand_mapping_is_found(tmp_path, modules, mappings):
             },
             set(),
             {"checkpoint_every": ["cli.py", "engine.py"]},
+        ),
+        # the fields the prompt leaves out, read for the reader's use elsewhere: not a second use
+        (
+            {
+                "cli.py": EVERY_FLAG_READ,
+                "tasks.py": "def unprompted_fields(invocation):\n    return (invocation.id_field,)\n",
+            },
+            set(),
+            {},
         ),
     ],
 )

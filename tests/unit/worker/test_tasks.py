@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from llm_etl_provider.contract.invocation import TASK_NAMES
+from llm_etl_provider.contract.invocation import DEFAULT_ENTITY_TYPES, TASK_NAMES
 from llm_etl_provider.worker.exceptions import ConfigurationError, InvalidOutputError, MissingFieldError
 from llm_etl_provider.worker.tasks import PromptTemplate, task_for
 
@@ -31,6 +31,44 @@ def test_missing_or_empty_field_is_reported_by_name(value):
         PromptTemplate("{review}").render({"review": value})
 
 
+def test_without_a_template_the_prompt_is_the_whole_record_but_its_id():
+    """Any JSONL or CSV works without naming a field: each field in the record's order, a line each, a
+    string as it is and another value as compact JSON; the id, and empty fields, are left out."""
+    template = PromptTemplate(None, excluded=("uid",))
+    record = {
+        "title": "Late parcel",
+        "uid": 7,
+        "stars": 2,
+        "tags": ["a", "b"],
+        "meta": {"x": None},
+        "note": " ",
+    }
+    assert template.render(record) == 'title: Late parcel\nstars: 2\ntags: ["a","b"]\nmeta: {"x":null}'
+    assert template.fields_of(record) == ("title", "stars", "tags", "meta")
+    assert template.render({"uid": 1, "text": "ünïcode\nand lines"}) == "text: ünïcode\nand lines"
+
+
+@pytest.mark.parametrize("record", [{"uid": 1}, {"uid": 1, "text": "", "other": None}])
+def test_a_record_with_nothing_but_its_id_is_missing_its_fields(record):
+    with pytest.raises(MissingFieldError, match="no field to put in the prompt beside 'uid'") as info:
+        PromptTemplate(None, excluded=("uid",)).render(record)
+    assert info.value.reason == "missing_field"
+
+
+def test_a_task_without_a_template_leaves_out_the_workers_id_field():
+    task = task_for("sentiment", id_field="review_id")
+    assert task.template.render({"review_id": "r1", "review": "Great"}) == "review: Great"
+
+
+def test_a_task_without_a_template_never_shows_the_model_the_label_column():
+    """The label column is the reference answer the run's report measures the model against."""
+    task = task_for("sentiment", label_field="rating_label")
+    record = {"id": "r1", "review": "Great", "rating_label": "positive"}
+    assert task.template.render(record) == "review: Great"
+    assert task.fingerprint != task_for("sentiment").fingerprint  # another id field, other prompts
+    assert task.fingerprint != task_for("sentiment", id_field="review_id", template="{review}").fingerprint
+
+
 @pytest.mark.parametrize("template", ["{x.__class__}", "{x[0]}", "{x!r}", "{x:>10}", "{0}", "no fields", "{"])
 def test_templates_that_reach_into_objects_or_use_no_field_are_refused(template):
     with pytest.raises(ConfigurationError):
@@ -39,7 +77,7 @@ def test_templates_that_reach_into_objects_or_use_no_field_are_refused(template)
 
 @pytest.mark.parametrize("name", [n for n in TASK_NAMES if n != "custom"])
 def test_catalogue_tasks_have_valid_object_schemas(name):
-    task = task_for(name, template="{review}")
+    task = task_for(name, template="{review}", **({"categories": ("a", "b")} if name == "tags" else {}))
     assert task.schema["type"] == "object"
     assert task.system_prompt
     assert task.max_tokens > 0
@@ -67,8 +105,29 @@ def test_tags_are_limited_to_the_given_categories():
         task.parse('{"tags": ["cost"]}', {})
 
 
+def test_tags_need_the_categories_to_choose_from():
+    """No list of categories fits any data: the task refuses to guess, naming the flag."""
+    with pytest.raises(ConfigurationError, match=r"task 'tags' needs categories \(--categories\)"):
+        task_for("tags")
+
+
+def test_entities_default_to_types_found_in_any_text():
+    task = task_for("entities")
+    assert task.schema["properties"]["entities"]["items"]["properties"]["type"]["enum"] == list(
+        DEFAULT_ENTITY_TYPES
+    )
+    assert set(DEFAULT_ENTITY_TYPES) == {"person", "organization", "location", "date"}
+
+
+def test_entities_of_the_whole_record_are_located_in_its_shown_fields():
+    answer = task_for("entities").parse(
+        json.dumps({"entities": [{"text": "Ada", "type": "person"}]}), {"id": "Ada-1", "name": "Ada Lovelace"}
+    )
+    assert answer["entities"][0] | {} == {"text": "Ada", "type": "person", "start": 0, "end": 3}
+
+
 def test_entities_get_spans_in_the_source_text_or_null_when_invented():
-    task = task_for("entities", template="{review}")
+    task = task_for("entities", template="{review}", entity_types=("drug",))
     answer = task.parse(
         json.dumps(
             {"entities": [{"text": "Ibuprofen", "type": "drug"}, {"text": "aspirin", "type": "drug"}]}
@@ -79,11 +138,18 @@ def test_entities_get_spans_in_the_source_text_or_null_when_invented():
     assert answer["entities"][1]["start"] is None
 
 
-def test_custom_task_needs_prompt_template_and_schema():
-    with pytest.raises(ConfigurationError, match="--system-prompt, --template and --schema"):
+def test_custom_task_needs_a_system_prompt_and_a_schema():
+    with pytest.raises(ConfigurationError, match=r"task 'custom' needs system_prompt \(--system-prompt\)"):
         task_for("custom", template="{text}", schema=json.dumps(CUSTOM_SCHEMA))
+    with pytest.raises(
+        ConfigurationError, match=r"needs system_prompt \(--system-prompt\), schema \(--schema\)"
+    ):
+        task_for("custom")
     task = task_for("custom", template="{text}", system_prompt="Summarise.", schema=json.dumps(CUSTOM_SCHEMA))
     assert task.parse('{"summary": "short"}', {}) == {"summary": "short"}
+    # without a template, the whole record
+    whole = task_for("custom", system_prompt="Summarise.", schema=json.dumps(CUSTOM_SCHEMA))
+    assert whole.template.render({"id": 1, "text": "x"}) == "text: x"
 
 
 @pytest.mark.parametrize(
@@ -106,10 +172,11 @@ def test_catalogue_tasks_refuse_a_schema_and_unknown_tasks_are_named():
 
 
 def test_fingerprint_changes_with_what_decides_the_output():
-    base = task_for("tags", template="{review}")
-    assert base.fingerprint == task_for("tags", template="{review}").fingerprint
-    assert base.fingerprint != task_for("tags", template="{text}").fingerprint
+    base = task_for("tags", template="{review}", categories=("a", "b"))
+    assert base.fingerprint == task_for("tags", template="{review}", categories=("a", "b")).fingerprint
+    assert base.fingerprint != task_for("tags", template="{text}", categories=("a", "b")).fingerprint
     assert base.fingerprint != task_for("tags", template="{review}", categories=("a",)).fingerprint
+    assert base.fingerprint != task_for("tags", categories=("a", "b")).fingerprint  # the whole record
 
 
 def test_repeats_in_set_valued_fields_are_dropped_before_validation():
