@@ -38,41 +38,6 @@ from llm_etl_provider.task_group import llm_enrichment_task_group
 CONFIG = LLMEtlConfig.from_airflow()  # [llm_etl]
 LOCAL = CONFIG.execution_mode == LOCAL_MODE
 
-if LOCAL:
-    # The bundled GGUF, checked by its sha256 and served by llama.cpp's server, or a connection's server.
-    MODE_SETTINGS: dict[str, Any] = {"llm_conn_id": CONFIG.llm_conn_id}
-else:
-    MODE_SETTINGS = {
-        "backend": "{{ params.backend }}",
-        "kubernetes_conn_id": CONFIG.kubernetes_conn_id,
-        "model_source": CONFIG.model_source,
-        "model_url_secret": CONFIG.model_url_secret,
-        "model_sha256": CONFIG.model_sha256,
-        "model_claim": CONFIG.model_claim,
-        "model_image": CONFIG.model_image,
-        "model_path": CONFIG.model_path,
-        "model_size": CONFIG.model_size,
-        # pull and object: the claim the model-cache pod downloads into; ReadWriteMany for several GPU nodes
-        "model_cache_access_modes": CONFIG.model_cache_access_modes,
-        "model_cache_storage_class": CONFIG.model_cache_storage_class,
-        "worker_image": CONFIG.worker_image,
-        "server_image": CONFIG.server_image,
-        "image_pull_policy": CONFIG.image_pull_policy,  # IfNotPresent for images loaded into the nodes
-        "gpus": CONFIG.gpus,
-        "pod_time_limit_seconds": CONFIG.pod_time_limit_seconds,
-        "startup_timeout_seconds": CONFIG.startup_timeout_seconds,
-        # checkpoints on a claim that outlives a lost pod, so that its retry resumes
-        "work_claim_size": CONFIG.work_claim_size,
-        "work_storage_class": CONFIG.work_storage_class,
-        # the object transport: where the pods may reach a store whose addresses rotate (AWS S3's ranges)
-        "store_cidrs": CONFIG.store_cidrs,
-    }
-    if CONFIG.gpu_pool:
-        # an Airflow pool with a slot per GPU: shards beyond the GPUs queue in Airflow, not as Pending pods
-        MODE_SETTINGS.update(pool=CONFIG.gpu_pool, pool_slots=max(CONFIG.gpus, 1))
-    if CONFIG.deferrable is not None:  # unset: Airflow's [operators] default_deferrable
-        MODE_SETTINGS["deferrable"] = CONFIG.deferrable
-
 
 def default(value: Any) -> dict[str, Any]:
     """A Param's default, where the deployment gives one: a Param without one is required in the form."""
@@ -250,11 +215,8 @@ def llm_enrichment() -> None:
         max_record_bytes="{{ params.record_bytes }}",
         max_dead_letter_ratio="{{ params.max_dead_letter_ratio }}",
         label_field="{{ params.label_field }}",
-        namespace=CONFIG.namespace,
-        execution_mode=CONFIG.execution_mode,
-        local_dir=CONFIG.local_dir,
-        checkpoint_every=CONFIG.checkpoint_every,
-        **MODE_SETTINGS,
+        **({} if LOCAL else {"backend": "{{ params.backend }}"}),
+        **CONFIG.task_group_arguments(),
     )
 
 

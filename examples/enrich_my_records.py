@@ -4,8 +4,8 @@ Your file, your field names: ``input_path`` is a JSONL or CSV file (plain or gzi
 (``s3://``, ``gs://``, ``file://``, a local path), ``id_field`` the field that names each record. With no
 ``template``, each prompt is the whole record (every field but the id, one ``name: value`` line each); name
 fields to send only those, e.g. ``"{subject}\n{body}"``. Where the pods run (namespace, images, GPUs, the
-model's source) is the deployment's ``[llm_etl]`` configuration, which the task group reads (README,
-"Settings"); any of it can be passed here as an argument instead.
+model's source, or local mode) is the deployment's ``[llm_etl]`` configuration (README, "Settings"); each of
+those settings can be passed here as an argument instead.
 """
 
 from __future__ import annotations
@@ -14,7 +14,10 @@ from datetime import datetime
 
 from airflow.sdk import Param, dag
 
+from llm_etl_provider.config import LLMEtlConfig
 from llm_etl_provider.task_group import llm_enrichment_task_group
+
+DEPLOYMENT = LLMEtlConfig.from_airflow().task_group_arguments()  # [llm_etl]: where and how the model runs
 
 
 @dag(
@@ -34,6 +37,7 @@ def enrich_my_records() -> None:
         id_field="{{ params.id_field }}",
         task="sentiment",  # or tags (with categories=[...]), moderation, entities, custom (prompt + schema)
         model="llama3.2:3b",  # the model your LLM server serves
+        **DEPLOYMENT,
     )
 
 

@@ -28,6 +28,7 @@ from llm_etl_provider.backends import (
     DEFAULT_SWEEP_TTL_SECONDS,
     EXAMPLE_NAMESPACE,
     EXECUTION_MODES,
+    LOCAL_MODE,
 )
 from llm_etl_provider.contract.invocation import default_of, name_list
 from llm_etl_provider.contract.layout import (
@@ -231,6 +232,50 @@ class LLMEtlConfig:
             text = conf.get(SECTION, item.name, fallback=_default_text(item.default))
             values[item.name] = _parse(item.name, text)
         return cls(**values)
+
+    def task_group_arguments(self) -> dict[str, Any]:
+        """The deployment's arguments of ``llm_enrichment_task_group``: its execution mode, namespace, local
+        folder and checkpoint interval, and the settings of that mode (Kubernetes: the connection, the model's
+        source, images, GPUs and their pool, claims; local: the LLM connection)."""
+        arguments: dict[str, Any] = {
+            "execution_mode": self.execution_mode,
+            "namespace": self.namespace,
+            "local_dir": self.local_dir,
+            "checkpoint_every": self.checkpoint_every,
+        }
+        if self.execution_mode == LOCAL_MODE:
+            # the bundled GGUF (sha256-checked) served by llama.cpp's server, or a connection's server
+            return {**arguments, "llm_conn_id": self.llm_conn_id}
+        arguments.update(
+            kubernetes_conn_id=self.kubernetes_conn_id,
+            model_source=self.model_source,
+            model_url_secret=self.model_url_secret,
+            model_sha256=self.model_sha256,
+            model_claim=self.model_claim,
+            model_image=self.model_image,
+            model_path=self.model_path,
+            model_size=self.model_size,
+            # pull and object: the claim the model-cache pod downloads into; ReadWriteMany for several nodes
+            model_cache_access_modes=self.model_cache_access_modes,
+            model_cache_storage_class=self.model_cache_storage_class,
+            worker_image=self.worker_image,
+            server_image=self.server_image,
+            image_pull_policy=self.image_pull_policy,  # IfNotPresent for images loaded into the nodes
+            gpus=self.gpus,
+            pod_time_limit_seconds=self.pod_time_limit_seconds,
+            startup_timeout_seconds=self.startup_timeout_seconds,
+            # checkpoints on a claim that outlives a lost pod, so that its retry resumes
+            work_claim_size=self.work_claim_size,
+            work_storage_class=self.work_storage_class,
+            # the object transport: where the pods may reach a store whose addresses rotate (AWS S3's ranges)
+            store_cidrs=self.store_cidrs,
+        )
+        if self.gpu_pool:
+            # a pool with a slot per GPU: shards beyond the GPUs queue in Airflow, not as Pending pods
+            arguments.update(pool=self.gpu_pool, pool_slots=max(self.gpus, 1))
+        if self.deferrable is not None:  # unset: Airflow's [operators] default_deferrable
+            arguments["deferrable"] = self.deferrable
+        return arguments
 
     @classmethod
     def from_airflow(cls) -> LLMEtlConfig:

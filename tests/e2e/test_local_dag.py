@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import shutil
 import sys
@@ -184,3 +185,37 @@ def test_the_sweeper_asks_airflow_itself_whether_a_run_ended(tmp_path, local_dag
     assert sweeper.test().state == "success"
     assert sorted(p.name for p in staging.iterdir()) == ["llm-etl-unknown"]  # until its deadline
     shutil.rmtree(staging / "llm-etl-unknown")
+
+
+def test_the_smallest_dag_enriches_a_csv_of_its_own_field_names(tmp_path, local_dag):
+    """The README's DAG for a user's own data (``examples/enrich_my_records.py``), as a user copies it: a CSV
+    keyed ``ticket_no`` whose other columns no template names; every record is enriched from its whole row,
+    and the run publishes its manifest and report."""
+    spec = importlib.util.spec_from_file_location(
+        "enrich_my_records", REPO / "examples" / "enrich_my_records.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # [llm_etl] execution_mode = local, as the fixture sets it
+    dag = module.enrich_my_records()
+    source = tmp_path / "tickets.csv"
+    source.write_text(
+        "ticket_no,product,subject,body\n"
+        "T-1,Router X2,Works great,Set up in five minutes and the signal is strong everywhere.\n"
+        'T-2,Router X2,Dropped again,"The connection drops every evening, support never called back."\n'
+        "T-3,Cable 5m,Arrived,It is a cable.\n"
+    )
+    run = dag.test(
+        run_conf={"input_path": str(source), "output_path": str(tmp_path / "out"), "id_field": "ticket_no"}
+    )
+    assert run.state == "success"
+    (run_dir,) = list((tmp_path / "out").glob("enrich_my_records/*/*"))
+    results = [
+        json.loads(line) for line in (run_dir / "shard-00000" / "results.jsonl").read_text().splitlines()
+    ]
+    assert sorted(r["id"] for r in results) == ["T-1", "T-2", "T-3"]
+    assert all(r["enrichment"]["sentiment"] in ("positive", "negative", "neutral") for r in results)
+    assert json.loads((run_dir / "manifest.json").read_text())["report"] == "report.html"
+    assert (run_dir / "report.html").read_text().startswith("<!DOCTYPE html>")
+    assert (run_dir / "_SUCCESS").exists()
