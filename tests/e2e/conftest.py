@@ -91,21 +91,21 @@ def llm_etl_options(**options: str) -> dict[str, str]:
 def kubernetes_settings(cluster: ProviderCluster, *, deferrable: bool, **options: str) -> dict[str, str]:
     """The environment that points the example DAG at ``cluster`` and the model it serves: its Kubernetes
     connection and ``[llm_etl]`` options, ``options`` over them."""
+    defaults = {
+        "execution_mode": "kubernetes",
+        "namespace": NAMESPACE,
+        "model_source": "object",
+        "model_url_secret": MODEL_URL_SECRET,
+        "model_sha256": MODEL_SHA256,
+        "gpus": "0",
+        "worker_image": cluster.images["worker"],
+        "server_image": cluster.images["llama-server"],
+        "image_pull_policy": "IfNotPresent",  # loaded into the node: no registry serves them
+        "deferrable": str(deferrable).lower(),
+    }
     return {
         "AIRFLOW_CONN_KUBERNETES_DEFAULT": cluster.airflow_connection(),
-        **llm_etl_options(
-            execution_mode="kubernetes",
-            namespace=NAMESPACE,
-            model_source="object",
-            model_url_secret=MODEL_URL_SECRET,
-            model_sha256=MODEL_SHA256,
-            gpus="0",
-            worker_image=cluster.images["worker"],
-            server_image=cluster.images["llama-server"],
-            image_pull_policy="IfNotPresent",  # loaded into the node: no registry serves them
-            deferrable=str(deferrable).lower(),
-            **options,
-        ),
+        **llm_etl_options(**(defaults | options)),
     }
 
 

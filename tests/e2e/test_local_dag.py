@@ -187,10 +187,21 @@ def test_the_sweeper_asks_airflow_itself_whether_a_run_ended(tmp_path, local_dag
     shutil.rmtree(staging / "llm-etl-unknown")
 
 
-def test_the_smallest_dag_enriches_a_csv_of_its_own_field_names(tmp_path, local_dag):
+def test_the_smallest_dag_enriches_a_csv_of_its_own_field_names(tmp_path, local_dag, monkeypatch):
     """The README's DAG for a user's own data (``examples/enrich_my_records.py``), as a user copies it: a CSV
     keyed ``ticket_no`` whose other columns no template names; every record is enriched from its whole row,
     and the run publishes its manifest and report."""
+    # dag.test runs the DAG as its bundle serializes it: the examples folder is a second bundle here, as a
+    # user's DAG folder is theirs
+    bundles = [
+        {
+            "name": name,
+            "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+            "kwargs": {"path": path},
+        }
+        for name, path in (("dags-folder", str(REPO / "dags")), ("examples", str(REPO / "examples")))
+    ]
+    monkeypatch.setenv("AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST", json.dumps(bundles))
     spec = importlib.util.spec_from_file_location(
         "enrich_my_records", REPO / "examples" / "enrich_my_records.py"
     )

@@ -74,9 +74,10 @@ def test_canaries_appear_only_in_the_published_results(tmp_path, capfd, cluster,
         template = "{review} {no_such_field}" if case == "failed" else "{review}"
         conf = {"concurrency": 1} if case == "retried" else {}
         run = run_example(dag, source, tmp_path / "out", template=template, **conf)
-    assert run.state == ("failed" if case == "failed" else "success")
-    assert len(lost) == (case == "retried")
     task_log = "".join(capfd.readouterr())
+    states = {ti.task_id: (ti.state, ti.try_number) for ti in run.get_task_instances()}
+    assert run.state == ("failed" if case == "failed" else "success"), f"{states}\n{task_log[-8000:]}"
+    assert len(lost) == (case == "retried"), states
     assert "[base]" in task_log  # the worker's lines did reach the task log
     assert CANARY not in task_log
     assert CANARY not in airflow_surfaces(dag.dag_id, run.run_id)

@@ -131,7 +131,8 @@ def test_a_run_triggered_from_the_form_succeeds_and_links_its_report(local_airfl
     assert report_url == (published / "report.html").resolve().as_uri()
 
     errors: list[str] = []
-    report = page.context.new_page()
+    assert page.context.browser is not None
+    report = page.context.browser.new_page()  # the page's own context is the browser's default one
     report.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
     report.on("pageerror", lambda error: errors.append(str(error)))
     report.goto(report_url)

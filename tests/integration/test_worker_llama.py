@@ -61,14 +61,17 @@ def test_sentiment_on_drug_reviews(tmp_path, llama_server):
 
 
 @pytest.mark.parametrize(
-    ("task", "extra"),
+    ("task", "flags"),
     [
-        ("tags", ["--categories", "effectiveness,side effects,dosage,mental health,pain"]),
-        ("moderation", []),
-        ("entities", ["--entity-types", "drug,condition,symptom"]),
+        ("tags", {"categories": ("effectiveness", "side effects", "dosage", "mental health", "pain")}),
+        ("moderation", {}),
+        ("entities", {"entity_types": ("drug", "condition", "symptom")}),
     ],
 )
-def test_catalogue_tasks_give_schema_valid_results(tmp_path, llama_server, task, extra):
+def test_catalogue_tasks_give_schema_valid_results(tmp_path, llama_server, task, flags):
+    extra = [
+        arg for name, values in flags.items() for arg in (f"--{name.replace('_', '-')}", ",".join(values))
+    ]
     sample = head(SAMPLE, 4, tmp_path / "in.jsonl")
     # A 135M model sometimes rambles past max_tokens; that record is dead-lettered, never lost.
     done = worker("--task", task, "--input", sample, "--template", "Drug: {drug}\nReview: {review}", *extra,
@@ -78,7 +81,7 @@ def test_catalogue_tasks_give_schema_valid_results(tmp_path, llama_server, task,
     assert sorted(r["line"] for r in results + dead) == [1, 2, 3, 4]
     assert len(results) >= 2
     assert all(d["reason"] == "invalid_output" for d in dead)
-    fields = set(task_for(task).schema["required"])
+    fields = set(task_for(task, **flags).schema["required"])
     assert all(r["task"] == task and set(r["enrichment"]) == fields for r in results)
 
 

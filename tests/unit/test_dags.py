@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from llm_etl_provider.config import LLMEtlConfig, env_var
+from llm_etl_provider.config import LLMEtlConfig, env_var, provider_config
 from llm_etl_provider.contract.invocation import default_of, setting_schema
 from llm_etl_provider.operators.enrichment import LLMEnrichmentOperator
 from llm_etl_provider.operators.local_enrichment import LocalEnrichmentOperator
 from llm_etl_provider.staging.cutting import SECRET_LIMIT, largest_record
+from tests.unit.readme import table
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 DAG_FILES = sorted(DAGS.glob("*.py"))
@@ -272,3 +273,19 @@ def test_a_schedule_without_the_params_defaults_fails_the_parse(monkeypatch):
     input, output and model defaults with the schedule."""
     with pytest.raises(ValueError, match="required params without default values"):
         load("llm_enrichment", monkeypatch, "kubernetes", schedule="0 2 * * *")
+
+
+def test_the_readme_lists_every_param_of_the_example_dag_with_its_title(monkeypatch):
+    dag = load("llm_enrichment", monkeypatch, "kubernetes")
+    rows = {row[0]: row for row in table("| Param |")}
+    assert sorted(rows) == sorted(f"`{name}`" for name in dag.params)
+    for name, param in dag.params.items():
+        assert param.schema["title"].startswith(rows[f"`{name}`"][1]), name
+
+
+def test_the_readme_lists_every_llm_etl_option_with_its_default():
+    declared = provider_config()["llm_etl"]["options"]
+    rows = table("| option |")
+    assert [row[0] for row in rows] == [f"`{name}`" for name in declared]
+    for row, option in zip(rows, declared.values(), strict=True):
+        assert row[1] == (f"`{option['default']}`" if option["default"] else ""), row[0]

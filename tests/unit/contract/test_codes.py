@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from llm_etl_provider.contract.codes import DeadLetterReason, ExitCode
@@ -15,20 +13,7 @@ from llm_etl_provider.worker.exceptions import (
     ServerUnavailableError,
     WorkerError,
 )
-
-README = (Path(__file__).parents[3] / "README.md").read_text()
-
-
-def table(header: str) -> list[list[str]]:
-    """The rows of the README table whose header row starts with ``header``."""
-    lines = README.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(header))
-    rows = []
-    for line in lines[start + 2 :]:
-        if not line.startswith("|"):
-            break
-        rows.append([cell.strip() for cell in line.strip("|").split(" | ")])
-    return rows
+from tests.unit.readme import table
 
 
 def test_the_readme_lists_every_exit_code_with_its_meaning_and_outcome():
