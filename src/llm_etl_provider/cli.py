@@ -212,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--gpus", type=int, help="nvidia.com/gpu for the server, 0 for CPU (default: the operator's)"
     )
     render.add_argument(
-        "--worker-image", help="the worker's image, by digest for a pinned pod (…/worker@sha256:…)"
+        "--worker-image",
+        help="the worker's image you built and pushed (none is published), by digest (…/worker@sha256:…)",
     )
     render.add_argument("--server-image", help="the LLM server's image (default per backend)")
     render.add_argument(

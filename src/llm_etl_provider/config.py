@@ -39,7 +39,6 @@ from llm_etl_provider.contract.layout import (
     DEFAULT_MODEL_SIZE,
     DEFAULT_MODEL_SOURCE,
     DEFAULT_POD_TIME_LIMIT_SECONDS,
-    DEFAULT_WORKER_IMAGE,
     MODEL_SOURCES,
     PULL_POLICIES,
 )
@@ -131,9 +130,10 @@ class LLMEtlConfig:
     model_cache_storage_class: str | None = _option(
         None, "pull and object: the model claim's storage class (default: the cluster's)."
     )
-    worker_image: str = _option(
-        DEFAULT_WORKER_IMAGE,
-        "The worker's image; by digest for a pinned pod.",
+    worker_image: str | None = _option(
+        None,
+        "The worker's image, required in kubernetes mode: no registry publishes it, build and push yours "
+        "(scripts/build-images.sh --registry REGISTRY prints its digest) and give it by digest.",
         example="registry.example.com/llm-etl/worker@sha256:...",
     )
     server_image: str | None = _option(None, "The LLM server's image (default: the backend's).")

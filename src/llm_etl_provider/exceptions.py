@@ -5,6 +5,7 @@ The worker and the transport have trees of their own (``worker.exceptions``, ``t
     AirflowException
      ├── LLMConnectionError          the LLM connection is missing a field or holds an unusable value
      ├── PodSpecError                the pod cannot be built from the given parameters
+     │    └── WorkerImageUnsetError (+ AirflowFailException)   no worker image is given
      ├── StagingError                the input cannot be staged (unreadable, empty, not what it claims)
      │    └── StagingInputError       the input cannot be split into shards (the sharding's own refusals)
      ├── ExtractionError             a shard's results cannot be extracted; nothing was published for it
@@ -29,6 +30,11 @@ class LLMConnectionError(AirflowException):
 
 class PodSpecError(AirflowException):
     """The pod cannot be built from the given parameters."""
+
+
+class WorkerImageUnsetError(PodSpecError, AirflowFailException):
+    """No worker image is given: none is published, so the deployment builds and pushes its own, and a retry
+    would meet the same setting."""
 
 
 class StagingError(AirflowException):

@@ -105,7 +105,8 @@ def test_up_serves_a_real_release_that_enforces_pod_security_secret_size_and_the
     assert "may not be more than 1048576 bytes" in json.loads(refused.value.body)["message"]
 
     rendered = subprocess.run(
-        [sys.executable, "-m", "llm_etl_provider.cli", "render-pod", "--namespace", namespace],
+        [sys.executable, "-m", "llm_etl_provider.cli", "render-pod", "--namespace", namespace,
+         "--worker-image", "registry.example.com/llm-etl/worker:0.1.0"],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     documents = list(yaml.safe_load_all(rendered.stdout))

@@ -127,7 +127,9 @@ def test_the_wheel_s_commands_and_every_module_run_with_only_its_dependencies(fr
     commands run, ``render-pod`` from the packaged templates."""
     assert "render-rbac" in from_wheel.run("llm-etl", "--help")
     assert "--task" in from_wheel.run("llm-etl-worker", "--help")
-    pods = [d for d in yaml.safe_load_all(from_wheel.run("llm-etl", "render-pod")) if d["kind"] == "Pod"]
+    worker = "registry.example.com/llm-etl/worker:0.1.0"  # the user's: none is published
+    rendered = from_wheel.run("llm-etl", "render-pod", "--worker-image", worker)
+    pods = [d for d in yaml.safe_load_all(rendered) if d["kind"] == "Pod"]
     assert len(pods) == 2  # the enrichment pod and, for the default `pull` source, the model-cache pod
     rbac = yaml.safe_load_all(from_wheel.run("llm-etl", "render-rbac"))
     assert [d["kind"] for d in rbac] == ["Namespace", "ServiceAccount", "Role", "RoleBinding"]

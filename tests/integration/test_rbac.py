@@ -217,7 +217,9 @@ def test_the_namespace_refuses_a_privileged_pod_and_admits_the_provider_s_pods(a
         with pytest.raises(client.ApiException) as forbidden:
             client.CoreV1Api(airflow).list_namespaced_secret("default")
         assert forbidden.value.status == 403  # the impersonation holds: this is Airflow, not the admin
-        documents = render("render-pod", "--namespace", RUNS)
+        documents = render(
+            "render-pod", "--namespace", RUNS, "--worker-image", "registry.example.com/llm-etl/worker:0.1.0"
+        )
         pods = [d for d in documents if d["kind"] == "Pod"]
         assert len(pods) == 2  # the enrichment pod and, for the default `pull` source, the model-cache pod
         for pod in pods:

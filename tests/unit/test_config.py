@@ -17,7 +17,6 @@ from llm_etl_provider.contract.layout import (
     DEFAULT_CACHE_ACCESS_MODES,
     DEFAULT_GPUS,
     DEFAULT_POD_TIME_LIMIT_SECONDS,
-    DEFAULT_WORKER_IMAGE,
 )
 from llm_etl_provider.get_provider_info import get_provider_info
 
@@ -69,7 +68,7 @@ def test_the_defaults_are_the_packages_own():
     assert options["execution_mode"]["default"] == "kubernetes"
     assert options["namespace"]["default"] == EXAMPLE_NAMESPACE
     assert options["local_dir"]["default"] == DEFAULT_LOCAL_DIR
-    assert options["worker_image"]["default"] == DEFAULT_WORKER_IMAGE
+    assert options["worker_image"]["default"] == ""  # none is published: each deployment gives its own
     assert options["gpus"]["default"] == str(DEFAULT_GPUS)
     assert options["model_cache_access_modes"]["default"] == ",".join(DEFAULT_CACHE_ACCESS_MODES)
     assert options["checkpoint_every"]["default"] == str(default_of("checkpoint_every"))

@@ -98,7 +98,13 @@ MODEL_SOURCES: tuple[str, ...] = get_args(ModelSource)
 DEFAULT_MODEL_SOURCE: ModelSource = "pull"
 DEFAULT_MODEL_PATH = "model.gguf"
 DEFAULT_MODEL_SIZE = "8Gi"  # an 8B model at 4 bits is ~4.7 GB
-DEFAULT_WORKER_IMAGE = "ghcr.io/llm-etl-provider/worker:0.1.0"
+# No registry publishes the worker's image: each deployment builds and pushes its own, so none is a default.
+WORKER_IMAGE_UNSET = (
+    "no worker image is given: build the worker's image and push it to a registry your nodes pull from "
+    "(scripts/build-images.sh --registry REGISTRY prints its digest), then give it by digest: [llm_etl] "
+    "worker_image (AIRFLOW__LLM_ETL__WORKER_IMAGE), the task group's worker_image, or render-pod's "
+    "--worker-image"
+)
 DEFAULT_GPUS = 1  # nvidia.com/gpu per pod
 # The model claim of the pull and object sources (ReadWriteMany for shards on several GPU nodes)
 DEFAULT_CACHE_ACCESS_MODES = ("ReadWriteOnce",)

@@ -36,7 +36,6 @@ from llm_etl_provider.contract.layout import (
     DEFAULT_MODEL_PATH,
     DEFAULT_MODEL_SIZE,
     DEFAULT_MODEL_SOURCE,
-    DEFAULT_WORKER_IMAGE,
     run_annotations,
 )
 from llm_etl_provider.contract.shard import ShardDescriptor
@@ -123,7 +122,8 @@ class LLMEnrichmentOperator(PodStepOperator):
     :param parallel: requests the server serves at once (templated); None: sized for the server and its GPU
         (:class:`~llm_etl_provider.pod.builder.ServerSpec`); the worker keeps twice as many in flight
     :param gpus: ``nvidia.com/gpu`` for the server (0 for CPU)
-    :param worker_image: the worker's image
+    :param worker_image: the worker's image, by digest (required: no registry publishes it, see
+        ``scripts/build-images.sh``); a try without it fails at once, before any pod is created
     :param gpu_node_selector: node selector for GPU nodes
     :param gpu_tolerations: tolerations for GPU node taints
     :param pod_time_limit_seconds: the pod's hard limit (``activeDeadlineSeconds``, from its start, the model
@@ -172,7 +172,7 @@ class LLMEnrichmentOperator(PodStepOperator):
         server_image: str | None = None,
         parallel: int | str | None = None,
         gpus: int = DEFAULT_GPUS,
-        worker_image: str = DEFAULT_WORKER_IMAGE,
+        worker_image: str | None = None,
         gpu_node_selector: dict[str, str] | None = None,
         gpu_tolerations: Sequence[dict[str, Any]] | None = None,
         pod_time_limit_seconds: int = layout.DEFAULT_POD_TIME_LIMIT_SECONDS,

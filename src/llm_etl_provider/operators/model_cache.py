@@ -16,10 +16,9 @@ from llm_etl_provider.contract.layout import (
     DEFAULT_MODEL_PATH,
     DEFAULT_MODEL_SIZE,
     DEFAULT_MODEL_SOURCE,
-    DEFAULT_WORKER_IMAGE,
 )
 from llm_etl_provider.contract.shard import ShardDescriptor
-from llm_etl_provider.exceptions import PodSpecError
+from llm_etl_provider.exceptions import PodSpecError, WorkerImageUnsetError
 from llm_etl_provider.operators.pod_step import PodStepOperator
 from llm_etl_provider.pod.builder import (
     DEFAULT_BACKEND,
@@ -62,7 +61,8 @@ class ModelCacheOperator(PodStepOperator):
     :param cache_access_modes: the claim's access modes
     :param cache_storage_class: the claim's StorageClass (default: the cluster's)
     :param server_image: the Ollama image that pulls (default: the server's)
-    :param worker_image: the image whose ``llm-etl load-model`` downloads an ``object`` model
+    :param worker_image: the image whose ``llm-etl load-model`` downloads an ``object`` model (required for
+        ``object``: no registry publishes it)
     :param run_deadline_seconds: how long the claim may live once Airflow no longer knows the run
     :param scope: the pipeline's task group (set by ``llm_enrichment_task_group``)
     """
@@ -84,7 +84,7 @@ class ModelCacheOperator(PodStepOperator):
         cache_access_modes: Sequence[str] = DEFAULT_CACHE_ACCESS_MODES,
         cache_storage_class: str | None = None,
         server_image: str | None = None,
-        worker_image: str = DEFAULT_WORKER_IMAGE,
+        worker_image: str | None = None,
         run_deadline_seconds: int = layout.DEFAULT_RUN_DEADLINE_SECONDS,
         scope: str | None = None,
         **kwargs: Any,
@@ -190,6 +190,8 @@ class ModelCacheOperator(PodStepOperator):
         try:
             model = ModelSpec.of(self.model, self, cache_claim=claim)
             pod = build_model_cache_pod(model, server, worker_image=self.worker_image)
+        except WorkerImageUnsetError:
+            raise  # a setting a retry would meet again
         except PodSpecError as exc:
             raise AirflowException(str(exc)) from None
         pod["metadata"]["labels"].update(labels)

@@ -38,8 +38,8 @@ from llm_etl_provider.contract.layout import (
     DEFAULT_MODEL_PATH,
     DEFAULT_MODEL_SIZE,
     DEFAULT_MODEL_SOURCE,
-    DEFAULT_WORKER_IMAGE,
     PULL_POLICIES,
+    WORKER_IMAGE_UNSET,
     ModelSource,
 )
 from llm_etl_provider.contract.pod_commands import (
@@ -48,7 +48,7 @@ from llm_etl_provider.contract.pod_commands import (
     load_model_command,
 )
 from llm_etl_provider.contract.shard import ShardDescriptor
-from llm_etl_provider.exceptions import PodSpecError
+from llm_etl_provider.exceptions import PodSpecError, WorkerImageUnsetError
 from llm_etl_provider.llama_cpp import CPU_PARALLEL, llama_server_args
 
 Backend = Literal["ollama", "llamacpp", "vllm"]
@@ -215,7 +215,7 @@ class PodParams:
     :param server: the LLM server
     :param input_secret: the Secret holding this shard's input (data key ``input.<format>.gz``)
     :param key_secret: the Secret holding the run's frame key (data key ``key``)
-    :param worker_image: the worker's image
+    :param worker_image: the worker's image (required: none is published)
     :param node_selector: where GPU pods may run
     :param tolerations: tolerations for GPU node taints
     :param active_deadline_seconds: the pod's hard time limit (the run's TTL)
@@ -233,7 +233,7 @@ class PodParams:
     input_secret: str
     key_secret: str
     server: ServerSpec = field(default_factory=ServerSpec)
-    worker_image: str = DEFAULT_WORKER_IMAGE
+    worker_image: str | None = None
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: tuple[dict[str, Any], ...] = ()
     active_deadline_seconds: int = layout.DEFAULT_POD_TIME_LIMIT_SECONDS
@@ -386,8 +386,20 @@ def _server_container(params: PodParams, container: dict[str, Any]) -> None:
     _read_only_models(container)
 
 
+def worker_image_of(given: str | None) -> str:
+    """The worker's image, which the deployment must give: no registry publishes one."""
+    if not given or not given.strip():
+        raise WorkerImageUnsetError(WORKER_IMAGE_UNSET)
+    return given
+
+
 def _loader_container(
-    model: ModelSpec, server: ServerSpec, worker_image: str, container: dict[str, Any], *, download: bool
+    model: ModelSpec,
+    server: ServerSpec,
+    worker_image: str | None,
+    container: dict[str, Any],
+    *,
+    download: bool,
 ) -> None:
     """The model loader: with ``download`` (the model-cache pod), fetch the model into the models volume;
     else (the enrichment pod's init container) check, read-only, that the volume holds it."""
@@ -408,7 +420,7 @@ def _loader_container(
         )
         container["command"] = ["/bin/sh", "-c", script]
     else:
-        container["image"] = worker_image
+        container["image"] = worker_image_of(worker_image)
         container["command"] = load_model_command(model_file)
         if download:
             # The URL (often presigned: a credential) comes as a file from its Secret, never in the env.
@@ -486,7 +498,7 @@ def build_pod(params: PodParams) -> dict[str, Any]:
     _server_container(params, server)
 
     worker = spec["containers"][0]
-    worker["image"] = params.worker_image
+    worker["image"] = worker_image_of(params.worker_image)
     worker["command"] = ["llm-etl-worker"]
     if invocation.concurrency is None:  # the server's parallelism, known here: no need to find it
         invocation = dataclasses.replace(invocation, concurrency=REQUESTS_PER_SLOT * params.server.slots)
@@ -546,7 +558,7 @@ def build_pod(params: PodParams) -> dict[str, Any]:
 
 
 def build_model_cache_pod(
-    model: ModelSpec, server: ServerSpec, *, worker_image: str = DEFAULT_WORKER_IMAGE
+    model: ModelSpec, server: ServerSpec, *, worker_image: str | None = None
 ) -> dict[str, Any]:
     """Return the pod that downloads a ``pull`` or ``object`` model into ``model.cache_claim`` and ends: the
     only pod of a run that reaches a network for its model, and one that never sees a prompt."""

@@ -58,10 +58,17 @@ def test_the_builder_labels_each_pod_with_its_component():
     shard = ShardDescriptor(index=0, records=1, line_offset=0, input_format="jsonl")
     invocation = pod_invocation({"task": "sentiment"}, run_id="r", shard=shard, server=server, model="m")
     pod = build_pod(
-        PodParams(invocation=invocation, model=model, server=server, input_secret="i", key_secret="k")
+        PodParams(
+            invocation=invocation,
+            model=model,
+            server=server,
+            input_secret="i",
+            key_secret="k",
+            worker_image="w",
+        )
     )
     assert pod["metadata"]["labels"].items() >= layout.pod_labels(layout.ENRICHMENT_COMPONENT).items()
-    cache = build_model_cache_pod(model, server)
+    cache = build_model_cache_pod(model, server, worker_image="w")
     assert cache["metadata"]["labels"].items() >= layout.pod_labels(layout.MODEL_CACHE_COMPONENT).items()
 
 

@@ -22,11 +22,17 @@ from llm_etl_provider.contract.layout import (
     run_prefix,
     worker_memory_needed,
 )
-from llm_etl_provider.exceptions import PodSpecError, WorkerExitError, WorkerRefusedError
+from llm_etl_provider.exceptions import (
+    PodSpecError,
+    WorkerExitError,
+    WorkerImageUnsetError,
+    WorkerRefusedError,
+)
 from llm_etl_provider.operators.enrichment import LLMEnrichmentOperator
 from llm_etl_provider.operators.local_enrichment import LocalEnrichmentOperator
 from llm_etl_provider.transport.frames import FORMAT
 from tests.fake_kubernetes import FakeCoreV1
+from tests.unit.pod.test_builder import WORKER_IMAGE
 
 SHARD = {
     "index": 2,
@@ -45,7 +51,7 @@ def operator(**kwargs):
             model="llama3.2:3b",
             namespace="etl",
             template="{review}",
-            **kwargs,
+            **{"worker_image": WORKER_IMAGE, **kwargs},
         )
 
 
@@ -85,7 +91,7 @@ def test_kpo_submits_our_pod_unchanged_where_it_matters():
     assert pod["metadata"]["labels"]["llm-etl.io/run-key"] == run_key("llm_enrichment", RUN_ID)
     base = spec["containers"][0]
     assert base["securityContext"]["readOnlyRootFilesystem"] is True
-    assert base["image"] == "ghcr.io/llm-etl-provider/worker:0.1.0"
+    assert base["image"] == WORKER_IMAGE
     args = base["args"]
     assert args[args.index("--line-offset") + 1] == "1200"
     assert args[args.index("--shard") + 1] == "2"
@@ -374,3 +380,24 @@ def test_a_pod_the_kubelet_ended_says_why_in_the_task_error():
     )
     assert pod_failure(oom) == " (base OOMKilled)"
     assert pod_failure(k8s.V1Pod(status=k8s.V1PodStatus(phase="Succeeded"))) == ""
+
+
+def test_a_try_without_a_worker_image_fails_at_once_saying_how_to_get_one():
+    """No registry publishes the worker's image: a deployment that gives none fails before any pod is
+    created, without a retry, and is told to build and push it."""
+    with pytest.raises(WorkerImageUnsetError, match=r"scripts/build-images\.sh") as refused:
+        submitted(operator(worker_image=None))
+    assert isinstance(refused.value, AirflowFailException)
+
+
+def test_the_model_cache_pod_of_an_object_model_needs_the_worker_image_and_ollama_s_does_not():
+    from llm_etl_provider.operators.model_cache import ModelCacheOperator
+
+    def cache(**kwargs):
+        with DAG("llm_enrichment", schedule=None):
+            return ModelCacheOperator(task_id="cache_model", shards=[], model="m", namespace="etl", **kwargs)
+
+    assert cache(backend="ollama", model_source="pull").build_pod_request_obj(None, dry_run=True)
+    unset = cache(backend="llamacpp", model_source="object", model_url_secret="u", model_sha256="a" * 64)
+    with pytest.raises(WorkerImageUnsetError):
+        unset.build_pod_request_obj(None, dry_run=True)

@@ -38,6 +38,7 @@ from llm_etl_provider.pod.builder import (
 from tests.unit.pod.pss import restricted_violations
 
 SHA = "b" * 64
+WORKER_IMAGE = "registry.example.com/llm-etl/worker:0.1.0"  # the deployment's: none is published
 
 
 def model_for(source: str) -> ModelSpec:
@@ -68,7 +69,7 @@ def params(backend="ollama", source="pull", gpus=1, **kwargs) -> PodParams:
         server=server,
         input_secret="llm-etl-abc-shard-3",
         key_secret="llm-etl-abc-key",
-        **kwargs,
+        **{"worker_image": WORKER_IMAGE, **kwargs},
     )
 
 
@@ -205,7 +206,9 @@ def test_the_worker_reads_its_shard_and_key_from_secrets_and_writes_sealed_frame
 
 
 def test_no_secret_value_is_in_the_pod_spec():
-    pod = build_model_cache_pod(model_for("object"), ServerSpec(backend="llamacpp"))
+    pod = build_model_cache_pod(
+        model_for("object"), ServerSpec(backend="llamacpp"), worker_image=WORKER_IMAGE
+    )
     (loader,) = pod["spec"]["containers"]
     assert all("valueFrom" not in e for e in loader.get("env", []))
     mounts = {m["name"]: m for m in loader["volumeMounts"]}
@@ -371,7 +374,7 @@ def test_no_pod_that_sees_a_prompt_downloads_its_model(backend, source):
     shard = network_policy("enrichment", source, name="p", selected={**labels, "llm-etl.io/shard": "3"})
     assert shard["spec"]["egress"] == []
     model = model_for(source)
-    cache = build_model_cache_pod(model, ServerSpec(backend=backend))
+    cache = build_model_cache_pod(model, ServerSpec(backend=backend), worker_image=WORKER_IMAGE)
     (downloader,) = cache["spec"]["containers"]
     assert cache["metadata"]["labels"]["app.kubernetes.io/component"] == "model-cache"
     assert "initContainers" not in cache["spec"]  # no server, no worker: nothing that sees a prompt
@@ -513,7 +516,7 @@ def test_an_object_transport_pod_downloads_its_range_into_a_work_folder_that_hol
     pod = build_pod(
         PodParams(
             invocation=invocation, model=model_for("pvc"), server=server, input_secret="s", key_secret="k",
-            input_bytes=3 << 30, urls_secret="s-urls",
+            input_bytes=3 << 30, urls_secret="s-urls", worker_image=WORKER_IMAGE,
         )
     )  # fmt: skip
     args = pod["spec"]["containers"][0]["args"]
@@ -527,7 +530,12 @@ def test_an_object_transport_pod_downloads_its_range_into_a_work_folder_that_hol
     with pytest.raises(PodSpecError, match="urls_secret"):
         build_pod(
             PodParams(
-                invocation=invocation, model=model_for("pvc"), server=server, input_secret="s", key_secret="k"
+                invocation=invocation,
+                model=model_for("pvc"),
+                server=server,
+                input_secret="s",
+                key_secret="k",
+                worker_image=WORKER_IMAGE,
             )
         )
     assert args[args.index("--input") + 1] == "/work/input.csv"

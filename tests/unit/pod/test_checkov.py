@@ -19,9 +19,8 @@ import pytest
 import yaml
 
 from llm_etl_provider.backends.llama_server import cache_dir
-from llm_etl_provider.contract.layout import DEFAULT_WORKER_IMAGE
 from llm_etl_provider.pod.builder import BACKENDS, build_pod, network_policy
-from tests.unit.pod.test_builder import VARIANTS, params
+from tests.unit.pod.test_builder import VARIANTS, WORKER_IMAGE, params
 
 REQUIREMENTS = Path(__file__).resolve().parents[3] / "tools" / "checkov-requirements.txt"
 
@@ -61,9 +60,7 @@ def test_every_pod_and_network_policy_passes_checkov(tmp_path):
         server = dataclasses.replace(
             pod_params.server, image=pinned(BACKENDS[pod_params.server.backend].image)
         )
-        pinned_params = dataclasses.replace(
-            pod_params, server=server, worker_image=pinned(DEFAULT_WORKER_IMAGE)
-        )
+        pinned_params = dataclasses.replace(pod_params, server=server, worker_image=pinned(WORKER_IMAGE))
         pod = build_pod(pinned_params)
         pod["metadata"]["namespace"] = "llm-etl"
         (tmp_path / f"pod-{variant}.yaml").write_text(yaml.safe_dump(pod))

@@ -73,7 +73,7 @@ def test_render_pod_opens_egress_for_a_model_to_the_model_cache_pod_only(capsys,
     """The namespace's policies that render-pod prints follow the one rule a run's follow (``pod_egress``): no
     egress for the enrichment pods, whatever the source; DNS and HTTPS for a model-cache pod, which only
     ``pull`` and ``object`` models have."""
-    argv = ["render-pod", "--backend", backend, "--model-source", source, *options]
+    argv = ["render-pod", "--backend", backend, "--model-source", source, "--worker-image", WORKER, *options]
     assert main(argv) == 0
     documents = list(yaml.safe_load_all(capsys.readouterr().out))
     policies = {

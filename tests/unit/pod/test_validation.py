@@ -13,7 +13,7 @@ from llm_etl_provider.pod.builder import (
     build_pod,
     network_policy,
 )
-from tests.unit.pod.test_builder import VARIANTS, params
+from tests.unit.pod.test_builder import VARIANTS, WORKER_IMAGE, params
 
 VERSIONS = [f"1.{minor}.0" for minor in range(29, 38)]
 
@@ -56,7 +56,9 @@ def test_shard_network_policies_validate_strictly(version, store):
 @pytest.mark.parametrize(("backend", "source"), [("ollama", "pull"), ("llamacpp", "object")])
 def test_model_cache_pods_and_policies_validate_strictly(version, backend, source):
     cache = build_model_cache_pod(
-        ModelSpec("m", source=source, sha256="a" * 64, url_secret="u", cache_claim="c"), ServerSpec(backend)
+        ModelSpec("m", source=source, sha256="a" * 64, url_secret="u", cache_claim="c"),
+        ServerSpec(backend),
+        worker_image=WORKER_IMAGE,
     )
     cache["metadata"]["name"] = "llm-etl-run-model-cache"
     kubernetes_validate.validate(cache, version, strict=True)
