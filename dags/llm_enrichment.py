@@ -64,7 +64,7 @@ PARAMS: dict[str, Param] = {
     "task": worker_param(
         "task",
         title="Task",
-        description=f"One of {', '.join(TASK_NAMES)} (custom: give a system prompt and a schema)",
+        description=f"One of {', '.join(TASK_NAMES)} (custom: a system prompt; a schema for JSON answers)",
     ),
     "template": worker_param(
         "template",
@@ -175,7 +175,7 @@ PARAMS: dict[str, Param] = {
         "schema",
         type=["null", "object"],  # the worker takes it as text: the operator writes the object out
         title="Output JSON schema (custom task)",
-        description="The JSON schema every answer must match; empty for the other tasks",
+        description="The JSON schema every answer of the custom task must match; empty: free-text answers",
     ),
     "label_field": worker_param(
         "label_field",

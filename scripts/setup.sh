@@ -62,7 +62,7 @@ if ${demo_only}; then
     exit 0
 fi
 
-"${uv}" sync --frozen --quiet --extra amazon
+"${uv}" sync --frozen --quiet --extra amazon --extra common-ai
 
 # checkov (the pod's policy test) lives in its own environment: its dependencies would fight Airflow's.
 checkov_version="$(sed -n 's/^checkov==\([^ ]*\).*/\1/p' tools/checkov-requirements.txt)"

@@ -230,3 +230,28 @@ def test_the_smallest_dag_enriches_a_csv_of_its_own_field_names(tmp_path, local_
     assert json.loads((run_dir / "manifest.json").read_text())["report"] == "report.html"
     assert (run_dir / "report.html").read_text().startswith("<!DOCTYPE html>")
     assert (run_dir / "_SUCCESS").exists()
+
+
+@pytest.mark.parametrize("deferrable", [False, True], ids=["polled", "deferred"])
+def test_airflow_s_llm_batch_decorator_runs_on_the_bundled_model(
+    tmp_path, local_dag, monkeypatch, deferrable
+):
+    """``dags/llm_batch.py``: common.ai's ``@task.llm_batch`` through the ``llm-etl`` adapter, in local
+    execution with the bundled model (the connection names no server), its rows read by the next task.
+    Deferred, common.ai's trigger builds the adapter again by its entry point and polls the batch."""
+    monkeypatch.setenv("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE", str(deferrable))
+    monkeypatch.setenv("AIRFLOW_CONN_LLM_ETL_DEFAULT", json.dumps({"conn_type": "llm_etl"}))
+    monkeypatch.setenv(env_var("local_dir"), str(tmp_path / "batch-staging"))
+    dag = _load("llm_batch")
+    # deferred, the task defers at its first poll: the runner is still loading the model
+    assert dag.get_task("classify").deferrable is deferrable
+    run = dag.test(run_conf={"reviews": 4, "result_path": str(tmp_path / "batches")})
+    assert run.state == "success"
+    (landed,) = list((tmp_path / "batches").glob("*/*.jsonl"))
+    rows = [json.loads(line) for line in landed.read_text().splitlines()]
+    assert sorted(row["index"] for row in rows) == [0, 1, 2, 3]
+    assert sum(row["status"] == "success" for row in rows) >= 3
+    assert run.get_task_instance("count").state == "success"
+    # the batch's files stay for a clear to land its rows again, until the sweeper sees its run end
+    (batch,) = list((tmp_path / "batch-staging").glob("llm-etl-*"))
+    assert json.loads((batch / "run.json").read_text())["dag_id"] == "llm_batch"

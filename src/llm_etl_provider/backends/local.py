@@ -65,6 +65,8 @@ class LocalBackend(RunBackend):
 
     :param local_dir: the folder that holds the runs' folders
     :param plan: the stage's plan (:func:`~llm_etl_provider.contract.layout.plan_id`); None: the run's folder
+    :param recorded_run_id: the DAG run the sweeper asks Airflow about, where it is not ``run_id`` (a batch's
+        run is its batch, its DAG run the task's that submitted it)
     """
 
     def __init__(
@@ -77,12 +79,17 @@ class LocalBackend(RunBackend):
         log: TaskLog,
         plan: str | None = None,
         run_deadline_seconds: float = layout.DEFAULT_RUN_DEADLINE_SECONDS,
+        recorded_run_id: str | None = None,
     ) -> None:
         if not local_dir:
             raise LocalRunError("local execution needs local_dir")
         self.root = Path(local_dir) / layout.run_prefix(scope, run_id)
         self.plan_root = self.root / plan if plan else self.root
-        self.run = {"dag_id": dag_id, "run_id": run_id, "expires_at": int(time.time() + run_deadline_seconds)}
+        self.run = {
+            "dag_id": dag_id,
+            "run_id": recorded_run_id or run_id,
+            "expires_at": int(time.time() + run_deadline_seconds),
+        }
         self.log = log
 
     def shard_dir(self, index: int) -> Path:

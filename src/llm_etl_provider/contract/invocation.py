@@ -23,7 +23,8 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 TASK_NAMES = ("sentiment", "tags", "moderation", "entities", "custom")
 # What a task needs beyond the catalogue: no list of categories fits any data, and a custom task is its own
-TASK_NEEDS: dict[str, tuple[str, ...]] = {"tags": ("categories",), "custom": ("system_prompt", "schema")}
+# custom without a schema: the answer is free text, {"text": ...}
+TASK_NEEDS: dict[str, tuple[str, ...]] = {"tags": ("categories",), "custom": ("system_prompt",)}
 # The entities task's types where none are given: the classic named-entity types, found in any text
 DEFAULT_ENTITY_TYPES = ("person", "organization", "location", "date")
 RecordFormat = Literal["jsonl", "csv"]
@@ -116,7 +117,10 @@ class WorkerInvocation:
         None, group=_TASK, setting=True, help="system prompt (required for custom; overrides the catalogue's)"
     )
     schema: str | None = _flag(
-        None, group=_TASK, setting=True, help="output JSON schema for custom: a file path or inline JSON"
+        None,
+        group=_TASK,
+        setting=True,
+        help="custom: the answers' JSON schema, a file path or inline JSON; none: free-text answers",
     )
     categories: tuple[str, ...] | None = _flag(
         None, group=_TASK, parse=name_list, show=_joined, setting=True,

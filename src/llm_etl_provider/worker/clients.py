@@ -30,7 +30,7 @@ class ChatRequest:
 
     system: str
     user: str
-    schema: dict[str, Any]
+    schema: dict[str, Any] | None  # None: a free-text answer, unconstrained
     schema_name: str
     max_tokens: int
     temperature: float
@@ -187,14 +187,7 @@ class OpenAIClient(LLMClient):
         self.response_format = response_format
 
     def request_body(self, request: ChatRequest) -> dict[str, Any]:
-        if self.response_format == "json_schema":
-            response_format: dict[str, Any] = {
-                "type": "json_schema",
-                "json_schema": {"name": request.schema_name, "schema": request.schema, "strict": True},
-            }
-        else:
-            response_format = {"type": "json_object", "schema": request.schema}
-        return {
+        body: dict[str, Any] = {
             "model": self.model,
             "messages": [
                 {"role": "system", "content": request.system},
@@ -202,9 +195,18 @@ class OpenAIClient(LLMClient):
             ],
             "temperature": request.temperature,
             "max_tokens": request.max_tokens,
-            "response_format": response_format,
             "stream": False,
         }
+        if request.schema is None:
+            return body
+        if self.response_format == "json_schema":
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": request.schema_name, "schema": request.schema, "strict": True},
+            }
+        else:
+            body["response_format"] = {"type": "json_object", "schema": request.schema}
+        return body
 
     def parse_response(self, body: dict[str, Any]) -> Completion:
         choice = body["choices"][0]
@@ -261,7 +263,7 @@ class OllamaClient(LLMClient):
                 {"role": "user", "content": request.user},
             ],
             "stream": False,
-            "format": request.schema,
+            **({} if request.schema is None else {"format": request.schema}),
             "keep_alive": self.keep_alive,
             "options": {
                 "temperature": request.temperature,

@@ -300,7 +300,7 @@ class Engine:
         request = ChatRequest(
             system=self.task.system_prompt,
             user=user,
-            schema=self.task.schema,
+            schema=self.task.answer_schema,
             schema_name=self.task.name,
             max_tokens=self.task.max_tokens,
             temperature=self.invocation.temperature,
@@ -324,7 +324,8 @@ class Engine:
                 continue
             latency = time.monotonic() - started
             try:
-                if completion.finish_reason == "length":
+                # a cut free-text answer is still the answer (its finish reason says so); cut JSON is not
+                if completion.finish_reason == "length" and not self.task.text_answer:
                     raise InvalidOutputError(f"the answer was cut at max_tokens ({self.task.max_tokens})")
                 enrichment = self.task.parse(completion.content, record.fields)
             except InvalidOutputError as exc:
@@ -337,6 +338,7 @@ class Engine:
                 "latency_s": round(latency, 4),
                 "prompt_tokens": completion.prompt_tokens,
                 "completion_tokens": completion.completion_tokens,
+                "finish_reason": completion.finish_reason,
                 "attempts": attempt,
             }
             if (label_field := self.invocation.label_field) is not None:

@@ -128,6 +128,16 @@ def _compact(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
+TEXT_ANSWER_FIELD = "text"
+# A free-text answer's enrichment: {"text": <the answer>}
+TEXT_ANSWER_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {TEXT_ANSWER_FIELD: {"type": "string", "minLength": 1}},
+    "required": [TEXT_ANSWER_FIELD],
+    "additionalProperties": False,
+}
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """One enrichment task: how to ask the model, and what a valid answer looks like."""
@@ -138,6 +148,8 @@ class TaskSpec:
     schema: dict[str, Any]
     max_tokens: int
     postprocess: Callable[[dict[str, Any], Mapping[str, Any]], dict[str, Any]] | None = None
+    # free text, unconstrained: the answer is the enrichment's ``text`` (``schema`` is TEXT_ANSWER_SCHEMA)
+    text_answer: bool = False
     _validator: Draft202012Validator = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -160,8 +172,17 @@ class TaskSpec:
         )
         return hashlib.sha256(text.encode()).hexdigest()
 
+    @property
+    def answer_schema(self) -> dict[str, Any] | None:
+        """The schema the server constrains the answer to; None for a free-text answer."""
+        return None if self.text_answer else self.schema
+
     def parse(self, content: str, record: Mapping[str, Any]) -> dict[str, Any]:
         """Parse and validate the model's answer, raising :class:`InvalidOutputError` without echoing it."""
+        if self.text_answer:
+            if not content.strip():
+                raise InvalidOutputError("the answer is empty")
+            return {TEXT_ANSWER_FIELD: content}
         try:
             value = strict_json.loads(content)
         except strict_json.JsonValueError as exc:
@@ -360,14 +381,13 @@ def build_task(invocation: WorkerInvocation) -> TaskSpec:
             ),
         )
     if name == "custom":
-        # unmet_task_needs saw to both
-        assert system_prompt is not None
-        assert schema is not None
+        assert system_prompt is not None  # unmet_task_needs saw to it
         return TaskSpec(
             name=name,
             system_prompt=system_prompt,
             template=prompt_template,
-            schema=schema,
+            schema=schema or TEXT_ANSWER_SCHEMA,
             max_tokens=max_tokens or 256,
+            text_answer=schema is None,  # no schema: the answer is free text
         )
     raise ConfigurationError(f"unknown task {name!r}: choose one of {', '.join(TASK_NAMES)}")

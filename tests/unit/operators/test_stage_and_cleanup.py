@@ -458,7 +458,7 @@ def test_a_run_id_frames_cannot_carry_fails_the_stage_before_anything_exists(tmp
     [
         ({"task": "tags"}, r"task 'tags' needs categories \(--categories\)"),
         ({"task": "tags", "categories": None}, "needs categories"),
-        ({"task": "custom", "system_prompt": "Summarise."}, r"task 'custom' needs schema \(--schema\)"),
+        ({"task": "custom", "schema": '{"type": "object"}'}, r"task 'custom' needs system_prompt"),
         ({"task": "sentiment", "max_attempts": "0"}, "max_attempts '0' is not usable"),
     ],
 )

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import httpx
 import pytest
@@ -57,6 +58,15 @@ def test_openai_json_object_shape_for_servers_that_refuse_json_schema():
     server = FakeLLMServer("openai")
     run(with_client(server, lambda c: c.complete(REQUEST), response_format="json_object"))
     assert server.chat_bodies[0]["response_format"] == {"type": "json_object", "schema": SCHEMA}
+
+
+@pytest.mark.parametrize("api", ["openai", "ollama"])
+def test_a_free_text_request_asks_for_no_format(api):
+    server = FakeLLMServer(api)
+    run(with_client(server, lambda c: c.complete(dataclasses.replace(REQUEST, schema=None))))
+    body = server.chat_bodies[0]
+    assert "response_format" not in body
+    assert "format" not in body
 
 
 def test_ollama_request_sends_format_keep_alive_and_options():

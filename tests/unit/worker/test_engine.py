@@ -526,3 +526,14 @@ def test_the_summary_carries_the_schema_s_labels_and_the_progress_series(tmp_pat
     assert series[-1][1] == 40  # to the run's end
     assert abs(series[-1][0] - summary["elapsed_s"]) <= 0.1
     assert series == sorted(series)
+
+
+def test_a_free_text_task_keeps_each_answer_whole_with_its_finish_reason(tmp_path):
+    server = FakeLLMServer(slots=2)
+    input_path = write_input(tmp_path / "in.jsonl", 4)
+    run_engine(tmp_path, server, input_path, task=task_for("custom", template=TEXT, system_prompt="Say."))
+    results = read_jsonl(tmp_path / "results.jsonl")
+    assert [r["id"] for r in results] == ["r0", "r1", "r2", "r3"]
+    assert all(set(r["enrichment"]) == {"text"} and r["enrichment"]["text"] for r in results)
+    assert all(r["meta"]["finish_reason"] == "stop" for r in results)
+    assert all("response_format" not in body for body in server.chat_bodies)  # unconstrained

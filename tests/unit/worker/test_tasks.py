@@ -138,18 +138,22 @@ def test_entities_get_spans_in_the_source_text_or_null_when_invented():
     assert answer["entities"][1]["start"] is None
 
 
-def test_custom_task_needs_a_system_prompt_and_a_schema():
+def test_custom_task_needs_a_system_prompt_and_answers_json_with_a_schema_or_text_without():
     with pytest.raises(ConfigurationError, match=r"task 'custom' needs system_prompt \(--system-prompt\)"):
         task_for("custom", template="{text}", schema=json.dumps(CUSTOM_SCHEMA))
-    with pytest.raises(
-        ConfigurationError, match=r"needs system_prompt \(--system-prompt\), schema \(--schema\)"
-    ):
-        task_for("custom")
     task = task_for("custom", template="{text}", system_prompt="Summarise.", schema=json.dumps(CUSTOM_SCHEMA))
     assert task.parse('{"summary": "short"}', {}) == {"summary": "short"}
+    assert task.answer_schema == CUSTOM_SCHEMA  # the server constrains the answer to it
     # without a template, the whole record
     whole = task_for("custom", system_prompt="Summarise.", schema=json.dumps(CUSTOM_SCHEMA))
     assert whole.template.render({"id": 1, "text": "x"}) == "text: x"
+    # without a schema, a free-text answer: unconstrained, kept whole, never empty
+    text = task_for("custom", template="{text}", system_prompt="Summarise.")
+    assert text.answer_schema is None
+    assert text.parse("Short: it {works}.", {}) == {"text": "Short: it {works}."}
+    with pytest.raises(InvalidOutputError, match="empty"):
+        text.parse("  \n", {})
+    assert text.fingerprint != task.fingerprint
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,69 @@
+"""Airflow's own LLM batch API on your own model: ``@task.llm_batch(model_id="llm-etl:<model>")``.
+
+The ``common.ai`` provider's decorator hands the prompts to the ``llm-etl`` batch adapter (the
+``common-ai`` extra of this provider), which runs them as the provider's job: the worker beside the model's
+server, every answer constrained and validated by ``Sentiment``'s JSON schema, the results read back
+verified. Rows land as JSONL under ``result_path`` (``custom_id``, ``index``, ``status``, ``output``,
+``usage``, ...); the manifest is the task's XCom. Where the batch runs is the deployment's ``[llm_etl]``
+(local execution: ``execution_mode = local``); ``llm_etl_default`` names the LLM server (its host; none:
+the bundled model).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from airflow.sdk import ObjectStoragePath, Param, dag, task
+from pydantic import BaseModel
+
+SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "drug_reviews_sample.jsonl"
+
+
+class Sentiment(BaseModel):
+    """The answer every prompt must give."""
+
+    sentiment: Literal["positive", "negative", "neutral"]
+
+
+@dag(
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    params={
+        "reviews": Param(8, type="integer", minimum=1, maximum=600, title="Reviews", description="How many"),
+        "result_path": Param(type="string", title="Result folder", description="Any URI; rows land here"),
+    },
+)
+def llm_batch() -> None:
+    @task.llm_batch(  # type: ignore[attr-defined]  # common.ai's decorator, registered by its provider
+        model_id="llm-etl:smollm2",
+        llm_conn_id="llm_etl_default",
+        result_path="{{ params.result_path }}/{{ run_id }}",
+        system_prompt="Classify the sentiment of the drug review.",
+        output_type=Sentiment,
+        max_tokens=32,
+        poll_interval=30,  # the least common.ai allows: a small model's batch ends in seconds
+    )
+    def classify(params: dict[str, Any]) -> list[str]:
+        with SAMPLE.open() as reviews:
+            return [
+                json.loads(line)["review"] for _, line in zip(range(params["reviews"]), reviews, strict=False)
+            ]
+
+    @task
+    def count(manifest: dict[str, Any]) -> dict[str, int]:
+        """Read the rows back: the XCom is only the manifest."""
+        labels: dict[str, int] = {}
+        for line in ObjectStoragePath(manifest["result_uri"]).read_text().splitlines():
+            row = json.loads(line)
+            label = row["output"]["sentiment"] if row["status"] == "success" else row["status"]
+            labels[label] = labels.get(label, 0) + 1
+        return labels
+
+    count(classify())
+
+
+llm_batch()

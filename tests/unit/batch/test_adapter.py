@@ -1,0 +1,126 @@
+"""The ``llm-etl`` batch adapter against common.ai's own interface (no server: refusals and mappings)."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from typing import Literal
+
+import pytest
+from airflow.providers.common.ai.batch import base
+from airflow.providers.common.ai.batch.output_schema import build_output_spec, validate_extracted_output
+from airflow.providers.common.ai.exceptions import LLMBatchInputError, LLMBatchModelMismatchError
+from pydantic import BaseModel
+
+from llm_etl_provider.batch.adapter import LLMEtlBatchAdapter, _raw_item
+from llm_etl_provider.batch.job import (
+    BATCH_FILE,
+    STATUS_FILE,
+    BatchNotFoundError,
+    BatchResult,
+    LocalBatchJobs,
+    batch_id_of,
+)
+from llm_etl_provider.config import env_var
+
+KEY = "0123456789abcdef"
+
+
+class Sentiment(BaseModel):
+    sentiment: Literal["positive", "negative", "neutral"]
+
+
+@pytest.fixture
+def adapter(tmp_path, monkeypatch) -> LLMEtlBatchAdapter:
+    monkeypatch.setenv(env_var("execution_mode"), "local")
+    return LLMEtlBatchAdapter(client=LocalBatchJobs(str(tmp_path)))
+
+
+def test_every_method_of_common_ai_s_interface_is_implemented_with_its_signature():
+    """The interface is experimental upstream: a change of it shows here first."""
+    abstract = base.BatchAdapter.__abstractmethods__
+    assert not LLMEtlBatchAdapter.__abstractmethods__
+    for name in abstract:
+        ours, theirs = (
+            inspect.signature(getattr(LLMEtlBatchAdapter, name)),
+            inspect.signature(getattr(base.BatchAdapter, name)),
+        )
+        assert list(ours.parameters) == list(theirs.parameters), name
+    for attribute in ("name", "conn_types", "max_requests", "max_payload_bytes", "allows_per_request_model"):
+        assert attribute in vars(LLMEtlBatchAdapter), attribute
+    # common.ai builds every adapter from a connection's password and host alone
+    LLMEtlBatchAdapter(api_key="k", base_url="http://127.0.0.1:1")
+
+
+def test_a_batch_that_asks_prompts_differently_is_refused_before_anything_is_staged(adapter, tmp_path):
+    spec = build_output_spec(Sentiment)
+    check = lambda requests, **kw: adapter.validate_requests(  # noqa: E731
+        requests, model="m", output_spec=spec, idempotency_key=KEY, **kw
+    )
+    check([{"prompt": "a"}, {"prompt": "b", "system_prompt": "x"}], system_prompt="x")  # the same: kept
+    with pytest.raises(LLMBatchInputError, match="request 1 sets its own system_prompt"):
+        check([{"prompt": "a"}, {"prompt": "b", "system_prompt": "other"}], system_prompt="x")
+    with pytest.raises(LLMBatchInputError, match="request 0 sets its own max_tokens"):
+        check([{"prompt": "a", "max_tokens": 5}], max_tokens=32)
+    with pytest.raises(LLMBatchModelMismatchError):
+        check([{"prompt": "a", "model": "llm-etl:other"}])
+    with pytest.raises(LLMBatchInputError, match=r"request_params \['top_k'\] are not settings"):
+        check([{"prompt": "a"}], request_params={"top_k": 3})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_kubernetes_execution_is_refused_clearly_until_it_is_supported(tmp_path, monkeypatch):
+    monkeypatch.setenv(env_var("execution_mode"), "kubernetes")
+    adapter = LLMEtlBatchAdapter(client=LocalBatchJobs(str(tmp_path)))
+    with pytest.raises(LLMBatchInputError, match="local execution"):
+        adapter.validate_requests(
+            [{"prompt": "a"}], model="m", output_spec=build_output_spec(str), idempotency_key=KEY
+        )
+
+
+@pytest.mark.parametrize(
+    ("result", "output_type", "status", "value"),
+    [
+        (BatchResult(f"{KEY}-3", {"sentiment": "positive"}, "m", {"input_tokens": 9}, "stop"),
+         Sentiment, "success", {"sentiment": "positive"}),
+        (BatchResult(f"{KEY}-0", {"text": "Bonjour"}, "m", None, "stop"), str, "success", "Bonjour"),
+        (BatchResult(f"{KEY}-1", None, reason="invalid_output", detail="not JSON"),
+         Sentiment, "invalid", None),
+        (BatchResult(f"{KEY}-2", None, reason="timeout", detail="no answer within 60 s"),
+         Sentiment, "errored", None),
+    ],
+)  # fmt: skip
+def test_results_map_to_common_ai_s_items_and_outputs(adapter, result, output_type, status, value):
+    item = _raw_item(result)
+    assert item.index == int(result.custom_id.rsplit("-", 1)[1])
+    spec = build_output_spec(output_type)
+    if status == "errored":
+        assert item.provider_status == "errored"
+        assert item.error == {
+            "type": "timeout",
+            "message": "no answer within 60 s",
+            "provider_code": "timeout",
+            "stage": "provider",
+        }
+        return
+    outcome = validate_extracted_output(adapter.extract_output(item, spec), spec)
+    assert outcome.ok is (status == "success")
+    assert outcome.value == value
+
+
+def test_a_batch_s_state_and_an_unknown_batch(adapter, tmp_path):
+    batch_id = batch_id_of(KEY, "f" * 64)
+    with pytest.raises(BatchNotFoundError) as unknown:
+        adapter.get_batch(batch_id)
+    assert unknown.value.status_code == 404
+    root = adapter.jobs.root(batch_id)
+    root.mkdir(parents=True)
+    (root / BATCH_FILE).write_text(json.dumps({"batch_id": batch_id, "identity": {}}))
+    state = adapter.get_batch(batch_id)  # recorded, no runner alive, no status: it cannot finish
+    assert (state.status, "ended without finishing" in (state.error_message or "")) == ("failed", True)
+    (root / STATUS_FILE).write_text(
+        json.dumps({"status": "completed", "counts": {"succeeded": 2, "errored": 1}})
+    )
+    state = adapter.get_batch(batch_id)
+    assert state.status == "completed"
+    assert state.counts == {"succeeded": 2, "errored": 1, "expired": 0, "cancelled": 0}
