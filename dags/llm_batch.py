@@ -19,6 +19,13 @@ from typing import Any, Literal
 from airflow.sdk import ObjectStoragePath, Param, dag, task
 from pydantic import BaseModel
 
+try:
+    import airflow.providers.common.ai  # noqa: F401 - the provider of @task.llm_batch
+except ImportError as missing:
+    raise ImportError(
+        "dags/llm_batch.py needs Airflow's common.ai provider: pip install 'llm-etl-provider[common-ai]'"
+    ) from missing
+
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "drug_reviews_sample.jsonl"
 
 

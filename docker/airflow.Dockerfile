@@ -15,8 +15,9 @@ RUN mkdir -p /opt/airflow/config /opt/airflow/staging \
     && chmod 0770 /opt/airflow/config /opt/airflow/staging
 USER airflow
 
-# Pinning apache-airflow keeps pip from upgrading the image's Airflow; the amazon extra serves s3:// paths (MinIO).
+# Pinning apache-airflow keeps pip from upgrading the image's Airflow; the amazon extra serves s3:// paths (MinIO),
+# the common-ai extra @task.llm_batch (dags/llm_batch.py).
 RUN pip install --no-cache-dir \
         "apache-airflow==${AIRFLOW_VERSION}" \
         "apache-airflow-providers-amazon[s3fs]" \
-        "/opt/llm-etl-provider[amazon]"
+        "/opt/llm-etl-provider[amazon,common-ai]"

@@ -57,7 +57,8 @@ fi
 
 if ${demo_only}; then
     # The demo's packages only; --inexact leaves the test tools of an earlier full setup in place.
-    "${uv}" sync --frozen --quiet --inexact --no-default-groups --group demo
+    # (common-ai: the DAGs folder's dags/llm_batch.py parses beside the demo's DAG)
+    "${uv}" sync --frozen --quiet --inexact --no-default-groups --group demo --extra common-ai
     bash scripts/build-llama-server.sh >/dev/null
     exit 0
 fi
