@@ -19,6 +19,8 @@ from typing import Any, Literal
 from airflow.sdk import ObjectStoragePath, Param, dag, task
 from pydantic import BaseModel
 
+from llm_etl_provider.config import LLMEtlConfig
+
 try:
     import airflow.providers.common.ai  # noqa: F401 - the provider of @task.llm_batch
 except ImportError as missing:
@@ -27,6 +29,11 @@ except ImportError as missing:
     ) from missing
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "drug_reviews_sample.jsonl"
+# The model the connection's server serves ([llm_etl] default_model); the bundled one in local mode without it
+DEPLOYMENT = LLMEtlConfig.from_airflow()
+MODEL = DEPLOYMENT.default_model or "smollm2"
+# [llm_etl] deferrable, where set: the triggerer polls the batch; else Airflow's own default
+DEFERRABLE = {} if DEPLOYMENT.deferrable is None else {"deferrable": DEPLOYMENT.deferrable}
 
 
 class Sentiment(BaseModel):
@@ -40,19 +47,21 @@ class Sentiment(BaseModel):
     start_date=datetime(2026, 1, 1),
     catchup=False,
     params={
+        "model": Param(MODEL, type="string", title="Model", description="What the LLM server serves"),
         "reviews": Param(8, type="integer", minimum=1, maximum=600, title="Reviews", description="How many"),
         "result_path": Param(type="string", title="Result folder", description="Any URI; rows land here"),
     },
 )
 def llm_batch() -> None:
     @task.llm_batch(  # type: ignore[attr-defined]  # common.ai's decorator, registered by its provider
-        model_id="llm-etl:smollm2",
+        model_id="llm-etl:{{ params.model }}",
         llm_conn_id="llm_etl_default",
         result_path="{{ params.result_path }}/{{ run_id }}",
         system_prompt="Classify the sentiment of the drug review.",
         output_type=Sentiment,
         max_tokens=32,
         poll_interval=30,  # the least common.ai allows: a small model's batch ends in seconds
+        **DEFERRABLE,
     )
     def classify(params: dict[str, Any]) -> list[str]:
         with SAMPLE.open() as reviews:

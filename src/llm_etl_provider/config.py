@@ -152,7 +152,8 @@ class LLMEtlConfig:
     )
     deferrable: bool | None = _option(
         None,
-        "Whether the triggerer watches the pods (default: Airflow's [operators] default_deferrable).",
+        "Whether the triggerer watches the pods, and polls the example's LLM batch (default: Airflow's "
+        "[operators] default_deferrable).",
         example="True",
     )
     pod_time_limit_seconds: int = _option(

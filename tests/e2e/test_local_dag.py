@@ -239,7 +239,7 @@ def test_airflow_s_llm_batch_decorator_runs_on_the_bundled_model(
     """``dags/llm_batch.py``: common.ai's ``@task.llm_batch`` through the ``llm-etl`` adapter, in local
     execution with the bundled model (the connection names no server), its rows read by the next task.
     Deferred, common.ai's trigger builds the adapter again by its entry point and polls the batch."""
-    monkeypatch.setenv("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE", str(deferrable))
+    monkeypatch.setenv(env_var("deferrable"), str(deferrable).lower())
     monkeypatch.setenv("AIRFLOW_CONN_LLM_ETL_DEFAULT", json.dumps({"conn_type": "llm_etl"}))
     monkeypatch.setenv(env_var("local_dir"), str(tmp_path / "batch-staging"))
     dag = _load("llm_batch")

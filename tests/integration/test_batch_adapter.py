@@ -7,8 +7,10 @@ extraction) in local execution.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import signal
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -175,3 +177,55 @@ def test_an_orphaned_submission_is_found_by_its_key_and_fingerprint_only(deploym
     later = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(before + 3600))
     assert adapter.find_orphaned_batch("00000000aaaaaaaa", "a" * 64, later) is None  # an older submission
     adapter.cancel_batch(batch_id)
+
+
+def test_a_batch_whose_runner_died_is_failed_and_its_retry_runs_it_afresh(deployment):
+    """A runner killed outright (SIGKILL, a restarted machine) leaves no status: the batch is failed, as
+    common.ai reads it (it then clears its state and submits again), and the new submission runs anew."""
+    adapter = LLMEtlBatchAdapter(base_url=deployment_server())
+    spec = build_output_spec(Sentiment)
+    submit = functools.partial(
+        adapter.submit, [{"prompt": p} for p in reviews(30)], model="smollm2",
+        idempotency_key="1111111122222222", input_fingerprint="c" * 64, output_spec=spec,
+        system_prompt="Classify.", max_tokens=32,
+    )  # fmt: skip
+    batch_id = submit().batch_id
+    root = adapter.jobs.root(batch_id)
+    runner = json.loads((root / "runner.json").read_text())
+    os.killpg(runner["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while adapter.get_batch(batch_id).status == "in_progress" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    failed = adapter.get_batch(batch_id)
+    assert failed.status == "failed"
+    assert "ended without finishing" in (failed.error_message or "")
+    assert submit().batch_id == batch_id  # the same task and input: the same id, a new runner
+    assert json.loads((root / "runner.json").read_text())["pid"] != runner["pid"]
+    while adapter.get_batch(batch_id).status == "in_progress" and time.monotonic() < deadline + 300:
+        time.sleep(0.5)
+    assert adapter.get_batch(batch_id).status == "completed"
+    assert len(list(adapter.iter_results(batch_id))) == 30
+    adapter.cancel_batch(batch_id)
+
+
+def test_a_poller_that_cannot_see_the_runner_s_process_goes_by_its_heartbeat_and_cancels_through_its_folder(
+    deployment,
+):
+    """The triggerer in a container of its own shares the batch's folder, not its processes: the runner's
+    heartbeat says it runs, and a cancel file stops it."""
+    adapter = LLMEtlBatchAdapter(base_url=deployment_server())
+    batch_id = adapter.submit(
+        [{"prompt": p} for p in reviews(40)], model="smollm2", idempotency_key="3333333344444444",
+        input_fingerprint="d" * 64, output_spec=build_output_spec(Sentiment), system_prompt="Classify.",
+        max_tokens=32,
+    ).batch_id  # fmt: skip
+    root = adapter.jobs.root(batch_id)
+    runner = json.loads((root / "runner.json").read_text())
+    (root / "runner.json").write_text(json.dumps({**runner, "host": "another-machine:pid:[1]"}))
+    assert adapter.get_batch(batch_id).status == "in_progress"  # by its heartbeat
+    adapter.cancel_batch(batch_id)  # by the cancel file its heartbeat reads
+    assert not root.exists()
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{runner['pid']}").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not Path(f"/proc/{runner['pid']}").exists()

@@ -194,7 +194,7 @@ def test_exit_codes(tmp_path, llama_server):
 
     config = worker("--task", "custom", "--input", sample, *common(tmp_path, llama_server.url))
     assert config.returncode == ExitCode.CONFIGURATION
-    assert "task 'custom' needs system_prompt (--system-prompt), schema (--schema)" in config.stderr
+    assert "task 'custom' needs system_prompt (--system-prompt)" in config.stderr
 
     cut = worker("--task", "sentiment", "--input", sample, "--template", "{review}", "--max-tokens", "2",
                  "--max-attempts", "2", *common(tmp_path, llama_server.url))  # fmt: skip

@@ -59,6 +59,7 @@ from llm_etl_provider.batch.job import (
 )
 from llm_etl_provider.config import LLMEtlConfig
 from llm_etl_provider.contract.codes import DeadLetterReason
+from llm_etl_provider.contract.invocation import DEFAULT_MAX_RECORD_BYTES
 from llm_etl_provider.hooks.llm_server import LLMServerHook
 
 if TYPE_CHECKING:
@@ -90,6 +91,11 @@ class LLMEtlBatchAdapter(BatchAdapter):
         super().__init__(api_key=api_key, base_url=base_url, client=client)
         self.config = LLMEtlConfig.from_airflow()
         self.api_key = api_key
+        if base_url and not base_url.startswith(("http://", "https://")):
+            raise LLMBatchInputError(
+                "the llm_etl connection's host must be the server's whole URL, http(s)://host:port, "
+                f"not {base_url!r}"
+            )
         self.server = BatchServer(base_url=base_url or None)
         self.jobs: LocalBatchJobs = client or LocalBatchJobs(self.config.local_dir)
 
@@ -141,7 +147,21 @@ class LLMEtlBatchAdapter(BatchAdapter):
                 raise LLMBatchInputError(
                     f"the output type's JSON schema is not valid: {exc.message}"
                 ) from None
-        size = sum(len(json.dumps(r["prompt"], ensure_ascii=False).encode()) + 64 for r in requests)
+        size = 0
+        for index, request in enumerate(requests):
+            try:
+                line = json.dumps(
+                    {"id": f"{idempotency_key}-{index}", "prompt": request["prompt"]}, ensure_ascii=False
+                )
+                record = len(line.encode()) + 1
+            except UnicodeEncodeError:
+                raise LLMBatchInputError(f"request {index}: its prompt is not valid Unicode text") from None
+            if record > DEFAULT_MAX_RECORD_BYTES:
+                raise LLMBatchLimitExceededError(
+                    f"request {index}: its prompt takes {record} bytes, over the {DEFAULT_MAX_RECORD_BYTES} "
+                    "an llm-etl batch's worker reads in one record"
+                )
+            size += record
         if size > self.max_payload_bytes:
             raise LLMBatchLimitExceededError(
                 f"the prompts take about {size} bytes: an llm-etl batch holds at most "

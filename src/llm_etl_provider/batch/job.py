@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -40,6 +41,12 @@ BATCH_FILE = "batch.json"
 STATUS_FILE = "status.json"
 RUNNER_FILE = "runner.json"
 RUNNER_LOG = "runner.log"
+HEARTBEAT_FILE = (
+    "heartbeat"  # touched by the runner: its liveness, seen from any process that sees the folder
+)
+CANCEL_FILE = "cancel"  # written by a canceller that cannot signal the runner (another PID namespace)
+HEARTBEAT_SECONDS = 5
+HEARTBEAT_STALE_SECONDS = 60
 PUBLISHED = "published"
 PROMPT_FIELD = "prompt"
 # The batch's prompts as the worker's records: their id is the custom id, their prompt the whole user prompt
@@ -179,11 +186,16 @@ class LocalBatchJobs:
         api_key: str | None = None,
     ) -> str:
         """Stage ``prompts`` (custom id, prompt) and start the batch's runner; return its id. A batch of
-        that id already submitted is kept (a submission whose response was lost, submitted again).
-        ``owner`` is the DAG run (DAG id, run id) whose end lets the sweeper remove the batch's files."""
+        that id already submitted and running or completed is kept (a submission whose response was lost,
+        submitted again); one that failed or was cancelled is removed and submitted afresh, as common.ai
+        does after such an end. ``owner`` is the DAG run (DAG id, run id) whose end lets the sweeper remove
+        the batch's files."""
         batch_id = batch_id_of(identity.idempotency_key, identity.input_fingerprint)
         if self.recorded(batch_id) is not None:
-            return batch_id
+            if self.state(batch_id).status in (IN_PROGRESS, COMPLETED):
+                return batch_id
+            _stop_runner(self.backend(batch_id).root)  # a worker the dead runner left must not write on
+            self.backend(batch_id).cleanup()  # ended failed or cancelled: its files explain nothing more
         from llm_etl_provider.staging.cutting import plan_shards
         from llm_etl_provider.staging.log_transport import stage_shards
 
@@ -217,34 +229,40 @@ class LocalBatchJobs:
             environment[API_KEY_ENV] = api_key  # the server's key: in the environment, never on disk
         # Started by a launcher that exits at once: the runner, in a session of its own, outlives the task's
         # process (a deferred task's ends at once) and, orphaned, is reaped by init, not left a zombie.
-        launched = subprocess.run(
-            [sys.executable, "-c", _LAUNCHER, str(root / RUNNER_LOG),
-             sys.executable, "-m", "llm_etl_provider.batch.job", str(root)],
-            capture_output=True, text=True, env=environment, timeout=60, check=True,
-        )  # fmt: skip
-        pid = int(launched.stdout)
-        _write_json(root / RUNNER_FILE, {"pid": pid, "started": _process_start(pid)})
+        try:
+            launched = subprocess.run(
+                [sys.executable, "-c", _LAUNCHER, str(root / RUNNER_LOG),
+                 sys.executable, "-m", "llm_etl_provider.batch.job", str(root)],
+                capture_output=True, text=True, env=environment, timeout=60, check=True,
+            )  # fmt: skip
+            pid = int(launched.stdout)
+        except (OSError, subprocess.SubprocessError, ValueError) as exc:
+            _write_json(root / STATUS_FILE, {"status": FAILED, "counts": None, "error": f"no runner: {exc}"})
+            raise
+        _write_json(root / RUNNER_FILE, {"pid": pid, "started": _process_start(pid), "host": _host()})
 
     def recorded(self, batch_id: str) -> dict[str, Any] | None:
         """The batch's record, or None where no batch of that id is here."""
         try:
             record: dict[str, Any] = json.loads((self.root(batch_id) / BATCH_FILE).read_text())
-        except (OSError, ValueError):
-            return None
+        except FileNotFoundError:
+            return None  # an unreadable record (permissions, a volume gone) is an error, not an absence
         return record
 
     def state(self, batch_id: str) -> BatchState:
         """Where the batch stands; raise :class:`BatchNotFoundError` for an unknown batch."""
         root = self.root(batch_id)
         if self.recorded(batch_id) is None:
-            raise BatchNotFoundError(f"no batch {batch_id} under {self.local_dir}")
-        try:
-            status = json.loads((root / STATUS_FILE).read_text())
-            return BatchState(status["status"], status.get("counts"), status.get("error"))
-        except FileNotFoundError:
-            pass
+            raise BatchNotFoundError(
+                f"no batch {batch_id} under {self.local_dir} (the worker's and the triggerer's [llm_etl] "
+                "local_dir must be the same folder)"
+            )
+        if (ended := _status(root)) is not None:
+            return ended
         if _runner_alive(root):
             return BatchState(IN_PROGRESS)
+        if (ended := _status(root)) is not None:  # it ended between the two looks
+            return ended
         return BatchState(
             FAILED, error="the batch's runner ended without finishing it (killed, or its machine restarted)"
         )
@@ -252,14 +270,7 @@ class LocalBatchJobs:
     def cancel(self, batch_id: str) -> None:
         """Stop the batch's runner (its worker checkpoints and exits) and remove the batch's files."""
         root = self.root(batch_id)
-        try:
-            runner = json.loads((root / RUNNER_FILE).read_text())
-        except (OSError, ValueError):
-            runner = None
-        if runner and _process_start(int(runner["pid"])) == runner["started"]:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(int(runner["pid"]), signal.SIGTERM)
-            _wait_gone(int(runner["pid"]), timeout=30)
+        _stop_runner(root)
         self.backend(batch_id).cleanup()
 
     def find(self, idempotency_key: str, input_fingerprint: str, not_before: float) -> str | None:
@@ -286,26 +297,31 @@ class LocalBatchJobs:
 
 
 def _read_results(shards: list[Path]) -> Iterator[BatchResult]:
+    """Each line that names its request; one that does not (a record the reader could not read whole has no
+    id) is skipped, and common.ai rows that request as missing."""
     for shard in shards:
         for line in _lines(shard / "results.jsonl"):
             meta = line.get("meta") or {}
-            yield BatchResult(
-                custom_id=str(line["id"]),
-                enrichment=line["enrichment"],
-                model=meta.get("model"),
-                usage={
-                    "input_tokens": meta.get("prompt_tokens") or 0,
-                    "output_tokens": meta.get("completion_tokens") or 0,
-                },
-                finish_reason=meta.get("finish_reason"),
-            )
+            prompt, completion = meta.get("prompt_tokens"), meta.get("completion_tokens")
+            usage = None
+            if isinstance(prompt, int) and isinstance(completion, int):
+                usage = {"input_tokens": prompt, "output_tokens": completion}
+            if isinstance(line.get("id"), str):
+                yield BatchResult(
+                    custom_id=line["id"],
+                    enrichment=line["enrichment"],
+                    model=meta.get("model"),
+                    usage=usage,
+                    finish_reason=meta.get("finish_reason"),
+                )
         for line in _lines(shard / "dead_letter.jsonl"):
-            yield BatchResult(
-                custom_id=str(line["id"]),
-                enrichment=None,
-                reason=line.get("reason"),
-                detail=line.get("detail"),
-            )
+            if isinstance(line.get("id"), str):
+                yield BatchResult(
+                    custom_id=line["id"],
+                    enrichment=None,
+                    reason=line.get("reason"),
+                    detail=line.get("detail"),
+                )
 
 
 def _lines(path: Path) -> Iterator[dict[str, Any]]:
@@ -343,44 +359,112 @@ def _process_start(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
+def _host() -> str:
+    """This process's view of processes: its machine's boot and its PID namespace. Another view (the
+    triggerer in a container of its own) cannot see the runner's process, only its folder."""
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    return f"{boot}:{os.readlink('/proc/self/ns/pid')}"
+
+
+def _status(root: Path) -> BatchState | None:
+    try:
+        status = json.loads((root / STATUS_FILE).read_text())
+    except FileNotFoundError:
+        return None
+    return BatchState(status["status"], status.get("counts"), status.get("error"))
+
+
+def _running(pid: int, started: str | None) -> bool:
+    """Whether process ``pid`` started at ``started`` still runs (a zombie does not)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[19] == started and fields[0] != "Z"
+
+
 def _runner_alive(root: Path) -> bool:
     try:
         runner = json.loads((root / RUNNER_FILE).read_text())
-    except (OSError, ValueError):
+    except FileNotFoundError:
         return False
-    started = _process_start(int(runner["pid"]))
-    if started is None or started != runner["started"]:
-        return False
-    with contextlib.suppress(OSError):  # a zombie (ended, not yet reaped by its parent) is not running
-        state = Path(f"/proc/{runner['pid']}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state != "Z"
+    if runner.get("host") == _host():
+        return _running(int(runner["pid"]), runner["started"])
+    try:  # seen from elsewhere: alive while it keeps its heartbeat
+        return time.time() - (root / HEARTBEAT_FILE).stat().st_mtime < HEARTBEAT_STALE_SECONDS
+    except FileNotFoundError:
+        return time.time() - (root / RUNNER_FILE).stat().st_mtime < HEARTBEAT_STALE_SECONDS
+
+
+def _stop_runner(root: Path, timeout: float = 60) -> None:
+    """Stop the batch's runner and whatever it started (its process group): by signal where this process
+    sees it, else by the cancel file its heartbeat reads; wait, bounded, until it is gone."""
+    try:
+        runner = json.loads((root / RUNNER_FILE).read_text())
+    except FileNotFoundError:
+        return
+    pid = int(runner["pid"])
+    if runner.get("host") == _host():
+        # the group outlives a runner killed alone (its worker works on): signalled while the runner runs,
+        # or while a member still works in this batch's folder, never a group that only reuses the id
+        if not (_running(pid, runner["started"]) or _group_alive(pid, root)):
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _group_alive(pid, root):
+            time.sleep(0.1)
+        if _group_alive(pid, root):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+        return
+    (root / CANCEL_FILE).touch()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _status(root) is None and _runner_alive(root):
+        time.sleep(0.5)
+
+
+def _group_alive(pgid: int, root: Path) -> bool:
+    """Whether a process of group ``pgid`` runs with this batch's folder on its command line (the runner, the
+    worker, llama-server: each names a path in it)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            member = int(fields[2]) == pgid and fields[0] != "Z"
+            if member and str(root).encode() in (stat.parent / "cmdline").read_bytes():
+                return True
     return False
 
 
-def _wait_gone(pid: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _process_start(pid) is not None:
-        time.sleep(0.1)
+def _heartbeat(root: Path, stop: threading.Event) -> None:
+    """Touch the heartbeat file while the runner works; a cancel file stops the runner's group."""
+    while not stop.wait(HEARTBEAT_SECONDS):
+        (root / HEARTBEAT_FILE).touch()
+        if (root / CANCEL_FILE).exists():
+            os.killpg(os.getpgid(0), signal.SIGTERM)
+            return
 
 
 def run_batch(root: Path) -> int:
     """The runner: serve the model, enrich every shard, publish each verified; record how it ended."""
     from llm_etl_provider.transport.extract import extract
 
-    record = json.loads((root / BATCH_FILE).read_text())
-    batch_id, plan = record["batch_id"], record["plan"]
-    settings = BatchSettings(**record["settings"])
-    server_record = BatchServer(**record["server"])
-    jobs = LocalBatchJobs(str(root.parent))
-    backend = jobs.backend(batch_id, plan)
-    serving = LocalServing(server=_server(server_record, settings.model))
     counts = {"succeeded": 0, "errored": 0}
+    requests = 0
 
     def stop(signum: int, frame: Any) -> None:
         raise SystemExit(143)
 
     signal.signal(signal.SIGTERM, stop)
+    (root / HEARTBEAT_FILE).touch()
+    beating = threading.Event()
+    threading.Thread(target=_heartbeat, args=(root, beating), daemon=True).start()
     try:
+        record = json.loads((root / BATCH_FILE).read_text())
+        batch_id, plan, requests = record["batch_id"], record["plan"], int(record["request_count"])
+        settings = BatchSettings(**record["settings"])
+        backend = LocalBatchJobs(str(root.parent)).backend(batch_id, plan)
+        serving = LocalServing(server=_server(BatchServer(**record["server"]), settings.model))
         for descriptor in record["shards"]:
             shard = ShardDescriptor.from_xcom(descriptor)
             invocation = pod_invocation(
@@ -402,12 +486,17 @@ def run_batch(root: Path) -> int:
                 flush=True,
             )
     except SystemExit:
-        _write_json(root / STATUS_FILE, {"status": CANCELLED, "counts": None, "error": "stopped by SIGTERM"})
+        counts["cancelled"] = max(requests - counts["succeeded"] - counts["errored"], 0)
+        _write_json(
+            root / STATUS_FILE, {"status": CANCELLED, "counts": counts, "error": "stopped by SIGTERM"}
+        )
         return 143
     except Exception as exc:  # noqa: BLE001 - whatever ended it, its status must say so (no record content)
         _write_json(root / STATUS_FILE, {"status": FAILED, "counts": counts, "error": str(exc)[:2000]})
         print(f"failed: {exc}", flush=True)
         return 1
+    finally:
+        beating.set()
     _write_json(root / STATUS_FILE, {"status": COMPLETED, "counts": counts, "error": None})
     return 0
 

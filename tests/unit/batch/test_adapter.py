@@ -9,7 +9,11 @@ from typing import Literal
 import pytest
 from airflow.providers.common.ai.batch import base
 from airflow.providers.common.ai.batch.output_schema import build_output_spec, validate_extracted_output
-from airflow.providers.common.ai.exceptions import LLMBatchInputError, LLMBatchModelMismatchError
+from airflow.providers.common.ai.exceptions import (
+    LLMBatchInputError,
+    LLMBatchLimitExceededError,
+    LLMBatchModelMismatchError,
+)
 from pydantic import BaseModel
 
 from llm_etl_provider.batch.adapter import LLMEtlBatchAdapter, _raw_item
@@ -19,6 +23,7 @@ from llm_etl_provider.batch.job import (
     BatchNotFoundError,
     BatchResult,
     LocalBatchJobs,
+    _read_results,
     batch_id_of,
 )
 from llm_etl_provider.config import env_var
@@ -124,3 +129,30 @@ def test_a_batch_s_state_and_an_unknown_batch(adapter, tmp_path):
     state = adapter.get_batch(batch_id)
     assert state.status == "completed"
     assert state.counts == {"succeeded": 2, "errored": 1, "expired": 0, "cancelled": 0}
+
+
+def test_a_prompt_the_worker_cannot_read_whole_and_a_partial_url_are_refused(adapter):
+    spec = build_output_spec(str)
+    with pytest.raises(LLMBatchLimitExceededError, match="request 1: its prompt takes"):
+        adapter.validate_requests(
+            [{"prompt": "short"}, {"prompt": "x" * 300_000}], model="m", output_spec=spec, idempotency_key=KEY
+        )
+    with pytest.raises(LLMBatchInputError, match="not valid Unicode"):
+        adapter.validate_requests(
+            [{"prompt": "a \ud800 b"}], model="m", output_spec=spec, idempotency_key=KEY
+        )
+    with pytest.raises(LLMBatchInputError, match="whole URL"):
+        LLMEtlBatchAdapter(base_url="ollama:11434")
+
+
+def test_a_result_line_that_names_no_request_is_left_for_common_ai_to_row_as_missing(tmp_path):
+    shard = tmp_path / "shard-00000"
+    shard.mkdir()
+    (shard / "results.jsonl").write_text(
+        json.dumps({"id": f"{KEY}-0", "enrichment": {"text": "hi"}, "meta": {"model": "m"}}) + "\n"
+    )
+    (shard / "dead_letter.jsonl").write_text(
+        json.dumps({"id": None, "reason": "record_too_large", "detail": "over 262144 bytes"}) + "\n"
+    )
+    (read,) = list(_read_results([shard]))
+    assert (read.custom_id, read.usage) == (f"{KEY}-0", None)  # no token counts: no usage, not zeros
