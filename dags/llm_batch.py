@@ -4,9 +4,10 @@ The ``common.ai`` provider's decorator hands the prompts to the ``llm-etl`` batc
 ``common-ai`` extra of this provider), which runs them as the provider's job: the worker beside the model's
 server, every answer constrained and validated by ``Sentiment``'s JSON schema, the results read back
 verified. Rows land as JSONL under ``result_path`` (``custom_id``, ``index``, ``status``, ``output``,
-``usage``, ...); the manifest is the task's XCom. Where the batch runs is the deployment's ``[llm_etl]``
-(local execution: ``execution_mode = local``); ``llm_etl_default`` names the LLM server (its host; none:
-the bundled model).
+``usage``, ...); the manifest is the task's XCom. Where the batch runs is the deployment's ``[llm_etl]``:
+Kubernetes execution runs a pod per shard serving the model itself (``backend``, ``model_source``, ...);
+local execution (``execution_mode = local``) runs local processes, through the server ``llm_etl_default``
+names (its host; none: the bundled model).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from llm_etl_provider.contract.invocation import TASK_NAMES
 from llm_etl_provider.contract.object_transport import DEFAULT_TRANSPORT, TRANSPORTS
 from llm_etl_provider.llama_cpp import CPU_PARALLEL
 from llm_etl_provider.params import worker_param
-from llm_etl_provider.pod.builder import BACKENDS, DEFAULT_BACKEND
+from llm_etl_provider.pod.builder import BACKENDS
 from llm_etl_provider.staging.cutting import (
     DEFAULT_MAX_SHARDS,
     DEFAULT_SHARD_BYTES,
@@ -101,7 +101,7 @@ PARAMS: dict[str, Param] = {
     **(
         {
             "backend": Param(
-                DEFAULT_BACKEND,
+                CONFIG.backend,
                 enum=list(BACKENDS),
                 title="LLM server",
                 description="The server in each pod: ollama, llamacpp or vllm",

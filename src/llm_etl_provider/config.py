@@ -32,6 +32,8 @@ from llm_etl_provider.backends import (
 )
 from llm_etl_provider.contract.invocation import default_of, name_list
 from llm_etl_provider.contract.layout import (
+    BACKEND_NAMES,
+    DEFAULT_BACKEND,
     DEFAULT_CACHE_ACCESS_MODES,
     DEFAULT_GPUS,
     DEFAULT_MODEL_LOAD_TIMEOUT_SECONDS,
@@ -135,6 +137,13 @@ class LLMEtlConfig:
         "The worker's image, required in kubernetes mode: no registry publishes it, build and push yours "
         "(scripts/build-images.sh --registry REGISTRY prints its digest) and give it by digest.",
         example="registry.example.com/llm-etl/worker@sha256:...",
+    )
+    backend: str = _option(
+        DEFAULT_BACKEND,
+        "The LLM server in each pod: ollama, llamacpp or vllm (the example DAG's default, and the server of "
+        "llm-etl batches in kubernetes mode).",
+        example="llamacpp",
+        choices=BACKEND_NAMES,
     )
     server_image: str | None = _option(None, "The LLM server's image (default: the backend's).")
     image_pull_policy: str | None = _option(

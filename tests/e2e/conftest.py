@@ -115,19 +115,22 @@ def _load_dag(
     return load_example_dag(monkeypatch, kubernetes_settings(cluster, deferrable=deferrable, **options))
 
 
-def load_example_dag(monkeypatch: pytest.MonkeyPatch, settings: dict[str, str]) -> Any:
-    """The example DAG, parsed with ``settings`` in the environment, its database ready for ``dag.test``."""
+def load_example_dag(
+    monkeypatch: pytest.MonkeyPatch, settings: dict[str, str], dag: str = "llm_enrichment"
+) -> Any:
+    """The example DAG ``dag`` (``dags/<dag>.py``), parsed with ``settings`` in the environment, its
+    database ready for ``dag.test``."""
     for name, value in settings.items():
         monkeypatch.setenv(name, value)
     from airflow.utils.db import initdb
 
     initdb()
-    spec = importlib.util.spec_from_file_location("llm_enrichment", REPO / "dags" / "llm_enrichment.py")
+    spec = importlib.util.spec_from_file_location(dag, REPO / "dags" / f"{dag}.py")
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.llm_enrichment()
+    return getattr(module, dag)()
 
 
 @pytest.fixture

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -24,6 +26,8 @@ from tests.e2e.conftest import (
     NAMESPACE,
     SAMPLE,
     failure_said,
+    kubernetes_settings,
+    load_example_dag,
     preempted_mid_run,
     published,
     resumable_dag,
@@ -414,3 +418,120 @@ def test_a_pod_over_its_emptydir_limit_is_evicted_and_the_task_says_why(
     assert not list((tmp_path / "out").rglob("_SUCCESS"))
     assert cluster.wait_until_empty() == {}
     cluster.forget_events({pod["metadata"]["name"]})
+
+
+def batch_deployment(monkeypatch: pytest.MonkeyPatch, cluster: Any, *, deferrable: bool) -> None:
+    """Kubernetes execution on ``cluster`` for llm-etl batches: llama.cpp's server in each pod, the model
+    downloaded by the model-cache pod, and an ``llm_etl`` connection that names no server."""
+    for name, value in kubernetes_settings(cluster, deferrable=deferrable, backend="llamacpp").items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AIRFLOW_CONN_LLM_ETL_DEFAULT", json.dumps({"conn_type": "llm_etl"}))
+
+
+def batch_records(cluster: Any) -> list[dict[str, Any]]:
+    """The record Secrets of the batches in the namespace."""
+    return [
+        s
+        for s in cluster.admin.get(cluster.path("secrets"))["items"]
+        if s["metadata"]["name"].endswith("-batch")
+    ]
+
+
+def test_airflow_s_llm_batch_runs_its_prompts_as_pods_deferred_and_its_run_s_sweep_removes_them(
+    tmp_path, cluster, monkeypatch, capfd
+):
+    """``dags/llm_batch.py`` in Kubernetes execution: common.ai's trigger polls the batch, whose model-cache
+    pod downloads the model and whose shard pod serves it beside the worker; the rows come from the pod's
+    sealed log. The batch's objects carry the DAG run, so the sweeper removes them once it has ended."""
+    from llm_etl_provider.backends.kubernetes import core_v1, networking_v1, sweep
+
+    batch_deployment(monkeypatch, cluster, deferrable=True)
+    dag = load_example_dag(monkeypatch, {}, "llm_batch")
+    assert dag.get_task("classify").deferrable
+    cluster.forget_pods()
+
+    run = dag.test(run_conf={"reviews": 3, "result_path": str(tmp_path / "batches")})
+
+    assert run.state == "success", cluster.describe()
+    (landed,) = list((tmp_path / "batches").glob("*/*.jsonl"))
+    rows = [json.loads(line) for line in landed.read_text().splitlines()]
+    assert sorted(row["index"] for row in rows) == [0, 1, 2]
+    succeeded = [row for row in rows if row["status"] == "success"]
+    assert len(succeeded) >= 2, rows
+    assert all(row["usage"]["output_tokens"] > 0 for row in succeeded)
+    pods = cluster.created_pods()
+    assert sorted(p["metadata"]["labels"]["app.kubernetes.io/component"] for p in pods) == [
+        "enrichment", "model-cache",
+    ]  # fmt: skip
+    assert all(p["status"]["phase"] == "Succeeded" for p in pods)
+    assert {p["metadata"]["annotations"]["llm-etl.io/dag-id"] for p in pods} == {"llm_batch"}
+    assert {p["metadata"]["annotations"]["llm-etl.io/run-id"] for p in pods} == {run.run_id}
+    assert FORMAT not in "".join(capfd.readouterr())
+    # the batch's objects stay for a clear to land its rows again, until the sweeper sees the run end
+    assert len(batch_records(cluster)) == 1
+    swept = sweep(
+        core_v1("kubernetes_default"), networking_v1("kubernetes_default"), NAMESPACE,
+        lambda dag_id, run_id: "success" if (dag_id, run_id) == ("llm_batch", run.run_id) else "running",
+        now=time.time(), unannotated_older_than=datetime.now(UTC) - timedelta(days=1),
+        log=logging.getLogger(__name__),
+    )  # fmt: skip
+    assert swept["pods"] == 2, swept
+    assert cluster.wait_until_empty() == {}
+
+
+def test_an_llm_batch_re_attaches_on_retry_and_a_cancel_deletes_its_pods_mid_run(
+    tmp_path, cluster, monkeypatch
+):
+    """common.ai's operator run twice for the same task and input finds its batch (no second pod); an orphan
+    is found by key and fingerprint only; a cancel while the worker runs deletes everything of the batch."""
+    from airflow.providers.common.ai.batch.output_schema import build_output_spec
+    from airflow.providers.common.ai.operators.llm_batch import LLMBatchOperator
+
+    from llm_etl_provider.batch.adapter import LLMEtlBatchAdapter
+    from llm_etl_provider.batch.job import BatchNotFoundError
+
+    batch_deployment(monkeypatch, cluster, deferrable=False)
+    prompts = [json.loads(line)["review"] for line in short_reviews(2)]
+    ti = SimpleNamespace(dag_id="batch", task_id="classify", run_id="manual__2026-12-07", map_index=-1)
+
+    def execute() -> dict[str, Any]:
+        op = LLMBatchOperator(
+            task_id="classify", requests=prompts, result_path=str(tmp_path / "rows"),
+            llm_conn_id="llm_etl_default",
+            model_id="llm-etl:smollm2", deferrable=False, do_xcom_push=False, max_tokens=16,
+            system_prompt="Say whether the drug review is positive or negative.",
+        )  # fmt: skip
+        op.poll_interval = 2
+        context: Any = {"task_instance": ti, "ti": ti}  # what the operator reads of its task's context
+        manifest: dict[str, Any] = op.execute(context)
+        return manifest
+
+    cluster.forget_pods()
+    first = execute()
+    assert len(cluster.enrichment_pods()) == 1
+    again = execute()
+    assert again["batch_id"] == first["batch_id"]
+    assert len(cluster.created_pods()) == 2  # the model-cache pod and the one shard's: none new
+    adapter = LLMEtlBatchAdapter()
+    adapter.cancel_batch(first["batch_id"])
+    assert cluster.wait_until_empty() == {}
+
+    # a batch cancelled while its worker runs: its pods go, and polling it says it is unknown
+    spec = build_output_spec(str)
+    submitted = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+    batch_id = adapter.submit(
+        [{"prompt": p} for p in prompts * 20], model="smollm2", idempotency_key="0123456789abcdef",
+        input_fingerprint="f" * 64, output_spec=spec, system_prompt="", max_tokens=64,
+    ).batch_id  # fmt: skip
+    assert adapter.find_orphaned_batch("0123456789abcdef", "f" * 64, submitted) == batch_id
+    assert adapter.find_orphaned_batch("0123456789abcdef", "e" * 64, submitted) is None
+    assert adapter.find_orphaned_batch("fedcba9876543210", "f" * 64, submitted) is None
+    deadline = time.monotonic() + 300
+    while not cluster.worker_running() and time.monotonic() < deadline:
+        assert adapter.get_batch(batch_id).status == "in_progress", cluster.describe()
+        time.sleep(1)
+    assert cluster.worker_running(), cluster.describe()
+    adapter.cancel_batch(batch_id)
+    assert cluster.wait_until_empty(timeout=60) == {}
+    with pytest.raises(BatchNotFoundError):
+        adapter.get_batch(batch_id)

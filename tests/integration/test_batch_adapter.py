@@ -23,7 +23,7 @@ from airflow.providers.common.ai.operators.llm_batch import LLMBatchOperator
 from pydantic import BaseModel
 
 from llm_etl_provider.batch.adapter import LLMEtlBatchAdapter
-from llm_etl_provider.batch.job import BatchNotFoundError
+from llm_etl_provider.batch.job import BatchNotFoundError, LocalBatchJobs
 from llm_etl_provider.config import env_var
 
 SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "drug_reviews_sample.jsonl"
@@ -85,6 +85,12 @@ def operator(results: Path, prompts: list[str], **kwargs: Any) -> LLMBatchOperat
     )
     op.poll_interval = 1  # the operator refuses less than 30 s; a 4-slot CPU server answers in seconds
     return op
+
+
+def local_jobs(adapter: LLMEtlBatchAdapter) -> LocalBatchJobs:
+    """The adapter's batches, in local execution."""
+    assert isinstance(adapter.jobs, LocalBatchJobs)
+    return adapter.jobs
 
 
 def rows(manifest: dict[str, Any]) -> list[dict[str, Any]]:
@@ -152,7 +158,7 @@ def test_a_cancelled_batch_stops_its_runner_and_leaves_no_files(deployment):
         input_fingerprint="f" * 64, output_spec=spec, system_prompt="Classify.", max_tokens=32,
     ).batch_id  # fmt: skip
     assert adapter.get_batch(batch_id).status == "in_progress"
-    root = adapter.jobs.root(batch_id)
+    root = local_jobs(adapter).root(batch_id)
     pid = json.loads((root / "runner.json").read_text())["pid"]
     adapter.cancel_batch(batch_id)
     assert not root.exists()
@@ -190,7 +196,7 @@ def test_a_batch_whose_runner_died_is_failed_and_its_retry_runs_it_afresh(deploy
         system_prompt="Classify.", max_tokens=32,
     )  # fmt: skip
     batch_id = submit().batch_id
-    root = adapter.jobs.root(batch_id)
+    root = local_jobs(adapter).root(batch_id)
     runner = json.loads((root / "runner.json").read_text())
     os.killpg(runner["pid"], signal.SIGKILL)
     deadline = time.monotonic() + 30
@@ -219,7 +225,7 @@ def test_a_poller_that_cannot_see_the_runner_s_process_goes_by_its_heartbeat_and
         input_fingerprint="d" * 64, output_spec=build_output_spec(Sentiment), system_prompt="Classify.",
         max_tokens=32,
     ).batch_id  # fmt: skip
-    root = adapter.jobs.root(batch_id)
+    root = local_jobs(adapter).root(batch_id)
     runner = json.loads((root / "runner.json").read_text())
     (root / "runner.json").write_text(json.dumps({**runner, "host": "another-machine:pid:[1]"}))
     assert adapter.get_batch(batch_id).status == "in_progress"  # by its heartbeat

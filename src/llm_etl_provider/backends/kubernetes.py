@@ -218,6 +218,8 @@ class KubernetesBackend(RunBackend):
     :param run_deadline_seconds: from the stage on, how long the run's resources may live once Airflow no
         longer knows the run (another deployment's, a deleted run): the sweeper's deadline
     :param plan: the stage's plan: its key, shards and work claims are named and labelled after it
+    :param recorded_run_id: the DAG run the sweeper asks Airflow about, where it is not ``run_id`` (a batch's
+        run is its batch, its DAG run the task's that submitted it)
     """
 
     def __init__(
@@ -234,11 +236,14 @@ class KubernetesBackend(RunBackend):
         run_deadline_seconds: float = layout.DEFAULT_RUN_DEADLINE_SECONDS,
         scope: str | None = None,
         plan: str | None = None,
+        recorded_run_id: str | None = None,
     ) -> None:
         self.namespace = namespace or DEFAULT_NAMESPACE
         self.kubernetes_conn_id = kubernetes_conn_id or DEFAULT_KUBERNETES_CONN_ID
         self.run_id = run_id
-        self.annotations = layout.run_annotations(dag_id, run_id, time.time() + run_deadline_seconds)
+        self.annotations = layout.run_annotations(
+            dag_id, recorded_run_id or run_id, time.time() + run_deadline_seconds
+        )
         self.scope = scope or dag_id
         self.plan = plan
         self.run_key = layout.run_key(self.scope, run_id)

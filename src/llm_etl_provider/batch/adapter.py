@@ -7,8 +7,10 @@ provider's own job (:mod:`~llm_etl_provider.batch.job`): the worker beside the m
 constrained and validated by the task's JSON schema with the server's constrained decoding, the results
 read back verified through the sealed transport; nothing of a prompt reaches a log, an XCom or an error.
 
-Where it runs is the deployment's ``[llm_etl]``: local execution (``execution_mode = local``) runs it as
-local processes under ``local_dir``, with the connection's server (its host and password, which is all
+Where it runs is the deployment's ``[llm_etl]``: Kubernetes execution (:mod:`~llm_etl_provider.batch.
+kubernetes`) runs one pod per shard in ``namespace``, each serving the model itself (``backend``,
+``model_source`` ...: the connection's host is not used); local execution (``execution_mode = local``) runs
+it as local processes under ``local_dir``, with the connection's server (its host and password, which is all
 common.ai hands an adapter) or, with no host, the bundled model served by llama.cpp's server.
 
 Needs the ``common-ai`` extra (``apache-airflow-providers-common-ai``); the provider works without it.
@@ -45,13 +47,14 @@ except ImportError as missing:  # the common-ai extra is not installed
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-from llm_etl_provider.backends import LOCAL_MODE
+from llm_etl_provider.backends import KUBERNETES_MODE
 from llm_etl_provider.batch.job import (
     CANCELLED,
     COMPLETED,
     FAILED,
     IN_PROGRESS,
     BatchIdentity,
+    BatchJobs,
     BatchResult,
     BatchServer,
     BatchSettings,
@@ -60,6 +63,7 @@ from llm_etl_provider.batch.job import (
 from llm_etl_provider.config import LLMEtlConfig
 from llm_etl_provider.contract.codes import DeadLetterReason
 from llm_etl_provider.contract.invocation import DEFAULT_MAX_RECORD_BYTES
+from llm_etl_provider.exceptions import PodSpecError, WorkerImageUnsetError
 from llm_etl_provider.hooks.llm_server import LLMServerHook
 
 if TYPE_CHECKING:
@@ -77,8 +81,9 @@ class LLMEtlBatchAdapter(BatchAdapter):
 
     :param api_key: the ``llm_etl`` connection's password: the server's bearer key
     :param base_url: the connection's host: the server's URL; none: the bundled model (local execution)
-    :param client: the batches' home (:class:`~llm_etl_provider.batch.job.LocalBatchJobs`); default: the
-        deployment's ``[llm_etl] local_dir``
+    :param client: the batches' home (:class:`~llm_etl_provider.batch.job.LocalBatchJobs` or
+        :class:`~llm_etl_provider.batch.kubernetes.KubernetesBatchJobs`); default: the deployment's, by its
+        ``[llm_etl] execution_mode``
     """
 
     name: ClassVar[str] = "llm-etl"
@@ -97,7 +102,14 @@ class LLMEtlBatchAdapter(BatchAdapter):
                 f"not {base_url!r}"
             )
         self.server = BatchServer(base_url=base_url or None)
-        self.jobs: LocalBatchJobs = client or LocalBatchJobs(self.config.local_dir)
+        self.jobs: BatchJobs = client or self._jobs()
+
+    def _jobs(self) -> BatchJobs:
+        if self.config.execution_mode == KUBERNETES_MODE:
+            from llm_etl_provider.batch.kubernetes import KubernetesBatchJobs
+
+            return KubernetesBatchJobs(self.config)
+        return LocalBatchJobs(self.config.local_dir)
 
     def validate_requests(
         self,
@@ -108,11 +120,6 @@ class LLMEtlBatchAdapter(BatchAdapter):
         idempotency_key: str,
         **kwargs: Any,
     ) -> None:
-        if self.config.execution_mode != LOCAL_MODE:
-            raise LLMBatchInputError(
-                f"llm-etl batches run in local execution for now ([llm_etl] execution_mode = {LOCAL_MODE}), "
-                f"not {self.config.execution_mode!r}"
-            )
         self.check_custom_id_length(idempotency_key, len(requests))
         if len(requests) > self.max_requests:
             raise LLMBatchLimitExceededError(
@@ -147,6 +154,11 @@ class LLMEtlBatchAdapter(BatchAdapter):
                 raise LLMBatchInputError(
                     f"the output type's JSON schema is not valid: {exc.message}"
                 ) from None
+        if check := getattr(self.jobs, "check", None):  # Kubernetes: the pods the deployment would make
+            try:
+                check(self._settings(model, output_spec, kwargs))
+            except (PodSpecError, WorkerImageUnsetError) as exc:
+                raise LLMBatchInputError(f"[llm_etl] cannot run an llm-etl batch's pods: {exc}") from None
         size = 0
         for index, request in enumerate(requests):
             try:
@@ -178,6 +190,15 @@ class LLMEtlBatchAdapter(BatchAdapter):
         temperature = (request_params or {}).get("temperature")
         return None if temperature is None else float(temperature)
 
+    def _settings(self, model: str, output_spec: OutputSpec, kwargs: Mapping[str, Any]) -> BatchSettings:
+        return BatchSettings(
+            model=model,
+            system_prompt=kwargs.get("system_prompt") or "",
+            max_tokens=int(kwargs.get("max_tokens") or 1024),
+            schema=dict(output_spec.json_schema) if output_spec.is_structured else None,
+            temperature=self._sampling(kwargs.get("request_params")),
+        )
+
     def submit(
         self,
         requests: list[BatchRequest],
@@ -191,13 +212,7 @@ class LLMEtlBatchAdapter(BatchAdapter):
         self.validate_requests(
             requests, model=model, output_spec=output_spec, idempotency_key=idempotency_key, **kwargs
         )
-        settings = BatchSettings(
-            model=model,
-            system_prompt=kwargs.get("system_prompt") or "",
-            max_tokens=int(kwargs.get("max_tokens") or 1024),
-            schema=dict(output_spec.json_schema) if output_spec.is_structured else None,
-            temperature=self._sampling(kwargs.get("request_params")),
-        )
+        settings = self._settings(model, output_spec, kwargs)
         prompts = [
             (f"{idempotency_key}-{index}", request["prompt"]) for index, request in enumerate(requests)
         ]

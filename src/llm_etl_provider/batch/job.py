@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from llm_etl_provider.backends.local import LocalBackend, LocalServing
 from llm_etl_provider.contract import layout
@@ -150,6 +150,30 @@ class BatchResult:
     finish_reason: str | None = None
     reason: str | None = None
     detail: str | None = None
+
+
+class BatchJobs(Protocol):
+    """Where batches run: :class:`LocalBatchJobs`, or Kubernetes'
+    (:class:`~llm_etl_provider.batch.kubernetes.KubernetesBatchJobs`)."""
+
+    def submit(
+        self,
+        prompts: Sequence[tuple[str, str]],
+        settings: BatchSettings,
+        identity: BatchIdentity,
+        server: BatchServer,
+        *,
+        owner: tuple[str, str] | None = None,
+        api_key: str | None = None,
+    ) -> str: ...
+
+    def state(self, batch_id: str) -> BatchState: ...
+
+    def cancel(self, batch_id: str) -> None: ...
+
+    def find(self, idempotency_key: str, input_fingerprint: str, not_before: float) -> str | None: ...
+
+    def results(self, batch_id: str) -> Iterator[BatchResult]: ...
 
 
 class LocalBatchJobs:
@@ -277,26 +301,30 @@ class LocalBatchJobs:
         """The batch this task submitted with this input at or after ``not_before``, or None."""
         batch_id = batch_id_of(idempotency_key, input_fingerprint)
         record = self.recorded(batch_id)
-        if record is None:
+        if record is None or not identity_matches(record, idempotency_key, input_fingerprint, not_before):
             return None
-        identity = record["identity"]
-        if (
-            identity["idempotency_key"] != idempotency_key
-            or identity["input_fingerprint"] != input_fingerprint
-        ):
-            return None
-        # a minute's slack: the intent was recorded just before the submission that made the batch
-        return batch_id if float(identity["submitted_at"]) >= not_before - 60 else None
+        return batch_id
 
     def results(self, batch_id: str) -> Iterator[BatchResult]:
         """Each prompt's outcome, read from the published, verified shards (results, then dead letters)."""
         published = self.root(batch_id) / PUBLISHED
         if self.recorded(batch_id) is None:
             raise BatchNotFoundError(f"no batch {batch_id} under {self.local_dir}")
-        return _read_results(sorted(published.glob("shard-*")) if published.is_dir() else [])
+        return read_results(sorted(published.glob("shard-*")) if published.is_dir() else [])
 
 
-def _read_results(shards: list[Path]) -> Iterator[BatchResult]:
+def identity_matches(
+    record: dict[str, Any], idempotency_key: str, input_fingerprint: str, not_before: float
+) -> bool:
+    """Whether the batch ``record`` is this task's with this input, submitted at or after ``not_before``."""
+    identity = record["identity"]
+    if identity["idempotency_key"] != idempotency_key or identity["input_fingerprint"] != input_fingerprint:
+        return False
+    # a minute's slack: the intent was recorded just before the submission that made the batch
+    return float(identity["submitted_at"]) >= not_before - 60
+
+
+def read_results(shards: list[Path]) -> Iterator[BatchResult]:
     """Each line that names its request; one that does not (a record the reader could not read whole has no
     id) is skipped, and common.ai rows that request as missing."""
     for shard in shards:

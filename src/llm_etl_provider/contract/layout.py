@@ -93,6 +93,9 @@ WORKER_BASE_MEMORY_BYTES = 320 << 20
 WORKER_BYTES_PER_RECORD = 64
 # The pod's defaults that a deployment chooses (the [llm_etl] options of llm_etl_provider.config, which
 # Airflow reads while it loads its configuration: they are here, in a module that imports no Airflow)
+Backend = Literal["ollama", "llamacpp", "vllm"]  # the LLM servers a pod can run (pod.builder.BACKENDS)
+BACKEND_NAMES: tuple[str, ...] = get_args(Backend)
+DEFAULT_BACKEND: Backend = "ollama"
 ModelSource = Literal["pull", "pvc", "object", "image"]
 MODEL_SOURCES: tuple[str, ...] = get_args(ModelSource)
 DEFAULT_MODEL_SOURCE: ModelSource = "pull"

@@ -32,6 +32,7 @@ from llm_etl_provider.contract.invocation import (
     WORKER_SETTINGS,
 )
 from llm_etl_provider.contract.layout import (
+    DEFAULT_BACKEND,
     DEFAULT_GPUS,
     DEFAULT_MODEL_PATH,
     DEFAULT_MODEL_SIZE,
@@ -49,7 +50,6 @@ from llm_etl_provider.operators.shard_run import (
     with_worker_settings,
 )
 from llm_etl_provider.pod.builder import (
-    DEFAULT_BACKEND,
     DOWNLOADED_SOURCES,
     ENRICHMENT_COMPONENT,
     ModelSpec,

@@ -12,6 +12,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 from llm_etl_provider.backends.kubernetes import KubernetesBackend
 from llm_etl_provider.contract import layout
 from llm_etl_provider.contract.layout import (
+    DEFAULT_BACKEND,
     DEFAULT_CACHE_ACCESS_MODES,
     DEFAULT_MODEL_PATH,
     DEFAULT_MODEL_SIZE,
@@ -21,7 +22,6 @@ from llm_etl_provider.contract.shard import ShardDescriptor
 from llm_etl_provider.exceptions import PodSpecError, WorkerImageUnsetError
 from llm_etl_provider.operators.pod_step import PodStepOperator
 from llm_etl_provider.pod.builder import (
-    DEFAULT_BACKEND,
     DOWNLOADED_SOURCES,
     MODEL_CACHE_COMPONENT,
     ModelSpec,

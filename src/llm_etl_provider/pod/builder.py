@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
@@ -34,12 +34,14 @@ from llm_etl_provider.contract.invocation import (
     default_of,
 )
 from llm_etl_provider.contract.layout import (
+    DEFAULT_BACKEND,
     DEFAULT_GPUS,
     DEFAULT_MODEL_PATH,
     DEFAULT_MODEL_SIZE,
     DEFAULT_MODEL_SOURCE,
     PULL_POLICIES,
     WORKER_IMAGE_UNSET,
+    Backend,
     ModelSource,
 )
 from llm_etl_provider.contract.pod_commands import (
@@ -51,12 +53,9 @@ from llm_etl_provider.contract.shard import ShardDescriptor
 from llm_etl_provider.exceptions import PodSpecError, WorkerImageUnsetError
 from llm_etl_provider.llama_cpp import CPU_PARALLEL, llama_server_args
 
-Backend = Literal["ollama", "llamacpp", "vllm"]
-
 POD_TEMPLATE = "llm-enrichment-pod.yaml"
 MODEL_CACHE_POD_TEMPLATE = "model-cache-pod.yaml"
 NETWORK_POLICY_TEMPLATE = "network-policy.yaml"
-DEFAULT_BACKEND: Backend = "ollama"
 SERVER_SCRATCH = "2Gi"  # the server's own writes (its /tmp, logs), beside a downloaded model
 
 
@@ -315,7 +314,10 @@ def _check_model(model: ModelSpec, server: ServerSpec) -> None:
     needs = {"object": ("url_secret", "sha256"), "pvc": ("claim",), "image": ("image",)}.get(model.source, ())
     missing = [name for name in needs if not getattr(model, name)]
     if missing:
-        raise PodSpecError(f"model source {model.source!r} needs {', '.join(missing)}")
+        # named as every caller sets them: the operators' arguments, [llm_etl], render-pod's options
+        raise PodSpecError(
+            f"model source {model.source!r} needs {', '.join(f'model_{name}' for name in missing)}"
+        )
     if model.sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", model.sha256):
         raise PodSpecError("the model's sha256 must be 64 lowercase hex digits")
     if model.path.startswith("/") or ".." in Path(model.path).parts:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import inspect
 import json
-from typing import Literal
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
 
 import pytest
 from airflow.providers.common.ai.batch import base
@@ -23,10 +24,11 @@ from llm_etl_provider.batch.job import (
     BatchNotFoundError,
     BatchResult,
     LocalBatchJobs,
-    _read_results,
     batch_id_of,
+    read_results,
 )
-from llm_etl_provider.config import env_var
+from llm_etl_provider.batch.kubernetes import KubernetesBatchJobs
+from llm_etl_provider.config import LLMEtlConfig, env_var
 
 KEY = "0123456789abcdef"
 
@@ -74,13 +76,84 @@ def test_a_batch_that_asks_prompts_differently_is_refused_before_anything_is_sta
     assert list(tmp_path.iterdir()) == []
 
 
-def test_kubernetes_execution_is_refused_clearly_until_it_is_supported(tmp_path, monkeypatch):
-    monkeypatch.setenv(env_var("execution_mode"), "kubernetes")
-    adapter = LLMEtlBatchAdapter(client=LocalBatchJobs(str(tmp_path)))
-    with pytest.raises(LLMBatchInputError, match="local execution"):
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        ({}, "worker_image"),  # no image is published: the deployment must name its own
+        ({"worker_image": "w@sha256:" + "0" * 64, "backend": "vllm", "model_source": "object"}, "vllm"),
+        ({"worker_image": "w@sha256:" + "0" * 64, "model_source": "pvc"}, "model_claim"),
+    ],
+)
+def test_kubernetes_execution_refuses_pods_its_settings_cannot_make_before_anything_is_created(
+    monkeypatch, options, said
+):
+    """The pods are built, not created, when the requests are validated: no cluster is reached."""
+    for name, value in {"execution_mode": "kubernetes", **options}.items():
+        monkeypatch.setenv(env_var(name), value)
+    adapter = LLMEtlBatchAdapter()
+    assert isinstance(adapter.jobs, KubernetesBatchJobs)
+    with pytest.raises(LLMBatchInputError, match=said):
         adapter.validate_requests(
             [{"prompt": "a"}], model="m", output_spec=build_output_spec(str), idempotency_key=KEY
         )
+
+
+def _pod(
+    phase: str,
+    *,
+    reason: str | None = None,
+    waiting: str | None = None,
+    age: float = 0,
+    scheduled: bool = True,
+) -> Any:
+    from kubernetes.client import models as k8s
+
+    created = datetime.now(UTC) - timedelta(seconds=age)
+    conditions = [k8s.V1PodCondition(type="PodScheduled", status="True", last_transition_time=created)]
+    state = k8s.V1ContainerState(
+        waiting=k8s.V1ContainerStateWaiting(reason=waiting) if waiting else None,
+        terminated=k8s.V1ContainerStateTerminated(exit_code=137, reason="OOMKilled") if reason else None,
+    )
+    container = k8s.V1ContainerStatus(
+        name="base", image="w", image_id="", ready=False, restart_count=0, state=state
+    )
+    return k8s.V1Pod(
+        metadata=k8s.V1ObjectMeta(name="p", creation_timestamp=created),
+        status=k8s.V1PodStatus(
+            phase=phase, container_statuses=[container], conditions=conditions if scheduled else []
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    ("pod", "status", "said"),
+    [
+        (_pod("Running"), None, None),
+        (_pod("Pending", waiting="ContainerCreating", age=10), None, None),
+        (_pod("Succeeded"), None, None),
+        (None, "failed", "is gone"),
+        (_pod("Failed", reason="OOMKilled"), "failed", "base OOMKilled"),
+        (_pod("Pending", waiting="InvalidImageName"), "failed", "InvalidImageName"),
+        (_pod("Pending", waiting="ImagePullBackOff", age=10), None, None),  # a registry may come back
+        (_pod("Pending", waiting="ImagePullBackOff", age=4000), "failed", "startup_timeout_seconds"),
+        (_pod("Pending", age=4000, scheduled=False), "failed", "not scheduled"),
+    ],
+)
+def test_a_batch_pod_s_state_ends_the_batch_only_where_no_wait_helps(pod, status, said):
+    jobs = KubernetesBatchJobs(LLMEtlConfig(startup_timeout_seconds=1800))
+    ended = jobs._pod_state(pod, "shard 0's pod")
+    assert (ended and ended.status) == status
+    if said:
+        assert ended is not None
+        assert said in str(ended.error)
+
+
+def test_a_shard_pod_queued_for_a_gpu_waits_while_another_pod_of_its_batch_runs():
+    jobs = KubernetesBatchJobs(LLMEtlConfig(startup_timeout_seconds=1800))
+    unplaced = _pod("Pending", age=4000, scheduled=False)
+    assert jobs._pod_state(unplaced, "shard 3's pod", queue=True) is None
+    placed = _pod("Pending", waiting="ImagePullBackOff", age=4000)
+    assert jobs._pod_state(placed, "shard 3's pod", queue=True) is not None  # placed: no GPU to wait for
 
 
 @pytest.mark.parametrize(
@@ -154,5 +227,5 @@ def test_a_result_line_that_names_no_request_is_left_for_common_ai_to_row_as_mis
     (shard / "dead_letter.jsonl").write_text(
         json.dumps({"id": None, "reason": "record_too_large", "detail": "over 262144 bytes"}) + "\n"
     )
-    (read,) = list(_read_results([shard]))
+    (read,) = list(read_results([shard]))
     assert (read.custom_id, read.usage) == (f"{KEY}-0", None)  # no token counts: no usage, not zeros

@@ -263,9 +263,9 @@ def test_unsupported_combinations_are_refused(backend, source, message):
 @pytest.mark.parametrize(
     ("model", "message"),
     [
-        (ModelSpec(name="m", source="object", sha256=SHA), "needs url_secret"),
+        (ModelSpec(name="m", source="object", sha256=SHA), "needs model_url_secret"),
         (ModelSpec(name="m", source="object", url_secret="u", sha256="ABC"), "64 lowercase hex"),
-        (ModelSpec(name="m", source="pvc"), "needs claim"),
+        (ModelSpec(name="m", source="pvc"), "needs model_claim"),
         (ModelSpec(name="m", source="pvc", claim="c", path="../etc/passwd"), "relative to the model volume"),
     ],
 )
@@ -609,3 +609,11 @@ def test_every_worker_setting_reaches_the_workers_argv_with_no_code_of_its_own()
     invocation = pod_invocation(settings, run_id="r", shard=shard, server=ServerSpec(), model="m")
     parsed = parse_argv(invocation.to_argv())
     assert {name: getattr(parsed, name) for name in WORKER_SETTINGS} == expected
+
+
+def test_every_backend_the_configuration_offers_has_its_server_defaults():
+    from llm_etl_provider.contract.layout import BACKEND_NAMES, DEFAULT_BACKEND
+    from llm_etl_provider.pod.builder import BACKENDS
+
+    assert tuple(BACKENDS) == BACKEND_NAMES
+    assert DEFAULT_BACKEND in BACKENDS
