@@ -24,6 +24,7 @@ from llm_etl_provider.backends import LOCAL_MODE
 from llm_etl_provider.config import LLMEtlConfig
 from llm_etl_provider.contract.invocation import TASK_NAMES
 from llm_etl_provider.contract.object_transport import DEFAULT_TRANSPORT, TRANSPORTS
+from llm_etl_provider.transport.extract import JSONL_OUTPUT, OUTPUT_FORMATS
 from llm_etl_provider.llama_cpp import CPU_PARALLEL
 from llm_etl_provider.params import worker_param
 from llm_etl_provider.pod.builder import BACKENDS
@@ -183,6 +184,19 @@ PARAMS: dict[str, Param] = {
         description="An input field holding a known label (the example data's rating_label): the run's "
         "report shows how often the model agrees with it. Empty: none",
     ),
+    "carry_fields": worker_param(
+        "carry_fields",
+        title="Input columns in the results",
+        description="Input fields copied into each result beside its enrichment, one per line; * for every "
+        "field. Empty: none (the results name their record by id and line)",
+    ),
+    "output_format": Param(
+        JSONL_OUTPUT,
+        enum=list(OUTPUT_FORMATS),
+        title="Output format",
+        description="jsonl, or parquet: each shard's results.parquet, the enrichment as typed columns "
+        "beside the carried input columns, and dead_letter.parquet",
+    ),
 }
 
 
@@ -215,6 +229,8 @@ def llm_enrichment() -> None:
         max_record_bytes="{{ params.record_bytes }}",
         max_dead_letter_ratio="{{ params.max_dead_letter_ratio }}",
         label_field="{{ params.label_field }}",
+        carry_fields="{{ params.carry_fields }}",
+        output_format="{{ params.output_format }}",
         **({} if LOCAL else {"backend": "{{ params.backend }}"}),
         **CONFIG.task_group_arguments(),
     )

@@ -20,4 +20,4 @@ USER airflow
 RUN pip install --no-cache-dir \
         "apache-airflow==${AIRFLOW_VERSION}" \
         "apache-airflow-providers-amazon[s3fs]" \
-        "/opt/llm-etl-provider[amazon,common-ai]"
+        "/opt/llm-etl-provider[amazon,common-ai,parquet]"

@@ -58,12 +58,12 @@ fi
 if ${demo_only}; then
     # The demo's packages only; --inexact leaves the test tools of an earlier full setup in place.
     # (common-ai: the DAGs folder's dags/llm_batch.py parses beside the demo's DAG)
-    "${uv}" sync --frozen --quiet --inexact --no-default-groups --group demo --extra common-ai
+    "${uv}" sync --frozen --quiet --inexact --no-default-groups --group demo --extra common-ai --extra parquet
     bash scripts/build-llama-server.sh >/dev/null
     exit 0
 fi
 
-"${uv}" sync --frozen --quiet --extra amazon --extra common-ai
+"${uv}" sync --frozen --quiet --extra amazon --extra common-ai --extra parquet
 
 # checkov (the pod's policy test) lives in its own environment: its dependencies would fight Airflow's.
 checkov_version="$(sed -n 's/^checkov==\([^ ]*\).*/\1/p' tools/checkov-requirements.txt)"

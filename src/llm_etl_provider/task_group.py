@@ -42,6 +42,7 @@ from llm_etl_provider.staging.cutting import (
     DEFAULT_MAX_STAGED_BYTES,
     DEFAULT_SHARD_BYTES,
 )
+from llm_etl_provider.transport.extract import JSONL_OUTPUT
 
 # How the group's steps retry a failed try (a preempted GPU node, a lost pod, an API or store hiccup): the
 # enrichment's default, and the model cache's, the extractions' and the publishing's
@@ -65,6 +66,7 @@ def llm_enrichment_task_group(
     execution_mode: str = DEFAULT_EXECUTION_MODE,
     local_dir: str | None = None,
     input_format: str = default_of("input_format"),
+    output_format: str = JSONL_OUTPUT,
     max_shard_bytes: int | str = DEFAULT_SHARD_BYTES,
     max_record_bytes: int | str = DEFAULT_MAX_RECORD_BYTES,
     max_input_bytes: int | str = DEFAULT_MAX_INPUT_BYTES,
@@ -116,6 +118,9 @@ def llm_enrichment_task_group(
     ``max_input_bytes``, ``max_input_records``, ``max_shards`` and ``max_staged_bytes`` are the stage's caps
     (:class:`StageInputOperator`). With
     ``work_claim_size`` each shard's checkpoint survives its pod, so a retry after a lost pod resumes.
+    ``input_format``: ``auto`` (from the name), ``jsonl``, ``csv`` or ``parquet`` (log transport only);
+    ``output_format``: ``jsonl`` or ``parquet`` (each shard's ``results.parquet`` and
+    ``dead_letter.parquet``; the worker's ``carry_fields`` puts input columns beside the enrichment).
     ``transport``: ``log`` (shards in Secrets, results through the pods' logs: no egress, for small runs) or
     ``object`` (``pods`` byte ranges of the input read from the store, results as part objects: the path for
     large runs; see :class:`StageInputOperator`).
@@ -225,6 +230,7 @@ def llm_enrichment_task_group(
                 task_id="extract",
                 shard=shard,
                 output_path=output_path,
+                output_format=output_format,
                 # a failed enrichment may have written its whole stream (over the dead-letter threshold):
                 # publish it, marked failed; a stream cut short is refused with nothing published
                 trigger_rule=TriggerRule.ALL_DONE,

@@ -29,6 +29,8 @@ TASK_NEEDS: dict[str, tuple[str, ...]] = {"tags": ("categories",), "custom": ("s
 DEFAULT_ENTITY_TYPES = ("person", "organization", "location", "date")
 RecordFormat = Literal["jsonl", "csv"]
 RECORD_FORMATS: tuple[str, ...] = get_args(RecordFormat)
+CARRIED_FIELD = "input"  # a result line's carried input fields (carry_fields)
+ALL_FIELDS = "*"  # carry_fields: every field of the record
 AUTO_FORMAT = "auto"  # --input-format auto: the format the file name implies
 INPUT_FORMATS = (AUTO_FORMAT, *RECORD_FORMATS)
 ApiStyle = Literal["openai", "ollama"]
@@ -140,6 +142,11 @@ class WorkerInvocation:
     label_field: str | None = _flag(
         None, group=_IO, setting=True,
         help="a field holding a known label, copied into each result's meta.label (for the run report)",
+    )  # fmt: skip
+    carry_fields: tuple[str, ...] | None = _flag(
+        None, group=_IO, parse=name_list, show=_joined, setting=True,
+        help=f"input fields copied into each result's '{CARRIED_FIELD}' beside its enrichment, "
+        f"comma-separated, or '{ALL_FIELDS}' for every field (default: none)",
     )  # fmt: skip
     output: str = _flag(
         group=_IO,

@@ -7,6 +7,7 @@ from collections.abc import Generator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import ObjectStoragePath
+from airflow.sdk.exceptions import AirflowFailException
 
 from llm_etl_provider.contract.invocation import OBJECT_OUTPUT
 from llm_etl_provider.contract.layout import shard_folder
@@ -14,7 +15,7 @@ from llm_etl_provider.contract.shard import ShardDescriptor
 from llm_etl_provider.exceptions import ExtractionError, FrameStreamRejectedError, ShardFailedError
 from llm_etl_provider.operators.base import RunStepOperator, backend_for
 from llm_etl_provider.transport.exceptions import TransportError
-from llm_etl_provider.transport.extract import FAILED, extract
+from llm_etl_provider.transport.extract import FAILED, JSONL_OUTPUT, OUTPUT_FORMATS, extract
 from llm_etl_provider.transport.run_manifest import unpublish_run
 from llm_etl_provider.transport.sources import object_part_lines
 
@@ -36,11 +37,16 @@ class ExtractResultsOperator(RunStepOperator):
     :param output_path: the pipeline's output folder, any ObjectStoragePath URI (templated)
     :param shard: the shard descriptor from StageInputOperator (templated)
     :param key_secret: the Secret holding the run's key (templated; default: the one the shard names)
+    :param output_format: ``jsonl`` or ``parquet`` (templated): ``results.parquet`` and
+        ``dead_letter.parquet`` in place of the JSONL files, the enrichment and its meta as typed structs,
+        the carried input fields as columns of their own (the ``parquet`` extra)
     and the run's ``namespace``, ``kubernetes_conn_id``, ``execution_mode`` and ``local_dir``
     (:class:`~llm_etl_provider.operators.base.RunStepOperator`)
     """
 
-    template_fields: Sequence[str] = ("output_path", "shard", "key_secret", "namespace", "local_dir")
+    template_fields: Sequence[str] = (
+        "output_path", "shard", "key_secret", "namespace", "local_dir", "output_format",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -48,14 +54,20 @@ class ExtractResultsOperator(RunStepOperator):
         output_path: str,
         shard: dict[str, Any] | str,
         key_secret: str | None = None,
+        output_format: str = JSONL_OUTPUT,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.output_path = output_path
         self.shard = shard
         self.key_secret = key_secret
+        self.output_format = output_format
 
     def execute(self, context: Context) -> dict[str, Any]:
+        if self.output_format not in OUTPUT_FORMATS:  # a retry would meet it again
+            raise AirflowFailException(
+                f"output_format must be one of {', '.join(OUTPUT_FORMATS)}, not {self.output_format!r}"
+            )
         shard = ShardDescriptor.from_xcom(self.shard)
         run_id = str(context["run_id"])
         run_output = self.run_output(context)
@@ -86,6 +98,7 @@ class ExtractResultsOperator(RunStepOperator):
                 progress=self.log.info,
                 # the run's _SUCCESS and manifest vouched for the shard's earlier output
                 before_publish=lambda: unpublish_run(run_output),
+                output_format=self.output_format,
             )
         except TransportError as exc:
             raise FrameStreamRejectedError(f"shard {shard.index}: nothing was published: {exc}") from None

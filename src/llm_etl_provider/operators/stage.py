@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +26,7 @@ from llm_etl_provider.contract.object_transport import DEFAULT_TRANSPORT, TRANSP
 from llm_etl_provider.contract.shard import validate_run_id
 from llm_etl_provider.exceptions import PodSpecError, StagingError, StagingInputError
 from llm_etl_provider.formats.exceptions import InputError
+from llm_etl_provider.formats.parquet import PARQUET_FORMAT, declared_parquet
 from llm_etl_provider.formats.records import InputLimits, detect_format
 from llm_etl_provider.hooks.object_store import ObjectStoreSigner, expiry_seconds
 from llm_etl_provider.operators.base import RunStepOperator, backend_for
@@ -39,7 +41,7 @@ from llm_etl_provider.staging.cutting import (
     plan_ranges,
     plan_shards,
 )
-from llm_etl_provider.staging.input_copy import input_copy
+from llm_etl_provider.staging.input_copy import as_json_lines, input_copy
 from llm_etl_provider.staging.log_transport import check_run_size, stage_shards
 from llm_etl_provider.staging.object_transport import check_uncompressed, stage_ranges
 from llm_etl_provider.staging.plan import WorkerMemory
@@ -73,7 +75,8 @@ class StageInputOperator(RunStepOperator):
     is staged.
 
     :param input_path: the input file: any ObjectStoragePath URI or local path (templated)
-    :param input_format: ``jsonl``, ``csv`` or ``auto`` (from the name)
+    :param input_format: ``jsonl``, ``csv``, ``parquet`` or ``auto`` (from the name: ``.parquet`` and ``.pq``
+        are Parquet, whose rows are staged as JSON lines, row ``n`` on line ``n``; the log transport only)
     :param id_field: the field that identifies a record, as the worker is told (templated): the stage finds
         repeated ids by it, and refuses an input whose first records all lack it
     and the run's ``namespace``, ``kubernetes_conn_id``, ``execution_mode`` and ``local_dir``
@@ -214,13 +217,24 @@ class StageInputOperator(RunStepOperator):
             unpublish_run(output)
         source = ObjectStoragePath(self.input_path)
         limits = InputLimits(max_bytes=int(self.max_input_bytes), max_records=int(self.max_input_records))
+        parquet = declared_parquet(self.input_path, self.input_format)
+        if parquet and signers is not None:
+            raise StagingError(
+                f"{self.input_path}: the object transport reads byte ranges of the input object itself, "
+                "which a Parquet file's rows are not: stage it with the log transport (transport=log)"
+            )
         try:
-            fmt = detect_format(Path(self.input_path), self.input_format)
+            fmt = "jsonl" if parquet else detect_format(Path(self.input_path), self.input_format)
         except InputError as exc:
             raise StagingError(str(exc)) from None
-        # read twice (validation, then sharding) from a local copy that leaves nothing behind
-        with input_copy(source, max_bytes=limits.max_bytes, name=self.input_path) as copy:
-            plan = plan_id(self.run_scope, run_id, copy.sha256, self._plan_settings(fmt))
+        # read twice (validation, then sharding) from a local copy that leaves nothing behind; Parquet's
+        # rows as JSON lines, row n on line n
+        with (
+            input_copy(source, max_bytes=limits.max_bytes, name=self.input_path) as copy,
+            as_json_lines(copy, self.input_path) if parquet else contextlib.nullcontext(copy.path) as local,
+        ):
+            plan_format = PARQUET_FORMAT if parquet else fmt
+            plan = plan_id(self.run_scope, run_id, copy.sha256, self._plan_settings(plan_format))
             backend = backend_for(
                 self,
                 context,
@@ -233,12 +247,12 @@ class StageInputOperator(RunStepOperator):
                 if signers is not None:
                     assert output is not None  # _signers refused a run without an output path
                     descriptors = self._stage_ranges(
-                        backend, copy.path, fmt, limits, signers, plan, output, memory
+                        backend, local, fmt, limits, signers, plan, output, memory
                     )
                 else:
-                    descriptors = self._stage_shards(backend, copy.path, fmt, limits, plan, memory)
+                    descriptors = self._stage_shards(backend, local, fmt, limits, plan, memory)
             except (InputError, StagingInputError) as exc:
-                raise StagingError(str(exc).replace(str(copy.path), self.input_path)) from None
+                raise StagingError(str(exc).replace(str(local), self.input_path)) from None
         self.log.info("plan %s: input sha256 %s", plan, copy.sha256)
         return self._report(descriptors, layout.plan_prefix(self.run_scope, run_id, plan))
 

@@ -1,4 +1,5 @@
-"""The stage's copy of the input: read once from object storage, then read again locally as often as needed.
+"""The stage's copy of the input: read once from object storage, then read again locally as often as needed;
+a Parquet input's rows as JSON lines.
 
 The stage reads the input twice (validation, then sharding) from a copy that has no name on local disk: the
 kernel frees it when the process ends, a SIGKILL included; nothing is left behind.
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from llm_etl_provider.exceptions import StagingError
+from llm_etl_provider.formats.exceptions import UnreadableInput
+from llm_etl_provider.formats.parquet import parquet_to_jsonl
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -65,3 +68,17 @@ def _reopenable(copy: BinaryIO) -> Path:
     if not path.exists():
         raise StagingError("the stage needs Linux's /proc to read its nameless copy of the input")
     return path
+
+
+@contextlib.contextmanager
+def as_json_lines(copy: InputCopy, name: str) -> Iterator[Path]:
+    """The Parquet input ``copy`` as JSON lines, row ``n`` on line ``n``, in a local file that lives as long
+    as the block (:func:`~llm_etl_provider.formats.parquet.parquet_to_jsonl`); ``name`` is how messages name
+    the input."""
+    with tempfile.TemporaryDirectory(prefix="llm-etl-parquet-") as scratch:
+        lines = Path(scratch) / "rows.jsonl"
+        try:
+            parquet_to_jsonl(copy.path, lines)
+        except UnreadableInput as exc:
+            raise StagingError(f"{name}: {exc}") from None
+        yield lines

@@ -11,12 +11,13 @@ Extracting the same stream again leaves the published output as it is.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from os import PathLike
@@ -29,6 +30,13 @@ from llm_etl_provider.transport.frames import TRAILER_ATTEMPT, FrameReader
 
 RESULTS = "results.jsonl"
 DEAD_LETTERS = "dead_letter.jsonl"
+JSONL_OUTPUT, PARQUET_OUTPUT = "jsonl", "parquet"
+OUTPUT_FORMATS = (JSONL_OUTPUT, PARQUET_OUTPUT)
+# the published files of each output format: results, dead letters
+OUTPUT_FILES = {
+    JSONL_OUTPUT: (RESULTS, DEAD_LETTERS),
+    PARQUET_OUTPUT: ("results.parquet", "dead_letter.parquet"),
+}
 MANIFEST = "manifest.json"
 SUCCESS = "_SUCCESS"
 MANIFEST_FORMAT = "llm-etl-manifest/1"
@@ -81,6 +89,7 @@ def extract(
     progress_every: float = 10.0,
     threads: int = DEFAULT_THREADS,
     before_publish: Callable[[], None] | None = None,
+    output_format: str = JSONL_OUTPUT,
 ) -> dict[str, Any]:
     """Verify the frame stream in ``lines`` and publish it under ``output``; return the manifest.
 
@@ -102,8 +111,12 @@ def extract(
     :param threads: threads that open (decrypt, decompress) frames beside the reading and writing
     :param before_publish: called once the stream is verified, before the published output changes (not when
         the same stream was published already): e.g. to withdraw the run's ``_SUCCESS``
+    :param output_format: ``jsonl`` (the verified lines as they are) or ``parquet`` (written from them once
+        verified: :func:`~llm_etl_provider.formats.parquet.write_parquet`)
     :raises TransportError: the stream cannot be trusted; nothing was published
     """
+    if output_format not in OUTPUT_FORMATS:
+        raise ValueError(f"output_format must be one of {', '.join(OUTPUT_FORMATS)}, not {output_format!r}")
     destination = as_upath(output)
     destination.mkdir(parents=True, exist_ok=True)
     # An extraction killed before its cleanup (SIGKILL, a lost worker) left decrypted results behind; the
@@ -163,7 +176,12 @@ def extract(
             "frames": trailer.frames,
             "plaintext_bytes": trailer.plaintext_bytes,
             "plaintext_chain_sha256": trailer.plaintext_chain_sha256,
-            "files": {RESULTS: results.describe(), DEAD_LETTERS: dead_letters.describe()},
+            "output_format": output_format,
+            "files": (
+                {RESULTS: results.describe(), DEAD_LETTERS: dead_letters.describe()}
+                if output_format == JSONL_OUTPUT
+                else _as_parquet(staging)
+            ),
             "worker_summary": trailer.summary,
             "extract": {
                 "source": source,
@@ -215,7 +233,8 @@ def _already_published(destination: Any, manifest: dict[str, Any]) -> dict[str, 
     except (OSError, ValueError):
         return None
     same = all(
-        existing.get(k) == manifest[k] for k in ("run_id", "shard", "plan", "plaintext_chain_sha256", "files")
+        existing.get(k) == manifest[k]
+        for k in ("run_id", "shard", "plan", "plaintext_chain_sha256", "output_format")
     )
     return existing if same else None
 
@@ -226,7 +245,7 @@ def _publish(destination: Any, staging: Any, manifest: dict[str, Any]) -> None:
     if success.exists():
         success.unlink()  # readers must not trust the old output while it is being replaced
     fs = destination.fs
-    for name in (RESULTS, DEAD_LETTERS):
+    for name in manifest["files"]:
         target = destination / name
         if target.exists():
             target.unlink()
@@ -234,6 +253,34 @@ def _publish(destination: Any, staging: Any, manifest: dict[str, Any]) -> None:
     (destination / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     if manifest["state"] == SUCCEEDED:
         success.write_text("")
+
+
+def _as_parquet(staging: Any) -> dict[str, Any]:
+    """Write the staged, verified lines as Parquet beside them and remove them; describe the Parquet
+    files."""
+    from llm_etl_provider.formats.parquet import write_parquet
+
+    described = {}
+    for lines, parquet in zip(OUTPUT_FILES[JSONL_OUTPUT], OUTPUT_FILES[PARQUET_OUTPUT], strict=True):
+        source, target = staging / lines, staging / parquet
+        with target.open("wb") as out:
+            rows = write_parquet(
+                functools.partial(_json_lines, source), out, dead_letters=lines == DEAD_LETTERS
+            )
+        digest = hashlib.sha256()
+        with target.open("rb") as written:
+            while chunk := written.read(1 << 20):
+                digest.update(chunk)
+        described[parquet] = {"rows": rows, "bytes": target.stat().st_size, "sha256": digest.hexdigest()}
+        source.unlink()
+    return described
+
+
+def _json_lines(path: Any) -> Iterator[dict[str, Any]]:
+    with path.open("rb") as handle:
+        for raw in handle:
+            if raw.strip():
+                yield json.loads(raw)
 
 
 def remove_stale_staging(root: str | PathLike[str] | Any, *, older_than: float) -> int:

@@ -33,7 +33,7 @@ from llm_etl_provider.contract.summary import (
     label_text,
 )
 from llm_etl_provider.transport.charts import NOTHING, bar_chart, escape, line_chart, number
-from llm_etl_provider.transport.extract import MANIFEST, RESULTS
+from llm_etl_provider.transport.extract import MANIFEST, OUTPUT_FILES, PARQUET_OUTPUT, RESULTS
 
 PERCENTILES = (0.5, 0.9, 0.95, 0.99)
 MAX_BARS = 40  # rows a bar chart draws; the rest are summed up under it
@@ -125,10 +125,18 @@ def _summary(folder: Any, index: int) -> dict[str, Any]:
     return summary if isinstance(summary, dict) else {}
 
 
-def _result_lines(path: Any) -> Iterator[dict[str, Any] | None]:
-    """The results file's lines, one at a time (None for a line that is not a JSON object)."""
+def _result_lines(shard: Any) -> Iterator[dict[str, Any] | None]:
+    """The shard's results, one at a time (None for a line that is not a JSON object), from its JSONL or
+    its Parquet file."""
+    parquet = shard / OUTPUT_FILES[PARQUET_OUTPUT][0]
+    if parquet.exists():
+        from llm_etl_provider.formats.parquet import parquet_rows
+
+        with parquet.open("rb") as handle:
+            yield from parquet_rows(handle)
+        return
     try:
-        handle = path.open("rb")
+        handle = (shard / RESULTS).open("rb")
     except FileNotFoundError:
         return
     with handle:
@@ -174,7 +182,7 @@ def collect(run: dict[str, Any], folder: Any) -> RunFacts:
     latency = LatencyHistogram()
     unreadable = 0
     for index in published:
-        for line in _result_lines(folder / shard_folder(index) / RESULTS):
+        for line in _result_lines(folder / shard_folder(index)):
             if line is None:
                 unreadable += 1
                 continue

@@ -23,7 +23,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from llm_etl_provider.contract.codes import DeadLetterReason
-from llm_etl_provider.contract.invocation import REQUESTS_PER_SLOT, WorkerInvocation
+from llm_etl_provider.contract.invocation import (
+    ALL_FIELDS,
+    CARRIED_FIELD,
+    REQUESTS_PER_SLOT,
+    WorkerInvocation,
+)
 from llm_etl_provider.contract.summary import (
     LABEL_FIELD,
     OUTPUT_LABELS,
@@ -344,14 +349,21 @@ class Engine:
             if (label_field := self.invocation.label_field) is not None:
                 known = record.fields.get(label_field)
                 meta[RESULT_LABEL] = None if known is None else label_text(known)
+            line = {
+                "id": record.record_id,
+                "line": record.line,
+                "task": self.task.name,
+                "enrichment": enrichment,
+                "meta": meta,
+            }
+            if (carry := self.invocation.carry_fields) is not None:
+                line[CARRIED_FIELD] = (
+                    dict(record.fields)
+                    if ALL_FIELDS in carry
+                    else {name: record.fields.get(name) for name in carry}
+                )
             return Outcome(
-                line={
-                    "id": record.record_id,
-                    "line": record.line,
-                    "task": self.task.name,
-                    "enrichment": enrichment,
-                    "meta": meta,
-                },
+                line=line,
                 latency=latency,
                 completion=completion,
                 retries=attempt - 1,

@@ -210,6 +210,7 @@ def test_template_fields_are_pinned():
         "key_secret",
         "namespace",
         "local_dir",
+        "output_format",
     )
 
 
