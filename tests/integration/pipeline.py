@@ -20,10 +20,19 @@ def local_settings(tmp_path: Path) -> dict[str, Any]:
 
 
 def stage_enrich_extract(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: Any, input_path: str, output: str, **stage: Any
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    server: Any,
+    input_path: str,
+    output: str,
+    *,
+    enrichment: dict[str, Any] | None = None,
+    output_format: str = "jsonl",
+    **stage: Any,
 ) -> list[dict[str, Any]]:
     """Stage ``input_path``, then enrich every shard through ``server`` (an ``llm_etl`` connection, any
-    dead-letter share allowed) and extract it under ``output``; return the shard descriptors."""
+    dead-letter share allowed, more worker settings in ``enrichment``) and extract it under ``output`` as
+    ``output_format``; return the shard descriptors."""
     monkeypatch.setenv(
         "AIRFLOW_CONN_LLM_TEST",
         json.dumps({"conn_type": "llm_etl", "host": server.url, "extra": {"api": "openai", "model": "x"}}),
@@ -37,8 +46,10 @@ def stage_enrich_extract(
             LocalEnrichmentOperator(
                 task_id=f"enrich_{shard['index']}", shard=shard, model=server.model_name, template="{review}",
                 llm_conn_id="llm_test", max_dead_letter_ratio=1, local_dir=local["local_dir"],
+                **(enrichment or {}),
             ).execute(task_context("r1"))  # fmt: skip
             ExtractResultsOperator(
-                task_id=f"extract_{shard['index']}", shard=shard, output_path=output, **local
-            ).execute(task_context("r1"))
+                task_id=f"extract_{shard['index']}", shard=shard, output_path=output,
+                output_format=output_format, **local,
+            ).execute(task_context("r1"))  # fmt: skip
     return shards

@@ -210,3 +210,47 @@ def test_urls_that_expire_within_seconds_are_renewed_while_the_worker_runs(
     objects, dead = published(output)
     assert objects == {f"r{i}": i + 1 for i in range(40)}
     assert dead == {}
+
+
+def test_a_parquet_input_on_s3_comes_back_as_parquet_with_its_columns_beside_the_enrichment(
+    tmp_path, monkeypatch, store, llama_server
+):
+    """A Parquet file written by DuckDB (nested and null columns) in the store, staged row by row, enriched
+    by the real model, published as Parquet to the store and read back by DuckDB."""
+    import duckdb
+
+    local = tmp_path / "reviews.parquet"
+    duckdb.connect().execute(
+        f"""COPY (SELECT 'r' || i AS id, 'It helped my pain ' || i AS review,
+        CASE WHEN i % 3 = 0 THEN NULL ELSE i END AS rating, {{'site': 'a', 'visits': [i, i + 1]}} AS source
+        FROM range(6) t(i)) TO '{local}' (FORMAT PARQUET, ROW_GROUP_SIZE 2)"""
+    )
+    source = ObjectStoragePath(f"{ROOT}/in/reviews.parquet")
+    source.write_bytes(local.read_bytes())
+    output = f"{ROOT}/out/parquet"
+    shards, _ = pipeline(
+        tmp_path, monkeypatch, llama_server, str(source), output,
+        enrichment={"carry_fields": "*"}, output_format="parquet",
+    )  # fmt: skip
+    assert sum(s["records"] for s in shards) == 6
+    (folder,) = [m.parent for m in ObjectStoragePath(output).glob("llm_enrichment/*/shard-*/manifest.json")]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "_SUCCESS", "dead_letter.parquet", "manifest.json", "results.parquet",
+    ]  # fmt: skip
+    (tmp_path / "results.parquet").write_bytes((folder / "results.parquet").read_bytes())
+    connection = duckdb.connect()
+    rows = connection.execute(
+        f"SELECT input_id, id, line, review, rating, source.visits, enrichment.sentiment "
+        f"FROM '{tmp_path / 'results.parquet'}' ORDER BY line"
+    ).fetchall()
+    dead = json.loads((folder / "manifest.json").read_text())["dead_letters"]
+    assert len(rows) + dead == 6
+    for input_id, result_id, line, review, rating, visits, sentiment in rows:
+        i = line - 1  # row n of the input is line n
+        assert (input_id, result_id, review) == (f"r{i}", f"r{i}", f"It helped my pain {i}")
+        assert rating == (None if i % 3 == 0 else i)
+        assert visits == [i, i + 1]
+        assert sentiment in ("positive", "negative", "neutral")
+    described = connection.execute(f"DESCRIBE SELECT * FROM '{tmp_path / 'results.parquet'}'").fetchall()
+    types = {row[0]: row[1] for row in described}
+    assert types["rating"] == "BIGINT"

@@ -209,6 +209,12 @@ class StageInputOperator(RunStepOperator):
             )
         except PodSpecError as exc:
             raise StagingError(str(exc)) from None
+        parquet = declared_parquet(self.input_path, self.input_format)
+        if parquet and self.transport == OBJECT_OUTPUT:
+            raise StagingError(
+                f"{self.input_path}: the object transport reads byte ranges of the input object itself, "
+                "which a Parquet file's rows are not: stage it with the log transport (transport=log)"
+            )
         # the object transport signs URLs for the input and the output: a store that cannot fails first
         signers = self._signers() if self.transport == OBJECT_OUTPUT else None
         output = self.run_output(context) if self.output_path else None
@@ -217,12 +223,6 @@ class StageInputOperator(RunStepOperator):
             unpublish_run(output)
         source = ObjectStoragePath(self.input_path)
         limits = InputLimits(max_bytes=int(self.max_input_bytes), max_records=int(self.max_input_records))
-        parquet = declared_parquet(self.input_path, self.input_format)
-        if parquet and signers is not None:
-            raise StagingError(
-                f"{self.input_path}: the object transport reads byte ranges of the input object itself, "
-                "which a Parquet file's rows are not: stage it with the log transport (transport=log)"
-            )
         try:
             fmt = "jsonl" if parquet else detect_format(Path(self.input_path), self.input_format)
         except InputError as exc:

@@ -245,6 +245,9 @@ def _publish(destination: Any, staging: Any, manifest: dict[str, Any]) -> None:
     if success.exists():
         success.unlink()  # readers must not trust the old output while it is being replaced
     fs = destination.fs
+    for name in {name for names in OUTPUT_FILES.values() for name in names} - set(manifest["files"]):
+        if (earlier := destination / name).exists():  # another format's output of the shard
+            earlier.unlink()
     for name in manifest["files"]:
         target = destination / name
         if target.exists():

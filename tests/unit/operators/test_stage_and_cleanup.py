@@ -7,6 +7,7 @@ import random
 import tempfile
 import time
 import zlib
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -552,3 +553,36 @@ def test_two_dags_with_one_output_path_and_run_id_keep_their_outputs_and_cleanup
     cleanups["notes"].execute({"run_id": run_id})
     assert not (folders["notes"] / "_transport").exists()
     assert (folders["reviews"] / "_transport" / "plan").exists()
+
+
+def test_a_parquet_input_is_staged_as_json_lines_row_by_row(tmp_path):
+    import duckdb
+
+    source = tmp_path / "reviews.parquet"
+    duckdb.connect().execute(
+        f"COPY (SELECT 'r' || i AS id, 'review ' || i AS review, {{'a': i}} AS nested FROM range(30) t(i)) "
+        f"TO '{source}' (FORMAT PARQUET)"
+    )
+    op = stage(input_path=str(source), execution_mode="local", local_dir=str(tmp_path / "staging"))
+    (shard,) = op.execute({"run_id": RUN})
+    assert (shard["records"], shard["input_format"], shard["first_line"]) == (30, "jsonl", 1)
+    staged = gzip.decompress(Path(shard["path"]).read_bytes()).decode().splitlines()
+    assert json.loads(staged[4]) == {"id": "r4", "review": "review 4", "nested": {"a": 4}}
+    # declared Parquet rather than named so, the same file is the same plan
+    declared = stage(
+        input_path=str(source), input_format="parquet", execution_mode="local",
+        local_dir=str(tmp_path / "staging"),
+    ).execute({"run_id": RUN})  # fmt: skip
+    assert declared[0]["plan"] == shard["plan"]
+
+
+def test_a_parquet_input_that_is_not_parquet_or_wants_the_object_transport_is_refused(tmp_path, api):
+    fake = tmp_path / "reviews.parquet"
+    fake.write_text('{"id": 1, "review": "a"}\n')
+    with pytest.raises(StagingError, match=r"reviews.parquet: not a Parquet file"):
+        stage(input_path=str(fake)).execute({"run_id": RUN})
+    with pytest.raises(StagingError, match="stage it with the log transport"):
+        stage(
+            input_path="s3://bucket/reviews.parquet", transport="object", output_path="s3://bucket/out"
+        ).execute({"run_id": RUN})
+    assert api.objects["secrets"] == {}

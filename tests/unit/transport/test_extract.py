@@ -244,3 +244,28 @@ def test_a_stream_over_the_dead_letter_threshold_is_published_as_failed_without_
         "3 of 7 records went to the dead letters, over the worker's max_dead_letter_ratio 0.1"
     )
     assert extract(frame_log(), KEY, tmp_path / "ok", source="test")["state"] == "succeeded"
+
+
+def test_parquet_output_publishes_typed_files_read_back_by_duckdb_and_is_idempotent(tmp_path):
+    import duckdb
+
+    out = tmp_path / "out"
+    manifest = extract(frame_log(), KEY, out, output_format="parquet")
+    assert listing(out) == ["_SUCCESS", "dead_letter.parquet", "manifest.json", "results.parquet"]
+    assert manifest["output_format"] == "parquet"
+    assert manifest["files"]["results.parquet"]["rows"] == 25
+    assert manifest["files"]["dead_letter.parquet"]["rows"] == 3
+    rows = (
+        duckdb.connect().execute(f"SELECT id, enrichment.sentiment FROM '{out}/results.parquet'").fetchall()
+    )
+    assert rows == [(f"r{i}", "positive") for i in range(25)]
+    assert extract(frame_log(), KEY, out, output_format="parquet") == manifest  # the same stream again
+    # another format of the same stream replaces the output whole
+    extract(frame_log(), KEY, out)
+    assert listing(out) == ["_SUCCESS", "dead_letter.jsonl", "manifest.json", "results.jsonl"]
+
+
+def test_an_unknown_output_format_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(ValueError, match="output_format must be one of jsonl, parquet"):
+        extract(frame_log(), KEY, tmp_path / "out", output_format="csv")
+    assert not (tmp_path / "out").exists()

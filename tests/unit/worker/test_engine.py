@@ -537,3 +537,22 @@ def test_a_free_text_task_keeps_each_answer_whole_with_its_finish_reason(tmp_pat
     assert all(set(r["enrichment"]) == {"text"} and r["enrichment"]["text"] for r in results)
     assert all(r["meta"]["finish_reason"] == "stop" for r in results)
     assert all("response_format" not in body for body in server.chat_bodies)  # unconstrained
+
+
+def test_carried_input_fields_go_into_each_result_beside_its_enrichment(tmp_path):
+    """``--carry-fields``: the named fields (null where a record lacks one), or ``*`` for the whole record;
+    dead letters keep their whole record as before."""
+    rows = [
+        {"id": "a", "text": "good drug", "drug": "x", "rating": 9},
+        {"id": "b", "text": "bad drug", "rating": 1},
+    ]
+    input_path = tmp_path / "in.jsonl"
+    input_path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    settings = worker_flags(carry_fields=("drug", "rating"), progress_interval=60)
+    run_engine(tmp_path, FakeLLMServer(), input_path, settings=settings)
+    results = read_jsonl(tmp_path / "results.jsonl")
+    assert [r["input"] for r in results] == [{"drug": "x", "rating": 9}, {"drug": None, "rating": 1}]
+    run_engine(tmp_path, FakeLLMServer(), input_path, settings=worker_flags(carry_fields=("*",)))
+    assert [r["input"] for r in read_jsonl(tmp_path / "results.jsonl")] == rows
+    run_engine(tmp_path, FakeLLMServer(), input_path, settings=worker_flags())
+    assert all("input" not in r for r in read_jsonl(tmp_path / "results.jsonl"))
