@@ -10,6 +10,7 @@ import functools
 import http.server
 import importlib.util
 import json
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -129,6 +130,8 @@ def load_example_dag(
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    # as Airflow's DAG processor does: a pydantic model of the file resolves its annotations through it
+    sys.modules[dag] = module
     spec.loader.exec_module(module)
     return getattr(module, dag)()
 

@@ -466,7 +466,11 @@ def test_airflow_s_llm_batch_runs_its_prompts_as_pods_deferred_and_its_run_s_swe
     assert all(p["status"]["phase"] == "Succeeded" for p in pods)
     assert {p["metadata"]["annotations"]["llm-etl.io/dag-id"] for p in pods} == {"llm_batch"}
     assert {p["metadata"]["annotations"]["llm-etl.io/run-id"] for p in pods} == {run.run_id}
-    assert FORMAT not in "".join(capfd.readouterr())
+    task_log = "".join(capfd.readouterr())
+    assert FORMAT not in task_log
+    prompts = [json.loads(line)["review"] for line in SAMPLE.read_text().splitlines()[:3]]
+    assert not [p for p in prompts if p[:60] in task_log]  # nothing of a prompt in the log
+    assert not [p for p in prompts if p[:60] in json.dumps(pods)]  # nor in the pods' specs
     # the batch's objects stay for a clear to land its rows again, until the sweeper sees the run end
     assert len(batch_records(cluster)) == 1
     swept = sweep(

@@ -176,6 +176,7 @@ class KubernetesBatchJobs:
             "settings": asdict(settings),
             "request_count": len(prompts),
             "shards": shards,
+            "owner": list(owner) if owner else None,  # the pods made later carry it too
         }
         manifest = secret_manifest(
             record_secret_name(batch_id), batch_id, {RECORD_FILE: json.dumps(record).encode()},
@@ -212,7 +213,8 @@ class KubernetesBatchJobs:
         if record is None:
             raise BatchNotFoundError(f"no batch {batch_id} in namespace {self.config.namespace}")
         settings = BatchSettings(**record["settings"])
-        backend = self.backend(batch_id, record["plan"])
+        owner = record.get("owner")
+        backend = self.backend(batch_id, record["plan"], (owner[0], owner[1]) if owner else None)
         pods = {
             pod.metadata.name: pod
             for pod in self.api.list_namespaced_pod(
