@@ -14,7 +14,9 @@ from typing import Any
 
 import pytest
 
+from llm_etl_provider.backends.llama_server import MODEL_SHA256
 from llm_etl_provider.config import env_var
+from llm_etl_provider.contract.provenance import provenance_id
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "examples" / "drug_reviews_sample.jsonl"
@@ -64,6 +66,12 @@ def test_the_dag_enriches_every_record_and_leaves_nothing_behind(tmp_path, local
     assert (shard_dir / "_SUCCESS").exists()
     results = [json.loads(line) for line in (shard_dir / "results.jsonl").read_text().splitlines()]
     assert all(r["enrichment"]["sentiment"] in ("positive", "negative", "neutral") for r in results)
+    # what made them: the bundled file's digest, llama.cpp's build, in every row by its id
+    made = manifest["provenance"]
+    assert made["model_digest"] == f"sha256:{MODEL_SHA256}"
+    assert made["server"]["api"] == "openai"
+    assert made["server"]["version"]  # llama-server's build_info
+    assert {r["meta"]["provenance"] for r in results} == {provenance_id(made)}
     assert list(staging.iterdir()) == []  # the teardown removed the shards and the key
 
 

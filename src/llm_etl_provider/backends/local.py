@@ -27,6 +27,7 @@ from llm_etl_provider.backends import FrameSource, RunBackend, TaskLog, sweep_re
 from llm_etl_provider.contract import layout
 from llm_etl_provider.contract.invocation import API_KEY_ENV, OBJECT_OUTPUT, WorkerInvocation
 from llm_etl_provider.contract.pod_commands import load_model_args, load_model_command
+from llm_etl_provider.contract.provenance import model_digest
 from llm_etl_provider.exceptions import ExtractionError, LocalRunError, worker_exit_error
 from llm_etl_provider.llama_cpp import CPU_PARALLEL
 from llm_etl_provider.transport.exceptions import FrameKeyError
@@ -218,7 +219,9 @@ class LocalBackend(RunBackend):
                 log_path=folder / layout.SERVER_LOG_NAME,
             ) as server:  # fmt: skip
                 self.log.info("%s: llama-server ready at %s with %s", folder.name, server.url, model.name)
-                yield dataclasses.replace(invocation, llm_url=server.url, api="openai")
+                yield dataclasses.replace(
+                    invocation, llm_url=server.url, api="openai", model_digest=model_digest(sha256)
+                )
         except LocalServerError as exc:
             raise LocalRunError(f"{folder.name}: {exc}") from None
 

@@ -205,6 +205,10 @@ class WorkerInvocation:
     llm_url: str = _flag(group=_LLM, help="server root, e.g. http://127.0.0.1:11434")
     api: ApiStyle = _flag("openai", group=_LLM, choices=API_STYLES, help="the server's API")
     model: str = _flag(group=_LLM, help="the model the server serves")
+    model_digest: str | None = _flag(
+        None, group=_LLM,
+        help="the model's digest (sha256:<hex> of its file, or its image's), for each result's provenance",
+    )  # fmt: skip
     response_format: ResponseFormat = _flag(
         "json_schema", group=_LLM, choices=RESPONSE_FORMATS,
         help="openai: how to send the schema (json_object for llama-cpp-python's server)",

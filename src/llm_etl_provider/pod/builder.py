@@ -49,6 +49,7 @@ from llm_etl_provider.contract.pod_commands import (
     load_model_args,
     load_model_command,
 )
+from llm_etl_provider.contract.provenance import model_digest
 from llm_etl_provider.contract.shard import ShardDescriptor
 from llm_etl_provider.exceptions import PodSpecError, WorkerImageUnsetError
 from llm_etl_provider.llama_cpp import CPU_PARALLEL, llama_server_args
@@ -504,6 +505,10 @@ def build_pod(params: PodParams) -> dict[str, Any]:
     worker["command"] = ["llm-etl-worker"]
     if invocation.concurrency is None:  # the server's parallelism, known here: no need to find it
         invocation = dataclasses.replace(invocation, concurrency=REQUESTS_PER_SLOT * params.server.slots)
+    if invocation.model_digest is None:  # the results' provenance: the file's sha256, or the image's digest
+        invocation = dataclasses.replace(
+            invocation, model_digest=model_digest(params.model.sha256, params.model.image)
+        )
     worker["args"] = invocation.to_argv()
     # A batch container has no Service to be ready for; the probes read the worker's heartbeat so that a hung
     # worker is ended by the kubelet (liveness) long before the pod's deadline.

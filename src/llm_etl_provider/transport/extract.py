@@ -25,6 +25,7 @@ from typing import IO, Any
 
 from upath import UPath
 
+from llm_etl_provider.contract.provenance import PROVENANCE
 from llm_etl_provider.transport.exceptions import TrailerMismatchError
 from llm_etl_provider.transport.frames import TRAILER_ATTEMPT, FrameReader
 
@@ -168,6 +169,8 @@ def extract(
             **_state(trailer.summary, trailer.results, trailer.dead_letters),
             "task": trailer.summary.get("task"),
             "model": trailer.summary.get("model"),
+            # what made the results (each result's meta.provenance is its id)
+            PROVENANCE: trailer.summary.get(PROVENANCE),
             "records": trailer.results + trailer.dead_letters,
             "results": trailer.results,
             "dead_letters": trailer.dead_letters,

@@ -283,6 +283,19 @@ def _bars(title: str, counts: Sequence[tuple[str, int | float]], *, name: str, u
     return out
 
 
+def _made_by(provenance: dict[str, Any]) -> str:
+    """Each provenance of the run's results, in a line: its id, model digest, server version, sampling."""
+    made = []
+    for made_id, record in sorted(provenance.items()):
+        server = record.get("server") or {}
+        made.append(
+            f"{made_id}: {record.get('model')} {record.get('model_digest') or '(digest unknown)'}, "
+            f"{server.get('api')} server {server.get('version') or '(version unknown)'}, temperature "
+            f"{(record.get('sampling') or {}).get('temperature')}, worker {record.get('worker_version')}"
+        )
+    return "; ".join(made) or "unknown"
+
+
 def _summary_section(facts: RunFacts) -> str:
     run = facts.run
     totals = merge_summaries(list(facts.summaries.values()))
@@ -291,6 +304,7 @@ def _summary_section(facts: RunFacts) -> str:
         ("run", run.get("run_id")),
         ("task", _list(run.get("task"))),
         ("model", _list(run.get("model"))),
+        ("made by", _made_by(run.get("provenance") or {})),
         ("plan", _list(run.get("plan"))),
         ("published", run.get("published_at")),
         ("records", number(run.get("records"))),

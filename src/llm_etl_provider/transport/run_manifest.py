@@ -21,6 +21,7 @@ from os import PathLike
 from typing import Any
 
 from llm_etl_provider.contract.layout import shard_folder
+from llm_etl_provider.contract.provenance import PROVENANCE, provenance_id
 from llm_etl_provider.contract.shard import ShardDescriptor
 from llm_etl_provider.transport import report
 from llm_etl_provider.transport.extract import FAILED, MANIFEST, SUCCEEDED, SUCCESS, as_upath, remove_tree
@@ -101,6 +102,7 @@ def _shard_entry(
         "worker_seconds": summary.get("elapsed_s"),
         "prompt_tokens": summary.get("prompt_tokens"),
         "completion_tokens": summary.get("completion_tokens"),
+        PROVENANCE: provenance_id(summary[PROVENANCE]) if summary.get(PROVENANCE) else None,
     }
     if "failure" in manifest:
         entry["failure"] = manifest["failure"]
@@ -126,11 +128,14 @@ def publish_run_manifest(
     unplanned = _remove_unplanned(root, {shard_folder(shard.index) for shard in shards})
     entries = []
     models, tasks = set(), set()
+    provenance: dict[str, Any] = {}  # by id: what made the results, as many as the shards had
     for shard in sorted(shards, key=lambda s: s.index):
         manifest, stale = _published(root, shard)
         if manifest is not None:
             models.add(manifest.get("model"))
             tasks.add(manifest.get("task"))
+            if made := manifest.get("worker_summary", {}).get(PROVENANCE):
+                provenance[provenance_id(made)] = made
         entry = _shard_entry(shard.index, shard.records, manifest, stale)
         entries.append({**entry, **(pod_timings or {}).get(shard.index, {})})
     states = [entry["state"] for entry in entries]
@@ -149,6 +154,8 @@ def publish_run_manifest(
         "dead_letters": sum(entry.get("dead_letters", 0) for entry in entries),
         "model": sorted(m for m in models if m) or None,
         "task": sorted(t for t in tasks if t) or None,
+        # each result's meta.provenance names one of these
+        PROVENANCE: provenance,
         "prompt_tokens": sum(entry.get("prompt_tokens") or 0 for entry in entries),
         "completion_tokens": sum(entry.get("completion_tokens") or 0 for entry in entries),
         "worker_seconds": round(worker_seconds, 3),

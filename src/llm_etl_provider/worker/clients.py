@@ -167,6 +167,19 @@ class LLMClient(ABC):
         """Return how many requests the server processes at once, where it says so."""
         return None
 
+    version_paths: tuple[tuple[str, str], ...] = ()  # (path, field) that say the server's version
+
+    async def server_version(self) -> str | None:
+        """The server's version, where it says it (for the results' provenance); None elsewhere."""
+        for path, name in self.version_paths:
+            try:
+                version = (await self._send("GET", path)).json().get(name)
+            except (TransientLLMError, LLMRejectedError, ValueError, AttributeError):
+                continue
+            if isinstance(version, str | int) and not isinstance(version, bool):
+                return str(version)[:200]
+        return None
+
 
 class OpenAIClient(LLMClient):
     """The OpenAI-compatible ``/v1/chat/completions`` API."""
@@ -174,6 +187,8 @@ class OpenAIClient(LLMClient):
     api: ApiStyle = "openai"
     chat_path = "/v1/chat/completions"
     ready_path = "/v1/models"
+    # vLLM and SGLang say it at /version; llama.cpp's server its build in /props
+    version_paths = (("/version", "version"), ("/props", "build_info"))
 
     def __init__(
         self,
@@ -241,6 +256,7 @@ class OllamaClient(LLMClient):
     api: ApiStyle = "ollama"
     chat_path = "/api/chat"
     ready_path = "/api/tags"
+    version_paths = (("/api/version", "version"),)
 
     def __init__(
         self,

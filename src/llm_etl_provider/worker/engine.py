@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import importlib.metadata
 import itertools
 import json
 import time
@@ -29,6 +30,7 @@ from llm_etl_provider.contract.invocation import (
     REQUESTS_PER_SLOT,
     WorkerInvocation,
 )
+from llm_etl_provider.contract.provenance import PROVENANCE, provenance_id, provenance_record
 from llm_etl_provider.contract.summary import (
     LABEL_FIELD,
     OUTPUT_LABELS,
@@ -60,6 +62,15 @@ from llm_etl_provider.worker.retry import RetryPolicy
 from llm_etl_provider.worker.sinks import OutputSink
 from llm_etl_provider.worker.stats import RunStats
 from llm_etl_provider.worker.tasks import TaskSpec
+
+
+def worker_version() -> str:
+    """The worker's package version (installed in its image, or beside Airflow)."""
+    try:
+        return importlib.metadata.version("llm-etl-provider")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
 
 # Reasons that mean the server itself may be gone, rather than this one record being a problem.
 _SERVER_GONE_REASONS = frozenset({DeadLetterReason.CONNECT_ERROR, DeadLetterReason.CONNECTION_ERROR})
@@ -117,6 +128,8 @@ class Engine:
         self.probe: ConcurrencyProbe | None = None
         self.concurrency_source = "flag"
         self.summary: dict[str, Any] | None = None
+        self.provenance: dict[str, Any] = {}
+        self.provenance_id: str | None = None
 
     async def run(self) -> dict[str, Any]:
         """Process every record; return the summary, or raise a :class:`WorkerError`."""
@@ -128,6 +141,17 @@ class Engine:
             else:
                 self.probe = ConcurrencyProbe(self.limit)
                 self.concurrency_source = "probe"
+        self.provenance = provenance_record(
+            task=self.task.name, model=self.client.model, model_digest=self.invocation.model_digest,
+            api=self.client.api, server_version=await self.client.server_version(),
+            prompts=[self.task.system_prompt, self.task.template.key], schema=self.task.answer_schema,
+            sampling={
+                "temperature": self.invocation.temperature, "retry_temperature": RETRY_TEMPERATURE,
+                "max_tokens": self.task.max_tokens, "max_attempts": self.invocation.max_attempts,
+            },
+            worker_version=worker_version(),
+        )  # fmt: skip
+        self.provenance_id = provenance_id(self.provenance)
         state = self.checkpoint.load() if self.checkpoint is not None else None
         self.stats.total = await asyncio.to_thread(self.reader.count)  # the heartbeat beats meanwhile
         # the trailer carries what was read: extraction refuses a stream computed over another shard's input
@@ -173,6 +197,7 @@ class Engine:
                 **({"concurrency_levels": self.probe.levels} if self.probe else {}),
                 **self.stats.summary(),
                 # for the run's report: the labels it may count, and the input's own label's field
+                PROVENANCE: self.provenance,
                 OUTPUT_LABELS: labels,
                 **({} if complete else {OUTPUT_LABELS_COMPLETE: False}),
                 **({LABEL_FIELD: self.invocation.label_field} if self.invocation.label_field else {}),
@@ -345,6 +370,7 @@ class Engine:
                 "completion_tokens": completion.completion_tokens,
                 "finish_reason": completion.finish_reason,
                 "attempts": attempt,
+                PROVENANCE: self.provenance_id,
             }
             if (label_field := self.invocation.label_field) is not None:
                 known = record.fields.get(label_field)

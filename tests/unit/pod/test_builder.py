@@ -617,3 +617,23 @@ def test_every_backend_the_configuration_offers_has_its_server_defaults():
 
     assert tuple(BACKENDS) == BACKEND_NAMES
     assert DEFAULT_BACKEND in BACKENDS
+
+
+@pytest.mark.parametrize(
+    ("backend", "model", "digest"),
+    [
+        ("llamacpp", model_for("object"), f"sha256:{SHA}"),  # the file the loader checked
+        (
+            "llamacpp",
+            dataclasses.replace(model_for("image"), sha256=None, image=f"r.local/m@sha256:{SHA}"),
+            f"sha256:{SHA}",
+        ),
+        ("ollama", model_for("pull"), None),  # a registry tag: no digest the pod can vouch for
+    ],
+)
+def test_the_worker_is_told_the_model_s_digest_for_its_results_provenance(backend, model, digest):
+    pod = build_pod(dataclasses.replace(params(backend=backend, source=model.source), model=model))
+    args = pod["spec"]["containers"][0]["args"]
+    assert ("--model-digest" in args) is (digest is not None)
+    if digest:
+        assert args[args.index("--model-digest") + 1] == digest

@@ -81,3 +81,16 @@ def test_a_shard_output_with_another_record_count_than_the_plan_is_stale(tmp_pat
     run = publish_run_manifest(tmp_path, planned((0, 27), plan="p"), run_id="run-7")
     assert run["shards"][0]["state"] == "missing"
     assert "holds 28 records, the plan 27" in run["shards"][0]["failure"]
+
+
+def test_the_shards_provenance_goes_into_their_manifests_and_the_run_s_by_id(tmp_path):
+    from llm_etl_provider.contract.provenance import provenance_id
+
+    made = {"task": "sentiment", "model": "smollm2", "model_digest": "sha256:" + "b" * 64, "sampling": {}}
+    other = {**made, "model_digest": "sha256:" + "c" * 64}  # shard 1 ran with another model file
+    assert extract(frame_log(provenance=made), KEY, tmp_path / "shard-00000")["provenance"] == made
+    extract(frame_log(provenance=other), KEY, tmp_path / "shard-00001")
+    run = publish_run_manifest(tmp_path, planned((0, 28), (1, 28)), run_id="run-7")
+    assert run["provenance"] == {provenance_id(made): made, provenance_id(other): other}
+    assert [s["provenance"] for s in run["shards"]] == [provenance_id(made), provenance_id(other)]
+    assert "sha256:bbbb" in (tmp_path / "report.html").read_text()  # the report says what made the run

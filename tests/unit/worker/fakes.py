@@ -69,7 +69,9 @@ class FakeLLMServer:
                 return httpx.Response(200, json={"models": [{"name": m, "model": m} for m in self.models]})
             return httpx.Response(200, json={"object": "list", "data": [{"id": "smollm2"}]})
         if request.method == "GET" and path == "/props" and self.api == "openai" and self.slots:
-            return httpx.Response(200, json={"total_slots": self.slots})
+            return httpx.Response(200, json={"total_slots": self.slots, "build_info": "b6700-fake"})
+        if request.method == "GET" and path == "/api/version" and self.api == "ollama":
+            return httpx.Response(200, json={"version": "0.12.6"})
         if request.method == "POST" and path in ("/v1/chat/completions", "/api/chat"):
             body = json.loads(request.content)
             self.chat_bodies.append(body)

@@ -556,3 +556,32 @@ def test_carried_input_fields_go_into_each_result_beside_its_enrichment(tmp_path
     assert [r["input"] for r in read_jsonl(tmp_path / "results.jsonl")] == rows
     run_engine(tmp_path, FakeLLMServer(), input_path, settings=worker_flags())
     assert all("input" not in r for r in read_jsonl(tmp_path / "results.jsonl"))
+
+
+def test_each_result_names_its_provenance_and_the_summary_holds_it_whole(tmp_path):
+    """The model, its digest, the server's version, the prompts' and schema's digests and the sampling: a
+    change of any shows in every result's id; no prompt text is in it."""
+    input_path = write_input(tmp_path / "in.jsonl", 3)
+    digest = "sha256:" + "b" * 64
+    summary, _, _ = run_engine(
+        tmp_path, FakeLLMServer(), input_path, settings=worker_flags(model_digest=digest)
+    )
+    made = summary["provenance"]
+    assert made["model_digest"] == digest
+    assert made["server"] == {"api": "openai", "version": "b6700-fake"}
+    assert made["task"] == "sentiment"
+    assert made["sampling"]["temperature"] == 0.0
+    assert len(made["prompt_sha256"]) == len(made["schema_sha256"]) == 64
+    assert "drug" not in json.dumps(made)  # digests of the prompts, never their text
+    ids = {r["meta"]["provenance"] for r in read_jsonl(tmp_path / "results.jsonl")}
+    assert len(ids) == 1
+    warmer, _, _ = run_engine(
+        tmp_path, FakeLLMServer(), input_path, settings=worker_flags(model_digest=digest, temperature=0.3)
+    )
+    assert warmer["provenance"]["sampling"]["temperature"] == 0.3
+    assert {r["meta"]["provenance"] for r in read_jsonl(tmp_path / "results.jsonl")}.isdisjoint(ids)
+    other, _, _ = run_engine(
+        tmp_path, FakeLLMServer(), input_path, task=task_for("sentiment", template="{id}")
+    )
+    assert other["provenance"]["prompt_sha256"] != made["prompt_sha256"]
+    assert other["provenance"]["model_digest"] is None  # not given: unknown, not guessed
