@@ -24,7 +24,6 @@ from llm_etl_provider.backends import LOCAL_MODE
 from llm_etl_provider.config import LLMEtlConfig
 from llm_etl_provider.contract.invocation import TASK_NAMES
 from llm_etl_provider.contract.object_transport import DEFAULT_TRANSPORT, TRANSPORTS
-from llm_etl_provider.transport.extract import JSONL_OUTPUT, OUTPUT_FORMATS
 from llm_etl_provider.llama_cpp import CPU_PARALLEL
 from llm_etl_provider.params import worker_param
 from llm_etl_provider.pod.builder import BACKENDS
@@ -35,6 +34,7 @@ from llm_etl_provider.staging.cutting import (
     largest_record,
 )
 from llm_etl_provider.task_group import llm_enrichment_task_group
+from llm_etl_provider.transport.extract import JSONL_OUTPUT, OUTPUT_FORMATS
 
 CONFIG = LLMEtlConfig.from_airflow()  # [llm_etl]
 LOCAL = CONFIG.execution_mode == LOCAL_MODE
@@ -190,6 +190,14 @@ PARAMS: dict[str, Param] = {
         description="Input fields copied into each result beside its enrichment, one per line; * for every "
         "field. Empty: none (the results name their record by id and line)",
     ),
+    "previous_output": Param(
+        None,
+        type=["null", "string"],
+        title="Reuse the results of",
+        description="An earlier run's output folder (<output>/<dag>/<group>/<run>): a record whose content "
+        "(the record, prompts, schema, model, sampling) is unchanged gets its earlier result again, without "
+        "a request. Empty: every record goes to the model",
+    ),
     "output_format": Param(
         JSONL_OUTPUT,
         enum=list(OUTPUT_FORMATS),
@@ -231,6 +239,7 @@ def llm_enrichment() -> None:
         label_field="{{ params.label_field }}",
         carry_fields="{{ params.carry_fields }}",
         output_format="{{ params.output_format }}",
+        previous_output="{{ params.previous_output }}",
         **({} if LOCAL else {"backend": "{{ params.backend }}"}),
         **CONFIG.task_group_arguments(),
     )

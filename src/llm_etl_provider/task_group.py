@@ -67,6 +67,7 @@ def llm_enrichment_task_group(
     local_dir: str | None = None,
     input_format: str = default_of("input_format"),
     output_format: str = JSONL_OUTPUT,
+    previous_output: str | None = None,
     max_shard_bytes: int | str = DEFAULT_SHARD_BYTES,
     max_record_bytes: int | str = DEFAULT_MAX_RECORD_BYTES,
     max_input_bytes: int | str = DEFAULT_MAX_INPUT_BYTES,
@@ -121,6 +122,8 @@ def llm_enrichment_task_group(
     ``input_format``: ``auto`` (from the name), ``jsonl``, ``csv`` or ``parquet`` (log transport only);
     ``output_format``: ``jsonl`` or ``parquet`` (each shard's ``results.parquet`` and
     ``dead_letter.parquet``; the worker's ``carry_fields`` puts input columns beside the enrichment).
+    ``previous_output``: an earlier run's output folder; its results of unchanged records are published
+    again instead of asking the model (:class:`StageInputOperator`).
     ``transport``: ``log`` (shards in Secrets, results through the pods' logs: no egress, for small runs) or
     ``object`` (``pods`` byte ranges of the input read from the store, results as part objects: the path for
     large runs; see :class:`StageInputOperator`).
@@ -158,6 +161,7 @@ def llm_enrichment_task_group(
             id_field=enrichment.get("id_field", default_of("id_field")),
             run_deadline_seconds=run_deadline_seconds,
             worker_memory=worker_memory,
+            previous_output=previous_output,
             # what the shards' results depend on beside the input: another value makes another plan
             plan_settings={"model": model, **{k: v for k, v in enrichment.items() if k in PLAN_SETTINGS}},
             **common,

@@ -316,3 +316,49 @@ def test_a_parquet_file_runs_through_the_example_dag_and_comes_back_as_parquet_b
     # the run's manifest and report count the Parquet results as they count JSON lines
     (manifest,) = list((tmp_path / "out").glob("*/*/*/manifest.json"))
     assert json.loads(manifest.read_text())["results"] == len(rows)
+
+
+def test_a_run_again_after_one_row_changed_asks_the_model_once_and_publishes_the_rest_again(
+    tmp_path, local_dag
+):
+    """An incremental run through the trigger form: the same Parquet file with one review changed, its
+    earlier run's folder as ``previous_output``: every unchanged record that had a result gets it again,
+    marked reused, and only the changed one (and any the first run dead-lettered) goes to the model."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    dag, _ = local_dag
+    reviews = [json.loads(line) for line in SAMPLE.read_text().splitlines() if len(line) < 400][:6]
+
+    def run(rows: list[dict[str, Any]], output: Path, **conf: Any) -> dict[str, Any]:
+        pq.write_table(pa.Table.from_pylist(rows), tmp_path / "reviews.parquet")
+        state = dag.test(
+            run_conf={
+                "input_path": str(tmp_path / "reviews.parquet"), "output_path": str(output),
+                "model": "smollm2", "template": "{review}", "output_format": "parquet", **conf,
+            }
+        ).state  # fmt: skip
+        assert state == "success"
+        (manifest,) = list(output.glob("*/*/*/manifest.json"))
+        return {"folder": manifest.parent, **json.loads(manifest.read_text())}
+
+    first = run(reviews, tmp_path / "first")
+    changed = [dict(row) for row in reviews]
+    changed[3]["review"] = "Changed my mind: it gave me headaches every day."
+    second = run(changed, tmp_path / "second", previous_output=str(first["folder"]))
+
+    def rows(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        table = pq.read_table(next(manifest["folder"].glob("shard-*/results.parquet")))
+        return {row["id"]: row for row in table.to_pylist()}
+
+    before, after = rows(first), rows(second)
+    unchanged = set(before) - {changed[3]["id"]}
+    assert second["reused"] == len(unchanged)
+    assert {i for i, row in after.items() if row["meta"]["reused"]} == unchanged
+    assert all(after[i]["enrichment"] == before[i]["enrichment"] for i in unchanged)
+    (shard,) = second["shards"]
+    summary = json.loads((second["folder"] / "shard-00000" / "manifest.json").read_text())["worker_summary"]
+    asked = summary["records"] - summary["reused"]
+    assert asked == 6 - len(unchanged)  # the changed record, and any the first run could not answer
+    assert summary["prompt_tokens"] < first["prompt_tokens"] * asked / 6 + 50
+    assert shard["reused"] == len(unchanged)

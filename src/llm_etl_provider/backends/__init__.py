@@ -7,7 +7,7 @@ Both backends run the same worker invocation, the same sealed transport and the 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -86,16 +86,18 @@ class RunBackend(ABC):
         else a new one, staged after removing what the plan's lost key had sealed (work claims, spools)."""
 
     @abstractmethod
-    def stage_shard(self, shard: Shard, duplicates: bytes = b"") -> dict[str, Any]:
-        """Stage one shard, with its duplicates file if any, unless it is staged already (a stage run again:
-        the same plan cuts the same shards); return where it is, as shard descriptor fields (secret, path,
-        work_claim, key_secret)."""
+    def stage_shard(self, shard: Shard, files: Mapping[str, bytes] | None = None) -> dict[str, Any]:
+        """Stage one shard, with the ``files`` its worker reads beside it (by name: its duplicates file, its
+        reused file), unless it is staged already (a stage run again: the same plan cuts the same shards);
+        return where it is, as shard descriptor fields (secret, path, work_claim, key_secret)."""
 
     @abstractmethod
-    def stage_object_shard(self, index: int, transport: bytes, duplicates: bytes = b"") -> dict[str, Any]:
+    def stage_object_shard(
+        self, index: int, transport: bytes, files: Mapping[str, bytes] | None = None
+    ) -> dict[str, Any]:
         """Stage one shard of the object transport, unless it is staged already: its pre-signed URLs
-        (:class:`~llm_etl_provider.contract.object_transport.ObjectTransport` as JSON) and its duplicates
-        file if any; return where they are, as shard descriptor fields (secret, path, key_secret)."""
+        (:class:`~llm_etl_provider.contract.object_transport.ObjectTransport` as JSON) and the ``files``
+        beside them; return where they are, as shard descriptor fields (secret, path, key_secret)."""
 
     @abstractmethod
     def planned_transport(self, index: int) -> bytes:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -293,32 +293,33 @@ class KubernetesBackend(RunBackend):
         if any(deleted.values()):
             self.log.info("removed what the plan had staged: %s", deleted)
 
-    def stage_shard(self, shard: Shard, duplicates: bytes = b"") -> dict[str, Any]:
+    def stage_shard(self, shard: Shard, files: Mapping[str, bytes] | None = None) -> dict[str, Any]:
         data = {layout.input_file_name(shard.input_format): shard.data}
         where = self._stage_shard_secret(
-            shard.index, data, duplicates, f"shard {shard.index}", "lower max_shard_bytes"
+            shard.index, data, files or {}, f"shard {shard.index}", "lower max_shard_bytes"
         )
         if self.work_claim_size:
             where["work_claim"] = self._create_work_claim(shard.index)
         return where
 
-    def stage_object_shard(self, index: int, transport: bytes, duplicates: bytes = b"") -> dict[str, Any]:
+    def stage_object_shard(
+        self, index: int, transport: bytes, files: Mapping[str, bytes] | None = None
+    ) -> dict[str, Any]:
         data = {layout.OBJECT_TRANSPORT_FILE_NAME: transport}
         remedy = "raise checkpoint_every (fewer parts), or use more pods"
-        return self._stage_shard_secret(index, data, duplicates, f"shard {index}'s URLs", remedy)
+        return self._stage_shard_secret(index, data, files or {}, f"shard {index}'s URLs", remedy)
 
     def _stage_shard_secret(
-        self, index: int, data: dict[str, bytes], duplicates: bytes, described: str, remedy: str
+        self, index: int, data: dict[str, bytes], files: Mapping[str, bytes], described: str, remedy: str
     ) -> dict[str, Any]:
-        """Create shard ``index``'s Secret of ``data`` and its duplicates file, if they fit one; else say
-        what (``described``) does not fit, and the ``remedy``."""
+        """Create shard ``index``'s Secret of ``data`` and the ``files`` beside it (its duplicate lines, its
+        reused results), if they fit one; else say what (``described``) does not fit, and the ``remedy``."""
         name = layout.shard_secret_name(self.prefix, index)
-        if duplicates:
-            data[layout.DUPLICATES_FILE_NAME] = duplicates
+        data.update(files)
         if (size := sum(map(len, data.values()))) > SECRET_LIMIT:
+            beside = f" and its {', '.join(sorted(files))}" if files else ""
             raise StagingInputError(
-                f"{described} and its list of duplicate lines take {size} bytes, over a Secret's "
-                f"{SECRET_LIMIT}: {remedy}"
+                f"{described}{beside} take {size} bytes, over a Secret's {SECRET_LIMIT}: {remedy}"
             )
         self._create_secret(self._secret(name, data, kind="shard", shard=index))
         return {"secret": name, "key_secret": self.key_secret}

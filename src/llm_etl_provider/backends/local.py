@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -117,22 +117,24 @@ class LocalBackend(RunBackend):
         write_key_file(self.key_file, key)
         return key, True
 
-    def stage_shard(self, shard: Shard, duplicates: bytes = b"") -> dict[str, Any]:
+    def stage_shard(self, shard: Shard, files: Mapping[str, bytes] | None = None) -> dict[str, Any]:
         path = self.shard_input(shard.index, shard.input_format)
         path.parent.mkdir(mode=0o700, exist_ok=True)
         _write_unless_equal(path, shard.data)
-        if duplicates:
-            _write_unless_equal(path.parent / layout.DUPLICATES_FILE_NAME, duplicates)
+        for name, content in (files or {}).items():
+            _write_unless_equal(path.parent / name, content)
         return {"path": str(path)}
 
-    def stage_object_shard(self, index: int, transport: bytes, duplicates: bytes = b"") -> dict[str, Any]:
+    def stage_object_shard(
+        self, index: int, transport: bytes, files: Mapping[str, bytes] | None = None
+    ) -> dict[str, Any]:
         folder = self.shard_dir(index)
         folder.mkdir(mode=0o700, exist_ok=True)
         path = folder / layout.OBJECT_TRANSPORT_FILE_NAME
         if not path.is_file():  # staged before: its URLs are as good as new ones, and a worker may read them
             _write_atomically(path, transport)  # pre-signed URLs are credentials until they expire (0600)
-        if duplicates:
-            _write_unless_equal(folder / layout.DUPLICATES_FILE_NAME, duplicates)
+        for name, content in (files or {}).items():
+            _write_unless_equal(folder / name, content)
         return {"path": str(path)}
 
     def planned_transport(self, index: int) -> bytes:
@@ -168,6 +170,7 @@ class LocalBackend(RunBackend):
                 input=folder / layout.downloaded_input_name(shard.input_format) if by_object else staged,
                 object_transport=staged if by_object else None,
                 duplicates=staged.parent / layout.DUPLICATES_FILE_NAME if shard.duplicates else None,
+                reused=staged.parent / layout.REUSED_FILE_NAME if shard.reused else None,
                 key_file=self.key_file,
                 checkpoint=None if by_object else folder / layout.CHECKPOINT_FILE_NAME,
                 heartbeat=None,

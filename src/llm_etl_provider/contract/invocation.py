@@ -198,6 +198,11 @@ class WorkerInvocation:
         None, group=_IO, parse=Path,
         help="the stage's file of input lines whose id an earlier shard already holds (dead-lettered)",
     )  # fmt: skip
+    reused: Path | None = _flag(
+        None, group=_IO, parse=Path,
+        help="the stage's file of earlier results of this input's records, published in place of a request "
+        "where the record's content (record, prompts, schema, model, sampling) is unchanged",
+    )  # fmt: skip
     summary: Path | None = _flag(
         None, group=_IO, parse=Path, help="also write the final summary to this JSON file"
     )

@@ -34,6 +34,7 @@ CHECKPOINT_FILE_NAME = "checkpoint.json"
 HEARTBEAT_FILE_NAME = "heartbeat"
 SERVER_LOG_NAME = "llm-server.log"
 DUPLICATES_FILE_NAME = "duplicates.gz"  # beside the staged shard (contract.duplicates)
+REUSED_FILE_NAME = "reused.gz"  # beside the staged shard (contract.reuse)
 OBJECT_TRANSPORT_FILE_NAME = (
     "object.json"  # the object transport's pre-signed URLs (contract.object_transport)
 )
@@ -43,6 +44,7 @@ MODEL_URL_FILE = f"{MODEL_URL_DIR}/{MODEL_URL_FILE_NAME}"
 CHECKPOINT_FILE = f"{WORK_DIR}/{CHECKPOINT_FILE_NAME}"
 HEARTBEAT_FILE = f"{WORK_DIR}/{HEARTBEAT_FILE_NAME}"
 DUPLICATES_FILE = f"{INPUT_DIR}/{DUPLICATES_FILE_NAME}"
+REUSED_FILE = f"{INPUT_DIR}/{REUSED_FILE_NAME}"
 OBJECT_TRANSPORT_FILE = f"{URLS_DIR}/{OBJECT_TRANSPORT_FILE_NAME}"
 
 

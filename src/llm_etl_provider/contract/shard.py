@@ -38,6 +38,8 @@ class ShardDescriptor:
     :param work_claim: the PersistentVolumeClaim for its checkpoint and spool, if any
     :param duplicates: how many of its input lines repeat an id an earlier shard holds; their line numbers
         are staged with the shard (:mod:`~llm_etl_provider.contract.duplicates`) for the worker
+    :param reused: how many of its records have an earlier result (an incremental run): those results are
+        staged with the shard (:mod:`~llm_etl_provider.contract.reuse`), published where still valid
     :param malformed: reason -> first input lines of malformed records (shard 0 reports the input's)
     :param transport: ``log`` (its input in its Secret, its frames in its log) or ``object`` (its Secret holds
         pre-signed URLs: :mod:`~llm_etl_provider.contract.object_transport`)
@@ -62,6 +64,7 @@ class ShardDescriptor:
     path: str | None = None
     work_claim: str | None = None
     duplicates: int = 0
+    reused: int = 0
     malformed: dict[str, list[int]] = field(default_factory=dict)
     transport: str = DEFAULT_TRANSPORT
     egress: list[list[Any]] = field(default_factory=list)
@@ -89,7 +92,7 @@ class ShardDescriptor:
         # fields a newer stage may add are left for the newer tasks that read them
         data = {name: item for name, item in value.items() if name in names}
         try:
-            for name in ("index", "records", "line_offset", "duplicates"):
+            for name in ("index", "records", "line_offset", "duplicates", "reused"):
                 if name in data:
                     data[name] = _integer(data[name])
             if data.get("part_records") is not None:  # the object transport's only

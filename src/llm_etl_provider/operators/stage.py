@@ -19,6 +19,7 @@ from llm_etl_provider.contract.invocation import (
     WORKER_SETTINGS,
     coerce_settings,
     default_of,
+    is_unset,
     unmet_task_needs,
 )
 from llm_etl_provider.contract.layout import DEFAULT_RUN_DEADLINE_SECONDS, plan_id
@@ -45,6 +46,7 @@ from llm_etl_provider.staging.input_copy import as_json_lines, input_copy
 from llm_etl_provider.staging.log_transport import check_run_size, stage_shards
 from llm_etl_provider.staging.object_transport import check_uncompressed, stage_ranges
 from llm_etl_provider.staging.plan import WorkerMemory
+from llm_etl_provider.staging.reuse import ReusedResults, reused_results
 from llm_etl_provider.staging.validation import Validation, validate_input
 from llm_etl_provider.transport.run_manifest import unpublish_run
 
@@ -119,6 +121,11 @@ class StageInputOperator(RunStepOperator):
         more records than it can index (:func:`~llm_etl_provider.contract.layout.worker_memory_needed`) is
         refused before anything is staged, naming the limit it needs, rather than killed by the kernel on
         every try
+    :param previous_output: an earlier run's output folder (``<output>/<dag>/<group>/<run>``, JSONL or
+        Parquet; templated): an incremental run. A record whose earlier result is there is staged with it,
+        and its worker publishes that result in place of a request where the record's content (the record,
+        the prompts, the schema, the model and its digest, the sampling) is unchanged
+        (:mod:`~llm_etl_provider.contract.reuse`); the manifests count them as reused
     :param plan_settings: what else the shards' results depend on (the model, the task, its prompt and
         schema ...; templated): part of the plan, so that a run executed again with other settings publishes
         nothing of the earlier execution's
@@ -143,6 +150,7 @@ class StageInputOperator(RunStepOperator):
         "plan_settings",
         "worker_memory",
         "checkpoint_every",
+        "previous_output",
     )
 
     def __init__(
@@ -167,9 +175,11 @@ class StageInputOperator(RunStepOperator):
         store_cidrs: Sequence[str] | None = None,
         plan_settings: dict[str, Any] | None = None,
         worker_memory: str = layout.DEFAULT_WORKER_MEMORY,
+        previous_output: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.previous_output = previous_output
         self.plan_settings = plan_settings or {}
         self.worker_memory = worker_memory
         self.input_path = input_path
@@ -244,13 +254,14 @@ class StageInputOperator(RunStepOperator):
                 run_deadline_seconds=self.run_deadline_seconds,
             )
             try:
-                if signers is not None:
-                    assert output is not None  # _signers refused a run without an output path
-                    descriptors = self._stage_ranges(
-                        backend, local, fmt, limits, signers, plan, output, memory
-                    )
-                else:
-                    descriptors = self._stage_shards(backend, local, fmt, limits, plan, memory)
+                with self._reused(local, fmt, limits) as reused:
+                    if signers is not None:
+                        assert output is not None  # _signers refused a run without an output path
+                        descriptors = self._stage_ranges(
+                            backend, local, fmt, limits, signers, plan, output, memory, reused
+                        )
+                    else:
+                        descriptors = self._stage_shards(backend, local, fmt, limits, plan, memory, reused)
             except (InputError, StagingInputError) as exc:
                 raise StagingError(str(exc).replace(str(local), self.input_path)) from None
         self.log.info("plan %s: input sha256 %s", plan, copy.sha256)
@@ -270,7 +281,13 @@ class StageInputOperator(RunStepOperator):
             "work_claim": [self.work_claim_size, self.work_storage_class],
             "store_cidrs": sorted(self.store_cidrs or ()),
             "enrichment": self.plan_settings,
+            "previous_output": self.earlier_output,
         }
+
+    @property
+    def earlier_output(self) -> str | None:
+        """The earlier output an incremental run reuses, or None (unset, or an empty Param)."""
+        return None if is_unset(self.previous_output) else str(self.previous_output).strip()
 
     def _report(self, descriptors: list[dict[str, Any]], prefix: str) -> list[dict[str, Any]]:
         self.log.info(
@@ -287,6 +304,18 @@ class StageInputOperator(RunStepOperator):
             )
         return signers_for(self.input_path, self.output_path)
 
+    def _reused(
+        self, local: Path, fmt: str, limits: InputLimits
+    ) -> contextlib.AbstractContextManager[ReusedResults | None]:
+        """The earlier results of the input's records (an incremental run), or None."""
+        if self.earlier_output is None:
+            return contextlib.nullcontext()
+        return reused_results(
+            self.earlier_output, local, input_format=fmt,
+            id_field=coerce_settings({"id_field": self.id_field})["id_field"],
+            max_record_bytes=int(self.max_record_bytes), limits=limits,
+        )  # fmt: skip
+
     def _stage_shards(
         self,
         backend: RunBackend,
@@ -295,6 +324,7 @@ class StageInputOperator(RunStepOperator):
         limits: InputLimits,
         plan: str,
         memory: WorkerMemory,
+        reused: ReusedResults | None,
     ) -> list[dict[str, Any]]:
         """The log transport: Secret-sized shards, cut twice: counted against the caps, then staged."""
         validation = self._validate(local, fmt, limits)
@@ -312,7 +342,8 @@ class StageInputOperator(RunStepOperator):
             memory=memory,
             name=self.input_path,
         )
-        return stage_shards(backend, cut(), validation.malformed, validation.duplicates, plan)
+        self._report_reused(reused)
+        return stage_shards(backend, cut(), validation.malformed, validation.duplicates, plan, reused)
 
     def _stage_ranges(
         self,
@@ -324,6 +355,7 @@ class StageInputOperator(RunStepOperator):
         plan: str,
         output: ObjectStoragePath,
         memory: WorkerMemory,
+        reused: ReusedResults | None,
     ) -> list[dict[str, Any]]:
         """The object transport: a byte range of the input per pod, and each shard's pre-signed URLs, under
         the plan's transport folder (``<run output>/_transport/<plan>/``)."""
@@ -336,12 +368,21 @@ class StageInputOperator(RunStepOperator):
             raise StagingError(f"pods must be between 1 and max_shards ({self.max_shards}), not {pods}")
         ranges = plan_ranges(local, input_format=fmt, pods=pods, max_record_bytes=int(self.max_record_bytes))
         validation = self._validate(local, fmt, limits, boundaries=[r.first_line for r in ranges[1:]])
+        self._report_reused(reused)
         return stage_ranges(
             backend, local, ranges, validation, source=str(self.input_path), input_format=fmt, plan=plan,
             plan_folder=output / TRANSPORT_FOLDER / plan, signers=signers,
             expires=expiry_seconds(self.run_deadline_seconds), checkpoint_every=int(self.checkpoint_every),
-            store_cidrs=self.store_cidrs or (), memory=memory,
+            store_cidrs=self.store_cidrs or (), memory=memory, reused=reused,
         )  # fmt: skip
+
+    def _report_reused(self, reused: ReusedResults | None) -> None:
+        if reused is not None:
+            self.log.info(
+                "incremental run: %d of the input's records have one of the %d results of %s; each is "
+                "published again where its content is unchanged, the rest go to the model",
+                reused.found, reused.earlier, self.earlier_output,
+            )  # fmt: skip
 
     def _validate(
         self, local: Path, fmt: str, limits: InputLimits, boundaries: Sequence[int] = ()

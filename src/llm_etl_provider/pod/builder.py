@@ -291,6 +291,7 @@ def pod_invocation(
         heartbeat=Path(layout.HEARTBEAT_FILE),
         line_offset=shard.line_offset,
         duplicates=Path(layout.DUPLICATES_FILE) if shard.duplicates else None,
+        reused=Path(layout.REUSED_FILE) if shard.reused else None,
         llm_url=server.url,
         api=server.defaults.api,
         model=model,

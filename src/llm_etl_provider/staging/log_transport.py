@@ -15,6 +15,7 @@ from llm_etl_provider.staging.plan import WorkerMemory, plan_key, shard_descript
 if TYPE_CHECKING:
     from llm_etl_provider.backends import RunBackend
     from llm_etl_provider.staging.cutting import Shard
+    from llm_etl_provider.staging.reuse import ReusedResults
 
 
 def check_run_size(
@@ -45,9 +46,11 @@ def stage_shards(
     malformed: dict[str, list[int]],
     duplicates: list[int],
     plan: str,
+    reused: ReusedResults | None = None,
 ) -> list[dict[str, Any]]:
-    """Stage the plan's key (or keep it), then each shard as it is cut: the stage holds two shards, not
-    the whole input. Return the shards' descriptors, as dicts.
+    """Stage the plan's key (or keep it), then each shard as it is cut, with the earlier results of its
+    records (``reused``: an incremental run): the stage holds two shards, not the whole input. Return the
+    shards' descriptors, as dicts.
 
     The first pass (:func:`check_run_size`) has cut every shard already, so an input the sharding
     refuses (a CSV header it cannot repeat, a CSV line it would have to cut) fails before anything is
@@ -55,7 +58,7 @@ def stage_shards(
     """
     with plan_key(backend):
         return [
-            _stage_one(backend, shard, next_shard, malformed, duplicates, plan)
+            _stage_one(backend, shard, next_shard, malformed, duplicates, plan, reused)
             for shard, next_shard in _with_next(shards)
         ]
 
@@ -67,11 +70,12 @@ def _stage_one(
     malformed: dict[str, list[int]],
     duplicates: list[int],
     plan: str,
+    reused: ReusedResults | None,
 ) -> dict[str, Any]:
     """One shard's descriptor, once it is staged."""
     return shard_descriptor(
         shard, shard.records, next_shard.first_line if next_shard else None,
-        fmt=shard.input_format, plan=plan, malformed=malformed, duplicates=duplicates,
+        fmt=shard.input_format, plan=plan, malformed=malformed, duplicates=duplicates, reused=reused,
         stage=functools.partial(backend.stage_shard, shard),
         bytes=len(shard.data),
         input_sha256=hashlib.sha256(shard.data).hexdigest(),

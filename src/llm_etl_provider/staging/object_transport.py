@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
     from llm_etl_provider.backends import RunBackend
     from llm_etl_provider.staging.cutting import ByteRange
+    from llm_etl_provider.staging.reuse import ReusedResults
     from llm_etl_provider.staging.validation import Validation
 
 
@@ -56,6 +57,7 @@ def stage_ranges(
     checkpoint_every: int,
     store_cidrs: Sequence[str],
     memory: WorkerMemory,
+    reused: ReusedResults | None = None,
 ) -> list[dict[str, Any]]:
     """Stage a shard per byte range of ``local`` (the copy of the input object ``source``), with its
     pre-signed URLs under the plan's transport folder ``plan_folder`` (``<run output>/_transport/<plan>/``),
@@ -76,7 +78,7 @@ def stage_ranges(
             backend, local, ranges, records, malformed=validation.malformed,
             duplicates=validation.duplicates, fmt=input_format, plan=plan, plan_folder=plan_folder,
             signers=signers, expires=expires, source=source, checkpoint_every=checkpoint_every,
-            store_cidrs=store_cidrs,
+            store_cidrs=store_cidrs, reused=reused,
         )  # fmt: skip
 
 
@@ -96,6 +98,7 @@ def _stage_range_shards(
     source: str,
     checkpoint_every: int,
     store_cidrs: Sequence[str],
+    reused: ReusedResults | None,
 ) -> list[dict[str, Any]]:
     """Each range's shard: its URLs (parts, checkpoint, end marker) and where its pod may connect."""
     egress: list[tuple[str, int]] | None = None
@@ -125,6 +128,7 @@ def _stage_range_shards(
         end = ranges[byte_range.index + 1].first_line if byte_range.index + 1 < len(ranges) else None
         descriptor = shard_descriptor(
             byte_range, count, end, fmt=fmt, plan=plan, malformed=malformed, duplicates=duplicates,
+            reused=reused,
             stage=functools.partial(backend.stage_object_shard, byte_range.index, document.to_json()),
             bytes=document.input.size,
             input_sha256=document.input.sha256,

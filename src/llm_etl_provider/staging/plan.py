@@ -11,12 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 from llm_etl_provider.contract import layout
 from llm_etl_provider.contract.duplicates import encode_line_numbers
+from llm_etl_provider.contract.reuse import encode_reused
 from llm_etl_provider.contract.shard import ShardDescriptor
 from llm_etl_provider.exceptions import StagingError
 
 if TYPE_CHECKING:
     from llm_etl_provider.backends import RunBackend
     from llm_etl_provider.staging.cutting import ByteRange, Shard
+    from llm_etl_provider.staging.reuse import ReusedResults
 
 
 @contextlib.contextmanager
@@ -70,14 +72,22 @@ def shard_descriptor(
     plan: str,
     malformed: dict[str, list[int]],
     duplicates: list[int],
-    stage: Callable[[bytes], dict[str, Any]],
+    stage: Callable[[dict[str, bytes]], dict[str, Any]],
+    reused: ReusedResults | None = None,
     **transported: Any,
 ) -> dict[str, Any]:
     """The descriptor of a shard that holds the input lines from its first up to ``end`` (the next shard's
-    first; None: to the last), once ``stage`` staged it: ``stage`` is given the shard's lines whose id an
-    earlier shard holds (its worker dead-letters them as duplicate_id) and returns where it staged the shard.
-    What the transport adds of its own (size, digest, URLs) comes as ``transported``."""
+    first; None: to the last), once ``stage`` staged it: ``stage`` is given the files its worker reads beside
+    it, by name: the shard's lines whose id an earlier shard holds (its worker dead-letters them as
+    duplicate_id), and the earlier results of its records (``reused``: an incremental run); it returns where
+    it staged the shard. What the transport adds of its own (size, digest, URLs) comes as ``transported``."""
     repeated = duplicates[lines_within(duplicates, unit.first_line, end)]
+    earlier = reused.between(unit.first_line, end) if reused is not None else []
+    files = {}
+    if repeated:
+        files[layout.DUPLICATES_FILE_NAME] = encode_line_numbers(repeated)
+    if earlier:
+        files[layout.REUSED_FILE_NAME] = encode_reused(earlier)
     return ShardDescriptor(
         index=unit.index,
         records=records,
@@ -86,7 +96,8 @@ def shard_descriptor(
         first_line=unit.first_line,
         malformed=malformed if unit.index == 0 else {},  # shard 0 reports the input's
         duplicates=len(repeated),
+        reused=len(earlier),
         plan=plan,
         **transported,
-        **stage(encode_line_numbers(repeated) if repeated else b""),
+        **stage(files),
     ).to_xcom()

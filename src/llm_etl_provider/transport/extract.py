@@ -26,6 +26,7 @@ from typing import IO, Any
 from upath import UPath
 
 from llm_etl_provider.contract.provenance import PROVENANCE
+from llm_etl_provider.contract.reuse import REUSED
 from llm_etl_provider.transport.exceptions import TrailerMismatchError
 from llm_etl_provider.transport.frames import TRAILER_ATTEMPT, FrameReader
 
@@ -174,6 +175,8 @@ def extract(
             "records": trailer.results + trailer.dead_letters,
             "results": trailer.results,
             "dead_letters": trailer.dead_letters,
+            # results an incremental run published from an earlier output, sent to no model
+            REUSED: int(trailer.summary.get(REUSED, 0)),
             # blank input lines hold no record: counted, so that every input line is accounted for
             "skipped_blank_lines": int(trailer.summary.get("skipped_blank_lines", 0)),
             "frames": trailer.frames,

@@ -309,6 +309,7 @@ def _summary_section(facts: RunFacts) -> str:
         ("published", run.get("published_at")),
         ("records", number(run.get("records"))),
         ("results", number(run.get("results"))),
+        ("reused", f"{number(run.get('reused') or 0)} results of unchanged records, from an earlier output"),
         ("dead letters", number(run.get("dead_letters"))),
         (
             "blank lines skipped",

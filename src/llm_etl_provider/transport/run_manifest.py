@@ -22,6 +22,7 @@ from typing import Any
 
 from llm_etl_provider.contract.layout import shard_folder
 from llm_etl_provider.contract.provenance import PROVENANCE, provenance_id
+from llm_etl_provider.contract.reuse import REUSED
 from llm_etl_provider.contract.shard import ShardDescriptor
 from llm_etl_provider.transport import report
 from llm_etl_provider.transport.extract import FAILED, MANIFEST, SUCCEEDED, SUCCESS, as_upath, remove_tree
@@ -96,6 +97,7 @@ def _shard_entry(
         "records": manifest["records"],
         "results": manifest["results"],
         "dead_letters": manifest["dead_letters"],
+        REUSED: manifest.get(REUSED, 0),
         "skipped_blank_lines": manifest.get("skipped_blank_lines", 0),
         "files": manifest["files"],
         "plaintext_chain_sha256": manifest["plaintext_chain_sha256"],
@@ -152,6 +154,7 @@ def publish_run_manifest(
         "records": sum(entry["records"] for entry in entries),
         "results": sum(entry.get("results", 0) for entry in entries),
         "dead_letters": sum(entry.get("dead_letters", 0) for entry in entries),
+        REUSED: sum(entry.get(REUSED, 0) for entry in entries),
         "model": sorted(m for m in models if m) or None,
         "task": sorted(t for t in tasks if t) or None,
         # each result's meta.provenance names one of these

@@ -28,6 +28,7 @@ from llm_etl_provider.contract.invocation import (
     parse_argv,
 )
 from llm_etl_provider.contract.object_transport import ObjectTransport, ObjectTransportError
+from llm_etl_provider.contract.reuse import ReusedFileError, decode_reused
 from llm_etl_provider.contract.shard import validate_run_id
 from llm_etl_provider.formats.exceptions import InputError
 from llm_etl_provider.formats.records import RecordReader
@@ -107,6 +108,18 @@ def read_duplicates(path: Path | None) -> list[int]:
         raise ConfigurationError(f"the duplicates file {path} is malformed: {exc}") from None
 
 
+def read_reused(path: Path | None) -> dict[int, dict[str, Any]]:
+    """The earlier results the stage found for the shard's records, by input line (none without a file)."""
+    if path is None:
+        return {}
+    try:
+        return decode_reused(path.read_bytes())
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read the reused file {path}: {exc.strerror}") from None
+    except ReusedFileError as exc:
+        raise ConfigurationError(f"the reused file {path} is malformed: {exc}") from None
+
+
 def _log(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
@@ -184,7 +197,10 @@ async def _enrich(
     timeout = httpx.Timeout(invocation.request_timeout, connect=CONNECT_TIMEOUT)
     async with HttpLanes(timeout=timeout, headers=headers) as http:
         client = make_client(invocation, http)
-        engine = Engine(task, client, reader, sink, invocation, checkpoint=checkpoint, log=_log)
+        engine = Engine(
+            task, client, reader, sink, invocation, checkpoint=checkpoint, log=_log,
+            reused=read_reused(invocation.reused),
+        )  # fmt: skip
         try:
             return await engine.run()
         finally:

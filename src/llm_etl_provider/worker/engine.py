@@ -31,6 +31,13 @@ from llm_etl_provider.contract.invocation import (
     WorkerInvocation,
 )
 from llm_etl_provider.contract.provenance import PROVENANCE, provenance_id, provenance_record
+from llm_etl_provider.contract.reuse import (
+    CONTENT_SHA256,
+    RECORD_SHA256,
+    REUSED,
+    content_digest,
+    record_digest,
+)
 from llm_etl_provider.contract.summary import (
     LABEL_FIELD,
     OUTPUT_LABELS,
@@ -100,6 +107,8 @@ class Engine:
         interval, dead-letter threshold, readiness wait and progress interval there
     :param checkpoint: where to save progress; None for no resumability
     :param log: receives progress and summary lines (counts only)
+    :param reused: earlier results by input line, each published in place of a request where its
+        ``meta.content_sha256`` is the record's content digest now (:mod:`~llm_etl_provider.contract.reuse`)
     """
 
     def __init__(
@@ -113,6 +122,7 @@ class Engine:
         checkpoint: Checkpoint | None = None,
         log: Callable[[str], None] = print,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        reused: dict[int, dict[str, Any]] | None = None,
     ) -> None:
         self.task = task
         self.client = client
@@ -130,6 +140,7 @@ class Engine:
         self.summary: dict[str, Any] | None = None
         self.provenance: dict[str, Any] = {}
         self.provenance_id: str | None = None
+        self.reused = reused or {}  # earlier results by input line (the stage's reused file)
 
     async def run(self) -> dict[str, Any]:
         """Process every record; return the summary, or raise a :class:`WorkerError`."""
@@ -302,6 +313,7 @@ class Engine:
         if outcome.reason is None:
             self.sink.write_result(outcome.line)
             stats.results += 1
+            stats.reused += bool(outcome.line["meta"].get(REUSED))
             if outcome.latency is not None:
                 stats.latency.add(outcome.latency)
         else:
@@ -323,6 +335,13 @@ class Engine:
         if record.fields is None:
             assert record.error is not None, "a record without fields carries its reason"
             return self._dead_letter(record, record.error, record.detail, attempts=0)
+        record_sha256 = record_digest(record.fields)
+        content_sha256 = content_digest(record_sha256, self.provenance)
+        earlier = self.reused.get(record.line)
+        if earlier is not None and (earlier.get("meta") or {}).get(CONTENT_SHA256) == content_sha256:
+            return Outcome(
+                line=self._result_line(record, earlier["enrichment"], {**earlier["meta"], REUSED: True})
+            )
         try:
             user = self.task.template.render(record.fields)
         except MissingFieldError as exc:
@@ -371,25 +390,11 @@ class Engine:
                 "finish_reason": completion.finish_reason,
                 "attempts": attempt,
                 PROVENANCE: self.provenance_id,
+                RECORD_SHA256: record_sha256,
+                CONTENT_SHA256: content_sha256,
             }
-            if (label_field := self.invocation.label_field) is not None:
-                known = record.fields.get(label_field)
-                meta[RESULT_LABEL] = None if known is None else label_text(known)
-            line = {
-                "id": record.record_id,
-                "line": record.line,
-                "task": self.task.name,
-                "enrichment": enrichment,
-                "meta": meta,
-            }
-            if (carry := self.invocation.carry_fields) is not None:
-                line[CARRIED_FIELD] = (
-                    dict(record.fields)
-                    if ALL_FIELDS in carry
-                    else {name: record.fields.get(name) for name in carry}
-                )
             return Outcome(
-                line=line,
+                line=self._result_line(record, enrichment, meta),
                 latency=latency,
                 completion=completion,
                 retries=attempt - 1,
@@ -398,6 +403,30 @@ class Engine:
         outcome = self._dead_letter(record, failure.reason, failure.detail, attempts=policy.max_attempts)
         outcome.completion = completion
         return outcome
+
+    def _result_line(
+        self, record: InputRecord, enrichment: dict[str, Any], meta: dict[str, Any]
+    ) -> dict[str, Any]:
+        """A record's result line: its answer and meta, the input's label and carried fields as they are
+        now."""
+        assert record.fields is not None, "only a readable record has a result"
+        if (label_field := self.invocation.label_field) is not None:
+            known = record.fields.get(label_field)
+            meta[RESULT_LABEL] = None if known is None else label_text(known)
+        line = {
+            "id": record.record_id,
+            "line": record.line,
+            "task": self.task.name,
+            "enrichment": enrichment,
+            "meta": meta,
+        }
+        if (carry := self.invocation.carry_fields) is not None:
+            line[CARRIED_FIELD] = (
+                dict(record.fields)
+                if ALL_FIELDS in carry
+                else {name: record.fields.get(name) for name in carry}
+            )
+        return line
 
     def _dead_letter(
         self, record: InputRecord, reason: DeadLetterReason, detail: str, *, attempts: int

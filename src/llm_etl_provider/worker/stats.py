@@ -23,6 +23,7 @@ class RunStats:
     completion_tokens: int = 0
     cached_tokens: int = 0
     retries: int = 0
+    reused: int = 0  # results published from an earlier output, sent to no model
     resumed_from: int = 0
     resumed_tokens: int = 0
     resumed_completion_tokens: int = 0
@@ -45,6 +46,7 @@ class RunStats:
             "completion_tokens": self.completion_tokens,
             "cached_tokens": self.cached_tokens,
             "retries": self.retries,
+            "reused": self.reused,
         }
 
     def restore(self, counts: dict[str, Any], records_done: int) -> None:
@@ -55,6 +57,7 @@ class RunStats:
         self.completion_tokens = int(counts.get("completion_tokens", 0))
         self.cached_tokens = int(counts.get("cached_tokens", 0))
         self.retries = int(counts.get("retries", 0))
+        self.reused = int(counts.get("reused", 0))
         self.resumed_from = records_done
         self.resumed_tokens = self.prompt_tokens + self.completion_tokens
         self.resumed_completion_tokens = self.completion_tokens
@@ -105,6 +108,7 @@ class RunStats:
             "completion_tokens": self.completion_tokens,
             "cached_prompt_tokens": self.cached_tokens,
             "retries": self.retries,
+            "reused": self.reused,
             "latency_p50_s": round(p50, 3) if p50 is not None else None,
             "latency_p95_s": round(p95, 3) if p95 is not None else None,
             PROGRESS_SERIES: self.series.to_summary(elapsed, self.done),

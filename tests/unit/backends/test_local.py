@@ -68,7 +68,7 @@ def test_open_plan_renews_an_unreadable_key_and_the_plan_with_it(tmp_path, caplo
 def test_stage_shard_writes_owner_only_files_once(tmp_path):
     staged = backend(tmp_path)
     staged.open_plan()
-    where = staged.stage_shard(shard(), duplicates=b"repeated lines")
+    where = staged.stage_shard(shard(), files={DUPLICATES_FILE_NAME: b"repeated lines"})
     path = staged.shard_input(0, "jsonl")
     assert where == {"path": str(path)}
     assert path.parent == staged.plan_root / shard_folder(0)

@@ -585,3 +585,36 @@ def test_each_result_names_its_provenance_and_the_summary_holds_it_whole(tmp_pat
     )
     assert other["provenance"]["prompt_sha256"] != made["prompt_sha256"]
     assert other["provenance"]["model_digest"] is None  # not given: unknown, not guessed
+
+
+def test_an_earlier_result_is_published_in_place_of_a_request_only_while_its_content_is_unchanged(tmp_path):
+    """An incremental run: the stage's reused file gives earlier results by line; each is published (marked
+    reused, its id and line this input's) where its content digest is the one computed now, else the record
+    goes to the model."""
+    input_path = write_input(tmp_path / "in.jsonl", 4)
+    server = FakeLLMServer()
+    run_engine(tmp_path, server, input_path, settings=worker_flags(carry_fields=("text",)))
+    first = read_jsonl(tmp_path / "results.jsonl")
+    assert all(len(r["meta"]["content_sha256"]) == 64 for r in first)
+    earlier = {r["line"]: {**r, "enrichment": {"sentiment": "neutral"}} for r in first[:3]}
+    earlier[3]["meta"] = {**earlier[3]["meta"], "content_sha256": "0" * 64}  # made otherwise
+    again = FakeLLMServer()
+
+    async def go() -> dict:
+        async with httpx.AsyncClient(transport=again.transport()) as http:
+            engine = Engine(
+                task_for("sentiment", template=TEXT), make_client(worker_flags(api=again.api), http),
+                RecordReader(input_path), JsonlFileSink(tmp_path / "again.jsonl", tmp_path / "dead.jsonl"),
+                worker_flags(carry_fields=("text",), progress_interval=60), log=lambda _: None,
+                sleep=no_sleep, reused=earlier,
+            )  # fmt: skip
+            return await engine.run()
+
+    summary = asyncio.run(go())
+    results = read_jsonl(tmp_path / "again.jsonl")
+    assert [r["meta"].get("reused", False) for r in results] == [True, True, False, False]
+    assert [r["enrichment"]["sentiment"] for r in results[:2]] == ["neutral", "neutral"]  # the earlier ones
+    assert results[0]["input"] == first[0]["input"]  # carried from this input
+    assert len(again.chat_bodies) == 2  # lines 3 (made otherwise) and 4 (no earlier result) only
+    assert summary["reused"] == 2
+    assert summary["results"] == 4
