@@ -586,3 +586,52 @@ def test_a_parquet_input_that_is_not_parquet_or_wants_the_object_transport_is_re
             input_path="s3://bucket/reviews.parquet", transport="object", output_path="s3://bucket/out"
         ).execute({"run_id": RUN})
     assert api.objects["secrets"] == {}
+
+
+def test_an_incremental_stage_stages_the_earlier_results_of_its_records_beside_their_shards(tmp_path):
+    from llm_etl_provider.contract.reuse import decode_reused, record_digest
+
+    source = write_input(tmp_path / "reviews.jsonl", n=30, size=100)
+    records = [json.loads(line) for line in source.read_text().splitlines()]
+    earlier = tmp_path / "earlier" / "shard-00000"
+    earlier.mkdir(parents=True)
+    meta = {"content_sha256": "c" * 64}
+    results = [
+        {"id": r["id"], "line": 40 + n, "task": "sentiment", "enrichment": {"sentiment": "positive"},
+         "meta": {**meta, "record_sha256": record_digest(r)}}
+        for n, r in enumerate(records) if n % 3 == 0
+    ] + [{"id": "old", "line": 1, "enrichment": {}, "meta": meta}]  # fmt: skip
+    (earlier / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results))
+    op = stage(
+        input_path=str(source), execution_mode="local", local_dir=str(tmp_path / "staging"),
+        max_shard_bytes=1500, max_record_bytes=700, previous_output=str(tmp_path / "earlier"),
+    )  # fmt: skip
+    shards = op.execute({"run_id": RUN})
+    assert len(shards) > 1
+    assert sum(s["reused"] for s in shards) == 10
+    for shard in shards:
+        staged = Path(shard["path"]).parent / "reused.gz"
+        if not shard["reused"]:
+            assert not staged.exists()
+            continue
+        reused = decode_reused(staged.read_bytes())
+        assert len(reused) == shard["reused"]
+        assert all((line - 1) % 3 == 0 for line in reused)  # each by its line in this input
+        assert all(result["enrichment"] == {"sentiment": "positive"} for result in reused.values())
+    # another earlier output is another plan
+    other = tmp_path / "other" / "shard-00000"
+    other.mkdir(parents=True)
+    (other / "results.jsonl").write_text("")
+    again = stage(
+        input_path=str(source), execution_mode="local", local_dir=str(tmp_path / "staging"),
+        max_shard_bytes=1500, max_record_bytes=700, previous_output=str(tmp_path / "other"),
+    ).execute({"run_id": RUN})  # fmt: skip
+    assert again[0]["plan"] != shards[0]["plan"]
+    assert sum(s["reused"] for s in again) == 0
+
+
+def test_an_earlier_output_without_shards_is_refused_before_anything_is_staged(tmp_path, api):
+    source = write_input(tmp_path / "reviews.jsonl", n=5)
+    with pytest.raises(StagingError, match="no shard folder under the earlier output"):
+        stage(input_path=str(source), previous_output=str(tmp_path)).execute({"run_id": RUN})
+    assert api.objects["secrets"] == {}
