@@ -35,6 +35,7 @@ from llm_etl_provider.staging.cutting import (
 )
 from llm_etl_provider.task_group import llm_enrichment_task_group
 from llm_etl_provider.transport.extract import JSONL_OUTPUT, OUTPUT_FORMATS
+from llm_etl_provider.transport.quality import DEFAULT_QUALITY_MEASURE, QUALITY_MEASURES
 
 CONFIG = LLMEtlConfig.from_airflow()  # [llm_etl]
 LOCAL = CONFIG.execution_mode == LOCAL_MODE
@@ -198,6 +199,29 @@ PARAMS: dict[str, Param] = {
         "(the record, prompts, schema, model, sampling) is unchanged gets its earlier result again, without "
         "a request. Empty: every record goes to the model",
     ),
+    "golden_path": Param(
+        None,
+        type=["null", "string"],
+        title="Golden set",
+        description="A file of records with known labels in the Label column's field, enriched with the run "
+        "and measured (accuracy, macro-F1), published apart. Empty: none",
+    ),
+    "min_quality": Param(
+        None,
+        type=["null", "number"],
+        minimum=0,
+        maximum=1,
+        title="Least quality on the golden set",
+        description="Below it on the chosen measure the run publishes no _SUCCESS and fails, saying the "
+        "measure. Empty: measured, never gating",
+    ),
+    "quality_measure": Param(
+        DEFAULT_QUALITY_MEASURE,
+        enum=list(QUALITY_MEASURES),
+        title="Quality measure",
+        description="accuracy; macro_f1 for one label per record (sentiment); macro_recall for lists "
+        "(tags, moderation)",
+    ),
     "output_format": Param(
         JSONL_OUTPUT,
         enum=list(OUTPUT_FORMATS),
@@ -240,6 +264,9 @@ def llm_enrichment() -> None:
         carry_fields="{{ params.carry_fields }}",
         output_format="{{ params.output_format }}",
         previous_output="{{ params.previous_output }}",
+        golden_path="{{ params.golden_path }}",
+        min_quality="{{ params.min_quality }}",
+        quality_measure="{{ params.quality_measure }}",
         **({} if LOCAL else {"backend": "{{ params.backend }}"}),
         **CONFIG.task_group_arguments(),
     )

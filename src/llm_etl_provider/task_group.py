@@ -43,6 +43,7 @@ from llm_etl_provider.staging.cutting import (
     DEFAULT_SHARD_BYTES,
 )
 from llm_etl_provider.transport.extract import JSONL_OUTPUT
+from llm_etl_provider.transport.quality import DEFAULT_QUALITY_MEASURE
 
 # How the group's steps retry a failed try (a preempted GPU node, a lost pod, an API or store hiccup): the
 # enrichment's default, and the model cache's, the extractions' and the publishing's
@@ -68,6 +69,9 @@ def llm_enrichment_task_group(
     input_format: str = default_of("input_format"),
     output_format: str = JSONL_OUTPUT,
     previous_output: str | None = None,
+    golden_path: str | None = None,
+    min_quality: float | str | None = None,
+    quality_measure: str = DEFAULT_QUALITY_MEASURE,
     max_shard_bytes: int | str = DEFAULT_SHARD_BYTES,
     max_record_bytes: int | str = DEFAULT_MAX_RECORD_BYTES,
     max_input_bytes: int | str = DEFAULT_MAX_INPUT_BYTES,
@@ -123,7 +127,9 @@ def llm_enrichment_task_group(
     ``output_format``: ``jsonl`` or ``parquet`` (each shard's ``results.parquet`` and
     ``dead_letter.parquet``; the worker's ``carry_fields`` puts input columns beside the enrichment).
     ``previous_output``: an earlier run's output folder; its results of unchanged records are published
-    again instead of asking the model (:class:`StageInputOperator`).
+    again instead of asking the model (:class:`StageInputOperator`). ``golden_path``: a labelled golden
+    set (its labels in the worker's ``label_field``) enriched with each run and published apart; its
+    ``quality_measure`` below ``min_quality`` withholds the run's ``_SUCCESS`` (:class:`PublishRunOperator`).
     ``transport``: ``log`` (shards in Secrets, results through the pods' logs: no egress, for small runs) or
     ``object`` (``pods`` byte ranges of the input read from the store, results as part objects: the path for
     large runs; see :class:`StageInputOperator`).
@@ -162,6 +168,8 @@ def llm_enrichment_task_group(
             run_deadline_seconds=run_deadline_seconds,
             worker_memory=worker_memory,
             previous_output=previous_output,
+            golden_path=golden_path,
+            golden_label_field=enrichment.get("label_field"),
             # what the shards' results depend on beside the input: another value makes another plan
             plan_settings={"model": model, **{k: v for k, v in enrichment.items() if k in PLAN_SETTINGS}},
             **common,
@@ -252,6 +260,8 @@ def llm_enrichment_task_group(
             output_path=output_path,
             shards=shards,
             gpus_per_shard=gpus if isinstance(gpus, int) else None,
+            min_quality=min_quality,
+            quality_measure=quality_measure,
             trigger_rule=TriggerRule.ALL_DONE,
             # it reads and writes the store and the pods' status: a hiccup must not withhold _SUCCESS
             retries=RETRIES,

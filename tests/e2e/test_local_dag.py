@@ -362,3 +362,36 @@ def test_a_run_again_after_one_row_changed_asks_the_model_once_and_publishes_the
     assert asked == 6 - len(unchanged)  # the changed record, and any the first run could not answer
     assert summary["prompt_tokens"] < first["prompt_tokens"] * asked / 6 + 50
     assert shard["reused"] == len(unchanged)
+
+
+def test_a_golden_set_below_min_quality_withholds_the_run_s_success_and_says_the_measure(tmp_path, local_dag):
+    """The quality gate through the trigger form: a labelled golden set enriched with the run, published
+    apart, measured; a threshold the small model cannot reach fails the run, its manifest saying why."""
+    dag, _ = local_dag
+    lines = [line for line in SAMPLE.read_text().splitlines(keepends=True) if len(line) < 400]
+    (tmp_path / "reviews.jsonl").write_text("".join(lines[:3]))
+    # known labels no answer can match (not the schema's): accuracy 0, whatever the model says
+    golden = [{**json.loads(line), "rating_label": "mixed"} for line in lines[3:9]]
+    (tmp_path / "golden.jsonl").write_text("".join(json.dumps(row) + "\n" for row in golden))
+    run = dag.test(
+        run_conf={
+            "input_path": str(tmp_path / "reviews.jsonl"), "output_path": str(tmp_path / "out"),
+            "model": "smollm2", "template": "{review}", "label_field": "rating_label",
+            "golden_path": str(tmp_path / "golden.jsonl"), "min_quality": 0.5,
+            "quality_measure": "accuracy",
+        }
+    )  # fmt: skip
+    assert run.state == "failed"
+    assert run.get_task_instance("llm_enrichment.publish").state == "failed"
+    (manifest_path,) = list((tmp_path / "out").glob("*/*/*/manifest.json"))
+    manifest = json.loads(manifest_path.read_text())
+    folder = manifest_path.parent
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["golden-00001", "shard-00000"]
+    assert manifest["records"] == 3  # the input's; the golden set is measured, not counted
+    quality = manifest["quality"]
+    assert quality["golden_records"] == 6
+    assert quality["passed"] is False
+    assert quality["accuracy"] == 0
+    assert manifest["failure"] == "quality gate: accuracy 0.0000 on 6 golden records is below min_quality 0.5"
+    assert not (folder / "_SUCCESS").exists()
+    assert (folder / "shard-00000" / "_SUCCESS").exists()  # the shards themselves succeeded

@@ -226,3 +226,12 @@ def run_output_folder(scope: str, run_id: str) -> str:
 def shard_folder(index: int) -> str:
     """A shard's folder: in the published output, and in local execution's staging."""
     return f"shard-{index:05d}"
+
+
+GOLDEN_PREFIX = "golden-"  # the published folders of the golden set's shards (the quality gate)
+
+
+def published_folder(index: int, golden: bool = False) -> str:
+    """Where a shard publishes under its run's output: ``shard-<index>``, or for a shard of the golden set
+    ``golden-<index>``, beside the results and never among them."""
+    return f"{GOLDEN_PREFIX}{index:05d}" if golden else shard_folder(index)

@@ -40,6 +40,8 @@ class ShardDescriptor:
         are staged with the shard (:mod:`~llm_etl_provider.contract.duplicates`) for the worker
     :param reused: how many of its records have an earlier result (an incremental run): those results are
         staged with the shard (:mod:`~llm_etl_provider.contract.reuse`), published where still valid
+    :param golden: a shard of the golden set (the quality gate), not of the input: it publishes under
+        ``golden-<index>`` (:func:`~llm_etl_provider.contract.layout.published_folder`)
     :param malformed: reason -> first input lines of malformed records (shard 0 reports the input's)
     :param transport: ``log`` (its input in its Secret, its frames in its log) or ``object`` (its Secret holds
         pre-signed URLs: :mod:`~llm_etl_provider.contract.object_transport`)
@@ -65,6 +67,7 @@ class ShardDescriptor:
     work_claim: str | None = None
     duplicates: int = 0
     reused: int = 0
+    golden: bool = False
     malformed: dict[str, list[int]] = field(default_factory=dict)
     transport: str = DEFAULT_TRANSPORT
     egress: list[list[Any]] = field(default_factory=list)

@@ -10,7 +10,7 @@ from airflow.sdk import ObjectStoragePath
 from airflow.sdk.exceptions import AirflowFailException
 
 from llm_etl_provider.contract.invocation import OBJECT_OUTPUT
-from llm_etl_provider.contract.layout import shard_folder
+from llm_etl_provider.contract.layout import published_folder
 from llm_etl_provider.contract.shard import ShardDescriptor
 from llm_etl_provider.exceptions import ExtractionError, FrameStreamRejectedError, ShardFailedError
 from llm_etl_provider.operators.base import RunStepOperator, backend_for
@@ -71,7 +71,7 @@ class ExtractResultsOperator(RunStepOperator):
         shard = ShardDescriptor.from_xcom(self.shard)
         run_id = str(context["run_id"])
         run_output = self.run_output(context)
-        destination = run_output / shard_folder(shard.index)
+        destination = run_output / published_folder(shard.index, shard.golden)
         # the key, and the try whose pod (or local log) ended last; its log holds the frames unless the
         # object transport wrote them as parts, where the stage signed them for
         backend = backend_for(self, context, key_secret=self.key_secret or shard.key_secret, plan=shard.plan)

@@ -9,12 +9,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperatorLink, ObjectStoragePath, XComArg
+from airflow.sdk.exceptions import AirflowFailException
 
+from llm_etl_provider.contract.invocation import is_unset
 from llm_etl_provider.contract.shard import ShardDescriptor
 from llm_etl_provider.exceptions import RunIncompleteError
 from llm_etl_provider.hooks.object_store import MAX_EXPIRY_SECONDS, signer_for
 from llm_etl_provider.operators.base import RunStepOperator, backend_for
 from llm_etl_provider.transport.extract import SUCCEEDED
+from llm_etl_provider.transport.quality import DEFAULT_QUALITY_MEASURE, QUALITY_MEASURES
 from llm_etl_provider.transport.run_manifest import publish_run_manifest
 
 if TYPE_CHECKING:
@@ -70,12 +73,18 @@ class PublishRunOperator(RunStepOperator):
         ``<output_path>/<dag>/<group>/<run>/`` (:meth:`~RunStepOperator.run_output`)
     :param shards: the shard descriptors from StageInputOperator (templated)
     :param gpus_per_shard: GPUs each shard's pod held, for the manifest's GPU-seconds (None: not reported)
+    :param min_quality: the quality gate's threshold (templated): with a golden set among the shards (the
+        stage's ``golden_path``), a run whose ``quality_measure`` (``accuracy``, ``macro_f1`` or
+        ``macro_recall``: :mod:`~llm_etl_provider.transport.quality`) on it is lower gets no ``_SUCCESS``,
+        and this task fails saying the measure; None: measured and reported, never gating
     and the run's ``namespace``, ``kubernetes_conn_id``, ``execution_mode``, ``local_dir`` and ``scope``
     (:class:`~llm_etl_provider.operators.base.RunStepOperator`): each shard's pods are measured from their
     status (wall time, model-load time), before the cleanup removes them
     """
 
-    template_fields: Sequence[str] = ("output_path", "shards", "namespace", "local_dir")
+    template_fields: Sequence[str] = (
+        "output_path", "shards", "namespace", "local_dir", "min_quality", "quality_measure",
+    )  # fmt: skip
     operator_extra_links = (RunReportLink(),)
 
     def __init__(
@@ -84,12 +93,16 @@ class PublishRunOperator(RunStepOperator):
         output_path: str,
         shards: list[dict[str, Any]] | str | XComArg,
         gpus_per_shard: int | None = None,
+        min_quality: float | str | None = None,
+        quality_measure: str = DEFAULT_QUALITY_MEASURE,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.output_path = output_path
         self.shards = shards
         self.gpus_per_shard = gpus_per_shard
+        self.min_quality = min_quality
+        self.quality_measure = quality_measure
         self.report_link: str | None = None  # set once the report is written (RunReportLink)
 
     def execute(self, context: Context) -> dict[str, Any]:
@@ -98,6 +111,14 @@ class PublishRunOperator(RunStepOperator):
                 f"shards must be the stage's list of shard descriptors, not {type(self.shards).__name__}"
             )
         planned = [ShardDescriptor.from_xcom(shard) for shard in self.shards]
+        if self.quality_measure not in QUALITY_MEASURES:
+            raise AirflowFailException(
+                f"quality_measure must be one of {', '.join(QUALITY_MEASURES)}, not {self.quality_measure!r}"
+            )
+        try:
+            threshold = None if is_unset(self.min_quality) else float(str(self.min_quality))
+        except ValueError:
+            raise AirflowFailException(f"min_quality must be a number, not {self.min_quality!r}") from None
         output = self.run_output(context)
         manifest = publish_run_manifest(
             output,
@@ -105,6 +126,8 @@ class PublishRunOperator(RunStepOperator):
             run_id=str(context["run_id"]),
             gpus_per_shard=self.gpus_per_shard,
             pod_timings=backend_for(self, context, plan=_one_plan(planned)).pod_timings(),
+            min_quality=threshold,
+            quality_measure=self.quality_measure,
         )
         states = ", ".join(f"{n} {state}" for state, n in manifest["shard_states"].items())
         self.log.info(
@@ -115,6 +138,8 @@ class PublishRunOperator(RunStepOperator):
         self._link_report(output / manifest["report"])
         if manifest["state"] != SUCCEEDED:
             context["ti"].xcom_push(key="return_value", value=manifest)  # the failed task's too
+            if "failure" in manifest:  # the quality gate
+                raise RunIncompleteError(f"no _SUCCESS for the run: {manifest['failure']}")
             failed = [f"shard {s['shard']} {s['state']}: {s.get('failure', '')}" for s in manifest["shards"]
                       if s["state"] != SUCCEEDED]  # fmt: skip
             raise RunIncompleteError(

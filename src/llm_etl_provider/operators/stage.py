@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ from llm_etl_provider.backends import RunBackend
 from llm_etl_provider.backends.urls import signers_for
 from llm_etl_provider.contract import layout
 from llm_etl_provider.contract.invocation import (
+    AUTO_FORMAT,
     DEFAULT_MAX_RECORD_BYTES,
     OBJECT_OUTPUT,
     WORKER_SETTINGS,
@@ -27,8 +29,8 @@ from llm_etl_provider.contract.object_transport import DEFAULT_TRANSPORT, TRANSP
 from llm_etl_provider.contract.shard import validate_run_id
 from llm_etl_provider.exceptions import PodSpecError, StagingError, StagingInputError
 from llm_etl_provider.formats.exceptions import InputError
-from llm_etl_provider.formats.parquet import PARQUET_FORMAT, declared_parquet
-from llm_etl_provider.formats.records import InputLimits, detect_format
+from llm_etl_provider.formats.parquet import declared_parquet
+from llm_etl_provider.formats.records import InputLimits, RecordReader
 from llm_etl_provider.hooks.object_store import ObjectStoreSigner, expiry_seconds
 from llm_etl_provider.operators.base import RunStepOperator, backend_for
 from llm_etl_provider.pod.builder import quantity_bytes
@@ -42,7 +44,7 @@ from llm_etl_provider.staging.cutting import (
     plan_ranges,
     plan_shards,
 )
-from llm_etl_provider.staging.input_copy import as_json_lines, input_copy
+from llm_etl_provider.staging.input_copy import LocalInput, local_input
 from llm_etl_provider.staging.log_transport import check_run_size, stage_shards
 from llm_etl_provider.staging.object_transport import check_uncompressed, stage_ranges
 from llm_etl_provider.staging.plan import WorkerMemory
@@ -126,6 +128,12 @@ class StageInputOperator(RunStepOperator):
         and its worker publishes that result in place of a request where the record's content (the record,
         the prompts, the schema, the model and its digest, the sampling) is unchanged
         (:mod:`~llm_etl_provider.contract.reuse`); the manifests count them as reused
+    :param golden_path: a golden set (templated): a file of records whose ``golden_label_field`` holds their
+        known label (JSONL, CSV or Parquet, by its name), staged beside the input as shards of their own
+        (``golden``, after the input's), enriched alike and published apart (``golden-<index>``): the run's
+        quality gate measures the model on it (:class:`PublishRunOperator`'s ``min_quality``)
+    :param golden_label_field: the golden records' label field: the worker's ``label_field``, which copies
+        each record's label into its result (required with ``golden_path``; templated)
     :param plan_settings: what else the shards' results depend on (the model, the task, its prompt and
         schema ...; templated): part of the plan, so that a run executed again with other settings publishes
         nothing of the earlier execution's
@@ -151,6 +159,8 @@ class StageInputOperator(RunStepOperator):
         "worker_memory",
         "checkpoint_every",
         "previous_output",
+        "golden_path",
+        "golden_label_field",
     )
 
     def __init__(
@@ -176,10 +186,14 @@ class StageInputOperator(RunStepOperator):
         plan_settings: dict[str, Any] | None = None,
         worker_memory: str = layout.DEFAULT_WORKER_MEMORY,
         previous_output: str | None = None,
+        golden_path: str | None = None,
+        golden_label_field: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.previous_output = previous_output
+        self.golden_path = golden_path
+        self.golden_label_field = golden_label_field
         self.plan_settings = plan_settings or {}
         self.worker_memory = worker_memory
         self.input_path = input_path
@@ -231,20 +245,23 @@ class StageInputOperator(RunStepOperator):
         if output is not None:
             # this execution publishes the run again: the run's earlier _SUCCESS must not vouch for it
             unpublish_run(output)
-        source = ObjectStoragePath(self.input_path)
         limits = InputLimits(max_bytes=int(self.max_input_bytes), max_records=int(self.max_input_records))
-        try:
-            fmt = "jsonl" if parquet else detect_format(Path(self.input_path), self.input_format)
-        except InputError as exc:
-            raise StagingError(str(exc)) from None
         # read twice (validation, then sharding) from a local copy that leaves nothing behind; Parquet's
         # rows as JSON lines, row n on line n
-        with (
-            input_copy(source, max_bytes=limits.max_bytes, name=self.input_path) as copy,
-            as_json_lines(copy, self.input_path) if parquet else contextlib.nullcontext(copy.path) as local,
-        ):
-            plan_format = PARQUET_FORMAT if parquet else fmt
-            plan = plan_id(self.run_scope, run_id, copy.sha256, self._plan_settings(plan_format))
+        with contextlib.ExitStack() as inputs:
+            try:
+                local = inputs.enter_context(
+                    local_input(self.input_path, self.input_format, max_bytes=limits.max_bytes)
+                )
+                golden = (
+                    inputs.enter_context(local_input(self.golden, AUTO_FORMAT, max_bytes=limits.max_bytes))
+                    if self.golden
+                    else None
+                )
+            except InputError as exc:
+                raise StagingError(str(exc)) from None
+            settings = self._plan_settings(local.declared, golden.sha256 if golden else None)
+            plan = plan_id(self.run_scope, run_id, local.sha256, settings)
             backend = backend_for(
                 self,
                 context,
@@ -253,23 +270,29 @@ class StageInputOperator(RunStepOperator):
                 work_storage_class=self.work_storage_class,
                 run_deadline_seconds=self.run_deadline_seconds,
             )
+            fmt = local.format
             try:
-                with self._reused(local, fmt, limits) as reused:
+                with self._reused(local.path, fmt, limits) as reused:
                     if signers is not None:
                         assert output is not None  # _signers refused a run without an output path
                         descriptors = self._stage_ranges(
-                            backend, local, fmt, limits, signers, plan, output, memory, reused
+                            backend, local.path, fmt, limits, signers, plan, output, memory, reused
                         )
                     else:
-                        descriptors = self._stage_shards(backend, local, fmt, limits, plan, memory, reused)
+                        descriptors = self._stage_shards(
+                            backend, local.path, fmt, limits, plan, memory, reused
+                        )
             except (InputError, StagingInputError) as exc:
-                raise StagingError(str(exc).replace(str(local), self.input_path)) from None
-        self.log.info("plan %s: input sha256 %s", plan, copy.sha256)
+                raise StagingError(str(exc).replace(str(local.path), self.input_path)) from None
+            if golden is not None:
+                descriptors += self._stage_golden(backend, golden, limits, plan, memory, len(descriptors))
+        self.log.info("plan %s: input sha256 %s", plan, local.sha256)
         return self._report(descriptors, layout.plan_prefix(self.run_scope, run_id, plan))
 
-    def _plan_settings(self, fmt: str) -> dict[str, Any]:
+    def _plan_settings(self, fmt: str, golden_sha256: str | None = None) -> dict[str, Any]:
         """What cuts and stages the input, beside its content: another value makes another plan."""
         return {
+            "golden": [self.golden, golden_sha256],
             "input": self.input_path,
             "format": fmt,
             "transport": self.transport,
@@ -283,6 +306,44 @@ class StageInputOperator(RunStepOperator):
             "enrichment": self.plan_settings,
             "previous_output": self.earlier_output,
         }
+
+    @property
+    def golden(self) -> str | None:
+        """The golden set's path, or None (unset, or an empty Param)."""
+        return None if is_unset(self.golden_path) else str(self.golden_path).strip()
+
+    def _stage_golden(
+        self,
+        backend: RunBackend,
+        golden: LocalInput,
+        limits: InputLimits,
+        plan: str,
+        memory: WorkerMemory,
+        first_index: int,
+    ) -> list[dict[str, Any]]:
+        """The golden set's shards, numbered after the input's, marked ``golden``."""
+        name = str(self.golden)
+        label = None if is_unset(self.golden_label_field) else str(self.golden_label_field)
+        if label is None:
+            raise StagingError(
+                f"the golden set {name} needs label_field: the field holding each golden record's known label"
+            )
+        validation = self._validate(golden.path, golden.format, limits, name=name)
+        id_field = coerce_settings({"id_field": self.id_field})["id_field"]
+        reader = RecordReader(golden.path, input_format=golden.format, id_field=id_field, limits=limits)
+        if not any(r.fields is not None and r.fields.get(label) is not None for r in reader):
+            raise StagingError(f"no record of the golden set {name} has a label in its field {label!r}")
+        cut = plan_shards(
+            golden.path, input_format=golden.format, max_shard_bytes=int(self.max_shard_bytes),
+            max_record_bytes=int(self.max_record_bytes),
+        )  # fmt: skip
+        shards = (dataclasses.replace(shard, index=shard.index + first_index) for shard in cut)
+        try:
+            return stage_shards(
+                backend, shards, validation.malformed, validation.duplicates, plan, golden=True
+            )
+        except (InputError, StagingInputError) as exc:
+            raise StagingError(str(exc).replace(str(golden.path), name)) from None
 
     @property
     def earlier_output(self) -> str | None:
@@ -385,7 +446,12 @@ class StageInputOperator(RunStepOperator):
             )  # fmt: skip
 
     def _validate(
-        self, local: Path, fmt: str, limits: InputLimits, boundaries: Sequence[int] = ()
+        self,
+        local: Path,
+        fmt: str,
+        limits: InputLimits,
+        boundaries: Sequence[int] = (),
+        name: str | None = None,
     ) -> Validation:
         return validate_input(
             local,
@@ -394,7 +460,7 @@ class StageInputOperator(RunStepOperator):
             id_field=coerce_settings({"id_field": self.id_field})["id_field"],
             max_record_bytes=int(self.max_record_bytes),
             limits=limits,
-            name=self.input_path,
+            name=name or self.input_path,
             log=self.log,
             boundaries=boundaries,
         )

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from llm_etl_provider.exceptions import StagingError
 from llm_etl_provider.formats.exceptions import UnreadableInput
-from llm_etl_provider.formats.parquet import parquet_to_jsonl
+from llm_etl_provider.formats.parquet import PARQUET_FORMAT, declared_parquet, parquet_to_jsonl
+from llm_etl_provider.formats.records import detect_format
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -82,3 +83,34 @@ def as_json_lines(copy: InputCopy, name: str) -> Iterator[Path]:
         except UnreadableInput as exc:
             raise StagingError(f"{name}: {exc}") from None
         yield lines
+
+
+@dataclass(frozen=True)
+class LocalInput:
+    """An input read locally as the stage reads it.
+
+    :param path: its records, as the worker reads them (a Parquet input's as JSON lines)
+    :param format: the format of ``path``: ``jsonl`` or ``csv``
+    :param sha256: the digest of the input as it is
+    :param declared: its own format (``parquet`` for a Parquet input), for the plan
+    """
+
+    path: Path
+    format: str
+    sha256: str
+    declared: str
+
+
+@contextlib.contextmanager
+def local_input(name: str, declared: str, *, max_bytes: int) -> Iterator[LocalInput]:
+    """The input ``name`` (any ObjectStoragePath URI) copied here, a Parquet one as JSON lines; it lives as
+    long as the block. Raise InputError where its format cannot be told."""
+    from airflow.sdk import ObjectStoragePath
+
+    parquet = declared_parquet(name, declared)
+    fmt = "jsonl" if parquet else detect_format(Path(name), declared)
+    with (
+        input_copy(ObjectStoragePath(name), max_bytes=max_bytes, name=name) as copy,
+        as_json_lines(copy, name) if parquet else contextlib.nullcontext(copy.path) as path,
+    ):
+        yield LocalInput(path, fmt, copy.sha256, PARQUET_FORMAT if parquet else fmt)

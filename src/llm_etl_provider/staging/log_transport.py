@@ -47,6 +47,8 @@ def stage_shards(
     duplicates: list[int],
     plan: str,
     reused: ReusedResults | None = None,
+    *,
+    golden: bool = False,
 ) -> list[dict[str, Any]]:
     """Stage the plan's key (or keep it), then each shard as it is cut, with the earlier results of its
     records (``reused``: an incremental run): the stage holds two shards, not the whole input. Return the
@@ -58,7 +60,7 @@ def stage_shards(
     """
     with plan_key(backend):
         return [
-            _stage_one(backend, shard, next_shard, malformed, duplicates, plan, reused)
+            _stage_one(backend, shard, next_shard, malformed, duplicates, plan, reused, golden)
             for shard, next_shard in _with_next(shards)
         ]
 
@@ -71,6 +73,7 @@ def _stage_one(
     duplicates: list[int],
     plan: str,
     reused: ReusedResults | None,
+    golden: bool,
 ) -> dict[str, Any]:
     """One shard's descriptor, once it is staged."""
     return shard_descriptor(
@@ -79,6 +82,7 @@ def _stage_one(
         stage=functools.partial(backend.stage_shard, shard),
         bytes=len(shard.data),
         input_sha256=hashlib.sha256(shard.data).hexdigest(),
+        golden=golden,
     )  # fmt: skip
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llm_etl_provider.contract.codes import DeadLetterReason
-from llm_etl_provider.contract.layout import shard_folder
+from llm_etl_provider.contract.layout import published_folder, shard_folder
 from llm_etl_provider.contract.summary import (
     LABEL_FIELD,
     OUTPUT_LABELS,
@@ -33,7 +33,13 @@ from llm_etl_provider.contract.summary import (
     label_text,
 )
 from llm_etl_provider.transport.charts import NOTHING, bar_chart, escape, line_chart, number
-from llm_etl_provider.transport.extract import MANIFEST, OUTPUT_FILES, PARQUET_OUTPUT, RESULTS
+from llm_etl_provider.transport.extract import (
+    JSONL_OUTPUT,
+    MANIFEST,
+    OUTPUT_FILES,
+    PARQUET_OUTPUT,
+    RESULTS,
+)
 
 PERCENTILES = (0.5, 0.9, 0.95, 0.99)
 MAX_BARS = 40  # rows a bar chart draws; the rest are summed up under it
@@ -116,9 +122,9 @@ class RunFacts:
     unreadable_lines: int
 
 
-def _summary(folder: Any, index: int) -> dict[str, Any]:
+def _summary(folder: Any, index: int, *, golden: bool = False) -> dict[str, Any]:
     try:
-        manifest = json.loads((folder / shard_folder(index) / MANIFEST).read_text())
+        manifest = json.loads((folder / published_folder(index, golden) / MANIFEST).read_text())
     except (OSError, ValueError):
         return {}
     summary = manifest.get("worker_summary") if isinstance(manifest, dict) else None
@@ -160,11 +166,11 @@ def _values(enrichment: dict[str, Any], name: str) -> list[Any]:
     return items
 
 
-def collect(run: dict[str, Any], folder: Any) -> RunFacts:
-    """Read what the report shows of the run published under ``folder`` (a UPath or ObjectStoragePath),
-    whose manifest is ``run``: the shards' manifests, then their results, line by line."""
-    published = [entry["shard"] for entry in run.get("shards", []) if entry.get("state") != "missing"]
-    summaries = {index: _summary(folder, index) for index in published}
+def _labelled(
+    summaries: dict[int, dict[str, Any]],
+) -> tuple[list[list[Any]], bool, str | None, Agreement | None]:
+    """From the shards' worker summaries: the schema's labels, whether all fitted the summary, the input's
+    label field, and an empty agreement of the model's main label with it (None without either)."""
     with_labels = [s for s in summaries.values() if isinstance(s.get(OUTPUT_LABELS), list)]
     labels: list[list[Any]] = [
         entry
@@ -173,11 +179,24 @@ def collect(run: dict[str, Any], folder: Any) -> RunFacts:
     ]
     complete = not any(s.get(OUTPUT_LABELS_COMPLETE) is False for s in with_labels)
     label_field = next((s[LABEL_FIELD] for s in summaries.values() if s.get(LABEL_FIELD)), None)
-    sets = {str(name): {label_text(label) for label in names} for name, _, names in labels}
     main = next(
         ((str(n), str(k), [label_text(x) for x in names]) for n, k, names in labels if "." not in n), None
     )
-    agreement = Agreement(*main) if label_field and main else None
+    return labels, complete, label_field, Agreement(*main) if label_field and main else None
+
+
+def collect(run: dict[str, Any], folder: Any) -> RunFacts:
+    """Read what the report shows of the run published under ``folder`` (a UPath or ObjectStoragePath),
+    whose manifest is ``run``: the shards' manifests, then their results, line by line (the golden set's
+    shards are the quality gate's: :func:`golden_agreement`)."""
+    published = [
+        entry["shard"]
+        for entry in run.get("shards", [])
+        if entry.get("state") != "missing" and not entry.get("golden")
+    ]
+    summaries = {index: _summary(folder, index) for index in published}
+    labels, complete, label_field, agreement = _labelled(summaries)
+    sets = {str(name): {label_text(label) for label in names} for name, _, names in labels}
     distributions: dict[str, Counter[str]] = {name: Counter() for name in sets}
     latency = LatencyHistogram()
     unreadable = 0
@@ -209,6 +228,59 @@ def collect(run: dict[str, Any], folder: Any) -> RunFacts:
         agreement=agreement,
         unreadable_lines=unreadable,
     )
+
+
+def golden_agreement(entries: Sequence[dict[str, Any]], folder: Any) -> Agreement | None:
+    """The model's main label against the golden set's own, over the golden shards' ``entries`` (the run
+    manifest's) published under ``folder``: a golden record that went to the dead letters counts as
+    answered wrong (no label). None where the task has no categorical field or the set no label field."""
+    published = [e["shard"] for e in entries if e.get("state") != "missing"]
+    summaries = {index: _summary(folder, index, golden=True) for index in published}
+    _, _, label_field, agreement = _labelled(summaries)
+    if agreement is None or label_field is None:
+        return None
+    for index in published:
+        shard = folder / published_folder(index, golden=True)
+        for line in _result_lines(shard):
+            meta = (line or {}).get("meta")
+            if isinstance(meta, dict) and RESULT_LABEL in meta:
+                enrichment = (line or {}).get("enrichment")
+                _compare(agreement, meta[RESULT_LABEL], enrichment if isinstance(enrichment, dict) else {})
+        for record in _dead_letter_records(shard):
+            _compare(agreement, record.get(label_field), {})
+    return agreement
+
+
+def _dead_letter_records(shard: Any) -> Iterator[dict[str, Any]]:
+    """The records of a shard's dead letters (whose record could be read), from JSONL or Parquet."""
+    parquet = shard / OUTPUT_FILES[PARQUET_OUTPUT][1]
+    if parquet.exists():
+        from llm_etl_provider.formats.parquet import parquet_rows
+
+        with parquet.open("rb") as handle:
+            rows: Iterator[dict[str, Any]] = parquet_rows(handle)
+            for row in rows:
+                record = row.get("record")
+                if isinstance(record, str):
+                    try:
+                        record = json.loads(record)
+                    except ValueError:
+                        continue
+                if isinstance(record, dict):
+                    yield record
+        return
+    try:
+        handle = (shard / OUTPUT_FILES[JSONL_OUTPUT][1]).open("rb")
+    except FileNotFoundError:
+        return
+    with handle:
+        for raw in handle:
+            try:
+                record = json.loads(raw).get("record")
+            except (ValueError, AttributeError):
+                continue
+            if isinstance(record, dict):
+                yield record
 
 
 def _compare(agreement: Agreement, reference: Any, enrichment: dict[str, Any]) -> None:
@@ -606,6 +678,31 @@ def _agreement_section(facts: RunFacts) -> str:
     return _section("agreement", title, body)
 
 
+def _quality_section(facts: RunFacts) -> str:
+    """The golden set's measures and the gate's verdict, where the run had a golden set."""
+    quality = facts.run.get("quality")
+    if not isinstance(quality, dict):
+        return ""
+    rows = [
+        [name, quality.get(name)]
+        for name in ("golden_records", "compared", "without_label", "accuracy", "macro_f1", "macro_recall")
+        if name in quality
+    ]
+    threshold = quality.get("min_quality")
+    verdict = (
+        "No threshold: measured only."
+        if threshold is None
+        else f"The gate: {quality.get('measure')} at least {threshold}: "
+        + ("passed." if quality.get("passed") else f"failed ({facts.run.get('failure', '')}).")
+    )
+    body = [
+        _p(f"The model's {quality.get('field')} on the golden set, against its known labels.", "note"),
+        _table(["measure", "value"], rows, numeric=[1]),
+        _p(verdict, "" if quality.get("passed") else "failed"),
+    ]
+    return _section("quality", "Quality on the golden set", body)
+
+
 def page(facts: RunFacts) -> str:
     """The report's HTML page."""
     run_id = str(facts.run.get("run_id", ""))
@@ -618,6 +715,7 @@ def page(facts: RunFacts) -> str:
         _tokens_section(facts),
         _resources_section(facts),
         _agreement_section(facts),
+        _quality_section(facts),
     ]
     about = f"Run {run_id}: counts, the schema's labels, dead-letter reasons and timings; no record content."
     return (

@@ -20,17 +20,18 @@ from datetime import UTC, datetime
 from os import PathLike
 from typing import Any
 
-from llm_etl_provider.contract.layout import shard_folder
+from llm_etl_provider.contract.layout import GOLDEN_PREFIX, published_folder
 from llm_etl_provider.contract.provenance import PROVENANCE, provenance_id
 from llm_etl_provider.contract.reuse import REUSED
 from llm_etl_provider.contract.shard import ShardDescriptor
 from llm_etl_provider.transport import report
 from llm_etl_provider.transport.extract import FAILED, MANIFEST, SUCCEEDED, SUCCESS, as_upath, remove_tree
+from llm_etl_provider.transport.quality import DEFAULT_QUALITY_MEASURE, QUALITY, gate_failure, measures
 
 RUN_MANIFEST_FORMAT = "llm-etl-run-manifest/2"
 MISSING = "missing"
 REPORT = "report.html"
-_SHARD_FOLDER = re.compile(r"shard-[0-9]{5,}")
+_SHARD_FOLDER = re.compile(rf"(shard-|{GOLDEN_PREFIX})[0-9]{{5,}}")
 
 
 def unpublish_run(output: str | PathLike[str] | Any) -> None:
@@ -56,7 +57,7 @@ def stale_reason(shard: ShardDescriptor, manifest: dict[str, Any]) -> str | None
 def _published(root: Any, shard: ShardDescriptor) -> tuple[dict[str, Any] | None, str | None]:
     """The shard's published manifest if it is this plan's; else None and, for a stale output (removed
     here), why it was stale."""
-    folder = root / shard_folder(shard.index)
+    folder = root / published_folder(shard.index, shard.golden)
     why: str | None
     try:
         manifest: dict[str, Any] = json.loads((folder / MANIFEST).read_text())
@@ -118,16 +119,20 @@ def publish_run_manifest(
     run_id: str,
     gpus_per_shard: int | None = None,
     pod_timings: dict[int, dict[str, Any]] | None = None,
+    min_quality: float | None = None,
+    quality_measure: str = DEFAULT_QUALITY_MEASURE,
 ) -> dict[str, Any]:
     """Write ``<output>/report.html`` and ``<output>/manifest.json`` for the stage's ``shards`` and, when
     every one succeeded with an output of their plan, ``<output>/_SUCCESS``; return the manifest. Stale shard
     folders (another plan's, or shards the plan does not have) are removed. ``pod_timings`` (by shard: its
     pods' wall time, model-load and server start-up time) go into the shards' entries, and GPU-seconds come
-    from the pods' wall time when there were pods, else from the workers' time."""
+    from the pods' wall time when there were pods, else from the workers' time. The golden set's shards
+    (``golden``) are measured, not counted among the results: below ``min_quality`` on ``quality_measure``
+    the run fails (:mod:`~llm_etl_provider.transport.quality`)."""
     root = as_upath(output)
     root.mkdir(parents=True, exist_ok=True)
     unpublish_run(root)  # written again below, and _SUCCESS only if it still holds
-    unplanned = _remove_unplanned(root, {shard_folder(shard.index) for shard in shards})
+    unplanned = _remove_unplanned(root, {published_folder(shard.index, shard.golden) for shard in shards})
     entries = []
     models, tasks = set(), set()
     provenance: dict[str, Any] = {}  # by id: what made the results, as many as the shards had
@@ -139,8 +144,12 @@ def publish_run_manifest(
             if made := manifest.get("worker_summary", {}).get(PROVENANCE):
                 provenance[provenance_id(made)] = made
         entry = _shard_entry(shard.index, shard.records, manifest, stale)
+        if shard.golden:
+            entry["golden"] = True
         entries.append({**entry, **(pod_timings or {}).get(shard.index, {})})
     states = [entry["state"] for entry in entries]
+    golden = [entry for entry in entries if entry.get("golden")]
+    counted = [entry for entry in entries if not entry.get("golden")]  # the input's: the results
     worker_seconds = sum(entry.get("worker_seconds") or 0 for entry in entries)
     plans = sorted({shard.plan for shard in shards if shard.plan})
     run = {
@@ -151,10 +160,10 @@ def publish_run_manifest(
         "state": SUCCEEDED if all(state == SUCCEEDED for state in states) else FAILED,
         "shards": entries,
         "shard_states": {state: states.count(state) for state in sorted(set(states))},
-        "records": sum(entry["records"] for entry in entries),
-        "results": sum(entry.get("results", 0) for entry in entries),
-        "dead_letters": sum(entry.get("dead_letters", 0) for entry in entries),
-        REUSED: sum(entry.get(REUSED, 0) for entry in entries),
+        "records": sum(entry["records"] for entry in counted),
+        "results": sum(entry.get("results", 0) for entry in counted),
+        "dead_letters": sum(entry.get("dead_letters", 0) for entry in counted),
+        REUSED: sum(entry.get(REUSED, 0) for entry in counted),
         "model": sorted(m for m in models if m) or None,
         "task": sorted(t for t in tasks if t) or None,
         # each result's meta.provenance names one of these
@@ -171,9 +180,33 @@ def publish_run_manifest(
         held = run["pod_seconds"] if pod_timings else worker_seconds
         run["gpus_per_shard"] = gpus_per_shard
         run["gpu_seconds"] = round(held * gpus_per_shard, 1)
+    if golden:
+        _gate(run, golden, root, min_quality, quality_measure)
     run["report"] = REPORT  # beside this manifest, written first: a reader of the manifest finds it
     (root / REPORT).write_text(report.render(run, root), encoding="utf-8")
     (root / MANIFEST).write_text(json.dumps(run, indent=2, sort_keys=True) + "\n")
     if run["state"] == SUCCEEDED:
         (root / SUCCESS).write_text("")
     return run
+
+
+def _gate(
+    run: dict[str, Any], golden: list[dict[str, Any]], root: Any, threshold: float | None, measure: str
+) -> None:
+    """Measure the golden set into ``run`` and fail the run below the threshold."""
+    agreement = report.golden_agreement(golden, root)
+    measured: dict[str, Any] = measures(agreement) if agreement is not None else {"compared": 0}
+    failure = (
+        gate_failure(measured, measure, threshold)
+        if agreement is not None
+        else (
+            "quality gate: the golden set cannot be measured: the task has no categorical answer, or no "
+            "label_field names the golden records' labels"
+        )
+        if threshold is not None
+        else None
+    )
+    run[QUALITY] = {**measured, "measure": measure, "min_quality": threshold, "passed": failure is None}
+    if failure is not None:
+        run["state"] = FAILED
+        run["failure"] = failure

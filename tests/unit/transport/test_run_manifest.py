@@ -94,3 +94,44 @@ def test_the_shards_provenance_goes_into_their_manifests_and_the_run_s_by_id(tmp
     assert run["provenance"] == {provenance_id(made): made, provenance_id(other): other}
     assert [s["provenance"] for s in run["shards"]] == [provenance_id(made), provenance_id(other)]
     assert "sha256:bbbb" in (tmp_path / "report.html").read_text()  # the report says what made the run
+
+
+def golden_log(labels: list[tuple[str, str]], dead: list[str] = ()) -> list[bytes]:
+    """A golden shard's stream: results of (known label, model's label), dead letters of known labels."""
+    from llm_etl_provider.transport.frames import FrameWriter
+
+    lines: list[bytes] = []
+    writer = FrameWriter(KEY, "run-7", 1, lines.append)
+    for n, (known, got) in enumerate(labels):
+        line = {"id": f"g{n}", "enrichment": {"sentiment": got}, "meta": {"label": known}}
+        writer.add("result", json.dumps(line).encode())
+    for n, known in enumerate(dead):
+        letter = {"id": f"d{n}", "reason": "invalid_output", "record": {"id": f"d{n}", "label": known}}
+        writer.add("dead_letter", json.dumps(letter).encode())
+    writer.finish(
+        {"task": "sentiment", "input_sha256": "a" * 64, "label_field": "label",
+         "output_labels": [["sentiment", "one", ["positive", "negative", "neutral"]]]}
+    )  # fmt: skip
+    return lines
+
+
+def test_a_golden_set_is_measured_apart_and_below_the_threshold_withholds_the_run_s_success(tmp_path):
+    extract(frame_log(), KEY, tmp_path / "shard-00000")
+    pairs = [("positive", "positive")] * 3 + [("negative", "positive")]
+    extract(golden_log(pairs, dead=["negative"]), KEY, tmp_path / "golden-00001")
+    shards = [ShardDescriptor(0, 28, 0, "jsonl"), ShardDescriptor(1, 5, 0, "jsonl", golden=True)]
+
+    run = publish_run_manifest(tmp_path, shards, run_id="run-7", min_quality=0.5, quality_measure="accuracy")
+    assert run["state"] == "succeeded"
+    assert (run["records"], run["results"]) == (28, 25)  # the golden set is not among the results
+    assert run["quality"]["accuracy"] == 0.6  # 3 of 5: the dead letter answered nothing
+    assert run["quality"]["golden_records"] == 5
+    assert run["quality"]["passed"] is True
+    assert (tmp_path / "_SUCCESS").exists()
+    assert "Quality on the golden set" in (tmp_path / "report.html").read_text()
+
+    run = publish_run_manifest(tmp_path, shards, run_id="run-7", min_quality=0.7, quality_measure="macro_f1")
+    assert run["state"] == "failed"
+    assert run["failure"].startswith("quality gate: macro_f1 ")
+    assert not (tmp_path / "_SUCCESS").exists()
+    assert (tmp_path / "golden-00001" / "_SUCCESS").exists()  # its own shard stays published
