@@ -96,7 +96,7 @@ def test_the_shards_provenance_goes_into_their_manifests_and_the_run_s_by_id(tmp
     assert "sha256:bbbb" in (tmp_path / "report.html").read_text()  # the report says what made the run
 
 
-def golden_log(labels: list[tuple[str, str]], dead: list[str] = ()) -> list[bytes]:
+def golden_log(labels: list[tuple[str, str]], dead: tuple[str, ...] = ()) -> list[bytes]:
     """A golden shard's stream: results of (known label, model's label), dead letters of known labels."""
     from llm_etl_provider.transport.frames import FrameWriter
 
@@ -118,7 +118,7 @@ def golden_log(labels: list[tuple[str, str]], dead: list[str] = ()) -> list[byte
 def test_a_golden_set_is_measured_apart_and_below_the_threshold_withholds_the_run_s_success(tmp_path):
     extract(frame_log(), KEY, tmp_path / "shard-00000")
     pairs = [("positive", "positive")] * 3 + [("negative", "positive")]
-    extract(golden_log(pairs, dead=["negative"]), KEY, tmp_path / "golden-00001")
+    extract(golden_log(pairs, dead=("negative",)), KEY, tmp_path / "golden-00001")
     shards = [ShardDescriptor(0, 28, 0, "jsonl"), ShardDescriptor(1, 5, 0, "jsonl", golden=True)]
 
     run = publish_run_manifest(tmp_path, shards, run_id="run-7", min_quality=0.5, quality_measure="accuracy")
