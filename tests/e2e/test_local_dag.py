@@ -35,6 +35,12 @@ def local_dag(tmp_path_factory):
     patch.undo()
 
 
+def fresh_dag(local_dag: Any) -> Any:
+    """The example DAG loaded again, in the module's local mode: ``dag.test`` keeps a run's conf in the DAG's
+    Params, so a test that leaves some Params at their defaults must not share the module's DAG."""
+    return _load("llm_enrichment")
+
+
 def _load(name: str) -> Any:
     """The example DAG ``name`` as the environment configures it now."""
     sys.modules.pop(name, None)
@@ -274,7 +280,7 @@ def test_a_parquet_file_runs_through_the_example_dag_and_comes_back_as_parquet_b
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    dag, _ = local_dag
+    dag = fresh_dag(local_dag)
     reviews = [json.loads(line) for line in SAMPLE.read_text().splitlines() if len(line) < 500][:5]
     table = pa.Table.from_pylist(
         [
@@ -327,7 +333,7 @@ def test_a_run_again_after_one_row_changed_asks_the_model_once_and_publishes_the
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    dag, _ = local_dag
+    dag = fresh_dag(local_dag)
     reviews = [json.loads(line) for line in SAMPLE.read_text().splitlines() if len(line) < 400][:6]
 
     def run(rows: list[dict[str, Any]], output: Path, **conf: Any) -> dict[str, Any]:
@@ -367,7 +373,7 @@ def test_a_run_again_after_one_row_changed_asks_the_model_once_and_publishes_the
 def test_a_golden_set_below_min_quality_withholds_the_run_s_success_and_says_the_measure(tmp_path, local_dag):
     """The quality gate through the trigger form: a labelled golden set enriched with the run, published
     apart, measured; a threshold the small model cannot reach fails the run, its manifest saying why."""
-    dag, _ = local_dag
+    dag = fresh_dag(local_dag)
     lines = [line for line in SAMPLE.read_text().splitlines(keepends=True) if len(line) < 400]
     (tmp_path / "reviews.jsonl").write_text("".join(lines[:3]))
     # known labels no answer can match (not the schema's): accuracy 0, whatever the model says

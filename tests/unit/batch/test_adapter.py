@@ -126,22 +126,22 @@ def _pod(
 
 
 @pytest.mark.parametrize(
-    ("pod", "status", "said"),
+    ("pod_of", "status", "said"),
     [
-        (_pod("Running"), None, None),
-        (_pod("Pending", waiting="ContainerCreating", age=10), None, None),
-        (_pod("Succeeded"), None, None),
-        (None, "failed", "is gone"),
-        (_pod("Failed", reason="OOMKilled"), "failed", "base OOMKilled"),
-        (_pod("Pending", waiting="InvalidImageName"), "failed", "InvalidImageName"),
-        (_pod("Pending", waiting="ImagePullBackOff", age=10), None, None),  # a registry may come back
-        (_pod("Pending", waiting="ImagePullBackOff", age=4000), "failed", "startup_timeout_seconds"),
-        (_pod("Pending", age=4000, scheduled=False), "failed", "not scheduled"),
+        (lambda: _pod("Running"), None, None),
+        (lambda: _pod("Pending", waiting="ContainerCreating", age=10), None, None),
+        (lambda: _pod("Succeeded"), None, None),
+        (lambda: None, "failed", "is gone"),
+        (lambda: _pod("Failed", reason="OOMKilled"), "failed", "base OOMKilled"),
+        (lambda: _pod("Pending", waiting="InvalidImageName"), "failed", "InvalidImageName"),
+        (lambda: _pod("Pending", waiting="ImagePullBackOff", age=10), None, None),  # a registry may come back
+        (lambda: _pod("Pending", waiting="ImagePullBackOff", age=4000), "failed", "startup_timeout_seconds"),
+        (lambda: _pod("Pending", age=4000, scheduled=False), "failed", "not scheduled"),
     ],
 )
-def test_a_batch_pod_s_state_ends_the_batch_only_where_no_wait_helps(pod, status, said):
+def test_a_batch_pod_s_state_ends_the_batch_only_where_no_wait_helps(pod_of, status, said):
     jobs = KubernetesBatchJobs(LLMEtlConfig(startup_timeout_seconds=1800))
-    ended = jobs._pod_state(pod, "shard 0's pod")
+    ended = jobs._pod_state(pod_of(), "shard 0's pod")  # made now: its age is the one given
     assert (ended and ended.status) == status
     if said:
         assert ended is not None
