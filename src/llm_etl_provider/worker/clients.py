@@ -20,8 +20,9 @@ from llm_etl_provider.contract.codes import DeadLetterReason as Reason
 from llm_etl_provider.contract.invocation import ApiStyle, ResponseFormat, WorkerInvocation
 from llm_etl_provider.worker.exceptions import LLMRejectedError, ServerUnavailableError, TransientLLMError
 from llm_etl_provider.worker.http_lanes import HttpLanes
+from llm_etl_provider.worker.lean_http import LeanLanes, LeanResponse
 
-HttpClient = httpx.AsyncClient | HttpLanes
+HttpClient = httpx.AsyncClient | HttpLanes | LeanLanes
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +48,7 @@ class Completion:
     cached_tokens: int | None = None
 
 
-def _error_message(response: httpx.Response) -> str:
+def _error_message(response: httpx.Response | LeanResponse) -> str:
     """Return the server's short error text (servers report errors, not record content)."""
     try:
         body = response.json()
@@ -107,7 +108,7 @@ class LLMClient(ABC):
         except (KeyError, IndexError, TypeError, AttributeError):
             raise TransientLLMError(Reason.BAD_RESPONSE, "the response lacks the answer's fields") from None
 
-    async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response | LeanResponse:
         try:
             response = await self.http.request(method, self.base_url + path, **kwargs)
         except httpx.TimeoutException as exc:
