@@ -35,12 +35,11 @@ from llm_etl_provider.formats.records import RecordReader
 from llm_etl_provider.transport.exceptions import FrameKeyError
 from llm_etl_provider.transport.keys import load_key
 from llm_etl_provider.worker.checkpoint import Checkpoint, run_fingerprint
-from llm_etl_provider.worker.clients import make_client
+from llm_etl_provider.worker.clients import http_for, make_client
 from llm_etl_provider.worker.engine import Engine
 from llm_etl_provider.worker.exceptions import ConfigurationError, HeartbeatError, WorkerError
 from llm_etl_provider.worker.heartbeat import beat
 from llm_etl_provider.worker.http_lanes import CONNECT_TIMEOUT
-from llm_etl_provider.worker.lean_http import http_client
 from llm_etl_provider.worker.object_io import TIMEOUT as STORE_TIMEOUT
 from llm_etl_provider.worker.object_io import ObjectPartSink, RemoteCheckpoint, UrlSource, download_input
 from llm_etl_provider.worker.sinks import JsonlFileSink, LogFrameSink, OutputSink
@@ -196,7 +195,7 @@ async def _enrich(
     # One connection per request in flight (the engine's semaphore bounds them): httpx's own pool costs CPU
     # in proportion to its connections for every request.
     timeout = httpx.Timeout(invocation.request_timeout, connect=CONNECT_TIMEOUT)
-    async with http_client(invocation.llm_url, timeout=timeout, headers=headers) as http:
+    async with http_for(invocation, timeout=timeout, headers=headers) as http:
         client = make_client(invocation, http)
         engine = Engine(
             task, client, reader, sink, invocation, checkpoint=checkpoint, log=_log,

@@ -20,7 +20,7 @@ from llm_etl_provider.contract.codes import DeadLetterReason as Reason
 from llm_etl_provider.contract.invocation import ApiStyle, ResponseFormat, WorkerInvocation
 from llm_etl_provider.worker.exceptions import LLMRejectedError, ServerUnavailableError, TransientLLMError
 from llm_etl_provider.worker.http_lanes import HttpLanes
-from llm_etl_provider.worker.lean_http import LeanLanes, LeanResponse
+from llm_etl_provider.worker.lean_http import LeanLanes, LeanResponse, http_client
 
 HttpClient = httpx.AsyncClient | HttpLanes | LeanLanes
 
@@ -324,3 +324,11 @@ def make_client(invocation: WorkerInvocation, http: HttpClient) -> LLMClient:
     if invocation.api == "ollama":
         return OllamaClient(http, invocation.llm_url, invocation.model, keep_alive=invocation.keep_alive)
     raise ValueError(f"unknown API style {invocation.api!r}")
+
+
+def http_for(
+    invocation: WorkerInvocation, *, timeout: httpx.Timeout, headers: dict[str, str]
+) -> LeanLanes | HttpLanes:
+    """The HTTP client for the invocation's LLM server: the lean one for plain ``http://`` (the pod's
+    sidecar), httpx's lanes for ``https://`` (:func:`~llm_etl_provider.worker.lean_http.http_client`)."""
+    return http_client(invocation.llm_url, timeout=timeout, headers=headers)

@@ -8,9 +8,9 @@ the body (``Content-Length``, or ``chunked``). Each request in flight has a conn
 a stack of idle ones (as :class:`~llm_etl_provider.worker.http_lanes.HttpLanes` does with httpx clients).
 
 Failures are raised as httpx's exceptions (``ConnectError``, ``ReadTimeout``, ``RemoteProtocolError`` ...),
-so that the clients read them alike; a request that fails on a kept-alive connection before any byte of its
-response (the server closed it while idle) is sent once more on a new one. ``https://`` goes through
-:class:`HttpLanes` (:func:`http_client`).
+so that the clients read them alike and their retries count every attempt: nothing is sent twice here. An
+idle connection the server has closed (its end of stream seen) is dropped, not used. ``https://`` goes
+through :class:`HttpLanes` (:func:`http_client`).
 """
 
 from __future__ import annotations
@@ -49,19 +49,19 @@ class LeanResponse:
 
 
 class _Connection:
-    __slots__ = ("reader", "used", "writer")
+    __slots__ = ("reader", "writer")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
-        self.used = False  # whether a response was read on it: a failure before a byte may be a stale one
+
+    @property
+    def closed(self) -> bool:
+        """Whether the server closed it (or it was closed here) while it was idle."""
+        return self.reader.at_eof() or self.writer.is_closing()
 
     def close(self) -> None:
         self.writer.close()
-
-
-class _StaleConnection(Exception):
-    """A kept-alive connection that the server had closed: the request was not taken."""
 
 
 class LeanLanes:
@@ -98,17 +98,10 @@ class LeanLanes:
             + f"Content-Length: {len(body)}\r\n\r\n"
         ).encode("latin-1")
         idle = self._idle.setdefault(address, [])
-        while idle:
-            connection = idle.pop()
-            try:
-                return await self._exchange(connection, address, head + body)
-            except _StaleConnection:
-                continue  # closed by the server while idle: not sent; try the next, or a new one
-        connection = await self._connect(address)
-        try:
-            return await self._exchange(connection, address, head + body)
-        except _StaleConnection:
-            raise httpx.RemoteProtocolError("the server closed the connection without a response") from None
+        while idle and idle[-1].closed:
+            self._discard(idle.pop())
+        connection = idle.pop() if idle else await self._connect(address)
+        return await self._exchange(connection, address, head + body)
 
     async def _connect(self, address: tuple[str, int]) -> _Connection:
         try:
@@ -124,8 +117,6 @@ class LeanLanes:
         return connection
 
     async def _exchange(self, connection: _Connection, address: tuple[str, int], data: bytes) -> LeanResponse:
-        reused = connection.used
-        started = False
         try:
             async with asyncio.timeout(self.read_timeout):
                 connection.writer.write(data)
@@ -133,13 +124,11 @@ class LeanLanes:
                 try:
                     head = await connection.reader.readuntil(b"\r\n\r\n")
                 except asyncio.IncompleteReadError as exc:
-                    if reused and not exc.partial:
-                        raise _StaleConnection from None
-                    raise httpx.RemoteProtocolError("the server closed the connection mid-response") from None
-                started = True
+                    said = "mid-response" if exc.partial else "without sending a response"
+                    raise httpx.RemoteProtocolError(f"the server closed the connection {said}") from None
                 status, headers = _parse_head(head)
                 content = b"" if status in (204, 304) else await _read_body(connection.reader, headers)
-        except _StaleConnection:
+        except httpx.HTTPError:
             self._discard(connection)
             raise
         except TimeoutError:
@@ -150,13 +139,10 @@ class LeanLanes:
             raise httpx.RemoteProtocolError("the response's header block is too large") from None
         except (ConnectionError, OSError) as exc:
             self._discard(connection)
-            if reused and not started:
-                raise _StaleConnection from None
             raise httpx.ReadError(str(exc) or type(exc).__name__) from None
         except BaseException:
             self._discard(connection)  # cancelled mid-exchange: the connection's state is unknown
             raise
-        connection.used = True
         if headers.get("connection", "").lower() == "close":
             self._discard(connection)
         else:

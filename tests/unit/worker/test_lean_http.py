@@ -73,7 +73,7 @@ def test_json_in_and_out_on_one_kept_alive_connection_with_length_and_chunked_bo
     assert json.loads(body) == {"q": 0, "t": "é"}
 
 
-def test_a_connection_the_server_closed_while_idle_is_replaced_without_losing_the_request():
+def test_an_idle_connection_the_server_closed_is_not_used_again():
     requests = 0
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -92,7 +92,7 @@ def test_a_connection_the_server_closed_while_idle_is_replaced_without_losing_th
             assert client.lanes == 2
 
     serve(handler, test)
-    assert requests == 2
+    assert requests == 2  # each sent once: nothing is sent twice on the client's own account
 
 
 def test_a_response_cut_short_a_silent_server_and_a_refused_connection_raise_httpx_s_errors():
