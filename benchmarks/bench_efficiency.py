@@ -170,6 +170,7 @@ def main() -> int:
             {
                 "AIRFLOW_HOME": str(home),
                 "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
                 env_var("execution_mode"): "local",
                 env_var("local_dir"): str(work / "staging"),
