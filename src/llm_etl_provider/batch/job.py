@@ -300,10 +300,8 @@ class LocalBatchJobs:
     def find(self, idempotency_key: str, input_fingerprint: str, not_before: float) -> str | None:
         """The batch this task submitted with this input at or after ``not_before``, or None."""
         batch_id = batch_id_of(idempotency_key, input_fingerprint)
-        record = self.recorded(batch_id)
-        if record is None or not identity_matches(record, idempotency_key, input_fingerprint, not_before):
-            return None
-        return batch_id
+        matches = identity_matches(self.recorded(batch_id), idempotency_key, input_fingerprint, not_before)
+        return batch_id if matches else None
 
     def results(self, batch_id: str) -> Iterator[BatchResult]:
         """Each prompt's outcome, read from the published, verified shards (results, then dead letters)."""
@@ -314,9 +312,12 @@ class LocalBatchJobs:
 
 
 def identity_matches(
-    record: dict[str, Any], idempotency_key: str, input_fingerprint: str, not_before: float
+    record: dict[str, Any] | None, idempotency_key: str, input_fingerprint: str, not_before: float
 ) -> bool:
-    """Whether the batch ``record`` is this task's with this input, submitted at or after ``not_before``."""
+    """Whether the batch ``record`` (None: no batch) is this task's with this input, submitted at or after
+    ``not_before``."""
+    if record is None:
+        return False
     identity = record["identity"]
     if identity["idempotency_key"] != idempotency_key or identity["input_fingerprint"] != input_fingerprint:
         return False

@@ -285,10 +285,8 @@ class KubernetesBatchJobs:
     def find(self, idempotency_key: str, input_fingerprint: str, not_before: float) -> str | None:
         """The batch this task submitted with this input at or after ``not_before``, or None."""
         batch_id = batch_id_of(idempotency_key, input_fingerprint)
-        record = self.recorded(batch_id)
-        if record is None or not identity_matches(record, idempotency_key, input_fingerprint, not_before):
-            return None
-        return batch_id
+        matches = identity_matches(self.recorded(batch_id), idempotency_key, input_fingerprint, not_before)
+        return batch_id if matches else None
 
     def results(self, batch_id: str) -> Iterator[BatchResult]:
         """Each prompt's outcome: each shard's frames read from its pod's log, verified and opened with the

@@ -11,6 +11,7 @@ publishes an earlier result only where its content digest is the one it computes
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import sqlite3
 import tempfile
@@ -84,22 +85,17 @@ def _index_earlier(database: sqlite3.Connection, previous_output: str) -> int:
             f"no shard folder under the earlier output {previous_output}: name an earlier run's folder, "
             "<output>/<dag>/<group>/<run>"
         )
-    count = 0
-    batch: list[tuple[str, str]] = []
-    for folder in shards:
-        for row in _rows(folder):
-            meta = row.get("meta") if isinstance(row, dict) else None
-            if not isinstance(meta, dict) or not meta.get(RECORD_SHA256) or not meta.get(CONTENT_SHA256):
-                continue  # a result of a version that did not write its digests
-            kept = {name: row.get(name) for name in RESULT_FIELDS}
-            batch.append((str(meta[RECORD_SHA256]), json.dumps(kept, ensure_ascii=False)))
-            count += 1
-            if len(batch) == BATCH:
-                database.executemany("INSERT OR REPLACE INTO earlier VALUES (?, ?)", batch)
-                batch = []
-    database.executemany("INSERT OR REPLACE INTO earlier VALUES (?, ?)", batch)
-    database.commit()
-    return count
+
+    def earlier() -> Iterator[tuple[str, str]]:
+        for folder in shards:
+            for row in _rows(folder):
+                meta = row.get("meta") if isinstance(row, dict) else None
+                if not isinstance(meta, dict) or not meta.get(RECORD_SHA256) or not meta.get(CONTENT_SHA256):
+                    continue  # a result of a version that did not write its digests
+                kept = {name: row.get(name) for name in RESULT_FIELDS}
+                yield str(meta[RECORD_SHA256]), json.dumps(kept, ensure_ascii=False)
+
+    return _insert(database, "earlier", earlier())
 
 
 def _rows(folder: Any) -> Iterator[dict[str, Any]]:
@@ -134,19 +130,22 @@ def _find(
         local, input_format=input_format, id_field=id_field, max_record_bytes=max_record_bytes, limits=limits
     )
     lookup = "SELECT result FROM earlier WHERE record = ?"
-    found = 0
-    batch: list[tuple[int, str]] = []
-    for record in reader:
-        if record.fields is None:
-            continue
-        row = database.execute(lookup, (record_digest(record.fields),)).fetchone()
-        if row is None:
-            continue
-        batch.append((record.line, row[0]))
-        found += 1
-        if len(batch) == BATCH:
-            database.executemany("INSERT OR REPLACE INTO reused VALUES (?, ?)", batch)
-            batch = []
-    database.executemany("INSERT OR REPLACE INTO reused VALUES (?, ?)", batch)
+
+    def found() -> Iterator[tuple[int, str]]:
+        for record in reader:
+            if record.fields is not None:
+                row = database.execute(lookup, (record_digest(record.fields),)).fetchone()
+                if row is not None:
+                    yield record.line, row[0]
+
+    return _insert(database, "reused", found())
+
+
+def _insert(database: sqlite3.Connection, table: str, rows: Iterator[tuple[Any, str]]) -> int:
+    """Insert ``rows`` into ``table``, :data:`BATCH` at a time; return how many."""
+    count = 0
+    while batch := list(itertools.islice(rows, BATCH)):
+        database.executemany(f"INSERT OR REPLACE INTO {table} VALUES (?, ?)", batch)  # noqa: S608 - our names
+        count += len(batch)
     database.commit()
-    return found
+    return count
