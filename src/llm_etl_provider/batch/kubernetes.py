@@ -27,7 +27,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llm_etl_provider.backends.kubernetes import KubernetesBackend, secret_manifest
+from llm_etl_provider.backends.kubernetes import KubernetesBackend, core_v1, secret_manifest
 from llm_etl_provider.batch.job import (
     BATCH_SCOPE,
     COMPLETED,
@@ -103,7 +103,7 @@ class KubernetesBatchJobs:
 
     @cached_property
     def api(self) -> Any:
-        return self.backend("-").api
+        return core_v1(self.config.kubernetes_conn_id)
 
     def server(self) -> ServerSpec:
         return ServerSpec(

@@ -4,7 +4,8 @@ A record's *content* is the record itself and everything that decides its answer
 digest, the prompts' and the schema's sha256 and the sampling settings (the parts of its
 :mod:`~llm_etl_provider.contract.provenance` named :data:`CONTENT_KEYS`; the server's and the worker's
 versions are not among them). The worker writes each result's ``meta.record_sha256`` (the record's digest,
-:func:`record_digest`) and ``meta.content_sha256`` (:func:`content_digest`).
+:func:`record_digest`) and ``meta.content_sha256`` (:func:`content_digest`, over the record's digest and
+:func:`content_key`).
 
 Given an earlier run's output, the stage finds each input record whose digest one of its results has, and
 stages those results with the record's shard (the *reused file*: :func:`encode_reused`); the worker publishes
@@ -38,9 +39,15 @@ def record_digest(fields: Mapping[str, Any]) -> str:
     return str(digest_of(dict(fields)))
 
 
-def content_digest(record_sha256: str, provenance: Mapping[str, Any]) -> str:
-    """The digest of a record's content: its digest and the parts of the provenance that decide its answer."""
-    return str(digest_of([record_sha256, {key: provenance.get(key) for key in CONTENT_KEYS}]))
+def content_key(provenance: Mapping[str, Any]) -> str:
+    """The digest of the parts of a provenance that decide an answer: the same for every record of a shard,
+    computed once."""
+    return str(digest_of({key: provenance.get(key) for key in CONTENT_KEYS}))
+
+
+def content_digest(record_sha256: str, key: str) -> str:
+    """The digest of a record's content: its digest and its shard's :func:`content_key`."""
+    return str(digest_of([record_sha256, key]))
 
 
 def encode_reused(entries: Iterable[tuple[int, str]]) -> bytes:

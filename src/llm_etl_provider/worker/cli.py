@@ -12,9 +12,9 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -96,28 +96,27 @@ def make_sink(
     )
 
 
+T = TypeVar("T")
+
+
 def read_duplicates(path: Path | None) -> list[int]:
     """The input lines the stage found repeating an earlier shard's id (none without a duplicates file)."""
-    if path is None:
-        return []
-    try:
-        return decode_line_numbers(path.read_bytes())
-    except OSError as exc:
-        raise ConfigurationError(f"cannot read the duplicates file {path}: {exc.strerror}") from None
-    except DuplicatesFileError as exc:
-        raise ConfigurationError(f"the duplicates file {path} is malformed: {exc}") from None
+    return [] if path is None else _read_staged(path, "duplicates", decode_line_numbers, DuplicatesFileError)
 
 
 def read_reused(path: Path | None) -> dict[int, dict[str, Any]]:
     """The earlier results the stage found for the shard's records, by input line (none without a file)."""
-    if path is None:
-        return {}
+    return {} if path is None else _read_staged(path, "reused", decode_reused, ReusedFileError)
+
+
+def _read_staged(path: Path, what: str, decode: Callable[[bytes], T], malformed: type[Exception]) -> T:
+    """A file the stage staged beside the shard, decoded; a ConfigurationError where it cannot be."""
     try:
-        return decode_reused(path.read_bytes())
+        return decode(path.read_bytes())
     except OSError as exc:
-        raise ConfigurationError(f"cannot read the reused file {path}: {exc.strerror}") from None
-    except ReusedFileError as exc:
-        raise ConfigurationError(f"the reused file {path} is malformed: {exc}") from None
+        raise ConfigurationError(f"cannot read the {what} file {path}: {exc.strerror}") from None
+    except malformed as exc:
+        raise ConfigurationError(f"the {what} file {path} is malformed: {exc}") from None
 
 
 def _log(line: str) -> None:

@@ -36,6 +36,7 @@ from llm_etl_provider.contract.reuse import (
     RECORD_SHA256,
     REUSED,
     content_digest,
+    content_key,
     record_digest,
 )
 from llm_etl_provider.contract.summary import (
@@ -140,6 +141,7 @@ class Engine:
         self.summary: dict[str, Any] | None = None
         self.provenance: dict[str, Any] = {}
         self.provenance_id: str | None = None
+        self.content_key = ""
         self.reused = reused or {}  # earlier results by input line (the stage's reused file)
 
     async def run(self) -> dict[str, Any]:
@@ -163,6 +165,7 @@ class Engine:
             worker_version=worker_version(),
         )  # fmt: skip
         self.provenance_id = provenance_id(self.provenance)
+        self.content_key = content_key(self.provenance)  # each record's content digest builds on it
         state = self.checkpoint.load() if self.checkpoint is not None else None
         self.stats.total = await asyncio.to_thread(self.reader.count)  # the heartbeat beats meanwhile
         # the trailer carries what was read: extraction refuses a stream computed over another shard's input
@@ -336,7 +339,7 @@ class Engine:
             assert record.error is not None, "a record without fields carries its reason"
             return self._dead_letter(record, record.error, record.detail, attempts=0)
         record_sha256 = record_digest(record.fields)
-        content_sha256 = content_digest(record_sha256, self.provenance)
+        content_sha256 = content_digest(record_sha256, self.content_key)
         earlier = self.reused.get(record.line)
         if earlier is not None and (earlier.get("meta") or {}).get(CONTENT_SHA256) == content_sha256:
             return Outcome(

@@ -9,6 +9,7 @@ import pytest
 from llm_etl_provider.contract.reuse import (
     ReusedFileError,
     content_digest,
+    content_key,
     decode_reused,
     encode_reused,
     record_digest,
@@ -34,10 +35,13 @@ def test_a_record_s_digest_ignores_field_order_and_its_content_digest_changes_wi
     made = {"task": "sentiment", "model": "m", "model_digest": "sha256:1", "prompt_sha256": "p",
             "schema_sha256": "s", "sampling": {"temperature": 0.0}, "server": {"version": "1"}}  # fmt: skip
     record = record_digest({"a": 1})
-    assert content_digest(record, {**made, "server": {"version": "2"}}) == content_digest(record, made)
+    assert content_digest(record, content_key({**made, "server": {"version": "2"}})) == content_digest(
+        record, content_key(made)
+    )
     for part, value in [
         ("model_digest", "sha256:2"),
         ("prompt_sha256", "q"),
         ("sampling", {"temperature": 1}),
     ]:
-        assert content_digest(record, {**made, part: value}) != content_digest(record, made), part
+        changed = content_digest(record, content_key({**made, part: value}))
+        assert changed != content_digest(record, content_key(made)), part
