@@ -17,6 +17,7 @@ from llm_etl_provider.backends import (
     LOCAL_MODE,
     checked_execution_mode,
 )
+from llm_etl_provider.contract.answers import ANSWER_SETTINGS
 from llm_etl_provider.contract.invocation import DEFAULT_MAX_RECORD_BYTES, WORKER_SETTINGS, default_of
 from llm_etl_provider.contract.layout import (
     DEFAULT_CACHE_ACCESS_MODES,
@@ -243,6 +244,7 @@ def llm_enrichment_task_group(
                 shard=shard,
                 output_path=output_path,
                 output_format=output_format,
+                task_settings={name: enrichment[name] for name in ANSWER_SETTINGS if name in enrichment},
                 # a failed enrichment may have written its whole stream (over the dead-letter threshold):
                 # publish it, marked failed; a stream cut short is refused with nothing published
                 trigger_rule=TriggerRule.ALL_DONE,

@@ -317,8 +317,11 @@ def test_a_parquet_file_runs_through_the_example_dag_and_comes_back_as_parquet_b
         i = line - 1
         assert (record_id, drug, condition) == (reviews[i]["id"], reviews[i]["drug"], reviews[i]["condition"])
         assert rating == (None if i == 2 else float(i))
-        assert seen == f"2026-01-0{i + 1}T00:00:00+00:00"  # a timestamp travels as ISO 8601 text
+        assert seen == datetime(2026, 1, i + 1, tzinfo=UTC)  # the input's timestamp, typed as it was
         assert sentiment in ("positive", "negative", "neutral")
+    # the columns' types: the carried ones the input's, the enrichment's from the task's JSON schema
+    assert pq.read_schema(results).field("seen").type == table.schema.field("seen").type
+    assert pq.read_schema(results).field("enrichment").type == pa.struct([("sentiment", pa.string())])
     # the run's manifest and report count the Parquet results as they count JSON lines
     (manifest,) = list((tmp_path / "out").glob("*/*/*/manifest.json"))
     assert json.loads(manifest.read_text())["results"] == len(rows)

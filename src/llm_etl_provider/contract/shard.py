@@ -53,6 +53,8 @@ class ShardDescriptor:
     :param plan: the stage's plan it belongs to (:func:`~llm_etl_provider.contract.layout.plan_id`): its
         extraction writes it into the shard's manifest; the run's publishing counts only its plan's shards
     :param key_secret: the Secret holding its plan's frame key (Kubernetes)
+    :param carried_columns: the Arrow types of the input columns its results carry, where the input has
+        them (Parquet): a serialized Arrow schema (base64), which the Parquet output gives those columns
     """
 
     index: int
@@ -76,6 +78,7 @@ class ShardDescriptor:
     part_records: int | None = None
     plan: str | None = None
     key_secret: str | None = None
+    carried_columns: str | None = None
 
     def to_xcom(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -8,8 +8,10 @@ UTF-8 (else base64), maps as objects, NaN and infinities as null.
 
 Out: :func:`write_parquet` turns a shard's verified result or dead-letter lines into a Parquet file, a row
 group at a time: the enrichment and its meta as typed structs, the carried input fields as columns of their
-own beside them. The types are those of the values (:func:`kind_of`), merged over the shard: integers widen to
-numbers, objects to the union of their fields, and values of no common type are JSON text.
+own beside them. The enrichment's and the meta's types come from their JSON schemas (:func:`schema_type`), so
+every shard has the same columns; the carried fields' are those of the values (:func:`kind_of`), merged over
+the shard: integers widen to numbers, objects to the union of their fields, and values of no common type are
+JSON text.
 
 Needs pyarrow: the ``parquet`` extra (``pip install 'llm-etl-provider[parquet]'``).
 """
@@ -25,13 +27,17 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from llm_etl_provider.contract.invocation import AUTO_FORMAT, CARRIED_FIELD
+from llm_etl_provider.contract.answers import META_SCHEMA
+from llm_etl_provider.contract.invocation import ALL_FIELDS, AUTO_FORMAT, CARRIED_FIELD
 from llm_etl_provider.formats.exceptions import UnreadableInput
 
 PARQUET_FORMAT = "parquet"
 PARQUET_SUFFIXES = (".parquet", ".pq")
 MAGIC = b"PAR1"
 RESULT_COLUMNS = ("id", "line", "task", "enrichment", "meta")  # a result line's own fields
+# a struct's field for the properties its schema does not name but allows: JSON text
+ADDITIONAL = "_additional"
+_ADDITIONAL_MARK = {b"llm_etl": b"additional properties"}
 ROWS_PER_BATCH = 4096  # rows converted at once: memory is bounded by a batch, not by the file
 
 
@@ -78,6 +84,46 @@ def parquet_to_jsonl(source: Path, target: Path, *, rows_per_batch: int = ROWS_P
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise UnreadableInput(f"cannot read it as Parquet ({type(exc).__name__}: {exc})") from None
     return rows
+
+
+def carried_columns(source: Path, carry: tuple[str, ...] | None) -> str | None:
+    """The Arrow types of the Parquet file ``source``'s columns that ``carry`` (the worker's
+    ``carry_fields``) names, or of all for ``*``, as a serialized Arrow schema (base64), for the output to
+    give the carried columns the input's types (:func:`result_schema`); None where nothing is carried. A
+    type that JSON does not carry back exactly (binary, maps) is JSON text."""
+    if not carry:
+        return None
+    pa, parquet = pyarrow_modules()
+    schema = parquet.read_schema(source)
+    kept = [field for field in schema if ALL_FIELDS in carry or field.name in carry]
+    columns = pa.schema([pa.field(field.name, _carried_type(field.type)) for field in kept])
+    return base64.b64encode(columns.serialize().to_pybytes()).decode("ascii")
+
+
+def _carried_type(kind: Any) -> Any:
+    """The Arrow type a carried input value of type ``kind`` is written back as, from its JSON
+    (:func:`_json_value`): the same, but where the JSON loses what it was."""
+    pa, _ = pyarrow_modules()
+    types = pa.types
+    if types.is_dictionary(kind):
+        return _carried_type(kind.value_type)
+    if types.is_struct(kind):
+        return pa.struct([pa.field(kind.field(i).name, _carried_type(kind.field(i).type))
+                          for i in range(kind.num_fields)])  # fmt: skip
+    if types.is_list(kind) or types.is_large_list(kind) or types.is_fixed_size_list(kind):
+        return pa.list_(_carried_type(kind.value_type))
+    if types.is_float16(kind):
+        return pa.float32()
+    kept = (types.is_boolean, types.is_integer, types.is_floating, types.is_string,
+            types.is_large_string, types.is_timestamp, types.is_date, types.is_time, types.is_duration,
+            types.is_decimal)  # fmt: skip
+    return kind if any(is_kept(kind) for is_kept in kept) else pa.large_string()
+
+
+def read_columns(serialized: str) -> Any:
+    """The Arrow schema that :func:`carried_columns` serialized."""
+    pa, _ = pyarrow_modules()
+    return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(serialized)))
 
 
 def _json_row(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -177,6 +223,91 @@ def arrow_type(kind: Kind) -> Any:
     return scalars.get(str(kind), pa.string())
 
 
+_SCHEMA_SCALARS = ("integer", "number", "boolean", "string")
+
+
+def schema_type(schema: Any, *, root: Any = None, following: tuple[str, ...] = ()) -> Any:
+    """The Arrow type of the values the JSON schema ``schema`` admits: a struct for an object with
+    ``properties`` (in their order), a list for an array with ``items``, the scalar of one type (``null``
+    beside it makes the column nullable, as every column is); JSON text (``large_string``) where the values
+    may be of several types, or of none declared (an object without properties, ``{}``). Local ``$ref``
+    (``#/$defs/...``) are followed; one that refers back to itself is JSON text. An object that may hold
+    properties beyond those named (``additionalProperties`` not false) has one more field,
+    :data:`ADDITIONAL`: them, as a JSON object's text (null where there are none)."""
+    pa, _ = pyarrow_modules()
+    root = schema if root is None else root
+    if not isinstance(schema, Mapping):
+        return pa.large_string()
+    if isinstance(reference := schema.get("$ref"), str):
+        target = _local_reference(root, reference)
+        if target is None or reference in following:
+            return pa.large_string()
+        return schema_type(target, root=root, following=(*following, reference))
+    for alternatives in ("anyOf", "oneOf"):
+        if isinstance(options := schema.get(alternatives), list):
+            typed = [schema_type(option, root=root, following=following)
+                     for option in options if _declared_types(option) != {"null"}]  # fmt: skip
+            return typed[0] if typed and all(t == typed[0] for t in typed) else pa.large_string()
+    declared = _declared_types(schema) - {"null"}
+    if not declared and "const" in schema:
+        declared = {_json_type(schema["const"])}
+    if not declared and isinstance(schema.get("enum"), list):
+        declared = {_json_type(value) for value in schema["enum"] if value is not None}
+    if declared == {"integer", "number"}:
+        declared = {"number"}
+    if len(declared) != 1:
+        return pa.large_string()
+    (kind,) = declared
+    if kind == "object":
+        properties = schema.get("properties")
+        if not isinstance(properties, Mapping) or not properties or ADDITIONAL in properties:
+            return pa.large_string()
+        fields = [pa.field(str(name), schema_type(sub, root=root, following=following))
+                  for name, sub in properties.items()]  # fmt: skip
+        if schema.get("additionalProperties") is not False or "patternProperties" in schema:
+            # what else the object may hold; marked, as a value's own field of the name is not it
+            fields.append(pa.field(ADDITIONAL, pa.large_string(), metadata=_ADDITIONAL_MARK))
+        return pa.struct(fields)
+    if kind == "array":
+        items = schema.get("items")
+        return pa.list_(schema_type(items, root=root, following=following) if isinstance(items, Mapping)
+                        else pa.large_string())  # fmt: skip
+    scalars = {"integer": pa.int64(), "number": pa.float64(), "boolean": pa.bool_(), "string": pa.string()}
+    return scalars.get(kind, pa.large_string())
+
+
+def _declared_types(schema: Any) -> set[str]:
+    declared = schema.get("type") if isinstance(schema, Mapping) else None
+    if isinstance(declared, str):
+        return {declared}
+    return {str(name) for name in declared} if isinstance(declared, list) else set()
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object" if isinstance(value, dict) else "null"
+
+
+def _local_reference(root: Any, reference: str) -> Any:
+    """What ``#/a/b`` names in ``root``; None for another document's or a part that is not there."""
+    if not reference.startswith("#"):
+        return None
+    target = root
+    for part in reference[1:].split("/")[1:]:
+        part = part.replace("~1", "/").replace("~0", "~")
+        if not isinstance(target, Mapping) or part not in target:
+            return None
+        target = target[part]
+    return target
+
+
 def _fit(value: Any, kind: Any) -> Any:
     """``value`` (from JSON) shaped for the Arrow type ``kind``: JSON text for ``large_string``, text where
     the type is a string and the value is not one."""
@@ -186,8 +317,13 @@ def _fit(value: Any, kind: Any) -> Any:
     if pa.types.is_struct(kind):
         if not isinstance(value, Mapping):
             return None
-        return {kind.field(i).name: _fit(value.get(kind.field(i).name), kind.field(i).type)
-                for i in range(kind.num_fields)}  # fmt: skip
+        fields = [kind.field(i) for i in range(kind.num_fields)]
+        fitted = {field.name: _fit(value.get(field.name), field.type) for field in fields}
+        # a struct from a schema that allows more properties than it names
+        if fields and fields[-1].metadata == _ADDITIONAL_MARK:
+            more = {name: item for name, item in value.items() if name not in fitted}
+            fitted[ADDITIONAL] = json.dumps(more, ensure_ascii=False) if more else None
+        return fitted
     if pa.types.is_list(kind):
         return [_fit(item, kind.value_type) for item in value] if isinstance(value, list) else None
     if pa.types.is_large_string(kind) or (not isinstance(value, str) and pa.types.is_string(kind)):
@@ -202,25 +338,55 @@ def _fit(value: Any, kind: Any) -> Any:
         return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
     if pa.types.is_boolean(kind):
         return value if isinstance(value, bool) else None
+    return _from_json_text(value, kind)
+
+
+def _from_json_text(value: Any, kind: Any) -> Any:
+    """A carried input value that JSON holds as text or seconds (:func:`_json_value`) as the Arrow type
+    ``kind`` of its input column; None where it is not one."""
+    pa, _ = pyarrow_modules()
+    types = pa.types
+    try:
+        if types.is_timestamp(kind) or types.is_date(kind) or types.is_decimal(kind):
+            # Arrow's own parser: ISO 8601 with an offset, nanoseconds, any decimal's precision
+            return pa.scalar(value, pa.string()).cast(kind).as_py() if isinstance(value, str) else None
+        if types.is_time(kind):
+            return datetime.time.fromisoformat(value) if isinstance(value, str) else None
+    except (ValueError, pa.ArrowException):
+        return None
+    if types.is_duration(kind):
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        return datetime.timedelta(seconds=value) if number else None
     return value
 
 
-def result_schema(kinds: Mapping[str, Kind]) -> Any:
-    """The Arrow schema of a shard's results from the kinds of their fields (:func:`field_kinds`): the
-    carried input fields first, as columns of their own, then ``id``, ``line``, ``task``, ``enrichment``
-    and ``meta``."""
+def result_schema(
+    kinds: Mapping[str, Kind], enrichment: Mapping[str, Any] | None = None, carried: Any = None
+) -> Any:
+    """The Arrow schema of a shard's results: the carried input fields first, as columns of their own, then
+    ``id``, ``line``, ``task``, ``enrichment`` and ``meta``. The enrichment's type is that of its JSON schema
+    ``enrichment`` (the task's, :func:`~llm_etl_provider.contract.answers.published_schema`), the meta's
+    that of :data:`~llm_etl_provider.contract.answers.META_SCHEMA`: the same in every shard. A carried
+    field's is its input column's in ``carried`` (an Arrow schema: :func:`carried_columns`); the other
+    carried fields', and the enrichment's without a schema, are those of the values (:func:`field_kinds`)."""
     pa, _ = pyarrow_modules()
     own = {
         "id": pa.string(),
         "line": pa.int64(),
         "task": pa.string(),
-        "enrichment": arrow_type(kinds.get("enrichment")),
-        "meta": arrow_type(kinds.get("meta")),
+        "enrichment": (
+            schema_type(enrichment) if enrichment is not None else arrow_type(kinds.get("enrichment"))
+        ),
+        "meta": schema_type(META_SCHEMA),
     }
-    carried = kinds.get(CARRIED_FIELD)
-    columns = carried[1] if isinstance(carried, tuple) and carried[0] == "struct" else {}
+    seen = kinds.get(CARRIED_FIELD)
+    columns = seen[1] if isinstance(seen, tuple) and seen[0] == "struct" else {}
+    typed = {field.name: field.type for field in carried} if carried is not None else {}
     return pa.schema(
-        [pa.field(carried_column(name), arrow_type(kind)) for name, kind in columns.items()]
+        [
+            pa.field(carried_column(name), typed.get(name) or arrow_type(kind))
+            for name, kind in columns.items()
+        ]
         + [pa.field(name, kind) for name, kind in own.items()]
     )
 
@@ -257,13 +423,24 @@ def dead_letter_schema() -> Any:
 
 
 def write_parquet(
-    read: Callable[[], Iterator[dict[str, Any]]], target: Any, *, dead_letters: bool = False
+    read: Callable[[], Iterator[dict[str, Any]]],
+    target: Any,
+    *,
+    dead_letters: bool = False,
+    enrichment_schema: Mapping[str, Any] | None = None,
+    carried: str | None = None,
 ) -> int:
     """Write the lines ``read()`` yields (a shard's verified results, or its dead letters) to ``target`` (a
     path or a binary file) as Parquet, :data:`ROWS_PER_BATCH` rows per row group, in two reads: the columns'
-    types, then the rows; return the rows."""
+    types (:func:`result_schema`, the enrichment's from ``enrichment_schema`` and the carried columns' from
+    ``carried``, :func:`carried_columns`, where given), then the rows; return the rows."""
     pa, parquet = pyarrow_modules()
-    schema = dead_letter_schema() if dead_letters else result_schema(field_kinds(read()))
+    columns = read_columns(carried) if carried else None
+    schema = (
+        dead_letter_schema()
+        if dead_letters
+        else result_schema(field_kinds(read()), enrichment_schema, columns)
+    )
     rows = 0
     with parquet.ParquetWriter(target, schema, compression="zstd") as writer:
         batch: list[dict[str, Any]] = []

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import ObjectStoragePath
 from airflow.sdk.exceptions import AirflowFailException
 
+from llm_etl_provider.contract.answers import settings_schema
 from llm_etl_provider.contract.invocation import OBJECT_OUTPUT
 from llm_etl_provider.contract.layout import published_folder
 from llm_etl_provider.contract.shard import ShardDescriptor
@@ -40,12 +41,16 @@ class ExtractResultsOperator(RunStepOperator):
     :param output_format: ``jsonl`` or ``parquet`` (templated): ``results.parquet`` and
         ``dead_letter.parquet`` in place of the JSONL files, the enrichment and its meta as typed structs,
         the carried input fields as columns of their own (the ``parquet`` extra)
+    :param task_settings: the shard's worker settings that shape its answers (``task``, ``categories``,
+        ``entity_types``, ``schema``; templated): a Parquet output's enrichment is typed from the task's JSON
+        schema, the same in every shard. None (or a custom schema given as a file's path) types it from
+        the shard's values
     and the run's ``namespace``, ``kubernetes_conn_id``, ``execution_mode`` and ``local_dir``
     (:class:`~llm_etl_provider.operators.base.RunStepOperator`)
     """
 
     template_fields: Sequence[str] = (
-        "output_path", "shard", "key_secret", "namespace", "local_dir", "output_format",
+        "output_path", "shard", "key_secret", "namespace", "local_dir", "output_format", "task_settings",
     )  # fmt: skip
 
     def __init__(
@@ -55,6 +60,7 @@ class ExtractResultsOperator(RunStepOperator):
         shard: dict[str, Any] | str,
         key_secret: str | None = None,
         output_format: str = JSONL_OUTPUT,
+        task_settings: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -62,6 +68,7 @@ class ExtractResultsOperator(RunStepOperator):
         self.shard = shard
         self.key_secret = key_secret
         self.output_format = output_format
+        self.task_settings = task_settings
 
     def execute(self, context: Context) -> dict[str, Any]:
         if self.output_format not in OUTPUT_FORMATS:  # a retry would meet it again
@@ -99,6 +106,10 @@ class ExtractResultsOperator(RunStepOperator):
                 # the run's _SUCCESS and manifest vouched for the shard's earlier output
                 before_publish=lambda: unpublish_run(run_output),
                 output_format=self.output_format,
+                enrichment_schema=(
+                    settings_schema(self.task_settings) if self.task_settings is not None else None
+                ),
+                carried_columns=shard.carried_columns,
             )
         except TransportError as exc:
             raise FrameStreamRejectedError(f"shard {shard.index}: nothing was published: {exc}") from None

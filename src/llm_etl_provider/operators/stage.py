@@ -28,8 +28,8 @@ from llm_etl_provider.contract.layout import DEFAULT_RUN_DEADLINE_SECONDS, plan_
 from llm_etl_provider.contract.object_transport import DEFAULT_TRANSPORT, TRANSPORT_FOLDER, TRANSPORTS
 from llm_etl_provider.contract.shard import validate_run_id
 from llm_etl_provider.exceptions import PodSpecError, StagingError, StagingInputError
-from llm_etl_provider.formats.exceptions import InputError
-from llm_etl_provider.formats.parquet import declared_parquet
+from llm_etl_provider.formats.exceptions import InputError, UnreadableInput
+from llm_etl_provider.formats.parquet import carried_columns, declared_parquet
 from llm_etl_provider.formats.records import InputLimits, RecordReader
 from llm_etl_provider.hooks.object_store import ObjectStoreSigner, expiry_seconds
 from llm_etl_provider.operators.base import RunStepOperator, backend_for
@@ -284,8 +284,11 @@ class StageInputOperator(RunStepOperator):
                         )
             except (InputError, StagingInputError) as exc:
                 raise StagingError(str(exc).replace(str(local.path), self.input_path)) from None
+            descriptors = self._with_carried_columns(descriptors, local)
             if golden is not None:
-                descriptors += self._stage_golden(backend, golden, limits, plan, memory, len(descriptors))
+                descriptors += self._with_carried_columns(
+                    self._stage_golden(backend, golden, limits, plan, memory, len(descriptors)), golden
+                )
         self.log.info("plan %s: input sha256 %s", plan, local.sha256)
         return self._report(descriptors, layout.plan_prefix(self.run_scope, run_id, plan))
 
@@ -306,6 +309,20 @@ class StageInputOperator(RunStepOperator):
             "enrichment": self.plan_settings,
             "previous_output": self.earlier_output,
         }
+
+    def _with_carried_columns(
+        self, descriptors: list[dict[str, Any]], source: LocalInput
+    ) -> list[dict[str, Any]]:
+        """The descriptors of ``source``'s shards with the types of the input columns their results carry,
+        where the input has them (Parquet): every shard's output gives those columns the input's types."""
+        if source.parquet is None:
+            return descriptors
+        carry = coerce_settings({"carry_fields": self.plan_settings.get("carry_fields")})["carry_fields"]
+        try:
+            columns = carried_columns(source.parquet, carry)
+        except UnreadableInput as exc:
+            raise StagingError(f"{self.input_path}: {exc}") from None
+        return [{**descriptor, "carried_columns": columns} for descriptor in descriptors]
 
     @property
     def golden(self) -> str | None:

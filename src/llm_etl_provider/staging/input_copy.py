@@ -93,12 +93,14 @@ class LocalInput:
     :param format: the format of ``path``: ``jsonl`` or ``csv``
     :param sha256: the digest of the input as it is
     :param declared: its own format (``parquet`` for a Parquet input), for the plan
+    :param parquet: a Parquet input's copy, as it is (None for another format)
     """
 
     path: Path
     format: str
     sha256: str
     declared: str
+    parquet: Path | None = None
 
 
 @contextlib.contextmanager
@@ -113,4 +115,7 @@ def local_input(name: str, declared: str, *, max_bytes: int) -> Iterator[LocalIn
         input_copy(ObjectStoragePath(name), max_bytes=max_bytes, name=name) as copy,
         as_json_lines(copy, name) if parquet else contextlib.nullcontext(copy.path) as path,
     ):
-        yield LocalInput(path, fmt, copy.sha256, PARQUET_FORMAT if parquet else fmt)
+        if parquet:
+            yield LocalInput(path, fmt, copy.sha256, PARQUET_FORMAT, parquet=copy.path)
+        else:
+            yield LocalInput(path, fmt, copy.sha256, fmt)

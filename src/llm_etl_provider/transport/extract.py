@@ -92,6 +92,8 @@ def extract(
     threads: int = DEFAULT_THREADS,
     before_publish: Callable[[], None] | None = None,
     output_format: str = JSONL_OUTPUT,
+    enrichment_schema: dict[str, Any] | None = None,
+    carried_columns: str | None = None,
 ) -> dict[str, Any]:
     """Verify the frame stream in ``lines`` and publish it under ``output``; return the manifest.
 
@@ -115,6 +117,11 @@ def extract(
         the same stream was published already): e.g. to withdraw the run's ``_SUCCESS``
     :param output_format: ``jsonl`` (the verified lines as they are) or ``parquet`` (written from them once
         verified: :func:`~llm_etl_provider.formats.parquet.write_parquet`)
+    :param enrichment_schema: the JSON schema of the shard's enrichment (the task's,
+        :func:`~llm_etl_provider.contract.answers.published_schema`), which types a Parquet output's
+        ``enrichment``; None types it from the values
+    :param carried_columns: the Arrow types of the carried input columns (the stage's, from a Parquet
+        input: :func:`~llm_etl_provider.formats.parquet.carried_columns`); None types them from the values
     :raises TransportError: the stream cannot be trusted; nothing was published
     """
     if output_format not in OUTPUT_FORMATS:
@@ -186,7 +193,7 @@ def extract(
             "files": (
                 {RESULTS: results.describe(), DEAD_LETTERS: dead_letters.describe()}
                 if output_format == JSONL_OUTPUT
-                else _as_parquet(staging)
+                else _as_parquet(staging, enrichment_schema, carried_columns)
             ),
             "worker_summary": trailer.summary,
             "extract": {
@@ -264,7 +271,9 @@ def _publish(destination: Any, staging: Any, manifest: dict[str, Any]) -> None:
         success.write_text("")
 
 
-def _as_parquet(staging: Any) -> dict[str, Any]:
+def _as_parquet(
+    staging: Any, enrichment_schema: dict[str, Any] | None, carried_columns: str | None
+) -> dict[str, Any]:
     """Write the staged, verified lines as Parquet beside them and remove them; describe the Parquet
     files."""
     from llm_etl_provider.formats.parquet import write_parquet
@@ -274,7 +283,11 @@ def _as_parquet(staging: Any) -> dict[str, Any]:
         source, target = staging / lines, staging / parquet
         with target.open("wb") as out:
             rows = write_parquet(
-                functools.partial(_json_lines, source), out, dead_letters=lines == DEAD_LETTERS
+                functools.partial(_json_lines, source),
+                out,
+                dead_letters=lines == DEAD_LETTERS,
+                enrichment_schema=enrichment_schema,
+                carried=carried_columns,
             )
         digest = hashlib.sha256()
         with target.open("rb") as written:

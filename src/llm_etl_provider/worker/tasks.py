@@ -19,20 +19,14 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
+from llm_etl_provider.contract.answers import (
+    MODERATION_CATEGORIES,
+    TEXT_ANSWER_FIELD,
+    answer_schema,
+)
 from llm_etl_provider.contract.invocation import TASK_NAMES, WorkerInvocation, unmet_task_needs
 from llm_etl_provider.formats import strict_json
 from llm_etl_provider.worker.exceptions import ConfigurationError, InvalidOutputError, MissingFieldError
-
-MODERATION_CATEGORIES = (
-    "harassment",
-    "hate",
-    "self-harm",
-    "sexual",
-    "violence",
-    "illicit-drugs",
-    "medical-misinformation",
-    "spam",
-)
 
 
 def unprompted_fields(invocation: WorkerInvocation) -> tuple[str, ...]:
@@ -128,16 +122,6 @@ def _compact(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-TEXT_ANSWER_FIELD = "text"
-# A free-text answer's enrichment: {"text": <the answer>}
-TEXT_ANSWER_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {TEXT_ANSWER_FIELD: {"type": "string", "minLength": 1}},
-    "required": [TEXT_ANSWER_FIELD],
-    "additionalProperties": False,
-}
-
-
 @dataclass(frozen=True)
 class TaskSpec:
     """One enrichment task: how to ask the model, and what a valid answer looks like."""
@@ -148,7 +132,7 @@ class TaskSpec:
     schema: dict[str, Any]
     max_tokens: int
     postprocess: Callable[[dict[str, Any], Mapping[str, Any]], dict[str, Any]] | None = None
-    # free text, unconstrained: the answer is the enrichment's ``text`` (``schema`` is TEXT_ANSWER_SCHEMA)
+    # free text, unconstrained: the answer is the enrichment's ``text`` (``schema``: TEXT_ANSWER_SCHEMA)
     text_answer: bool = False
     _validator: Draft202012Validator = field(init=False, repr=False, compare=False)
 
@@ -282,12 +266,7 @@ def build_task(invocation: WorkerInvocation) -> TaskSpec:
                 'positive, negative or neutral. Answer only with JSON: {"sentiment": "positive"}.'
             ),
             template=prompt_template,
-            schema={
-                "type": "object",
-                "properties": {"sentiment": {"type": "string", "enum": ["positive", "negative", "neutral"]}},
-                "required": ["sentiment"],
-                "additionalProperties": False,
-            },
+            schema=answer_schema(name),
             max_tokens=max_tokens or 24,
         )
     if name == "tags":
@@ -301,19 +280,7 @@ def build_task(invocation: WorkerInvocation) -> TaskSpec:
                 + '. Answer only with JSON: {"tags": ["..."]}.'
             ),
             template=prompt_template,
-            schema={
-                "type": "object",
-                "properties": {
-                    "tags": {
-                        "type": "array",
-                        "items": {"type": "string", "enum": allowed},
-                        "uniqueItems": True,
-                        "maxItems": len(allowed),
-                    }
-                },
-                "required": ["tags"],
-                "additionalProperties": False,
-            },
+            schema=answer_schema(name, categories=allowed),
             max_tokens=max_tokens or 96,
         )
     if name == "moderation":
@@ -327,20 +294,7 @@ def build_task(invocation: WorkerInvocation) -> TaskSpec:
                 + '. Answer only with JSON: {"flagged": false, "categories": []}.'
             ),
             template=prompt_template,
-            schema={
-                "type": "object",
-                "properties": {
-                    "flagged": {"type": "boolean"},
-                    "categories": {
-                        "type": "array",
-                        "items": {"type": "string", "enum": list(MODERATION_CATEGORIES)},
-                        "uniqueItems": True,
-                        "maxItems": len(MODERATION_CATEGORIES),
-                    },
-                },
-                "required": ["flagged", "categories"],
-                "additionalProperties": False,
-            },
+            schema=answer_schema(name),
             max_tokens=max_tokens or 96,
         )
     if name == "entities":
@@ -355,26 +309,7 @@ def build_task(invocation: WorkerInvocation) -> TaskSpec:
                 'Answer only with JSON: {"entities": [{"text": "...", "type": "..."}]}.'
             ),
             template=prompt_template,
-            schema={
-                "type": "object",
-                "properties": {
-                    "entities": {
-                        "type": "array",
-                        "maxItems": 16,
-                        "items": {
-                            "type": "object",
-                            "properties": {
-                                "text": {"type": "string", "minLength": 1, "maxLength": 200},
-                                "type": {"type": "string", "enum": types},
-                            },
-                            "required": ["text", "type"],
-                            "additionalProperties": False,
-                        },
-                    }
-                },
-                "required": ["entities"],
-                "additionalProperties": False,
-            },
+            schema=answer_schema(name, entity_types=types),
             max_tokens=max_tokens or 384,
             postprocess=lambda answer, record: _locate_entities(
                 answer, record, prompt_template.fields_of(record)
@@ -386,7 +321,7 @@ def build_task(invocation: WorkerInvocation) -> TaskSpec:
             name=name,
             system_prompt=system_prompt,
             template=prompt_template,
-            schema=schema or TEXT_ANSWER_SCHEMA,
+            schema=answer_schema(name, schema=schema),
             max_tokens=max_tokens or 256,
             text_answer=schema is None,  # no schema: the answer is free text
         )

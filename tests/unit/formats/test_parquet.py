@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import functools
 import json
 from pathlib import Path
 
@@ -12,13 +13,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from llm_etl_provider.contract.answers import published_schema
 from llm_etl_provider.formats.exceptions import UnreadableInput
 from llm_etl_provider.formats.parquet import (
+    carried_columns,
     declared_parquet,
     kind_of,
     merged,
     parquet_rows,
     parquet_to_jsonl,
+    read_columns,
+    schema_type,
     write_parquet,
 )
 
@@ -166,3 +171,159 @@ def test_dead_letters_keep_their_record_as_json_text_and_an_empty_shard_has_its_
     empty = results(tmp_path, [])
     assert write_parquet(lambda: iter(lines(empty)), tmp_path / "none.parquet") == 0
     assert "enrichment" in pq.read_schema(tmp_path / "none.parquet").names
+
+
+def result_line(line: int, enrichment: dict, **meta) -> dict:
+    return {
+        "id": str(line),
+        "line": line,
+        "task": "custom",
+        "enrichment": enrichment,
+        "meta": {"model": "m", "latency_s": 0.1, "attempts": 1, **meta},
+    }
+
+
+def test_the_catalogue_schemas_become_structs_with_entity_spans():
+    assert schema_type(published_schema("sentiment")) == pa.struct([("sentiment", pa.string())])
+    assert schema_type(published_schema("tags", categories=["a"])) == pa.struct(
+        [("tags", pa.list_(pa.string()))]
+    )
+    assert schema_type(published_schema("moderation")) == pa.struct(
+        [("flagged", pa.bool_()), ("categories", pa.list_(pa.string()))]
+    )
+    entity = pa.struct(
+        [("text", pa.string()), ("type", pa.string()), ("start", pa.int64()), ("end", pa.int64())]
+    )
+    assert schema_type(published_schema("entities", entity_types=["drug"])) == pa.struct(
+        [("entities", pa.list_(entity))]
+    )
+    assert schema_type(published_schema("custom")) == pa.struct([("text", pa.string())])
+
+
+def test_a_custom_schema_types_unions_references_enums_and_constants():
+    schema = {
+        "type": "object",
+        "$defs": {
+            "dose": {
+                "type": "object",
+                "properties": {"mg": {"type": "number"}},
+                "additionalProperties": False,
+            },
+            "loop": {"$ref": "#/$defs/loop"},
+        },
+        "properties": {
+            "score": {"type": ["integer", "null"]},
+            "ratio": {"type": ["integer", "number"]},
+            "either": {"anyOf": [{"type": "string"}, {"type": "integer"}]},
+            "maybe": {"oneOf": [{"type": "null"}, {"type": "boolean"}]},
+            "dose": {"$ref": "#/$defs/dose"},
+            "loop": {"$ref": "#/$defs/loop"},
+            "elsewhere": {"$ref": "other.json#/x"},
+            "level": {"enum": [1, 2, None]},
+            "kind": {"const": "x"},
+            "anything": {},
+            "free": {"type": "object"},
+            "rows": {"type": "array"},
+        },
+        "additionalProperties": False,
+    }
+    assert schema_type(schema) == pa.struct([
+        ("score", pa.int64()), ("ratio", pa.float64()), ("either", pa.large_string()),
+        ("maybe", pa.bool_()), ("dose", pa.struct([("mg", pa.float64())])), ("loop", pa.large_string()),
+        ("elsewhere", pa.large_string()), ("level", pa.int64()), ("kind", pa.string()),
+        ("anything", pa.large_string()), ("free", pa.large_string()), ("rows", pa.list_(pa.large_string())),
+    ])  # fmt: skip
+
+
+def test_shards_typed_from_one_schema_have_the_same_columns_whatever_their_values(tmp_path):
+    """Without the schema, a shard whose answers left a field null would type it as text, another as a
+    number: a reader of the whole output (one glob, no union by name) would refuse them."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "score": {"type": ["number", "null"]},
+            "labels": {"type": "array", "items": {"type": "string"}},
+        },
+        "required": ["score", "labels"],
+        "additionalProperties": False,
+    }
+    shards = {
+        "shard-00000": [result_line(1, {"score": None, "labels": []}, prompt_tokens=None)],
+        "shard-00001": [result_line(2, {"score": 3, "labels": ["x"]}, prompt_tokens=5, reused=True)],
+        "shard-00002": [],
+    }
+    for name, rows in shards.items():
+        (tmp_path / name).mkdir()
+        write_parquet(
+            functools.partial(iter, rows), tmp_path / name / "results.parquet", enrichment_schema=schema
+        )
+    schemas = {pq.read_schema(tmp_path / name / "results.parquet") for name in shards}
+    assert len(schemas) == 1
+    got = (
+        duckdb.connect()
+        .execute(
+            f"SELECT line, enrichment.score, enrichment.labels, meta.prompt_tokens, meta.reused "
+            f"FROM read_parquet('{tmp_path}/*/results.parquet') ORDER BY line"
+        )
+        .fetchall()
+    )
+    assert got == [(1, None, [], None, None), (2, 3.0, ["x"], 5, True)]
+
+
+def test_properties_a_schema_allows_beyond_those_it_names_are_kept_as_json_text(tmp_path):
+    schema = {"type": "object", "properties": {"score": {"type": "integer"}}}  # additionalProperties: any
+    rows = [
+        result_line(1, {"score": 1, "why": "because", "n": [1]}),
+        result_line(2, {"score": 2}),
+    ]
+    rows[0]["input"] = {"note": {"_additional": "the input's own"}}
+    rows[1]["input"] = {"note": {"_additional": "kept"}}
+    write_parquet(lambda: iter(rows), tmp_path / "r.parquet", enrichment_schema=schema)
+    first, second = pq.read_table(tmp_path / "r.parquet").to_pylist()
+    assert first["enrichment"]["score"] == 1
+    assert json.loads(first["enrichment"]["_additional"]) == {"why": "because", "n": [1]}
+    assert second["enrichment"] == {"score": 2, "_additional": None}
+    assert first["note"] == {"_additional": "the input's own"}  # a value's own field of the name is its own
+
+
+def test_carried_columns_come_back_with_the_input_columns_types_and_values(tmp_path):
+    """Through JSON (what the worker reads and writes) and back: timestamps, dates, times, durations and
+    decimals are the input's again; binary and maps, which JSON does not give back exactly, are text."""
+    utc, moment = datetime.UTC, datetime.datetime
+    table = pa.table({
+        "id": pa.array(["a", "b"]),
+        "seen": pa.array([moment(2026, 1, 2, 3, 4, 5, 6, tzinfo=utc), None], pa.timestamp("us", "UTC")),
+        "naive": pa.array([moment(2026, 1, 2), moment(1999, 12, 31, 23)], pa.timestamp("ms")),
+        "day": pa.array([datetime.date(2026, 2, 28), None], pa.date32()),
+        "at": pa.array([datetime.time(12, 30, 0, 500), None], pa.time64("us")),
+        "took": pa.array([datetime.timedelta(seconds=90), None], pa.duration("s")),
+        "price": pa.array([decimal.Decimal("12345678901234.56"), None], pa.decimal128(18, 2)),
+        "blob": pa.array([b"\x00\xff", b"text"], pa.binary()),
+        "codes": pa.array([[("k", 1)], []], pa.map_(pa.string(), pa.int64())),
+        "kind": pa.array(["x", "y"]).dictionary_encode(),
+        "visit": pa.array([{"when": datetime.date(2026, 1, 1), "notes": ["n"]}, None],
+                          pa.struct([("when", pa.date32()), ("notes", pa.list_(pa.string()))])),
+        "unused": pa.array([1, 2]),
+    })  # fmt: skip
+    source = tmp_path / "input.parquet"
+    pq.write_table(table, source)
+    rows = tmp_path / "rows.jsonl"
+    parquet_to_jsonl(source, rows)
+    carried = carried_columns(source, ("*",))
+    results = [
+        {**result_line(i + 1, {"sentiment": "neutral"}), "input": row} for i, row in enumerate(lines(rows))
+    ]
+    write_parquet(functools.partial(iter, results), tmp_path / "out.parquet", carried=carried)
+    out = pq.read_table(tmp_path / "out.parquet")
+    for name in ("seen", "naive", "day", "at", "took", "price", "visit", "unused"):
+        assert out.schema.field(name).type == table.schema.field(name).type, name
+        assert out.column(name).to_pylist() == table.column(name).to_pylist(), name
+    assert out.schema.field("kind").type == pa.string()
+    assert out.column("kind").to_pylist() == ["x", "y"]
+    assert out.schema.field("blob").type == pa.large_string()
+    assert out.schema.field("input_id").type == pa.string()  # a carried column named as a result column
+    assert json.loads(out.column("codes").to_pylist()[0]) == {"k": 1}
+    # only the columns carried are typed by the input; nothing carried, nothing to type
+    only = read_columns(carried_columns(source, ("seen", "absent")))
+    assert only.names == ["seen"]
+    assert carried_columns(source, None) is None

@@ -211,6 +211,7 @@ def test_template_fields_are_pinned():
         "namespace",
         "local_dir",
         "output_format",
+        "task_settings",
     )
 
 
