@@ -229,6 +229,13 @@ PARAMS: dict[str, Param] = {
         description="jsonl, or parquet: each shard's results.parquet, the enrichment as typed columns "
         "beside the carried input columns, and dead_letter.parquet",
     ),
+    "partition_by": Param(
+        None,
+        type=["null", "string"],
+        title="Partition the Parquet results by",
+        description="A carried input column (or task, or enrichment.<field>): each shard's results as "
+        "results/<column>=<value>/part-0.parquet, a Hive-partitioned folder. Empty: one file a shard",
+    ),
 }
 
 
@@ -263,6 +270,7 @@ def llm_enrichment() -> None:
         label_field="{{ params.label_field }}",
         carry_fields="{{ params.carry_fields }}",
         output_format="{{ params.output_format }}",
+        partition_by="{{ params.partition_by }}",
         previous_output="{{ params.previous_output }}",
         golden_path="{{ params.golden_path }}",
         min_quality="{{ params.min_quality }}",

@@ -69,6 +69,7 @@ def llm_enrichment_task_group(
     local_dir: str | None = None,
     input_format: str = default_of("input_format"),
     output_format: str = JSONL_OUTPUT,
+    partition_by: str | None = None,
     previous_output: str | None = None,
     golden_path: str | None = None,
     min_quality: float | str | None = None,
@@ -126,7 +127,8 @@ def llm_enrichment_task_group(
     ``work_claim_size`` each shard's checkpoint survives its pod, so a retry after a lost pod resumes.
     ``input_format``: ``auto`` (from the name), ``jsonl``, ``csv`` or ``parquet`` (log transport only);
     ``output_format``: ``jsonl`` or ``parquet`` (each shard's ``results.parquet`` and
-    ``dead_letter.parquet``; the worker's ``carry_fields`` puts input columns beside the enrichment).
+    ``dead_letter.parquet``; the worker's ``carry_fields`` puts input columns beside the enrichment);
+    ``partition_by``: a Parquet output's results as Hive partitions by that column (ExtractResultsOperator).
     ``previous_output``: an earlier run's output folder; its results of unchanged records are published
     again instead of asking the model (:class:`StageInputOperator`). ``golden_path``: a labelled golden
     set (its labels in the worker's ``label_field``) enriched with each run and published apart; its
@@ -244,6 +246,7 @@ def llm_enrichment_task_group(
                 shard=shard,
                 output_path=output_path,
                 output_format=output_format,
+                partition_by=partition_by,
                 task_settings={name: enrichment[name] for name in ANSWER_SETTINGS if name in enrichment},
                 # a failed enrichment may have written its whole stream (over the dead-letter threshold):
                 # publish it, marked failed; a stream cut short is refused with nothing published

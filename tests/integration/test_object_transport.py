@@ -20,6 +20,7 @@ from llm_etl_provider.operators.cleanup import CleanupOperator
 from llm_etl_provider.operators.extract import ExtractResultsOperator
 from llm_etl_provider.operators.local_enrichment import LocalEnrichmentOperator
 from llm_etl_provider.operators.stage import StageInputOperator
+from llm_etl_provider.transport.extract import published_rows
 from tests.integration.pipeline import local_settings, stage_enrich_extract
 from tests.task_context import task_context
 
@@ -255,3 +256,16 @@ def test_a_parquet_input_on_s3_comes_back_as_parquet_with_its_columns_beside_the
     described = connection.execute(f"DESCRIBE SELECT * FROM '{tmp_path / 'results.parquet'}'").fetchall()
     types = {row[0]: row[1] for row in described}
     assert types["rating"] == "BIGINT"
+    # the same shard again, partitioned by a carried column: one folder per value in the store, replacing
+    # the single file; its rows read back whole
+    with DAG("llm_enrichment", schedule=None):
+        ExtractResultsOperator(
+            task_id="extract_partitioned", shard=shards[0], output_path=output, output_format="parquet",
+            partition_by="rating", task_settings={"task": "sentiment"}, **local_settings(tmp_path),
+        ).execute(task_context("r1"))  # fmt: skip
+    values = {p.name for p in (folder / "results").iterdir()}
+    assert values == {f"rating={i}" for _, _, line, _, i, _, _ in rows if i is not None} | (
+        {"rating=__HIVE_DEFAULT_PARTITION__"} if any(row[4] is None for row in rows) else set()
+    )
+    assert not (folder / "results.parquet").exists()
+    assert sorted(row["line"] for row in published_rows(folder) if row) == [row[2] for row in rows]

@@ -39,6 +39,7 @@ RESULT_COLUMNS = ("id", "line", "task", "enrichment", "meta")  # a result line's
 ADDITIONAL = "_additional"
 _ADDITIONAL_MARK = {b"llm_etl": b"additional properties"}
 ROWS_PER_BATCH = 4096  # rows converted at once: memory is bounded by a batch, not by the file
+MAX_PARTITIONS = 1024  # a partitioned shard's folders at most: more is a column that partitions nothing
 
 
 def pyarrow_modules() -> tuple[Any, Any]:
@@ -434,31 +435,123 @@ def write_parquet(
     path or a binary file) as Parquet, :data:`ROWS_PER_BATCH` rows per row group, in two reads: the columns'
     types (:func:`result_schema`, the enrichment's from ``enrichment_schema`` and the carried columns' from
     ``carried``, :func:`carried_columns`, where given), then the rows; return the rows."""
-    pa, parquet = pyarrow_modules()
-    columns = read_columns(carried) if carried else None
+    _, parquet = pyarrow_modules()
     schema = (
         dead_letter_schema()
         if dead_letters
-        else result_schema(field_kinds(read()), enrichment_schema, columns)
+        else result_schema(field_kinds(read()), enrichment_schema, read_columns(carried) if carried else None)
     )
     rows = 0
     with parquet.ParquetWriter(target, schema, compression="zstd") as writer:
-        batch: list[dict[str, Any]] = []
-        for line in read():
-            row = dict(line)
-            for name, value in (row.pop(CARRIED_FIELD, None) or {}).items():
-                row[carried_column(name)] = value
-            if row.get("id") is not None:
-                row["id"] = str(row["id"])
-            batch.append({column.name: _fit(row.get(column.name), column.type) for column in schema})
-            if len(batch) == ROWS_PER_BATCH:
-                writer.write_table(pa.Table.from_pylist(batch, schema=schema))
-                rows += len(batch)
-                batch = []
-        if batch or not rows:
-            writer.write_table(pa.Table.from_pylist(batch, schema=schema))
-            rows += len(batch)
+        for table in _tables(read(), schema):
+            writer.write_table(table)
+            rows += table.num_rows
     return rows
+
+
+def write_partitioned(
+    read: Callable[[], Iterator[dict[str, Any]]],
+    folder: Path,
+    partition_by: str,
+    *,
+    enrichment_schema: Mapping[str, Any] | None = None,
+    carried: str | None = None,
+    max_partitions: int = MAX_PARTITIONS,
+) -> dict[str, int]:
+    """Write a shard's verified results under the local ``folder`` as a Hive-partitioned dataset,
+    ``<column>=<value>/part-<n>.parquet`` (the value URI-escaped, null as ``__HIVE_DEFAULT_PARTITION__``),
+    the columns as :func:`write_parquet` types them but the partition column, which is in the path; return
+    each file's path under ``folder`` and its rows.
+
+    ``partition_by`` names a column of the results (a carried input column by its output name, ``task``)
+    or a field of the enrichment (``enrichment.<field>``, as a column of that name). Raises
+    :class:`PartitionError` where it names no scalar column, or has more than ``max_partitions`` values."""
+    pa, _ = pyarrow_modules()
+    from pyarrow import dataset
+
+    schema = result_schema(field_kinds(read()), enrichment_schema, read_columns(carried) if carried else None)
+    column, field = _partition_column(schema, partition_by)
+    if field.name not in schema.names:
+        schema = schema.append(field)
+    if pa.types.is_nested(field.type):
+        raise PartitionError(
+            f"partition_by {partition_by!r} is a {field.type} column: a partition is one value"
+        )
+    written: dict[str, int] = {}
+
+    def visited(file: Any) -> None:
+        written[str(Path(file.path).relative_to(folder))] = file.metadata.num_rows
+
+    tables = _tables(read(), schema, derived=column)
+    try:
+        dataset.write_dataset(
+            pa.RecordBatchReader.from_batches(schema, (b for t in tables for b in t.to_batches())),
+            folder,
+            format="parquet",
+            partitioning=dataset.partitioning(pa.schema([field]), flavor="hive"),
+            basename_template="part-{i}.parquet",
+            max_partitions=max_partitions,
+            max_rows_per_group=ROWS_PER_BATCH,
+            file_options=dataset.ParquetFileFormat().make_write_options(compression="zstd"),
+            existing_data_behavior="error",
+            file_visitor=visited,
+        )
+    except pa.ArrowInvalid as exc:
+        if "max_partitions" in str(exc) or "partitions" in str(exc):
+            raise PartitionError(
+                f"partition_by {partition_by!r} has more than {max_partitions} values in one shard: "
+                "partition by a column of fewer values"
+            ) from None
+        raise
+    return written
+
+
+class PartitionError(ValueError):
+    """The partition column is not one the results can be partitioned by."""
+
+
+def _partition_column(schema: Any, partition_by: str) -> tuple[str | None, Any]:
+    """The partition field (an enrichment field's, named by its own name) and, for an enrichment field,
+    the field it is derived from."""
+    pa, _ = pyarrow_modules()
+    name = partition_by.strip()
+    if name.startswith("enrichment."):
+        leaf = name.removeprefix("enrichment.")
+        enrichment = schema.field("enrichment").type
+        if not pa.types.is_struct(enrichment) or enrichment.get_field_index(leaf) < 0:
+            raise PartitionError(f"partition_by {partition_by!r}: the enrichment has no field {leaf!r}")
+        if leaf in schema.names:
+            raise PartitionError(f"partition_by {partition_by!r}: the results have a column {leaf!r} already")
+        return leaf, pa.field(leaf, enrichment.field(leaf).type)
+    if name not in schema.names or name in ("enrichment", "meta"):
+        carried = [column for column in schema.names if column not in RESULT_COLUMNS]
+        raise PartitionError(
+            f"partition_by {partition_by!r} is not a column of the results: choose a carried input column "
+            f"({', '.join(carried) or 'none carried: set carry_fields'}), task, or enrichment.<field>"
+        )
+    return None, schema.field(name)
+
+
+def _tables(lines: Iterator[dict[str, Any]], schema: Any, *, derived: str | None = None) -> Iterator[Any]:
+    """The lines as tables of :data:`ROWS_PER_BATCH` rows of ``schema`` (at least one, empty for none):
+    carried fields as columns of their own, ``derived`` (an enrichment field) as a column too."""
+    pa, _ = pyarrow_modules()
+    batch: list[dict[str, Any]] = []
+    sent = False
+    for line in lines:
+        row = dict(line)
+        for name, value in (row.pop(CARRIED_FIELD, None) or {}).items():
+            row[carried_column(name)] = value
+        if row.get("id") is not None:
+            row["id"] = str(row["id"])
+        if derived is not None and isinstance(row.get("enrichment"), Mapping):
+            row[derived] = row["enrichment"].get(derived)
+        batch.append({column.name: _fit(row.get(column.name), column.type) for column in schema})
+        if len(batch) == ROWS_PER_BATCH:
+            yield pa.Table.from_pylist(batch, schema=schema)
+            sent, batch = True, []
+    if batch or not sent:
+        yield pa.Table.from_pylist(batch, schema=schema)
 
 
 def parquet_rows(source: Any) -> Iterator[dict[str, Any]]:

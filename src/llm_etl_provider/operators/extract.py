@@ -10,13 +10,14 @@ from airflow.sdk import ObjectStoragePath
 from airflow.sdk.exceptions import AirflowFailException
 
 from llm_etl_provider.contract.answers import settings_schema
-from llm_etl_provider.contract.invocation import OBJECT_OUTPUT
+from llm_etl_provider.contract.invocation import OBJECT_OUTPUT, is_unset
 from llm_etl_provider.contract.layout import published_folder
 from llm_etl_provider.contract.shard import ShardDescriptor
 from llm_etl_provider.exceptions import ExtractionError, FrameStreamRejectedError, ShardFailedError
+from llm_etl_provider.formats.parquet import PartitionError
 from llm_etl_provider.operators.base import RunStepOperator, backend_for
 from llm_etl_provider.transport.exceptions import TransportError
-from llm_etl_provider.transport.extract import FAILED, JSONL_OUTPUT, OUTPUT_FORMATS, extract
+from llm_etl_provider.transport.extract import FAILED, JSONL_OUTPUT, OUTPUT_FORMATS, PARQUET_OUTPUT, extract
 from llm_etl_provider.transport.run_manifest import unpublish_run
 from llm_etl_provider.transport.sources import object_part_lines
 
@@ -41,6 +42,9 @@ class ExtractResultsOperator(RunStepOperator):
     :param output_format: ``jsonl`` or ``parquet`` (templated): ``results.parquet`` and
         ``dead_letter.parquet`` in place of the JSONL files, the enrichment and its meta as typed structs,
         the carried input fields as columns of their own (the ``parquet`` extra)
+    :param partition_by: with ``output_format="parquet"``, the results as a Hive-partitioned folder,
+        ``results/<column>=<value>/part-<n>.parquet``, by a carried input column (its output name),
+        ``task``, or ``enrichment.<field>`` (templated; unset: one file)
     :param task_settings: the shard's worker settings that shape its answers (``task``, ``categories``,
         ``entity_types``, ``schema``; templated): a Parquet output's enrichment is typed from the task's JSON
         schema, the same in every shard. None (or a custom schema given as a file's path) types it from
@@ -50,7 +54,8 @@ class ExtractResultsOperator(RunStepOperator):
     """
 
     template_fields: Sequence[str] = (
-        "output_path", "shard", "key_secret", "namespace", "local_dir", "output_format", "task_settings",
+        "output_path", "shard", "key_secret", "namespace", "local_dir", "output_format", "partition_by",
+        "task_settings",
     )  # fmt: skip
 
     def __init__(
@@ -60,6 +65,7 @@ class ExtractResultsOperator(RunStepOperator):
         shard: dict[str, Any] | str,
         key_secret: str | None = None,
         output_format: str = JSONL_OUTPUT,
+        partition_by: str | None = None,
         task_settings: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -69,11 +75,18 @@ class ExtractResultsOperator(RunStepOperator):
         self.key_secret = key_secret
         self.output_format = output_format
         self.task_settings = task_settings
+        self.partition_by = partition_by
 
     def execute(self, context: Context) -> dict[str, Any]:
         if self.output_format not in OUTPUT_FORMATS:  # a retry would meet it again
             raise AirflowFailException(
                 f"output_format must be one of {', '.join(OUTPUT_FORMATS)}, not {self.output_format!r}"
+            )
+        partition_by = None if is_unset(self.partition_by) else str(self.partition_by).strip()
+        if partition_by is not None and self.output_format != PARQUET_OUTPUT:
+            raise AirflowFailException(
+                f"partition_by {partition_by!r} needs output_format={PARQUET_OUTPUT!r}: JSON lines are one "
+                "file a shard"
             )
         shard = ShardDescriptor.from_xcom(self.shard)
         run_id = str(context["run_id"])
@@ -110,9 +123,12 @@ class ExtractResultsOperator(RunStepOperator):
                     settings_schema(self.task_settings) if self.task_settings is not None else None
                 ),
                 carried_columns=shard.carried_columns,
+                partition_by=partition_by,
             )
         except TransportError as exc:
             raise FrameStreamRejectedError(f"shard {shard.index}: nothing was published: {exc}") from None
+        except PartitionError as exc:  # the same results would meet it again: no retry
+            raise AirflowFailException(f"shard {shard.index}: nothing was published: {exc}") from None
         finally:
             # a stream refused part way holds its HTTP response open: closed now, not whenever the garbage
             # collector meets the failed task's traceback (which may free the socket first)

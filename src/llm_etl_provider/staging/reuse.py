@@ -22,7 +22,7 @@ from typing import Any
 from llm_etl_provider.contract.reuse import CONTENT_SHA256, RECORD_SHA256, record_digest
 from llm_etl_provider.exceptions import StagingError
 from llm_etl_provider.formats.records import InputLimits, RecordReader
-from llm_etl_provider.transport.extract import OUTPUT_FILES, PARQUET_OUTPUT, RESULTS, as_upath
+from llm_etl_provider.transport.extract import as_upath, published_rows
 
 RESULT_FIELDS = ("id", "line", "task", "enrichment", "meta")  # what a reused result keeps
 BATCH = 1000  # rows per SQLite transaction
@@ -88,33 +88,16 @@ def _index_earlier(database: sqlite3.Connection, previous_output: str) -> int:
 
     def earlier() -> Iterator[tuple[str, str]]:
         for folder in shards:
-            for row in _rows(folder):
-                meta = row.get("meta") if isinstance(row, dict) else None
+            for row in published_rows(folder):
+                if row is None:
+                    continue
+                meta = row.get("meta")
                 if not isinstance(meta, dict) or not meta.get(RECORD_SHA256) or not meta.get(CONTENT_SHA256):
                     continue  # a result of a version that did not write its digests
                 kept = {name: row.get(name) for name in RESULT_FIELDS}
                 yield str(meta[RECORD_SHA256]), json.dumps(kept, ensure_ascii=False)
 
     return _insert(database, "earlier", earlier())
-
-
-def _rows(folder: Any) -> Iterator[dict[str, Any]]:
-    """A published shard's results, from its Parquet or its JSONL file."""
-    parquet = folder / OUTPUT_FILES[PARQUET_OUTPUT][0]
-    if parquet.exists():
-        from llm_etl_provider.formats.parquet import parquet_rows
-
-        with parquet.open("rb") as handle:
-            yield from parquet_rows(handle)
-        return
-    lines = folder / RESULTS
-    if not lines.exists():
-        return
-    with lines.open("rb") as handle:
-        for raw in handle:
-            if raw.strip():
-                with contextlib.suppress(ValueError):
-                    yield json.loads(raw)
 
 
 def _find(

@@ -15,12 +15,15 @@ import functools
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from os import PathLike
+from pathlib import Path
 from typing import IO, Any
 
 from upath import UPath
@@ -39,6 +42,8 @@ OUTPUT_FILES = {
     JSONL_OUTPUT: (RESULTS, DEAD_LETTERS),
     PARQUET_OUTPUT: ("results.parquet", "dead_letter.parquet"),
 }
+# a partitioned Parquet output's results: results/<column>=<value>/part-<n>.parquet
+PARTITIONED_RESULTS = "results"
 MANIFEST = "manifest.json"
 SUCCESS = "_SUCCESS"
 MANIFEST_FORMAT = "llm-etl-manifest/1"
@@ -94,6 +99,7 @@ def extract(
     output_format: str = JSONL_OUTPUT,
     enrichment_schema: dict[str, Any] | None = None,
     carried_columns: str | None = None,
+    partition_by: str | None = None,
 ) -> dict[str, Any]:
     """Verify the frame stream in ``lines`` and publish it under ``output``; return the manifest.
 
@@ -122,10 +128,17 @@ def extract(
         ``enrichment``; None types it from the values
     :param carried_columns: the Arrow types of the carried input columns (the stage's, from a Parquet
         input: :func:`~llm_etl_provider.formats.parquet.carried_columns`); None types them from the values
+    :param partition_by: a Parquet output's results as a Hive-partitioned folder,
+        ``results/<column>=<value>/`` (:func:`~llm_etl_provider.formats.parquet.write_partitioned`), by a
+        result column or an enrichment field (``enrichment.<field>``); the dead letters stay one file
     :raises TransportError: the stream cannot be trusted; nothing was published
     """
     if output_format not in OUTPUT_FORMATS:
         raise ValueError(f"output_format must be one of {', '.join(OUTPUT_FORMATS)}, not {output_format!r}")
+    if partition_by is not None and output_format != PARQUET_OUTPUT:
+        raise ValueError(
+            f"partition_by needs output_format={PARQUET_OUTPUT}: JSON lines are one file a shard"
+        )
     destination = as_upath(output)
     destination.mkdir(parents=True, exist_ok=True)
     # An extraction killed before its cleanup (SIGKILL, a lost worker) left decrypted results behind; the
@@ -190,10 +203,11 @@ def extract(
             "plaintext_bytes": trailer.plaintext_bytes,
             "plaintext_chain_sha256": trailer.plaintext_chain_sha256,
             "output_format": output_format,
+            "partition_by": partition_by,
             "files": (
                 {RESULTS: results.describe(), DEAD_LETTERS: dead_letters.describe()}
                 if output_format == JSONL_OUTPUT
-                else _as_parquet(staging, enrichment_schema, carried_columns)
+                else _as_parquet(staging, enrichment_schema, carried_columns, partition_by)
             ),
             "worker_summary": trailer.summary,
             "extract": {
@@ -247,7 +261,7 @@ def _already_published(destination: Any, manifest: dict[str, Any]) -> dict[str, 
         return None
     same = all(
         existing.get(k) == manifest[k]
-        for k in ("run_id", "shard", "plan", "plaintext_chain_sha256", "output_format")
+        for k in ("run_id", "shard", "plan", "plaintext_chain_sha256", "output_format", "partition_by")
     )
     return existing if same else None
 
@@ -261,10 +275,13 @@ def _publish(destination: Any, staging: Any, manifest: dict[str, Any]) -> None:
     for name in {name for names in OUTPUT_FILES.values() for name in names} - set(manifest["files"]):
         if (earlier := destination / name).exists():  # another format's output of the shard
             earlier.unlink()
+    remove_tree(destination / PARTITIONED_RESULTS)  # an earlier output's partitions: replaced whole
     for name in manifest["files"]:
         target = destination / name
         if target.exists():
             target.unlink()
+        if "/" in name:
+            target.parent.mkdir(parents=True, exist_ok=True)
         fs.mv((staging / name).path, target.path)
     (destination / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     if manifest["state"] == SUCCEEDED:
@@ -272,30 +289,83 @@ def _publish(destination: Any, staging: Any, manifest: dict[str, Any]) -> None:
 
 
 def _as_parquet(
-    staging: Any, enrichment_schema: dict[str, Any] | None, carried_columns: str | None
+    staging: Any,
+    enrichment_schema: dict[str, Any] | None,
+    carried_columns: str | None,
+    partition_by: str | None,
 ) -> dict[str, Any]:
-    """Write the staged, verified lines as Parquet beside them and remove them; describe the Parquet
-    files."""
-    from llm_etl_provider.formats.parquet import write_parquet
+    """Write the staged, verified lines as Parquet beside them (the results partitioned, with
+    ``partition_by``) and remove them; describe the Parquet files."""
+    from llm_etl_provider.formats.parquet import write_parquet, write_partitioned
 
-    described = {}
-    for lines, parquet in zip(OUTPUT_FILES[JSONL_OUTPUT], OUTPUT_FILES[PARQUET_OUTPUT], strict=True):
-        source, target = staging / lines, staging / parquet
-        with target.open("wb") as out:
-            rows = write_parquet(
-                functools.partial(_json_lines, source),
-                out,
-                dead_letters=lines == DEAD_LETTERS,
-                enrichment_schema=enrichment_schema,
-                carried=carried_columns,
+    results, dead_letters = (staging / name for name in OUTPUT_FILES[JSONL_OUTPUT])
+    described: dict[str, Any] = {}
+    typing: dict[str, Any] = {"enrichment_schema": enrichment_schema, "carried": carried_columns}
+    if partition_by is not None:
+        with tempfile.TemporaryDirectory(prefix="llm-etl-partitions-") as scratch:
+            rows = write_partitioned(
+                functools.partial(_json_lines, results), Path(scratch), partition_by, **typing
             )
-        digest = hashlib.sha256()
-        with target.open("rb") as written:
-            while chunk := written.read(1 << 20):
-                digest.update(chunk)
-        described[parquet] = {"rows": rows, "bytes": target.stat().st_size, "sha256": digest.hexdigest()}
-        source.unlink()
+            for name, count in sorted(rows.items()):
+                target = staging / PARTITIONED_RESULTS / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with (Path(scratch) / name).open("rb") as source, target.open("wb") as out:
+                    shutil.copyfileobj(source, out, 1 << 20)
+                described[f"{PARTITIONED_RESULTS}/{name}"] = _described(target, count)
+    else:
+        target = staging / OUTPUT_FILES[PARQUET_OUTPUT][0]
+        with target.open("wb") as out:
+            count = write_parquet(functools.partial(_json_lines, results), out, **typing)
+        described[target.name] = _described(target, count)
+    target = staging / OUTPUT_FILES[PARQUET_OUTPUT][1]
+    with target.open("wb") as out:
+        count = write_parquet(functools.partial(_json_lines, dead_letters), out, dead_letters=True)
+    described[target.name] = _described(target, count)
+    results.unlink()
+    dead_letters.unlink()
     return described
+
+
+def _described(path: Any, rows: int) -> dict[str, Any]:
+    """A published Parquet file in the manifest: its rows, size and digest."""
+    digest = hashlib.sha256()
+    with path.open("rb") as written:
+        while chunk := written.read(1 << 20):
+            digest.update(chunk)
+    return {"rows": rows, "bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def published_rows(shard: Any, *, dead_letters: bool = False) -> Iterator[dict[str, Any] | None]:
+    """A published shard's results (or dead letters), one at a time, in whichever format they were
+    published: JSON lines (None for a line that is not a JSON object), a Parquet file, or a partitioned
+    folder of them (whose partition column is in the folders' names, not in the rows)."""
+    jsonl, parquet = (
+        names[1 if dead_letters else 0]
+        for names in (OUTPUT_FILES[JSONL_OUTPUT], OUTPUT_FILES[PARQUET_OUTPUT])
+    )
+    files = [shard / parquet]
+    if not dead_letters and (shard / PARTITIONED_RESULTS).exists():
+        files = sorted((shard / PARTITIONED_RESULTS).glob("*/*.parquet"), key=str)
+    if any(file.exists() for file in files):
+        from llm_etl_provider.formats.parquet import parquet_rows
+
+        for file in files:
+            with file.open("rb") as handle:
+                yield from parquet_rows(handle)
+        return
+    try:
+        handle = (shard / jsonl).open("rb")
+    except FileNotFoundError:
+        return
+    with handle:
+        for raw in handle:
+            if not raw.strip():
+                continue
+            try:
+                line = json.loads(raw)
+            except ValueError:
+                line = None
+            yield line if isinstance(line, dict) else None
 
 
 def _json_lines(path: Any) -> Iterator[dict[str, Any]]:

@@ -33,13 +33,7 @@ from llm_etl_provider.contract.summary import (
     label_text,
 )
 from llm_etl_provider.transport.charts import NOTHING, bar_chart, escape, line_chart, number
-from llm_etl_provider.transport.extract import (
-    JSONL_OUTPUT,
-    MANIFEST,
-    OUTPUT_FILES,
-    PARQUET_OUTPUT,
-    RESULTS,
-)
+from llm_etl_provider.transport.extract import MANIFEST, published_rows
 
 PERCENTILES = (0.5, 0.9, 0.95, 0.99)
 MAX_BARS = 40  # rows a bar chart draws; the rest are summed up under it
@@ -131,31 +125,6 @@ def _summary(folder: Any, index: int, *, golden: bool = False) -> dict[str, Any]
     return summary if isinstance(summary, dict) else {}
 
 
-def _result_lines(shard: Any) -> Iterator[dict[str, Any] | None]:
-    """The shard's results, one at a time (None for a line that is not a JSON object), from its JSONL or
-    its Parquet file."""
-    parquet = shard / OUTPUT_FILES[PARQUET_OUTPUT][0]
-    if parquet.exists():
-        from llm_etl_provider.formats.parquet import parquet_rows
-
-        with parquet.open("rb") as handle:
-            yield from parquet_rows(handle)
-        return
-    try:
-        handle = (shard / RESULTS).open("rb")
-    except FileNotFoundError:
-        return
-    with handle:
-        for raw in handle:
-            if not raw.strip():
-                continue
-            try:
-                line = json.loads(raw)
-            except ValueError:
-                line = None
-            yield line if isinstance(line, dict) else None
-
-
 def _values(enrichment: dict[str, Any], name: str) -> list[Any]:
     """The values of the labelled field ``name`` (``entities.type``: of each listed object) in a result."""
     outer, _, inner = name.partition(".")
@@ -201,7 +170,7 @@ def collect(run: dict[str, Any], folder: Any) -> RunFacts:
     latency = LatencyHistogram()
     unreadable = 0
     for index in published:
-        for line in _result_lines(folder / shard_folder(index)):
+        for line in published_rows(folder / shard_folder(index)):
             if line is None:
                 unreadable += 1
                 continue
@@ -241,7 +210,7 @@ def golden_agreement(entries: Sequence[dict[str, Any]], folder: Any) -> Agreemen
         return None
     for index in published:
         shard = folder / published_folder(index, golden=True)
-        for line in _result_lines(shard):
+        for line in published_rows(shard):
             meta = (line or {}).get("meta")
             if isinstance(meta, dict) and RESULT_LABEL in meta:
                 enrichment = (line or {}).get("enrichment")
@@ -252,35 +221,17 @@ def golden_agreement(entries: Sequence[dict[str, Any]], folder: Any) -> Agreemen
 
 
 def _dead_letter_records(shard: Any) -> Iterator[dict[str, Any]]:
-    """The records of a shard's dead letters (whose record could be read), from JSONL or Parquet."""
-    parquet = shard / OUTPUT_FILES[PARQUET_OUTPUT][1]
-    if parquet.exists():
-        from llm_etl_provider.formats.parquet import parquet_rows
-
-        with parquet.open("rb") as handle:
-            rows: Iterator[dict[str, Any]] = parquet_rows(handle)
-            for row in rows:
-                record = row.get("record")
-                if isinstance(record, str):
-                    try:
-                        record = json.loads(record)
-                    except ValueError:
-                        continue
-                if isinstance(record, dict):
-                    yield record
-        return
-    try:
-        handle = (shard / OUTPUT_FILES[JSONL_OUTPUT][1]).open("rb")
-    except FileNotFoundError:
-        return
-    with handle:
-        for raw in handle:
+    """The records of a shard's dead letters (whose record could be read): an object in JSON lines, its
+    JSON text in Parquet."""
+    for row in published_rows(shard, dead_letters=True):
+        record = (row or {}).get("record")
+        if isinstance(record, str):
             try:
-                record = json.loads(raw).get("record")
-            except (ValueError, AttributeError):
+                record = json.loads(record)
+            except ValueError:
                 continue
-            if isinstance(record, dict):
-                yield record
+        if isinstance(record, dict):
+            yield record
 
 
 def _compare(agreement: Agreement, reference: Any, enrichment: dict[str, Any]) -> None:

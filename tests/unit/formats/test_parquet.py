@@ -324,6 +324,8 @@ def test_carried_columns_come_back_with_the_input_columns_types_and_values(tmp_p
     assert out.schema.field("input_id").type == pa.string()  # a carried column named as a result column
     assert json.loads(out.column("codes").to_pylist()[0]) == {"k": 1}
     # only the columns carried are typed by the input; nothing carried, nothing to type
-    only = read_columns(carried_columns(source, ("seen", "absent")))
+    seen = carried_columns(source, ("seen", "absent"))
+    assert seen is not None
+    only = read_columns(seen)
     assert only.names == ["seen"]
     assert carried_columns(source, None) is None

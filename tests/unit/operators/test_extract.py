@@ -4,6 +4,7 @@ import json
 
 import pytest
 from airflow.sdk import DAG
+from airflow.sdk.exceptions import AirflowFailException
 
 from llm_etl_provider.contract.layout import (
     LABEL_PLAN,
@@ -211,6 +212,7 @@ def test_template_fields_are_pinned():
         "namespace",
         "local_dir",
         "output_format",
+        "partition_by",
         "task_settings",
     )
 
@@ -287,3 +289,24 @@ def test_a_pod_of_another_plan_of_the_same_run_is_not_read(tmp_path, api):
     api.add_pod("etl", "llm-etl-enrich-old", {**pod_labels(op), LABEL_PLAN: "0" * 12}, log=frames(key, op))
     with pytest.raises(ExtractionError, match="expected an ended pod, found none"):
         op.execute({"run_id": RUN})
+
+
+def test_partitioned_results_by_the_tasks_schema_or_a_clear_failure_without_a_retry(tmp_path, api):
+    key_secret, op = staged(tmp_path, api)
+    key = decode_key(api.secret_bytes("etl", key_secret, "key"), "test")
+    api.add_pod("etl", "llm-etl-enrich-abc", pod_labels(op), log=frames(key, op))
+    op.output_format, op.partition_by = "jsonl", "enrichment.sentiment"
+    with pytest.raises(AirflowFailException, match="needs output_format='parquet'"):
+        op.execute({"run_id": RUN})
+    op.output_format, op.partition_by = "parquet", "region"
+    with pytest.raises(AirflowFailException, match="shard 0: nothing was published: partition_by 'region'"):
+        op.execute({"run_id": RUN})
+    assert not (published(tmp_path) / "manifest.json").exists()
+    op.partition_by, op.task_settings = "enrichment.sentiment", {"task": "sentiment"}
+    op.execute({"run_id": RUN})
+    manifest = json.loads((published(tmp_path) / "manifest.json").read_text())
+    assert sorted(manifest["files"]) == ["dead_letter.parquet", "results/sentiment=positive/part-0.parquet"]
+    op.partition_by = "None"  # what an unset Param renders to: one file
+    op.execute({"run_id": RUN})
+    assert (published(tmp_path) / "results.parquet").exists()
+    assert not (published(tmp_path) / "results").exists()

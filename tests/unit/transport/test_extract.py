@@ -7,6 +7,8 @@ from collections.abc import Callable
 import pytest
 from upath import UPath
 
+from llm_etl_provider.contract.answers import published_schema
+from llm_etl_provider.formats.parquet import PartitionError
 from llm_etl_provider.transport.exceptions import (
     DuplicateFrameError,
     FrameAuthenticationError,
@@ -16,7 +18,7 @@ from llm_etl_provider.transport.exceptions import (
     RotatedLogError,
     TrailerMismatchError,
 )
-from llm_etl_provider.transport.extract import extract
+from llm_etl_provider.transport.extract import extract, published_rows
 from llm_etl_provider.transport.frames import FrameWriter
 from llm_etl_provider.transport.keys import new_key
 from llm_etl_provider.transport.sources import file_lines, pod_log_lines, split_lines
@@ -269,3 +271,46 @@ def test_an_unknown_output_format_is_refused_before_anything_is_written(tmp_path
     with pytest.raises(ValueError, match="output_format must be one of jsonl, parquet"):
         extract(frame_log(), KEY, tmp_path / "out", output_format="csv")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_partitioned_parquet_output_is_one_folder_per_value_replaced_whole_and_read_back(tmp_path):
+    import duckdb
+
+    out = tmp_path / "out"
+    schema = published_schema("sentiment")
+    manifest = extract(
+        frame_log(), KEY, out, output_format="parquet", partition_by="enrichment.sentiment",
+        enrichment_schema=schema,
+    )  # fmt: skip
+    assert sorted(manifest["files"]) == ["dead_letter.parquet", "results/sentiment=positive/part-0.parquet"]
+    assert manifest["partition_by"] == "enrichment.sentiment"
+    assert manifest["files"]["results/sentiment=positive/part-0.parquet"]["rows"] == 25
+    assert listing(out) == ["_SUCCESS", "dead_letter.parquet", "manifest.json", "results"]
+    rows = (
+        duckdb.connect()
+        .execute(
+            f"SELECT sentiment, count(*) FROM read_parquet('{out}/results/*/*.parquet', "
+            "hive_partitioning=true) GROUP BY ALL"
+        )
+        .fetchall()
+    )
+    assert rows == [("positive", 25)]
+    assert [(row or {}).get("id") for row in published_rows(out)] == [f"r{i}" for i in range(25)]
+    assert len(list(published_rows(out, dead_letters=True))) == 3
+    # the same stream partitioned again: as published; by another column, or none: replaced whole
+    assert extract(
+        frame_log(), KEY, out, output_format="parquet", partition_by="enrichment.sentiment",
+        enrichment_schema=schema,
+    ) == manifest  # fmt: skip
+    extract(frame_log(), KEY, out, output_format="parquet", partition_by="task", enrichment_schema=schema)
+    assert sorted(p.name for p in (out / "results").iterdir()) == ["task=__HIVE_DEFAULT_PARTITION__"]
+    extract(frame_log(), KEY, out, output_format="parquet")
+    assert listing(out) == ["_SUCCESS", "dead_letter.parquet", "manifest.json", "results.parquet"]
+
+
+def test_a_partition_column_the_results_lack_publishes_nothing(tmp_path):
+    with pytest.raises(PartitionError, match=r"'region' is not a column of the results.*set carry_fields"):
+        extract(frame_log(), KEY, tmp_path / "out", output_format="parquet", partition_by="region")
+    assert listing(tmp_path / "out") == []
+    with pytest.raises(ValueError, match="partition_by needs output_format=parquet"):
+        extract(frame_log(), KEY, tmp_path / "out", partition_by="task")
