@@ -119,6 +119,39 @@ def test_three_pods_read_their_ranges_and_publish_what_the_log_transport_does(
     assert (run_output / "shard-00000" / "_SUCCESS").exists()  # the results stay
 
 
+def test_a_parquet_input_s_row_groups_are_the_pods_ranges_and_publish_what_the_log_transport_does(
+    tmp_path, monkeypatch, store, llama_server
+):
+    """A Parquet file of five row groups (a duplicate id, a null review among them) in the store, read by
+    three pods, each its whole row groups and the file's footer: the same results at the same rows as the
+    log transport's, and nothing of the file staged here."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"id": f"r{i}", "review": f"It helped my pain {i}" if i != 7 else None} for i in range(15)]
+    rows[11]["id"] = "r2"  # a repeated id, in another row group than its first
+    local = tmp_path / "reviews.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), local, row_group_size=3)
+    source = ObjectStoragePath(f"{ROOT}/in/reviews.parquet")
+    source.write_bytes(local.read_bytes())
+    by_object = f"{ROOT}/out/parquet-object"
+    shards, _ = pipeline(
+        tmp_path, monkeypatch, llama_server, str(source), by_object, transport="object", pods=3
+    )
+    assert [s["transport"] for s in shards] == ["object"] * 3
+    assert [s["first_line"] for s in shards] == [1, 7, 13]  # whole row groups of three rows: 2 + 2 + 1
+    assert sum(s["bytes"] for s in shards) < 3 * local.stat().st_size  # ranges and footers, not the file
+    staged = [p for p in (tmp_path / "staging").rglob("*") if p.is_file()]
+    assert all(b"It helped" not in p.read_bytes() for p in staged if p.name in ("object.json", "key"))
+    objects, dead = published(by_object)
+    logged = f"{ROOT}/out/parquet-log"
+    pipeline(tmp_path / "log", monkeypatch, llama_server, str(source), logged)
+    assert (objects, dead) == published(logged)
+    assert dead[12] == "duplicate_id"  # row 12 repeats row 3's id
+    assert 8 in dead  # row 8 has no review to prompt with
+    assert set(objects.values()) | set(dead) == set(range(1, 16))  # every row once, at its own line
+
+
 def test_a_shard_whose_worker_never_ended_its_stream_publishes_nothing(
     tmp_path, monkeypatch, store, llama_server
 ):

@@ -148,7 +148,8 @@ def test_the_images_match_the_lock_and_the_pod(services):
     assert f"ARG AIRFLOW_VERSION={locked['apache-airflow']}" in dockerfile
     assert "/opt/llm-etl-provider" in dockerfile
     worker = (REPO / "docker" / "worker.Dockerfile").read_text()
-    for package in ("httpx", "jsonschema", "cryptography"):  # the worker's only dependencies, as locked
+    # the worker's only dependencies, as locked (pyarrow: a Parquet input's row groups)
+    for package in ("httpx", "jsonschema", "cryptography", "pyarrow"):
         assert f'"{package}=={locked[package]}"' in worker
     assert "USER 65532:65532" in worker  # the pod's runAsUser
 

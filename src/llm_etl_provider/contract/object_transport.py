@@ -61,7 +61,11 @@ class ObjectTransportError(ValueError):
 class InputRange:
     """A shard's input: ``bytes=start-(end-1)`` of the object at ``url``, after ``prefix`` (a CSV header).
 
-    :param sha256: the digest of ``prefix`` + the range: what the worker must have read
+    A Parquet input's range is whole row groups, ``row_groups`` = [first, stop): the worker reads it and the
+    file's footer, ``bytes=tail-(object_size-1)`` (the metadata its row groups are read with), and turns
+    their rows into JSON lines as the stage did (:mod:`llm_etl_provider.formats.parquet`).
+
+    :param sha256: the digest of ``prefix`` + the range (+ the footer): what the worker must have read
     """
 
     url: str
@@ -69,10 +73,21 @@ class InputRange:
     end: int
     sha256: str
     prefix: bytes = b""
+    row_groups: tuple[int, int] | None = None
+    tail: int | None = None
+    object_size: int | None = None
 
     @property
     def size(self) -> int:
-        return len(self.prefix) + self.end - self.start
+        """The bytes the worker reads: the prefix, the range, and a Parquet input's footer."""
+        return len(self.prefix) + self.end - self.start + len(self.footer)
+
+    @property
+    def footer(self) -> range:
+        """The byte offsets of a Parquet input's footer (empty for another input)."""
+        if self.tail is None or self.object_size is None:
+            return range(0)
+        return range(self.tail, self.object_size)
 
 
 @dataclass(frozen=True)
@@ -105,6 +120,9 @@ class ObjectTransport:
             document = json.loads(data)
             source = dict(document["input"])
             source["prefix"] = base64.b64decode(source.get("prefix", ""), validate=True)
+            if source.get("row_groups") is not None:
+                first, stop = source["row_groups"]
+                source["row_groups"] = (int(first), int(stop))
             transport = cls(
                 input=InputRange(**source),
                 parts=tuple(document["parts"]),
@@ -118,6 +136,13 @@ class ObjectTransport:
         planned = transport.input
         if not transport.parts or transport.part_records < 1 or not 0 <= planned.start <= planned.end:
             raise ObjectTransportError("the object transport document has no parts, or a bad range")
+        if planned.row_groups is not None and not (
+            0 <= planned.row_groups[0] < planned.row_groups[1]
+            and planned.tail is not None
+            and planned.object_size is not None
+            and planned.end <= planned.tail < planned.object_size
+        ):
+            raise ObjectTransportError("the object transport document has a bad Parquet range")
         return transport
 
 

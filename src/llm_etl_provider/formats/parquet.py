@@ -23,7 +23,8 @@ import datetime
 import decimal
 import json
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,10 +63,16 @@ def declared_parquet(name: str, declared: str) -> bool:
     )
 
 
-def parquet_to_jsonl(source: Path, target: Path, *, rows_per_batch: int = ROWS_PER_BATCH) -> int:
-    """Write each row of the Parquet file ``source`` as a JSON line of ``target``; return the rows. A file
-    without Parquet's magic bytes at both ends, or that pyarrow cannot read, is refused
-    (:class:`UnreadableInput`)."""
+def parquet_to_jsonl(
+    source: Path,
+    target: Path,
+    *,
+    rows_per_batch: int = ROWS_PER_BATCH,
+    row_groups: Sequence[int] | None = None,
+) -> int:
+    """Write each row of the Parquet file ``source`` (of its ``row_groups`` only, where given) as a JSON
+    line of ``target``; return the rows. A file without Parquet's magic bytes at both ends, or that pyarrow
+    cannot read, is refused (:class:`UnreadableInput`)."""
     pa, parquet = pyarrow_modules()
     with source.open("rb") as handle:
         head = handle.read(len(MAGIC))
@@ -78,13 +85,69 @@ def parquet_to_jsonl(source: Path, target: Path, *, rows_per_batch: int = ROWS_P
     try:
         reader = parquet.ParquetFile(source)
         with target.open("w", encoding="utf-8") as out:
-            for batch in reader.iter_batches(batch_size=rows_per_batch):
+            groups = list(row_groups) if row_groups is not None else None
+            for batch in reader.iter_batches(batch_size=rows_per_batch, row_groups=groups):
                 for row in batch.to_pylist():
                     out.write(json.dumps(_json_row(row), ensure_ascii=False, allow_nan=False) + "\n")
                     rows += 1
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise UnreadableInput(f"cannot read it as Parquet ({type(exc).__name__}: {exc})") from None
     return rows
+
+
+@dataclass(frozen=True)
+class RowGroupRange:
+    """Consecutive row groups of a Parquet file: one shard of the object transport.
+
+    :param groups: the row groups [first, stop)
+    :param start: the first byte of their column chunks
+    :param end: the byte after their last
+    :param first_row: the file's row (1-based, the input line) their first row is
+    :param rows: how many rows they hold
+    """
+
+    groups: tuple[int, int]
+    start: int
+    end: int
+    first_row: int
+    rows: int
+
+
+def plan_row_groups(source: Path, pods: int) -> tuple[list[RowGroupRange], int]:
+    """Cut the Parquet file ``source`` into at most ``pods`` runs of whole row groups of about equal rows;
+    return them and where its footer starts (the metadata every run is read with). A file of fewer row
+    groups than ``pods`` makes fewer runs."""
+    _, parquet = pyarrow_modules()
+    metadata = parquet.ParquetFile(source).metadata
+    spans = []
+    for index in range(metadata.num_row_groups):
+        group = metadata.row_group(index)
+        starts, ends = [], []
+        for column in range(group.num_columns):
+            chunk = group.column(column)
+            first = chunk.data_page_offset
+            if chunk.has_dictionary_page and chunk.dictionary_page_offset:
+                first = min(first, chunk.dictionary_page_offset)
+            starts.append(first)
+            ends.append(first + chunk.total_compressed_size)
+        spans.append((min(starts), max(ends), group.num_rows))
+    total = sum(rows for _, _, rows in spans)
+    runs: list[RowGroupRange] = []
+    first_group, rows_before, cumulative = 0, 0, 0
+    for index, (_, _, rows) in enumerate(spans):
+        cumulative += rows
+        if index == len(spans) - 1 or cumulative * pods >= total * (len(runs) + 1):
+            chosen = spans[first_group : index + 1]
+            runs.append(RowGroupRange(
+                groups=(first_group, index + 1), start=min(s for s, _, _ in chosen),
+                end=max(e for _, e, _ in chosen), first_row=rows_before + 1, rows=cumulative - rows_before,
+            ))  # fmt: skip
+            first_group, rows_before = index + 1, cumulative
+    size = source.stat().st_size
+    with source.open("rb") as handle:
+        handle.seek(size - 8)
+        footer_length = int.from_bytes(handle.read(4), "little")
+    return runs, size - 8 - footer_length
 
 
 def carried_columns(source: Path, carry: tuple[str, ...] | None) -> str | None:

@@ -29,7 +29,7 @@ from llm_etl_provider.contract.object_transport import DEFAULT_TRANSPORT, TRANSP
 from llm_etl_provider.contract.shard import validate_run_id
 from llm_etl_provider.exceptions import PodSpecError, StagingError, StagingInputError
 from llm_etl_provider.formats.exceptions import InputError, UnreadableInput
-from llm_etl_provider.formats.parquet import carried_columns, declared_parquet
+from llm_etl_provider.formats.parquet import carried_columns
 from llm_etl_provider.formats.records import InputLimits, RecordReader
 from llm_etl_provider.hooks.object_store import ObjectStoreSigner, expiry_seconds
 from llm_etl_provider.operators.base import RunStepOperator, backend_for
@@ -46,7 +46,7 @@ from llm_etl_provider.staging.cutting import (
 )
 from llm_etl_provider.staging.input_copy import LocalInput, local_input
 from llm_etl_provider.staging.log_transport import check_run_size, stage_shards
-from llm_etl_provider.staging.object_transport import check_uncompressed, stage_ranges
+from llm_etl_provider.staging.object_transport import check_uncompressed, parquet_ranges, stage_ranges
 from llm_etl_provider.staging.plan import WorkerMemory
 from llm_etl_provider.staging.reuse import ReusedResults, reused_results
 from llm_etl_provider.staging.validation import Validation, validate_input
@@ -233,12 +233,6 @@ class StageInputOperator(RunStepOperator):
             )
         except PodSpecError as exc:
             raise StagingError(str(exc)) from None
-        parquet = declared_parquet(self.input_path, self.input_format)
-        if parquet and self.transport == OBJECT_OUTPUT:
-            raise StagingError(
-                f"{self.input_path}: the object transport reads byte ranges of the input object itself, "
-                "which a Parquet file's rows are not: stage it with the log transport (transport=log)"
-            )
         # the object transport signs URLs for the input and the output: a store that cannot fails first
         signers = self._signers() if self.transport == OBJECT_OUTPUT else None
         output = self.run_output(context) if self.output_path else None
@@ -276,7 +270,7 @@ class StageInputOperator(RunStepOperator):
                     if signers is not None:
                         assert output is not None  # _signers refused a run without an output path
                         descriptors = self._stage_ranges(
-                            backend, local.path, fmt, limits, signers, plan, output, memory, reused
+                            backend, local, limits, signers, plan, output, memory, reused
                         )
                     else:
                         descriptors = self._stage_shards(
@@ -426,8 +420,7 @@ class StageInputOperator(RunStepOperator):
     def _stage_ranges(
         self,
         backend: RunBackend,
-        local: Path,
-        fmt: str,
+        source: LocalInput,
         limits: InputLimits,
         signers: tuple[ObjectStoreSigner, ObjectStoreSigner],
         plan: str,
@@ -436,16 +429,24 @@ class StageInputOperator(RunStepOperator):
         reused: ReusedResults | None,
     ) -> list[dict[str, Any]]:
         """The object transport: a byte range of the input per pod, and each shard's pre-signed URLs, under
-        the plan's transport folder (``<run output>/_transport/<plan>/``)."""
-        check_uncompressed(local, self.input_path)
+        the plan's transport folder (``<run output>/_transport/<plan>/``). A Parquet input's ranges are runs
+        of whole row groups (:func:`~llm_etl_provider.formats.parquet.plan_row_groups`)."""
+        local, fmt = source.path, source.format
         try:
             pods = int(self.pods or 1)
         except ValueError:
             raise StagingError(f"pods must be a whole number, not {self.pods!r}") from None
         if not 1 <= pods <= int(self.max_shards):
             raise StagingError(f"pods must be between 1 and max_shards ({self.max_shards}), not {pods}")
-        ranges = plan_ranges(local, input_format=fmt, pods=pods, max_record_bytes=int(self.max_record_bytes))
-        validation = self._validate(local, fmt, limits, boundaries=[r.first_line for r in ranges[1:]])
+        if source.parquet is not None:
+            ranges = parquet_ranges(source.parquet, pods)
+            local = source.parquet  # what the pods read: the file's bytes, digested by range
+        else:
+            check_uncompressed(local, self.input_path)
+            ranges = plan_ranges(
+                local, input_format=fmt, pods=pods, max_record_bytes=int(self.max_record_bytes)
+            )
+        validation = self._validate(source.path, fmt, limits, boundaries=[r.first_line for r in ranges[1:]])
         self._report_reused(reused)
         return stage_ranges(
             backend, local, ranges, validation, source=str(self.input_path), input_format=fmt, plan=plan,

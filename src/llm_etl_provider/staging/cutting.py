@@ -226,6 +226,9 @@ class ByteRange:
     :param end: the byte after its last
     :param first_line: the input line its first byte starts
     :param prefix: what the worker reads before the range: a CSV input's header, for every range but the first
+    :param row_groups: a Parquet input's range: the row groups [first, stop) it holds (whole)
+    :param tail: a Parquet input's range: where the file's footer starts, which the worker reads too
+    :param object_size: a Parquet input's range: the file's size (its footer ends there)
     """
 
     index: int
@@ -233,6 +236,9 @@ class ByteRange:
     end: int
     first_line: int
     prefix: bytes = b""
+    row_groups: tuple[int, int] | None = None
+    tail: int | None = None
+    object_size: int | None = None
 
     @property
     def line_offset(self) -> int:

@@ -17,8 +17,10 @@ from llm_etl_provider.contract.invocation import OBJECT_OUTPUT
 from llm_etl_provider.contract.layout import shard_folder
 from llm_etl_provider.contract.object_transport import InputRange, part_records_for, parts_needed
 from llm_etl_provider.exceptions import StagingError
+from llm_etl_provider.formats.parquet import plan_row_groups
 from llm_etl_provider.formats.tokenizer import begins_gzip
 from llm_etl_provider.hooks.object_store import ObjectStoreSigner, url_egress
+from llm_etl_provider.staging.cutting import ByteRange
 from llm_etl_provider.staging.plan import WorkerMemory, plan_key, shard_descriptor
 from llm_etl_provider.transport.extract import remove_tree
 
@@ -26,7 +28,6 @@ if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
     from llm_etl_provider.backends import RunBackend
-    from llm_etl_provider.staging.cutting import ByteRange
     from llm_etl_provider.staging.reuse import ReusedResults
     from llm_etl_provider.staging.validation import Validation
 
@@ -40,6 +41,25 @@ def check_uncompressed(local: Path, name: str) -> None:
                 f"{name} is gzip-compressed: the object transport reads byte ranges of the "
                 "input, which a gzip stream has not; store it uncompressed, or use transport=log"
             )
+
+
+def parquet_ranges(local: Path, pods: int) -> list[ByteRange]:
+    """The ranges of the Parquet file ``local`` for at most ``pods`` pods: runs of whole row groups of about
+    equal rows, each read with the file's footer."""
+    runs, tail = plan_row_groups(local, pods)
+    size = local.stat().st_size
+    return [
+        ByteRange(
+            index=index,
+            start=run.start,
+            end=run.end,
+            first_line=run.first_row,
+            row_groups=run.groups,
+            tail=tail,
+            object_size=size,
+        )
+        for index, run in enumerate(runs)
+    ]
 
 
 def stage_ranges(
@@ -114,6 +134,9 @@ def _stage_range_shards(
                 end=byte_range.end,
                 sha256=_range_sha256(local, byte_range),
                 prefix=byte_range.prefix,
+                row_groups=byte_range.row_groups,
+                tail=byte_range.tail,
+                object_size=byte_range.object_size,
             ),
             parts_needed(count, part_records),
             part_records,
@@ -149,7 +172,15 @@ def without_empty_ranges(ranges: list[ByteRange], records: list[int]) -> tuple[l
     for byte_range, count in zip(ranges, records, strict=True):
         if joined and (count == 0 or joined[-1][1] == 0):
             previous, before = joined[-1]
-            joined[-1] = (dataclasses.replace(previous, end=byte_range.end), before + count)
+            groups = (
+                (previous.row_groups[0], byte_range.row_groups[1])
+                if previous.row_groups is not None and byte_range.row_groups is not None
+                else None
+            )
+            joined[-1] = (
+                dataclasses.replace(previous, end=byte_range.end, row_groups=groups),
+                before + count,
+            )
         else:
             joined.append((byte_range, count))
     renumbered = [
@@ -159,12 +190,17 @@ def without_empty_ranges(ranges: list[ByteRange], records: list[int]) -> tuple[l
 
 
 def _range_sha256(local: Path, byte_range: ByteRange) -> str:
-    """The digest of what the range's worker reads: its prefix, then its bytes of the input."""
+    """The digest of what the range's worker reads: its prefix, then its bytes of the input (then a
+    Parquet file's footer)."""
     digest = hashlib.sha256(byte_range.prefix)
+    spans = [(byte_range.start, byte_range.end)]
+    if byte_range.tail is not None and byte_range.object_size is not None:
+        spans.append((byte_range.tail, byte_range.object_size))
     with local.open("rb") as handle:
-        handle.seek(byte_range.start)
-        remaining = byte_range.end - byte_range.start
-        while remaining and (chunk := handle.read(min(1 << 20, remaining))):
-            digest.update(chunk)
-            remaining -= len(chunk)
+        for start, end in spans:
+            handle.seek(start)
+            remaining = end - start
+            while remaining and (chunk := handle.read(min(1 << 20, remaining))):
+                digest.update(chunk)
+                remaining -= len(chunk)
     return digest.hexdigest()

@@ -199,6 +199,12 @@ async def _enrich(
         engine = Engine(
             task, client, reader, sink, invocation, checkpoint=checkpoint, log=_log,
             reused=read_reused(invocation.reused),
+            # a Parquet range was checked as the stage read it, then turned into JSON lines
+            input_sha256=(
+                transport.transport.input.sha256
+                if transport is not None and transport.transport.input.row_groups is not None
+                else None
+            ),
         )  # fmt: skip
         try:
             return await engine.run()

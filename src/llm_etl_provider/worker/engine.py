@@ -110,6 +110,8 @@ class Engine:
     :param log: receives progress and summary lines (counts only)
     :param reused: earlier results by input line, each published in place of a request where its
         ``meta.content_sha256`` is the record's content digest now (:mod:`~llm_etl_provider.contract.reuse`)
+    :param input_sha256: the digest of what the input was read from, where that is not the reader's file
+        (a Parquet range, turned into JSON lines once checked); None: the reader's file's
     """
 
     def __init__(
@@ -124,6 +126,7 @@ class Engine:
         log: Callable[[str], None] = print,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         reused: dict[int, dict[str, Any]] | None = None,
+        input_sha256: str | None = None,
     ) -> None:
         self.task = task
         self.client = client
@@ -143,6 +146,7 @@ class Engine:
         self.provenance_id: str | None = None
         self.content_key = ""
         self.reused = reused or {}  # earlier results by input line (the stage's reused file)
+        self.input_sha256 = input_sha256
 
     async def run(self) -> dict[str, Any]:
         """Process every record; return the summary, or raise a :class:`WorkerError`."""
@@ -169,7 +173,7 @@ class Engine:
         state = self.checkpoint.load() if self.checkpoint is not None else None
         self.stats.total = await asyncio.to_thread(self.reader.count)  # the heartbeat beats meanwhile
         # the trailer carries what was read: extraction refuses a stream computed over another shard's input
-        input_sha256 = await asyncio.to_thread(sha256_file, self.reader.path)
+        input_sha256 = self.input_sha256 or await asyncio.to_thread(sha256_file, self.reader.path)
         records_done = 0
         if self.checkpoint is not None and state is not None:
             records_done = state.records_done

@@ -22,17 +22,21 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import httpx
 
 from llm_etl_provider.contract.object_transport import (
     PART_SLACK,
+    InputRange,
     ObjectTransport,
     ObjectTransportError,
     end_marker,
 )
 from llm_etl_provider.formats.digests import sha256_file
+from llm_etl_provider.formats.exceptions import UnreadableInput
+from llm_etl_provider.formats.parquet import MAGIC as PARQUET_MAGIC
+from llm_etl_provider.formats.parquet import parquet_to_jsonl
 from llm_etl_provider.transport.frames import WriterState
 from llm_etl_provider.worker.checkpoint import Checkpoint, CheckpointState
 from llm_etl_provider.worker.exceptions import ConfigurationError, WorkerError
@@ -78,6 +82,8 @@ def _planned(transport: ObjectTransport) -> tuple[Any, ...]:
         source.end,
         source.sha256,
         source.prefix,
+        source.row_groups,
+        source.footer,
         len(transport.parts),
         transport.part_records,
     )
@@ -163,9 +169,14 @@ def request(
 
 def download_input(transport: ObjectTransport | UrlSource, destination: Path, http: httpx.Client) -> None:
     """Fetch the shard's range of the input into ``destination`` (its CSV header first, where it has one),
-    unless a restarted container's download is already there; refuse anything but what the stage read."""
+    unless a restarted container's download is already there; refuse anything but what the stage read. A
+    Parquet range (whole row groups) is read with the file's footer and written as JSON lines
+    (:func:`_download_row_groups`)."""
     urls = as_urls(transport)
     source = urls.transport.input
+    if source.row_groups is not None:
+        _download_row_groups(urls, destination, http)
+        return
     if (
         destination.is_file()
         and destination.stat().st_size == source.size
@@ -175,53 +186,101 @@ def download_input(transport: ObjectTransport | UrlSource, destination: Path, ht
     destination.parent.mkdir(parents=True, exist_ok=True)
     partial = destination.with_name(destination.name + ".part")
     digest = hashlib.sha256(source.prefix)
-    received = 0
-    headers = {"Range": f"bytes={source.start}-{source.end - 1}"} if source.end > source.start else {}
     with partial.open("wb") as handle:
         handle.write(source.prefix)
-        if headers:
-            attempt = 0
-            while attempt < STORE_RETRIES.max_attempts:
-                attempt += 1
-                try:
-                    with http.stream("GET", urls.transport.input.url, headers=headers) as response:
-                        status = response.status_code
-                        if status == 206:
-                            for chunk in response.iter_bytes(1 << 20):
-                                handle.write(chunk)
-                                digest.update(chunk)
-                                received += len(chunk)
-                            break
-                        expired = _expired(response)
-                    if expired:
-                        _await_renewal(urls, "reading the input range", status)
-                        attempt -= 1
-                        continue
-                    if status not in _TRANSIENT:
-                        # 200 would be the whole object: a store that ignores Range is not usable here
-                        raise ObjectStoreRefusedError(
-                            f"reading the input range: the store answered HTTP {status}"
-                        )
-                    problem = f"HTTP {status}"
-                except httpx.TransportError as exc:
-                    problem = type(exc).__name__
-                if attempt == STORE_RETRIES.max_attempts:
-                    raise ObjectStoreError(
-                        f"reading the input range: the store kept failing (last: {problem})"
-                    )
-                handle.seek(len(source.prefix))
-                handle.truncate()
-                digest, received = hashlib.sha256(source.prefix), 0
-                time.sleep(STORE_RETRIES.delay(attempt))
+        received, digest = _read_range(urls, http, range(source.start, source.end), handle, digest)
         handle.flush()
         os.fsync(handle.fileno())
-    if received != source.end - source.start or digest.hexdigest() != source.sha256:
+    _check_read(source, received, digest, partial)
+    os.replace(partial, destination)
+
+
+def _download_row_groups(urls: UrlSource, destination: Path, http: httpx.Client) -> None:
+    """A Parquet range: its row groups' bytes and the file's footer, each at its own offset of a sparse
+    copy of the file (nothing else of it is fetched or stored), checked against the stage's digest, then
+    its rows as JSON lines in ``destination``, row n of the file on line n, as the stage read them. A
+    restarted container finds its JSON lines there already: they are moved into place only once whole."""
+    source = urls.transport.input
+    assert source.row_groups is not None, "a Parquet range names its row groups"
+    assert source.object_size is not None, "a Parquet range names the file's size"
+    if destination.is_file():
+        return
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    sparse = destination.with_name(destination.name + ".parquet")
+    partial = destination.with_name(destination.name + ".part")
+    digest = hashlib.sha256()
+    try:
+        with sparse.open("wb") as handle:
+            handle.write(PARQUET_MAGIC)  # the file's first bytes, which the stage read: not fetched
+            handle.seek(source.start)
+            in_range, digest = _read_range(urls, http, range(source.start, source.end), handle, digest)
+            handle.seek(source.footer.start)
+            in_footer, digest = _read_range(urls, http, source.footer, handle, digest)
+            received = in_range + in_footer
+            handle.truncate(source.object_size)
+        _check_read(source, received, digest, sparse)
+        try:
+            parquet_to_jsonl(sparse, partial, row_groups=range(*source.row_groups))
+        except UnreadableInput as exc:
+            raise ConfigurationError(f"the input's row groups {source.row_groups}: {exc}") from None
+        os.replace(partial, destination)
+    finally:
+        sparse.unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)
+
+
+def _read_range(
+    urls: UrlSource, http: httpx.Client, wanted: range, handle: BinaryIO, digest: Any
+) -> tuple[int, Any]:
+    """GET the bytes ``wanted`` of the input into ``handle`` at its position, trying again from the same
+    position after a transient failure and with renewed URLs after an expired one; return how many were
+    read, and ``digest`` (a hashlib object) updated with them."""
+    if not wanted:
+        return 0, digest
+    at, before = handle.tell(), digest.copy()
+    headers = {"Range": f"bytes={wanted.start}-{wanted.stop - 1}"}
+    attempt = 0
+    while attempt < STORE_RETRIES.max_attempts:
+        attempt += 1
+        received = 0
+        try:
+            with http.stream("GET", urls.transport.input.url, headers=headers) as response:
+                status = response.status_code
+                if status == 206:
+                    for chunk in response.iter_bytes(1 << 20):
+                        handle.write(chunk)
+                        digest.update(chunk)
+                        received += len(chunk)
+                    return received, digest
+                expired = _expired(response)
+            if expired:
+                _await_renewal(urls, "reading the input range", status)
+                attempt -= 1
+                continue
+            if status not in _TRANSIENT:
+                # 200 would be the whole object: a store that ignores Range is not usable here
+                raise ObjectStoreRefusedError(f"reading the input range: the store answered HTTP {status}")
+            problem = f"HTTP {status}"
+        except httpx.TransportError as exc:
+            problem = type(exc).__name__
+        if attempt == STORE_RETRIES.max_attempts:
+            raise ObjectStoreError(f"reading the input range: the store kept failing (last: {problem})")
+        handle.seek(at)
+        handle.truncate()
+        digest = before.copy()
+        time.sleep(STORE_RETRIES.delay(attempt))
+    raise AssertionError("unreachable")
+
+
+def _check_read(source: InputRange, received: int, digest: Any, partial: Path) -> None:
+    """Refuse (and remove) a read that is not the stage's: another size or digest."""
+    wanted = source.end - source.start + len(source.footer)
+    if received != wanted or digest.hexdigest() != source.sha256:
         partial.unlink(missing_ok=True)
         raise ConfigurationError(
             f"the input range holds {received} bytes of sha256 {digest.hexdigest()[:16]}..., the stage read "
-            f"{source.end - source.start} of {source.sha256[:16]}...: the input changed since the stage"
+            f"{wanted} of {source.sha256[:16]}...: the input changed since the stage"
         )
-    os.replace(partial, destination)
 
 
 class ObjectPartSink(FrameSink):

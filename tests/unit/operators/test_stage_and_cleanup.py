@@ -576,15 +576,11 @@ def test_a_parquet_input_is_staged_as_json_lines_row_by_row(tmp_path):
     assert declared[0]["plan"] == shard["plan"]
 
 
-def test_a_parquet_input_that_is_not_parquet_or_wants_the_object_transport_is_refused(tmp_path, api):
+def test_a_parquet_input_that_is_not_parquet_is_refused(tmp_path, api):
     fake = tmp_path / "reviews.parquet"
     fake.write_text('{"id": 1, "review": "a"}\n')
     with pytest.raises(StagingError, match=r"reviews.parquet: not a Parquet file"):
         stage(input_path=str(fake)).execute({"run_id": RUN})
-    with pytest.raises(StagingError, match="stage it with the log transport"):
-        stage(
-            input_path="s3://bucket/reviews.parquet", transport="object", output_path="s3://bucket/out"
-        ).execute({"run_id": RUN})
     assert api.objects["secrets"] == {}
 
 

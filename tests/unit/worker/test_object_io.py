@@ -271,3 +271,72 @@ def test_used_up_part_urls_fail_the_run_clearly(tmp_path):
     store.objects["/in.jsonl"] = data
     with pytest.raises(ObjectStoreRefusedError, match="part URLs are used up"):
         run(tmp_path, store, transport_for(data, 0, len(data), parts=2, part_records=3), key)
+
+
+def test_a_parquet_range_is_its_row_groups_and_the_footer_read_into_json_lines_as_the_stage_reads_them(
+    tmp_path,
+):
+    """Five row groups (a dictionary-encoded, a nested and a timestamp column) in two pods' ranges: each
+    worker fetches its row groups' bytes and the footer only, and its JSON lines are the stage's lines of
+    those rows; a file changed since the stage is refused."""
+    import datetime
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from llm_etl_provider.formats.parquet import parquet_to_jsonl
+    from llm_etl_provider.staging.object_transport import parquet_ranges
+
+    table = pa.table({
+        "id": [f"r{i}" for i in range(50)],
+        "drug": pa.array([["a", "b"][i % 2] for i in range(50)]).dictionary_encode(),
+        "visit": [{"site": "x", "codes": [i, None]} if i % 7 else None for i in range(50)],
+        "seen": [datetime.datetime(2026, 1, 1, i % 24, tzinfo=datetime.UTC) for i in range(50)],
+    })  # fmt: skip
+    source = tmp_path / "in.parquet"
+    pq.write_table(table, source, row_group_size=10)
+    data = source.read_bytes()
+    parquet_to_jsonl(source, tmp_path / "all.jsonl")
+    every_line = (tmp_path / "all.jsonl").read_text().splitlines(keepends=True)
+    ranges = parquet_ranges(source, 2)
+    assert [r.row_groups for r in ranges] == [(0, 3), (3, 5)]
+    assert [r.first_line for r in ranges] == [1, 31]
+
+    requested: list[str] = []
+    store = MemoryStore()
+    store.objects["/in.jsonl"] = data
+    handle = store.handle
+
+    def recording(request: httpx.Request) -> httpx.Response:
+        requested.append(request.headers["range"])
+        return handle(request)
+
+    store.handle = recording  # type: ignore[method-assign]
+    for byte_range in ranges:
+        tail = byte_range.tail
+        assert tail is not None
+        document = dataclasses.replace(
+            transport_for(data, byte_range.start, byte_range.end),
+            input=InputRange(
+                url=f"{STORE}/in.jsonl", start=byte_range.start, end=byte_range.end,
+                sha256=hashlib.sha256(data[byte_range.start : byte_range.end] + data[tail:]).hexdigest(),
+                row_groups=byte_range.row_groups, tail=byte_range.tail, object_size=len(data),
+            ),
+        )  # fmt: skip
+        assert ObjectTransport.from_json(document.to_json()) == document
+        target = tmp_path / f"shard-{byte_range.index}.jsonl"
+        requested.clear()
+        download_input(document, target, store.client())
+        first = byte_range.first_line - 1
+        rows = 30 if byte_range.index == 0 else 20
+        assert target.read_text().splitlines(keepends=True) == every_line[first : first + rows]
+        assert requested == [
+            f"bytes={byte_range.start}-{byte_range.end - 1}",
+            f"bytes={byte_range.tail}-{len(data) - 1}",
+        ]
+        assert not list(tmp_path.glob("shard-*.parquet"))
+        assert not list(tmp_path.glob("*.part"))
+    store.objects["/in.jsonl"] = data[:-9] + b"X" + data[-8:]  # the footer changed since the stage
+    with pytest.raises(ConfigurationError, match="the input changed since the stage"):
+        download_input(document, tmp_path / "again.jsonl", store.client())
+    assert not (tmp_path / "again.jsonl").exists()
