@@ -125,7 +125,7 @@ def llm_enrichment_task_group(
     ``max_input_bytes``, ``max_input_records``, ``max_shards`` and ``max_staged_bytes`` are the stage's caps
     (:class:`StageInputOperator`). With
     ``work_claim_size`` each shard's checkpoint survives its pod, so a retry after a lost pod resumes.
-    ``input_format``: ``auto`` (from the name), ``jsonl``, ``csv`` or ``parquet`` (log transport only);
+    ``input_format``: ``auto`` (from the name), ``jsonl``, ``csv`` or ``parquet``;
     ``output_format``: ``jsonl`` or ``parquet`` (each shard's ``results.parquet`` and
     ``dead_letter.parquet``; the worker's ``carry_fields`` puts input columns beside the enrichment);
     ``partition_by``: a Parquet output's results as Hive partitions by that column (ExtractResultsOperator).

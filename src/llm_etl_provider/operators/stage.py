@@ -80,7 +80,8 @@ class StageInputOperator(RunStepOperator):
 
     :param input_path: the input file: any ObjectStoragePath URI or local path (templated)
     :param input_format: ``jsonl``, ``csv``, ``parquet`` or ``auto`` (from the name: ``.parquet`` and ``.pq``
-        are Parquet, whose rows are staged as JSON lines, row ``n`` on line ``n``; the log transport only)
+        are Parquet, whose rows are staged as JSON lines, row ``n`` on line ``n``; the object transport's
+        ranges of a Parquet input are runs of whole row groups)
     :param id_field: the field that identifies a record, as the worker is told (templated): the stage finds
         repeated ids by it, and refuses an input whose first records all lack it
     and the run's ``namespace``, ``kubernetes_conn_id``, ``execution_mode`` and ``local_dir``
