@@ -28,8 +28,10 @@ from llm_etl_provider.llama_cpp import CPU_PARALLEL
 from llm_etl_provider.params import worker_param
 from llm_etl_provider.pod.builder import BACKENDS
 from llm_etl_provider.staging.cutting import (
+    DEFAULT_LOCAL_SHARD_BYTES,
     DEFAULT_MAX_SHARDS,
     DEFAULT_SHARD_BYTES,
+    LOCAL_SHARD_LIMIT,
     SECRET_LIMIT,
     largest_record,
 )
@@ -132,12 +134,14 @@ PARAMS: dict[str, Param] = {
         "transport cuts Secret-sized shards instead",
     ),
     "shard_bytes": Param(
-        DEFAULT_SHARD_BYTES,
+        DEFAULT_LOCAL_SHARD_BYTES if LOCAL else DEFAULT_SHARD_BYTES,
         type="integer",
         minimum=1,
-        maximum=SECRET_LIMIT,
+        maximum=LOCAL_SHARD_LIMIT if LOCAL else SECRET_LIMIT,
         title="Shard size (log transport, compressed bytes)",
-        description="The log transport cuts the input into shards of at most this size, one pod each",
+        description="The log transport cuts the input into shards of at most this size, one pod each "
+        "(a Secret's 1 MiB at most); local execution's shards are files of up to 1 GiB, one worker process "
+        "each",
     ),
     "max_dead_letter_ratio": worker_param(
         "max_dead_letter_ratio",

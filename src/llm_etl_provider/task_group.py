@@ -41,7 +41,6 @@ from llm_etl_provider.staging.cutting import (
     DEFAULT_MAX_INPUT_RECORDS,
     DEFAULT_MAX_SHARDS,
     DEFAULT_MAX_STAGED_BYTES,
-    DEFAULT_SHARD_BYTES,
 )
 from llm_etl_provider.transport.extract import JSONL_OUTPUT
 from llm_etl_provider.transport.quality import DEFAULT_QUALITY_MEASURE
@@ -74,7 +73,7 @@ def llm_enrichment_task_group(
     golden_path: str | None = None,
     min_quality: float | str | None = None,
     quality_measure: str = DEFAULT_QUALITY_MEASURE,
-    max_shard_bytes: int | str = DEFAULT_SHARD_BYTES,
+    max_shard_bytes: int | str | None = None,
     max_record_bytes: int | str = DEFAULT_MAX_RECORD_BYTES,
     max_input_bytes: int | str = DEFAULT_MAX_INPUT_BYTES,
     max_input_records: int | str = DEFAULT_MAX_INPUT_RECORDS,

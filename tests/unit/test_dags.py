@@ -13,7 +13,13 @@ from llm_etl_provider.config import LLMEtlConfig, env_var, provider_config
 from llm_etl_provider.contract.invocation import default_of, setting_schema
 from llm_etl_provider.operators.enrichment import LLMEnrichmentOperator
 from llm_etl_provider.operators.local_enrichment import LocalEnrichmentOperator
-from llm_etl_provider.staging.cutting import SECRET_LIMIT, largest_record
+from llm_etl_provider.staging.cutting import (
+    DEFAULT_LOCAL_SHARD_BYTES,
+    DEFAULT_SHARD_BYTES,
+    LOCAL_SHARD_LIMIT,
+    SECRET_LIMIT,
+    largest_record,
+)
 from tests.unit.readme import table
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
@@ -256,7 +262,9 @@ def test_the_worker_settings_params_are_the_flags_declaration(monkeypatch, mode)
         declared = setting_schema(setting)
         assert {key: param.schema[key] for key in declared} == declared, param_name
     assert params.get_param("record_bytes").schema["maximum"] == largest_record(SECRET_LIMIT)
-    assert params.get_param("shard_bytes").schema["maximum"] == SECRET_LIMIT
+    shard_bytes = params.get_param("shard_bytes")
+    assert shard_bytes.schema["maximum"] == (SECRET_LIMIT if mode == "kubernetes" else LOCAL_SHARD_LIMIT)
+    assert shard_bytes.value == (DEFAULT_SHARD_BYTES if mode == "kubernetes" else DEFAULT_LOCAL_SHARD_BYTES)
 
 
 def test_the_label_column_reaches_the_worker_and_is_unset_by_default(monkeypatch):

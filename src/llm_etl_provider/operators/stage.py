@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import ObjectStoragePath
 
-from llm_etl_provider.backends import RunBackend
+from llm_etl_provider.backends import LOCAL_MODE, RunBackend
 from llm_etl_provider.backends.urls import signers_for
 from llm_etl_provider.contract import layout
 from llm_etl_provider.contract.invocation import (
@@ -35,11 +35,14 @@ from llm_etl_provider.hooks.object_store import ObjectStoreSigner, expiry_second
 from llm_etl_provider.operators.base import RunStepOperator, backend_for
 from llm_etl_provider.pod.builder import quantity_bytes
 from llm_etl_provider.staging.cutting import (
+    DEFAULT_LOCAL_SHARD_BYTES,
     DEFAULT_MAX_INPUT_BYTES,
     DEFAULT_MAX_INPUT_RECORDS,
     DEFAULT_MAX_SHARDS,
     DEFAULT_MAX_STAGED_BYTES,
     DEFAULT_SHARD_BYTES,
+    LOCAL_SHARD_LIMIT,
+    SECRET_LIMIT,
     check_sizes,
     plan_ranges,
     plan_shards,
@@ -86,7 +89,9 @@ class StageInputOperator(RunStepOperator):
         repeated ids by it, and refuses an input whose first records all lack it
     and the run's ``namespace``, ``kubernetes_conn_id``, ``execution_mode`` and ``local_dir``
     (:class:`~llm_etl_provider.operators.base.RunStepOperator`)
-    :param max_shard_bytes: the compressed size limit of a shard (a Secret holds at most 1 MiB)
+    :param max_shard_bytes: the compressed size limit of a shard (templated): in Kubernetes at most 1 MiB,
+        what a Secret holds (default 700,000); in local execution, where a shard is a file, at most 1 GiB
+        (default 32 MiB: fewer worker starts)
     :param max_record_bytes: records over this size are passed on cut, to be dead-lettered by the worker
     :param max_input_bytes: refuse an input over this many bytes, decompressed (default 16 GiB)
     :param max_input_records: refuse an input of more records (default 50 million). Blank lines are capped
@@ -170,7 +175,7 @@ class StageInputOperator(RunStepOperator):
         input_path: str,
         input_format: str = default_of("input_format"),
         id_field: str = default_of("id_field"),
-        max_shard_bytes: int | str = DEFAULT_SHARD_BYTES,
+        max_shard_bytes: int | str | None = None,
         max_record_bytes: int | str = DEFAULT_MAX_RECORD_BYTES,
         max_input_bytes: int | str = DEFAULT_MAX_INPUT_BYTES,
         max_input_records: int | str = DEFAULT_MAX_INPUT_RECORDS,
@@ -219,7 +224,7 @@ class StageInputOperator(RunStepOperator):
         run_id = str(context["run_id"])
         try:
             validate_run_id(run_id)  # the worker binds it into every frame: refuse it before anything exists
-            check_sizes(int(self.max_shard_bytes), int(self.max_record_bytes))
+            check_sizes(self.shard_bytes, int(self.max_record_bytes), limit=self.shard_limit)
             # a task its settings cannot make (tags without categories) fails here, not in every shard's pod
             worker = {k: v for k, v in self.plan_settings.items() if k in WORKER_SETTINGS}
             if (unmet := unmet_task_needs(coerce_settings(worker))) is not None:
@@ -294,7 +299,7 @@ class StageInputOperator(RunStepOperator):
             "input": self.input_path,
             "format": fmt,
             "transport": self.transport,
-            "max_shard_bytes": int(self.max_shard_bytes),
+            "max_shard_bytes": self.shard_bytes,
             "max_record_bytes": int(self.max_record_bytes),
             "pods": self.pods if self.transport == OBJECT_OUTPUT else None,
             "checkpoint_every": int(self.checkpoint_every),
@@ -318,6 +323,23 @@ class StageInputOperator(RunStepOperator):
         except UnreadableInput as exc:
             raise StagingError(f"{self.input_path}: {exc}") from None
         return [{**descriptor, "carried_columns": columns} for descriptor in descriptors]
+
+    @property
+    def shard_limit(self) -> int:
+        """The largest shard: what a Secret holds, or a local file."""
+        return LOCAL_SHARD_LIMIT if self.execution_mode == LOCAL_MODE else SECRET_LIMIT
+
+    @property
+    def shard_bytes(self) -> int:
+        """``max_shard_bytes``, or the execution mode's default where unset."""
+        if is_unset(self.max_shard_bytes):
+            return DEFAULT_LOCAL_SHARD_BYTES if self.execution_mode == LOCAL_MODE else DEFAULT_SHARD_BYTES
+        try:
+            return int(str(self.max_shard_bytes))
+        except ValueError:
+            raise StagingError(
+                f"max_shard_bytes must be a whole number, not {self.max_shard_bytes!r}"
+            ) from None
 
     @property
     def golden(self) -> str | None:
@@ -346,7 +368,7 @@ class StageInputOperator(RunStepOperator):
         if not any(r.fields is not None and r.fields.get(label) is not None for r in reader):
             raise StagingError(f"no record of the golden set {name} has a label in its field {label!r}")
         cut = plan_shards(
-            golden.path, input_format=golden.format, max_shard_bytes=int(self.max_shard_bytes),
+            golden.path, input_format=golden.format, max_shard_bytes=self.shard_bytes, limit=self.shard_limit,
             max_record_bytes=int(self.max_record_bytes),
         )  # fmt: skip
         shards = (dataclasses.replace(shard, index=shard.index + first_index) for shard in cut)
@@ -405,7 +427,8 @@ class StageInputOperator(RunStepOperator):
             plan_shards,
             local,
             input_format=fmt,
-            max_shard_bytes=int(self.max_shard_bytes),
+            max_shard_bytes=self.shard_bytes,
+            limit=self.shard_limit,
             max_record_bytes=int(self.max_record_bytes),
         )
         check_run_size(

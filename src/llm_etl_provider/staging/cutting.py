@@ -35,6 +35,10 @@ SECRET_LIMIT = 1 << 20  # the largest max_shard_bytes: what a Secret holds
 DEFAULT_SHARD_BYTES = (
     700_000  # compressed; leaves room for base64 in the API request and the Secret's metadata
 )
+# Local execution stages each shard as a file: its size bounds no API object, only how much one worker
+# process enriches before the next starts (each start loads the worker and waits out a tail of requests)
+LOCAL_SHARD_LIMIT = 1 << 30
+DEFAULT_LOCAL_SHARD_BYTES = 32 << 20  # compressed: ~100,000-300,000 records of a few hundred bytes
 # The stage's caps on one input (StageInputOperator's max_input_bytes and max_input_records)
 DEFAULT_MAX_INPUT_BYTES = 16 << 30  # decompressed
 DEFAULT_MAX_INPUT_RECORDS = 50_000_000
@@ -126,10 +130,12 @@ def largest_record(max_shard_bytes: int) -> int:
     return max_shard_bytes // 2
 
 
-def check_sizes(max_shard_bytes: int, max_record_bytes: int) -> None:
-    """Refuse shard and record limits that cannot work together or with a Secret."""
-    if max_shard_bytes > SECRET_LIMIT:
-        raise StagingInputError(f"max_shard_bytes {max_shard_bytes} is over a Secret's {SECRET_LIMIT} bytes")
+def check_sizes(max_shard_bytes: int, max_record_bytes: int, *, limit: int = SECRET_LIMIT) -> None:
+    """Refuse shard and record limits that cannot work together or with a Secret (``limit``: what holds a
+    shard, :data:`LOCAL_SHARD_LIMIT` for a local file)."""
+    if max_shard_bytes > limit:
+        holder = "a Secret's" if limit == SECRET_LIMIT else "a local shard's"
+        raise StagingInputError(f"max_shard_bytes {max_shard_bytes} is over {holder} {limit} bytes")
     if not 1 <= max_record_bytes <= largest_record(max_shard_bytes):
         raise StagingInputError(
             f"max_record_bytes {max_record_bytes} must be between 1 and half of max_shard_bytes "
@@ -143,9 +149,11 @@ def plan_shards(
     input_format: str = default_of("input_format"),
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    limit: int = SECRET_LIMIT,
 ) -> Iterator[Shard]:
-    """Split ``path`` into shards, in input order, reading it once in constant memory."""
-    check_sizes(max_shard_bytes, max_record_bytes)
+    """Split ``path`` into shards, in input order, reading it once in constant memory (``limit``: the
+    largest ``max_shard_bytes``, :func:`check_sizes`)."""
+    check_sizes(max_shard_bytes, max_record_bytes, limit=limit)
     fmt = detect_format(path, input_format)
     index = 0
     try:

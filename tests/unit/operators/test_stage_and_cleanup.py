@@ -33,6 +33,7 @@ from llm_etl_provider.contract.layout import (
 from llm_etl_provider.exceptions import StagingError
 from llm_etl_provider.operators.cleanup import CleanupOperator, SweepExpiredOperator
 from llm_etl_provider.operators.stage import StageInputOperator
+from llm_etl_provider.staging.cutting import DEFAULT_SHARD_BYTES, SECRET_LIMIT
 from llm_etl_provider.transport.keys import decode_key
 
 RUN = "manual__2026-11-24T02:00:00+00:00"
@@ -631,3 +632,23 @@ def test_an_earlier_output_without_shards_is_refused_before_anything_is_staged(t
     with pytest.raises(StagingError, match="no shard folder under the earlier output"):
         stage(input_path=str(source), previous_output=str(tmp_path)).execute({"run_id": RUN})
     assert api.objects["secrets"] == {}
+
+
+def test_local_shards_are_files_larger_than_a_secret_and_kubernetes_ones_are_not(tmp_path, api):
+    """Random hex compresses to about half: 3,000 records of 900 bytes are ~1.5 MB of shard, which a
+    Secret cannot hold (three shards in Kubernetes) and a local file can (one shard, one worker start)."""
+    source = write_input(tmp_path / "reviews.jsonl", n=3000)
+    local = stage(input_path=str(source), execution_mode="local", local_dir=str(tmp_path / "s"))
+    (shard,) = local.execute({"run_id": RUN})
+    assert shard["records"] == 3000
+    assert shard["bytes"] > SECRET_LIMIT
+    in_kubernetes = stage(input_path=str(source), namespace="etl").execute({"run_id": RUN})
+    assert len(in_kubernetes) == 3
+    assert all(s["bytes"] <= DEFAULT_SHARD_BYTES for s in in_kubernetes)
+    with pytest.raises(StagingError, match="over a Secret's 1048576 bytes"):
+        stage(input_path=str(source), namespace="etl", max_shard_bytes=2 << 20).execute({"run_id": RUN})
+    with pytest.raises(StagingError, match="over a local shard's 1073741824 bytes"):
+        stage(
+            input_path=str(source), execution_mode="local", local_dir=str(tmp_path / "s"),
+            max_shard_bytes=2 << 30,
+        ).execute({"run_id": RUN})  # fmt: skip
