@@ -41,7 +41,9 @@ from llm_etl_provider.staging.cutting import (
     DEFAULT_MAX_SHARDS,
     DEFAULT_MAX_STAGED_BYTES,
     DEFAULT_SHARD_BYTES,
+    LOCAL_COMPRESSION,
     LOCAL_SHARD_LIMIT,
+    SECRET_COMPRESSION,
     SECRET_LIMIT,
     check_sizes,
     plan_ranges,
@@ -330,6 +332,11 @@ class StageInputOperator(RunStepOperator):
         return LOCAL_SHARD_LIMIT if self.execution_mode == LOCAL_MODE else SECRET_LIMIT
 
     @property
+    def shard_compression(self) -> int:
+        """gzip's level for a shard: a Secret's size counts, a local file's write does."""
+        return LOCAL_COMPRESSION if self.execution_mode == LOCAL_MODE else SECRET_COMPRESSION
+
+    @property
     def shard_bytes(self) -> int:
         """``max_shard_bytes``, or the execution mode's default where unset."""
         if is_unset(self.max_shard_bytes):
@@ -369,6 +376,7 @@ class StageInputOperator(RunStepOperator):
             raise StagingError(f"no record of the golden set {name} has a label in its field {label!r}")
         cut = plan_shards(
             golden.path, input_format=golden.format, max_shard_bytes=self.shard_bytes, limit=self.shard_limit,
+            level=self.shard_compression,
             max_record_bytes=int(self.max_record_bytes),
         )  # fmt: skip
         shards = (dataclasses.replace(shard, index=shard.index + first_index) for shard in cut)
@@ -429,6 +437,7 @@ class StageInputOperator(RunStepOperator):
             input_format=fmt,
             max_shard_bytes=self.shard_bytes,
             limit=self.shard_limit,
+            level=self.shard_compression,
             max_record_bytes=int(self.max_record_bytes),
         )
         check_run_size(

@@ -39,6 +39,8 @@ DEFAULT_SHARD_BYTES = (
 # process enriches before the next starts (each start loads the worker and waits out a tail of requests)
 LOCAL_SHARD_LIMIT = 1 << 30
 DEFAULT_LOCAL_SHARD_BYTES = 32 << 20  # compressed: ~100,000-300,000 records of a few hundred bytes
+SECRET_COMPRESSION = 6  # gzip's level for a Secret's shard: its size decides how many pods a run takes
+LOCAL_COMPRESSION = 1  # a local file's: written and read once on the same machine, speed over size
 # The stage's caps on one input (StageInputOperator's max_input_bytes and max_input_records)
 DEFAULT_MAX_INPUT_BYTES = 16 << 30  # decompressed
 DEFAULT_MAX_INPUT_RECORDS = 50_000_000
@@ -80,13 +82,16 @@ class _ShardBuilder:
     unit could still overflow it.
     """
 
-    def __init__(self, max_shard_bytes: int, first_prefix: bytes = b"", prefix: bytes = b"") -> None:
+    def __init__(
+        self, max_shard_bytes: int, first_prefix: bytes = b"", prefix: bytes = b"", *, level: int = 6
+    ) -> None:
         self.max_shard_bytes = max_shard_bytes
         self.prefix = prefix
+        self.level = level
         self._start(first_prefix)
 
     def _start(self, prefix: bytes) -> None:
-        self._compressor = zlib.compressobj(6, zlib.DEFLATED, 31)  # wbits 31: a gzip container
+        self._compressor = zlib.compressobj(self.level, zlib.DEFLATED, 31)  # wbits 31: a gzip container
         self._chunks = [self._compressor.compress(prefix)]
         self._emitted = len(self._chunks[0])
         self._buffered = len(prefix)
@@ -150,22 +155,24 @@ def plan_shards(
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     limit: int = SECRET_LIMIT,
+    level: int = SECRET_COMPRESSION,
 ) -> Iterator[Shard]:
     """Split ``path`` into shards, in input order, reading it once in constant memory (``limit``: the
-    largest ``max_shard_bytes``, :func:`check_sizes`)."""
+    largest ``max_shard_bytes``, :func:`check_sizes`; ``level``: gzip's, :data:`LOCAL_COMPRESSION` where
+    speed matters more than size)."""
     check_sizes(max_shard_bytes, max_record_bytes, limit=limit)
     fmt = detect_format(path, input_format)
     index = 0
     try:
         if fmt == "jsonl":
-            builder = _ShardBuilder(max_shard_bytes)
+            builder = _ShardBuilder(max_shard_bytes, level=level)
             units: Iterator[tuple[int, bytes, bool]] = (
                 (line.line, line.raw, line.record)
                 for line in jsonl_lines(path, max_record_bytes=max_record_bytes)
             )
         else:
             rows = csv_rows(path, max_record_bytes=max_record_bytes)
-            builder, units = _csv_units(path, max_shard_bytes, rows)
+            builder, units = _csv_units(path, max_shard_bytes, rows, level)
         for line, data, record in units:
             if (closed := builder.add(line, data, record)) is not None:
                 yield _shard(closed, index, fmt)
@@ -192,7 +199,7 @@ def _shard(closed: _Closed, index: int, fmt: str) -> Shard:
 
 
 def _csv_units(
-    path: Path, max_shard_bytes: int, rows: Iterator[CsvRow]
+    path: Path, max_shard_bytes: int, rows: Iterator[CsvRow], level: int
 ) -> tuple[_ShardBuilder, Iterator[tuple[int, bytes, bool]]]:
     """Read up to the header; return the builder and the rows after it as (first line, raw bytes, record).
 
@@ -207,8 +214,8 @@ def _csv_units(
             header = row
             break
     if header is None:  # blank lines only: nothing to stage
-        return _ShardBuilder(max_shard_bytes), iter(())
-    builder = _ShardBuilder(max_shard_bytes, b"".join(before), _repeatable_header(path, header))
+        return _ShardBuilder(max_shard_bytes, level=level), iter(())
+    builder = _ShardBuilder(max_shard_bytes, b"".join(before), _repeatable_header(path, header), level=level)
     return builder, ((row.line, row.raw, row.record) for row in rows)
 
 
