@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import decimal
 import importlib
 import importlib.util
 import json
@@ -371,6 +372,61 @@ def test_a_run_again_after_one_row_changed_asks_the_model_once_and_publishes_the
     assert asked == 6 - len(unchanged)  # the changed record, and any the first run could not answer
     assert summary["prompt_tokens"] < first["prompt_tokens"] * asked / 6 + 50
     assert shard["reused"] == len(unchanged)
+
+
+def test_a_warehouse_table_without_ids_from_duckdb_runs_twice_and_a_glob_reads_each_run_whole(
+    tmp_path, local_dag
+):
+    """What a warehouse exports: a DuckDB table with no ``id`` column, typed and nested columns, nulls, a
+    column name with a space. Through the trigger form with only paths and a template: its rows are named by
+    their line; run again with one row changed, only that row (and any the first run could not answer)
+    goes to the model; DuckDB reads each run's results with one glob, the input's types back."""
+    import duckdb
+
+    dag = fresh_dag(local_dag)
+    source = tmp_path / "visits.parquet"
+
+    def export(changed: str | None) -> None:
+        duckdb.connect().execute(
+            f"""COPY (SELECT
+                  CASE WHEN i = 2 AND {changed is not None} THEN '{changed or ""}'
+                       ELSE 'Visit ' || i || ': the new drug helped my pain a lot.' END AS "visit note",
+                  TIMESTAMP '2026-01-01 08:00:00' + INTERVAL (i) HOUR AS seen,
+                  CAST(i * 1.25 AS DECIMAL(9, 2)) AS dose,
+                  CASE WHEN i % 2 = 0 THEN NULL ELSE {{'site': 'north', 'codes': [i, i + 1]}} END AS detail
+                FROM range(5) t(i)) TO '{source}' (FORMAT PARQUET)"""
+        )
+
+    def run(output: Path, **conf: Any) -> Any:
+        state = dag.test(
+            run_conf={
+                "input_path": str(source), "output_path": str(output), "model": "smollm2",
+                "template": "{visit note}", "output_format": "parquet", "carry_fields": ["*"], **conf,
+            }
+        ).state  # fmt: skip
+        assert state == "success"
+        (manifest,) = list(output.glob("*/*/*/manifest.json"))
+        return manifest.parent
+
+    export(None)
+    first = run(tmp_path / "first")
+    export("Visit 2: it gave me headaches every single day.")
+    second = run(tmp_path / "second", previous_output=str(first))
+    connection = duckdb.connect()
+
+    def rows(folder: Path) -> list[tuple[Any, ...]]:
+        return connection.execute(
+            f"""SELECT id, line, "visit note", seen, dose, detail.codes, enrichment.sentiment, meta.reused
+            FROM read_parquet('{folder}/shard-*/results.parquet') ORDER BY line"""
+        ).fetchall()
+
+    before, after = rows(first), rows(second)
+    assert [row[0] for row in after] == [str(row[1]) for row in after]  # each row named by its line
+    assert after[0][3:5] == (datetime(2026, 1, 1, 8, 0), decimal.Decimal("0.00"))  # typed as exported
+    answered = {row[1] for row in before}
+    reused = {row[1] for row in after if row[7]}
+    assert reused == answered - {3}  # row 3 (i = 2) changed: asked again; the others are the first run's
+    assert all(b[6] == a[6] for b in before for a in after if b[1] == a[1] and a[7])
 
 
 def test_a_golden_set_below_min_quality_withholds_the_run_s_success_and_says_the_measure(tmp_path, local_dag):

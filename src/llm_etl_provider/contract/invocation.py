@@ -30,6 +30,7 @@ DEFAULT_ENTITY_TYPES = ("person", "organization", "location", "date")
 RecordFormat = Literal["jsonl", "csv"]
 RECORD_FORMATS: tuple[str, ...] = get_args(RecordFormat)
 CARRIED_FIELD = "input"  # a result line's carried input fields (carry_fields)
+LINE_IDS = "#line"  # id_field: no field names the records, their input line does (an input without ids)
 ALL_FIELDS = "*"  # carry_fields: every field of the record
 AUTO_FORMAT = "auto"  # --input-format auto: the format the file name implies
 INPUT_FORMATS = (AUTO_FORMAT, *RECORD_FORMATS)
@@ -138,7 +139,10 @@ class WorkerInvocation:
 
     input: Path = _flag(group=_IO, parse=Path, help="JSONL or CSV file, plain or gzip")
     input_format: str = _flag(AUTO_FORMAT, group=_IO, choices=INPUT_FORMATS, help="the input's format")
-    id_field: str = _flag("id", group=_IO, setting=True, help="the field that identifies a record")
+    id_field: str = _flag(
+        "id", group=_IO, setting=True,
+        help=f"the field that identifies a record; {LINE_IDS}: its input line (an input without ids)",
+    )  # fmt: skip
     label_field: str | None = _flag(
         None, group=_IO, setting=True,
         help="a field holding a known label, copied into each result's meta.label (for the run report)",

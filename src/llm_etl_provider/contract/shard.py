@@ -55,6 +55,8 @@ class ShardDescriptor:
     :param key_secret: the Secret holding its plan's frame key (Kubernetes)
     :param carried_columns: the Arrow types of the input columns its results carry, where the input has
         them (Parquet): a serialized Arrow schema (base64), which the Parquet output gives those columns
+    :param line_ids: its records are named by their input line (the input has no ``id`` field): its worker
+        is told ``--id-field #line`` (:data:`~llm_etl_provider.contract.invocation.LINE_IDS`)
     """
 
     index: int
@@ -79,6 +81,7 @@ class ShardDescriptor:
     plan: str | None = None
     key_secret: str | None = None
     carried_columns: str | None = None
+    line_ids: bool = False
 
     def to_xcom(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -18,6 +18,7 @@ from llm_etl_provider.contract.invocation import (
     AUTO_FORMAT,
     DEFAULT_MAX_RECORD_BYTES,
     INPUT_FORMATS,
+    LINE_IDS,
     RECORD_FORMATS,
     RecordFormat,
     default_of,
@@ -279,6 +280,8 @@ class RecordReader:
         return row
 
     def _record(self, number: int, fields: dict[str, Any]) -> InputRecord:
+        if self.id_field == LINE_IDS:  # an input without ids: the line names the record, once
+            return InputRecord(line=number, fields=fields, record_id=number)
         record_id = fields.get(self.id_field)
         if not _valid_id(record_id):
             problem = "is missing" if record_id in (None, "") else "is not a string or an integer"

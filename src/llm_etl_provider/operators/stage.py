@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,9 +15,11 @@ from airflow.sdk import ObjectStoragePath
 from llm_etl_provider.backends import LOCAL_MODE, RunBackend
 from llm_etl_provider.backends.urls import signers_for
 from llm_etl_provider.contract import layout
+from llm_etl_provider.contract.codes import DeadLetterReason
 from llm_etl_provider.contract.invocation import (
     AUTO_FORMAT,
     DEFAULT_MAX_RECORD_BYTES,
+    LINE_IDS,
     OBJECT_OUTPUT,
     WORKER_SETTINGS,
     coerce_settings,
@@ -54,7 +57,7 @@ from llm_etl_provider.staging.log_transport import check_run_size, stage_shards
 from llm_etl_provider.staging.object_transport import check_uncompressed, parquet_ranges, stage_ranges
 from llm_etl_provider.staging.plan import WorkerMemory
 from llm_etl_provider.staging.reuse import ReusedResults, reused_results
-from llm_etl_provider.staging.validation import Validation, validate_input
+from llm_etl_provider.staging.validation import FORMAT_PROBE_RECORDS, Validation, validate_input
 from llm_etl_provider.transport.run_manifest import unpublish_run
 
 if TYPE_CHECKING:
@@ -223,6 +226,7 @@ class StageInputOperator(RunStepOperator):
         self.store_cidrs = store_cidrs
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
+        self._ids_by_input: dict[Path, str] = {}  # each input's record ids: _record_ids
         run_id = str(context["run_id"])
         try:
             validate_run_id(run_id)  # the worker binds it into every frame: refuse it before anything exists
@@ -286,10 +290,12 @@ class StageInputOperator(RunStepOperator):
                         )
             except (InputError, StagingInputError) as exc:
                 raise StagingError(str(exc).replace(str(local.path), self.input_path)) from None
-            descriptors = self._with_carried_columns(descriptors, local)
+            descriptors = self._described(descriptors, local, limits)
             if golden is not None:
-                descriptors += self._with_carried_columns(
-                    self._stage_golden(backend, golden, limits, plan, memory, len(descriptors)), golden
+                descriptors += self._described(
+                    self._stage_golden(backend, golden, limits, plan, memory, len(descriptors)),
+                    golden,
+                    limits,
                 )
         self.log.info("plan %s: input sha256 %s", plan, local.sha256)
         return self._report(descriptors, layout.plan_prefix(self.run_scope, run_id, plan))
@@ -312,19 +318,47 @@ class StageInputOperator(RunStepOperator):
             "previous_output": self.earlier_output,
         }
 
-    def _with_carried_columns(
-        self, descriptors: list[dict[str, Any]], source: LocalInput
+    def _described(
+        self, descriptors: list[dict[str, Any]], source: LocalInput, limits: InputLimits
     ) -> list[dict[str, Any]]:
-        """The descriptors of ``source``'s shards with the types of the input columns their results carry,
-        where the input has them (Parquet): every shard's output gives those columns the input's types."""
-        if source.parquet is None:
-            return descriptors
-        carry = coerce_settings({"carry_fields": self.plan_settings.get("carry_fields")})["carry_fields"]
-        try:
-            columns = carried_columns(source.parquet, carry)
-        except UnreadableInput as exc:
-            raise StagingError(f"{self.input_path}: {exc}") from None
-        return [{**descriptor, "carried_columns": columns} for descriptor in descriptors]
+        """The descriptors of ``source``'s shards with what holds for all of them: whether their records are
+        named by their line (:meth:`_record_ids`), and the types of the input columns their results carry,
+        where the input has them (Parquet: every shard's output gives those columns the input's types)."""
+        line_ids = self._record_ids(source.path, source.format, limits) == LINE_IDS
+        columns = None
+        if source.parquet is not None:
+            carry = coerce_settings({"carry_fields": self.plan_settings.get("carry_fields")})["carry_fields"]
+            try:
+                columns = carried_columns(source.parquet, carry)
+            except UnreadableInput as exc:
+                raise StagingError(f"{self.input_path}: {exc}") from None
+        return [
+            {**descriptor, "carried_columns": columns, "line_ids": line_ids} for descriptor in descriptors
+        ]
+
+    def _record_ids(self, path: Path, fmt: str, limits: InputLimits) -> str:
+        """The field that names the records of the input at ``path``: ``id_field``, the worker's; or, where
+        it is the default and not one of the first records has it (an input without ids, a warehouse
+        table's), their input line (:data:`LINE_IDS`), said in the log. A field named otherwise must be
+        there: a misspelt one fails the validation rather than naming records by their line."""
+        id_field = str(coerce_settings({"id_field": self.id_field})["id_field"])
+        if id_field != default_of("id_field"):
+            return id_field
+        known = self._ids_by_input.get(path)
+        if known is not None:
+            return known
+        reader = RecordReader(path, input_format=fmt, id_field=id_field, limits=limits)
+        errors = [record.error for record in itertools.islice(reader, FORMAT_PROBE_RECORDS)]
+        without = DeadLetterReason.MISSING_ID in errors and None not in errors
+        if without and DeadLetterReason.DUPLICATE_ID not in errors:
+            self.log.warning(
+                "%s: no record among the first %d has the id field %r: each record is named by its input "
+                "line (set id_field to name them by a field of their own)",
+                path.name if path.name != "rows.jsonl" else self.input_path, len(errors), id_field,
+            )  # fmt: skip
+            id_field = LINE_IDS
+        self._ids_by_input[path] = id_field
+        return id_field
 
     @property
     def shard_limit(self) -> int:
@@ -370,7 +404,7 @@ class StageInputOperator(RunStepOperator):
                 f"the golden set {name} needs label_field: the field holding each golden record's known label"
             )
         validation = self._validate(golden.path, golden.format, limits, name=name)
-        id_field = coerce_settings({"id_field": self.id_field})["id_field"]
+        id_field = self._record_ids(golden.path, golden.format, limits)
         reader = RecordReader(golden.path, input_format=golden.format, id_field=id_field, limits=limits)
         if not any(r.fields is not None and r.fields.get(label) is not None for r in reader):
             raise StagingError(f"no record of the golden set {name} has a label in its field {label!r}")
@@ -414,8 +448,7 @@ class StageInputOperator(RunStepOperator):
         if self.earlier_output is None:
             return contextlib.nullcontext()
         return reused_results(
-            self.earlier_output, local, input_format=fmt,
-            id_field=coerce_settings({"id_field": self.id_field})["id_field"],
+            self.earlier_output, local, input_format=fmt, id_field=self._record_ids(local, fmt, limits),
             max_record_bytes=int(self.max_record_bytes), limits=limits,
         )  # fmt: skip
 
@@ -508,7 +541,7 @@ class StageInputOperator(RunStepOperator):
             local,
             input_format=fmt,
             # the worker's, so that both find the same records malformed and the same ids repeated
-            id_field=coerce_settings({"id_field": self.id_field})["id_field"],
+            id_field=self._record_ids(local, fmt, limits),
             max_record_bytes=int(self.max_record_bytes),
             limits=limits,
             name=name or self.input_path,

@@ -24,6 +24,7 @@ import yaml
 
 from llm_etl_provider.contract import layout
 from llm_etl_provider.contract.invocation import (
+    LINE_IDS,
     LOG_OUTPUT,
     OBJECT_OUTPUT,
     RECORD_FORMATS,
@@ -271,6 +272,8 @@ def pod_invocation(
         if shard.part_records is None:
             raise PodSpecError(f"shard {shard.index} was staged without its part size: stage it again")
         chosen["checkpoint_every"] = shard.part_records
+    if shard.line_ids:  # the stage found no id field in the input: the line names each record
+        chosen["id_field"] = LINE_IDS
     return WorkerInvocation(
         **chosen,
         # the object transport: the worker downloads its range into its work folder, and checkpoints in the

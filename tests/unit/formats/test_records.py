@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from llm_etl_provider.contract.invocation import AUTO_FORMAT
+from llm_etl_provider.contract.invocation import AUTO_FORMAT, LINE_IDS
 from llm_etl_provider.formats.exceptions import InputError, InputOverLimit
 from llm_etl_provider.formats.records import InputLimits, RecordReader, detect_format
 
@@ -28,6 +28,15 @@ def test_jsonl_records_keep_their_line_numbers_and_ids(tmp_path):
     assert [(r.line, r.record_id, r.error) for r in records] == [(1, "a", None), (3, 2, None)]
     assert reader.stats.blank_lines == 1
     assert reader.count() == 2
+
+
+def test_records_without_ids_are_named_by_their_line_once_each(tmp_path):
+    path = write(tmp_path / "in.jsonl", b'{"text": "x"}\n\n{"text": "x", "id": "a"}\n{"text": "x"}\n')
+    records, _ = read_all(path, id_field=LINE_IDS)
+    assert [(r.line, r.record_id, r.error) for r in records] == [(1, 1, None), (3, 3, None), (4, 4, None)]
+    csv_path = write(tmp_path / "in.csv", b"text\nx\nx\n")
+    records, _ = read_all(csv_path, id_field=LINE_IDS)
+    assert [(r.line, r.record_id, r.error) for r in records] == [(2, 2, None), (3, 3, None)]
 
 
 def test_bom_crlf_and_trailing_whitespace_are_accepted(tmp_path):

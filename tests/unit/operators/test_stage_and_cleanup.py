@@ -16,6 +16,7 @@ from airflow.sdk import DAG
 from airflow.sdk.api.datamodels._generated import DagRunState
 
 from llm_etl_provider.contract.duplicates import decode_line_numbers
+from llm_etl_provider.contract.invocation import LINE_IDS
 from llm_etl_provider.contract.layout import (
     ANNOTATION_DAG_ID,
     ANNOTATION_EXPIRES_AT,
@@ -30,9 +31,11 @@ from llm_etl_provider.contract.layout import (
     run_prefix,
     shard_folder,
 )
+from llm_etl_provider.contract.shard import ShardDescriptor
 from llm_etl_provider.exceptions import StagingError
 from llm_etl_provider.operators.cleanup import CleanupOperator, SweepExpiredOperator
 from llm_etl_provider.operators.stage import StageInputOperator
+from llm_etl_provider.pod.builder import ServerSpec, pod_invocation
 from llm_etl_provider.staging.cutting import DEFAULT_SHARD_BYTES, SECRET_LIMIT
 from llm_etl_provider.transport.keys import decode_key
 
@@ -415,11 +418,12 @@ def test_each_shard_carries_the_lines_that_repeat_an_earlier_id(tmp_path, api, f
         assert shard["duplicates"] == len(repeated)
 
 
-@pytest.mark.parametrize(("id_field", "duplicates"), [("uid", 1), ("None", None)])
+@pytest.mark.parametrize(("id_field", "duplicates"), [("uid", 1), ("None", 0), ("id", 0), ("uuid", None)])
 def test_the_stage_reads_ids_from_the_workers_id_field(tmp_path, id_field, duplicates):
     """Records identified by another field than ``id`` were refused by the stage as records without ids,
-    whatever the worker was told; an id field left unset (``None``: an unset Param rendered) is the worker's
-    default."""
+    whatever the worker was told. An id field left unset (``None``: an unset Param rendered) is the
+    worker's default, ``id``: where no record has it, each record is named by its line (the shard says so,
+    and its worker is told ``#line``); a field named otherwise that no record has is a mistake, refused."""
     source = tmp_path / "reviews.jsonl"
     source.write_text('{"uid": "a"}\n{"uid": "b"}\n{"uid": "a"}\n')
     op = stage(
@@ -431,6 +435,15 @@ def test_the_stage_reads_ids_from_the_workers_id_field(tmp_path, id_field, dupli
         return
     (shard,) = op.execute({"run_id": RUN})
     assert shard["duplicates"] == duplicates
+    assert shard["line_ids"] is (id_field != "uid")
+    invocation = pod_invocation(
+        {"task": "sentiment", "id_field": id_field},
+        run_id=RUN,
+        shard=ShardDescriptor.from_xcom(shard),
+        server=ServerSpec(),
+        model="m",
+    )
+    assert invocation.id_field == ("uid" if id_field == "uid" else LINE_IDS)
 
 
 def test_duplicates_travel_with_the_shard_not_in_xcom(tmp_path, api):
