@@ -123,6 +123,54 @@ def test_the_example_dag_runs_its_pods_on_a_real_kubelet(
     assert {mode for modes in secret_files.values() for mode in modes} == {(0o440, 0, 65532)}, secret_files
 
 
+def test_an_incremental_parquet_run_with_its_golden_set_on_a_real_kubelet(tmp_path, cluster, kubernetes_dag):
+    """Issue 28 in pods: a run with a golden set (measured, published apart) and Parquet results partitioned
+    by the answer; the same input again with one review changed, the first run's folder as
+    ``previous_output``: its shard's Secret carries the earlier results, and its worker asks the model for
+    the changed review only (and any the first run could not answer)."""
+    import pyarrow.parquet as pq
+
+    lines = short_reviews(6)
+    inputs, golden = [json.loads(line) for line in lines[:3]], lines[3:]
+    (tmp_path / "golden.jsonl").write_text("".join(golden))
+
+    def run(rows: list[dict[str, Any]], output: Path, **conf: Any) -> Path:
+        source = tmp_path / "reviews.jsonl"
+        source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        run = pvc_dag(kubernetes_dag, False).test(
+            run_conf=example_conf(
+                source, output, output_format="parquet", partition_by="enrichment.sentiment",
+                carry_fields=["drug"], label_field="rating_label", golden_path=str(tmp_path / "golden.jsonl"),
+                min_quality=0.0, **conf,
+            )
+        )  # fmt: skip
+        assert run.state == "success"
+        (manifest,) = list(output.glob("*/*/*/manifest.json"))
+        return manifest.parent
+
+    first = run(inputs, tmp_path / "first")
+    changed = [dict(row) for row in inputs]
+    changed[1]["review"] = "Changed my mind: it gave me headaches every single day."
+    second = run(changed, tmp_path / "second", previous_output=str(first))
+    for folder in (first, second):
+        manifest = json.loads((folder / "manifest.json").read_text())
+        assert manifest["quality"]["golden_records"] == 3
+        assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["golden-00001", "shard-00000"]
+        assert all(p.parent.name.startswith("sentiment=") for p in folder.glob("shard-00000/results/*/*"))
+
+    def answered(folder: Path) -> dict[str, dict[str, Any]]:
+        files = sorted((folder / "shard-00000" / "results").glob("*/*.parquet"))
+        return {row["id"]: row for file in files for row in pq.read_table(file).to_pylist()}
+
+    before, after = answered(first), answered(second)
+    unchanged = set(before) - {changed[1]["id"]}
+    assert {i for i, row in after.items() if row["meta"]["reused"]} == unchanged
+    assert all(after[i]["enrichment"] == before[i]["enrichment"] for i in unchanged)
+    assert {row["drug"] for row in after.values()} <= {row["drug"] for row in inputs}
+    summary = json.loads((second / "shard-00000" / "manifest.json").read_text())["worker_summary"]
+    assert summary["reused"] == len(unchanged)
+
+
 def watch_secret_files(
     kubelet_root: Path, seen: dict[str, set[tuple[int, int, int]]], stop: threading.Event
 ) -> None:
