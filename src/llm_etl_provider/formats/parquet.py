@@ -226,18 +226,20 @@ def _json_value(value: Any) -> Any:
 Kind = Any
 
 
+_SCALAR_TYPES = ((bool, "boolean"), (int, "integer"), (float, "number"), (str, "string"))  # bool first
+
+
+def _scalar_type(value: Any) -> str | None:
+    """The JSON schema type of a scalar ``value`` (None for anything else)."""
+    return next((name for kind, name in _SCALAR_TYPES if isinstance(value, kind)), None)
+
+
 def kind_of(value: Any) -> Kind:
     """The JSON ``value``'s kind."""
     if value is None:
         return None
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
+    if (scalar := _scalar_type(value)) is not None:
+        return scalar
     if isinstance(value, list):
         item: Kind = None
         for element in value:
@@ -348,14 +350,9 @@ def _declared_types(schema: Any) -> set[str]:
 
 
 def _json_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
+    """The JSON schema type of any JSON ``value``."""
+    if (scalar := _scalar_type(value)) is not None:
+        return scalar
     return "array" if isinstance(value, list) else "object" if isinstance(value, dict) else "null"
 
 
