@@ -17,6 +17,7 @@ from llm_etl_provider.contract.provenance import PROVENANCE
 from llm_etl_provider.contract.reuse import CONTENT_SHA256, RECORD_SHA256, REUSED
 from llm_etl_provider.contract.summary import RESULT_LABEL
 
+RESULT_FIELDS = ("id", "line", "task", "enrichment", "meta")  # a result line's own fields
 MODERATION_CATEGORIES = (
     "harassment",
     "hate",
@@ -57,6 +58,7 @@ META_SCHEMA: dict[str, Any] = {
         REUSED: {"type": "boolean"},
         RESULT_LABEL: _NULLABLE_STRING,
     },
+    "additionalProperties": False,
 }
 
 
@@ -97,7 +99,7 @@ def answer_schema(
         })  # fmt: skip
         return _object({"entities": {"type": "array", "maxItems": MAX_ENTITIES, "items": entity}})
     if task == "custom":
-        return schema if schema is not None else TEXT_ANSWER_SCHEMA
+        return schema or TEXT_ANSWER_SCHEMA  # {} too: as the worker always read it
     raise ValueError(f"no task {task!r}")
 
 

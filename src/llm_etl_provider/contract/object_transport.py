@@ -123,6 +123,9 @@ class ObjectTransport:
             if source.get("row_groups") is not None:
                 first, stop = source["row_groups"]
                 source["row_groups"] = (int(first), int(stop))
+            for offset in ("start", "end", "tail", "object_size"):
+                if source.get(offset) is not None and not isinstance(source[offset], int):
+                    raise TypeError(f"{offset} is not a whole number")
             transport = cls(
                 input=InputRange(**source),
                 parts=tuple(document["parts"]),

@@ -1,4 +1,5 @@
-"""Parquet in and out, on the Airflow side only (the worker reads and writes JSON lines).
+"""Parquet in and out: the worker reads and writes JSON lines (and reads an object transport's Parquet range
+with :func:`parquet_to_jsonl`).
 
 In: :func:`parquet_to_jsonl` turns a Parquet file into JSON lines, row ``n`` (1-based, in file order) on line
 ``n``, reading one record batch at a time: the stage cuts, validates and stages those lines as any JSONL
@@ -8,10 +9,11 @@ UTF-8 (else base64), maps as objects, NaN and infinities as null.
 
 Out: :func:`write_parquet` turns a shard's verified result or dead-letter lines into a Parquet file, a row
 group at a time: the enrichment and its meta as typed structs, the carried input fields as columns of their
-own beside them. The enrichment's and the meta's types come from their JSON schemas (:func:`schema_type`), so
-every shard has the same columns; the carried fields' are those of the values (:func:`kind_of`), merged over
-the shard: integers widen to numbers, objects to the union of their fields, and values of no common type are
-JSON text.
+own beside them. The enrichment's and the meta's types come from their JSON schemas (:func:`schema_type`), a
+carried column's from a Parquet input's own (:func:`carried_columns`), so every shard has the same columns;
+other carried fields' are those of the values (:func:`kind_of`), merged over the shard: integers widen to
+numbers, objects to the union of their fields, and values of no common type are JSON text. A ``large_string``
+column always holds JSON text, which :func:`parquet_rows` reads back as the value it was.
 
 Needs pyarrow: the ``parquet`` extra (``pip install 'llm-etl-provider[parquet]'``).
 """
@@ -28,14 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llm_etl_provider.contract.answers import META_SCHEMA
+from llm_etl_provider.contract.answers import META_SCHEMA, RESULT_FIELDS
 from llm_etl_provider.contract.invocation import ALL_FIELDS, AUTO_FORMAT, CARRIED_FIELD
 from llm_etl_provider.formats.exceptions import UnreadableInput
 
 PARQUET_FORMAT = "parquet"
 PARQUET_SUFFIXES = (".parquet", ".pq")
 MAGIC = b"PAR1"
-RESULT_COLUMNS = ("id", "line", "task", "enrichment", "meta")  # a result line's own fields
 # a struct's field for the properties its schema does not name but allows: JSON text
 ADDITIONAL = "_additional"
 _ADDITIONAL_MARK = {b"llm_etl": b"additional properties"}
@@ -86,13 +87,45 @@ def parquet_to_jsonl(
         reader = parquet.ParquetFile(source)
         with target.open("w", encoding="utf-8") as out:
             groups = list(row_groups) if row_groups is not None else None
+            json_schema = _microseconds(reader.schema_arrow)
             for batch in reader.iter_batches(batch_size=rows_per_batch, row_groups=groups):
+                if json_schema is not None:
+                    batch = batch.cast(json_schema, safe=False)
                 for row in batch.to_pylist():
                     out.write(json.dumps(_json_row(row), ensure_ascii=False, allow_nan=False) + "\n")
                     rows += 1
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise UnreadableInput(f"cannot read it as Parquet ({type(exc).__name__}: {exc})") from None
     return rows
+
+
+def _microseconds(schema: Any) -> Any:
+    """``schema`` with its nanosecond timestamps, times and durations in microseconds (None where it has
+    none): Python's datetime holds microseconds, and the stage and the worker (with or without pandas) must
+    read the same JSON; the nanoseconds are dropped."""
+    pa, _ = pyarrow_modules()
+
+    def micro(kind: Any) -> Any:
+        types = pa.types
+        if types.is_timestamp(kind) and kind.unit == "ns":
+            return pa.timestamp("us", kind.tz)
+        if types.is_time64(kind) and kind.unit == "ns":
+            return pa.time64("us")
+        if types.is_duration(kind) and kind.unit == "ns":
+            return pa.duration("us")
+        if types.is_struct(kind):
+            return pa.struct(
+                [kind.field(i).with_type(micro(kind.field(i).type)) for i in range(kind.num_fields)]
+            )
+        if types.is_list(kind) or types.is_large_list(kind):
+            item = kind.value_field.with_type(micro(kind.value_type))
+            return pa.list_(item) if types.is_list(kind) else pa.large_list(item)
+        if types.is_map(kind):
+            return pa.map_(micro(kind.key_type), micro(kind.item_type))
+        return kind
+
+    converted = pa.schema([field.with_type(micro(field.type)) for field in schema])
+    return None if converted.equals(schema) else converted
 
 
 @dataclass(frozen=True)
@@ -178,9 +211,10 @@ def _carried_type(kind: Any) -> Any:
         return pa.list_(_carried_type(kind.value_type))
     if types.is_float16(kind):
         return pa.float32()
-    kept = (types.is_boolean, types.is_integer, types.is_floating, types.is_string,
-            types.is_large_string, types.is_timestamp, types.is_date, types.is_time, types.is_duration,
-            types.is_decimal)  # fmt: skip
+    if types.is_large_string(kind) or types.is_string_view(kind):
+        return pa.string()  # a large_string column of ours holds JSON text: the input's text is text
+    kept = (types.is_boolean, types.is_integer, types.is_floating, types.is_string, types.is_timestamp,
+            types.is_date, types.is_time, types.is_duration, types.is_decimal)  # fmt: skip
     return kind if any(is_kept(kind) for is_kept in kept) else pa.large_string()
 
 
@@ -280,16 +314,15 @@ def arrow_type(kind: Kind) -> Any:
         if kind[1]:
             return pa.struct([pa.field(name, arrow_type(sub)) for name, sub in kind[1].items()])
         return pa.large_string()
-    scalars = {
-        "integer": pa.int64(),
-        "number": pa.float64(),
-        "boolean": pa.bool_(),
-        "json": pa.large_string(),
-    }
-    return scalars.get(str(kind), pa.string())
+    return pa.string() if kind is None else _scalar_arrow_type(str(kind))
 
 
-_SCHEMA_SCALARS = ("integer", "number", "boolean", "string")
+def _scalar_arrow_type(kind: str) -> Any:
+    """The Arrow type of a JSON scalar type (``integer``, ``number``, ``boolean``, ``string``); JSON text
+    (``large_string``) for any other kind."""
+    pa, _ = pyarrow_modules()
+    scalars = {"integer": pa.int64(), "number": pa.float64(), "boolean": pa.bool_(), "string": pa.string()}
+    return scalars.get(kind, pa.large_string())
 
 
 def schema_type(schema: Any, *, root: Any = None, following: tuple[str, ...] = ()) -> Any:
@@ -309,8 +342,8 @@ def schema_type(schema: Any, *, root: Any = None, following: tuple[str, ...] = (
         if target is None or reference in following:
             return pa.large_string()
         return schema_type(target, root=root, following=(*following, reference))
-    for alternatives in ("anyOf", "oneOf"):
-        if isinstance(options := schema.get(alternatives), list):
+    for alternatives in ("anyOf", "oneOf"):  # alternatives decide the type only where none is declared
+        if not _declared_types(schema) and isinstance(options := schema.get(alternatives), list):
             typed = [schema_type(option, root=root, following=following)
                      for option in options if _declared_types(option) != {"null"}]  # fmt: skip
             return typed[0] if typed and all(t == typed[0] for t in typed) else pa.large_string()
@@ -338,8 +371,7 @@ def schema_type(schema: Any, *, root: Any = None, following: tuple[str, ...] = (
         items = schema.get("items")
         return pa.list_(schema_type(items, root=root, following=following) if isinstance(items, Mapping)
                         else pa.large_string())  # fmt: skip
-    scalars = {"integer": pa.int64(), "number": pa.float64(), "boolean": pa.bool_(), "string": pa.string()}
-    return scalars.get(kind, pa.large_string())
+    return _scalar_arrow_type(kind)
 
 
 def _declared_types(schema: Any) -> set[str]:
@@ -394,9 +426,16 @@ def _fit(value: Any, kind: Any) -> Any:
     if pa.types.is_integer(kind):
         if isinstance(value, bool) or not isinstance(value, int | float):
             return None
-        return int(value) if float(value).is_integer() else None
+        if isinstance(value, float) and not value.is_integer():
+            return None
+        return int(value)
     if pa.types.is_floating(kind):
-        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            return None
+        try:
+            return float(value)
+        except OverflowError:  # an integer JSON allows and a double does not hold
+            raise ValueError(f"the number {value} is beyond what a Parquet double holds") from None
     if pa.types.is_boolean(kind):
         return value if isinstance(value, bool) else None
     return _from_json_text(value, kind)
@@ -407,14 +446,24 @@ def _from_json_text(value: Any, kind: Any) -> Any:
     ``kind`` of its input column; None where it is not one."""
     pa, _ = pyarrow_modules()
     types = pa.types
-    try:
-        if types.is_timestamp(kind) or types.is_date(kind) or types.is_decimal(kind):
-            # Arrow's own parser: ISO 8601 with an offset, nanoseconds, any decimal's precision
-            return pa.scalar(value, pa.string()).cast(kind).as_py() if isinstance(value, str) else None
-        if types.is_time(kind):
-            return datetime.time.fromisoformat(value) if isinstance(value, str) else None
-    except (ValueError, pa.ArrowException):
-        return None
+    readers: list[tuple[Callable[[Any], bool], Callable[[str], Any]]] = [
+        (types.is_timestamp, datetime.datetime.fromisoformat),
+        (types.is_date, datetime.date.fromisoformat),
+        (types.is_time, datetime.time.fromisoformat),
+        (types.is_decimal, decimal.Decimal),
+    ]
+    for is_type, read in readers:
+        if not is_type(kind):
+            continue
+        if not isinstance(value, str):
+            return None
+        try:
+            return read(value)  # what _json_value wrote: isoformat, a decimal's text
+        except (ValueError, ArithmeticError):
+            try:  # Arrow's own parser: other ISO 8601 spellings
+                return pa.scalar(value, pa.string()).cast(kind).as_py()
+            except (ValueError, pa.ArrowException):
+                return None
     if types.is_duration(kind):
         number = isinstance(value, int | float) and not isinstance(value, bool)
         return datetime.timedelta(seconds=value) if number else None
@@ -441,13 +490,11 @@ def result_schema(
         "meta": schema_type(META_SCHEMA),
     }
     seen = kinds.get(CARRIED_FIELD)
-    columns = seen[1] if isinstance(seen, tuple) and seen[0] == "struct" else {}
-    typed = {field.name: field.type for field in carried} if carried is not None else {}
+    columns: dict[str, Any] = {field.name: field.type for field in carried} if carried is not None else {}
+    for name, kind in (seen[1] if isinstance(seen, tuple) and seen[0] == "struct" else {}).items():
+        columns.setdefault(name, arrow_type(kind))  # a field the input's schema does not type
     return pa.schema(
-        [
-            pa.field(carried_column(name), typed.get(name) or arrow_type(kind))
-            for name, kind in columns.items()
-        ]
+        [pa.field(carried_column(name), kind) for name, kind in columns.items()]
         + [pa.field(name, kind) for name, kind in own.items()]
     )
 
@@ -463,7 +510,7 @@ def field_kinds(lines: Iterator[dict[str, Any]]) -> dict[str, Kind]:
 
 def carried_column(name: str) -> str:
     """A carried input field's column: its own name, or ``input_<name>`` where a result column has it."""
-    return f"{CARRIED_FIELD}_{name}" if name in RESULT_COLUMNS else name
+    return f"{CARRIED_FIELD}_{name}" if name in RESULT_FIELDS else name
 
 
 def dead_letter_schema() -> Any:
@@ -495,18 +542,37 @@ def write_parquet(
     path or a binary file) as Parquet, :data:`ROWS_PER_BATCH` rows per row group, in two reads: the columns'
     types (:func:`result_schema`, the enrichment's from ``enrichment_schema`` and the carried columns' from
     ``carried``, :func:`carried_columns`, where given), then the rows; return the rows."""
-    _, parquet = pyarrow_modules()
-    schema = (
-        dead_letter_schema()
-        if dead_letters
-        else result_schema(field_kinds(read()), enrichment_schema, read_columns(carried) if carried else None)
-    )
+    pa, parquet = pyarrow_modules()
+    schema = dead_letter_schema() if dead_letters else _results_schema(read, enrichment_schema, carried)
     rows = 0
-    with parquet.ParquetWriter(target, schema, compression="zstd") as writer:
-        for table in _tables(read(), schema):
-            writer.write_table(table)
-            rows += table.num_rows
+    try:
+        with parquet.ParquetWriter(target, schema, compression="zstd") as writer:
+            for table in _tables(read(), schema):
+                writer.write_table(table)
+                rows += table.num_rows
+    except (ValueError, OverflowError, pa.ArrowException) as exc:
+        raise OutputTypeError(_unwritable(exc)) from None
     return rows
+
+
+class OutputTypeError(ValueError):
+    """A value the results' columns cannot hold as Parquet."""
+
+
+def _unwritable(exc: BaseException) -> str:
+    return (
+        f"a value does not fit its Parquet column ({type(exc).__name__}: {exc}); output_format=jsonl "
+        "publishes every value as it is"
+    )
+
+
+def _results_schema(
+    read: Callable[[], Iterator[dict[str, Any]]],
+    enrichment_schema: Mapping[str, Any] | None,
+    carried: str | None,
+) -> Any:
+    """The results' columns (:func:`result_schema`), from a first read of the lines."""
+    return result_schema(field_kinds(read()), enrichment_schema, read_columns(carried) if carried else None)
 
 
 def write_partitioned(
@@ -529,7 +595,9 @@ def write_partitioned(
     pa, _ = pyarrow_modules()
     from pyarrow import dataset
 
-    schema = result_schema(field_kinds(read()), enrichment_schema, read_columns(carried) if carried else None)
+    schema = _results_schema(read, enrichment_schema, carried)
+    if not any(True for _ in read()):
+        return {}  # nothing to partition: every record of the shard is a dead letter
     column, field = _partition_column(schema, partition_by)
     if field.name not in schema.names:
         schema = schema.append(field)
@@ -557,12 +625,14 @@ def write_partitioned(
             file_visitor=visited,
         )
     except pa.ArrowInvalid as exc:
-        if "max_partitions" in str(exc) or "partitions" in str(exc):
+        if "partitions" in str(exc):
             raise PartitionError(
                 f"partition_by {partition_by!r} has more than {max_partitions} values in one shard: "
                 "partition by a column of fewer values"
             ) from None
-        raise
+        raise OutputTypeError(_unwritable(exc)) from None
+    except (ValueError, OverflowError, pa.ArrowException) as exc:
+        raise OutputTypeError(_unwritable(exc)) from None
     return written
 
 
@@ -584,7 +654,7 @@ def _partition_column(schema: Any, partition_by: str) -> tuple[str | None, Any]:
             raise PartitionError(f"partition_by {partition_by!r}: the results have a column {leaf!r} already")
         return leaf, pa.field(leaf, enrichment.field(leaf).type)
     if name not in schema.names or name in ("enrichment", "meta"):
-        carried = [column for column in schema.names if column not in RESULT_COLUMNS]
+        carried = [column for column in schema.names if column not in RESULT_FIELDS]
         raise PartitionError(
             f"partition_by {partition_by!r} is not a column of the results: choose a carried input column "
             f"({', '.join(carried) or 'none carried: set carry_fields'}), task, or enrichment.<field>"
@@ -615,7 +685,36 @@ def _tables(lines: Iterator[dict[str, Any]], schema: Any, *, derived: str | None
 
 
 def parquet_rows(source: Any) -> Iterator[dict[str, Any]]:
-    """The rows of the Parquet file ``source`` (a path or a binary file), a row group at a time."""
+    """The rows of the Parquet file ``source`` (a path or a binary file, one this module wrote), a row group
+    at a time, each value as the line it was written from held it: JSON text (``large_string``) parsed, a
+    struct's :data:`ADDITIONAL` properties back among its own."""
     _, parquet = pyarrow_modules()
-    for batch in parquet.ParquetFile(source).iter_batches(batch_size=ROWS_PER_BATCH):
-        yield from batch.to_pylist()
+    reader = parquet.ParquetFile(source)
+    schema = reader.schema_arrow
+    for batch in reader.iter_batches(batch_size=ROWS_PER_BATCH):
+        for row in batch.to_pylist():
+            yield {field.name: _restored(row.get(field.name), field.type) for field in schema}
+
+
+def _restored(value: Any, kind: Any) -> Any:
+    """A value read from a column of type ``kind`` as :func:`_fit` found it."""
+    pa, _ = pyarrow_modules()
+    if value is None:
+        return None
+    if pa.types.is_large_string(kind):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    if pa.types.is_struct(kind) and isinstance(value, dict):
+        fields = [kind.field(i) for i in range(kind.num_fields)]
+        restored = {
+            f.name: _restored(value.get(f.name), f.type) for f in fields if f.metadata != _ADDITIONAL_MARK
+        }
+        if fields and fields[-1].metadata == _ADDITIONAL_MARK and isinstance(value.get(ADDITIONAL), str):
+            more = json.loads(value[ADDITIONAL])
+            restored.update({name: item for name, item in more.items() if name not in restored})
+        return restored
+    if (pa.types.is_list(kind) or pa.types.is_large_list(kind)) and isinstance(value, list):
+        return [_restored(item, kind.value_type) for item in value]
+    return value

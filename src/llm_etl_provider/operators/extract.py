@@ -14,7 +14,7 @@ from llm_etl_provider.contract.invocation import OBJECT_OUTPUT, is_unset
 from llm_etl_provider.contract.layout import published_folder
 from llm_etl_provider.contract.shard import ShardDescriptor
 from llm_etl_provider.exceptions import ExtractionError, FrameStreamRejectedError, ShardFailedError
-from llm_etl_provider.formats.parquet import PartitionError
+from llm_etl_provider.formats.parquet import OutputTypeError, PartitionError
 from llm_etl_provider.operators.base import RunStepOperator, backend_for
 from llm_etl_provider.transport.exceptions import TransportError
 from llm_etl_provider.transport.extract import FAILED, JSONL_OUTPUT, OUTPUT_FORMATS, PARQUET_OUTPUT, extract
@@ -123,11 +123,12 @@ class ExtractResultsOperator(RunStepOperator):
                     settings_schema(self.task_settings) if self.task_settings is not None else None
                 ),
                 carried_columns=shard.carried_columns,
-                partition_by=partition_by,
+                # the golden set is measured, not loaded: its results stay one file
+                partition_by=None if shard.golden else partition_by,
             )
         except TransportError as exc:
             raise FrameStreamRejectedError(f"shard {shard.index}: nothing was published: {exc}") from None
-        except PartitionError as exc:  # the same results would meet it again: no retry
+        except (PartitionError, OutputTypeError) as exc:  # the same results would meet it again: no retry
             raise AirflowFailException(f"shard {shard.index}: nothing was published: {exc}") from None
         finally:
             # a stream refused part way holds its HTTP response open: closed now, not whenever the garbage

@@ -15,7 +15,6 @@ from airflow.sdk import ObjectStoragePath
 from llm_etl_provider.backends import LOCAL_MODE, RunBackend
 from llm_etl_provider.backends.urls import signers_for
 from llm_etl_provider.contract import layout
-from llm_etl_provider.contract.codes import DeadLetterReason
 from llm_etl_provider.contract.invocation import (
     AUTO_FORMAT,
     DEFAULT_MAX_RECORD_BYTES,
@@ -347,14 +346,16 @@ class StageInputOperator(RunStepOperator):
         known = self._ids_by_input.get(path)
         if known is not None:
             return known
-        reader = RecordReader(path, input_format=fmt, id_field=id_field, limits=limits)
-        errors = [record.error for record in itertools.islice(reader, FORMAT_PROBE_RECORDS)]
-        without = DeadLetterReason.MISSING_ID in errors and None not in errors
-        if without and DeadLetterReason.DUPLICATE_ID not in errors:
+        # read as records named by their line: an id of the wrong type (a float from pandas) is there, and
+        # the validation refuses it by name rather than naming records by their line
+        reader = RecordReader(path, input_format=fmt, id_field=LINE_IDS, limits=limits)
+        probed = [record.fields for record in itertools.islice(reader, FORMAT_PROBE_RECORDS)]
+        readable = [fields for fields in probed if fields is not None]
+        if readable and not any(id_field in fields for fields in readable):
             self.log.warning(
                 "%s: no record among the first %d has the id field %r: each record is named by its input "
                 "line (set id_field to name them by a field of their own)",
-                path.name if path.name != "rows.jsonl" else self.input_path, len(errors), id_field,
+                path.name if path.name != "rows.jsonl" else self.input_path, len(probed), id_field,
             )  # fmt: skip
             id_field = LINE_IDS
         self._ids_by_input[path] = id_field
@@ -505,7 +506,7 @@ class StageInputOperator(RunStepOperator):
         if not 1 <= pods <= int(self.max_shards):
             raise StagingError(f"pods must be between 1 and max_shards ({self.max_shards}), not {pods}")
         if source.parquet is not None:
-            ranges = parquet_ranges(source.parquet, pods)
+            ranges = parquet_ranges(source.parquet, source.path, pods)
             local = source.parquet  # what the pods read: the file's bytes, digested by range
         else:
             check_uncompressed(local, self.input_path)

@@ -244,6 +244,7 @@ class ByteRange:
     :param row_groups: a Parquet input's range: the row groups [first, stop) it holds (whole)
     :param tail: a Parquet input's range: where the file's footer starts, which the worker reads too
     :param object_size: a Parquet input's range: the file's size (its footer ends there)
+    :param expanded: what its worker writes beside the download: a Parquet range's rows as JSON lines
     """
 
     index: int
@@ -254,6 +255,7 @@ class ByteRange:
     row_groups: tuple[int, int] | None = None
     tail: int | None = None
     object_size: int | None = None
+    expanded: int = 0
 
     @property
     def line_offset(self) -> int:

@@ -43,11 +43,19 @@ def check_uncompressed(local: Path, name: str) -> None:
             )
 
 
-def parquet_ranges(local: Path, pods: int) -> list[ByteRange]:
+def parquet_ranges(local: Path, rows: Path, pods: int) -> list[ByteRange]:
     """The ranges of the Parquet file ``local`` for at most ``pods`` pods: runs of whole row groups of about
-    equal rows, each read with the file's footer."""
+    equal rows, each read with the file's footer; ``rows`` is the file as JSON lines (row n on line n),
+    which sizes what each range's worker writes."""
     runs, tail = plan_row_groups(local, pods)
     size = local.stat().st_size
+    expanded = [0] * len(runs)
+    with rows.open("rb") as lines:
+        run = 0
+        for number, line in enumerate(lines, 1):
+            while run + 1 < len(runs) and number >= runs[run + 1].first_row:
+                run += 1
+            expanded[run] += len(line)
     return [
         ByteRange(
             index=index,
@@ -57,6 +65,7 @@ def parquet_ranges(local: Path, pods: int) -> list[ByteRange]:
             row_groups=run.groups,
             tail=tail,
             object_size=size,
+            expanded=expanded[index],
         )
         for index, run in enumerate(runs)
     ]
@@ -153,7 +162,7 @@ def _stage_range_shards(
             byte_range, count, end, fmt=fmt, plan=plan, malformed=malformed, duplicates=duplicates,
             reused=reused,
             stage=functools.partial(backend.stage_object_shard, byte_range.index, document.to_json()),
-            bytes=document.input.size,
+            bytes=document.input.size + byte_range.expanded,  # the worker's disk: its download, its rows
             input_sha256=document.input.sha256,
             transport=OBJECT_OUTPUT,
             part_records=part_records,
@@ -178,7 +187,12 @@ def without_empty_ranges(ranges: list[ByteRange], records: list[int]) -> tuple[l
                 else None
             )
             joined[-1] = (
-                dataclasses.replace(previous, end=byte_range.end, row_groups=groups),
+                dataclasses.replace(
+                    previous,
+                    end=byte_range.end,
+                    row_groups=groups,
+                    expanded=previous.expanded + byte_range.expanded,
+                ),
                 before + count,
             )
         else:

@@ -19,12 +19,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from llm_etl_provider.contract.answers import RESULT_FIELDS
 from llm_etl_provider.contract.reuse import CONTENT_SHA256, RECORD_SHA256, record_digest
 from llm_etl_provider.exceptions import StagingError
 from llm_etl_provider.formats.records import InputLimits, RecordReader
 from llm_etl_provider.transport.extract import as_upath, published_rows
 
-RESULT_FIELDS = ("id", "line", "task", "enrichment", "meta")  # what a reused result keeps
 BATCH = 1000  # rows per SQLite transaction
 
 
@@ -94,7 +94,7 @@ def _index_earlier(database: sqlite3.Connection, previous_output: str) -> int:
                 meta = row.get("meta")
                 if not isinstance(meta, dict) or not meta.get(RECORD_SHA256) or not meta.get(CONTENT_SHA256):
                     continue  # a result of a version that did not write its digests
-                kept = {name: row.get(name) for name in RESULT_FIELDS}
+                kept = {name: row.get(name) for name in RESULT_FIELDS}  # a result's own, not carried ones
                 yield str(meta[RECORD_SHA256]), json.dumps(kept, ensure_ascii=False)
 
     return _insert(database, "earlier", earlier())

@@ -203,7 +203,8 @@ def _download_row_groups(urls: UrlSource, destination: Path, http: httpx.Client)
     source = urls.transport.input
     assert source.row_groups is not None, "a Parquet range names its row groups"
     assert source.object_size is not None, "a Parquet range names the file's size"
-    if destination.is_file():
+    read_from = destination.with_name(destination.name + ".sha256")  # the range its lines were read from
+    if destination.is_file() and read_from.is_file() and read_from.read_text() == source.sha256:
         return
     destination.parent.mkdir(parents=True, exist_ok=True)
     sparse = destination.with_name(destination.name + ".parquet")
@@ -224,6 +225,7 @@ def _download_row_groups(urls: UrlSource, destination: Path, http: httpx.Client)
         except UnreadableInput as exc:
             raise ConfigurationError(f"the input's row groups {source.row_groups}: {exc}") from None
         os.replace(partial, destination)
+        read_from.write_text(source.sha256)
     finally:
         sparse.unlink(missing_ok=True)
         partial.unlink(missing_ok=True)

@@ -16,6 +16,7 @@ import pytest
 from llm_etl_provider.contract.answers import published_schema
 from llm_etl_provider.formats.exceptions import UnreadableInput
 from llm_etl_provider.formats.parquet import (
+    OutputTypeError,
     carried_columns,
     declared_parquet,
     kind_of,
@@ -25,6 +26,7 @@ from llm_etl_provider.formats.parquet import (
     read_columns,
     schema_type,
     write_parquet,
+    write_partitioned,
 )
 
 
@@ -329,3 +331,57 @@ def test_carried_columns_come_back_with_the_input_columns_types_and_values(tmp_p
     only = read_columns(seen)
     assert only.names == ["seen"]
     assert carried_columns(source, None) is None
+
+
+def test_what_json_does_not_type_reads_back_as_it_was_written(tmp_path):
+    """Review findings: an input's large_string text stays text; a millisecond timestamp keeps its
+    fraction; a nanosecond one reads the same with or without pandas (microseconds); JSON text and the
+    properties a schema allows beyond its own read back as the values they were (an incremental run reuses
+    them); a number no double holds, or an integer past int64, is refused clearly, not written wrong."""
+    moment = datetime.datetime(2026, 1, 2, 3, 4, 5, 123000)
+    table = pa.table({
+        "note": pa.array(["great", None], pa.large_string()),
+        "at": pa.array([moment, None], pa.timestamp("ms")),
+        "fine": pa.array([1_700_000_000_123_456_789, None], pa.timestamp("ns")),
+    })  # fmt: skip
+    source = tmp_path / "in.parquet"
+    pq.write_table(table, source)
+    parquet_to_jsonl(source, tmp_path / "rows.jsonl")
+    first = lines(tmp_path / "rows.jsonl")[0]
+    assert first["fine"] == "2023-11-14T22:13:20.123456"  # nanoseconds dropped, the same everywhere
+    schema = {"type": "object", "properties": {"score": {"type": "integer"}, "free": {"type": "object"}}}
+    enrichment = {"score": 1, "free": {"a": [1, "x"]}, "why": "because"}
+    rows = [{**result_line(1, enrichment), "input": first}]
+    carried = carried_columns(source, ("*",))
+    write_parquet(
+        functools.partial(iter, rows), tmp_path / "out.parquet", enrichment_schema=schema, carried=carried
+    )
+    out = pq.read_table(tmp_path / "out.parquet").to_pylist()[0]
+    assert (out["note"], out["at"]) == ("great", moment)
+    (back,) = parquet_rows(tmp_path / "out.parquet")
+    assert back["enrichment"] == enrichment
+    assert back["meta"]["model"] == "m"
+    assert "_additional" not in back["meta"]  # meta is closed: no field for more
+    for value, kind in ((10**400, "number"), (2**63, "integer")):
+        line = result_line(2, {"v": value})
+        with pytest.raises(OutputTypeError, match=r"does not fit its Parquet column.*output_format=jsonl"):
+            write_parquet(
+                functools.partial(iter, [line]), tmp_path / "bad.parquet",
+                enrichment_schema={"type": "object", "properties": {"v": {"type": kind}}},
+            )  # fmt: skip
+
+
+def test_a_declared_type_wins_over_alternatives_and_an_empty_shard_has_no_partition(tmp_path):
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": "string"}, "b": {"type": "string", "oneOf": [{"pattern": "x"}]}},
+        "anyOf": [{"required": ["a"]}, {"required": ["b"]}],
+        "additionalProperties": False,
+    }
+    assert schema_type(schema) == pa.struct([("a", pa.string()), ("b", pa.string())])
+    assert (
+        write_partitioned(
+            functools.partial(iter, []), tmp_path / "p", "enrichment.a", enrichment_schema=schema
+        )
+        == {}
+    )

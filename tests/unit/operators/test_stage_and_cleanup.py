@@ -665,3 +665,13 @@ def test_local_shards_are_files_larger_than_a_secret_and_kubernetes_ones_are_not
             input_path=str(source), execution_mode="local", local_dir=str(tmp_path / "s"),
             max_shard_bytes=2 << 30,
         ).execute({"run_id": RUN})  # fmt: skip
+
+
+def test_ids_of_the_wrong_type_are_refused_by_name_not_replaced_by_lines(tmp_path):
+    """A pandas export turns an integer id column with a gap into floats: the field is there, so the
+    records are not named by their line; the stage refuses them, saying what is wrong."""
+    source = tmp_path / "reviews.jsonl"
+    source.write_text('{"id": 1.0, "text": "a"}\n{"id": 2.0, "text": "b"}\n')
+    op = stage(input_path=str(source), execution_mode="local", local_dir=str(tmp_path / "s"))
+    with pytest.raises(StagingError, match="missing_id at line 1"):
+        op.execute({"run_id": RUN})

@@ -298,9 +298,13 @@ def test_a_parquet_range_is_its_row_groups_and_the_footer_read_into_json_lines_a
     data = source.read_bytes()
     parquet_to_jsonl(source, tmp_path / "all.jsonl")
     every_line = (tmp_path / "all.jsonl").read_text().splitlines(keepends=True)
-    ranges = parquet_ranges(source, 2)
+    ranges = parquet_ranges(source, tmp_path / "all.jsonl", 2)
     assert [r.row_groups for r in ranges] == [(0, 3), (3, 5)]
     assert [r.first_line for r in ranges] == [1, 31]
+    assert [r.expanded for r in ranges] == [
+        len("".join(every_line[:30]).encode()),
+        len("".join(every_line[30:]).encode()),
+    ]
 
     requested: list[str] = []
     store = MemoryStore()

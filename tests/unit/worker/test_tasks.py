@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from llm_etl_provider.contract.answers import TEXT_ANSWER_SCHEMA
 from llm_etl_provider.contract.invocation import DEFAULT_ENTITY_TYPES, TASK_NAMES
 from llm_etl_provider.worker.exceptions import ConfigurationError, InvalidOutputError, MissingFieldError
 from llm_etl_provider.worker.tasks import PromptTemplate, task_for
@@ -219,3 +220,7 @@ def test_a_custom_schema_is_inline_json_or_a_file(tmp_path):
     path.write_text("[1]")
     with pytest.raises(ConfigurationError, match="must be a JSON object"):
         task_for("custom", template="{text}", system_prompt="x", schema=str(path))
+
+
+def test_a_custom_task_s_empty_schema_is_a_free_text_answer_as_it_always_was():
+    assert task_for("custom", system_prompt="Say it.", schema="{}").schema == TEXT_ANSWER_SCHEMA
