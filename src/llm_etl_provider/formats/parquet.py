@@ -11,8 +11,9 @@ Out: :func:`write_parquet` turns a shard's verified result or dead-letter lines 
 group at a time: the enrichment and its meta as typed structs, the carried input fields as columns of their
 own beside them. The enrichment's and the meta's types come from their JSON schemas (:func:`schema_type`), a
 carried column's from a Parquet input's own (:func:`carried_columns`), so every shard has the same columns;
-other carried fields' are those of the values (:func:`kind_of`), merged over the shard: integers widen to
-numbers, objects to the union of their fields, and values of no common type are JSON text. A ``large_string``
+a JSON lines or CSV input's are those of its values (:func:`kind_of`), merged over the whole input by the stage
+(:func:`kinds_as_columns`), or over the shard where no stage gave them: integers widen to numbers, objects to
+the union of their fields, and values of no common type are JSON text. A ``large_string``
 column always holds JSON text, which :func:`parquet_rows` reads back as the value it was.
 
 Needs pyarrow: the ``parquet`` extra (``pip install 'llm-etl-provider[parquet]'``).
@@ -216,6 +217,18 @@ def _carried_type(kind: Any) -> Any:
     kept = (types.is_boolean, types.is_integer, types.is_floating, types.is_string, types.is_timestamp,
             types.is_date, types.is_time, types.is_duration, types.is_decimal)  # fmt: skip
     return kind if any(is_kept(kind) for is_kept in kept) else pa.large_string()
+
+
+def kinds_as_columns(kinds: Mapping[str, Kind]) -> str | None:
+    """The Arrow types of carried fields of the ``kinds`` their values had over a whole JSON lines or CSV
+    input (:func:`kind_of`), serialized as :func:`carried_columns` serializes a Parquet input's; None
+    where pyarrow is not installed (a JSON lines output needs none)."""
+    try:
+        pa, _ = pyarrow_modules()
+    except UnreadableInput:
+        return None
+    columns = pa.schema([pa.field(name, arrow_type(kind)) for name, kind in kinds.items()])
+    return base64.b64encode(columns.serialize().to_pybytes()).decode("ascii")
 
 
 def read_columns(serialized: str) -> Any:

@@ -31,7 +31,7 @@ from llm_etl_provider.contract.object_transport import DEFAULT_TRANSPORT, TRANSP
 from llm_etl_provider.contract.shard import validate_run_id
 from llm_etl_provider.exceptions import PodSpecError, StagingError, StagingInputError
 from llm_etl_provider.formats.exceptions import InputError, UnreadableInput
-from llm_etl_provider.formats.parquet import carried_columns
+from llm_etl_provider.formats.parquet import carried_columns, kinds_as_columns
 from llm_etl_provider.formats.records import InputLimits, RecordReader
 from llm_etl_provider.hooks.object_store import ObjectStoreSigner, expiry_seconds
 from llm_etl_provider.operators.base import RunStepOperator, backend_for
@@ -226,6 +226,7 @@ class StageInputOperator(RunStepOperator):
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
         self._ids_by_input: dict[Path, str] = {}  # each input's record ids: _record_ids
+        self._carried_kinds: dict[Path, dict[str, Any]] = {}  # each input's carried fields' kinds: _validate
         run_id = str(context["run_id"])
         try:
             validate_run_id(run_id)  # the worker binds it into every frame: refuse it before anything exists
@@ -326,14 +327,23 @@ class StageInputOperator(RunStepOperator):
         line_ids = self._record_ids(source.path, source.format, limits) == LINE_IDS
         columns = None
         if source.parquet is not None:
-            carry = coerce_settings({"carry_fields": self.plan_settings.get("carry_fields")})["carry_fields"]
             try:
-                columns = carried_columns(source.parquet, carry)
+                columns = carried_columns(source.parquet, self.carry)
             except UnreadableInput as exc:
                 raise StagingError(f"{self.input_path}: {exc}") from None
+        elif (kinds := self._carried_kinds.get(source.path)) is not None:
+            columns = kinds_as_columns(kinds)
         return [
             {**descriptor, "carried_columns": columns, "line_ids": line_ids} for descriptor in descriptors
         ]
+
+    @property
+    def carry(self) -> tuple[str, ...] | None:
+        """The worker's ``carry_fields``: the input fields its results carry."""
+        carry: tuple[str, ...] | None = coerce_settings(
+            {"carry_fields": self.plan_settings.get("carry_fields")}
+        )["carry_fields"]
+        return carry
 
     def _record_ids(self, path: Path, fmt: str, limits: InputLimits) -> str:
         """The field that names the records of the input at ``path``: ``id_field``, the worker's; or, where
@@ -538,7 +548,7 @@ class StageInputOperator(RunStepOperator):
         boundaries: Sequence[int] = (),
         name: str | None = None,
     ) -> Validation:
-        return validate_input(
+        validation = validate_input(
             local,
             input_format=fmt,
             # the worker's, so that both find the same records malformed and the same ids repeated
@@ -548,4 +558,8 @@ class StageInputOperator(RunStepOperator):
             name=name or self.input_path,
             log=self.log,
             boundaries=boundaries,
+            carry=self.carry,
         )
+        if validation.carried is not None:  # the carried fields' kinds over the whole input: _described
+            self._carried_kinds[local] = validation.carried
+        return validation

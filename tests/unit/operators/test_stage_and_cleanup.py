@@ -675,3 +675,27 @@ def test_ids_of_the_wrong_type_are_refused_by_name_not_replaced_by_lines(tmp_pat
     op = stage(input_path=str(source), execution_mode="local", local_dir=str(tmp_path / "s"))
     with pytest.raises(StagingError, match="missing_id at line 1"):
         op.execute({"run_id": RUN})
+
+
+def test_carried_fields_of_a_json_input_are_typed_over_the_whole_input_for_every_shard(tmp_path):
+    """A field null in every record of one shard and a number in another's: typed from the values of one
+    shard each, their Parquet columns would differ (text, a number); typed over the whole input, every
+    shard gives them the same column."""
+    from llm_etl_provider.formats.parquet import read_columns
+
+    rows = [
+        {"id": f"r{i}", "text": "x" * 200, "rating": None if i < 20 else i, "tags": [] if i < 20 else ["a"]}
+        for i in range(40)
+    ]
+    source = tmp_path / "reviews.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    shards = stage(
+        input_path=str(source), execution_mode="local", local_dir=str(tmp_path / "s"), max_shard_bytes=600,
+        max_record_bytes=300, plan_settings={"carry_fields": "rating,tags,absent"},
+    ).execute({"run_id": RUN})  # fmt: skip
+    assert len(shards) > 2
+    assert len({shard["carried_columns"] for shard in shards}) == 1
+    columns = read_columns(shards[0]["carried_columns"])
+    assert [(field.name, str(field.type)) for field in columns] == [
+        ("rating", "int64"), ("tags", "list<item: string>"), ("absent", "string"),
+    ]  # fmt: skip
