@@ -10,10 +10,10 @@ UTF-8 (else base64), maps as objects, NaN and infinities as null.
 Out: :func:`write_parquet` turns a shard's verified result or dead-letter lines into a Parquet file, a row
 group at a time: the enrichment and its meta as typed structs, the carried input fields as columns of their
 own beside them. The enrichment's and the meta's types come from their JSON schemas (:func:`schema_type`), a
-carried column's from a Parquet input's own (:func:`carried_columns`), so every shard has the same columns;
-a JSON lines or CSV input's are those of its values (:func:`kind_of`), merged over the whole input by the stage
-(:func:`kinds_as_columns`), or over the shard where no stage gave them: integers widen to numbers, objects to
-the union of their fields, and values of no common type are JSON text. A ``large_string``
+carried column's from a Parquet input's own (:func:`carried_columns`), so every shard has the same
+columns; a JSON lines or CSV input's are those of its values (:func:`kind_of`), merged over the whole input
+by the stage (:func:`kinds_as_columns`), or over the shard where no stage gave them: integers widen to
+numbers, objects to the union of their fields, and values of no common type are JSON text. A ``large_string``
 column always holds JSON text, which :func:`parquet_rows` reads back as the value it was.
 
 Needs pyarrow: the ``parquet`` extra (``pip install 'llm-etl-provider[parquet]'``).
