@@ -226,7 +226,6 @@ class StageInputOperator(RunStepOperator):
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
         self._ids_by_input: dict[Path, str] = {}  # each input's record ids: _record_ids
-        self._carried_kinds: dict[Path, dict[str, Any]] = {}  # each input's carried fields' kinds: _validate
         run_id = str(context["run_id"])
         try:
             validate_run_id(run_id)  # the worker binds it into every frame: refuse it before anything exists
@@ -285,18 +284,11 @@ class StageInputOperator(RunStepOperator):
                             backend, local, limits, signers, plan, output, memory, reused
                         )
                     else:
-                        descriptors = self._stage_shards(
-                            backend, local.path, fmt, limits, plan, memory, reused
-                        )
+                        descriptors = self._stage_shards(backend, local, limits, plan, memory, reused)
             except (InputError, StagingInputError) as exc:
                 raise StagingError(str(exc).replace(str(local.path), self.input_path)) from None
-            descriptors = self._described(descriptors, local, limits)
             if golden is not None:
-                descriptors += self._described(
-                    self._stage_golden(backend, golden, limits, plan, memory, len(descriptors)),
-                    golden,
-                    limits,
-                )
+                descriptors += self._stage_golden(backend, golden, limits, plan, memory, len(descriptors))
         self.log.info("plan %s: input sha256 %s", plan, local.sha256)
         return self._report(descriptors, layout.plan_prefix(self.run_scope, run_id, plan))
 
@@ -319,11 +311,16 @@ class StageInputOperator(RunStepOperator):
         }
 
     def _described(
-        self, descriptors: list[dict[str, Any]], source: LocalInput, limits: InputLimits
+        self,
+        descriptors: list[dict[str, Any]],
+        source: LocalInput,
+        limits: InputLimits,
+        validation: Validation,
     ) -> list[dict[str, Any]]:
         """The descriptors of ``source``'s shards with what holds for all of them: whether their records are
-        named by their line (:meth:`_record_ids`), and the types of the input columns their results carry,
-        where the input has them (Parquet: every shard's output gives those columns the input's types)."""
+        named by their line (:meth:`_record_ids`), and the types of the input columns their results carry:
+        a Parquet input's own, or those of the values over the whole input (its ``validation``), so that
+        every shard's output gives them the same columns."""
         line_ids = self._record_ids(source.path, source.format, limits) == LINE_IDS
         columns = None
         if source.parquet is not None:
@@ -331,8 +328,8 @@ class StageInputOperator(RunStepOperator):
                 columns = carried_columns(source.parquet, self.carry)
             except UnreadableInput as exc:
                 raise StagingError(f"{self.input_path}: {exc}") from None
-        elif (kinds := self._carried_kinds.get(source.path)) is not None:
-            columns = kinds_as_columns(kinds)
+        elif validation.carried is not None:
+            columns = kinds_as_columns(validation.carried)
         return [
             {**descriptor, "carried_columns": columns, "line_ids": line_ids} for descriptor in descriptors
         ]
@@ -414,7 +411,7 @@ class StageInputOperator(RunStepOperator):
             raise StagingError(
                 f"the golden set {name} needs label_field: the field holding each golden record's known label"
             )
-        validation = self._validate(golden.path, golden.format, limits, name=name)
+        validation = self._validate(golden, limits, name=name)
         id_field = self._record_ids(golden.path, golden.format, limits)
         reader = RecordReader(golden.path, input_format=golden.format, id_field=id_field, limits=limits)
         if not any(r.fields is not None and r.fields.get(label) is not None for r in reader):
@@ -426,11 +423,12 @@ class StageInputOperator(RunStepOperator):
         )  # fmt: skip
         shards = (dataclasses.replace(shard, index=shard.index + first_index) for shard in cut)
         try:
-            return stage_shards(
+            staged = stage_shards(
                 backend, shards, validation.malformed, validation.duplicates, plan, golden=True
             )
         except (InputError, StagingInputError) as exc:
             raise StagingError(str(exc).replace(str(golden.path), name)) from None
+        return self._described(staged, golden, limits, validation)
 
     @property
     def earlier_output(self) -> str | None:
@@ -466,19 +464,18 @@ class StageInputOperator(RunStepOperator):
     def _stage_shards(
         self,
         backend: RunBackend,
-        local: Path,
-        fmt: str,
+        source: LocalInput,
         limits: InputLimits,
         plan: str,
         memory: WorkerMemory,
         reused: ReusedResults | None,
     ) -> list[dict[str, Any]]:
         """The log transport: Secret-sized shards, cut twice: counted against the caps, then staged."""
-        validation = self._validate(local, fmt, limits)
+        validation = self._validate(source, limits)
         cut = functools.partial(
             plan_shards,
-            local,
-            input_format=fmt,
+            source.path,
+            input_format=source.format,
             max_shard_bytes=self.shard_bytes,
             limit=self.shard_limit,
             level=self.shard_compression,
@@ -492,7 +489,8 @@ class StageInputOperator(RunStepOperator):
             name=self.input_path,
         )
         self._report_reused(reused)
-        return stage_shards(backend, cut(), validation.malformed, validation.duplicates, plan, reused)
+        staged = stage_shards(backend, cut(), validation.malformed, validation.duplicates, plan, reused)
+        return self._described(staged, source, limits, validation)
 
     def _stage_ranges(
         self,
@@ -523,14 +521,15 @@ class StageInputOperator(RunStepOperator):
             ranges = plan_ranges(
                 local, input_format=fmt, pods=pods, max_record_bytes=int(self.max_record_bytes)
             )
-        validation = self._validate(source.path, fmt, limits, boundaries=[r.first_line for r in ranges[1:]])
+        validation = self._validate(source, limits, boundaries=[r.first_line for r in ranges[1:]])
         self._report_reused(reused)
-        return stage_ranges(
+        staged = stage_ranges(
             backend, local, ranges, validation, source=str(self.input_path), input_format=fmt, plan=plan,
             plan_folder=output / TRANSPORT_FOLDER / plan, signers=signers,
             expires=expiry_seconds(self.run_deadline_seconds), checkpoint_every=int(self.checkpoint_every),
             store_cidrs=self.store_cidrs or (), memory=memory, reused=reused,
         )  # fmt: skip
+        return self._described(staged, source, limits, validation)
 
     def _report_reused(self, reused: ReusedResults | None) -> None:
         if reused is not None:
@@ -542,24 +541,21 @@ class StageInputOperator(RunStepOperator):
 
     def _validate(
         self,
-        local: Path,
-        fmt: str,
+        source: LocalInput,
         limits: InputLimits,
         boundaries: Sequence[int] = (),
         name: str | None = None,
     ) -> Validation:
-        validation = validate_input(
-            local,
-            input_format=fmt,
+        return validate_input(
+            source.path,
+            input_format=source.format,
             # the worker's, so that both find the same records malformed and the same ids repeated
-            id_field=self._record_ids(local, fmt, limits),
+            id_field=self._record_ids(source.path, source.format, limits),
             max_record_bytes=int(self.max_record_bytes),
             limits=limits,
             name=name or self.input_path,
             log=self.log,
             boundaries=boundaries,
-            carry=self.carry,
+            # the carried fields' kinds, where the input has no column types of its own (_described)
+            carry=self.carry if source.parquet is None else None,
         )
-        if validation.carried is not None:  # the carried fields' kinds over the whole input: _described
-            self._carried_kinds[local] = validation.carried
-        return validation

@@ -83,7 +83,12 @@ class _ShardBuilder:
     """
 
     def __init__(
-        self, max_shard_bytes: int, first_prefix: bytes = b"", prefix: bytes = b"", *, level: int = 6
+        self,
+        max_shard_bytes: int,
+        first_prefix: bytes = b"",
+        prefix: bytes = b"",
+        *,
+        level: int = SECRET_COMPRESSION,
     ) -> None:
         self.max_shard_bytes = max_shard_bytes
         self.prefix = prefix

@@ -92,15 +92,18 @@ class LocalInput:
     :param path: its records, as the worker reads them (a Parquet input's as JSON lines)
     :param format: the format of ``path``: ``jsonl`` or ``csv``
     :param sha256: the digest of the input as it is
-    :param declared: its own format (``parquet`` for a Parquet input), for the plan
     :param parquet: a Parquet input's copy, as it is (None for another format)
     """
 
     path: Path
     format: str
     sha256: str
-    declared: str
     parquet: Path | None = None
+
+    @property
+    def declared(self) -> str:
+        """Its own format (``parquet`` for a Parquet input), for the plan."""
+        return PARQUET_FORMAT if self.parquet is not None else self.format
 
 
 @contextlib.contextmanager
@@ -115,7 +118,4 @@ def local_input(name: str, declared: str, *, max_bytes: int) -> Iterator[LocalIn
         input_copy(ObjectStoragePath(name), max_bytes=max_bytes, name=name) as copy,
         as_json_lines(copy, name) if parquet else contextlib.nullcontext(copy.path) as path,
     ):
-        if parquet:
-            yield LocalInput(path, fmt, copy.sha256, PARQUET_FORMAT, parquet=copy.path)
-        else:
-            yield LocalInput(path, fmt, copy.sha256, fmt)
+        yield LocalInput(path, fmt, copy.sha256, parquet=copy.path if parquet else None)
