@@ -194,8 +194,7 @@ def carried_columns(source: Path, carry: tuple[str, ...] | None) -> str | None:
     pa, parquet = pyarrow_modules()
     schema = parquet.read_schema(source)
     kept = [field for field in schema if ALL_FIELDS in carry or field.name in carry]
-    columns = pa.schema([pa.field(field.name, _carried_type(field.type)) for field in kept])
-    return base64.b64encode(columns.serialize().to_pybytes()).decode("ascii")
+    return _serialized(pa.schema([pa.field(field.name, _carried_type(field.type)) for field in kept]))
 
 
 def _carried_type(kind: Any) -> Any:
@@ -227,12 +226,16 @@ def kinds_as_columns(kinds: Mapping[str, Kind]) -> str | None:
         pa, _ = pyarrow_modules()
     except UnreadableInput:
         return None
-    columns = pa.schema([pa.field(name, arrow_type(kind)) for name, kind in kinds.items()])
+    return _serialized(pa.schema([pa.field(name, arrow_type(kind)) for name, kind in kinds.items()]))
+
+
+def _serialized(columns: Any) -> str:
+    """An Arrow schema as text a shard descriptor holds (:func:`read_columns` reads it)."""
     return base64.b64encode(columns.serialize().to_pybytes()).decode("ascii")
 
 
 def read_columns(serialized: str) -> Any:
-    """The Arrow schema that :func:`carried_columns` serialized."""
+    """The Arrow schema that :func:`carried_columns` or :func:`kinds_as_columns` serialized."""
     pa, _ = pyarrow_modules()
     return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(serialized)))
 
@@ -414,6 +417,12 @@ def _local_reference(root: Any, reference: str) -> Any:
     return target
 
 
+def _holds_additional(fields: Sequence[Any]) -> bool:
+    """Whether a struct's ``fields`` end with :data:`ADDITIONAL`, the one :func:`schema_type` adds (a
+    field a value has of that name is not it)."""
+    return bool(fields) and fields[-1].metadata == _ADDITIONAL_MARK
+
+
 def _fit(value: Any, kind: Any) -> Any:
     """``value`` (from JSON) shaped for the Arrow type ``kind``: JSON text for ``large_string``, text where
     the type is a string and the value is not one."""
@@ -425,8 +434,7 @@ def _fit(value: Any, kind: Any) -> Any:
             return None
         fields = [kind.field(i) for i in range(kind.num_fields)]
         fitted = {field.name: _fit(value.get(field.name), field.type) for field in fields}
-        # a struct from a schema that allows more properties than it names
-        if fields and fields[-1].metadata == _ADDITIONAL_MARK:
+        if _holds_additional(fields):
             more = {name: item for name, item in value.items() if name not in fitted}
             fitted[ADDITIONAL] = json.dumps(more, ensure_ascii=False) if more else None
         return fitted
@@ -637,14 +645,12 @@ def write_partitioned(
             existing_data_behavior="error",
             file_visitor=visited,
         )
-    except pa.ArrowInvalid as exc:
-        if "partitions" in str(exc):
+    except (ValueError, OverflowError, pa.ArrowException) as exc:
+        if isinstance(exc, pa.ArrowInvalid) and "partitions" in str(exc):
             raise PartitionError(
                 f"partition_by {partition_by!r} has more than {max_partitions} values in one shard: "
                 "partition by a column of fewer values"
             ) from None
-        raise OutputTypeError(_unwritable(exc)) from None
-    except (ValueError, OverflowError, pa.ArrowException) as exc:
         raise OutputTypeError(_unwritable(exc)) from None
     return written
 
@@ -721,10 +727,10 @@ def _restored(value: Any, kind: Any) -> Any:
             return value
     if pa.types.is_struct(kind) and isinstance(value, dict):
         fields = [kind.field(i) for i in range(kind.num_fields)]
-        restored = {
-            f.name: _restored(value.get(f.name), f.type) for f in fields if f.metadata != _ADDITIONAL_MARK
-        }
-        if fields and fields[-1].metadata == _ADDITIONAL_MARK and isinstance(value.get(ADDITIONAL), str):
+        additional = _holds_additional(fields)
+        own = fields[:-1] if additional else fields
+        restored = {f.name: _restored(value.get(f.name), f.type) for f in own}
+        if additional and isinstance(value.get(ADDITIONAL), str):
             more = json.loads(value[ADDITIONAL])
             restored.update({name: item for name, item in more.items() if name not in restored})
         return restored

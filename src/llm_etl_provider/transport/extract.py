@@ -30,6 +30,7 @@ from upath import UPath
 
 from llm_etl_provider.contract.provenance import PROVENANCE
 from llm_etl_provider.contract.reuse import REUSED
+from llm_etl_provider.formats.digests import sha256_file
 from llm_etl_provider.transport.exceptions import TrailerMismatchError
 from llm_etl_provider.transport.frames import TRAILER_ATTEMPT, FrameReader
 
@@ -328,11 +329,7 @@ def _as_parquet(
 
 def _described(path: Any, rows: int) -> dict[str, Any]:
     """A published Parquet file in the manifest: its rows, size and digest."""
-    digest = hashlib.sha256()
-    with path.open("rb") as written:
-        while chunk := written.read(1 << 20):
-            digest.update(chunk)
-    return {"rows": rows, "bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+    return {"rows": rows, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
 def published_rows(shard: Any, *, dead_letters: bool = False) -> Iterator[dict[str, Any] | None]:
